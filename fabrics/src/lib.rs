@@ -1,9 +1,15 @@
-//! Fabric discovery, transports and the endpoint table for rlaunch.
+//! Fabric discovery, endpoint assignment, the per-node endpoint table, and the transports and tree
+//! collective used by rlaunch's daemons.
 //!
-//! This crate will hold:
-//! - discovery of InfiniBand/RoCE ports (sysfs) and Ethernet interfaces, with the sysfs root as a
-//!   parameter so that tests run on fixture trees;
-//! - the transport interface used by the daemons' tree barrier (TCP now, RDMA where verbs load);
-//! - the per-node endpoint table that daemons publish to local ranks in shared memory.
+//! - [`discover`]: InfiniBand/RoCE ports and Ethernet interfaces from sysfs (root is a parameter);
+//! - [`verbs`]: libibverbs loaded at run time, reporting "unavailable: <why>" instead of failing;
+//! - [`endpoints`]: the pure rule mapping every rank to a NIC, port and (for RDMA) GID;
+//! - [`table`]: the shared-memory file through which a daemon publishes endpoints to its ranks;
+//! - [`collective`] and [`transport`]: a k-ary tree barrier/allgather and the links it runs over.
 //!
 //! It does not depend on the `rlaunch` binary crate nor on `launchers`.
+
+pub mod discover;
+pub mod verbs;
+
+pub use discover::{IfAddr, Inventory};
