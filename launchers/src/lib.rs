@@ -1,1 +1,10 @@
-//! placeholder
+//! Where rlaunch's nodes come from (hostfiles, `--host`, Slurm, PBS) and where its ranks go.
+//!
+//! Everything here is pure except [`pbs::detect_pbs`], which reads the node file PBS names.
+//! Environment lookups are passed in as closures so that tests never touch the real environment.
+
+pub mod map;
+pub mod nodes;
+
+pub use map::{compute_map, compute_map_for_nodes, MapBy, MapError, MapPolicy, ProcMap, RankBy, RankPlace};
+pub use nodes::{parse_host_list, parse_hostfile, Node, NodeListError};
