@@ -13,3 +13,4 @@ pub mod discover;
 pub mod verbs;
 
 pub use discover::{IfAddr, Inventory};
+pub mod endpoints;

@@ -127,3 +127,40 @@ fn real_sys_finds_loopback() {
     let shown = inv.verbs.to_string();
     assert!(shown.starts_with("available") || shown.starts_with("unavailable"), "{shown}");
 }
+
+#[test]
+fn assignment_over_fixture_hosts() {
+    use fabrics::endpoints::{assign, Fabric, FabricChoice, NicKind};
+    let (_t1, ib_root) = common::sysfs("ib-hca");
+    let (_t2, roce_root) = common::sysfs("roce");
+    let (_t3, virt_root) = common::sysfs("virtual-only");
+    let mut ib = Inventory::discover(&ib_root, &[IfAddr::new("ib0", v4("192.168.100.1"), 24), IfAddr::new("eno1", v4("10.1.0.1"), 16)]).unwrap();
+    ib.hostname = "ibhost".into();
+    ib.port_base = 21000;
+    let mut ib2 = ib.clone();
+    ib2.hostname = "ibhost2".into();
+    let a = assign(&[ib.clone(), ib2], &[2, 2], FabricChoice::Auto, &[]).unwrap();
+    assert_eq!(a.fabric, Fabric::Rdma);
+    assert_eq!(a.nodes[0].nics.len(), 1, "port 2 is down and must not be used");
+    let e = a.endpoint(0, 1).unwrap();
+    assert_eq!(e.nic.kind, NicKind::Ib);
+    assert_eq!(e.nic.ifname, "ib0");
+    assert_eq!(e.ip, Some(v4("192.168.100.1")));
+    let r = e.nic.rdma.unwrap();
+    assert_eq!((r.port, r.lid, r.gid_index), (1, 0x1a, 0));
+
+    let mut roce = Inventory::discover(&roce_root, &[IfAddr::new("ens1f0np0", v4("10.0.0.5"), 24)]).unwrap();
+    roce.hostname = "rocehost".into();
+    roce.port_base = 22000;
+    let e = assign(&[roce.clone()], &[1], FabricChoice::Rdma, &[]).unwrap().endpoint(0, 0).unwrap();
+    assert_eq!(e.nic.rdma.unwrap().gid_index, 3);
+    assert_eq!(e.nic.mtu, 4096, "9000-byte netdev");
+
+    let mut virt = Inventory::discover(&virt_root, &[IfAddr::new("veth0", v4("172.17.0.2"), 16)]).unwrap();
+    virt.hostname = "container".into();
+    virt.port_base = 23000;
+    let a = assign(&[ib, roce, virt], &[1, 1, 1], FabricChoice::Auto, &[]).unwrap();
+    assert_eq!(a.fabric, Fabric::Tcp, "the container has no RDMA port");
+    assert_eq!(a.endpoint(2, 0).unwrap().nic.ifname, "veth0");
+    assert_eq!(a.endpoint(0, 0).unwrap().nic.ifname, "ib0", "RDMA-capable netdev first");
+}
