@@ -14,3 +14,4 @@ pub mod verbs;
 
 pub use discover::{IfAddr, Inventory};
 pub mod endpoints;
+pub mod table;
