@@ -1,7 +1,9 @@
 //! Where rlaunch's nodes come from (hostfiles, `--host`, Slurm, PBS) and where its ranks go.
 //!
-//! Everything here is pure except [`pbs::detect_pbs`], which reads the node file PBS names.
-//! Environment lookups are passed in as closures so that tests never touch the real environment.
+//! [`nodes`], [`map`] and [`slurm`] are pure: text and environment lookups in, values out, so
+//! every rule is tested without a cluster. [`pbs::detect_pbs`] reads the node file PBS names;
+//! starting daemons lives in its own module. Environment lookups are passed in as closures so that
+//! tests never touch the real environment.
 
 pub mod map;
 pub mod nodes;

@@ -1,0 +1,128 @@
+//! How a daemon gets started on a node: the local backend (fork/exec), and rsh-like launch agents
+//! (`ssh -x`, `ip netns exec`, a site wrapper): `AGENT... HOST COMMAND-LINE`.
+//!
+//! Every backend hands back a [`DaemonProcess`]: a local process whose stdin carries the bootstrap
+//! line (and then stays open, so the daemon sees EOF when this side dies) and whose stderr is the
+//! daemon's, for error reports.
+
+use crate::nodes::Node;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Starter {
+    /// Fork/exec the daemon on this machine.
+    Local,
+    /// Run `argv... HOST 'DAEMON __daemon'`, like Open MPI's rsh agent.
+    Agent { argv: Vec<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot run launch agent '{agent}' for node {node}: {source}")]
+    Agent { agent: String, node: String, source: std::io::Error },
+    #[error("cannot start the daemon '{path}' on this node: {source}")]
+    Local { path: String, source: std::io::Error },
+    #[error("cannot send the bootstrap line to the daemon of node {node}: {source}")]
+    Bootstrap { node: String, source: std::io::Error },
+}
+
+pub struct DaemonProcess {
+    pub child: Child,
+    /// Kept open for the life of the job: closing it tells the daemon its starter is gone.
+    pub stdin: Option<ChildStdin>,
+    pub stderr: Option<ChildStderr>,
+}
+
+/// Quotes one word for a POSIX shell: the remote side of ssh and agents runs the command through one.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The command line that runs the daemon on the far side of an agent.
+pub fn remote_command(daemon_path: &str) -> String {
+    format!("{} __daemon", shell_quote(daemon_path))
+}
+
+fn prepare(cmd: &mut Command) {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Own process group: the user's ctrl-C reaches the front end, which forwards it.
+            libc::setpgid(0, 0);
+            // If the front end dies, even by SIGKILL, the local daemon or agent hears of it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+/// Starts the daemon for `node` and writes `bootstrap` (one line) to its stdin.
+pub fn start(starter: &Starter, node: &Node, daemon_path: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
+    let mut child = match starter {
+        Starter::Local => {
+            let mut cmd = Command::new(daemon_path);
+            cmd.arg("__daemon");
+            prepare(&mut cmd);
+            cmd.spawn().map_err(|source| StartError::Local { path: daemon_path.to_string(), source })?
+        }
+        Starter::Agent { argv } => {
+            let target = match &node.user {
+                Some(u) => format!("{u}@{}", node.name),
+                None => node.name.clone(),
+            };
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]).arg(&target).arg(remote_command(daemon_path));
+            prepare(&mut cmd);
+            cmd.spawn().map_err(|source| StartError::Agent { agent: argv.join(" "), node: node.name.clone(), source })?
+        }
+    };
+    let mut stdin = child.stdin.take();
+    if let Some(s) = stdin.as_mut() {
+        if let Err(source) = s.write_all(bootstrap.as_bytes()).and_then(|_| s.flush()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(StartError::Bootstrap { node: node.name.clone(), source });
+        }
+    }
+    let stderr = child.stderr.take();
+    Ok(DaemonProcess { child, stdin, stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/bin/rlaunch"), "/usr/bin/rlaunch");
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn agent_gets_host_and_command_line() {
+        // `sh -c 'echo "$0 $1" >&2' HOST CMD` stands in for an rsh-like agent: it reports its argv.
+        let starter = Starter::Agent { argv: vec!["sh".into(), "-c".into(), "read l; echo \"$0|$1|$l\" >&2".into()] };
+        let node = Node { name: "n7".into(), user: Some("bob".into()), slots: 1, max_slots: None };
+        let mut p = start(&starter, &node, "/opt/x y/rlaunch", "BOOT\n").unwrap();
+        drop(p.stdin.take());
+        let mut err = String::new();
+        std::io::Read::read_to_string(p.stderr.as_mut().unwrap(), &mut err).unwrap();
+        p.child.wait().unwrap();
+        assert_eq!(err.trim(), "bob@n7|'/opt/x y/rlaunch' __daemon|BOOT");
+    }
+
+    #[test]
+    fn missing_agent_is_a_clear_error() {
+        let starter = Starter::Agent { argv: vec!["/nonexistent/agent".into()] };
+        let node = Node { name: "n1".into(), user: None, slots: 1, max_slots: None };
+        let e = start(&starter, &node, "rlaunch", "x\n").err().unwrap().to_string();
+        assert!(e.starts_with("cannot run launch agent '/nonexistent/agent' for node n1:"), "{e}");
+    }
+}

@@ -1,0 +1,837 @@
+//! The per-node daemon (`rlaunch __daemon`): reads its bootstrap line on stdin, joins the tree,
+//! receives the application context, computes the process map itself, starts and supervises its
+//! local ranks, and relays traffic for the daemons below it.
+//!
+//! One event loop owns all state. Sockets, pipes and signals are events; handlers change state and
+//! queue frames; nothing runs on another thread.
+
+use crate::link::{flush_blocking, Link};
+use crate::output::LineBuffer;
+use crate::sig::SignalPipe;
+use crate::tree;
+use crate::wire::{Bootstrap, Dir, Launch, Msg, RankStatus, StdinTarget, Stream};
+use anyhow::{anyhow, bail, Context, Result};
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Token};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+const PARENT: Token = Token(0);
+const LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const BOOT_STDIN: Token = Token(3);
+const CHILD_BASE: usize = 1 << 20;
+const RANK_BASE: usize = 1 << 24;
+/// Stop reading rank output while this much is queued towards the parent: the ranks then block on
+/// their pipes instead of the daemon growing without bound.
+const HIGH_WATER: usize = 8 << 20;
+/// After a rank was reaped, how long its pipes may stay open (held by an escaped descendant) before
+/// the daemon stops waiting for them.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn rank_token(local: usize, what: usize) -> Token {
+    Token(RANK_BASE + local * 4 + what)
+}
+
+struct LocalRank {
+    rank: u32,
+    pid: u32,
+    out: Option<Receiver>,
+    err: Option<Receiver>,
+    out_lines: LineBuffer,
+    err_lines: LineBuffer,
+    stdin: Option<Sender>,
+    stdin_buf: Vec<u8>,
+    stdin_eof: bool,
+    status: Option<RankStatus>,
+    reaped_at: Option<Instant>,
+    reported: bool,
+}
+
+struct ChildLink {
+    link: Link,
+    node: Option<u32>,
+}
+
+struct Daemon {
+    boot: Bootstrap,
+    poll: Poll,
+    parent: Link,
+    listener: Option<mio::net::TcpListener>,
+    children: HashMap<Token, ChildLink>,
+    next_child_token: usize,
+    launch: Option<Box<Launch>>,
+    launch_frame: Vec<u8>,
+    ranks: Vec<LocalRank>,
+    by_pid: HashMap<u32, usize>,
+    /// Rank pipes that may hold more data than one read took (edge-triggered polling).
+    ready: VecDeque<Token>,
+    kill_at: Option<Instant>,
+    stop_spawning: bool,
+    node_done_sent: bool,
+    orphaned: bool,
+    shutdown: bool,
+    signals: SignalPipe,
+    launch_bytes: u32,
+}
+
+/// Entry point of `rlaunch __daemon`. Never returns.
+pub fn main() -> ! {
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rlaunch daemon on {}: {e:#}", hostname());
+            crate::exitcode::LAUNCH_FAILED
+        }
+    };
+    std::process::exit(code)
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into())
+}
+
+fn read_bootstrap() -> Result<Bootstrap> {
+    // Byte by byte: anything after the line must stay in stdin (it is watched for EOF later).
+    let mut line = Vec::new();
+    let mut stdin = io::stdin().lock();
+    let mut b = [0u8; 1];
+    loop {
+        match stdin.read(&mut b) {
+            Ok(0) => bail!("standard input closed before the bootstrap line (start daemons through rlaunch, not by hand)"),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => {
+                line.push(b[0]);
+                if line.len() > 4096 {
+                    bail!("bootstrap line too long");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading the bootstrap line"),
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    Bootstrap::parse(&text).ok_or_else(|| anyhow!("malformed bootstrap line (is the same rlaunch version installed on every node?)"))
+}
+
+fn connect_parent(addr: &str) -> Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = addr.to_socket_addrs().with_context(|| format!("resolving parent address {addr}"))?.collect();
+    let mut last = None;
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow!("cannot connect to parent {addr}: {}", last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())))
+}
+
+fn run() -> Result<i32> {
+    // The daemon must outlive nothing: if the process that started it dies, terminate (handled as
+    // an orphan event below). Ignoring errors: not every platform has the call.
+    let signals = SignalPipe::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+    let boot = read_bootstrap()?;
+    let stream = connect_parent(&boot.parent)?;
+    stream.set_nodelay(true).ok();
+    stream.set_nonblocking(true)?;
+    let poll = Poll::new()?;
+    let mut parent = Link::new(mio::net::TcpStream::from_std(stream), boot.key, Dir::Up, Some(boot.node));
+    poll.registry().register(&mut parent.stream, PARENT, Interest::READABLE | Interest::WRITABLE)?;
+
+    let nchildren = tree::children_of(Some(boot.node), boot.fanout, boot.nnodes).len();
+    let mut listener = None;
+    let mut listen_port = 0;
+    if nchildren > 0 {
+        let mut l = mio::net::TcpListener::bind("0.0.0.0:0".parse().unwrap()).context("listening for child daemons")?;
+        listen_port = l.local_addr()?.port();
+        poll.registry().register(&mut l, LISTENER, Interest::READABLE)?;
+        listener = Some(l);
+    }
+    let mut d = Daemon {
+        boot,
+        poll,
+        parent,
+        listener,
+        children: HashMap::new(),
+        next_child_token: CHILD_BASE,
+        launch: None,
+        launch_frame: Vec::new(),
+        ranks: Vec::new(),
+        by_pid: HashMap::new(),
+        ready: VecDeque::new(),
+        kill_at: None,
+        stop_spawning: false,
+        node_done_sent: false,
+        orphaned: false,
+        shutdown: false,
+        signals,
+        launch_bytes: 0,
+    };
+    d.poll.registry().register(&mut d.signals.rx, SIGNALS, Interest::READABLE)?;
+    // The bootstrap stdin stays open for the life of whatever started us (a pipe from the front end,
+    // an ssh channel): its EOF means that process is gone. Regular files cannot be polled; skip those.
+    let stdin_fd = 0;
+    let _ = d.poll.registry().register(&mut mio::unix::SourceFd(&stdin_fd), BOOT_STDIN, Interest::READABLE);
+    d.parent.send(&Msg::Hello {
+        node: d.boot.node,
+        pid: std::process::id(),
+        listen_port,
+        hostname: hostname(),
+        addr: None,
+    });
+    d.parent.flush().ok();
+    d.event_loop()
+}
+
+impl Daemon {
+    fn event_loop(&mut self) -> Result<i32> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if self.shutdown {
+                return Ok(self.finish());
+            }
+            if self.orphaned && self.all_ranks_done() {
+                return Ok(crate::exitcode::LAUNCH_FAILED);
+            }
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    PARENT => {
+                        if ev.is_writable() {
+                            if self.parent.flush().is_err() {
+                                self.parent_lost();
+                            }
+                        }
+                        if ev.is_readable() {
+                            self.read_parent();
+                        }
+                    }
+                    LISTENER => self.accept_children(),
+                    SIGNALS => self.on_signals(),
+                    BOOT_STDIN => self.on_boot_stdin(),
+                    t if t.0 >= RANK_BASE => {
+                        let what = (t.0 - RANK_BASE) % 4;
+                        if what == 2 {
+                            self.write_stdin((t.0 - RANK_BASE) / 4);
+                        } else {
+                            self.ready.push_back(t);
+                        }
+                    }
+                    t => self.on_child(t, ev.is_readable(), ev.is_writable()),
+                }
+            }
+            self.drain_ready();
+            self.check_timers();
+            self.check_done();
+            if self.parent.flush().is_err() {
+                self.parent_lost();
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() && self.parent.pending_out() < HIGH_WATER {
+            return Some(Duration::ZERO);
+        }
+        let mut t: Option<Instant> = self.kill_at;
+        for r in &self.ranks {
+            if let (Some(at), false) = (r.reaped_at, r.reported) {
+                let d = at + PIPE_DRAIN;
+                t = Some(t.map_or(d, |x| x.min(d)));
+            }
+        }
+        t.map(|at| at.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+    }
+
+    fn read_parent(&mut self) {
+        loop {
+            match self.parent.fill() {
+                Ok(more) => {
+                    loop {
+                        match self.parent.next_msg() {
+                            Ok(Some(msg)) => {
+                                let len = self.parent.last_frame_len;
+                                self.on_parent_msg(msg, len);
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                eprintln!("rlaunch daemon on node {}: rejected frame from parent: {e}", self.boot.node);
+                                self.parent_lost();
+                                return;
+                            }
+                        }
+                    }
+                    if self.parent.eof {
+                        self.parent_lost();
+                        return;
+                    }
+                    if !more {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    self.parent_lost();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn parent_lost(&mut self) {
+        if self.orphaned || self.shutdown {
+            return;
+        }
+        self.orphaned = true;
+        let _ = self.poll.registry().deregister(&mut self.parent.stream);
+        self.terminate_all();
+    }
+
+    fn on_boot_stdin(&mut self) {
+        let mut buf = [0u8; 256];
+        // SAFETY: fd 0 is ours for the life of the process; a plain read on it is fine.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock) {
+            let stdin_fd = 0;
+            let _ = self.poll.registry().deregister(&mut mio::unix::SourceFd(&stdin_fd));
+            // Whoever started us is gone (front end, ssh client, agent): no one can collect our ranks.
+            if !self.shutdown {
+                self.parent_lost();
+            }
+        }
+    }
+
+    fn on_parent_msg(&mut self, msg: Msg, frame_len: usize) {
+        match msg {
+            Msg::Launch(launch) => {
+                if self.launch.is_some() {
+                    return;
+                }
+                self.launch_bytes = frame_len as u32;
+                let relay = Msg::Launch(launch.clone());
+                for c in self.children.values_mut() {
+                    if c.node.is_some() {
+                        c.link.send(&relay);
+                        let _ = c.link.flush();
+                    }
+                }
+                self.launch_frame = Vec::new();
+                self.launch = Some(launch);
+                if let Err(e) = self.start_ranks() {
+                    self.node_error(format!("{e:#}"));
+                    self.terminate_all();
+                }
+            }
+            Msg::Stdin { data } => {
+                self.deliver_stdin(&data);
+                let target = self.launch.as_ref().map(|l| l.stdin);
+                let relay = Msg::Stdin { data };
+                self.relay_down(&relay, target);
+            }
+            Msg::Signal { signum } => {
+                self.signal_all(signum);
+                self.relay_down(&Msg::Signal { signum }, None);
+            }
+            Msg::Terminate => {
+                self.terminate_all();
+                self.relay_down(&Msg::Terminate, None);
+            }
+            Msg::Kill => {
+                self.signal_all(libc::SIGKILL);
+                self.stop_spawning = true;
+                self.relay_down(&Msg::Kill, None);
+            }
+            Msg::Shutdown => {
+                self.relay_down(&Msg::Shutdown, None);
+                self.shutdown = true;
+            }
+            other => {
+                eprintln!("rlaunch daemon on node {}: unexpected message from parent: {other:?}", self.boot.node);
+            }
+        }
+    }
+
+    /// Sends a message to the children whose subtree needs it (`stdin` routes to the rank's node).
+    fn relay_down(&mut self, msg: &Msg, stdin: Option<StdinTarget>) {
+        let target_node = match (stdin, &self.launch) {
+            (Some(StdinTarget::Rank(r)), Some(l)) => self.node_of_rank(l, r),
+            _ => None,
+        };
+        for c in self.children.values_mut() {
+            let Some(node) = c.node else { continue };
+            if let Some(t) = target_node {
+                if !tree::in_subtree(node, t, self.boot.fanout) {
+                    continue;
+                }
+            }
+            c.link.send(msg);
+            let _ = c.link.flush();
+        }
+    }
+
+    fn node_of_rank(&self, launch: &Launch, rank: u32) -> Option<u32> {
+        let map = compute_map(launch).ok()?;
+        (rank < map.size()).then(|| map.rank(rank).node)
+    }
+
+    fn node_error(&mut self, message: String) {
+        let node = self.boot.node;
+        self.parent.send(&Msg::NodeError { node, message });
+    }
+
+    fn start_ranks(&mut self) -> Result<()> {
+        let launch = self.launch.clone().expect("launch present");
+        let map = compute_map(&launch).map_err(|e| anyhow!("computing the process map: {e}"))?;
+        let node = self.boot.node;
+        let local: Vec<u32> = map.ranks_on(node).to_vec();
+        let local_size = local.len();
+        let mut pids = Vec::with_capacity(local_size);
+        for (li, &rank) in local.iter().enumerate() {
+            if self.stop_spawning {
+                break;
+            }
+            let place = map.rank(rank);
+            let app = &launch.apps[place.app as usize];
+            let mut cmd = std::process::Command::new(&app.argv[0]);
+            cmd.args(&app.argv[1..]);
+            for (k, v) in &app.env {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            cmd.env("RLAUNCH_RANK", rank.to_string())
+                .env("RLAUNCH_SIZE", map.size().to_string())
+                .env("RLAUNCH_LOCAL_RANK", li.to_string())
+                .env("RLAUNCH_LOCAL_SIZE", local_size.to_string())
+                .env("RLAUNCH_NODE_RANK", node.to_string())
+                .env("RLAUNCH_NUM_NODES", launch.nodes.len().to_string())
+                .env("RLAUNCH_JOBID", &launch.job_id)
+                .env("RLAUNCH_APPNUM", place.app.to_string());
+            if !app.cwd.is_empty() {
+                cmd.current_dir(&app.cwd);
+            }
+            let gets_stdin = match launch.stdin {
+                StdinTarget::None => false,
+                StdinTarget::All => true,
+                StdinTarget::Rank(r) => r == rank,
+            };
+            cmd.stdin(if gets_stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() });
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            let daemon_pid = std::process::id() as libc::pid_t;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Own process group: signals reach the rank and everything it starts, and the
+                    // terminal's ctrl-C goes to the front end only, which forwards it.
+                    libc::setpgid(0, 0);
+                    // Die with the daemon even if it is SIGKILLed.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if libc::getppid() != daemon_pid {
+                        libc::_exit(137);
+                    }
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    let pid = child.id();
+                    // Also from this side, so signals sent right after spawn find the group.
+                    unsafe { libc::setpgid(pid as libc::pid_t, pid as libc::pid_t) };
+                    let idx = self.ranks.len();
+                    let mut out = child.stdout.take().map(Receiver::from);
+                    let mut err = child.stderr.take().map(Receiver::from);
+                    let mut stdin = child.stdin.take().map(Sender::from);
+                    if let Some(r) = out.as_mut() {
+                        r.set_nonblocking(true)?;
+                        self.poll.registry().register(r, rank_token(idx, 0), Interest::READABLE)?;
+                    }
+                    if let Some(r) = err.as_mut() {
+                        r.set_nonblocking(true)?;
+                        self.poll.registry().register(r, rank_token(idx, 1), Interest::READABLE)?;
+                    }
+                    if let Some(s) = stdin.as_mut() {
+                        s.set_nonblocking(true)?;
+                        self.poll.registry().register(s, rank_token(idx, 2), Interest::WRITABLE)?;
+                    }
+                    // The Child handle is dropped: reaping is done by pid in on_sigchld.
+                    std::mem::forget(child);
+                    self.by_pid.insert(pid, idx);
+                    self.ranks.push(LocalRank {
+                        rank,
+                        pid,
+                        out,
+                        err,
+                        out_lines: LineBuffer::default(),
+                        err_lines: LineBuffer::default(),
+                        stdin,
+                        stdin_buf: Vec::new(),
+                        stdin_eof: false,
+                        status: None,
+                        reaped_at: None,
+                        reported: false,
+                    });
+                    pids.push((rank, pid));
+                }
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::ENOENT);
+                    self.ranks.push(LocalRank {
+                        rank,
+                        pid: 0,
+                        out: None,
+                        err: None,
+                        out_lines: LineBuffer::default(),
+                        err_lines: LineBuffer::default(),
+                        stdin: None,
+                        stdin_buf: Vec::new(),
+                        stdin_eof: true,
+                        status: Some(RankStatus::SpawnFailed(errno)),
+                        reaped_at: Some(Instant::now()),
+                        reported: false,
+                    });
+                    // No point starting the rest: the job is failing.
+                    self.stop_spawning = true;
+                }
+            }
+        }
+        self.parent.send(&Msg::Started { node, pids, launch_bytes: self.launch_bytes });
+        // Children may have exited before we registered for SIGCHLD-driven reaping of their pid.
+        self.reap();
+        Ok(())
+    }
+
+    fn drain_ready(&mut self) {
+        let mut rounds = self.ready.len();
+        while rounds > 0 && self.parent.pending_out() < HIGH_WATER {
+            rounds -= 1;
+            let Some(t) = self.ready.pop_front() else { break };
+            let idx = (t.0 - RANK_BASE) / 4;
+            let what = (t.0 - RANK_BASE) % 4;
+            if self.read_rank_pipe(idx, what) {
+                self.ready.push_back(t);
+            }
+        }
+    }
+
+    /// Reads a bounded amount from one rank pipe; true when more may be waiting.
+    fn read_rank_pipe(&mut self, idx: usize, what: usize) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        let mut total = 0;
+        let r = &mut self.ranks[idx];
+        let (pipe, lines, stream) = if what == 0 {
+            (&mut r.out, &mut r.out_lines, Stream::Stdout)
+        } else {
+            (&mut r.err, &mut r.err_lines, Stream::Stderr)
+        };
+        let Some(p) = pipe.as_mut() else { return false };
+        let mut eof = false;
+        let mut more = false;
+        let mut data = Vec::new();
+        loop {
+            match p.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    data.extend(lines.push(&buf[..n]));
+                    total += n;
+                    if total >= 256 * 1024 {
+                        more = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            data.extend(lines.finish());
+            if let Some(mut p) = pipe.take() {
+                let _ = self.poll.registry().deregister(&mut p);
+            }
+        }
+        let rank = r.rank;
+        if !data.is_empty() {
+            self.parent.send(&Msg::Output { rank, stream, data });
+        }
+        more
+    }
+
+    fn deliver_stdin(&mut self, data: &[u8]) {
+        for i in 0..self.ranks.len() {
+            let r = &mut self.ranks[i];
+            if r.stdin.is_none() || r.stdin_eof {
+                continue;
+            }
+            if data.is_empty() {
+                r.stdin_eof = true;
+            } else {
+                r.stdin_buf.extend_from_slice(data);
+            }
+            self.write_stdin(i);
+        }
+    }
+
+    fn write_stdin(&mut self, idx: usize) {
+        let r = &mut self.ranks[idx];
+        let Some(s) = r.stdin.as_mut() else { return };
+        let mut closed = false;
+        while !r.stdin_buf.is_empty() {
+            match s.write(&r.stdin_buf) {
+                Ok(n) => {
+                    r.stdin_buf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // The rank closed its stdin or exited: drop what it will never read.
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed || (r.stdin_eof && r.stdin_buf.is_empty()) {
+            if let Some(mut s) = r.stdin.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+            r.stdin_buf.clear();
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for s in self.signals.drain() {
+            match s {
+                libc::SIGCHLD => self.reap(),
+                // Slurm's scancel, a dying session, or an admin: nobody will collect the ranks.
+                _ => {
+                    self.parent_lost();
+                }
+            }
+        }
+        // SIGCHLD bytes may be coalesced; reaping is cheap and idempotent.
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.rank_exited(pid.as_raw() as u32, RankStatus::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.rank_exited(pid.as_raw() as u32, RankStatus::Signaled(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    fn rank_exited(&mut self, pid: u32, status: RankStatus) {
+        let Some(&idx) = self.by_pid.get(&pid) else { return };
+        let r = &mut self.ranks[idx];
+        r.status = Some(status);
+        r.reaped_at = Some(Instant::now());
+        // A rank's descendants die with it: anything left in its process group is killed now.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        if let Some(mut s) = r.stdin.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        // Output may still sit in the pipes: read it before reporting the exit.
+        self.ready.push_back(rank_token(idx, 0));
+        self.ready.push_back(rank_token(idx, 1));
+    }
+
+    fn live_pids(&self) -> Vec<u32> {
+        self.ranks.iter().filter(|r| r.status.is_none() && r.pid != 0).map(|r| r.pid).collect()
+    }
+
+    fn signal_all(&mut self, signum: i32) {
+        for pid in self.live_pids() {
+            unsafe { libc::kill(-(pid as libc::pid_t), signum) };
+        }
+    }
+
+    fn terminate_all(&mut self) {
+        self.stop_spawning = true;
+        self.signal_all(libc::SIGTERM);
+        if self.kill_at.is_none() {
+            let grace = self.launch.as_ref().map_or(2000, |l| l.kill_grace_ms);
+            self.kill_at = Some(Instant::now() + Duration::from_millis(grace as u64));
+        }
+    }
+
+    fn check_timers(&mut self) {
+        let now = Instant::now();
+        if let Some(at) = self.kill_at {
+            if now >= at {
+                self.signal_all(libc::SIGKILL);
+                self.kill_at = None;
+            }
+        }
+        for i in 0..self.ranks.len() {
+            let r = &mut self.ranks[i];
+            if r.reported {
+                continue;
+            }
+            let Some(at) = r.reaped_at else { continue };
+            let pipes_open = r.out.is_some() || r.err.is_some();
+            if pipes_open && now < at + PIPE_DRAIN {
+                continue;
+            }
+            if pipes_open {
+                // Held open by a descendant that left the rank's process group: stop waiting.
+                let mut data = r.out_lines.finish();
+                let mut edata = r.err_lines.finish();
+                if let Some(mut p) = r.out.take() {
+                    let _ = self.poll.registry().deregister(&mut p);
+                }
+                if let Some(mut p) = r.err.take() {
+                    let _ = self.poll.registry().deregister(&mut p);
+                }
+                let rank = r.rank;
+                if !data.is_empty() {
+                    self.parent.send(&Msg::Output { rank, stream: Stream::Stdout, data: std::mem::take(&mut data) });
+                }
+                if !edata.is_empty() {
+                    self.parent.send(&Msg::Output { rank, stream: Stream::Stderr, data: std::mem::take(&mut edata) });
+                }
+            }
+            let r = &mut self.ranks[i];
+            r.reported = true;
+            let msg = Msg::RankExit { rank: r.rank, pid: r.pid, status: r.status.expect("reaped rank has a status") };
+            self.parent.send(&msg);
+        }
+    }
+
+    fn all_ranks_done(&self) -> bool {
+        self.ranks.iter().all(|r| r.reported)
+    }
+
+    fn check_done(&mut self) {
+        if self.node_done_sent || self.launch.is_none() || !self.all_ranks_done() {
+            return;
+        }
+        // Ranks not started because spawning stopped still count as done.
+        self.node_done_sent = true;
+        let node = self.boot.node;
+        self.parent.send(&Msg::NodeDone { node });
+    }
+
+    fn accept_children(&mut self) {
+        let Some(l) = self.listener.as_ref() else { return };
+        loop {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nodelay(true).ok();
+                    let t = Token(self.next_child_token);
+                    self.next_child_token += 1;
+                    if self.poll.registry().register(&mut s, t, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                        let link = Link::new(s, self.boot.key, Dir::Down, None);
+                        self.children.insert(t, ChildLink { link, node: None });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn on_child(&mut self, t: Token, readable: bool, writable: bool) {
+        let Some(c) = self.children.get_mut(&t) else { return };
+        if writable {
+            let _ = c.link.flush();
+        }
+        if !readable {
+            return;
+        }
+        let mut up: Vec<Msg> = Vec::new();
+        let mut lost = false;
+        loop {
+            let more = match c.link.fill() {
+                Ok(m) => m,
+                Err(_) => {
+                    lost = true;
+                    false
+                }
+            };
+            loop {
+                match c.link.next_msg() {
+                    Ok(Some(msg)) => up.push(msg),
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("rlaunch daemon on node {}: rejected frame from a child: {e}", self.boot.node);
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+            if c.link.eof || lost || !more {
+                lost |= c.link.eof;
+                break;
+            }
+        }
+        let peer_ip = c.link.stream.peer_addr().ok().map(|a| a.ip().to_string());
+        for msg in up {
+            let mut msg = msg;
+            if let Msg::Hello { node, addr, listen_port, .. } = &mut msg {
+                let c = self.children.get_mut(&t).unwrap();
+                if c.node.is_none() {
+                    let expected = tree::children_of(Some(self.boot.node), self.boot.fanout, self.boot.nnodes);
+                    if !expected.contains(node) {
+                        eprintln!("rlaunch daemon on node {}: node {node} is not a child of this daemon; dropping it", self.boot.node);
+                        lost = true;
+                        break;
+                    }
+                    c.node = Some(*node);
+                    c.link.set_link(self.boot.key, Dir::Down, *node);
+                    if addr.is_none() && *listen_port != 0 {
+                        *addr = peer_ip.clone();
+                    }
+                    if let Some(l) = &self.launch {
+                        c.link.send(&Msg::Launch(l.clone()));
+                        let _ = c.link.flush();
+                    }
+                }
+            }
+            self.parent.send(&msg);
+        }
+        if lost {
+            if let Some(mut c) = self.children.remove(&t) {
+                let _ = self.poll.registry().deregister(&mut c.link.stream);
+                if let Some(node) = c.node {
+                    if !self.shutdown {
+                        self.parent.send(&Msg::NodeError { node, message: format!("lost contact with the daemon of node {node} (connection closed)") });
+                    }
+                }
+            }
+        }
+        let _ = self.parent.flush();
+    }
+
+    fn finish(&mut self) -> i32 {
+        // All ranks are done when the front end sends Shutdown; make sure of it anyway.
+        self.signal_all(libc::SIGKILL);
+        for c in self.children.values_mut() {
+            flush_blocking(&mut c.link, Duration::from_secs(2));
+        }
+        flush_blocking(&mut self.parent, Duration::from_secs(2));
+        crate::exitcode::SUCCESS
+    }
+}
+
+pub fn compute_map(launch: &Launch) -> Result<launchers::map::ProcMap, launchers::map::MapError> {
+    let slots: Vec<(u32, Option<u32>)> = launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
+    let np: Vec<Option<u32>> = launch.apps.iter().map(|a| a.np).collect();
+    launchers::map::compute_map(&slots, &np, &launch.policy)
+}

@@ -1,0 +1,485 @@
+//! The front end ↔ daemon ↔ daemon wire: framing, authentication and the message set.
+//!
+//! No I/O happens here: [`Sealer::seal`] turns a message into bytes, [`Opener::open`] takes bytes that
+//! arrived and returns whole messages (or `None` while a frame is partial). The event loops own the
+//! sockets.
+//!
+//! Frame layout (all integers little-endian):
+//!
+//! | bytes | field                                                                    |
+//! |-------|--------------------------------------------------------------------------|
+//! | 4     | `len`: number of bytes after this field                                  |
+//! | 1     | `version` ([`PROTOCOL_VERSION`])                                         |
+//! | 1     | `dir`: 0 = towards the leaves (down), 1 = towards the front end (up)     |
+//! | 4     | `link`: node rank of the child end of this tree edge                    |
+//! | 8     | `seq`: per link and direction, starts at 0, +1 per frame                 |
+//! | n     | payload: [`Msg`] encoded with postcard                                   |
+//! | 32    | HMAC-SHA256(job key, version‖dir‖link‖seq‖payload)                       |
+//!
+//! postcard was chosen because it encodes structs positionally (field order is the numeric key, enum
+//! variant index is the numeric message type, no names on the wire), uses varints, and has a stable
+//! written specification; serde keeps the message definitions in one place for both ends.
+//!
+//! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
+//! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
+/// length cannot make a daemon allocate gigabytes.
+pub const MAX_FRAME: usize = 16 << 20;
+pub const KEY_LEN: usize = 32;
+const MAC_LEN: usize = 32;
+const HEADER_LEN: usize = 4 + 1 + 1 + 4 + 8;
+
+pub type JobKey = [u8; KEY_LEN];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Dir {
+    Down = 0,
+    Up = 1,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("frame too short ({0} bytes)")]
+    TooShort(usize),
+    #[error("protocol version {0} (this rlaunch speaks {PROTOCOL_VERSION}); use the same rlaunch build on every node")]
+    Version(u8),
+    #[error("frame authentication failed (forged, corrupted or from another job)")]
+    BadMac,
+    #[error("frame direction {0} is wrong for this link")]
+    Direction(u8),
+    #[error("frame for link {got} arrived on link {expected}")]
+    Link { expected: u32, got: u32 },
+    #[error("replayed or reordered frame: sequence {got}, expected {expected}")]
+    Sequence { expected: u64, got: u64 },
+    #[error("undecodable message: {0}")]
+    Decode(String),
+}
+
+/// Exit status of one rank as seen by its daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RankStatus {
+    Exited(i32),
+    Signaled(i32),
+    /// The program could not be started at all (errno).
+    SpawnFailed(i32),
+}
+
+impl RankStatus {
+    pub fn is_success(self) -> bool {
+        matches!(self, RankStatus::Exited(0))
+    }
+    /// The shell convention: the exit code, or 128+N for signal N.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RankStatus::Exited(c) => c,
+            RankStatus::Signaled(s) => 128 + s,
+            RankStatus::SpawnFailed(_) => crate::exitcode::USAGE,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StdinTarget {
+    None,
+    All,
+    Rank(u32),
+}
+
+/// One MPMD application context. Only what is needed to start its ranks; never per-rank data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppContext {
+    pub argv: Vec<String>,
+    /// Environment changes for this context: `(name, Some(value))` sets, `(name, None)` unsets.
+    pub env: Vec<(String, Option<String>)>,
+    pub cwd: String,
+    pub np: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub name: String,
+    pub user: Option<String>,
+    pub slots: u32,
+    pub max_slots: Option<u32>,
+}
+
+/// The launch message: the application context only. Its size depends on the programs, environment
+/// and node list, never on the number of ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    pub job_id: String,
+    pub apps: Vec<AppContext>,
+    pub nodes: Vec<NodeEntry>,
+    pub policy: launchers::map::MapPolicy,
+    pub fanout: u32,
+    pub stdin: StdinTarget,
+    /// Milliseconds between SIGTERM and SIGKILL when ranks are terminated.
+    pub kill_grace_ms: u32,
+}
+
+/// Every message of the protocol. The variant index is the numeric message type: append new
+/// variants at the end and bump [`PROTOCOL_VERSION`] when an existing one changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Daemon → parent, first frame on a new link.
+    /// `addr` is filled in by the parent that accepted the link (the address it saw), so that the
+    /// front end can tell this daemon's children where to connect.
+    Hello { node: u32, pid: u32, listen_port: u16, hostname: String, addr: Option<String> },
+    /// Parent → daemon: what to run. Relayed unchanged down the tree.
+    Launch(Box<Launch>),
+    /// Daemon → up: complete lines (or a final unterminated piece) of one rank's stream.
+    Output { rank: u32, stream: Stream, data: Vec<u8> },
+    /// Daemon → up: the local ranks started, as `(rank, pid)`. Upward messages may list ranks; only the
+    /// launch message must not grow with the rank count.
+    Started { node: u32, pids: Vec<(u32, u32)>, launch_bytes: u32 },
+    RankExit { rank: u32, pid: u32, status: RankStatus },
+    /// Daemon → up: every local rank exited and its output was sent.
+    NodeDone { node: u32 },
+    /// Daemon → up: something went wrong on a node outside any rank (relayed as is).
+    NodeError { node: u32, message: String },
+    /// Front end → down: bytes for the stdin of the targeted rank(s). Empty data = EOF.
+    Stdin { data: Vec<u8> },
+    /// Front end → down: deliver this signal to every rank's process group.
+    Signal { signum: i32 },
+    /// Front end → down: terminate all ranks now (SIGTERM, then SIGKILL after the grace period).
+    Terminate,
+    /// Front end → down: SIGKILL every rank now.
+    Kill,
+    /// Front end → down: the job is over, exit.
+    Shutdown,
+}
+
+fn mac_for(key: &JobKey, dir: Dir, link: u32, seq: u64, payload: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(&[PROTOCOL_VERSION, dir as u8]);
+    mac.update(&link.to_le_bytes());
+    mac.update(&seq.to_le_bytes());
+    mac.update(payload);
+    mac
+}
+
+/// Writes frames for one direction of one link.
+pub struct Sealer {
+    key: JobKey,
+    dir: Dir,
+    link: u32,
+    seq: u64,
+}
+
+impl Sealer {
+    pub fn new(key: JobKey, dir: Dir, link: u32) -> Self {
+        Sealer { key, dir, link, seq: 0 }
+    }
+
+    pub fn seal(&mut self, msg: &Msg) -> Vec<u8> {
+        let payload = postcard::to_allocvec(msg).expect("messages always serialize");
+        let seq = self.seq;
+        self.seq += 1;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN);
+        let len = (HEADER_LEN - 4 + payload.len() + MAC_LEN) as u32;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.push(PROTOCOL_VERSION);
+        out.push(self.dir as u8);
+        out.extend_from_slice(&self.link.to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&payload);
+        let tag = mac_for(&self.key, self.dir, self.link, seq, &payload).finalize().into_bytes();
+        out.extend_from_slice(&tag);
+        out
+    }
+}
+
+/// Reads frames for one direction of one link. `link` may be left open (`None`) on a freshly accepted
+/// connection: the first authenticated frame fixes it.
+pub struct Opener {
+    key: JobKey,
+    dir: Dir,
+    link: Option<u32>,
+    next_seq: u64,
+}
+
+impl Opener {
+    pub fn new(key: JobKey, dir: Dir, link: Option<u32>) -> Self {
+        Opener { key, dir, link, next_seq: 0 }
+    }
+
+    pub fn link(&self) -> Option<u32> {
+        self.link
+    }
+
+    /// Takes one whole frame off the front of `buf` if there is one. Errors are final for the link:
+    /// a stream that failed authentication cannot be resynchronised.
+    pub fn open(&mut self, buf: &mut Vec<u8>) -> Result<Option<Msg>, WireError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+        if len > MAX_FRAME {
+            return Err(WireError::TooLarge(len));
+        }
+        if len < HEADER_LEN - 4 + MAC_LEN {
+            return Err(WireError::TooShort(len));
+        }
+        if buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame: Vec<u8> = buf.drain(..4 + len).collect();
+        let version = frame[4];
+        if version != PROTOCOL_VERSION {
+            return Err(WireError::Version(version));
+        }
+        let dir = frame[5];
+        if dir != self.dir as u8 {
+            return Err(WireError::Direction(dir));
+        }
+        let link = u32::from_le_bytes(frame[6..10].try_into().unwrap());
+        let seq = u64::from_le_bytes(frame[10..18].try_into().unwrap());
+        let payload = &frame[HEADER_LEN..frame.len() - MAC_LEN];
+        let tag = &frame[frame.len() - MAC_LEN..];
+        // Authenticate before trusting any header field for state changes.
+        mac_for(&self.key, self.dir, link, seq, payload)
+            .verify_slice(tag)
+            .map_err(|_| WireError::BadMac)?;
+        if let Some(expected) = self.link {
+            if expected != link {
+                return Err(WireError::Link { expected, got: link });
+            }
+        }
+        if seq != self.next_seq {
+            return Err(WireError::Sequence { expected: self.next_seq, got: seq });
+        }
+        let msg: Msg = postcard::from_bytes(payload).map_err(|e| WireError::Decode(e.to_string()))?;
+        self.link = Some(link);
+        self.next_seq += 1;
+        Ok(Some(msg))
+    }
+}
+
+pub fn random_key() -> std::io::Result<JobKey> {
+    let mut k = [0u8; KEY_LEN];
+    getrandom::getrandom(&mut k).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(k)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex_key(s: &str) -> Option<JobKey> {
+    if s.len() != KEY_LEN * 2 {
+        return None;
+    }
+    let mut k = [0u8; KEY_LEN];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let h = std::str::from_utf8(chunk).ok()?;
+        k[i] = u8::from_str_radix(h, 16).ok()?;
+    }
+    Some(k)
+}
+
+/// The first line a daemon reads on its standard input: how to find its parent and who it is. The key
+/// travels only here (a pipe or an ssh channel), never on a command line or in an environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bootstrap {
+    pub key: JobKey,
+    pub parent: String,
+    pub node: u32,
+    pub nnodes: u32,
+    pub fanout: u32,
+    pub job_id: String,
+    /// Bit flags; none defined yet (reserved so the line format need not change for them).
+    pub flags: u32,
+}
+
+impl Bootstrap {
+    pub const MAGIC: &'static str = "RLAUNCH-BOOT1";
+
+    pub fn to_line(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {} {}\n",
+            Self::MAGIC,
+            hex(&self.key),
+            self.parent,
+            self.node,
+            self.nnodes,
+            self.fanout,
+            self.job_id,
+            self.flags
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Bootstrap> {
+        let mut it = line.split_ascii_whitespace();
+        if it.next()? != Self::MAGIC {
+            return None;
+        }
+        let key = unhex_key(it.next()?)?;
+        let parent = it.next()?.to_string();
+        let node = it.next()?.parse().ok()?;
+        let nnodes = it.next()?.parse().ok()?;
+        let fanout = it.next()?.parse().ok()?;
+        let job_id = it.next()?.to_string();
+        let flags = it.next()?.parse().ok()?;
+        if it.next().is_some() {
+            return None;
+        }
+        Some(Bootstrap { key, parent, node, nnodes, fanout, job_id, flags })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(b: u8) -> JobKey {
+        [b; KEY_LEN]
+    }
+
+    fn sample_launch(np: u32) -> Msg {
+        Msg::Launch(Box::new(Launch {
+            job_id: "rl-1234".into(),
+            apps: vec![AppContext {
+                argv: vec!["./a".into(), "x".into()],
+                env: vec![("A".into(), Some("1".into())), ("B".into(), None)],
+                cwd: "/tmp".into(),
+                np: Some(np),
+            }],
+            nodes: vec![NodeEntry { name: "n1".into(), user: None, slots: 4, max_slots: None }],
+            policy: launchers::map::MapPolicy {
+                map_by: launchers::map::MapBy::Slot,
+                rank_by: launchers::map::RankBy::Slot,
+                oversubscribe: true,
+            },
+            fanout: 32,
+            stdin: StdinTarget::Rank(0),
+            kill_grace_ms: 2000,
+        }))
+    }
+
+    #[test]
+    fn round_trip_and_partial_frames() {
+        let mut s = Sealer::new(key(1), Dir::Up, 3);
+        let mut o = Opener::new(key(1), Dir::Up, None);
+        let msgs = vec![
+            Msg::Hello { node: 3, pid: 42, listen_port: 5000, hostname: "h".into(), addr: None },
+            Msg::Output { rank: 7, stream: Stream::Stderr, data: b"x\n".to_vec() },
+            Msg::NodeDone { node: 3 },
+        ];
+        let bytes: Vec<u8> = msgs.iter().flat_map(|m| s.seal(m)).collect();
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        // Byte-at-a-time delivery must produce the same messages.
+        for b in bytes {
+            buf.push(b);
+            while let Some(m) = o.open(&mut buf).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(o.link(), Some(3));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn forged_frame_is_rejected() {
+        let mut s = Sealer::new(key(9), Dir::Down, 0);
+        let mut o = Opener::new(key(1), Dir::Down, Some(0));
+        let mut buf = s.seal(&Msg::Kill);
+        assert_eq!(o.open(&mut buf), Err(WireError::BadMac));
+    }
+
+    #[test]
+    fn tampered_payload_is_rejected() {
+        let mut s = Sealer::new(key(1), Dir::Down, 0);
+        let mut o = Opener::new(key(1), Dir::Down, Some(0));
+        let mut buf = s.seal(&Msg::Signal { signum: 2 });
+        let n = buf.len();
+        buf[n - 33] ^= 1;
+        assert_eq!(o.open(&mut buf), Err(WireError::BadMac));
+    }
+
+    #[test]
+    fn replay_is_rejected() {
+        let mut s = Sealer::new(key(1), Dir::Down, 0);
+        let mut o = Opener::new(key(1), Dir::Down, Some(0));
+        let frame = s.seal(&Msg::Terminate);
+        let mut buf = frame.clone();
+        assert_eq!(o.open(&mut buf).unwrap(), Some(Msg::Terminate));
+        let mut again = frame;
+        assert_eq!(o.open(&mut again), Err(WireError::Sequence { expected: 1, got: 0 }));
+    }
+
+    #[test]
+    fn frame_from_other_link_or_direction_is_rejected() {
+        let mut s = Sealer::new(key(1), Dir::Up, 4);
+        let mut o = Opener::new(key(1), Dir::Up, Some(5));
+        let mut buf = s.seal(&Msg::NodeDone { node: 4 });
+        assert_eq!(o.open(&mut buf), Err(WireError::Link { expected: 5, got: 4 }));
+        let mut s = Sealer::new(key(1), Dir::Down, 5);
+        let mut o = Opener::new(key(1), Dir::Up, Some(5));
+        let mut buf = s.seal(&Msg::Kill);
+        assert_eq!(o.open(&mut buf), Err(WireError::Direction(0)));
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_allocation() {
+        let mut o = Opener::new(key(1), Dir::Up, None);
+        let mut buf = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        assert_eq!(o.open(&mut buf), Err(WireError::TooLarge(MAX_FRAME + 1)));
+    }
+
+    #[test]
+    fn launch_size_does_not_depend_on_rank_count() {
+        let mut s = Sealer::new(key(1), Dir::Down, 0);
+        let a = s.seal(&sample_launch(64)).len();
+        let b = s.seal(&sample_launch(4000)).len();
+        // varint: 64 and 4000 both take 2 bytes.
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bootstrap_line_round_trips() {
+        let b = Bootstrap { key: key(0xab), parent: "10.0.0.1:4000".into(), node: 7, nnodes: 9, fanout: 2, job_id: "rl-x".into(), flags: 1 };
+        assert_eq!(Bootstrap::parse(&b.to_line()), Some(b));
+        assert_eq!(Bootstrap::parse("RLAUNCH-BOOT1 zz 1:2 0 1 2 j 0"), None);
+        assert_eq!(Bootstrap::parse("garbage"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn output_round_trips(rank in any::<u32>(), data in proptest::collection::vec(any::<u8>(), 0..2048), split in 0usize..4096) {
+            let mut s = Sealer::new(key(2), Dir::Up, 1);
+            let mut o = Opener::new(key(2), Dir::Up, Some(1));
+            let msg = Msg::Output { rank, stream: Stream::Stdout, data };
+            let bytes = s.seal(&msg);
+            let cut = split.min(bytes.len());
+            let mut buf = bytes[..cut].to_vec();
+            let first = o.open(&mut buf).unwrap();
+            if cut < bytes.len() { prop_assert_eq!(first, None); buf.extend_from_slice(&bytes[cut..]); prop_assert_eq!(o.open(&mut buf).unwrap(), Some(msg)); }
+            else { prop_assert_eq!(first, Some(msg)); }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut o = Opener::new(key(2), Dir::Up, None);
+            let mut buf = bytes;
+            let _ = o.open(&mut buf);
+        }
+    }
+}
