@@ -39,7 +39,11 @@ pub struct MapPolicy {
 
 impl Default for MapPolicy {
     fn default() -> Self {
-        MapPolicy { map_by: MapBy::Slot, rank_by: RankBy::Slot, oversubscribe: false }
+        MapPolicy {
+            map_by: MapBy::Slot,
+            rank_by: RankBy::Slot,
+            oversubscribe: false,
+        }
     }
 }
 
@@ -160,7 +164,10 @@ impl ProcMap {
 
     /// Global ranks on `node`, ascending (= local rank order); empty for an unknown node.
     pub fn ranks_on(&self, node: u32) -> &[u32] {
-        self.by_node.get(node as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.by_node
+            .get(node as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn num_apps(&self) -> u32 {
@@ -203,8 +210,10 @@ impl ProcMap {
             // at the front that is not a plain repetition, so spell out every rank.
             triples.len()
         };
-        let body: Vec<String> =
-            triples[..keep].iter().map(|(s, c, p)| format!("({s},{c},{p})")).collect();
+        let body: Vec<String> = triples[..keep]
+            .iter()
+            .map(|(s, c, p)| format!("({s},{c},{p})"))
+            .collect();
         Some(format!("(vector,{})", body.join(",")))
     }
 
@@ -221,7 +230,9 @@ impl ProcMap {
         let mut triples: Vec<(u32, u32, u32)> = Vec::new();
         for (node, len) in runs {
             match triples.last_mut() {
-                Some((start, count, ppn)) if *ppn == len && start.checked_add(*count) == Some(node) => {
+                Some((start, count, ppn))
+                    if *ppn == len && start.checked_add(*count) == Some(node) =>
+                {
                     *count += 1
                 }
                 _ => triples.push((node, 1, len)),
@@ -312,7 +323,9 @@ pub enum MapError {
     TooManyNodes(usize),
     #[error("no program to run; give a program after the options")]
     NoApps,
-    #[error("-np 0 for program {app}; give -np 1 or more, or leave -np out to fill the free slots")]
+    #[error(
+        "-np 0 for program {app}; give -np 1 or more, or leave -np out to fill the free slots"
+    )]
     ZeroNp { app: u32 },
     #[error("programs {first} and {second} both leave out -np; give -np to all but one of them")]
     TwoOpen { first: u32, second: u32 },
@@ -327,27 +340,50 @@ pub enum MapError {
         "requested {requested} ranks but ppr:{ppr}:node on {nodes} nodes places at most \
          {capacity}; raise N in ppr:N:node or add hosts"
     )]
-    PprTooSmall { requested: u64, ppr: u32, nodes: u32, capacity: u64 },
+    PprTooSmall {
+        requested: u64,
+        ppr: u32,
+        nodes: u32,
+        capacity: u64,
+    },
     #[error(
         "ppr:{ppr}:node puts {count} ranks on {node} which has {slots} slots; use \
          --oversubscribe, a smaller ppr or hosts with more slots"
     )]
-    PprOverSlots { ppr: u32, count: u32, node: NodeLabel, slots: u32 },
+    PprOverSlots {
+        ppr: u32,
+        count: u32,
+        node: NodeLabel,
+        slots: u32,
+    },
     #[error(
         "ppr:{ppr}:node puts {count} ranks on {node} but its max_slots is {max_slots}; use a \
          smaller ppr or raise max_slots"
     )]
-    PprOverMax { ppr: u32, count: u32, node: NodeLabel, max_slots: u32 },
+    PprOverMax {
+        ppr: u32,
+        count: u32,
+        node: NodeLabel,
+        max_slots: u32,
+    },
     #[error(
         "requested {requested} ranks but only {available} slots were found ({per_node}); use \
          --oversubscribe or more hosts"
     )]
-    NotEnoughSlots { requested: u64, available: u64, per_node: NodeCounts },
+    NotEnoughSlots {
+        requested: u64,
+        available: u64,
+        per_node: NodeCounts,
+    },
     #[error(
         "requested {requested} ranks but max_slots allows only {limit} ({per_node}); add hosts \
          or raise max_slots"
     )]
-    OverMaxSlots { requested: u64, limit: u64, per_node: NodeCounts },
+    OverMaxSlots {
+        requested: u64,
+        limit: u64,
+        per_node: NodeCounts,
+    },
     #[error("requested {requested} ranks; rlaunch runs at most {max} ranks in one job", max = MAX_RANKS)]
     TooManyRanks { requested: u64 },
 }
@@ -400,7 +436,8 @@ pub fn compute_map(
     if node_slots.is_empty() {
         return Err(MapError::NoNodes);
     }
-    let nodes = u32::try_from(node_slots.len()).map_err(|_| MapError::TooManyNodes(node_slots.len()))?;
+    let nodes =
+        u32::try_from(node_slots.len()).map_err(|_| MapError::TooManyNodes(node_slots.len()))?;
     if app_np.is_empty() {
         return Err(MapError::NoApps);
     }
@@ -408,7 +445,10 @@ pub fn compute_map(
         return Err(MapError::ZeroPpr);
     }
     // Slots usable without oversubscribing: a max_slots below slots caps them too.
-    let soft: Vec<u64> = node_slots.iter().map(|&(s, m)| u64::from(m.map_or(s, |m| s.min(m)))).collect();
+    let soft: Vec<u64> = node_slots
+        .iter()
+        .map(|&(s, m)| u64::from(m.map_or(s, |m| s.min(m))))
+        .collect();
     let hard: Vec<Option<u64>> = node_slots.iter().map(|&(_, m)| m.map(u64::from)).collect();
     let capacity: u64 = match policy.map_by {
         MapBy::PprNode(n) => u64::from(n) * u64::from(nodes),
@@ -421,21 +461,39 @@ pub fn compute_map(
         return Err(MapError::TooManyRanks { requested: total });
     }
 
-    let label = |i: usize| NodeLabel { index: i as u32, name: None };
+    let label = |i: usize| NodeLabel {
+        index: i as u32,
+        name: None,
+    };
     let per_node: Vec<u64> = match policy.map_by {
         MapBy::PprNode(ppr) => {
             if total > capacity {
-                return Err(MapError::PprTooSmall { requested: total, ppr, nodes, capacity });
+                return Err(MapError::PprTooSmall {
+                    requested: total,
+                    ppr,
+                    nodes,
+                    capacity,
+                });
             }
             let per = fill_in_order(total, &vec![u64::from(ppr); soft.len()]);
             for (i, &count) in per.iter().enumerate() {
                 if let Some(max) = hard[i] {
                     if count > max {
-                        return Err(MapError::PprOverMax { ppr, count: count as u32, node: label(i), max_slots: max as u32 });
+                        return Err(MapError::PprOverMax {
+                            ppr,
+                            count: count as u32,
+                            node: label(i),
+                            max_slots: max as u32,
+                        });
                     }
                 }
                 if count > soft[i] && !policy.oversubscribe {
-                    return Err(MapError::PprOverSlots { ppr, count: count as u32, node: label(i), slots: soft[i] as u32 });
+                    return Err(MapError::PprOverSlots {
+                        ppr,
+                        count: count as u32,
+                        node: label(i),
+                        slots: soft[i] as u32,
+                    });
                 }
             }
             per
@@ -454,18 +512,29 @@ pub fn compute_map(
                     return Err(MapError::NotEnoughSlots {
                         requested: total,
                         available: capacity,
-                        per_node: NodeCounts(soft.iter().enumerate().map(|(i, &s)| (label(i), s as u32)).collect()),
+                        per_node: NodeCounts(
+                            soft.iter()
+                                .enumerate()
+                                .map(|(i, &s)| (label(i), s as u32))
+                                .collect(),
+                        ),
                     });
                 }
-                let room: Vec<Option<u64>> =
-                    hard.iter().zip(&per).map(|(h, &p)| h.map(|h| h.saturating_sub(p))).collect();
+                let room: Vec<Option<u64>> = hard
+                    .iter()
+                    .zip(&per)
+                    .map(|(h, &p)| h.map(|h| h.saturating_sub(p)))
+                    .collect();
                 let Some(more) = round_robin(extra, &room) else {
                     let limit: u64 = hard.iter().map(|h| h.unwrap_or(0)).sum();
                     return Err(MapError::OverMaxSlots {
                         requested: total,
                         limit,
                         per_node: NodeCounts(
-                            hard.iter().enumerate().map(|(i, h)| (label(i), h.unwrap_or(0) as u32)).collect(),
+                            hard.iter()
+                                .enumerate()
+                                .map(|(i, h)| (label(i), h.unwrap_or(0) as u32))
+                                .collect(),
                         ),
                     });
                 };
@@ -476,7 +545,10 @@ pub fn compute_map(
     };
 
     let order = number_ranks(&per_node, policy.rank_by, total as usize);
-    let mut by_node: Vec<Vec<u32>> = per_node.iter().map(|&c| Vec::with_capacity(c as usize)).collect();
+    let mut by_node: Vec<Vec<u32>> = per_node
+        .iter()
+        .map(|&c| Vec::with_capacity(c as usize))
+        .collect();
     let mut ranks = Vec::with_capacity(order.len());
     let mut app_starts = Vec::with_capacity(counts.len() + 1);
     let mut next_start = 0u64;
@@ -489,14 +561,22 @@ pub fn compute_map(
             app_starts.push(next_start as u32);
         }
         let on_node = &mut by_node[node as usize];
-        ranks.push(RankPlace { node, local_rank: on_node.len() as u32, app: app as u32 });
+        ranks.push(RankPlace {
+            node,
+            local_rank: on_node.len() as u32,
+            app: app as u32,
+        });
         on_node.push(rank as u32);
     }
     while app_starts.len() < counts.len() + 1 {
         next_start += counts[app_starts.len() - 1];
         app_starts.push(next_start as u32);
     }
-    Ok(ProcMap { ranks, by_node, app_starts })
+    Ok(ProcMap {
+        ranks,
+        by_node,
+        app_starts,
+    })
 }
 
 fn resolve_app_counts(app_np: &[Option<u32>], capacity: u64) -> Result<Vec<u64>, MapError> {
@@ -515,7 +595,11 @@ fn resolve_app_counts(app_np: &[Option<u32>], capacity: u64) -> Result<Vec<u64>,
     }
     let left = match open {
         Some(app) if capacity <= fixed => {
-            return Err(MapError::NothingLeft { app, taken: fixed, capacity });
+            return Err(MapError::NothingLeft {
+                app,
+                taken: fixed,
+                capacity,
+            });
         }
         Some(_) => capacity - fixed,
         None => 0,
@@ -540,7 +624,8 @@ fn fill_in_order(amount: u64, caps: &[u64]) -> Vec<u64> {
 /// nodes at their cap (`None` = no cap). Computed by levels rather than one by one so that it costs
 /// O(nodes · log amount). `None` when the caps cannot hold `amount`.
 fn round_robin(amount: u64, caps: &[Option<u64>]) -> Option<Vec<u64>> {
-    let fits_at = |level: u64| -> u64 { caps.iter().map(|c| c.map_or(level, |c| c.min(level))).sum() };
+    let fits_at =
+        |level: u64| -> u64 { caps.iter().map(|c| c.map_or(level, |c| c.min(level))).sum() };
     if caps.iter().all(Option::is_some) && fits_at(u64::MAX) < amount {
         return None;
     }
@@ -585,8 +670,12 @@ fn number_ranks(per_node: &[u64], rank_by: RankBy, total: usize) -> Vec<u32> {
         }
         RankBy::Node => {
             // Nodes drop out of the rotation once full, so each round costs only the live nodes.
-            let mut live: Vec<(u32, u64)> =
-                per_node.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i as u32, c)).collect();
+            let mut live: Vec<(u32, u64)> = per_node
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c > 0)
+                .map(|(i, &c)| (i as u32, c))
+                .collect();
             while !live.is_empty() {
                 for (node, left) in live.iter_mut() {
                     order.push(*node);
@@ -604,8 +693,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SLOT: MapPolicy = MapPolicy { map_by: MapBy::Slot, rank_by: RankBy::Slot, oversubscribe: false };
-    const NODE: MapPolicy = MapPolicy { map_by: MapBy::Node, rank_by: RankBy::Node, oversubscribe: false };
+    const SLOT: MapPolicy = MapPolicy {
+        map_by: MapBy::Slot,
+        rank_by: RankBy::Slot,
+        oversubscribe: false,
+    };
+    const NODE: MapPolicy = MapPolicy {
+        map_by: MapBy::Node,
+        rank_by: RankBy::Node,
+        oversubscribe: false,
+    };
 
     fn nodes_of(map: &ProcMap) -> Vec<u32> {
         map.ranks().iter().map(|p| p.node).collect()
@@ -623,7 +720,10 @@ mod tests {
         let mut triples = Vec::new();
         for part in inner.split("),") {
             let part = part.strip_prefix('(')?.trim_end_matches(')');
-            let nums: Vec<u32> = part.split(',').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+            let nums: Vec<u32> = part
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?;
             let [s, c, p] = nums[..] else { return None };
             triples.push((s, c, p));
         }
@@ -633,7 +733,11 @@ mod tests {
         let mut out = Vec::with_capacity(size);
         let mut wrapped = false;
         while out.len() < size {
-            let first = if wrapped { triples.iter().position(|t| t.0 == 0)? } else { 0 };
+            let first = if wrapped {
+                triples.iter().position(|t| t.0 == 0)?
+            } else {
+                0
+            };
             for &(s, c, p) in &triples[first..] {
                 if s == 0 {
                     wrapped = true;
@@ -708,7 +812,14 @@ mod tests {
         let map = compute_map(&uniform(2, 4), &[Some(6)], &SLOT).unwrap();
         assert_eq!(nodes_of(&map), [0, 0, 0, 0, 1, 1]);
         assert_eq!(map.ranks_on(1), [4, 5]);
-        assert_eq!(map.rank(5), &RankPlace { node: 1, local_rank: 1, app: 0 });
+        assert_eq!(
+            map.rank(5),
+            &RankPlace {
+                node: 1,
+                local_rank: 1,
+                app: 0
+            }
+        );
         assert_eq!(map.num_nodes(), 2);
     }
 
@@ -728,21 +839,30 @@ mod tests {
 
     #[test]
     fn map_by_node_rank_by_slot_numbers_blocks() {
-        let policy = MapPolicy { rank_by: RankBy::Slot, ..NODE };
+        let policy = MapPolicy {
+            rank_by: RankBy::Slot,
+            ..NODE
+        };
         let map = compute_map(&uniform(3, 4), &[Some(7)], &policy).unwrap();
         assert_eq!(nodes_of(&map), [0, 0, 0, 1, 1, 2, 2]);
     }
 
     #[test]
     fn map_by_slot_rank_by_node_interleaves() {
-        let policy = MapPolicy { rank_by: RankBy::Node, ..SLOT };
+        let policy = MapPolicy {
+            rank_by: RankBy::Node,
+            ..SLOT
+        };
         let map = compute_map(&uniform(2, 4), &[Some(6)], &policy).unwrap();
         assert_eq!(nodes_of(&map), [0, 1, 0, 1, 0, 0]);
     }
 
     #[test]
     fn ppr_places_n_per_node() {
-        let policy = MapPolicy { map_by: MapBy::PprNode(2), ..SLOT };
+        let policy = MapPolicy {
+            map_by: MapBy::PprNode(2),
+            ..SLOT
+        };
         let map = compute_map(&uniform(3, 4), &[None], &policy).unwrap();
         assert_eq!(nodes_of(&map), [0, 0, 1, 1, 2, 2]);
         let map = compute_map(&uniform(3, 4), &[Some(3)], &policy).unwrap();
@@ -752,25 +872,42 @@ mod tests {
 
     #[test]
     fn ppr_errors() {
-        let policy = MapPolicy { map_by: MapBy::PprNode(2), ..SLOT };
+        let policy = MapPolicy {
+            map_by: MapBy::PprNode(2),
+            ..SLOT
+        };
         assert_eq!(
             compute_map(&uniform(2, 4), &[Some(5)], &policy).unwrap_err().to_string(),
             "requested 5 ranks but ppr:2:node on 2 nodes places at most 4; raise N in ppr:N:node or add hosts"
         );
-        let policy = MapPolicy { map_by: MapBy::PprNode(3), ..SLOT };
+        let policy = MapPolicy {
+            map_by: MapBy::PprNode(3),
+            ..SLOT
+        };
         assert_eq!(
             compute_map(&[(4, None), (2, None)], &[None], &policy).unwrap_err().to_string(),
             "ppr:3:node puts 3 ranks on node 1 which has 2 slots; use --oversubscribe, a smaller ppr or hosts with more slots"
         );
-        let over = MapPolicy { oversubscribe: true, ..policy };
-        assert_eq!(nodes_of(&compute_map(&[(4, None), (2, None)], &[None], &over).unwrap()), [0, 0, 0, 1, 1, 1]);
+        let over = MapPolicy {
+            oversubscribe: true,
+            ..policy
+        };
+        assert_eq!(
+            nodes_of(&compute_map(&[(4, None), (2, None)], &[None], &over).unwrap()),
+            [0, 0, 0, 1, 1, 1]
+        );
         assert_eq!(
             compute_map(&[(4, None), (2, Some(2))], &[None], &over).unwrap_err().to_string(),
             "ppr:3:node puts 3 ranks on node 1 but its max_slots is 2; use a smaller ppr or raise max_slots"
         );
-        let zero = MapPolicy { map_by: MapBy::PprNode(0), ..SLOT };
+        let zero = MapPolicy {
+            map_by: MapBy::PprNode(0),
+            ..SLOT
+        };
         assert_eq!(
-            compute_map(&uniform(2, 4), &[None], &zero).unwrap_err().to_string(),
+            compute_map(&uniform(2, 4), &[None], &zero)
+                .unwrap_err()
+                .to_string(),
             "ppr:0:node places no ranks; use ppr:N:node with N of at least 1"
         );
     }
@@ -783,7 +920,12 @@ mod tests {
         );
         let nodes: Vec<Node> = ["n1", "n2"]
             .iter()
-            .map(|n| Node { name: n.to_string(), user: None, slots: 4, max_slots: None })
+            .map(|n| Node {
+                name: n.to_string(),
+                user: None,
+                slots: 4,
+                max_slots: None,
+            })
             .collect();
         assert_eq!(
             compute_map_for_nodes(&nodes, &[Some(10)], &SLOT).unwrap_err().to_string(),
@@ -802,7 +944,10 @@ mod tests {
 
     #[test]
     fn oversubscribe_spreads_extra_ranks() {
-        let policy = MapPolicy { oversubscribe: true, ..SLOT };
+        let policy = MapPolicy {
+            oversubscribe: true,
+            ..SLOT
+        };
         let map = compute_map(&[(4, None), (1, None), (1, None)], &[Some(9)], &policy).unwrap();
         // 6 slots, 3 extra: one more on each node.
         assert_eq!(nodes_of(&map), [0, 0, 0, 0, 0, 1, 1, 2, 2]);
@@ -810,7 +955,10 @@ mod tests {
 
     #[test]
     fn oversubscribe_respects_max_slots() {
-        let policy = MapPolicy { oversubscribe: true, ..SLOT };
+        let policy = MapPolicy {
+            oversubscribe: true,
+            ..SLOT
+        };
         let map = compute_map(&[(2, Some(2)), (2, Some(5))], &[Some(7)], &policy).unwrap();
         assert_eq!(nodes_of(&map), [0, 0, 1, 1, 1, 1, 1]);
         assert_eq!(
@@ -843,11 +991,15 @@ mod tests {
     #[test]
     fn app_count_errors() {
         assert_eq!(
-            compute_map(&uniform(1, 4), &[Some(1), Some(0)], &SLOT).unwrap_err().to_string(),
+            compute_map(&uniform(1, 4), &[Some(1), Some(0)], &SLOT)
+                .unwrap_err()
+                .to_string(),
             "-np 0 for program 1; give -np 1 or more, or leave -np out to fill the free slots"
         );
         assert_eq!(
-            compute_map(&uniform(1, 4), &[None, Some(1), None], &SLOT).unwrap_err().to_string(),
+            compute_map(&uniform(1, 4), &[None, Some(1), None], &SLOT)
+                .unwrap_err()
+                .to_string(),
             "programs 0 and 2 both leave out -np; give -np to all but one of them"
         );
         assert_eq!(
@@ -860,17 +1012,26 @@ mod tests {
             "no hosts to run on; give --host or --hostfile, or run inside a Slurm or PBS job"
         );
         assert_eq!(
-            compute_map(&uniform(1, 4), &[], &SLOT).unwrap_err().to_string(),
+            compute_map(&uniform(1, 4), &[], &SLOT)
+                .unwrap_err()
+                .to_string(),
             "no program to run; give a program after the options"
         );
     }
 
     #[test]
     fn huge_jobs_are_refused() {
-        let policy = MapPolicy { oversubscribe: true, ..SLOT };
+        let policy = MapPolicy {
+            oversubscribe: true,
+            ..SLOT
+        };
         assert_eq!(
-            compute_map(&uniform(1, 1), &[Some(u32::MAX), Some(u32::MAX)], &policy).unwrap_err().to_string(),
-            format!("requested 8589934590 ranks; rlaunch runs at most {MAX_RANKS} ranks in one job")
+            compute_map(&uniform(1, 1), &[Some(u32::MAX), Some(u32::MAX)], &policy)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "requested 8589934590 ranks; rlaunch runs at most {MAX_RANKS} ranks in one job"
+            )
         );
     }
 
@@ -883,18 +1044,36 @@ mod tests {
     #[test]
     fn pmi_mapping_examples() {
         let cyclic = compute_map(&uniform(4, 2), &[Some(8)], &NODE).unwrap();
-        assert_eq!(cyclic.pmi_process_mapping().as_deref(), Some("(vector,(0,4,1))"));
+        assert_eq!(
+            cyclic.pmi_process_mapping().as_deref(),
+            Some("(vector,(0,4,1))")
+        );
         let block = compute_map(&uniform(2, 4), &[Some(8)], &SLOT).unwrap();
-        assert_eq!(block.pmi_process_mapping().as_deref(), Some("(vector,(0,2,4))"));
+        assert_eq!(
+            block.pmi_process_mapping().as_deref(),
+            Some("(vector,(0,2,4))")
+        );
         let uneven = compute_map(&[(3, None), (1, None), (2, None)], &[Some(6)], &SLOT).unwrap();
-        assert_eq!(uneven.pmi_process_mapping().as_deref(), Some("(vector,(0,1,3),(1,1,1),(2,1,2))"));
+        assert_eq!(
+            uneven.pmi_process_mapping().as_deref(),
+            Some("(vector,(0,1,3),(1,1,1),(2,1,2))")
+        );
         let partial = compute_map(&uniform(4, 2), &[Some(6)], &NODE).unwrap();
-        assert_eq!(partial.pmi_process_mapping().as_deref(), Some("(vector,(0,4,1))"));
+        assert_eq!(
+            partial.pmi_process_mapping().as_deref(),
+            Some("(vector,(0,4,1))")
+        );
         let skip = compute_map(&[(1, None), (3, None)], &[Some(4)], &NODE).unwrap();
         assert_eq!(nodes_of(&skip), [0, 1, 1, 1]);
-        assert_eq!(skip.pmi_process_mapping().as_deref(), Some("(vector,(0,1,1),(1,1,3))"));
+        assert_eq!(
+            skip.pmi_process_mapping().as_deref(),
+            Some("(vector,(0,1,1),(1,1,3))")
+        );
         let trailing_empty = compute_map(&uniform(3, 4), &[Some(2)], &SLOT).unwrap();
-        assert_eq!(trailing_empty.pmi_process_mapping().as_deref(), Some("(vector,(0,1,2))"));
+        assert_eq!(
+            trailing_empty.pmi_process_mapping().as_deref(),
+            Some("(vector,(0,1,2))")
+        );
     }
 
     #[test]
@@ -906,11 +1085,30 @@ mod tests {
 
     #[test]
     fn pmi_mapping_spells_out_when_not_periodic() {
-        let policy = MapPolicy { rank_by: RankBy::Node, ..SLOT };
+        let policy = MapPolicy {
+            rank_by: RankBy::Node,
+            ..SLOT
+        };
         let map = compute_map(&[(3, None), (1, None)], &[Some(4)], &policy).unwrap();
         assert_eq!(nodes_of(&map), [0, 1, 0, 0]);
-        assert_eq!(map.pmi_process_mapping().as_deref(), Some("(vector,(0,2,1),(0,1,2))"));
-        assert_eq!(decode_mapping("(vector,(0,2,1),(0,1,2))", 4).unwrap(), [0, 1, 0, 0]);
+        assert_eq!(
+            map.pmi_process_mapping().as_deref(),
+            Some("(vector,(0,2,1),(0,1,2))")
+        );
+        assert_eq!(
+            decode_mapping("(vector,(0,2,1),(0,1,2))", 4).unwrap(),
+            [0, 1, 0, 0]
+        );
+    }
+
+    #[test]
+    fn large_maps_stay_fast() {
+        // Quadratic period search or dealing would take minutes here.
+        let map = compute_map(&uniform(1000, 1000), &[Some(1_000_000)], &NODE).unwrap();
+        assert_eq!(map.pmi_process_mapping().as_deref(), Some("(vector,(0,1000,1))"));
+        let policy = MapPolicy { rank_by: RankBy::Node, ..SLOT };
+        let lopsided = compute_map(&[(1_000_000, None), (1, None)], &[None], &policy).unwrap();
+        assert_eq!(lopsided.pmi_process_mapping().as_deref(), Some("(vector,(0,2,1),(0,1,999999))"));
     }
 
     #[test]
@@ -936,7 +1134,10 @@ mod tests {
     /// Reference for map-by node counts: deal ranks one at a time, first within slots, then
     /// (oversubscribed) within max_slots.
     fn dealt_by_node(slots: &[(u32, Option<u32>)], total: u64) -> Vec<u64> {
-        let soft: Vec<u64> = slots.iter().map(|&(s, m)| u64::from(m.map_or(s, |m| s.min(m)))).collect();
+        let soft: Vec<u64> = slots
+            .iter()
+            .map(|&(s, m)| u64::from(m.map_or(s, |m| s.min(m))))
+            .collect();
         let mut per = vec![0u64; slots.len()];
         let mut left = total;
         let mut progress = true;
@@ -963,29 +1164,42 @@ mod tests {
 
     fn arb_nodes() -> impl Strategy<Value = Vec<(u32, Option<u32>)>> {
         prop::collection::vec(
-            (0u32..6, prop::option::of(0u32..10)).prop_map(|(s, m)| (s, m.map(|m| m.max(s.min(3))))),
+            (0u32..6, prop::option::of(0u32..10))
+                .prop_map(|(s, m)| (s, m.map(|m| m.max(s.min(3))))),
             1..7,
         )
     }
 
     fn arb_apps() -> impl Strategy<Value = Vec<Option<u32>>> {
-        (prop::collection::vec(1u32..12, 1..4), prop::option::of(0usize..4)).prop_map(|(mut np, open)| {
-            let mut apps: Vec<Option<u32>> = np.drain(..).map(Some).collect();
-            if let Some(i) = open {
-                let i = i % apps.len();
-                apps[i] = None;
-            }
-            apps
-        })
+        (
+            prop::collection::vec(1u32..12, 1..4),
+            prop::option::of(0usize..4),
+        )
+            .prop_map(|(mut np, open)| {
+                let mut apps: Vec<Option<u32>> = np.drain(..).map(Some).collect();
+                if let Some(i) = open {
+                    let i = i % apps.len();
+                    apps[i] = None;
+                }
+                apps
+            })
     }
 
     fn arb_policy() -> impl Strategy<Value = MapPolicy> {
         (
-            prop_oneof![Just(MapBy::Slot), Just(MapBy::Node), (1u32..5).prop_map(MapBy::PprNode)],
+            prop_oneof![
+                Just(MapBy::Slot),
+                Just(MapBy::Node),
+                (1u32..5).prop_map(MapBy::PprNode)
+            ],
             prop_oneof![Just(RankBy::Slot), Just(RankBy::Node)],
             any::<bool>(),
         )
-            .prop_map(|(map_by, rank_by, oversubscribe)| MapPolicy { map_by, rank_by, oversubscribe })
+            .prop_map(|(map_by, rank_by, oversubscribe)| MapPolicy {
+                map_by,
+                rank_by,
+                oversubscribe,
+            })
     }
 
     proptest! {

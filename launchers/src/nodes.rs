@@ -45,29 +45,69 @@ pub enum NodeListError {
     #[error("{at}: expected a host name first, got '{got}'; write e.g. 'node01 slots=4'")]
     MissingHost { at: Origin, got: String },
     #[error("{at}: invalid host name '{got}'; {why}")]
-    BadHost { at: Origin, got: String, why: &'static str },
+    BadHost {
+        at: Origin,
+        got: String,
+        why: &'static str,
+    },
     #[error(
         "{at}: invalid user name '{got}' in '{entry}'; use letters, digits, '.', '-' and '_' \
          (not starting with '-')"
     )]
-    BadUser { at: Origin, got: String, entry: String },
-    #[error("{at}: invalid {key} '{got}' for {host}; expected a whole number from 1 to 4294967295")]
-    BadCount { at: Origin, key: &'static str, got: String, host: String },
+    BadUser {
+        at: Origin,
+        got: String,
+        entry: String,
+    },
+    #[error(
+        "{at}: invalid {key} '{got}' for {host}; expected a whole number from 1 to 4294967295"
+    )]
+    BadCount {
+        at: Origin,
+        key: &'static str,
+        got: String,
+        host: String,
+    },
     #[error("{at}: {key} is given twice for {host}; keep one")]
-    Repeated { at: Origin, key: &'static str, host: String },
+    Repeated {
+        at: Origin,
+        key: &'static str,
+        host: String,
+    },
     #[error("{at}: {host} has max_slots={max_slots} below slots={slots}; raise max_slots or lower slots")]
-    MaxBelowSlots { at: Origin, host: String, slots: u32, max_slots: u32 },
+    MaxBelowSlots {
+        at: Origin,
+        host: String,
+        slots: u32,
+        max_slots: u32,
+    },
     #[error(
         "{at}: {host} is listed as {now} here but as {before} at {first}; use one user per host"
     )]
-    UserConflict { at: Origin, first: Origin, host: String, now: UserDisplay, before: UserDisplay },
+    UserConflict {
+        at: Origin,
+        first: Box<Origin>,
+        host: String,
+        now: UserDisplay,
+        before: UserDisplay,
+    },
     #[error(
         "{at}: {host} has {now} here but {before} at {first}; give max_slots on every entry \
          for {host} or on none"
     )]
-    MaxSlotsConflict { at: Origin, first: Origin, host: String, now: MaxDisplay, before: MaxDisplay },
+    MaxSlotsConflict {
+        at: Origin,
+        first: Box<Origin>,
+        host: String,
+        now: MaxDisplay,
+        before: MaxDisplay,
+    },
     #[error("{at}: {host} adds up to more than 4294967295 {what}; lower the counts")]
-    CountOverflow { at: Origin, host: String, what: &'static str },
+    CountOverflow {
+        at: Origin,
+        host: String,
+        what: &'static str,
+    },
     #[error("{at}: empty entry; remove the extra ','")]
     EmptyItem { at: Origin },
     #[error("{at}: expected one host name per line, got '{got}'")]
@@ -76,8 +116,14 @@ pub enum NodeListError {
     EmptyFile { file: String },
     #[error("--host: no hosts given; use e.g. '--host node01:4,node02'")]
     EmptyHostList,
-    #[error("{var} is not set although {job_var}={job_id} is; run inside the job or unset {job_var}")]
-    MissingVar { var: &'static str, job_var: &'static str, job_id: String },
+    #[error(
+        "{var} is not set although {job_var}={job_id} is; run inside the job or unset {job_var}"
+    )]
+    MissingVar {
+        var: &'static str,
+        job_var: &'static str,
+        job_id: String,
+    },
     #[error("cannot read {what} {path}: {source}; check that the file exists and is readable")]
     Io {
         what: &'static str,
@@ -122,7 +168,10 @@ impl fmt::Display for MaxDisplay {
 pub fn parse_hostfile(display: &str, text: &str) -> Result<Vec<Node>, NodeListError> {
     let mut merger = Merger::default();
     for (index, raw) in text.lines().enumerate() {
-        let at = Origin::Line { file: display.to_string(), line: index + 1 };
+        let at = Origin::Line {
+            file: display.to_string(),
+            line: index + 1,
+        };
         let content = raw.split('#').next().unwrap_or("").trim();
         if content.is_empty() {
             continue;
@@ -130,7 +179,10 @@ pub fn parse_hostfile(display: &str, text: &str) -> Result<Vec<Node>, NodeListEr
         let mut tokens = content.split_whitespace();
         let Some(first) = tokens.next() else { continue };
         if first.contains('=') {
-            return Err(NodeListError::MissingHost { at, got: first.to_string() });
+            return Err(NodeListError::MissingHost {
+                at,
+                got: first.to_string(),
+            });
         }
         let spec = parse_host_spec(&at, first)?;
         let mut slots = spec.count;
@@ -150,12 +202,19 @@ pub fn parse_hostfile(display: &str, text: &str) -> Result<Vec<Node>, NodeListEr
                 }
                 "max_slots" | "max-slots" => {
                     if max_slots.is_some() {
-                        return Err(NodeListError::Repeated { at, key: "max_slots", host: spec.name });
+                        return Err(NodeListError::Repeated {
+                            at,
+                            key: "max_slots",
+                            host: spec.name,
+                        });
                     }
                     max_slots = Some(parse_count(&at, "max_slots", value, &spec.name)?);
                 }
                 _ => {
-                    return Err(NodeListError::UnknownAttribute { at, got: token.to_string() });
+                    return Err(NodeListError::UnknownAttribute {
+                        at,
+                        got: token.to_string(),
+                    });
                 }
             }
         }
@@ -170,10 +229,20 @@ pub fn parse_hostfile(display: &str, text: &str) -> Result<Vec<Node>, NodeListEr
                 });
             }
         }
-        merger.add(at, Node { name: spec.name, user: spec.user, slots, max_slots })?;
+        merger.add(
+            at,
+            Node {
+                name: spec.name,
+                user: spec.user,
+                slots,
+                max_slots,
+            },
+        )?;
     }
     if merger.nodes.is_empty() {
-        return Err(NodeListError::EmptyFile { file: display.to_string() });
+        return Err(NodeListError::EmptyFile {
+            file: display.to_string(),
+        });
     }
     Ok(merger.nodes)
 }
@@ -193,7 +262,15 @@ pub fn parse_host_list(spec: &str) -> Result<Vec<Node>, NodeListError> {
         }
         let host = parse_host_spec(&at, item)?;
         let slots = host.count.unwrap_or(1);
-        merger.add(at, Node { name: host.name, user: host.user, slots, max_slots: None })?;
+        merger.add(
+            at,
+            Node {
+                name: host.name,
+                user: host.user,
+                slots,
+                max_slots: None,
+            },
+        )?;
     }
     Ok(merger.nodes)
 }
@@ -222,7 +299,11 @@ pub(crate) fn parse_host_spec(at: &Origin, entry: &str) -> Result<HostSpec, Node
     let (name, count) = if let Some(bracketed) = rest.strip_prefix('[') {
         // `[fe80::1]:4`: brackets are the only way to give an IPv6 literal a count.
         let Some((addr, after)) = bracketed.split_once(']') else {
-            return Err(bad_host(at, rest, "a '[' opens an IPv6 address but no ']' closes it"));
+            return Err(bad_host(
+                at,
+                rest,
+                "a '[' opens an IPv6 address but no ']' closes it",
+            ));
         };
         match after {
             "" => (addr, None),
@@ -249,11 +330,19 @@ pub(crate) fn parse_host_spec(at: &Origin, entry: &str) -> Result<HostSpec, Node
         Some(text) => Some(parse_count(at, "slot count", text, name)?),
         None => None,
     };
-    Ok(HostSpec { user, name: name.to_string(), count })
+    Ok(HostSpec {
+        user,
+        name: name.to_string(),
+        count,
+    })
 }
 
 fn bad_host(at: &Origin, got: &str, why: &'static str) -> NodeListError {
-    NodeListError::BadHost { at: at.clone(), got: got.to_string(), why }
+    NodeListError::BadHost {
+        at: at.clone(),
+        got: got.to_string(),
+        why,
+    }
 }
 
 /// Host names end up as an ssh argument, so one starting with `-` would be read as an option
@@ -265,7 +354,10 @@ pub(crate) fn check_host_name(name: &str) -> Result<(), &'static str> {
     if name.starts_with('-') {
         return Err("host names must not start with '-'");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
         return Err("use letters, digits, '.', '-', '_' (and ':' for IPv6)");
     }
     Ok(())
@@ -274,11 +366,18 @@ pub(crate) fn check_host_name(name: &str) -> Result<(), &'static str> {
 fn is_valid_user(user: &str) -> bool {
     !user.is_empty()
         && !user.starts_with('-')
-        && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 /// Only plain digits: `str::parse` would also take `+4`, which no hostfile dialect writes.
-fn parse_count(at: &Origin, key: &'static str, text: &str, host: &str) -> Result<u32, NodeListError> {
+fn parse_count(
+    at: &Origin,
+    key: &'static str,
+    text: &str,
+    host: &str,
+) -> Result<u32, NodeListError> {
     let value = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         text.parse::<u32>().ok().filter(|&n| n >= 1)
     } else {
@@ -309,7 +408,7 @@ impl Merger {
             return Ok(());
         };
         let existing = &mut self.nodes[i];
-        let first = self.first_seen[i].clone();
+        let first = Box::new(self.first_seen[i].clone());
         if existing.user != node.user {
             return Err(NodeListError::UserConflict {
                 at,
@@ -325,7 +424,11 @@ impl Merger {
             (Some(a), Some(b)) => match a.checked_add(b) {
                 Some(sum) => Some(sum),
                 None => {
-                    return Err(NodeListError::CountOverflow { at, host: node.name, what: "max_slots" })
+                    return Err(NodeListError::CountOverflow {
+                        at,
+                        host: node.name,
+                        what: "max_slots",
+                    })
                 }
             },
             (before, now) => {
@@ -339,7 +442,11 @@ impl Merger {
             }
         };
         let Some(slots) = existing.slots.checked_add(node.slots) else {
-            return Err(NodeListError::CountOverflow { at, host: node.name, what: "slots" });
+            return Err(NodeListError::CountOverflow {
+                at,
+                host: node.name,
+                what: "slots",
+            });
         };
         existing.slots = slots;
         existing.max_slots = max_slots;
@@ -352,7 +459,12 @@ mod tests {
     use super::*;
 
     fn node(name: &str, slots: u32) -> Node {
-        Node { name: name.into(), user: None, slots, max_slots: None }
+        Node {
+            name: name.into(),
+            user: None,
+            slots,
+            max_slots: None,
+        }
     }
 
     fn err(text: &str) -> String {
@@ -365,24 +477,41 @@ mod tests {
 
     #[test]
     fn bare_host_has_one_slot() {
-        assert_eq!(parse_hostfile("hosts", "node01\n").unwrap(), vec![node("node01", 1)]);
+        assert_eq!(
+            parse_hostfile("hosts", "node01\n").unwrap(),
+            vec![node("node01", 1)]
+        );
     }
 
     #[test]
     fn open_mpi_slots_and_max_slots() {
-        let nodes = parse_hostfile("hosts", "node01 slots=4 max_slots=8\nnode02 max-slots=2\n").unwrap();
+        let nodes =
+            parse_hostfile("hosts", "node01 slots=4 max_slots=8\nnode02 max-slots=2\n").unwrap();
         assert_eq!(
             nodes,
             vec![
-                Node { name: "node01".into(), user: None, slots: 4, max_slots: Some(8) },
-                Node { name: "node02".into(), user: None, slots: 1, max_slots: Some(2) },
+                Node {
+                    name: "node01".into(),
+                    user: None,
+                    slots: 4,
+                    max_slots: Some(8)
+                },
+                Node {
+                    name: "node02".into(),
+                    user: None,
+                    slots: 1,
+                    max_slots: Some(2)
+                },
             ]
         );
     }
 
     #[test]
     fn mpich_colon_count() {
-        assert_eq!(parse_hostfile("hosts", "node01:4").unwrap(), vec![node("node01", 4)]);
+        assert_eq!(
+            parse_hostfile("hosts", "node01:4").unwrap(),
+            vec![node("node01", 4)]
+        );
     }
 
     #[test]
@@ -397,25 +526,38 @@ mod tests {
         let nodes = parse_hostfile("hosts", "alice@node01 slots=4").unwrap();
         assert_eq!(
             nodes,
-            vec![Node { name: "node01".into(), user: Some("alice".into()), slots: 4, max_slots: None }]
+            vec![Node {
+                name: "node01".into(),
+                user: Some("alice".into()),
+                slots: 4,
+                max_slots: None
+            }]
         );
     }
 
     #[test]
     fn comments_blanks_and_whitespace() {
-        let text = "# cluster\n\n   node01 slots=2   # the head node\n\t\nnode02\t slots=3\r\n  # end\n";
-        assert_eq!(parse_hostfile("hosts", text).unwrap(), vec![node("node01", 2), node("node02", 3)]);
+        let text =
+            "# cluster\n\n   node01 slots=2   # the head node\n\t\nnode02\t slots=3\r\n  # end\n";
+        assert_eq!(
+            parse_hostfile("hosts", text).unwrap(),
+            vec![node("node01", 2), node("node02", 3)]
+        );
     }
 
     #[test]
     fn repeats_merge_in_first_seen_order() {
         let text = "b slots=2\na\nb slots=3\na:2\n";
-        assert_eq!(parse_hostfile("hosts", text).unwrap(), vec![node("b", 5), node("a", 3)]);
+        assert_eq!(
+            parse_hostfile("hosts", text).unwrap(),
+            vec![node("b", 5), node("a", 3)]
+        );
     }
 
     #[test]
     fn repeated_max_slots_add_up() {
-        let nodes = parse_hostfile("hosts", "a slots=2 max_slots=3\na slots=1 max_slots=4\n").unwrap();
+        let nodes =
+            parse_hostfile("hosts", "a slots=2 max_slots=3\na slots=1 max_slots=4\n").unwrap();
         assert_eq!(nodes[0].slots, 3);
         assert_eq!(nodes[0].max_slots, Some(7));
     }
@@ -423,14 +565,20 @@ mod tests {
     #[test]
     fn ipv6_literals() {
         let nodes = parse_hostfile("hosts", "fe80::1\n[fe80::2]:3\n[::1] slots=2\n").unwrap();
-        assert_eq!(nodes, vec![node("fe80::1", 1), node("fe80::2", 3), node("::1", 2)]);
+        assert_eq!(
+            nodes,
+            vec![node("fe80::1", 1), node("fe80::2", 3), node("::1", 2)]
+        );
     }
 
     #[test]
     fn unknown_attribute_message() {
         let text = "a\nb\nc\nd\ne\nf\nnode07 slot=4\n";
         assert_eq!(err(text), "hosts:7: expected 'slots=N', got 'slot=4'");
-        assert_eq!(err("n slots=1 cpus=4"), "hosts:1: expected 'slots=N', got 'cpus=4'");
+        assert_eq!(
+            err("n slots=1 cpus=4"),
+            "hosts:1: expected 'slots=N', got 'cpus=4'"
+        );
         assert_eq!(err("n 4"), "hosts:1: expected 'slots=N', got '4'");
     }
 
@@ -440,7 +588,10 @@ mod tests {
             err("# only a comment\n\n"),
             "hosts: no hosts found; list one host per line, e.g. 'node01 slots=4'"
         );
-        assert_eq!(err(""), "hosts: no hosts found; list one host per line, e.g. 'node01 slots=4'");
+        assert_eq!(
+            err(""),
+            "hosts: no hosts found; list one host per line, e.g. 'node01 slots=4'"
+        );
     }
 
     #[test]
@@ -454,21 +605,54 @@ mod tests {
     #[test]
     fn bad_counts() {
         let tail = "expected a whole number from 1 to 4294967295";
-        assert_eq!(err("n slots=0"), format!("hosts:1: invalid slots '0' for n; {tail}"));
-        assert_eq!(err("n slots=x"), format!("hosts:1: invalid slots 'x' for n; {tail}"));
-        assert_eq!(err("n slots="), format!("hosts:1: invalid slots '' for n; {tail}"));
-        assert_eq!(err("n slots=+4"), format!("hosts:1: invalid slots '+4' for n; {tail}"));
-        assert_eq!(err("n slots=4294967296"), format!("hosts:1: invalid slots '4294967296' for n; {tail}"));
-        assert_eq!(err("n:0"), format!("hosts:1: invalid slot count '0' for n; {tail}"));
-        assert_eq!(err("n:"), format!("hosts:1: invalid slot count '' for n; {tail}"));
-        assert_eq!(err("n max_slots=-1"), format!("hosts:1: invalid max_slots '-1' for n; {tail}"));
-        assert_eq!(err("n slots"), format!("hosts:1: invalid slots '' for n; {tail}"));
+        assert_eq!(
+            err("n slots=0"),
+            format!("hosts:1: invalid slots '0' for n; {tail}")
+        );
+        assert_eq!(
+            err("n slots=x"),
+            format!("hosts:1: invalid slots 'x' for n; {tail}")
+        );
+        assert_eq!(
+            err("n slots="),
+            format!("hosts:1: invalid slots '' for n; {tail}")
+        );
+        assert_eq!(
+            err("n slots=+4"),
+            format!("hosts:1: invalid slots '+4' for n; {tail}")
+        );
+        assert_eq!(
+            err("n slots=4294967296"),
+            format!("hosts:1: invalid slots '4294967296' for n; {tail}")
+        );
+        assert_eq!(
+            err("n:0"),
+            format!("hosts:1: invalid slot count '0' for n; {tail}")
+        );
+        assert_eq!(
+            err("n:"),
+            format!("hosts:1: invalid slot count '' for n; {tail}")
+        );
+        assert_eq!(
+            err("n max_slots=-1"),
+            format!("hosts:1: invalid max_slots '-1' for n; {tail}")
+        );
+        assert_eq!(
+            err("n slots"),
+            format!("hosts:1: invalid slots '' for n; {tail}")
+        );
     }
 
     #[test]
     fn repeated_attributes() {
-        assert_eq!(err("n slots=1 slots=2"), "hosts:1: slot count is given twice for n; keep one");
-        assert_eq!(err("n:2 slots=2"), "hosts:1: slot count is given twice for n; keep one");
+        assert_eq!(
+            err("n slots=1 slots=2"),
+            "hosts:1: slot count is given twice for n; keep one"
+        );
+        assert_eq!(
+            err("n:2 slots=2"),
+            "hosts:1: slot count is given twice for n; keep one"
+        );
         assert_eq!(
             err("n max_slots=2 max_slots=3"),
             "hosts:1: max_slots is given twice for n; keep one"
@@ -489,18 +673,30 @@ mod tests {
             err("-oProxyCommand=x"),
             "hosts:1: expected a host name first, got '-oProxyCommand=x'; write e.g. 'node01 slots=4'"
         );
-        assert_eq!(err("-evil"), "hosts:1: invalid host name '-evil'; host names must not start with '-'");
+        assert_eq!(
+            err("-evil"),
+            "hosts:1: invalid host name '-evil'; host names must not start with '-'"
+        );
         assert_eq!(
             err("no/de"),
             "hosts:1: invalid host name 'no/de'; use letters, digits, '.', '-', '_' (and ':' for IPv6)"
         );
-        assert_eq!(err("bob@"), "hosts:1: invalid host name ''; the host name is empty");
-        assert_eq!(err(":4"), "hosts:1: invalid host name ''; the host name is empty");
+        assert_eq!(
+            err("bob@"),
+            "hosts:1: invalid host name ''; the host name is empty"
+        );
+        assert_eq!(
+            err(":4"),
+            "hosts:1: invalid host name ''; the host name is empty"
+        );
         assert_eq!(
             err("[fe80::1"),
             "hosts:1: invalid host name '[fe80::1'; a '[' opens an IPv6 address but no ']' closes it"
         );
-        assert_eq!(err("[::1]4"), "hosts:1: invalid host name '[::1]4'; expected ':N' after ']'");
+        assert_eq!(
+            err("[::1]4"),
+            "hosts:1: invalid host name '[::1]4'; expected ':N' after ']'"
+        );
         assert_eq!(
             err("a@b@c"),
             "hosts:1: invalid host name 'b@c'; use letters, digits, '.', '-', '_' (and ':' for IPv6)"
@@ -510,8 +706,14 @@ mod tests {
     #[test]
     fn bad_user_names() {
         let tail = "use letters, digits, '.', '-' and '_' (not starting with '-')";
-        assert_eq!(err("@n"), format!("hosts:1: invalid user name '' in '@n'; {tail}"));
-        assert_eq!(err("-l@n"), format!("hosts:1: invalid user name '-l' in '-l@n'; {tail}"));
+        assert_eq!(
+            err("@n"),
+            format!("hosts:1: invalid user name '' in '@n'; {tail}")
+        );
+        assert_eq!(
+            err("-l@n"),
+            format!("hosts:1: invalid user name '-l' in '-l@n'; {tail}")
+        );
     }
 
     #[test]
@@ -555,17 +757,34 @@ mod tests {
             vec![
                 node("h1", 3),
                 node("h2", 1),
-                Node { name: "h3".into(), user: Some("bob".into()), slots: 4, max_slots: None },
+                Node {
+                    name: "h3".into(),
+                    user: Some("bob".into()),
+                    slots: 4,
+                    max_slots: None
+                },
             ]
         );
     }
 
     #[test]
     fn host_list_errors() {
-        assert_eq!(list_err(""), "--host: no hosts given; use e.g. '--host node01:4,node02'");
-        assert_eq!(list_err("  "), "--host: no hosts given; use e.g. '--host node01:4,node02'");
-        assert_eq!(list_err("a,,b"), "--host item 2: empty entry; remove the extra ','");
-        assert_eq!(list_err("a,"), "--host item 2: empty entry; remove the extra ','");
+        assert_eq!(
+            list_err(""),
+            "--host: no hosts given; use e.g. '--host node01:4,node02'"
+        );
+        assert_eq!(
+            list_err("  "),
+            "--host: no hosts given; use e.g. '--host node01:4,node02'"
+        );
+        assert_eq!(
+            list_err("a,,b"),
+            "--host item 2: empty entry; remove the extra ','"
+        );
+        assert_eq!(
+            list_err("a,"),
+            "--host item 2: empty entry; remove the extra ','"
+        );
         assert_eq!(
             list_err("a,b:x"),
             "--host item 2: invalid slot count 'x' for b; expected a whole number from 1 to 4294967295"

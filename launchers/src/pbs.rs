@@ -7,21 +7,41 @@ use crate::nodes::{check_host_name, Merger, Node, NodeListError, Origin};
 pub fn parse_pbs_nodefile(display: &str, text: &str) -> Result<Vec<Node>, NodeListError> {
     let mut merger = Merger::default();
     for (index, line) in text.lines().enumerate() {
-        let at = Origin::Line { file: display.to_string(), line: index + 1 };
+        let at = Origin::Line {
+            file: display.to_string(),
+            line: index + 1,
+        };
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
         if line.split_whitespace().nth(1).is_some() {
-            return Err(NodeListError::ExtraTokens { at, got: line.to_string() });
+            return Err(NodeListError::ExtraTokens {
+                at,
+                got: line.to_string(),
+            });
         }
         if let Err(why) = check_host_name(line) {
-            return Err(NodeListError::BadHost { at, got: line.to_string(), why });
+            return Err(NodeListError::BadHost {
+                at,
+                got: line.to_string(),
+                why,
+            });
         }
-        merger.add(at, Node { name: line.to_string(), user: None, slots: 1, max_slots: None })?;
+        merger.add(
+            at,
+            Node {
+                name: line.to_string(),
+                user: None,
+                slots: 1,
+                max_slots: None,
+            },
+        )?;
     }
     if merger.nodes.is_empty() {
-        return Err(NodeListError::EmptyFile { file: display.to_string() });
+        return Err(NodeListError::EmptyFile {
+            file: display.to_string(),
+        });
     }
     Ok(merger.nodes)
 }
@@ -38,12 +58,18 @@ pub struct PbsAllocation {
 /// Reads the allocation from `PBS_JOBID`, `PBS_NODEFILE` and `PBS_O_WORKDIR`; `None` when
 /// `PBS_JOBID` is unset or empty. The one function in this crate that does I/O: it reads the
 /// node file.
-pub fn detect_pbs(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<PbsAllocation>, NodeListError> {
+pub fn detect_pbs(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<PbsAllocation>, NodeListError> {
     let Some(job_id) = env("PBS_JOBID").filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
     let Some(path) = env("PBS_NODEFILE").filter(|v| !v.is_empty()) else {
-        return Err(NodeListError::MissingVar { var: "PBS_NODEFILE", job_var: "PBS_JOBID", job_id });
+        return Err(NodeListError::MissingVar {
+            var: "PBS_NODEFILE",
+            job_var: "PBS_JOBID",
+            job_id,
+        });
     };
     let text = std::fs::read_to_string(&path).map_err(|source| NodeListError::Io {
         what: "PBS node file",
@@ -52,7 +78,11 @@ pub fn detect_pbs(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<PbsAllo
     })?;
     let nodes = parse_pbs_nodefile(&path, &text)?;
     let workdir = env("PBS_O_WORKDIR").filter(|v| !v.is_empty());
-    Ok(Some(PbsAllocation { job_id, nodes, workdir }))
+    Ok(Some(PbsAllocation {
+        job_id,
+        nodes,
+        workdir,
+    }))
 }
 
 #[cfg(test)]
@@ -61,7 +91,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -77,7 +110,11 @@ mod tests {
 
     #[test]
     fn nodefile_errors() {
-        let e = |t: &str| parse_pbs_nodefile("/var/spool/pbs/aux/1.srv", t).unwrap_err().to_string();
+        let e = |t: &str| {
+            parse_pbs_nodefile("/var/spool/pbs/aux/1.srv", t)
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
             e("\n \n"),
             "/var/spool/pbs/aux/1.srv: no hosts found; list one host per line, e.g. 'node01 slots=4'"
@@ -94,8 +131,12 @@ mod tests {
 
     #[test]
     fn detect_none_without_job_id() {
-        assert!(detect_pbs(&env_of(&[("PBS_NODEFILE", "/nonexistent")])).unwrap().is_none());
-        assert!(detect_pbs(&env_of(&[("PBS_JOBID", " ")])).unwrap().is_none());
+        assert!(detect_pbs(&env_of(&[("PBS_NODEFILE", "/nonexistent")]))
+            .unwrap()
+            .is_none());
+        assert!(detect_pbs(&env_of(&[("PBS_JOBID", " ")]))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -105,7 +146,11 @@ mod tests {
         let file = dir.join("nodes");
         std::fs::write(&file, "a\nb\na\n").unwrap();
         let path = file.to_str().unwrap().to_string();
-        let env = env_of(&[("PBS_JOBID", "12.srv"), ("PBS_NODEFILE", &path), ("PBS_O_WORKDIR", "/home/u")]);
+        let env = env_of(&[
+            ("PBS_JOBID", "12.srv"),
+            ("PBS_NODEFILE", &path),
+            ("PBS_O_WORKDIR", "/home/u"),
+        ]);
         let alloc = detect_pbs(&env).unwrap().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(alloc.job_id, "12.srv");
@@ -120,11 +165,16 @@ mod tests {
             "PBS_NODEFILE is not set although PBS_JOBID=12.srv is; run inside the job or unset PBS_JOBID"
         );
         let missing = "/nonexistent/launchers-test/nodefile";
-        let msg = detect_pbs(&env_of(&[("PBS_JOBID", "1"), ("PBS_NODEFILE", missing)])).unwrap_err().to_string();
+        let msg = detect_pbs(&env_of(&[("PBS_JOBID", "1"), ("PBS_NODEFILE", missing)]))
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.starts_with(&format!("cannot read PBS node file {missing}: ")),
             "{msg}"
         );
-        assert!(msg.ends_with("; check that the file exists and is readable"), "{msg}");
+        assert!(
+            msg.ends_with("; check that the file exists and is readable"),
+            "{msg}"
+        );
     }
 }

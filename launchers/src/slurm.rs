@@ -35,7 +35,10 @@ impl fmt::Display for NodeListProblem {
             Self::Nested { column } => write!(f, "'[' inside brackets at column {column}"),
             Self::EmptyRange { column } => write!(f, "empty range at column {column}"),
             Self::BadNumber { got, column } => {
-                write!(f, "expected a number or N-M at column {column}, got '{got}'")
+                write!(
+                    f,
+                    "expected a number or N-M at column {column}, got '{got}'"
+                )
             }
             Self::Reversed { low, high } => write!(f, "range {low}-{high} runs backwards"),
             Self::BadChar { ch, column } => write!(f, "unexpected '{ch}' at column {column}"),
@@ -48,11 +51,17 @@ impl fmt::Display for NodeListProblem {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SlurmError {
     #[error("invalid node list '{list}': {problem}; expected e.g. 'n[1-3,7],gpu[01-02]'")]
-    NodeList { list: String, problem: NodeListProblem },
+    NodeList {
+        list: String,
+        problem: NodeListProblem,
+    },
     #[error("invalid tasks per node '{value}': {problem}; expected e.g. '2(x3),1'")]
     TasksPerNode { value: String, problem: String },
     #[error("{var}: {inner}")]
-    InVar { var: &'static str, inner: Box<SlurmError> },
+    InVar {
+        var: &'static str,
+        inner: Box<SlurmError>,
+    },
     #[error(
         "{var} is not set although SLURM_JOB_ID={job_id} is; run inside an sbatch or salloc job, \
          or unset SLURM_JOB_ID to ignore Slurm"
@@ -62,7 +71,11 @@ pub enum SlurmError {
         "SLURM_TASKS_PER_NODE gives {tasks} nodes but {list_var} names {nodes}; the job \
          environment is inconsistent, start rlaunch from the job script itself"
     )]
-    LengthMismatch { tasks: usize, nodes: usize, list_var: &'static str },
+    LengthMismatch {
+        tasks: usize,
+        nodes: usize,
+        list_var: &'static str,
+    },
     #[error(
         "SLURM_TASKS_PER_NODE gives node {node} no tasks; request at least one task per node \
          (e.g. sbatch --ntasks-per-node=1)"
@@ -71,7 +84,10 @@ pub enum SlurmError {
     #[error("SLURM_NTASKS='{value}' is not a whole number; unset it or fix the job script")]
     BadNtasks { value: String },
     #[error("{list_var} names node {node} twice; the job environment is inconsistent")]
-    Duplicate { node: String, list_var: &'static str },
+    Duplicate {
+        node: String,
+        list_var: &'static str,
+    },
 }
 
 /// One comma-separated name of a node list: literal text and bracketed ranges, in order.
@@ -86,7 +102,10 @@ enum Piece {
 /// Zero padding follows the lower bound's width (`[08-10]` gives `08 09 10`); several bracket
 /// groups in one name expand left-most slowest, as Slurm prints them.
 pub fn parse_nodelist(s: &str) -> Result<Vec<String>, SlurmError> {
-    let fail = |problem| SlurmError::NodeList { list: s.to_string(), problem };
+    let fail = |problem| SlurmError::NodeList {
+        list: s.to_string(),
+        problem,
+    };
     let chars: Vec<char> = s.chars().collect();
     if chars.iter().all(|c| c.is_whitespace()) {
         return Err(fail(NodeListProblem::Empty));
@@ -168,7 +187,10 @@ fn parse_name(chars: &[char], from: usize, to: usize) -> Result<Vec<Piece>, Node
         // Names end up in ssh/srun command lines, so keep to the host name alphabet.
         let allowed = c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
         if !allowed || (c == '-' && i == from) {
-            return Err(NodeListProblem::BadChar { ch: c, column: i + 1 });
+            return Err(NodeListProblem::BadChar {
+                ch: c,
+                column: i + 1,
+            });
         }
         text.push(c);
         i += 1;
@@ -179,7 +201,11 @@ fn parse_name(chars: &[char], from: usize, to: usize) -> Result<Vec<Piece>, Node
     Ok(pieces)
 }
 
-fn parse_ranges(chars: &[char], from: usize, to: usize) -> Result<Vec<(u64, usize)>, NodeListProblem> {
+fn parse_ranges(
+    chars: &[char],
+    from: usize,
+    to: usize,
+) -> Result<Vec<(u64, usize)>, NodeListProblem> {
     if from == to {
         return Err(NodeListProblem::EmptyRange { column: from + 1 });
     }
@@ -187,7 +213,10 @@ fn parse_ranges(chars: &[char], from: usize, to: usize) -> Result<Vec<(u64, usiz
     let mut start = from;
     for end in (from..=to).filter(|&j| j == to || chars[j] == ',') {
         let item: String = chars[start..end].iter().collect();
-        let bad = || NodeListProblem::BadNumber { got: item.clone(), column: start + 1 };
+        let bad = || NodeListProblem::BadNumber {
+            got: item.clone(),
+            column: start + 1,
+        };
         let (low, high) = match item.split_once('-') {
             Some((low, high)) => (low, high),
             None => (item.as_str(), item.as_str()),
@@ -195,7 +224,10 @@ fn parse_ranges(chars: &[char], from: usize, to: usize) -> Result<Vec<(u64, usiz
         let lo = parse_number(low).ok_or_else(bad)?;
         let hi = parse_number(high).ok_or_else(bad)?;
         if hi < lo {
-            return Err(NodeListProblem::Reversed { low: low.to_string(), high: high.to_string() });
+            return Err(NodeListProblem::Reversed {
+                low: low.to_string(),
+                high: high.to_string(),
+            });
         }
         if hi - lo >= MAX_EXPANDED {
             return Err(NodeListProblem::TooMany);
@@ -218,7 +250,10 @@ fn parse_number(text: &str) -> Option<u64> {
 
 /// Expands `SLURM_TASKS_PER_NODE`-style counts: `2(x3),1` gives `[2, 2, 2, 1]`.
 pub fn parse_tasks_per_node(s: &str) -> Result<Vec<u32>, SlurmError> {
-    let fail = |problem: String| SlurmError::TasksPerNode { value: s.to_string(), problem };
+    let fail = |problem: String| SlurmError::TasksPerNode {
+        value: s.to_string(),
+        problem,
+    };
     if s.trim().is_empty() {
         return Err(fail("it is empty".into()));
     }
@@ -261,21 +296,38 @@ pub struct SlurmAllocation {
 /// Reads the allocation from `SLURM_JOB_ID`, `SLURM_JOB_NODELIST` (or `SLURM_NODELIST`),
 /// `SLURM_TASKS_PER_NODE` and `SLURM_NTASKS`. `None` when `SLURM_JOB_ID` is unset or empty, so
 /// `SLURM_JOB_ID= rlaunch ...` opts out.
-pub fn detect_slurm(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<SlurmAllocation>, SlurmError> {
+pub fn detect_slurm(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SlurmAllocation>, SlurmError> {
     let Some(job_id) = env("SLURM_JOB_ID").filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
-    let missing = |var| SlurmError::MissingVar { var, job_id: job_id.clone() };
+    let missing = |var| SlurmError::MissingVar {
+        var,
+        job_id: job_id.clone(),
+    };
     let (list_var, list) = match env("SLURM_JOB_NODELIST") {
         Some(v) => ("SLURM_JOB_NODELIST", v),
-        None => ("SLURM_NODELIST", env("SLURM_NODELIST").ok_or_else(|| missing("SLURM_JOB_NODELIST"))?),
+        None => (
+            "SLURM_NODELIST",
+            env("SLURM_NODELIST").ok_or_else(|| missing("SLURM_JOB_NODELIST"))?,
+        ),
     };
-    let in_var = |var| move |e| SlurmError::InVar { var, inner: Box::new(e) };
+    let in_var = |var| {
+        move |e| SlurmError::InVar {
+            var,
+            inner: Box::new(e),
+        }
+    };
     let names = parse_nodelist(&list).map_err(in_var(list_var))?;
     let tasks_text = env("SLURM_TASKS_PER_NODE").ok_or_else(|| missing("SLURM_TASKS_PER_NODE"))?;
     let tasks = parse_tasks_per_node(&tasks_text).map_err(in_var("SLURM_TASKS_PER_NODE"))?;
     if tasks.len() != names.len() {
-        return Err(SlurmError::LengthMismatch { tasks: tasks.len(), nodes: names.len(), list_var });
+        return Err(SlurmError::LengthMismatch {
+            tasks: tasks.len(),
+            nodes: names.len(),
+            list_var,
+        });
     }
     let ntasks = match env("SLURM_NTASKS") {
         None => None,
@@ -292,11 +344,23 @@ pub fn detect_slurm(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Slurm
             return Err(SlurmError::NoTasks { node: name });
         }
         if !seen.insert(name.clone()) {
-            return Err(SlurmError::Duplicate { node: name, list_var });
+            return Err(SlurmError::Duplicate {
+                node: name,
+                list_var,
+            });
         }
-        nodes.push(Node { name, user: None, slots, max_slots: None });
+        nodes.push(Node {
+            name,
+            user: None,
+            slots,
+            max_slots: None,
+        });
     }
-    Ok(Some(SlurmAllocation { job_id, nodes, ntasks }))
+    Ok(Some(SlurmAllocation {
+        job_id,
+        nodes,
+        ntasks,
+    }))
 }
 
 #[cfg(test)]
@@ -314,7 +378,10 @@ mod tests {
     }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -340,7 +407,10 @@ mod tests {
 
     #[test]
     fn commas_inside_and_outside_brackets() {
-        assert_eq!(names("n[1-3,7],gpu[01-02]"), ["n1", "n2", "n3", "n7", "gpu01", "gpu02"]);
+        assert_eq!(
+            names("n[1-3,7],gpu[01-02]"),
+            ["n1", "n2", "n3", "n7", "gpu01", "gpu02"]
+        );
         assert_eq!(names("a,n[1,3],b"), ["a", "n1", "n3", "b"]);
     }
 
@@ -354,38 +424,77 @@ mod tests {
     #[test]
     fn malformed_lists() {
         let tail = "expected e.g. 'n[1-3,7],gpu[01-02]'";
-        assert_eq!(err("n[1-"), format!("invalid node list 'n[1-': the '[' at column 2 is never closed; {tail}"));
-        assert_eq!(err("n[3-1]"), format!("invalid node list 'n[3-1]': range 3-1 runs backwards; {tail}"));
-        assert_eq!(err(""), format!("invalid node list '': it is empty; {tail}"));
-        assert_eq!(err("n1]"), format!("invalid node list 'n1]': the ']' at column 3 closes nothing; {tail}"));
-        assert_eq!(err("n[1[2]]"), format!("invalid node list 'n[1[2]]': '[' inside brackets at column 4; {tail}"));
-        assert_eq!(err("n[]"), format!("invalid node list 'n[]': empty range at column 3; {tail}"));
+        assert_eq!(
+            err("n[1-"),
+            format!("invalid node list 'n[1-': the '[' at column 2 is never closed; {tail}")
+        );
+        assert_eq!(
+            err("n[3-1]"),
+            format!("invalid node list 'n[3-1]': range 3-1 runs backwards; {tail}")
+        );
+        assert_eq!(
+            err(""),
+            format!("invalid node list '': it is empty; {tail}")
+        );
+        assert_eq!(
+            err("n1]"),
+            format!("invalid node list 'n1]': the ']' at column 3 closes nothing; {tail}")
+        );
+        assert_eq!(
+            err("n[1[2]]"),
+            format!("invalid node list 'n[1[2]]': '[' inside brackets at column 4; {tail}")
+        );
+        assert_eq!(
+            err("n[]"),
+            format!("invalid node list 'n[]': empty range at column 3; {tail}")
+        );
         assert_eq!(
             err("n[1-x]"),
             format!("invalid node list 'n[1-x]': expected a number or N-M at column 3, got '1-x'; {tail}")
         );
         assert_eq!(
             err("n[1,,2]"),
-            format!("invalid node list 'n[1,,2]': expected a number or N-M at column 5, got ''; {tail}")
+            format!(
+                "invalid node list 'n[1,,2]': expected a number or N-M at column 5, got ''; {tail}"
+            )
         );
         assert_eq!(
             err("n[1-2-3]"),
             format!("invalid node list 'n[1-2-3]': expected a number or N-M at column 3, got '1-2-3'; {tail}")
         );
-        assert_eq!(err("a,,b"), format!("invalid node list 'a,,b': empty name at column 3; {tail}"));
-        assert_eq!(err("a,"), format!("invalid node list 'a,': empty name at column 3; {tail}"));
-        assert_eq!(err("a b"), format!("invalid node list 'a b': unexpected ' ' at column 2; {tail}"));
-        assert_eq!(err("-a"), format!("invalid node list '-a': unexpected '-' at column 1; {tail}"));
+        assert_eq!(
+            err("a,,b"),
+            format!("invalid node list 'a,,b': empty name at column 3; {tail}")
+        );
+        assert_eq!(
+            err("a,"),
+            format!("invalid node list 'a,': empty name at column 3; {tail}")
+        );
+        assert_eq!(
+            err("a b"),
+            format!("invalid node list 'a b': unexpected ' ' at column 2; {tail}")
+        );
+        assert_eq!(
+            err("-a"),
+            format!("invalid node list '-a': unexpected '-' at column 1; {tail}")
+        );
     }
 
     #[test]
     fn huge_ranges_are_refused_without_expanding() {
         let tail = "expected e.g. 'n[1-3,7],gpu[01-02]'";
-        let too_many = |s: &str| format!("invalid node list '{s}': it names more than 1000000 nodes; {tail}");
+        let too_many =
+            |s: &str| format!("invalid node list '{s}': it names more than 1000000 nodes; {tail}");
         assert_eq!(err("n[1-1000001]"), too_many("n[1-1000001]"));
-        assert_eq!(err("n[0-18446744073709551615]"), too_many("n[0-18446744073709551615]"));
+        assert_eq!(
+            err("n[0-18446744073709551615]"),
+            too_many("n[0-18446744073709551615]")
+        );
         assert_eq!(err("r[1-1000]n[1-1001]"), too_many("r[1-1000]n[1-1001]"));
-        assert_eq!(err("a[1-600000],b[1-600000]"), too_many("a[1-600000],b[1-600000]"));
+        assert_eq!(
+            err("a[1-600000],b[1-600000]"),
+            too_many("a[1-600000],b[1-600000]")
+        );
         assert_eq!(
             err("n[1-99999999999999999999]"),
             format!(
@@ -403,12 +512,30 @@ mod tests {
         assert_eq!(parse_tasks_per_node("4,1(x2)").unwrap(), [4, 1, 1]);
         let tail = "expected e.g. '2(x3),1'";
         let e = |s: &str| parse_tasks_per_node(s).unwrap_err().to_string();
-        assert_eq!(e(""), format!("invalid tasks per node '': it is empty; {tail}"));
-        assert_eq!(e("2(3)"), format!("invalid tasks per node '2(3)': expected 'N(xM)', got '2(3)'; {tail}"));
-        assert_eq!(e("2(x3"), format!("invalid tasks per node '2(x3': expected 'N(xM)', got '2(x3'; {tail}"));
-        assert_eq!(e("2(x0)"), format!("invalid tasks per node '2(x0)': invalid repeat count in '2(x0)'; {tail}"));
-        assert_eq!(e("a"), format!("invalid tasks per node 'a': expected a whole number, got 'a'; {tail}"));
-        assert_eq!(e("1,"), format!("invalid tasks per node '1,': expected a whole number, got ''; {tail}"));
+        assert_eq!(
+            e(""),
+            format!("invalid tasks per node '': it is empty; {tail}")
+        );
+        assert_eq!(
+            e("2(3)"),
+            format!("invalid tasks per node '2(3)': expected 'N(xM)', got '2(3)'; {tail}")
+        );
+        assert_eq!(
+            e("2(x3"),
+            format!("invalid tasks per node '2(x3': expected 'N(xM)', got '2(x3'; {tail}")
+        );
+        assert_eq!(
+            e("2(x0)"),
+            format!("invalid tasks per node '2(x0)': invalid repeat count in '2(x0)'; {tail}")
+        );
+        assert_eq!(
+            e("a"),
+            format!("invalid tasks per node 'a': expected a whole number, got 'a'; {tail}")
+        );
+        assert_eq!(
+            e("1,"),
+            format!("invalid tasks per node '1,': expected a whole number, got ''; {tail}")
+        );
         assert_eq!(
             e("1(x1000001)"),
             format!("invalid tasks per node '1(x1000001)': it describes more than 1000000 nodes; {tail}")
@@ -417,7 +544,10 @@ mod tests {
 
     #[test]
     fn detect_none_without_job_id() {
-        assert_eq!(detect_slurm(&env_of(&[("SLURM_JOB_NODELIST", "n1")])), Ok(None));
+        assert_eq!(
+            detect_slurm(&env_of(&[("SLURM_JOB_NODELIST", "n1")])),
+            Ok(None)
+        );
         assert_eq!(detect_slurm(&env_of(&[("SLURM_JOB_ID", "")])), Ok(None));
     }
 
@@ -433,14 +563,25 @@ mod tests {
         let alloc = detect_slurm(&env).unwrap().unwrap();
         assert_eq!(alloc.job_id, "42");
         assert_eq!(alloc.ntasks, Some(6));
-        let got: Vec<(&str, u32)> = alloc.nodes.iter().map(|n| (n.name.as_str(), n.slots)).collect();
+        let got: Vec<(&str, u32)> = alloc
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.slots))
+            .collect();
         assert_eq!(got, [("n1", 4), ("n2", 1), ("n3", 1)]);
-        assert!(alloc.nodes.iter().all(|n| n.user.is_none() && n.max_slots.is_none()));
+        assert!(alloc
+            .nodes
+            .iter()
+            .all(|n| n.user.is_none() && n.max_slots.is_none()));
     }
 
     #[test]
     fn detect_falls_back_to_slurm_nodelist() {
-        let env = env_of(&[("SLURM_JOB_ID", "7"), ("SLURM_NODELIST", "a,b"), ("SLURM_TASKS_PER_NODE", "1(x2)")]);
+        let env = env_of(&[
+            ("SLURM_JOB_ID", "7"),
+            ("SLURM_NODELIST", "a,b"),
+            ("SLURM_TASKS_PER_NODE", "1(x2)"),
+        ]);
         let alloc = detect_slurm(&env).unwrap().unwrap();
         assert_eq!(alloc.nodes.len(), 2);
         assert_eq!(alloc.ntasks, None);
@@ -475,7 +616,11 @@ mod tests {
              inconsistent, start rlaunch from the job script itself"
         );
         assert_eq!(
-            e(&[("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "n1,n2"), ("SLURM_TASKS_PER_NODE", "1,0")]),
+            e(&[
+                ("SLURM_JOB_ID", "7"),
+                ("SLURM_JOB_NODELIST", "n1,n2"),
+                ("SLURM_TASKS_PER_NODE", "1,0")
+            ]),
             "SLURM_TASKS_PER_NODE gives node n2 no tasks; request at least one task per node \
              (e.g. sbatch --ntasks-per-node=1)"
         );
@@ -489,7 +634,11 @@ mod tests {
             "SLURM_NTASKS='six' is not a whole number; unset it or fix the job script"
         );
         assert_eq!(
-            e(&[("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "n1,n[1-2]"), ("SLURM_TASKS_PER_NODE", "1(x3)")]),
+            e(&[
+                ("SLURM_JOB_ID", "7"),
+                ("SLURM_JOB_NODELIST", "n1,n[1-2]"),
+                ("SLURM_TASKS_PER_NODE", "1(x3)")
+            ]),
             "SLURM_JOB_NODELIST names node n1 twice; the job environment is inconsistent"
         );
     }
