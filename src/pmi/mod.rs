@@ -456,7 +456,10 @@ impl PmiServer {
     /// open with a PMI-1 `init` too); a digit or space starts a PMI-2 length header.
     fn detect(&mut self, conn: ConnId, rest: &[u8]) -> Result<Option<usize>, PmiError> {
         let Some(&first) = rest.first() else { return Ok(None) };
-        let mode = if first.is_ascii_digit() || first == b' ' {
+        let mode = if first == b'\n' {
+            // A blank line can only be PMI-1 framing; PMI-1 ignores it.
+            Mode::Line
+        } else if first.is_ascii_digit() || first == b' ' {
             Mode::Framed
         } else {
             let n = rest.len().min(5);

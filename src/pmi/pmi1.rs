@@ -109,7 +109,10 @@ pub(super) fn handle_line(
             let id: u32 = number(who, cmd, "pmiid", required(who, cmd, &f, "pmiid")?)?;
             srv.bind_rank(conn, id)?;
             let size = srv.job.size;
-            send(out, conn, format!("cmd=initack\ncmd=set size={size}\ncmd=set rank={id}\ncmd=set debug=0"));
+            send(out, conn, "cmd=initack".into());
+            send(out, conn, format!("cmd=set size={size}"));
+            send(out, conn, format!("cmd=set rank={id}"));
+            send(out, conn, "cmd=set debug=0".into());
             Ok(())
         }
         "get_maxes" => {
