@@ -15,3 +15,4 @@ pub mod verbs;
 pub use discover::{IfAddr, Inventory};
 pub mod endpoints;
 pub mod table;
+pub mod collective;
