@@ -75,21 +75,43 @@ pub struct JobInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Reply bytes to write to that connection, in order.
-    Send { conn: ConnId, bytes: Vec<u8> },
+    Send {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
     /// All local ranks entered the fence (PMI-1 barrier_in / PMI-2 kvs-fence). `puts` = the keys put on
     /// this node since the previous fence (only those travel). The daemon runs the tree collective and
     /// later calls `fence_done` with every node's puts merged.
-    FenceReady { seq: u64, puts: Vec<(String, String)> },
+    FenceReady {
+        seq: u64,
+        puts: Vec<(String, String)>,
+    },
     /// The daemon ends the job with this code.
-    Abort { rank: u32, code: i32, message: String },
-    Finalized { rank: u32 },
-    Initialized { rank: u32, version: (u8, u8) },
+    Abort {
+        rank: u32,
+        code: i32,
+        message: String,
+    },
+    Finalized {
+        rank: u32,
+    },
+    Initialized {
+        rank: u32,
+        version: (u8, u8),
+    },
     /// The client broke the protocol: the daemon reports it (one line naming the rank) and fails the job.
     /// The engine ignores that connection from then on.
-    ProtocolError { conn: ConnId, rank: Option<u32>, message: String },
+    ProtocolError {
+        conn: ConnId,
+        rank: Option<u32>,
+        message: String,
+    },
     /// Worth one log line, but the job goes on: the client asked for something rlaunch does not
     /// offer (spawn, an unknown command) and got an error reply it can handle.
-    Warning { rank: Option<u32>, message: String },
+    Warning {
+        rank: Option<u32>,
+        message: String,
+    },
 }
 
 /// Who a message is about: a rank once known, else the connection.
@@ -134,9 +156,18 @@ pub enum PmiError {
     #[error("{who} sent a PMI-2 `thrid` longer than {THRID_MAX} bytes")]
     ThridTooLong { who: Who },
     #[error("{who} sent PMI command `{cmd}` without the required `{field}=` field")]
-    MissingField { who: Who, cmd: String, field: &'static str },
+    MissingField {
+        who: Who,
+        cmd: String,
+        field: &'static str,
+    },
     #[error("{who} sent PMI command `{cmd}` with {field}={value:?}, which is not a valid number")]
-    BadNumber { who: Who, cmd: String, field: &'static str, value: String },
+    BadNumber {
+        who: Who,
+        cmd: String,
+        field: &'static str,
+        value: String,
+    },
     #[error("pmi connection {conn} sent `{cmd}` before naming its rank; PMI_PORT clients must send `cmd=initack pmiid=<PMI_ID>` (PMI-1) or `fullinit` with `pmirank=` (PMI-2) first")]
     RankUnknown { conn: ConnId, cmd: String },
     #[error("{who} claims rank {rank}, which this node does not run; check PMI_ID / PMI_RANK in the process environment")]
@@ -146,7 +177,11 @@ pub enum PmiError {
     #[error("rank {rank} named itself rank {claimed} in PMI; check PMI_ID / PMI_RANK in the process environment")]
     RankMismatch { rank: u32, claimed: u32 },
     #[error("{who} asked for PMI version {version}.{subversion}; rlaunch serves PMI 1.1 and 2.0, so link the program against an MPI built for one of those")]
-    BadVersion { who: Who, version: String, subversion: String },
+    BadVersion {
+        who: Who,
+        version: String,
+        subversion: String,
+    },
     #[error("rank {rank} sent PMI command `{cmd}` after PMI finalize")]
     AfterFinalize { rank: u32, cmd: String },
     #[error("rank {rank} entered the PMI barrier/fence again before the previous one completed")]
@@ -283,7 +318,13 @@ pub struct PmiServer {
 fn sanitize_kvsname(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(KVSNAME_MAX - 1)
         .collect();
     if s.is_empty() {
@@ -300,7 +341,11 @@ fn v1_safe(value: &str) -> bool {
 impl PmiServer {
     pub fn new(mut job: JobInfo) -> Self {
         job.kvsname = sanitize_kvsname(&job.kvsname);
-        let ranks = job.local_ranks.iter().map(|&r| (r, RankState::default())).collect();
+        let ranks = job
+            .local_ranks
+            .iter()
+            .map(|&r| (r, RankState::default()))
+            .collect();
         PmiServer {
             job,
             conns: HashMap::new(),
@@ -375,7 +420,14 @@ impl PmiServer {
                 // Each step consumes every complete message, so this is one unfinished message
                 // that is already over every limit.
                 let who = self.who(conn);
-                self.fail(conn, PmiError::FrameTooLong { who, len: buf.len() }, &mut out);
+                self.fail(
+                    conn,
+                    PmiError::FrameTooLong {
+                        who,
+                        len: buf.len(),
+                    },
+                    &mut out,
+                );
             } else {
                 c.buf = buf;
             }
@@ -387,7 +439,9 @@ impl PmiServer {
     /// aborted, because then its peers would wait for it forever.
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
         let mut out = Vec::new();
-        let Some(c) = self.conns.get(&conn) else { return out };
+        let Some(c) = self.conns.get(&conn) else {
+            return out;
+        };
         if let (Some(rank), false) = (c.rank, c.dead) {
             if let Some(rs) = self.ranks.get(&rank) {
                 if rs.initialized && !rs.finalized && !rs.aborted {
@@ -421,7 +475,9 @@ impl PmiServer {
         let mut entries = std::mem::take(&mut self.fence_entries);
         entries.sort_by_key(|e| e.rank);
         for e in entries {
-            let Some(c) = self.conns.get_mut(&e.conn) else { continue };
+            let Some(c) = self.conns.get_mut(&e.conn) else {
+                continue;
+            };
             if c.dead || c.rank != Some(e.rank) {
                 continue;
             }
@@ -435,7 +491,10 @@ impl PmiServer {
                     pmi2::frame("kvs-fence-response", thrid.as_deref(), &[("rc", "0")])
                 }
             };
-            out.push(Action::Send { conn: e.conn, bytes });
+            out.push(Action::Send {
+                conn: e.conn,
+                bytes,
+            });
         }
         self.fence_outstanding = false;
         self.fence_seq += 1;
@@ -455,7 +514,9 @@ impl PmiServer {
     /// Decides the framing from the first bytes: `cmd=` / `mcmd=` is PMI-1 style (PMI-2 clients
     /// open with a PMI-1 `init` too); a digit or space starts a PMI-2 length header.
     fn detect(&mut self, conn: ConnId, rest: &[u8]) -> Result<Option<usize>, PmiError> {
-        let Some(&first) = rest.first() else { return Ok(None) };
+        let Some(&first) = rest.first() else {
+            return Ok(None);
+        };
         let mode = if first == b'\n' {
             // A blank line can only be PMI-1 framing; PMI-1 ignores it.
             Mode::Line
@@ -469,7 +530,9 @@ impl PmiServer {
             } else if prefix_of(b"cmd=") || prefix_of(b"mcmd=") {
                 return Ok(None);
             } else {
-                return Err(PmiError::NotPmi { who: self.who(conn) });
+                return Err(PmiError::NotPmi {
+                    who: self.who(conn),
+                });
             }
         };
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -489,8 +552,12 @@ impl PmiServer {
                 pmi1::handle_line(self, conn, &rest[..nl], out)?;
                 Ok(Some(nl + 1))
             }
-            Some(_) => Err(PmiError::LineTooLong { who: self.who(conn) }),
-            None if rest.len() >= PMI1_LINE_MAX => Err(PmiError::LineTooLong { who: self.who(conn) }),
+            Some(_) => Err(PmiError::LineTooLong {
+                who: self.who(conn),
+            }),
+            None if rest.len() >= PMI1_LINE_MAX => Err(PmiError::LineTooLong {
+                who: self.who(conn),
+            }),
             None => Ok(None),
         }
     }
@@ -504,21 +571,32 @@ impl PmiServer {
         if rest.len() < PMI2_HEADER_LEN {
             return Ok(None);
         }
-        let len = pmi2::parse_header(&rest[..PMI2_HEADER_LEN])
-            .ok_or_else(|| PmiError::BadFrameHeader {
+        let len = pmi2::parse_header(&rest[..PMI2_HEADER_LEN]).ok_or_else(|| {
+            PmiError::BadFrameHeader {
                 who: self.who(conn),
                 header: String::from_utf8_lossy(&rest[..PMI2_HEADER_LEN]).into_owned(),
-            })?;
+            }
+        })?;
         if len == 0 {
-            return Err(PmiError::EmptyFrame { who: self.who(conn) });
+            return Err(PmiError::EmptyFrame {
+                who: self.who(conn),
+            });
         }
         if len > PMI2_FRAME_MAX {
-            return Err(PmiError::FrameTooLong { who: self.who(conn), len });
+            return Err(PmiError::FrameTooLong {
+                who: self.who(conn),
+                len,
+            });
         }
         if rest.len() < PMI2_HEADER_LEN + len {
             return Ok(None);
         }
-        pmi2::handle_frame(self, conn, &rest[PMI2_HEADER_LEN..PMI2_HEADER_LEN + len], out)?;
+        pmi2::handle_frame(
+            self,
+            conn,
+            &rest[PMI2_HEADER_LEN..PMI2_HEADER_LEN + len],
+            out,
+        )?;
         Ok(Some(PMI2_HEADER_LEN + len))
     }
 
@@ -542,12 +620,19 @@ impl PmiServer {
             c.dead = true;
         }
         self.attr_waiters.retain(|w| w.conn != conn);
-        out.push(Action::ProtocolError { conn, rank, message: e.to_string() });
+        out.push(Action::ProtocolError {
+            conn,
+            rank,
+            message: e.to_string(),
+        });
     }
 
     fn warn(&self, conn: ConnId, e: PmiError, out: &mut Vec<Action>) {
         let rank = self.conns.get(&conn).and_then(|c| c.rank);
-        out.push(Action::Warning { rank, message: e.to_string() });
+        out.push(Action::Warning {
+            rank,
+            message: e.to_string(),
+        });
     }
 
     fn drop_conn(&mut self, conn: ConnId) {
@@ -567,7 +652,12 @@ impl PmiServer {
         let current = self.conns.get(&conn).and_then(|c| c.rank);
         match current {
             Some(r) if r == rank => return Ok(()),
-            Some(r) => return Err(PmiError::RankMismatch { rank: r, claimed: rank }),
+            Some(r) => {
+                return Err(PmiError::RankMismatch {
+                    rank: r,
+                    claimed: rank,
+                })
+            }
             None => {}
         }
         let Some(rs) = self.ranks.get(&rank) else {
@@ -589,18 +679,24 @@ impl PmiServer {
 
     /// The rank a command needs, refusing commands after finalize.
     fn require_rank(&self, conn: ConnId, cmd: &str) -> Result<u32, PmiError> {
-        let rank = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.rank)
-            .ok_or_else(|| PmiError::RankUnknown { conn, cmd: cmd.to_string() })?;
+        let rank =
+            self.conns
+                .get(&conn)
+                .and_then(|c| c.rank)
+                .ok_or_else(|| PmiError::RankUnknown {
+                    conn,
+                    cmd: cmd.to_string(),
+                })?;
         Ok(rank)
     }
 
     fn check_not_finalized(&self, conn: ConnId, cmd: &str) -> Result<(), PmiError> {
         if let Some(rank) = self.conns.get(&conn).and_then(|c| c.rank) {
             if self.is_finalized(rank) {
-                return Err(PmiError::AfterFinalize { rank, cmd: cmd.to_string() });
+                return Err(PmiError::AfterFinalize {
+                    rank,
+                    cmd: cmd.to_string(),
+                });
             }
         }
         Ok(())
@@ -632,7 +728,11 @@ impl PmiServer {
         if let Some(rs) = self.ranks.get_mut(&rank) {
             rs.aborted = true;
         }
-        out.push(Action::Abort { rank, code, message });
+        out.push(Action::Abort {
+            rank,
+            code,
+            message,
+        });
     }
 
     fn check_key(who: Who, key: &str) -> Result<(), PmiError> {
@@ -640,7 +740,10 @@ impl PmiServer {
             return Err(PmiError::EmptyKey { who });
         }
         if key.len() > KEYLEN_MAX {
-            return Err(PmiError::KeyTooLong { who, len: key.len() });
+            return Err(PmiError::KeyTooLong {
+                who,
+                len: key.len(),
+            });
         }
         Ok(())
     }
@@ -650,7 +753,10 @@ impl PmiServer {
         let who = Who::Rank(rank);
         Self::check_key(who, key)?;
         if value.len() > VALLEN_MAX {
-            return Err(PmiError::ValueTooLong { who, len: value.len() });
+            return Err(PmiError::ValueTooLong {
+                who,
+                len: value.len(),
+            });
         }
         let Some(rs) = self.ranks.get_mut(&rank) else {
             return Err(PmiError::RankNotLocal { who, rank });
@@ -665,7 +771,8 @@ impl PmiServer {
         match self.epoch_index.get(key) {
             Some(&i) => self.epoch_puts[i].1 = value.to_string(),
             None => {
-                self.epoch_index.insert(key.to_string(), self.epoch_puts.len());
+                self.epoch_index
+                    .insert(key.to_string(), self.epoch_puts.len());
                 self.epoch_puts.push((key.to_string(), value.to_string()));
             }
         }
@@ -679,7 +786,9 @@ impl PmiServer {
     /// Counts a deferred reply against the connection's cap.
     fn add_pending(&mut self, conn: ConnId) -> Result<(), PmiError> {
         let who = self.who(conn);
-        let c = self.conn_mut(conn).ok_or(PmiError::TooManyPending { who })?;
+        let c = self
+            .conn_mut(conn)
+            .ok_or(PmiError::TooManyPending { who })?;
         if c.pending >= MAX_PENDING_PER_CONN {
             return Err(PmiError::TooManyPending { who });
         }
@@ -710,7 +819,10 @@ impl PmiServer {
             self.fence_outstanding = true;
             self.epoch_index.clear();
             let puts = std::mem::take(&mut self.epoch_puts);
-            out.push(Action::FenceReady { seq: self.fence_seq, puts });
+            out.push(Action::FenceReady {
+                seq: self.fence_seq,
+                puts,
+            });
         }
         Ok(())
     }
@@ -719,7 +831,10 @@ impl PmiServer {
         let who = self.who(conn);
         Self::check_key(who, key)?;
         if value.len() > VALLEN_MAX {
-            return Err(PmiError::ValueTooLong { who, len: value.len() });
+            return Err(PmiError::ValueTooLong {
+                who,
+                len: value.len(),
+            });
         }
         if !self.node_attrs.contains_key(key) && self.node_attrs.len() >= MAX_NODE_ATTRS {
             return Err(PmiError::TooManyNodeAttrs { who });
@@ -730,9 +845,12 @@ impl PmiServer {
 
     /// Answers every `info-getnodeattr wait=TRUE` waiting for `key`.
     fn wake_attr_waiters(&mut self, key: &str, out: &mut Vec<Action>) {
-        let Some(value) = self.node_attrs.get(key).cloned() else { return };
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.attr_waiters).into_iter().partition(|w| w.key == key);
+        let Some(value) = self.node_attrs.get(key).cloned() else {
+            return;
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attr_waiters)
+            .into_iter()
+            .partition(|w| w.key == key);
         self.attr_waiters = waiting;
         for w in ready {
             if let Some(c) = self.conns.get_mut(&w.conn) {
@@ -784,7 +902,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Send { conn, bytes } => Some((*conn, String::from_utf8_lossy(bytes).into_owned())),
+                Action::Send { conn, bytes } => {
+                    Some((*conn, String::from_utf8_lossy(bytes).into_owned()))
+                }
                 _ => None,
             })
             .collect()
@@ -830,7 +950,13 @@ mod tests {
         assert!(s.input(1, b"m").is_empty());
         assert!(s.input(1, b"d=get_maxes").is_empty());
         let a = s.input(1, b"\n");
-        assert_eq!(sends(&a), vec![(1, "cmd=maxes kvsname_max=64 keylen_max=64 vallen_max=1024\n".into())]);
+        assert_eq!(
+            sends(&a),
+            vec![(
+                1,
+                "cmd=maxes kvsname_max=64 keylen_max=64 vallen_max=1024\n".into()
+            )]
+        );
         let mut s = PmiServer::new(job(1, &[0]));
         s.connect(2, Some(0));
         assert!(s.input(2, b"mc").is_empty());
@@ -865,7 +991,10 @@ mod tests {
         let mut s = PmiServer::new(job(2, &[0, 1]));
         s.connect(1, Some(0));
         s.connect(2, Some(1));
-        assert!(s.disconnect(1).is_empty(), "never initialised: a non-MPI program");
+        assert!(
+            s.disconnect(1).is_empty(),
+            "never initialised: a non-MPI program"
+        );
         s.input(2, b"cmd=init pmi_version=1 pmi_subversion=1\n");
         let a = s.disconnect(2);
         assert_eq!(a.len(), 1);
@@ -877,10 +1006,16 @@ mod tests {
         let mut s = PmiServer::new(job(2, &[0, 1]));
         s.connect(1, Some(0));
         s.connect(2, Some(1));
-        s.input(1, b"cmd=init pmi_version=1 pmi_subversion=1\ncmd=finalize\n");
+        s.input(
+            1,
+            b"cmd=init pmi_version=1 pmi_subversion=1\ncmd=finalize\n",
+        );
         assert!(s.is_finalized(0));
         assert!(s.disconnect(1).is_empty());
-        s.input(2, b"cmd=init pmi_version=1 pmi_subversion=1\ncmd=abort exitcode=3\n");
+        s.input(
+            2,
+            b"cmd=init pmi_version=1 pmi_subversion=1\ncmd=abort exitcode=3\n",
+        );
         assert!(s.disconnect(2).is_empty());
     }
 
@@ -891,13 +1026,25 @@ mod tests {
         let a = s.fence_done(1, vec![]);
         assert!(matches!(&a[..], [Action::Warning { .. }]), "{a:?}");
         let a = s.input(1, b"cmd=barrier_in\n");
-        assert_eq!(a, vec![Action::FenceReady { seq: 1, puts: vec![] }]);
+        assert_eq!(
+            a,
+            vec![Action::FenceReady {
+                seq: 1,
+                puts: vec![]
+            }]
+        );
         let a = s.fence_done(2, vec![]);
         assert!(matches!(&a[..], [Action::Warning { .. }]), "{a:?}");
         let a = s.fence_done(1, vec![]);
         assert_eq!(sends(&a), vec![(1, "cmd=barrier_out\n".into())]);
         // The next fence has the next sequence number.
-        assert_eq!(s.input(1, b"cmd=barrier_in\n"), vec![Action::FenceReady { seq: 2, puts: vec![] }]);
+        assert_eq!(
+            s.input(1, b"cmd=barrier_in\n"),
+            vec![Action::FenceReady {
+                seq: 2,
+                puts: vec![]
+            }]
+        );
     }
 
     #[test]
@@ -912,15 +1059,37 @@ mod tests {
         let a = s.input(2, b"cmd=barrier_in\n");
         assert_eq!(
             a,
-            vec![Action::FenceReady { seq: 1, puts: vec![("a".into(), "3".into()), ("b".into(), "2".into())] }]
+            vec![Action::FenceReady {
+                seq: 1,
+                puts: vec![("a".into(), "3".into()), ("b".into(), "2".into())]
+            }]
         );
-        let a = s.fence_done(1, vec![("a".into(), "3".into()), ("b".into(), "2".into()), ("z".into(), "9".into())]);
-        assert_eq!(sends(&a), vec![(1, "cmd=barrier_out\n".into()), (2, "cmd=barrier_out\n".into())]);
+        let a = s.fence_done(
+            1,
+            vec![
+                ("a".into(), "3".into()),
+                ("b".into(), "2".into()),
+                ("z".into(), "9".into()),
+            ],
+        );
+        assert_eq!(
+            sends(&a),
+            vec![
+                (1, "cmd=barrier_out\n".into()),
+                (2, "cmd=barrier_out\n".into())
+            ]
+        );
         let a = s.input(1, b"cmd=get kvsname=rl-test key=z\n");
         assert_eq!(sends(&a)[0].1, "cmd=get_result rc=0 msg=success value=9\n");
         s.input(1, b"cmd=barrier_in\n");
         let a = s.input(2, b"cmd=barrier_in\n");
-        assert_eq!(a, vec![Action::FenceReady { seq: 2, puts: vec![] }]);
+        assert_eq!(
+            a,
+            vec![Action::FenceReady {
+                seq: 2,
+                puts: vec![]
+            }]
+        );
     }
 
     #[test]
@@ -940,7 +1109,10 @@ mod tests {
         let mut s = PmiServer::new(job(1, &[0]));
         s.connect(1, Some(0));
         for i in 0..MAX_KEYS_PER_RANK {
-            let a = s.input(1, format!("cmd=put kvsname=rl-test key=k{i} value=v\n").as_bytes());
+            let a = s.input(
+                1,
+                format!("cmd=put kvsname=rl-test key=k{i} value=v\n").as_bytes(),
+            );
             assert!(errors(&a).is_empty());
         }
         // Overwriting an existing key is not a new key.
@@ -959,7 +1131,7 @@ mod tests {
         let mut s = PmiServer::new(job(1, &[0]));
         s.connect(1, Some(0));
         let mut line = b"cmd=put kvsname=rl-test key=k value=".to_vec();
-        line.extend(std::iter::repeat(b'v').take(PMI1_LINE_MAX));
+        line.extend(vec![b'v'; PMI1_LINE_MAX]);
         let a = s.input(1, &line);
         assert!(errors(&a)[0].contains("longer than 1024"), "{a:?}");
         assert!(s.conns[&1].buf.is_empty());

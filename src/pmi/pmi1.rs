@@ -13,7 +13,10 @@ use super::{
 };
 
 fn send(out: &mut Vec<Action>, conn: ConnId, line: String) {
-    debug_assert!(line.len() < PMI1_LINE_MAX && !line.contains('\n'), "pmi-1 reply too long: {line}");
+    debug_assert!(
+        line.len() < PMI1_LINE_MAX && !line.contains('\n'),
+        "pmi-1 reply too long: {line}"
+    );
     let mut bytes = line.into_bytes();
     bytes.push(b'\n');
     out.push(Action::Send { conn, bytes });
@@ -32,7 +35,12 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn parse_fields<'a>(who: Who, cmd: &str, line: &'a str, rest_from: usize) -> Result<Fields<'a>, PmiError> {
+fn parse_fields<'a>(
+    who: Who,
+    cmd: &str,
+    line: &'a str,
+    rest_from: usize,
+) -> Result<Fields<'a>, PmiError> {
     let mut pairs = Vec::new();
     let mut abort_message = None;
     let mut offset = rest_from;
@@ -42,25 +50,43 @@ fn parse_fields<'a>(who: Who, cmd: &str, line: &'a str, rest_from: usize) -> Res
         if word.is_empty() {
             continue;
         }
-        if cmd == "abort" {
-            if word.starts_with("message=") {
-                abort_message = Some(line[start + "message=".len()..].trim_end());
-                break;
-            }
+        if cmd == "abort" && word.starts_with("message=") {
+            abort_message = Some(line[start + "message=".len()..].trim_end());
+            break;
         }
         let (k, v) = word
             .split_once('=')
-            .ok_or_else(|| PmiError::MalformedToken { who, token: word.chars().take(64).collect() })?;
+            .ok_or_else(|| PmiError::MalformedToken {
+                who,
+                token: word.chars().take(64).collect(),
+            })?;
         pairs.push((k, v));
     }
-    Ok(Fields { pairs, abort_message })
+    Ok(Fields {
+        pairs,
+        abort_message,
+    })
 }
 
-fn required<'a>(who: Who, cmd: &str, f: &Fields<'a>, field: &'static str) -> Result<&'a str, PmiError> {
-    f.get(field).ok_or_else(|| PmiError::MissingField { who, cmd: cmd.to_string(), field })
+fn required<'a>(
+    who: Who,
+    cmd: &str,
+    f: &Fields<'a>,
+    field: &'static str,
+) -> Result<&'a str, PmiError> {
+    f.get(field).ok_or_else(|| PmiError::MissingField {
+        who,
+        cmd: cmd.to_string(),
+        field,
+    })
 }
 
-fn number<T: std::str::FromStr>(who: Who, cmd: &str, field: &'static str, v: &str) -> Result<T, PmiError> {
+fn number<T: std::str::FromStr>(
+    who: Who,
+    cmd: &str,
+    field: &'static str,
+    v: &str,
+) -> Result<T, PmiError> {
     v.parse().map_err(|_| PmiError::BadNumber {
         who,
         cmd: cmd.to_string(),
@@ -97,7 +123,9 @@ pub(super) fn handle_line(
         }
         return Ok(());
     }
-    let cmd = first.strip_prefix("cmd=").ok_or(PmiError::MissingCmd { who })?;
+    let cmd = first
+        .strip_prefix("cmd=")
+        .ok_or(PmiError::MissingCmd { who })?;
     if cmd.len() > CMD_NAME_MAX {
         return Err(PmiError::CmdTooLong { who });
     }
@@ -129,11 +157,19 @@ pub(super) fn handle_line(
             Ok(())
         }
         "get_my_kvsname" => {
-            send(out, conn, format!("cmd=my_kvsname kvsname={}", srv.job.kvsname));
+            send(
+                out,
+                conn,
+                format!("cmd=my_kvsname kvsname={}", srv.job.kvsname),
+            );
             Ok(())
         }
         "get_universe_size" => {
-            send(out, conn, format!("cmd=universe_size size={}", srv.job.universe_size));
+            send(
+                out,
+                conn,
+                format!("cmd=universe_size size={}", srv.job.universe_size),
+            );
             Ok(())
         }
         "put" => put(srv, conn, &f, out),
@@ -160,14 +196,22 @@ pub(super) fn handle_line(
             let service = required(who, cmd, &f, "service")?;
             let port = required(who, cmd, &f, "port")?;
             match srv.publish(conn, service, port) {
-                Ok(true) => send(out, conn, "cmd=publish_result rc=0 info=ok msg=success".into()),
+                Ok(true) => send(
+                    out,
+                    conn,
+                    "cmd=publish_result rc=0 info=ok msg=success".into(),
+                ),
                 Ok(false) => send(
                     out,
                     conn,
                     "cmd=publish_result rc=-1 info=fail msg=service_already_published".into(),
                 ),
                 Err(e) => {
-                    send(out, conn, "cmd=publish_result rc=-1 info=fail msg=name_too_long".into());
+                    send(
+                        out,
+                        conn,
+                        "cmd=publish_result rc=-1 info=fail msg=name_too_long".into(),
+                    );
                     return Err(e);
                 }
             }
@@ -176,9 +220,17 @@ pub(super) fn handle_line(
         "unpublish_name" => {
             let service = required(who, cmd, &f, "service")?;
             if srv.names.remove(service).is_some() {
-                send(out, conn, "cmd=unpublish_result rc=0 info=ok msg=success".into());
+                send(
+                    out,
+                    conn,
+                    "cmd=unpublish_result rc=0 info=ok msg=success".into(),
+                );
             } else {
-                send(out, conn, "cmd=unpublish_result rc=-1 info=fail msg=service_not_found".into());
+                send(
+                    out,
+                    conn,
+                    "cmd=unpublish_result rc=-1 info=fail msg=service_not_found".into(),
+                );
             }
             Ok(())
         }
@@ -194,13 +246,21 @@ pub(super) fn handle_line(
                         let key = service.to_string();
                         srv.warn(conn, PmiError::NotRepresentable { who, key }, out);
                     }
-                    send(out, conn, "cmd=lookup_result rc=-1 info=fail msg=service_not_found".into());
+                    send(
+                        out,
+                        conn,
+                        "cmd=lookup_result rc=-1 info=fail msg=service_not_found".into(),
+                    );
                 }
             }
             Ok(())
         }
         "spawn" => {
-            send(out, conn, "cmd=spawn_result rc=-1 msg=spawn_not_supported".into());
+            send(
+                out,
+                conn,
+                "cmd=spawn_result rc=-1 msg=spawn_not_supported".into(),
+            );
             srv.warn(conn, PmiError::SpawnUnsupported { who }, out);
             Ok(())
         }
@@ -213,12 +273,30 @@ pub(super) fn handle_line(
                 _ => "cmd=getbyidx_results rc=-1 reason=getbyidx_not_supported",
             };
             send(out, conn, reply.into());
-            srv.warn(conn, PmiError::Unsupported { who, cmd: cmd.to_string() }, out);
+            srv.warn(
+                conn,
+                PmiError::Unsupported {
+                    who,
+                    cmd: cmd.to_string(),
+                },
+                out,
+            );
             Ok(())
         }
         _ => {
-            send(out, conn, format!("cmd=error rc=-1 msg=unknown_command_{cmd}"));
-            srv.warn(conn, PmiError::UnknownCommand { who, cmd: cmd.to_string() }, out);
+            send(
+                out,
+                conn,
+                format!("cmd=error rc=-1 msg=unknown_command_{cmd}"),
+            );
+            srv.warn(
+                conn,
+                PmiError::UnknownCommand {
+                    who,
+                    cmd: cmd.to_string(),
+                },
+                out,
+            );
             Ok(())
         }
     }
@@ -228,19 +306,29 @@ pub(super) fn handle_line(
 /// (another thread may abort; nothing else can legally arrive).
 fn gate(srv: &PmiServer, conn: ConnId, cmd: &str) -> Result<(), PmiError> {
     srv.check_not_finalized(conn, cmd)?;
-    let Some(c) = srv.conns.get(&conn) else { return Ok(()) };
+    let Some(c) = srv.conns.get(&conn) else {
+        return Ok(());
+    };
     if let (true, Some(rank)) = (c.in_v1_barrier, c.rank) {
         if cmd == "barrier_in" {
             return Err(PmiError::DuplicateFence { rank });
         }
         if cmd != "abort" {
-            return Err(PmiError::BusyInBarrier { rank, cmd: cmd.to_string() });
+            return Err(PmiError::BusyInBarrier {
+                rank,
+                cmd: cmd.to_string(),
+            });
         }
     }
     Ok(())
 }
 
-fn init(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>) -> Result<(), PmiError> {
+fn init(
+    srv: &mut PmiServer,
+    conn: ConnId,
+    f: &Fields<'_>,
+    out: &mut Vec<Action>,
+) -> Result<(), PmiError> {
     let who = srv.who(conn);
     let version = required(who, "init", f, "pmi_version")?;
     // pmi_subversion is optional in old clients; 0 is the conservative reading.
@@ -248,7 +336,11 @@ fn init(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>
     match (version, subversion) {
         ("1", "0") | ("1", "1") => {
             let rank = srv.require_rank(conn, "init")?;
-            send(out, conn, "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0".into());
+            send(
+                out,
+                conn,
+                "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0".into(),
+            );
             let sub = if subversion == "1" { 1 } else { 0 };
             srv.mark_initialized(rank, (1, sub), out);
             Ok(())
@@ -256,14 +348,22 @@ fn init(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>
         ("2", "0") => {
             // A PMI-2 client opens with this one PMI-1 line, then frames everything; the rank
             // comes with `fullinit`, which is where the rank counts as initialised.
-            send(out, conn, "cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0".into());
+            send(
+                out,
+                conn,
+                "cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0".into(),
+            );
             if let Some(c) = srv.conn_mut(conn) {
                 c.mode = super::Mode::Framed;
             }
             Ok(())
         }
         _ => {
-            send(out, conn, "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=-1".into());
+            send(
+                out,
+                conn,
+                "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=-1".into(),
+            );
             Err(PmiError::BadVersion {
                 who,
                 version: version.chars().take(16).collect(),
@@ -273,7 +373,12 @@ fn init(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>
     }
 }
 
-fn put(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>) -> Result<(), PmiError> {
+fn put(
+    srv: &mut PmiServer,
+    conn: ConnId,
+    f: &Fields<'_>,
+    out: &mut Vec<Action>,
+) -> Result<(), PmiError> {
     let rank = srv.require_rank(conn, "put")?;
     let who = Who::Rank(rank);
     if f.get("kvsname").is_some_and(|k| k != srv.job.kvsname) {
@@ -302,15 +407,28 @@ fn put(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>)
     }
 }
 
-fn get(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>) -> Result<(), PmiError> {
+fn get(
+    srv: &mut PmiServer,
+    conn: ConnId,
+    f: &Fields<'_>,
+    out: &mut Vec<Action>,
+) -> Result<(), PmiError> {
     let who = srv.who(conn);
     if f.get("kvsname").is_some_and(|k| k != srv.job.kvsname) {
-        send(out, conn, "cmd=get_result rc=-1 msg=unknown_kvsname value=unknown".into());
+        send(
+            out,
+            conn,
+            "cmd=get_result rc=-1 msg=unknown_kvsname value=unknown".into(),
+        );
         return Ok(());
     }
     let key = required(who, "get", f, "key")?;
     if let Err(e) = PmiServer::check_key(who, key) {
-        send(out, conn, "cmd=get_result rc=-1 msg=bad_key value=unknown".into());
+        send(
+            out,
+            conn,
+            "cmd=get_result rc=-1 msg=bad_key value=unknown".into(),
+        );
         return Err(e);
     }
     // The process map is job information, not a put: it answers even before any fence.
@@ -327,19 +445,39 @@ fn get(srv: &mut PmiServer, conn: ConnId, f: &Fields<'_>, out: &mut Vec<Action>)
         }
         found => {
             if found.is_some() {
-                srv.warn(conn, PmiError::NotRepresentable { who, key: key.to_string() }, out);
+                srv.warn(
+                    conn,
+                    PmiError::NotRepresentable {
+                        who,
+                        key: key.to_string(),
+                    },
+                    out,
+                );
             }
-            send(out, conn, format!("cmd=get_result rc=-1 msg=key_{key}_not_found value=unknown"));
+            send(
+                out,
+                conn,
+                format!("cmd=get_result rc=-1 msg=key_{key}_not_found value=unknown"),
+            );
         }
     }
     Ok(())
 }
 
 /// One line of an `mcmd=` block: `key=value` (the value may hold spaces) until `endcmd`.
-fn mcmd_line(srv: &mut PmiServer, conn: ConnId, line: &str, out: &mut Vec<Action>) -> Result<(), PmiError> {
+fn mcmd_line(
+    srv: &mut PmiServer,
+    conn: ConnId,
+    line: &str,
+    out: &mut Vec<Action>,
+) -> Result<(), PmiError> {
     let who = srv.who(conn);
-    let Some(c) = srv.conn_mut(conn) else { return Ok(()) };
-    let Some((pairs, size)) = c.mcmd.as_mut() else { return Ok(()) };
+    let Some(c) = srv.conn_mut(conn) else {
+        return Ok(());
+    };
+    let Some((pairs, size)) = c.mcmd.as_mut() else {
+        return Ok(());
+    };
     if line.trim_end() != "endcmd" {
         *size += line.len() + 1;
         if *size > MCMD_MAX {
@@ -347,15 +485,29 @@ fn mcmd_line(srv: &mut PmiServer, conn: ConnId, line: &str, out: &mut Vec<Action
         }
         let (k, v) = line
             .split_once('=')
-            .ok_or_else(|| PmiError::MalformedToken { who, token: line.chars().take(64).collect() })?;
+            .ok_or_else(|| PmiError::MalformedToken {
+                who,
+                token: line.chars().take(64).collect(),
+            })?;
         pairs.push((k.to_string(), v.to_string()));
         return Ok(());
     }
-    let Some((pairs, _)) = c.mcmd.take() else { return Ok(()) };
-    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let Some((pairs, _)) = c.mcmd.take() else {
+        return Ok(());
+    };
+    let get = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
     let name = get("mcmd").unwrap_or("").to_string();
     if name != "spawn" {
-        send(out, conn, format!("cmd=error rc=-1 msg=unknown_command_{name}"));
+        send(
+            out,
+            conn,
+            format!("cmd=error rc=-1 msg=unknown_command_{name}"),
+        );
         srv.warn(conn, PmiError::UnknownCommand { who, cmd: name }, out);
         return Ok(());
     }
@@ -367,7 +519,11 @@ fn mcmd_line(srv: &mut PmiServer, conn: ConnId, line: &str, out: &mut Vec<Action
             return Ok(());
         }
     }
-    send(out, conn, "cmd=spawn_result rc=-1 msg=spawn_not_supported".into());
+    send(
+        out,
+        conn,
+        "cmd=spawn_result rc=-1 msg=spawn_not_supported".into(),
+    );
     srv.warn(conn, PmiError::SpawnUnsupported { who }, out);
     Ok(())
 }
@@ -414,23 +570,38 @@ mod tests {
     fn init_reports_initialized_once_with_the_clients_version() {
         let mut s = server();
         let a = run(&mut s, 1, "cmd=init pmi_version=1 pmi_subversion=1\n");
-        assert_eq!(text(&a), "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0\n");
-        assert!(a.contains(&Action::Initialized { rank: 0, version: (1, 1) }));
+        assert_eq!(
+            text(&a),
+            "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0\n"
+        );
+        assert!(a.contains(&Action::Initialized {
+            rank: 0,
+            version: (1, 1)
+        }));
         assert!(s.is_initialized(0));
         assert!(!s.is_initialized(1));
         let a = run(&mut s, 1, "cmd=init pmi_version=1 pmi_subversion=1\n");
         assert!(!a.iter().any(|a| matches!(a, Action::Initialized { .. })));
         let a = run(&mut s, 2, "cmd=init pmi_version=1 pmi_subversion=0\n");
-        assert!(a.contains(&Action::Initialized { rank: 1, version: (1, 0) }));
+        assert!(a.contains(&Action::Initialized {
+            rank: 1,
+            version: (1, 0)
+        }));
     }
 
     #[test]
     fn unsupported_version_gets_rc_minus_one_then_protocol_error() {
         let mut s = server();
         let a = run(&mut s, 1, "cmd=init pmi_version=3 pmi_subversion=0\n");
-        assert_eq!(text(&a), "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=-1\n");
+        assert_eq!(
+            text(&a),
+            "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=-1\n"
+        );
         assert!(has_error(&a, "asked for PMI version 3.0"), "{a:?}");
-        assert!(matches!(a.last(), Some(Action::ProtocolError { rank: Some(0), .. })));
+        assert!(matches!(
+            a.last(),
+            Some(Action::ProtocolError { rank: Some(0), .. })
+        ));
     }
 
     #[test]
@@ -455,21 +626,39 @@ mod tests {
     #[test]
     fn put_then_get_before_any_fence_and_missing_key() {
         let mut s = server();
-        let a = run(&mut s, 1, "cmd=put kvsname=rl-test key=a/b[1]-x value=v=1\n");
+        let a = run(
+            &mut s,
+            1,
+            "cmd=put kvsname=rl-test key=a/b[1]-x value=v=1\n",
+        );
         assert_eq!(text(&a), "cmd=put_result rc=0 msg=success\n");
         let a = run(&mut s, 2, "cmd=get kvsname=rl-test key=a/b[1]-x\n");
         assert_eq!(text(&a), "cmd=get_result rc=0 msg=success value=v=1\n");
         let a = run(&mut s, 2, "cmd=get kvsname=rl-test key=nope\n");
-        assert_eq!(text(&a), "cmd=get_result rc=-1 msg=key_nope_not_found value=unknown\n");
+        assert_eq!(
+            text(&a),
+            "cmd=get_result rc=-1 msg=key_nope_not_found value=unknown\n"
+        );
         // Missing value = empty string.
-        let a = run(&mut s, 1, "cmd=put kvsname=rl-test key=e\ncmd=get kvsname=rl-test key=e\n");
-        assert_eq!(text(&a), "cmd=put_result rc=0 msg=success\ncmd=get_result rc=0 msg=success value=\n");
+        let a = run(
+            &mut s,
+            1,
+            "cmd=put kvsname=rl-test key=e\ncmd=get kvsname=rl-test key=e\n",
+        );
+        assert_eq!(
+            text(&a),
+            "cmd=put_result rc=0 msg=success\ncmd=get_result rc=0 msg=success value=\n"
+        );
     }
 
     #[test]
     fn wrong_kvsname_is_refused_without_failing_the_job() {
         let mut s = server();
-        let a = run(&mut s, 1, "cmd=put kvsname=other key=a value=1\ncmd=get kvsname=other key=a\n");
+        let a = run(
+            &mut s,
+            1,
+            "cmd=put kvsname=other key=a value=1\ncmd=get kvsname=other key=a\n",
+        );
         assert_eq!(
             text(&a),
             "cmd=put_result rc=-1 msg=unknown_kvsname\ncmd=get_result rc=-1 msg=unknown_kvsname value=unknown\n"
@@ -480,14 +669,28 @@ mod tests {
     #[test]
     fn process_mapping_is_answered_or_omitted() {
         let mut s = server();
-        let a = run(&mut s, 1, "cmd=get kvsname=rl-test key=PMI_process_mapping\n");
-        assert_eq!(text(&a), "cmd=get_result rc=0 msg=success value=(vector,(0,1,2))\n");
+        let a = run(
+            &mut s,
+            1,
+            "cmd=get kvsname=rl-test key=PMI_process_mapping\n",
+        );
+        assert_eq!(
+            text(&a),
+            "cmd=get_result rc=0 msg=success value=(vector,(0,1,2))\n"
+        );
         let mut j = job(2, &[0, 1]);
         j.process_mapping = None;
         let mut s = PmiServer::new(j);
         s.connect(1, Some(0));
-        let a = run(&mut s, 1, "cmd=get kvsname=rl-test key=PMI_process_mapping\n");
-        assert_eq!(text(&a), "cmd=get_result rc=-1 msg=key_PMI_process_mapping_not_found value=unknown\n");
+        let a = run(
+            &mut s,
+            1,
+            "cmd=get kvsname=rl-test key=PMI_process_mapping\n",
+        );
+        assert_eq!(
+            text(&a),
+            "cmd=get_result rc=-1 msg=key_PMI_process_mapping_not_found value=unknown\n"
+        );
     }
 
     #[test]
@@ -497,10 +700,16 @@ mod tests {
         let long = "x".repeat(1000);
         s.input(1, b"cmd=barrier_in\n");
         s.input(2, b"cmd=barrier_in\n");
-        s.fence_done(1, vec![("long".into(), long), ("spacey".into(), "a b".into())]);
+        s.fence_done(
+            1,
+            vec![("long".into(), long), ("spacey".into(), "a b".into())],
+        );
         for key in ["long", "spacey"] {
             let a = run(&mut s, 1, &format!("cmd=get kvsname=rl-test key={key}\n"));
-            assert_eq!(text(&a), format!("cmd=get_result rc=-1 msg=key_{key}_not_found value=unknown\n"));
+            assert_eq!(
+                text(&a),
+                format!("cmd=get_result rc=-1 msg=key_{key}_not_found value=unknown\n")
+            );
             assert!(has_warning(&a, "cannot travel"), "{a:?}");
         }
     }
@@ -509,7 +718,11 @@ mod tests {
     fn over_limit_key_and_value() {
         let mut s = server();
         let key = "k".repeat(KEYLEN_MAX + 1);
-        let a = run(&mut s, 1, &format!("cmd=put kvsname=rl-test key={key} value=1\n"));
+        let a = run(
+            &mut s,
+            1,
+            &format!("cmd=put kvsname=rl-test key={key} value=1\n"),
+        );
         assert_eq!(text(&a), "cmd=put_result rc=-1 msg=key_too_long\n");
         assert!(has_error(&a, "65-byte PMI key"));
         let mut s = server();
@@ -526,7 +739,13 @@ mod tests {
         let mut s = server();
         assert!(run(&mut s, 1, "cmd=barrier_in\n").is_empty());
         let a = run(&mut s, 2, "cmd=barrier_in\n");
-        assert_eq!(a, vec![Action::FenceReady { seq: 1, puts: vec![] }]);
+        assert_eq!(
+            a,
+            vec![Action::FenceReady {
+                seq: 1,
+                puts: vec![]
+            }]
+        );
         let a = s.fence_done(1, vec![]);
         assert_eq!(text(&a), "cmd=barrier_out\ncmd=barrier_out\n");
     }
@@ -535,8 +754,18 @@ mod tests {
     fn one_rank_job_still_goes_through_fence_ready() {
         let mut s = PmiServer::new(job(1, &[0]));
         s.connect(1, Some(0));
-        let a = run(&mut s, 1, "cmd=put kvsname=rl-test key=k value=v\ncmd=barrier_in\n");
-        assert_eq!(a[1], Action::FenceReady { seq: 1, puts: vec![("k".into(), "v".into())] });
+        let a = run(
+            &mut s,
+            1,
+            "cmd=put kvsname=rl-test key=k value=v\ncmd=barrier_in\n",
+        );
+        assert_eq!(
+            a[1],
+            Action::FenceReady {
+                seq: 1,
+                puts: vec![("k".into(), "v".into())]
+            }
+        );
     }
 
     #[test]
@@ -544,7 +773,10 @@ mod tests {
         let mut s = server();
         run(&mut s, 1, "cmd=barrier_in\n");
         let a = run(&mut s, 1, "cmd=barrier_in\n");
-        assert!(has_error(&a, "rank 0 entered the PMI barrier/fence again"), "{a:?}");
+        assert!(
+            has_error(&a, "rank 0 entered the PMI barrier/fence again"),
+            "{a:?}"
+        );
         let mut s = server();
         run(&mut s, 1, "cmd=barrier_in\n");
         let a = run(&mut s, 1, "cmd=get_maxes\n");
@@ -561,19 +793,47 @@ mod tests {
         s.disconnect(2);
         s.connect(3, Some(1));
         let a = run(&mut s, 3, "cmd=barrier_in\n");
-        assert!(has_error(&a, "rank 1 entered the PMI barrier/fence again"), "{a:?}");
+        assert!(
+            has_error(&a, "rank 1 entered the PMI barrier/fence again"),
+            "{a:?}"
+        );
     }
 
     #[test]
     fn abort_during_barrier_is_allowed_and_gets_no_reply() {
         let mut s = server();
         run(&mut s, 1, "cmd=barrier_in\n");
-        let a = run(&mut s, 1, "cmd=abort exitcode=7 message=it went wrong: x=1\n");
-        assert_eq!(a, vec![Action::Abort { rank: 0, code: 7, message: "it went wrong: x=1".into() }]);
+        let a = run(
+            &mut s,
+            1,
+            "cmd=abort exitcode=7 message=it went wrong: x=1\n",
+        );
+        assert_eq!(
+            a,
+            vec![Action::Abort {
+                rank: 0,
+                code: 7,
+                message: "it went wrong: x=1".into()
+            }]
+        );
         let a = run(&mut s, 2, "cmd=abort\n");
-        assert_eq!(a, vec![Action::Abort { rank: 1, code: 1, message: String::new() }]);
+        assert_eq!(
+            a,
+            vec![Action::Abort {
+                rank: 1,
+                code: 1,
+                message: String::new()
+            }]
+        );
         let a = run(&mut s, 2, "cmd=abort exitcode=banana\n");
-        assert_eq!(a, vec![Action::Abort { rank: 1, code: 1, message: String::new() }]);
+        assert_eq!(
+            a,
+            vec![Action::Abort {
+                rank: 1,
+                code: 1,
+                message: String::new()
+            }]
+        );
     }
 
     #[test]
@@ -584,7 +844,10 @@ mod tests {
         assert!(a.contains(&Action::Finalized { rank: 0 }));
         assert!(s.is_finalized(0));
         let a = run(&mut s, 1, "cmd=get_maxes\n");
-        assert!(has_error(&a, "rank 0 sent PMI command `get_maxes` after PMI finalize"), "{a:?}");
+        assert!(
+            has_error(&a, "rank 0 sent PMI command `get_maxes` after PMI finalize"),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -595,7 +858,11 @@ mod tests {
         assert!(has_error(&a, "before naming its rank"), "{a:?}");
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(9, None);
-        let a = run(&mut s, 9, "cmd=initack pmiid=3\ncmd=init pmi_version=1 pmi_subversion=1\n");
+        let a = run(
+            &mut s,
+            9,
+            "cmd=initack pmiid=3\ncmd=init pmi_version=1 pmi_subversion=1\n",
+        );
         assert_eq!(
             text(&a),
             "cmd=initack\ncmd=set size=4\ncmd=set rank=3\ncmd=set debug=0\n\
@@ -604,13 +871,22 @@ mod tests {
         assert!(s.is_initialized(3));
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(9, None);
-        assert!(has_error(&run(&mut s, 9, "cmd=initack pmiid=1\n"), "claims rank 1, which this node does not run"));
+        assert!(has_error(
+            &run(&mut s, 9, "cmd=initack pmiid=1\n"),
+            "claims rank 1, which this node does not run"
+        ));
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(9, Some(2));
-        assert!(has_error(&run(&mut s, 9, "cmd=initack pmiid=3\n"), "rank 2 named itself rank 3"));
+        assert!(has_error(
+            &run(&mut s, 9, "cmd=initack pmiid=3\n"),
+            "rank 2 named itself rank 3"
+        ));
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(9, None);
-        assert!(has_error(&run(&mut s, 9, "cmd=initack pmiid=x\n"), "pmiid=\"x\""));
+        assert!(has_error(
+            &run(&mut s, 9, "cmd=initack pmiid=x\n"),
+            "pmiid=\"x\""
+        ));
     }
 
     #[test]
@@ -620,24 +896,43 @@ mod tests {
         assert_eq!(text(&a), "cmd=error rc=-1 msg=unknown_command_frobnicate\n");
         assert!(has_warning(&a, "unknown PMI command `frobnicate`"));
         let a = run(&mut s, 1, "cmd=getbyidx kvsname=rl-test idx=0\n");
-        assert_eq!(text(&a), "cmd=getbyidx_results rc=-1 reason=getbyidx_not_supported\n");
+        assert_eq!(
+            text(&a),
+            "cmd=getbyidx_results rc=-1 reason=getbyidx_not_supported\n"
+        );
         let a = run(&mut s, 1, "cmd=create_kvs\n");
         assert_eq!(text(&a), "cmd=newkvs rc=-1 msg=create_kvs_not_supported\n");
         let a = run(&mut s, 1, "cmd=destroy_kvs kvsname=x\n");
-        assert_eq!(text(&a), "cmd=kvs_destroyed rc=-1 msg=destroy_kvs_not_supported\n");
-        let a = run(&mut s, 1, &format!("cmd={}\n", "z".repeat(CMD_NAME_MAX + 1)));
+        assert_eq!(
+            text(&a),
+            "cmd=kvs_destroyed rc=-1 msg=destroy_kvs_not_supported\n"
+        );
+        let a = run(
+            &mut s,
+            1,
+            &format!("cmd={}\n", "z".repeat(CMD_NAME_MAX + 1)),
+        );
         assert!(has_error(&a, "command name longer"));
     }
 
     #[test]
     fn malformed_lines() {
         let mut s = server();
-        assert!(has_error(&run(&mut s, 1, "cmd=put key\n"), "token \"key\" without `=`"));
+        assert!(has_error(
+            &run(&mut s, 1, "cmd=put key\n"),
+            "token \"key\" without `=`"
+        ));
         let mut s = server();
-        assert!(has_error(&run(&mut s, 1, "cmd=initack\n"), "without the required `pmiid=`"));
+        assert!(has_error(
+            &run(&mut s, 1, "cmd=initack\n"),
+            "without the required `pmiid=`"
+        ));
         let mut s = server();
         run(&mut s, 1, "cmd=get_maxes\n");
-        assert!(has_error(&run(&mut s, 1, "hello\n"), "does not start with `cmd=`"));
+        assert!(has_error(
+            &run(&mut s, 1, "hello\n"),
+            "does not start with `cmd=`"
+        ));
         let mut s = server();
         assert!(has_error(&s.input(1, b"cmd=get key=\xff\n"), "not UTF-8"));
         // Blank lines and extra spaces are tolerated.
@@ -649,21 +944,45 @@ mod tests {
     #[test]
     fn name_service() {
         let mut s = server();
-        let a = run(&mut s, 1, "cmd=publish_name service=svc port=tag#0$port#1$\n");
+        let a = run(
+            &mut s,
+            1,
+            "cmd=publish_name service=svc port=tag#0$port#1$\n",
+        );
         assert_eq!(text(&a), "cmd=publish_result rc=0 info=ok msg=success\n");
         let a = run(&mut s, 2, "cmd=publish_name service=svc port=other\n");
-        assert_eq!(text(&a), "cmd=publish_result rc=-1 info=fail msg=service_already_published\n");
+        assert_eq!(
+            text(&a),
+            "cmd=publish_result rc=-1 info=fail msg=service_already_published\n"
+        );
         let a = run(&mut s, 2, "cmd=lookup_name service=svc\n");
-        assert_eq!(text(&a), "cmd=lookup_result rc=0 info=ok port=tag#0$port#1$\n");
-        let a = run(&mut s, 2, "cmd=unpublish_name service=svc\ncmd=unpublish_name service=svc\n");
+        assert_eq!(
+            text(&a),
+            "cmd=lookup_result rc=0 info=ok port=tag#0$port#1$\n"
+        );
+        let a = run(
+            &mut s,
+            2,
+            "cmd=unpublish_name service=svc\ncmd=unpublish_name service=svc\n",
+        );
         assert_eq!(
             text(&a),
             "cmd=unpublish_result rc=0 info=ok msg=success\ncmd=unpublish_result rc=-1 info=fail msg=service_not_found\n"
         );
         let a = run(&mut s, 2, "cmd=lookup_name service=svc\n");
-        assert_eq!(text(&a), "cmd=lookup_result rc=-1 info=fail msg=service_not_found\n");
-        let a = run(&mut s, 2, &format!("cmd=publish_name service=s port={}\n", "p".repeat(300)));
-        assert_eq!(text(&a), "cmd=publish_result rc=-1 info=fail msg=name_too_long\n");
+        assert_eq!(
+            text(&a),
+            "cmd=lookup_result rc=-1 info=fail msg=service_not_found\n"
+        );
+        let a = run(
+            &mut s,
+            2,
+            &format!("cmd=publish_name service=s port={}\n", "p".repeat(300)),
+        );
+        assert_eq!(
+            text(&a),
+            "cmd=publish_result rc=-1 info=fail msg=name_too_long\n"
+        );
         assert!(has_error(&a, "300-byte port"));
     }
 
@@ -681,10 +1000,19 @@ mod tests {
         assert_eq!(text(&a), "cmd=spawn_result rc=-1 msg=spawn_not_supported\n");
         assert!(has_warning(&a, "MPI_Comm_spawn"));
         // The connection is back to normal commands.
-        assert_eq!(text(&run(&mut s, 1, "cmd=get_appnum\n")), "cmd=appnum appnum=0\n");
+        assert_eq!(
+            text(&run(&mut s, 1, "cmd=get_appnum\n")),
+            "cmd=appnum appnum=0\n"
+        );
         // Single-line spawn and unknown mcmd.
-        assert_eq!(text(&run(&mut s, 1, "cmd=spawn nprocs=1\n")), "cmd=spawn_result rc=-1 msg=spawn_not_supported\n");
-        assert_eq!(text(&run(&mut s, 1, "mcmd=zap\na=1\nendcmd\n")), "cmd=error rc=-1 msg=unknown_command_zap\n");
+        assert_eq!(
+            text(&run(&mut s, 1, "cmd=spawn nprocs=1\n")),
+            "cmd=spawn_result rc=-1 msg=spawn_not_supported\n"
+        );
+        assert_eq!(
+            text(&run(&mut s, 1, "mcmd=zap\na=1\nendcmd\n")),
+            "cmd=error rc=-1 msg=unknown_command_zap\n"
+        );
     }
 
     #[test]

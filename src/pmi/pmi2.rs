@@ -6,7 +6,7 @@
 //! the error shape the MPICH client turns into an MPI error, plus a Warning for the daemon.
 
 use super::{
-    Action, ConnId, FenceReply, PmiError, PmiServer, Who, AttrWaiter, CMD_NAME_MAX, THRID_MAX,
+    Action, AttrWaiter, ConnId, FenceReply, PmiError, PmiServer, Who, CMD_NAME_MAX, THRID_MAX,
     VALLEN_MAX,
 };
 
@@ -58,7 +58,11 @@ pub(super) fn getnodeattr_reply(thrid: Option<&str>, value: Option<&str>) -> Vec
             thrid,
             &[("found", "TRUE"), ("value", v), ("rc", "0")],
         ),
-        None => frame("info-getnodeattr-response", thrid, &[("found", "FALSE"), ("rc", "0")]),
+        None => frame(
+            "info-getnodeattr-response",
+            thrid,
+            &[("found", "FALSE"), ("rc", "0")],
+        ),
     }
 }
 
@@ -69,7 +73,9 @@ pub(super) fn parse_body(who: Who, body: &[u8]) -> Result<Vec<(String, String)>,
     let mut pairs = Vec::new();
     let mut i = 0;
     while i < body.len() {
-        let Some(eq) = body[i..].iter().position(|&b| b == b'=') else { break };
+        let Some(eq) = body[i..].iter().position(|&b| b == b'=') else {
+            break;
+        };
         let key = &body[i..i + eq];
         let mut j = i + eq + 1;
         let mut value = Vec::new();
@@ -105,7 +111,10 @@ struct Req {
 
 impl Req {
     fn get(&self, key: &str) -> Option<&str> {
-        self.pairs[1..].iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs[1..]
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -132,10 +141,17 @@ pub(super) fn handle_frame(
     }
     srv.check_not_finalized(conn, cmd)?;
     let required = |field: &'static str| {
-        req.get(field).ok_or_else(|| PmiError::MissingField { who, cmd: cmd.to_string(), field })
+        req.get(field).ok_or_else(|| PmiError::MissingField {
+            who,
+            cmd: cmd.to_string(),
+            field,
+        })
     };
     let reply = |out: &mut Vec<Action>, name: &str, pairs: &[(&str, &str)]| {
-        out.push(Action::Send { conn, bytes: frame(name, thrid, pairs) });
+        out.push(Action::Send {
+            conn,
+            bytes: frame(name, thrid, pairs),
+        });
     };
 
     if cmd == "fullinit" {
@@ -180,7 +196,11 @@ pub(super) fn handle_frame(
             // An absent value is how a client puts the empty string.
             let value = req.get("value").unwrap_or("");
             if let Err(e) = srv.kvs_put(rank, key, value) {
-                reply(out, "kvs-put-response", &[("rc", "-1"), ("errmsg", &e.to_string())]);
+                reply(
+                    out,
+                    "kvs-put-response",
+                    &[("rc", "-1"), ("errmsg", &e.to_string())],
+                );
                 return Err(e);
             }
             reply(out, "kvs-put-response", &[("rc", "0")]);
@@ -188,7 +208,11 @@ pub(super) fn handle_frame(
         "kvs-get" => {
             let key = required("key")?;
             if let Err(e) = PmiServer::check_key(who, key) {
-                reply(out, "kvs-get-response", &[("found", "FALSE"), ("rc", "-1"), ("errmsg", &e.to_string())]);
+                reply(
+                    out,
+                    "kvs-get-response",
+                    &[("found", "FALSE"), ("rc", "-1"), ("errmsg", &e.to_string())],
+                );
                 return Err(e);
             }
             // This job is the only one rlaunch knows; another jobid has no keys.
@@ -196,7 +220,15 @@ pub(super) fn handle_frame(
                 Some(j) if j != srv.job.kvsname => None,
                 _ => srv.kvs_get(key).map(str::to_string),
             };
-            found_reply(srv, conn, out, "kvs-get-response", thrid, key, value.as_deref());
+            found_reply(
+                srv,
+                conn,
+                out,
+                "kvs-get-response",
+                thrid,
+                key,
+                value.as_deref(),
+            );
         }
         "kvs-fence" => {
             let thrid = thrid.map(str::to_string);
@@ -206,7 +238,11 @@ pub(super) fn handle_frame(
             let key = required("key")?;
             let value = req.get("value").unwrap_or("");
             if let Err(e) = srv.put_node_attr(conn, key, value) {
-                reply(out, "info-putnodeattr-response", &[("rc", "-1"), ("errmsg", &e.to_string())]);
+                reply(
+                    out,
+                    "info-putnodeattr-response",
+                    &[("rc", "-1"), ("errmsg", &e.to_string())],
+                );
                 return Err(e);
             }
             reply(out, "info-putnodeattr-response", &[("rc", "0")]);
@@ -216,7 +252,10 @@ pub(super) fn handle_frame(
             let key = required("key")?;
             PmiServer::check_key(who, key)?;
             if let Some(v) = srv.node_attrs.get(key) {
-                out.push(Action::Send { conn, bytes: getnodeattr_reply(thrid, Some(v)) });
+                out.push(Action::Send {
+                    conn,
+                    bytes: getnodeattr_reply(thrid, Some(v)),
+                });
             } else if req.get("wait") == Some("TRUE") {
                 srv.add_pending(conn)?;
                 srv.attr_waiters.push(AttrWaiter {
@@ -225,7 +264,10 @@ pub(super) fn handle_frame(
                     thrid: thrid.map(str::to_string),
                 });
             } else {
-                out.push(Action::Send { conn, bytes: getnodeattr_reply(thrid, None) });
+                out.push(Action::Send {
+                    conn,
+                    bytes: getnodeattr_reply(thrid, None),
+                });
             }
         }
         "info-getjobattr" => {
@@ -238,7 +280,15 @@ pub(super) fn handle_frame(
                 "PMI_dead_processes" => Some(String::new()),
                 _ => srv.kvs_get(key).map(str::to_string),
             };
-            found_reply(srv, conn, out, "info-getjobattr-response", thrid, key, value.as_deref());
+            found_reply(
+                srv,
+                conn,
+                out,
+                "info-getjobattr-response",
+                thrid,
+                key,
+                value.as_deref(),
+            );
         }
         "finalize" => {
             reply(out, "finalize-response", &[("rc", "0")]);
@@ -246,7 +296,10 @@ pub(super) fn handle_frame(
         }
         "abort" => {
             // The job ends either way; a garbled exit code must not hide the abort.
-            let code = req.get("exitcode").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let code = req
+                .get("exitcode")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
             let message = req.get("msg").unwrap_or("").to_string();
             srv.mark_aborted(rank, code, message, out);
         }
@@ -258,10 +311,17 @@ pub(super) fn handle_frame(
                 Ok(false) => reply(
                     out,
                     "name-publish-response",
-                    &[("rc", "1"), ("errmsg", &format!("duplicate_service_{name}"))],
+                    &[
+                        ("rc", "1"),
+                        ("errmsg", &format!("duplicate_service_{name}")),
+                    ],
                 ),
                 Err(e) => {
-                    reply(out, "name-publish-response", &[("rc", "-1"), ("errmsg", &e.to_string())]);
+                    reply(
+                        out,
+                        "name-publish-response",
+                        &[("rc", "-1"), ("errmsg", &e.to_string())],
+                    );
                     return Err(e);
                 }
             }
@@ -272,7 +332,11 @@ pub(super) fn handle_frame(
                 reply(out, "name-unpublish-response", &[("rc", "0")]);
             } else {
                 let msg = format!("service_{}_not_found", truncate(name));
-                reply(out, "name-unpublish-response", &[("rc", "1"), ("errmsg", &msg)]);
+                reply(
+                    out,
+                    "name-unpublish-response",
+                    &[("rc", "1"), ("errmsg", &msg)],
+                );
             }
         }
         "name-lookup" => {
@@ -280,28 +344,58 @@ pub(super) fn handle_frame(
             match srv.names.get(name) {
                 Some(port) => {
                     let port = port.clone();
-                    reply(out, "name-lookup-response", &[("port", &port), ("found", "TRUE"), ("rc", "0")]);
+                    reply(
+                        out,
+                        "name-lookup-response",
+                        &[("port", &port), ("found", "TRUE"), ("rc", "0")],
+                    );
                 }
-                None => reply(out, "name-lookup-response", &[("found", "FALSE"), ("rc", "1")]),
+                None => reply(
+                    out,
+                    "name-lookup-response",
+                    &[("found", "FALSE"), ("rc", "1")],
+                ),
             }
         }
         "spawn" => {
             reply(
                 out,
                 "spawn-response",
-                &[("rc", "-1"), ("errmsg", "rlaunch does not support MPI_Comm_spawn"), ("nerrs", "0")],
+                &[
+                    ("rc", "-1"),
+                    ("errmsg", "rlaunch does not support MPI_Comm_spawn"),
+                    ("nerrs", "0"),
+                ],
             );
             srv.warn(conn, PmiError::SpawnUnsupported { who }, out);
         }
         "job-connect" | "job-disconnect" => {
             let name = format!("{cmd}-response");
-            reply(out, &name, &[("rc", "-1"), ("errmsg", "not supported by rlaunch")]);
-            srv.warn(conn, PmiError::Unsupported { who, cmd: cmd.to_string() }, out);
+            reply(
+                out,
+                &name,
+                &[("rc", "-1"), ("errmsg", "not supported by rlaunch")],
+            );
+            srv.warn(
+                conn,
+                PmiError::Unsupported {
+                    who,
+                    cmd: cmd.to_string(),
+                },
+                out,
+            );
         }
         _ => {
             let name = format!("{cmd}-response");
             reply(out, &name, &[("rc", "-1"), ("errmsg", "unknown command")]);
-            srv.warn(conn, PmiError::UnknownCommand { who, cmd: cmd.to_string() }, out);
+            srv.warn(
+                conn,
+                PmiError::UnknownCommand {
+                    who,
+                    cmd: cmd.to_string(),
+                },
+                out,
+            );
         }
     }
     Ok(())
@@ -333,9 +427,19 @@ fn found_reply(
         found => {
             if found.is_some() {
                 let who = srv.who(conn);
-                srv.warn(conn, PmiError::NotRepresentable { who, key: truncate(key) }, out);
+                srv.warn(
+                    conn,
+                    PmiError::NotRepresentable {
+                        who,
+                        key: truncate(key),
+                    },
+                    out,
+                );
             }
-            out.push(Action::Send { conn, bytes: frame(name, thrid, &[("found", "FALSE"), ("rc", "0")]) });
+            out.push(Action::Send {
+                conn,
+                bytes: frame(name, thrid, &[("found", "FALSE"), ("rc", "0")]),
+            });
         }
     }
 }
@@ -415,12 +519,21 @@ mod tests {
             ]
         );
         let f = frame("x", None, &[("value", "a;b;;c;")]);
-        assert_eq!(String::from_utf8(f[6..].to_vec()).unwrap(), "cmd=x;value=a;;b;;;;c;;;");
+        assert_eq!(
+            String::from_utf8(f[6..].to_vec()).unwrap(),
+            "cmd=x;value=a;;b;;;;c;;;"
+        );
         // Junk after the final ';' (a NUL, a newline) is ignored.
-        assert_eq!(parse_body(w, b"cmd=finalize;\0\n").unwrap(), vec![("cmd".into(), "finalize".into())]);
+        assert_eq!(
+            parse_body(w, b"cmd=finalize;\0\n").unwrap(),
+            vec![("cmd".into(), "finalize".into())]
+        );
         assert_eq!(parse_body(w, b"cmd=finalize;\xff\xfe").unwrap().len(), 1);
         // A last pair missing its ';' still counts.
-        assert_eq!(parse_body(w, b"cmd=finalize").unwrap(), vec![("cmd".into(), "finalize".into())]);
+        assert_eq!(
+            parse_body(w, b"cmd=finalize").unwrap(),
+            vec![("cmd".into(), "finalize".into())]
+        );
         assert!(parse_body(w, b"cmd=x;key=\xff;").is_err());
     }
 
@@ -436,7 +549,10 @@ mod tests {
             "cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0\n".to_string()
                 + &reply("cmd=fullinit-response;pmi-version=2;pmi-subversion=0;rank=0;size=1;appnum=0;debugged=FALSE;pmiverbose=FALSE;rc=0;")
         );
-        assert!(a.contains(&Action::Initialized { rank: 0, version: (2, 0) }));
+        assert!(a.contains(&Action::Initialized {
+            rank: 0,
+            version: (2, 0)
+        }));
         assert!(s.is_initialized(0));
     }
 
@@ -463,19 +579,31 @@ mod tests {
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(3, None);
         s.input(3, b"cmd=init pmi_version=2 pmi_subversion=0\n");
-        assert!(has_error(&s.input(3, &msg("cmd=fullinit;threaded=FALSE;")), "before naming its rank"));
+        assert!(has_error(
+            &s.input(3, &msg("cmd=fullinit;threaded=FALSE;")),
+            "before naming its rank"
+        ));
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(3, Some(2));
         s.input(3, b"cmd=init pmi_version=2 pmi_subversion=0\n");
-        assert!(has_error(&s.input(3, &msg("cmd=fullinit;pmirank=3;")), "rank 2 named itself rank 3"));
+        assert!(has_error(
+            &s.input(3, &msg("cmd=fullinit;pmirank=3;")),
+            "rank 2 named itself rank 3"
+        ));
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(3, None);
         s.input(3, b"cmd=init pmi_version=2 pmi_subversion=0\n");
-        assert!(has_error(&s.input(3, &msg("cmd=fullinit;pmirank=-1;")), "pmirank=\"-1\""));
+        assert!(has_error(
+            &s.input(3, &msg("cmd=fullinit;pmirank=-1;")),
+            "pmirank=\"-1\""
+        ));
         let mut s = PmiServer::new(job(4, &[2, 3]));
         s.connect(3, None);
         s.input(3, b"cmd=init pmi_version=2 pmi_subversion=0\n");
-        assert!(has_error(&s.input(3, &msg("cmd=kvs-fence;")), "before naming its rank"));
+        assert!(has_error(
+            &s.input(3, &msg("cmd=kvs-fence;")),
+            "before naming its rank"
+        ));
     }
 
     #[test]
@@ -483,22 +611,41 @@ mod tests {
         let mut s = server();
         let a = s.input(1, &msg("cmd=kvs-put;thrid=0x1;key=k;value=v;;1;"));
         assert_eq!(text(&a), reply("cmd=kvs-put-response;thrid=0x1;rc=0;"));
-        let a = s.input(2, &msg("cmd=kvs-get;thrid=0x2;jobid=rl-test;srcid=-1;key=k;"));
-        assert_eq!(text(&a), reply("cmd=kvs-get-response;thrid=0x2;found=TRUE;value=v;;1;rc=0;"));
+        let a = s.input(
+            2,
+            &msg("cmd=kvs-get;thrid=0x2;jobid=rl-test;srcid=-1;key=k;"),
+        );
+        assert_eq!(
+            text(&a),
+            reply("cmd=kvs-get-response;thrid=0x2;found=TRUE;value=v;;1;rc=0;")
+        );
         let a = s.input(2, &msg("cmd=kvs-get;key=nope;"));
         assert_eq!(text(&a), reply("cmd=kvs-get-response;found=FALSE;rc=0;"));
         let a = s.input(2, &msg("cmd=kvs-get;jobid=other;key=k;"));
         assert_eq!(text(&a), reply("cmd=kvs-get-response;found=FALSE;rc=0;"));
         assert!(s.input(1, &msg("cmd=kvs-fence;thrid=0xa;")).is_empty());
         let a = s.input(2, &msg("cmd=kvs-fence;"));
-        assert_eq!(a, vec![Action::FenceReady { seq: 1, puts: vec![("k".into(), "v;1".into())] }]);
-        let a = s.fence_done(1, vec![("k".into(), "v;1".into()), ("r".into(), "x".into())]);
+        assert_eq!(
+            a,
+            vec![Action::FenceReady {
+                seq: 1,
+                puts: vec![("k".into(), "v;1".into())]
+            }]
+        );
+        let a = s.fence_done(
+            1,
+            vec![("k".into(), "v;1".into()), ("r".into(), "x".into())],
+        );
         assert_eq!(
             text(&a),
-            reply("cmd=kvs-fence-response;thrid=0xa;rc=0;") + &reply("cmd=kvs-fence-response;rc=0;")
+            reply("cmd=kvs-fence-response;thrid=0xa;rc=0;")
+                + &reply("cmd=kvs-fence-response;rc=0;")
         );
         let a = s.input(1, &msg("cmd=kvs-get;key=r;"));
-        assert_eq!(text(&a), reply("cmd=kvs-get-response;found=TRUE;value=x;rc=0;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=kvs-get-response;found=TRUE;value=x;rc=0;")
+        );
     }
 
     #[test]
@@ -506,7 +653,10 @@ mod tests {
         let mut s = server();
         s.input(1, &msg("cmd=kvs-fence;thrid=1;"));
         let a = s.input(1, &msg("cmd=kvs-fence;thrid=2;"));
-        assert!(has_error(&a, "rank 0 entered the PMI barrier/fence again"), "{a:?}");
+        assert!(
+            has_error(&a, "rank 0 entered the PMI barrier/fence again"),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -514,14 +664,26 @@ mod tests {
         let mut s = server();
         s.input(1, &msg("cmd=kvs-fence;thrid=1;"));
         let a = s.input(1, &msg("cmd=job-getid;thrid=2;"));
-        assert_eq!(text(&a), reply("cmd=job-getid-response;thrid=2;jobid=rl-test;rc=0;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=job-getid-response;thrid=2;jobid=rl-test;rc=0;")
+        );
     }
 
     #[test]
     fn over_limit_put_gets_rc_minus_one_then_protocol_error() {
         let mut s = server();
-        let a = s.input(1, &msg(&format!("cmd=kvs-put;key=k;value={};", "v".repeat(VALLEN_MAX + 1))));
-        assert!(text(&a).contains("cmd=kvs-put-response;rc=-1;errmsg=rank 0 put a 1025-byte PMI value"), "{a:?}");
+        let a = s.input(
+            1,
+            &msg(&format!(
+                "cmd=kvs-put;key=k;value={};",
+                "v".repeat(VALLEN_MAX + 1)
+            )),
+        );
+        assert!(
+            text(&a).contains("cmd=kvs-put-response;rc=-1;errmsg=rank 0 put a 1025-byte PMI value"),
+            "{a:?}"
+        );
         assert!(has_error(&a, "1025-byte PMI value"));
         let mut s = server();
         let a = s.input(1, &msg(&format!("cmd=kvs-get;key={};", "k".repeat(65))));
@@ -541,39 +703,58 @@ mod tests {
         let mut s = server();
         assert!(has_error(&s.input(1, b"0     "), "empty PMI-2 message"));
         let mut s = server();
-        assert!(has_error(&s.input(1, &msg("key=1;cmd=x;")), "does not start with `cmd=`"));
+        assert!(has_error(
+            &s.input(1, &msg("key=1;cmd=x;")),
+            "does not start with `cmd=`"
+        ));
     }
 
     #[test]
     fn node_attributes_with_wait() {
         let mut s = server();
         let a = s.input(1, &msg("cmd=info-getnodeattr;key=shm;"));
-        assert_eq!(text(&a), reply("cmd=info-getnodeattr-response;found=FALSE;rc=0;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=info-getnodeattr-response;found=FALSE;rc=0;")
+        );
         // Rank 1 waits; the reply comes when rank 0 puts the key, after rank 0's own reply.
-        assert!(s.input(2, &msg("cmd=info-getnodeattr;thrid=t;key=shm;wait=TRUE;")).is_empty());
+        assert!(s
+            .input(2, &msg("cmd=info-getnodeattr;thrid=t;key=shm;wait=TRUE;"))
+            .is_empty());
         let a = s.input(1, &msg("cmd=info-putnodeattr;key=other;value=1;"));
         assert_eq!(text(&a), reply("cmd=info-putnodeattr-response;rc=0;"));
         let a = s.input(1, &msg("cmd=info-putnodeattr;key=shm;value=/dev/shm/x;"));
         assert_eq!(
             a,
             vec![
-                Action::Send { conn: 1, bytes: reply("cmd=info-putnodeattr-response;rc=0;").into_bytes() },
+                Action::Send {
+                    conn: 1,
+                    bytes: reply("cmd=info-putnodeattr-response;rc=0;").into_bytes()
+                },
                 Action::Send {
                     conn: 2,
-                    bytes: reply("cmd=info-getnodeattr-response;thrid=t;found=TRUE;value=/dev/shm/x;rc=0;")
-                        .into_bytes()
+                    bytes: reply(
+                        "cmd=info-getnodeattr-response;thrid=t;found=TRUE;value=/dev/shm/x;rc=0;"
+                    )
+                    .into_bytes()
                 },
             ]
         );
         let a = s.input(2, &msg("cmd=info-getnodeattr;key=shm;wait=TRUE;"));
-        assert_eq!(text(&a), reply("cmd=info-getnodeattr-response;found=TRUE;value=/dev/shm/x;rc=0;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=info-getnodeattr-response;found=TRUE;value=/dev/shm/x;rc=0;")
+        );
     }
 
     #[test]
     fn waiters_are_bounded_and_dropped_on_disconnect() {
         let mut s = server();
         for i in 0..crate::pmi::MAX_PENDING_PER_CONN {
-            let a = s.input(2, &msg(&format!("cmd=info-getnodeattr;thrid={i};key=k;wait=TRUE;")));
+            let a = s.input(
+                2,
+                &msg(&format!("cmd=info-getnodeattr;thrid={i};key=k;wait=TRUE;")),
+            );
             assert!(a.is_empty());
         }
         let a = s.input(2, &msg("cmd=info-getnodeattr;key=k;wait=TRUE;"));
@@ -593,20 +774,34 @@ mod tests {
         s.connect(1, Some(0));
         s.input(1, b"cmd=init pmi_version=2 pmi_subversion=0\n");
         s.input(1, &msg("cmd=fullinit;"));
-        let get = |s: &mut PmiServer, key: &str| text(&s.input(1, &msg(&format!("cmd=info-getjobattr;key={key};"))));
+        let get = |s: &mut PmiServer, key: &str| {
+            text(&s.input(1, &msg(&format!("cmd=info-getjobattr;key={key};"))))
+        };
         assert_eq!(
             get(&mut s, "PMI_process_mapping"),
             reply("cmd=info-getjobattr-response;found=TRUE;value=(vector,(0,1,2));rc=0;")
         );
-        assert_eq!(get(&mut s, "universeSize"), reply("cmd=info-getjobattr-response;found=TRUE;value=16;rc=0;"));
-        assert_eq!(get(&mut s, "PMI_dead_processes"), reply("cmd=info-getjobattr-response;found=TRUE;value=;rc=0;"));
-        assert_eq!(get(&mut s, "nothing"), reply("cmd=info-getjobattr-response;found=FALSE;rc=0;"));
+        assert_eq!(
+            get(&mut s, "universeSize"),
+            reply("cmd=info-getjobattr-response;found=TRUE;value=16;rc=0;")
+        );
+        assert_eq!(
+            get(&mut s, "PMI_dead_processes"),
+            reply("cmd=info-getjobattr-response;found=TRUE;value=;rc=0;")
+        );
+        assert_eq!(
+            get(&mut s, "nothing"),
+            reply("cmd=info-getjobattr-response;found=FALSE;rc=0;")
+        );
         let mut j = job(1, &[0]);
         j.process_mapping = None;
         let mut s = PmiServer::new(j);
         s.connect(1, Some(0));
         s.input(1, &msg("cmd=fullinit;"));
-        assert_eq!(get(&mut s, "PMI_process_mapping"), reply("cmd=info-getjobattr-response;found=FALSE;rc=0;"));
+        assert_eq!(
+            get(&mut s, "PMI_process_mapping"),
+            reply("cmd=info-getjobattr-response;found=FALSE;rc=0;")
+        );
         // A map longer than the client's value limit is omitted, not truncated.
         let mut j = job(1, &[0]);
         j.process_mapping = Some(format!("(vector,{})", "(0,1,1),".repeat(200)));
@@ -614,7 +809,10 @@ mod tests {
         s.connect(1, Some(0));
         s.input(1, &msg("cmd=fullinit;"));
         let a = s.input(1, &msg("cmd=info-getjobattr;key=PMI_process_mapping;"));
-        assert_eq!(text(&a), reply("cmd=info-getjobattr-response;found=FALSE;rc=0;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=info-getjobattr-response;found=FALSE;rc=0;")
+        );
         assert!(has_warning(&a, "PMI_process_mapping"));
     }
 
@@ -624,12 +822,29 @@ mod tests {
         let a = s.input(1, &msg("cmd=finalize;thrid=9;"));
         assert_eq!(text(&a), reply("cmd=finalize-response;thrid=9;rc=0;"));
         assert!(a.contains(&Action::Finalized { rank: 0 }));
-        assert!(has_error(&s.input(1, &msg("cmd=kvs-get;key=a;")), "after PMI finalize"));
+        assert!(has_error(
+            &s.input(1, &msg("cmd=kvs-get;key=a;")),
+            "after PMI finalize"
+        ));
         let a = s.input(2, &msg("cmd=abort;isworld=TRUE;msg=bad;; thing happened;"));
-        assert_eq!(a, vec![Action::Abort { rank: 1, code: 1, message: "bad; thing happened".into() }]);
+        assert_eq!(
+            a,
+            vec![Action::Abort {
+                rank: 1,
+                code: 1,
+                message: "bad; thing happened".into()
+            }]
+        );
         let mut s = server();
         let a = s.input(2, &msg("cmd=abort;isworld=FALSE;exitcode=42;"));
-        assert_eq!(a, vec![Action::Abort { rank: 1, code: 42, message: String::new() }]);
+        assert_eq!(
+            a,
+            vec![Action::Abort {
+                rank: 1,
+                code: 42,
+                message: String::new()
+            }]
+        );
     }
 
     #[test]
@@ -638,35 +853,59 @@ mod tests {
         let a = s.input(1, &msg("cmd=name-publish;name=svc;port=p;;1;"));
         assert_eq!(text(&a), reply("cmd=name-publish-response;rc=0;"));
         let a = s.input(2, &msg("cmd=name-publish;name=svc;port=q;"));
-        assert_eq!(text(&a), reply("cmd=name-publish-response;rc=1;errmsg=duplicate_service_svc;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=name-publish-response;rc=1;errmsg=duplicate_service_svc;")
+        );
         let a = s.input(2, &msg("cmd=name-lookup;name=svc;"));
-        assert_eq!(text(&a), reply("cmd=name-lookup-response;port=p;;1;found=TRUE;rc=0;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=name-lookup-response;port=p;;1;found=TRUE;rc=0;")
+        );
         let a = s.input(2, &msg("cmd=name-unpublish;name=svc;"));
         assert_eq!(text(&a), reply("cmd=name-unpublish-response;rc=0;"));
         let a = s.input(2, &msg("cmd=name-unpublish;name=svc;"));
-        assert_eq!(text(&a), reply("cmd=name-unpublish-response;rc=1;errmsg=service_svc_not_found;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=name-unpublish-response;rc=1;errmsg=service_svc_not_found;")
+        );
         let a = s.input(2, &msg("cmd=name-lookup;name=svc;"));
-        assert_eq!(text(&a), reply("cmd=name-lookup-response;found=FALSE;rc=1;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=name-lookup-response;found=FALSE;rc=1;")
+        );
         // A PMI-2 port with a space cannot be handed to a PMI-1 client.
         s.input(2, &msg("cmd=name-publish;name=sp;port=a b;"));
         s.connect(7, None);
         let a = s.input(7, b"cmd=lookup_name service=sp\n");
-        assert_eq!(text(&a), "cmd=lookup_result rc=-1 info=fail msg=service_not_found\n");
+        assert_eq!(
+            text(&a),
+            "cmd=lookup_result rc=-1 info=fail msg=service_not_found\n"
+        );
     }
 
     #[test]
     fn spawn_unknown_and_unsupported() {
         let mut s = server();
-        let a = s.input(1, &msg("cmd=spawn;thrid=5;ncmds=1;preputcount=0;subcmd=./a;maxprocs=2;argc=0;"));
+        let a = s.input(
+            1,
+            &msg("cmd=spawn;thrid=5;ncmds=1;preputcount=0;subcmd=./a;maxprocs=2;argc=0;"),
+        );
         assert_eq!(
             text(&a),
             reply("cmd=spawn-response;thrid=5;rc=-1;errmsg=rlaunch does not support MPI_Comm_spawn;nerrs=0;")
         );
         assert!(has_warning(&a, "MPI_Comm_spawn"));
         let a = s.input(1, &msg("cmd=job-connect;jobid=x;"));
-        assert_eq!(text(&a), reply("cmd=job-connect-response;rc=-1;errmsg=not supported by rlaunch;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=job-connect-response;rc=-1;errmsg=not supported by rlaunch;")
+        );
         let a = s.input(1, &msg("cmd=frob;thrid=1;"));
-        assert_eq!(text(&a), reply("cmd=frob-response;thrid=1;rc=-1;errmsg=unknown command;"));
+        assert_eq!(
+            text(&a),
+            reply("cmd=frob-response;thrid=1;rc=-1;errmsg=unknown command;")
+        );
         assert!(has_warning(&a, "unknown PMI command `frob`"));
     }
 

@@ -5,13 +5,18 @@
 use super::*;
 use proptest::prelude::*;
 
+/// Request bytes and the exact reply they must get.
+type Steps = Vec<(Vec<u8>, Vec<u8>)>;
+/// A node's FenceReady, waiting for the other nodes.
+type Ready = Option<(u64, Vec<(String, String)>)>;
+
 /// One rank's side of the conversation: requests and the exact reply each must get.
 #[derive(Clone)]
 struct Script {
     node: usize,
     conn: ConnId,
     rank: u32,
-    steps: Vec<(Vec<u8>, Vec<u8>)>,
+    steps: Steps,
 }
 
 struct Client {
@@ -65,27 +70,39 @@ fn replay(jobs: Vec<JobInfo>, scripts: Vec<Script>, choices: &[(u8, u8)]) -> See
     let mut servers: Vec<PmiServer> = jobs.into_iter().map(PmiServer::new).collect();
     let mut clients: Vec<Client> = scripts
         .into_iter()
-        .map(|script| Client { script, step: 0, sent: 0, received: Vec::new() })
+        .map(|script| Client {
+            script,
+            step: 0,
+            sent: 0,
+            received: Vec::new(),
+        })
         .collect();
     for c in &clients {
         servers[c.script.node].connect(c.script.conn, Some(c.script.rank));
     }
     let mut seen = Seen::default();
-    let mut ready: Vec<Option<(u64, Vec<(String, String)>)>> = vec![None; servers.len()];
+    let mut ready: Vec<Ready> = vec![None; servers.len()];
     let mut choice = choices.iter().cycle();
     let mut idle_rounds = 0;
     while !clients.iter().all(Client::done) {
         let (pick, len) = *choice.next().unwrap_or(&(0, 1));
-        let senders: Vec<usize> = (0..clients.len()).filter(|&i| clients[i].can_send()).collect();
+        let senders: Vec<usize> = (0..clients.len())
+            .filter(|&i| clients[i].can_send())
+            .collect();
         if senders.is_empty() {
             // Everyone waits: only a fence can make progress.
-            assert!(ready.iter().all(Option::is_some), "deadlock: clients wait but no fence is ready");
+            assert!(
+                ready.iter().all(Option::is_some),
+                "deadlock: clients wait but no fence is ready"
+            );
             let seq = ready[0].as_ref().map(|r| r.0).unwrap_or(0);
-            let merged: Vec<(String, String)> =
-                ready.iter_mut().flat_map(|r| r.take().map(|(_, p)| p).unwrap_or_default()).collect();
+            let merged: Vec<(String, String)> = ready
+                .iter_mut()
+                .flat_map(|r| r.take().map(|(_, p)| p).unwrap_or_default())
+                .collect();
             seen.fences += 1;
-            for node in 0..servers.len() {
-                let actions = servers[node].fence_done(seq, merged.clone());
+            for (node, server) in servers.iter_mut().enumerate() {
+                let actions = server.fence_done(seq, merged.clone());
                 deliver(node, actions, &mut clients, &mut ready, &mut seen);
             }
             idle_rounds += 1;
@@ -105,7 +122,11 @@ fn replay(jobs: Vec<JobInfo>, scripts: Vec<Script>, choices: &[(u8, u8)]) -> See
         clients[i].advance();
     }
     for c in &clients {
-        assert!(c.received.is_empty(), "rank {} got extra bytes", c.script.rank);
+        assert!(
+            c.received.is_empty(),
+            "rank {} got extra bytes",
+            c.script.rank
+        );
         let s = &servers[c.script.node];
         assert!(s.is_initialized(c.script.rank) && s.is_finalized(c.script.rank));
     }
@@ -116,7 +137,7 @@ fn deliver(
     node: usize,
     actions: Vec<Action>,
     clients: &mut [Client],
-    ready: &mut [Option<(u64, Vec<(String, String)>)>],
+    ready: &mut [Ready],
     seen: &mut Seen,
 ) {
     for a in actions {
@@ -151,7 +172,7 @@ fn hex_of(s: &str) -> String {
 /// MPICH 4.0.2 (ch4) MPI_Init + MPI_Finalize over PMI-1 for `rank` of `size`, `ppn` ranks per
 /// node in blocks: the node root publishes its shm segment name, every rank its address, local
 /// ranks split the gets of all addresses.
-fn mpich_pmi1(size: u32, ppn: u32, rank: u32, kvs: &str, map: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn mpich_pmi1(size: u32, ppn: u32, rank: u32, kvs: &str, map: &str) -> Steps {
     let root = rank / ppn * ppn;
     let local = rank - root;
     let ok_put = line("cmd=put_result rc=0 msg=success");
@@ -167,22 +188,39 @@ fn mpich_pmi1(size: u32, ppn: u32, rank: u32, kvs: &str, map: &str) -> Vec<(Vec<
             line("cmd=init pmi_version=1 pmi_subversion=1"),
             line("cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0"),
         ),
-        (line("cmd=get_maxes"), line("cmd=maxes kvsname_max=64 keylen_max=64 vallen_max=1024")),
+        (
+            line("cmd=get_maxes"),
+            line("cmd=maxes kvsname_max=64 keylen_max=64 vallen_max=1024"),
+        ),
         (line("cmd=get_appnum"), line("cmd=appnum appnum=0")),
-        (line("cmd=get_my_kvsname"), line(&format!("cmd=my_kvsname kvsname={kvs}"))),
+        (
+            line("cmd=get_my_kvsname"),
+            line(&format!("cmd=my_kvsname kvsname={kvs}")),
+        ),
         get("PMI_process_mapping", map),
         barrier.clone(),
     ];
     let shm = hex_of(&format!("/dev/shm/mpich_shar_tmp{root}"));
     if local == 0 {
-        s.push((line(&format!("cmd=put kvsname={kvs} key=-bcast-1-{root} value={shm}")), ok_put.clone()));
+        s.push((
+            line(&format!(
+                "cmd=put kvsname={kvs} key=-bcast-1-{root} value={shm}"
+            )),
+            ok_put.clone(),
+        ));
     }
     s.push(barrier.clone());
     if local != 0 {
         s.push(get(&format!("-bcast-1-{root}"), &shm));
     }
     let addr = |r: u32| hex_of(&format!("ucx-worker-address-of-rank-{r}"));
-    s.push((line(&format!("cmd=put kvsname={kvs} key=-allgather-shm-1-{rank} value={}", addr(rank))), ok_put));
+    s.push((
+        line(&format!(
+            "cmd=put kvsname={kvs} key=-allgather-shm-1-{rank} value={}",
+            addr(rank)
+        )),
+        ok_put,
+    ));
     s.push(barrier.clone());
     for r in (0..size).filter(|r| r % ppn == local) {
         s.push(get(&format!("-allgather-shm-1-{r}"), &addr(r)));
@@ -205,7 +243,7 @@ fn rep(body: &str) -> Vec<u8> {
 /// A PMI-2 MPICH-style startup: init line, fullinit, job id, process map, node root shares its
 /// shm name through a node attribute (others wait for it), everyone puts an address, fence,
 /// gets of every peer, fence, finalize. Some requests carry `thrid`.
-fn mpich_pmi2(size: u32, ppn: u32, rank: u32, kvs: &str, map: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn mpich_pmi2(size: u32, ppn: u32, rank: u32, kvs: &str, map: &str) -> Steps {
     let root = rank / ppn * ppn;
     let addr = |r: u32| format!("addr;{r};x");
     let esc = |v: String| v.replace(';', ";;");
@@ -235,18 +273,29 @@ fn mpich_pmi2(size: u32, ppn: u32, rank: u32, kvs: &str, map: &str) -> Vec<(Vec<
     } else {
         s.push((
             msg("cmd=info-getnodeattr;key=shm;wait=TRUE;"),
-            rep(&format!("cmd=info-getnodeattr-response;found=TRUE;value={shm};rc=0;")),
+            rep(&format!(
+                "cmd=info-getnodeattr-response;found=TRUE;value={shm};rc=0;"
+            )),
         ));
     }
     s.push((
-        msg(&format!("cmd=kvs-put;key=addr-{rank};value={};", esc(addr(rank)))),
+        msg(&format!(
+            "cmd=kvs-put;key=addr-{rank};value={};",
+            esc(addr(rank))
+        )),
         rep("cmd=kvs-put-response;rc=0;"),
     ));
-    s.push((msg("cmd=kvs-fence;thrid=0xf1;"), rep("cmd=kvs-fence-response;thrid=0xf1;rc=0;")));
+    s.push((
+        msg("cmd=kvs-fence;thrid=0xf1;"),
+        rep("cmd=kvs-fence-response;thrid=0xf1;rc=0;"),
+    ));
     for r in 0..size {
         s.push((
             msg(&format!("cmd=kvs-get;jobid={kvs};srcid={r};key=addr-{r};")),
-            rep(&format!("cmd=kvs-get-response;found=TRUE;value={};rc=0;", esc(addr(r)))),
+            rep(&format!(
+                "cmd=kvs-get-response;found=TRUE;value={};rc=0;",
+                esc(addr(r))
+            )),
         ));
     }
     s.push((msg("cmd=kvs-fence;"), rep("cmd=kvs-fence-response;rc=0;")));
@@ -258,7 +307,7 @@ fn mpich_pmi2(size: u32, ppn: u32, rank: u32, kvs: &str, map: &str) -> Vec<(Vec<
 fn setup(
     nodes: u32,
     ppn: u32,
-    script: fn(u32, u32, u32, &str, &str) -> Vec<(Vec<u8>, Vec<u8>)>,
+    script: fn(u32, u32, u32, &str, &str) -> Steps,
 ) -> (Vec<JobInfo>, Vec<Script>) {
     let size = nodes * ppn;
     let map = format!("(vector,(0,{nodes},{ppn}))");
@@ -332,7 +381,10 @@ fn fence_ready_carries_only_this_nodes_puts() {
     let a = s.input(2, b"cmd=put kvsname=k key=a3 value=y\ncmd=barrier_in\n");
     assert_eq!(
         a.last(),
-        Some(&Action::FenceReady { seq: 1, puts: vec![("a2".into(), "x".into()), ("a3".into(), "y".into())] })
+        Some(&Action::FenceReady {
+            seq: 1,
+            puts: vec![("a2".into(), "x".into()), ("a3".into(), "y".into())]
+        })
     );
 }
 
@@ -377,7 +429,7 @@ proptest! {
                 ]).prop_map(|s| s.as_bytes().to_vec()),
                 (0usize..3000).prop_map(|n| {
                     let mut v = b"cmd=put kvsname=rl-test key=big value=".to_vec();
-                    v.extend(std::iter::repeat(b'x').take(n));
+                    v.extend(vec![b'x'; n]);
                     v.push(b'\n');
                     v
                 }),
