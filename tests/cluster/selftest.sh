@@ -4,6 +4,8 @@
 # daemon hook), brings it down and checks that nothing is left; then checks that a failed `up` and
 # dead nodes are handled. Needs root (exit 77 = skipped otherwise). Ends with "N passed, N failed"
 # and exits non-zero on any failure.
+# Command lines in single quotes are meant to expand on the node, not here.
+# shellcheck disable=SC2016
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -217,7 +219,7 @@ assert_clean "after failed up"
 # --- dead nodes; this time root already has an authorized_keys file ---
 made_auth=""
 if [ ! -e "$AUTH" ]; then
-    mkdir -p -m 0700 "$HOME_DIR/.ssh"
+    mkdir -m 0700 "$HOME_DIR/.ssh"
     printf '# placeholder from tests/cluster/selftest.sh\n' >"$AUTH"
     made_auth=1
 fi
