@@ -16,3 +16,4 @@ pub use discover::{IfAddr, Inventory};
 pub mod endpoints;
 pub mod table;
 pub mod collective;
+pub mod transport;
