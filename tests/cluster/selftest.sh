@@ -188,7 +188,8 @@ eq "cluster exec passes the exit status" 5 "$rc"
 eq "cluster exec runs argv in the node" "n3 10.231.0.3/24" "$("$CLUSTER" --state "$STATE" exec n3 sh -c 'echo $(hostname) $(ip -4 -o addr show eth0 | awk "{print \$4}")')"
 
 # The per-node daemon hook.
-dpid=$("$CLUSTER" --state "$STATE" spawn n2 sleeper sleep 600)
+dpid=$("$CLUSTER" --state "$STATE" spawn n2 sleeper sleep 600 3>"$SNAP/fd3")
+eq "spawned daemon holds only stdin/out/err (no caller pipes)" "0 1 2" "$(fds=("/proc/$dpid/fd"/*); printf '%s\n' "${fds[@]##*/}" | sort -n | tr '\n' ' ' | sed 's/ $//')"
 eq "spawned daemon runs in n2's network namespace" "$("$NODE_EXEC" n2 readlink /proc/self/ns/net)" "$(readlink "/proc/$dpid/ns/net" 2>&1)"
 rc=0; "$CLUSTER" --state "$STATE" spawn n2 sleeper sleep 600 >/dev/null 2>&1 || rc=$?
 eq "a second daemon of the same name is refused" 1 "$rc"
