@@ -311,6 +311,9 @@ pub struct PmiServer {
     node_attrs: HashMap<String, String>,
     attr_waiters: Vec<AttrWaiter>,
     names: HashMap<String, String>,
+    /// An abort or protocol error was reported: the daemon is ending the job, so ranks it kills
+    /// closing their connections is expected, not news.
+    ending: bool,
 }
 
 /// Keeps the kvsname safe inside both wire formats (no space, `;`, `=` or newline) and within
@@ -359,6 +362,7 @@ impl PmiServer {
             node_attrs: HashMap::new(),
             attr_waiters: Vec::new(),
             names: HashMap::new(),
+            ending: false,
         }
     }
 
@@ -436,15 +440,17 @@ impl PmiServer {
     }
 
     /// EOF on `conn`: nothing happens unless the rank was initialised and neither finalised nor
-    /// aborted, because then its peers would wait for it forever.
+    /// aborted, because then its peers would wait for it forever. Once the job is ending (an
+    /// abort or protocol error was reported) closing is expected and stays quiet.
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(c) = self.conns.get(&conn) else {
             return out;
         };
-        if let (Some(rank), false) = (c.rank, c.dead) {
+        if let (Some(rank), false, false) = (c.rank, c.dead, self.ending) {
             if let Some(rs) = self.ranks.get(&rank) {
                 if rs.initialized && !rs.finalized && !rs.aborted {
+                    self.ending = true;
                     out.push(Action::ProtocolError {
                         conn,
                         rank: Some(rank),
@@ -619,6 +625,7 @@ impl PmiServer {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.dead = true;
         }
+        self.ending = true;
         self.attr_waiters.retain(|w| w.conn != conn);
         out.push(Action::ProtocolError {
             conn,
@@ -728,6 +735,7 @@ impl PmiServer {
         if let Some(rs) = self.ranks.get_mut(&rank) {
             rs.aborted = true;
         }
+        self.ending = true;
         out.push(Action::Abort {
             rank,
             code,
@@ -999,6 +1007,35 @@ mod tests {
         let a = s.disconnect(2);
         assert_eq!(a.len(), 1);
         assert!(errors(&a)[0].contains("rank 1 closed its PMI connection without PMI finalize"));
+    }
+
+    #[test]
+    fn once_the_job_is_ending_disconnects_are_quiet() {
+        for ender in [&b"cmd=abort exitcode=2\n"[..], &b"cmd=bogus\xff\n"[..]] {
+            let mut s = PmiServer::new(job(3, &[0, 1, 2]));
+            for r in 0..3 {
+                s.connect(r, Some(r));
+                s.input(r, b"cmd=init pmi_version=1 pmi_subversion=1\n");
+            }
+            let a = s.input(0, ender);
+            assert!(
+                matches!(
+                    a.last(),
+                    Some(Action::Abort { .. } | Action::ProtocolError { .. })
+                ),
+                "{a:?}"
+            );
+            assert!(s.disconnect(1).is_empty());
+            assert!(s.disconnect(2).is_empty());
+        }
+        // A crash reports the first rank only.
+        let mut s = PmiServer::new(job(2, &[0, 1]));
+        for r in 0..2 {
+            s.connect(r, Some(r));
+            s.input(r, b"cmd=init pmi_version=1 pmi_subversion=1\n");
+        }
+        assert_eq!(errors(&s.disconnect(1)).len(), 1);
+        assert!(s.disconnect(0).is_empty());
     }
 
     #[test]
