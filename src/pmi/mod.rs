@@ -4,6 +4,15 @@
 //! carries out the returned [`Action`]s (write reply bytes, run the cross-node fence, end the job).
 //! Both wire protocols share one key-value space, one fence and one set of node attributes, so a
 //! job may mix PMI-1 and PMI-2 clients. Protocol facts: ../shared/docs/pmi.md.
+//!
+//! Daemon contract:
+//! - Give each rank a socket and `PMI_RANK`, `PMI_SIZE` plus either `PMI_FD` (then
+//!   `connect(conn, Some(rank))`) or `PMI_PORT` and `PMI_ID=<global rank>` (then
+//!   `connect(conn, None)`; the client names its rank with `initack` / `fullinit`).
+//! - Feed every read to `input`, EOF to `disconnect`, and carry out the actions in order.
+//! - On `FenceReady` from every node, merge the nodes' puts (node order; a later value for the
+//!   same key wins) and call `fence_done(seq, merged)` on every node.
+//! - `Abort` and `ProtocolError` end the job; later disconnects of killed ranks stay quiet.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -407,7 +407,6 @@ fn truncate(s: &str) -> String {
 
 /// `found=TRUE;value=…` or `found=FALSE`; a value the client would reject (over its 1024-byte
 /// limit) is reported as missing, with a Warning.
-#[allow(clippy::too_many_arguments)]
 fn found_reply(
     srv: &PmiServer,
     conn: ConnId,
@@ -750,7 +749,7 @@ mod tests {
     #[test]
     fn waiters_are_bounded_and_dropped_on_disconnect() {
         let mut s = server();
-        for i in 0..crate::pmi::MAX_PENDING_PER_CONN {
+        for i in 0..super::super::MAX_PENDING_PER_CONN {
             let a = s.input(
                 2,
                 &msg(&format!("cmd=info-getnodeattr;thrid={i};key=k;wait=TRUE;")),
