@@ -17,3 +17,4 @@ pub mod endpoints;
 pub mod table;
 pub mod collective;
 pub mod transport;
+pub mod rdma;
