@@ -101,7 +101,10 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Allgather up phase: the contributions of the sender's subtree, `(member, data)`.
-    Up { epoch: u64, entries: Vec<(u32, Vec<u8>)> },
+    Up {
+        epoch: u64,
+        entries: Vec<(u32, Vec<u8>)>,
+    },
     /// Barrier up phase: only how many members of the subtree have arrived.
     UpCount { epoch: u64, count: u32 },
     /// Down phase: every member's data in member order (empty for a barrier).
@@ -111,7 +114,9 @@ pub enum Message {
 impl Message {
     pub fn epoch(&self) -> u64 {
         match self {
-            Message::Up { epoch, .. } | Message::UpCount { epoch, .. } | Message::Down { epoch, .. } => *epoch,
+            Message::Up { epoch, .. }
+            | Message::UpCount { epoch, .. }
+            | Message::Down { epoch, .. } => *epoch,
         }
     }
 
@@ -166,7 +171,10 @@ impl Message {
                 }
                 Message::Up { epoch, entries }
             }
-            2 => Message::UpCount { epoch, count: r.u32()? },
+            2 => Message::UpCount {
+                epoch,
+                count: r.u32()?,
+            },
             3 => {
                 let n = r.u32()?;
                 r.need(n as usize * 4)?;
@@ -179,7 +187,10 @@ impl Message {
             t => return Err(CollectiveError::Decode(format!("unknown message tag {t}"))),
         };
         if r.at != bytes.len() {
-            return Err(CollectiveError::Decode(format!("{} trailing bytes", bytes.len() - r.at)));
+            return Err(CollectiveError::Decode(format!(
+                "{} trailing bytes",
+                bytes.len() - r.at
+            )));
         }
         Ok(msg)
     }
@@ -193,7 +204,12 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn need(&self, n: usize) -> Result<(), CollectiveError> {
         if self.b.len().saturating_sub(self.at) < n {
-            return Err(CollectiveError::Decode(format!("truncated message: {} bytes, needs {} more at {}", self.b.len(), n, self.at)));
+            return Err(CollectiveError::Decode(format!(
+                "truncated message: {} bytes, needs {} more at {}",
+                self.b.len(),
+                n,
+                self.at
+            )));
         }
         Ok(())
     }
@@ -207,10 +223,14 @@ impl Cursor<'_> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, CollectiveError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u64(&mut self) -> Result<u64, CollectiveError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn blob(&mut self) -> Result<Vec<u8>, CollectiveError> {
         let n = self.u32()? as usize;
@@ -220,21 +240,33 @@ impl Cursor<'_> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    Send { to: u32, msg: Message },
+    Send {
+        to: u32,
+        msg: Message,
+    },
     /// The collective finished here: every member's data in member order (empty for a barrier).
     Complete(Vec<Vec<u8>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CollectiveError {
-    #[error("a tree needs at least one member and arity 1 or more (got {size} members, arity {arity})")]
+    #[error(
+        "a tree needs at least one member and arity 1 or more (got {size} members, arity {arity})"
+    )]
     BadTree { size: u32, arity: u32 },
     #[error("member {me} is outside the tree of {size} members")]
     NotAMember { me: u32, size: u32 },
     #[error("member {me}: message from {from} {why}; a daemon from another job or an older run is talking to us")]
     Unexpected { me: u32, from: u32, why: String },
-    #[error("member {me}: message from {from} is for epoch {got}, this collective is epoch {expected}")]
-    WrongEpoch { me: u32, from: u32, got: u64, expected: u64 },
+    #[error(
+        "member {me}: message from {from} is for epoch {got}, this collective is epoch {expected}"
+    )]
+    WrongEpoch {
+        me: u32,
+        from: u32,
+        got: u64,
+        expected: u64,
+    },
     #[error("member {me}: bad contents from {from}: {why}")]
     BadContents { me: u32, from: u32, why: String },
     #[error("member {me}: start called twice")]
@@ -262,9 +294,22 @@ impl Collective {
     /// `epoch` tells consecutive collectives apart, so a late message from the last one is refused.
     pub fn new(tree: Tree, me: u32, kind: Kind, epoch: u64) -> Result<Collective, CollectiveError> {
         if me >= tree.size {
-            return Err(CollectiveError::NotAMember { me, size: tree.size });
+            return Err(CollectiveError::NotAMember {
+                me,
+                size: tree.size,
+            });
         }
-        Ok(Collective { tree, me, kind, epoch, started: false, mine: None, from_children: BTreeMap::new(), sent_up: false, done: false })
+        Ok(Collective {
+            tree,
+            me,
+            kind,
+            epoch,
+            started: false,
+            mine: None,
+            from_children: BTreeMap::new(),
+            sent_up: false,
+            done: false,
+        })
     }
 
     pub fn tree(&self) -> Tree {
@@ -285,15 +330,32 @@ impl Collective {
             return Err(CollectiveError::AlreadyStarted { me: self.me });
         }
         self.started = true;
-        self.mine = Some(if self.kind == Kind::Barrier { Vec::new() } else { data });
+        self.mine = Some(if self.kind == Kind::Barrier {
+            Vec::new()
+        } else {
+            data
+        });
         Ok(self.try_up())
     }
 
     pub fn on_message(&mut self, from: u32, msg: Message) -> Result<Vec<Action>, CollectiveError> {
-        let unexpected = |why: &str| CollectiveError::Unexpected { me: self.me, from, why: why.to_string() };
-        let bad = |why: String| CollectiveError::BadContents { me: self.me, from, why };
+        let unexpected = |why: &str| CollectiveError::Unexpected {
+            me: self.me,
+            from,
+            why: why.to_string(),
+        };
+        let bad = |why: String| CollectiveError::BadContents {
+            me: self.me,
+            from,
+            why,
+        };
         if msg.epoch() != self.epoch {
-            return Err(CollectiveError::WrongEpoch { me: self.me, from, got: msg.epoch(), expected: self.epoch });
+            return Err(CollectiveError::WrongEpoch {
+                me: self.me,
+                from,
+                got: msg.epoch(),
+                expected: self.epoch,
+            });
         }
         if self.done {
             return Err(unexpected("arrived after the collective completed"));
@@ -317,33 +379,52 @@ impl Collective {
                     (Message::Up { mut entries, .. }, Kind::Allgather) => {
                         entries.sort_by_key(|(m, _)| *m);
                         if entries.len() != expected as usize {
-                            return Err(bad(format!("{} entries, its subtree has {expected} members", entries.len())));
+                            return Err(bad(format!(
+                                "{} entries, its subtree has {expected} members",
+                                entries.len()
+                            )));
                         }
                         for w in entries.windows(2) {
                             if w[0].0 == w[1].0 {
                                 return Err(bad(format!("member {} appears twice", w[0].0)));
                             }
                         }
-                        if let Some((m, _)) = entries.iter().find(|(m, _)| !self.tree.in_subtree(from, *m)) {
+                        if let Some((m, _)) = entries
+                            .iter()
+                            .find(|(m, _)| !self.tree.in_subtree(from, *m))
+                        {
                             return Err(bad(format!("member {m} is not in its subtree")));
                         }
                         entries
                     }
-                    _ => return Err(unexpected("is a barrier message in an allgather or the reverse")),
+                    _ => {
+                        return Err(unexpected(
+                            "is a barrier message in an allgather or the reverse",
+                        ))
+                    }
                 };
                 self.from_children.insert(from, entries);
                 Ok(self.try_up())
             }
             Message::Down { data, .. } => {
                 if self.tree.parent(self.me) != Some(from) {
-                    return Err(unexpected("is a down message but the sender is not our parent"));
+                    return Err(unexpected(
+                        "is a down message but the sender is not our parent",
+                    ));
                 }
                 if !self.sent_up {
                     return Err(unexpected("is a down message before we sent ours up"));
                 }
-                let want = if self.kind == Kind::Barrier { 0 } else { self.tree.size as usize };
+                let want = if self.kind == Kind::Barrier {
+                    0
+                } else {
+                    self.tree.size as usize
+                };
                 if data.len() != want {
-                    return Err(bad(format!("down message carries {} blobs, expected {want}", data.len())));
+                    return Err(bad(format!(
+                        "down message carries {} blobs, expected {want}",
+                        data.len()
+                    )));
                 }
                 Ok(self.finish(data))
             }
@@ -366,8 +447,14 @@ impl Collective {
         match self.tree.parent(self.me) {
             Some(parent) => {
                 let msg = match self.kind {
-                    Kind::Barrier => Message::UpCount { epoch: self.epoch, count: self.tree.subtree_size(self.me) },
-                    Kind::Allgather => Message::Up { epoch: self.epoch, entries },
+                    Kind::Barrier => Message::UpCount {
+                        epoch: self.epoch,
+                        count: self.tree.subtree_size(self.me),
+                    },
+                    Kind::Allgather => Message::Up {
+                        epoch: self.epoch,
+                        entries,
+                    },
                 };
                 vec![Action::Send { to: parent, msg }]
             }
@@ -386,7 +473,13 @@ impl Collective {
         let mut out: Vec<Action> = self
             .tree
             .children(self.me)
-            .map(|c| Action::Send { to: c, msg: Message::Down { epoch: self.epoch, data: data.clone() } })
+            .map(|c| Action::Send {
+                to: c,
+                msg: Message::Down {
+                    epoch: self.epoch,
+                    data: data.clone(),
+                },
+            })
             .collect();
         out.push(Action::Complete(data));
         out
@@ -449,21 +542,38 @@ mod tests {
         let mut b = vec![1u8];
         b.extend_from_slice(&0u64.to_le_bytes());
         b.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Message::decode(&b), Err(CollectiveError::Decode(_))));
+        assert!(matches!(
+            Message::decode(&b),
+            Err(CollectiveError::Decode(_))
+        ));
         let mut m = Message::UpCount { epoch: 1, count: 2 }.encode();
         m.push(0);
-        assert_eq!(Message::decode(&m), Err(CollectiveError::Decode("1 trailing bytes".into())));
+        assert_eq!(
+            Message::decode(&m),
+            Err(CollectiveError::Decode("1 trailing bytes".into()))
+        );
     }
 
     /// Runs P machines with in-order delivery from a queue; starts members in the given order
     /// interleaved with deliveries, so children may report before their parent has started.
-    fn simulate(size: u32, arity: u32, kind: Kind, start_order: &[u32], shuffle: u64) -> Vec<Vec<Vec<u8>>> {
+    fn simulate(
+        size: u32,
+        arity: u32,
+        kind: Kind,
+        start_order: &[u32],
+        shuffle: u64,
+    ) -> Vec<Vec<Vec<u8>>> {
         let tree = Tree::new(size, arity).unwrap();
-        let mut m: Vec<Collective> = (0..size).map(|i| Collective::new(tree, i, kind, 7).unwrap()).collect();
+        let mut m: Vec<Collective> = (0..size)
+            .map(|i| Collective::new(tree, i, kind, 7).unwrap())
+            .collect();
         let mut queue: VecDeque<(u32, u32, Message)> = VecDeque::new();
         let mut results: Vec<Option<Vec<Vec<u8>>>> = vec![None; size as usize];
         let mut sends = 0usize;
-        let mut handle = |from: u32, acts: Vec<Action>, queue: &mut VecDeque<_>, results: &mut Vec<Option<_>>| {
+        let mut handle = |from: u32,
+                          acts: Vec<Action>,
+                          queue: &mut VecDeque<_>,
+                          results: &mut Vec<Option<_>>| {
             for a in acts {
                 match a {
                     Action::Send { to, msg } => {
@@ -471,20 +581,29 @@ mod tests {
                         queue.push_back((from, to, msg))
                     }
                     Action::Complete(d) => {
-                        assert!(results[from as usize].replace(d).is_none(), "member {from} completed twice");
+                        assert!(
+                            results[from as usize].replace(d).is_none(),
+                            "member {from} completed twice"
+                        );
                     }
                 }
             }
         };
         let mut rng = shuffle;
         for &i in start_order {
-            let acts = m[i as usize].start(format!("data of {i}").into_bytes()).unwrap();
+            let acts = m[i as usize]
+                .start(format!("data of {i}").into_bytes())
+                .unwrap();
             handle(i, acts, &mut queue, &mut results);
             // Deliver a pseudo-random number of queued messages between starts.
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             for _ in 0..(rng >> 60) {
                 if let Some((from, to, msg)) = queue.pop_front() {
-                    let acts = m[to as usize].on_message(from, Message::decode(&msg.encode()).unwrap()).unwrap();
+                    let acts = m[to as usize]
+                        .on_message(from, Message::decode(&msg.encode()).unwrap())
+                        .unwrap();
                     handle(to, acts, &mut queue, &mut results);
                 }
             }
@@ -493,8 +612,15 @@ mod tests {
             let acts = m[to as usize].on_message(from, msg).unwrap();
             handle(to, acts, &mut queue, &mut results);
         }
-        assert_eq!(sends, 2 * (size as usize - 1), "one message up and one down per edge");
-        results.into_iter().map(|r| r.expect("every member completes")).collect()
+        assert_eq!(
+            sends,
+            2 * (size as usize - 1),
+            "one message up and one down per edge"
+        );
+        results
+            .into_iter()
+            .map(|r| r.expect("every member completes"))
+            .collect()
     }
 
     #[test]
@@ -502,8 +628,16 @@ mod tests {
         for size in 1..=64u32 {
             for arity in [2, 4, 32, 64, 100] {
                 let order: Vec<u32> = (0..size).rev().collect();
-                let res = simulate(size, arity, Kind::Allgather, &order, u64::from(size * arity));
-                let want: Vec<Vec<u8>> = (0..size).map(|i| format!("data of {i}").into_bytes()).collect();
+                let res = simulate(
+                    size,
+                    arity,
+                    Kind::Allgather,
+                    &order,
+                    u64::from(size * arity),
+                );
+                let want: Vec<Vec<u8>> = (0..size)
+                    .map(|i| format!("data of {i}").into_bytes())
+                    .collect();
                 for (i, r) in res.iter().enumerate() {
                     assert_eq!(r, &want, "member {i}, P={size}, k={arity}");
                 }
@@ -545,9 +679,14 @@ mod tests {
         let tree = Tree::new(3, 2).unwrap();
         let mut root = Collective::new(tree, 0, Kind::Barrier, 1).unwrap();
         assert!(root.start(Vec::new()).unwrap().is_empty());
-        assert!(root.on_message(1, Message::UpCount { epoch: 1, count: 1 }).unwrap().is_empty());
+        assert!(root
+            .on_message(1, Message::UpCount { epoch: 1, count: 1 })
+            .unwrap()
+            .is_empty());
         assert!(!root.is_complete());
-        let acts = root.on_message(2, Message::UpCount { epoch: 1, count: 1 }).unwrap();
+        let acts = root
+            .on_message(2, Message::UpCount { epoch: 1, count: 1 })
+            .unwrap();
         assert_eq!(acts.len(), 3);
         assert!(root.is_complete());
     }
@@ -557,27 +696,106 @@ mod tests {
         let tree = Tree::new(7, 2).unwrap();
         let mut c = Collective::new(tree, 1, Kind::Allgather, 5).unwrap();
         let up = |entries: Vec<(u32, Vec<u8>)>| Message::Up { epoch: 5, entries };
-        assert!(matches!(c.on_message(2, up(vec![(2, vec![])])), Err(CollectiveError::Unexpected { .. })));
         assert!(matches!(
-            c.on_message(3, Message::Up { epoch: 4, entries: vec![(3, vec![])] }),
-            Err(CollectiveError::WrongEpoch { got: 4, expected: 5, .. })
+            c.on_message(2, up(vec![(2, vec![])])),
+            Err(CollectiveError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            c.on_message(
+                3,
+                Message::Up {
+                    epoch: 4,
+                    entries: vec![(3, vec![])]
+                }
+            ),
+            Err(CollectiveError::WrongEpoch {
+                got: 4,
+                expected: 5,
+                ..
+            })
         ));
         let err = c.on_message(3, up(vec![(5, vec![])])).unwrap_err();
-        assert_eq!(err.to_string(), "member 1: bad contents from 3: member 5 is not in its subtree");
-        assert!(matches!(c.on_message(3, up(vec![])), Err(CollectiveError::BadContents { .. })));
-        assert!(c.on_message(3, up(vec![(3, b"x".to_vec())])).unwrap().is_empty());
-        assert!(matches!(c.on_message(3, up(vec![(3, vec![])])), Err(CollectiveError::Unexpected { .. })));
-        assert!(matches!(c.on_message(0, Message::Down { epoch: 5, data: vec![] }), Err(CollectiveError::Unexpected { .. })));
-        assert!(matches!(c.on_message(4, Message::UpCount { epoch: 5, count: 1 }), Err(CollectiveError::Unexpected { .. })));
+        assert_eq!(
+            err.to_string(),
+            "member 1: bad contents from 3: member 5 is not in its subtree"
+        );
+        assert!(matches!(
+            c.on_message(3, up(vec![])),
+            Err(CollectiveError::BadContents { .. })
+        ));
+        assert!(c
+            .on_message(3, up(vec![(3, b"x".to_vec())]))
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            c.on_message(3, up(vec![(3, vec![])])),
+            Err(CollectiveError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            c.on_message(
+                0,
+                Message::Down {
+                    epoch: 5,
+                    data: vec![]
+                }
+            ),
+            Err(CollectiveError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            c.on_message(4, Message::UpCount { epoch: 5, count: 1 }),
+            Err(CollectiveError::Unexpected { .. })
+        ));
         let acts = c.on_message(4, up(vec![(4, b"y".to_vec())])).unwrap();
         assert!(acts.is_empty(), "not started yet");
         let acts = c.start(b"me".to_vec()).unwrap();
-        assert_eq!(acts, vec![Action::Send { to: 0, msg: up(vec![(1, b"me".to_vec()), (3, b"x".to_vec()), (4, b"y".to_vec())]) }]);
-        assert!(matches!(c.start(vec![]), Err(CollectiveError::AlreadyStarted { me: 1 })));
-        assert!(matches!(c.on_message(0, Message::Down { epoch: 5, data: vec![vec![]; 3] }), Err(CollectiveError::BadContents { .. })));
-        let acts = c.on_message(0, Message::Down { epoch: 5, data: vec![vec![]; 7] }).unwrap();
+        assert_eq!(
+            acts,
+            vec![Action::Send {
+                to: 0,
+                msg: up(vec![
+                    (1, b"me".to_vec()),
+                    (3, b"x".to_vec()),
+                    (4, b"y".to_vec())
+                ])
+            }]
+        );
+        assert!(matches!(
+            c.start(vec![]),
+            Err(CollectiveError::AlreadyStarted { me: 1 })
+        ));
+        assert!(matches!(
+            c.on_message(
+                0,
+                Message::Down {
+                    epoch: 5,
+                    data: vec![vec![]; 3]
+                }
+            ),
+            Err(CollectiveError::BadContents { .. })
+        ));
+        let acts = c
+            .on_message(
+                0,
+                Message::Down {
+                    epoch: 5,
+                    data: vec![vec![]; 7],
+                },
+            )
+            .unwrap();
         assert_eq!(acts.len(), 3);
-        assert!(matches!(c.on_message(0, Message::Down { epoch: 5, data: vec![vec![]; 7] }), Err(CollectiveError::Unexpected { .. })));
-        assert!(matches!(Collective::new(tree, 7, Kind::Barrier, 0), Err(CollectiveError::NotAMember { me: 7, size: 7 })));
+        assert!(matches!(
+            c.on_message(
+                0,
+                Message::Down {
+                    epoch: 5,
+                    data: vec![vec![]; 7]
+                }
+            ),
+            Err(CollectiveError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            Collective::new(tree, 7, Kind::Barrier, 0),
+            Err(CollectiveError::NotAMember { me: 7, size: 7 })
+        ));
     }
 }

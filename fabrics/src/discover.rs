@@ -260,7 +260,11 @@ pub struct IfAddr {
 
 impl IfAddr {
     pub fn new(ifname: &str, ip: IpAddr, prefix_len: u8) -> Self {
-        IfAddr { ifname: ifname.to_string(), ip, prefix_len }
+        IfAddr {
+            ifname: ifname.to_string(),
+            ip,
+            prefix_len,
+        }
     }
 }
 
@@ -375,7 +379,11 @@ fn parse_gbps_as_mbps(num: &str) -> Option<u32> {
         return None;
     }
     let int: u32 = int.parse().ok()?;
-    let mut frac_val: u32 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let mut frac_val: u32 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     for _ in frac.len()..3 {
         frac_val *= 10;
     }
@@ -405,7 +413,13 @@ pub fn parse_mac(s: &str) -> Option<Vec<u8>> {
         return Some(Vec::new());
     }
     s.split(':')
-        .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })
+        .map(|b| {
+            if b.len() == 2 {
+                u8::from_str_radix(b, 16).ok()
+            } else {
+                None
+            }
+        })
         .collect()
 }
 
@@ -449,7 +463,9 @@ pub struct DirSysfs {
 
 impl DirSysfs {
     pub fn new(root: &Path) -> Self {
-        DirSysfs { root: root.to_path_buf() }
+        DirSysfs {
+            root: root.to_path_buf(),
+        }
     }
 }
 
@@ -492,7 +508,8 @@ impl Reader<'_> {
             Ok(s) => Some(s),
             Err(e) if is_absent(&e) => None,
             Err(e) => {
-                self.warnings.push(format!("{}/{rel}: {e}", self.fs.describe().display()));
+                self.warnings
+                    .push(format!("{}/{rel}: {e}", self.fs.describe().display()));
                 None
             }
         }
@@ -519,7 +536,8 @@ impl Reader<'_> {
             }
             Err(e) if is_absent(&e) => Vec::new(),
             Err(e) => {
-                self.warnings.push(format!("{}/{rel}: {e}", self.fs.describe().display()));
+                self.warnings
+                    .push(format!("{}/{rel}: {e}", self.fs.describe().display()));
                 Vec::new()
             }
         }
@@ -543,12 +561,17 @@ impl Inventory {
     /// Like [`Inventory::discover`] over any [`SysfsRead`] (tests inject read errors this way).
     pub fn discover_from(fs: &dyn SysfsRead, addrs: &[IfAddr]) -> Result<Inventory, DiscoverError> {
         // Without class/net there is no sysfs at all; class/infiniband is legitimately absent.
-        let net_names = fs.list("class/net").map_err(|source| DiscoverError::NoSysfs {
-            root: fs.describe(),
-            path: fs.describe().join("class/net"),
-            source,
-        })?;
-        let mut r = Reader { fs, warnings: Vec::new() };
+        let net_names = fs
+            .list("class/net")
+            .map_err(|source| DiscoverError::NoSysfs {
+                root: fs.describe(),
+                path: fs.describe().join("class/net"),
+                source,
+            })?;
+        let mut r = Reader {
+            fs,
+            warnings: Vec::new(),
+        };
         let mut ib = Vec::new();
         for dev in r.list_sorted("class/infiniband") {
             ib.push(read_ib_device(&mut r, &dev));
@@ -609,11 +632,27 @@ pub fn system_addrs() -> Result<Vec<IfAddr>, DiscoverError> {
             None => 0,
         };
         if let Some(v4) = addr.as_sockaddr_in() {
-            let mask = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in()).map(|m| IpAddr::V4(m.ip()));
-            out.push(IfAddr::new(&ifa.interface_name, IpAddr::V4(v4.ip()), prefix(mask)));
+            let mask = ifa
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in())
+                .map(|m| IpAddr::V4(m.ip()));
+            out.push(IfAddr::new(
+                &ifa.interface_name,
+                IpAddr::V4(v4.ip()),
+                prefix(mask),
+            ));
         } else if let Some(v6) = addr.as_sockaddr_in6() {
-            let mask = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in6()).map(|m| IpAddr::V6(m.ip()));
-            out.push(IfAddr::new(&ifa.interface_name, IpAddr::V6(v6.ip()), prefix(mask)));
+            let mask = ifa
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in6())
+                .map(|m| IpAddr::V6(m.ip()));
+            out.push(IfAddr::new(
+                &ifa.interface_name,
+                IpAddr::V6(v6.ip()),
+                prefix(mask),
+            ));
         }
     }
     Ok(out)
@@ -624,16 +663,34 @@ fn read_ib_device(r: &mut Reader<'_>, dev: &str) -> IbDevice {
     let node_type = r
         .parsed(&format!("{base}/node_type"), "a node type", parse_node_type)
         .unwrap_or(NodeType::Other(0));
-    let node_guid = r.parsed(&format!("{base}/node_guid"), "a GUID", parse_guid).unwrap_or(0);
-    let sys_image_guid = r.parsed(&format!("{base}/sys_image_guid"), "a GUID", parse_guid).unwrap_or(0);
-    let fw_ver = r.opt(&format!("{base}/fw_ver")).map(|s| s.trim().to_string()).unwrap_or_default();
-    let parent = r.opt(&format!("{base}/parent")).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let node_guid = r
+        .parsed(&format!("{base}/node_guid"), "a GUID", parse_guid)
+        .unwrap_or(0);
+    let sys_image_guid = r
+        .parsed(&format!("{base}/sys_image_guid"), "a GUID", parse_guid)
+        .unwrap_or(0);
+    let fw_ver = r
+        .opt(&format!("{base}/fw_ver"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let parent = r
+        .opt(&format!("{base}/parent"))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
     let mut ports = Vec::new();
     for n in numeric_entries(r.list_sorted(&format!("{base}/ports"))) {
         let Ok(port) = u8::try_from(n) else { continue };
         ports.push(read_ib_port(r, &format!("{base}/ports/{n}"), port));
     }
-    IbDevice { name: dev.to_string(), node_type, node_guid, sys_image_guid, fw_ver, parent, ports }
+    IbDevice {
+        name: dev.to_string(),
+        node_type,
+        node_guid,
+        sys_image_guid,
+        fw_ver,
+        parent,
+        ports,
+    }
 }
 
 fn read_ib_port(r: &mut Reader<'_>, base: &str, port: u8) -> IbPort {
@@ -641,62 +698,131 @@ fn read_ib_port(r: &mut Reader<'_>, base: &str, port: u8) -> IbPort {
         .parsed(&format!("{base}/state"), "a port state", parse_port_state)
         .unwrap_or(PortState::Other(0));
     let phys_state = r
-        .parsed(&format!("{base}/phys_state"), "a physical state", parse_phys_state)
+        .parsed(
+            &format!("{base}/phys_state"),
+            "a physical state",
+            parse_phys_state,
+        )
         .unwrap_or(PhysState::Other(0));
-    let lid = r.parsed(&format!("{base}/lid"), "a LID", parse_lid).unwrap_or(0);
-    let sm_lid = r.parsed(&format!("{base}/sm_lid"), "a LID", parse_lid).unwrap_or(0);
+    let lid = r
+        .parsed(&format!("{base}/lid"), "a LID", parse_lid)
+        .unwrap_or(0);
+    let sm_lid = r
+        .parsed(&format!("{base}/sm_lid"), "a LID", parse_lid)
+        .unwrap_or(0);
     let lmc = r
-        .parsed(&format!("{base}/lid_mask_count"), "a decimal count", |s| s.trim().parse().ok())
+        .parsed(&format!("{base}/lid_mask_count"), "a decimal count", |s| {
+            s.trim().parse().ok()
+        })
         .unwrap_or(0);
     let rate = r.parsed(&format!("{base}/rate"), "a rate", parse_rate);
-    let link_layer = r.opt(&format!("{base}/link_layer")).map(|s| parse_link_layer(&s)).unwrap_or(LinkLayer::Unknown);
+    let link_layer = r
+        .opt(&format!("{base}/link_layer"))
+        .map(|s| parse_link_layer(&s))
+        .unwrap_or(LinkLayer::Unknown);
     let mut gids = Vec::new();
     for idx in numeric_entries(r.list_sorted(&format!("{base}/gids"))) {
-        let Ok(index) = u16::try_from(idx) else { continue };
-        let Some(gid) = r.parsed(&format!("{base}/gids/{idx}"), "a GID", parse_gid) else { continue };
+        let Ok(index) = u16::try_from(idx) else {
+            continue;
+        };
+        let Some(gid) = r.parsed(&format!("{base}/gids/{idx}"), "a GID", parse_gid) else {
+            continue;
+        };
         if gid.is_zero() {
             continue;
         }
-        let gid_type = r.opt(&format!("{base}/gid_attrs/types/{idx}")).and_then(|s| parse_gid_type(&s));
+        let gid_type = r
+            .opt(&format!("{base}/gid_attrs/types/{idx}"))
+            .and_then(|s| parse_gid_type(&s));
         let netdev = r
             .opt(&format!("{base}/gid_attrs/ndevs/{idx}"))
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
-        gids.push(GidEntry { index, gid, gid_type, netdev });
+        gids.push(GidEntry {
+            index,
+            gid,
+            gid_type,
+            netdev,
+        });
     }
-    IbPort { port, state, phys_state, lid, sm_lid, lmc, rate, link_layer, gids, active_mtu: None }
+    IbPort {
+        port,
+        state,
+        phys_state,
+        lid,
+        sm_lid,
+        lmc,
+        rate,
+        link_layer,
+        gids,
+        active_mtu: None,
+    }
 }
 
 fn read_netif(r: &mut Reader<'_>, name: &str, ib: &[IbDevice], addrs: &[IfAddr]) -> NetIf {
     let base = format!("class/net/{name}");
-    let mac = r.parsed(&format!("{base}/address"), "a MAC address", parse_mac).unwrap_or_default();
-    let mtu = r.parsed(&format!("{base}/mtu"), "an MTU", |s| s.trim().parse().ok()).unwrap_or(0);
+    let mac = r
+        .parsed(&format!("{base}/address"), "a MAC address", parse_mac)
+        .unwrap_or_default();
+    let mtu = r
+        .parsed(&format!("{base}/mtu"), "an MTU", |s| s.trim().parse().ok())
+        .unwrap_or(0);
     // speed: EINVAL (down/unsupported) is absent, -1 parses to None: both mean "unknown", no warning.
-    let speed_mbps = r.opt(&format!("{base}/speed")).and_then(|s| parse_speed(&s));
-    let operstate = r.opt(&format!("{base}/operstate")).map(|s| parse_operstate(&s)).unwrap_or(OperState::Unknown);
-    let if_type = r.parsed(&format!("{base}/type"), "an interface type", |s| s.trim().parse().ok()).unwrap_or(0);
+    let speed_mbps = r
+        .opt(&format!("{base}/speed"))
+        .and_then(|s| parse_speed(&s));
+    let operstate = r
+        .opt(&format!("{base}/operstate"))
+        .map(|s| parse_operstate(&s))
+        .unwrap_or(OperState::Unknown);
+    let if_type = r
+        .parsed(&format!("{base}/type"), "an interface type", |s| {
+            s.trim().parse().ok()
+        })
+        .unwrap_or(0);
     let is_virtual = !r.fs.exists(&format!("{base}/device"));
     let loopback = if_type == 772;
     let rdma_device = rdma_device_of(r, name, &base, ib);
     let addrs = addrs
         .iter()
         .filter(|a| a.ifname == name)
-        .map(|a| NetAddr { ip: a.ip, prefix_len: a.prefix_len })
+        .map(|a| NetAddr {
+            ip: a.ip,
+            prefix_len: a.prefix_len,
+        })
         .collect();
-    NetIf { name: name.to_string(), mac, mtu, speed_mbps, operstate, if_type, loopback, is_virtual, rdma_device, addrs }
+    NetIf {
+        name: name.to_string(),
+        mac,
+        mtu,
+        speed_mbps,
+        operstate,
+        if_type,
+        loopback,
+        is_virtual,
+        rdma_device,
+        addrs,
+    }
 }
 
 /// A netdev carries RDMA if a GID names it, an rxe device has it as parent, or its PCI function
 /// also has an infiniband child (`device/infiniband/<ibdev>`, which is how IPoIB and mlx5 look).
 fn rdma_device_of(r: &mut Reader<'_>, name: &str, base: &str, ib: &[IbDevice]) -> Option<String> {
     for d in ib {
-        let by_gid = d.ports.iter().flat_map(|p| &p.gids).any(|g| g.netdev.as_deref() == Some(name));
+        let by_gid = d
+            .ports
+            .iter()
+            .flat_map(|p| &p.gids)
+            .any(|g| g.netdev.as_deref() == Some(name));
         if by_gid || d.parent.as_deref() == Some(name) {
             return Some(d.name.clone());
         }
     }
     if r.fs.exists(&format!("{base}/device/infiniband")) {
-        return r.list_sorted(&format!("{base}/device/infiniband")).into_iter().next();
+        return r
+            .list_sorted(&format!("{base}/device/infiniband"))
+            .into_iter()
+            .next();
     }
     None
 }
@@ -711,11 +837,32 @@ mod tests {
     fn rates_in_both_kernel_formats() {
         assert_eq!(
             parse_rate("100 Gb/sec (4X EDR)\n"),
-            Some(Rate { mbps: 100_000, width: 4, speed: Some("EDR".into()) })
+            Some(Rate {
+                mbps: 100_000,
+                width: 4,
+                speed: Some("EDR".into())
+            })
         );
-        assert_eq!(parse_rate("2.5 Gb/sec (1X SDR)"), Some(Rate { mbps: 2500, width: 1, speed: Some("SDR".into()) }));
-        assert_eq!(parse_rate("10 Gb/sec (4X)\n"), Some(Rate { mbps: 10_000, width: 4, speed: None }));
-        assert_eq!(parse_rate("53.125 Gb/sec (1X HDR)").map(|r| r.mbps), Some(53_125));
+        assert_eq!(
+            parse_rate("2.5 Gb/sec (1X SDR)"),
+            Some(Rate {
+                mbps: 2500,
+                width: 1,
+                speed: Some("SDR".into())
+            })
+        );
+        assert_eq!(
+            parse_rate("10 Gb/sec (4X)\n"),
+            Some(Rate {
+                mbps: 10_000,
+                width: 4,
+                speed: None
+            })
+        );
+        assert_eq!(
+            parse_rate("53.125 Gb/sec (1X HDR)").map(|r| r.mbps),
+            Some(53_125)
+        );
         assert_eq!(parse_rate("fast"), None);
         assert_eq!(parse_rate("10 Gb/sec"), None);
         assert_eq!(parse_rate("1.2345 Gb/sec (1X)"), None);
@@ -743,7 +890,10 @@ mod tests {
 
     #[test]
     fn guids_and_gids() {
-        assert_eq!(parse_guid("b83f:d203:00a4:1c2e\n"), Some(0xb83f_d203_00a4_1c2e));
+        assert_eq!(
+            parse_guid("b83f:d203:00a4:1c2e\n"),
+            Some(0xb83f_d203_00a4_1c2e)
+        );
         assert_eq!(parse_guid("b83f:d203:00a4"), None);
         assert_eq!(parse_guid("b83f:d203:00a4:1c2"), None);
         let g = parse_gid("fe80:0000:0000:0000:b83f:d203:00a4:1c2f\n").unwrap();
@@ -753,13 +903,18 @@ mod tests {
         assert_eq!(g.ipv4_mapped(), None);
         let m = parse_gid("0000:0000:0000:0000:0000:ffff:0a00:0005").unwrap();
         assert_eq!(m.ipv4_mapped(), Some(Ipv4Addr::new(10, 0, 0, 5)));
-        assert!(parse_gid("0000:0000:0000:0000:0000:0000:0000:0000").unwrap().is_zero());
+        assert!(parse_gid("0000:0000:0000:0000:0000:0000:0000:0000")
+            .unwrap()
+            .is_zero());
         assert_eq!(parse_gid("fe80::1"), None);
     }
 
     #[test]
     fn ethernet_attributes() {
-        assert_eq!(parse_mac("02:fc:00:00:00:01\n"), Some(vec![2, 0xfc, 0, 0, 0, 1]));
+        assert_eq!(
+            parse_mac("02:fc:00:00:00:01\n"),
+            Some(vec![2, 0xfc, 0, 0, 0, 1])
+        );
         assert_eq!(parse_mac("02:fc:0"), None);
         assert_eq!(parse_speed("-1\n"), None);
         assert_eq!(parse_speed("25000\n"), Some(25000));
@@ -842,7 +997,9 @@ mod tests {
         }
         fn exists(&self, rel: &str) -> bool {
             let prefix = format!("{rel}/");
-            self.files.keys().any(|k| k == rel || k.starts_with(&prefix))
+            self.files
+                .keys()
+                .any(|k| k == rel || k.starts_with(&prefix))
         }
         fn describe(&self) -> PathBuf {
             PathBuf::from("mem")
@@ -856,10 +1013,16 @@ mod tests {
             ("class/infiniband/mlx5_0/node_type", Some("1: CA\n")),
             (&format!("{p}/state"), Some("4: ACTIVE\n")),
             (&format!("{p}/link_layer"), Some("InfiniBand\n")),
-            (&format!("{p}/gids/0"), Some("fe80:0000:0000:0000:b83f:d203:00a4:1c2f\n")),
+            (
+                &format!("{p}/gids/0"),
+                Some("fe80:0000:0000:0000:b83f:d203:00a4:1c2f\n"),
+            ),
             (&format!("{p}/gid_attrs/types/0"), None),
             (&format!("{p}/gid_attrs/ndevs/0"), None),
-            (&format!("{p}/gids/1"), Some("0000:0000:0000:0000:0000:0000:0000:0000\n")),
+            (
+                &format!("{p}/gids/1"),
+                Some("0000:0000:0000:0000:0000:0000:0000:0000\n"),
+            ),
             (&format!("{p}/gid_attrs/types/1"), None),
             ("class/net/ib0/type", Some("32\n")),
             ("class/net/ib0/speed", None),
@@ -884,7 +1047,11 @@ mod tests {
         let inv = Inventory::discover_from(&fs, &[]).unwrap();
         assert_eq!(inv.ib[0].ports[0].rate, None);
         assert_eq!(inv.warnings.len(), 1);
-        assert!(inv.warnings[0].contains("mem/class/infiniband/mlx5_0/ports/1/rate"), "{}", inv.warnings[0]);
+        assert!(
+            inv.warnings[0].contains("mem/class/infiniband/mlx5_0/ports/1/rate"),
+            "{}",
+            inv.warnings[0]
+        );
         assert!(inv.warnings[0].contains("very fast"));
     }
 

@@ -119,24 +119,45 @@ impl Assignment {
         }
         let nic = n.nics[nic_index(local_rank, n.nics.len())?].clone();
         let port = u16::try_from(u32::from(n.port_base) + local_rank).ok()?;
-        Some(Endpoint { node, local_rank, host: n.hostname.clone(), ip: nic.ip, port, nic })
+        Some(Endpoint {
+            node,
+            local_rank,
+            host: n.hostname.clone(),
+            ip: nic.ip,
+            port,
+            nic,
+        })
     }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AssignError {
-    #[error("{inventories} node inventories but {counts} local rank counts; pass one count per node")]
+    #[error(
+        "{inventories} node inventories but {counts} local rank counts; pass one count per node"
+    )]
     CountMismatch { inventories: usize, counts: usize },
     #[error("{node} has no interface named {name}; it has: {available}")]
-    NoSuchNic { node: String, name: String, available: String },
+    NoSuchNic {
+        node: String,
+        name: String,
+        available: String,
+    },
     #[error("{node}: {name} cannot be used: {why}")]
-    NicUnusable { node: String, name: String, why: String },
+    NicUnusable {
+        node: String,
+        name: String,
+        why: String,
+    },
     #[error("{node} has no usable TCP interface (up, not loopback, with a routable address); it has: {available}")]
     NoTcp { node: String, available: String },
     #[error("{node} has no usable RDMA port ({why}); use --fabric tcp or fix the port")]
     NoRdma { node: String, why: String },
     #[error("{node} has no reserved port base for {local_ranks} ranks (port_base {port_base}); the daemon must call reserve_port_base")]
-    PortBase { node: String, port_base: u16, local_ranks: u32 },
+    PortBase {
+        node: String,
+        port_base: u16,
+        local_ranks: u32,
+    },
 }
 
 fn node_label(i: usize, inv: &Inventory) -> String {
@@ -155,12 +176,21 @@ pub fn assign(
     nic_filter: &[String],
 ) -> Result<Assignment, AssignError> {
     if inventories.len() != local_ranks.len() {
-        return Err(AssignError::CountMismatch { inventories: inventories.len(), counts: local_ranks.len() });
+        return Err(AssignError::CountMismatch {
+            inventories: inventories.len(),
+            counts: local_ranks.len(),
+        });
     }
     for (i, (inv, &n)) in inventories.iter().zip(local_ranks).enumerate() {
-        let fits = u32::from(inv.port_base).checked_add(n.saturating_sub(1)).is_some_and(|last| last <= 65535);
+        let fits = u32::from(inv.port_base)
+            .checked_add(n.saturating_sub(1))
+            .is_some_and(|last| last <= 65535);
         if n > 0 && (inv.port_base == 0 || !fits) {
-            return Err(AssignError::PortBase { node: node_label(i, inv), port_base: inv.port_base, local_ranks: n });
+            return Err(AssignError::PortBase {
+                node: node_label(i, inv),
+                port_base: inv.port_base,
+                local_ranks: n,
+            });
         }
     }
     let single_node = inventories.len() == 1;
@@ -191,14 +221,20 @@ pub fn assign(
 fn routable(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-        IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_unspecified(),
+        IpAddr::V6(v6) => {
+            !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_unspecified()
+        }
     }
 }
 
 /// IPv4 first: every launcher peer can reach it without a scope id.
 fn best_ip(n: &NetIf, allow_loopback: bool) -> Option<IpAddr> {
     let ok = |ip: &IpAddr| routable(ip) || (allow_loopback && ip.is_loopback());
-    let v4 = n.addrs.iter().map(|a| a.ip).find(|ip| ip.is_ipv4() && ok(ip));
+    let v4 = n
+        .addrs
+        .iter()
+        .map(|a| a.ip)
+        .find(|ip| ip.is_ipv4() && ok(ip));
     v4.or_else(|| n.addrs.iter().map(|a| a.ip).find(|ip| ok(ip)))
 }
 
@@ -214,20 +250,34 @@ fn tcp_nic(n: &NetIf, ip: IpAddr) -> Nic {
     }
 }
 
-fn tcp_nics(i: usize, inv: &Inventory, filter: &[String], single_node: bool) -> Result<Vec<Nic>, AssignError> {
+fn tcp_nics(
+    i: usize,
+    inv: &Inventory,
+    filter: &[String],
+    single_node: bool,
+) -> Result<Vec<Nic>, AssignError> {
     let available = || inv.interface_names().join(", ");
     if !filter.is_empty() {
         let mut out = Vec::new();
         for name in filter {
             let Some(n) = inv.net.iter().find(|n| &n.name == name) else {
-                return Err(AssignError::NoSuchNic { node: node_label(i, inv), name: name.clone(), available: available() });
+                return Err(AssignError::NoSuchNic {
+                    node: node_label(i, inv),
+                    name: name.clone(),
+                    available: available(),
+                });
             };
-            let unusable = |why: String| AssignError::NicUnusable { node: node_label(i, inv), name: name.clone(), why };
+            let unusable = |why: String| AssignError::NicUnusable {
+                node: node_label(i, inv),
+                name: name.clone(),
+                why,
+            };
             if !n.is_up() {
                 return Err(unusable(format!("it is {:?}", n.operstate).to_lowercase()));
             }
             // Naming lo explicitly is the user's choice, so loopback addresses count here.
-            let ip = best_ip(n, true).ok_or_else(|| unusable("it has no usable IP address".into()))?;
+            let ip =
+                best_ip(n, true).ok_or_else(|| unusable("it has no usable IP address".into()))?;
             out.push(tcp_nic(n, ip));
         }
         return Ok(out);
@@ -237,18 +287,35 @@ fn tcp_nics(i: usize, inv: &Inventory, filter: &[String], single_node: bool) -> 
         .iter()
         .filter(|n| !n.loopback && n.is_up())
         .filter_map(|n| {
-            let group = if n.rdma_device.is_some() { 0 } else if !n.is_virtual { 1 } else { 2 };
+            let group = if n.rdma_device.is_some() {
+                0
+            } else if !n.is_virtual {
+                1
+            } else {
+                2
+            };
             best_ip(n, false).map(|ip| (group, n, ip))
         })
         .collect();
     // Stable sort keeps discovery (name) order within a group.
     usable.sort_by_key(|(g, _, _)| *g);
-    let mut out: Vec<Nic> = usable.into_iter().map(|(_, n, ip)| tcp_nic(n, ip)).collect();
+    let mut out: Vec<Nic> = usable
+        .into_iter()
+        .map(|(_, n, ip)| tcp_nic(n, ip))
+        .collect();
     if out.is_empty() && single_node {
-        out = inv.net.iter().filter(|n| n.loopback).filter_map(|n| best_ip(n, true).map(|ip| tcp_nic(n, ip))).collect();
+        out = inv
+            .net
+            .iter()
+            .filter(|n| n.loopback)
+            .filter_map(|n| best_ip(n, true).map(|ip| tcp_nic(n, ip)))
+            .collect();
     }
     if out.is_empty() {
-        return Err(AssignError::NoTcp { node: node_label(i, inv), available: available() });
+        return Err(AssignError::NoTcp {
+            node: node_label(i, inv),
+            available: available(),
+        });
     }
     Ok(out)
 }
@@ -266,7 +333,10 @@ fn gid_rank(g: &GidEntry) -> u8 {
 
 /// Largest IB MTU (256..4096) that fits in the netdev MTU: what RoCE ports run at.
 pub fn roce_mtu(netdev_mtu: u32) -> u32 {
-    [4096, 2048, 1024, 512, 256].into_iter().find(|m| *m <= netdev_mtu).unwrap_or(256)
+    [4096, 2048, 1024, 512, 256]
+        .into_iter()
+        .find(|m| *m <= netdev_mtu)
+        .unwrap_or(256)
 }
 
 /// Why a port cannot carry RDMA, or the NIC it gives.
@@ -277,8 +347,15 @@ fn rdma_nic(inv: &Inventory, dev: &IbDevice, p: &IbPort) -> Result<Nic, String> 
     let netdev_by_name = |name: &str| inv.net.iter().find(|n| n.name == name);
     let (gid, netdev, kind) = match p.link_layer {
         LinkLayer::InfiniBand => {
-            let g = p.gids.iter().find(|g| g.index == 0).ok_or_else(|| format!("{}:{} has no GID 0", dev.name, p.port))?;
-            let ipoib = inv.net.iter().find(|n| n.rdma_device.as_deref() == Some(&dev.name) && n.if_type == 32);
+            let g = p
+                .gids
+                .iter()
+                .find(|g| g.index == 0)
+                .ok_or_else(|| format!("{}:{} has no GID 0", dev.name, p.port))?;
+            let ipoib = inv
+                .net
+                .iter()
+                .find(|n| n.rdma_device.as_deref() == Some(&dev.name) && n.if_type == 32);
             (g, ipoib, NicKind::Ib)
         }
         LinkLayer::Ethernet => {
@@ -292,17 +369,28 @@ fn rdma_nic(inv: &Inventory, dev: &IbDevice, p: &IbPort) -> Result<Nic, String> 
                 .as_deref()
                 .or(dev.parent.as_deref())
                 .and_then(netdev_by_name)
-                .or_else(|| inv.net.iter().find(|n| n.rdma_device.as_deref() == Some(&dev.name)));
+                .or_else(|| {
+                    inv.net
+                        .iter()
+                        .find(|n| n.rdma_device.as_deref() == Some(&dev.name))
+                });
             (g, netdev, NicKind::Roce)
         }
-        LinkLayer::Unknown => return Err(format!("{}:{} has an unknown link layer", dev.name, p.port)),
+        LinkLayer::Unknown => {
+            return Err(format!("{}:{} has an unknown link layer", dev.name, p.port))
+        }
     };
     let ip = match gid.gid.ipv4_mapped() {
         Some(v4) if kind == NicKind::Roce => Some(IpAddr::V4(v4)),
         _ => netdev.and_then(|n| best_ip(n, false)),
     }
     // Without an address on the RDMA netdev, bootstrap over the node's first TCP interface.
-    .or_else(|| inv.net.iter().filter(|n| !n.loopback && n.is_up()).find_map(|n| best_ip(n, false)));
+    .or_else(|| {
+        inv.net
+            .iter()
+            .filter(|n| !n.loopback && n.is_up())
+            .find_map(|n| best_ip(n, false))
+    });
     let mtu = p.active_mtu.unwrap_or(match (kind, netdev) {
         (NicKind::Roce, Some(n)) => roce_mtu(n.mtu),
         _ => 0,
@@ -330,9 +418,16 @@ fn rdma_nic(inv: &Inventory, dev: &IbDevice, p: &IbPort) -> Result<Nic, String> 
 
 fn rdma_nics(i: usize, inv: &Inventory, filter: &[String]) -> Result<Vec<Nic>, AssignError> {
     if let crate::verbs::VerbsStatus::Unavailable { reason } = &inv.verbs {
-        return Err(AssignError::NoRdma { node: node_label(i, inv), why: format!("verbs unavailable: {reason}") });
+        return Err(AssignError::NoRdma {
+            node: node_label(i, inv),
+            why: format!("verbs unavailable: {reason}"),
+        });
     }
-    let ports: Vec<(&IbDevice, &IbPort)> = inv.ib.iter().flat_map(|d| d.ports.iter().map(move |p| (d, p))).collect();
+    let ports: Vec<(&IbDevice, &IbPort)> = inv
+        .ib
+        .iter()
+        .flat_map(|d| d.ports.iter().map(move |p| (d, p)))
+        .collect();
     if !filter.is_empty() {
         let mut out = Vec::new();
         for name in filter {
@@ -344,13 +439,23 @@ fn rdma_nics(i: usize, inv: &Inventory, filter: &[String]) -> Result<Vec<Nic>, A
                         || *name == format!("{}:{}", d.name, p.port)
                         || p.gids.iter().any(|g| g.netdev.as_deref() == Some(name))
                         || d.parent.as_deref() == Some(name)
-                        || inv.net.iter().any(|n| n.name == *name && n.rdma_device.as_deref() == Some(&d.name))
+                        || inv
+                            .net
+                            .iter()
+                            .any(|n| n.name == *name && n.rdma_device.as_deref() == Some(&d.name))
                 })
                 .collect();
             if matched.is_empty() {
-                let mut available: Vec<String> = ports.iter().map(|(d, p)| format!("{}:{}", d.name, p.port)).collect();
+                let mut available: Vec<String> = ports
+                    .iter()
+                    .map(|(d, p)| format!("{}:{}", d.name, p.port))
+                    .collect();
                 available.extend(inv.interface_names());
-                return Err(AssignError::NoSuchNic { node: node_label(i, inv), name: name.clone(), available: available.join(", ") });
+                return Err(AssignError::NoSuchNic {
+                    node: node_label(i, inv),
+                    name: name.clone(),
+                    available: available.join(", "),
+                });
             }
             let mut why = Vec::new();
             let before = out.len();
@@ -361,7 +466,11 @@ fn rdma_nics(i: usize, inv: &Inventory, filter: &[String]) -> Result<Vec<Nic>, A
                 }
             }
             if out.len() == before {
-                return Err(AssignError::NicUnusable { node: node_label(i, inv), name: name.clone(), why: why.join("; ") });
+                return Err(AssignError::NicUnusable {
+                    node: node_label(i, inv),
+                    name: name.clone(),
+                    why: why.join("; "),
+                });
             }
         }
         return Ok(out);
@@ -375,8 +484,15 @@ fn rdma_nics(i: usize, inv: &Inventory, filter: &[String]) -> Result<Vec<Nic>, A
         }
     }
     if out.is_empty() {
-        let why = if why.is_empty() { "no InfiniBand/RoCE device".to_string() } else { why.join("; ") };
-        return Err(AssignError::NoRdma { node: node_label(i, inv), why });
+        let why = if why.is_empty() {
+            "no InfiniBand/RoCE device".to_string()
+        } else {
+            why.join("; ")
+        };
+        return Err(AssignError::NoRdma {
+            node: node_label(i, inv),
+            why,
+        });
     }
     Ok(out)
 }
@@ -407,7 +523,11 @@ pub fn reserve_port_base_in(count: u16, range: RangeInclusive<u16>) -> Result<u1
         return Err(PortError::ZeroCount);
     }
     let (start, end) = (u32::from(*range.start()), u32::from(*range.end()));
-    let exhausted = PortError::Exhausted { count, start: *range.start(), end: *range.end() };
+    let exhausted = PortError::Exhausted {
+        count,
+        start: *range.start(),
+        end: *range.end(),
+    };
     let count32 = u32::from(count);
     if end < start || end - start + 1 < count32 {
         return Err(exhausted);
@@ -462,17 +582,32 @@ mod tests {
             mac: vec![2, 0, 0, 0, 0, 1],
             mtu: 1500,
             speed_mbps: Some(10_000),
-            operstate: if name == "lo" { OperState::Unknown } else { OperState::Up },
+            operstate: if name == "lo" {
+                OperState::Unknown
+            } else {
+                OperState::Up
+            },
             if_type: if name == "lo" { 772 } else { 1 },
             loopback: name == "lo",
             is_virtual: name == "lo" || name.starts_with("veth"),
             rdma_device: None,
-            addrs: ips.iter().map(|s| NetAddr { ip: s.parse().unwrap(), prefix_len: 24 }).collect(),
+            addrs: ips
+                .iter()
+                .map(|s| NetAddr {
+                    ip: s.parse().unwrap(),
+                    prefix_len: 24,
+                })
+                .collect(),
         }
     }
 
     fn node(host: &str, net: Vec<NetIf>) -> Inventory {
-        Inventory { hostname: host.into(), port_base: 20000, net, ..Default::default() }
+        Inventory {
+            hostname: host.into(),
+            port_base: 20000,
+            net,
+            ..Default::default()
+        }
     }
 
     fn gid(s: &str) -> Gid {
@@ -485,7 +620,12 @@ mod tests {
         ens.mtu = 1500;
         let mapped = gid(&format!("0000:0000:0000:0000:0000:ffff:0a00:{ip_last:04x}"));
         let ll = gid("fe80:0000:0000:0000:0e42:a1ff:fe65:7e2a");
-        let e = |index, gid, t| GidEntry { index, gid, gid_type: Some(t), netdev: Some("ens1f0np0".into()) };
+        let e = |index, gid, t| GidEntry {
+            index,
+            gid,
+            gid_type: Some(t),
+            netdev: Some("ens1f0np0".into()),
+        };
         let port = IbPort {
             port: 1,
             state,
@@ -512,17 +652,40 @@ mod tests {
             parent: None,
             ports: vec![port],
         };
-        Inventory { ib: vec![dev], ..node(host, vec![ens, netif("eth0", &["192.0.2.9"]), netif("lo", &["127.0.0.1"])]) }
+        Inventory {
+            ib: vec![dev],
+            ..node(
+                host,
+                vec![
+                    ens,
+                    netif("eth0", &["192.0.2.9"]),
+                    netif("lo", &["127.0.0.1"]),
+                ],
+            )
+        }
     }
 
     #[test]
     fn tcp_port_and_nic_rule() {
-        let inv = node("n0", vec![netif("eth0", &["192.0.2.1"]), netif("eth1", &["198.51.100.1"]), netif("lo", &["127.0.0.1"])]);
+        let inv = node(
+            "n0",
+            vec![
+                netif("eth0", &["192.0.2.1"]),
+                netif("eth1", &["198.51.100.1"]),
+                netif("lo", &["127.0.0.1"]),
+            ],
+        );
         let a = assign(&[inv], &[3], FabricChoice::Tcp, &[]).unwrap();
         assert_eq!(a.fabric, Fabric::Tcp);
         let e: Vec<_> = (0..3).map(|l| a.endpoint(0, l).unwrap()).collect();
-        assert_eq!(e.iter().map(|e| e.port).collect::<Vec<_>>(), [20000, 20001, 20002]);
-        assert_eq!(e.iter().map(|e| e.nic.ifname.as_str()).collect::<Vec<_>>(), ["eth0", "eth1", "eth0"]);
+        assert_eq!(
+            e.iter().map(|e| e.port).collect::<Vec<_>>(),
+            [20000, 20001, 20002]
+        );
+        assert_eq!(
+            e.iter().map(|e| e.nic.ifname.as_str()).collect::<Vec<_>>(),
+            ["eth0", "eth1", "eth0"]
+        );
         assert_eq!(e[1].ip, Some("198.51.100.1".parse().unwrap()));
         assert!(a.endpoint(0, 3).is_none());
         assert!(a.endpoint(1, 0).is_none());
@@ -532,7 +695,15 @@ mod tests {
     fn rdma_capable_then_physical_then_virtual() {
         let mut ib0 = netif("ib0", &["192.168.1.1"]);
         ib0.rdma_device = Some("mlx5_0".into());
-        let inv = node("n0", vec![netif("eth0", &["192.0.2.1"]), ib0, netif("veth0", &["172.17.0.2"]), netif("lo", &["127.0.0.1"])]);
+        let inv = node(
+            "n0",
+            vec![
+                netif("eth0", &["192.0.2.1"]),
+                ib0,
+                netif("veth0", &["172.17.0.2"]),
+                netif("lo", &["127.0.0.1"]),
+            ],
+        );
         let a = assign(&[inv], &[1], FabricChoice::Tcp, &[]).unwrap();
         let names: Vec<_> = a.nodes[0].nics.iter().map(|n| n.ifname.as_str()).collect();
         assert_eq!(names, ["ib0", "eth0", "veth0"]);
@@ -542,7 +713,15 @@ mod tests {
     fn unusable_interfaces_are_skipped() {
         let mut down = netif("eth1", &["192.0.2.7"]);
         down.operstate = OperState::Down;
-        let inv = node("n0", vec![netif("eth0", &["fe80::1", "2001:db8::5"]), down, netif("eth2", &["169.254.3.3"]), netif("lo", &["127.0.0.1"])]);
+        let inv = node(
+            "n0",
+            vec![
+                netif("eth0", &["fe80::1", "2001:db8::5"]),
+                down,
+                netif("eth2", &["169.254.3.3"]),
+                netif("lo", &["127.0.0.1"]),
+            ],
+        );
         let other = node("n1", vec![netif("eth0", &["192.0.2.2"])]);
         let a = assign(&[inv, other], &[1, 1], FabricChoice::Tcp, &[]).unwrap();
         assert_eq!(a.nodes[0].nics.len(), 1);
@@ -552,10 +731,19 @@ mod tests {
     #[test]
     fn loopback_only_for_single_node_jobs() {
         let lonely = node("n0", vec![netif("lo", &["127.0.0.1"])]);
-        let a = assign(&[lonely.clone()], &[2], FabricChoice::Auto, &[]).unwrap();
+        let a = assign(std::slice::from_ref(&lonely), &[2], FabricChoice::Auto, &[]).unwrap();
         assert_eq!(a.fabric, Fabric::Tcp);
-        assert_eq!(a.endpoint(0, 1).unwrap().ip, Some("127.0.0.1".parse().unwrap()));
-        let err = assign(&[lonely, node("n1", vec![netif("eth0", &["192.0.2.2"])])], &[1, 1], FabricChoice::Tcp, &[]).unwrap_err();
+        assert_eq!(
+            a.endpoint(0, 1).unwrap().ip,
+            Some("127.0.0.1".parse().unwrap())
+        );
+        let err = assign(
+            &[lonely, node("n1", vec![netif("eth0", &["192.0.2.2"])])],
+            &[1, 1],
+            FabricChoice::Tcp,
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "node n0 (#0) has no usable TCP interface (up, not loopback, with a routable address); it has: lo"
@@ -564,27 +752,53 @@ mod tests {
 
     #[test]
     fn filter_names_a_missing_interface() {
-        let n3 = node("n3", vec![netif("eth0", &["192.0.2.3"]), netif("lo", &["127.0.0.1"])]);
+        let n3 = node(
+            "n3",
+            vec![netif("eth0", &["192.0.2.3"]), netif("lo", &["127.0.0.1"])],
+        );
         let n0 = node("n0", vec![netif("ib0", &["192.0.2.4"])]);
         let err = assign(&[n0, n3], &[1, 1], FabricChoice::Tcp, &["ib0".into()]).unwrap_err();
-        assert_eq!(err.to_string(), "node n3 (#1) has no interface named ib0; it has: eth0, lo");
+        assert_eq!(
+            err.to_string(),
+            "node n3 (#1) has no interface named ib0; it has: eth0, lo"
+        );
     }
 
     #[test]
     fn filter_order_is_kept_and_down_interface_refused() {
-        let inv = node("n0", vec![netif("eth0", &["192.0.2.1"]), netif("eth1", &["192.0.2.2"])]);
-        let a = assign(&[inv.clone()], &[2], FabricChoice::Tcp, &["eth1".into(), "eth0".into()]).unwrap();
+        let inv = node(
+            "n0",
+            vec![netif("eth0", &["192.0.2.1"]), netif("eth1", &["192.0.2.2"])],
+        );
+        let a = assign(
+            std::slice::from_ref(&inv),
+            &[2],
+            FabricChoice::Tcp,
+            &["eth1".into(), "eth0".into()],
+        )
+        .unwrap();
         assert_eq!(a.endpoint(0, 0).unwrap().nic.ifname, "eth1");
         let mut down = inv;
         down.net[1].operstate = OperState::Down;
         let err = assign(&[down], &[1], FabricChoice::Tcp, &["eth1".into()]).unwrap_err();
-        assert_eq!(err.to_string(), "node n0 (#0): eth1 cannot be used: it is down");
+        assert_eq!(
+            err.to_string(),
+            "node n0 (#0): eth1 cannot be used: it is down"
+        );
     }
 
     #[test]
     fn roce_prefers_v2_ipv4_mapped_gid() {
-        let a = assign(&[roce_node("n0", 5, PortState::Active), roce_node("n1", 6, PortState::Active)], &[2, 2], FabricChoice::Auto, &[])
-            .unwrap();
+        let a = assign(
+            &[
+                roce_node("n0", 5, PortState::Active),
+                roce_node("n1", 6, PortState::Active),
+            ],
+            &[2, 2],
+            FabricChoice::Auto,
+            &[],
+        )
+        .unwrap();
         assert_eq!(a.fabric, Fabric::Rdma);
         let e = a.endpoint(1, 1).unwrap();
         let r = e.nic.rdma.as_ref().unwrap();
@@ -592,16 +806,25 @@ mod tests {
         assert_eq!(r.gid_type, Some(GidType::RoceV2));
         assert_eq!(e.ip, Some("10.0.0.6".parse().unwrap()));
         assert_eq!(e.nic.ifname, "ens1f0np0");
-        assert_eq!(e.nic.mtu, 1024, "RoCE on a 1500-byte netdev runs 1024-byte IB MTU");
+        assert_eq!(
+            e.nic.mtu, 1024,
+            "RoCE on a 1500-byte netdev runs 1024-byte IB MTU"
+        );
         assert_eq!(e.port, 20001);
     }
 
     #[test]
     fn auto_falls_back_to_tcp_when_one_node_lacks_rdma() {
-        let nodes = [roce_node("n0", 5, PortState::Active), roce_node("n1", 6, PortState::Down)];
+        let nodes = [
+            roce_node("n0", 5, PortState::Active),
+            roce_node("n1", 6, PortState::Down),
+        ];
         let a = assign(&nodes, &[1, 1], FabricChoice::Auto, &[]).unwrap();
         assert_eq!(a.fabric, Fabric::Tcp);
-        assert_eq!(a.nodes[1].nics[0].ifname, "ens1f0np0", "RDMA-capable netdev still first for TCP");
+        assert_eq!(
+            a.nodes[1].nics[0].ifname, "ens1f0np0",
+            "RDMA-capable netdev still first for TCP"
+        );
         let err = assign(&nodes, &[1, 1], FabricChoice::Rdma, &[]).unwrap_err();
         assert_eq!(err.to_string(), "node n1 (#1) has no usable RDMA port (mlx5_0:1 is down); use --fabric tcp or fix the port");
     }
@@ -609,32 +832,62 @@ mod tests {
     #[test]
     fn verbs_unavailable_means_no_rdma() {
         let mut n = roce_node("n0", 5, PortState::Active);
-        n.verbs = VerbsStatus::Unavailable { reason: "libibverbs.so.1 not loadable".into() };
+        n.verbs = VerbsStatus::Unavailable {
+            reason: "libibverbs.so.1 not loadable".into(),
+        };
         let err = assign(&[n.clone()], &[1], FabricChoice::Rdma, &[]).unwrap_err();
-        assert!(err.to_string().contains("verbs unavailable: libibverbs.so.1 not loadable"), "{err}");
-        assert_eq!(assign(&[n], &[1], FabricChoice::Auto, &[]).unwrap().fabric, Fabric::Tcp);
+        assert!(
+            err.to_string()
+                .contains("verbs unavailable: libibverbs.so.1 not loadable"),
+            "{err}"
+        );
+        assert_eq!(
+            assign(&[n], &[1], FabricChoice::Auto, &[]).unwrap().fabric,
+            Fabric::Tcp
+        );
     }
 
     #[test]
     fn rdma_filter_by_device_port_or_netdev() {
         let n = roce_node("n0", 5, PortState::Active);
         for name in ["mlx5_0", "mlx5_0:1", "ens1f0np0"] {
-            let a = assign(&[n.clone()], &[1], FabricChoice::Rdma, &[name.into()]).unwrap();
+            let a = assign(
+                std::slice::from_ref(&n),
+                &[1],
+                FabricChoice::Rdma,
+                &[name.into()],
+            )
+            .unwrap();
             assert_eq!(a.nodes[0].nics.len(), 1, "{name}");
         }
         let err = assign(&[n], &[1], FabricChoice::Rdma, &["mlx5_1".into()]).unwrap_err();
-        assert_eq!(err.to_string(), "node n0 (#0) has no interface named mlx5_1; it has: mlx5_0:1, ens1f0np0, eth0, lo");
+        assert_eq!(
+            err.to_string(),
+            "node n0 (#0) has no interface named mlx5_1; it has: mlx5_0:1, ens1f0np0, eth0, lo"
+        );
     }
 
     #[test]
     fn port_base_must_be_reserved_and_fit() {
         let mut n = node("n0", vec![netif("eth0", &["192.0.2.1"])]);
         n.port_base = 0;
-        assert!(matches!(assign(&[n.clone()], &[1], FabricChoice::Tcp, &[]), Err(AssignError::PortBase { .. })));
+        assert!(matches!(
+            assign(&[n.clone()], &[1], FabricChoice::Tcp, &[]),
+            Err(AssignError::PortBase { .. })
+        ));
         n.port_base = 65530;
-        assert!(matches!(assign(&[n.clone()], &[7], FabricChoice::Tcp, &[]), Err(AssignError::PortBase { .. })));
+        assert!(matches!(
+            assign(&[n.clone()], &[7], FabricChoice::Tcp, &[]),
+            Err(AssignError::PortBase { .. })
+        ));
         assert!(assign(&[n.clone()], &[6], FabricChoice::Tcp, &[]).is_ok());
-        assert_eq!(assign(&[n], &[1, 1], FabricChoice::Tcp, &[]), Err(AssignError::CountMismatch { inventories: 1, counts: 2 }));
+        assert_eq!(
+            assign(&[n], &[1, 1], FabricChoice::Tcp, &[]),
+            Err(AssignError::CountMismatch {
+                inventories: 1,
+                counts: 2
+            })
+        );
     }
 
     #[test]
@@ -668,7 +921,9 @@ mod tests {
     fn reserved_range_is_bindable() {
         let base = reserve_port_base(8).unwrap();
         assert!(DEFAULT_PORT_RANGE.contains(&base) && DEFAULT_PORT_RANGE.contains(&(base + 7)));
-        let held: Vec<_> = (base..base + 8).map(|p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p))).collect();
+        let held: Vec<_> = (base..base + 8)
+            .map(|p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)))
+            .collect();
         assert!(held.iter().all(|l| l.is_ok()));
     }
 
@@ -680,7 +935,14 @@ mod tests {
         let base = reserve_port_base_in(4, p - 3..=p + 4).unwrap();
         assert_eq!(base, p + 1);
         let err = reserve_port_base_in(4, p - 3..=p + 3).unwrap_err();
-        assert_eq!(err, PortError::Exhausted { count: 4, start: p - 3, end: p + 3 });
+        assert_eq!(
+            err,
+            PortError::Exhausted {
+                count: 4,
+                start: p - 3,
+                end: p + 3
+            }
+        );
         assert_eq!(reserve_port_base(0), Err(PortError::ZeroCount));
         drop(busy);
     }

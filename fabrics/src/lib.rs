@@ -5,16 +5,21 @@
 //! - [`verbs`]: libibverbs loaded at run time, reporting "unavailable: <why>" instead of failing;
 //! - [`endpoints`]: the pure rule mapping every rank to a NIC, port and (for RDMA) GID;
 //! - [`table`]: the shared-memory file through which a daemon publishes endpoints to its ranks;
-//! - [`collective`] and [`transport`]: a k-ary tree barrier/allgather and the links it runs over.
+//! - [`collective`]: a k-ary tree barrier/allgather as a pure state machine;
+//! - [`transport`] and [`rdma`]: the links it runs over (in-memory, TCP, RDMA send/receive).
 //!
 //! It does not depend on the `rlaunch` binary crate nor on `launchers`.
 
+pub mod collective;
 pub mod discover;
+pub mod endpoints;
+pub mod rdma;
+pub mod table;
+pub mod transport;
 pub mod verbs;
 
+pub use collective::{Collective, Kind, Tree};
 pub use discover::{IfAddr, Inventory};
-pub mod endpoints;
-pub mod table;
-pub mod collective;
-pub mod transport;
-pub mod rdma;
+pub use endpoints::{assign, reserve_port_base, Assignment, Endpoint, Fabric, FabricChoice};
+pub use table::{EndpointTable, TableReader, TableWriter};
+pub use transport::{run_barrier, run_collective, MemTransport, TcpTransport, Transport};

@@ -100,19 +100,46 @@ impl<L: RdmaLink> RdmaTransport<L> {
                 why: format!("link has depth {depth} and slot size {}; need depth >= 2 and slots over {CHUNK_HEADER} bytes", link.slot_size()),
             });
         }
-        let peers = link.peers().into_iter().map(|p| (p, PeerState { credits: depth - 1, ..Default::default() })).collect();
-        Ok(RdmaTransport { link, peers, ready: VecDeque::new(), timeout })
+        let peers = link
+            .peers()
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    PeerState {
+                        credits: depth - 1,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        Ok(RdmaTransport {
+            link,
+            peers,
+            ready: VecDeque::new(),
+            timeout,
+        })
     }
 
     pub fn link(&self) -> &L {
         &self.link
     }
 
-    fn post(&mut self, peer: u32, flags: u8, total: usize, payload: &[u8], deadline: Instant) -> Result<(), TransportError> {
+    fn post(
+        &mut self,
+        peer: u32,
+        flags: u8,
+        total: usize,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<(), TransportError> {
         while self.link.send_capacity() == 0 {
             self.progress(deadline)?;
         }
-        let st = self.peers.get_mut(&peer).ok_or(TransportError::NoLink { peer })?;
+        let st = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(TransportError::NoLink { peer })?;
         let ret = st.owed.min(u32::from(u16::MAX));
         let mut chunk = Vec::with_capacity(CHUNK_HEADER + payload.len());
         chunk.push(flags);
@@ -136,7 +163,11 @@ impl<L: RdmaLink> RdmaTransport<L> {
             self.progress(deadline)?;
         }
         // `progress` may have sent this peer's credits meanwhile.
-        if self.peers.get(&peer).is_some_and(|s| s.owed >= 1 && s.may_send_control()) {
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|s| s.owed >= 1 && s.may_send_control())
+        {
             self.post(peer, CREDIT, 0, &[], deadline)?;
         }
         Ok(())
@@ -185,9 +216,15 @@ impl<L: RdmaLink> RdmaTransport<L> {
     fn on_chunk(&mut self, peer: u32, b: &[u8]) -> Result<(), TransportError> {
         let bad = |why: String| TransportError::Rdma { peer, why };
         let depth = self.link.recv_depth();
-        let st = self.peers.get_mut(&peer).ok_or(TransportError::NoLink { peer })?;
+        let st = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(TransportError::NoLink { peer })?;
         if b.len() < CHUNK_HEADER {
-            return Err(bad(format!("{}-byte chunk, shorter than its header", b.len())));
+            return Err(bad(format!(
+                "{}-byte chunk, shorter than its header",
+                b.len()
+            )));
         }
         let flags = b[0];
         let ret = u16::from_le_bytes([b[2], b[3]]);
@@ -195,7 +232,10 @@ impl<L: RdmaLink> RdmaTransport<L> {
         let total = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
         st.credits += u32::from(ret);
         if st.credits > depth - 1 {
-            return Err(bad(format!("returned credits exceed the {} data slots we own at the peer", depth - 1)));
+            return Err(bad(format!(
+                "returned credits exceed the {} data slots we own at the peer",
+                depth - 1
+            )));
         }
         if ctrl_seen.wrapping_sub(st.ctrl_acked) > st.ctrl_sent.wrapping_sub(st.ctrl_acked) {
             return Err(bad("acknowledges credit-only chunks we never sent".into()));
@@ -209,24 +249,35 @@ impl<L: RdmaLink> RdmaTransport<L> {
         let payload = &b[CHUNK_HEADER..];
         if flags & FIRST != 0 {
             if st.partial.is_some() {
-                return Err(bad("a new message started before the previous one ended".into()));
+                return Err(bad(
+                    "a new message started before the previous one ended".into()
+                ));
             }
             if total > MAX_MESSAGE {
-                return Err(bad(format!("{total}-byte message, over the {MAX_MESSAGE}-byte limit")));
+                return Err(bad(format!(
+                    "{total}-byte message, over the {MAX_MESSAGE}-byte limit"
+                )));
             }
             st.partial = Some((total, Vec::with_capacity(total)));
         }
         let Some((total, buf)) = st.partial.as_mut() else {
-            return Err(bad("a continuation chunk arrived with no message started".into()));
+            return Err(bad(
+                "a continuation chunk arrived with no message started".into()
+            ));
         };
         buf.extend_from_slice(payload);
         if buf.len() > *total {
-            return Err(bad(format!("message longer than its announced {total} bytes")));
+            return Err(bad(format!(
+                "message longer than its announced {total} bytes"
+            )));
         }
         if flags & LAST != 0 {
             let (total, buf) = st.partial.take().unwrap_or_default();
             if buf.len() != total {
-                return Err(bad(format!("message ended at {} of its announced {total} bytes", buf.len())));
+                return Err(bad(format!(
+                    "message ended at {} of its announced {total} bytes",
+                    buf.len()
+                )));
             }
             self.ready.push_back((peer, buf));
         }
@@ -240,13 +291,20 @@ impl<L: RdmaLink> Transport for RdmaTransport<L> {
             return Err(TransportError::NoLink { peer });
         }
         if bytes.len() > MAX_MESSAGE {
-            return Err(TransportError::Rdma { peer, why: format!("{}-byte message over the {MAX_MESSAGE}-byte limit", bytes.len()) });
+            return Err(TransportError::Rdma {
+                peer,
+                why: format!(
+                    "{}-byte message over the {MAX_MESSAGE}-byte limit",
+                    bytes.len()
+                ),
+            });
         }
         let deadline = Instant::now() + self.timeout;
         let per_chunk = self.link.slot_size() - CHUNK_HEADER;
         let n = bytes.len().div_ceil(per_chunk).max(1);
         for i in 0..n {
-            let payload = &bytes[(i * per_chunk).min(bytes.len())..((i + 1) * per_chunk).min(bytes.len())];
+            let payload =
+                &bytes[(i * per_chunk).min(bytes.len())..((i + 1) * per_chunk).min(bytes.len())];
             // While waiting, return what we owe: the peer may be waiting for credits from us too.
             while self.peers.get(&peer).map_or(0, |s| s.credits) == 0 {
                 self.flush_credits(1, deadline)?;
@@ -305,11 +363,21 @@ impl MockFabric {
             }
             st.cq.insert(r, VecDeque::new());
         }
-        MockFabric { inner: Arc::new((Mutex::new(st), Condvar::new())), size, slot_size, depth, send_bufs }
+        MockFabric {
+            inner: Arc::new((Mutex::new(st), Condvar::new())),
+            size,
+            slot_size,
+            depth,
+            send_bufs,
+        }
     }
 
     pub fn link(&self, me: u32) -> MockLink {
-        MockLink { me, fabric: self.clone(), in_flight: 0 }
+        MockLink {
+            me,
+            fabric: self.clone(),
+            in_flight: 0,
+        }
     }
 
     /// Sends that hit a peer with no receive posted.
@@ -351,7 +419,12 @@ impl RdmaLink for MockLink {
     }
 
     fn post_send(&mut self, peer: u32, data: &[u8]) -> Result<(), TransportError> {
-        let err = |why: &str| Err(TransportError::Rdma { peer, why: why.into() });
+        let err = |why: &str| {
+            Err(TransportError::Rdma {
+                peer,
+                why: why.into(),
+            })
+        };
         if data.len() > self.fabric.slot_size {
             return err("local length error: send larger than the peer's receive slot");
         }
@@ -360,13 +433,24 @@ impl RdmaLink for MockLink {
         }
         let mut st = self.fabric.lock();
         st.sends += 1;
-        let Some(slot) = st.posted.get_mut(&(peer, self.me)).and_then(|q| q.pop_front()) else {
+        let Some(slot) = st
+            .posted
+            .get_mut(&(peer, self.me))
+            .and_then(|q| q.pop_front())
+        else {
             st.rnr += 1;
             return err("receiver not ready: no receive posted at the peer (RNR)");
         };
         st.slots.insert((peer, self.me, slot), data.to_vec());
-        st.cq.entry(peer).or_default().push_back(Completion::Recv { peer: self.me, slot, len: data.len() });
-        st.cq.entry(self.me).or_default().push_back(Completion::Sent { peer });
+        st.cq.entry(peer).or_default().push_back(Completion::Recv {
+            peer: self.me,
+            slot,
+            len: data.len(),
+        });
+        st.cq
+            .entry(self.me)
+            .or_default()
+            .push_back(Completion::Sent { peer });
         self.in_flight += 1;
         self.fabric.inner.1.notify_all();
         Ok(())
@@ -374,13 +458,19 @@ impl RdmaLink for MockLink {
 
     fn read_slot(&self, peer: u32, slot: u32, len: usize) -> Vec<u8> {
         let st = self.fabric.lock();
-        st.slots.get(&(self.me, peer, slot)).map(|d| d[..len.min(d.len())].to_vec()).unwrap_or_default()
+        st.slots
+            .get(&(self.me, peer, slot))
+            .map(|d| d[..len.min(d.len())].to_vec())
+            .unwrap_or_default()
     }
 
     fn repost_recv(&mut self, peer: u32, slot: u32) -> Result<(), TransportError> {
         let mut st = self.fabric.lock();
         st.slots.remove(&(self.me, peer, slot));
-        st.posted.entry((self.me, peer)).or_default().push_back(slot);
+        st.posted
+            .entry((self.me, peer))
+            .or_default()
+            .push_back(slot);
         Ok(())
     }
 
@@ -391,14 +481,23 @@ impl RdmaLink for MockLink {
             let q = st.cq.entry(self.me).or_default();
             if !q.is_empty() {
                 let out: Vec<Completion> = q.drain(..).collect();
-                self.in_flight -= out.iter().filter(|c| matches!(c, Completion::Sent { .. })).count();
+                self.in_flight -= out
+                    .iter()
+                    .filter(|c| matches!(c, Completion::Sent { .. }))
+                    .count();
                 return Ok(out);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(Vec::new());
             }
-            st = self.fabric.inner.1.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .fabric
+                .inner
+                .1
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -417,7 +516,10 @@ mod tests {
         let mut a = f.link(0);
         a.post_send(1, b"one").unwrap();
         a.post_send(1, b"two").unwrap();
-        assert!(a.post_send(1, b"three").is_err(), "only two receives posted");
+        assert!(
+            a.post_send(1, b"three").is_err(),
+            "only two receives posted"
+        );
         assert_eq!(f.rnr_errors(), 1);
         assert!(a.post_send(1, &[0; 33]).is_err());
     }
@@ -455,7 +557,15 @@ mod tests {
                     let mut t = RdmaTransport::new(link, T).unwrap();
                     let peer = 1 - me;
                     for i in 0..30u32 {
-                        t.send(peer, &[me as u8; 20].iter().chain(&i.to_le_bytes()).copied().collect::<Vec<_>>()).unwrap();
+                        t.send(
+                            peer,
+                            &[me as u8; 20]
+                                .iter()
+                                .chain(&i.to_le_bytes())
+                                .copied()
+                                .collect::<Vec<_>>(),
+                        )
+                        .unwrap();
                     }
                     for i in 0..30u32 {
                         let (from, m) = t.recv().unwrap();
@@ -530,7 +640,11 @@ mod tests {
                 Some(c) => {
                     let len = c.len();
                     self.last = c;
-                    Ok(vec![Completion::Recv { peer: 1, slot: 0, len }])
+                    Ok(vec![Completion::Recv {
+                        peer: 1,
+                        slot: 0,
+                        len,
+                    }])
                 }
                 None => Ok(vec![]),
             }
@@ -547,25 +661,43 @@ mod tests {
     }
 
     fn recv_script(chunks: Vec<Vec<u8>>) -> Result<(u32, Vec<u8>), TransportError> {
-        let link = Scripted { chunks: chunks.into(), last: Vec::new() };
-        RdmaTransport::new(link, Duration::from_millis(200)).unwrap().recv()
+        let link = Scripted {
+            chunks: chunks.into(),
+            last: Vec::new(),
+        };
+        RdmaTransport::new(link, Duration::from_millis(200))
+            .unwrap()
+            .recv()
     }
 
     #[test]
     fn protocol_violations_are_errors() {
-        assert_eq!(recv_script(vec![chunk(FIRST, 0, 3, b"ab"), chunk(LAST, 0, 3, b"c")]).unwrap(), (1, b"abc".to_vec()));
+        assert_eq!(
+            recv_script(vec![chunk(FIRST, 0, 3, b"ab"), chunk(LAST, 0, 3, b"c")]).unwrap(),
+            (1, b"abc".to_vec())
+        );
         let why = |r: Result<_, TransportError>| r.unwrap_err().to_string();
         assert!(why(recv_script(vec![chunk(LAST, 0, 3, b"abc")])).contains("no message started"));
-        assert!(why(recv_script(vec![chunk(FIRST, 0, 3, b"ab"), chunk(FIRST, 0, 3, b"c")])).contains("before the previous one ended"));
-        assert!(why(recv_script(vec![chunk(FIRST | LAST, 0, 2, b"abc")])).contains("longer than its announced 2"));
-        assert!(why(recv_script(vec![chunk(FIRST | LAST, 0, 4, b"abc")])).contains("ended at 3 of its announced 4"));
-        assert!(why(recv_script(vec![chunk(FIRST | LAST, 1, 1, b"a")])).contains("exceed the 3 data slots"));
+        assert!(why(recv_script(vec![
+            chunk(FIRST, 0, 3, b"ab"),
+            chunk(FIRST, 0, 3, b"c")
+        ]))
+        .contains("before the previous one ended"));
+        assert!(why(recv_script(vec![chunk(FIRST | LAST, 0, 2, b"abc")]))
+            .contains("longer than its announced 2"));
+        assert!(why(recv_script(vec![chunk(FIRST | LAST, 0, 4, b"abc")]))
+            .contains("ended at 3 of its announced 4"));
+        assert!(why(recv_script(vec![chunk(FIRST | LAST, 1, 1, b"a")]))
+            .contains("exceed the 3 data slots"));
         let mut ack = chunk(FIRST | LAST, 0, 1, b"a");
         ack[4] = 1;
         assert!(why(recv_script(vec![ack])).contains("never sent"));
         assert!(why(recv_script(vec![vec![1, 2, 3]])).contains("shorter than its header"));
         assert!(why(recv_script(vec![chunk(FIRST, 0, u32::MAX, b"")])).contains("limit"));
-        assert!(matches!(recv_script(vec![]), Err(TransportError::Timeout(_))));
+        assert!(matches!(
+            recv_script(vec![]),
+            Err(TransportError::Timeout(_))
+        ));
     }
 
     #[test]
@@ -580,7 +712,11 @@ mod tests {
             assert!(matches!(a.recv(), Err(TransportError::Timeout(_))));
             assert!(matches!(b.recv(), Err(TransportError::Timeout(_))));
         }
-        assert_eq!(f.sends(), 2, "one data chunk and one credit return, nothing after");
+        assert_eq!(
+            f.sends(),
+            2,
+            "one data chunk and one credit return, nothing after"
+        );
         // The returned credit lets a send go out again at once.
         a.send(1, b"again").unwrap();
         assert_eq!(b.recv().unwrap(), (0, b"again".to_vec()));

@@ -48,18 +48,36 @@ pub enum TableError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not an rlaunch endpoint table (bad magic); was it written by another program?")]
+    #[error(
+        "{path}: not an rlaunch endpoint table (bad magic); was it written by another program?"
+    )]
     BadMagic { path: PathBuf },
     #[error("{path}: table version {found}, this rlaunch reads version {supported}; use the same rlaunch build for daemon and ranks")]
-    Version { path: PathBuf, found: u32, supported: u32 },
+    Version {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x}); the file was modified or partly written")]
-    Checksum { path: PathBuf, stored: u32, computed: u32 },
+    Checksum {
+        path: PathBuf,
+        stored: u32,
+        computed: u32,
+    },
     #[error("{path}: corrupt table: {why}")]
     Corrupt { path: PathBuf, why: String },
     #[error("{what} {value:?} is longer than the table's {max} bytes; shorten it")]
-    FieldTooLong { what: &'static str, value: String, max: usize },
+    FieldTooLong {
+        what: &'static str,
+        value: String,
+        max: usize,
+    },
     #[error("rank {rank} is placed on node {node}, local rank {local_rank}, which the assignment does not have")]
-    BadPlacement { rank: u32, node: u32, local_rank: u32 },
+    BadPlacement {
+        rank: u32,
+        node: u32,
+        local_rank: u32,
+    },
     #[error("rank {rank} is out of range: the table holds {count} ranks")]
     NoSuchRank { rank: u32, count: u32 },
 }
@@ -76,7 +94,12 @@ pub fn block_placement(local_ranks: &[u32]) -> Vec<RankPlace> {
     local_ranks
         .iter()
         .enumerate()
-        .flat_map(|(node, &n)| (0..n).map(move |l| RankPlace { node: node as u32, local_rank: l }))
+        .flat_map(|(node, &n)| {
+            (0..n).map(move |l| RankPlace {
+                node: node as u32,
+                local_rank: l,
+            })
+        })
         .collect()
 }
 
@@ -92,19 +115,39 @@ pub struct EndpointTable {
 
 impl EndpointTable {
     /// Checks that every rank sits on an existing node and local rank.
-    pub fn new(assignment: &Assignment, this_node: u32, ranks: Vec<RankPlace>) -> Result<Self, TableError> {
+    pub fn new(
+        assignment: &Assignment,
+        this_node: u32,
+        ranks: Vec<RankPlace>,
+    ) -> Result<Self, TableError> {
         for (r, p) in ranks.iter().enumerate() {
-            let ok = assignment.nodes.get(p.node as usize).is_some_and(|n| p.local_rank < n.local_ranks);
+            let ok = assignment
+                .nodes
+                .get(p.node as usize)
+                .is_some_and(|n| p.local_rank < n.local_ranks);
             if !ok {
-                return Err(TableError::BadPlacement { rank: r as u32, node: p.node, local_rank: p.local_rank });
+                return Err(TableError::BadPlacement {
+                    rank: r as u32,
+                    node: p.node,
+                    local_rank: p.local_rank,
+                });
             }
         }
-        Ok(EndpointTable { fabric: assignment.fabric, this_node, nodes: assignment.nodes.clone(), ranks })
+        Ok(EndpointTable {
+            fabric: assignment.fabric,
+            this_node,
+            nodes: assignment.nodes.clone(),
+            ranks,
+        })
     }
 
     pub fn endpoint_of(&self, rank: u32) -> Option<Endpoint> {
         let p = self.ranks.get(rank as usize)?;
-        Assignment { fabric: self.fabric, nodes: self.nodes.clone() }.endpoint(p.node, p.local_rank)
+        Assignment {
+            fabric: self.fabric,
+            nodes: self.nodes.clone(),
+        }
+        .endpoint(p.node, p.local_rank)
     }
 }
 
@@ -114,7 +157,11 @@ impl EndpointTable {
 fn put_str(buf: &mut [u8], what: &'static str, s: &str) -> Result<(), TableError> {
     // One byte stays NUL so C readers can use the field as a string.
     if s.len() >= buf.len() || s.as_bytes().contains(&0) {
-        return Err(TableError::FieldTooLong { what, value: s.to_string(), max: buf.len() - 1 });
+        return Err(TableError::FieldTooLong {
+            what,
+            value: s.to_string(),
+            max: buf.len() - 1,
+        });
     }
     buf[..s.len()].copy_from_slice(s.as_bytes());
     Ok(())
@@ -131,7 +178,10 @@ fn put_u64(b: &mut [u8], at: usize, v: u64) {
 }
 
 fn count(n: usize, what: &str) -> Result<u32, TableError> {
-    u32::try_from(n).map_err(|_| TableError::Corrupt { path: PathBuf::new(), why: format!("{n} {what} do not fit a 32-bit count") })
+    u32::try_from(n).map_err(|_| TableError::Corrupt {
+        path: PathBuf::new(),
+        why: format!("{n} {what} do not fit a 32-bit count"),
+    })
 }
 
 fn encode_nic(rec: &mut [u8], nic: &Nic) -> Result<(), TableError> {
@@ -157,7 +207,11 @@ fn encode_nic(rec: &mut [u8], nic: &Nic) -> Result<(), TableError> {
         };
         put_u64(rec, 72, r.port_guid);
         put_u64(rec, 80, r.subnet_prefix);
-        put_str(&mut rec[104..104 + IBDEV_LEN], "RDMA device name", &r.device)?;
+        put_str(
+            &mut rec[104..104 + IBDEV_LEN],
+            "RDMA device name",
+            &r.device,
+        )?;
     }
     match nic.ip {
         None => rec[7] = 0,
@@ -173,7 +227,11 @@ fn encode_nic(rec: &mut [u8], nic: &Nic) -> Result<(), TableError> {
     put_u32(rec, 8, nic.mtu);
     put_u32(rec, 12, nic.speed_mbps.unwrap_or(0));
     if nic.mac.len() > MAC_LEN {
-        return Err(TableError::FieldTooLong { what: "hardware address of", value: nic.ifname.clone(), max: MAC_LEN });
+        return Err(TableError::FieldTooLong {
+            what: "hardware address of",
+            value: nic.ifname.clone(),
+            max: MAC_LEN,
+        });
     }
     rec[48..48 + nic.mac.len()].copy_from_slice(&nic.mac);
     rec[68] = nic.mac.len() as u8;
@@ -187,7 +245,12 @@ pub fn encode(t: &EndpointTable) -> Result<Vec<u8>, TableError> {
 }
 
 /// Record sizes are parameters so tests can play a newer writer with longer records.
-fn encode_with_sizes(t: &EndpointTable, node_sz: usize, nic_sz: usize, rank_sz: usize) -> Result<Vec<u8>, TableError> {
+fn encode_with_sizes(
+    t: &EndpointTable,
+    node_sz: usize,
+    nic_sz: usize,
+    rank_sz: usize,
+) -> Result<Vec<u8>, TableError> {
     let nic_total: usize = t.nodes.iter().map(|n| n.nics.len()).sum();
     let node_off = HEADER_SIZE;
     let nic_off = node_off + t.nodes.len() * node_sz;
@@ -201,10 +264,14 @@ fn encode_with_sizes(t: &EndpointTable, node_sz: usize, nic_sz: usize, rank_sz: 
     put_u32(&mut b, 16, node_sz as u32);
     put_u32(&mut b, 20, nic_sz as u32);
     put_u32(&mut b, 24, rank_sz as u32);
-    put_u32(&mut b, 28, match t.fabric {
-        Fabric::Tcp => 1,
-        Fabric::Rdma => 2,
-    });
+    put_u32(
+        &mut b,
+        28,
+        match t.fabric {
+            Fabric::Tcp => 1,
+            Fabric::Rdma => 2,
+        },
+    );
     put_u32(&mut b, 32, count(t.nodes.len(), "nodes")?);
     put_u32(&mut b, 36, count(nic_total, "NICs")?);
     put_u32(&mut b, 40, count(t.ranks.len(), "ranks")?);
@@ -279,20 +346,35 @@ impl<'a> TableView<'a> {
     /// Validates magic, version, checksum and every section bound; `path` only names the file in
     /// errors. After this, record accesses cannot go out of bounds.
     pub fn parse(bytes: &'a [u8], path: &'a Path) -> Result<TableView<'a>, TableError> {
-        let corrupt = |why: String| TableError::Corrupt { path: path.to_path_buf(), why };
+        let corrupt = |why: String| TableError::Corrupt {
+            path: path.to_path_buf(),
+            why,
+        };
         if bytes.len() < 8 || bytes[..8] != MAGIC {
-            return Err(TableError::BadMagic { path: path.to_path_buf() });
+            return Err(TableError::BadMagic {
+                path: path.to_path_buf(),
+            });
         }
         if bytes.len() < HEADER_SIZE {
-            return Err(corrupt(format!("{} bytes, shorter than the {HEADER_SIZE}-byte header", bytes.len())));
+            return Err(corrupt(format!(
+                "{} bytes, shorter than the {HEADER_SIZE}-byte header",
+                bytes.len()
+            )));
         }
         let version = u32_at(bytes, 8);
         if version != VERSION {
-            return Err(TableError::Version { path: path.to_path_buf(), found: version, supported: VERSION });
+            return Err(TableError::Version {
+                path: path.to_path_buf(),
+                found: version,
+                supported: VERSION,
+            });
         }
         let file_size = u64_at(bytes, 72);
         if file_size != bytes.len() as u64 {
-            return Err(corrupt(format!("header says {file_size} bytes, file has {}", bytes.len())));
+            return Err(corrupt(format!(
+                "header says {file_size} bytes, file has {}",
+                bytes.len()
+            )));
         }
         let header_size = u32_at(bytes, 12) as usize;
         if header_size < HEADER_SIZE || header_size > bytes.len() {
@@ -301,13 +383,23 @@ impl<'a> TableView<'a> {
         let stored = u32_at(bytes, 80);
         let computed = crc32fast::hash(&bytes[header_size..]);
         if stored != computed {
-            return Err(TableError::Checksum { path: path.to_path_buf(), stored, computed });
+            return Err(TableError::Checksum {
+                path: path.to_path_buf(),
+                stored,
+                computed,
+            });
         }
-        let sizes = [(16, NODE_RECORD_SIZE, "node"), (20, NIC_RECORD_SIZE, "NIC"), (24, RANK_RECORD_SIZE, "rank")];
+        let sizes = [
+            (16, NODE_RECORD_SIZE, "node"),
+            (20, NIC_RECORD_SIZE, "NIC"),
+            (24, RANK_RECORD_SIZE, "rank"),
+        ];
         for (at, min, what) in sizes {
             let sz = u32_at(bytes, at) as usize;
             if sz < min {
-                return Err(corrupt(format!("{what} record size {sz} is below version {VERSION}'s {min}")));
+                return Err(corrupt(format!(
+                    "{what} record size {sz} is below version {VERSION}'s {min}"
+                )));
             }
         }
         let fabric = match u32_at(bytes, 28) {
@@ -334,24 +426,41 @@ impl<'a> TableView<'a> {
             (h.rank_off, h.rank_count, h.rank_size, "rank"),
         ];
         for (off, n, sz, what) in sections {
-            let end = (n as usize).checked_mul(sz).and_then(|len| off.checked_add(len));
+            let end = (n as usize)
+                .checked_mul(sz)
+                .and_then(|len| off.checked_add(len));
             if off < header_size || end.map_or(true, |e| e > bytes.len()) {
-                return Err(corrupt(format!("{what} section ({n} records at offset {off}) lies outside the file")));
+                return Err(corrupt(format!(
+                    "{what} section ({n} records at offset {off}) lies outside the file"
+                )));
             }
         }
         if h.this_node >= h.node_count && h.node_count > 0 {
-            return Err(corrupt(format!("writer node {} is not among the {} nodes", h.this_node, h.node_count)));
+            return Err(corrupt(format!(
+                "writer node {} is not among the {} nodes",
+                h.this_node, h.node_count
+            )));
         }
-        let view = TableView { bytes, path, header: h };
+        let view = TableView {
+            bytes,
+            path,
+            header: h,
+        };
         // Cross-references are checked once here so lookups need no error paths for them.
         for i in 0..h.node_count {
             let n = view.node_raw(i);
             let end = u64::from(n.first_nic) + u64::from(n.nic_count);
             if end > u64::from(h.nic_count) {
-                return Err(corrupt(format!("node {i} names NICs {}..{end}, the table has {}", n.first_nic, h.nic_count)));
+                return Err(corrupt(format!(
+                    "node {i} names NICs {}..{end}, the table has {}",
+                    n.first_nic, h.nic_count
+                )));
             }
             if n.nic_count == 0 && n.local_ranks > 0 {
-                return Err(corrupt(format!("node {i} has {} ranks but no NIC", n.local_ranks)));
+                return Err(corrupt(format!(
+                    "node {i} has {} ranks but no NIC",
+                    n.local_ranks
+                )));
             }
         }
         for r in 0..h.rank_count {
@@ -386,22 +495,33 @@ impl<'a> TableView<'a> {
     }
 
     fn string(&self, field: &[u8], what: &str) -> Result<String, TableError> {
-        let end = field.iter().position(|b| *b == 0).ok_or_else(|| TableError::Corrupt {
+        let end = field
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| TableError::Corrupt {
+                path: self.path.to_path_buf(),
+                why: format!("{what} is not NUL-terminated"),
+            })?;
+        String::from_utf8(field[..end].to_vec()).map_err(|_| TableError::Corrupt {
             path: self.path.to_path_buf(),
-            why: format!("{what} is not NUL-terminated"),
-        })?;
-        String::from_utf8(field[..end].to_vec())
-            .map_err(|_| TableError::Corrupt { path: self.path.to_path_buf(), why: format!("{what} is not UTF-8") })
+            why: format!("{what} is not UTF-8"),
+        })
     }
 
     pub fn hostname(&self, node: u32) -> Result<String, TableError> {
         let r = self.rec(self.header.node_off, self.header.node_size, node);
-        self.string(&r[24..24 + HOSTNAME_LEN], &format!("hostname of node {node}"))
+        self.string(
+            &r[24..24 + HOSTNAME_LEN],
+            &format!("hostname of node {node}"),
+        )
     }
 
     fn nic(&self, i: u32) -> Result<Nic, TableError> {
         let r = self.rec(self.header.nic_off, self.header.nic_size, i);
-        let corrupt = |why: String| TableError::Corrupt { path: self.path.to_path_buf(), why };
+        let corrupt = |why: String| TableError::Corrupt {
+            path: self.path.to_path_buf(),
+            why,
+        };
         let kind = match r[0] {
             1 => NicKind::Tcp,
             2 => NicKind::Ib,
@@ -411,18 +531,23 @@ impl<'a> TableView<'a> {
         let ip = match r[7] {
             0 => None,
             4 => Some(IpAddr::V4(Ipv4Addr::new(r[16], r[17], r[18], r[19]))),
-            6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&r[16..32]).unwrap_or_default()))),
+            6 => Some(IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(&r[16..32]).unwrap_or_default(),
+            ))),
             f => return Err(corrupt(format!("NIC {i} has unknown address family {f}"))),
         };
         let mac_len = usize::from(r[68]);
         if mac_len > MAC_LEN {
-            return Err(corrupt(format!("NIC {i} has a {mac_len}-byte hardware address")));
+            return Err(corrupt(format!(
+                "NIC {i} has a {mac_len}-byte hardware address"
+            )));
         }
         let rdma = if kind == NicKind::Tcp {
             None
         } else {
             Some(RdmaPort {
-                device: self.string(&r[104..104 + IBDEV_LEN], &format!("RDMA device of NIC {i}"))?,
+                device: self
+                    .string(&r[104..104 + IBDEV_LEN], &format!("RDMA device of NIC {i}"))?,
                 port: r[1],
                 link_layer: match r[69] {
                     1 => LinkLayer::InfiniBand,
@@ -444,7 +569,10 @@ impl<'a> TableView<'a> {
         let speed = u32_at(r, 12);
         Ok(Nic {
             kind,
-            ifname: self.string(&r[88..88 + IFNAME_LEN], &format!("interface name of NIC {i}"))?,
+            ifname: self.string(
+                &r[88..88 + IFNAME_LEN],
+                &format!("interface name of NIC {i}"),
+            )?,
             ip,
             mac: r[48..48 + mac_len].to_vec(),
             mtu: u32_at(r, 8),
@@ -456,7 +584,10 @@ impl<'a> TableView<'a> {
     /// Rank `rank`'s endpoint, derived by the NIC and port rules.
     pub fn endpoint_of(&self, rank: u32) -> Result<Endpoint, TableError> {
         if rank >= self.header.rank_count {
-            return Err(TableError::NoSuchRank { rank, count: self.header.rank_count });
+            return Err(TableError::NoSuchRank {
+                rank,
+                count: self.header.rank_count,
+            });
         }
         let (node, local_rank) = self.rank_raw(rank);
         let n = self.node_raw(node);
@@ -464,9 +595,19 @@ impl<'a> TableView<'a> {
         let port = u32::from(n.port_base) + local_rank;
         let port = u16::try_from(port).map_err(|_| TableError::Corrupt {
             path: self.path.to_path_buf(),
-            why: format!("node {node}: port base {} + local rank {local_rank} exceeds 65535", n.port_base),
+            why: format!(
+                "node {node}: port base {} + local rank {local_rank} exceeds 65535",
+                n.port_base
+            ),
         })?;
-        Ok(Endpoint { node, local_rank, host: self.hostname(node)?, ip: nic.ip, port, nic })
+        Ok(Endpoint {
+            node,
+            local_rank,
+            host: self.hostname(node)?,
+            ip: nic.ip,
+            port,
+            nic,
+        })
     }
 
     /// The whole table, decoded.
@@ -474,7 +615,9 @@ impl<'a> TableView<'a> {
         let mut nodes = Vec::new();
         for i in 0..self.header.node_count {
             let n = self.node_raw(i);
-            let nics = (n.first_nic..n.first_nic + n.nic_count).map(|k| self.nic(k)).collect::<Result<_, _>>()?;
+            let nics = (n.first_nic..n.first_nic + n.nic_count)
+                .map(|k| self.nic(k))
+                .collect::<Result<_, _>>()?;
             nodes.push(NodePlan {
                 node: n.node,
                 hostname: self.hostname(i)?,
@@ -489,7 +632,12 @@ impl<'a> TableView<'a> {
                 RankPlace { node, local_rank }
             })
             .collect();
-        Ok(EndpointTable { fabric: self.header.fabric, this_node: self.header.this_node, nodes, ranks })
+        Ok(EndpointTable {
+            fabric: self.header.fabric,
+            this_node: self.header.this_node,
+            nodes,
+            ranks,
+        })
     }
 }
 
@@ -508,7 +656,10 @@ struct RawNode {
 pub struct TableWriter;
 
 fn io(p: &Path) -> impl Fn(std::io::Error) -> TableError + '_ {
-    move |source| TableError::Io { path: p.to_path_buf(), source }
+    move |source| TableError::Io {
+        path: p.to_path_buf(),
+        source,
+    }
 }
 
 impl TableWriter {
@@ -519,7 +670,13 @@ impl TableWriter {
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(format!(".tmp.{}", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         let result = (|| {
             file.set_len(bytes.len() as u64).map_err(io(&tmp))?;
             // SAFETY: the temporary file is ours alone until the rename below.
@@ -544,16 +701,30 @@ pub struct TableReader {
 
 impl TableReader {
     pub fn open(path: &Path) -> Result<TableReader, TableError> {
-        let file = File::open(path).map_err(|source| TableError::Io { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| TableError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // SAFETY: tables are replaced by rename, never rewritten in place, so the mapped file does
         // not change under us.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| TableError::Io { path: path.to_path_buf(), source })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| TableError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let header = TableView::parse(&map, path)?.header;
-        Ok(TableReader { path: path.to_path_buf(), map, header })
+        Ok(TableReader {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
     }
 
     pub fn view(&self) -> TableView<'_> {
-        TableView { bytes: &self.map, path: &self.path, header: self.header }
+        TableView {
+            bytes: &self.map,
+            path: &self.path,
+            header: self.header,
+        }
     }
 
     pub fn header(&self) -> &Header {
@@ -609,8 +780,20 @@ mod tests {
         let a = Assignment {
             fabric: Fabric::Rdma,
             nodes: vec![
-                NodePlan { node: 0, hostname: "n0".into(), local_ranks: 3, port_base: 20000, nics: vec![roce_nic(), tcp_nic("eth0", "192.0.2.1")] },
-                NodePlan { node: 1, hostname: "n1.cluster".into(), local_ranks: 2, port_base: 30000, nics: vec![tcp_nic("eth0", "2001:db8::1")] },
+                NodePlan {
+                    node: 0,
+                    hostname: "n0".into(),
+                    local_ranks: 3,
+                    port_base: 20000,
+                    nics: vec![roce_nic(), tcp_nic("eth0", "192.0.2.1")],
+                },
+                NodePlan {
+                    node: 1,
+                    hostname: "n1.cluster".into(),
+                    local_ranks: 2,
+                    port_base: 30000,
+                    nics: vec![tcp_nic("eth0", "2001:db8::1")],
+                },
             ],
         };
         EndpointTable::new(&a, 1, block_placement(&[3, 2])).unwrap()
@@ -633,11 +816,17 @@ mod tests {
         let e = v.endpoint_of(2).unwrap();
         assert_eq!(e.nic.rdma.as_ref().unwrap().gid_index, 3);
         let e = v.endpoint_of(4).unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.ip), ("n1.cluster", 30001, Some("2001:db8::1".parse().unwrap())));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.ip),
+            ("n1.cluster", 30001, Some("2001:db8::1".parse().unwrap()))
+        );
         for r in 0..5 {
             assert_eq!(Some(v.endpoint_of(r).unwrap()), t.endpoint_of(r));
         }
-        assert!(matches!(v.endpoint_of(5), Err(TableError::NoSuchRank { rank: 5, count: 5 })));
+        assert!(matches!(
+            v.endpoint_of(5),
+            Err(TableError::NoSuchRank { rank: 5, count: 5 })
+        ));
     }
 
     #[test]
@@ -667,18 +856,33 @@ mod tests {
         let p = Path::new("/dev/shm/rlaunch-j-0.tbl");
         let mut b = good.clone();
         b[0] = b'X';
-        assert!(matches!(TableView::parse(&b, p), Err(TableError::BadMagic { .. })));
+        assert!(matches!(
+            TableView::parse(&b, p),
+            Err(TableError::BadMagic { .. })
+        ));
         let mut b = good.clone();
         put_u32(&mut b, 8, 2);
         let err = TableView::parse(&b, p).err().unwrap();
         assert_eq!(err.to_string(), "/dev/shm/rlaunch-j-0.tbl: table version 2, this rlaunch reads version 1; use the same rlaunch build for daemon and ranks");
         let mut b = good.clone();
         *b.last_mut().unwrap() ^= 1;
-        assert!(matches!(TableView::parse(&b, p), Err(TableError::Checksum { .. })));
+        assert!(matches!(
+            TableView::parse(&b, p),
+            Err(TableError::Checksum { .. })
+        ));
         let b = &good[..good.len() - 8];
-        assert!(matches!(TableView::parse(b, p), Err(TableError::Corrupt { .. })));
-        assert!(matches!(TableView::parse(&good[..50], p), Err(TableError::Corrupt { .. })));
-        assert!(matches!(TableView::parse(b"RLN", p), Err(TableError::BadMagic { .. })));
+        assert!(matches!(
+            TableView::parse(b, p),
+            Err(TableError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            TableView::parse(&good[..50], p),
+            Err(TableError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            TableView::parse(b"RLN", p),
+            Err(TableError::BadMagic { .. })
+        ));
     }
 
     #[test]
@@ -690,20 +894,37 @@ mod tests {
         put_u32(&mut b, rank_off + 4 * 8, 7); // rank 4 -> node 7
         refresh_crc(&mut b);
         let err = TableView::parse(&b, p).err().unwrap();
-        assert!(err.to_string().contains("rank 4 is placed on node 7"), "{err}");
+        assert!(
+            err.to_string().contains("rank 4 is placed on node 7"),
+            "{err}"
+        );
         let mut b = good.clone();
         put_u32(&mut b, 96 + 288 + 8, 3); // node 1's first NIC beyond the 3 NICs
         refresh_crc(&mut b);
-        assert!(TableView::parse(&b, p).err().unwrap().to_string().contains("node 1 names NICs 3..4"));
+        assert!(TableView::parse(&b, p)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("node 1 names NICs 3..4"));
         let mut b = good;
         put_u32(&mut b, 20, 100); // NIC records smaller than version 1's
-        assert!(TableView::parse(&b, p).err().unwrap().to_string().contains("NIC record size 100"));
+        assert!(TableView::parse(&b, p)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("NIC record size 100"));
     }
 
     #[test]
     fn longer_records_from_a_newer_writer_still_read() {
         let t = sample();
-        let bytes = encode_with_sizes(&t, NODE_RECORD_SIZE + 32, NIC_RECORD_SIZE + 8, RANK_RECORD_SIZE + 8).unwrap();
+        let bytes = encode_with_sizes(
+            &t,
+            NODE_RECORD_SIZE + 32,
+            NIC_RECORD_SIZE + 8,
+            RANK_RECORD_SIZE + 8,
+        )
+        .unwrap();
         let v = TableView::parse(&bytes, Path::new("t")).unwrap();
         assert_eq!(v.to_table().unwrap(), t);
     }
@@ -712,18 +933,46 @@ mod tests {
     fn overlong_strings_are_refused() {
         let mut t = sample();
         t.nodes[0].hostname = "h".repeat(HOSTNAME_LEN);
-        assert!(matches!(encode(&t), Err(TableError::FieldTooLong { what: "hostname", max: 255, .. })));
+        assert!(matches!(
+            encode(&t),
+            Err(TableError::FieldTooLong {
+                what: "hostname",
+                max: 255,
+                ..
+            })
+        ));
         let mut t = sample();
         t.nodes[1].nics[0].ifname = "a-very-long-ifname".into();
-        assert!(matches!(encode(&t), Err(TableError::FieldTooLong { what: "interface name", max: 15, .. })));
+        assert!(matches!(
+            encode(&t),
+            Err(TableError::FieldTooLong {
+                what: "interface name",
+                max: 15,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn placement_must_exist() {
         let t = sample();
-        let a = Assignment { fabric: t.fabric, nodes: t.nodes.clone() };
-        let err = EndpointTable::new(&a, 0, vec![RankPlace { node: 1, local_rank: 2 }]).unwrap_err();
-        assert_eq!(err.to_string(), "rank 0 is placed on node 1, local rank 2, which the assignment does not have");
+        let a = Assignment {
+            fabric: t.fabric,
+            nodes: t.nodes.clone(),
+        };
+        let err = EndpointTable::new(
+            &a,
+            0,
+            vec![RankPlace {
+                node: 1,
+                local_rank: 2,
+            }],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rank 0 is placed on node 1, local rank 2, which the assignment does not have"
+        );
     }
 
     #[test]
@@ -732,7 +981,10 @@ mod tests {
         let path = table_path(dir.path(), "job42", 1);
         assert!(path.ends_with("rlaunch-job42-1.tbl"));
         TableWriter::write(&path, &sample()).unwrap();
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left.len(), 1, "no temporary file left behind: {left:?}");
         let r = TableReader::open(&path).unwrap();
         assert_eq!(r.header().rank_count, 5);
@@ -742,15 +994,35 @@ mod tests {
         t2.nodes[1].port_base = 31000;
         TableWriter::write(&path, &t2).unwrap();
         assert_eq!(r.endpoint_of(3).unwrap().port, 30000);
-        assert_eq!(TableReader::open(&path).unwrap().endpoint_of(3).unwrap().port, 31000);
-        let missing = TableReader::open(&dir.path().join("nope.tbl")).err().unwrap();
+        assert_eq!(
+            TableReader::open(&path)
+                .unwrap()
+                .endpoint_of(3)
+                .unwrap()
+                .port,
+            31000
+        );
+        let missing = TableReader::open(&dir.path().join("nope.tbl"))
+            .err()
+            .unwrap();
         assert!(missing.to_string().contains("nope.tbl"), "{missing}");
     }
 
     fn arb_nic() -> impl Strategy<Value = Nic> {
-        (any::<bool>(), any::<[u8; 4]>(), any::<u16>(), any::<[u8; 16]>(), 0u32..100_000, "[a-z0-9]{1,15}").prop_map(
-            |(rdma, ip, idx, gid, speed, name)| {
-                let mut n = if rdma { roce_nic() } else { tcp_nic("x", "192.0.2.1") };
+        (
+            any::<bool>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<[u8; 16]>(),
+            0u32..100_000,
+            "[a-z0-9]{1,15}",
+        )
+            .prop_map(|(rdma, ip, idx, gid, speed, name)| {
+                let mut n = if rdma {
+                    roce_nic()
+                } else {
+                    tcp_nic("x", "192.0.2.1")
+                };
                 n.ifname = name;
                 n.ip = Some(IpAddr::V4(Ipv4Addr::from(ip)));
                 n.speed_mbps = (speed != 0).then_some(speed);
@@ -759,8 +1031,7 @@ mod tests {
                     r.gid = Gid(gid);
                 }
                 n
-            },
-        )
+            })
     }
 
     proptest! {

@@ -88,7 +88,10 @@ pub fn run_collective<T: Transport + ?Sized>(
 }
 
 /// Barrier: returns once every member has entered.
-pub fn run_barrier<T: Transport + ?Sized>(transport: &mut T, collective: &mut Collective) -> Result<(), RunError> {
+pub fn run_barrier<T: Transport + ?Sized>(
+    transport: &mut T,
+    collective: &mut Collective,
+) -> Result<(), RunError> {
     run_collective(transport, collective, Vec::new()).map(|_| ())
 }
 
@@ -108,18 +111,29 @@ pub fn mem_network(size: u32, timeout: Duration) -> Vec<MemTransport> {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..size).map(|_| mpsc::channel()).unzip();
     rxs.into_iter()
         .enumerate()
-        .map(|(i, inbox)| MemTransport { me: i as u32, peers: txs.clone(), inbox, timeout })
+        .map(|(i, inbox)| MemTransport {
+            me: i as u32,
+            peers: txs.clone(),
+            inbox,
+            timeout,
+        })
         .collect()
 }
 
 impl Transport for MemTransport {
     fn send(&mut self, peer: u32, bytes: &[u8]) -> Result<(), TransportError> {
-        let tx = self.peers.get(peer as usize).ok_or(TransportError::NoLink { peer })?;
-        tx.send((self.me, bytes.to_vec())).map_err(|_| TransportError::Closed { peer })
+        let tx = self
+            .peers
+            .get(peer as usize)
+            .ok_or(TransportError::NoLink { peer })?;
+        tx.send((self.me, bytes.to_vec()))
+            .map_err(|_| TransportError::Closed { peer })
     }
 
     fn recv(&mut self) -> Result<(u32, Vec<u8>), TransportError> {
-        self.inbox.recv_timeout(self.timeout).map_err(|_| TransportError::Timeout(self.timeout))
+        self.inbox
+            .recv_timeout(self.timeout)
+            .map_err(|_| TransportError::Timeout(self.timeout))
     }
 }
 
@@ -173,7 +187,8 @@ pub struct TcpTransport {
 }
 
 fn write_frame(s: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(bytes.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message over 4 GiB"))?;
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message over 4 GiB"))?;
     s.write_all(&len.to_le_bytes())?;
     s.write_all(bytes)
 }
@@ -188,21 +203,38 @@ fn hello(job: u64, me: u32) -> [u8; HELLO_LEN] {
 
 /// The member index in a hello, if it is one for `job`.
 pub fn parse_hello(h: &[u8; HELLO_LEN], job: u64) -> Option<u32> {
-    (h[..4] == HELLO_MAGIC && h[4..12] == job.to_le_bytes()).then(|| u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
+    (h[..4] == HELLO_MAGIC && h[4..12] == job.to_le_bytes())
+        .then(|| u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
 }
 
-fn connect_retrying(peer: u32, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, TransportError> {
+fn connect_retrying(
+    peer: u32,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, TransportError> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|source| TransportError::Io { peer, addr: addr.to_string(), source })?;
-        let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(
+            |source| TransportError::Io {
+                peer,
+                addr: addr.to_string(),
+                source,
+            },
+        )?;
+        let left = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1));
         match s.connect_timeout(&addr.into(), left) {
             Ok(()) => return Ok(s.into()),
             // The parent may not be listening yet: it starts at its own pace.
             Err(source) if start.elapsed() >= timeout => {
-                return Err(TransportError::Connect { peer, addr, waited: start.elapsed(), source })
+                return Err(TransportError::Connect {
+                    peer,
+                    addr,
+                    waited: start.elapsed(),
+                    source,
+                })
             }
             Err(_) => {
                 std::thread::sleep(pause);
@@ -215,26 +247,43 @@ fn connect_retrying(peer: u32, addr: SocketAddr, timeout: Duration) -> Result<Tc
 impl TcpTransport {
     /// Connects member `me` to its tree neighbours: dials the parent at `addrs[parent]`, and accepts
     /// one connection from each child on `listener` (which must already be bound at `addrs[me]`).
-    pub fn connect(me: u32, tree: &Tree, listener: TcpListener, addrs: &[SocketAddr], cfg: &TcpConfig) -> Result<TcpTransport, TransportError> {
+    pub fn connect(
+        me: u32,
+        tree: &Tree,
+        listener: TcpListener,
+        addrs: &[SocketAddr],
+        cfg: &TcpConfig,
+    ) -> Result<TcpTransport, TransportError> {
         if addrs.len() != tree.size() as usize {
-            return Err(TransportError::AddressCount { addrs: addrs.len(), size: tree.size() });
+            return Err(TransportError::AddressCount {
+                addrs: addrs.len(),
+                size: tree.size(),
+            });
         }
         let mut links = HashMap::new();
-        let io_err = |peer: u32, addr: String| move |source| TransportError::Io { peer, addr, source };
+        let io_err =
+            |peer: u32, addr: String| move |source| TransportError::Io { peer, addr, source };
         if let Some(parent) = tree.parent(me) {
             let addr = addrs[parent as usize];
             let mut s = connect_retrying(parent, addr, cfg.connect_timeout)?;
-            s.set_nodelay(true).map_err(io_err(parent, addr.to_string()))?;
-            s.write_all(&hello(cfg.job, me)).map_err(io_err(parent, addr.to_string()))?;
+            s.set_nodelay(true)
+                .map_err(io_err(parent, addr.to_string()))?;
+            s.write_all(&hello(cfg.job, me))
+                .map_err(io_err(parent, addr.to_string()))?;
             links.insert(parent, s);
         }
         let mut missing: Vec<u32> = tree.children(me).collect();
         let me_addr = addrs[me as usize].to_string();
-        listener.set_nonblocking(true).map_err(io_err(me, me_addr.clone()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io_err(me, me_addr.clone()))?;
         let start = Instant::now();
         while !missing.is_empty() {
             if start.elapsed() >= cfg.connect_timeout {
-                return Err(TransportError::ChildrenMissing { missing, waited: start.elapsed() });
+                return Err(TransportError::ChildrenMissing {
+                    missing,
+                    waited: start.elapsed(),
+                });
             }
             let (mut s, from) = match listener.accept() {
                 Ok(c) => c,
@@ -252,11 +301,17 @@ impl TcpTransport {
             if s.read_exact(&mut h).is_err() {
                 continue;
             }
-            let Some(child) = parse_hello(&h, cfg.job) else { continue };
-            let Some(pos) = missing.iter().position(|c| *c == child) else { continue };
+            let Some(child) = parse_hello(&h, cfg.job) else {
+                continue;
+            };
+            let Some(pos) = missing.iter().position(|c| *c == child) else {
+                continue;
+            };
             missing.remove(pos);
-            s.set_read_timeout(None).map_err(io_err(child, from.to_string()))?;
-            s.set_nodelay(true).map_err(io_err(child, from.to_string()))?;
+            s.set_read_timeout(None)
+                .map_err(io_err(child, from.to_string()))?;
+            s.set_nodelay(true)
+                .map_err(io_err(child, from.to_string()))?;
             links.insert(child, s);
         }
         let (tx, inbox) = mpsc::channel();
@@ -267,7 +322,13 @@ impl TcpTransport {
             let max = cfg.max_frame;
             readers.push(std::thread::spawn(move || read_loop(peer, stream, tx, max)));
         }
-        Ok(TcpTransport { me, links, inbox, readers, timeout: cfg.recv_timeout })
+        Ok(TcpTransport {
+            me,
+            links,
+            inbox,
+            readers,
+            timeout: cfg.recv_timeout,
+        })
     }
 
     pub fn me(&self) -> u32 {
@@ -275,13 +336,24 @@ impl TcpTransport {
     }
 }
 
-fn read_loop(peer: u32, mut s: TcpStream, tx: Sender<(u32, Result<Vec<u8>, TransportError>)>, max: usize) {
+fn read_loop(
+    peer: u32,
+    mut s: TcpStream,
+    tx: Sender<(u32, Result<Vec<u8>, TransportError>)>,
+    max: usize,
+) {
     let addr = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     loop {
         let mut len = [0u8; 4];
         let res = match s.read_exact(&mut len) {
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(TransportError::Closed { peer }),
-            Err(source) => Err(TransportError::Io { peer, addr: addr.clone(), source }),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(TransportError::Closed { peer })
+            }
+            Err(source) => Err(TransportError::Io {
+                peer,
+                addr: addr.clone(),
+                source,
+            }),
             Ok(()) => {
                 let n = u32::from_le_bytes(len) as usize;
                 if n > max {
@@ -290,8 +362,14 @@ fn read_loop(peer: u32, mut s: TcpStream, tx: Sender<(u32, Result<Vec<u8>, Trans
                     let mut buf = vec![0u8; n];
                     match s.read_exact(&mut buf) {
                         Ok(()) => Ok(buf),
-                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(TransportError::Closed { peer }),
-                        Err(source) => Err(TransportError::Io { peer, addr: addr.clone(), source }),
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            Err(TransportError::Closed { peer })
+                        }
+                        Err(source) => Err(TransportError::Io {
+                            peer,
+                            addr: addr.clone(),
+                            source,
+                        }),
                     }
                 }
             }
@@ -305,7 +383,10 @@ fn read_loop(peer: u32, mut s: TcpStream, tx: Sender<(u32, Result<Vec<u8>, Trans
 
 impl Transport for TcpTransport {
     fn send(&mut self, peer: u32, bytes: &[u8]) -> Result<(), TransportError> {
-        let s = self.links.get_mut(&peer).ok_or(TransportError::NoLink { peer })?;
+        let s = self
+            .links
+            .get_mut(&peer)
+            .ok_or(TransportError::NoLink { peer })?;
         write_frame(s, bytes).map_err(|source| TransportError::Io {
             peer,
             addr: s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -340,7 +421,11 @@ mod tests {
     use crate::collective::Kind;
     use std::net::Ipv4Addr;
 
-    fn run_all<T: Transport + Send + 'static>(ts: Vec<T>, arity: u32, kind: Kind) -> Vec<Vec<Vec<u8>>> {
+    fn run_all<T: Transport + Send + 'static>(
+        ts: Vec<T>,
+        arity: u32,
+        kind: Kind,
+    ) -> Vec<Vec<Vec<u8>>> {
         let size = ts.len() as u32;
         let tree = Tree::new(size, arity).unwrap();
         let handles: Vec<_> = ts
@@ -360,14 +445,25 @@ mod tests {
     fn mem_allgather_and_barrier() {
         for (size, arity) in [(1, 2), (2, 2), (13, 2), (64, 4), (64, 32), (20, 64)] {
             let want: Vec<Vec<u8>> = (0..size).map(|i| vec![i as u8; i % 5]).collect();
-            for r in run_all(mem_network(size as u32, Duration::from_secs(20)), arity, Kind::Allgather) {
+            for r in run_all(
+                mem_network(size as u32, Duration::from_secs(20)),
+                arity,
+                Kind::Allgather,
+            ) {
                 assert_eq!(r, want, "P={size} k={arity}");
             }
             let tree = Tree::new(size as u32, arity).unwrap();
             let hs: Vec<_> = mem_network(size as u32, Duration::from_secs(20))
                 .into_iter()
                 .enumerate()
-                .map(|(i, mut t)| std::thread::spawn(move || run_barrier(&mut t, &mut Collective::new(tree, i as u32, Kind::Barrier, 9).unwrap())))
+                .map(|(i, mut t)| {
+                    std::thread::spawn(move || {
+                        run_barrier(
+                            &mut t,
+                            &mut Collective::new(tree, i as u32, Kind::Barrier, 9).unwrap(),
+                        )
+                    })
+                })
                 .collect();
             for h in hs {
                 h.join().unwrap().unwrap();
@@ -381,11 +477,20 @@ mod tests {
         let tree = Tree::new(3, 2).unwrap();
         let mut c = Collective::new(tree, 0, Kind::Barrier, 1).unwrap();
         let err = run_barrier(&mut ts[0], &mut c).unwrap_err();
-        assert!(matches!(err, RunError::Transport(TransportError::Timeout(_))), "{err}");
+        assert!(
+            matches!(err, RunError::Transport(TransportError::Timeout(_))),
+            "{err}"
+        );
     }
 
-    fn tcp_members(size: u32, arity: u32, job: u64) -> Vec<std::thread::JoinHandle<Result<Vec<Vec<u8>>, String>>> {
-        let listeners: Vec<TcpListener> = (0..size).map(|_| bind_listener((Ipv4Addr::LOCALHOST, 0).into()).unwrap()).collect();
+    fn tcp_members(
+        size: u32,
+        arity: u32,
+        job: u64,
+    ) -> Vec<std::thread::JoinHandle<Result<Vec<Vec<u8>>, String>>> {
+        let listeners: Vec<TcpListener> = (0..size)
+            .map(|_| bind_listener((Ipv4Addr::LOCALHOST, 0).into()).unwrap())
+            .collect();
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let tree = Tree::new(size, arity).unwrap();
         listeners
@@ -394,10 +499,17 @@ mod tests {
             .map(|(i, l)| {
                 let addrs = addrs.clone();
                 std::thread::spawn(move || {
-                    let cfg = TcpConfig { job, connect_timeout: Duration::from_secs(20), recv_timeout: Duration::from_secs(20), ..Default::default() };
-                    let mut t = TcpTransport::connect(i as u32, &tree, l, &addrs, &cfg).map_err(|e| e.to_string())?;
+                    let cfg = TcpConfig {
+                        job,
+                        connect_timeout: Duration::from_secs(20),
+                        recv_timeout: Duration::from_secs(20),
+                        ..Default::default()
+                    };
+                    let mut t = TcpTransport::connect(i as u32, &tree, l, &addrs, &cfg)
+                        .map_err(|e| e.to_string())?;
                     let mut c = Collective::new(tree, i as u32, Kind::Allgather, 1).unwrap();
-                    run_collective(&mut t, &mut c, format!("host{i}").into_bytes()).map_err(|e| e.to_string())
+                    run_collective(&mut t, &mut c, format!("host{i}").into_bytes())
+                        .map_err(|e| e.to_string())
                 })
             })
             .collect()
@@ -421,9 +533,18 @@ mod tests {
         // A stranger from job 2 connects and says it is member 1.
         let mut stranger = TcpStream::connect(addrs[0]).unwrap();
         stranger.write_all(&hello(2, 1)).unwrap();
-        let cfg = TcpConfig { job: 1, connect_timeout: Duration::from_millis(300), ..Default::default() };
-        let err = TcpTransport::connect(0, &tree, l0, &addrs, &cfg).err().unwrap();
-        assert!(matches!(err, TransportError::ChildrenMissing { ref missing, .. } if missing == &[1]), "{err}");
+        let cfg = TcpConfig {
+            job: 1,
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let err = TcpTransport::connect(0, &tree, l0, &addrs, &cfg)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, TransportError::ChildrenMissing { ref missing, .. } if missing == &[1]),
+            "{err}"
+        );
     }
 
     #[test]
@@ -433,13 +554,26 @@ mod tests {
         let l1 = bind_listener((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
         let addrs = vec![l0.local_addr().unwrap(), l1.local_addr().unwrap()];
         let a2 = addrs.clone();
-        let cfg = TcpConfig { job: 5, connect_timeout: Duration::from_secs(10), recv_timeout: Duration::from_secs(10), ..Default::default() };
+        let cfg = TcpConfig {
+            job: 5,
+            connect_timeout: Duration::from_secs(10),
+            recv_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
         let c2 = cfg.clone();
-        let child = std::thread::spawn(move || drop(TcpTransport::connect(1, &tree, l1, &a2, &c2).unwrap()));
+        let child = std::thread::spawn(move || {
+            drop(TcpTransport::connect(1, &tree, l1, &a2, &c2).unwrap())
+        });
         let mut root = TcpTransport::connect(0, &tree, l0, &addrs, &cfg).unwrap();
         child.join().unwrap();
-        assert!(matches!(root.recv(), Err(TransportError::Closed { peer: 1 })));
-        assert!(matches!(root.send(3, b"x"), Err(TransportError::NoLink { peer: 3 })));
+        assert!(matches!(
+            root.recv(),
+            Err(TransportError::Closed { peer: 1 })
+        ));
+        assert!(matches!(
+            root.send(3, b"x"),
+            Err(TransportError::NoLink { peer: 3 })
+        ));
     }
 
     #[test]
@@ -454,9 +588,21 @@ mod tests {
             s.write_all(&(1u32 << 30).to_le_bytes()).unwrap();
             std::thread::sleep(Duration::from_millis(200));
         });
-        let cfg = TcpConfig { job: 5, max_frame: 1024, recv_timeout: Duration::from_secs(10), ..Default::default() };
+        let cfg = TcpConfig {
+            job: 5,
+            max_frame: 1024,
+            recv_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
         let mut root = TcpTransport::connect(0, &tree, l0, &addrs, &cfg).unwrap();
-        assert!(matches!(root.recv(), Err(TransportError::FrameTooLarge { peer: 1, max: 1024, .. })));
+        assert!(matches!(
+            root.recv(),
+            Err(TransportError::FrameTooLarge {
+                peer: 1,
+                max: 1024,
+                ..
+            })
+        ));
         child.join().unwrap();
     }
 

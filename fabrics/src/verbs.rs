@@ -60,13 +60,18 @@ pub fn probe() -> Probe {
 
 /// [`probe`] with another library name (tests use a name that cannot exist).
 pub fn probe_library(name: &str) -> Probe {
-    let unavailable = |reason: String| Probe { status: VerbsStatus::Unavailable { reason }, active_mtus: Vec::new() };
+    let unavailable = |reason: String| Probe {
+        status: VerbsStatus::Unavailable { reason },
+        active_mtus: Vec::new(),
+    };
     let lib = match Verbs::load(name) {
         Ok(l) => l,
         Err(reason) => return unavailable(reason),
     };
     let devices = match lib.devices() {
-        Ok(d) if d.is_empty() => return unavailable("ibv_get_device_list found no RDMA device".into()),
+        Ok(d) if d.is_empty() => {
+            return unavailable("ibv_get_device_list found no RDMA device".into())
+        }
         Ok(d) => d,
         Err(reason) => return unavailable(reason),
     };
@@ -82,7 +87,10 @@ pub fn probe_library(name: &str) -> Probe {
         }
     }
     lib.free(devices);
-    Probe { status: VerbsStatus::Available { devices: names }, active_mtus }
+    Probe {
+        status: VerbsStatus::Available { devices: names },
+        active_mtus,
+    }
 }
 
 /// Maps `enum ibv_mtu` (1..=5) to bytes.
@@ -157,12 +165,17 @@ impl Verbs {
     /// Opens the library and resolves symbols; the error text is the "why" of `unavailable: <why>`.
     pub fn load(name: &str) -> Result<Verbs, String> {
         // SAFETY: loading libibverbs runs its constructors, which only register providers.
-        let lib = unsafe { libloading::Library::new(name) }.map_err(|e| format!("{name} not loadable: {e}"))?;
+        let lib = unsafe { libloading::Library::new(name) }
+            .map_err(|e| format!("{name} not loadable: {e}"))?;
         macro_rules! sym {
             ($n:literal, $t:ty) => {{
                 // SAFETY: the signature matches the prototype in verbs.h for this exported symbol.
-                let s: libloading::Symbol<$t> = unsafe { lib.get($n) }
-                    .map_err(|e| format!("{name} lacks {}: {e}", String::from_utf8_lossy(&$n[..$n.len() - 1])))?;
+                let s: libloading::Symbol<$t> = unsafe { lib.get($n) }.map_err(|e| {
+                    format!(
+                        "{name} lacks {}: {e}",
+                        String::from_utf8_lossy(&$n[..$n.len() - 1])
+                    )
+                })?;
                 *s
             }};
         }
@@ -201,7 +214,9 @@ impl Verbs {
                 break;
             }
             // SAFETY: raw is a device from the list; the name is a NUL-terminated string inside it.
-            let name = unsafe { CStr::from_ptr((self.get_device_name)(raw)) }.to_string_lossy().into_owned();
+            let name = unsafe { CStr::from_ptr((self.get_device_name)(raw)) }
+                .to_string_lossy()
+                .into_owned();
             out.push(DeviceRef { name, raw });
         }
         self.list.borrow_mut().push(DeviceList { list });
@@ -255,7 +270,10 @@ mod tests {
         let p = probe_library("libibverbs-does-not-exist.so.9");
         match p.status {
             VerbsStatus::Unavailable { reason } => {
-                assert!(reason.contains("libibverbs-does-not-exist.so.9"), "{reason}")
+                assert!(
+                    reason.contains("libibverbs-does-not-exist.so.9"),
+                    "{reason}"
+                )
             }
             other => panic!("expected unavailable, got {other:?}"),
         }
@@ -267,7 +285,10 @@ mod tests {
         // Either outcome is legal; what matters is that it returns and explains itself.
         let p = probe();
         let shown = p.status.to_string();
-        assert!(shown.starts_with("available: ") || shown.starts_with("unavailable: "), "{shown}");
+        assert!(
+            shown.starts_with("available: ") || shown.starts_with("unavailable: "),
+            "{shown}"
+        );
         if let VerbsStatus::Unavailable { reason } = &p.status {
             assert!(!reason.is_empty());
         }
@@ -293,7 +314,10 @@ mod tests {
     #[test]
     fn status_usable() {
         assert!(VerbsStatus::NotProbed.usable());
-        assert!(VerbsStatus::Available { devices: vec!["mlx5_0".into()] }.usable());
+        assert!(VerbsStatus::Available {
+            devices: vec!["mlx5_0".into()]
+        }
+        .usable());
         assert!(!VerbsStatus::Unavailable { reason: "x".into() }.usable());
     }
 }

@@ -8,7 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -31,11 +33,17 @@ pub fn sysfs(name: &str) -> (tempfile::TempDir, PathBuf) {
     copy_tree(&fixture_dir(name), &root);
     let links = fs::read_to_string(root.join("symlinks")).unwrap();
     for line in links.lines().filter(|l| !l.trim().is_empty()) {
-        let (link, target) = line.split_once('\t').expect("symlinks lines are `link<TAB>target`");
+        let (link, target) = line
+            .split_once('\t')
+            .expect("symlinks lines are `link<TAB>target`");
         let link = root.join(link);
         fs::create_dir_all(link.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(target, &link).unwrap();
-        assert!(link.exists(), "fixture {name}: symlink {} -> {target} dangles", link.display());
+        assert!(
+            link.exists(),
+            "fixture {name}: symlink {} -> {target} dangles",
+            link.display()
+        );
     }
     (tmp, root)
 }
