@@ -17,6 +17,7 @@ pub mod rdma;
 pub mod table;
 pub mod transport;
 pub mod verbs;
+pub mod verbs_link;
 
 pub use collective::{Collective, Kind, Tree};
 pub use discover::{IfAddr, Inventory};

@@ -3,7 +3,7 @@
 //! The verbs specifics (queue pairs, registered slots, completion queue) sit behind [`RdmaLink`], so
 //! the protocol here is tested with [`MockFabric`], an in-memory link that is as strict as hardware
 //! about flow control: a send with no receive posted at the peer fails (an RNR error), it does not
-//! wait. No verbs-backed `RdmaLink` exists yet; see the crate README.
+//! wait. [`crate::verbs_link::VerbsLink`] is the verbs-backed link (never run on hardware).
 //!
 //! Protocol, per pair of peers: each side posts `recv_depth` (= D + 1) receive slots of `slot_size`
 //! bytes for the other. D of them are data credits (one credit = one slot free at the peer); the
