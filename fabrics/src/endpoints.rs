@@ -113,21 +113,26 @@ pub fn nic_index(local_rank: u32, nic_count: usize) -> Option<usize> {
 
 impl Assignment {
     pub fn endpoint(&self, node: u32, local_rank: u32) -> Option<Endpoint> {
-        let n = self.nodes.get(node as usize)?;
-        if local_rank >= n.local_ranks {
-            return None;
-        }
-        let nic = n.nics[nic_index(local_rank, n.nics.len())?].clone();
-        let port = u16::try_from(u32::from(n.port_base) + local_rank).ok()?;
-        Some(Endpoint {
-            node,
-            local_rank,
-            host: n.hostname.clone(),
-            ip: nic.ip,
-            port,
-            nic,
-        })
+        endpoint_in(&self.nodes, node, local_rank)
     }
+}
+
+/// The port and NIC rules applied to a node list (shared with the endpoint table).
+pub fn endpoint_in(nodes: &[NodePlan], node: u32, local_rank: u32) -> Option<Endpoint> {
+    let n = nodes.get(node as usize)?;
+    if local_rank >= n.local_ranks {
+        return None;
+    }
+    let nic = n.nics[nic_index(local_rank, n.nics.len())?].clone();
+    let port = u16::try_from(u32::from(n.port_base) + local_rank).ok()?;
+    Some(Endpoint {
+        node,
+        local_rank,
+        host: n.hostname.clone(),
+        ip: nic.ip,
+        port,
+        nic,
+    })
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

@@ -143,11 +143,7 @@ impl EndpointTable {
 
     pub fn endpoint_of(&self, rank: u32) -> Option<Endpoint> {
         let p = self.ranks.get(rank as usize)?;
-        Assignment {
-            fabric: self.fabric,
-            nodes: self.nodes.clone(),
-        }
-        .endpoint(p.node, p.local_rank)
+        crate::endpoints::endpoint_in(&self.nodes, p.node, p.local_rank)
     }
 }
 
