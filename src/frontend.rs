@@ -416,6 +416,7 @@ impl Frontend {
                     self.timings.daemons_connected_ms = ms_since(self.plan.t0);
                     self.timings.launch_sent_ms = self.timings.daemons_connected_ms;
                 }
+                self.on_stdin();
                 // The front end starts the children of every daemon, pointed at that daemon.
                 let kids = tree::children_of(Some(node), self.plan.launch.fanout, self.daemons.len() as u32);
                 if !kids.is_empty() {
@@ -597,9 +598,7 @@ impl Frontend {
             if d.exit.is_some() {
                 continue;
             }
-            if let Ok(Some(st)) = p.child.try_wait() {
-                use std::os::unix::process::ExitStatusExt;
-                let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+            if let Some(code) = p.waiter.try_wait() {
                 d.exit = Some(code);
                 if !d.hello && !d.lost && !self.terminating_or_done() {
                     // Its stderr says why; give the pipe a moment to be read before reporting.
@@ -659,6 +658,11 @@ impl Frontend {
 
     fn on_stdin(&mut self) {
         let Some(rx) = self.stdin_rx.as_ref() else { return };
+        // Until every daemon is connected, leave the chunks in the bounded channel: a daemon that
+        // is not in the tree yet would miss them, and the reader thread waits meanwhile.
+        if self.daemons.iter().any(|d| !d.hello && !d.lost) {
+            return;
+        }
         let mut chunks = Vec::new();
         while let Ok(c) = rx.try_recv() {
             chunks.push(c);
@@ -719,14 +723,13 @@ impl Frontend {
         for d in self.daemons.iter_mut() {
             let Some(p) = d.proc_.as_mut() else { continue };
             loop {
-                match p.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < deadline => {
+                match p.waiter.try_wait() {
+                    Some(_) => break,
+                    None if Instant::now() < deadline => {
                         let _ = self.poll.poll(&mut Events::with_capacity(8), Some(Duration::from_millis(5)));
                     }
-                    Ok(None) => {
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
+                    None => {
+                        p.waiter.kill();
                         break;
                     }
                 }

@@ -8,7 +8,7 @@
 use crate::nodes::Node;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Starter {
@@ -28,11 +28,60 @@ pub enum StartError {
     Bootstrap { node: String, source: std::io::Error },
 }
 
+/// A started daemon, seen from the front end.
 pub struct DaemonProcess {
-    pub child: Child,
+    pub waiter: Waiter,
     /// Kept open for the life of the job: closing it tells the daemon its starter is gone.
-    pub stdin: Option<ChildStdin>,
-    pub stderr: Option<ChildStderr>,
+    pub stdin: Option<Box<dyn Write + Send>>,
+    /// The daemon's stderr (or the agent's), readable and pollable.
+    pub stderr: Option<std::os::fd::OwnedFd>,
+}
+
+/// How to learn that a started daemon (or the agent carrying it) ended.
+pub enum Waiter {
+    Child(Child),
+    /// A backend that runs on a thread of its own (in-process ssh): it sends the exit status once;
+    /// dropping `kill` asks it to close its session.
+    Thread { status: std::sync::mpsc::Receiver<i32>, kill: Option<std::sync::mpsc::Sender<()>>, done: Option<i32> },
+}
+
+impl Waiter {
+    /// The exit status (128+N for signal N) once the daemon or its carrier has ended.
+    pub fn try_wait(&mut self) -> Option<i32> {
+        match self {
+            Waiter::Child(c) => {
+                use std::os::unix::process::ExitStatusExt;
+                match c.try_wait() {
+                    Ok(Some(st)) => Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))),
+                    Ok(None) => None,
+                    Err(_) => Some(-1),
+                }
+            }
+            Waiter::Thread { status, done, .. } => {
+                if done.is_none() {
+                    match status.try_recv() {
+                        Ok(code) => *done = Some(code),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => *done = Some(-1),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    }
+                }
+                *done
+            }
+        }
+    }
+
+    /// Ends the daemon's carrier now (the daemon sees its stdin close and cleans up).
+    pub fn kill(&mut self) {
+        match self {
+            Waiter::Child(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Waiter::Thread { kill, .. } => {
+                kill.take();
+            }
+        }
+    }
 }
 
 /// Quotes one word for a POSIX shell: the remote side of ssh and agents runs the command through one.
@@ -90,8 +139,12 @@ pub fn start(starter: &Starter, node: &Node, daemon_path: &str, bootstrap: &str)
             return Err(StartError::Bootstrap { node: node.name.clone(), source });
         }
     }
-    let stderr = child.stderr.take();
-    Ok(DaemonProcess { child, stdin, stderr })
+    let stderr = child.stderr.take().map(std::os::fd::OwnedFd::from);
+    Ok(DaemonProcess {
+        waiter: Waiter::Child(child),
+        stdin: stdin.map(|s| Box::new(s) as Box<dyn Write + Send>),
+        stderr,
+    })
 }
 
 #[cfg(test)]
@@ -113,8 +166,11 @@ mod tests {
         let mut p = start(&starter, &node, "/opt/x y/rlaunch", "BOOT\n").unwrap();
         drop(p.stdin.take());
         let mut err = String::new();
-        std::io::Read::read_to_string(p.stderr.as_mut().unwrap(), &mut err).unwrap();
-        p.child.wait().unwrap();
+        let mut f = std::fs::File::from(p.stderr.take().unwrap());
+        std::io::Read::read_to_string(&mut f, &mut err).unwrap();
+        while p.waiter.try_wait().is_none() {
+            std::thread::yield_now();
+        }
         assert_eq!(err.trim(), "bob@n7|'/opt/x y/rlaunch' __daemon|BOOT");
     }
 
