@@ -37,6 +37,14 @@ MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
   After ':' only per-program options may appear (-n/-np, -x, --wdir).
 
+NODES:
+  Without --hostfile or --host, ranks run on this machine (slots = CPUs, more ranks allowed).
+  With a node list, daemons start over ssh (or --launch-agent) in a tree of fan-out --fanout;
+  asking for more ranks than slots is an error unless --oversubscribe.
+  Remote ranks get rlaunch's environment except HOSTNAME, HOST, DISPLAY, XAUTHORITY, PWD,
+  OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
+  RLAUNCH_*).
+
 Single-dash long options (-np, -wdir, -timeout, ...) are accepted as in mpirun.";
 
 #[derive(Parser, Debug, Clone)]
@@ -91,6 +99,61 @@ pub struct Cli {
     /// Say more about what rlaunch does (phase timings; repeat for more)
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
+
+    /// Read nodes and slots from FILE (lines like `node01`, `node01 slots=4 max_slots=8`, `node01:4`,
+    /// `user@node01 slots=4`; `#` comments)
+    #[arg(short = 'f', long = "hostfile", visible_aliases = ["machinefile"], value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
+
+    /// Nodes and slots as a list: h1:2,h2,user@h3:4
+    #[arg(short = 'H', long = "host", value_name = "LIST")]
+    pub host: Option<String>,
+
+    /// Where ranks go: slot (fill each node's slots in order), node (round-robin), ppr:N:node
+    #[arg(long = "map-by", value_name = "POLICY", default_value = "slot")]
+    pub map_by: String,
+
+    /// N ranks per node (the same as --map-by ppr:N:node)
+    #[arg(short = 'N', long = "ppn", value_name = "N")]
+    pub ppn: Option<u32>,
+
+    /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
+    #[arg(long = "rank-by", value_name = "POLICY", default_value = "slot")]
+    pub rank_by: String,
+
+    /// Allow more ranks than slots (max_slots stays a hard limit)
+    #[arg(long)]
+    pub oversubscribe: bool,
+
+    /// How daemons start: local (every daemon on this machine, whatever the node names), ssh
+    /// (in-process, the default with a node list), agent (--launch-agent)
+    #[arg(long, value_name = "KIND")]
+    pub launcher: Option<String>,
+
+    /// Start daemons with an rsh-like command, run as `CMD ARGS... HOST 'DAEMON __daemon'`
+    /// (e.g. "ssh -x", "ip netns exec"-style wrappers); implies --launcher agent
+    #[arg(long = "launch-agent", value_name = "CMD ARGS")]
+    pub launch_agent: Option<String>,
+
+    /// Tree fan-out: the front end starts and talks to at most K daemons; each daemon to K children
+    #[arg(long, value_name = "K", default_value = "32")]
+    pub fanout: u32,
+
+    /// Let daemons start their own children (tree spawn) instead of the front end starting them all
+    #[arg(long = "tree-spawn")]
+    pub tree_spawn: bool,
+
+    /// Path of the rlaunch binary on the nodes [default: this binary's path]
+    #[arg(long = "daemon-path", value_name = "PATH")]
+    pub daemon_path: Option<String>,
+
+    /// Fail the job when a node's daemon has not connected after SECS seconds
+    #[arg(long = "launch-timeout", value_name = "SECS", default_value = "30")]
+    pub launch_timeout: f64,
+
+    /// Never show launch progress
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true)]

@@ -64,7 +64,12 @@ struct Daemon {
     children: HashMap<Token, ChildLink>,
     next_child_token: usize,
     launch: Option<Box<Launch>>,
-    launch_frame: Vec<u8>,
+    map: Option<launchers::map::ProcMap>,
+    listen_port: u16,
+    /// Tree spawn: the daemons (or agents) this daemon started, by node.
+    spawned: Vec<(u32, launchers::start::DaemonProcess)>,
+    /// Exit codes of reaped children that are not ranks (tree-spawn agents), by pid.
+    other_exits: HashMap<u32, i32>,
     ranks: Vec<LocalRank>,
     by_pid: HashMap<u32, usize>,
     /// Rank pipes that may hold more data than one read took (edge-triggered polling).
@@ -159,7 +164,10 @@ fn run() -> Result<i32> {
         children: HashMap::new(),
         next_child_token: CHILD_BASE,
         launch: None,
-        launch_frame: Vec::new(),
+        map: None,
+        listen_port,
+        spawned: Vec::new(),
+        other_exits: HashMap::new(),
         ranks: Vec::new(),
         by_pid: HashMap::new(),
         ready: VecDeque::new(),
@@ -230,6 +238,9 @@ impl Daemon {
                 }
             }
             self.drain_ready();
+            if !self.spawned.is_empty() {
+                self.check_spawned();
+            }
             self.check_timers();
             self.check_done();
             if self.parent.flush().is_err() {
@@ -323,8 +334,8 @@ impl Daemon {
                         let _ = c.link.flush();
                     }
                 }
-                self.launch_frame = Vec::new();
                 self.launch = Some(launch);
+                self.spawn_children();
                 if let Err(e) = self.start_ranks() {
                     self.node_error(format!("{e:#}"));
                     self.terminate_all();
@@ -377,9 +388,79 @@ impl Daemon {
         }
     }
 
-    fn node_of_rank(&self, launch: &Launch, rank: u32) -> Option<u32> {
-        let map = compute_map(launch).ok()?;
+    fn node_of_rank(&self, _launch: &Launch, rank: u32) -> Option<u32> {
+        let map = self.map.as_ref()?;
         (rank < map.size()).then(|| map.rank(rank).node)
+    }
+
+    /// Tree spawn: start this daemon's children, pointed at this daemon.
+    fn spawn_children(&mut self) {
+        let Some(launch) = self.launch.clone() else { return };
+        let Some(ts) = &launch.tree_spawn else { return };
+        let starter = if ts.agent.is_empty() {
+            launchers::start::Starter::Local
+        } else {
+            launchers::start::Starter::Agent { argv: ts.agent.clone() }
+        };
+        let daemon_path = match std::env::current_exe() {
+            Ok(p) => p.to_string_lossy().into_owned(),
+            Err(e) => {
+                self.node_error(format!("tree spawn: cannot find this daemon's path: {e}"));
+                return;
+            }
+        };
+        for child in tree::children_of(Some(self.boot.node), self.boot.fanout, self.boot.nnodes) {
+            let n = &launch.nodes[child as usize];
+            let node = launchers::nodes::Node { name: n.name.clone(), user: n.user.clone(), slots: n.slots, max_slots: n.max_slots };
+            let ip = if starter == launchers::start::Starter::Local {
+                "127.0.0.1".to_string()
+            } else {
+                launchers::start::route_source_ip(&n.name).unwrap_or_else(|| "127.0.0.1".into())
+            };
+            let ip = if ip.contains(':') { format!("[{ip}]") } else { ip };
+            let boot = Bootstrap {
+                key: self.boot.key,
+                parent: format!("{ip}:{}", self.listen_port),
+                node: child,
+                nnodes: self.boot.nnodes,
+                fanout: self.boot.fanout,
+                job_id: self.boot.job_id.clone(),
+                flags: 0,
+            };
+            match launchers::start::start(&starter, &node, &daemon_path, &boot.to_line()) {
+                Ok(p) => self.spawned.push((child, p)),
+                Err(e) => {
+                    self.parent.send(&Msg::NodeError { node: child, message: format!("cannot launch: {e}") });
+                }
+            }
+        }
+    }
+
+    /// Tree spawn: a child's daemon (or its agent) ended. Before it joined, that is a launch failure.
+    fn check_spawned(&mut self) {
+        let joined: Vec<u32> = self.children.values().filter_map(|c| c.node).collect();
+        let mut failed = Vec::new();
+        let others = &mut self.other_exits;
+        self.spawned.retain_mut(|(node, p)| {
+            // reap() collects every child of this process, agents included: look their status up.
+            let code = match p.waiter.pid().and_then(|pid| others.remove(&pid)) {
+                Some(code) => code,
+                None => return true,
+            };
+            if !joined.contains(node) {
+                let mut err = String::new();
+                if let Some(fd) = p.stderr.take() {
+                    let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                    let _ = std::fs::File::from(fd).read_to_string(&mut err);
+                }
+                failed.push((*node, code, err.trim().to_string()));
+            }
+            false
+        });
+        for (node, code, err) in failed {
+            let what = if err.is_empty() { String::new() } else { format!(": {err}") };
+            self.parent.send(&Msg::NodeError { node, message: format!("cannot launch: daemon exited early with status {code}{what}") });
+        }
     }
 
     fn node_error(&mut self, message: String) {
@@ -390,6 +471,7 @@ impl Daemon {
     fn start_ranks(&mut self) -> Result<()> {
         let launch = self.launch.clone().expect("launch present");
         let map = compute_map(&launch).map_err(|e| anyhow!("computing the process map: {e}"))?;
+        self.map = Some(map.clone());
         let node = self.boot.node;
         let local: Vec<u32> = map.ranks_on(node).to_vec();
         let local_size = local.len();
@@ -402,7 +484,7 @@ impl Daemon {
             let app = &launch.apps[place.app as usize];
             let mut cmd = std::process::Command::new(&app.argv[0]);
             cmd.args(&app.argv[1..]);
-            for (k, v) in &app.env {
+            for (k, v) in launch.env.iter().chain(app.env.iter()) {
                 match v {
                     Some(v) => cmd.env(k, v),
                     None => cmd.env_remove(k),
@@ -638,7 +720,12 @@ impl Daemon {
     }
 
     fn rank_exited(&mut self, pid: u32, status: RankStatus) {
-        let Some(&idx) = self.by_pid.get(&pid) else { return };
+        let Some(&idx) = self.by_pid.get(&pid) else {
+            if !self.spawned.is_empty() {
+                self.other_exits.insert(pid, status.exit_code());
+            }
+            return;
+        };
         let r = &mut self.ranks[idx];
         r.status = Some(status);
         r.reaped_at = Some(Instant::now());

@@ -44,6 +44,8 @@ pub struct Plan {
     pub output_dir: Option<PathBuf>,
     pub report: Option<PathBuf>,
     pub verbose: u8,
+    /// Never show launch progress.
+    pub quiet: bool,
     /// Listen on loopback only: every daemon runs on this machine.
     pub loopback: bool,
     pub command_line: Vec<String>,
@@ -99,6 +101,8 @@ struct Frontend {
     out_files: HashMap<(u32, Stream), std::fs::File>,
     timings: Timings,
     ready: Vec<Token>,
+    progress: Option<indicatif::ProgressBar>,
+    progress_done: bool,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -149,6 +153,8 @@ pub fn run(plan: Plan) -> Result<i32> {
         out_files: HashMap::new(),
         timings: Timings::default(),
         ready: Vec::new(),
+        progress: None,
+        progress_done: false,
         plan,
     };
     fe.start_stdin_reader()?;
@@ -195,7 +201,7 @@ impl Frontend {
         if self.plan.loopback {
             return format!("127.0.0.1:{}", self.listen_port);
         }
-        let ip = route_source_ip(&self.plan.nodes[node as usize].name).unwrap_or_else(|| "127.0.0.1".into());
+        let ip = launchers::start::route_source_ip(&self.plan.nodes[node as usize].name).unwrap_or_else(|| "127.0.0.1".into());
         format!("{}:{}", bracket_v6(&ip), self.listen_port)
     }
 
@@ -417,9 +423,10 @@ impl Frontend {
                     self.timings.launch_sent_ms = self.timings.daemons_connected_ms;
                 }
                 self.on_stdin();
-                // The front end starts the children of every daemon, pointed at that daemon.
+                // Unless daemons start their own children (tree spawn), the front end starts the
+                // children of every daemon, pointed at that daemon.
                 let kids = tree::children_of(Some(node), self.plan.launch.fanout, self.daemons.len() as u32);
-                if !kids.is_empty() {
+                if !kids.is_empty() && self.plan.launch.tree_spawn.is_none() {
                     let parent = format!("{}:{listen_port}", bracket_v6(addr.as_deref().unwrap_or("127.0.0.1")));
                     for k in kids {
                         if !self.terminating {
@@ -482,20 +489,29 @@ impl Frontend {
             return;
         }
         let bytes = if self.plan.tag_output { tag_lines(format!("[{rank}] ").as_bytes(), data) } else { data.to_vec() };
+        // The progress line lives on stderr: take it off the screen while job output is written.
+        if let Some(pb) = self.progress.clone() {
+            pb.suspend(|| self.write_output(stream, &bytes));
+        } else {
+            self.write_output(stream, &bytes);
+        }
+    }
+
+    fn write_output(&mut self, stream: Stream, bytes: &[u8]) {
         match stream {
             Stream::Stdout => {
                 if self.stdout_broken {
                     return;
                 }
                 let mut out = io::stdout().lock();
-                if out.write_all(&bytes).and_then(|_| out.flush()).is_err() {
+                if out.write_all(bytes).and_then(|_| out.flush()).is_err() {
                     // A closed pipe (`| head`) must not take the job down; output is dropped.
                     self.stdout_broken = true;
                 }
             }
             Stream::Stderr => {
                 let mut err = io::stderr().lock();
-                let _ = err.write_all(&bytes);
+                let _ = err.write_all(bytes);
             }
         }
     }
@@ -675,7 +691,44 @@ impl Frontend {
         }
     }
 
+    /// Launch progress on a terminal, for launches that take more than about a second; gone once
+    /// every rank runs, and never shown with --quiet or when stderr is not a terminal.
+    fn update_progress(&mut self) {
+        if self.progress_done {
+            return;
+        }
+        let total = self.daemons.len();
+        let started = self.daemons.iter().filter(|d| d.started).count();
+        let connected = self.daemons.iter().filter(|d| d.hello).count();
+        let running = self.rank_pid.iter().filter(|&&p| p != 0).count();
+        let launched = running == self.rank_pid.len() || self.terminating;
+        if launched {
+            self.progress_done = true;
+            if let Some(pb) = self.progress.take() {
+                pb.finish_and_clear();
+            }
+            return;
+        }
+        if self.progress.is_none() {
+            use std::io::IsTerminal;
+            if self.plan.quiet || self.plan.t0.elapsed() < Duration::from_secs(1) || !io::stderr().is_terminal() {
+                return;
+            }
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            pb.enable_steady_tick(Duration::from_millis(120));
+            self.progress = Some(pb);
+        }
+        if let Some(pb) = &self.progress {
+            pb.set_message(format!(
+                "rlaunch: daemons started {started}/{total}, connected {connected}/{total}, ranks running {running}/{}",
+                self.rank_pid.len()
+            ));
+        }
+    }
+
     fn check_timers(&mut self) {
+        self.update_progress();
         let now = Instant::now();
         if let (Some(t), Outcome::Running) = (self.plan.timeout, self.outcome) {
             if now >= self.plan.t0 + t {
@@ -714,6 +767,9 @@ impl Frontend {
     }
 
     fn finish(&mut self) -> i32 {
+        if let Some(pb) = self.progress.take() {
+            pb.finish_and_clear();
+        }
         self.broadcast(&Msg::Shutdown);
         for l in self.links.values_mut() {
             flush_blocking(l, Duration::from_secs(2));
@@ -855,13 +911,3 @@ fn bracket_v6(ip: &str) -> String {
     }
 }
 
-/// The local address the kernel would use to reach `host`: the address a daemon there can use to
-/// reach us. A UDP connect sends no packet; it only picks the route.
-pub fn route_source_ip(host: &str) -> Option<String> {
-    use std::net::ToSocketAddrs;
-    let target = (host, 9).to_socket_addrs().ok()?.next()?;
-    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let s = std::net::UdpSocket::bind(bind).ok()?;
-    s.connect(target).ok()?;
-    Some(s.local_addr().ok()?.ip().to_string())
-}

@@ -14,6 +14,7 @@ mod wire;
 use anyhow::{Context, Result};
 use launchers::map::{MapBy, MapPolicy, ProcMap, RankBy};
 use launchers::nodes::Node;
+use launchers::start::Starter;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -51,6 +52,13 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         return Ok(exitcode::SUCCESS);
     }
     let stdin = cli::parse_stdin(&g.stdin)?;
+    if !(g.launch_timeout.is_finite() && g.launch_timeout > 0.0) {
+        return Err(cli::UsageError::Msg(format!("--launch-timeout {}: expected a positive number of seconds", g.launch_timeout)).into());
+    }
+    let launch_timeout = Duration::from_secs_f64(g.launch_timeout);
+    if g.fanout == 0 {
+        return Err(cli::UsageError::Msg("--fanout 0: the fan-out must be at least 1".into()).into());
+    }
     let timeout = match g.timeout {
         Some(t) if !(t.is_finite() && t > 0.0) => {
             return Err(cli::UsageError::Msg(format!("--timeout {t}: expected a positive number of seconds")).into())
@@ -62,13 +70,10 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     let lookup = |k: &str| std::env::var(k).ok();
     let apps = cli::app_contexts(&parsed, &cwd, &lookup)?;
 
-    // Where the ranks run. One implicit local node: its slots are its CPUs, and asking for more is
-    // allowed, as on a laptop.
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let nodes = vec![Node { name: daemon::hostname(), user: None, slots: cpus, max_slots: None }];
-    let policy = MapPolicy { map_by: MapBy::Slot, rank_by: RankBy::Slot, oversubscribe: true };
-    let local_only = true;
-
+    let nodes_plan = resolve_nodes(g)?;
+    let nodes = nodes_plan.nodes;
+    let policy = nodes_plan.policy;
+    let local_only = nodes_plan.starter == Starter::Local;
     if local_only {
         for a in &apps {
             let path = a.env.iter().find(|(k, _)| k == "PATH").and_then(|(_, v)| v.clone()).or_else(|| lookup("PATH"));
@@ -78,9 +83,8 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     if let Some(dir) = &g.output_dir {
         cli::check_output_dir(dir)?;
     }
-    let slots: Vec<(u32, Option<u32>)> = nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
     let np: Vec<Option<u32>> = apps.iter().map(|a| a.np).collect();
-    let map = launchers::map::compute_map(&slots, &np, &policy).map_err(|e| cli::UsageError::Msg(e.to_string()))?;
+    let map = launchers::map::compute_map_for_nodes(&nodes, &np, &policy).map_err(|e| cli::UsageError::Msg(e.to_string()))?;
     if let wire::StdinTarget::Rank(r) = stdin {
         if r >= map.size() {
             return Err(cli::UsageError::Msg(format!("--stdin {r}: the job has only {} ranks (0-{})", map.size(), map.size() - 1)).into());
@@ -99,29 +103,121 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
             .map(|n| wire::NodeEntry { name: n.name.clone(), user: n.user.clone(), slots: n.slots, max_slots: n.max_slots })
             .collect(),
         policy,
-        fanout: 32,
+        fanout: g.fanout,
         stdin,
         kill_grace_ms: 2000,
+        // A local daemon inherits this environment; a remote one gets it in the launch message.
+        env: if local_only { Vec::new() } else { forwarded_env(std::env::vars()) },
+        tree_spawn: g.tree_spawn.then(|| wire::TreeSpawn { agent: match &nodes_plan.starter { Starter::Agent { argv } => argv.clone(), _ => Vec::new() } }),
     };
-    let daemon_path = std::env::current_exe().context("finding rlaunch's own path")?.to_string_lossy().into_owned();
+    let daemon_path = match &g.daemon_path {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("finding rlaunch's own path")?.to_string_lossy().into_owned(),
+    };
     let plan = frontend::Plan {
         job_id,
         launch,
         nodes,
         map,
-        starter: launchers::start::Starter::Local,
+        starter: nodes_plan.starter,
         daemon_path,
         timeout,
-        launch_timeout: Duration::from_secs(30),
+        launch_timeout,
         tag_output: g.tag_output,
         output_dir: g.output_dir.clone(),
         report: g.report.clone(),
         verbose: g.verbose,
+        quiet: g.quiet,
         loopback: local_only,
         command_line: args.clone(),
         t0,
     };
     frontend::run(plan)
+}
+
+struct NodesPlan {
+    nodes: Vec<Node>,
+    policy: MapPolicy,
+    starter: Starter,
+}
+
+fn usage_err(msg: impl Into<String>) -> anyhow::Error {
+    cli::UsageError::Msg(msg.into()).into()
+}
+
+/// Where the ranks run and how daemons get there, from the command line.
+fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
+    let mut map_by: MapBy = g.map_by.parse().map_err(|e| usage_err(format!("--map-by {}: {e}", g.map_by)))?;
+    let rank_by: RankBy = g.rank_by.parse().map_err(|e| usage_err(format!("--rank-by {}: {e}", g.rank_by)))?;
+    if let Some(n) = g.ppn {
+        if n == 0 {
+            return Err(usage_err("--ppn 0: the number of ranks per node must be at least 1"));
+        }
+        map_by = MapBy::PprNode(n);
+    }
+    let listed = match (&g.hostfile, &g.host) {
+        (Some(_), Some(_)) => return Err(usage_err("--hostfile and --host cannot be combined; use one of them")),
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|e| usage_err(format!("--hostfile {}: {e}", path.display())))?;
+            let display = path.display().to_string();
+            Some(launchers::parse_hostfile(&display, &text).map_err(|e| usage_err(e.to_string()))?)
+        }
+        (None, Some(list)) => Some(launchers::parse_host_list(list).map_err(|e| usage_err(e.to_string()))?),
+        (None, None) => None,
+    };
+    let agent = match &g.launch_agent {
+        Some(a) => {
+            let argv: Vec<String> = a.split_whitespace().map(str::to_string).collect();
+            if argv.is_empty() {
+                return Err(usage_err("--launch-agent: empty command"));
+            }
+            Some(argv)
+        }
+        None => None,
+    };
+    let kind = match (g.launcher.as_deref(), &agent) {
+        (Some("agent"), None) => return Err(usage_err("--launcher agent needs --launch-agent CMD")),
+        (Some(k @ ("local" | "ssh")), Some(_)) => {
+            return Err(usage_err(format!("--launch-agent cannot be combined with --launcher {k}")))
+        }
+        (Some(k @ ("local" | "ssh" | "agent")), _) => k,
+        (Some(other), _) => return Err(usage_err(format!("--launcher {other}: expected local, ssh or agent"))),
+        (None, Some(_)) => "agent",
+        (None, None) if listed.is_some() => "ssh",
+        (None, None) => "local",
+    };
+    let starter = match kind {
+        "local" => Starter::Local,
+        "agent" => Starter::Agent { argv: agent.expect("agent checked above") },
+        _ => ssh_starter()?,
+    };
+    match listed {
+        Some(nodes) => Ok(NodesPlan { nodes, policy: MapPolicy { map_by, rank_by, oversubscribe: g.oversubscribe }, starter }),
+        None => {
+            // One implicit local node: its slots are its CPUs, and asking for more is allowed, as on
+            // a laptop.
+            let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+            let nodes = vec![Node { name: daemon::hostname(), user: None, slots: cpus, max_slots: None }];
+            if starter != Starter::Local {
+                return Err(usage_err(format!("--launcher {kind} needs nodes: give --hostfile or --host")));
+            }
+            Ok(NodesPlan { nodes, policy: MapPolicy { map_by, rank_by, oversubscribe: true }, starter })
+        }
+    }
+}
+
+fn ssh_starter() -> Result<Starter> {
+    Err(usage_err("the in-process ssh launcher is not available in this build; use --launch-agent ssh"))
+}
+
+/// Variables that describe this host or this session, or belong to another launcher, and so must
+/// not be copied to ranks on other nodes.
+fn forwarded_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, Option<String>)> {
+    const DROP: &[&str] = &["HOSTNAME", "HOST", "DISPLAY", "XAUTHORITY", "PWD", "OLDPWD", "SHLVL", "_"];
+    const DROP_PREFIX: &[&str] = &["SSH_", "PMI_", "PMIX_", "OMPI_", "SLURM_", "RLAUNCH_"];
+    vars.filter(|(k, _)| !DROP.contains(&k.as_str()) && !DROP_PREFIX.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k, Some(v)))
+        .collect()
 }
 
 /// Compact rank ranges: [0,1,2,5,7,8] -> "0-2,5,7-8".
@@ -169,6 +265,17 @@ fn describe_map(map: &ProcMap, nodes: &[Node], apps: &[wire::AppContext]) -> Str
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn forwarded_env_drops_host_and_launcher_variables() {
+        let vars = ["PATH=/bin", "HOSTNAME=a", "SSH_AUTH_SOCK=x", "PMI_FD=3", "LD_LIBRARY_PATH=/l", "SLURM_JOB_ID=1", "_=/x"];
+        let got = super::forwarded_env(vars.iter().map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        }));
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["PATH", "LD_LIBRARY_PATH"]);
+    }
+
     #[test]
     fn ranges() {
         assert_eq!(super::fmt_ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");

@@ -130,6 +130,18 @@ pub struct Launch {
     pub stdin: StdinTarget,
     /// Milliseconds between SIGTERM and SIGKILL when ranks are terminated.
     pub kill_grace_ms: u32,
+    /// Job-wide environment for every rank, applied before each context's own `env`. Empty when
+    /// the daemons inherit the front end's environment (local start).
+    pub env: Vec<(String, Option<String>)>,
+    /// Set when daemons start their own children (tree spawn).
+    pub tree_spawn: Option<TreeSpawn>,
+}
+
+/// How a daemon starts its children in tree-spawn mode: the same launch agent the front end would
+/// use (empty = local fork/exec).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeSpawn {
+    pub agent: Vec<String>,
 }
 
 /// Every message of the protocol. The variant index is the numeric message type: append new
@@ -369,6 +381,8 @@ mod tests {
             fanout: 32,
             stdin: StdinTarget::Rank(0),
             kill_grace_ms: 2000,
+            env: vec![("PATH".into(), Some("/bin".into()))],
+            tree_spawn: None,
         }))
     }
 

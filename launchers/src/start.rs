@@ -16,6 +16,8 @@ pub enum Starter {
     Local,
     /// Run `argv... HOST 'DAEMON __daemon'`, like Open MPI's rsh agent.
     Agent { argv: Vec<String> },
+    /// In-process ssh (libssh2) from a thread per node; see [`crate::ssh`].
+    Ssh(crate::ssh::SshOptions),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub enum StartError {
     Local { path: String, source: std::io::Error },
     #[error("cannot send the bootstrap line to the daemon of node {node}: {source}")]
     Bootstrap { node: String, source: std::io::Error },
+    #[error("cannot start the ssh session for node {node} on this machine: {source}")]
+    Ssh { node: String, source: std::io::Error },
 }
 
 /// A started daemon, seen from the front end.
@@ -67,6 +71,14 @@ impl Waiter {
                 }
                 *done
             }
+        }
+    }
+
+    /// The local process id, when the daemon's carrier is a child process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Waiter::Child(c) => Some(c.id()),
+            Waiter::Thread { .. } => None,
         }
     }
 
@@ -114,6 +126,7 @@ fn prepare(cmd: &mut Command) {
 /// Starts the daemon for `node` and writes `bootstrap` (one line) to its stdin.
 pub fn start(starter: &Starter, node: &Node, daemon_path: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
     let mut child = match starter {
+        Starter::Ssh(opts) => return crate::ssh::start(opts, node, daemon_path, bootstrap),
         Starter::Local => {
             let mut cmd = Command::new(daemon_path);
             cmd.arg("__daemon");
@@ -147,9 +160,26 @@ pub fn start(starter: &Starter, node: &Node, daemon_path: &str, bootstrap: &str)
     })
 }
 
+/// The local address the kernel would use to reach `host`: the address a daemon there can use to
+/// reach us. A UDP connect sends no packet; it only picks the route.
+pub fn route_source_ip(host: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let target = (host, 9).to_socket_addrs().ok()?.next()?;
+    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(target).ok()?;
+    Some(s.local_addr().ok()?.ip().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_to_loopback_comes_from_loopback() {
+        assert_eq!(route_source_ip("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(route_source_ip("no-such-host.invalid"), None);
+    }
 
     #[test]
     fn quoting() {
