@@ -460,7 +460,10 @@ impl Frontend {
             Msg::NodeError { node, message } => {
                 let name = self.node_name(node);
                 if message.starts_with("lost contact") {
-                    self.subtree_lost(node, "its parent daemon lost the connection");
+                    self.subtree_lost(node, "connection closed, seen by its parent daemon");
+                } else if (node as usize) < self.daemons.len() && !self.daemons[node as usize].hello {
+                    // Raised by a tree-spawning parent: this node never joined.
+                    self.launch_failure(node, message.trim_start_matches("cannot launch: ").to_string());
                 } else {
                     eprintln!("rlaunch: node {name}: {message}");
                     self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED);

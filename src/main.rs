@@ -167,9 +167,15 @@ fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
     };
     let agent = match &g.launch_agent {
         Some(a) => {
-            let argv: Vec<String> = a.split_whitespace().map(str::to_string).collect();
+            let mut argv: Vec<String> = a.split_whitespace().map(str::to_string).collect();
             if argv.is_empty() {
                 return Err(usage_err("--launch-agent: empty command"));
+            }
+            // Daemons that start their own children (tree spawn) run elsewhere: a relative agent
+            // path must not depend on their working directory.
+            if argv[0].contains('/') && !argv[0].starts_with('/') {
+                let abs = std::env::current_dir()?.join(&argv[0]);
+                argv[0] = abs.to_string_lossy().into_owned();
             }
             Some(argv)
         }
