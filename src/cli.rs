@@ -126,9 +126,25 @@ pub struct Cli {
     pub oversubscribe: bool,
 
     /// How daemons start: local (every daemon on this machine, whatever the node names), ssh
-    /// (in-process, the default with a node list), agent (--launch-agent)
+    /// (in-process, the default with a node list), agent (--launch-agent), slurm (one srun step,
+    /// the default inside a Slurm allocation), pbs (inside a PBS job: nodes from PBS_NODEFILE,
+    /// daemons over ssh)
     #[arg(long, value_name = "KIND")]
     pub launcher: Option<String>,
+
+    /// ssh: use only this private key (as `ssh -i FILE -o IdentitiesOnly=yes`) [default: the ssh
+    /// agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa]
+    #[arg(long = "ssh-identity", value_name = "FILE")]
+    pub ssh_identity: Option<PathBuf>,
+
+    /// ssh: check host keys against FILE only [default: ~/.ssh/known_hosts and
+    /// /etc/ssh/ssh_known_hosts]; unknown or changed host keys are refused
+    #[arg(long = "ssh-known-hosts", value_name = "FILE")]
+    pub ssh_known_hosts: Option<PathBuf>,
+
+    /// ssh: port of the nodes' ssh servers
+    #[arg(long = "ssh-port", value_name = "PORT")]
+    pub ssh_port: Option<u16>,
 
     /// Start daemons with an rsh-like command, run as `CMD ARGS... HOST 'DAEMON __daemon'`
     /// (e.g. "ssh -x", "ip netns exec"-style wrappers); implies --launcher agent

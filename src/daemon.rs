@@ -139,22 +139,31 @@ fn run() -> Result<i32> {
     // The daemon must outlive nothing: if the process that started it dies, terminate (handled as
     // an orphan event below). Ignoring errors: not every platform has the call.
     let signals = SignalPipe::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
-    let boot = read_bootstrap()?;
-    let stream = connect_parent(&boot.parent)?;
-    stream.set_nodelay(true).ok();
-    stream.set_nonblocking(true)?;
+    let mut boot = read_bootstrap()?;
     let poll = Poll::new()?;
-    let mut parent = Link::new(mio::net::TcpStream::from_std(stream), boot.key, Dir::Up, Some(boot.node));
-    poll.registry().register(&mut parent.stream, PARENT, Interest::READABLE | Interest::WRITABLE)?;
-
-    let nchildren = tree::children_of(Some(boot.node), boot.fanout, boot.nnodes).len();
+    // A daemon started by a resource manager (one srun step for all nodes) does not know its node
+    // rank: it must listen before it asks, since its parent-to-be cannot be told its port otherwise.
+    let rendezvous = boot.node == Bootstrap::ANY_NODE;
     let mut listener = None;
     let mut listen_port = 0;
-    if nchildren > 0 {
-        let mut l = mio::net::TcpListener::bind("0.0.0.0:0".parse().unwrap()).context("listening for child daemons")?;
+    if rendezvous || !tree::children_of(Some(boot.node), boot.fanout, boot.nnodes).is_empty() {
+        let l = mio::net::TcpListener::bind("0.0.0.0:0".parse().unwrap()).context("listening for child daemons")?;
         listen_port = l.local_addr()?.port();
-        poll.registry().register(&mut l, LISTENER, Interest::READABLE)?;
         listener = Some(l);
+    }
+    let stream = if rendezvous {
+        let (node, stream) = rendezvous_join(&boot, listen_port)?;
+        boot.node = node;
+        stream
+    } else {
+        connect_parent(&boot.parent)?
+    };
+    stream.set_nodelay(true).ok();
+    stream.set_nonblocking(true)?;
+    let mut parent = Link::new(mio::net::TcpStream::from_std(stream), boot.key, Dir::Up, Some(boot.node));
+    poll.registry().register(&mut parent.stream, PARENT, Interest::READABLE | Interest::WRITABLE)?;
+    if let Some(l) = listener.as_mut() {
+        poll.registry().register(l, LISTENER, Interest::READABLE)?;
     }
     let mut d = Daemon {
         boot,
@@ -193,6 +202,40 @@ fn run() -> Result<i32> {
     });
     d.parent.flush().ok();
     d.event_loop()
+}
+
+/// The name this node goes by in the front end's node list, as the resource manager knows it.
+fn node_identity() -> String {
+    std::env::var("SLURMD_NODENAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(hostname)
+}
+
+/// Asks the front end which node this is and where to connect. Returns the node rank and a
+/// connected stream to the parent (the front end's own stream when it is the parent).
+fn rendezvous_join(boot: &Bootstrap, listen_port: u16) -> Result<(u32, std::net::TcpStream)> {
+    let mut stream = connect_parent(&boot.parent)?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut sealer = crate::wire::Sealer::new(boot.key, Dir::Up, Bootstrap::ANY_NODE);
+    let mut opener = crate::wire::Opener::new(boot.key, Dir::Down, Some(Bootstrap::ANY_NODE));
+    let name = node_identity();
+    let hello = Msg::Hello { node: Bootstrap::ANY_NODE, pid: std::process::id(), listen_port, hostname: name.clone(), addr: None };
+    stream.write_all(&sealer.seal(&hello))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(msg) = opener.open(&mut buf)? {
+            match msg {
+                Msg::Assign { node, parent: None } => return Ok((node, stream)),
+                Msg::Assign { node, parent: Some(addr) } => return Ok((node, connect_parent(&addr)?)),
+                Msg::Refuse { message } => bail!("the front end refused node '{name}': {message}"),
+                other => bail!("unexpected message while joining: {other:?}"),
+            }
+        }
+        let n = stream.read(&mut chunk).context("waiting for the front end to assign this node")?;
+        if n == 0 {
+            bail!("the front end closed the connection before assigning node '{name}'");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 impl Daemon {

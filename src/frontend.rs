@@ -64,6 +64,9 @@ struct DaemonState {
     pid: u32,
     hostname: String,
     addr: Option<String>,
+    /// Rendezvous: a joining daemon was given this node.
+    assigned: bool,
+    listen_port: u16,
     launch_bytes: u32,
     exit: Option<i32>,
 }
@@ -101,6 +104,8 @@ struct Frontend {
     out_files: HashMap<(u32, Stream), std::fs::File>,
     timings: Timings,
     ready: Vec<Token>,
+    /// Rendezvous: daemons (by link) waiting for their parent to join before they are placed.
+    pending_assign: Vec<(Token, u32)>,
     progress: Option<indicatif::ProgressBar>,
     progress_done: bool,
 }
@@ -153,15 +158,20 @@ pub fn run(plan: Plan) -> Result<i32> {
         out_files: HashMap::new(),
         timings: Timings::default(),
         ready: Vec::new(),
+        pending_assign: Vec::new(),
         progress: None,
         progress_done: false,
         plan,
     };
     fe.start_stdin_reader()?;
-    let direct = tree::children_of(None, fe.plan.launch.fanout, nnodes as u32);
-    for node in direct {
-        let addr = fe.parent_addr_for(node);
-        fe.start_daemon(node, addr);
+    if fe.plan.starter.is_group() {
+        fe.start_group();
+    } else {
+        let direct = tree::children_of(None, fe.plan.launch.fanout, nnodes as u32);
+        for node in direct {
+            let addr = fe.parent_addr_for(node);
+            fe.start_daemon(node, addr);
+        }
     }
     fe.event_loop()
 }
@@ -203,6 +213,100 @@ impl Frontend {
         }
         let ip = launchers::start::route_source_ip(&self.plan.nodes[node as usize].name).unwrap_or_else(|| "127.0.0.1".into());
         format!("{}:{}", bracket_v6(&ip), self.listen_port)
+    }
+
+    /// One command starts every daemon (srun); they join by rendezvous. Its process and stderr are
+    /// kept in node 0's record.
+    fn start_group(&mut self) {
+        let boot = Bootstrap {
+            key: self.key,
+            parent: self.parent_addr_for(0),
+            node: Bootstrap::ANY_NODE,
+            nnodes: self.plan.nodes.len() as u32,
+            fanout: self.plan.launch.fanout,
+            job_id: self.plan.job_id.clone(),
+            flags: 0,
+        };
+        match launchers::start::start_group(&self.plan.starter, &self.plan.nodes, &self.plan.daemon_path, &boot.to_line()) {
+            Ok(mut p) => {
+                if let Some(e) = p.stderr.take() {
+                    let mut r = mio::unix::pipe::Receiver::from(e);
+                    let _ = r.set_nonblocking(true);
+                    let _ = self.poll.registry().register(&mut r, Token(STDERR_BASE), Interest::READABLE);
+                    self.daemons[0].stderr = Some(r);
+                }
+                self.daemons[0].proc_ = Some(p);
+                for d in self.daemons.iter_mut() {
+                    d.started = true;
+                }
+                self.timings.daemons_started_ms = ms_since(self.plan.t0);
+            }
+            Err(e) => {
+                for n in 0..self.daemons.len() as u32 {
+                    if !self.daemons[n as usize].lost {
+                        self.launch_failure(n, format!("{e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A daemon that does not know its node rank (started by a resource manager) says its node name;
+    /// it is told its rank and parent, or waits until its parent has joined.
+    fn rendezvous(&mut self, t: Token, name: &str, listen_port: u16, peer_ip: Option<&str>) {
+        let short = |s: &str| s.split('.').next().unwrap_or(s).to_string();
+        let pick = (0..self.daemons.len())
+            .find(|&i| !self.daemons[i].assigned && self.plan.nodes[i].name == name)
+            .or_else(|| (0..self.daemons.len()).find(|&i| !self.daemons[i].assigned && short(&self.plan.nodes[i].name) == short(name)));
+        let Some(node) = pick else {
+            if let Some(l) = self.links.get_mut(&t) {
+                l.send(&Msg::Refuse { message: format!("no unassigned node named '{name}' in this job") });
+                flush_blocking(l, Duration::from_millis(500));
+            }
+            if let Some(mut l) = self.links.remove(&t) {
+                let _ = self.poll.registry().deregister(&mut l.stream);
+            }
+            eprintln!("rlaunch: a daemon on '{name}' joined, but no node of that name is waiting; ignoring it");
+            return;
+        };
+        let d = &mut self.daemons[node];
+        d.assigned = true;
+        d.listen_port = listen_port;
+        d.addr = peer_ip.map(str::to_string);
+        self.pending_assign.push((t, node as u32));
+        self.assign_pending();
+    }
+
+    /// Sends every joined-but-unplaced daemon whose parent is now known where to go.
+    fn assign_pending(&mut self) {
+        let fanout = self.plan.launch.fanout;
+        let pending = std::mem::take(&mut self.pending_assign);
+        for (t, node) in pending {
+            let parent = match tree::parent_of(node, fanout) {
+                None => None,
+                Some(p) => {
+                    let pd = &self.daemons[p as usize];
+                    if !pd.hello {
+                        self.pending_assign.push((t, node));
+                        continue;
+                    }
+                    Some(format!("{}:{}", bracket_v6(pd.addr.as_deref().unwrap_or("127.0.0.1")), pd.listen_port))
+                }
+            };
+            let Some(l) = self.links.get_mut(&t) else { continue };
+            let direct = parent.is_none();
+            l.send(&Msg::Assign { node, parent });
+            if direct {
+                // The same connection continues as this node's link, both directions from seq 0.
+                let _ = l.flush();
+                l.rebind(self.key, Dir::Down, node);
+            } else {
+                flush_blocking(l, Duration::from_secs(2));
+                if let Some(mut l) = self.links.remove(&t) {
+                    let _ = self.poll.registry().deregister(&mut l.stream);
+                }
+            }
+        }
     }
 
     fn start_daemon(&mut self, node: u32, parent: String) {
@@ -393,6 +497,9 @@ impl Frontend {
 
     fn on_msg(&mut self, t: Token, msg: Msg, peer_ip: Option<&str>) {
         match msg {
+            Msg::Hello { node: wire::Bootstrap::ANY_NODE, listen_port, hostname, .. } => {
+                self.rendezvous(t, &hostname, listen_port, peer_ip);
+            }
             Msg::Hello { node, pid, listen_port, hostname, addr } => {
                 let direct = tree::parent_of(node, self.plan.launch.fanout).is_none();
                 if (node as usize) >= self.daemons.len() || self.daemons[node as usize].hello {
@@ -415,6 +522,7 @@ impl Frontend {
                 d.hostname = hostname;
                 let addr = addr.or_else(|| peer_ip.map(str::to_string));
                 d.addr = addr.clone();
+                d.listen_port = listen_port;
                 if self.plan.verbose > 1 {
                     eprintln!("rlaunch: daemon of node {} connected (pid {pid})", self.plan.nodes[node as usize].name);
                 }
@@ -423,10 +531,13 @@ impl Frontend {
                     self.timings.launch_sent_ms = self.timings.daemons_connected_ms;
                 }
                 self.on_stdin();
-                // Unless daemons start their own children (tree spawn), the front end starts the
-                // children of every daemon, pointed at that daemon.
+                if !self.pending_assign.is_empty() {
+                    self.assign_pending();
+                }
+                // Unless daemons start their own children (tree spawn) or were all started at once
+                // (srun), the front end starts the children of every daemon, pointed at that daemon.
                 let kids = tree::children_of(Some(node), self.plan.launch.fanout, self.daemons.len() as u32);
-                if !kids.is_empty() && self.plan.launch.tree_spawn.is_none() {
+                if !kids.is_empty() && self.plan.launch.tree_spawn.is_none() && !self.plan.starter.is_group() {
                     let parent = format!("{}:{listen_port}", bracket_v6(addr.as_deref().unwrap_or("127.0.0.1")));
                     for k in kids {
                         if !self.terminating {
@@ -619,6 +730,18 @@ impl Frontend {
             }
             if let Some(code) = p.waiter.try_wait() {
                 d.exit = Some(code);
+                if self.plan.starter.is_group() {
+                    // srun ended: every node that has not joined by now never will.
+                    self.on_daemon_stderr(0);
+                    let err = String::from_utf8_lossy(&self.daemons[0].stderr_buf).trim().to_string();
+                    let what = if err.is_empty() { String::new() } else { format!(": {err}") };
+                    for n in 0..self.daemons.len() {
+                        if !self.daemons[n].hello && !self.daemons[n].lost {
+                            self.launch_failure(n as u32, format!("the daemon step ended with status {code} before this node joined{what}"));
+                        }
+                    }
+                    continue;
+                }
                 if !d.hello && !d.lost && !self.terminating_or_done() {
                     // Its stderr says why; give the pipe a moment to be read before reporting.
                     self.on_daemon_stderr(node as u32);

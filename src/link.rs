@@ -45,6 +45,17 @@ impl Link {
         self.opener.link()
     }
 
+    /// Starts both directions afresh as link `link` (sequence numbers from 0): after a rendezvous,
+    /// the daemon that joined as an unknown node continues on the same connection as its real node.
+    pub fn rebind(&mut self, key: JobKey, send_dir: Dir, link: u32) {
+        let recv_dir = match send_dir {
+            Dir::Down => Dir::Up,
+            Dir::Up => Dir::Down,
+        };
+        self.sealer = Sealer::new(key, send_dir, link);
+        self.opener = Opener::new(key, recv_dir, Some(link));
+    }
+
     /// Fixes the link id used on outgoing frames, once the peer has said who it is.
     pub fn set_link(&mut self, key: JobKey, send_dir: Dir, link: u32) {
         self.sealer = Sealer::new(key, send_dir, link);

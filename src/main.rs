@@ -181,21 +181,68 @@ fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
         }
         None => None,
     };
+    // Inside a resource manager's allocation the nodes come from it; a node list given by hand
+    // must then be a subset of it.
+    let env = |k: &str| std::env::var(k).ok();
+    let slurm = launchers::detect_slurm(&env).map_err(|e| usage_err(format!("reading the Slurm allocation: {e}")))?;
+    let pbs = if slurm.is_none() { launchers::detect_pbs(&env).map_err(|e| usage_err(format!("reading the PBS allocation: {e}")))? } else { None };
+    let (alloc_nodes, alloc_name): (Option<Vec<Node>>, String) = match (&slurm, &pbs) {
+        (Some(s), _) => (Some(s.nodes.clone()), format!("Slurm job {}", s.job_id)),
+        (None, Some(p)) => (Some(p.nodes.clone()), format!("PBS job {}", p.job_id)),
+        _ => (None, String::new()),
+    };
     let kind = match (g.launcher.as_deref(), &agent) {
         (Some("agent"), None) => return Err(usage_err("--launcher agent needs --launch-agent CMD")),
-        (Some(k @ ("local" | "ssh")), Some(_)) => {
+        (Some(k @ ("local" | "ssh" | "slurm" | "pbs")), Some(_)) => {
             return Err(usage_err(format!("--launch-agent cannot be combined with --launcher {k}")))
         }
-        (Some(k @ ("local" | "ssh" | "agent")), _) => k,
-        (Some(other), _) => return Err(usage_err(format!("--launcher {other}: expected local, ssh or agent"))),
+        (Some("slurm"), None) if slurm.is_none() => {
+            return Err(usage_err("--launcher slurm: not inside a Slurm allocation (SLURM_JOB_ID is not set); use salloc or sbatch"))
+        }
+        (Some("pbs"), None) if pbs.is_none() => {
+            return Err(usage_err("--launcher pbs: not inside a PBS job (PBS_JOBID and PBS_NODEFILE are not set)"))
+        }
+        (Some(k @ ("local" | "ssh" | "agent" | "slurm" | "pbs")), _) => k,
+        (Some(other), _) => return Err(usage_err(format!("--launcher {other}: expected local, ssh, agent, slurm or pbs"))),
         (None, Some(_)) => "agent",
+        (None, None) if slurm.is_some() => "slurm",
+        (None, None) if pbs.is_some() => "pbs",
         (None, None) if listed.is_some() => "ssh",
         (None, None) => "local",
     };
     let starter = match kind {
         "local" => Starter::Local,
         "agent" => Starter::Agent { argv: agent.expect("agent checked above") },
-        _ => ssh_starter()?,
+        "slurm" => Starter::Srun { srun: "srun".into() },
+        // PBS: TM's pbsdsh cannot carry a private bootstrap line on stdin, so daemons start over ssh
+        // (see the man page).
+        _ => ssh_starter(g),
+    };
+    let listed = match (listed, &alloc_nodes) {
+        (Some(nodes), Some(alloc)) if kind != "local" => {
+            for n in &nodes {
+                match alloc.iter().find(|a| a.name == n.name) {
+                    None => {
+                        return Err(usage_err(format!(
+                            "node {} is not part of {alloc_name} (its nodes: {}); inside an allocation a node list must be a subset of it",
+                            n.name,
+                            alloc.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(",")
+                        )))
+                    }
+                    Some(a) if n.slots > a.slots && !g.oversubscribe => {
+                        return Err(usage_err(format!(
+                            "node {} has {} slots in {alloc_name}, but the node list asks for {}",
+                            n.name, a.slots, n.slots
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(nodes)
+        }
+        (Some(nodes), _) => Some(nodes),
+        (None, Some(alloc)) if kind != "local" => Some(alloc.clone()),
+        (None, _) => None,
     };
     match listed {
         Some(nodes) => Ok(NodesPlan { nodes, policy: MapPolicy { map_by, rank_by, oversubscribe: g.oversubscribe }, starter }),
@@ -212,8 +259,18 @@ fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
     }
 }
 
-fn ssh_starter() -> Result<Starter> {
-    Err(usage_err("the in-process ssh launcher is not available in this build; use --launch-agent ssh"))
+fn ssh_starter(g: &cli::Cli) -> Starter {
+    let mut opts = launchers::ssh::SshOptions::default();
+    if let Some(p) = g.ssh_port {
+        opts.port = p;
+    }
+    if let Some(id) = &g.ssh_identity {
+        opts.identity = Some(id.clone());
+        opts.identities_only = true;
+    }
+    opts.known_hosts = g.ssh_known_hosts.clone();
+    opts.connect_timeout = Duration::from_secs_f64(g.launch_timeout.min(30.0));
+    Starter::Ssh(opts)
 }
 
 /// Variables that describe this host or this session, or belong to another launcher, and so must

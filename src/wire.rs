@@ -174,6 +174,38 @@ pub enum Msg {
     Kill,
     /// Front end → down: the job is over, exit.
     Shutdown,
+    /// Front end → a daemon that joined with node [`Bootstrap::ANY_NODE`]: its node rank, and where
+    /// its parent listens (`None`: the front end itself, on this connection).
+    Assign { node: u32, parent: Option<String> },
+    /// Front end → a joining daemon: it is not part of this job.
+    Refuse { message: String },
+    /// Daemon → up: something a rank did over PMI that the front end reports (relayed as is).
+    PmiReport { rank: Option<u32>, node: u32, kind: PmiReportKind, message: String },
+    /// Daemon → parent: its subtree's puts for PMI fence `seq` (only keys put since the previous
+    /// fence), merged; sent once every rank of the subtree entered the fence. Data, not a rank list.
+    Fence { seq: u64, puts: Vec<(String, String)> },
+    /// Parent → down: fence `seq` completed job-wide; `puts` = every subtree's contribution, merged.
+    FenceDone { seq: u64, puts: Vec<(String, String)> },
+    /// `--pmi-lazy`, daemon → up to the front end: node `from` needs `key` (a get missed after a
+    /// fence). The front end asks the daemons below (`KvsGet` down) until one has it.
+    KvsGet { from: u32, key: String },
+    /// `--pmi-lazy`: the answer to a `KvsGet` for node `to` (None: no node has the key), routed
+    /// up to the front end and then down the path to `to`.
+    KvsValue { to: u32, key: String, value: Option<String> },
+}
+
+/// What a [`Msg::PmiReport`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PmiReportKind {
+    /// The rank called PMI abort with this exit code; the job ends with it.
+    Abort { code: i32 },
+    /// The rank broke the PMI protocol; the job fails.
+    ProtocolError,
+    /// Worth a line, the job goes on.
+    Warning,
+    /// The rank closed its PMI connection after init without finalize; a failure even if it
+    /// then exits with status 0.
+    Unfinalized,
 }
 
 fn mac_for(key: &JobKey, dir: Dir, link: u32, seq: u64, payload: &[u8]) -> Hmac<Sha256> {
@@ -320,6 +352,9 @@ pub struct Bootstrap {
 
 impl Bootstrap {
     pub const MAGIC: &'static str = "RLAUNCH-BOOT1";
+    /// In `node`: the daemon does not know its node rank and asks the front end (rendezvous), which
+    /// answers with [`Msg::Assign`]. Also the link id used until then.
+    pub const ANY_NODE: u32 = u32::MAX;
 
     pub fn to_line(&self) -> String {
         format!(

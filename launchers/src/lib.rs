@@ -9,6 +9,7 @@ pub mod map;
 pub mod nodes;
 pub mod pbs;
 pub mod slurm;
+pub mod ssh;
 pub mod start;
 
 pub use map::{compute_map, compute_map_for_nodes, MapBy, MapError, MapPolicy, ProcMap, RankBy, RankPlace};

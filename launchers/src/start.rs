@@ -18,6 +18,64 @@ pub enum Starter {
     Agent { argv: Vec<String> },
     /// In-process ssh (libssh2) from a thread per node; see [`crate::ssh`].
     Ssh(crate::ssh::SshOptions),
+    /// Inside a Slurm allocation: one `srun` step starts a daemon on every node, so that Slurm
+    /// tracks, accounts and kills them. Daemons learn their node rank by rendezvous.
+    Srun { srun: String },
+}
+
+impl Starter {
+    /// Whether one start call starts every node's daemon (the bootstrap then names no node).
+    pub fn is_group(&self) -> bool {
+        matches!(self, Starter::Srun { .. })
+    }
+}
+
+/// The srun command line that starts one daemon per node of `nodes` inside the allocation.
+/// `--overlap`: later job steps (the user's own srun calls) must not wait for this one.
+/// `-n` explicitly: an inherited SLURM_NTASKS would otherwise win over `--ntasks-per-node`.
+/// `--input=all`: every daemon reads the same bootstrap line.
+pub fn srun_argv(srun: &str, nodes: &[Node], daemon_path: &str) -> Vec<String> {
+    let n = nodes.len().to_string();
+    let list: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    vec![
+        srun.to_string(),
+        "--overlap".into(),
+        "-N".into(),
+        n.clone(),
+        "-n".into(),
+        n,
+        "--ntasks-per-node=1".into(),
+        format!("--nodelist={}", list.join(",")),
+        "--kill-on-bad-exit=1".into(),
+        "--cpu-bind=none".into(),
+        "--mpi=none".into(),
+        "--input=all".into(),
+        "--job-name=rlaunch-daemons".into(),
+        daemon_path.to_string(),
+        "__daemon".into(),
+    ]
+}
+
+/// Starts every node's daemon with one command (see [`Starter::is_group`]).
+pub fn start_group(starter: &Starter, nodes: &[Node], daemon_path: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
+    let Starter::Srun { srun } = starter else {
+        unreachable!("start_group is only called for group starters");
+    };
+    let argv = srun_argv(srun, nodes, daemon_path);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    prepare(&mut cmd);
+    let mut child = cmd.spawn().map_err(|source| StartError::Agent { agent: srun.clone(), node: "all nodes".into(), source })?;
+    let mut stdin = child.stdin.take();
+    if let Some(s) = stdin.as_mut() {
+        if let Err(source) = s.write_all(bootstrap.as_bytes()).and_then(|_| s.flush()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(StartError::Bootstrap { node: "all nodes".into(), source });
+        }
+    }
+    let stderr = child.stderr.take().map(std::os::fd::OwnedFd::from);
+    Ok(DaemonProcess { waiter: Waiter::Child(child), stdin: stdin.map(|s| Box::new(s) as Box<dyn Write + Send>), stderr })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +191,7 @@ pub fn start(starter: &Starter, node: &Node, daemon_path: &str, bootstrap: &str)
             prepare(&mut cmd);
             cmd.spawn().map_err(|source| StartError::Local { path: daemon_path.to_string(), source })?
         }
+        Starter::Srun { .. } => unreachable!("group starters start through start_group"),
         Starter::Agent { argv } => {
             let target = match &node.user {
                 Some(u) => format!("{u}@{}", node.name),
@@ -179,6 +238,15 @@ mod tests {
     fn route_to_loopback_comes_from_loopback() {
         assert_eq!(route_source_ip("127.0.0.1").as_deref(), Some("127.0.0.1"));
         assert_eq!(route_source_ip("no-such-host.invalid"), None);
+    }
+
+    #[test]
+    fn srun_line_starts_one_daemon_per_node() {
+        let nodes: Vec<Node> = ["n1", "n2", "n3"].iter().map(|n| Node { name: n.to_string(), user: None, slots: 4, max_slots: None }).collect();
+        let argv = srun_argv("srun", &nodes, "/opt/rlaunch");
+        let line = argv.join(" ");
+        assert!(line.starts_with("srun --overlap -N 3 -n 3 --ntasks-per-node=1 --nodelist=n1,n2,n3 --kill-on-bad-exit=1"), "{line}");
+        assert!(line.ends_with("--input=all --job-name=rlaunch-daemons /opt/rlaunch __daemon"), "{line}");
     }
 
     #[test]
