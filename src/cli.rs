@@ -171,6 +171,16 @@ pub struct Cli {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
+    /// PMI: ranks reach rlaunch's PMI server by connecting to PMI_PORT (loopback TCP, rank named by
+    /// PMI_ID) instead of inheriting a socket as PMI_FD
+    #[arg(long = "pmi-port")]
+    pub pmi_port: bool,
+
+    /// PMI: fences carry no key-value data; a get of a key put on another node fetches it from
+    /// that node (one tree round trip per missed key; pays off when ranks read few of the keys)
+    #[arg(long = "pmi-lazy")]
+    pub pmi_lazy: bool,
+
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true)]
     pub generate: Option<String>,
@@ -276,17 +286,23 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                 }
             }
             // A cluster of short flags; the first that takes a value swallows the rest or the next word.
-            seg.push(a.clone());
+            // Each flag goes to clap as a word of its own: given a cluster like `-n4` whose value
+            // is not itself a flag letter, clap would take the whole word for the hyphen-allowing
+            // PROGRAM.
             for (pos, c) in body.char_indices() {
                 match lookup_short(cmd, c) {
                     Some(o) if o.takes_value => {
-                        if pos + c.len_utf8() == body.len() && i < args.len() {
+                        seg.push(format!("-{c}"));
+                        let rest = &body[pos + c.len_utf8()..];
+                        if !rest.is_empty() {
+                            seg.push(rest.strip_prefix('=').unwrap_or(rest).to_string());
+                        } else if i < args.len() {
                             seg.push(args[i].clone());
                             i += 1;
                         }
                         break;
                     }
-                    Some(_) => continue,
+                    Some(_) => seg.push(format!("-{c}")),
                     None => return Err(usage(format!("unknown option '-{c}' in '{a}'; see 'rlaunch --help'"))),
                 }
             }
