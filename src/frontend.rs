@@ -198,6 +198,10 @@ impl Frontend {
                 }
                 let _ = waker.wake();
                 if n == 0 {
+                    // Dropping the waker closes its eventfd, and closing discards a wake-up the loop
+                    // has not collected yet: the last chunks (and EOF) would sit in the channel
+                    // unread. The fd lives until the front end exits.
+                    std::mem::forget(waker);
                     return;
                 }
             }
