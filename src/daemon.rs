@@ -32,6 +32,10 @@ const HIGH_WATER: usize = 8 << 20;
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// PMI for the local ranks (sockets, engine, fence vertex) lives in its own file.
+#[path = "pmi/daemon_glue.rs"]
+mod pmi_glue;
+
 fn rank_token(local: usize, what: usize) -> Token {
     Token(RANK_BASE + local * 4 + what)
 }
@@ -81,6 +85,7 @@ struct Daemon {
     shutdown: bool,
     signals: SignalPipe,
     launch_bytes: u32,
+    pmi: Option<pmi_glue::DaemonPmi>,
 }
 
 /// Entry point of `rlaunch __daemon`. Never returns.
@@ -187,6 +192,7 @@ fn run() -> Result<i32> {
         shutdown: false,
         signals,
         launch_bytes: 0,
+        pmi: None,
     };
     d.poll.registry().register(&mut d.signals.rx, SIGNALS, Interest::READABLE)?;
     // The bootstrap stdin stays open for the life of whatever started us (a pipe from the front end,
@@ -269,6 +275,7 @@ impl Daemon {
                     LISTENER => self.accept_children(),
                     SIGNALS => self.on_signals(),
                     BOOT_STDIN => self.on_boot_stdin(),
+                    t if crate::pmi::host::PmiHost::owns(t) => self.on_pmi_event(t, ev.is_readable(), ev.is_writable()),
                     t if t.0 >= RANK_BASE => {
                         let what = (t.0 - RANK_BASE) % 4;
                         if what == 2 {
@@ -281,6 +288,7 @@ impl Daemon {
                 }
             }
             self.drain_ready();
+            self.pmi_read_more();
             if !self.spawned.is_empty() {
                 self.check_spawned();
             }
@@ -293,7 +301,7 @@ impl Daemon {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() && self.parent.pending_out() < HIGH_WATER {
+        if (!self.ready.is_empty() && self.parent.pending_out() < HIGH_WATER) || self.pmi_busy() {
             return Some(Duration::ZERO);
         }
         let mut t: Option<Instant> = self.kill_at;
@@ -407,6 +415,9 @@ impl Daemon {
                 self.relay_down(&Msg::Shutdown, None);
                 self.shutdown = true;
             }
+            Msg::FenceDone { seq, puts } => self.pmi_fence_done(seq, puts),
+            Msg::KvsGet { from, key, round } => self.pmi_kvs_query(from, key, round),
+            Msg::KvsValue { to, key, value, round } => self.pmi_kvs_value(to, key, value, round),
             other => {
                 eprintln!("rlaunch daemon on node {}: unexpected message from parent: {other:?}", self.boot.node);
             }
@@ -468,7 +479,7 @@ impl Daemon {
                 nnodes: self.boot.nnodes,
                 fanout: self.boot.fanout,
                 job_id: self.boot.job_id.clone(),
-                flags: 0,
+                flags: self.boot.flags,
             };
             match launchers::start::start(&starter, &node, &daemon_path, &boot.to_line()) {
                 Ok(p) => self.spawned.push((child, p)),
@@ -515,6 +526,7 @@ impl Daemon {
         let launch = self.launch.clone().expect("launch present");
         let map = compute_map(&launch).map_err(|e| anyhow!("computing the process map: {e}"))?;
         self.map = Some(map.clone());
+        self.pmi_setup(&map, &launch.job_id)?;
         let node = self.boot.node;
         let local: Vec<u32> = map.ranks_on(node).to_vec();
         let local_size = local.len();
@@ -566,7 +578,11 @@ impl Daemon {
                     Ok(())
                 });
             }
-            match cmd.spawn() {
+            let pmi_end = self.pmi_prepare(rank, &mut cmd)?;
+            let spawned = cmd.spawn();
+            // The rank has its copy of the PMI socket end (or never will): close ours.
+            drop(pmi_end);
+            match spawned {
                 Ok(mut child) => {
                     let pid = child.id();
                     // Also from this side, so signals sent right after spawn find the group.
@@ -840,6 +856,10 @@ impl Daemon {
             let r = &mut self.ranks[i];
             r.reported = true;
             let msg = Msg::RankExit { rank: r.rank, pid: r.pid, status: r.status.expect("reaped rank has a status") };
+            // Its abort or unfinalized exit must reach the front end before its exit status.
+            if let Msg::RankExit { rank, .. } = msg {
+                self.pmi_rank_exited(rank);
+            }
             self.parent.send(&msg);
         }
     }
@@ -933,6 +953,13 @@ impl Daemon {
                         let _ = c.link.flush();
                     }
                 }
+            }
+            // A subtree's fence contribution is combined here, not relayed.
+            if let Msg::Fence { seq, puts } = msg {
+                if let Some(node) = self.children.get(&t).and_then(|c| c.node) {
+                    self.pmi_fence_from_child(node, seq, puts);
+                }
+                continue;
             }
             self.parent.send(&msg);
         }

@@ -30,6 +30,10 @@ const SECOND_INTERRUPT: Duration = Duration::from_secs(5);
 /// After a kill, how long to wait for daemons to report before giving up on them.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
+/// PMI at the root: fence completion, lazy key lookups, PMI failure reports.
+#[path = "pmi/frontend_glue.rs"]
+mod pmi_glue;
+
 /// Everything the loop needs to run one job.
 pub struct Plan {
     pub job_id: String,
@@ -50,6 +54,8 @@ pub struct Plan {
     pub loopback: bool,
     pub command_line: Vec<String>,
     pub t0: Instant,
+    /// `crate::pmi::BOOT_FLAG_*` bits, passed to every daemon in its bootstrap line.
+    pub pmi_flags: u32,
 }
 
 #[derive(Default)]
@@ -108,6 +114,7 @@ struct Frontend {
     pending_assign: Vec<(Token, u32)>,
     progress: Option<indicatif::ProgressBar>,
     progress_done: bool,
+    pmi: pmi_glue::FrontPmi,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -158,6 +165,7 @@ pub fn run(plan: Plan) -> Result<i32> {
         out_files: HashMap::new(),
         timings: Timings::default(),
         ready: Vec::new(),
+        pmi: Default::default(),
         pending_assign: Vec::new(),
         progress: None,
         progress_done: false,
@@ -229,7 +237,7 @@ impl Frontend {
             nnodes: self.plan.nodes.len() as u32,
             fanout: self.plan.launch.fanout,
             job_id: self.plan.job_id.clone(),
-            flags: 0,
+            flags: self.plan.pmi_flags,
         };
         match launchers::start::start_group(&self.plan.starter, &self.plan.nodes, &self.plan.daemon_path, &boot.to_line()) {
             Ok(mut p) => {
@@ -321,7 +329,7 @@ impl Frontend {
             nnodes: self.plan.nodes.len() as u32,
             fanout: self.plan.launch.fanout,
             job_id: self.plan.job_id.clone(),
-            flags: 0,
+            flags: self.plan.pmi_flags,
         };
         let n = &self.plan.nodes[node as usize];
         match launchers::start::start(&self.plan.starter, n, &self.plan.daemon_path, &boot.to_line()) {
@@ -584,6 +592,10 @@ impl Frontend {
                     self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED);
                 }
             }
+            Msg::PmiReport { rank, node, kind, message } => self.pmi_report(rank, node, kind, message),
+            Msg::Fence { seq, puts } => self.pmi_fence(t, seq, puts),
+            Msg::KvsGet { from, key, .. } => self.pmi_kvs_get(from, key),
+            Msg::KvsValue { key, value, round, .. } => self.pmi_kvs_value(key, value, round),
             other => eprintln!("rlaunch: unexpected message from a daemon: {other:?}"),
         }
     }
@@ -643,6 +655,9 @@ impl Frontend {
         self.exited += 1;
         if self.exited as usize == self.rank_status.len() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
+        }
+        if self.pmi_rank_exit(rank, status) {
+            return;
         }
         if status.is_success() || self.first_failure.is_some() || self.terminating {
             return;

@@ -4,9 +4,11 @@
 mod cli;
 mod daemon;
 mod exitcode;
+mod fence;
 mod frontend;
 mod link;
 mod output;
+mod pmi;
 mod sig;
 mod tree;
 mod wire;
@@ -131,6 +133,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         loopback: local_only,
         command_line: args.clone(),
         t0,
+        pmi_flags: if g.pmi_port { pmi::BOOT_FLAG_PMI_PORT } else { 0 } | if g.pmi_lazy { pmi::BOOT_FLAG_PMI_LAZY } else { 0 },
     };
     frontend::run(plan)
 }

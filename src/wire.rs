@@ -186,12 +186,13 @@ pub enum Msg {
     Fence { seq: u64, puts: Vec<(String, String)> },
     /// Parent → down: fence `seq` completed job-wide; `puts` = every subtree's contribution, merged.
     FenceDone { seq: u64, puts: Vec<(String, String)> },
-    /// `--pmi-lazy`, daemon → up to the front end: node `from` needs `key` (a get missed after a
-    /// fence). The front end asks the daemons below (`KvsGet` down) until one has it.
-    KvsGet { from: u32, key: String },
-    /// `--pmi-lazy`: the answer to a `KvsGet` for node `to` (None: no node has the key), routed
-    /// up to the front end and then down the path to `to`.
-    KvsValue { to: u32, key: String, value: Option<String> },
+    /// `--pmi-lazy`, daemon → up to the front end (`round` 0): node `from` needs `key` (a get
+    /// missed after a fence). The front end then sends it down to every node as query `round`;
+    /// each node with ranks answers once with `KvsValue`.
+    KvsGet { from: u32, key: String, round: u64 },
+    /// `--pmi-lazy`: a node's answer to query `round` (None: not here), up to the front end; and
+    /// the front end's verdict for node `to` (None: no node has the key), down the path to `to`.
+    KvsValue { to: u32, key: String, value: Option<String>, round: u64 },
 }
 
 /// What a [`Msg::PmiReport`] is about.

@@ -12,11 +12,14 @@
 //! - Feed every read to `input`, EOF to `disconnect`, and carry out the actions in order.
 //! - On `FenceReady` from every node, merge the nodes' puts (node order; a later value for the
 //!   same key wins) and call `fence_done(seq, merged)` on every node.
-//! - `Abort` and `ProtocolError` end the job; later disconnects of killed ranks stay quiet.
+//! - `Abort`, `ProtocolError` and `Vanished` end the job; later disconnects of killed ranks stay
+//!   quiet. `Vanished` (closed after init without finalize) is worth its own report only when
+//!   the rank then exits with status 0: a crash explains itself.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+pub mod host;
 mod pmi1;
 mod pmi2;
 #[cfg(test)]
@@ -59,6 +62,12 @@ pub const PORT_MAX: usize = 256;
 pub const CMD_NAME_MAX: usize = 64;
 /// MPICH sends a pointer (`%p`) as `thrid`; the cap bounds the echo in replies.
 pub const THRID_MAX: usize = 64;
+
+/// Bits of the daemon bootstrap line's `flags` that carry the job's PMI options.
+/// `--pmi-port`: ranks find their server through `PMI_PORT` instead of an inherited `PMI_FD`.
+pub const BOOT_FLAG_PMI_PORT: u32 = 1;
+/// `--pmi-lazy`: fences carry no data; values are fetched from their node on a miss.
+pub const BOOT_FLAG_PMI_LAZY: u32 = 2;
 
 /// The daemon's handle for one PMI socket.
 pub type ConnId = u32;
@@ -121,6 +130,37 @@ pub enum Action {
         rank: Option<u32>,
         message: String,
     },
+    /// The rank closed its PMI connection after init without finalize or abort: its peers would
+    /// wait for it forever, so the job fails. Kept apart from `ProtocolError` because the daemon
+    /// knows more once the rank is reaped: a crash is reported as the crash, and only an exit
+    /// with status 0 needs this said (`message`).
+    Vanished {
+        rank: u32,
+        message: String,
+    },
+    /// Lazy mode ([`PmiServer::set_lazy`]): a get after a fence missed `key` here. The daemon
+    /// fetches it from the node that has it and calls [`PmiServer::fetched`]; the rank's reply
+    /// waits until then. Emitted per waiting get; the daemon may merge requests for one key.
+    Fetch {
+        key: String,
+    },
+}
+
+impl JobInfo {
+    /// The job as node `node` of `map` sees it. `PMI_process_mapping` is left out when the map
+    /// cannot say it or it is longer than a PMI value may be: MPICH then finds its node peers by
+    /// hostname, slower but right, where a cut value would break shared memory.
+    pub fn from_map(kvsname: &str, map: &launchers::map::ProcMap, node: u32) -> JobInfo {
+        JobInfo {
+            kvsname: kvsname.to_string(),
+            size: map.size(),
+            universe_size: map.size(),
+            appnum_of: map.ranks().iter().map(|p| p.app).collect(),
+            local_ranks: map.ranks_on(node).to_vec(),
+            process_mapping: map.pmi_process_mapping().filter(|m| m.len() <= VALLEN_MAX),
+            node_count: map.num_nodes(),
+        }
+    }
 }
 
 /// Who a message is about: a rank once known, else the connection.
@@ -294,6 +334,20 @@ struct FenceEntry {
     reply: FenceReply,
 }
 
+/// How to answer a get that waits for a fetched value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GetReply {
+    V1,
+    V2 { thrid: Option<String> },
+}
+
+#[derive(Debug)]
+struct FetchWaiter {
+    conn: ConnId,
+    key: String,
+    reply: GetReply,
+}
+
 #[derive(Debug)]
 struct AttrWaiter {
     conn: ConnId,
@@ -323,6 +377,12 @@ pub struct PmiServer {
     /// An abort or protocol error was reported: the daemon is ending the job, so ranks it kills
     /// closing their connections is expected, not news.
     ending: bool,
+    /// Fences carry no data; a get that misses after a fence asks the daemon to fetch the key.
+    lazy: bool,
+    fetch_waiters: Vec<FetchWaiter>,
+    /// Keys in `kvs` that came from another node by fetch: forgotten at the next fence, since
+    /// their owner may put a new value before it.
+    fetched_keys: HashSet<String>,
 }
 
 /// Keeps the kvsname safe inside both wire formats (no space, `;`, `=` or newline) and within
@@ -372,7 +432,87 @@ impl PmiServer {
             attr_waiters: Vec::new(),
             names: HashMap::new(),
             ending: false,
+            lazy: false,
+            fetch_waiters: Vec::new(),
+            fetched_keys: HashSet::new(),
         }
+    }
+
+    /// Lazy mode: the daemon ships nothing at fences (it may drop `FenceReady`'s puts) and a get
+    /// that misses after the first fence becomes [`Action::Fetch`] instead of "not found".
+    pub fn set_lazy(&mut self, lazy: bool) {
+        self.lazy = lazy;
+    }
+
+    /// A value this node's ranks put, for another node's fetch (lazy mode). Values fetched from
+    /// elsewhere are not handed on: their owner answers for them.
+    pub fn lookup(&self, key: &str) -> Option<&str> {
+        if self.fetched_keys.contains(key) {
+            return None;
+        }
+        self.kvs_get(key)
+    }
+
+    /// The answer to [`Action::Fetch`]: replies to every get waiting for `key` (None: no node
+    /// has it, the gets report "not found").
+    pub fn fetched(&mut self, key: String, value: Option<String>) -> Vec<Action> {
+        let mut out = Vec::new();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fetch_waiters)
+            .into_iter()
+            .partition(|w| w.key == key);
+        self.fetch_waiters = waiting;
+        if let Some(v) = &value {
+            // A local put since the fetch started is newer than the fetched value: keep it.
+            if !self.kvs.contains_key(&key) {
+                self.kvs.insert(key.clone(), v.clone());
+                self.fetched_keys.insert(key.clone());
+            }
+        }
+        let current = self.kvs.get(&key).cloned().or(value);
+        for w in ready {
+            let Some(c) = self.conns.get_mut(&w.conn) else { continue };
+            if c.dead {
+                continue;
+            }
+            c.pending = c.pending.saturating_sub(1);
+            match &w.reply {
+                GetReply::V1 => pmi1::get_reply(self, w.conn, &key, current.as_deref(), &mut out),
+                GetReply::V2 { thrid } => pmi2::found_reply(
+                    self,
+                    w.conn,
+                    &mut out,
+                    "kvs-get-response",
+                    thrid.as_deref(),
+                    &key,
+                    current.as_deref(),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Lazy mode, a get missed: Ok(true) when the reply now waits for [`PmiServer::fetched`].
+    /// Before the first fence completed nobody else's puts are due, so a miss is final.
+    fn defer_get(
+        &mut self,
+        conn: ConnId,
+        key: &str,
+        reply: GetReply,
+        out: &mut Vec<Action>,
+    ) -> Result<bool, PmiError> {
+        if !self.lazy || self.fence_seq == 1 {
+            return Ok(false);
+        }
+        self.add_pending(conn)?;
+        self.fetch_waiters.push(FetchWaiter {
+            conn,
+            key: key.to_string(),
+            reply,
+        });
+        out.push(Action::Fetch {
+            key: key.to_string(),
+        });
+        Ok(true)
     }
 
     /// The kvsname clients see (after sanitising).
@@ -460,9 +600,8 @@ impl PmiServer {
             if let Some(rs) = self.ranks.get(&rank) {
                 if rs.initialized && !rs.finalized && !rs.aborted {
                     self.ending = true;
-                    out.push(Action::ProtocolError {
-                        conn,
-                        rank: Some(rank),
+                    out.push(Action::Vanished {
+                        rank,
                         message: PmiError::ClosedBeforeFinalize { rank }.to_string(),
                     });
                 }
@@ -483,6 +622,9 @@ impl PmiServer {
                 message: PmiError::UnexpectedFenceDone { seq, expected }.to_string(),
             });
             return out;
+        }
+        for k in self.fetched_keys.drain() {
+            self.kvs.remove(&k);
         }
         for (k, v) in all_puts {
             self.kvs.insert(k, v);
@@ -516,10 +658,16 @@ impl PmiServer {
         out
     }
 
+    /// The rank a connection speaks for, once known.
+    pub fn rank_of(&self, conn: ConnId) -> Option<u32> {
+        self.conns.get(&conn).and_then(|c| c.rank)
+    }
+
     pub fn is_finalized(&self, rank: u32) -> bool {
         self.ranks.get(&rank).is_some_and(|r| r.finalized)
     }
 
+    #[cfg(test)]
     pub fn is_initialized(&self, rank: u32) -> bool {
         self.ranks.get(&rank).is_some_and(|r| r.initialized)
     }
@@ -636,6 +784,7 @@ impl PmiServer {
         }
         self.ending = true;
         self.attr_waiters.retain(|w| w.conn != conn);
+        self.fetch_waiters.retain(|w| w.conn != conn);
         out.push(Action::ProtocolError {
             conn,
             rank,
@@ -660,6 +809,7 @@ impl PmiServer {
             }
         }
         self.attr_waiters.retain(|w| w.conn != conn);
+        self.fetch_waiters.retain(|w| w.conn != conn);
     }
 
     /// Ties `rank` to `conn`; a rank belongs to one live connection at a time.
@@ -785,6 +935,7 @@ impl PmiServer {
             rs.keys.insert(key.to_string());
         }
         self.kvs.insert(key.to_string(), value.to_string());
+        self.fetched_keys.remove(key);
         match self.epoch_index.get(key) {
             Some(&i) => self.epoch_puts[i].1 = value.to_string(),
             None => {
@@ -938,6 +1089,24 @@ mod tests {
     }
 
     #[test]
+    fn job_info_from_map() {
+        use launchers::map::{compute_map, MapBy, MapPolicy, RankBy};
+        let pol = |map_by| MapPolicy { map_by, rank_by: RankBy::Slot, oversubscribe: false };
+        // MPMD: 3 ranks of app 0 then 3 of app 1 over two 3-slot nodes.
+        let map = compute_map(&[(3, None), (3, None)], &[Some(3), Some(3)], &pol(MapBy::Slot)).unwrap();
+        let j = JobInfo::from_map("rl-x", &map, 1);
+        assert_eq!((j.size, j.universe_size, j.node_count), (6, 6, 2));
+        assert_eq!(j.appnum_of, vec![0, 0, 0, 1, 1, 1]);
+        assert_eq!(j.local_ranks, vec![3, 4, 5]);
+        assert_eq!(j.process_mapping.as_deref(), Some("(vector,(0,2,3))"));
+        // Ranks spread so unevenly that the vector form is longer than a PMI value: omitted.
+        let slots: Vec<(u32, Option<u32>)> = (0..400).map(|i| (1 + i % 2, None)).collect();
+        let map = compute_map(&slots, &[Some(600)], &pol(MapBy::Slot)).unwrap();
+        assert!(map.pmi_process_mapping().is_some_and(|m| m.len() > VALLEN_MAX));
+        assert_eq!(JobInfo::from_map("rl-x", &map, 0).process_mapping, None);
+    }
+
+    #[test]
     fn kvsname_is_sanitised_and_bounded() {
         let mut j = job(1, &[0]);
         j.kvsname = format!("a b;c={}", "x".repeat(100));
@@ -1015,7 +1184,10 @@ mod tests {
         s.input(2, b"cmd=init pmi_version=1 pmi_subversion=1\n");
         let a = s.disconnect(2);
         assert_eq!(a.len(), 1);
-        assert!(errors(&a)[0].contains("rank 1 closed its PMI connection without PMI finalize"));
+        assert!(
+            matches!(&a[0], Action::Vanished { rank: 1, message } if message.contains("rank 1 closed its PMI connection without PMI finalize")),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -1043,7 +1215,10 @@ mod tests {
             s.connect(r, Some(r));
             s.input(r, b"cmd=init pmi_version=1 pmi_subversion=1\n");
         }
-        assert_eq!(errors(&s.disconnect(1)).len(), 1);
+        assert!(matches!(
+            &s.disconnect(1)[..],
+            [Action::Vanished { rank: 1, .. }]
+        ));
         assert!(s.disconnect(0).is_empty());
     }
 

@@ -8,7 +8,7 @@
 //! also gets an [`Action::Warning`] so the user learns what was asked for.
 
 use super::{
-    v1_safe, Action, ConnId, FenceReply, PmiError, PmiServer, Who, CMD_NAME_MAX, KEYLEN_MAX,
+    v1_safe, Action, ConnId, FenceReply, GetReply, PmiError, PmiServer, Who, CMD_NAME_MAX, KEYLEN_MAX,
     KVSNAME_MAX, MCMD_MAX, PMI1_LINE_MAX, VALLEN_MAX,
 };
 
@@ -433,10 +433,27 @@ fn get(
     }
     // The process map is job information, not a put: it answers even before any fence.
     let value = if key == "PMI_process_mapping" {
-        srv.job.process_mapping.as_deref()
+        srv.job.process_mapping.clone()
     } else {
-        srv.kvs_get(key)
+        srv.kvs_get(key).map(str::to_string)
     };
+    if value.is_none() && key != "PMI_process_mapping" && srv.defer_get(conn, key, GetReply::V1, out)? {
+        return Ok(());
+    }
+    get_reply(srv, conn, key, value.as_deref(), out);
+    Ok(())
+}
+
+/// `get_result` for `key`: the value, or "not found" when there is none or it cannot travel in
+/// a PMI-1 line (with a Warning).
+pub(super) fn get_reply(
+    srv: &PmiServer,
+    conn: ConnId,
+    key: &str,
+    value: Option<&str>,
+    out: &mut Vec<Action>,
+) {
+    let who = srv.who(conn);
     const PREFIX: &str = "cmd=get_result rc=0 msg=success value=";
     match value {
         Some(v) if v1_safe(v) && PREFIX.len() + v.len() < PMI1_LINE_MAX => {
@@ -461,7 +478,6 @@ fn get(
             );
         }
     }
-    Ok(())
 }
 
 /// One line of an `mcmd=` block: `key=value` (the value may hold spaces) until `endcmd`.

@@ -6,7 +6,7 @@
 //! the error shape the MPICH client turns into an MPI error, plus a Warning for the daemon.
 
 use super::{
-    Action, AttrWaiter, ConnId, FenceReply, PmiError, PmiServer, Who, CMD_NAME_MAX, THRID_MAX,
+    Action, AttrWaiter, ConnId, FenceReply, GetReply, PmiError, PmiServer, Who, CMD_NAME_MAX, THRID_MAX,
     VALLEN_MAX,
 };
 
@@ -216,10 +216,18 @@ pub(super) fn handle_frame(
                 return Err(e);
             }
             // This job is the only one rlaunch knows; another jobid has no keys.
-            let value = match req.get("jobid") {
-                Some(j) if j != srv.job.kvsname => None,
-                _ => srv.kvs_get(key).map(str::to_string),
+            let other_job = req.get("jobid").is_some_and(|j| j != srv.job.kvsname);
+            let value = if other_job {
+                None
+            } else {
+                srv.kvs_get(key).map(str::to_string)
             };
+            if value.is_none() && !other_job {
+                let thrid = thrid.map(str::to_string);
+                if srv.defer_get(conn, key, GetReply::V2 { thrid }, out)? {
+                    return Ok(());
+                }
+            }
             found_reply(
                 srv,
                 conn,
@@ -407,7 +415,7 @@ fn truncate(s: &str) -> String {
 
 /// `found=TRUE;value=…` or `found=FALSE`; a value the client would reject (over its 1024-byte
 /// limit) is reported as missing, with a Warning.
-fn found_reply(
+pub(super) fn found_reply(
     srv: &PmiServer,
     conn: ConnId,
     out: &mut Vec<Action>,

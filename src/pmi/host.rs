@@ -1,0 +1,452 @@
+//! The daemon's side of the PMI engine: one socket per local rank, bytes in and out on the
+//! daemon's mio loop, replies written without blocking. Everything that needs the tree (fences,
+//! aborts, errors) goes back to the daemon as [`Action`]s.
+//!
+//! Two ways for a rank to find its server: `PMI_FD` (default), an end of a socketpair inherited
+//! across exec, and `PMI_PORT` (`--pmi-port`), a loopback TCP listener the rank connects to,
+//! naming its rank with `PMI_ID`.
+
+use super::{Action, ConnId, JobInfo, PmiServer};
+use mio::{Interest, Registry, Token};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+
+/// Tokens at and above this belong to PMI (the daemon's other tokens are all below it).
+pub const TOKEN_BASE: usize = 1 << 28;
+const LISTENER_TOKEN: Token = Token(TOKEN_BASE);
+/// Bytes read from one PMI socket per event: a rank that writes without pause cannot starve the
+/// rest of the loop. The remainder is read on the next round ([`PmiHost::more`]).
+const READ_BUDGET: usize = 256 * 1024;
+/// Reply bytes queued for a rank that does not read them. An honest client reads every reply
+/// before its next request, so this is generous; past it the rank is broken.
+const MAX_QUEUED_OUT: usize = 16 << 20;
+/// Connections accepted in `PMI_PORT` mode beyond the local rank count: a stray connector must
+/// not exhaust the daemon.
+const EXTRA_PORT_CONNS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `PMI_FD`: an inherited socketpair end.
+    Fd,
+    /// `PMI_PORT=127.0.0.1:port` and `PMI_ID=<rank>`.
+    Port,
+}
+
+enum Sock {
+    Unix(mio::net::UnixStream),
+    Tcp(mio::net::TcpStream),
+}
+
+impl Sock {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Sock::Unix(s) => s,
+            Sock::Tcp(s) => s,
+        }
+    }
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.read(buf),
+            Sock::Tcp(s) => s.read(buf),
+        }
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.write(buf),
+            Sock::Tcp(s) => s.write(buf),
+        }
+    }
+}
+
+struct Conn {
+    sock: Sock,
+    out: Vec<u8>,
+    off: usize,
+    /// Read hit its budget: more may be waiting (edge-triggered polling will not say so again).
+    more: bool,
+}
+
+/// What the daemon keeps until the rank is spawned: the child's end of the socketpair, open in
+/// the daemon until `spawn` has duplicated it into the child.
+pub struct Prepared {
+    _child_end: Option<std::os::unix::net::UnixStream>,
+}
+
+pub struct PmiHost {
+    server: PmiServer,
+    mode: Mode,
+    size: u32,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    listener: Option<mio::net::TcpListener>,
+    port: u16,
+    /// Connections with unread input left by the read budget.
+    more: Vec<ConnId>,
+    local_count: usize,
+}
+
+impl PmiHost {
+    /// `PMI_PORT` mode opens the listener here, so a failure is reported before any rank starts.
+    pub fn new(job: JobInfo, mode: Mode, registry: &Registry) -> io::Result<Self> {
+        let size = job.size;
+        let local_count = job.local_ranks.len();
+        let mut host = PmiHost {
+            server: PmiServer::new(job),
+            mode,
+            size,
+            conns: HashMap::new(),
+            next_conn: 0,
+            listener: None,
+            port: 0,
+            more: Vec::new(),
+            local_count,
+        };
+        if mode == Mode::Port {
+            let mut l = mio::net::TcpListener::bind("127.0.0.1:0".parse().expect("literal address"))?;
+            host.port = l.local_addr()?.port();
+            registry.register(&mut l, LISTENER_TOKEN, Interest::READABLE)?;
+            host.listener = Some(l);
+        }
+        Ok(host)
+    }
+
+    pub fn owns(token: Token) -> bool {
+        token.0 >= TOKEN_BASE
+    }
+
+    /// Sets up `rank`'s PMI environment on `cmd`. Keep the returned value alive until
+    /// `cmd.spawn()` returned, then drop it.
+    pub fn prepare(&mut self, rank: u32, cmd: &mut std::process::Command, registry: &Registry) -> io::Result<Prepared> {
+        // Another launcher's variables (rlaunch started under srun or mpiexec) must not lead the
+        // client to the wrong server.
+        for k in ["PMI_FD", "PMI_PORT", "PMI_ID", "PMI_SPAWNED", "PMI_JOBID", "PMI_RANK", "PMI_SIZE"] {
+            cmd.env_remove(k);
+        }
+        cmd.env("PMI_RANK", rank.to_string())
+            .env("PMI_SIZE", self.size.to_string())
+            .env("PMI_JOBID", self.server.kvsname());
+        match self.mode {
+            Mode::Port => {
+                cmd.env("PMI_PORT", format!("127.0.0.1:{}", self.port)).env("PMI_ID", rank.to_string());
+                Ok(Prepared { _child_end: None })
+            }
+            Mode::Fd => {
+                let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
+                mine.set_nonblocking(true)?;
+                let fd: RawFd = theirs.as_raw_fd();
+                cmd.env("PMI_FD", fd.to_string());
+                // SAFETY: fcntl is async-signal-safe; the fd is open in the child (fork copies it).
+                unsafe {
+                    cmd.pre_exec(move || {
+                        // The socketpair is close-on-exec like every fd Rust opens; the rank's end
+                        // must survive exec, and only in this one child.
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                let conn = self.add_conn(Sock::Unix(mio::net::UnixStream::from_std(mine)), registry)?;
+                self.server.connect(conn, Some(rank));
+                Ok(Prepared { _child_end: Some(theirs) })
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: Sock, registry: &Registry) -> io::Result<ConnId> {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        registry.register(sock.source(), Token(TOKEN_BASE + 1 + conn as usize), Interest::READABLE | Interest::WRITABLE)?;
+        self.conns.insert(conn, Conn { sock, out: Vec::new(), off: 0, more: false });
+        Ok(conn)
+    }
+
+    /// A readiness event on a PMI token. Returns the actions the daemon must carry out (replies
+    /// are already written or queued).
+    pub fn on_event(&mut self, token: Token, readable: bool, writable: bool, registry: &Registry) -> Vec<Action> {
+        if token == LISTENER_TOKEN {
+            self.accept(registry);
+            return Vec::new();
+        }
+        let conn = (token.0 - TOKEN_BASE - 1) as ConnId;
+        let mut out = Vec::new();
+        if writable {
+            self.flush(conn, registry, &mut out);
+        }
+        if readable {
+            self.read(conn, registry, &mut out);
+        }
+        out
+    }
+
+    /// Whether some connection still holds unread input (call [`PmiHost::read_more`] soon).
+    pub fn more(&self) -> bool {
+        !self.more.is_empty()
+    }
+
+    /// Continues reads cut short by the budget.
+    pub fn read_more(&mut self, registry: &Registry) -> Vec<Action> {
+        let mut out = Vec::new();
+        for conn in std::mem::take(&mut self.more) {
+            self.read(conn, registry, &mut out);
+        }
+        out
+    }
+
+    /// Fence `seq` completed across the job.
+    pub fn fence_done(&mut self, seq: u64, puts: Vec<(String, String)>, registry: &Registry) -> Vec<Action> {
+        let actions = self.server.fence_done(seq, puts);
+        self.perform(actions, registry)
+    }
+
+    /// `rank` was reaped: whatever it wrote before exiting is read now, so its abort or its
+    /// closing is known before its exit status is reported.
+    pub fn rank_exited(&mut self, rank: u32, registry: &Registry) -> Vec<Action> {
+        let conns: Vec<ConnId> = self.conns.keys().copied().filter(|&c| self.server.rank_of(c) == Some(rank)).collect();
+        let mut out = Vec::new();
+        for c in conns {
+            self.read(c, registry, &mut out);
+        }
+        out
+    }
+
+    /// See [`PmiServer::set_lazy`].
+    pub fn set_lazy(&mut self, lazy: bool) {
+        self.server.set_lazy(lazy);
+    }
+
+    /// This node's value of `key`, for another node's fetch.
+    pub fn lookup(&self, key: &str) -> Option<&str> {
+        self.server.lookup(key)
+    }
+
+    /// The answer to a [`Action::Fetch`].
+    pub fn fetched(&mut self, key: String, value: Option<String>, registry: &Registry) -> Vec<Action> {
+        let actions = self.server.fetched(key, value);
+        self.perform(actions, registry)
+    }
+
+    #[cfg(test)]
+    fn is_initialized(&self, rank: u32) -> bool {
+        self.server.is_initialized(rank)
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        loop {
+            let Some(l) = self.listener.as_ref() else { return };
+            match l.accept() {
+                Ok((s, _)) => {
+                    if self.conns.len() >= self.local_count + EXTRA_PORT_CONNS {
+                        // Dropping closes it: more connections than ranks is not a PMI client.
+                        continue;
+                    }
+                    if let Ok(conn) = self.add_conn(Sock::Tcp(s), registry) {
+                        self.server.connect(conn, None);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn read(&mut self, conn: ConnId, registry: &Registry, out: &mut Vec<Action>) {
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            c.more = false;
+            match c.sock.read(&mut buf) {
+                Ok(0) => {
+                    self.close(conn, registry, out);
+                    return;
+                }
+                Ok(n) => {
+                    total += n;
+                    let actions = self.server.input(conn, &buf[..n]);
+                    let rest = self.perform(actions, registry);
+                    out.extend(rest);
+                    if total >= READ_BUDGET {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.more = true;
+                            self.more.push(conn);
+                        }
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A reset is the rank going away, like EOF.
+                Err(_) => {
+                    self.close(conn, registry, out);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, registry: &Registry, out: &mut Vec<Action>) {
+        if let Some(mut c) = self.conns.remove(&conn) {
+            let _ = registry.deregister(c.sock.source());
+        }
+        self.more.retain(|&c| c != conn);
+        out.extend(self.server.disconnect(conn));
+    }
+
+    /// Writes `Send`s, returns the rest.
+    fn perform(&mut self, actions: Vec<Action>, registry: &Registry) -> Vec<Action> {
+        let mut rest = Vec::new();
+        for a in actions {
+            match a {
+                Action::Send { conn, bytes } => {
+                    let Some(c) = self.conns.get_mut(&conn) else { continue };
+                    if c.off > 0 && c.off == c.out.len() {
+                        c.out.clear();
+                        c.off = 0;
+                    }
+                    c.out.extend_from_slice(&bytes);
+                    self.flush(conn, registry, &mut rest);
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    fn flush(&mut self, conn: ConnId, registry: &Registry, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        while c.off < c.out.len() {
+            match c.sock.write(&c.out[c.off..]) {
+                Ok(0) => break,
+                Ok(n) => c.off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // The rank closed its end: nobody reads the replies. Its EOF comes by read.
+                    c.out.clear();
+                    c.off = 0;
+                    return;
+                }
+            }
+        }
+        if c.out.len() - c.off > MAX_QUEUED_OUT {
+            // Never read its replies: treat it as gone rather than grow without bound.
+            self.close(conn, registry, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    fn job(size: u32, local: &[u32]) -> JobInfo {
+        JobInfo {
+            kvsname: "rl-host".into(),
+            size,
+            universe_size: size,
+            appnum_of: vec![0; size as usize],
+            local_ranks: local.to_vec(),
+            process_mapping: Some(format!("(vector,(0,1,{size}))")),
+            node_count: 1,
+        }
+    }
+
+    fn env_of(cmd: &std::process::Command, key: &str) -> Option<String> {
+        cmd.get_envs().find(|(k, _)| *k == key).and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    fn poll_until<F: FnMut(&mut PmiHost, &mio::Poll) -> bool>(host: &mut PmiHost, poll: &mut mio::Poll, mut f: F) -> Vec<Action> {
+        let mut events = mio::Events::with_capacity(64);
+        let mut all = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !f(host, poll) {
+            assert!(std::time::Instant::now() < deadline, "timed out; actions so far {all:?}");
+            poll.poll(&mut events, Some(std::time::Duration::from_millis(50))).unwrap();
+            for ev in events.iter() {
+                all.extend(host.on_event(ev.token(), ev.is_readable(), ev.is_writable(), poll.registry()));
+            }
+            all.extend(host.read_more(poll.registry()));
+        }
+        all
+    }
+
+    #[test]
+    fn fd_mode_sets_the_environment_and_serves_the_socket() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(2, &[0, 1]), Mode::Fd, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        cmd.env("PMI_PORT", "stale:1");
+        let prepared = host.prepare(1, &mut cmd, poll.registry()).unwrap();
+        assert_eq!(env_of(&cmd, "PMI_RANK").as_deref(), Some("1"));
+        assert_eq!(env_of(&cmd, "PMI_SIZE").as_deref(), Some("2"));
+        assert_eq!(env_of(&cmd, "PMI_JOBID").as_deref(), Some("rl-host"));
+        assert_eq!(env_of(&cmd, "PMI_PORT"), None, "another launcher's PMI_PORT is removed");
+        let fd: RawFd = env_of(&cmd, "PMI_FD").unwrap().parse().unwrap();
+        // Play the client on the child's end (a dup, so dropping `prepared` is harmless).
+        let dup = unsafe { libc::dup(fd) };
+        assert!(dup >= 0);
+        drop(prepared);
+        let mut client = unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) };
+        client.write_all(b"cmd=init pmi_version=1 pmi_subversion=1\ncmd=barrier_in\n").unwrap();
+        let actions = poll_until(&mut host, &mut poll, |h, _| h.is_initialized(1));
+        assert!(actions.iter().any(|a| matches!(a, Action::Initialized { rank: 1, .. })), "{actions:?}");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"rc=0\n") {
+            let n = client.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0\n");
+        drop(client);
+        // EOF after init without finalize: the engine says so.
+        let actions = poll_until(&mut host, &mut poll, |h, _| h.conns.is_empty());
+        assert!(actions.iter().any(|a| matches!(a, Action::Vanished { rank: 1, .. })), "{actions:?}");
+    }
+
+    #[test]
+    fn port_mode_names_the_rank_by_initack() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(4, &[2, 3]), Mode::Port, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        cmd.env("PMI_FD", "9");
+        let _p = host.prepare(3, &mut cmd, poll.registry()).unwrap();
+        assert_eq!(env_of(&cmd, "PMI_FD"), None, "another launcher's PMI_FD is removed");
+        assert_eq!(env_of(&cmd, "PMI_ID").as_deref(), Some("3"));
+        let port = env_of(&cmd, "PMI_PORT").unwrap();
+        assert!(port.starts_with("127.0.0.1:"), "{port}");
+        let mut client = std::net::TcpStream::connect(&port).unwrap();
+        client.set_nonblocking(true).unwrap();
+        client.write_all(b"cmd=initack pmiid=3\n").unwrap();
+        let want = "cmd=initack\ncmd=set size=4\ncmd=set rank=3\ncmd=set debug=0\n";
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        poll_until(&mut host, &mut poll, |_, _| {
+            if let Ok(n) = client.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len() >= want.len()
+        });
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+
+    #[test]
+    fn fd_survives_exec_only_in_its_own_child() {
+        // A real exec: the child reports whether PMI_FD is an open socket.
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(1, &[0]), Mode::Fd, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "printf 'cmd=get_maxes\\n' >&$PMI_FD && echo ok"]);
+        let p = host.prepare(0, &mut cmd, poll.registry()).unwrap();
+        let out = cmd.output().unwrap();
+        drop(p);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", String::from_utf8_lossy(&out.stderr));
+        let c = host.conns.get_mut(&0).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.sock.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"cmd=get_maxes\n");
+    }
+}
