@@ -262,3 +262,68 @@ fn a_silent_server_is_a_timeout_naming_the_node() {
     assert_eq!(code, CONNECT_FAILED);
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
 }
+
+/// Runs in a child test process (see below), so that SSH_AUTH_SOCK is set before any thread reads
+/// the environment; ignored on its own.
+#[test]
+#[ignore = "run by agent_keys_are_tried_first with an agent socket in its environment"]
+fn agent_helper() {
+    let Ok(want) = std::env::var("RLAUNCH_SSH_AGENT_TEST") else { return };
+    let Some(c) = cluster("agent_helper") else { panic!("the cluster went away") };
+    let dir = workdir("agent-helper");
+    let daemon = script(&dir, "daemon", "read l; exit 4");
+    let opts = SshOptions { identity: None, identities_only: false, ..c.opts() };
+    let (code, err) = run(&opts, &c.node(), &daemon, "B\n");
+    if want == "refused" {
+        assert!(err.starts_with(&format!("authentication refused by {} for user root (tried: agent (1 key)", c.node)), "{err}");
+        assert_eq!(code, CONNECT_FAILED);
+    } else {
+        assert_eq!((code, err.as_str()), (4, ""));
+    }
+}
+
+#[test]
+fn agent_keys_are_tried_first() {
+    let Some(c) = cluster("agent_keys_are_tried_first") else { return };
+    let dir = workdir("agent");
+    let wrong = dir.join("wrong_ed25519");
+    let keygen = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&wrong).status();
+    // The socket lives in this machine's /tmp: only this process talks to it, and socket paths are short.
+    let sock = std::env::temp_dir().join(format!("rlaunch-ssh-test-agent-{}", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let agent = std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).stdout(std::process::Stdio::null()).spawn();
+    let (Ok(made), Ok(mut agent)) = (keygen, agent) else {
+        eprintln!("SKIPPED agent_keys_are_tried_first: needs ssh-keygen and ssh-agent");
+        return;
+    };
+    assert!(made.success());
+    let up_by = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() {
+        assert!(Instant::now() < up_by, "ssh-agent did not create {}", sock.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let add = |key: &Path| {
+        let out = std::process::Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+        assert!(out.status.success(), "ssh-add {}: {}", key.display(), String::from_utf8_lossy(&out.stderr));
+    };
+    let helper = |want: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "agent_helper", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("SSH_AUTH_SOCK", &sock)
+            .env("RLAUNCH_SSH_AGENT_TEST", want)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success() && text.contains("1 passed"), text)
+    };
+    add(&wrong);
+    let refused = helper("refused");
+    // The right key second: every agent identity is offered, not only the first.
+    add(&c.state.join("id_ed25519"));
+    let accepted = helper("ok");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = std::fs::remove_file(&sock);
+    assert!(refused.0, "{}", refused.1);
+    assert!(accepted.0, "{}", accepted.1);
+}
