@@ -93,6 +93,11 @@ impl Fence {
         &self.children
     }
 
+    /// The fence in progress.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Whether this vertex runs ranks of its own.
     pub fn has_local(&self) -> bool {
         self.has_local

@@ -1,0 +1,459 @@
+//! Issue 4: unmodified MPICH programs, and raw PMI-1 / PMI-2 clients, under rlaunch's PMI server.
+//!
+//! The C programs in tests/programs are compiled at test time (MPI ones with `mpicc.mpich`, the
+//! raw PMI clients with `cc`) into the cargo target dir, which the namespace cluster's nodes see
+//! too. Without a compiler the affected tests say so and pass; multi-node tests need the cluster
+//! (`RLAUNCH_CLUSTER_STATE`, from `scripts/cluster up 8`).
+
+mod common;
+
+use common::{Output, Scratch};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const MPI_PROGRAMS: &[&str] =
+    &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_appnum", "mpi_no_finalize"];
+const PMI_PROGRAMS: &[&str] = &["pmi_modex", "pmi2_client"];
+/// Processes of a failed job must be gone this soon after rlaunch exits.
+const CLEANUP: Duration = Duration::from_secs(5);
+
+struct Built {
+    dir: PathBuf,
+    /// Why the MPI programs are missing, if they are.
+    mpi_missing: Option<String>,
+    pmi_missing: Option<String>,
+}
+
+fn sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
+}
+
+/// Compiles into a temporary name and renames, so concurrent test runs never see half a binary.
+fn compile(compiler: &str, dir: &Path, name: &str) -> Result<(), String> {
+    let src = sources().join(format!("{name}.c"));
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let out = Command::new(compiler)
+        .args(["-O1", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("{compiler} not runnable: {e} (install mpich and libmpich-dev: scripts/install-deps)"))?;
+    if !out.status.success() {
+        return Err(format!("{compiler} {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr)));
+    }
+    std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+}
+
+fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mpich-programs");
+        std::fs::create_dir_all(&dir).expect("creating the program dir");
+        let mut mpi_missing = None;
+        for p in MPI_PROGRAMS {
+            if let Err(e) = compile("mpicc.mpich", &dir, p) {
+                mpi_missing = Some(e);
+                break;
+            }
+        }
+        if mpi_missing.is_none() {
+            // The second executable of the MPMD test: same program, another file.
+            let _ = std::fs::copy(dir.join("mpi_appnum"), dir.join("mpi_appnum_b"));
+        }
+        let mut pmi_missing = None;
+        for p in PMI_PROGRAMS {
+            if let Err(e) = compile("cc", &dir, p) {
+                pmi_missing = Some(e);
+                break;
+            }
+        }
+        Built { dir, mpi_missing, pmi_missing }
+    })
+}
+
+/// The path of an MPI test program, or None after printing why the test is skipped.
+fn mpi(name: &str) -> Option<String> {
+    let b = built();
+    if let Some(why) = &b.mpi_missing {
+        eprintln!("SKIP: MPICH programs unavailable: {why}");
+        return None;
+    }
+    Some(b.dir.join(name).to_string_lossy().into_owned())
+}
+
+fn pmi_prog(name: &str) -> Option<String> {
+    let b = built();
+    if let Some(why) = &b.pmi_missing {
+        eprintln!("SKIP: raw PMI clients unavailable: {why}");
+        return None;
+    }
+    Some(b.dir.join(name).to_string_lossy().into_owned())
+}
+
+fn np(n: u32) -> Vec<String> {
+    vec!["-np".into(), n.to_string()]
+}
+
+fn with(mut a: Vec<String>, more: &[&str]) -> Vec<String> {
+    a.extend(more.iter().map(|s| s.to_string()));
+    a
+}
+
+/// The lines rlaunch itself wrote to stderr.
+fn rlaunch_lines(o: &Output) -> Vec<String> {
+    o.stderr.lines().filter(|l| l.starts_with("rlaunch: ")).map(str::to_string).collect()
+}
+
+fn expect_clean_success(o: &Output) {
+    o.expect_code(0);
+    assert!(rlaunch_lines(o).is_empty(), "rlaunch complained about a good job:\n{o}");
+    assert!(!o.stderr.contains("FAIL"), "a program reported a failure:\n{o}");
+}
+
+/// `rlaunch: rank R (pid P on HOST) REST` → (R, P, HOST, REST).
+fn parse_rank_line(line: &str) -> Option<(u32, u32, String, String)> {
+    let rest = line.strip_prefix("rlaunch: ")?;
+    let rest = rest.strip_prefix("PMI protocol error from ").unwrap_or(rest);
+    let rest = rest.strip_prefix("rank ")?;
+    let (rank, rest) = rest.split_once(" (pid ")?;
+    let (pid, rest) = rest.split_once(" on ")?;
+    let (host, rest) = rest.split_once(')')?;
+    Some((rank.parse().ok()?, pid.parse().ok()?, host.to_string(), rest.trim_start_matches([':', ' ']).to_string()))
+}
+
+/// Exactly one line from rlaunch, about `rank`, with a real pid, containing `needle`.
+fn expect_one_rank_line(o: &Output, rank: u32, needle: &str) {
+    let lines = rlaunch_lines(o);
+    assert_eq!(lines.len(), 1, "expected one line from rlaunch:\n{o}");
+    let (r, pid, _host, rest) = parse_rank_line(&lines[0]).unwrap_or_else(|| panic!("not a rank line: {:?}\n{o}", lines[0]));
+    assert_eq!(r, rank, "the line names the wrong rank:\n{o}");
+    assert!(pid > 0, "the line has no pid:\n{o}");
+    assert!(rest.contains(needle), "the line should say {needle:?}:\n{o}");
+}
+
+const SIZES: [u32; 3] = [1, 4, 16];
+
+// ---------------------------------------------------------------------------------------------
+// One node
+
+#[test]
+fn hello_every_rank_once_with_the_right_identity() {
+    let Some(p) = mpi("mpi_hello") else { return };
+    let host = common::hostname();
+    for n in SIZES {
+        let s = Scratch::new("hello");
+        let o = s.run(with(np(n), &[&p]));
+        expect_clean_success(&o);
+        let mut got: Vec<&str> = o.stdout_lines();
+        got.sort();
+        let mut want: Vec<String> = (0..n).map(|r| format!("hello from rank {r} of {n} on {host}")).collect();
+        want.sort();
+        assert_eq!(got, want, "n={n}:\n{o}");
+    }
+}
+
+#[test]
+fn allreduce_sum_is_verified() {
+    let Some(p) = mpi("mpi_allreduce") else { return };
+    for n in SIZES {
+        let s = Scratch::new("allreduce");
+        let o = s.run(with(np(n), &[&p]));
+        expect_clean_success(&o);
+        let want = format!("allreduce ok: sum={} over {n} ranks", n * (n + 1) / 2);
+        assert!(o.stdout.contains(&want), "n={n}: want {want:?}:\n{o}");
+    }
+}
+
+#[test]
+fn ring_token_goes_around() {
+    let Some(p) = mpi("mpi_ring") else { return };
+    for n in SIZES {
+        let s = Scratch::new("ring");
+        let o = s.run(with(np(n), &[&p]));
+        expect_clean_success(&o);
+        let want = format!("ring ok: token {} went around {n} ranks", n * (n - 1) / 2);
+        assert!(o.stdout.contains(&want), "n={n}: want {want:?}:\n{o}");
+    }
+}
+
+#[test]
+fn barrier_in_a_loop() {
+    let Some(p) = mpi("mpi_barrier") else { return };
+    for n in SIZES {
+        let s = Scratch::new("barrier");
+        let o = s.run(with(np(n), &[&p, "20"]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains(&format!("barrier ok: 20 iterations on {n} ranks")), "n={n}:\n{o}");
+    }
+}
+
+#[test]
+fn mpi_abort_ends_the_job_with_its_code_and_names_the_rank() {
+    let Some(p) = mpi("mpi_abort") else { return };
+    for n in SIZES {
+        let s = Scratch::new("abort");
+        let o = s.run(with(np(n), &[&p, "1"]));
+        o.expect_code(7);
+        if n == 1 {
+            // MPICH alone in its world exits with the code without telling PMI (checked with
+            // strace): the exit status is all there is to report.
+            expect_one_rank_line(&o, 0, "exited with status 7");
+        } else {
+            expect_one_rank_line(&o, 1, "called abort with code 7");
+        }
+        s.assert_no_leftovers(CLEANUP);
+    }
+}
+
+#[test]
+fn crash_is_one_line_and_exit_139() {
+    let Some(p) = mpi("mpi_crash") else { return };
+    for n in SIZES {
+        let s = Scratch::new("crash");
+        let o = s.run(with(np(n), &[&p, "1"]));
+        o.expect_code(139);
+        expect_one_rank_line(&o, 1.min(n - 1), "killed by signal 11 (SIGSEGV)");
+        s.assert_no_leftovers(CLEANUP);
+    }
+}
+
+#[test]
+fn mpmd_two_executables_share_one_world_with_their_appnums() {
+    let (Some(a), Some(b)) = (mpi("mpi_appnum"), mpi("mpi_appnum_b")) else { return };
+    for n in [2u32, 4, 16] {
+        let s = Scratch::new("mpmd");
+        let (na, nb) = (n / 2, n - n / 2);
+        let args: Vec<String> = with(np(na), &[&a, "0", ":"]).into_iter().chain(with(np(nb), &[&b, "1"])).collect();
+        let o = s.run(args);
+        expect_clean_success(&o);
+        let want = format!("appnum ok: {n} ranks, {na} of app 0, {nb} of app 1");
+        assert!(o.stdout.contains(&want), "want {want:?}:\n{o}");
+    }
+}
+
+#[test]
+fn exit_zero_without_finalize_after_init_is_a_failure() {
+    let Some(p) = mpi("mpi_no_finalize") else { return };
+    for n in [1u32, 4] {
+        let s = Scratch::new("nofin");
+        let o = s.run(with(np(n), &[&p]));
+        o.expect_code(1);
+        expect_one_rank_line(&o, n - 1, "exited with status 0 after MPI_Init (PMI init) without MPI_Finalize");
+        s.assert_no_leftovers(CLEANUP);
+    }
+}
+
+#[test]
+fn pmi_port_mode_serves_mpich() {
+    let Some(p) = mpi("mpi_allreduce") else { return };
+    let s = Scratch::new("port");
+    let o = s.run(with(np(4), &["--pmi-port", &p]));
+    expect_clean_success(&o);
+    assert!(o.stdout.contains("allreduce ok: sum=10 over 4 ranks"), "{o}");
+}
+
+#[test]
+fn pmi_modex_raw_pmi1_client() {
+    let Some(p) = pmi_prog("pmi_modex") else { return };
+    for n in SIZES {
+        for lazy in [false, true] {
+            let s = Scratch::new("modex");
+            let mut a = np(n);
+            if lazy {
+                a.push("--pmi-lazy".into());
+            }
+            let o = s.run(with(a, &[&p]));
+            expect_clean_success(&o);
+            assert!(o.stdout.contains(&format!("pmi_modex ok: {n} ranks")), "n={n} lazy={lazy}:\n{o}");
+        }
+    }
+}
+
+#[test]
+fn pmi2_client_raw_pmi2() {
+    let Some(p) = pmi_prog("pmi2_client") else { return };
+    for n in SIZES {
+        let s = Scratch::new("pmi2");
+        let o = s.run(with(np(n), &[&p]));
+        expect_clean_success(&o);
+        let want = format!("pmi2_client ok: {n} ranks exchanged keys, process mapping (vector,(0,1,{n}))");
+        assert!(o.stdout.contains(&want), "want {want:?}:\n{o}");
+    }
+}
+
+#[test]
+fn garbage_on_the_pmi_socket_is_a_protocol_error_naming_the_rank() {
+    let s = Scratch::new("garbage");
+    // Rank 2 writes something that is not PMI to its PMI socket, then waits to be killed.
+    let code = format!(
+        "if [ \"$PMI_RANK\" = 2 ]; then echo 'GET / HTTP/1.0' >&\"$PMI_FD\"; fi; {}",
+        common::IDLE
+    );
+    // bash: dash cannot redirect to a descriptor above 9.
+    let o = s.run(with(np(4), &["bash", "-c", &code]));
+    o.expect_code(1);
+    expect_one_rank_line(&o, 2, "neither a PMI-1 line nor a PMI-2 message");
+    s.assert_no_leftovers(CLEANUP);
+}
+
+#[test]
+fn raw_pmi1_abort_message_reaches_the_report_line() {
+    let s = Scratch::new("abortmsg");
+    let code = format!(
+        "if [ \"$PMI_RANK\" = 0 ]; then printf 'cmd=init pmi_version=1 pmi_subversion=1\\ncmd=abort exitcode=9 message=out of cheese\\n' >&\"$PMI_FD\"; fi; {}",
+        common::IDLE
+    );
+    let o = s.run(with(np(3), &["bash", "-c", &code]));
+    o.expect_code(9);
+    expect_one_rank_line(&o, 0, "called abort with code 9: out of cheese");
+    s.assert_no_leftovers(CLEANUP);
+}
+
+#[test]
+fn pmi_environment_of_a_rank() {
+    let s = Scratch::new("env");
+    let o = s.run(with(np(2), &["sh", "-c", "echo \"$PMI_RANK $PMI_SIZE ${PMI_JOBID:+jobid} ${PMI_FD:+fd} ${PMI_PORT:+port}\""]));
+    o.expect_code(0);
+    let mut lines = o.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, vec!["0 2 jobid fd ", "1 2 jobid fd "], "{o}");
+    let o = s.run(with(np(1), &["--pmi-port", "sh", "-c", "echo \"$PMI_ID ${PMI_FD:-nofd} $PMI_PORT\""]));
+    o.expect_code(0);
+    assert!(o.stdout.starts_with("0 nofd 127.0.0.1:"), "{o}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several daemons on this machine (`--launcher local` with a node list): the fence runs over a
+// real tree of daemons, deep with `--fanout 1`, and `--pmi-lazy` fetches across nodes.
+
+fn local_nodes(fanout: u32) -> Vec<String> {
+    with(vec![], &["--launcher", "local", "--host", "a:2,b:2,c:2,d:2", "--fanout", &fanout.to_string()])
+}
+
+#[test]
+fn fence_across_local_daemons_eager_and_lazy() {
+    let Some(p) = pmi_prog("pmi_modex") else { return };
+    for fanout in [1u32, 2, 32] {
+        for lazy in [false, true] {
+            let s = Scratch::new("treefence");
+            let mut a = local_nodes(fanout);
+            if lazy {
+                a.push("--pmi-lazy".into());
+            }
+            let o = s.run(with(a, &["-np", "8", &p]));
+            expect_clean_success(&o);
+            assert!(o.stdout.contains("pmi_modex ok: 8 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
+        }
+    }
+}
+
+#[test]
+fn pmi2_and_mpich_across_local_daemons() {
+    if let Some(p) = pmi_prog("pmi2_client") {
+        let s = Scratch::new("treepmi2");
+        let o = s.run(with(local_nodes(2), &["-np", "8", &p]));
+        expect_clean_success(&o);
+        // Two ranks on each of four nodes, in order.
+        assert!(o.stdout.contains("pmi2_client ok: 8 ranks exchanged keys, process mapping (vector,(0,4,2))"), "{o}");
+    }
+    let Some(p) = mpi("mpi_allreduce") else { return };
+    for lazy in [false, true] {
+        let s = Scratch::new("treempich");
+        let mut a = local_nodes(1);
+        if lazy {
+            a.push("--pmi-lazy".into());
+        }
+        let o = s.run(with(a, &["-np", "8", &p]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains("allreduce ok: sum=36 over 8 ranks"), "lazy {lazy}:\n{o}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The namespace cluster: 8 nodes × 4 ranks, through the launch agent.
+
+fn cluster() -> Option<Vec<String>> {
+    if std::env::var_os("RLAUNCH_CLUSTER_STATE").is_none() {
+        eprintln!("SKIP: RLAUNCH_CLUSTER_STATE is unset (start a cluster with scripts/cluster up 8 and source its env file)");
+        return None;
+    }
+    let hosts = Path::new("/run/rlaunch-cluster/hosts");
+    if !hosts.exists() {
+        eprintln!("SKIP: {} does not exist; the cluster is not up", hosts.display());
+        return None;
+    }
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node-exec");
+    // The scratch dir is under /tmp, which is private to each node: the ranks run in the shared
+    // target dir instead.
+    let wdir = env!("CARGO_TARGET_TMPDIR");
+    Some(with(
+        vec![],
+        &[
+            "--launch-agent",
+            &agent.to_string_lossy(),
+            "--hostfile",
+            &hosts.to_string_lossy(),
+            "--ppn",
+            "4",
+            "--oversubscribe",
+            "-np",
+            "32",
+            "--wdir",
+            wdir,
+        ],
+    ))
+}
+
+#[test]
+fn cluster_8x4_mpich_programs() {
+    let Some(base) = cluster() else { return };
+    let Some(dir) = mpi("mpi_hello").map(|p| PathBuf::from(p).parent().unwrap().to_path_buf()) else { return };
+    let prog = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    for fanout in ["32", "2"] {
+        let a = with(base.clone(), &["--fanout", fanout]);
+        let s = Scratch::new("c-hello");
+        let o = s.run(with(a.clone(), &[&prog("mpi_hello")]));
+        expect_clean_success(&o);
+        assert_eq!(o.stdout_lines().len(), 32, "fanout {fanout}:\n{o}");
+        for node in 1..=8 {
+            assert_eq!(o.stdout.matches(&format!(" of 32 on n{node}\n")).count(), 4, "fanout {fanout}, node n{node}:\n{o}");
+        }
+        let o = s.run(with(a.clone(), &[&prog("mpi_allreduce")]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains("allreduce ok: sum=528 over 32 ranks"), "fanout {fanout}:\n{o}");
+        let o = s.run(with(a.clone(), &[&prog("mpi_ring")]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains("ring ok: token 496 went around 32 ranks"), "fanout {fanout}:\n{o}");
+        let o = s.run(with(a.clone(), &[&prog("mpi_barrier"), "20"]));
+        expect_clean_success(&o);
+        let o = s.run(with(a.clone(), &[&prog("mpi_abort"), "13"]));
+        o.expect_code(7);
+        expect_one_rank_line(&o, 13, "called abort with code 7");
+        let o = s.run(with(a.clone(), &[&prog("mpi_crash"), "21"]));
+        o.expect_code(139);
+        expect_one_rank_line(&o, 21, "killed by signal 11 (SIGSEGV)");
+    }
+}
+
+#[test]
+fn cluster_8x4_raw_pmi_clients_eager_and_lazy() {
+    let Some(base) = cluster() else { return };
+    let (Some(modex), Some(pmi2)) = (pmi_prog("pmi_modex"), pmi_prog("pmi2_client")) else { return };
+    for fanout in ["32", "2"] {
+        for lazy in [false, true] {
+            let mut a = with(base.clone(), &["--fanout", fanout]);
+            if lazy {
+                a.push("--pmi-lazy".into());
+            }
+            let s = Scratch::new("c-modex");
+            let o = s.run(with(a.clone(), &[&modex]));
+            expect_clean_success(&o);
+            assert!(o.stdout.contains("pmi_modex ok: 32 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
+            let o = s.run(with(a, &[&pmi2]));
+            expect_clean_success(&o);
+            assert!(o.stdout.contains("process mapping (vector,(0,8,4))"), "fanout {fanout} lazy {lazy}:\n{o}");
+        }
+    }
+}
