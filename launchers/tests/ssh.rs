@@ -135,6 +135,15 @@ fn bootstrap_stderr_and_exit_status_travel() {
 }
 
 #[test]
+fn a_daemon_killed_by_a_signal_reports_128_plus_n() {
+    let Some(c) = cluster("a_daemon_killed_by_a_signal_reports_128_plus_n") else { return };
+    let dir = workdir("signal");
+    // exec: the signal must end the command sshd started, not a child of it.
+    let daemon = script(&dir, "daemon", "read l; exec sh -c 'kill -TERM $$'");
+    assert_eq!(run(&c.opts(), &c.node(), &daemon, "B\n"), (143, String::new()));
+}
+
+#[test]
 fn stdin_writes_reach_the_daemon_and_dropping_it_is_eof() {
     let Some(c) = cluster("stdin_writes_reach_the_daemon_and_dropping_it_is_eof") else { return };
     let dir = workdir("stdin");
