@@ -58,8 +58,6 @@ impl Scratch {
     {
         let mut c = Command::new(bin());
         c.args(args).env(MARK_VAR, &self.mark).env("D", &self.dir).current_dir(&self.dir).stdin(Stdio::null());
-        // Backtraces would make a panic look like a normal error line; keep whatever the user has,
-        // but make sure a panic is visible in the output checks ("panicked").
         c
     }
 
