@@ -181,6 +181,28 @@ pub struct Cli {
     #[arg(long = "pmi-lazy")]
     pub pmi_lazy: bool,
 
+    /// Process-management interface for the ranks: pmi, pmix or auto
+    #[arg(
+        long = "mpi",
+        value_name = "pmi|pmix|auto",
+        default_value = "auto",
+        long_help = "Process-management interface the ranks get; each rank gets exactly one, never both variable \
+sets (an MPI library that finds two may pick the wrong one).\n\
+pmi: rlaunch's PMI-1/PMI-2 server (MPICH, MVAPICH, Intel MPI): PMI_FD or PMI_PORT, PMI_RANK, PMI_SIZE.\n\
+pmix: a PMIx server in each daemon through libpmix (Open MPI 4.x and 5.x): PMIX_NAMESPACE, PMIX_RANK, \
+PMIX_SERVER_URI*, OMPI_MCA_schizo=^orte and OMPI_COMM_WORLD_*. libpmix.so.2 is loaded when a job needs it; \
+without it such a job fails with a line saying what to install (apt-get install libpmix2).\n\
+auto (default): the front end reads each program's linked libraries (ELF DT_NEEDED, nothing is run): \
+libmpi.so.40/.20, libopen-pal, libopen-rte or libmpi_* (Open MPI) or libpmix choose pmix; libmpich*, \
+libmpi.so.12 or libmpifort.so.12 (MPICH ABI) or libpmi/libpmi2 choose pmi; anything else (scripts, \
+static or non-MPI programs, a program not found here) gets pmi. Open MPI and MPICH programs cannot share \
+one job. Give --mpi pmix for an Open MPI program started through a script or an interpreter (mpi4py).\n\
+With --pmi-lazy, Open MPI ranks use their asynchronous modex (OMPI_MCA_pmix_base_async_modex=1, \
+OMPI_MCA_pmix_base_collect_data=0): fences carry no data and each peer's data is fetched from its node \
+on first use."
+    )]
+    pub mpi: String,
+
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true)]
     pub generate: Option<String>,

@@ -36,6 +36,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[path = "pmi/daemon_glue.rs"]
 mod pmi_glue;
 
+/// PMIx for the local ranks (libpmix server, upcalls, PMIx fence and direct modex).
+#[path = "pmix/server.rs"]
+mod pmix_glue;
+
 fn rank_token(local: usize, what: usize) -> Token {
     Token(RANK_BASE + local * 4 + what)
 }
@@ -86,6 +90,7 @@ struct Daemon {
     signals: SignalPipe,
     launch_bytes: u32,
     pmi: Option<pmi_glue::DaemonPmi>,
+    pmix: pmix_glue::DaemonPmix,
 }
 
 /// Entry point of `rlaunch __daemon`. Never returns.
@@ -193,6 +198,7 @@ fn run() -> Result<i32> {
         signals,
         launch_bytes: 0,
         pmi: None,
+        pmix: Default::default(),
     };
     d.poll.registry().register(&mut d.signals.rx, SIGNALS, Interest::READABLE)?;
     // The bootstrap stdin stays open for the life of whatever started us (a pipe from the front end,
@@ -275,6 +281,7 @@ impl Daemon {
                     LISTENER => self.accept_children(),
                     SIGNALS => self.on_signals(),
                     BOOT_STDIN => self.on_boot_stdin(),
+                    pmix_glue::PMIX_WAKE => self.on_pmix_wake(),
                     t if crate::pmi::host::PmiHost::owns(t) => self.on_pmi_event(t, ev.is_readable(), ev.is_writable()),
                     t if t.0 >= RANK_BASE => {
                         let what = (t.0 - RANK_BASE) % 4;
@@ -416,6 +423,9 @@ impl Daemon {
                 self.shutdown = true;
             }
             Msg::FenceDone { seq, puts } => self.pmi_fence_done(seq, puts),
+            m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => {
+                let _ = self.pmix_tree_msg(None, m);
+            }
             Msg::KvsGet { from, key, round } => self.pmi_kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi_kvs_value(to, key, value, round),
             other => {
@@ -526,7 +536,12 @@ impl Daemon {
         let launch = self.launch.clone().expect("launch present");
         let map = compute_map(&launch).map_err(|e| anyhow!("computing the process map: {e}"))?;
         self.map = Some(map.clone());
-        self.pmi_setup(&map, &launch.job_id)?;
+        // One interface per job: PMIx ranks get no PMI socket or variables, and the reverse.
+        if self.pmix_job() {
+            self.pmix_setup(&map, &launch)?;
+        } else {
+            self.pmi_setup(&map, &launch.job_id)?;
+        }
         let node = self.boot.node;
         let local: Vec<u32> = map.ranks_on(node).to_vec();
         let local_size = local.len();
@@ -579,6 +594,7 @@ impl Daemon {
                 });
             }
             let pmi_end = self.pmi_prepare(rank, &mut cmd)?;
+            self.pmix_prepare(rank, &mut cmd)?;
             let spawned = cmd.spawn();
             // The rank has its copy of the PMI socket end (or never will): close ours.
             drop(pmi_end);
@@ -859,6 +875,7 @@ impl Daemon {
             // Its abort or unfinalized exit must reach the front end before its exit status.
             if let Msg::RankExit { rank, .. } = msg {
                 self.pmi_rank_exited(rank);
+                self.pmix_rank_exited(rank);
             }
             self.parent.send(&msg);
         }
@@ -961,6 +978,14 @@ impl Daemon {
                 }
                 continue;
             }
+            // PMIx fence contributions are combined here; direct-modex traffic is routed.
+            let msg = match self.children.get(&t).and_then(|c| c.node) {
+                Some(node) => match self.pmix_tree_msg(Some(node), msg) {
+                    Some(m) => m,
+                    None => continue,
+                },
+                None => msg,
+            };
             self.parent.send(&msg);
         }
         if lost {
@@ -979,6 +1004,8 @@ impl Daemon {
     fn finish(&mut self) -> i32 {
         // All ranks are done when the front end sends Shutdown; make sure of it anyway.
         self.signal_all(libc::SIGKILL);
+        // Stops libpmix and removes its directory.
+        drop(std::mem::take(&mut self.pmix));
         for c in self.children.values_mut() {
             flush_blocking(&mut c.link, Duration::from_secs(2));
         }

@@ -34,6 +34,10 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 #[path = "pmi/frontend_glue.rs"]
 mod pmi_glue;
 
+/// PMIx at the root: its fence and direct-modex routing.
+#[path = "pmix/frontend_glue.rs"]
+mod pmix_glue;
+
 /// Everything the loop needs to run one job.
 pub struct Plan {
     pub job_id: String,
@@ -115,6 +119,7 @@ struct Frontend {
     progress: Option<indicatif::ProgressBar>,
     progress_done: bool,
     pmi: pmi_glue::FrontPmi,
+    pmix: pmix_glue::FrontPmix,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -166,6 +171,7 @@ pub fn run(plan: Plan) -> Result<i32> {
         timings: Timings::default(),
         ready: Vec::new(),
         pmi: Default::default(),
+        pmix: Default::default(),
         pending_assign: Vec::new(),
         progress: None,
         progress_done: false,
@@ -596,6 +602,11 @@ impl Frontend {
             Msg::Fence { seq, puts } => self.pmi_fence(t, seq, puts),
             Msg::KvsGet { from, key, .. } => self.pmi_kvs_get(from, key),
             Msg::KvsValue { key, value, round, .. } => self.pmi_kvs_value(key, value, round),
+            m @ (Msg::PmixFence { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => {
+                if let Some(other) = self.pmix_msg(t, m) {
+                    eprintln!("rlaunch: unexpected message from a daemon: {other:?}");
+                }
+            }
             other => eprintln!("rlaunch: unexpected message from a daemon: {other:?}"),
         }
     }

@@ -9,6 +9,7 @@ mod frontend;
 mod link;
 mod output;
 mod pmi;
+mod pmix;
 mod sig;
 mod tree;
 mod wire;
@@ -96,6 +97,20 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         print!("{}", describe_map(&map, &nodes, &apps));
         return Ok(exitcode::SUCCESS);
     }
+    let mpi_flag: pmix::MpiFlag = g.mpi.parse().map_err(cli::UsageError::Msg)?;
+    let path_env = lookup("PATH");
+    let programs: Vec<pmix::AppProgram> = apps
+        .iter()
+        .map(|a| pmix::AppProgram {
+            program: &a.argv[0],
+            cwd: std::path::Path::new(&a.cwd),
+            path: a.env.iter().find(|(k, _)| k == "PATH").and_then(|(_, v)| v.as_deref()).or(path_env.as_deref()),
+        })
+        .collect();
+    let (interface, why) = pmix::choose(mpi_flag, &programs).map_err(cli::UsageError::Msg)?;
+    if g.verbose > 0 {
+        eprintln!("rlaunch: ranks get {interface} ({why})");
+    }
     let job_id = format!("rl-{}", &wire::hex(&wire::random_key()?)[..8]);
     let launch = wire::Launch {
         job_id: job_id.clone(),
@@ -133,7 +148,8 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         loopback: local_only,
         command_line: args.clone(),
         t0,
-        pmi_flags: if g.pmi_port { pmi::BOOT_FLAG_PMI_PORT } else { 0 } | if g.pmi_lazy { pmi::BOOT_FLAG_PMI_LAZY } else { 0 },
+        pmi_flags: if g.pmi_port { pmi::BOOT_FLAG_PMI_PORT } else { 0 } | if g.pmi_lazy { pmi::BOOT_FLAG_PMI_LAZY } else { 0 }
+            | interface.boot_flag(),
     };
     frontend::run(plan)
 }

@@ -193,6 +193,17 @@ pub enum Msg {
     /// `--pmi-lazy`: a node's answer to query `round` (None: not here), up to the front end; and
     /// the front end's verdict for node `to` (None: no node has the key), down the path to `to`.
     KvsValue { to: u32, key: String, value: Option<String>, round: u64 },
+    /// PMIx (`crate::pmix`), daemon → parent: its subtree's blobs for PMIx fence `seq`, merged
+    /// like `Fence` (key: the node, value: base64 of libpmix's opaque contribution). A sequence of
+    /// its own: PMIx fences are not PMI fences.
+    PmixFence { seq: u64, puts: Vec<(String, String)> },
+    /// PMIx, parent → down: fence `seq` completed; every node's blob.
+    PmixFenceDone { seq: u64, puts: Vec<(String, String)> },
+    /// PMIx direct modex: node `from` asks the daemon of `node` for rank `rank`'s data (`id`
+    /// names the request at `from`). Goes up until `node` is below, then down.
+    PmixDmodexReq { from: u32, node: u32, rank: u32, id: u64 },
+    /// The answer to a `PmixDmodexReq` (`status`: a PMIx status), routed like it to node `to`.
+    PmixDmodexResp { to: u32, id: u64, status: i32, data: Vec<u8> },
 }
 
 /// What a [`Msg::PmiReport`] is about.

@@ -1,0 +1,534 @@
+//! PMIx for Open MPI ranks: each daemon becomes a PMIx server through libpmix's server API (as
+//! Slurm's mpi/pmix plugin does), so unmodified Open MPI 4.1 programs run under rlaunch.
+//! Facts: ../shared/docs/pmi.md (PMIx section).
+//!
+//! - [`ffi`]: the only unsafe code, libpmix loaded at run time; its module callbacks become
+//!   [`ffi::Upcall`]s handed to the daemon's event loop.
+//! - [`engine`]: the per-node state machine (no I/O): which clients connected and finalized, the
+//!   PMIx fence as a tree collective (each node contributes one opaque blob; the concatenation
+//!   comes back), direct-modex requests between nodes, aborts.
+//! - [`elf`]: `--mpi auto` reads the program's `DT_NEEDED` libraries.
+//! - This file: the choice of interface, the job description given to libpmix, the rank
+//!   environment. `server.rs` (the daemon side) and `frontend_glue.rs` (the fence root and
+//!   request routing at the front end) carry out the engine's decisions.
+
+pub mod elf;
+pub mod engine;
+pub mod ffi;
+
+use launchers::map::ProcMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Bootstrap flag bit: the ranks of this job get the PMIx server (and no PMI variables).
+/// High bit so that the PMI flags (`crate::pmi::BOOT_FLAG_*`) can grow without colliding.
+pub const BOOT_FLAG_PMIX: u32 = 1 << 8;
+
+/// Variables the front end must not forward to remote ranks and a daemon must not pass on from
+/// its own environment: they would point a rank at another job's PMIx server. `PMIX_MCA_*` are
+/// user settings and stay.
+pub fn is_stale_pmix_var(name: &str) -> bool {
+    name.starts_with("PMIX_") && !name.starts_with("PMIX_MCA_")
+}
+
+/// `--mpi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MpiFlag {
+    Pmi,
+    Pmix,
+    Auto,
+}
+
+impl std::str::FromStr for MpiFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pmi" => Ok(MpiFlag::Pmi),
+            "pmix" => Ok(MpiFlag::Pmix),
+            "auto" => Ok(MpiFlag::Auto),
+            other => Err(format!("--mpi {other}: expected pmi, pmix or auto")),
+        }
+    }
+}
+
+/// What the ranks of a job are given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interface {
+    /// rlaunch's PMI-1/PMI-2 server (MPICH, MVAPICH, Intel MPI).
+    Pmi,
+    /// libpmix's server (Open MPI).
+    Pmix,
+}
+
+impl Interface {
+    pub fn boot_flag(self) -> u32 {
+        match self {
+            Interface::Pmi => 0,
+            Interface::Pmix => BOOT_FLAG_PMIX,
+        }
+    }
+    pub fn from_boot_flags(flags: u32) -> Self {
+        if flags & BOOT_FLAG_PMIX != 0 {
+            Interface::Pmix
+        } else {
+            Interface::Pmi
+        }
+    }
+}
+
+/// What a program's linked libraries say about its MPI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detected {
+    /// Open MPI (or a direct libpmix client): the named library.
+    OpenMpi(String),
+    /// MPICH or an MPICH-ABI MPI (or a direct PMI client): the named library.
+    Mpich(String),
+    /// No MPI library linked, or the program could not be read (why).
+    Unknown(String),
+}
+
+/// The `--mpi auto` rule on a program's `DT_NEEDED` list. Open MPI ships `libmpi.so.40` (3.x to
+/// 5.x; `.20` in 2.x) with `libopen-pal`/`libopen-rte` and the `libmpi_*` bindings; MPICH ships
+/// `libmpich*` and, like Intel MPI and MVAPICH, the MPICH ABI `libmpi.so.12` / `libmpifort.so.12`.
+/// Open MPI wins if both appear (such a program is broken anyway, and PMIx is what it would need).
+pub fn classify(needed: &[String]) -> Detected {
+    let soname = |l: &str| l.split(".so").next().unwrap_or(l).to_string();
+    let is_ompi = |l: &str| {
+        let base = soname(l);
+        l.starts_with("libmpi.so.40")
+            || l.starts_with("libmpi.so.20")
+            || base == "libopen-pal"
+            || base == "libopen-rte"
+            || base == "libpmix"
+            || (base.starts_with("libmpi_") && !l.contains(".so.12"))
+    };
+    let is_mpich = |l: &str| {
+        let base = soname(l);
+        base.starts_with("libmpich") || l.starts_with("libmpi.so.12") || l.starts_with("libmpifort.so.12") || base == "libpmi" || base == "libpmi2"
+    };
+    if let Some(l) = needed.iter().find(|l| is_ompi(l)) {
+        return Detected::OpenMpi(l.clone());
+    }
+    if let Some(l) = needed.iter().find(|l| is_mpich(l)) {
+        return Detected::Mpich(l.clone());
+    }
+    Detected::Unknown("it links no known MPI library".into())
+}
+
+/// Where `program` resolves, as exec would find it.
+pub fn resolve_program(program: &str, cwd: &Path, path: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Some(cwd.join(program));
+    }
+    path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+        .split(':')
+        .map(|d| if d.is_empty() { cwd.to_path_buf() } else { cwd.join(d) })
+        .map(|d| d.join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Reads as much of `file` as [`elf::needed`] asks for and classifies it.
+pub fn detect_file(file: &Path) -> Detected {
+    use std::io::Read;
+    /// Past this, the program is not worth reading for a guess (the dynamic section of real
+    /// programs is within the first few MiB).
+    const LIMIT: u64 = 256 << 20;
+    let mut f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) => return Detected::Unknown(format!("cannot read {}: {e}", file.display())),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut data = Vec::new();
+    let mut want = 64 * 1024u64;
+    loop {
+        let target = want.min(len).min(LIMIT);
+        if (data.len() as u64) < target {
+            let mut more = Vec::new();
+            if let Err(e) = (&mut f).take(target - data.len() as u64).read_to_end(&mut more) {
+                return Detected::Unknown(format!("cannot read {}: {e}", file.display()));
+            }
+            if more.is_empty() {
+                return Detected::Unknown(format!("{} is shorter than its headers say", file.display()));
+            }
+            data.extend_from_slice(&more);
+        }
+        match elf::needed(&data, len) {
+            Ok(libs) => return classify(&libs),
+            Err(elf::ElfError::NeedMore(n)) if n <= LIMIT && n > data.len() as u64 => want = n,
+            Err(elf::ElfError::NotElf) => return Detected::Unknown(format!("{} is not an ELF program (a script?)", file.display())),
+            Err(e) => return Detected::Unknown(format!("{}: {e}", file.display())),
+        }
+    }
+}
+
+/// One application context as `--mpi auto` sees it: its program, where it runs from, its PATH.
+pub struct AppProgram<'a> {
+    pub program: &'a str,
+    pub cwd: &'a Path,
+    pub path: Option<&'a str>,
+}
+
+/// The interface for a job, and a note for `--verbose` saying why.
+pub fn choose(flag: MpiFlag, apps: &[AppProgram<'_>]) -> Result<(Interface, String), String> {
+    let detected: Vec<Detected> = match flag {
+        MpiFlag::Pmi => return Ok((Interface::Pmi, "--mpi pmi".into())),
+        MpiFlag::Pmix => return Ok((Interface::Pmix, "--mpi pmix".into())),
+        MpiFlag::Auto => apps
+            .iter()
+            .map(|a| match resolve_program(a.program, a.cwd, a.path) {
+                Some(p) => detect_file(&p),
+                None => Detected::Unknown(format!("'{}' is not in PATH here", a.program)),
+            })
+            .collect(),
+    };
+    decide(apps.iter().map(|a| a.program).zip(detected.iter()))
+}
+
+/// The `--mpi auto` decision over the detected contexts (pure).
+pub fn decide<'a>(apps: impl Iterator<Item = (&'a str, &'a Detected)>) -> Result<(Interface, String), String> {
+    let mut ompi = None;
+    let mut mpich = None;
+    let mut unknown = Vec::new();
+    for (program, d) in apps {
+        match d {
+            Detected::OpenMpi(l) => ompi = ompi.or(Some((program, l.clone()))),
+            Detected::Mpich(l) => mpich = mpich.or(Some((program, l.clone()))),
+            Detected::Unknown(why) => unknown.push(format!("{program}: {why}")),
+        }
+    }
+    match (ompi, mpich) {
+        (Some((p, l)), Some((q, m))) => Err(format!(
+            "'{p}' is an Open MPI program ({l}) and '{q}' an MPICH one ({m}); one job cannot serve both (they cannot talk to each other); run them as separate jobs"
+        )),
+        (Some((p, l)), None) => Ok((Interface::Pmix, format!("--mpi auto: PMIx, '{p}' links {l}"))),
+        (None, Some((p, l))) => Ok((Interface::Pmi, format!("--mpi auto: PMI, '{p}' links {l}"))),
+        (None, None) => Ok((Interface::Pmi, format!("--mpi auto: PMI (no MPI library detected: {})", unknown.join("; ")))),
+    }
+}
+
+/// The job as libpmix is told about it, from one node's point of view. Pure: built from the
+/// node list and the process map that every daemon computes alike.
+#[derive(Debug, Clone)]
+pub struct JobLayout {
+    pub nspace: String,
+    /// This daemon's node.
+    pub node: u32,
+    /// Host name of every node as libpmix sees it: the node-list names, made unique (a name
+    /// listed twice, as when several daemons share a machine, gets `~2`, `~3`…).
+    pub names: Vec<String>,
+    /// Nodes that run ranks, ascending: the order of the node map and the proc map.
+    pub hosting: Vec<u32>,
+    pub size: u32,
+    pub universe: u32,
+    pub num_apps: u32,
+}
+
+impl JobLayout {
+    pub fn new(nspace: &str, node_names: &[String], slots: &[u32], map: &ProcMap, node: u32) -> JobLayout {
+        let mut seen: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let names = node_names
+            .iter()
+            .map(|n| {
+                let c = seen.entry(n.as_str()).or_insert(0);
+                *c += 1;
+                if *c == 1 {
+                    n.clone()
+                } else {
+                    format!("{n}~{c}")
+                }
+            })
+            .collect();
+        let hosting = (0..map.num_nodes()).filter(|&n| !map.ranks_on(n).is_empty()).collect();
+        let slot_sum: u32 = slots.iter().fold(0u32, |a, &s| a.saturating_add(s));
+        JobLayout {
+            nspace: nspace.to_string(),
+            node,
+            names,
+            hosting,
+            size: map.size(),
+            universe: slot_sum.max(map.size()),
+            num_apps: map.num_apps().max(1),
+        }
+    }
+
+    /// Input to `PMIx_generate_regex`: the hosting nodes' names, comma-separated.
+    pub fn node_map_input(&self) -> String {
+        self.hosting.iter().map(|&n| self.names[n as usize].as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Input to `PMIx_generate_ppn`: each hosting node's ranks as ranges, `;` between nodes.
+    pub fn proc_map_input(&self, map: &ProcMap) -> String {
+        self.hosting.iter().map(|&n| ranges(map.ranks_on(n))).collect::<Vec<_>>().join(";")
+    }
+
+    /// `PMIX_LOCAL_PEERS`: this node's ranks, a plain comma list.
+    pub fn local_peers(&self, map: &ProcMap) -> String {
+        map.ranks_on(self.node).iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn hostname(&self, node: u32) -> &str {
+        &self.names[node as usize]
+    }
+}
+
+/// `[0,1,2,5,7,8]` → `0-2,5,7-8`.
+fn ranges(ranks: &[u32]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let start = ranks[i];
+        let mut end = start;
+        while i + 1 < ranks.len() && ranks[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = ranks[i];
+        }
+        out.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// What one rank's info says about it (`PMIX_PROC_INFO_ARRAY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankInfo {
+    pub rank: u32,
+    pub local_rank: u16,
+    pub node_rank: u16,
+    pub node: u32,
+    pub app: u32,
+    pub app_rank: u32,
+}
+
+pub fn rank_infos(map: &ProcMap) -> Vec<RankInfo> {
+    map.ranks()
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            let r = r as u32;
+            let lr = p.local_rank.min(u16::MAX as u32) as u16;
+            RankInfo { rank: r, local_rank: lr, node_rank: lr, node: p.node, app: p.app, app_rank: r - map.app_ranks(p.app).start }
+        })
+        .collect()
+}
+
+/// Open MPI 4.1 variables to add to a PMIx rank's environment, on top of what
+/// `PMIx_server_setup_fork` returns. `lazy`: Open MPI's asynchronous modex (no data in the
+/// init fence; peers are fetched on first use through direct modex).
+pub fn openmpi_env(map: &ProcMap, rank: u32, lazy: bool) -> Vec<(String, String)> {
+    let p = map.rank(rank);
+    let mut v = vec![
+        // Without this Open MPI 4.1 takes a foreign PMIx server for a singleton start: every rank
+        // says "0 of 1" (schizo/orte claims the launch, pmi.md).
+        ("OMPI_MCA_schizo".to_string(), "^orte".to_string()),
+        // What mpirun gives its ranks, read by applications and scripts (device selection by
+        // local rank, for one); Open MPI itself takes everything from PMIx.
+        ("OMPI_COMM_WORLD_SIZE".into(), map.size().to_string()),
+        ("OMPI_COMM_WORLD_RANK".into(), rank.to_string()),
+        ("OMPI_COMM_WORLD_LOCAL_RANK".into(), p.local_rank.to_string()),
+        ("OMPI_COMM_WORLD_LOCAL_SIZE".into(), map.ranks_on(p.node).len().to_string()),
+        ("OMPI_COMM_WORLD_NODE_RANK".into(), p.local_rank.to_string()),
+        ("OMPI_UNIVERSE_SIZE".into(), map.size().to_string()),
+        ("OMPI_APP_CTX_NUM_PROCS".into(), map.app_ranks(p.app).len().to_string()),
+    ];
+    if lazy {
+        v.push(("OMPI_MCA_pmix_base_async_modex".into(), "1".into()));
+        v.push(("OMPI_MCA_pmix_base_collect_data".into(), "0".into()));
+    }
+    v
+}
+
+/// A fence contribution on the tree: key = the node, value = base64 of libpmix's blob (the
+/// tree's fence carries text pairs, see `crate::fence`).
+pub fn encode_blob(node: u32, data: &[u8]) -> (String, String) {
+    use base64::Engine as _;
+    (node.to_string(), base64::engine::general_purpose::STANDARD.encode(data))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("PMIx fence {seq}: the contribution of node {key} is not valid base64 (seen on {at}); the daemons disagree about the PMIx fence format (mixed rlaunch versions?)")]
+pub struct BlobError {
+    pub at: String,
+    pub seq: u64,
+    pub key: String,
+}
+
+/// The concatenation of every node's blob, in the fence's merge order.
+pub fn decode_blobs(at: &str, seq: u64, puts: &[(String, String)]) -> Result<Vec<u8>, BlobError> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for (k, v) in puts {
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|_| BlobError { at: at.to_string(), seq, key: k.clone() })?;
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Interface::Pmi => "PMI",
+            Interface::Pmix => "PMIx",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use launchers::map::{compute_map, MapBy, MapPolicy, RankBy};
+    use proptest::prelude::*;
+
+    fn map(slots: &[u32], np: u32, by: MapBy) -> ProcMap {
+        let s: Vec<(u32, Option<u32>)> = slots.iter().map(|&s| (s, None)).collect();
+        let rank_by = if by == MapBy::Node { RankBy::Node } else { RankBy::Slot };
+        compute_map(&s, &[Some(np)], &MapPolicy { map_by: by, rank_by, oversubscribe: true }).unwrap()
+    }
+
+    fn libs(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn classify_by_library() {
+        assert_eq!(classify(&libs(&["libmpi.so.40", "libc.so.6"])), Detected::OpenMpi("libmpi.so.40".into()));
+        assert_eq!(classify(&libs(&["libmpi_mpifh.so.40"])), Detected::OpenMpi("libmpi_mpifh.so.40".into()));
+        assert_eq!(classify(&libs(&["libopen-pal.so.40"])), Detected::OpenMpi("libopen-pal.so.40".into()));
+        assert_eq!(classify(&libs(&["libmpich.so.12", "libc.so.6"])), Detected::Mpich("libmpich.so.12".into()));
+        // The MPICH ABI name that Intel MPI and MVAPICH also use.
+        assert_eq!(classify(&libs(&["libmpi.so.12"])), Detected::Mpich("libmpi.so.12".into()));
+        assert_eq!(classify(&libs(&["libmpifort.so.12"])), Detected::Mpich("libmpifort.so.12".into()));
+        assert_eq!(classify(&libs(&["libpmi2.so.0"])), Detected::Mpich("libpmi2.so.0".into()));
+        assert!(matches!(classify(&libs(&["libc.so.6", "libmpfr.so.6"])), Detected::Unknown(_)));
+        // Both: Open MPI wins.
+        assert!(matches!(classify(&libs(&["libmpich.so.12", "libmpi.so.40"])), Detected::OpenMpi(_)));
+    }
+
+    #[test]
+    fn decide_per_job() {
+        let o = Detected::OpenMpi("libmpi.so.40".into());
+        let m = Detected::Mpich("libmpich.so.12".into());
+        let u = Detected::Unknown("a script".into());
+        assert_eq!(decide([("a", &o), ("b", &u)].into_iter()).unwrap().0, Interface::Pmix);
+        assert_eq!(decide([("a", &m)].into_iter()).unwrap().0, Interface::Pmi);
+        let (i, why) = decide([("a", &u)].into_iter()).unwrap();
+        assert_eq!(i, Interface::Pmi);
+        assert!(why.contains("a script"), "{why}");
+        let e = decide([("x", &o), ("y", &m)].into_iter()).unwrap_err();
+        assert!(e.contains("'x'") && e.contains("'y'") && e.contains("separate jobs"), "{e}");
+    }
+
+    #[test]
+    fn flag_parsing() {
+        assert_eq!("pmix".parse::<MpiFlag>(), Ok(MpiFlag::Pmix));
+        assert_eq!("auto".parse::<MpiFlag>(), Ok(MpiFlag::Auto));
+        assert!("mpich".parse::<MpiFlag>().unwrap_err().contains("pmi, pmix or auto"));
+        assert_eq!(Interface::from_boot_flags(Interface::Pmix.boot_flag() | 3), Interface::Pmix);
+        assert_eq!(Interface::from_boot_flags(3), Interface::Pmi);
+    }
+
+    #[test]
+    fn detect_real_programs_when_present() {
+        let cwd = Path::new("/");
+        if let Some(p) = resolve_program("sh", cwd, Some("/bin:/usr/bin")) {
+            assert!(matches!(detect_file(&p), Detected::Unknown(_)));
+        }
+        let d = detect_file(Path::new("/nonexistent/prog"));
+        assert!(matches!(&d, Detected::Unknown(w) if w.contains("/nonexistent/prog")), "{d:?}");
+        for (lib, ompi) in [("/usr/lib/x86_64-linux-gnu/openmpi/lib/libmpi_mpifh.so.40", true), ("/usr/lib/x86_64-linux-gnu/libmpich.so.12", false)] {
+            if Path::new(lib).exists() {
+                // A shared library is ELF too; its own DT_NEEDED names its MPI core.
+                let d = detect_file(Path::new(lib));
+                assert_eq!(matches!(d, Detected::OpenMpi(_)), ompi, "{lib}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn layout_two_nodes_block() {
+        let m = map(&[4, 4], 6, MapBy::Slot);
+        let names = vec!["n1".to_string(), "n2".to_string()];
+        let l = JobLayout::new("rl-1", &names, &[4, 4], &m, 1);
+        assert_eq!(l.node_map_input(), "n1,n2");
+        assert_eq!(l.proc_map_input(&m), "0-3;4-5");
+        assert_eq!(l.local_peers(&m), "4,5");
+        assert_eq!(l.universe, 8);
+        let infos = rank_infos(&m);
+        assert_eq!(infos[5], RankInfo { rank: 5, local_rank: 1, node_rank: 1, node: 1, app: 0, app_rank: 5 });
+    }
+
+    #[test]
+    fn layout_cyclic_skips_empty_nodes_and_dedups_names() {
+        let m = map(&[2, 2, 2], 4, MapBy::Node);
+        let names = vec!["h".to_string(), "h".to_string(), "h".to_string()];
+        let l = JobLayout::new("rl-1", &names, &[2, 2, 2], &m, 0);
+        // Four ranks round-robin over three nodes.
+        assert_eq!(l.proc_map_input(&m), "0,3;1;2");
+        assert_eq!(l.node_map_input(), "h,h~2,h~3");
+        assert_eq!(l.local_peers(&m), "0,3");
+        let m = map(&[2, 2, 2], 2, MapBy::Slot);
+        let l = JobLayout::new("rl-1", &names, &[2, 2, 2], &m, 0);
+        assert_eq!(l.hosting, vec![0]);
+        assert_eq!(l.node_map_input(), "h");
+    }
+
+    #[test]
+    fn openmpi_env_has_the_schizo_trap_and_lazy_switches() {
+        let m = map(&[4, 4], 8, MapBy::Slot);
+        let e = openmpi_env(&m, 6, false);
+        let get = |e: &[(String, String)], k: &str| e.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get(&e, "OMPI_MCA_schizo").as_deref(), Some("^orte"));
+        assert_eq!(get(&e, "OMPI_COMM_WORLD_LOCAL_RANK").as_deref(), Some("2"));
+        assert_eq!(get(&e, "OMPI_MCA_pmix_base_async_modex"), None);
+        let e = openmpi_env(&m, 6, true);
+        assert_eq!(get(&e, "OMPI_MCA_pmix_base_async_modex").as_deref(), Some("1"));
+        assert_eq!(get(&e, "OMPI_MCA_pmix_base_collect_data").as_deref(), Some("0"));
+        // Never a PMI variable: a rank gets one interface.
+        assert!(e.iter().all(|(k, _)| !k.starts_with("PMI_")));
+    }
+
+    #[test]
+    fn stale_variables() {
+        assert!(is_stale_pmix_var("PMIX_SERVER_URI41"));
+        assert!(is_stale_pmix_var("PMIX_NAMESPACE"));
+        assert!(!is_stale_pmix_var("PMIX_MCA_gds"));
+        assert!(!is_stale_pmix_var("PMI_FD"));
+    }
+
+    #[test]
+    fn blobs_round_trip_in_order_and_bad_ones_are_named() {
+        let puts = vec![encode_blob(0, b"abc"), encode_blob(3, &[0, 255, 7])];
+        assert_eq!(decode_blobs("node 0", 1, &puts).unwrap(), vec![b'a', b'b', b'c', 0, 255, 7]);
+        let e = decode_blobs("node 0", 2, &[("5".into(), "!!".into())]).unwrap_err();
+        assert!(e.to_string().contains("node 5") && e.to_string().contains("fence 2"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn proc_map_lists_every_rank_once_in_node_order(slots in proptest::collection::vec(1u32..5, 1..6), np in 1u32..20, cyclic in any::<bool>()) {
+            let m = map(&slots, np, if cyclic { MapBy::Node } else { MapBy::Slot });
+            let names: Vec<String> = (0..slots.len()).map(|i| format!("n{i}")).collect();
+            let l = JobLayout::new("ns", &names, &slots, &m, 0);
+            let pm = l.proc_map_input(&m);
+            let per_node: Vec<&str> = pm.split(';').collect();
+            prop_assert_eq!(per_node.len(), l.hosting.len());
+            prop_assert_eq!(l.node_map_input().split(',').count(), l.hosting.len());
+            let mut all = Vec::new();
+            for (i, part) in per_node.iter().enumerate() {
+                let mut mine = Vec::new();
+                for r in part.split(',') {
+                    match r.split_once('-') {
+                        Some((a, b)) => mine.extend(a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap()),
+                        None => mine.push(r.parse::<u32>().unwrap()),
+                    }
+                }
+                prop_assert_eq!(&mine[..], m.ranks_on(l.hosting[i]));
+                all.extend(mine);
+            }
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..np).collect::<Vec<_>>());
+        }
+    }
+}

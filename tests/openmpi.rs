@@ -1,0 +1,366 @@
+//! Issue 7: unmodified Open MPI programs under rlaunch's PMIx server (libpmix in every daemon).
+//!
+//! The MPI programs in tests/programs are compiled at test time with `mpicc.openmpi` into the
+//! cargo target dir (which the namespace cluster's nodes see too). Without the compiler the tests
+//! say so and pass; multi-node tests need the cluster (`RLAUNCH_CLUSTER_STATE`, from
+//! `scripts/cluster up 8`). Open MPI refuses to run as root unless told it may: the tests export
+//! OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 to the ranks with `-x`.
+
+mod common;
+
+use common::{Output, Scratch};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const PROGRAMS: &[&str] = &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_no_finalize"];
+const SIZES: [u32; 3] = [1, 4, 16];
+const CLEANUP: Duration = Duration::from_secs(5);
+
+struct Built {
+    dir: PathBuf,
+    missing: Option<String>,
+}
+
+fn compile(compiler: &str, dir: &Path, name: &str) -> Result<(), String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(format!("{name}.c"));
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let out = Command::new(compiler)
+        .args(["-O1", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("{compiler} not runnable: {e} (install openmpi-bin and libopenmpi-dev: scripts/install-deps)"))?;
+    if !out.status.success() {
+        return Err(format!("{compiler} {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr)));
+    }
+    // Renamed into place so concurrent runs never see half a binary.
+    std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+}
+
+fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openmpi-programs");
+        std::fs::create_dir_all(&dir).expect("creating the program dir");
+        let missing = PROGRAMS.iter().find_map(|p| compile("mpicc.openmpi", &dir, p).err());
+        Built { dir, missing }
+    })
+}
+
+/// The path of an Open MPI test program, or None after printing why the test is skipped.
+fn ompi(name: &str) -> Option<String> {
+    let b = built();
+    if let Some(why) = &b.missing {
+        eprintln!("SKIP: Open MPI programs unavailable: {why}");
+        return None;
+    }
+    Some(b.dir.join(name).to_string_lossy().into_owned())
+}
+
+fn args(n: u32, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> =
+        ["-x", "OMPI_ALLOW_RUN_AS_ROOT=1", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", "-np"].iter().map(|s| s.to_string()).collect();
+    a.push(n.to_string());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn rlaunch_lines(o: &Output) -> Vec<String> {
+    o.stderr.lines().filter(|l| l.starts_with("rlaunch: ")).map(str::to_string).collect()
+}
+
+fn expect_clean_success(o: &Output) {
+    o.expect_code(0);
+    assert!(rlaunch_lines(o).is_empty(), "rlaunch complained about a good job:\n{o}");
+    assert!(!o.stderr.contains("FAIL"), "a program reported a failure:\n{o}");
+}
+
+/// Exactly one line from rlaunch, naming `rank` and containing `needle`.
+fn expect_one_rank_line(o: &Output, rank: u32, needle: &str) {
+    let lines = rlaunch_lines(o);
+    assert_eq!(lines.len(), 1, "expected one line from rlaunch:\n{o}");
+    assert!(lines[0].starts_with(&format!("rlaunch: rank {rank} (pid ")), "the line should name rank {rank}:\n{o}");
+    assert!(lines[0].contains(needle), "the line should say {needle:?}:\n{o}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// One node
+
+#[test]
+fn hello_every_rank_once_with_the_right_identity() {
+    let Some(p) = ompi("mpi_hello") else { return };
+    let host = common::hostname();
+    for n in SIZES {
+        let s = Scratch::new("ompi-hello");
+        let o = s.run(args(n, &[&p]));
+        expect_clean_success(&o);
+        let mut got: Vec<&str> = o.stdout_lines();
+        got.sort();
+        let mut want: Vec<String> = (0..n).map(|r| format!("hello from rank {r} of {n} on {host}")).collect();
+        want.sort();
+        assert_eq!(got, want, "n={n}:\n{o}");
+    }
+}
+
+#[test]
+fn auto_detects_open_mpi_and_explains_it() {
+    let Some(p) = ompi("mpi_hello") else { return };
+    let s = Scratch::new("ompi-auto");
+    let o = s.run(args(2, &["-v", &p]));
+    o.expect_code(0);
+    assert!(o.stderr.contains("ranks get PMIx (--mpi auto: PMIx, '") && o.stderr.contains("links libmpi.so.40"), "{o}");
+    // Forced PMI: Open MPI finds no PMIx server and every rank is a singleton "0 of 1".
+    let o = s.run(args(2, &["--mpi", "pmi", &p]));
+    assert!(o.stdout.matches("hello from rank 0 of 1").count() == 2, "{o}");
+}
+
+#[test]
+fn allreduce_sum_is_verified() {
+    let Some(p) = ompi("mpi_allreduce") else { return };
+    for n in SIZES {
+        let s = Scratch::new("ompi-allreduce");
+        let o = s.run(args(n, &[&p]));
+        expect_clean_success(&o);
+        let want = format!("allreduce ok: sum={} over {n} ranks", n * (n + 1) / 2);
+        assert!(o.stdout.contains(&want), "n={n}: want {want:?}:\n{o}");
+    }
+}
+
+#[test]
+fn ring_token_goes_around() {
+    let Some(p) = ompi("mpi_ring") else { return };
+    for n in SIZES {
+        let s = Scratch::new("ompi-ring");
+        let o = s.run(args(n, &[&p]));
+        expect_clean_success(&o);
+        let want = format!("ring ok: token {} went around {n} ranks", n * (n - 1) / 2);
+        assert!(o.stdout.contains(&want), "n={n}: want {want:?}:\n{o}");
+    }
+}
+
+#[test]
+fn barrier_in_a_loop() {
+    let Some(p) = ompi("mpi_barrier") else { return };
+    for n in SIZES {
+        let s = Scratch::new("ompi-barrier");
+        let o = s.run(args(n, &[&p, "20"]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains(&format!("barrier ok: 20 iterations on {n} ranks")), "n={n}:\n{o}");
+    }
+}
+
+#[test]
+fn mpi_abort_ends_the_job_with_its_code_and_names_the_rank() {
+    let Some(p) = ompi("mpi_abort") else { return };
+    for n in SIZES {
+        let s = Scratch::new("ompi-abort");
+        let o = s.run(args(n, &[&p, "1"]));
+        o.expect_code(7);
+        expect_one_rank_line(&o, 1.min(n - 1), "abort");
+        s.assert_no_leftovers(CLEANUP);
+    }
+}
+
+#[test]
+fn crash_is_one_line_and_exit_139() {
+    let Some(p) = ompi("mpi_crash") else { return };
+    for n in SIZES {
+        let s = Scratch::new("ompi-crash");
+        let o = s.run(args(n, &[&p, "1"]));
+        o.expect_code(139);
+        expect_one_rank_line(&o, 1.min(n - 1), "killed by signal 11 (SIGSEGV)");
+        s.assert_no_leftovers(CLEANUP);
+    }
+}
+
+#[test]
+fn exit_zero_without_finalize_is_a_failure() {
+    let Some(p) = ompi("mpi_no_finalize") else { return };
+    let s = Scratch::new("ompi-nofin");
+    let o = s.run(args(4, &[&p]));
+    assert_ne!(o.code, Some(0), "{o}");
+    let lines = rlaunch_lines(&o);
+    assert_eq!(lines.len(), 1, "{o}");
+    assert!(lines[0].contains("without") && lines[0].contains("inaliz"), "{o}");
+    s.assert_no_leftovers(CLEANUP);
+}
+
+#[test]
+fn lazy_modex_runs_the_same_programs() {
+    let (Some(h), Some(a)) = (ompi("mpi_hello"), ompi("mpi_allreduce")) else { return };
+    let s = Scratch::new("ompi-lazy");
+    let o = s.run(args(8, &["--pmi-lazy", &h]));
+    expect_clean_success(&o);
+    assert_eq!(o.stdout_lines().len(), 8, "{o}");
+    let o = s.run(args(8, &["--pmi-lazy", &a]));
+    expect_clean_success(&o);
+    assert!(o.stdout.contains("allreduce ok: sum=36 over 8 ranks"), "{o}");
+}
+
+/// Several daemons on this machine (local "nodes"): the PMIx fence and direct modex cross the
+/// daemon tree, eager and lazy, flat and deep.
+#[test]
+fn local_daemons_fence_and_direct_modex_across_the_tree() {
+    let (Some(h), Some(a), Some(r)) = (ompi("mpi_hello"), ompi("mpi_allreduce"), ompi("mpi_ring")) else { return };
+    let s = Scratch::new("ompi-tree");
+    let hostfile = s.path("hosts");
+    std::fs::write(&hostfile, "localhost slots=2\n".repeat(4)).unwrap();
+    let hf = hostfile.to_string_lossy().into_owned();
+    for fanout in ["32", "2"] {
+        for lazy in [false, true] {
+            let mut extra = vec!["--launcher", "local", "--hostfile", hf.as_str(), "--fanout", fanout];
+            if lazy {
+                extra.push("--pmi-lazy");
+            }
+            let mut with = |prog: &str| {
+                let mut e = extra.clone();
+                e.push(prog);
+                s.run(args(8, &e))
+            };
+            let o = with(&h);
+            expect_clean_success(&o);
+            assert_eq!(o.stdout_lines().len(), 8, "fanout {fanout} lazy {lazy}:\n{o}");
+            let o = with(&a);
+            expect_clean_success(&o);
+            assert!(o.stdout.contains("allreduce ok: sum=36 over 8 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
+            let o = with(&r);
+            expect_clean_success(&o);
+            assert!(o.stdout.contains("ring ok: token 28 went around 8 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
+        }
+    }
+}
+
+/// An MPICH program and an Open MPI program in the same test run, each getting its interface.
+#[test]
+fn mpich_and_open_mpi_programs_side_by_side() {
+    let Some(o_prog) = ompi("mpi_allreduce") else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openmpi-side-mpich");
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Err(e) = compile("mpicc.mpich", &dir, "mpi_allreduce") {
+        eprintln!("SKIP (MPICH half): {e}");
+        return;
+    }
+    let m_prog = dir.join("mpi_allreduce").to_string_lossy().into_owned();
+    let s = Scratch::new("ompi-side");
+    for p in [&o_prog, &m_prog] {
+        let o = s.run(args(4, &[p]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains("allreduce ok: sum=10 over 4 ranks"), "{p}:\n{o}");
+    }
+    // One job cannot hold both.
+    let o = s.run(args(2, &[&o_prog, ":", "-np", "2", &m_prog]));
+    o.expect_usage_error("one job cannot serve both");
+}
+
+/// Without libpmix (a test-only override points the loader at nothing): a non-MPI job runs, an
+/// Open MPI job fails with one line saying what to install.
+#[test]
+fn without_libpmix_only_open_mpi_jobs_fail_with_one_line() {
+    let s = Scratch::new("ompi-nolib");
+    let mut c = s.cmd(["-np", "2", "true"]);
+    c.env("RLAUNCH_PMIX_LIBRARY", "/nonexistent/libpmix.so.2");
+    common::Job::start(c, None).wait().expect_code(0);
+    // Forcing PMIx on a non-MPI program needs the library too.
+    let Some(p) = ompi("mpi_hello") else { return };
+    for n in [1u32, 4] {
+        let mut c = s.cmd(args(n, &[&p]));
+        c.env("RLAUNCH_PMIX_LIBRARY", "/nonexistent/libpmix.so.2");
+        let o = common::Job::start(c, None).wait();
+        assert_ne!(o.code, Some(0), "{o}");
+        let lines = rlaunch_lines(&o);
+        assert_eq!(lines.len(), 1, "one line:\n{o}");
+        assert!(lines[0].contains("apt-get install libpmix2"), "{o}");
+        assert!(o.stdout.is_empty(), "no rank ran:\n{o}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The namespace cluster: 8 nodes × 4 ranks, through the launch agent.
+
+fn cluster() -> Option<Vec<String>> {
+    if std::env::var_os("RLAUNCH_CLUSTER_STATE").is_none() {
+        eprintln!("SKIP: RLAUNCH_CLUSTER_STATE is unset (start a cluster with scripts/cluster up 8 and source its env file)");
+        return None;
+    }
+    let hosts = Path::new("/run/rlaunch-cluster/hosts");
+    if !hosts.exists() {
+        eprintln!("SKIP: {} does not exist; the cluster is not up", hosts.display());
+        return None;
+    }
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node-exec");
+    // /tmp is private to each node: the ranks run in the shared target dir.
+    let wdir = env!("CARGO_TARGET_TMPDIR");
+    let hf = s_tmp_hostfile(hosts);
+    Some(
+        [
+            "--launch-agent",
+            &agent.to_string_lossy(),
+            "--hostfile",
+            &hf,
+            "--wdir",
+            wdir,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+}
+
+/// The cluster's host list with 4 slots per node.
+fn s_tmp_hostfile(hosts: &Path) -> String {
+    let text = std::fs::read_to_string(hosts).unwrap_or_default();
+    let body: String = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(8).map(|h| format!("{h} slots=4\n")).collect();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("openmpi-hosts-{}", std::process::id()));
+    std::fs::write(&path, body).expect("writing the hostfile");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn cluster_8x4_open_mpi_programs() {
+    let Some(base) = cluster() else { return };
+    let Some(dir) = ompi("mpi_hello").map(|p| PathBuf::from(p).parent().unwrap().to_path_buf()) else { return };
+    let prog = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let run = |s: &Scratch, extra: &[&str]| {
+        let mut a = base.clone();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        s.run(args(32, &a.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    for (fanout, lazy) in [("32", false), ("2", false), ("32", true), ("2", true)] {
+        let mut e = vec!["--fanout", fanout];
+        if lazy {
+            e.push("--pmi-lazy");
+        }
+        let with = |p: &str, more: &[&str]| {
+            let mut x = e.clone();
+            x.push(p);
+            x.extend_from_slice(more);
+            x
+        };
+        let s = Scratch::new("c-ompi");
+        let o = run(&s, &with(&prog("mpi_hello"), &[]));
+        expect_clean_success(&o);
+        assert_eq!(o.stdout_lines().len(), 32, "fanout {fanout} lazy {lazy}:\n{o}");
+        for node in 1..=8 {
+            assert_eq!(o.stdout.matches(&format!(" of 32 on n{node}\n")).count(), 4, "fanout {fanout}, node n{node}:\n{o}");
+        }
+        let o = run(&s, &with(&prog("mpi_allreduce"), &[]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains("allreduce ok: sum=528 over 32 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
+        let o = run(&s, &with(&prog("mpi_ring"), &[]));
+        expect_clean_success(&o);
+        assert!(o.stdout.contains("ring ok: token 496 went around 32 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
+        let o = run(&s, &with(&prog("mpi_barrier"), &["20"]));
+        expect_clean_success(&o);
+        if lazy {
+            continue;
+        }
+        let o = run(&s, &with(&prog("mpi_abort"), &["13"]));
+        o.expect_code(7);
+        expect_one_rank_line(&o, 13, "abort");
+        let o = run(&s, &with(&prog("mpi_crash"), &["21"]));
+        o.expect_code(139);
+        expect_one_rank_line(&o, 21, "killed by signal 11 (SIGSEGV)");
+    }
+}
