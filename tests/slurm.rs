@@ -142,35 +142,50 @@ fn salloc_style_front_end_on_the_host() {
     assert_eq!(text.lines().count(), 2, "{text}");
 }
 
+/// Cancels a job when a test ends early, so a failed assertion leaves no job running.
+struct JobGuard<'a> {
+    conf: &'a str,
+    id: String,
+}
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        let _ = slurm(self.conf, "scancel").arg(&self.id).status();
+    }
+}
+
 #[test]
 fn scancel_leaves_nothing_running() {
     let Some(conf) = slurm_conf() else { return };
     let dir = shared_dir("scancel");
     let mark = format!("rlaunch-scancel-{}", std::process::id());
     let bin = common::bin();
-    // Each rank says it is up, then sleeps with a marker in its argv.
-    let script = format!("{bin} sh -c 'touch {d}/up.$RLAUNCH_RANK; exec sleep 300 {mark}' \n", d = dir.display());
+    let script = format!("#!/bin/sh\n{bin} sh -c 'touch {d}/up.$RLAUNCH_RANK; exec sleep 300'\n", d = dir.display());
     let path = dir.join("job.sh");
-    std::fs::write(&path, format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = slurm(&conf, "sbatch").args(["--parsable", "-N", "3", "-o"]).arg(dir.join("out.txt")).arg(&path).output().unwrap();
-    assert!(out.status.success());
+    // sbatch exports the submitting environment: the marker reaches the front end, and from it
+    // the daemons (srun exports too) and every rank, so /proc/*/environ finds all of them.
+    let out = slurm(&conf, "sbatch")
+        .env(common::MARK_VAR, &mark)
+        .args(["--parsable", "-N", "3", "-o"])
+        .arg(dir.join("out.txt"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap().to_string();
+    let guard = JobGuard { conf: &conf, id: id.clone() };
     let up = common::poll_until(Duration::from_secs(60), || (0..3).all(|r| dir.join(format!("up.{r}")).exists()));
     assert!(up, "ranks did not start: {}", read(&dir, "out.txt"));
-    let count = || {
-        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-        String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains(&mark) && !l.contains("ps -eo")).count()
-    };
-    assert_eq!(count(), 3, "three ranks with the marker");
+    let ranks = || common::marked_processes(&mark).into_iter().filter(|(_, c)| c.starts_with("sleep 300")).count();
+    assert!(common::poll_until(Duration::from_secs(10), || ranks() == 3), "three ranks, found {}", ranks());
+    let daemons = common::marked_processes(&mark).into_iter().filter(|(_, c)| c.contains("__daemon")).count();
+    assert!(daemons >= 3, "the daemons carry the marker too: {:?}", common::marked_processes(&mark));
     assert!(slurm(&conf, "scancel").arg(&id).status().unwrap().success());
-    let clean = common::poll_until(Duration::from_secs(15), || count() == 0);
-    assert!(clean, "ranks left after scancel: {}", count());
-    let daemons_gone = common::poll_until(Duration::from_secs(15), || {
-        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-        !String::from_utf8_lossy(&ps.stdout).lines().any(|l| l.starts_with(&format!("{bin} __daemon")))
-    });
-    assert!(daemons_gone, "rlaunch daemons left after scancel");
+    let clean = common::poll_until(Duration::from_secs(15), || common::marked_processes(&mark).is_empty());
+    assert!(clean, "left after scancel: {:?}", common::marked_processes(&mark));
+    drop(guard);
 }
 
 #[test]
