@@ -111,9 +111,11 @@ fn auto_detects_open_mpi_and_explains_it() {
     let o = s.run(args(2, &["-v", &p]));
     o.expect_code(0);
     assert!(o.stderr.contains("ranks get PMIx (--mpi auto: PMIx, '") && o.stderr.contains("links libmpi.so.40"), "{o}");
-    // Forced PMI: Open MPI finds no PMIx server and every rank is a singleton "0 of 1".
+    // Forced PMI: Open MPI finds no PMIx server and each rank is a singleton, which mpi_hello
+    // catches against RLAUNCH_SIZE.
     let o = s.run(args(2, &["--mpi", "pmi", &p]));
-    assert!(o.stdout.matches("hello from rank 0 of 1").count() == 2, "{o}");
+    assert_ne!(o.code, Some(0), "{o}");
+    assert!(o.stderr.contains("MPI says size 1 but RLAUNCH_SIZE=2"), "{o}");
 }
 
 #[test]
@@ -214,7 +216,7 @@ fn local_daemons_fence_and_direct_modex_across_the_tree() {
             if lazy {
                 extra.push("--pmi-lazy");
             }
-            let mut with = |prog: &str| {
+            let with = |prog: &str| {
                 let mut e = extra.clone();
                 e.push(prog);
                 s.run(args(8, &e))
@@ -321,45 +323,40 @@ fn s_tmp_hostfile(hosts: &Path) -> String {
 fn cluster_8x4_open_mpi_programs() {
     let Some(base) = cluster() else { return };
     let Some(dir) = ompi("mpi_hello").map(|p| PathBuf::from(p).parent().unwrap().to_path_buf()) else { return };
-    let prog = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    let run = |s: &Scratch, extra: &[&str]| {
-        let mut a = base.clone();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        s.run(args(32, &a.iter().map(String::as_str).collect::<Vec<_>>()))
-    };
     for (fanout, lazy) in [("32", false), ("2", false), ("32", true), ("2", true)] {
-        let mut e = vec!["--fanout", fanout];
-        if lazy {
-            e.push("--pmi-lazy");
-        }
-        let with = |p: &str, more: &[&str]| {
-            let mut x = e.clone();
-            x.push(p);
-            x.extend_from_slice(more);
-            x
-        };
         let s = Scratch::new("c-ompi");
-        let o = run(&s, &with(&prog("mpi_hello"), &[]));
+        // rlaunch ARGS for program `p` with its arguments on 8 nodes x 4.
+        let run = |p: &str, more: &[&str]| {
+            let mut a: Vec<String> = base.clone();
+            a.extend(["--fanout", fanout].iter().map(|x| x.to_string()));
+            if lazy {
+                a.push("--pmi-lazy".into());
+            }
+            a.push(dir.join(p).to_string_lossy().into_owned());
+            a.extend(more.iter().map(|x| x.to_string()));
+            s.run(args(32, &a.iter().map(String::as_str).collect::<Vec<_>>()))
+        };
+        let o = run("mpi_hello", &[]);
         expect_clean_success(&o);
         assert_eq!(o.stdout_lines().len(), 32, "fanout {fanout} lazy {lazy}:\n{o}");
         for node in 1..=8 {
             assert_eq!(o.stdout.matches(&format!(" of 32 on n{node}\n")).count(), 4, "fanout {fanout}, node n{node}:\n{o}");
         }
-        let o = run(&s, &with(&prog("mpi_allreduce"), &[]));
+        let o = run("mpi_allreduce", &[]);
         expect_clean_success(&o);
         assert!(o.stdout.contains("allreduce ok: sum=528 over 32 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
-        let o = run(&s, &with(&prog("mpi_ring"), &[]));
+        let o = run("mpi_ring", &[]);
         expect_clean_success(&o);
         assert!(o.stdout.contains("ring ok: token 496 went around 32 ranks"), "fanout {fanout} lazy {lazy}:\n{o}");
-        let o = run(&s, &with(&prog("mpi_barrier"), &["20"]));
+        let o = run("mpi_barrier", &["20"]);
         expect_clean_success(&o);
         if lazy {
             continue;
         }
-        let o = run(&s, &with(&prog("mpi_abort"), &["13"]));
+        let o = run("mpi_abort", &["13"]);
         o.expect_code(7);
         expect_one_rank_line(&o, 13, "abort");
-        let o = run(&s, &with(&prog("mpi_crash"), &["21"]));
+        let o = run("mpi_crash", &["21"]);
         o.expect_code(139);
         expect_one_rank_line(&o, 21, "killed by signal 11 (SIGSEGV)");
     }

@@ -87,10 +87,6 @@ impl<Op, Mx> Engine<Op, Mx> {
         }
     }
 
-    pub fn fence_children(&self) -> &[u32] {
-        self.fence.children()
-    }
-
     fn ours(&self, p: &ProcId) -> Option<u32> {
         (p.nspace == self.nspace && self.clients.contains_key(&p.rank)).then_some(p.rank)
     }

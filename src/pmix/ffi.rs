@@ -387,7 +387,6 @@ pub enum Val<'a> {
     U32(u32),
     U16(u16),
     Rank(u32),
-    Bool(bool),
     Regex(&'a Regex),
     Array(&'a InfoArray),
 }
@@ -403,7 +402,7 @@ impl InfoList {
         const CALL: &str = "PMIx_Info_list_add";
         let k = c_string(CALL, key)?;
         let s;
-        let (u32v, u16v, boolv);
+        let (u32v, u16v);
         let (ptr, ty): (*const c_void, u16) = match val {
             Val::Str(v) => {
                 s = c_string(CALL, v)?;
@@ -420,10 +419,6 @@ impl InfoList {
             Val::U16(v) => {
                 u16v = v;
                 (&u16v as *const u16 as *const c_void, types::UINT16)
-            }
-            Val::Bool(v) => {
-                boolv = v;
-                (&boolv as *const bool as *const c_void, types::BOOL)
             }
             Val::Regex(r) => (r.ptr as *const c_void, types::REGEX),
             Val::Array(a) => (&a.darray as *const pmix_data_array_t as *const c_void, types::DATA_ARRAY),
@@ -514,7 +509,7 @@ impl std::fmt::Debug for Upcall {
             Upcall::Connected { proc, .. } => write!(f, "Connected({proc:?})"),
             Upcall::Finalized { proc, .. } => write!(f, "Finalized({proc:?})"),
             Upcall::Abort { proc, status, .. } => write!(f, "Abort({proc:?}, {status})"),
-            Upcall::Fence { procs, data, .. } => write!(f, "Fence({} procs, {} bytes)", procs.len(), data.len()),
+            Upcall::Fence { procs, collect, data, .. } => write!(f, "Fence({} procs, collect {collect}, {} bytes)", procs.len(), data.len()),
             Upcall::DirectModex { proc, .. } => write!(f, "DirectModex({proc:?})"),
             Upcall::DmodexData { token, status, data } => write!(f, "DmodexData({token}, {status}, {} bytes)", data.len()),
         }

@@ -92,7 +92,7 @@ impl Daemon {
         init.add("pmix.hname", Val::Str(layout.hostname(node)))?;
         init.add("pmix.nodeid", Val::U32(node))?;
         let init = init.into_array()?;
-        lib.server_init(&init, sink).context("starting the PMIx server")?;
+        lib.server_init(&init, sink).with_context(|| format!("starting the PMIx server (libpmix {})", lib.version()))?;
         let at = format!("node {node} ({})", super::hostname());
         let rank_node: Vec<u32> = map.ranks().iter().map(|p| p.node).collect();
         let has_ranks = |n: u32| !map.ranks_on(n).is_empty();
