@@ -31,6 +31,16 @@ pub fn is_stale_pmix_var(name: &str) -> bool {
     name.starts_with("PMIX_") && !name.starts_with("PMIX_MCA_")
 }
 
+/// The inherited variables (`names`, e.g. the daemon's own environment when rlaunch runs under
+/// another launcher) that a rank of `interface` must not see: the other interface's set, and a
+/// stale PMIx server's address in any case. One interface per rank.
+pub fn scrub<'a>(interface: Interface, names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    names
+        .filter(|n| is_stale_pmix_var(n) || (interface == Interface::Pmix && n.starts_with("PMI_")))
+        .map(str::to_string)
+        .collect()
+}
+
 /// `--mpi`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MpiFlag {
@@ -487,6 +497,13 @@ mod tests {
         assert_eq!(get(&e, "OMPI_MCA_pmix_base_collect_data").as_deref(), Some("0"));
         // Never a PMI variable: a rank gets one interface.
         assert!(e.iter().all(|(k, _)| !k.starts_with("PMI_")));
+    }
+
+    #[test]
+    fn scrub_keeps_one_interface_per_rank() {
+        let inherited = ["PMI_FD", "PMI_RANK", "PMIX_SERVER_URI41", "PMIX_MCA_gds", "PATH", "OMPI_MCA_btl"];
+        assert_eq!(scrub(Interface::Pmix, inherited.into_iter()), ["PMI_FD", "PMI_RANK", "PMIX_SERVER_URI41"]);
+        assert_eq!(scrub(Interface::Pmi, inherited.into_iter()), ["PMIX_SERVER_URI41"]);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub(super) struct DaemonPmix {
     /// modex request, a child's fence contribution): replayed once it is. `Some(node)`: from
     /// that child.
     early: Vec<(Option<u32>, Msg)>,
+    /// Inherited variables no rank of this job gets, computed once.
+    scrub: Option<Vec<String>>,
 }
 
 struct Active {
@@ -43,8 +45,6 @@ struct Active {
     map: launchers::map::ProcMap,
     dir: PathBuf,
     lazy: bool,
-    /// Names of this daemon's own variables that would mislead a rank (see `is_stale_pmix_var`).
-    stale: Vec<String>,
 }
 
 impl Drop for Active {
@@ -98,9 +98,8 @@ impl Daemon {
         let has_ranks = |n: u32| !map.ranks_on(n).is_empty();
         let children = crate::fence::participants(Some(node), self.boot.fanout, self.boot.nnodes, has_ranks);
         let engine = Engine::new(&launch.job_id, node, at, rank_node, children);
-        let stale = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| crate::pmix::is_stale_pmix_var(k)).collect();
         let lazy = self.boot.flags & crate::pmi::BOOT_FLAG_PMI_LAZY != 0;
-        let active = Active { lib, engine, rx, _waker: waker, layout, map: map.clone(), dir, lazy, stale };
+        let active = Active { lib, engine, rx, _waker: waker, layout, map: map.clone(), dir, lazy };
         let info = job_info(&active).context("describing the job to libpmix")?;
         let nlocal = map.ranks_on(node).len() as u32;
         lib.register_nspace(&launch.job_id, nlocal, &info, REGISTER_WAIT).context("registering the job with libpmix")?;
@@ -112,15 +111,21 @@ impl Daemon {
         Ok(())
     }
 
-    /// Gives `rank` its PMIx environment (and nothing of PMI).
+    /// Called for every rank: a PMIx rank gets its PMIx environment; any rank loses what this
+    /// daemon inherited of the interface it does not use (see `crate::pmix::scrub`).
     pub(super) fn pmix_prepare(&mut self, rank: u32, cmd: &mut std::process::Command) -> Result<()> {
+        let interface = crate::pmix::Interface::from_boot_flags(self.boot.flags);
+        let scrub = self.pmix.scrub.get_or_insert_with(|| {
+            let names: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+            crate::pmix::scrub(interface, names.iter().map(String::as_str))
+        });
+        for k in scrub.iter() {
+            cmd.env_remove(k);
+        }
         let Some(a) = self.pmix.active.as_ref() else { return Ok(()) };
         let ns = a.layout.nspace.clone();
         a.lib.register_client(&ns, rank, REGISTER_WAIT).with_context(|| format!("registering rank {rank} with libpmix"))?;
         let vars = a.lib.setup_fork(&ns, rank).with_context(|| format!("preparing the PMIx environment of rank {rank}"))?;
-        for k in &a.stale {
-            cmd.env_remove(k);
-        }
         for (k, v) in vars {
             cmd.env(k, v);
         }
