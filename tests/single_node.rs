@@ -522,7 +522,7 @@ fn second_ctrl_c_kills_ranks_that_ignore_sigint_with_130() {
     assert!(out.stderr.contains("rlaunch: second interrupt; killing all 2 running ranks"), "{out}");
     // Killed at once: no SIGTERM round (which the ranks would have recorded) and no grace period.
     assert!(!s.path("term.0").exists() && !s.path("term.1").exists(), "the second ctrl-C must SIGKILL, not SIGTERM");
-    // Well below the 2 s grace plus the time to notice; generous for a loaded machine.
+    // The markers above prove there was no SIGTERM round; this only bounds the time, loosely.
     assert!(t.elapsed() < Duration::from_secs(5), "the kill took {:?}", t.elapsed());
     let rep = report(&s);
     for r in 0..2 {
