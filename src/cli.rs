@@ -32,6 +32,8 @@ SIGNALS:
 ENVIRONMENT OF EACH RANK:
   RLAUNCH_RANK, RLAUNCH_SIZE, RLAUNCH_LOCAL_RANK, RLAUNCH_LOCAL_SIZE, RLAUNCH_NODE_RANK,
   RLAUNCH_NUM_NODES, RLAUNCH_JOBID, RLAUNCH_APPNUM, plus rlaunch's own environment and -x values.
+  RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
+  NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
@@ -203,6 +205,30 @@ on first use."
     )]
     pub mpi: String,
 
+    /// Network for rank endpoints: auto (RDMA when every node has an active port, else TCP), tcp,
+    /// rdma, or off (no inventory exchange, no endpoint table)
+    #[arg(long, value_name = "auto|tcp|rdma|off", default_value = "auto")]
+    pub fabric: String,
+
+    /// Use exactly these NICs (interface names, RDMA devices or DEVICE:PORT); local rank l gets the
+    /// (l mod count)-th. A name missing on any node is an error naming that node
+    #[arg(long, value_name = "NAME[,NAME]")]
+    pub nic: Option<String>,
+
+    /// Also set UCX_NET_DEVICES, NCCL_SOCKET_IFNAME, NCCL_IB_HCA, FI_PROVIDER (and friends) to each
+    /// rank's NIC; a variable given with -x is left alone
+    #[arg(long = "nic-env")]
+    pub nic_env: bool,
+
+    /// Start a daemon on every node, print each node's network devices (interfaces, RDMA ports,
+    /// state, speed, addresses, GID/LID) as one table, and exit; runs no program
+    #[arg(long)]
+    pub inventory: bool,
+
+    /// With --inventory: print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true)]
     pub generate: Option<String>,
@@ -372,7 +398,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 }
             }
         }
-        if cli.generate.is_none() && cli.program.is_empty() {
+        if cli.inventory && !cli.program.is_empty() {
+            return Err(usage(format!("--inventory runs no program; drop '{}' or --inventory", cli.program.join(" "))));
+        }
+        if cli.generate.is_none() && !cli.inventory && cli.program.is_empty() {
             return Err(usage(if segments.len() > 1 {
                 format!("no program given in application context {} (between ':' separators)", i + 1)
             } else {

@@ -40,6 +40,10 @@ mod pmi_glue;
 #[path = "pmix/server.rs"]
 mod pmix_glue;
 
+/// The launch-time fabric exchange and endpoint table (`crate::fabric`).
+#[path = "fabric/daemon_glue.rs"]
+mod fabric_glue;
+
 fn rank_token(local: usize, what: usize) -> Token {
     Token(RANK_BASE + local * 4 + what)
 }
@@ -91,6 +95,7 @@ struct Daemon {
     launch_bytes: u32,
     pmi: Option<pmi_glue::DaemonPmi>,
     pmix: pmix_glue::DaemonPmix,
+    fabric: crate::fabric::NodeFabric,
 }
 
 /// Entry point of `rlaunch __daemon`. Never returns.
@@ -175,6 +180,7 @@ fn run() -> Result<i32> {
     if let Some(l) = listener.as_mut() {
         poll.registry().register(l, LISTENER, Interest::READABLE)?;
     }
+    let fabric = crate::fabric::NodeFabric::new(boot.node, boot.nnodes, boot.fanout);
     let mut d = Daemon {
         boot,
         poll,
@@ -199,6 +205,7 @@ fn run() -> Result<i32> {
         launch_bytes: 0,
         pmi: None,
         pmix: Default::default(),
+        fabric,
     };
     d.poll.registry().register(&mut d.signals.rx, SIGNALS, Interest::READABLE)?;
     // The bootstrap stdin stays open for the life of whatever started us (a pipe from the front end,
@@ -213,6 +220,8 @@ fn run() -> Result<i32> {
         addr: None,
     });
     d.parent.flush().ok();
+    // While the launch message travels: it is needed as soon as that arrives.
+    d.fabric.discover();
     d.event_loop()
 }
 
@@ -394,10 +403,8 @@ impl Daemon {
                 }
                 self.launch = Some(launch);
                 self.spawn_children();
-                if let Err(e) = self.start_ranks() {
-                    self.node_error(format!("{e:#}"));
-                    self.terminate_all();
-                }
+                // Ranks start once the endpoint table is written (crate::fabric).
+                self.fabric_launch();
             }
             Msg::Stdin { data } => {
                 self.deliver_stdin(&data);
@@ -428,6 +435,7 @@ impl Daemon {
             }
             Msg::KvsGet { from, key, round } => self.pmi_kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi_kvs_value(to, key, value, round),
+            Msg::Fabric { data } => self.fabric_msg(None, data),
             other => {
                 eprintln!("rlaunch daemon on node {}: unexpected message from parent: {other:?}", self.boot.node);
             }
@@ -568,6 +576,7 @@ impl Daemon {
                 .env("RLAUNCH_NUM_NODES", launch.nodes.len().to_string())
                 .env("RLAUNCH_JOBID", &launch.job_id)
                 .env("RLAUNCH_APPNUM", place.app.to_string());
+            cmd.envs(self.fabric.rank_env(li as u32).iter().map(|(k, v)| (k, v)));
             if !app.cwd.is_empty() {
                 cmd.current_dir(&app.cwd);
             }
@@ -886,7 +895,7 @@ impl Daemon {
     }
 
     fn check_done(&mut self) {
-        if self.node_done_sent || self.launch.is_none() || !self.all_ranks_done() {
+        if self.node_done_sent || self.launch.is_none() || !self.all_ranks_done() || self.fabric_holds_ranks() {
             return;
         }
         // Ranks not started because spawning stopped still count as done.
@@ -970,6 +979,13 @@ impl Daemon {
                         let _ = c.link.flush();
                     }
                 }
+            }
+            // The fabric exchange combines a subtree's inventories here.
+            if let Msg::Fabric { data } = msg {
+                if let Some(node) = self.children.get(&t).and_then(|c| c.node) {
+                    self.fabric_msg(Some(node), data);
+                }
+                continue;
             }
             // A subtree's fence contribution is combined here, not relayed.
             if let Msg::Fence { seq, puts } = msg {

@@ -20,6 +20,10 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The root of the launch-time fabric exchange (`crate::fabric`).
+#[path = "fabric/frontend_glue.rs"]
+mod fabric_glue;
+
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const WAKER: Token = Token(2);
@@ -120,6 +124,7 @@ struct Frontend {
     progress_done: bool,
     pmi: pmi_glue::FrontPmi,
     pmix: pmix_glue::FrontPmix,
+    fabric: crate::fabric::FrontGather,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -145,7 +150,8 @@ pub fn run(plan: Plan) -> Result<i32> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut signals = SignalPipe::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCHLD])?;
     poll.registry().register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
-    let size = plan.map.size() as usize;
+    // --inventory starts no rank, whatever the placeholder map says.
+    let size = if plan.launch.fabric.inventory.is_some() { 0 } else { plan.map.size() as usize };
     let nnodes = plan.nodes.len();
     let mut fe = Frontend {
         key,
@@ -175,6 +181,7 @@ pub fn run(plan: Plan) -> Result<i32> {
         pending_assign: Vec::new(),
         progress: None,
         progress_done: false,
+        fabric: crate::fabric::FrontGather::new(&plan.launch, &plan.map, plan.nodes.iter().map(|n| n.name.clone()).collect()),
         plan,
     };
     fe.start_stdin_reader()?;
@@ -607,6 +614,7 @@ impl Frontend {
                     eprintln!("rlaunch: unexpected message from a daemon: {other:?}");
                 }
             }
+            Msg::Fabric { data } => self.on_fabric(t, data),
             other => eprintln!("rlaunch: unexpected message from a daemon: {other:?}"),
         }
     }
@@ -919,7 +927,8 @@ impl Frontend {
     }
 
     fn finished(&self) -> bool {
-        self.daemons.iter().all(|d| d.done || d.lost)
+        // Daemons with no rank to wait for report done before the fabric exchange ends.
+        self.daemons.iter().all(|d| d.done || d.lost) && !(self.fabric.waiting() && self.outcome == Outcome::Running)
     }
 
     fn finish(&mut self) -> i32 {
@@ -1038,6 +1047,8 @@ impl Frontend {
             "nodes": nodes,
             "ranks": ranks,
             "timings": self.timings,
+            "fabric": self.fabric.report_fabric(),
+            "fabric_detail": self.fabric.report_detail(),
         });
         serde_json::to_string_pretty(&v).expect("json") + "\n"
     }

@@ -4,6 +4,7 @@
 mod cli;
 mod daemon;
 mod exitcode;
+mod fabric;
 mod fence;
 mod frontend;
 mod link;
@@ -54,7 +55,9 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         cli::generate(what, &mut std::io::stdout().lock())?;
         return Ok(exitcode::SUCCESS);
     }
-    let stdin = cli::parse_stdin(&g.stdin)?;
+    let fabric_spec = fabric::spec_from_flags(&g.fabric, g.nic.as_deref(), g.nic_env, g.inventory, g.json).map_err(cli::UsageError::Msg)?;
+    // --inventory starts no rank: nothing reads stdin.
+    let stdin = if g.inventory { wire::StdinTarget::None } else { cli::parse_stdin(&g.stdin)? };
     if !(g.launch_timeout.is_finite() && g.launch_timeout > 0.0) {
         return Err(cli::UsageError::Msg(format!("--launch-timeout {}: expected a positive number of seconds", g.launch_timeout)).into());
     }
@@ -71,7 +74,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     };
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let lookup = |k: &str| std::env::var(k).ok();
-    let apps = cli::app_contexts(&parsed, &cwd, &lookup)?;
+    let apps = if g.inventory { fabric::inventory_apps(&cwd) } else { cli::app_contexts(&parsed, &cwd, &lookup)? };
 
     let nodes_plan = resolve_nodes(g)?;
     let nodes = nodes_plan.nodes;
@@ -126,6 +129,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         // A local daemon inherits this environment; a remote one gets it in the launch message.
         env: if local_only { Vec::new() } else { forwarded_env(std::env::vars()) },
         tree_spawn: g.tree_spawn.then(|| wire::TreeSpawn { agent: match &nodes_plan.starter { Starter::Agent { argv } => argv.clone(), _ => Vec::new() } }),
+        fabric: fabric_spec,
     };
     let daemon_path = match &g.daemon_path {
         Some(p) => p.clone(),

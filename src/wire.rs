@@ -135,6 +135,8 @@ pub struct Launch {
     pub env: Vec<(String, Option<String>)>,
     /// Set when daemons start their own children (tree spawn).
     pub tree_spawn: Option<TreeSpawn>,
+    /// `--fabric`, `--nic`, `--nic-env`, `--inventory` (see `crate::fabric`).
+    pub fabric: crate::fabric::FabricSpec,
 }
 
 /// How a daemon starts its children in tree-spawn mode: the same launch agent the front end would
@@ -204,6 +206,9 @@ pub enum Msg {
     PmixDmodexReq { from: u32, node: u32, rank: u32, id: u64 },
     /// The answer to a `PmixDmodexReq` (`status`: a PMIx status), routed like it to node `to`.
     PmixDmodexResp { to: u32, id: u64, status: i32, data: Vec<u8> },
+    /// The launch-time fabric exchange (`crate::fabric`): a `fabrics::collective::Message`, up
+    /// (a subtree's node inventories, once) or down (every node's, once).
+    Fabric { data: Vec<u8> },
 }
 
 /// What a [`Msg::PmiReport`] is about.
@@ -430,6 +435,7 @@ mod tests {
             kill_grace_ms: 2000,
             env: vec![("PATH".into(), Some("/bin".into()))],
             tree_spawn: None,
+            fabric: crate::fabric::FabricSpec::default(),
         }))
     }
 
