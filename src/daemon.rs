@@ -291,7 +291,7 @@ impl Daemon {
                     SIGNALS => self.on_signals(),
                     BOOT_STDIN => self.on_boot_stdin(),
                     pmix_glue::PMIX_WAKE => self.on_pmix_wake(),
-                    t if crate::pmi::host::PmiHost::owns(t) => self.on_pmi_event(t, ev.is_readable(), ev.is_writable()),
+                    t if crate::pmi::host::PmiHost::owns(t) => self.on_pmi_event(ev),
                     t if t.0 >= RANK_BASE => {
                         let what = (t.0 - RANK_BASE) % 4;
                         if what == 2 {
@@ -592,8 +592,14 @@ impl Daemon {
             unsafe {
                 cmd.pre_exec(move || {
                     // Own process group: signals reach the rank and everything it starts, and the
-                    // terminal's ctrl-C goes to the front end only, which forwards it.
-                    libc::setpgid(0, 0);
+                    // terminal's ctrl-C goes to the front end only, which forwards it. Own session
+                    // too (which makes the group): with scheduler autogroups each session gets a
+                    // fair CPU share, and busy-polling MPI ranks left in the caller's session
+                    // share one slice with everything else there (MPI_Barrier ran 2.5x slower
+                    // than under Hydra, which does the same). setpgid is the fallback.
+                    if libc::setsid() == -1 {
+                        libc::setpgid(0, 0);
+                    }
                     // Die with the daemon even if it is SIGKILLed.
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     if libc::getppid() != daemon_pid {

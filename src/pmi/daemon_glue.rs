@@ -8,7 +8,6 @@ use crate::pmi::host::{Mode, PmiHost, Prepared};
 use crate::pmi::{Action, JobInfo, BOOT_FLAG_PMI_LAZY as FLAG_PMI_LAZY, BOOT_FLAG_PMI_PORT as FLAG_PMI_PORT};
 use crate::wire::{Msg, PmiReportKind};
 use anyhow::{Context, Result};
-use mio::Token;
 
 /// PMI state of one daemon, created when its ranks are about to start.
 pub(super) struct DaemonPmi {
@@ -20,10 +19,33 @@ pub(super) struct DaemonPmi {
 }
 
 
+/// Descriptors the daemon holds per local rank: stdout, stderr, stdin and the PMI socket.
+const FDS_PER_RANK: u64 = 4;
+/// Descriptors for everything else: tree links, listeners, signal pipe, epoll.
+const FDS_BASE: u64 = 256;
+
+/// Raises the soft open-file limit towards the hard one when the ranks of this node need more
+/// than it allows: at the common soft limit of 1024 a daemon runs out at about 250 ranks. The
+/// ranks inherit the higher soft limit, which is harmless (it stays below the hard limit).
+fn ensure_fd_room(local_ranks: usize) {
+    let need = FDS_BASE + FDS_PER_RANK * local_ranks as u64;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= need {
+            return;
+        }
+        lim.rlim_cur = need.min(lim.rlim_max);
+        // Failure leaves the old limit; spawning then fails with EMFILE, which is reported.
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
 impl Daemon {
     /// Before the first rank starts: the engine for this node's ranks and the fence vertex.
     pub(super) fn pmi_setup(&mut self, map: &launchers::map::ProcMap, job_id: &str) -> Result<()> {
         let node = self.boot.node;
+        ensure_fd_room(map.ranks_on(node).len());
         let job = JobInfo::from_map(job_id, map, node);
         let mode = if self.boot.flags & FLAG_PMI_PORT != 0 { Mode::Port } else { Mode::Fd };
         let mut host = PmiHost::new(job, mode, self.poll.registry()).context("opening the PMI_PORT listener")?;
@@ -43,9 +65,10 @@ impl Daemon {
         Ok(Some(prepared))
     }
 
-    pub(super) fn on_pmi_event(&mut self, t: Token, readable: bool, writable: bool) {
+    pub(super) fn on_pmi_event(&mut self, ev: &mio::event::Event) {
         let Some(p) = self.pmi.as_mut() else { return };
-        let actions = p.host.on_event(t, readable, writable, self.poll.registry());
+        let closed = ev.is_read_closed() || ev.is_error();
+        let actions = p.host.on_event(ev.token(), ev.is_readable(), ev.is_writable(), closed, self.poll.registry());
         self.pmi_actions(actions);
     }
 

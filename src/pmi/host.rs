@@ -164,8 +164,9 @@ impl PmiHost {
     }
 
     /// A readiness event on a PMI token. Returns the actions the daemon must carry out (replies
-    /// are already written or queued).
-    pub fn on_event(&mut self, token: Token, readable: bool, writable: bool, registry: &Registry) -> Vec<Action> {
+    /// are already written or queued). `closed`: the event says the peer hung up or errored, so
+    /// the socket is read to its end.
+    pub fn on_event(&mut self, token: Token, readable: bool, writable: bool, closed: bool, registry: &Registry) -> Vec<Action> {
         if token == LISTENER_TOKEN {
             self.accept(registry);
             return Vec::new();
@@ -175,8 +176,8 @@ impl PmiHost {
         if writable {
             self.flush(conn, registry, &mut out);
         }
-        if readable {
-            self.read(conn, registry, &mut out);
+        if readable || closed {
+            self.read(conn, closed, registry, &mut out);
         }
         out
     }
@@ -190,7 +191,7 @@ impl PmiHost {
     pub fn read_more(&mut self, registry: &Registry) -> Vec<Action> {
         let mut out = Vec::new();
         for conn in std::mem::take(&mut self.more) {
-            self.read(conn, registry, &mut out);
+            self.read(conn, false, registry, &mut out);
         }
         out
     }
@@ -207,7 +208,7 @@ impl PmiHost {
         let conns: Vec<ConnId> = self.conns.keys().copied().filter(|&c| self.server.rank_of(c) == Some(rank)).collect();
         let mut out = Vec::new();
         for c in conns {
-            self.read(c, registry, &mut out);
+            self.read(c, true, registry, &mut out);
         }
         out
     }
@@ -252,7 +253,10 @@ impl PmiHost {
         }
     }
 
-    fn read(&mut self, conn: ConnId, registry: &Registry, out: &mut Vec<Action>) {
+    /// Reads what the rank wrote. Without `to_end` a short read ends it: the socket was empty
+    /// then, and later data raises a new edge. A hang-up does not raise one when it came with the
+    /// data, hence `to_end` when the event reported it, and after the rank was reaped.
+    fn read(&mut self, conn: ConnId, to_end: bool, registry: &Registry, out: &mut Vec<Action>) {
         let mut buf = [0u8; 16 * 1024];
         let mut total = 0;
         loop {
@@ -268,6 +272,11 @@ impl PmiHost {
                     let actions = self.server.input(conn, &buf[..n]);
                     let rest = self.perform(actions, registry);
                     out.extend(rest);
+                    if n < buf.len() && !to_end {
+                        // Not asking again saves a syscall per request, a good part of the
+                        // daemon's cost of a PMI-1 get.
+                        return;
+                    }
                     if total >= READ_BUDGET {
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.more = true;
@@ -367,7 +376,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "timed out; actions so far {all:?}");
             poll.poll(&mut events, Some(std::time::Duration::from_millis(50))).unwrap();
             for ev in events.iter() {
-                all.extend(host.on_event(ev.token(), ev.is_readable(), ev.is_writable(), poll.registry()));
+                all.extend(host.on_event(ev.token(), ev.is_readable(), ev.is_writable(), ev.is_read_closed() || ev.is_error(), poll.registry()));
             }
             all.extend(host.read_more(poll.registry()));
         }
