@@ -77,6 +77,8 @@ struct Daemon {
     next_child_token: usize,
     launch: Option<Box<Launch>>,
     map: Option<launchers::map::ProcMap>,
+    /// Stdin chunks (an empty one is EOF) that came before the ranks were started.
+    held_stdin: Vec<Vec<u8>>,
     listen_port: u16,
     /// Tree spawn: the daemons (or agents) this daemon started, by node.
     spawned: Vec<(u32, launchers::start::DaemonProcess)>,
@@ -190,6 +192,7 @@ fn run() -> Result<i32> {
         next_child_token: CHILD_BASE,
         launch: None,
         map: None,
+        held_stdin: Vec::new(),
         listen_port,
         spawned: Vec::new(),
         other_exits: HashMap::new(),
@@ -675,6 +678,9 @@ impl Daemon {
             }
         }
         self.parent.send(&Msg::Started { node, pids, launch_bytes: self.launch_bytes });
+        for chunk in std::mem::take(&mut self.held_stdin) {
+            self.deliver_stdin(&chunk);
+        }
         // Children may have exited before we registered for SIGCHLD-driven reaping of their pid.
         self.reap();
         Ok(())
@@ -743,6 +749,11 @@ impl Daemon {
     }
 
     fn deliver_stdin(&mut self, data: &[u8]) {
+        // Ranks start only after the fabric exchange, and stdin may arrive first: keep it for them.
+        if self.map.is_none() && !self.stop_spawning {
+            self.held_stdin.push(data.to_vec());
+            return;
+        }
         for i in 0..self.ranks.len() {
             let r = &mut self.ranks[i];
             if r.stdin.is_none() || r.stdin_eof {
