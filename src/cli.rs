@@ -22,6 +22,9 @@ EXIT STATUS:
 FAILURES:
   When a rank fails, rlaunch prints one line naming the rank, its pid and node and the cause,
   sends SIGTERM to every other rank's process group, then SIGKILL after a grace period (2 s).
+  MPI_Abort(comm, N) ends the job with status N (1 when N is a multiple of 256). A rank that
+  breaks the PMI protocol, or exits with status 0 after MPI_Init without MPI_Finalize, fails
+  the job with status 1.
 
 SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
