@@ -312,6 +312,18 @@ fn raw_pmi1_abort_message_reaches_the_report_line() {
 }
 
 #[test]
+fn unknown_pmi_command_is_a_warning_and_the_job_goes_on() {
+    let s = Scratch::new("warn");
+    let code = "printf 'cmd=init pmi_version=1 pmi_subversion=1\\ncmd=frobnicate\\ncmd=finalize\\n' >&\"$PMI_FD\"";
+    let o = s.run(with(np(1), &["bash", "-c", code]));
+    o.expect_code(0);
+    let lines = rlaunch_lines(&o);
+    assert_eq!(lines.len(), 1, "{o}");
+    assert!(lines[0].starts_with("rlaunch: warning: PMI on "), "{o}");
+    assert!(lines[0].contains("rank 0") && lines[0].contains("frobnicate"), "{o}");
+}
+
+#[test]
 fn pmi_environment_of_a_rank() {
     let s = Scratch::new("env");
     let o = s.run(with(np(2), &["sh", "-c", "echo \"$PMI_RANK $PMI_SIZE ${PMI_JOBID:+jobid} ${PMI_FD:+fd} ${PMI_PORT:+port}\""]));
@@ -322,14 +334,28 @@ fn pmi_environment_of_a_rank() {
     let o = s.run(with(np(1), &["--pmi-port", "sh", "-c", "echo \"$PMI_ID ${PMI_FD:-nofd} $PMI_PORT\""]));
     o.expect_code(0);
     assert!(o.stdout.starts_with("0 nofd 127.0.0.1:"), "{o}");
+    // Tree spawn with fan-out 1: node c's daemon is started by node b's, which must pass the PMI
+    // options on.
+    let o = s.run(with(
+        local_nodes_list("a:1,b:1,c:1", 1),
+        &["--tree-spawn", "--pmi-port", "-np", "3", "sh", "-c", "echo \"$PMI_RANK ${PMI_PORT:+port}${PMI_FD:+fd}\""],
+    ));
+    o.expect_code(0);
+    let mut lines = o.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, vec!["0 port", "1 port", "2 port"], "{o}");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Several daemons on this machine (`--launcher local` with a node list): the fence runs over a
 // real tree of daemons, deep with `--fanout 1`, and `--pmi-lazy` fetches across nodes.
 
+fn local_nodes_list(hosts: &str, fanout: u32) -> Vec<String> {
+    with(vec![], &["--launcher", "local", "--host", hosts, "--fanout", &fanout.to_string()])
+}
+
 fn local_nodes(fanout: u32) -> Vec<String> {
-    with(vec![], &["--launcher", "local", "--host", "a:2,b:2,c:2,d:2", "--fanout", &fanout.to_string()])
+    local_nodes_list("a:2,b:2,c:2,d:2", fanout)
 }
 
 #[test]
@@ -353,7 +379,8 @@ fn fence_across_local_daemons_eager_and_lazy() {
 fn pmi2_and_mpich_across_local_daemons() {
     if let Some(p) = pmi_prog("pmi2_client") {
         let s = Scratch::new("treepmi2");
-        let o = s.run(with(local_nodes(2), &["-np", "8", &p]));
+        // Tree spawn: the daemons start each other and must pass the PMI options on.
+        let o = s.run(with(local_nodes(2), &["--tree-spawn", "--pmi-lazy", "-np", "8", &p]));
         expect_clean_success(&o);
         // Two ranks on each of four nodes, in order.
         assert!(o.stdout.contains("pmi2_client ok: 8 ranks exchanged keys, process mapping (vector,(0,4,2))"), "{o}");
