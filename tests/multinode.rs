@@ -6,9 +6,9 @@
 //! (every daemon a child of the front end), fan-out 2 (depth 3: inner daemons relay), and fan-out
 //! 2 with tree spawn (inner daemons also start their children).
 
-mod common;
 #[path = "common/cluster.rs"]
 mod cluster;
+mod common;
 
 use cluster::{alive, listening_ports, Cluster, NodeScratch, RECORD};
 use common::Output;
@@ -163,7 +163,8 @@ every_shape!(hostname_8x4_ssh, hostname_ssh);
 fn map_by_node(test: &str, shape: Shape) {
     let Some(c) = Cluster::get(test) else { return };
     let s = NodeScratch::new("mapbynode");
-    let o = s.run(job(&c, &s, Via::Agent, shape, &[strs(&["-np", "12", "--map-by", "node"]), sh("echo $RLAUNCH_RANK $(hostname)")].concat()));
+    let o =
+        s.run(job(&c, &s, Via::Agent, shape, &[strs(&["-np", "12", "--map-by", "node"]), sh("echo $RLAUNCH_RANK $(hostname)")].concat()));
     o.expect_code(0);
     let ran: BTreeMap<u32, String> = o
         .stdout_lines()
@@ -178,12 +179,22 @@ fn map_by_node(test: &str, shape: Shape) {
     assert_eq!(per_node, [2, 2, 2, 2, 1, 1, 1, 1], "{shape:?}: 12 ranks round-robin over 8 nodes of 4 slots:\n{o}");
     let r = s.report();
     for (rank, host) in &ran {
-        assert_eq!(r["ranks"][*rank as usize]["host"], host.as_str(), "rank {rank} ran on {host}, not where the front end's map says: {r:#}");
+        assert_eq!(
+            r["ranks"][*rank as usize]["host"],
+            host.as_str(),
+            "rank {rank} ran on {host}, not where the front end's map says: {r:#}"
+        );
     }
     check_report(&s, &c, shape, &o);
 
     let s = NodeScratch::new("rankbynode");
-    let o = s.run(job(&c, &s, Via::Agent, shape, &[strs(&["-np", "16", "--map-by", "node", "--rank-by", "node"]), sh("echo $RLAUNCH_RANK $(hostname)")].concat()));
+    let o = s.run(job(
+        &c,
+        &s,
+        Via::Agent,
+        shape,
+        &[strs(&["-np", "16", "--map-by", "node", "--rank-by", "node"]), sh("echo $RLAUNCH_RANK $(hostname)")].concat(),
+    ));
     o.expect_code(0);
     per_node = vec![0; 8];
     for l in o.stdout_lines() {
@@ -209,7 +220,7 @@ fn mpmd(test: &str, shape: Shape) {
     .concat();
     let o = s.run(job(&c, &s, Via::Agent, shape, &rest));
     o.expect_code(0);
-    let mut seen = vec![false; 32];
+    let mut seen = [false; 32];
     for l in o.stdout_lines() {
         let f: Vec<&str> = l.split(' ').collect();
         assert_eq!(f.len(), 5, "odd line {l:?}:\n{o}");

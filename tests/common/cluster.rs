@@ -47,7 +47,9 @@ impl Cluster {
             None
         };
         let Some(state) = std::env::var_os("RLAUNCH_CLUSTER_STATE").map(PathBuf::from) else {
-            return no("RLAUNCH_CLUSTER_STATE is unset (scripts/test exports it; or run scripts/cluster up 8 and source its env file)".into());
+            return no(
+                "RLAUNCH_CLUSTER_STATE is unset (scripts/test exports it; or run scripts/cluster up 8 and source its env file)".into()
+            );
         };
         if !state.join(".rlaunch-cluster").exists() {
             return no(format!("no cluster in {} (scripts/cluster up 8 makes one)", state.display()));
