@@ -466,7 +466,7 @@ mod tests {
                 reached += 1;
                 stack.extend_from_slice(v[n as usize].children());
             }
-            prop_assert_eq!(reached, (0..nnodes).filter(|&n| (v[n as usize].has_local || !v[n as usize].children.is_empty())).count());
+            prop_assert_eq!(reached, (0..nnodes).filter(|&n| v[n as usize].has_local || !v[n as usize].children.is_empty()).count());
         }
         Ok(())
     }

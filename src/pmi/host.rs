@@ -444,16 +444,22 @@ mod tests {
 
     #[test]
     fn fd_survives_exec_only_in_its_own_child() {
-        // A real exec: the child reports whether PMI_FD is an open socket.
-        let mut poll = mio::Poll::new().unwrap();
-        let mut host = PmiHost::new(job(1, &[0]), Mode::Fd, poll.registry()).unwrap();
-        let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", "printf 'cmd=get_maxes\\n' >&$PMI_FD && echo ok"]);
-        let p = host.prepare(0, &mut cmd, poll.registry()).unwrap();
+        // Real execs: rank 1 can write to its PMI_FD, and rank 0's end (still open here, as it
+        // would be while the daemon starts the next rank) did not leak into rank 1.
+        let poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(2, &[0, 1]), Mode::Fd, poll.registry()).unwrap();
+        let mut cmd0 = std::process::Command::new("true");
+        let p0 = host.prepare(0, &mut cmd0, poll.registry()).unwrap();
+        let fd0 = env_of(&cmd0, "PMI_FD").unwrap();
+        // bash: dash cannot redirect to a descriptor above 9.
+        let mut cmd = std::process::Command::new("bash");
+        let script = format!("printf 'cmd=get_maxes\\n' >&$PMI_FD && if [ -e /proc/$$/fd/{fd0} ]; then echo leaked; else echo ok; fi");
+        cmd.args(["-c", &script]);
+        let p1 = host.prepare(1, &mut cmd, poll.registry()).unwrap();
         let out = cmd.output().unwrap();
-        drop(p);
+        drop((p0, p1));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", String::from_utf8_lossy(&out.stderr));
-        let c = host.conns.get_mut(&0).unwrap();
+        let c = host.conns.get_mut(&1).unwrap();
         let mut buf = [0u8; 64];
         let n = c.sock.read(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"cmd=get_maxes\n");
