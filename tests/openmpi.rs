@@ -295,19 +295,7 @@ fn cluster() -> Option<Vec<String>> {
     // /tmp is private to each node: the ranks run in the shared target dir.
     let wdir = env!("CARGO_TARGET_TMPDIR");
     let hf = s_tmp_hostfile(hosts);
-    Some(
-        [
-            "--launch-agent",
-            &agent.to_string_lossy(),
-            "--hostfile",
-            &hf,
-            "--wdir",
-            wdir,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    )
+    Some(["--launch-agent", &agent.to_string_lossy(), "--hostfile", &hf, "--wdir", wdir].iter().map(|s| s.to_string()).collect())
 }
 
 /// The cluster's host list with 4 slots per node.

@@ -82,11 +82,8 @@ pub fn needed(data: &[u8], file_len: u64) -> Result<Vec<String>, ElfError> {
     };
     let r = Reader { data, file_len, wide, big };
     r.range(0, if wide { 64 } else { 52 })?;
-    let (phoff, phentsize, phnum) = if wide {
-        (r.uint(0x20, 8)?, r.uint(0x36, 2)?, r.uint(0x38, 2)?)
-    } else {
-        (r.uint(0x1c, 4)?, r.uint(0x2a, 2)?, r.uint(0x2c, 2)?)
-    };
+    let (phoff, phentsize, phnum) =
+        if wide { (r.uint(0x20, 8)?, r.uint(0x36, 2)?, r.uint(0x38, 2)?) } else { (r.uint(0x1c, 4)?, r.uint(0x2a, 2)?, r.uint(0x2c, 2)?) };
     let min_ent = if wide { 56 } else { 32 };
     if phnum == 0 {
         return Ok(Vec::new());

@@ -203,10 +203,9 @@ impl<Op, Mx> Engine<Op, Mx> {
                 }
                 out.push(Out::Fail(e.to_string()));
             }
-            (Some(Ok(_)), None) => out.push(Out::Fail(format!(
-                "PMIx fence {seq} completed on {} before its ranks entered it; internal error",
-                self.at
-            ))),
+            (Some(Ok(_)), None) => {
+                out.push(Out::Fail(format!("PMIx fence {seq} completed on {} before its ranks entered it; internal error", self.at)))
+            }
             (None, _) => {}
         }
         out
@@ -316,10 +315,7 @@ mod tests {
         let mut e = E::new("ns", 0, "node 0".into(), vec![0], vec![]);
         e.connected(&p("ns", 0), 1);
         let out = e.abort(&p("ns", 0), 7, "boom", 2);
-        assert_eq!(
-            out,
-            vec![Out::Report { rank: Some(0), kind: PmiReportKind::Abort { code: 7 }, message: "boom".into() }, Out::Op(2, 0)]
-        );
+        assert_eq!(out, vec![Out::Report { rank: Some(0), kind: PmiReportKind::Abort { code: 7 }, message: "boom".into() }, Out::Op(2, 0)]);
         // The abort explains the exit: no second report.
         assert!(e.rank_exited(0).is_empty());
         let out = e.abort(&p("ns", 0), 3, "N/A", 4);

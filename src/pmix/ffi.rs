@@ -121,16 +121,8 @@ type AbortFn = unsafe extern "C" fn(
     Option<OpCb>,
     *mut c_void,
 ) -> c_int;
-type FenceFn = unsafe extern "C" fn(
-    *const pmix_proc_t,
-    usize,
-    *const pmix_info_t,
-    usize,
-    *mut c_char,
-    usize,
-    Option<ModexCb>,
-    *mut c_void,
-) -> c_int;
+type FenceFn =
+    unsafe extern "C" fn(*const pmix_proc_t, usize, *const pmix_info_t, usize, *mut c_char, usize, Option<ModexCb>, *mut c_void) -> c_int;
 type DmodexFn = unsafe extern "C" fn(*const pmix_proc_t, *const pmix_info_t, usize, Option<ModexCb>, *mut c_void) -> c_int;
 
 /// `pmix_server_module_t` (the 4.0.0 layout: 28 function pointers). A null entry makes libpmix
@@ -204,8 +196,11 @@ macro_rules! sym {
     ($lib:expr, $name:expr, $cname:literal) => {{
         // SAFETY: the type annotation at the use site is the C prototype of this exported
         // function in pmix.h / pmix_server.h of libpmix 4.2.2.
-        let s = unsafe { $lib.get(concat!($cname, "\0").as_bytes()) }
-            .map_err(|e| LoadError::Symbol { name: $name.to_string(), symbol: $cname, reason: e.to_string() })?;
+        let s = unsafe { $lib.get(concat!($cname, "\0").as_bytes()) }.map_err(|e| LoadError::Symbol {
+            name: $name.to_string(),
+            symbol: $cname,
+            reason: e.to_string(),
+        })?;
         *s
     }};
 }
@@ -213,8 +208,7 @@ macro_rules! sym {
 impl Lib {
     fn open(name: &str) -> Result<Lib, LoadError> {
         // SAFETY: loading runs libpmix's constructors, which only initialise its own globals.
-        let lib = unsafe { libloading::Library::new(name) }
-            .map_err(|e| LoadError::Missing { reason: first_line(&e.to_string()) })?;
+        let lib = unsafe { libloading::Library::new(name) }.map_err(|e| LoadError::Missing { reason: first_line(&e.to_string()) })?;
         let f = Fns {
             server_init: sym!(lib, name, "PMIx_server_init"),
             server_finalize: sym!(lib, name, "PMIx_server_finalize"),
@@ -311,10 +305,7 @@ impl Lib {
         // SAFETY: env is null or a NULL-terminated array of malloc'ed strings, ours to free.
         let vars = unsafe { take_argv(env) };
         self.check("PMIx_server_setup_fork", rc)?;
-        Ok(vars
-            .into_iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect())
+        Ok(vars.into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect())
     }
 
     /// `PMIx_server_dmodex_request`: the answer arrives later as [`Upcall::DmodexData`] with
@@ -493,14 +484,37 @@ pub struct ProcId {
 
 /// One module callback, handed to the daemon's event loop.
 pub enum Upcall {
-    Connected { proc: ProcId, done: OpDone },
-    Finalized { proc: ProcId, done: OpDone },
-    Abort { proc: ProcId, status: i32, message: String, done: OpDone },
+    Connected {
+        proc: ProcId,
+        done: OpDone,
+    },
+    Finalized {
+        proc: ProcId,
+        done: OpDone,
+    },
+    Abort {
+        proc: ProcId,
+        status: i32,
+        message: String,
+        done: OpDone,
+    },
     /// `data` is this node's contribution; `collect` is the `PMIX_COLLECT_DATA` directive.
-    Fence { procs: Vec<ProcId>, collect: bool, data: Vec<u8>, done: ModexDone },
-    DirectModex { proc: ProcId, done: ModexDone },
+    Fence {
+        procs: Vec<ProcId>,
+        collect: bool,
+        data: Vec<u8>,
+        done: ModexDone,
+    },
+    DirectModex {
+        proc: ProcId,
+        done: ModexDone,
+    },
     /// The answer to [`Lib::dmodex_request`].
-    DmodexData { token: u64, status: i32, data: Vec<u8> },
+    DmodexData {
+        token: u64,
+        status: i32,
+        data: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for Upcall {
@@ -509,7 +523,9 @@ impl std::fmt::Debug for Upcall {
             Upcall::Connected { proc, .. } => write!(f, "Connected({proc:?})"),
             Upcall::Finalized { proc, .. } => write!(f, "Finalized({proc:?})"),
             Upcall::Abort { proc, status, .. } => write!(f, "Abort({proc:?}, {status})"),
-            Upcall::Fence { procs, collect, data, .. } => write!(f, "Fence({} procs, collect {collect}, {} bytes)", procs.len(), data.len()),
+            Upcall::Fence { procs, collect, data, .. } => {
+                write!(f, "Fence({} procs, collect {collect}, {} bytes)", procs.len(), data.len())
+            }
             Upcall::DirectModex { proc, .. } => write!(f, "DirectModex({proc:?})"),
             Upcall::DmodexData { token, status, data } => write!(f, "DmodexData({token}, {status}, {} bytes)", data.len()),
         }
@@ -687,8 +703,7 @@ unsafe extern "C" fn on_fence_nb(
 ) -> c_int {
     // SAFETY: rule 3: everything is copied before returning.
     let (procs, collect, data) = unsafe {
-        let procs: Vec<ProcId> =
-            if procs.is_null() { Vec::new() } else { (0..nprocs).map(|i| read_proc(procs.add(i))).collect() };
+        let procs: Vec<ProcId> = if procs.is_null() { Vec::new() } else { (0..nprocs).map(|i| read_proc(procs.add(i))).collect() };
         let data = if data.is_null() || ndata == 0 { Vec::new() } else { std::slice::from_raw_parts(data as *const u8, ndata).to_vec() };
         (procs, collect_data(info, ninfo), data)
     };

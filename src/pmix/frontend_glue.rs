@@ -18,7 +18,7 @@ impl Frontend {
     pub(super) fn pmix_msg(&mut self, t: Token, msg: Msg) -> Option<Msg> {
         match msg {
             Msg::PmixFence { seq, puts } => {
-                let Some(node) = self.links.get(&t).and_then(|l| l.peer_link()) else { return None };
+                let node = self.links.get(&t).and_then(|l| l.peer_link())?;
                 self.pmix_fence(node, seq, puts);
                 None
             }

@@ -35,10 +35,7 @@ pub fn is_stale_pmix_var(name: &str) -> bool {
 /// another launcher) that a rank of `interface` must not see: the other interface's set, and a
 /// stale PMIx server's address in any case. One interface per rank.
 pub fn scrub<'a>(interface: Interface, names: impl Iterator<Item = &'a str>) -> Vec<String> {
-    names
-        .filter(|n| is_stale_pmix_var(n) || (interface == Interface::Pmix && n.starts_with("PMI_")))
-        .map(str::to_string)
-        .collect()
+    names.filter(|n| is_stale_pmix_var(n) || (interface == Interface::Pmix && n.starts_with("PMI_"))).map(str::to_string).collect()
 }
 
 /// `--mpi`.
@@ -114,7 +111,11 @@ pub fn classify(needed: &[String]) -> Detected {
     };
     let is_mpich = |l: &str| {
         let base = soname(l);
-        base.starts_with("libmpich") || l.starts_with("libmpi.so.12") || l.starts_with("libmpifort.so.12") || base == "libpmi" || base == "libpmi2"
+        base.starts_with("libmpich")
+            || l.starts_with("libmpi.so.12")
+            || l.starts_with("libmpifort.so.12")
+            || base == "libpmi"
+            || base == "libpmi2"
     };
     if let Some(l) = needed.iter().find(|l| is_ompi(l)) {
         return Detected::OpenMpi(l.clone());
@@ -368,9 +369,7 @@ pub fn decode_blobs(at: &str, seq: u64, puts: &[(String, String)]) -> Result<Vec
     use base64::Engine as _;
     let mut out = Vec::new();
     for (k, v) in puts {
-        let b = base64::engine::general_purpose::STANDARD
-            .decode(v)
-            .map_err(|_| BlobError { at: at.to_string(), seq, key: k.clone() })?;
+        let b = base64::engine::general_purpose::STANDARD.decode(v).map_err(|_| BlobError { at: at.to_string(), seq, key: k.clone() })?;
         out.extend_from_slice(&b);
     }
     Ok(out)
@@ -447,7 +446,9 @@ mod tests {
         }
         let d = detect_file(Path::new("/nonexistent/prog"));
         assert!(matches!(&d, Detected::Unknown(w) if w.contains("/nonexistent/prog")), "{d:?}");
-        for (lib, ompi) in [("/usr/lib/x86_64-linux-gnu/openmpi/lib/libmpi_mpifh.so.40", true), ("/usr/lib/x86_64-linux-gnu/libmpich.so.12", false)] {
+        for (lib, ompi) in
+            [("/usr/lib/x86_64-linux-gnu/openmpi/lib/libmpi_mpifh.so.40", true), ("/usr/lib/x86_64-linux-gnu/libmpich.so.12", false)]
+        {
             if Path::new(lib).exists() {
                 // A shared library is ELF too; its own DT_NEEDED names its MPI core.
                 let d = detect_file(Path::new(lib));

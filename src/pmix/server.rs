@@ -74,7 +74,10 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&dir);
         {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating the PMIx directory {}", dir.display()))?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("creating the PMIx directory {}", dir.display()))?;
         }
         let (tx, rx) = mpsc::channel::<Upcall>();
         let waker = Arc::new(Waker::new(self.poll.registry(), PMIX_WAKE).context("creating the PMIx waker")?);
@@ -156,7 +159,8 @@ impl Daemon {
     /// A PMIx tree message (from the parent: `from` None; from child node `from`). Returns it
     /// back when it is not a PMIx message.
     pub(super) fn pmix_tree_msg(&mut self, from: Option<u32>, msg: Msg) -> Option<Msg> {
-        let is_pmix = matches!(msg, Msg::PmixFence { .. } | Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. });
+        let is_pmix =
+            matches!(msg, Msg::PmixFence { .. } | Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. });
         if !is_pmix {
             return Some(msg);
         }
