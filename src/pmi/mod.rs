@@ -1106,6 +1106,120 @@ mod tests {
         assert_eq!(JobInfo::from_map("rl-x", &map, 0).process_mapping, None);
     }
 
+    /// A PMI-2 request as the MPICH client frames it: length left-aligned in 6 characters.
+    fn v2(body: &str) -> Vec<u8> {
+        format!("{:<6}{body}", body.len()).into_bytes()
+    }
+
+    /// A PMI-2 reply as the server frames it: length right-aligned.
+    fn v2s(body: &str) -> String {
+        format!("{:>6}{body}", body.len())
+    }
+
+    /// Two local ranks (0 on conn 1, PMI-1; 1 on conn 2, PMI-2) of a 4-rank job in lazy mode,
+    /// past their first fence.
+    fn lazy_server() -> PmiServer {
+        let mut s = PmiServer::new(job(4, &[0, 1]));
+        s.set_lazy(true);
+        s.connect(1, Some(0));
+        s.connect(2, Some(1));
+        s.input(1, b"cmd=init pmi_version=1 pmi_subversion=1\n");
+        s.input(2, b"cmd=init pmi_version=2 pmi_subversion=0\n");
+        s.input(2, &v2("cmd=fullinit;threaded=FALSE;"));
+        s.input(1, b"cmd=put kvsname=rl-test key=mine value=here\n");
+        s.input(1, b"cmd=barrier_in\n");
+        s.input(2, &v2("cmd=kvs-fence;thrid=7;"));
+        assert!(sends(&s.fence_done(1, vec![])).len() == 2);
+        s
+    }
+
+    fn fetches(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Fetch { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lazy_miss_before_the_first_fence_is_final() {
+        let mut s = PmiServer::new(job(2, &[0]));
+        s.set_lazy(true);
+        s.connect(1, Some(0));
+        let a = s.input(1, b"cmd=get kvsname=rl-test key=k\n");
+        assert!(fetches(&a).is_empty());
+        assert_eq!(
+            sends(&a)[0].1,
+            "cmd=get_result rc=-1 msg=key_k_not_found value=unknown\n"
+        );
+    }
+
+    #[test]
+    fn lazy_miss_after_a_fence_waits_for_the_fetch() {
+        let mut s = lazy_server();
+        // Both protocols miss the same key: the reply waits, the daemon is asked to fetch.
+        let a = s.input(1, b"cmd=get kvsname=rl-test key=far\n");
+        assert_eq!((fetches(&a), sends(&a)), (vec!["far".to_string()], vec![]));
+        let a = s.input(2, &v2("cmd=kvs-get;thrid=9;key=far;"));
+        assert_eq!((fetches(&a), sends(&a)), (vec!["far".to_string()], vec![]));
+        let a = s.fetched("far".into(), Some("v;1".into()));
+        assert_eq!(
+            sends(&a),
+            vec![
+                (1, "cmd=get_result rc=0 msg=success value=v;1\n".into()),
+                (2, v2s("cmd=kvs-get-response;thrid=9;found=TRUE;value=v;;1;rc=0;")),
+            ]
+        );
+        // Cached until the next fence: a second get is answered at once.
+        let a = s.input(1, b"cmd=get kvsname=rl-test key=far\n");
+        assert!(fetches(&a).is_empty());
+        assert_eq!(sends(&a)[0].1, "cmd=get_result rc=0 msg=success value=v;1\n");
+        // Another node asking this one: only its own puts are offered.
+        assert_eq!(s.lookup("mine"), Some("here"));
+        assert_eq!(s.lookup("far"), None);
+        // After the next fence the fetched value is forgotten (its owner may have changed it).
+        s.input(1, b"cmd=barrier_in\n");
+        s.input(2, &v2("cmd=kvs-fence;thrid=8;"));
+        s.fence_done(2, vec![]);
+        let a = s.input(1, b"cmd=get kvsname=rl-test key=far\n");
+        assert_eq!(fetches(&a), vec!["far".to_string()]);
+    }
+
+    #[test]
+    fn lazy_fetch_of_a_missing_key_is_not_found_and_not_remembered() {
+        let mut s = lazy_server();
+        s.input(1, b"cmd=get kvsname=rl-test key=nowhere\n");
+        s.input(2, &v2("cmd=kvs-get;key=nowhere;"));
+        let a = s.fetched("nowhere".into(), None);
+        assert_eq!(
+            sends(&a),
+            vec![
+                (1, "cmd=get_result rc=-1 msg=key_nowhere_not_found value=unknown\n".into()),
+                (2, v2s("cmd=kvs-get-response;found=FALSE;rc=0;")),
+            ]
+        );
+        let a = s.input(1, b"cmd=get kvsname=rl-test key=nowhere\n");
+        assert_eq!(fetches(&a), vec!["nowhere".to_string()]);
+    }
+
+    #[test]
+    fn lazy_waiters_of_a_closed_connection_are_dropped_and_local_puts_win() {
+        let mut s = lazy_server();
+        s.input(2, &v2("cmd=kvs-get;key=contest;"));
+        s.input(1, b"cmd=get kvsname=rl-test key=contest\n");
+        s.disconnect(2);
+        // A local rank put the key while the fetch was under way: its value is newer.
+        s.input(1, b"cmd=put kvsname=rl-test key=contest value=local\n");
+        let a = s.fetched("contest".into(), Some("remote".into()));
+        assert_eq!(
+            sends(&a),
+            vec![(1, "cmd=get_result rc=0 msg=success value=local\n".into())]
+        );
+        assert_eq!(s.lookup("contest"), Some("local"));
+    }
+
     #[test]
     fn kvsname_is_sanitised_and_bounded() {
         let mut j = job(1, &[0]);
