@@ -123,8 +123,9 @@ pub struct Cli {
     pub ppn: Option<u32>,
 
     /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
-    #[arg(long = "rank-by", value_name = "POLICY", default_value = "slot")]
-    pub rank_by: String,
+    /// [default: node with --map-by node, as in Open MPI; slot otherwise]
+    #[arg(long = "rank-by", value_name = "POLICY")]
+    pub rank_by: Option<String>,
 
     /// Allow more ranks than slots (max_slots stays a hard limit)
     #[arg(long)]
@@ -589,8 +590,8 @@ mod tests {
     fn unknown_flag_is_one_line() {
         let e = parse(&s(&["--bogus", "a"])).unwrap_err().to_string();
         assert_eq!(e, "unknown option '--bogus'; see 'rlaunch --help'");
-        let e = parse(&s(&["-q", "a"])).unwrap_err().to_string();
-        assert_eq!(e, "unknown option '-q' in '-q'; see 'rlaunch --help'");
+        let e = parse(&s(&["-j", "a"])).unwrap_err().to_string();
+        assert_eq!(e, "unknown option '-j' in '-j'; see 'rlaunch --help'");
         let e = parse(&s(&["--np", "x", "a"])).unwrap_err().to_string();
         assert!(!e.contains('\n') && e.contains("'x'"), "{e}");
     }
@@ -619,7 +620,13 @@ mod tests {
         assert!(check_program("sh", &cwd, Some("/bin:/usr/bin")).is_ok());
         let e = check_program("no-such-prog-xyz", &cwd, Some("/bin")).unwrap_err().to_string();
         assert_eq!(e, "program 'no-such-prog-xyz' not found in PATH");
-        let e = check_program("/etc/hostname", &cwd, None).unwrap_err().to_string();
+        let dir = std::env::temp_dir().join(format!("rlaunch-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let e = check_program("./plain", &dir, None).unwrap_err().to_string();
         assert!(e.contains("is not executable"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -82,6 +82,8 @@ struct Daemon {
     listen_port: u16,
     /// Tree spawn: the daemons (or agents) this daemon started, by node.
     spawned: Vec<(u32, launchers::start::DaemonProcess)>,
+    /// Tree spawn: children that joined at some point.
+    ever_joined: std::collections::HashSet<u32>,
     /// Exit codes of reaped children that are not ranks (tree-spawn agents), by pid.
     other_exits: HashMap<u32, i32>,
     ranks: Vec<LocalRank>,
@@ -98,6 +100,8 @@ struct Daemon {
     pmi: Option<pmi_glue::DaemonPmi>,
     pmix: pmix_glue::DaemonPmix,
     fabric: crate::fabric::NodeFabric,
+    /// Pipe to this daemon's guard process (`rlaunch __guard`), started with the first rank.
+    guard: Option<std::process::ChildStdin>,
 }
 
 /// Entry point of `rlaunch __daemon`. Never returns.
@@ -196,6 +200,7 @@ fn run() -> Result<i32> {
         listen_port,
         spawned: Vec::new(),
         other_exits: HashMap::new(),
+        ever_joined: std::collections::HashSet::new(),
         ranks: Vec::new(),
         by_pid: HashMap::new(),
         ready: VecDeque::new(),
@@ -209,6 +214,7 @@ fn run() -> Result<i32> {
         pmi: None,
         pmix: Default::default(),
         fabric,
+        guard: None,
     };
     d.poll.registry().register(&mut d.signals.rx, SIGNALS, Interest::READABLE)?;
     // The bootstrap stdin stays open for the life of whatever started us (a pipe from the front end,
@@ -262,7 +268,60 @@ fn rendezvous_join(boot: &Bootstrap, listen_port: u16) -> Result<(u32, std::net:
     }
 }
 
+/// `rlaunch __guard`: a daemon's watchman. It reads the process-group ids of the daemon's ranks
+/// from stdin, one per line, and when that pipe closes, because the daemon ended in any way
+/// (even SIGKILL), it kills every one of those groups. A rank dies with its daemon through its
+/// parent-death signal; this takes the rank's own children with it.
+pub fn guard_main() -> ! {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: setting a signal to SIG_IGN has no handler to be unsafe about.
+        unsafe { libc::signal(s, libc::SIG_IGN) };
+    }
+    let mut groups = Vec::new();
+    let mut text = String::new();
+    let _ = io::stdin().read_to_string(&mut text);
+    for line in text.lines() {
+        if let Ok(g) = line.trim().parse::<i32>() {
+            if g > 1 {
+                groups.push(g);
+            }
+        }
+    }
+    for g in groups {
+        // SAFETY: plain kill(2); ESRCH for groups that are already gone is expected.
+        unsafe { libc::kill(-g, libc::SIGKILL) };
+    }
+    std::process::exit(0)
+}
+
 impl Daemon {
+    /// Tells the guard about a rank's process group, starting the guard with the first one.
+    fn guard_group(&mut self, pgid: u32) {
+        if self.guard.is_none() {
+            let exe = std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe"));
+            let child = std::process::Command::new(exe)
+                .arg("__guard")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            match child {
+                Ok(mut c) => {
+                    self.guard = c.stdin.take();
+                    // Reaped by pid in reap() like any other child; the handle is not needed.
+                    std::mem::forget(c);
+                }
+                Err(e) => {
+                    eprintln!("rlaunch daemon on node {}: cannot start the guard process ({e}); a rank's children may outlive a killed daemon", self.boot.node);
+                    return;
+                }
+            }
+        }
+        if let Some(g) = self.guard.as_mut() {
+            let _ = writeln!(g, "{pgid}");
+        }
+    }
+
     fn event_loop(&mut self) -> Result<i32> {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -324,6 +383,10 @@ impl Daemon {
             return Some(Duration::ZERO);
         }
         let mut t: Option<Instant> = self.kill_at;
+        // Tree spawn over in-process ssh: its threads report by channel, which wakes nobody.
+        if self.spawned.iter().any(|(_, p)| p.waiter.pid().is_none()) {
+            t = Some(Instant::now() + Duration::from_millis(50));
+        }
         for r in &self.ranks {
             if let (Some(at), false) = (r.reaped_at, r.reported) {
                 let d = at + PIPE_DRAIN;
@@ -472,10 +535,17 @@ impl Daemon {
     fn spawn_children(&mut self) {
         let Some(launch) = self.launch.clone() else { return };
         let Some(ts) = &launch.tree_spawn else { return };
-        let starter = if ts.agent.is_empty() {
-            launchers::start::Starter::Local
-        } else {
-            launchers::start::Starter::Agent { argv: ts.agent.clone() }
+        let starter = match (&ts.ssh, ts.agent.is_empty()) {
+            (Some(o), _) => launchers::start::Starter::Ssh(launchers::ssh::SshOptions {
+                port: o.port,
+                identity: o.identity.as_ref().map(std::path::PathBuf::from),
+                identities_only: o.identities_only,
+                known_hosts: o.known_hosts.as_ref().map(std::path::PathBuf::from),
+                connect_timeout: Duration::from_millis(o.connect_timeout_ms as u64),
+                ..Default::default()
+            }),
+            (None, true) => launchers::start::Starter::Local,
+            (None, false) => launchers::start::Starter::Agent { argv: ts.agent.clone() },
         };
         let daemon_path = match std::env::current_exe() {
             Ok(p) => p.to_string_lossy().into_owned(),
@@ -513,15 +583,20 @@ impl Daemon {
 
     /// Tree spawn: a child's daemon (or its agent) ended. Before it joined, that is a launch failure.
     fn check_spawned(&mut self) {
-        let joined: Vec<u32> = self.children.values().filter_map(|c| c.node).collect();
+        // A child that joined once and then died is a lost link (reported as such), not a launch
+        // failure: remember every child that ever joined.
+        self.ever_joined.extend(self.children.values().filter_map(|c| c.node));
+        let joined = self.ever_joined.clone();
         let mut failed = Vec::new();
         let others = &mut self.other_exits;
         self.spawned.retain_mut(|(node, p)| {
             // reap() collects every child of this process, agents included: look their status up.
-            let code = match p.waiter.pid().and_then(|pid| others.remove(&pid)) {
-                Some(code) => code,
-                None => return true,
+            let code = match p.waiter.pid() {
+                Some(pid) => others.remove(&pid),
+                // In-process carriers (ssh threads) report through their waiter.
+                None => p.waiter.try_wait(),
             };
+            let Some(code) = code else { return true };
             if !joined.contains(node) {
                 let mut err = String::new();
                 if let Some(fd) = p.stderr.take() {
@@ -621,6 +696,7 @@ impl Daemon {
                     let pid = child.id();
                     // Also from this side, so signals sent right after spawn find the group.
                     unsafe { libc::setpgid(pid as libc::pid_t, pid as libc::pid_t) };
+                    self.guard_group(pid);
                     let idx = self.ranks.len();
                     let mut out = child.stdout.take().map(Receiver::from);
                     let mut err = child.stderr.take().map(Receiver::from);

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 fn main() {
     let t0 = Instant::now();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "__guard") {
+        daemon::guard_main();
+    }
     if args.first().is_some_and(|a| a == "__daemon") {
         daemon::main();
     }
@@ -128,7 +131,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         kill_grace_ms: 2000,
         // A local daemon inherits this environment; a remote one gets it in the launch message.
         env: if local_only { Vec::new() } else { forwarded_env(std::env::vars()) },
-        tree_spawn: g.tree_spawn.then(|| wire::TreeSpawn { agent: match &nodes_plan.starter { Starter::Agent { argv } => argv.clone(), _ => Vec::new() } }),
+        tree_spawn: tree_spawn(g.tree_spawn, &nodes_plan.starter),
         fabric: fabric_spec,
     };
     let daemon_path = match &g.daemon_path {
@@ -171,7 +174,11 @@ fn usage_err(msg: impl Into<String>) -> anyhow::Error {
 /// Where the ranks run and how daemons get there, from the command line.
 fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
     let mut map_by: MapBy = g.map_by.parse().map_err(|e| usage_err(format!("--map-by {}: {e}", g.map_by)))?;
-    let rank_by: RankBy = g.rank_by.parse().map_err(|e| usage_err(format!("--rank-by {}: {e}", g.rank_by)))?;
+    let rank_by: RankBy = match &g.rank_by {
+        Some(r) => r.parse().map_err(|e| usage_err(format!("--rank-by {r}: {e}")))?,
+        None if map_by == MapBy::Node => RankBy::Node,
+        None => RankBy::Slot,
+    };
     if let Some(n) = g.ppn {
         if n == 0 {
             return Err(usage_err("--ppn 0: the number of ranks per node must be at least 1"));
@@ -279,6 +286,29 @@ fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
             }
             Ok(NodesPlan { nodes, policy: MapPolicy { map_by, rank_by, oversubscribe: true }, starter })
         }
+    }
+}
+
+/// What a daemon needs to start its children the way the front end would have.
+fn tree_spawn(wanted: bool, starter: &Starter) -> Option<wire::TreeSpawn> {
+    if !wanted {
+        return None;
+    }
+    match starter {
+        Starter::Local => Some(wire::TreeSpawn { agent: Vec::new(), ssh: None }),
+        Starter::Agent { argv } => Some(wire::TreeSpawn { agent: argv.clone(), ssh: None }),
+        Starter::Ssh(o) => Some(wire::TreeSpawn {
+            agent: Vec::new(),
+            ssh: Some(wire::SshSpec {
+                port: o.port,
+                identity: o.identity.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                identities_only: o.identities_only,
+                known_hosts: o.known_hosts.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                connect_timeout_ms: o.connect_timeout.as_millis().min(u32::MAX as u128) as u32,
+            }),
+        }),
+        // One srun step already starts every daemon: there is nothing for daemons to start.
+        Starter::Srun { .. } => None,
     }
 }
 

@@ -47,10 +47,6 @@ impl LineBuffer {
         }
         rest
     }
-
-    pub fn pending_len(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 /// Prefixes every line of `data` (which holds only whole lines) with `prefix`.
@@ -85,7 +81,7 @@ mod tests {
         let out = b.push(&big);
         assert_eq!(out.len(), MAX_LINE + 1);
         assert_eq!(*out.last().unwrap(), b'\n');
-        assert_eq!(b.pending_len(), 10);
+        assert_eq!(b.finish().len(), 11);
     }
 
     #[test]

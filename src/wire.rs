@@ -107,6 +107,8 @@ pub struct AppContext {
     /// Environment changes for this context: `(name, Some(value))` sets, `(name, None)` unsets.
     pub env: Vec<(String, Option<String>)>,
     pub cwd: String,
+    /// Fixed width on the wire: 64 and 4096 ranks must cost the same bytes.
+    #[serde(with = "fixed_opt_u32")]
     pub np: Option<u32>,
 }
 
@@ -124,6 +126,9 @@ pub struct NodeEntry {
 pub struct Launch {
     pub job_id: String,
     pub apps: Vec<AppContext>,
+    /// Sent as runs of numbered names (`n001`..`n256` is one run), so that regular node lists
+    /// cost the same bytes whatever their length.
+    #[serde(with = "node_runs")]
     pub nodes: Vec<NodeEntry>,
     pub policy: launchers::map::MapPolicy,
     pub fanout: u32,
@@ -144,6 +149,173 @@ pub struct Launch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeSpawn {
     pub agent: Vec<String>,
+    /// In-process ssh options when the daemons start their children over ssh.
+    pub ssh: Option<SshSpec>,
+}
+
+/// The ssh options a tree-spawning daemon needs (paths as seen on every node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshSpec {
+    pub port: u16,
+    pub identity: Option<String>,
+    pub identities_only: bool,
+    pub known_hosts: Option<String>,
+    pub connect_timeout_ms: u32,
+}
+
+/// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.
+mod fixed_opt_u32 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        v.map(u32::to_le_bytes).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Ok(Option::<[u8; 4]>::deserialize(d)?.map(u32::from_le_bytes))
+    }
+}
+
+/// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
+/// zero padding, slots and user) travel as one run with fixed-width numbers.
+mod node_runs {
+    use super::NodeEntry;
+    use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Guards the expansion of a corrupt or hostile run.
+    const MAX_NODES: u64 = 1 << 20;
+    /// `width` for a name without a trailing number.
+    const NO_NUMBER: u8 = u8::MAX;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+    struct Run {
+        prefix: String,
+        /// Digits of zero padding; 0 = unpadded; NO_NUMBER = the name is just `prefix`.
+        width: u8,
+        first: [u8; 4],
+        count: [u8; 4],
+        slots: [u8; 4],
+        max_slots: Option<[u8; 4]>,
+        user: Option<String>,
+    }
+
+    fn split(name: &str) -> Option<(&str, &str, u32)> {
+        let cut = name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let digits = &name[cut..];
+        let n: u32 = digits.parse().ok()?;
+        Some((&name[..cut], digits, n))
+    }
+
+    fn format(prefix: &str, width: u8, n: u32) -> String {
+        match width {
+            0 => format!("{prefix}{n}"),
+            w => format!("{prefix}{n:0w$}", w = w as usize),
+        }
+    }
+
+    fn compress(nodes: &[NodeEntry]) -> Vec<Run> {
+        let mut runs: Vec<Run> = Vec::new();
+        for n in nodes {
+            let slots = n.slots.to_le_bytes();
+            let max_slots = n.max_slots.map(u32::to_le_bytes);
+            if let (Some(last), Some((prefix, _, num))) = (runs.last_mut(), split(&n.name)) {
+                let first = u32::from_le_bytes(last.first);
+                let count = u32::from_le_bytes(last.count);
+                let extends = last.width != NO_NUMBER
+                    && last.prefix == prefix
+                    && first.checked_add(count) == Some(num)
+                    && format(prefix, last.width, num) == n.name
+                    && last.slots == slots
+                    && last.max_slots == max_slots
+                    && last.user == n.user;
+                if extends {
+                    last.count = (count + 1).to_le_bytes();
+                    continue;
+                }
+            }
+            let (prefix, width, first) = match split(&n.name) {
+                Some((prefix, _, num)) if format(prefix, 0, num) == n.name => (prefix, 0, num),
+                Some((prefix, digits, num)) if digits.len() < NO_NUMBER as usize => (prefix, digits.len() as u8, num),
+                _ => (n.name.as_str(), NO_NUMBER, 0),
+            };
+            runs.push(Run {
+                prefix: prefix.to_string(),
+                width,
+                first: first.to_le_bytes(),
+                count: 1u32.to_le_bytes(),
+                slots,
+                max_slots,
+                user: n.user.clone(),
+            });
+        }
+        runs
+    }
+
+    pub fn serialize<S: Serializer>(nodes: &Vec<NodeEntry>, s: S) -> Result<S::Ok, S::Error> {
+        compress(nodes).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeEntry>, D::Error> {
+        let runs = Vec::<Run>::deserialize(d)?;
+        let total: u64 = runs.iter().map(|r| u32::from_le_bytes(r.count) as u64).sum();
+        if total > MAX_NODES {
+            return Err(D::Error::custom(format!("node list of {total} nodes exceeds {MAX_NODES}")));
+        }
+        let mut out = Vec::with_capacity(total as usize);
+        for r in runs {
+            let first = u32::from_le_bytes(r.first);
+            for i in 0..u32::from_le_bytes(r.count) {
+                let name = if r.width == NO_NUMBER { r.prefix.clone() } else { format(&r.prefix, r.width, first + i) };
+                out.push(NodeEntry {
+                    name,
+                    user: r.user.clone(),
+                    slots: u32::from_le_bytes(r.slots),
+                    max_slots: r.max_slots.map(u32::from_le_bytes),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn node(name: &str, slots: u32) -> NodeEntry {
+            NodeEntry { name: name.into(), user: None, slots, max_slots: None }
+        }
+
+        fn round_trip(nodes: Vec<NodeEntry>) -> Vec<NodeEntry> {
+            let bytes = postcard::to_allocvec(&compress(&nodes)).unwrap();
+            deserialize(&mut postcard::Deserializer::from_bytes(&bytes)).unwrap()
+        }
+
+        #[test]
+        fn regular_lists_are_one_run() {
+            let a: Vec<NodeEntry> = (1..=16).map(|i| node(&format!("v{i:03}"), 4)).collect();
+            let b: Vec<NodeEntry> = (1..=256).map(|i| node(&format!("v{i:03}"), 4)).collect();
+            assert_eq!(compress(&a).len(), 1);
+            assert_eq!(postcard::to_allocvec(&compress(&a)).unwrap().len(), postcard::to_allocvec(&compress(&b)).unwrap().len());
+            let c: Vec<NodeEntry> = (8..=12).map(|i| node(&format!("n{i}"), 1)).collect();
+            assert_eq!(compress(&c).len(), 1);
+            assert_eq!(round_trip(c.clone()), c);
+        }
+
+        #[test]
+        fn irregular_names_survive() {
+            let nodes = vec![node("login", 2), node("n01", 1), node("n2", 1), node("n03", 1), node("10.0.0.5", 3), node("a9b", 1), node("a9b", 1)];
+            assert_eq!(round_trip(nodes.clone()), nodes);
+        }
+
+        proptest! {
+            #[test]
+            fn any_list_round_trips(names in proptest::collection::vec("[a-c]{0,2}[0-9]{0,3}", 1..40), slots in 1u32..5) {
+                let nodes: Vec<NodeEntry> = names.iter().filter(|n| !n.is_empty()).map(|n| node(n, slots)).collect();
+                prop_assert_eq!(round_trip(nodes.clone()), nodes);
+            }
+        }
+    }
 }
 
 /// Every message of the protocol. The variant index is the numeric message type: append new

@@ -164,7 +164,8 @@ pub fn shell_quote(word: &str) -> String {
 
 /// The command line that runs the daemon on the far side of an agent.
 pub fn remote_command(daemon_path: &str) -> String {
-    format!("{} __daemon", shell_quote(daemon_path))
+    // exec: no shell stays behind to report the daemon's death ("Killed") or to hold its pipes.
+    format!("exec {} __daemon", shell_quote(daemon_path))
 }
 
 fn prepare(cmd: &mut Command) {
@@ -269,7 +270,7 @@ mod tests {
         while p.waiter.try_wait().is_none() {
             std::thread::yield_now();
         }
-        assert_eq!(err.trim(), "bob@n7|'/opt/x y/rlaunch' __daemon|BOOT");
+        assert_eq!(err.trim(), "bob@n7|exec '/opt/x y/rlaunch' __daemon|BOOT");
     }
 
     #[test]

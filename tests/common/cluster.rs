@@ -95,10 +95,12 @@ impl Cluster {
         vec![
             "--launcher".into(),
             "ssh".into(),
+            // The view path: daemons that start their own children (tree spawn) read these files
+            // on the nodes, whose /tmp is private.
             "--ssh-identity".into(),
-            self.state.join("id_ed25519").display().to_string(),
+            "/run/rlaunch-cluster/id_ed25519".into(),
             "--ssh-known-hosts".into(),
-            self.state.join("known_hosts").display().to_string(),
+            "/run/rlaunch-cluster/known_hosts".into(),
         ]
     }
 
