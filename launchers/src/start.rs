@@ -65,13 +65,18 @@ pub fn start_group(starter: &Starter, nodes: &[Node], daemon_path: &str, bootstr
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     prepare(&mut cmd);
-    let mut child = cmd.spawn().map_err(|source| StartError::Agent { agent: srun.clone(), node: "all nodes".into(), source })?;
+    let child = cmd.spawn().map_err(|source| StartError::Agent { agent: srun.clone(), node: "all nodes".into(), source })?;
+    hand_over(child, "all nodes", bootstrap)
+}
+
+/// Writes the bootstrap line into a started carrier's stdin and keeps the pipes the front end needs.
+fn hand_over(mut child: Child, node: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
     let mut stdin = child.stdin.take();
     if let Some(s) = stdin.as_mut() {
         if let Err(source) = s.write_all(bootstrap.as_bytes()).and_then(|_| s.flush()) {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(StartError::Bootstrap { node: "all nodes".into(), source });
+            return Err(StartError::Bootstrap { node: node.to_string(), source });
         }
     }
     let stderr = child.stderr.take().map(std::os::fd::OwnedFd::from);
@@ -184,7 +189,7 @@ fn prepare(cmd: &mut Command) {
 
 /// Starts the daemon for `node` and writes `bootstrap` (one line) to its stdin.
 pub fn start(starter: &Starter, node: &Node, daemon_path: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
-    let mut child = match starter {
+    let child = match starter {
         Starter::Ssh(opts) => return crate::ssh::start(opts, node, daemon_path, bootstrap),
         Starter::Local => {
             let mut cmd = Command::new(daemon_path);
@@ -204,20 +209,7 @@ pub fn start(starter: &Starter, node: &Node, daemon_path: &str, bootstrap: &str)
             cmd.spawn().map_err(|source| StartError::Agent { agent: argv.join(" "), node: node.name.clone(), source })?
         }
     };
-    let mut stdin = child.stdin.take();
-    if let Some(s) = stdin.as_mut() {
-        if let Err(source) = s.write_all(bootstrap.as_bytes()).and_then(|_| s.flush()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(StartError::Bootstrap { node: node.name.clone(), source });
-        }
-    }
-    let stderr = child.stderr.take().map(std::os::fd::OwnedFd::from);
-    Ok(DaemonProcess {
-        waiter: Waiter::Child(child),
-        stdin: stdin.map(|s| Box::new(s) as Box<dyn Write + Send>),
-        stderr,
-    })
+    hand_over(child, &node.name, bootstrap)
 }
 
 /// The local address the kernel would use to reach `host`: the address a daemon there can use to
