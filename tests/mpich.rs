@@ -459,8 +459,22 @@ fn cluster_8x4_mpich_programs() {
         o.expect_code(7);
         expect_one_rank_line(&o, 13, "called abort with code 7");
         let o = s.run(with(a.clone(), &[&prog("mpi_crash"), "21"]));
-        o.expect_code(139);
-        expect_one_rank_line(&o, 21, "killed by signal 11 (SIGSEGV)");
+        let lines = rlaunch_lines(&o);
+        assert_eq!(lines.len(), 1, "expected one line from rlaunch:\n{o}");
+        if o.code != Some(139) {
+            // Across nodes a peer's MPI library may notice the dead rank (a failed connection)
+            // and abort before the crash report reaches the front end; then that abort is the
+            // first failure, reported the same way.
+            let (_, _, _, rest) = parse_rank_line(&lines[0]).unwrap_or_else(|| panic!("not a rank line:\n{o}"));
+            let code: i32 = rest
+                .strip_prefix("called abort with code ")
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit() && c != '-').next())
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("neither the crash nor an abort:\n{o}"));
+            assert_eq!(o.code, Some(if code & 0xff == 0 { 1 } else { code & 0xff }), "{o}");
+        } else {
+            expect_one_rank_line(&o, 21, "killed by signal 11 (SIGSEGV)");
+        }
     }
 }
 
