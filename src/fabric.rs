@@ -26,8 +26,13 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use fabrics::collective::{Action, Collective, Kind, Message, Tree};
-use fabrics::discover::{GidType, IbDevice, IbPort, LinkLayer, NetIf, NodeType, OperState, PhysState, PortState};
-use fabrics::endpoints::{assign, reserve_port_base, reserve_port_base_in, AssignError, Fabric, FabricChoice, Nic, NicKind, DEFAULT_PORT_RANGE};
+use fabrics::discover::{
+    GidType, IbDevice, IbPort, LinkLayer, NetIf, NodeType, OperState, PhysState, PortState,
+};
+use fabrics::endpoints::{
+    assign, reserve_port_base, reserve_port_base_in, AssignError, Fabric, FabricChoice, Nic,
+    NicKind, DEFAULT_PORT_RANGE,
+};
 use fabrics::table::{table_path, EndpointTable, RankPlace, TableWriter};
 use fabrics::{Assignment, Inventory};
 use launchers::map::ProcMap;
@@ -62,7 +67,12 @@ pub struct FabricSpec {
 
 impl Default for FabricSpec {
     fn default() -> Self {
-        FabricSpec { choice: Some(FabricChoice::Auto), nics: Vec::new(), nic_env: false, inventory: None }
+        FabricSpec {
+            choice: Some(FabricChoice::Auto),
+            nics: Vec::new(),
+            nic_env: false,
+            inventory: None,
+        }
     }
 }
 
@@ -75,7 +85,9 @@ impl FabricSpec {
     /// The flag to blame in an assignment error, as the user typed it.
     fn flag(&self, e: &AssignError) -> String {
         match e {
-            AssignError::NoSuchNic { .. } | AssignError::NicUnusable { .. } if !self.nics.is_empty() => {
+            AssignError::NoSuchNic { .. } | AssignError::NicUnusable { .. }
+                if !self.nics.is_empty() =>
+            {
                 format!("--nic {}", self.nics.join(","))
             }
             _ => format!("--fabric {}", choice_name(self.choice)),
@@ -125,34 +137,63 @@ pub fn spec_from_flags(
         }
     };
     if choice.is_none() && !inventory && (!nics.is_empty() || nic_env) {
-        let flag = if nics.is_empty() { "--nic-env" } else { "--nic" };
-        return Err(format!("{flag} needs endpoint assignment; drop --fabric off"));
+        let flag = if nics.is_empty() {
+            "--nic-env"
+        } else {
+            "--nic"
+        };
+        return Err(format!(
+            "{flag} needs endpoint assignment; drop --fabric off"
+        ));
     }
     if json && !inventory {
-        return Err("--json only changes the output of --inventory; add --inventory or drop --json".into());
+        return Err(
+            "--json only changes the output of --inventory; add --inventory or drop --json".into(),
+        );
     }
-    let inventory = inventory.then_some(if json { InventoryFormat::Json } else { InventoryFormat::Text });
-    Ok(FabricSpec { choice, nics, nic_env, inventory })
+    let inventory = inventory.then_some(if json {
+        InventoryFormat::Json
+    } else {
+        InventoryFormat::Text
+    });
+    Ok(FabricSpec {
+        choice,
+        nics,
+        nic_env,
+        inventory,
+    })
 }
 
 /// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):
 /// `true` exists on every system and passes the program checks.
 pub fn inventory_apps(cwd: &Path) -> Vec<crate::wire::AppContext> {
-    vec![crate::wire::AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None }]
+    vec![crate::wire::AppContext {
+        argv: vec!["true".into()],
+        env: Vec::new(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        np: None,
+    }]
 }
 
 // ---------------------------------------------------------------------------------------------
 // Ports.
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The sub-range of `range` node `node` of job `job_id` tests first: slices `max(max_local, 16)`
 /// ports wide, consecutive nodes on consecutive slices from a job-derived start. Distinct nodes of
 /// one job get disjoint slices (while there are fewer nodes per host than slices), so daemons
 /// sharing a host never pick overlapping ranges; distinct jobs start at unrelated slices.
-pub fn port_slice(job_id: &str, node: u32, max_local: u32, range: RangeInclusive<u16>) -> Option<RangeInclusive<u16>> {
+pub fn port_slice(
+    job_id: &str,
+    node: u32,
+    max_local: u32,
+    range: RangeInclusive<u16>,
+) -> Option<RangeInclusive<u16>> {
     let (start, end) = (u64::from(*range.start()), u64::from(*range.end()));
     if end < start {
         return None;
@@ -171,7 +212,8 @@ pub fn port_slice(job_id: &str, node: u32, max_local: u32, range: RangeInclusive
 /// Bind-tests `count` consecutive ports for this node's ranks: in its slice first, then anywhere in
 /// the default range.
 fn reserve_ports(job_id: &str, node: u32, count: u32, max_local: u32) -> Result<u16, String> {
-    let count16 = u16::try_from(count).map_err(|_| format!("{count} ranks on one node need more TCP ports than exist"))?;
+    let count16 = u16::try_from(count)
+        .map_err(|_| format!("{count} ranks on one node need more TCP ports than exist"))?;
     if let Some(slice) = port_slice(job_id, node, max_local, DEFAULT_PORT_RANGE) {
         if let Ok(base) = reserve_port_base_in(count16, slice) {
             return Ok(base);
@@ -231,10 +273,15 @@ pub fn rank_envs(
     user_env: &dyn Fn(u32) -> Vec<String>,
 ) -> Vec<Vec<(String, String)>> {
     let node = table.this_node;
-    let Some(plan) = table.nodes.get(node as usize) else { return Vec::new() };
+    let Some(plan) = table.nodes.get(node as usize) else {
+        return Vec::new();
+    };
     let mut out = Vec::with_capacity(plan.local_ranks as usize);
     for l in 0..plan.local_ranks {
-        let mut env = vec![("RLAUNCH_ENDPOINTS".to_string(), path.to_string_lossy().into_owned())];
+        let mut env = vec![(
+            "RLAUNCH_ENDPOINTS".to_string(),
+            path.to_string_lossy().into_owned(),
+        )];
         if let Some(ep) = fabrics::endpoints::endpoint_in(&table.nodes, node, l) {
             env.push(("RLAUNCH_NIC".into(), ep.nic.label()));
             env.push(("RLAUNCH_FABRIC".into(), fabric_name(table.fabric).into()));
@@ -253,11 +300,19 @@ pub fn rank_envs(
 }
 
 fn placements(map: &ProcMap) -> Vec<RankPlace> {
-    map.ranks().iter().map(|p| RankPlace { node: p.node, local_rank: p.local_rank }).collect()
+    map.ranks()
+        .iter()
+        .map(|p| RankPlace {
+            node: p.node,
+            local_rank: p.local_rank,
+        })
+        .collect()
 }
 
 fn local_counts(map: &ProcMap) -> Vec<u32> {
-    (0..map.num_nodes()).map(|n| map.ranks_on(n).len() as u32).collect()
+    (0..map.num_nodes())
+        .map(|n| map.ranks_on(n).len() as u32)
+        .collect()
 }
 
 fn decode_inventories(blobs: &[Vec<u8>]) -> Result<Vec<Inventory>, String> {
@@ -292,7 +347,10 @@ pub struct Step {
 
 impl Step {
     fn error(e: impl Into<String>) -> Step {
-        Step { error: Some(e.into()), ..Step::default() }
+        Step {
+            error: Some(e.into()),
+            ..Step::default()
+        }
     }
 }
 
@@ -372,7 +430,11 @@ impl NodeFabric {
 
     /// Whether the daemon must hold its ranks (and must not report the node done) for the table.
     pub fn holds_ranks(&self) -> bool {
-        self.state == NodeState::Gathering && self.job.as_ref().is_some_and(|j| j.spec.inventory.is_none())
+        self.state == NodeState::Gathering
+            && self
+                .job
+                .as_ref()
+                .is_some_and(|j| j.spec.inventory.is_none())
     }
 
     /// The fabric variables of local rank `l` (empty with `--fabric off` or in inventory mode).
@@ -398,7 +460,10 @@ impl NodeFabric {
         let spec = launch.fabric.clone();
         if !spec.gathers() {
             self.state = NodeState::Ready;
-            return Step { start_ranks: true, ..Step::default() };
+            return Step {
+                start_ranks: true,
+                ..Step::default()
+            };
         }
         let map = match crate::daemon::compute_map(launch) {
             Ok(m) => m,
@@ -418,15 +483,25 @@ impl NodeFabric {
         self.discover();
         let mut inv = match self.discovered.take().expect("discovered above") {
             Ok(inv) => inv,
-            Err(e) => return self.fail(format!("fabric discovery failed: {e}; use --fabric off to launch without endpoint tables")),
+            Err(e) => return self.fail(format!(
+                "fabric discovery failed: {e}; use --fabric off to launch without endpoint tables"
+            )),
         };
         if mine > 0 && spec.inventory.is_none() {
             match reserve_ports(&launch.job_id, self.node, mine, max_local) {
                 Ok(base) => inv.port_base = base,
-                Err(e) => return self.fail(format!("cannot reserve TCP ports for {mine} ranks: {e}")),
+                Err(e) => {
+                    return self.fail(format!("cannot reserve TCP ports for {mine} ranks: {e}"))
+                }
             }
         }
-        self.job = Some(JobCtx { spec, job_id: launch.job_id.clone(), counts, places: placements(&map), user_env });
+        self.job = Some(JobCtx {
+            spec,
+            job_id: launch.job_id.clone(),
+            counts,
+            places: placements(&map),
+            user_env,
+        });
         let bytes = match postcard::to_allocvec(&inv) {
             Ok(b) => b,
             Err(e) => return self.fail(format!("encoding this node's inventory: {e}")),
@@ -469,7 +544,12 @@ impl NodeFabric {
         let mut step = Step::default();
         if let Some(blobs) = route(&tree, me, actions, &mut step) {
             match self.complete(&blobs) {
-                Ok(()) => step.start_ranks = self.job.as_ref().is_some_and(|j| j.spec.inventory.is_none()),
+                Ok(()) => {
+                    step.start_ranks = self
+                        .job
+                        .as_ref()
+                        .is_some_and(|j| j.spec.inventory.is_none())
+                }
                 Err(e) => {
                     let mut s = self.fail(e);
                     s.down = step.down;
@@ -487,22 +567,33 @@ impl NodeFabric {
 
     /// Every inventory is here: assign, write the table, compute the ranks' variables.
     fn complete(&mut self, blobs: &[Vec<u8>]) -> Result<(), String> {
-        let Some(job) = self.job.as_ref() else { return Err("fabric table arrived before the launch message".into()) };
+        let Some(job) = self.job.as_ref() else {
+            return Err("fabric table arrived before the launch message".into());
+        };
         if job.spec.inventory.is_some() {
             self.state = NodeState::Ready;
             return Ok(());
         }
         let invs = decode_inventories(blobs)?;
         let choice = job.spec.choice.unwrap_or(FabricChoice::Auto);
-        let a = assign(&invs, &job.counts, choice, &job.spec.nics).map_err(|e| format!("{}: {e}", job.spec.flag(&e)))?;
-        let table = EndpointTable::new(&a, self.node, job.places.clone()).map_err(|e| e.to_string())?;
+        let a = assign(&invs, &job.counts, choice, &job.spec.nics)
+            .map_err(|e| format!("{}: {e}", job.spec.flag(&e)))?;
+        let table =
+            EndpointTable::new(&a, self.node, job.places.clone()).map_err(|e| e.to_string())?;
         let path = table_path(&self.dir, &job.job_id, self.node);
-        if table.nodes.get(self.node as usize).is_some_and(|n| n.local_ranks > 0) {
-            TableWriter::write(&path, &table).map_err(|e| format!("writing the endpoint table: {e}"))?;
+        if table
+            .nodes
+            .get(self.node as usize)
+            .is_some_and(|n| n.local_ranks > 0)
+        {
+            TableWriter::write(&path, &table)
+                .map_err(|e| format!("writing the endpoint table: {e}"))?;
             self.table = Some(path.clone());
         }
         let names = &job.user_env;
-        self.env = rank_envs(&table, &path, job.spec.nic_env, &|l| names.get(l as usize).cloned().unwrap_or_default());
+        self.env = rank_envs(&table, &path, job.spec.nic_env, &|l| {
+            names.get(l as usize).cloned().unwrap_or_default()
+        });
         self.assignment = Some(a);
         self.state = NodeState::Ready;
         Ok(())
@@ -551,7 +642,16 @@ impl FrontGather {
     pub fn new(launch: &Launch, map: &ProcMap, names: Vec<String>) -> FrontGather {
         let spec = launch.fabric.clone();
         let nnodes = names.len() as u32;
-        let mut g = FrontGather { spec, tree: None, coll: None, counts: local_counts(map), names, state: FrontState::Off, gathered_ms: None, assignment: None };
+        let mut g = FrontGather {
+            spec,
+            tree: None,
+            coll: None,
+            counts: local_counts(map),
+            names,
+            state: FrontState::Off,
+            gathered_ms: None,
+            assignment: None,
+        };
         if !g.spec.gathers() {
             return g;
         }
@@ -581,15 +681,23 @@ impl FrontGather {
         if self.state != FrontState::Gathering {
             return Step::default();
         }
-        let actions = match Message::decode(data).map_err(|e| e.to_string()).and_then(|m| coll.on_message(node + 1, m).map_err(|e| e.to_string())) {
+        let actions = match Message::decode(data)
+            .map_err(|e| e.to_string())
+            .and_then(|m| coll.on_message(node + 1, m).map_err(|e| e.to_string()))
+        {
             Ok(a) => a,
             Err(e) => {
                 self.state = FrontState::Failed;
-                return Step::error(format!("fabric exchange with node {}: {e}", self.name(node)));
+                return Step::error(format!(
+                    "fabric exchange with node {}: {e}",
+                    self.name(node)
+                ));
             }
         };
         let mut step = Step::default();
-        let Some(blobs) = route(&tree, 0, actions, &mut step) else { return step };
+        let Some(blobs) = route(&tree, 0, actions, &mut step) else {
+            return step;
+        };
         self.gathered_ms = Some(now_ms);
         let invs = match decode_inventories(&blobs) {
             Ok(i) => i,
@@ -618,13 +726,19 @@ impl FrontGather {
             }
             Err(e) => {
                 self.state = FrontState::Failed;
-                Step { usage_error: Some(format!("{}: {e}", self.spec.flag(&e))), ..Step::default() }
+                Step {
+                    usage_error: Some(format!("{}: {e}", self.spec.flag(&e))),
+                    ..Step::default()
+                }
             }
         }
     }
 
     fn name(&self, node: u32) -> String {
-        self.names.get(node as usize).cloned().unwrap_or_else(|| format!("#{node}"))
+        self.names
+            .get(node as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{node}"))
     }
 
     pub fn fabric(&self) -> Option<Fabric> {
@@ -643,7 +757,10 @@ impl FrontGather {
             let labels: Vec<String> = n.nics.iter().map(Nic::label).collect();
             *groups.entry(labels.join(",")).or_default() += 1;
         }
-        let nics: Vec<String> = groups.iter().map(|(k, c)| format!("{k} on {c} node{}", if *c == 1 { "" } else { "s" })).collect();
+        let nics: Vec<String> = groups
+            .iter()
+            .map(|(k, c)| format!("{k} on {c} node{}", if *c == 1 { "" } else { "s" }))
+            .collect();
         Some(format!(
             "rlaunch: fabric {} (--fabric {}); NICs: {}; inventories of {} node(s) gathered at {:.1} ms",
             fabric_name(a.fabric),
@@ -656,7 +773,8 @@ impl FrontGather {
 
     /// `"fabric"` in the report: `"tcp"`, `"rdma"`, or null (off, failed, inventory).
     pub fn report_fabric(&self) -> serde_json::Value {
-        self.fabric().map_or(serde_json::Value::Null, |f| fabric_name(f).into())
+        self.fabric()
+            .map_or(serde_json::Value::Null, |f| fabric_name(f).into())
     }
 
     /// `"fabric_detail"` in the report: the request, each node's NICs and port base, the timing.
@@ -686,7 +804,10 @@ impl FrontGather {
 // `--inventory` output.
 
 fn mac_str(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn speed_str(mbps: u32) -> String {
@@ -757,7 +878,13 @@ fn gid_type_str(t: Option<GidType>) -> Option<&'static str> {
 }
 
 fn guid_str(g: u64) -> String {
-    format!("{:04x}:{:04x}:{:04x}:{:04x}", g >> 48, (g >> 32) & 0xffff, (g >> 16) & 0xffff, g & 0xffff)
+    format!(
+        "{:04x}:{:04x}:{:04x}:{:04x}",
+        g >> 48,
+        (g >> 32) & 0xffff,
+        (g >> 16) & 0xffff,
+        g & 0xffff
+    )
 }
 
 fn netif_kind(n: &NetIf) -> &'static str {
@@ -787,7 +914,14 @@ fn port_rows(d: &IbDevice) -> Vec<[String; 6]> {
         .iter()
         .map(|p| {
             let speed = p.rate.as_ref().map_or("-".to_string(), |r| {
-                let lanes = format!("{}X{}", r.width, r.speed.as_deref().map(|s| format!(" {s}")).unwrap_or_default());
+                let lanes = format!(
+                    "{}X{}",
+                    r.width,
+                    r.speed
+                        .as_deref()
+                        .map(|s| format!(" {s}"))
+                        .unwrap_or_default()
+                );
                 format!("{} ({lanes})", speed_str(r.mbps))
             });
             let netdevs: Vec<String> = {
@@ -801,23 +935,41 @@ fn port_rows(d: &IbDevice) -> Vec<[String; 6]> {
                 ids.push(format!("lid 0x{:x}", p.lid));
             }
             for g in &p.gids {
-                let t = gid_type_str(g.gid_type).map(|t| format!(" {t}")).unwrap_or_default();
+                let t = gid_type_str(g.gid_type)
+                    .map(|t| format!(" {t}"))
+                    .unwrap_or_default();
                 ids.push(format!("gid[{}] {}{t}", g.index, g.gid));
             }
             [
                 format!("{}:{}", d.name, p.port),
                 port_kind(p).to_string(),
-                format!("{} ({})", port_state_str(p.state), phys_state_str(p.phys_state)),
+                format!(
+                    "{} ({})",
+                    port_state_str(p.state),
+                    phys_state_str(p.phys_state)
+                ),
                 speed,
-                if netdevs.is_empty() { "-".into() } else { netdevs.join(" ") },
-                if ids.is_empty() { "-".into() } else { ids.join(", ") },
+                if netdevs.is_empty() {
+                    "-".into()
+                } else {
+                    netdevs.join(" ")
+                },
+                if ids.is_empty() {
+                    "-".into()
+                } else {
+                    ids.join(", ")
+                },
             ]
         })
         .collect()
 }
 
 fn netif_row(n: &NetIf) -> [String; 6] {
-    let mut addrs: Vec<String> = n.addrs.iter().map(|a| format!("{}/{}", a.ip, a.prefix_len)).collect();
+    let mut addrs: Vec<String> = n
+        .addrs
+        .iter()
+        .map(|a| format!("{}/{}", a.ip, a.prefix_len))
+        .collect();
     if !n.mac.is_empty() && !n.loopback {
         addrs.push(mac_str(&n.mac));
     }
@@ -826,19 +978,37 @@ fn netif_row(n: &NetIf) -> [String; 6] {
         netif_kind(n).to_string(),
         operstate_str(n.operstate).to_string(),
         n.speed_mbps.map_or("-".to_string(), speed_str),
-        if addrs.is_empty() { "-".into() } else { addrs.join(" ") },
-        n.rdma_device.as_ref().map_or("-".to_string(), |d| format!("rdma {d}")),
+        if addrs.is_empty() {
+            "-".into()
+        } else {
+            addrs.join(" ")
+        },
+        n.rdma_device
+            .as_ref()
+            .map_or("-".to_string(), |d| format!("rdma {d}")),
     ]
 }
 
 /// The `--inventory` table: one row per interface and per RDMA port, then verbs status and
 /// discovery warnings per node.
 pub fn render_text(names: &[String], invs: &[Inventory]) -> String {
-    let header = ["NODE", "DEVICE", "KIND", "STATE", "SPEED", "ADDRESSES", "GID/LID"].map(String::from);
+    let header = [
+        "NODE",
+        "DEVICE",
+        "KIND",
+        "STATE",
+        "SPEED",
+        "ADDRESSES",
+        "GID/LID",
+    ]
+    .map(String::from);
     let mut rows: Vec<[String; 7]> = vec![header];
     let mut notes = Vec::new();
     for (i, inv) in invs.iter().enumerate() {
-        let node = names.get(i).cloned().unwrap_or_else(|| inv.hostname.clone());
+        let node = names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| inv.hostname.clone());
         let with_node = |r: [String; 6]| -> [String; 7] {
             let [a, b, c, d, e, f] = r;
             [node.clone(), a, b, c, d, e, f]
@@ -877,7 +1047,11 @@ pub fn render_text(names: &[String], invs: &[Inventory]) -> String {
         grouped.entry(note).or_default().push(node);
     }
     for (note, nodes) in grouped {
-        let who = if nodes.len() == invs.len() && invs.len() > 1 { format!("all {} nodes", nodes.len()) } else { nodes.join(", ") };
+        let who = if nodes.len() == invs.len() && invs.len() > 1 {
+            format!("all {} nodes", nodes.len())
+        } else {
+            nodes.join(", ")
+        };
         out.push_str(&format!("{who}: {note}\n"));
     }
     out
@@ -958,22 +1132,42 @@ mod tests {
         let lo = name == "lo";
         NetIf {
             name: name.into(),
-            mac: if lo { vec![0; 6] } else { vec![2, 0, 0, 0, 0, 1] },
+            mac: if lo {
+                vec![0; 6]
+            } else {
+                vec![2, 0, 0, 0, 0, 1]
+            },
             mtu: 1500,
             speed_mbps: if lo { None } else { Some(10_000) },
-            operstate: if lo { OperState::Unknown } else if up { OperState::Up } else { OperState::Down },
+            operstate: if lo {
+                OperState::Unknown
+            } else if up {
+                OperState::Up
+            } else {
+                OperState::Down
+            },
             if_type: if lo { 772 } else { 1 },
             loopback: lo,
             is_virtual: lo,
             rdma_device: None,
-            addrs: ip.map(|i| vec![NetAddr { ip: i.parse::<IpAddr>().unwrap(), prefix_len: if lo { 8 } else { 24 } }]).unwrap_or_default(),
+            addrs: ip
+                .map(|i| {
+                    vec![NetAddr {
+                        ip: i.parse::<IpAddr>().unwrap(),
+                        prefix_len: if lo { 8 } else { 24 },
+                    }]
+                })
+                .unwrap_or_default(),
         }
     }
 
     fn inv(host: &str, ip: &str) -> Inventory {
         Inventory {
             hostname: host.into(),
-            net: vec![netif("eth0", Some(ip), true), netif("lo", Some("127.0.0.1"), true)],
+            net: vec![
+                netif("eth0", Some(ip), true),
+                netif("lo", Some("127.0.0.1"), true),
+            ],
             ..Inventory::default()
         }
     }
@@ -998,9 +1192,18 @@ mod tests {
                 lid: 0x1a,
                 sm_lid: 1,
                 lmc: 0,
-                rate: Some(Rate { mbps: 100_000, width: 4, speed: Some("EDR".into()) }),
+                rate: Some(Rate {
+                    mbps: 100_000,
+                    width: 4,
+                    speed: Some("EDR".into()),
+                }),
                 link_layer: LinkLayer::InfiniBand,
-                gids: vec![GidEntry { index: 0, gid: Gid(gid), gid_type: None, netdev: None }],
+                gids: vec![GidEntry {
+                    index: 0,
+                    gid: Gid(gid),
+                    gid_type: None,
+                    netdev: None,
+                }],
                 active_mtu: None,
             }],
         }];
@@ -1010,9 +1213,25 @@ mod tests {
     fn launch(nnodes: u32, slots: u32, fanout: u32, spec: FabricSpec, job: &str) -> Launch {
         Launch {
             job_id: job.into(),
-            apps: vec![AppContext { argv: vec!["true".into()], env: vec![("UCX_NET_DEVICES".into(), Some("mine".into()))], cwd: "/".into(), np: None }],
-            nodes: (0..nnodes).map(|n| NodeEntry { name: format!("h{n}"), user: None, slots, max_slots: None }).collect(),
-            policy: launchers::map::MapPolicy { map_by: launchers::map::MapBy::Slot, rank_by: launchers::map::RankBy::Slot, oversubscribe: false },
+            apps: vec![AppContext {
+                argv: vec!["true".into()],
+                env: vec![("UCX_NET_DEVICES".into(), Some("mine".into()))],
+                cwd: "/".into(),
+                np: None,
+            }],
+            nodes: (0..nnodes)
+                .map(|n| NodeEntry {
+                    name: format!("h{n}"),
+                    user: None,
+                    slots,
+                    max_slots: None,
+                })
+                .collect(),
+            policy: launchers::map::MapPolicy {
+                map_by: launchers::map::MapBy::Slot,
+                rank_by: launchers::map::RankBy::Slot,
+                oversubscribe: false,
+            },
             fanout,
             stdin: StdinTarget::None,
             kill_grace_ms: 100,
@@ -1023,7 +1242,8 @@ mod tests {
     }
 
     fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("rlaunch-fabric-test-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("rlaunch-fabric-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -1055,14 +1275,25 @@ mod tests {
                     f
                 })
                 .collect();
-            Sim { front: FrontGather::new(l, &map, names), nodes, fanout: l.fanout, started: Vec::new(), front_steps: Vec::new(), node_errors: Vec::new() }
+            Sim {
+                front: FrontGather::new(l, &map, names),
+                nodes,
+                fanout: l.fanout,
+                started: Vec::new(),
+                front_steps: Vec::new(),
+                node_errors: Vec::new(),
+            }
         }
 
         /// Launch on every node (in `order`), then deliver until quiet.
         fn run(&mut self, l: &Launch, order: &[u32]) {
             // (to: None = front end, Some(node)), from_child: Some(node) for up traffic, data
-            let mut q: std::collections::VecDeque<(Option<u32>, Option<u32>, Vec<u8>)> = Default::default();
-            let push = |q: &mut std::collections::VecDeque<_>, from: Option<u32>, step: &Step, fanout: u32| {
+            let mut q: std::collections::VecDeque<(Option<u32>, Option<u32>, Vec<u8>)> =
+                Default::default();
+            let push = |q: &mut std::collections::VecDeque<_>,
+                        from: Option<u32>,
+                        step: &Step,
+                        fanout: u32| {
                 if let (Some(up), Some(n)) = (&step.up, from) {
                     q.push_back((crate::tree::parent_of(n, fanout), Some(n), up.clone()));
                 }
@@ -1105,19 +1336,38 @@ mod tests {
     fn allgather_over_the_tree_writes_one_consistent_table_per_node() {
         let dir = scratch("gather");
         for fanout in [1, 2, 3, 32] {
-            let l = launch(7, 3, fanout, FabricSpec { nic_env: true, ..FabricSpec::default() }, &format!("rl-t{fanout}"));
-            let invs: Vec<_> = (0..7).map(|n| inv(&format!("h{n}"), &format!("10.0.0.{}", n + 1))).collect();
+            let l = launch(
+                7,
+                3,
+                fanout,
+                FabricSpec {
+                    nic_env: true,
+                    ..FabricSpec::default()
+                },
+                &format!("rl-t{fanout}"),
+            );
+            let invs: Vec<_> = (0..7)
+                .map(|n| inv(&format!("h{n}"), &format!("10.0.0.{}", n + 1)))
+                .collect();
             let mut sim = Sim::new(&l, invs, &dir);
             // Children start before their parents: the collective must buffer.
             sim.run(&l, &[6, 5, 4, 3, 2, 1, 0]);
             assert!(sim.node_errors.is_empty(), "{:?}", sim.node_errors);
             let mut started = sim.started.clone();
             started.sort();
-            assert_eq!(started, (0..7).collect::<Vec<_>>(), "every node starts its ranks exactly once (fan-out {fanout})");
+            assert_eq!(
+                started,
+                (0..7).collect::<Vec<_>>(),
+                "every node starts its ranks exactly once (fan-out {fanout})"
+            );
             assert_eq!(sim.front.fabric(), Some(Fabric::Tcp));
             let a0 = sim.nodes[0].assignment().unwrap().clone();
             for (n, f) in sim.nodes.iter().enumerate() {
-                assert_eq!(f.assignment(), Some(&a0), "node {n} computed another assignment");
+                assert_eq!(
+                    f.assignment(),
+                    Some(&a0),
+                    "node {n} computed another assignment"
+                );
                 assert!(!f.holds_ranks());
                 let path = f.table_path().expect("a node with ranks has a table");
                 assert_eq!(path, table_path(&dir, &l.job_id, n as u32));
@@ -1128,13 +1378,22 @@ mod tests {
                     let ep = r.endpoint_of(rank).unwrap();
                     assert_eq!(ep.node, rank / 3);
                     assert_eq!(ep.local_rank, rank % 3);
-                    assert_eq!(ep.ip, Some(format!("10.0.0.{}", rank / 3 + 1).parse().unwrap()));
-                    assert_eq!(u32::from(ep.port), u32::from(a0.nodes[(rank / 3) as usize].port_base) + rank % 3);
+                    assert_eq!(
+                        ep.ip,
+                        Some(format!("10.0.0.{}", rank / 3 + 1).parse().unwrap())
+                    );
+                    assert_eq!(
+                        u32::from(ep.port),
+                        u32::from(a0.nodes[(rank / 3) as usize].port_base) + rank % 3
+                    );
                 }
                 for l in 0..3 {
                     let env: Vec<(String, String)> = f.rank_env(l).to_vec();
                     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-                    assert_eq!(get("RLAUNCH_ENDPOINTS").as_deref(), Some(path.to_str().unwrap()));
+                    assert_eq!(
+                        get("RLAUNCH_ENDPOINTS").as_deref(),
+                        Some(path.to_str().unwrap())
+                    );
                     assert_eq!(get("RLAUNCH_NIC").as_deref(), Some("eth0"));
                     assert_eq!(get("RLAUNCH_FABRIC").as_deref(), Some("tcp"));
                     assert_eq!(get("NCCL_SOCKET_IFNAME").as_deref(), Some("=eth0"));
@@ -1142,9 +1401,16 @@ mod tests {
                     assert_eq!(get("UCX_NET_DEVICES"), None);
                 }
             }
-            let paths: Vec<PathBuf> = sim.nodes.iter().map(|f| f.table_path().unwrap().to_path_buf()).collect();
+            let paths: Vec<PathBuf> = sim
+                .nodes
+                .iter()
+                .map(|f| f.table_path().unwrap().to_path_buf())
+                .collect();
             drop(sim);
-            assert!(paths.iter().all(|p| !p.exists()), "tables are removed with the daemon's state");
+            assert!(
+                paths.iter().all(|p| !p.exists()),
+                "tables are removed with the daemon's state"
+            );
         }
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -1157,11 +1423,18 @@ mod tests {
         let mut sim = Sim::new(&l, invs, &dir);
         sim.run(&l, &[0, 1, 2, 3]);
         let a = sim.nodes[0].assignment().unwrap();
-        let mut ranges: Vec<(u16, u16)> = a.nodes.iter().map(|n| (n.port_base, n.port_base + 4)).collect();
+        let mut ranges: Vec<(u16, u16)> = a
+            .nodes
+            .iter()
+            .map(|n| (n.port_base, n.port_base + 4))
+            .collect();
         assert!(ranges.iter().all(|(b, _)| *b >= 20000));
         ranges.sort();
         for w in ranges.windows(2) {
-            assert!(w[0].1 < w[1].0, "overlapping port ranges on one host: {ranges:?}");
+            assert!(
+                w[0].1 < w[1].0,
+                "overlapping port ranges on one host: {ranges:?}"
+            );
         }
         drop(sim);
         let _ = std::fs::remove_dir_all(dir);
@@ -1177,34 +1450,72 @@ mod tests {
         invs[1].net.push(netif("ib0", Some("10.9.0.2"), true));
         let mut sim = Sim::new(&l, invs, &dir);
         sim.run(&l, &[0, 1, 2]);
-        let errs: Vec<&String> = sim.front_steps.iter().filter_map(|s| s.usage_error.as_ref()).collect();
+        let errs: Vec<&String> = sim
+            .front_steps
+            .iter()
+            .filter_map(|s| s.usage_error.as_ref())
+            .collect();
         assert_eq!(errs.len(), 1, "{:?}", sim.front_steps);
         assert!(errs[0].starts_with("--nic ib0: "), "{}", errs[0]);
-        assert!(errs[0].contains("h2") && errs[0].contains("no interface named ib0") && errs[0].contains("eth0, lo"), "{}", errs[0]);
+        assert!(
+            errs[0].contains("h2")
+                && errs[0].contains("no interface named ib0")
+                && errs[0].contains("eth0, lo"),
+            "{}",
+            errs[0]
+        );
         assert!(sim.front_steps.iter().all(|s| s.down.is_empty()));
         assert!(sim.started.is_empty());
-        assert!(sim.nodes.iter().all(|f| f.holds_ranks() && f.table_path().is_none()));
-        assert!(!sim.front.waiting(), "a failed exchange must not keep the job alive");
+        assert!(sim
+            .nodes
+            .iter()
+            .all(|f| f.holds_ranks() && f.table_path().is_none()));
+        assert!(
+            !sim.front.waiting(),
+            "a failed exchange must not keep the job alive"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn rdma_request_without_rdma_names_the_node() {
         let dir = scratch("nordma");
-        let l = launch(2, 1, 32, spec_from_flags("rdma", None, false, false, false).unwrap(), "rl-nordma");
+        let l = launch(
+            2,
+            1,
+            32,
+            spec_from_flags("rdma", None, false, false, false).unwrap(),
+            "rl-nordma",
+        );
         let mut invs = vec![ib_inv(), inv("plain", "10.0.0.2")];
         invs[0].hostname = "h0".into();
         let mut sim = Sim::new(&l, invs, &dir);
         sim.run(&l, &[0, 1]);
-        let e = sim.front_steps.iter().find_map(|s| s.usage_error.clone()).expect("an error");
-        assert!(e.starts_with("--fabric rdma: node plain (#1) has no usable RDMA port"), "{e}");
+        let e = sim
+            .front_steps
+            .iter()
+            .find_map(|s| s.usage_error.clone())
+            .expect("an error");
+        assert!(
+            e.starts_with("--fabric rdma: node plain (#1) has no usable RDMA port"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn auto_picks_rdma_only_when_every_node_has_it() {
         let dir = scratch("auto");
-        let l = launch(2, 2, 32, FabricSpec { nic_env: true, ..FabricSpec::default() }, "rl-auto");
+        let l = launch(
+            2,
+            2,
+            32,
+            FabricSpec {
+                nic_env: true,
+                ..FabricSpec::default()
+            },
+            "rl-auto",
+        );
         let mut b = ib_inv();
         b.hostname = "h1".into();
         let mut sim = Sim::new(&l, vec![ib_inv(), b], &dir);
@@ -1220,7 +1531,14 @@ mod tests {
         let mut sim = Sim::new(&l, vec![ib_inv(), inv("h1", "10.0.0.2")], &dir);
         sim.run(&l, &[0, 1]);
         assert_eq!(sim.front.fabric(), Some(Fabric::Tcp));
-        assert!(sim.front.verbose_line().unwrap().starts_with("rlaunch: fabric tcp (--fabric auto); NICs: eth0 on 2 nodes"), "{:?}", sim.front.verbose_line());
+        assert!(
+            sim.front
+                .verbose_line()
+                .unwrap()
+                .starts_with("rlaunch: fabric tcp (--fabric auto); NICs: eth0 on 2 nodes"),
+            "{:?}",
+            sim.front.verbose_line()
+        );
         drop(sim);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -1228,17 +1546,36 @@ mod tests {
     #[test]
     fn inventory_mode_prints_once_and_starts_nothing() {
         let dir = scratch("inv");
-        let l = launch(5, 1, 2, spec_from_flags("auto", None, false, true, false).unwrap(), "rl-inv");
-        let invs: Vec<_> = (0..5).map(|n| inv(&format!("h{n}"), &format!("10.0.0.{}", n + 1))).collect();
+        let l = launch(
+            5,
+            1,
+            2,
+            spec_from_flags("auto", None, false, true, false).unwrap(),
+            "rl-inv",
+        );
+        let invs: Vec<_> = (0..5)
+            .map(|n| inv(&format!("h{n}"), &format!("10.0.0.{}", n + 1)))
+            .collect();
         let mut sim = Sim::new(&l, invs, &dir);
         assert!(sim.front.waiting());
         sim.run(&l, &[4, 0, 3, 1, 2]);
         assert!(sim.started.is_empty() && sim.node_errors.is_empty());
-        assert!(sim.nodes.iter().all(|f| !f.holds_ranks() && f.table_path().is_none()));
-        let prints: Vec<&String> = sim.front_steps.iter().filter_map(|s| s.print.as_ref()).collect();
+        assert!(sim
+            .nodes
+            .iter()
+            .all(|f| !f.holds_ranks() && f.table_path().is_none()));
+        let prints: Vec<&String> = sim
+            .front_steps
+            .iter()
+            .filter_map(|s| s.print.as_ref())
+            .collect();
         assert_eq!(prints.len(), 1);
         for n in 0..5 {
-            assert!(prints[0].contains(&format!("10.0.0.{}/24", n + 1)), "{}", prints[0]);
+            assert!(
+                prints[0].contains(&format!("10.0.0.{}/24", n + 1)),
+                "{}",
+                prints[0]
+            );
         }
         assert!(sim.front_steps.iter().all(|s| s.down.is_empty()));
         assert!(!sim.front.waiting());
@@ -1247,10 +1584,22 @@ mod tests {
 
     #[test]
     fn fabric_off_starts_ranks_at_once_without_table() {
-        let l = launch(2, 1, 2, spec_from_flags("off", None, false, false, false).unwrap(), "rl-off");
+        let l = launch(
+            2,
+            1,
+            2,
+            spec_from_flags("off", None, false, false, false).unwrap(),
+            "rl-off",
+        );
         let mut f = NodeFabric::new(0, 2, 2);
         let step = f.on_launch(&l);
-        assert_eq!(step, Step { start_ranks: true, ..Step::default() });
+        assert_eq!(
+            step,
+            Step {
+                start_ranks: true,
+                ..Step::default()
+            }
+        );
         assert!(f.rank_env(0).is_empty() && !f.holds_ranks());
         let map = crate::daemon::compute_map(&l).unwrap();
         let front = FrontGather::new(&l, &map, vec!["a".into(), "b".into()]);
@@ -1264,13 +1613,23 @@ mod tests {
         let map = crate::daemon::compute_map(&l).unwrap();
         let mut front = FrontGather::new(&l, &map, vec!["a".into(), "b".into(), "c".into()]);
         let s = front.on_message(0, b"\xff\x00junk", 0.0);
-        assert!(s.error.as_deref().unwrap().contains("fabric exchange with node a"), "{s:?}");
+        assert!(
+            s.error
+                .as_deref()
+                .unwrap()
+                .contains("fabric exchange with node a"),
+            "{s:?}"
+        );
         assert!(!front.waiting());
         // Node 2 is not a child of node 1 when the fan-out is 2 (its parent is node 0).
         let mut f = NodeFabric::new(1, 3, 2);
         f.discovered = Some(Ok(inv("b", "10.0.0.2")));
         let _ = f.on_launch(&l);
-        let up = Message::Up { epoch: EPOCH, entries: vec![(3, Vec::new())] }.encode();
+        let up = Message::Up {
+            epoch: EPOCH,
+            entries: vec![(3, Vec::new())],
+        }
+        .encode();
         assert!(f.on_message(Some(2), &up).error.is_some());
         assert!(!f.holds_ranks(), "a failed node releases its ranks' hold");
     }
@@ -1281,26 +1640,64 @@ mod tests {
         let mut f = NodeFabric::new(0, 1, 2);
         f.discovered = Some(Err("cannot list /sys/class/net".into()));
         let e = f.on_launch(&l).error.unwrap();
-        assert!(e.contains("cannot list /sys/class/net") && e.contains("--fabric off"), "{e}");
+        assert!(
+            e.contains("cannot list /sys/class/net") && e.contains("--fabric off"),
+            "{e}"
+        );
     }
 
     #[test]
     fn flags() {
-        assert_eq!(spec_from_flags("auto", None, false, false, false).unwrap(), FabricSpec::default());
+        assert_eq!(
+            spec_from_flags("auto", None, false, false, false).unwrap(),
+            FabricSpec::default()
+        );
         let s = spec_from_flags("tcp", Some("eth0, eth1"), true, false, false).unwrap();
-        assert_eq!((s.choice, s.nics.clone(), s.nic_env), (Some(FabricChoice::Tcp), vec!["eth0".to_string(), "eth1".into()], true));
-        assert!(spec_from_flags("ib", None, false, false, false).unwrap_err().contains("expected auto, tcp, rdma or off"));
-        assert!(spec_from_flags("auto", Some("a,,b"), false, false, false).unwrap_err().contains("empty NIC name"));
-        assert!(spec_from_flags("off", Some("eth0"), false, false, false).unwrap_err().starts_with("--nic needs"));
-        assert!(spec_from_flags("off", None, true, false, false).unwrap_err().starts_with("--nic-env needs"));
-        assert!(spec_from_flags("auto", None, false, false, true).unwrap_err().contains("--json only"));
-        assert_eq!(spec_from_flags("off", None, false, true, true).unwrap().inventory, Some(InventoryFormat::Json));
-        assert!(spec_from_flags("off", None, false, true, false).unwrap().gathers());
+        assert_eq!(
+            (s.choice, s.nics.clone(), s.nic_env),
+            (
+                Some(FabricChoice::Tcp),
+                vec!["eth0".to_string(), "eth1".into()],
+                true
+            )
+        );
+        assert!(spec_from_flags("ib", None, false, false, false)
+            .unwrap_err()
+            .contains("expected auto, tcp, rdma or off"));
+        assert!(spec_from_flags("auto", Some("a,,b"), false, false, false)
+            .unwrap_err()
+            .contains("empty NIC name"));
+        assert!(spec_from_flags("off", Some("eth0"), false, false, false)
+            .unwrap_err()
+            .starts_with("--nic needs"));
+        assert!(spec_from_flags("off", None, true, false, false)
+            .unwrap_err()
+            .starts_with("--nic-env needs"));
+        assert!(spec_from_flags("auto", None, false, false, true)
+            .unwrap_err()
+            .contains("--json only"));
+        assert_eq!(
+            spec_from_flags("off", None, false, true, true)
+                .unwrap()
+                .inventory,
+            Some(InventoryFormat::Json)
+        );
+        assert!(spec_from_flags("off", None, false, true, false)
+            .unwrap()
+            .gathers());
     }
 
     #[test]
     fn nic_variables_per_fabric() {
-        let tcp = Nic { kind: NicKind::Tcp, ifname: "eth1".into(), ip: None, mac: vec![], mtu: 1500, speed_mbps: None, rdma: None };
+        let tcp = Nic {
+            kind: NicKind::Tcp,
+            ifname: "eth1".into(),
+            ip: None,
+            mac: vec![],
+            mtu: 1500,
+            speed_mbps: None,
+            rdma: None,
+        };
         let v = nic_env(Fabric::Tcp, &tcp);
         assert_eq!(
             v,
@@ -1343,34 +1740,71 @@ mod tests {
     fn inventory_table_and_json() {
         let names = vec!["n1".to_string(), "n2".to_string()];
         let mut b = inv("n2", "10.0.0.2");
-        b.verbs = fabrics::verbs::VerbsStatus::Unavailable { reason: "no device".into() };
+        b.verbs = fabrics::verbs::VerbsStatus::Unavailable {
+            reason: "no device".into(),
+        };
         b.warnings.push("class/net/eth0/speed: junk".into());
         let text = render_text(&names, &[ib_inv(), b.clone()]);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("NODE") && lines[0].ends_with("GID/LID"), "{text}");
+        assert!(
+            lines[0].starts_with("NODE") && lines[0].ends_with("GID/LID"),
+            "{text}"
+        );
         let ib = lines.iter().find(|l| l.contains("mlx5_0:1")).unwrap();
-        for want in ["n1", "infiniband", "active (linkup)", "100 Gb/s (4X EDR)", "lid 0x1a", "gid[0] fe80:0000:0000:0000:b83f:d203:00a4:1c2f"] {
+        for want in [
+            "n1",
+            "infiniband",
+            "active (linkup)",
+            "100 Gb/s (4X EDR)",
+            "lid 0x1a",
+            "gid[0] fe80:0000:0000:0000:b83f:d203:00a4:1c2f",
+        ] {
             assert!(ib.contains(want), "{want:?} missing in {ib:?}");
         }
-        let eth = lines.iter().find(|l| l.starts_with("n2") && l.contains("eth0")).unwrap();
-        for want in ["ethernet", "up", "10 Gb/s", "10.0.0.2/24", "02:00:00:00:00:01"] {
+        let eth = lines
+            .iter()
+            .find(|l| l.starts_with("n2") && l.contains("eth0"))
+            .unwrap();
+        for want in [
+            "ethernet",
+            "up",
+            "10 Gb/s",
+            "10.0.0.2/24",
+            "02:00:00:00:00:01",
+        ] {
             assert!(eth.contains(want), "{want:?} missing in {eth:?}");
         }
         assert!(text.contains("n1: verbs: not probed"), "{text}");
         assert!(text.contains("n2: verbs: unavailable: no device"), "{text}");
-        assert!(text.contains("n2: warning: class/net/eth0/speed: junk"), "{text}");
+        assert!(
+            text.contains("n2: warning: class/net/eth0/speed: junk"),
+            "{text}"
+        );
         // Columns line up: every row's DEVICE column starts at the same offset.
         let col = lines[0].find("DEVICE").unwrap();
-        assert!(lines.iter().take_while(|l| !l.contains(": verbs")).all(|l| !l.as_bytes()[col - 1].is_ascii_alphanumeric()));
+        assert!(lines
+            .iter()
+            .take_while(|l| !l.contains(": verbs"))
+            .all(|l| !l.as_bytes()[col - 1].is_ascii_alphanumeric()));
 
-        let v: serde_json::Value = serde_json::from_str(&render_json(&names, &[ib_inv(), b])).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&render_json(&names, &[ib_inv(), b])).unwrap();
         let n0 = &v["nodes"][0];
         assert_eq!(n0["name"], "n1");
         assert_eq!(n0["rdma"][0]["node_guid"], "b83f:d203:00a4:1c2e");
         assert_eq!(n0["rdma"][0]["ports"][0]["lid"], 26);
-        assert_eq!(n0["rdma"][0]["ports"][0]["port_guid"], "b83f:d203:00a4:1c2f");
-        assert_eq!(n0["rdma"][0]["ports"][0]["gids"][0]["gid"], "fe80:0000:0000:0000:b83f:d203:00a4:1c2f");
-        assert_eq!(v["nodes"][1]["interfaces"][0]["addresses"][0], "10.0.0.2/24");
+        assert_eq!(
+            n0["rdma"][0]["ports"][0]["port_guid"],
+            "b83f:d203:00a4:1c2f"
+        );
+        assert_eq!(
+            n0["rdma"][0]["ports"][0]["gids"][0]["gid"],
+            "fe80:0000:0000:0000:b83f:d203:00a4:1c2f"
+        );
+        assert_eq!(
+            v["nodes"][1]["interfaces"][0]["addresses"][0],
+            "10.0.0.2/24"
+        );
         assert_eq!(v["nodes"][1]["verbs"], "unavailable: no device");
     }
 
@@ -1403,6 +1837,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // an empty range is the case under test
     fn port_slice_edge_cases() {
         assert_eq!(port_slice("j", 0, 10, 100..=99), None);
         assert_eq!(port_slice("j", 0, 100, 100..=150), None);

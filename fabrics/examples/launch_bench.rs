@@ -29,11 +29,15 @@ fn die(rank: &str, msg: String) -> ! {
 }
 
 fn env(name: &str, rank: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| die(rank, format!("{name} is not set; start me with rlaunch")))
+    std::env::var(name)
+        .unwrap_or_else(|_| die(rank, format!("{name} is not set; start me with rlaunch")))
 }
 
 fn realtime_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn table(rank: &str) -> TableReader {
@@ -42,23 +46,40 @@ fn table(rank: &str) -> TableReader {
 }
 
 fn addr_of(t: &TableReader, r: u32, rank: &str) -> SocketAddr {
-    let ep = t.endpoint_of(r).unwrap_or_else(|e| die(rank, e.to_string()));
-    let ip = ep.ip.unwrap_or_else(|| die(rank, format!("rank {r} has no IP address in the table")));
+    let ep = t
+        .endpoint_of(r)
+        .unwrap_or_else(|e| die(rank, e.to_string()));
+    let ip = ep
+        .ip
+        .unwrap_or_else(|| die(rank, format!("rank {r} has no IP address in the table")));
     SocketAddr::new(ip, ep.port)
 }
 
 fn barrier(rank_s: &str, arity: u32, iters: u32) {
-    let me: u32 = rank_s.parse().unwrap_or_else(|_| die(rank_s, "RLAUNCH_RANK is not a number".into()));
+    let me: u32 = rank_s
+        .parse()
+        .unwrap_or_else(|_| die(rank_s, "RLAUNCH_RANK is not a number".into()));
     let t = table(rank_s);
     let size = t.header().rank_count;
     let addrs: Vec<SocketAddr> = (0..size).map(|r| addr_of(&t, r, rank_s)).collect();
     let tree = Tree::new(size, arity).unwrap_or_else(|e| die(rank_s, e.to_string()));
-    let listener = bind_listener(addrs[me as usize]).unwrap_or_else(|e| die(rank_s, format!("binding {}: {e}", addrs[me as usize])));
-    let job = env("RLAUNCH_JOBID", rank_s).bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let cfg = TcpConfig { job, recv_timeout: Duration::from_secs(60), ..TcpConfig::default() };
-    let mut tr = TcpTransport::connect(me, &tree, listener, &addrs, &cfg).unwrap_or_else(|e| die(rank_s, e.to_string()));
+    let listener = bind_listener(addrs[me as usize])
+        .unwrap_or_else(|e| die(rank_s, format!("binding {}: {e}", addrs[me as usize])));
+    let job = env("RLAUNCH_JOBID", rank_s)
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    let cfg = TcpConfig {
+        job,
+        recv_timeout: Duration::from_secs(60),
+        ..TcpConfig::default()
+    };
+    let mut tr = TcpTransport::connect(me, &tree, listener, &addrs, &cfg)
+        .unwrap_or_else(|e| die(rank_s, e.to_string()));
     let mut run = |epoch: u64| {
-        let mut c = Collective::new(tree, me, Kind::Barrier, epoch).unwrap_or_else(|e| die(rank_s, e.to_string()));
+        let mut c = Collective::new(tree, me, Kind::Barrier, epoch)
+            .unwrap_or_else(|e| die(rank_s, e.to_string()));
         run_barrier(&mut tr, &mut c).unwrap_or_else(|e| die(rank_s, e.to_string()));
     };
     // Warm-up: connections, page faults and the first scheduling of every reader thread.
@@ -77,7 +98,9 @@ fn barrier(rank_s: &str, arity: u32, iters: u32) {
 }
 
 fn visible(rank_s: &str) {
-    let me: u32 = rank_s.parse().unwrap_or_else(|_| die(rank_s, "RLAUNCH_RANK is not a number".into()));
+    let me: u32 = rank_s
+        .parse()
+        .unwrap_or_else(|_| die(rank_s, "RLAUNCH_RANK is not a number".into()));
     let t = table(rank_s);
     let size = t.header().rank_count;
     let _ = addr_of(&t, me, rank_s);
@@ -91,7 +114,9 @@ struct Pmi {
 
 impl Pmi {
     fn request(&mut self, rank: &str, req: &str, expect: &str) -> String {
-        self.sock.write_all(req.as_bytes()).unwrap_or_else(|e| die(rank, format!("PMI write: {e}")));
+        self.sock
+            .write_all(req.as_bytes())
+            .unwrap_or_else(|e| die(rank, format!("PMI write: {e}")));
         let mut line = Vec::new();
         let mut b = [0u8; 1];
         loop {
@@ -112,26 +137,54 @@ impl Pmi {
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split(' ').find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 fn modex(rank_s: &str, bytes: usize) {
-    let me: u32 = rank_s.parse().unwrap_or_else(|_| die(rank_s, "RLAUNCH_RANK is not a number".into()));
-    let fd: i32 = env("PMI_FD", rank_s).parse().unwrap_or_else(|_| die(rank_s, "PMI_FD is not a number".into()));
-    let size: u32 = env("PMI_SIZE", rank_s).parse().unwrap_or_else(|_| die(rank_s, "PMI_SIZE is not a number".into()));
+    let me: u32 = rank_s
+        .parse()
+        .unwrap_or_else(|_| die(rank_s, "RLAUNCH_RANK is not a number".into()));
+    let fd: i32 = env("PMI_FD", rank_s)
+        .parse()
+        .unwrap_or_else(|_| die(rank_s, "PMI_FD is not a number".into()));
+    let size: u32 = env("PMI_SIZE", rank_s)
+        .parse()
+        .unwrap_or_else(|_| die(rank_s, "PMI_SIZE is not a number".into()));
     // SAFETY: PMI_FD is a socket the launcher passed to this process for exactly this use.
-    let mut p = Pmi { sock: unsafe { std::fs::File::from_raw_fd(fd) } };
-    p.request(rank_s, "cmd=init pmi_version=1 pmi_subversion=1\n", "response_to_init");
+    let mut p = Pmi {
+        sock: unsafe { std::fs::File::from_raw_fd(fd) },
+    };
+    p.request(
+        rank_s,
+        "cmd=init pmi_version=1 pmi_subversion=1\n",
+        "response_to_init",
+    );
     let l = p.request(rank_s, "cmd=get_my_kvsname\n", "my_kvsname");
-    let kvs = field(&l, "kvsname").unwrap_or_else(|| die(rank_s, format!("no kvsname in {l:?}"))).to_string();
+    let kvs = field(&l, "kvsname")
+        .unwrap_or_else(|| die(rank_s, format!("no kvsname in {l:?}")))
+        .to_string();
     // Hex, as MPI libraries encode their business cards.
-    let value: String = (0..bytes).map(|i| format!("{:02x}", (i as u32 ^ me) as u8)).collect();
-    p.request(rank_s, &format!("cmd=put kvsname={kvs} key=ep-{me} value={value}\n"), "put_result");
+    let value: String = (0..bytes)
+        .map(|i| format!("{:02x}", (i as u32 ^ me) as u8))
+        .collect();
+    p.request(
+        rank_s,
+        &format!("cmd=put kvsname={kvs} key=ep-{me} value={value}\n"),
+        "put_result",
+    );
     p.request(rank_s, "cmd=barrier_in\n", "barrier_out");
     for r in (0..size).filter(|&r| r != me) {
-        let l = p.request(rank_s, &format!("cmd=get kvsname={kvs} key=ep-{r}\n"), "get_result");
+        let l = p.request(
+            rank_s,
+            &format!("cmd=get kvsname={kvs} key=ep-{r}\n"),
+            "get_result",
+        );
         if field(&l, "value").map(str::len) != Some(bytes * 2) {
-            die(rank_s, format!("rank {r}'s value is missing or short: {l:?}"));
+            die(
+                rank_s,
+                format!("rank {r}'s value is missing or short: {l:?}"),
+            );
         }
     }
     println!("modex {me} {}", realtime_ns());
@@ -149,6 +202,11 @@ fn main() {
         Some("barrier") => barrier(&rank, num(1), num(2)),
         Some("visible") => visible(&rank),
         Some("modex") => modex(&rank, num(1) as usize),
-        _ => die(&rank, format!("usage: launch_bench barrier ARITY ITERS | visible | modex BYTES (got {args:?})")),
+        _ => die(
+            &rank,
+            format!(
+                "usage: launch_bench barrier ARITY ITERS | visible | modex BYTES (got {args:?})"
+            ),
+        ),
     }
 }

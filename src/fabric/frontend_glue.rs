@@ -10,12 +10,18 @@ use std::io::Write;
 
 impl Frontend {
     pub(super) fn on_fabric(&mut self, t: Token, data: Vec<u8>) {
-        let Some(node) = self.links.get(&t).and_then(|l| l.peer_link()) else { return };
+        let Some(node) = self.links.get(&t).and_then(|l| l.peer_link()) else {
+            return;
+        };
         let now = ms_since(self.plan.t0).unwrap_or(0.0);
         let chosen_before = self.fabric.fabric().is_some();
         let step = self.fabric.on_message(node, &data, now);
         for (child, data) in step.down {
-            if let Some(l) = self.links.values_mut().find(|l| l.peer_link() == Some(child)) {
+            if let Some(l) = self
+                .links
+                .values_mut()
+                .find(|l| l.peer_link() == Some(child))
+            {
                 l.send(&Msg::Fabric { data });
                 let _ = l.flush();
             }
@@ -27,7 +33,11 @@ impl Frontend {
         }
         if let Some(text) = step.print {
             let mut out = std::io::stdout().lock();
-            if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .is_err()
+            {
                 self.stdout_broken = true;
             }
         }
