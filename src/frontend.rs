@@ -80,6 +80,8 @@ struct DaemonState {
     addr: Option<String>,
     /// Rendezvous: a joining daemon was given this node.
     assigned: bool,
+    /// When this node's --launch-timeout started to run.
+    launch_clock: Option<Instant>,
     listen_port: u16,
     launch_bytes: u32,
     exit: Option<i32>,
@@ -185,6 +187,13 @@ pub fn run(plan: Plan) -> Result<i32> {
         plan,
     };
     fe.start_stdin_reader()?;
+    let now = Instant::now();
+    for (n, d) in fe.daemons.iter_mut().enumerate() {
+        // srun starts every daemon at once; otherwise only the front end's own children start now.
+        if fe.plan.starter.is_group() || tree::parent_of(n as u32, fe.plan.launch.fanout).is_none() {
+            d.launch_clock = Some(now);
+        }
+    }
     if fe.plan.starter.is_group() {
         fe.start_group();
     } else {
@@ -417,8 +426,10 @@ impl Frontend {
         if let (Some(t), Outcome::Running) = (self.plan.timeout, self.outcome) {
             deadlines.push(self.plan.t0 + t);
         }
-        if self.daemons.iter().any(|d| !d.hello && !d.lost) {
-            deadlines.push(self.plan.t0 + self.plan.launch_timeout);
+        for d in self.daemons.iter().filter(|d| !d.hello && !d.lost) {
+            if let Some(c) = d.launch_clock {
+                deadlines.push(c + self.plan.launch_timeout);
+            }
         }
         if let Some(t) = self.kill_sent_at {
             deadlines.push(t + KILL_WAIT);
@@ -562,6 +573,10 @@ impl Frontend {
                 // Unless daemons start their own children (tree spawn) or were all started at once
                 // (srun), the front end starts the children of every daemon, pointed at that daemon.
                 let kids = tree::children_of(Some(node), self.plan.launch.fanout, self.daemons.len() as u32);
+                let now = Instant::now();
+                for k in kids.clone() {
+                    self.daemons[k as usize].launch_clock.get_or_insert(now);
+                }
                 if !kids.is_empty() && self.plan.launch.tree_spawn.is_none() && !self.plan.starter.is_group() {
                     let parent = format!("{}:{listen_port}", bracket_v6(addr.as_deref().unwrap_or("127.0.0.1")));
                     for k in kids {
@@ -905,8 +920,17 @@ impl Frontend {
                 self.kill_sent_at = Some(now);
             }
         }
-        if now >= self.plan.t0 + self.plan.launch_timeout {
-            let late: Vec<u32> = (0..self.daemons.len() as u32).filter(|&n| !self.daemons[n as usize].hello && !self.daemons[n as usize].lost).collect();
+        {
+            // Each node's clock starts when its start could begin: at once for the front end's own
+            // children (and srun), when its parent joined for the others. A deep tree on a busy
+            // machine then fails only the node that is really silent.
+            let timeout = self.plan.launch_timeout;
+            let late: Vec<u32> = (0..self.daemons.len() as u32)
+                .filter(|&n| {
+                    let d = &self.daemons[n as usize];
+                    !d.hello && !d.lost && d.launch_clock.is_some_and(|c| now >= c + timeout)
+                })
+                .collect();
             for n in late {
                 if !self.daemons[n as usize].lost {
                     self.launch_failure(n, format!("no answer within {} (--launch-timeout)", fmt_secs(self.plan.launch_timeout)));
