@@ -205,7 +205,8 @@ static or non-MPI programs, a program not found here) gets pmi. Open MPI and MPI
 one job. Give --mpi pmix for an Open MPI program started through a script or an interpreter (mpi4py).\n\
 With --pmi-lazy, Open MPI ranks use their asynchronous modex (OMPI_MCA_pmix_base_async_modex=1, \
 OMPI_MCA_pmix_base_collect_data=0): fences carry no data and each peer's data is fetched from its node \
-on first use."
+on first use. Open MPI 4.1.4's async modex itself is racy: now and then MPI_Init fails with \"PML add \
+procs failed\" (mpirun.openmpi with the same settings fails the same way), so it is not the default."
     )]
     pub mpi: String,
 

@@ -85,11 +85,36 @@ fn expect_one_rank_line(o: &Output, rank: u32, needle: &str) {
     assert!(lines[0].contains(needle), "the line should say {needle:?}:\n{o}");
 }
 
+/// Open MPI 4.1.4's async modex (what `--pmi-lazy` turns on) races in MPI_Init: now and then a
+/// rank fails with "PML add procs failed" / "Not found" before asking the PMIx server anything
+/// (no direct-modex request reaches rlaunch), and mpirun.openmpi with the same settings fails the
+/// same way (3 runs in 12 of 16 ranks here). A lazy run that fails exactly like that is repeated,
+/// up to 4 times; any other failure, or the race 4 times in a row, fails the test.
+fn with_async_modex_retries(lazy: bool, run: impl Fn() -> Output) -> Output {
+    let mut o = run();
+    for _ in 1..4 {
+        if !(lazy && o.code == Some(1) && o.stderr.contains("PML add procs failed")) {
+            break;
+        }
+        eprintln!("NOTE: Open MPI's async-modex race in MPI_Init (PML add procs failed); running the job again");
+        o = run();
+    }
+    o
+}
+
 // ---------------------------------------------------------------------------------------------
 // One node
 
+/// MPI ranks busy-poll: two MPI jobs of this file at once on a 2-core machine starve each other
+/// into timeouts inside MPI_Init (seen as "PML add procs failed"). The tests here run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn hello_every_rank_once_with_the_right_identity() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_hello") else { return };
     let host = common::hostname();
     for n in SIZES {
@@ -106,6 +131,7 @@ fn hello_every_rank_once_with_the_right_identity() {
 
 #[test]
 fn auto_detects_open_mpi_and_explains_it() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_hello") else { return };
     let s = Scratch::new("ompi-auto");
     let o = s.run(args(2, &["-v", &p]));
@@ -120,6 +146,7 @@ fn auto_detects_open_mpi_and_explains_it() {
 
 #[test]
 fn allreduce_sum_is_verified() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_allreduce") else { return };
     for n in SIZES {
         let s = Scratch::new("ompi-allreduce");
@@ -132,6 +159,7 @@ fn allreduce_sum_is_verified() {
 
 #[test]
 fn ring_token_goes_around() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_ring") else { return };
     for n in SIZES {
         let s = Scratch::new("ompi-ring");
@@ -144,6 +172,7 @@ fn ring_token_goes_around() {
 
 #[test]
 fn barrier_in_a_loop() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_barrier") else { return };
     for n in SIZES {
         let s = Scratch::new("ompi-barrier");
@@ -155,6 +184,7 @@ fn barrier_in_a_loop() {
 
 #[test]
 fn mpi_abort_ends_the_job_with_its_code_and_names_the_rank() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_abort") else { return };
     for n in SIZES {
         let s = Scratch::new("ompi-abort");
@@ -167,6 +197,7 @@ fn mpi_abort_ends_the_job_with_its_code_and_names_the_rank() {
 
 #[test]
 fn crash_is_one_line_and_exit_139() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_crash") else { return };
     for n in SIZES {
         let s = Scratch::new("ompi-crash");
@@ -179,6 +210,7 @@ fn crash_is_one_line_and_exit_139() {
 
 #[test]
 fn exit_zero_without_finalize_is_a_failure() {
+    let _serial = serial();
     let Some(p) = ompi("mpi_no_finalize") else { return };
     let s = Scratch::new("ompi-nofin");
     let o = s.run(args(4, &[&p]));
@@ -191,12 +223,13 @@ fn exit_zero_without_finalize_is_a_failure() {
 
 #[test]
 fn lazy_modex_runs_the_same_programs() {
+    let _serial = serial();
     let (Some(h), Some(a)) = (ompi("mpi_hello"), ompi("mpi_allreduce")) else { return };
     let s = Scratch::new("ompi-lazy");
-    let o = s.run(args(8, &["--pmi-lazy", &h]));
+    let o = with_async_modex_retries(true, || s.run(args(8, &["--pmi-lazy", &h])));
     expect_clean_success(&o);
     assert_eq!(o.stdout_lines().len(), 8, "{o}");
-    let o = s.run(args(8, &["--pmi-lazy", &a]));
+    let o = with_async_modex_retries(true, || s.run(args(8, &["--pmi-lazy", &a])));
     expect_clean_success(&o);
     assert!(o.stdout.contains("allreduce ok: sum=36 over 8 ranks"), "{o}");
 }
@@ -205,6 +238,7 @@ fn lazy_modex_runs_the_same_programs() {
 /// daemon tree, eager and lazy, flat and deep.
 #[test]
 fn local_daemons_fence_and_direct_modex_across_the_tree() {
+    let _serial = serial();
     let (Some(h), Some(a), Some(r)) = (ompi("mpi_hello"), ompi("mpi_allreduce"), ompi("mpi_ring")) else { return };
     let s = Scratch::new("ompi-tree");
     let hostfile = s.path("hosts");
@@ -219,7 +253,7 @@ fn local_daemons_fence_and_direct_modex_across_the_tree() {
             let with = |prog: &str| {
                 let mut e = extra.clone();
                 e.push(prog);
-                s.run(args(8, &e))
+                with_async_modex_retries(lazy, || s.run(args(8, &e)))
             };
             let o = with(&h);
             expect_clean_success(&o);
@@ -237,6 +271,7 @@ fn local_daemons_fence_and_direct_modex_across_the_tree() {
 /// An MPICH program and an Open MPI program in the same test run, each getting its interface.
 #[test]
 fn mpich_and_open_mpi_programs_side_by_side() {
+    let _serial = serial();
     let Some(o_prog) = ompi("mpi_allreduce") else { return };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openmpi-side-mpich");
     std::fs::create_dir_all(&dir).unwrap();
@@ -260,6 +295,7 @@ fn mpich_and_open_mpi_programs_side_by_side() {
 /// Open MPI job fails with one line saying what to install.
 #[test]
 fn without_libpmix_only_open_mpi_jobs_fail_with_one_line() {
+    let _serial = serial();
     let s = Scratch::new("ompi-nolib");
     let mut c = s.cmd(["-np", "2", "true"]);
     c.env("RLAUNCH_PMIX_LIBRARY", "/nonexistent/libpmix.so.2");
@@ -309,6 +345,7 @@ fn s_tmp_hostfile(hosts: &Path) -> String {
 
 #[test]
 fn cluster_8x4_open_mpi_programs() {
+    let _serial = serial();
     let Some(base) = cluster() else { return };
     let Some(dir) = ompi("mpi_hello").map(|p| PathBuf::from(p).parent().unwrap().to_path_buf()) else { return };
     for (fanout, lazy) in [("32", false), ("2", false), ("32", true), ("2", true)] {
@@ -322,7 +359,7 @@ fn cluster_8x4_open_mpi_programs() {
             }
             a.push(dir.join(p).to_string_lossy().into_owned());
             a.extend(more.iter().map(|x| x.to_string()));
-            s.run(args(32, &a.iter().map(String::as_str).collect::<Vec<_>>()))
+            with_async_modex_retries(lazy, || s.run(args(32, &a.iter().map(String::as_str).collect::<Vec<_>>())))
         };
         let o = run("mpi_hello", &[]);
         expect_clean_success(&o);

@@ -55,6 +55,23 @@ impl Drop for Active {
     }
 }
 
+/// Removes a directory when dropped, unless kept.
+struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 impl Daemon {
     /// Whether this job's ranks get PMIx.
     pub(super) fn pmix_job(&self) -> bool {
@@ -79,6 +96,8 @@ impl Daemon {
                 .create(&dir)
                 .with_context(|| format!("creating the PMIx directory {}", dir.display()))?;
         }
+        // Removed again if setup fails before `Active` owns it.
+        let dir_guard = DirGuard(Some(dir.clone()));
         let (tx, rx) = mpsc::channel::<Upcall>();
         let waker = Arc::new(Waker::new(self.poll.registry(), PMIX_WAKE).context("creating the PMIx waker")?);
         let w = waker.clone();
@@ -102,7 +121,7 @@ impl Daemon {
         let children = crate::fence::participants(Some(node), self.boot.fanout, self.boot.nnodes, has_ranks);
         let engine = Engine::new(&launch.job_id, node, at, rank_node, children);
         let lazy = self.boot.flags & crate::pmi::BOOT_FLAG_PMI_LAZY != 0;
-        let active = Active { lib, engine, rx, _waker: waker, layout, map: map.clone(), dir, lazy };
+        let active = Active { lib, engine, rx, _waker: waker, layout, map: map.clone(), dir: dir_guard.keep(), lazy };
         let info = job_info(&active).context("describing the job to libpmix")?;
         let nlocal = map.ranks_on(node).len() as u32;
         lib.register_nspace(&launch.job_id, nlocal, &info, REGISTER_WAIT).context("registering the job with libpmix")?;
