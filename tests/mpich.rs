@@ -138,8 +138,16 @@ const SIZES: [u32; 3] = [1, 4, 16];
 // ---------------------------------------------------------------------------------------------
 // One node
 
+/// MPI ranks busy-poll: two MPI jobs of this file at once on a 2-core machine starve each other
+/// into timeouts inside MPI_Init (seen as "PML add procs failed"). The tests here run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn hello_every_rank_once_with_the_right_identity() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_hello") else { return };
     let host = common::hostname();
     for n in SIZES {
@@ -156,6 +164,7 @@ fn hello_every_rank_once_with_the_right_identity() {
 
 #[test]
 fn allreduce_sum_is_verified() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_allreduce") else { return };
     for n in SIZES {
         let s = Scratch::new("allreduce");
@@ -168,6 +177,7 @@ fn allreduce_sum_is_verified() {
 
 #[test]
 fn ring_token_goes_around() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_ring") else { return };
     for n in SIZES {
         let s = Scratch::new("ring");
@@ -180,6 +190,7 @@ fn ring_token_goes_around() {
 
 #[test]
 fn barrier_in_a_loop() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_barrier") else { return };
     for n in SIZES {
         let s = Scratch::new("barrier");
@@ -191,6 +202,7 @@ fn barrier_in_a_loop() {
 
 #[test]
 fn mpi_abort_ends_the_job_with_its_code_and_names_the_rank() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_abort") else { return };
     for n in SIZES {
         let s = Scratch::new("abort");
@@ -209,6 +221,7 @@ fn mpi_abort_ends_the_job_with_its_code_and_names_the_rank() {
 
 #[test]
 fn crash_is_one_line_and_exit_139() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_crash") else { return };
     for n in SIZES {
         let s = Scratch::new("crash");
@@ -221,6 +234,7 @@ fn crash_is_one_line_and_exit_139() {
 
 #[test]
 fn mpmd_two_executables_share_one_world_with_their_appnums() {
+    let _serial = serial();
     let (Some(a), Some(b)) = (mpi("mpi_appnum"), mpi("mpi_appnum_b")) else { return };
     for n in [2u32, 4, 16] {
         let s = Scratch::new("mpmd");
@@ -235,6 +249,7 @@ fn mpmd_two_executables_share_one_world_with_their_appnums() {
 
 #[test]
 fn exit_zero_without_finalize_after_init_is_a_failure() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_no_finalize") else { return };
     for n in [1u32, 4] {
         let s = Scratch::new("nofin");
@@ -247,6 +262,7 @@ fn exit_zero_without_finalize_after_init_is_a_failure() {
 
 #[test]
 fn pmi_port_mode_serves_mpich() {
+    let _serial = serial();
     let Some(p) = mpi("mpi_allreduce") else { return };
     let s = Scratch::new("port");
     let o = s.run(with(np(4), &["--pmi-port", &p]));
@@ -256,6 +272,7 @@ fn pmi_port_mode_serves_mpich() {
 
 #[test]
 fn pmi_modex_raw_pmi1_client() {
+    let _serial = serial();
     let Some(p) = pmi_prog("pmi_modex") else { return };
     for n in SIZES {
         for lazy in [false, true] {
@@ -273,6 +290,7 @@ fn pmi_modex_raw_pmi1_client() {
 
 #[test]
 fn pmi2_client_raw_pmi2() {
+    let _serial = serial();
     let Some(p) = pmi_prog("pmi2_client") else { return };
     for n in SIZES {
         let s = Scratch::new("pmi2");
@@ -285,6 +303,7 @@ fn pmi2_client_raw_pmi2() {
 
 #[test]
 fn garbage_on_the_pmi_socket_is_a_protocol_error_naming_the_rank() {
+    let _serial = serial();
     let s = Scratch::new("garbage");
     // Rank 2 writes something that is not PMI to its PMI socket, then waits to be killed.
     let code = format!(
@@ -300,6 +319,7 @@ fn garbage_on_the_pmi_socket_is_a_protocol_error_naming_the_rank() {
 
 #[test]
 fn raw_pmi1_abort_message_reaches_the_report_line() {
+    let _serial = serial();
     let s = Scratch::new("abortmsg");
     let code = format!(
         "if [ \"$PMI_RANK\" = 0 ]; then printf 'cmd=init pmi_version=1 pmi_subversion=1\\ncmd=abort exitcode=9 message=out of cheese\\n' >&\"$PMI_FD\"; fi; {}",
@@ -313,6 +333,7 @@ fn raw_pmi1_abort_message_reaches_the_report_line() {
 
 #[test]
 fn unknown_pmi_command_is_a_warning_and_the_job_goes_on() {
+    let _serial = serial();
     let s = Scratch::new("warn");
     let code = "printf 'cmd=init pmi_version=1 pmi_subversion=1\\ncmd=frobnicate\\ncmd=finalize\\n' >&\"$PMI_FD\"";
     let o = s.run(with(np(1), &["bash", "-c", code]));
@@ -325,6 +346,7 @@ fn unknown_pmi_command_is_a_warning_and_the_job_goes_on() {
 
 #[test]
 fn pmi_environment_of_a_rank() {
+    let _serial = serial();
     let s = Scratch::new("env");
     let o = s.run(with(np(2), &["sh", "-c", "echo \"$PMI_RANK $PMI_SIZE ${PMI_JOBID:+jobid} ${PMI_FD:+fd} ${PMI_PORT:+port}\""]));
     o.expect_code(0);
@@ -360,6 +382,7 @@ fn local_nodes(fanout: u32) -> Vec<String> {
 
 #[test]
 fn fence_across_local_daemons_eager_and_lazy() {
+    let _serial = serial();
     let Some(p) = pmi_prog("pmi_modex") else { return };
     for fanout in [1u32, 2, 32] {
         for lazy in [false, true] {
@@ -377,6 +400,7 @@ fn fence_across_local_daemons_eager_and_lazy() {
 
 #[test]
 fn pmi2_and_mpich_across_local_daemons() {
+    let _serial = serial();
     if let Some(p) = pmi_prog("pmi2_client") {
         let s = Scratch::new("treepmi2");
         // Tree spawn: the daemons start each other and must pass the PMI options on.
@@ -435,6 +459,7 @@ fn cluster() -> Option<Vec<String>> {
 
 #[test]
 fn cluster_8x4_mpich_programs() {
+    let _serial = serial();
     let Some(base) = cluster() else { return };
     let Some(dir) = mpi("mpi_hello").map(|p| PathBuf::from(p).parent().unwrap().to_path_buf()) else { return };
     let prog = |n: &str| dir.join(n).to_string_lossy().into_owned();
@@ -480,6 +505,7 @@ fn cluster_8x4_mpich_programs() {
 
 #[test]
 fn cluster_8x4_raw_pmi_clients_eager_and_lazy() {
+    let _serial = serial();
     let Some(base) = cluster() else { return };
     let (Some(modex), Some(pmi2)) = (pmi_prog("pmi_modex"), pmi_prog("pmi2_client")) else { return };
     for fanout in ["32", "2"] {
