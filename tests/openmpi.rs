@@ -129,6 +129,20 @@ fn hello_every_rank_once_with_the_right_identity() {
     }
 }
 
+/// The daemon's libpmix shares the node's hwloc topology: every rank adopts it from shared memory
+/// instead of discovering it (Open MPI says which with hwloc_base_verbose).
+#[test]
+fn ranks_adopt_the_daemons_topology_from_shared_memory() {
+    let _serial = serial();
+    let Some(p) = ompi("mpi_hello") else { return };
+    let s = Scratch::new("ompi-topo");
+    let o = s.run(args(4, &["-x", "OMPI_MCA_hwloc_base_verbose=2", &p]));
+    o.expect_code(0);
+    assert_eq!(o.stdout_lines().len(), 4, "{o}");
+    assert_eq!(o.stderr.matches("hwloc:base: topology in shared memory").count(), 4, "each rank should adopt the shared topology:\n{o}");
+    assert!(!o.stderr.contains("discovering topology"), "a rank discovered the topology itself:\n{o}");
+}
+
 #[test]
 fn auto_detects_open_mpi_and_explains_it() {
     let _serial = serial();

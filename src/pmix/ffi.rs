@@ -378,6 +378,7 @@ pub enum Val<'a> {
     U32(u32),
     U16(u16),
     Rank(u32),
+    Bool(bool),
     Regex(&'a Regex),
     Array(&'a InfoArray),
 }
@@ -393,7 +394,7 @@ impl InfoList {
         const CALL: &str = "PMIx_Info_list_add";
         let k = c_string(CALL, key)?;
         let s;
-        let (u32v, u16v);
+        let (u32v, u16v, boolv);
         let (ptr, ty): (*const c_void, u16) = match val {
             Val::Str(v) => {
                 s = c_string(CALL, v)?;
@@ -410,6 +411,10 @@ impl InfoList {
             Val::U16(v) => {
                 u16v = v;
                 (&u16v as *const u16 as *const c_void, types::UINT16)
+            }
+            Val::Bool(v) => {
+                boolv = v;
+                (&boolv as *const bool as *const c_void, types::BOOL)
             }
             Val::Regex(r) => (r.ptr as *const c_void, types::REGEX),
             Val::Array(a) => (&a.darray as *const pmix_data_array_t as *const c_void, types::DATA_ARRAY),

@@ -113,6 +113,12 @@ impl Daemon {
         // The node's name as the job knows it, so libpmix finds itself in the node map.
         init.add("pmix.hname", Val::Str(layout.hostname(node)))?;
         init.add("pmix.nodeid", Val::U32(node))?;
+        // PMIX_SERVER_SHARE_TOPOLOGY: libpmix discovers the node's hwloc topology once and hands
+        // it to the ranks in shared memory (an hwloc.sm file in `dir`). Open MPI 4.1 adopts it
+        // instead of discovering the topology in every rank, which is most of MPI_Init's CPU
+        // time on a full node: 64 ranks on 2 cores here went from 1.7 s to 1.1 s. A libpmix
+        // older than 4 ignores the key and the ranks discover for themselves, as before.
+        init.add("pmix.srvr.share", Val::Bool(true))?;
         let init = init.into_array()?;
         lib.server_init(&init, sink).with_context(|| format!("starting the PMIx server (libpmix {})", lib.version()))?;
         let at = format!("node {node} ({})", super::hostname());
