@@ -203,6 +203,12 @@ libmpi.so.40/.20, libopen-pal, libopen-rte or libmpi_* (Open MPI) or libpmix cho
 libmpi.so.12 or libmpifort.so.12 (MPICH ABI) or libpmi/libpmi2 choose pmi; anything else (scripts, \
 static or non-MPI programs, a program not found here) gets pmi. Open MPI and MPICH programs cannot share \
 one job. Give --mpi pmix for an Open MPI program started through a script or an interpreter (mpi4py).\n\
+Open MPI ranks adopt the node's hardware topology from their daemon's libpmix (shared memory) instead \
+of each discovering it. When the job's fabric is TCP (see --fabric), they also get OMPI_MCA_pml=ob1, \
+the transport Open MPI picks there anyway, so that no rank probes for absent InfiniBand/Omni-Path \
+hardware; an OMPI_MCA_pml or OMPI_MCA_mtl of yours (environment or -x) or a pml/mtl selection in \
+/etc/openmpi/openmpi-mca-params.conf or ~/.openmpi/mca-params.conf wins (an exclusion list such as \
+^ucx is no selection).\n\
 With --pmi-lazy, Open MPI ranks use their asynchronous modex (OMPI_MCA_pmix_base_async_modex=1, \
 OMPI_MCA_pmix_base_collect_data=0): fences carry no data and each peer's data is fetched from its node \
 on first use. Open MPI 4.1.4's async modex itself is racy: now and then MPI_Init fails with \"PML add \

@@ -503,6 +503,12 @@ impl NodeFabric {
         self.env.get(l as usize).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The job's fabric, the same on every node (None before the exchange, with `--fabric off`
+    /// and in inventory mode).
+    pub fn chosen(&self) -> Option<fabrics::Fabric> {
+        self.assignment.as_ref().map(|a| a.fabric)
+    }
+
     #[cfg(test)]
     pub fn assignment(&self) -> Option<&Assignment> {
         self.assignment.as_ref()

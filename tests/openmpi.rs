@@ -143,6 +143,38 @@ fn ranks_adopt_the_daemons_topology_from_shared_memory() {
     assert!(!o.stderr.contains("discovering topology"), "a rank discovered the topology itself:\n{o}");
 }
 
+/// No RDMA device here, so the job's fabric is TCP: Open MPI ranks are told ob1 (what Open MPI
+/// would pick, without probing absent hardware), unless the user chose a PML/MTL, or with
+/// `--fabric off`. Needs libpmix only.
+#[test]
+fn tcp_jobs_name_ob1_unless_the_user_chose() {
+    let _serial = serial();
+    if ompi("mpi_hello").is_none() {
+        return;
+    }
+    let s = Scratch::new("ompi-pml");
+    let show = ["sh", "-c", "echo pml=${OMPI_MCA_pml-unset} mtl=${OMPI_MCA_mtl-unset}"];
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut a = vec!["-np".to_string(), "2".into(), "--mpi".into(), "pmix".into()];
+        a.extend(extra.iter().chain(show.iter()).map(|x| x.to_string()));
+        let mut c = s.cmd(a);
+        // The test process's own OMPI_MCA_* (a developer's shell) must not decide the answer.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OMPI_MCA_")) {
+            c.env_remove(k);
+        }
+        c.envs(env.iter().copied());
+        let o = common::Job::start(c, None).wait();
+        o.expect_code(0);
+        o.stdout_lines().iter().map(|l| l.to_string()).collect::<Vec<_>>()
+    };
+    let both = |l: &str| vec![l.to_string(), l.to_string()];
+    assert_eq!(run(&[], &[]), both("pml=ob1 mtl=unset"));
+    assert_eq!(run(&["-x", "OMPI_MCA_pml=ucx"], &[]), both("pml=ucx mtl=unset"));
+    assert_eq!(run(&[], &[("OMPI_MCA_mtl", "psm2")]), both("pml=unset mtl=psm2"));
+    assert_eq!(run(&[], &[("OMPI_MCA_pml", "^ucx")]), both("pml=ob1 mtl=unset"), "an exclusion is no choice");
+    assert_eq!(run(&["--fabric", "off"], &[]), both("pml=unset mtl=unset"));
+}
+
 #[test]
 fn auto_detects_open_mpi_and_explains_it() {
     let _serial = serial();

@@ -349,6 +349,40 @@ pub fn openmpi_env(map: &ProcMap, rank: u32, lazy: bool) -> Vec<(String, String)
     v
 }
 
+/// Open MPI's transport choice when the job's fabric is TCP (no node has an RDMA device, or
+/// `--fabric tcp`): `OMPI_MCA_pml=ob1`, the PML Open MPI 4.1 selects there anyway (TCP and
+/// shared memory), named up front so that each rank skips probing the cm/psm/psm2/ofi/ucx
+/// components for hardware that is absent. The PSM probes alone sleep 2 x 100 ms in every rank.
+/// `user_chose`: the user picked a PML or MTL (environment or MCA parameter file); theirs wins.
+pub fn openmpi_fabric_env(fabric: Option<fabrics::Fabric>, user_chose: bool) -> Vec<(String, String)> {
+    if fabric == Some(fabrics::Fabric::Tcp) && !user_chose {
+        vec![("OMPI_MCA_pml".to_string(), "ob1".to_string())]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether the user picked Open MPI's point-to-point transport: an `OMPI_MCA_pml`/`OMPI_MCA_mtl`
+/// variable among the rank's `vars`, or a `pml`/`mtl` line in one of the MCA parameter files'
+/// `texts` (`/etc/openmpi/openmpi-mca-params.conf`, `$HOME/.openmpi/mca-params.conf`), that
+/// selects a component. An exclusion list (`^ucx`, which Debian's own file has) is no choice,
+/// unless it excludes ob1 itself.
+pub fn openmpi_user_chose_pml<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>, texts: &[String]) -> bool {
+    let selects = |key: &str, value: &str| {
+        let value = value.trim();
+        match value.strip_prefix('^') {
+            Some(excluded) => key == "pml" && excluded.split(',').any(|c| c.trim() == "ob1"),
+            None => !value.is_empty(),
+        }
+    };
+    let by_env = vars.into_iter().any(|(n, v)| n.strip_prefix("OMPI_MCA_").is_some_and(|k| (k == "pml" || k == "mtl") && selects(k, v)));
+    let by_file = texts.iter().flat_map(|t| t.lines()).any(|l| {
+        let l = l.trim();
+        !l.starts_with('#') && l.split_once('=').is_some_and(|(k, v)| (k.trim() == "pml" || k.trim() == "mtl") && selects(k.trim(), v))
+    });
+    by_env || by_file
+}
+
 /// A fence contribution on the tree: key = the node, value = base64 of libpmix's blob (the
 /// tree's fence carries text pairs, see `crate::fence`).
 pub fn encode_blob(node: u32, data: &[u8]) -> (String, String) {
@@ -483,6 +517,29 @@ mod tests {
         let l = JobLayout::new("rl-1", &names, &[2, 2, 2], &m, 0);
         assert_eq!(l.hosting, vec![0]);
         assert_eq!(l.node_map_input(), "h");
+    }
+
+    #[test]
+    fn openmpi_pml_hint_only_on_tcp_and_only_without_a_user_choice() {
+        use fabrics::Fabric;
+        let ob1 = vec![("OMPI_MCA_pml".to_string(), "ob1".to_string())];
+        assert_eq!(openmpi_fabric_env(Some(Fabric::Tcp), false), ob1);
+        assert!(openmpi_fabric_env(Some(Fabric::Tcp), true).is_empty());
+        assert!(openmpi_fabric_env(Some(Fabric::Rdma), false).is_empty());
+        assert!(openmpi_fabric_env(None, false).is_empty(), "--fabric off: no hint");
+        let none: [String; 0] = [];
+        assert!(!openmpi_user_chose_pml([("PATH", "/bin"), ("OMPI_MCA_btl", "tcp,self"), ("OMPI_MCA_pmlx", "x")], &none));
+        assert!(openmpi_user_chose_pml([("OMPI_MCA_pml", "ucx")], &none));
+        assert!(openmpi_user_chose_pml([("OMPI_MCA_mtl", "psm2")], &none));
+        assert!(!openmpi_user_chose_pml([("OMPI_MCA_pml", "^ucx"), ("OMPI_MCA_mtl", "^ofi")], &none), "exclusions choose nothing");
+        assert!(openmpi_user_chose_pml([("OMPI_MCA_pml", "^ucx,ob1")], &none), "ob1 excluded: not ours to pick");
+        let file = |t: &str| [t.to_string()];
+        assert!(openmpi_user_chose_pml([], &file("# site\n pml = ucx\n")));
+        assert!(openmpi_user_chose_pml([], &file("mtl=psm2")));
+        // Debian's /etc/openmpi/openmpi-mca-params.conf.
+        let debian = "btl_base_warn_component_unused=0\nmtl = ^ofi\nbtl = ^uct,openib,ofi\npml = ^ucx\nosc = ^ucx,pt2pt\n";
+        assert!(!openmpi_user_chose_pml([], &file(debian)));
+        assert!(!openmpi_user_chose_pml([], &file("# pml = ucx\nbtl = ^openib\npml_ucx_verbose = 1\n")));
     }
 
     #[test]

@@ -34,6 +34,29 @@ pub(super) struct DaemonPmix {
     early: Vec<(Option<u32>, Msg)>,
     /// Inherited variables no rank of this job gets, computed once.
     scrub: Option<Vec<String>>,
+    /// Whether the user picked Open MPI's PML or MTL, computed once (see `user_chose_pml`).
+    user_chose_pml: Option<bool>,
+}
+
+/// Whether the rank's environment as `cmd` will pass it (the daemon's own, which for a local
+/// start is the user's, plus `-x` and forwarded variables) or an Open MPI MCA parameter file
+/// names a PML or MTL. MPMD contexts with different `-x` sets are rare enough that the first
+/// rank's answer stands for the node.
+fn user_chose_pml(cmd: &std::process::Command) -> bool {
+    let inherited: Vec<(String, String)> = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+    let set: Vec<(String, Option<String>)> =
+        cmd.get_envs().map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned()))).collect();
+    let vars = inherited
+        .iter()
+        .filter(|(n, _)| !set.iter().any(|(k, _)| k == n))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .chain(set.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?))));
+    let mut files: Vec<PathBuf> = vec![PathBuf::from("/etc/openmpi/openmpi-mca-params.conf")];
+    if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".openmpi/mca-params.conf"));
+    }
+    let texts: Vec<String> = files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect();
+    crate::pmix::openmpi_user_chose_pml(vars, &texts)
 }
 
 struct Active {
@@ -158,6 +181,10 @@ impl Daemon {
             cmd.env(k, v);
         }
         for (k, v) in crate::pmix::openmpi_env(&a.map, rank, a.lazy) {
+            cmd.env(k, v);
+        }
+        let user_chose = *self.pmix.user_chose_pml.get_or_insert_with(|| user_chose_pml(cmd));
+        for (k, v) in crate::pmix::openmpi_fabric_env(self.fabric.chosen(), user_chose) {
             cmd.env(k, v);
         }
         Ok(())
