@@ -175,6 +175,40 @@ fn tcp_jobs_name_ob1_unless_the_user_chose() {
     assert_eq!(run(&["--fabric", "off"], &[]), both("pml=unset mtl=unset"));
 }
 
+/// A SIGKILLed daemon cannot remove its PMIx directory (libpmix's shared-memory store and the
+/// topology): the next PMIx job on the node sweeps such leftovers, and leaves a directory alone
+/// while a daemon holds it.
+#[test]
+fn pmix_leftovers_of_killed_daemons_are_swept() {
+    use std::os::fd::AsRawFd;
+    let _serial = serial();
+    let Some(p) = ompi("mpi_hello") else { return };
+    let base = std::env::temp_dir();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let make = |name: String| {
+        let d = base.join(name);
+        std::fs::create_dir_all(d.join("pmix_dstor_ds21_1")).unwrap();
+        std::fs::write(d.join("hwloc.sm"), vec![0u8; 4096]).unwrap();
+        std::fs::File::open(&d).unwrap().set_modified(old).unwrap();
+        d
+    };
+    let dead = make(format!("rlaunch-pmix-rl-test{}dead-0", std::process::id()));
+    let held = make(format!("rlaunch-pmix-rl-test{}held-0", std::process::id()));
+    let lock = std::fs::File::open(&held).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let s = Scratch::new("ompi-sweep");
+    let o = s.run(args(2, &[&p]));
+    expect_clean_success(&o);
+    let gone = !dead.exists();
+    let kept = held.exists();
+    drop(lock);
+    let _ = std::fs::remove_dir_all(&held);
+    let _ = std::fs::remove_dir_all(&dead);
+    assert!(gone, "{} should have been swept", dead.display());
+    assert!(kept, "{} is locked (in use) and must stay", held.display());
+}
+
 #[test]
 fn auto_detects_open_mpi_and_explains_it() {
     let _serial = serial();

@@ -383,6 +383,58 @@ pub fn openmpi_user_chose_pml<'a>(vars: impl IntoIterator<Item = (&'a str, &'a s
     by_env || by_file
 }
 
+/// The per-job, per-node directory libpmix works in (rendezvous files, data store, topology).
+pub fn job_dir(base: &Path, job_id: &str, node: u32) -> PathBuf {
+    base.join(format!("{DIR_PREFIX}{job_id}-{node}"))
+}
+
+const DIR_PREFIX: &str = "rlaunch-pmix-";
+
+/// A PMIx directory older than this whose lock nobody holds is a leftover; the age keeps a sweep
+/// from racing a daemon between creating its directory and locking it.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Takes a shared `flock` on a job directory for as long as the returned handle lives: the
+/// daemon's claim that the directory is in use. The kernel drops it when the daemon dies, even by
+/// SIGKILL, which is what [`sweep_stale_dirs`] looks for.
+pub fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    flock(dir, libc::LOCK_SH)
+}
+
+fn flock(dir: &Path, how: libc::c_int) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: flock on a descriptor we own; the lock goes with `f`.
+    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Removes the PMIx directories in `base` that daemons killed without cleanup (SIGKILL) left:
+/// `rlaunch-pmix-*` older than `older_than` that no daemon holds locked. Another user's
+/// directories are skipped (no permission). Returns what was removed.
+pub fn sweep_stale_dirs(base: &Path, older_than: std::time::Duration) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(base) else { return removed };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(DIR_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= older_than);
+        if !old {
+            continue;
+        }
+        let path = e.path();
+        // Held by a live daemon: not ours to take.
+        let Ok(_lock) = flock(&path, libc::LOCK_EX) else { continue };
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// A fence contribution on the tree: key = the node, value = base64 of libpmix's blob (the
 /// tree's fence carries text pairs, see `crate::fence`).
 pub fn encode_blob(node: u32, data: &[u8]) -> (String, String) {
@@ -517,6 +569,35 @@ mod tests {
         let l = JobLayout::new("rl-1", &names, &[2, 2, 2], &m, 0);
         assert_eq!(l.hosting, vec![0]);
         assert_eq!(l.node_map_input(), "h");
+    }
+
+    #[test]
+    fn sweep_takes_old_unlocked_pmix_dirs_only() {
+        let base = std::env::temp_dir().join(format!("rlaunch-sweep-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        let make = |name: &str, aged: bool| {
+            let d = base.join(name);
+            std::fs::create_dir_all(d.join("pmix_dstor_ds21_1")).unwrap();
+            std::fs::write(d.join("hwloc.sm"), b"x").unwrap();
+            if aged {
+                std::fs::File::open(&d).unwrap().set_modified(old).unwrap();
+            }
+            d
+        };
+        let dead = make("rlaunch-pmix-rl-dead-0", true);
+        let live = make("rlaunch-pmix-rl-live-1", true);
+        let young = make("rlaunch-pmix-rl-young-0", false);
+        let other = make("someone-else", true);
+        let held = lock_dir(&live).unwrap();
+        let removed = sweep_stale_dirs(&base, STALE_AFTER);
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(!dead.exists() && live.exists() && young.exists() && other.exists());
+        drop(held);
+        assert_eq!(sweep_stale_dirs(&base, STALE_AFTER), vec![live.clone()], "lock released: a leftover now");
+        assert_eq!(job_dir(&base, "rl-x", 3), base.join("rlaunch-pmix-rl-x-3"));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

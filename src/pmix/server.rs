@@ -67,6 +67,8 @@ struct Active {
     layout: JobLayout,
     map: launchers::map::ProcMap,
     dir: PathBuf,
+    /// Held while `dir` is in use, so that other daemons' sweeps leave it alone.
+    _dir_lock: std::fs::File,
     lazy: bool,
 }
 
@@ -110,7 +112,10 @@ impl Daemon {
         let layout = JobLayout::new(&launch.job_id, &names, &slots, map, node);
         // Per job and node: libpmix puts its rendezvous files and shared-memory store here, so
         // two jobs (or two daemons of one job on one machine) never meet.
-        let dir = std::env::temp_dir().join(format!("rlaunch-pmix-{}-{node}", launch.job_id));
+        let base = std::env::temp_dir();
+        // What SIGKILLed daemons of earlier jobs left (their shared-memory store and topology).
+        crate::pmix::sweep_stale_dirs(&base, crate::pmix::STALE_AFTER);
+        let dir = crate::pmix::job_dir(&base, &launch.job_id, node);
         let _ = std::fs::remove_dir_all(&dir);
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -121,6 +126,7 @@ impl Daemon {
         }
         // Removed again if setup fails before `Active` owns it.
         let dir_guard = DirGuard(Some(dir.clone()));
+        let dir_lock = crate::pmix::lock_dir(&dir).with_context(|| format!("locking the PMIx directory {}", dir.display()))?;
         let (tx, rx) = mpsc::channel::<Upcall>();
         let waker = Arc::new(Waker::new(self.poll.registry(), PMIX_WAKE).context("creating the PMIx waker")?);
         let w = waker.clone();
@@ -150,7 +156,7 @@ impl Daemon {
         let children = crate::fence::participants(Some(node), self.boot.fanout, self.boot.nnodes, has_ranks);
         let engine = Engine::new(&launch.job_id, node, at, rank_node, children);
         let lazy = self.boot.flags & crate::pmi::BOOT_FLAG_PMI_LAZY != 0;
-        let active = Active { lib, engine, rx, _waker: waker, layout, map: map.clone(), dir: dir_guard.keep(), lazy };
+        let active = Active { lib, engine, rx, _waker: waker, layout, map: map.clone(), dir: dir_guard.keep(), _dir_lock: dir_lock, lazy };
         let info = job_info(&active).context("describing the job to libpmix")?;
         let nlocal = map.ranks_on(node).len() as u32;
         lib.register_nspace(&launch.job_id, nlocal, &info, REGISTER_WAIT).context("registering the job with libpmix")?;
