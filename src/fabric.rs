@@ -235,55 +235,28 @@ pub fn table_dir() -> PathBuf {
     }
 }
 
-/// A table older than this with no daemon holding its lock is a leftover. The age keeps a sweep
-/// from racing a daemon between its rename and its lock, which are microseconds apart.
-pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Takes a shared `flock` on a table for as long as the returned file lives: the daemon's claim
-/// that the table is in use. The kernel drops it when the daemon dies, even by SIGKILL.
-fn lock_table(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(f)
-}
-
 /// Removes tables (and half-written temporaries) that daemons killed without cleanup (SIGKILL,
 /// power loss of the job) left in `dir`: rlaunch files older than `older_than` whose lock nobody
 /// holds. Files of other users are skipped (the sticky /dev/shm refuses the unlink). Returns
 /// what was removed.
 pub fn sweep_stale_tables(dir: &Path, older_than: std::time::Duration) -> Vec<PathBuf> {
-    use std::os::fd::AsRawFd;
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return removed };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let table = name.ends_with(".tbl");
         let temp = name.contains(".tbl.tmp.");
-        if !name.starts_with("rlaunch-") || !(table || temp) {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= older_than);
-        if !old {
+        if !name.starts_with("rlaunch-") || !(table || temp) || !crate::claim::older_than(&e, older_than) {
             continue;
         }
         let path = e.path();
-        if table {
-            let Ok(f) = std::fs::File::open(&path) else { continue };
-            // SAFETY: flock on a descriptor we own; the lock goes with `f`.
-            let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-            if !free {
-                continue;
-            }
-        }
+        // A temporary has no lock: it is never renamed into place once this old.
+        let _claim = if table {
+            let Ok(c) = crate::claim::take_if_unheld(&path) else { continue };
+            Some(c)
+        } else {
+            None
+        };
         if std::fs::remove_file(&path).is_ok() {
             removed.push(path);
         }
@@ -485,7 +458,7 @@ impl NodeFabric {
         if self.discovered.is_none() {
             self.discovered = Some(Inventory::discover_system().map_err(|e| e.to_string()));
             // Tables of daemons that were killed would otherwise stay in memory until reboot.
-            sweep_stale_tables(&self.dir, STALE_AFTER);
+            sweep_stale_tables(&self.dir, crate::claim::STALE_AFTER);
         }
     }
 
@@ -657,7 +630,7 @@ impl NodeFabric {
                 .map_err(|e| format!("writing the endpoint table: {e}"))?;
             self.table = Some(path.clone());
             self.lock = Some(
-                lock_table(&path)
+                crate::claim::hold(&path)
                     .map_err(|e| format!("locking the endpoint table {}: {e}", path.display()))?,
             );
         }
@@ -1897,14 +1870,14 @@ mod tests {
         let live = mk("rlaunch-rl-live-0.tbl", Some(old));
         let young = mk("rlaunch-rl-young-0.tbl", None);
         let other = mk("other-file.tbl", Some(old));
-        let held = lock_table(&live).unwrap();
-        let mut removed = sweep_stale_tables(&dir, STALE_AFTER);
+        let held = crate::claim::hold(&live).unwrap();
+        let mut removed = sweep_stale_tables(&dir, crate::claim::STALE_AFTER);
         removed.sort();
         assert_eq!(removed, vec![dead.clone(), temp.clone()]);
         assert!(live.exists() && young.exists() && other.exists());
         // The daemon holding `live` dies: its lock goes with it, and the next sweep takes it.
         drop(held);
-        assert_eq!(sweep_stale_tables(&dir, STALE_AFTER), vec![live.clone()]);
+        assert_eq!(sweep_stale_tables(&dir, crate::claim::STALE_AFTER), vec![live.clone()]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

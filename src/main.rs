@@ -1,6 +1,7 @@
 //! rlaunch: the front end (`rlaunch [OPTIONS] PROGRAM ...`) and, in hidden mode, the per-node daemon
 //! (`rlaunch __daemon`). Both are one binary so that a node needs only one file installed.
 
+mod claim;
 mod cli;
 mod daemon;
 mod exitcode;

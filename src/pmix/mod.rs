@@ -390,44 +390,19 @@ pub fn job_dir(base: &Path, job_id: &str, node: u32) -> PathBuf {
 
 const DIR_PREFIX: &str = "rlaunch-pmix-";
 
-/// A PMIx directory older than this whose lock nobody holds is a leftover; the age keeps a sweep
-/// from racing a daemon between creating its directory and locking it.
-pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Takes a shared `flock` on a job directory for as long as the returned handle lives: the
-/// daemon's claim that the directory is in use. The kernel drops it when the daemon dies, even by
-/// SIGKILL, which is what [`sweep_stale_dirs`] looks for.
-pub fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
-    flock(dir, libc::LOCK_SH)
-}
-
-fn flock(dir: &Path, how: libc::c_int) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(dir)?;
-    // SAFETY: flock on a descriptor we own; the lock goes with `f`.
-    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(f)
-}
-
 /// Removes the PMIx directories in `base` that daemons killed without cleanup (SIGKILL) left:
-/// `rlaunch-pmix-*` older than `older_than` that no daemon holds locked. Another user's
-/// directories are skipped (no permission). Returns what was removed.
+/// `rlaunch-pmix-*` older than `older_than` that no daemon holds. Another user's directories are
+/// skipped (no permission). Returns what was removed.
 pub fn sweep_stale_dirs(base: &Path, older_than: std::time::Duration) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(base) else { return removed };
     for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(DIR_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= older_than);
-        if !old {
+        let ours = e.file_name().to_string_lossy().starts_with(DIR_PREFIX) && e.file_type().is_ok_and(|t| t.is_dir());
+        if !ours || !crate::claim::older_than(&e, older_than) {
             continue;
         }
         let path = e.path();
-        // Held by a live daemon: not ours to take.
-        let Ok(_lock) = flock(&path, libc::LOCK_EX) else { continue };
+        let Ok(_claim) = crate::claim::take_if_unheld(&path) else { continue };
         if std::fs::remove_dir_all(&path).is_ok() {
             removed.push(path);
         }
@@ -590,12 +565,12 @@ mod tests {
         let live = make("rlaunch-pmix-rl-live-1", true);
         let young = make("rlaunch-pmix-rl-young-0", false);
         let other = make("someone-else", true);
-        let held = lock_dir(&live).unwrap();
-        let removed = sweep_stale_dirs(&base, STALE_AFTER);
+        let held = crate::claim::hold(&live).unwrap();
+        let removed = sweep_stale_dirs(&base, crate::claim::STALE_AFTER);
         assert_eq!(removed, vec![dead.clone()]);
         assert!(!dead.exists() && live.exists() && young.exists() && other.exists());
         drop(held);
-        assert_eq!(sweep_stale_dirs(&base, STALE_AFTER), vec![live.clone()], "lock released: a leftover now");
+        assert_eq!(sweep_stale_dirs(&base, crate::claim::STALE_AFTER), vec![live.clone()], "lock released: a leftover now");
         assert_eq!(job_dir(&base, "rl-x", 3), base.join("rlaunch-pmix-rl-x-3"));
         std::fs::remove_dir_all(&base).unwrap();
     }

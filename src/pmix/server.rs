@@ -114,7 +114,7 @@ impl Daemon {
         // two jobs (or two daemons of one job on one machine) never meet.
         let base = std::env::temp_dir();
         // What SIGKILLed daemons of earlier jobs left (their shared-memory store and topology).
-        crate::pmix::sweep_stale_dirs(&base, crate::pmix::STALE_AFTER);
+        crate::pmix::sweep_stale_dirs(&base, crate::claim::STALE_AFTER);
         let dir = crate::pmix::job_dir(&base, &launch.job_id, node);
         let _ = std::fs::remove_dir_all(&dir);
         {
@@ -126,7 +126,7 @@ impl Daemon {
         }
         // Removed again if setup fails before `Active` owns it.
         let dir_guard = DirGuard(Some(dir.clone()));
-        let dir_lock = crate::pmix::lock_dir(&dir).with_context(|| format!("locking the PMIx directory {}", dir.display()))?;
+        let dir_lock = crate::claim::hold(&dir).with_context(|| format!("locking the PMIx directory {}", dir.display()))?;
         let (tx, rx) = mpsc::channel::<Upcall>();
         let waker = Arc::new(Waker::new(self.poll.registry(), PMIX_WAKE).context("creating the PMIx waker")?);
         let w = waker.clone();
