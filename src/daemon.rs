@@ -340,10 +340,8 @@ impl Daemon {
             for ev in events.iter() {
                 match ev.token() {
                     PARENT => {
-                        if ev.is_writable() {
-                            if self.parent.flush().is_err() {
-                                self.parent_lost();
-                            }
+                        if ev.is_writable() && self.parent.flush().is_err() {
+                            self.parent_lost();
                         }
                         if ev.is_readable() {
                             self.read_parent();

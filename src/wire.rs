@@ -251,7 +251,7 @@ mod node_runs {
         runs
     }
 
-    pub fn serialize<S: Serializer>(nodes: &Vec<NodeEntry>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(nodes: &[NodeEntry], s: S) -> Result<S::Ok, S::Error> {
         compress(nodes).serialize(s)
     }
 
