@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{Output, Scratch};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use common::mpi::{self, expect_clean_success, expect_one_rank_line, parse_rank_line, rlaunch_lines, serial};
+use common::Scratch;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -26,49 +26,15 @@ struct Built {
     pmi_missing: Option<String>,
 }
 
-fn sources() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
-}
-
-/// Compiles into a temporary name and renames, so concurrent test runs never see half a binary.
-fn compile(compiler: &str, dir: &Path, name: &str) -> Result<(), String> {
-    let src = sources().join(format!("{name}.c"));
-    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-    let out = Command::new(compiler)
-        .args(["-O1", "-o"])
-        .arg(&tmp)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("{compiler} not runnable: {e} (install mpich and libmpich-dev: scripts/install-deps)"))?;
-    if !out.status.success() {
-        return Err(format!("{compiler} {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr)));
-    }
-    std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))
-}
-
 fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mpich-programs");
-        std::fs::create_dir_all(&dir).expect("creating the program dir");
-        let mut mpi_missing = None;
-        for p in MPI_PROGRAMS {
-            if let Err(e) = compile("mpicc.mpich", &dir, p) {
-                mpi_missing = Some(e);
-                break;
-            }
-        }
+        let (dir, mpi_missing) = mpi::compile_all("mpicc.mpich", "mpich-programs", MPI_PROGRAMS, "install mpich and libmpich-dev");
         if mpi_missing.is_none() {
             // The second executable of the MPMD test: same program, another file.
             let _ = std::fs::copy(dir.join("mpi_appnum"), dir.join("mpi_appnum_b"));
         }
-        let mut pmi_missing = None;
-        for p in PMI_PROGRAMS {
-            if let Err(e) = compile("cc", &dir, p) {
-                pmi_missing = Some(e);
-                break;
-            }
-        }
+        let pmi_missing = PMI_PROGRAMS.iter().find_map(|p| mpi::compile("cc", &dir, p, "install gcc").err());
         Built { dir, mpi_missing, pmi_missing }
     })
 }
@@ -101,49 +67,10 @@ fn with(mut a: Vec<String>, more: &[&str]) -> Vec<String> {
     a
 }
 
-/// The lines rlaunch itself wrote to stderr.
-fn rlaunch_lines(o: &Output) -> Vec<String> {
-    o.stderr.lines().filter(|l| l.starts_with("rlaunch: ")).map(str::to_string).collect()
-}
-
-fn expect_clean_success(o: &Output) {
-    o.expect_code(0);
-    assert!(rlaunch_lines(o).is_empty(), "rlaunch complained about a good job:\n{o}");
-    assert!(!o.stderr.contains("FAIL"), "a program reported a failure:\n{o}");
-}
-
-/// `rlaunch: rank R (pid P on HOST) REST` → (R, P, HOST, REST).
-fn parse_rank_line(line: &str) -> Option<(u32, u32, String, String)> {
-    let rest = line.strip_prefix("rlaunch: ")?;
-    let rest = rest.strip_prefix("PMI protocol error from ").unwrap_or(rest);
-    let rest = rest.strip_prefix("rank ")?;
-    let (rank, rest) = rest.split_once(" (pid ")?;
-    let (pid, rest) = rest.split_once(" on ")?;
-    let (host, rest) = rest.split_once(')')?;
-    Some((rank.parse().ok()?, pid.parse().ok()?, host.to_string(), rest.trim_start_matches([':', ' ']).to_string()))
-}
-
-/// Exactly one line from rlaunch, about `rank`, with a real pid, containing `needle`.
-fn expect_one_rank_line(o: &Output, rank: u32, needle: &str) {
-    let lines = rlaunch_lines(o);
-    assert_eq!(lines.len(), 1, "expected one line from rlaunch:\n{o}");
-    let (r, pid, _host, rest) = parse_rank_line(&lines[0]).unwrap_or_else(|| panic!("not a rank line: {:?}\n{o}", lines[0]));
-    assert_eq!(r, rank, "the line names the wrong rank:\n{o}");
-    assert!(pid > 0, "the line has no pid:\n{o}");
-    assert!(rest.contains(needle), "the line should say {needle:?}:\n{o}");
-}
-
 const SIZES: [u32; 3] = [1, 4, 16];
 
 // ---------------------------------------------------------------------------------------------
 // One node
-
-/// MPI ranks busy-poll: two MPI jobs of this file at once on a 2-core machine starve each other
-/// into timeouts inside MPI_Init (seen as "PML add procs failed"). The tests here run one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[test]
 fn hello_every_rank_once_with_the_right_identity() {
@@ -426,16 +353,8 @@ fn pmi2_and_mpich_across_local_daemons() {
 // The namespace cluster: 8 nodes × 4 ranks, through the launch agent.
 
 fn cluster() -> Option<Vec<String>> {
-    if std::env::var_os("RLAUNCH_CLUSTER_STATE").is_none() {
-        eprintln!("SKIP: RLAUNCH_CLUSTER_STATE is unset (start a cluster with scripts/cluster up 8 and source its env file)");
-        return None;
-    }
-    let hosts = Path::new("/run/rlaunch-cluster/hosts");
-    if !hosts.exists() {
-        eprintln!("SKIP: {} does not exist; the cluster is not up", hosts.display());
-        return None;
-    }
-    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node-exec");
+    let hosts = mpi::cluster_hosts()?;
+    let agent = mpi::node_exec();
     // The scratch dir is under /tmp, which is private to each node: the ranks run in the shared
     // target dir instead.
     let wdir = env!("CARGO_TARGET_TMPDIR");

@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::{Output, Scratch};
+use common::mpi::{self, expect_clean_success, expect_one_rank_line, rlaunch_lines, serial};
+use common::Scratch;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -23,28 +23,10 @@ struct Built {
     missing: Option<String>,
 }
 
-fn compile(compiler: &str, dir: &Path, name: &str) -> Result<(), String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(format!("{name}.c"));
-    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-    let out = Command::new(compiler)
-        .args(["-O1", "-o"])
-        .arg(&tmp)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("{compiler} not runnable: {e} (install openmpi-bin and libopenmpi-dev: scripts/install-deps)"))?;
-    if !out.status.success() {
-        return Err(format!("{compiler} {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr)));
-    }
-    // Renamed into place so concurrent runs never see half a binary.
-    std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))
-}
-
 fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openmpi-programs");
-        std::fs::create_dir_all(&dir).expect("creating the program dir");
-        let missing = PROGRAMS.iter().find_map(|p| compile("mpicc.openmpi", &dir, p).err());
+        let (dir, missing) = mpi::compile_all("mpicc.openmpi", "openmpi-programs", PROGRAMS, "install openmpi-bin and libopenmpi-dev");
         Built { dir, missing }
     })
 }
@@ -67,33 +49,8 @@ fn args(n: u32, extra: &[&str]) -> Vec<String> {
     a
 }
 
-fn rlaunch_lines(o: &Output) -> Vec<String> {
-    o.stderr.lines().filter(|l| l.starts_with("rlaunch: ")).map(str::to_string).collect()
-}
-
-fn expect_clean_success(o: &Output) {
-    o.expect_code(0);
-    assert!(rlaunch_lines(o).is_empty(), "rlaunch complained about a good job:\n{o}");
-    assert!(!o.stderr.contains("FAIL"), "a program reported a failure:\n{o}");
-}
-
-/// Exactly one line from rlaunch, naming `rank` and containing `needle`.
-fn expect_one_rank_line(o: &Output, rank: u32, needle: &str) {
-    let lines = rlaunch_lines(o);
-    assert_eq!(lines.len(), 1, "expected one line from rlaunch:\n{o}");
-    assert!(lines[0].starts_with(&format!("rlaunch: rank {rank} (pid ")), "the line should name rank {rank}:\n{o}");
-    assert!(lines[0].contains(needle), "the line should say {needle:?}:\n{o}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // One node
-
-/// MPI ranks busy-poll: two MPI jobs of this file at once on a 2-core machine starve each other
-/// into timeouts inside MPI_Init (seen as "PML add procs failed"). The tests here run one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[test]
 fn hello_every_rank_once_with_the_right_identity() {
@@ -355,7 +312,7 @@ fn mpich_and_open_mpi_programs_side_by_side() {
     let Some(o_prog) = ompi("mpi_allreduce") else { return };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openmpi-side-mpich");
     std::fs::create_dir_all(&dir).unwrap();
-    if let Err(e) = compile("mpicc.mpich", &dir, "mpi_allreduce") {
+    if let Err(e) = mpi::compile("mpicc.mpich", &dir, "mpi_allreduce", "install mpich and libmpich-dev") {
         eprintln!("SKIP (MPICH half): {e}");
         return;
     }
@@ -398,16 +355,9 @@ fn without_libpmix_only_open_mpi_jobs_fail_with_one_line() {
 // The namespace cluster: 8 nodes × 4 ranks, through the launch agent.
 
 fn cluster() -> Option<Vec<String>> {
-    if std::env::var_os("RLAUNCH_CLUSTER_STATE").is_none() {
-        eprintln!("SKIP: RLAUNCH_CLUSTER_STATE is unset (start a cluster with scripts/cluster up 8 and source its env file)");
-        return None;
-    }
-    let hosts = Path::new("/run/rlaunch-cluster/hosts");
-    if !hosts.exists() {
-        eprintln!("SKIP: {} does not exist; the cluster is not up", hosts.display());
-        return None;
-    }
-    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node-exec");
+    let hosts = mpi::cluster_hosts()?;
+    let hosts = hosts.as_path();
+    let agent = mpi::node_exec();
     // /tmp is private to each node: the ranks run in the shared target dir.
     let wdir = env!("CARGO_TARGET_TMPDIR");
     let hf = s_tmp_hostfile(hosts);

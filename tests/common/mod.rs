@@ -7,6 +7,8 @@
 //! which test even when the tests run in parallel.
 #![allow(dead_code)]
 
+pub mod mpi;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
