@@ -80,12 +80,7 @@ fn hello_every_rank_once_with_the_right_identity() {
     for n in SIZES {
         let s = Scratch::new("hello");
         let o = s.run(with(np(n), &[&p]));
-        expect_clean_success(&o);
-        let mut got: Vec<&str> = o.stdout_lines();
-        got.sort();
-        let mut want: Vec<String> = (0..n).map(|r| format!("hello from rank {r} of {n} on {host}")).collect();
-        want.sort();
-        assert_eq!(got, want, "n={n}:\n{o}");
+        mpi::expect_hellos(&o, n, &host);
     }
 }
 

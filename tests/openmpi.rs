@@ -60,12 +60,7 @@ fn hello_every_rank_once_with_the_right_identity() {
     for n in SIZES {
         let s = Scratch::new("ompi-hello");
         let o = s.run(args(n, &[&p]));
-        expect_clean_success(&o);
-        let mut got: Vec<&str> = o.stdout_lines();
-        got.sort();
-        let mut want: Vec<String> = (0..n).map(|r| format!("hello from rank {r} of {n} on {host}")).collect();
-        want.sort();
-        assert_eq!(got, want, "n={n}:\n{o}");
+        mpi::expect_hellos(&o, n, &host);
     }
 }
 

@@ -51,6 +51,17 @@ pub fn expect_clean_success(o: &Output) {
     assert!(!o.stderr.contains("FAIL"), "a program reported a failure:\n{o}");
 }
 
+/// A clean job of tests/programs/mpi_hello.c: every rank said hello once, with the right rank,
+/// size and host.
+pub fn expect_hellos(o: &Output, n: u32, host: &str) {
+    expect_clean_success(o);
+    let mut got: Vec<&str> = o.stdout_lines();
+    got.sort();
+    let mut want: Vec<String> = (0..n).map(|r| format!("hello from rank {r} of {n} on {host}")).collect();
+    want.sort();
+    assert_eq!(got, want, "n={n}:\n{o}");
+}
+
 /// `rlaunch: rank R (pid P on HOST) REST` → (R, P, HOST, REST).
 pub fn parse_rank_line(line: &str) -> Option<(u32, u32, String, String)> {
     let rest = line.strip_prefix("rlaunch: ")?;
