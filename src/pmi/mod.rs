@@ -1066,6 +1066,25 @@ mod tests {
         }
     }
 
+    /// Everything the actions send, as text (the PMI-1 and PMI-2 engine tests).
+    pub(crate) fn text(actions: &[Action]) -> String {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { bytes, .. } => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(crate) fn has_error(actions: &[Action], needle: &str) -> bool {
+        actions.iter().any(|a| matches!(a, Action::ProtocolError { message, .. } if message.contains(needle)))
+    }
+
+    pub(crate) fn has_warning(actions: &[Action], needle: &str) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Warning { message, .. } if message.contains(needle)))
+    }
+
     fn sends(actions: &[Action]) -> Vec<(ConnId, String)> {
         actions
             .iter()

@@ -546,33 +546,11 @@ fn mcmd_line(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::job;
+    use super::super::tests::{has_error, has_warning, job, text};
     use super::*;
 
     fn run(srv: &mut PmiServer, conn: ConnId, input: &str) -> Vec<Action> {
         srv.input(conn, input.as_bytes())
-    }
-
-    fn text(actions: &[Action]) -> String {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Send { bytes, .. } => Some(String::from_utf8_lossy(bytes).into_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn has_error(actions: &[Action], needle: &str) -> bool {
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::ProtocolError { message, .. } if message.contains(needle)))
-    }
-
-    fn has_warning(actions: &[Action], needle: &str) -> bool {
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::Warning { message, .. } if message.contains(needle)))
     }
 
     fn server() -> PmiServer {

@@ -453,7 +453,7 @@ pub(super) fn found_reply(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::job;
+    use super::super::tests::{has_error, has_warning, job, text};
     use super::*;
     use proptest::prelude::*;
 
@@ -466,28 +466,6 @@ mod tests {
 
     fn reply(body: &str) -> String {
         format!("{:>6}{body}", body.len())
-    }
-
-    fn text(actions: &[Action]) -> String {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Send { bytes, .. } => Some(String::from_utf8_lossy(bytes).into_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn has_error(actions: &[Action], needle: &str) -> bool {
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::ProtocolError { message, .. } if message.contains(needle)))
-    }
-
-    fn has_warning(actions: &[Action], needle: &str) -> bool {
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::Warning { message, .. } if message.contains(needle)))
     }
 
     /// Two local ranks, both through init + fullinit.
