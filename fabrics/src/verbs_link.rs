@@ -228,6 +228,31 @@ fn err(peer: u32, why: impl Into<String>) -> TransportError {
 }
 
 impl Api {
+    /// `ibv_modify_qp` into `state` (for the message) with the attributes in `attr` and `mask`.
+    ///
+    /// # Safety
+    /// `qp` is a live queue pair of this library.
+    unsafe fn modify_qp_to(
+        &self,
+        qp: *mut c_void,
+        attr: &mut [u8; QP_ATTR_SIZE],
+        mask: c_int,
+        peer: u32,
+        state: &str,
+    ) -> Result<(), TransportError> {
+        // SAFETY: the caller's qp; `attr` has the size of struct ibv_qp_attr.
+        if unsafe { (self.modify_qp)(qp, attr.as_mut_ptr(), mask) } != 0 {
+            return Err(err(
+                peer,
+                format!(
+                    "ibv_modify_qp to {state} failed: {}",
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn load() -> Result<Api, TransportError> {
         let name = crate::verbs::LIBIBVERBS;
         // SAFETY: as in verbs::Verbs::load.
@@ -460,9 +485,7 @@ impl VerbsLink {
                 put(&mut a, QP_ATTR_PORT_NUM, self.cfg.port);
                 put(&mut a, QP_ATTR_QP_ACCESS_FLAGS, 0u32);
                 let mask = QP_STATE | QP_PKEY_INDEX | QP_PORT | QP_ACCESS_FLAGS;
-                if (self.api.modify_qp)(qp, a.as_mut_ptr(), mask) != 0 {
-                    return Err(err(peer, "ibv_modify_qp to INIT failed"));
-                }
+                self.api.modify_qp_to(qp, &mut a, mask, peer, "INIT")?;
                 for slot in 0..self.cfg.recv_depth {
                     self.post_recv_slot(pi, peer, slot)?;
                 }
@@ -553,16 +576,8 @@ impl VerbsLink {
                 | QP_RQ_PSN
                 | QP_MAX_DEST_RD_ATOMIC
                 | QP_MIN_RNR_TIMER;
-            // SAFETY: qp is live; `a` has the size of struct ibv_qp_attr.
-            if unsafe { (self.api.modify_qp)(qp, a.as_mut_ptr(), mask) } != 0 {
-                return Err(err(
-                    peer,
-                    format!(
-                        "ibv_modify_qp to RTR failed: {}",
-                        std::io::Error::last_os_error()
-                    ),
-                ));
-            }
+            // SAFETY: qp is live.
+            unsafe { self.api.modify_qp_to(qp, &mut a, mask, peer, "RTR")? };
             let mut a = [0u8; QP_ATTR_SIZE];
             put(&mut a, QP_ATTR_QP_STATE, QPS_RTS);
             put(&mut a, QP_ATTR_TIMEOUT, 14u8);
@@ -577,15 +592,7 @@ impl VerbsLink {
                 | QP_SQ_PSN
                 | QP_MAX_QP_RD_ATOMIC;
             // SAFETY: as above.
-            if unsafe { (self.api.modify_qp)(qp, a.as_mut_ptr(), mask) } != 0 {
-                return Err(err(
-                    peer,
-                    format!(
-                        "ibv_modify_qp to RTS failed: {}",
-                        std::io::Error::last_os_error()
-                    ),
-                ));
-            }
+            unsafe { self.api.modify_qp_to(qp, &mut a, mask, peer, "RTS")? };
         }
         Ok(())
     }
