@@ -13,27 +13,9 @@ CLUSTER=$ROOT/scripts/cluster
 NODE_EXEC=$ROOT/scripts/node-exec
 VIEW=/run/rlaunch-cluster
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "selftest: needs root for network namespaces; skipped" >&2
-    exit 77
-fi
-for tool in ip ssh sshd nsenter unshare setpriv; do
-    command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin
-    command -v "$tool" >/dev/null || { echo "selftest: $tool missing; run scripts/install-deps" >&2; exit 1; }
-done
-
-pass=0
-failed=0
-ok() { pass=$((pass + 1)); printf 'ok   %s\n' "$1"; }
-bad() { failed=$((failed + 1)); printf 'FAIL %s\n' "$1"; [ -z "${2:-}" ] || printf '     %s\n' "$2"; }
-check() { # description, command...
-    local what=$1 out
-    shift
-    if out=$("$@" 2>&1); then ok "$what"; else bad "$what" "$(printf '%s' "$out" | tail -n 5 | tr '\n' ' ')"; fi
-}
-eq() { # description, expected, actual
-    if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "expected [$2], got [$3]"; fi
-}
+# shellcheck source=tests/selftest-lib.sh
+. "$ROOT/tests/selftest-lib.sh"
+selftest_need selftest ip ssh sshd nsenter unshare setpriv
 
 STATE=$(mktemp -d /tmp/rlaunch-selftest.XXXXXX)
 SSH=(ssh -F "$STATE/ssh_config")

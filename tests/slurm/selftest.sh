@@ -17,32 +17,10 @@ CLUSTER=$ROOT/scripts/cluster
 SLURM=$ROOT/scripts/slurm-cluster
 VIEW=/run/rlaunch-cluster
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "slurm selftest: needs root (namespaces, munged, slurmctld); skipped" >&2
-    exit 77
-fi
-for tool in slurmctld slurmd munged sbatch srun salloc scancel squeue sinfo ip ss; do
-    command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin
-    command -v "$tool" >/dev/null || { echo "slurm selftest: $tool missing; run scripts/install-deps" >&2; exit 1; }
-done
+# shellcheck source=tests/selftest-lib.sh
+. "$ROOT/tests/selftest-lib.sh"
+selftest_need "slurm selftest" slurmctld slurmd munged sbatch srun salloc scancel squeue sinfo ip ss
 
-pass=0
-failed=0
-ok() { pass=$((pass + 1)); printf 'ok   %s\n' "$1"; }
-bad() { failed=$((failed + 1)); printf 'FAIL %s\n' "$1"; [ -z "${2:-}" ] || printf '     %s\n' "$2"; }
-check() { # description, command...
-    local what=$1 out
-    shift
-    if out=$("$@" 2>&1); then ok "$what"; else bad "$what" "$(printf '%s' "$out" | tail -n 5 | tr '\n' ' ')"; fi
-}
-refuse() { # description, command... : must fail
-    local what=$1 out
-    shift
-    if out=$("$@" 2>&1); then bad "$what" "succeeded: $(printf '%s' "$out" | tail -n 3 | tr '\n' ' ')"; else ok "$what"; fi
-}
-eq() { # description, expected, actual
-    if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "expected [$2], got [$3]"; fi
-}
 summary() {
     printf '%s passed, %s failed\n' "$pass" "$failed"
     [ "$failed" -eq 0 ]
