@@ -64,6 +64,23 @@ macro_rules! every_shape {
             }
         }
     };
+    // A case that takes how daemons start, too: `every_shape!(name, case, Agent)`.
+    ($name:ident, $case:ident, $via:ident) => {
+        mod $name {
+            #[test]
+            fn fanout_32() {
+                super::$case(concat!(stringify!($name), "::fanout_32"), super::Via::$via, super::Shape::Flat)
+            }
+            #[test]
+            fn fanout_2() {
+                super::$case(concat!(stringify!($name), "::fanout_2"), super::Via::$via, super::Shape::Fanout2)
+            }
+            #[test]
+            fn fanout_2_tree_spawn() {
+                super::$case(concat!(stringify!($name), "::fanout_2_tree_spawn"), super::Via::$via, super::Shape::Fanout2TreeSpawn)
+            }
+        }
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,14 +165,8 @@ fn hostname_8x4(test: &str, via: Via, shape: Shape) {
     s.assert_no_leftovers(Some(&c), CLEANUP);
 }
 
-fn hostname_agent(test: &str, shape: Shape) {
-    hostname_8x4(test, Via::Agent, shape)
-}
-fn hostname_ssh(test: &str, shape: Shape) {
-    hostname_8x4(test, Via::Ssh, shape)
-}
-every_shape!(hostname_8x4_agent, hostname_agent);
-every_shape!(hostname_8x4_ssh, hostname_ssh);
+every_shape!(hostname_8x4_agent, hostname_8x4, Agent);
+every_shape!(hostname_8x4_ssh, hostname_8x4, Ssh);
 
 /// `--map-by node` deals ranks out one node at a time; `--rank-by node` also numbers them so.
 /// Each rank says where it really ran, which checks the map every daemon computed on its own
@@ -457,14 +468,8 @@ fn kill_front_end(test: &str, via: Via, shape: Shape) {
     let o = j.wait_within(Duration::from_secs(10));
     assert_eq!(o.signal, Some(libc::SIGKILL), "{o}");
 }
-fn kill_front_end_agent(test: &str, shape: Shape) {
-    kill_front_end(test, Via::Agent, shape)
-}
-fn kill_front_end_ssh(test: &str, shape: Shape) {
-    kill_front_end(test, Via::Ssh, shape)
-}
-every_shape!(kill_9_of_the_front_end_agent, kill_front_end_agent);
-every_shape!(kill_9_of_the_front_end_ssh, kill_front_end_ssh);
+every_shape!(kill_9_of_the_front_end_agent, kill_front_end, Agent);
+every_shape!(kill_9_of_the_front_end_ssh, kill_front_end, Ssh);
 
 /// A node at an unused cluster address does not answer: with a short --launch-timeout the job
 /// fails fast, naming it, and leaves nothing on the nodes that did start.
@@ -507,14 +512,8 @@ fn daemon_missing(test: &str, via: Via, shape: Shape) {
     }
     s.assert_no_leftovers(Some(&c), CLEANUP);
 }
-fn daemon_missing_agent(test: &str, shape: Shape) {
-    daemon_missing(test, Via::Agent, shape)
-}
-fn daemon_missing_ssh(test: &str, shape: Shape) {
-    daemon_missing(test, Via::Ssh, shape)
-}
-every_shape!(daemon_missing_agent_names_the_node, daemon_missing_agent);
-every_shape!(daemon_missing_ssh_names_the_node, daemon_missing_ssh);
+every_shape!(daemon_missing_agent_names_the_node, daemon_missing, Agent);
+every_shape!(daemon_missing_ssh_names_the_node, daemon_missing, Ssh);
 
 // ---------------------------------------------------------------------------------------------
 // Input errors and --dry-run: nothing is started, so no cluster is needed.
