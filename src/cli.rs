@@ -4,7 +4,7 @@
 //! Parsing happens in two steps, as in ripgrep: [`parse`] only looks at the words (no I/O), and
 //! [`resolve`] checks them against the system (programs, directories, CPU count).
 
-use crate::wire::{AppContext, StdinTarget};
+use crate::spec::{AppContext, StdinTarget};
 use anyhow::Result;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;

@@ -9,7 +9,8 @@ use crate::link::{flush_blocking, Link};
 use crate::output::LineBuffer;
 use crate::sig::SignalPipe;
 use crate::tree;
-use crate::wire::{Bootstrap, Dir, Launch, Msg, RankStatus, StdinTarget, Stream};
+use crate::spec::{RankStatus, StdinTarget};
+use crate::wire::{Bootstrap, Dir, Launch, Msg, NodeFault, Stream};
 use anyhow::{anyhow, bail, Context, Result};
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token};
@@ -568,12 +569,11 @@ impl Daemon {
                 nnodes: self.boot.nnodes,
                 fanout: self.boot.fanout,
                 job_id: self.boot.job_id.clone(),
-                flags: self.boot.flags,
             };
             match launchers::start::start(&starter, &node, &daemon_path, &boot.to_line()) {
                 Ok(p) => self.spawned.push((child, p)),
                 Err(e) => {
-                    self.parent.send(&Msg::NodeError { node: child, message: format!("cannot launch: {e}") });
+                    self.parent.send(&Msg::NodeFailed { node: child, fault: NodeFault::LaunchFailed(e.to_string()) });
                 }
             }
         }
@@ -607,24 +607,24 @@ impl Daemon {
         });
         for (node, code, err) in failed {
             let what = if err.is_empty() { String::new() } else { format!(": {err}") };
-            self.parent.send(&Msg::NodeError { node, message: format!("cannot launch: daemon exited early with status {code}{what}") });
+            self.parent.send(&Msg::NodeFailed { node, fault: NodeFault::LaunchFailed(format!("daemon exited early with status {code}{what}")) });
         }
     }
 
     fn node_error(&mut self, message: String) {
         let node = self.boot.node;
-        self.parent.send(&Msg::NodeError { node, message });
+        self.parent.send(&Msg::NodeFailed { node, fault: NodeFault::Internal(message) });
     }
 
     fn start_ranks(&mut self) -> Result<()> {
         let launch = self.launch.clone().expect("launch present");
-        let map = compute_map(&launch).map_err(|e| anyhow!("computing the process map: {e}"))?;
+        let map = crate::job::compute_map(&launch).map_err(|e| anyhow!("computing the process map: {e}"))?;
         self.map = Some(map.clone());
         // One interface per job: PMIx ranks get no PMI socket or variables, and the reverse.
         if self.pmix_job() {
             self.pmix_setup(&map, &launch)?;
         } else {
-            self.pmi_setup(&map, &launch.job_id)?;
+            self.pmi_setup(&map, &launch)?;
         }
         let node = self.boot.node;
         let local: Vec<u32> = map.ranks_on(node).to_vec();
@@ -1100,7 +1100,7 @@ impl Daemon {
                 let _ = self.poll.registry().deregister(&mut c.link.stream);
                 if let Some(node) = c.node {
                     if !self.shutdown {
-                        self.parent.send(&Msg::NodeError { node, message: format!("lost contact with the daemon of node {node} (connection closed)") });
+                        self.parent.send(&Msg::NodeFailed { node, fault: NodeFault::LinkLost });
                     }
                 }
             }
@@ -1119,10 +1119,4 @@ impl Daemon {
         flush_blocking(&mut self.parent, Duration::from_secs(2));
         crate::exitcode::SUCCESS
     }
-}
-
-pub fn compute_map(launch: &Launch) -> Result<launchers::map::ProcMap, launchers::map::MapError> {
-    let slots: Vec<(u32, Option<u32>)> = launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
-    let np: Vec<Option<u32>> = launch.apps.iter().map(|a| a.np).collect();
-    launchers::map::compute_map(&slots, &np, &launch.policy)
 }

@@ -30,79 +30,21 @@ use fabrics::discover::{
     GidType, IbDevice, IbPort, LinkLayer, NetIf, NodeType, OperState, PhysState, PortState,
 };
 use fabrics::endpoints::{
-    assign, reserve_port_base, reserve_port_base_in, AssignError, Fabric, FabricChoice, Nic,
+    assign, reserve_port_base, reserve_port_base_in, Fabric, FabricChoice, Nic,
     NicKind, DEFAULT_PORT_RANGE,
 };
 use fabrics::table::{table_path, EndpointTable, RankPlace, TableWriter};
 use fabrics::{Assignment, Inventory};
 use launchers::map::ProcMap;
-use serde::{Deserialize, Serialize};
 
+
+use crate::spec::{choice_name, FabricSpec, InventoryFormat};
 use crate::wire::Launch;
 
 /// Collectives of one job are told apart by epoch; this exchange happens once per job.
 const EPOCH: u64 = 1;
 /// The smallest port slice a node tests first: enough for small jobs, and 798 slices fit the range.
 const MIN_SLICE: u32 = 16;
-
-/// How `--inventory` prints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InventoryFormat {
-    Text,
-    Json,
-}
-
-/// The user's fabric request; travels in the launch message so every daemon applies the same rule.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FabricSpec {
-    /// `None` = `--fabric off`: no inventory exchange, no table, ranks start at once.
-    pub choice: Option<FabricChoice>,
-    /// `--nic`: exactly these NICs, in this order (empty = the documented default order).
-    pub nics: Vec<String>,
-    /// `--nic-env`: also set the variables UCX, NCCL and libfabric read.
-    pub nic_env: bool,
-    /// `--inventory`: gather and print, start no rank.
-    pub inventory: Option<InventoryFormat>,
-}
-
-impl Default for FabricSpec {
-    fn default() -> Self {
-        FabricSpec {
-            choice: Some(FabricChoice::Auto),
-            nics: Vec::new(),
-            nic_env: false,
-            inventory: None,
-        }
-    }
-}
-
-impl FabricSpec {
-    /// Whether the daemons exchange inventories at all.
-    pub fn gathers(&self) -> bool {
-        self.inventory.is_some() || self.choice.is_some()
-    }
-
-    /// The flag to blame in an assignment error, as the user typed it.
-    fn flag(&self, e: &AssignError) -> String {
-        match e {
-            AssignError::NoSuchNic { .. } | AssignError::NicUnusable { .. }
-                if !self.nics.is_empty() =>
-            {
-                format!("--nic {}", self.nics.join(","))
-            }
-            _ => format!("--fabric {}", choice_name(self.choice)),
-        }
-    }
-}
-
-fn choice_name(c: Option<FabricChoice>) -> &'static str {
-    match c {
-        None => "off",
-        Some(FabricChoice::Auto) => "auto",
-        Some(FabricChoice::Tcp) => "tcp",
-        Some(FabricChoice::Rdma) => "rdma",
-    }
-}
 
 pub fn fabric_name(f: Fabric) -> &'static str {
     match f {
@@ -166,8 +108,8 @@ pub fn spec_from_flags(
 
 /// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):
 /// `true` exists on every system and passes the program checks.
-pub fn inventory_apps(cwd: &Path) -> Vec<crate::wire::AppContext> {
-    vec![crate::wire::AppContext {
+pub fn inventory_apps(cwd: &Path) -> Vec<crate::spec::AppContext> {
+    vec![crate::spec::AppContext {
         argv: vec!["true".into()],
         env: Vec::new(),
         cwd: cwd.to_string_lossy().into_owned(),
@@ -505,7 +447,7 @@ impl NodeFabric {
                 ..Step::default()
             };
         }
-        let map = match crate::daemon::compute_map(launch) {
+        let map = match crate::job::compute_map(launch) {
             Ok(m) => m,
             Err(e) => return self.fail(format!("computing the process map: {e}")),
         };
@@ -1167,7 +1109,7 @@ pub fn render_json(names: &[String], invs: &[Inventory]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{AppContext, NodeEntry, StdinTarget};
+    use crate::spec::{AppContext, NodeEntry, PmiSpec, StdinTarget};
     use fabrics::discover::{Gid, GidEntry, NetAddr, Rate};
     use fabrics::table::TableReader;
     use proptest::prelude::*;
@@ -1283,6 +1225,7 @@ mod tests {
             env: Vec::new(),
             tree_spawn: None,
             fabric: spec,
+            pmi: PmiSpec::default(),
         }
     }
 
@@ -1307,7 +1250,7 @@ mod tests {
 
     impl Sim {
         fn new(l: &Launch, invs: Vec<Inventory>, dir: &Path) -> Sim {
-            let map = crate::daemon::compute_map(l).unwrap();
+            let map = crate::job::compute_map(l).unwrap();
             let n = invs.len() as u32;
             let names = (0..n).map(|i| format!("h{i}")).collect();
             let nodes = invs
@@ -1646,7 +1589,7 @@ mod tests {
             }
         );
         assert!(f.rank_env(0).is_empty() && !f.holds_ranks());
-        let map = crate::daemon::compute_map(&l).unwrap();
+        let map = crate::job::compute_map(&l).unwrap();
         let front = FrontGather::new(&l, &map, vec!["a".into(), "b".into()]);
         assert!(!front.waiting());
         assert_eq!(front.report_fabric(), serde_json::Value::Null);
@@ -1655,7 +1598,7 @@ mod tests {
     #[test]
     fn garbage_and_strangers_are_errors_not_panics() {
         let l = launch(3, 1, 2, FabricSpec::default(), "rl-garbage");
-        let map = crate::daemon::compute_map(&l).unwrap();
+        let map = crate::job::compute_map(&l).unwrap();
         let mut front = FrontGather::new(&l, &map, vec!["a".into(), "b".into(), "c".into()]);
         let s = front.on_message(0, b"\xff\x00junk", 0.0);
         assert!(

@@ -8,7 +8,8 @@ use crate::link::{flush_blocking, Link};
 use crate::output::tag_lines;
 use crate::sig::{signal_name, SignalPipe};
 use crate::tree;
-use crate::wire::{self, Bootstrap, Dir, JobKey, Launch, Msg, RankStatus, StdinTarget, Stream};
+use crate::spec::{RankStatus, StdinTarget};
+use crate::wire::{self, Bootstrap, Dir, JobKey, Launch, Msg, NodeFault, Stream};
 use crate::exitcode;
 use anyhow::{Context, Result};
 use launchers::map::ProcMap;
@@ -62,8 +63,6 @@ pub struct Plan {
     pub loopback: bool,
     pub command_line: Vec<String>,
     pub t0: Instant,
-    /// `crate::pmi::BOOT_FLAG_*` bits, passed to every daemon in its bootstrap line.
-    pub pmi_flags: u32,
 }
 
 #[derive(Default)]
@@ -259,7 +258,6 @@ impl Frontend {
             nnodes: self.plan.nodes.len() as u32,
             fanout: self.plan.launch.fanout,
             job_id: self.plan.job_id.clone(),
-            flags: self.plan.pmi_flags,
         };
         match launchers::start::start_group(&self.plan.starter, &self.plan.nodes, &self.plan.daemon_path, &boot.to_line()) {
             Ok(mut p) => {
@@ -351,7 +349,6 @@ impl Frontend {
             nnodes: self.plan.nodes.len() as u32,
             fanout: self.plan.launch.fanout,
             job_id: self.plan.job_id.clone(),
-            flags: self.plan.pmi_flags,
         };
         let n = &self.plan.nodes[node as usize];
         match launchers::start::start(&self.plan.starter, n, &self.plan.daemon_path, &boot.to_line()) {
@@ -608,16 +605,21 @@ impl Frontend {
                     d.done = true;
                 }
             }
-            Msg::NodeError { node, message } => {
+            Msg::NodeFailed { node, fault } => {
                 let name = self.node_name(node);
-                if message.starts_with("lost contact") {
-                    self.subtree_lost(node, "connection closed, seen by its parent daemon");
-                } else if (node as usize) < self.daemons.len() && !self.daemons[node as usize].hello {
+                let joined = (node as usize) >= self.daemons.len() || self.daemons[node as usize].hello;
+                match fault {
+                    NodeFault::LinkLost => self.subtree_lost(node, "connection closed, seen by its parent daemon"),
                     // Raised by a tree-spawning parent: this node never joined.
-                    self.launch_failure(node, message.trim_start_matches("cannot launch: ").to_string());
-                } else {
-                    eprintln!("rlaunch: node {name}: {message}");
-                    self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED);
+                    NodeFault::LaunchFailed(why) | NodeFault::Internal(why) if !joined => self.launch_failure(node, why),
+                    NodeFault::LaunchFailed(why) => {
+                        eprintln!("rlaunch: node {name}: cannot launch: {why}");
+                        self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED);
+                    }
+                    NodeFault::Internal(why) => {
+                        eprintln!("rlaunch: node {name}: {why}");
+                        self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED);
+                    }
                 }
             }
             Msg::PmiReport { rank, node, kind, message } => self.pmi_report(rank, node, kind, message),

@@ -8,11 +8,15 @@ mod exitcode;
 mod fabric;
 mod fence;
 mod frontend;
+mod job;
 mod link;
+mod links;
 mod output;
 mod pmi;
 mod pmix;
 mod sig;
+mod spec;
+mod token;
 mod tree;
 mod wire;
 
@@ -61,7 +65,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     }
     let fabric_spec = fabric::spec_from_flags(&g.fabric, g.nic.as_deref(), g.nic_env, g.inventory, g.json).map_err(cli::UsageError::Msg)?;
     // --inventory starts no rank: nothing reads stdin.
-    let stdin = if g.inventory { wire::StdinTarget::None } else { cli::parse_stdin(&g.stdin)? };
+    let stdin = if g.inventory { spec::StdinTarget::None } else { cli::parse_stdin(&g.stdin)? };
     if !(g.launch_timeout.is_finite() && g.launch_timeout > 0.0) {
         return Err(cli::UsageError::Msg(format!("--launch-timeout {}: expected a positive number of seconds", g.launch_timeout)).into());
     }
@@ -95,7 +99,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     }
     let np: Vec<Option<u32>> = apps.iter().map(|a| a.np).collect();
     let map = launchers::map::compute_map_for_nodes(&nodes, &np, &policy).map_err(|e| cli::UsageError::Msg(e.to_string()))?;
-    if let wire::StdinTarget::Rank(r) = stdin {
+    if let spec::StdinTarget::Rank(r) = stdin {
         if r >= map.size() {
             return Err(cli::UsageError::Msg(format!("--stdin {r}: the job has only {} ranks (0-{})", map.size(), map.size() - 1)).into());
         }
@@ -124,7 +128,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         apps,
         nodes: nodes
             .iter()
-            .map(|n| wire::NodeEntry { name: n.name.clone(), user: n.user.clone(), slots: n.slots, max_slots: n.max_slots })
+            .map(|n| spec::NodeEntry { name: n.name.clone(), user: n.user.clone(), slots: n.slots, max_slots: n.max_slots })
             .collect(),
         policy,
         fanout: g.fanout,
@@ -134,6 +138,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         env: if local_only { Vec::new() } else { forwarded_env(std::env::vars()) },
         tree_spawn: tree_spawn(g.tree_spawn, &nodes_plan.starter),
         fabric: fabric_spec,
+        pmi: spec::PmiSpec { interface, port: g.pmi_port, lazy: g.pmi_lazy },
     };
     let daemon_path = match &g.daemon_path {
         Some(p) => p.clone(),
@@ -156,8 +161,6 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         loopback: local_only,
         command_line: args.clone(),
         t0,
-        pmi_flags: if g.pmi_port { pmi::BOOT_FLAG_PMI_PORT } else { 0 } | if g.pmi_lazy { pmi::BOOT_FLAG_PMI_LAZY } else { 0 }
-            | interface.boot_flag(),
     };
     frontend::run(plan)
 }
@@ -291,16 +294,16 @@ fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
 }
 
 /// What a daemon needs to start its children the way the front end would have.
-fn tree_spawn(wanted: bool, starter: &Starter) -> Option<wire::TreeSpawn> {
+fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
     if !wanted {
         return None;
     }
     match starter {
-        Starter::Local => Some(wire::TreeSpawn { agent: Vec::new(), ssh: None }),
-        Starter::Agent { argv } => Some(wire::TreeSpawn { agent: argv.clone(), ssh: None }),
-        Starter::Ssh(o) => Some(wire::TreeSpawn {
+        Starter::Local => Some(spec::TreeSpawn { agent: Vec::new(), ssh: None }),
+        Starter::Agent { argv } => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
+        Starter::Ssh(o) => Some(spec::TreeSpawn {
             agent: Vec::new(),
-            ssh: Some(wire::SshSpec {
+            ssh: Some(spec::SshSpec {
                 port: o.port,
                 identity: o.identity.as_ref().map(|p| p.to_string_lossy().into_owned()),
                 identities_only: o.identities_only,
@@ -355,7 +358,7 @@ fn fmt_ranges(ranks: &[u32]) -> String {
 }
 
 /// The `--dry-run` text: one line per node.
-fn describe_map(map: &ProcMap, nodes: &[Node], apps: &[wire::AppContext]) -> String {
+fn describe_map(map: &ProcMap, nodes: &[Node], apps: &[spec::AppContext]) -> String {
     let mut s = format!(
         "rlaunch: {} rank{} on {} node{}\n",
         map.size(),

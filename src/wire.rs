@@ -23,11 +23,14 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
+use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, RankStatus, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
+/// typed [`NodeFault`].
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -64,60 +67,10 @@ pub enum WireError {
     Decode(String),
 }
 
-/// Exit status of one rank as seen by its daemon.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RankStatus {
-    Exited(i32),
-    Signaled(i32),
-    /// The program could not be started at all (errno).
-    SpawnFailed(i32),
-}
-
-impl RankStatus {
-    pub fn is_success(self) -> bool {
-        matches!(self, RankStatus::Exited(0))
-    }
-    /// The shell convention: the exit code, or 128+N for signal N.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            RankStatus::Exited(c) => c,
-            RankStatus::Signaled(s) => 128 + s,
-            RankStatus::SpawnFailed(_) => crate::exitcode::USAGE,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Stream {
     Stdout,
     Stderr,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StdinTarget {
-    None,
-    All,
-    Rank(u32),
-}
-
-/// One MPMD application context. Only what is needed to start its ranks; never per-rank data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppContext {
-    pub argv: Vec<String>,
-    /// Environment changes for this context: `(name, Some(value))` sets, `(name, None)` unsets.
-    pub env: Vec<(String, Option<String>)>,
-    pub cwd: String,
-    /// Fixed width on the wire: 64 and 4096 ranks must cost the same bytes.
-    #[serde(with = "fixed_opt_u32")]
-    pub np: Option<u32>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeEntry {
-    pub name: String,
-    pub user: Option<String>,
-    pub slots: u32,
-    pub max_slots: Option<u32>,
 }
 
 /// The launch message: the application context only. Its size depends on the programs, environment
@@ -141,39 +94,9 @@ pub struct Launch {
     /// Set when daemons start their own children (tree spawn).
     pub tree_spawn: Option<TreeSpawn>,
     /// `--fabric`, `--nic`, `--nic-env`, `--inventory` (see `crate::fabric`).
-    pub fabric: crate::fabric::FabricSpec,
-}
-
-/// How a daemon starts its children in tree-spawn mode: the same launch agent the front end would
-/// use (empty = local fork/exec).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TreeSpawn {
-    pub agent: Vec<String>,
-    /// In-process ssh options when the daemons start their children over ssh.
-    pub ssh: Option<SshSpec>,
-}
-
-/// The ssh options a tree-spawning daemon needs (paths as seen on every node).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SshSpec {
-    pub port: u16,
-    pub identity: Option<String>,
-    pub identities_only: bool,
-    pub known_hosts: Option<String>,
-    pub connect_timeout_ms: u32,
-}
-
-/// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.
-mod fixed_opt_u32 {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
-        v.map(u32::to_le_bytes).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        Ok(Option::<[u8; 4]>::deserialize(d)?.map(u32::from_le_bytes))
-    }
+    pub fabric: FabricSpec,
+    /// `--mpi`, `--pmi-port`, `--pmi-lazy`: what the ranks' PMI or PMIx server does.
+    pub pmi: PmiSpec,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -336,8 +259,8 @@ pub enum Msg {
     RankExit { rank: u32, pid: u32, status: RankStatus },
     /// Daemon → up: every local rank exited and its output was sent.
     NodeDone { node: u32 },
-    /// Daemon → up: something went wrong on a node outside any rank (relayed as is).
-    NodeError { node: u32, message: String },
+    /// Daemon → up: something went wrong on `node` outside any rank (relayed as is).
+    NodeFailed { node: u32, fault: NodeFault },
     /// Front end → down: bytes for the stdin of the targeted rank(s). Empty data = EOF.
     Stdin { data: Vec<u8> },
     /// Front end → down: deliver this signal to every rank's process group.
@@ -381,6 +304,17 @@ pub enum Msg {
     /// The launch-time fabric exchange (`crate::fabric`): a `fabrics::collective::Message`, up
     /// (a subtree's node inventories, once) or down (every node's, once).
     Fabric { data: Vec<u8> },
+}
+
+/// Why a node failed ([`Msg::NodeFailed`]). The front end decides on the kind, never on the text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeFault {
+    /// The node's daemon could not be started, or ended before it joined (tree spawn): why.
+    LaunchFailed(String),
+    /// The link to the node's daemon broke; seen by its parent daemon.
+    LinkLost,
+    /// Something failed on the node outside any rank (PMI fence, fabric exchange, spawning).
+    Internal(String),
 }
 
 /// What a [`Msg::PmiReport`] is about.
@@ -535,19 +469,17 @@ pub struct Bootstrap {
     pub nnodes: u32,
     pub fanout: u32,
     pub job_id: String,
-    /// Bit flags; none defined yet (reserved so the line format need not change for them).
-    pub flags: u32,
 }
 
 impl Bootstrap {
-    pub const MAGIC: &'static str = "RLAUNCH-BOOT1";
+    pub const MAGIC: &'static str = "RLAUNCH-BOOT2";
     /// In `node`: the daemon does not know its node rank and asks the front end (rendezvous), which
     /// answers with [`Msg::Assign`]. Also the link id used until then.
     pub const ANY_NODE: u32 = u32::MAX;
 
     pub fn to_line(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {} {}\n",
+            "{} {} {} {} {} {} {}\n",
             Self::MAGIC,
             hex(&self.key),
             self.parent,
@@ -555,7 +487,6 @@ impl Bootstrap {
             self.nnodes,
             self.fanout,
             self.job_id,
-            self.flags
         )
     }
 
@@ -570,11 +501,10 @@ impl Bootstrap {
         let nnodes = it.next()?.parse().ok()?;
         let fanout = it.next()?.parse().ok()?;
         let job_id = it.next()?.to_string();
-        let flags = it.next()?.parse().ok()?;
         if it.next().is_some() {
             return None;
         }
-        Some(Bootstrap { key, parent, node, nnodes, fanout, job_id, flags })
+        Some(Bootstrap { key, parent, node, nnodes, fanout, job_id })
     }
 }
 
@@ -607,7 +537,8 @@ mod tests {
             kill_grace_ms: 2000,
             env: vec![("PATH".into(), Some("/bin".into()))],
             tree_spawn: None,
-            fabric: crate::fabric::FabricSpec::default(),
+            fabric: FabricSpec::default(),
+            pmi: PmiSpec::default(),
         }))
     }
 
@@ -694,9 +625,12 @@ mod tests {
 
     #[test]
     fn bootstrap_line_round_trips() {
-        let b = Bootstrap { key: key(0xab), parent: "10.0.0.1:4000".into(), node: 7, nnodes: 9, fanout: 2, job_id: "rl-x".into(), flags: 1 };
+        let b = Bootstrap { key: key(0xab), parent: "10.0.0.1:4000".into(), node: 7, nnodes: 9, fanout: 2, job_id: "rl-x".into() };
         assert_eq!(Bootstrap::parse(&b.to_line()), Some(b));
-        assert_eq!(Bootstrap::parse("RLAUNCH-BOOT1 zz 1:2 0 1 2 j 0"), None);
+        assert_eq!(Bootstrap::parse("RLAUNCH-BOOT2 zz 1:2 0 1 2 j"), None);
+        // An older rlaunch's line (with flags) is refused, not misread.
+        let old = format!("RLAUNCH-BOOT1 {} 1:2 0 1 2 j 0", hex(&key(1)));
+        assert_eq!(Bootstrap::parse(&old), None);
         assert_eq!(Bootstrap::parse("garbage"), None);
     }
 

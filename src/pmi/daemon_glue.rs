@@ -5,7 +5,7 @@
 use super::Daemon;
 use crate::fence::Fence;
 use crate::pmi::host::{Mode, PmiHost, Prepared};
-use crate::pmi::{Action, JobInfo, BOOT_FLAG_PMI_LAZY as FLAG_PMI_LAZY, BOOT_FLAG_PMI_PORT as FLAG_PMI_PORT};
+use crate::pmi::{Action, JobInfo};
 use crate::wire::{Msg, PmiReportKind};
 use anyhow::{Context, Result};
 
@@ -43,13 +43,14 @@ fn ensure_fd_room(local_ranks: usize) {
 
 impl Daemon {
     /// Before the first rank starts: the engine for this node's ranks and the fence vertex.
-    pub(super) fn pmi_setup(&mut self, map: &launchers::map::ProcMap, job_id: &str) -> Result<()> {
+    pub(super) fn pmi_setup(&mut self, map: &launchers::map::ProcMap, launch: &crate::wire::Launch) -> Result<()> {
+        let job_id = &launch.job_id;
         let node = self.boot.node;
         ensure_fd_room(map.ranks_on(node).len());
         let job = JobInfo::from_map(job_id, map, node);
-        let mode = if self.boot.flags & FLAG_PMI_PORT != 0 { Mode::Port } else { Mode::Fd };
+        let mode = if launch.pmi.port { Mode::Port } else { Mode::Fd };
         let mut host = PmiHost::new(job, mode, self.poll.registry()).context("opening the PMI_PORT listener")?;
-        let lazy = self.boot.flags & FLAG_PMI_LAZY != 0;
+        let lazy = launch.pmi.lazy;
         host.set_lazy(lazy);
         let has_ranks = |n: u32| !map.ranks_on(n).is_empty();
         let children = crate::fence::participants(Some(node), self.boot.fanout, self.boot.nnodes, has_ranks);

@@ -4,8 +4,8 @@
 
 use super::{Frontend, Outcome};
 use crate::fence::{Directory, Fence, Lookup};
-use crate::pmi::BOOT_FLAG_PMI_LAZY as FLAG_PMI_LAZY;
-use crate::wire::{Msg, PmiReportKind, RankStatus};
+use crate::spec::RankStatus;
+use crate::wire::{Msg, PmiReportKind};
 use mio::Token;
 use std::collections::HashSet;
 
@@ -102,7 +102,7 @@ impl Frontend {
 
     /// `--pmi-lazy`: node `from` missed `key`.
     pub(super) fn pmi_kvs_get(&mut self, from: u32, key: String) {
-        if self.plan.pmi_flags & FLAG_PMI_LAZY == 0 {
+        if !self.plan.launch.pmi.lazy {
             return;
         }
         match self.directory().request(from, &key) {

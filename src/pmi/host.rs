@@ -13,9 +13,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 
-/// Tokens at and above this belong to PMI (the daemon's other tokens are all below it).
-pub const TOKEN_BASE: usize = 1 << 28;
-const LISTENER_TOKEN: Token = Token(TOKEN_BASE);
+/// PMI's tokens are `crate::token::pmi(k)`: the listener is 0, connection `c` is `c + 1`.
+const LISTENER_TOKEN: usize = 0;
 /// Bytes read from one PMI socket per event: a rank that writes without pause cannot starve the
 /// rest of the loop. The remainder is read on the next round ([`PmiHost::more`]).
 const READ_BUDGET: usize = 256 * 1024;
@@ -106,14 +105,14 @@ impl PmiHost {
         if mode == Mode::Port {
             let mut l = mio::net::TcpListener::bind("127.0.0.1:0".parse().expect("literal address"))?;
             host.port = l.local_addr()?.port();
-            registry.register(&mut l, LISTENER_TOKEN, Interest::READABLE)?;
+            registry.register(&mut l, crate::token::pmi(LISTENER_TOKEN), Interest::READABLE)?;
             host.listener = Some(l);
         }
         Ok(host)
     }
 
     pub fn owns(token: Token) -> bool {
-        token.0 >= TOKEN_BASE
+        matches!(crate::token::classify(token), crate::token::Source::Pmi(_))
     }
 
     /// Sets up `rank`'s PMI environment on `cmd`. Keep the returned value alive until
@@ -158,7 +157,7 @@ impl PmiHost {
     fn add_conn(&mut self, mut sock: Sock, registry: &Registry) -> io::Result<ConnId> {
         let conn = self.next_conn;
         self.next_conn += 1;
-        registry.register(sock.source(), Token(TOKEN_BASE + 1 + conn as usize), Interest::READABLE | Interest::WRITABLE)?;
+        registry.register(sock.source(), crate::token::pmi(LISTENER_TOKEN + 1 + conn as usize), Interest::READABLE | Interest::WRITABLE)?;
         self.conns.insert(conn, Conn { sock, out: Vec::new(), off: 0, more: false });
         Ok(conn)
     }
@@ -167,11 +166,12 @@ impl PmiHost {
     /// are already written or queued). `closed`: the event says the peer hung up or errored, so
     /// the socket is read to its end.
     pub fn on_event(&mut self, token: Token, readable: bool, writable: bool, closed: bool, registry: &Registry) -> Vec<Action> {
-        if token == LISTENER_TOKEN {
+        let crate::token::Source::Pmi(k) = crate::token::classify(token) else { return Vec::new() };
+        if k == LISTENER_TOKEN {
             self.accept(registry);
             return Vec::new();
         }
-        let conn = (token.0 - TOKEN_BASE - 1) as ConnId;
+        let conn = (k - LISTENER_TOKEN - 1) as ConnId;
         let mut out = Vec::new();
         if writable {
             self.flush(conn, registry, &mut out);

@@ -63,12 +63,6 @@ pub const CMD_NAME_MAX: usize = 64;
 /// MPICH sends a pointer (`%p`) as `thrid`; the cap bounds the echo in replies.
 pub const THRID_MAX: usize = 64;
 
-/// Bits of the daemon bootstrap line's `flags` that carry the job's PMI options.
-/// `--pmi-port`: ranks find their server through `PMI_PORT` instead of an inherited `PMI_FD`.
-pub const BOOT_FLAG_PMI_PORT: u32 = 1;
-/// `--pmi-lazy`: fences carry no data; values are fetched from their node on a miss.
-pub const BOOT_FLAG_PMI_LAZY: u32 = 2;
-
 /// The daemon's handle for one PMI socket.
 pub type ConnId = u32;
 

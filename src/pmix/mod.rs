@@ -17,12 +17,7 @@ pub mod engine;
 pub mod ffi;
 
 use launchers::map::ProcMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// Bootstrap flag bit: the ranks of this job get the PMIx server (and no PMI variables).
-/// High bit so that the PMI flags (`crate::pmi::BOOT_FLAG_*`) can grow without colliding.
-pub const BOOT_FLAG_PMIX: u32 = 1 << 8;
 
 /// Variables the front end must not forward to remote ranks and a daemon must not pass on from
 /// its own environment: they would point a rank at another job's PMIx server. `PMIX_MCA_*` are
@@ -58,30 +53,7 @@ impl std::str::FromStr for MpiFlag {
     }
 }
 
-/// What the ranks of a job are given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Interface {
-    /// rlaunch's PMI-1/PMI-2 server (MPICH, MVAPICH, Intel MPI).
-    Pmi,
-    /// libpmix's server (Open MPI).
-    Pmix,
-}
-
-impl Interface {
-    pub fn boot_flag(self) -> u32 {
-        match self {
-            Interface::Pmi => 0,
-            Interface::Pmix => BOOT_FLAG_PMIX,
-        }
-    }
-    pub fn from_boot_flags(flags: u32) -> Self {
-        if flags & BOOT_FLAG_PMIX != 0 {
-            Interface::Pmix
-        } else {
-            Interface::Pmi
-        }
-    }
-}
+pub use crate::spec::Interface;
 
 /// What a program's linked libraries say about its MPI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -436,14 +408,6 @@ pub fn decode_blobs(at: &str, seq: u64, puts: &[(String, String)]) -> Result<Vec
     Ok(out)
 }
 
-impl fmt::Display for Interface {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Interface::Pmi => "PMI",
-            Interface::Pmix => "PMIx",
-        })
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -495,8 +459,6 @@ mod tests {
         assert_eq!("pmix".parse::<MpiFlag>(), Ok(MpiFlag::Pmix));
         assert_eq!("auto".parse::<MpiFlag>(), Ok(MpiFlag::Auto));
         assert!("mpich".parse::<MpiFlag>().unwrap_err().contains("pmi, pmix or auto"));
-        assert_eq!(Interface::from_boot_flags(Interface::Pmix.boot_flag() | 3), Interface::Pmix);
-        assert_eq!(Interface::from_boot_flags(3), Interface::Pmi);
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Drop for DirGuard {
 impl Daemon {
     /// Whether this job's ranks get PMIx.
     pub(super) fn pmix_job(&self) -> bool {
-        crate::pmix::Interface::from_boot_flags(self.boot.flags) == crate::pmix::Interface::Pmix
+        self.launch.as_ref().is_some_and(|l| l.pmi.interface == crate::spec::Interface::Pmix)
     }
 
     /// Before the first rank starts: load libpmix, start the server, register the job.
@@ -155,7 +155,7 @@ impl Daemon {
         let has_ranks = |n: u32| !map.ranks_on(n).is_empty();
         let children = crate::fence::participants(Some(node), self.boot.fanout, self.boot.nnodes, has_ranks);
         let engine = Engine::new(&launch.job_id, node, at, rank_node, children);
-        let lazy = self.boot.flags & crate::pmi::BOOT_FLAG_PMI_LAZY != 0;
+        let lazy = launch.pmi.lazy;
         let active = Active { lib, engine, rx, _waker: waker, layout, map: map.clone(), dir: dir_guard.keep(), _dir_lock: dir_lock, lazy };
         let info = job_info(&active).context("describing the job to libpmix")?;
         let nlocal = map.ranks_on(node).len() as u32;
@@ -179,7 +179,7 @@ impl Daemon {
     /// Called for every rank: a PMIx rank gets its PMIx environment; any rank loses what this
     /// daemon inherited of the interface it does not use (see `crate::pmix::scrub`).
     pub(super) fn pmix_prepare(&mut self, rank: u32, cmd: &mut std::process::Command) -> Result<()> {
-        let interface = crate::pmix::Interface::from_boot_flags(self.boot.flags);
+        let interface = self.launch.as_ref().map_or(crate::spec::Interface::Pmi, |l| l.pmi.interface);
         let scrub = self.pmix.scrub.get_or_insert_with(|| {
             let names: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
             crate::pmix::scrub(interface, names.iter().map(String::as_str))

@@ -1,0 +1,130 @@
+//! One job as a vertex of the tree sees it: the launch message, the process map computed from it
+//! once, this vertex's place in the tree and its local ranks. Built once per daemon when `Launch`
+//! arrives (and once at the front end) and passed by reference to every service, so that no
+//! service recomputes the map or the fence participants.
+
+use crate::fence;
+use crate::tree::{Router, Topology};
+use crate::wire::Launch;
+use launchers::map::{MapError, ProcMap};
+
+pub struct JobView {
+    launch: Box<Launch>,
+    map: ProcMap,
+    router: Router,
+    /// The children of this vertex whose subtree runs ranks: who takes part in fences below it.
+    fence_children: Vec<u32>,
+}
+
+/// The process map every daemon computes from the launch message alone.
+pub fn compute_map(launch: &Launch) -> Result<ProcMap, MapError> {
+    let slots: Vec<(u32, Option<u32>)> = launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
+    let np: Vec<Option<u32>> = launch.apps.iter().map(|a| a.np).collect();
+    launchers::map::compute_map(&slots, &np, &launch.policy)
+}
+
+impl JobView {
+    /// A daemon's view: node `node` of the job.
+    pub fn for_node(launch: Box<Launch>, node: u32) -> Result<JobView, MapError> {
+        let map = compute_map(&launch)?;
+        Ok(Self::build(launch, map, Some(node)))
+    }
+
+    /// The front end's view, with the map it computed while checking the command line.
+    pub fn for_front_end(launch: Box<Launch>, map: ProcMap) -> JobView {
+        Self::build(launch, map, None)
+    }
+
+    fn build(launch: Box<Launch>, map: ProcMap, me: Option<u32>) -> JobView {
+        let topo = Topology::new(launch.nodes.len() as u32, launch.fanout);
+        let fence_children =
+            fence::participants(me, topo.fanout(), topo.nnodes(), |n| n < map.num_nodes() && !map.ranks_on(n).is_empty());
+        JobView { router: Router::new(topo, me), launch, map, fence_children }
+    }
+
+    pub fn launch(&self) -> &Launch {
+        &self.launch
+    }
+
+    pub fn map(&self) -> &ProcMap {
+        &self.map
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn topology(&self) -> &Topology {
+        self.router.topology()
+    }
+
+    /// This vertex: None at the front end.
+    pub fn node(&self) -> Option<u32> {
+        self.router.me()
+    }
+
+    /// The ranks this daemon runs, in local-rank order (none at the front end).
+    pub fn local_ranks(&self) -> &[u32] {
+        match self.node() {
+            Some(n) if n < self.map.num_nodes() => self.map.ranks_on(n),
+            _ => &[],
+        }
+    }
+
+    pub fn has_ranks(&self, node: u32) -> bool {
+        node < self.map.num_nodes() && !self.map.ranks_on(node).is_empty()
+    }
+
+    /// Children of this vertex that take part in fences (their subtree runs ranks).
+    pub fn fence_children(&self) -> &[u32] {
+        &self.fence_children
+    }
+
+    /// The node that runs `rank`.
+    pub fn node_of_rank(&self, rank: u32) -> Option<u32> {
+        self.map.get(rank).map(|p| p.node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, StdinTarget};
+
+    fn launch(nnodes: u32, slots: u32, np: u32, fanout: u32) -> Box<Launch> {
+        Box::new(Launch {
+            job_id: "rl-test".into(),
+            apps: vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np) }],
+            nodes: (0..nnodes).map(|i| NodeEntry { name: format!("n{i}"), user: None, slots, max_slots: None }).collect(),
+            policy: launchers::map::MapPolicy {
+                map_by: launchers::map::MapBy::Slot,
+                rank_by: launchers::map::RankBy::Slot,
+                oversubscribe: false,
+            },
+            fanout,
+            stdin: StdinTarget::None,
+            kill_grace_ms: 2000,
+            env: Vec::new(),
+            tree_spawn: None,
+            fabric: FabricSpec::default(),
+            pmi: PmiSpec::default(),
+        })
+    }
+
+    #[test]
+    fn daemon_and_front_end_agree_on_the_map() {
+        // 7 nodes of 2 slots, 9 ranks: nodes 0-3 full, node 4 has one rank, 5 and 6 none.
+        let l = launch(7, 2, 9, 2);
+        let fe = JobView::for_front_end(l.clone(), compute_map(&l).unwrap());
+        let n1 = JobView::for_node(l.clone(), 1).unwrap();
+        let n5 = JobView::for_node(l, 5).unwrap();
+        assert_eq!(fe.map(), n1.map());
+        assert_eq!(n1.local_ranks(), &[2, 3]);
+        assert!(fe.local_ranks().is_empty() && n5.local_ranks().is_empty());
+        assert_eq!(fe.node_of_rank(8), Some(4));
+        // FE -> 0,1; 1 -> 4,5: node 5's subtree has no ranks and stays out of fences.
+        assert_eq!(fe.fence_children(), &[0, 1]);
+        assert_eq!(n1.fence_children(), &[4]);
+        assert!(n5.fence_children().is_empty());
+    }
+}

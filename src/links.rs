@@ -1,0 +1,201 @@
+//! The tree links of one vertex (a daemon or the front end) as one set: the parent link (daemons
+//! only) and the accepted child links, before and after each says which node it is. Messages go
+//! out by [`Hop`] or by target node through the vertex's [`Router`]; nothing outside this file
+//! walks the links to find a next hop.
+
+use crate::link::{flush_blocking, Link};
+use crate::token;
+use crate::tree::{Hop, Router};
+use crate::wire::{Dir, JobKey, Msg};
+use mio::{Interest, Registry, Token};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::time::Duration;
+
+pub struct Links {
+    router: Router,
+    key: JobKey,
+    parent: Option<Link>,
+    /// Accepted connections by token, joined or not yet.
+    accepted: HashMap<Token, Link>,
+    /// Joined child nodes and their tokens.
+    joined: BTreeMap<u32, Token>,
+    next: usize,
+}
+
+impl Links {
+    pub fn new(router: Router, key: JobKey) -> Links {
+        Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0 }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// A daemon's parent link, registered under [`token::PARENT`].
+    pub fn set_parent(&mut self, mut link: Link, registry: &Registry) -> io::Result<()> {
+        registry.register(&mut link.stream, token::PARENT, Interest::READABLE | Interest::WRITABLE)?;
+        self.parent = Some(link);
+        Ok(())
+    }
+
+    pub fn parent_mut(&mut self) -> Option<&mut Link> {
+        self.parent.as_mut()
+    }
+
+    /// Drops the parent link (it broke); later sends up go nowhere.
+    pub fn drop_parent(&mut self, registry: &Registry) {
+        if let Some(mut l) = self.parent.take() {
+            let _ = registry.deregister(&mut l.stream);
+        }
+    }
+
+    /// Takes every connection waiting on `listener` as a not-yet-joined child link.
+    pub fn accept(&mut self, listener: &mio::net::TcpListener, registry: &Registry) {
+        loop {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nodelay(true).ok();
+                    let t = token::link(self.next);
+                    self.next += 1;
+                    if registry.register(&mut s, t, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                        self.accepted.insert(t, Link::new(s, self.key, Dir::Down, None));
+                    }
+                }
+                // WouldBlock ends the batch; any other error drops that one connection attempt.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The child link `t` said it is `node`: from now on frames to it carry its link id, and the
+    /// node's traffic goes this way.
+    pub fn join(&mut self, t: Token, node: u32) {
+        if let Some(l) = self.accepted.get_mut(&t) {
+            l.set_link(self.key, Dir::Down, node);
+            self.joined.insert(node, t);
+        }
+    }
+
+    /// After a rendezvous: the connection continues as `node`'s link, both directions afresh.
+    pub fn rejoin(&mut self, t: Token, node: u32) {
+        if let Some(l) = self.accepted.get_mut(&t) {
+            l.rebind(self.key, Dir::Down, node);
+            self.joined.insert(node, t);
+        }
+    }
+
+    /// The joined node on link `t`, if any.
+    pub fn node_of(&self, t: Token) -> Option<u32> {
+        self.joined.iter().find_map(|(&n, &tok)| (tok == t).then_some(n))
+    }
+
+    pub fn child_mut(&mut self, t: Token) -> Option<&mut Link> {
+        self.accepted.get_mut(&t)
+    }
+
+    /// Whether `node`'s link is up.
+    pub fn has_child(&self, node: u32) -> bool {
+        self.joined.contains_key(&node)
+    }
+
+    pub fn joined(&self) -> impl Iterator<Item = u32> + '_ {
+        self.joined.keys().copied()
+    }
+
+    /// Closes child link `t`; returns the node it was, if it had joined.
+    pub fn remove(&mut self, t: Token, registry: &Registry) -> Option<u32> {
+        let mut l = self.accepted.remove(&t)?;
+        let _ = registry.deregister(&mut l.stream);
+        let node = self.node_of(t);
+        if let Some(n) = node {
+            self.joined.remove(&n);
+        }
+        node
+    }
+
+    /// Sends on one hop; returns the frame size (0 when there is no such link).
+    pub fn send(&mut self, hop: Hop, msg: &Msg) -> usize {
+        let link = match hop {
+            Hop::Local => None,
+            Hop::Parent => self.parent.as_mut(),
+            Hop::Child(n) => match self.joined.get(&n) {
+                Some(t) => self.accepted.get_mut(t),
+                None => None,
+            },
+        };
+        let Some(l) = link else { return 0 };
+        let n = l.send(msg);
+        let _ = l.flush();
+        n
+    }
+
+    /// Sends towards `node` (a child subtree or up); false when `node` is this vertex.
+    pub fn towards(&mut self, node: u32, msg: &Msg) -> bool {
+        match self.router.next_hop(node) {
+            Hop::Local => false,
+            hop => {
+                self.send(hop, msg);
+                true
+            }
+        }
+    }
+
+    pub fn up(&mut self, msg: &Msg) {
+        self.send(Hop::Parent, msg);
+    }
+
+    /// To every joined child.
+    pub fn down(&mut self, msg: &Msg) {
+        let nodes: Vec<u32> = self.joined.keys().copied().collect();
+        self.down_to(&nodes, msg);
+    }
+
+    /// To the joined children among `nodes` (others are skipped: they are not direct children).
+    pub fn down_to(&mut self, nodes: &[u32], msg: &Msg) {
+        for &n in nodes {
+            self.send(Hop::Child(n), msg);
+        }
+    }
+
+    /// To the children whose subtree holds `target` (None: every child).
+    pub fn down_subtree(&mut self, target: Option<u32>, msg: &Msg) {
+        match target {
+            None => self.down(msg),
+            Some(t) => {
+                if let Hop::Child(c) = self.router.next_hop(t) {
+                    self.send(Hop::Child(c), msg);
+                }
+            }
+        }
+    }
+
+    /// Writes what every link takes without blocking; the parent's error is returned (a child's
+    /// shows up as a read error on its next event).
+    pub fn flush(&mut self) -> io::Result<()> {
+        for l in self.accepted.values_mut() {
+            let _ = l.flush();
+        }
+        match self.parent.as_mut() {
+            Some(p) => p.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes queued towards the parent (back-pressure on rank output).
+    pub fn pending_up(&self) -> usize {
+        self.parent.as_ref().map_or(0, Link::pending_out)
+    }
+
+    /// The last words before the process exits: everything queued, waiting at most `timeout` per
+    /// link.
+    pub fn flush_blocking(&mut self, timeout: Duration) {
+        for l in self.accepted.values_mut() {
+            flush_blocking(l, timeout);
+        }
+        if let Some(p) = self.parent.as_mut() {
+            flush_blocking(p, timeout);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! What a job is, as data every side shares: the front end builds it, the launch message carries
+//! it, each daemon reads it. No I/O and no behaviour beyond small derived answers, so that the
+//! wire codec ([`crate::wire`]) depends on nothing but this file.
+
+use fabrics::endpoints::{AssignError, FabricChoice};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Which ranks read the front end's standard input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StdinTarget {
+    None,
+    All,
+    Rank(u32),
+}
+
+impl StdinTarget {
+    /// Whether `rank` gets a stdin pipe.
+    pub fn reaches(self, rank: u32) -> bool {
+        match self {
+            StdinTarget::None => false,
+            StdinTarget::All => true,
+            StdinTarget::Rank(r) => r == rank,
+        }
+    }
+}
+
+/// Exit status of one rank as seen by its daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RankStatus {
+    Exited(i32),
+    Signaled(i32),
+    /// The program could not be started at all (errno).
+    SpawnFailed(i32),
+}
+
+impl RankStatus {
+    pub fn is_success(self) -> bool {
+        matches!(self, RankStatus::Exited(0))
+    }
+    /// The shell convention: the exit code, or 128+N for signal N.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RankStatus::Exited(c) => c,
+            RankStatus::Signaled(s) => 128 + s,
+            RankStatus::SpawnFailed(_) => crate::exitcode::USAGE,
+        }
+    }
+}
+
+/// One MPMD application context. Only what is needed to start its ranks; never per-rank data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppContext {
+    pub argv: Vec<String>,
+    /// Environment changes for this context: `(name, Some(value))` sets, `(name, None)` unsets.
+    pub env: Vec<(String, Option<String>)>,
+    pub cwd: String,
+    /// Fixed width on the wire: 64 and 4096 ranks must cost the same bytes.
+    #[serde(with = "fixed_opt_u32")]
+    pub np: Option<u32>,
+}
+
+/// One node of the job's node list, as every daemon sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub name: String,
+    pub user: Option<String>,
+    pub slots: u32,
+    pub max_slots: Option<u32>,
+}
+
+/// How a daemon starts its children in tree-spawn mode: the same launch agent the front end would
+/// use (empty = local fork/exec).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeSpawn {
+    pub agent: Vec<String>,
+    /// In-process ssh options when the daemons start their children over ssh.
+    pub ssh: Option<SshSpec>,
+}
+
+/// The ssh options a tree-spawning daemon needs (paths as seen on every node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshSpec {
+    pub port: u16,
+    pub identity: Option<String>,
+    pub identities_only: bool,
+    pub known_hosts: Option<String>,
+    pub connect_timeout_ms: u32,
+}
+
+/// The process-management interface the ranks of a job get. One per job: a rank never sees both
+/// variable sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Interface {
+    /// rlaunch's PMI-1/PMI-2 server (MPICH, MVAPICH, Intel MPI).
+    Pmi,
+    /// libpmix's server (Open MPI).
+    Pmix,
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Interface::Pmi => "PMI",
+            Interface::Pmix => "PMIx",
+        })
+    }
+}
+
+/// `--mpi`, `--pmi-port` and `--pmi-lazy`, resolved: how every daemon serves its ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmiSpec {
+    pub interface: Interface,
+    /// PMI ranks find their server through `PMI_PORT` instead of an inherited `PMI_FD`.
+    pub port: bool,
+    /// Fences carry no data; values are fetched from their node on a miss (PMI), or Open MPI's
+    /// asynchronous modex (PMIx).
+    pub lazy: bool,
+}
+
+impl Default for PmiSpec {
+    fn default() -> Self {
+        PmiSpec { interface: Interface::Pmi, port: false, lazy: false }
+    }
+}
+
+/// How `--inventory` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InventoryFormat {
+    Text,
+    Json,
+}
+
+/// The user's fabric request; travels in the launch message so every daemon applies the same rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricSpec {
+    /// `None` = `--fabric off`: no inventory exchange, no table, ranks start at once.
+    pub choice: Option<FabricChoice>,
+    /// `--nic`: exactly these NICs, in this order (empty = the documented default order).
+    pub nics: Vec<String>,
+    /// `--nic-env`: also set the variables UCX, NCCL and libfabric read.
+    pub nic_env: bool,
+    /// `--inventory`: gather and print, start no rank.
+    pub inventory: Option<InventoryFormat>,
+}
+
+impl Default for FabricSpec {
+    fn default() -> Self {
+        FabricSpec { choice: Some(FabricChoice::Auto), nics: Vec::new(), nic_env: false, inventory: None }
+    }
+}
+
+impl FabricSpec {
+    /// Whether the daemons exchange inventories at all.
+    pub fn gathers(&self) -> bool {
+        self.inventory.is_some() || self.choice.is_some()
+    }
+
+    /// The flag to blame in an assignment error, as the user typed it.
+    pub fn flag(&self, e: &AssignError) -> String {
+        match e {
+            AssignError::NoSuchNic { .. } | AssignError::NicUnusable { .. } if !self.nics.is_empty() => {
+                format!("--nic {}", self.nics.join(","))
+            }
+            _ => format!("--fabric {}", choice_name(self.choice)),
+        }
+    }
+}
+
+/// `--fabric`'s word for a choice.
+pub fn choice_name(c: Option<FabricChoice>) -> &'static str {
+    match c {
+        None => "off",
+        Some(FabricChoice::Auto) => "auto",
+        Some(FabricChoice::Tcp) => "tcp",
+        Some(FabricChoice::Rdma) => "rdma",
+    }
+}
+
+/// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.
+mod fixed_opt_u32 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        v.map(u32::to_le_bytes).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Ok(Option::<[u8; 4]>::deserialize(d)?.map(u32::from_le_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_targets() {
+        assert!(StdinTarget::All.reaches(3) && !StdinTarget::None.reaches(0));
+        assert!(StdinTarget::Rank(2).reaches(2) && !StdinTarget::Rank(2).reaches(1));
+    }
+
+    #[test]
+    fn np_costs_the_same_bytes_whatever_its_value() {
+        let app = |np| AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np };
+        let small = postcard::to_allocvec(&app(Some(1))).unwrap();
+        let large = postcard::to_allocvec(&app(Some(4096))).unwrap();
+        assert_eq!(small.len(), large.len());
+    }
+}
