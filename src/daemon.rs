@@ -118,7 +118,7 @@ pub fn main() -> ! {
 }
 
 pub fn hostname() -> String {
-    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into())
+    launchers::local_hostname()
 }
 
 fn read_bootstrap() -> Result<Bootstrap> {

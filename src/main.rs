@@ -284,7 +284,7 @@ fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
             // One implicit local node: its slots are its CPUs, and asking for more is allowed, as on
             // a laptop.
             let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-            let nodes = vec![Node { name: daemon::hostname(), user: None, slots: cpus, max_slots: None }];
+            let nodes = vec![Node { name: launchers::local_hostname(), user: None, slots: cpus, max_slots: None }];
             if starter != Starter::Local {
                 return Err(usage_err(format!("--launcher {kind} needs nodes: give --hostfile or --host")));
             }

@@ -13,6 +13,6 @@ pub mod ssh;
 pub mod start;
 
 pub use map::{compute_map, compute_map_for_nodes, MapBy, MapError, MapPolicy, ProcMap, RankBy, RankPlace};
-pub use nodes::{parse_host_list, parse_hostfile, Node, NodeListError};
+pub use nodes::{local_hostname, parse_host_list, parse_hostfile, Node, NodeListError};
 pub use pbs::{detect_pbs, parse_pbs_nodefile, PbsAllocation};
 pub use slurm::{detect_slurm, parse_nodelist, parse_tasks_per_node, SlurmAllocation, SlurmError};

@@ -159,6 +159,19 @@ impl fmt::Display for MaxDisplay {
     }
 }
 
+/// This machine's host name: the one node of a job without a node list, and how a daemon names
+/// itself. "?" when the system will not say.
+pub fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "?".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 /// Parses a hostfile. `display` is the file name used in messages.
 ///
 /// One grammar covers the Open MPI and MPICH styles: `node01`, `node01 slots=4 [max_slots=8]`,
