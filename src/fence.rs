@@ -141,6 +141,21 @@ impl Fence {
 
     /// Fence `seq` completed above: the next fence may begin. The caller relays the merged set to
     /// [`Fence::children`] and hands it to its engine when it runs ranks.
+    /// The front end's fence (PMI and PMIx alike): the children of the root that run ranks.
+    pub fn root(children: Vec<u32>) -> Self {
+        Fence::new("the front end", false, children)
+    }
+
+    /// At the root: child `node`'s contribution. When it was the last one the fence is complete
+    /// job-wide; the merged set is returned to be sent down to [`Fence::children`].
+    pub fn root_contribution(&mut self, node: u32, seq: u64, puts: Puts) -> Result<Option<Ready>, FenceError> {
+        let ready = self.child(node, seq, puts)?;
+        if let Some(r) = &ready {
+            self.done(r.seq)?;
+        }
+        Ok(ready)
+    }
+
     pub fn done(&mut self, seq: u64) -> Result<(), FenceError> {
         if !self.sent || seq != self.seq {
             return Err(FenceError::WrongDone { at: self.at.clone(), got: seq, expected: self.seq });

@@ -1,0 +1,126 @@
+//! The processes that carry the daemons the front end started: a local daemon, a launch agent
+//! (`ssh`), an in-process ssh session, or the one srun step that starts every node's daemon. The
+//! front end keeps each one's stderr (it says why a daemon never joined) and notices when it ends.
+
+use super::reporter::Reporter;
+use crate::token;
+use launchers::nodes::Node;
+use launchers::start::{DaemonProcess, StartError, Starter};
+use mio::unix::pipe::Receiver;
+use mio::{Events, Interest, Poll, Registry};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// How much of a daemon's stderr is kept for the error line of a daemon that never joined.
+const STDERR_KEEP: usize = 64 * 1024;
+
+struct Carrier {
+    process: DaemonProcess,
+    stderr: Option<Receiver>,
+    kept: Vec<u8>,
+    exit: Option<i32>,
+}
+
+/// Carriers by node; one srun step is kept as node 0's.
+#[derive(Default)]
+pub struct Carriers {
+    by_node: BTreeMap<u32, Carrier>,
+}
+
+impl Carriers {
+    /// Starts node `node`'s daemon and hands it its bootstrap line.
+    pub fn start(&mut self, starter: &Starter, node: u32, n: &Node, daemon_path: &str, boot: &str, registry: &Registry) -> Result<(), StartError> {
+        let p = launchers::start::start(starter, n, daemon_path, boot)?;
+        self.keep(node, p, registry);
+        Ok(())
+    }
+
+    /// Starts every node's daemon with one command (srun); kept as node 0's carrier.
+    pub fn start_group(&mut self, starter: &Starter, nodes: &[Node], daemon_path: &str, boot: &str, registry: &Registry) -> Result<(), StartError> {
+        let p = launchers::start::start_group(starter, nodes, daemon_path, boot)?;
+        self.keep(0, p, registry);
+        Ok(())
+    }
+
+    fn keep(&mut self, node: u32, mut process: DaemonProcess, registry: &Registry) {
+        let stderr = process.stderr.take().map(|e| {
+            let mut r = Receiver::from(e);
+            let _ = r.set_nonblocking(true);
+            let _ = registry.register(&mut r, token::daemon_stderr(node), Interest::READABLE);
+            r
+        });
+        self.by_node.insert(node, Carrier { process, stderr, kept: Vec::new(), exit: None });
+    }
+
+    /// Reads what the carrier of `node` wrote to stderr. Before the daemon joined it explains
+    /// failures and is kept for the error line; afterwards it goes to the user as it comes.
+    pub fn read_stderr(&mut self, node: u32, joined: bool, registry: &Registry, reporter: &mut Reporter) {
+        let Some(c) = self.by_node.get_mut(&node) else { return };
+        let Some(r) = c.stderr.as_mut() else { return };
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => {
+                    if let Some(mut r) = c.stderr.take() {
+                        let _ = registry.deregister(&mut r);
+                    }
+                    break;
+                }
+                Ok(n) if joined => reporter.daemon_stderr(&buf[..n]),
+                Ok(n) => {
+                    if c.kept.len() < STDERR_KEEP {
+                        c.kept.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// What the carrier of `node` said before it ended, for an error line: `": text"` or "".
+    pub fn why(&mut self, node: u32, registry: &Registry, reporter: &mut Reporter) -> String {
+        self.read_stderr(node, false, registry, reporter);
+        let text = self.by_node.get(&node).map(|c| String::from_utf8_lossy(&c.kept).trim().to_string()).unwrap_or_default();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {text}")
+        }
+    }
+
+    /// Carriers that ended since the last call, with their exit status.
+    pub fn ended(&mut self) -> Vec<(u32, i32)> {
+        let mut out = Vec::new();
+        for (&node, c) in self.by_node.iter_mut() {
+            if c.exit.is_none() {
+                if let Some(code) = c.process.waiter.try_wait() {
+                    c.exit = Some(code);
+                    out.push((node, code));
+                }
+            }
+        }
+        out
+    }
+
+    /// At the end of the job: daemons exit on Shutdown; wait for the carriers (at most `wait` in
+    /// all), then kill the stragglers.
+    pub fn wait_all(&mut self, wait: Duration, poll: &mut Poll) {
+        let deadline = Instant::now() + wait;
+        for c in self.by_node.values_mut() {
+            loop {
+                match c.process.waiter.try_wait() {
+                    Some(_) => break,
+                    None if Instant::now() < deadline => {
+                        let _ = poll.poll(&mut Events::with_capacity(8), Some(Duration::from_millis(5)));
+                    }
+                    None => {
+                        c.process.waiter.kill();
+                        break;
+                    }
+                }
+            }
+        }
+        self.by_node.clear();
+    }
+}

@@ -1,0 +1,210 @@
+//! What the front end knows about each node's daemon: started, joined, done, lost, and when its
+//! `--launch-timeout` started to run. Pure bookkeeping over the tree; the processes themselves
+//! are in [`super::carriers`].
+
+use crate::tree::Topology;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default, Clone)]
+pub struct NodeState {
+    /// The start command ran (or the group step covers it).
+    pub started: bool,
+    /// The daemon said hello: it is in the tree.
+    pub joined: bool,
+    /// Every rank of the node is reported and its output sent.
+    pub done: bool,
+    /// Given up on: never started, never joined, or its link broke.
+    pub lost: bool,
+    pub pid: u32,
+    pub hostname: String,
+    /// The address its link came from: where its children connect.
+    pub addr: Option<String>,
+    pub listen_port: u16,
+    /// Rendezvous: a joining daemon was given this node.
+    pub assigned: bool,
+    /// When this node's --launch-timeout started to run.
+    pub launch_clock: Option<Instant>,
+    pub launch_bytes: u32,
+}
+
+pub struct Daemons {
+    topo: Topology,
+    nodes: Vec<NodeState>,
+}
+
+impl Daemons {
+    pub fn new(topo: Topology) -> Daemons {
+        Daemons { nodes: vec![NodeState::default(); topo.nnodes() as usize], topo }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn get(&self, node: u32) -> Option<&NodeState> {
+        self.nodes.get(node as usize)
+    }
+
+    pub fn get_mut(&mut self, node: u32) -> Option<&mut NodeState> {
+        self.nodes.get_mut(node as usize)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.iter()
+    }
+
+    /// The clocks that run from the start: every node's when one group step starts them all,
+    /// otherwise the front end's own children's.
+    pub fn start_clocks(&mut self, now: Instant, group: bool) {
+        for n in 0..self.nodes.len() as u32 {
+            if group || self.topo.parent_of(n).is_none() {
+                self.nodes[n as usize].launch_clock = Some(now);
+            }
+        }
+    }
+
+    /// `node` joined: its children's starts can begin, so their clocks run from now. A deep tree
+    /// on a busy machine then fails only the node that is really silent.
+    pub fn start_children_clocks(&mut self, node: u32, now: Instant) {
+        for k in self.topo.children_of(Some(node)) {
+            self.nodes[k as usize].launch_clock.get_or_insert(now);
+        }
+    }
+
+    /// Nodes whose launch timeout ran out without a hello.
+    pub fn late(&self, now: Instant, timeout: Duration) -> Vec<u32> {
+        self.waiting().filter(|&n| self.nodes[n as usize].launch_clock.is_some_and(|c| now >= c + timeout)).collect()
+    }
+
+    /// The earliest launch deadline still running.
+    pub fn next_launch_deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.waiting().filter_map(|n| self.nodes[n as usize].launch_clock).map(|c| c + timeout).min()
+    }
+
+    /// Nodes not joined and not given up on.
+    pub fn waiting(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.nodes.len() as u32).filter(|&n| !self.nodes[n as usize].joined && !self.nodes[n as usize].lost)
+    }
+
+    /// A node that cannot be launched takes its subtree with it: nobody will start those.
+    pub fn lose_subtree(&mut self, top: u32) {
+        for n in 0..self.nodes.len() as u32 {
+            if self.topo.in_subtree(top, n) {
+                self.nodes[n as usize].lost = true;
+            }
+        }
+    }
+
+    /// A joined node's link broke: it and every node below it that had not finished are lost.
+    /// Returns those nodes (empty when nothing was still expected of them).
+    pub fn lose_unfinished_subtree(&mut self, top: u32) -> Vec<u32> {
+        let affected: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|&n| self.topo.in_subtree(top, n) && !self.nodes[n as usize].done && !self.nodes[n as usize].lost)
+            .collect();
+        for &n in &affected {
+            self.nodes[n as usize].lost = true;
+        }
+        affected
+    }
+
+    /// Nodes that have neither finished nor been given up on.
+    pub fn unfinished(&self) -> Vec<u32> {
+        (0..self.nodes.len() as u32).filter(|&n| !self.nodes[n as usize].done && !self.nodes[n as usize].lost).collect()
+    }
+
+    pub fn all_started(&self) -> bool {
+        self.nodes.iter().all(|d| d.started)
+    }
+
+    pub fn all_joined(&self) -> bool {
+        self.nodes.iter().all(|d| d.joined)
+    }
+
+    pub fn all_accounted(&self) -> bool {
+        self.nodes.iter().all(|d| d.done || d.lost)
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.nodes.iter().all(|d| d.done)
+    }
+
+    /// The address of `node`'s listener, for its children: `ip:port`.
+    pub fn listen_addr(&self, node: u32) -> Option<String> {
+        let d = self.get(node)?;
+        d.joined.then(|| format!("{}:{}", bracket_v6(d.addr.as_deref().unwrap_or("127.0.0.1")), d.listen_port))
+    }
+
+    /// Rendezvous: the node a daemon that calls itself `name` becomes — the first unassigned node
+    /// of that name, else of that short name (`n1` for `n1.cluster`).
+    pub fn pick_for(&self, names: &[String], name: &str) -> Option<u32> {
+        let short = |s: &str| s.split('.').next().unwrap_or(s).to_string();
+        let free = |i: &usize| !self.nodes[*i].assigned;
+        let pick = (0..self.nodes.len())
+            .filter(free)
+            .find(|&i| names[i] == name)
+            .or_else(|| (0..self.nodes.len()).filter(free).find(|&i| short(&names[i]) == short(name)));
+        pick.map(|i| i as u32)
+    }
+}
+
+/// `[v6]` for an IPv6 address, so that `:port` can follow it.
+pub fn bracket_v6(ip: &str) -> String {
+    if ip.contains(':') && !ip.starts_with('[') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_clocks_run_per_level() {
+        // FE -> 0,1; 0 -> 2,3; 1 -> 4.
+        let mut d = Daemons::new(Topology::new(5, 2));
+        let t0 = Instant::now();
+        d.start_clocks(t0, false);
+        let timeout = Duration::from_secs(30);
+        assert_eq!(d.late(t0 + timeout, timeout), vec![0, 1]);
+        d.get_mut(0).unwrap().joined = true;
+        d.start_children_clocks(0, t0 + Duration::from_secs(20));
+        assert_eq!(d.late(t0 + timeout, timeout), vec![1]);
+        assert_eq!(d.late(t0 + Duration::from_secs(50), timeout), vec![1, 2, 3]);
+        assert_eq!(d.next_launch_deadline(timeout), Some(t0 + timeout));
+        let mut g = Daemons::new(Topology::new(5, 2));
+        g.start_clocks(t0, true);
+        assert_eq!(g.late(t0 + timeout, timeout), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn losing_a_subtree() {
+        let mut d = Daemons::new(Topology::new(5, 2));
+        d.get_mut(2).unwrap().done = true;
+        assert_eq!(d.lose_unfinished_subtree(0), vec![0, 3]);
+        assert!(d.lose_unfinished_subtree(0).is_empty());
+        d.lose_subtree(1);
+        assert!(d.get(4).unwrap().lost);
+        assert!(d.all_accounted());
+        assert!(!d.all_done());
+    }
+
+    #[test]
+    fn rendezvous_picks_by_full_then_short_name() {
+        let names: Vec<String> = ["n1.c", "n2", "n1.c"].iter().map(|s| s.to_string()).collect();
+        let mut d = Daemons::new(Topology::new(3, 32));
+        assert_eq!(d.pick_for(&names, "n1.c"), Some(0));
+        d.get_mut(0).unwrap().assigned = true;
+        assert_eq!(d.pick_for(&names, "n1"), Some(2));
+        assert_eq!(d.pick_for(&names, "n2.other"), Some(1));
+        assert_eq!(d.pick_for(&names, "n9"), None);
+    }
+
+    #[test]
+    fn v6_addresses_are_bracketed() {
+        assert_eq!(bracket_v6("fe80::1"), "[fe80::1]");
+        assert_eq!(bracket_v6("10.0.0.1"), "10.0.0.1");
+        assert_eq!(bracket_v6("[::1]"), "[::1]");
+    }
+}

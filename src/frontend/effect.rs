@@ -1,0 +1,24 @@
+//! What the front end's services ask the event loop to do. Services return these; only the loop
+//! owns the links and the reporter.
+
+use super::verdict::Failure;
+use crate::tree::Hop;
+use crate::wire::Msg;
+
+#[derive(Debug)]
+pub enum Effect {
+    /// On one hop (a direct child).
+    Send(Hop, Msg),
+    /// To the direct children among these nodes.
+    DownTo(Vec<u32>, Msg),
+    /// Down the child link whose subtree holds this node.
+    Towards(u32, Msg),
+    /// Record a failure with the verdict (which may end the job).
+    Fail(Failure),
+    /// One of rlaunch's own lines on stderr.
+    Say(String),
+    /// A line shown only at this verbosity (`-v` = 1) or above.
+    Detail(u8, String),
+    /// `--inventory` output for stdout.
+    Inventory(String),
+}

@@ -1,0 +1,581 @@
+//! The front end's event loop: one owner of the job's state. Sockets, the signal pipe, daemon
+//! stderr pipes and the stdin reader are events; handlers update the bookkeeping, ask the
+//! services, and carry out the effects they return. Every failure goes to the [`Verdict`], every
+//! line to the [`Reporter`].
+
+use super::carriers::Carriers;
+use super::daemons::{bracket_v6, Daemons};
+use super::effect::Effect;
+use super::fabric::RootFabric;
+use super::pmi::{FenceKind, RootPmi};
+use super::ranks::{JobFacts, Ranks};
+use super::report::{ms_since, report_json, summary_line, ReportInput, Timings};
+use super::reporter::{OutputStyle, Progress, Reporter};
+use super::verdict::{fmt_secs, Action, Failure, Verdict};
+use super::Plan;
+use crate::job::JobView;
+use crate::link::flush_blocking;
+use crate::links::Links;
+use crate::sig::SignalPipe;
+use crate::spec::{RankStatus, StdinTarget};
+use crate::token::{self, Source};
+use crate::tree::{Hop, Router};
+use crate::wire::{self, Bootstrap, JobKey, Msg, NodeFault};
+use anyhow::{Context, Result};
+use mio::{Events, Interest, Poll, Token};
+use std::io;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+/// A second ctrl-C within this window kills everything.
+const SECOND_INTERRUPT: Duration = Duration::from_secs(5);
+/// After a kill, how long to wait for daemons to report before giving up on them.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// At the end, how long daemons get to exit on Shutdown before their carriers are killed.
+const EXIT_WAIT: Duration = Duration::from_secs(3);
+/// Daemon processes that exited are noticed through SIGCHLD; in-process ssh sessions report on a
+/// channel that wakes nobody, so look now and then regardless.
+const CARRIER_POLL: Duration = Duration::from_millis(500);
+
+struct Frontend {
+    plan: Plan,
+    job: JobView,
+    key: JobKey,
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    listen_port: u16,
+    links: Links,
+    signals: SignalPipe,
+    daemons: Daemons,
+    carriers: Carriers,
+    ranks: Ranks,
+    verdict: Verdict,
+    reporter: Reporter,
+    timings: Timings,
+    pmi: RootPmi,
+    fabric: RootFabric,
+    stdin: Option<Receiver<Vec<u8>>>,
+    /// Links that may hold more input than one read took.
+    ready: Vec<Token>,
+    /// Rendezvous: daemons (by link) waiting for their parent to join before they are placed.
+    pending_assign: Vec<(Token, u32)>,
+    kill_sent_at: Option<Instant>,
+    interrupted_at: Option<Instant>,
+}
+
+pub fn run(plan: Plan) -> Result<i32> {
+    let key = wire::random_key().context("generating the job key")?;
+    let bind = if plan.loopback { "127.0.0.1:0" } else { "0.0.0.0:0" };
+    let mut listener = mio::net::TcpListener::bind(bind.parse().expect("literal address")).context("opening the front end's listening socket")?;
+    let listen_port = listener.local_addr()?.port();
+    let poll = Poll::new()?;
+    poll.registry().register(&mut listener, token::LISTENER, Interest::READABLE)?;
+    let mut signals = SignalPipe::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCHLD])?;
+    poll.registry().register(&mut signals.rx, token::SIGNALS, Interest::READABLE)?;
+    let job = JobView::for_front_end(Box::new(plan.launch.clone()), plan.map.clone());
+    // --inventory starts no rank, whatever the placeholder map says.
+    let size = if job.launch().fabric.inventory.is_some() { 0 } else { job.map().size() as usize };
+    let stdin = match job.launch().stdin {
+        StdinTarget::None => None,
+        _ => Some(super::stdin::spawn_reader(poll.registry())?),
+    };
+    let style = OutputStyle { tag: plan.tag_output, dir: plan.output_dir.clone(), quiet: plan.quiet, verbose: plan.verbose };
+    let mut fe = Frontend {
+        links: Links::new(Router::new(*job.topology(), None), key),
+        daemons: Daemons::new(*job.topology()),
+        fabric: RootFabric::new(&job),
+        ranks: Ranks::new(size),
+        reporter: Reporter::new(style),
+        carriers: Carriers::default(),
+        verdict: Verdict::default(),
+        timings: Timings::default(),
+        pmi: RootPmi::default(),
+        ready: Vec::new(),
+        pending_assign: Vec::new(),
+        kill_sent_at: None,
+        interrupted_at: None,
+        job,
+        key,
+        poll,
+        listener,
+        listen_port,
+        signals,
+        stdin,
+        plan,
+    };
+    let group = fe.plan.starter.is_group();
+    fe.daemons.start_clocks(Instant::now(), group);
+    if group {
+        fe.start_group();
+    } else {
+        for node in fe.job.topology().children_of(None) {
+            let addr = fe.parent_addr_for(node);
+            fe.start_daemon(node, addr);
+        }
+    }
+    fe.event_loop()
+}
+
+impl Frontend {
+    fn event_loop(&mut self) -> Result<i32> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if self.finished() {
+                return Ok(self.finish());
+            }
+            if let Err(e) = self.poll.poll(&mut events, self.next_timeout()) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            for ev in events.iter() {
+                match token::classify(ev.token()) {
+                    Source::Fixed(token::LISTENER) => self.links.accept(&self.listener, self.poll.registry()),
+                    Source::Fixed(token::SIGNALS) => self.on_signals(),
+                    Source::Fixed(token::STDIN_WAKE) => self.on_stdin(),
+                    Source::DaemonStderr(node) => {
+                        let joined = self.daemons.get(node).is_some_and(|d| d.joined);
+                        self.carriers.read_stderr(node, joined, self.poll.registry(), &mut self.reporter);
+                    }
+                    Source::Link(_) => {
+                        if ev.is_writable() {
+                            if let Some(l) = self.links.child_mut(ev.token()) {
+                                let _ = l.flush();
+                            }
+                        }
+                        if ev.is_readable() && !self.ready.contains(&ev.token()) {
+                            self.ready.push(ev.token());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for t in std::mem::take(&mut self.ready) {
+                if self.read_link(t) {
+                    self.ready.push(t);
+                }
+            }
+            self.check_timers();
+            let _ = self.links.flush();
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), self.kill_sent_at.map(|t| t + KILL_WAIT), Some(now + CARRIER_POLL)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    /// Reads one link; returns true when it may hold more.
+    fn read_link(&mut self, t: Token) -> bool {
+        let Some(l) = self.links.child_mut(t) else { return false };
+        let (more, mut broken) = match l.fill() {
+            Ok(m) => (m, None),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        let mut msgs = Vec::new();
+        let mut rejected = None;
+        loop {
+            match l.next_msg() {
+                Ok(Some(m)) => msgs.push(m),
+                Ok(None) => break,
+                Err(e) => {
+                    rejected = Some(format!("rlaunch: rejected a frame from a daemon: {e}"));
+                    broken = Some(format!("rejected frame: {e}"));
+                    break;
+                }
+            }
+        }
+        if l.eof && broken.is_none() {
+            broken = Some("connection closed".into());
+        }
+        let peer_ip = l.stream.peer_addr().ok().map(|a| a.ip().to_string());
+        if let Some(line) = rejected {
+            self.reporter.line(&line);
+        }
+        for m in msgs {
+            self.on_msg(t, m, peer_ip.as_deref());
+        }
+        if let Some(why) = broken {
+            if let Some(node) = self.links.remove(t, self.poll.registry()) {
+                self.subtree_lost(node, &why);
+            }
+            return false;
+        }
+        more
+    }
+
+    fn on_msg(&mut self, t: Token, msg: Msg, peer_ip: Option<&str>) {
+        let from = self.links.node_of(t);
+        let effects = match msg {
+            Msg::Hello { node: Bootstrap::ANY_NODE, listen_port, hostname, .. } => {
+                self.rendezvous(t, &hostname, listen_port, peer_ip);
+                Vec::new()
+            }
+            Msg::Hello { node, pid, listen_port, hostname, addr } => {
+                self.on_hello(t, node, pid, listen_port, hostname, addr.or_else(|| peer_ip.map(str::to_string)));
+                Vec::new()
+            }
+            Msg::Started { node, pids, launch_bytes } => {
+                self.ranks.started(&pids);
+                if let Some(d) = self.daemons.get_mut(node).filter(|_| launch_bytes > 0) {
+                    d.launch_bytes = launch_bytes;
+                }
+                if self.ranks.all_running() && self.timings.ranks_started_ms.is_none() {
+                    self.timings.ranks_started_ms = ms_since(self.plan.t0);
+                }
+                Vec::new()
+            }
+            Msg::Output { rank, stream, data } => {
+                self.reporter.output(rank, stream, &data);
+                Vec::new()
+            }
+            Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
+            Msg::NodeDone { node } => {
+                if let Some(d) = self.daemons.get_mut(node) {
+                    d.done = true;
+                }
+                Vec::new()
+            }
+            Msg::NodeFailed { node, fault } => self.node_failed(node, fault),
+            Msg::PmiReport { rank, node, kind, message } => self.pmi.report(&self.job, rank, node, kind, &message),
+            Msg::Fence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmi, n, seq, puts)),
+            Msg::PmixFence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmix, n, seq, puts)),
+            Msg::KvsGet { from, key, .. } => self.pmi.kvs_get(&self.job, from, key),
+            Msg::KvsValue { key, value, round, .. } => self.pmi.kvs_value(key, value, round),
+            // Direct modex turns here between subtrees.
+            m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
+            Msg::Fabric { data } => match from {
+                Some(n) => self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0)),
+                None => Vec::new(),
+            },
+            other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
+        };
+        self.apply(effects);
+    }
+
+    fn on_hello(&mut self, t: Token, node: u32, pid: u32, listen_port: u16, hostname: String, addr: Option<String>) {
+        if self.daemons.get(node).is_none_or(|d| d.joined) {
+            self.reporter.line(&format!("rlaunch: ignoring an unexpected hello from node index {node}"));
+            return;
+        }
+        // A direct child's hello comes on its own link; deeper nodes' are relayed by their parents.
+        if self.job.topology().parent_of(node).is_none() {
+            if self.links.child_mut(t).and_then(|l| l.peer_link()) != Some(node) {
+                return;
+            }
+            self.links.join(t, node);
+            let frame = self.links.send(Hop::Child(node), &Msg::Launch(Box::new(self.job.launch().clone())));
+            self.daemons.get_mut(node).expect("checked above").launch_bytes = frame as u32;
+        }
+        let d = self.daemons.get_mut(node).expect("checked above");
+        (d.joined, d.pid, d.hostname, d.addr, d.listen_port) = (true, pid, hostname, addr, listen_port);
+        self.reporter.detail(2, &format!("rlaunch: daemon of node {} connected (pid {pid})", self.node_name(node)));
+        if self.daemons.all_joined() {
+            self.timings.daemons_connected_ms = ms_since(self.plan.t0);
+            self.timings.launch_sent_ms = self.timings.daemons_connected_ms;
+        }
+        self.on_stdin();
+        if !self.pending_assign.is_empty() {
+            self.assign_pending();
+        }
+        self.daemons.start_children_clocks(node, Instant::now());
+        // Unless daemons start their own children (tree spawn) or were all started at once
+        // (srun), the front end starts the children of every daemon, pointed at that daemon.
+        if self.job.launch().tree_spawn.is_none() && !self.plan.starter.is_group() {
+            let parent = self.daemons.listen_addr(node).expect("joined above");
+            for k in self.job.topology().children_of(Some(node)) {
+                if !self.verdict.terminating() {
+                    self.start_daemon(k, parent.clone());
+                }
+            }
+        }
+    }
+
+    /// A daemon that does not know its node rank (started by a resource manager) says its node
+    /// name; it is told its rank and parent, or waits until its parent has joined.
+    fn rendezvous(&mut self, t: Token, name: &str, listen_port: u16, peer_ip: Option<&str>) {
+        let names: Vec<String> = self.job.launch().nodes.iter().map(|n| n.name.clone()).collect();
+        let Some(node) = self.daemons.pick_for(&names, name) else {
+            if let Some(l) = self.links.child_mut(t) {
+                l.send(&Msg::Refuse { message: format!("no unassigned node named '{name}' in this job") });
+                flush_blocking(l, Duration::from_millis(500));
+            }
+            self.links.remove(t, self.poll.registry());
+            self.reporter.line(&format!("rlaunch: a daemon on '{name}' joined, but no node of that name is waiting; ignoring it"));
+            return;
+        };
+        let d = self.daemons.get_mut(node).expect("picked from the table");
+        (d.assigned, d.listen_port, d.addr) = (true, listen_port, peer_ip.map(str::to_string));
+        self.pending_assign.push((t, node));
+        self.assign_pending();
+    }
+
+    /// Sends every joined-but-unplaced daemon whose parent is now known where to go.
+    fn assign_pending(&mut self) {
+        for (t, node) in std::mem::take(&mut self.pending_assign) {
+            let parent = match self.job.topology().parent_of(node) {
+                None => None,
+                Some(p) => match self.daemons.listen_addr(p) {
+                    Some(addr) => Some(addr),
+                    None => {
+                        self.pending_assign.push((t, node));
+                        continue;
+                    }
+                },
+            };
+            let direct = parent.is_none();
+            let Some(l) = self.links.child_mut(t) else { continue };
+            l.send(&Msg::Assign { node, parent });
+            if direct {
+                // The same connection continues as this node's link, both directions from seq 0.
+                let _ = l.flush();
+                self.links.rejoin(t, node);
+            } else {
+                flush_blocking(l, Duration::from_secs(2));
+                self.links.remove(t, self.poll.registry());
+            }
+        }
+    }
+
+    /// The address a daemon on `node` should connect to when its parent is the front end.
+    fn parent_addr_for(&self, node: u32) -> String {
+        if self.plan.loopback {
+            return format!("127.0.0.1:{}", self.listen_port);
+        }
+        let ip = launchers::start::route_source_ip(&self.plan.nodes[node as usize].name).unwrap_or_else(|| "127.0.0.1".into());
+        format!("{}:{}", bracket_v6(&ip), self.listen_port)
+    }
+
+    fn bootstrap(&self, parent: String, node: u32) -> String {
+        let l = self.job.launch();
+        Bootstrap { key: self.key, parent, node, nnodes: l.nodes.len() as u32, fanout: l.fanout, job_id: l.job_id.clone() }.to_line()
+    }
+
+    fn start_daemon(&mut self, node: u32, parent: String) {
+        let boot = self.bootstrap(parent, node);
+        let n = &self.plan.nodes[node as usize];
+        match self.carriers.start(&self.plan.starter, node, n, &self.plan.daemon_path, &boot, self.poll.registry()) {
+            Ok(()) => {
+                self.daemons.get_mut(node).expect("node of the job").started = true;
+                if self.daemons.all_started() {
+                    self.timings.daemons_started_ms = ms_since(self.plan.t0);
+                }
+            }
+            Err(e) => self.launch_failure(node, e.to_string()),
+        }
+    }
+
+    /// One command starts every daemon (srun); they join by rendezvous.
+    fn start_group(&mut self) {
+        let boot = self.bootstrap(self.parent_addr_for(0), Bootstrap::ANY_NODE);
+        match self.carriers.start_group(&self.plan.starter, &self.plan.nodes, &self.plan.daemon_path, &boot, self.poll.registry()) {
+            Ok(()) => {
+                for n in 0..self.daemons.len() as u32 {
+                    self.daemons.get_mut(n).expect("node of the job").started = true;
+                }
+                self.timings.daemons_started_ms = ms_since(self.plan.t0);
+            }
+            Err(e) => {
+                for n in self.daemons.waiting().collect::<Vec<_>>() {
+                    self.launch_failure(n, e.to_string());
+                }
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for s in self.signals.drain() {
+            match s {
+                libc::SIGCHLD => {}
+                libc::SIGINT if self.interrupted_at.is_some_and(|t| t.elapsed() < SECOND_INTERRUPT) => self.fail(Failure::SecondInterrupt),
+                libc::SIGINT => {
+                    self.interrupted_at = Some(Instant::now());
+                    self.reporter.detail(1, "rlaunch: forwarding SIGINT to all ranks (interrupt again within 5 s to kill them)");
+                    self.links.down(&Msg::Signal { signum: s });
+                }
+                _ => self.links.down(&Msg::Signal { signum: s }),
+            }
+        }
+        self.reap_carriers();
+    }
+
+    /// Until every daemon is connected, stdin stays in the bounded channel: a daemon that is not
+    /// in the tree yet would miss it, and the reader thread waits meanwhile.
+    fn on_stdin(&mut self) {
+        if self.daemons.waiting().next().is_some() {
+            return;
+        }
+        let Some(rx) = self.stdin.as_ref() else { return };
+        let chunks: Vec<Vec<u8>> = rx.try_iter().collect();
+        for data in chunks {
+            if data.is_empty() {
+                self.stdin = None;
+            }
+            self.links.down(&Msg::Stdin { data });
+        }
+    }
+
+    fn check_timers(&mut self) {
+        let p = Progress {
+            total_nodes: self.daemons.len(),
+            started: self.daemons.iter().filter(|d| d.started).count(),
+            connected: self.daemons.iter().filter(|d| d.joined).count(),
+            ranks: self.ranks.len(),
+            running: self.ranks.running_count(),
+        };
+        self.reporter.progress(p, self.ranks.all_running() || self.verdict.terminating(), self.plan.t0);
+        let now = Instant::now();
+        if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
+            self.fail(Failure::Timeout { after });
+        }
+        for n in self.daemons.late(now, self.plan.launch_timeout) {
+            if !self.daemons.get(n).is_some_and(|d| d.lost) {
+                self.launch_failure(n, format!("no answer within {} (--launch-timeout)", fmt_secs(self.plan.launch_timeout)));
+            }
+        }
+        if self.kill_sent_at.is_some_and(|t| now >= t + KILL_WAIT) {
+            for n in self.daemons.unfinished() {
+                self.reporter.line(&format!("rlaunch: node {} did not confirm its ranks ended; giving up on it", self.node_name(n)));
+                self.daemons.get_mut(n).expect("node of the job").lost = true;
+            }
+        }
+        self.reap_carriers();
+    }
+
+    /// A carrier that ended before its daemon joined explains why the node cannot be launched.
+    fn reap_carriers(&mut self) {
+        for (node, code) in self.carriers.ended() {
+            if self.plan.starter.is_group() {
+                // srun ended: every node that has not joined by now never will.
+                let what = self.carriers.why(0, self.poll.registry(), &mut self.reporter);
+                for n in self.daemons.waiting().collect::<Vec<_>>() {
+                    self.launch_failure(n, format!("the daemon step ended with status {code} before this node joined{what}"));
+                }
+                continue;
+            }
+            let d = self.daemons.get(node).expect("node of the job");
+            if !d.joined && !d.lost && !self.daemons.all_done() {
+                let what = self.carriers.why(node, self.poll.registry(), &mut self.reporter);
+                self.launch_failure(node, format!("daemon exited early with status {code}{what}"));
+            }
+        }
+    }
+
+    fn rank_exit(&mut self, rank: u32, status: RankStatus) -> Vec<Effect> {
+        if !self.ranks.exited(rank, status) {
+            return Vec::new();
+        }
+        if self.ranks.all_reported() {
+            self.timings.ranks_exited_ms = ms_since(self.plan.t0);
+        }
+        let failure = match status {
+            RankStatus::Exited(0) if self.pmi.left_without_finalize(rank) => Failure::Unfinalized { rank },
+            _ => Failure::RankExit { rank, status },
+        };
+        vec![Effect::Fail(failure)]
+    }
+
+    fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
+        let joined = self.daemons.get(node).is_none_or(|d| d.joined);
+        match fault {
+            NodeFault::LinkLost => {
+                self.subtree_lost(node, "connection closed, seen by its parent daemon");
+                Vec::new()
+            }
+            // Raised by a tree-spawning parent: this node never joined.
+            NodeFault::LaunchFailed(why) | NodeFault::Internal(why) if !joined => {
+                self.launch_failure(node, why);
+                Vec::new()
+            }
+            NodeFault::LaunchFailed(why) => vec![Effect::Fail(Failure::NodeFault { node, why: format!("cannot launch: {why}") })],
+            NodeFault::Internal(why) => vec![Effect::Fail(Failure::NodeFault { node, why })],
+        }
+    }
+
+    fn launch_failure(&mut self, node: u32, why: String) {
+        // Nodes below it were never going to be started by anyone.
+        self.daemons.lose_subtree(node);
+        self.fail(Failure::LaunchFailed { node, why });
+    }
+
+    fn subtree_lost(&mut self, top: u32, why: &str) {
+        let affected = self.daemons.lose_unfinished_subtree(top);
+        if !affected.is_empty() {
+            self.fail(Failure::LinkLost { node: top, why: why.to_string(), more: affected.len() - 1 });
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        let d = self.verdict.record(failure, &JobFacts { job: &self.job, ranks: &self.ranks });
+        if let Some(line) = d.line {
+            self.reporter.line(&line);
+        }
+        let msg = match d.action {
+            Action::Nothing => return,
+            Action::Terminate => Msg::Terminate,
+            Action::Kill => Msg::Kill,
+        };
+        self.links.down(&msg);
+        self.kill_sent_at = Some(Instant::now());
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Send(hop, msg) => {
+                    self.links.send(hop, &msg);
+                }
+                Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),
+                Effect::Towards(node, msg) => {
+                    self.links.towards(node, &msg);
+                }
+                Effect::Fail(f) => self.fail(f),
+                Effect::Say(line) => self.reporter.line(&line),
+                Effect::Detail(level, line) => self.reporter.detail(level, &line),
+                Effect::Inventory(text) => self.reporter.inventory(&text),
+            }
+        }
+    }
+
+    fn node_name(&self, node: u32) -> String {
+        self.job.launch().nodes.get(node as usize).map_or_else(|| format!("#{node}"), |n| n.name.clone())
+    }
+
+    fn finished(&self) -> bool {
+        // Daemons with no rank to wait for report done before the fabric exchange ends.
+        self.daemons.all_accounted() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
+    }
+
+    fn finish(&mut self) -> i32 {
+        self.reporter.clear_progress();
+        self.links.down(&Msg::Shutdown);
+        self.links.flush_blocking(Duration::from_secs(2));
+        self.carriers.wait_all(EXIT_WAIT, &mut self.poll);
+        self.timings.total_ms = ms_since(self.plan.t0);
+        let exit_code = self.verdict.exit_code(self.ranks.all_reported());
+        let input = ReportInput {
+            job: &self.job,
+            command_line: &self.plan.command_line,
+            daemons: &self.daemons,
+            ranks: &self.ranks,
+            verdict: &self.verdict,
+            exit_code,
+            timings: &self.timings,
+            fabric: self.fabric.gather(),
+        };
+        let (summary, json) = (summary_line(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
+        self.reporter.detail(1, &summary);
+        if let (Some(path), Some(json)) = (self.plan.report.clone(), json) {
+            self.reporter.write_report(&path, &json);
+        }
+        exit_code
+    }
+}

@@ -1,0 +1,117 @@
+//! The `--report` JSON: the map, every rank's status, every node's daemon, phase timings and the
+//! fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
+
+use super::daemons::Daemons;
+use super::ranks::Ranks;
+use super::verdict::Verdict;
+use crate::fabric::FrontGather;
+use crate::job::JobView;
+use crate::sig::signal_name;
+use crate::spec::RankStatus;
+use serde_json::json;
+use std::time::Instant;
+
+/// Milliseconds from the start of rlaunch to each phase.
+#[derive(Default, serde::Serialize)]
+pub struct Timings {
+    pub daemons_started_ms: Option<f64>,
+    pub daemons_connected_ms: Option<f64>,
+    pub launch_sent_ms: Option<f64>,
+    pub ranks_started_ms: Option<f64>,
+    pub ranks_exited_ms: Option<f64>,
+    pub total_ms: Option<f64>,
+}
+
+pub fn ms_since(t0: Instant) -> Option<f64> {
+    Some(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// What the report is made of.
+pub struct ReportInput<'a> {
+    pub job: &'a JobView,
+    pub command_line: &'a [String],
+    pub daemons: &'a Daemons,
+    pub ranks: &'a Ranks,
+    pub verdict: &'a Verdict,
+    pub exit_code: i32,
+    pub timings: &'a Timings,
+    pub fabric: &'a FrontGather,
+}
+
+/// The `-v` summary line at the end of a job.
+pub fn summary_line(r: &ReportInput) -> String {
+    let t = r.timings;
+    format!(
+        "rlaunch: {} ranks on {} node(s), fan-out {}: daemons connected {:.1} ms, ranks started {:.1} ms, ranks exited {:.1} ms, total {:.1} ms",
+        r.ranks.len(),
+        r.daemons.len(),
+        r.job.launch().fanout,
+        t.daemons_connected_ms.unwrap_or(f64::NAN),
+        t.ranks_started_ms.unwrap_or(f64::NAN),
+        t.ranks_exited_ms.unwrap_or(f64::NAN),
+        t.total_ms.unwrap_or(f64::NAN)
+    )
+}
+
+pub fn report_json(r: &ReportInput) -> String {
+    let (job, launch, map) = (r.job, r.job.launch(), r.job.map());
+    let ranks: Vec<_> = (0..r.ranks.len() as u32)
+        .map(|rank| {
+            let p = map.rank(rank);
+            let st = r.ranks.status(rank);
+            let status = match st {
+                Some(RankStatus::Exited(c)) => json!({"exited": c}),
+                Some(RankStatus::Signaled(s)) => json!({"signaled": s, "signal_name": signal_name(s)}),
+                Some(RankStatus::SpawnFailed(e)) => json!({"spawn_failed": std::io::Error::from_raw_os_error(e).to_string()}),
+                None => json!(null),
+            };
+            json!({
+                "rank": rank, "node": p.node, "host": launch.nodes[p.node as usize].name,
+                "local_rank": p.local_rank, "app": p.app, "pid": r.ranks.pid(rank),
+                "status": status,
+                "exit_code": st.map(|s| s.exit_code()),
+            })
+        })
+        .collect();
+    let nodes: Vec<_> = r
+        .daemons
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let n = &launch.nodes[i];
+            json!({
+                "node": i, "name": n.name, "slots": n.slots,
+                "hostname": d.hostname, "daemon_pid": d.pid, "address": d.addr,
+                "launch_bytes": d.launch_bytes, "ranks": map.ranks_on(i as u32),
+                "state": if d.done { "done" } else if d.lost { "lost" } else { "unknown" },
+            })
+        })
+        .collect();
+    let apps: Vec<_> = launch
+        .apps
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let range = map.app_ranks(i as u32);
+            json!({"app": i, "argv": a.argv, "cwd": a.cwd, "ranks": [range.start, range.end]})
+        })
+        .collect();
+    let v = json!({
+        "rlaunch_version": env!("CARGO_PKG_VERSION"),
+        "job_id": launch.job_id,
+        "command": r.command_line,
+        "size": r.ranks.len(),
+        "outcome": r.verdict.outcome().name(),
+        "exit_code": r.exit_code,
+        "first_failed_rank": r.verdict.first_failed_rank(),
+        "fanout": launch.fanout,
+        "tree_depth": job.topology().depth(),
+        "apps": apps,
+        "nodes": nodes,
+        "ranks": ranks,
+        "timings": r.timings,
+        "fabric": r.fabric.report_fabric(),
+        "fabric_detail": r.fabric.report_detail(),
+    });
+    serde_json::to_string_pretty(&v).expect("json") + "\n"
+}
