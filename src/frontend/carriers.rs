@@ -2,8 +2,10 @@
 //! (`ssh`), an in-process ssh session, or the one srun step that starts every node's daemon. The
 //! front end keeps each one's stderr (it says why a daemon never joined) and notices when it ends.
 
+use super::daemons::bracket_v6;
 use super::reporter::Reporter;
 use crate::token;
+use crate::wire::{Bootstrap, JobKey, Launch};
 use launchers::nodes::Node;
 use launchers::start::{DaemonProcess, StartError, Starter};
 use mio::unix::pipe::Receiver;
@@ -22,23 +24,59 @@ struct Carrier {
     exit: Option<i32>,
 }
 
+/// How the front end starts daemons, and what each needs to find it.
+pub struct StartInfo {
+    pub starter: Starter,
+    pub nodes: Vec<Node>,
+    pub daemon_path: String,
+    pub key: JobKey,
+    /// Every daemon runs on this machine: the front end listens on loopback.
+    pub loopback: bool,
+    pub listen_port: u16,
+}
+
 /// Carriers by node; one srun step is kept as node 0's.
-#[derive(Default)]
 pub struct Carriers {
+    info: StartInfo,
     by_node: BTreeMap<u32, Carrier>,
 }
 
 impl Carriers {
-    /// Starts node `node`'s daemon and hands it its bootstrap line.
-    pub fn start(&mut self, starter: &Starter, node: u32, n: &Node, daemon_path: &str, boot: &str, registry: &Registry) -> Result<(), StartError> {
-        let p = launchers::start::start(starter, n, daemon_path, boot)?;
+    pub fn new(info: StartInfo) -> Carriers {
+        Carriers { info, by_node: BTreeMap::new() }
+    }
+
+    /// Whether one command starts every daemon (srun): they join by rendezvous.
+    pub fn is_group(&self) -> bool {
+        self.info.starter.is_group()
+    }
+
+    /// The address a daemon on `node` should connect to when its parent is the front end.
+    pub fn front_end_addr(&self, node: u32) -> String {
+        if self.info.loopback {
+            return format!("127.0.0.1:{}", self.info.listen_port);
+        }
+        let ip = launchers::start::route_source_ip(&self.info.nodes[node as usize].name).unwrap_or_else(|| "127.0.0.1".into());
+        format!("{}:{}", bracket_v6(&ip), self.info.listen_port)
+    }
+
+    fn bootstrap(&self, launch: &Launch, parent: String, node: u32) -> String {
+        let (key, nnodes, fanout, job_id) = (self.info.key, launch.nodes.len() as u32, launch.fanout, launch.job_id.clone());
+        Bootstrap { key, parent, node, nnodes, fanout, job_id }.to_line()
+    }
+
+    /// Starts node `node`'s daemon, pointed at `parent`, and hands it its bootstrap line.
+    pub fn start(&mut self, launch: &Launch, node: u32, parent: String, registry: &Registry) -> Result<(), StartError> {
+        let boot = self.bootstrap(launch, parent, node);
+        let p = launchers::start::start(&self.info.starter, &self.info.nodes[node as usize], &self.info.daemon_path, &boot)?;
         self.keep(node, p, registry);
         Ok(())
     }
 
     /// Starts every node's daemon with one command (srun); kept as node 0's carrier.
-    pub fn start_group(&mut self, starter: &Starter, nodes: &[Node], daemon_path: &str, boot: &str, registry: &Registry) -> Result<(), StartError> {
-        let p = launchers::start::start_group(starter, nodes, daemon_path, boot)?;
+    pub fn start_group(&mut self, launch: &Launch, registry: &Registry) -> Result<(), StartError> {
+        let boot = self.bootstrap(launch, self.front_end_addr(0), Bootstrap::ANY_NODE);
+        let p = launchers::start::start_group(&self.info.starter, &self.info.nodes, &self.info.daemon_path, &boot)?;
         self.keep(0, p, registry);
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! `--launch-timeout` started to run. Pure bookkeeping over the tree; the processes themselves
 //! are in [`super::carriers`].
 
+use super::reporter::Progress;
 use crate::tree::Topology;
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,16 @@ impl Daemons {
     /// Nodes that have neither finished nor been given up on.
     pub fn unfinished(&self) -> Vec<u32> {
         (0..self.nodes.len() as u32).filter(|&n| !self.nodes[n as usize].done && !self.nodes[n as usize].lost).collect()
+    }
+
+    /// The daemon counts of the progress line.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            total_nodes: self.nodes.len(),
+            started: self.nodes.iter().filter(|d| d.started).count(),
+            connected: self.nodes.iter().filter(|d| d.joined).count(),
+            ..Progress::default()
+        }
     }
 
     pub fn all_started(&self) -> bool {

@@ -3,24 +3,24 @@
 //! services, and carry out the effects they return. Every failure goes to the [`Verdict`], every
 //! line to the [`Reporter`].
 
-use super::carriers::Carriers;
-use super::daemons::{bracket_v6, Daemons};
+use super::carriers::{Carriers, StartInfo};
+use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
 use super::report::{ms_since, report_json, summary_line, ReportInput, Timings};
+use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
 use super::Plan;
 use crate::job::JobView;
-use crate::link::flush_blocking;
 use crate::links::Links;
 use crate::sig::SignalPipe;
 use crate::spec::{RankStatus, StdinTarget};
 use crate::token::{self, Source};
 use crate::tree::{Hop, Router};
-use crate::wire::{self, Bootstrap, JobKey, Msg, NodeFault};
+use crate::wire::{self, Bootstrap, Msg, NodeFault};
 use anyhow::{Context, Result};
 use mio::{Events, Interest, Poll, Token};
 use std::io;
@@ -40,10 +40,8 @@ const CARRIER_POLL: Duration = Duration::from_millis(500);
 struct Frontend {
     plan: Plan,
     job: JobView,
-    key: JobKey,
     poll: Poll,
     listener: mio::net::TcpListener,
-    listen_port: u16,
     links: Links,
     signals: SignalPipe,
     daemons: Daemons,
@@ -57,8 +55,7 @@ struct Frontend {
     stdin: Option<Receiver<Vec<u8>>>,
     /// Links that may hold more input than one read took.
     ready: Vec<Token>,
-    /// Rendezvous: daemons (by link) waiting for their parent to join before they are placed.
-    pending_assign: Vec<(Token, u32)>,
+    rendezvous: Rendezvous,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
@@ -86,30 +83,35 @@ pub fn run(plan: Plan) -> Result<i32> {
         fabric: RootFabric::new(&job),
         ranks: Ranks::new(size),
         reporter: Reporter::new(style),
-        carriers: Carriers::default(),
+        carriers: Carriers::new(StartInfo {
+            starter: plan.starter.clone(),
+            nodes: plan.nodes.clone(),
+            daemon_path: plan.daemon_path.clone(),
+            key,
+            loopback: plan.loopback,
+            listen_port,
+        }),
         verdict: Verdict::default(),
         timings: Timings::default(),
         pmi: RootPmi::default(),
         ready: Vec::new(),
-        pending_assign: Vec::new(),
+        rendezvous: Rendezvous::default(),
         kill_sent_at: None,
         interrupted_at: None,
         job,
-        key,
         poll,
         listener,
-        listen_port,
         signals,
         stdin,
         plan,
     };
-    let group = fe.plan.starter.is_group();
+    let group = fe.carriers.is_group();
     fe.daemons.start_clocks(Instant::now(), group);
     if group {
         fe.start_group();
     } else {
         for node in fe.job.topology().children_of(None) {
-            let addr = fe.parent_addr_for(node);
+            let addr = fe.carriers.front_end_addr(node);
             fe.start_daemon(node, addr);
         }
     }
@@ -216,8 +218,10 @@ impl Frontend {
         let from = self.links.node_of(t);
         let effects = match msg {
             Msg::Hello { node: Bootstrap::ANY_NODE, listen_port, hostname, .. } => {
-                self.rendezvous(t, &hostname, listen_port, peer_ip);
-                Vec::new()
+                let names: Vec<String> = self.job.launch().nodes.iter().map(|n| n.name.clone()).collect();
+                let ctx = (&mut self.links, &mut self.daemons, self.job.topology());
+                let refused = self.rendezvous.arrive(t, &hostname, listen_port, peer_ip, ctx, &names, self.poll.registry());
+                refused.into_iter().map(Effect::Say).collect()
             }
             Msg::Hello { node, pid, listen_port, hostname, addr } => {
                 self.on_hello(t, node, pid, listen_port, hostname, addr.or_else(|| peer_ip.map(str::to_string)));
@@ -283,13 +287,13 @@ impl Frontend {
             self.timings.launch_sent_ms = self.timings.daemons_connected_ms;
         }
         self.on_stdin();
-        if !self.pending_assign.is_empty() {
-            self.assign_pending();
+        if self.rendezvous.waiting() {
+            self.rendezvous.place(&mut self.links, &self.daemons, self.job.topology(), self.poll.registry());
         }
         self.daemons.start_children_clocks(node, Instant::now());
         // Unless daemons start their own children (tree spawn) or were all started at once
         // (srun), the front end starts the children of every daemon, pointed at that daemon.
-        if self.job.launch().tree_spawn.is_none() && !self.plan.starter.is_group() {
+        if self.job.launch().tree_spawn.is_none() && !self.carriers.is_group() {
             let parent = self.daemons.listen_addr(node).expect("joined above");
             for k in self.job.topology().children_of(Some(node)) {
                 if !self.verdict.terminating() {
@@ -299,70 +303,8 @@ impl Frontend {
         }
     }
 
-    /// A daemon that does not know its node rank (started by a resource manager) says its node
-    /// name; it is told its rank and parent, or waits until its parent has joined.
-    fn rendezvous(&mut self, t: Token, name: &str, listen_port: u16, peer_ip: Option<&str>) {
-        let names: Vec<String> = self.job.launch().nodes.iter().map(|n| n.name.clone()).collect();
-        let Some(node) = self.daemons.pick_for(&names, name) else {
-            if let Some(l) = self.links.child_mut(t) {
-                l.send(&Msg::Refuse { message: format!("no unassigned node named '{name}' in this job") });
-                flush_blocking(l, Duration::from_millis(500));
-            }
-            self.links.remove(t, self.poll.registry());
-            self.reporter.line(&format!("rlaunch: a daemon on '{name}' joined, but no node of that name is waiting; ignoring it"));
-            return;
-        };
-        let d = self.daemons.get_mut(node).expect("picked from the table");
-        (d.assigned, d.listen_port, d.addr) = (true, listen_port, peer_ip.map(str::to_string));
-        self.pending_assign.push((t, node));
-        self.assign_pending();
-    }
-
-    /// Sends every joined-but-unplaced daemon whose parent is now known where to go.
-    fn assign_pending(&mut self) {
-        for (t, node) in std::mem::take(&mut self.pending_assign) {
-            let parent = match self.job.topology().parent_of(node) {
-                None => None,
-                Some(p) => match self.daemons.listen_addr(p) {
-                    Some(addr) => Some(addr),
-                    None => {
-                        self.pending_assign.push((t, node));
-                        continue;
-                    }
-                },
-            };
-            let direct = parent.is_none();
-            let Some(l) = self.links.child_mut(t) else { continue };
-            l.send(&Msg::Assign { node, parent });
-            if direct {
-                // The same connection continues as this node's link, both directions from seq 0.
-                let _ = l.flush();
-                self.links.rejoin(t, node);
-            } else {
-                flush_blocking(l, Duration::from_secs(2));
-                self.links.remove(t, self.poll.registry());
-            }
-        }
-    }
-
-    /// The address a daemon on `node` should connect to when its parent is the front end.
-    fn parent_addr_for(&self, node: u32) -> String {
-        if self.plan.loopback {
-            return format!("127.0.0.1:{}", self.listen_port);
-        }
-        let ip = launchers::start::route_source_ip(&self.plan.nodes[node as usize].name).unwrap_or_else(|| "127.0.0.1".into());
-        format!("{}:{}", bracket_v6(&ip), self.listen_port)
-    }
-
-    fn bootstrap(&self, parent: String, node: u32) -> String {
-        let l = self.job.launch();
-        Bootstrap { key: self.key, parent, node, nnodes: l.nodes.len() as u32, fanout: l.fanout, job_id: l.job_id.clone() }.to_line()
-    }
-
     fn start_daemon(&mut self, node: u32, parent: String) {
-        let boot = self.bootstrap(parent, node);
-        let n = &self.plan.nodes[node as usize];
-        match self.carriers.start(&self.plan.starter, node, n, &self.plan.daemon_path, &boot, self.poll.registry()) {
+        match self.carriers.start(self.job.launch(), node, parent, self.poll.registry()) {
             Ok(()) => {
                 self.daemons.get_mut(node).expect("node of the job").started = true;
                 if self.daemons.all_started() {
@@ -375,8 +317,7 @@ impl Frontend {
 
     /// One command starts every daemon (srun); they join by rendezvous.
     fn start_group(&mut self) {
-        let boot = self.bootstrap(self.parent_addr_for(0), Bootstrap::ANY_NODE);
-        match self.carriers.start_group(&self.plan.starter, &self.plan.nodes, &self.plan.daemon_path, &boot, self.poll.registry()) {
+        match self.carriers.start_group(self.job.launch(), self.poll.registry()) {
             Ok(()) => {
                 for n in 0..self.daemons.len() as u32 {
                     self.daemons.get_mut(n).expect("node of the job").started = true;
@@ -424,13 +365,7 @@ impl Frontend {
     }
 
     fn check_timers(&mut self) {
-        let p = Progress {
-            total_nodes: self.daemons.len(),
-            started: self.daemons.iter().filter(|d| d.started).count(),
-            connected: self.daemons.iter().filter(|d| d.joined).count(),
-            ranks: self.ranks.len(),
-            running: self.ranks.running_count(),
-        };
+        let p = Progress { ranks: self.ranks.len(), running: self.ranks.running_count(), ..self.daemons.progress() };
         self.reporter.progress(p, self.ranks.all_running() || self.verdict.terminating(), self.plan.t0);
         let now = Instant::now();
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
@@ -453,7 +388,7 @@ impl Frontend {
     /// A carrier that ended before its daemon joined explains why the node cannot be launched.
     fn reap_carriers(&mut self) {
         for (node, code) in self.carriers.ended() {
-            if self.plan.starter.is_group() {
+            if self.carriers.is_group() {
                 // srun ended: every node that has not joined by now never will.
                 let what = self.carriers.why(0, self.poll.registry(), &mut self.reporter);
                 for n in self.daemons.waiting().collect::<Vec<_>>() {

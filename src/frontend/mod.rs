@@ -14,6 +14,7 @@ mod event_loop;
 mod fabric;
 mod pmi;
 mod ranks;
+mod rendezvous;
 mod report;
 mod reporter;
 mod stdin;

@@ -55,10 +55,6 @@ impl Reporter {
         Reporter { style, files: HashMap::new(), stdout_broken: false, bar: None, progress_done: false }
     }
 
-    pub fn verbose(&self) -> u8 {
-        self.style.verbose
-    }
-
     /// One of rlaunch's own lines (already starting with "rlaunch: ").
     pub fn line(&mut self, text: &str) {
         let write = || {
