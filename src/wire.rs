@@ -331,9 +331,9 @@ pub enum PmiReportKind {
     Unfinalized,
 }
 
-fn mac_for(key: &JobKey, dir: Dir, link: u32, seq: u64, payload: &[u8]) -> Hmac<Sha256> {
+fn mac_for(key: &JobKey, version: u8, dir: Dir, link: u32, seq: u64, payload: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(&[PROTOCOL_VERSION, dir as u8]);
+    mac.update(&[version, dir as u8]);
     mac.update(&link.to_le_bytes());
     mac.update(&seq.to_le_bytes());
     mac.update(payload);
@@ -365,7 +365,7 @@ impl Sealer {
         out.extend_from_slice(&self.link.to_le_bytes());
         out.extend_from_slice(&seq.to_le_bytes());
         out.extend_from_slice(&payload);
-        let tag = mac_for(&self.key, self.dir, self.link, seq, &payload).finalize().into_bytes();
+        let tag = mac_for(&self.key, PROTOCOL_VERSION, self.dir, self.link, seq, &payload).finalize().into_bytes();
         out.extend_from_slice(&tag);
         out
     }
@@ -407,9 +407,6 @@ impl Opener {
         }
         let frame: Vec<u8> = buf.drain(..4 + len).collect();
         let version = frame[4];
-        if version != PROTOCOL_VERSION {
-            return Err(WireError::Version(version));
-        }
         let dir = frame[5];
         if dir != self.dir as u8 {
             return Err(WireError::Direction(dir));
@@ -418,10 +415,15 @@ impl Opener {
         let seq = u64::from_le_bytes(frame[10..18].try_into().unwrap());
         let payload = &frame[HEADER_LEN..frame.len() - MAC_LEN];
         let tag = &frame[frame.len() - MAC_LEN..];
-        // Authenticate before trusting any header field for state changes.
-        mac_for(&self.key, self.dir, link, seq, payload)
+        // Authenticate before trusting any header field. The MAC covers the version byte as
+        // sent, so a stranger's frame is a forgery whatever version it claims, and a frame of
+        // this job from another rlaunch build is named as such.
+        mac_for(&self.key, version, self.dir, link, seq, payload)
             .verify_slice(tag)
             .map_err(|_| WireError::BadMac)?;
+        if version != PROTOCOL_VERSION {
+            return Err(WireError::Version(version));
+        }
         if let Some(expected) = self.link {
             if expected != link {
                 return Err(WireError::Link { expected, got: link });
@@ -621,6 +623,27 @@ mod tests {
         let b = s.seal(&sample_launch(4000)).len();
         // varint: 64 and 4000 both take 2 bytes.
         assert_eq!(a, b);
+    }
+
+    /// A frame sealed as protocol `version` (the MAC covers the version byte as sent).
+    fn sealed_as(key: JobKey, version: u8) -> Vec<u8> {
+        let mut bytes = Sealer::new(key, Dir::Up, 1).seal(&Msg::NodeDone { node: 1 });
+        bytes[4] = version;
+        let cut = bytes.len() - MAC_LEN;
+        let (body, tag) = bytes.split_at_mut(cut);
+        let payload = &body[HEADER_LEN..];
+        tag.copy_from_slice(&mac_for(&key, version, Dir::Up, 1, 0, payload).finalize().into_bytes());
+        bytes
+    }
+
+    #[test]
+    fn another_build_is_named_and_a_stranger_is_a_forgery_whatever_its_version() {
+        let mut frame = sealed_as(key(1), PROTOCOL_VERSION - 1);
+        assert_eq!(Opener::new(key(1), Dir::Up, None).open(&mut frame), Err(WireError::Version(PROTOCOL_VERSION - 1)));
+        let mut frame = sealed_as(key(2), PROTOCOL_VERSION - 1);
+        assert_eq!(Opener::new(key(1), Dir::Up, None).open(&mut frame), Err(WireError::BadMac));
+        let mut frame = sealed_as(key(1), PROTOCOL_VERSION);
+        assert_eq!(Opener::new(key(1), Dir::Up, None).open(&mut frame), Ok(Some(Msg::NodeDone { node: 1 })));
     }
 
     #[test]
