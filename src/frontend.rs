@@ -14,7 +14,7 @@ use crate::exitcode;
 use anyhow::{Context, Result};
 use launchers::map::ProcMap;
 use launchers::nodes::Node;
-use launchers::start::{DaemonProcess, Starter};
+use launchers::start::{DaemonProcess, GroupStarter, NodeStarter, Starter};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -193,13 +193,14 @@ pub fn run(plan: Plan) -> Result<i32> {
             d.launch_clock = Some(now);
         }
     }
-    if fe.plan.starter.is_group() {
-        fe.start_group();
-    } else {
-        let direct = tree::children_of(None, fe.plan.launch.fanout, nnodes as u32);
-        for node in direct {
-            let addr = fe.parent_addr_for(node);
-            fe.start_daemon(node, addr);
+    match fe.plan.starter.clone() {
+        Starter::Group(group) => fe.start_group(&group),
+        Starter::Each(starter) => {
+            let direct = tree::children_of(None, fe.plan.launch.fanout, nnodes as u32);
+            for node in direct {
+                let addr = fe.parent_addr_for(node);
+                fe.start_daemon(&starter, node, addr);
+            }
         }
     }
     fe.event_loop()
@@ -250,7 +251,7 @@ impl Frontend {
 
     /// One command starts every daemon (srun); they join by rendezvous. Its process and stderr are
     /// kept in node 0's record.
-    fn start_group(&mut self) {
+    fn start_group(&mut self, group: &GroupStarter) {
         let boot = Bootstrap {
             key: self.key,
             parent: self.parent_addr_for(0),
@@ -259,7 +260,7 @@ impl Frontend {
             fanout: self.plan.launch.fanout,
             job_id: self.plan.job_id.clone(),
         };
-        match launchers::start::start_group(&self.plan.starter, &self.plan.nodes, &self.plan.daemon_path, &boot.to_line()) {
+        match launchers::start::start_group(group, &self.plan.nodes, &self.plan.daemon_path, &boot.to_line(), &launchers::start::no_notify()) {
             Ok(mut p) => {
                 if let Some(e) = p.stderr.take() {
                     let mut r = mio::unix::pipe::Receiver::from(e);
@@ -341,7 +342,7 @@ impl Frontend {
         }
     }
 
-    fn start_daemon(&mut self, node: u32, parent: String) {
+    fn start_daemon(&mut self, starter: &NodeStarter, node: u32, parent: String) {
         let boot = Bootstrap {
             key: self.key,
             parent,
@@ -351,7 +352,7 @@ impl Frontend {
             job_id: self.plan.job_id.clone(),
         };
         let n = &self.plan.nodes[node as usize];
-        match launchers::start::start(&self.plan.starter, n, &self.plan.daemon_path, &boot.to_line()) {
+        match launchers::start::start(starter, n, &self.plan.daemon_path, &boot.to_line(), &launchers::start::no_notify()) {
             Ok(mut p) => {
                 if let Some(e) = p.stderr.take() {
                     let mut r = mio::unix::pipe::Receiver::from(e);
@@ -574,11 +575,12 @@ impl Frontend {
                 for k in kids.clone() {
                     self.daemons[k as usize].launch_clock.get_or_insert(now);
                 }
-                if !kids.is_empty() && self.plan.launch.tree_spawn.is_none() && !self.plan.starter.is_group() {
+                let front_starts_kids = !kids.is_empty() && self.plan.launch.tree_spawn.is_none();
+                if let (true, Starter::Each(starter)) = (front_starts_kids, self.plan.starter.clone()) {
                     let parent = format!("{}:{listen_port}", bracket_v6(addr.as_deref().unwrap_or("127.0.0.1")));
                     for k in kids {
                         if !self.terminating {
-                            self.start_daemon(k, parent.clone());
+                            self.start_daemon(&starter, k, parent.clone());
                         }
                     }
                 }

@@ -21,9 +21,9 @@ mod tree;
 mod wire;
 
 use anyhow::{Context, Result};
-use launchers::map::{MapBy, MapPolicy, ProcMap, RankBy};
+use launchers::map::{MapBy, ProcMap, RankBy};
 use launchers::nodes::Node;
-use launchers::start::Starter;
+use launchers::start::{NodeStarter, Starter};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -87,7 +87,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     let nodes_plan = resolve_nodes(g)?;
     let nodes = nodes_plan.nodes;
     let policy = nodes_plan.policy;
-    let local_only = nodes_plan.starter == Starter::Local;
+    let local_only = nodes_plan.local;
     if local_only {
         for a in &apps {
             let path = a.env.iter().find(|(k, _)| k == "PATH").and_then(|(_, v)| v.clone()).or_else(|| lookup("PATH"));
@@ -165,132 +165,38 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     frontend::run(plan)
 }
 
-struct NodesPlan {
-    nodes: Vec<Node>,
-    policy: MapPolicy,
-    starter: Starter,
-}
-
 fn usage_err(msg: impl Into<String>) -> anyhow::Error {
     cli::UsageError::Msg(msg.into()).into()
 }
 
 /// Where the ranks run and how daemons get there, from the command line.
-fn resolve_nodes(g: &cli::Cli) -> Result<NodesPlan> {
-    let mut map_by: MapBy = g.map_by.parse().map_err(|e| usage_err(format!("--map-by {}: {e}", g.map_by)))?;
-    let rank_by: RankBy = match &g.rank_by {
-        Some(r) => r.parse().map_err(|e| usage_err(format!("--rank-by {r}: {e}")))?,
-        None if map_by == MapBy::Node => RankBy::Node,
-        None => RankBy::Slot,
-    };
-    if let Some(n) = g.ppn {
-        if n == 0 {
-            return Err(usage_err("--ppn 0: the number of ranks per node must be at least 1"));
-        }
-        map_by = MapBy::PprNode(n);
-    }
-    let listed = match (&g.hostfile, &g.host) {
-        (Some(_), Some(_)) => return Err(usage_err("--hostfile and --host cannot be combined; use one of them")),
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| usage_err(format!("--hostfile {}: {e}", path.display())))?;
-            let display = path.display().to_string();
-            Some(launchers::parse_hostfile(&display, &text).map_err(|e| usage_err(e.to_string()))?)
-        }
-        (None, Some(list)) => Some(launchers::parse_host_list(list).map_err(|e| usage_err(e.to_string()))?),
-        (None, None) => None,
-    };
-    let agent = match &g.launch_agent {
-        Some(a) => {
-            let mut argv: Vec<String> = a.split_whitespace().map(str::to_string).collect();
-            if argv.is_empty() {
-                return Err(usage_err("--launch-agent: empty command"));
-            }
-            // Daemons that start their own children (tree spawn) run elsewhere: a relative agent
-            // path must not depend on their working directory.
-            if argv[0].contains('/') && !argv[0].starts_with('/') {
-                let abs = std::env::current_dir()?.join(&argv[0]);
-                argv[0] = abs.to_string_lossy().into_owned();
-            }
-            Some(argv)
-        }
+fn resolve_nodes(g: &cli::Cli) -> Result<launchers::AllocationPlan> {
+    let map_by: MapBy = g.map_by.parse().map_err(|e| usage_err(format!("--map-by {}: {e}", g.map_by)))?;
+    let rank_by: Option<RankBy> = match &g.rank_by {
+        Some(r) => Some(r.parse().map_err(|e| usage_err(format!("--rank-by {r}: {e}")))?),
         None => None,
     };
-    // Inside a resource manager's allocation the nodes come from it; a node list given by hand
-    // must then be a subset of it.
+    let launcher = match &g.launcher {
+        Some(k) => Some(k.parse::<launchers::LauncherKind>().map_err(|e| usage_err(format!("--launcher {k}: {e}")))?),
+        None => None,
+    };
+    let req = launchers::AllocationRequest {
+        hostfile: g.hostfile.clone(),
+        host: g.host.clone(),
+        launcher,
+        launch_agent: g.launch_agent.clone(),
+        map_by,
+        rank_by,
+        ppn: g.ppn,
+        oversubscribe: g.oversubscribe,
+        ssh_port: g.ssh_port,
+        ssh_identity: g.ssh_identity.clone(),
+        ssh_known_hosts: g.ssh_known_hosts.clone(),
+        launch_timeout: Duration::from_secs_f64(g.launch_timeout),
+        cwd: std::env::current_dir()?,
+    };
     let env = |k: &str| std::env::var(k).ok();
-    let slurm = launchers::detect_slurm(&env).map_err(|e| usage_err(format!("reading the Slurm allocation: {e}")))?;
-    let pbs = if slurm.is_none() { launchers::detect_pbs(&env).map_err(|e| usage_err(format!("reading the PBS allocation: {e}")))? } else { None };
-    let (alloc_nodes, alloc_name): (Option<Vec<Node>>, String) = match (&slurm, &pbs) {
-        (Some(s), _) => (Some(s.nodes.clone()), format!("Slurm job {}", s.job_id)),
-        (None, Some(p)) => (Some(p.nodes.clone()), format!("PBS job {}", p.job_id)),
-        _ => (None, String::new()),
-    };
-    let kind = match (g.launcher.as_deref(), &agent) {
-        (Some("agent"), None) => return Err(usage_err("--launcher agent needs --launch-agent CMD")),
-        (Some(k @ ("local" | "ssh" | "slurm" | "pbs")), Some(_)) => {
-            return Err(usage_err(format!("--launch-agent cannot be combined with --launcher {k}")))
-        }
-        (Some("slurm"), None) if slurm.is_none() => {
-            return Err(usage_err("--launcher slurm: not inside a Slurm allocation (SLURM_JOB_ID is not set); use salloc or sbatch"))
-        }
-        (Some("pbs"), None) if pbs.is_none() => {
-            return Err(usage_err("--launcher pbs: not inside a PBS job (PBS_JOBID and PBS_NODEFILE are not set)"))
-        }
-        (Some(k @ ("local" | "ssh" | "agent" | "slurm" | "pbs")), _) => k,
-        (Some(other), _) => return Err(usage_err(format!("--launcher {other}: expected local, ssh, agent, slurm or pbs"))),
-        (None, Some(_)) => "agent",
-        (None, None) if slurm.is_some() => "slurm",
-        (None, None) if pbs.is_some() => "pbs",
-        (None, None) if listed.is_some() => "ssh",
-        (None, None) => "local",
-    };
-    let starter = match kind {
-        "local" => Starter::Local,
-        "agent" => Starter::Agent { argv: agent.expect("agent checked above") },
-        "slurm" => Starter::Srun { srun: "srun".into() },
-        // PBS: TM's pbsdsh cannot carry a private bootstrap line on stdin, so daemons start over ssh
-        // (see the man page).
-        _ => ssh_starter(g),
-    };
-    let listed = match (listed, &alloc_nodes) {
-        (Some(nodes), Some(alloc)) if kind != "local" => {
-            for n in &nodes {
-                match alloc.iter().find(|a| a.name == n.name) {
-                    None => {
-                        return Err(usage_err(format!(
-                            "node {} is not part of {alloc_name} (its nodes: {}); inside an allocation a node list must be a subset of it",
-                            n.name,
-                            alloc.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(",")
-                        )))
-                    }
-                    Some(a) if n.slots > a.slots && !g.oversubscribe => {
-                        return Err(usage_err(format!(
-                            "node {} has {} slots in {alloc_name}, but the node list asks for {}",
-                            n.name, a.slots, n.slots
-                        )))
-                    }
-                    Some(_) => {}
-                }
-            }
-            Some(nodes)
-        }
-        (Some(nodes), _) => Some(nodes),
-        (None, Some(alloc)) if kind != "local" => Some(alloc.clone()),
-        (None, _) => None,
-    };
-    match listed {
-        Some(nodes) => Ok(NodesPlan { nodes, policy: MapPolicy { map_by, rank_by, oversubscribe: g.oversubscribe }, starter }),
-        None => {
-            // One implicit local node: its slots are its CPUs, and asking for more is allowed, as on
-            // a laptop.
-            let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-            let nodes = vec![Node { name: launchers::local_hostname(), user: None, slots: cpus, max_slots: None }];
-            if starter != Starter::Local {
-                return Err(usage_err(format!("--launcher {kind} needs nodes: give --hostfile or --host")));
-            }
-            Ok(NodesPlan { nodes, policy: MapPolicy { map_by, rank_by, oversubscribe: true }, starter })
-        }
-    }
+    launchers::allocate(&req, &env).map_err(|e| usage_err(e.to_string()))
 }
 
 /// What a daemon needs to start its children the way the front end would have.
@@ -299,9 +205,9 @@ fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
         return None;
     }
     match starter {
-        Starter::Local => Some(spec::TreeSpawn { agent: Vec::new(), ssh: None }),
-        Starter::Agent { argv } => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
-        Starter::Ssh(o) => Some(spec::TreeSpawn {
+        Starter::Each(NodeStarter::Local) => Some(spec::TreeSpawn { agent: Vec::new(), ssh: None }),
+        Starter::Each(NodeStarter::Agent { argv }) => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
+        Starter::Each(NodeStarter::Ssh(o)) => Some(spec::TreeSpawn {
             agent: Vec::new(),
             ssh: Some(spec::SshSpec {
                 port: o.port,
@@ -312,22 +218,8 @@ fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
             }),
         }),
         // One srun step already starts every daemon: there is nothing for daemons to start.
-        Starter::Srun { .. } => None,
+        Starter::Group(_) => None,
     }
-}
-
-fn ssh_starter(g: &cli::Cli) -> Starter {
-    let mut opts = launchers::ssh::SshOptions::default();
-    if let Some(p) = g.ssh_port {
-        opts.port = p;
-    }
-    if let Some(id) = &g.ssh_identity {
-        opts.identity = Some(id.clone());
-        opts.identities_only = true;
-    }
-    opts.known_hosts = g.ssh_known_hosts.clone();
-    opts.connect_timeout = Duration::from_secs_f64(g.launch_timeout.min(30.0));
-    Starter::Ssh(opts)
 }
 
 /// Variables that describe this host or this session, or belong to another launcher, and so must
