@@ -9,16 +9,13 @@ use crate::output::tag_lines;
 use crate::sig::{signal_name, SignalPipe};
 use crate::tree;
 use crate::spec::{RankStatus, StdinTarget};
-use crate::wire::{self, Bootstrap, Dir, JobKey, Launch, Msg, NodeFault, Stream};
+use crate::wire::{self, Bootstrap, Dir, JobKey, Msg, NodeFault, Stream};
 use crate::exitcode;
 use anyhow::{Context, Result};
-use launchers::map::ProcMap;
-use launchers::nodes::Node;
 use launchers::start::{DaemonProcess, GroupStarter, NodeStarter, Starter};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The root of the launch-time fabric exchange (`crate::fabric`).
@@ -43,27 +40,8 @@ mod pmi_glue;
 #[path = "pmix/frontend_glue.rs"]
 mod pmix_glue;
 
-/// Everything the loop needs to run one job.
-pub struct Plan {
-    pub job_id: String,
-    pub launch: Launch,
-    pub nodes: Vec<Node>,
-    pub map: ProcMap,
-    pub starter: Starter,
-    pub daemon_path: String,
-    pub timeout: Option<Duration>,
-    pub launch_timeout: Duration,
-    pub tag_output: bool,
-    pub output_dir: Option<PathBuf>,
-    pub report: Option<PathBuf>,
-    pub verbose: u8,
-    /// Never show launch progress.
-    pub quiet: bool,
-    /// Listen on loopback only: every daemon runs on this machine.
-    pub loopback: bool,
-    pub command_line: Vec<String>,
-    pub t0: Instant,
-}
+/// Everything the loop needs to run one job, decided by `crate::cli::resolve`.
+pub use crate::plan::JobPlan as Plan;
 
 #[derive(Default)]
 struct DaemonState {
