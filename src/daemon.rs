@@ -535,7 +535,7 @@ impl Daemon {
         let Some(launch) = self.launch.clone() else { return };
         let Some(ts) = &launch.tree_spawn else { return };
         let starter = match (&ts.ssh, ts.agent.is_empty()) {
-            (Some(o), _) => launchers::start::Starter::Ssh(launchers::ssh::SshOptions {
+            (Some(o), _) => launchers::start::NodeStarter::Ssh(launchers::start::SshOptions {
                 port: o.port,
                 identity: o.identity.as_ref().map(std::path::PathBuf::from),
                 identities_only: o.identities_only,
@@ -543,8 +543,8 @@ impl Daemon {
                 connect_timeout: Duration::from_millis(o.connect_timeout_ms as u64),
                 ..Default::default()
             }),
-            (None, true) => launchers::start::Starter::Local,
-            (None, false) => launchers::start::Starter::Agent { argv: ts.agent.clone() },
+            (None, true) => launchers::start::NodeStarter::Local,
+            (None, false) => launchers::start::NodeStarter::Agent { argv: ts.agent.clone() },
         };
         let daemon_path = match std::env::current_exe() {
             Ok(p) => p.to_string_lossy().into_owned(),
@@ -556,7 +556,7 @@ impl Daemon {
         for child in tree::children_of(Some(self.boot.node), self.boot.fanout, self.boot.nnodes) {
             let n = &launch.nodes[child as usize];
             let node = launchers::nodes::Node { name: n.name.clone(), user: n.user.clone(), slots: n.slots, max_slots: n.max_slots };
-            let ip = if starter == launchers::start::Starter::Local {
+            let ip = if starter == launchers::start::NodeStarter::Local {
                 "127.0.0.1".to_string()
             } else {
                 launchers::start::route_source_ip(&n.name).unwrap_or_else(|| "127.0.0.1".into())
@@ -570,7 +570,7 @@ impl Daemon {
                 fanout: self.boot.fanout,
                 job_id: self.boot.job_id.clone(),
             };
-            match launchers::start::start(&starter, &node, &daemon_path, &boot.to_line()) {
+            match launchers::start::start(&starter, &node, &daemon_path, &boot.to_line(), &launchers::start::no_notify()) {
                 Ok(p) => self.spawned.push((child, p)),
                 Err(e) => {
                     self.parent.send(&Msg::NodeFailed { node: child, fault: NodeFault::LaunchFailed(e.to_string()) });

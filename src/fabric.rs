@@ -53,70 +53,6 @@ pub fn fabric_name(f: Fabric) -> &'static str {
     }
 }
 
-/// Checks the fabric flags (no I/O). Errors are usage errors (exit 2).
-pub fn spec_from_flags(
-    fabric: &str,
-    nic: Option<&str>,
-    nic_env: bool,
-    inventory: bool,
-    json: bool,
-) -> Result<FabricSpec, String> {
-    let choice = match fabric {
-        "auto" => Some(FabricChoice::Auto),
-        "tcp" => Some(FabricChoice::Tcp),
-        "rdma" => Some(FabricChoice::Rdma),
-        "off" => None,
-        other => return Err(format!("--fabric {other}: expected auto, tcp, rdma or off")),
-    };
-    let nics: Vec<String> = match nic {
-        None => Vec::new(),
-        Some(list) => {
-            let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
-            if names.iter().any(String::is_empty) {
-                return Err(format!("--nic {list}: empty NIC name; give names separated by commas, e.g. --nic eth0,eth1"));
-            }
-            names
-        }
-    };
-    if choice.is_none() && !inventory && (!nics.is_empty() || nic_env) {
-        let flag = if nics.is_empty() {
-            "--nic-env"
-        } else {
-            "--nic"
-        };
-        return Err(format!(
-            "{flag} needs endpoint assignment; drop --fabric off"
-        ));
-    }
-    if json && !inventory {
-        return Err(
-            "--json only changes the output of --inventory; add --inventory or drop --json".into(),
-        );
-    }
-    let inventory = inventory.then_some(if json {
-        InventoryFormat::Json
-    } else {
-        InventoryFormat::Text
-    });
-    Ok(FabricSpec {
-        choice,
-        nics,
-        nic_env,
-        inventory,
-    })
-}
-
-/// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):
-/// `true` exists on every system and passes the program checks.
-pub fn inventory_apps(cwd: &Path) -> Vec<crate::spec::AppContext> {
-    vec![crate::spec::AppContext {
-        argv: vec!["true".into()],
-        env: Vec::new(),
-        cwd: cwd.to_string_lossy().into_owned(),
-        np: None,
-    }]
-}
-
 // ---------------------------------------------------------------------------------------------
 // Ports.
 
@@ -1431,7 +1367,7 @@ mod tests {
     #[test]
     fn impossible_nic_is_one_usage_error_naming_the_node_and_nothing_goes_down() {
         let dir = scratch("badnic");
-        let spec = spec_from_flags("auto", Some("ib0"), false, false, false).unwrap();
+        let spec = FabricSpec { nics: vec!["ib0".into()], ..FabricSpec::default() };
         let l = launch(3, 2, 2, spec, "rl-badnic");
         let mut invs: Vec<_> = (0..3).map(|n| inv(&format!("h{n}"), "10.0.0.1")).collect();
         invs[0].net.push(netif("ib0", Some("10.9.0.1"), true));
@@ -1472,7 +1408,7 @@ mod tests {
             2,
             1,
             32,
-            spec_from_flags("rdma", None, false, false, false).unwrap(),
+            FabricSpec { choice: Some(FabricChoice::Rdma), ..FabricSpec::default() },
             "rl-nordma",
         );
         let mut invs = vec![ib_inv(), inv("plain", "10.0.0.2")];
@@ -1538,7 +1474,7 @@ mod tests {
             5,
             1,
             2,
-            spec_from_flags("auto", None, false, true, false).unwrap(),
+            FabricSpec { inventory: Some(InventoryFormat::Text), ..FabricSpec::default() },
             "rl-inv",
         );
         let invs: Vec<_> = (0..5)
@@ -1576,7 +1512,7 @@ mod tests {
             2,
             1,
             2,
-            spec_from_flags("off", None, false, false, false).unwrap(),
+            FabricSpec { choice: None, ..FabricSpec::default() },
             "rl-off",
         );
         let mut f = NodeFabric::new(0, 2, 2);
@@ -1634,46 +1570,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn flags() {
-        assert_eq!(
-            spec_from_flags("auto", None, false, false, false).unwrap(),
-            FabricSpec::default()
-        );
-        let s = spec_from_flags("tcp", Some("eth0, eth1"), true, false, false).unwrap();
-        assert_eq!(
-            (s.choice, s.nics.clone(), s.nic_env),
-            (
-                Some(FabricChoice::Tcp),
-                vec!["eth0".to_string(), "eth1".into()],
-                true
-            )
-        );
-        assert!(spec_from_flags("ib", None, false, false, false)
-            .unwrap_err()
-            .contains("expected auto, tcp, rdma or off"));
-        assert!(spec_from_flags("auto", Some("a,,b"), false, false, false)
-            .unwrap_err()
-            .contains("empty NIC name"));
-        assert!(spec_from_flags("off", Some("eth0"), false, false, false)
-            .unwrap_err()
-            .starts_with("--nic needs"));
-        assert!(spec_from_flags("off", None, true, false, false)
-            .unwrap_err()
-            .starts_with("--nic-env needs"));
-        assert!(spec_from_flags("auto", None, false, false, true)
-            .unwrap_err()
-            .contains("--json only"));
-        assert_eq!(
-            spec_from_flags("off", None, false, true, true)
-                .unwrap()
-                .inventory,
-            Some(InventoryFormat::Json)
-        );
-        assert!(spec_from_flags("off", None, false, true, false)
-            .unwrap()
-            .gathers());
-    }
 
     #[test]
     fn nic_variables_per_fabric() {

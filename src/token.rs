@@ -8,16 +8,14 @@ use mio::Token;
 pub const LISTENER: Token = Token(0);
 /// The signal pipe ([`crate::sig::SignalPipe`]).
 pub const SIGNALS: Token = Token(1);
-/// The front end's stdin reader thread posted a chunk.
-pub const STDIN_WAKE: Token = Token(2);
+/// Another thread has news for the loop: the front end's stdin reader posted a chunk or a start
+/// thread (in-process ssh) saw its daemon end; libpmix's progress thread queued an upcall in a
+/// daemon. One token because mio allows one `Waker` per `Poll`: the loop looks at every source.
+pub const WAKE: Token = Token(2);
 /// A daemon's link to its parent.
 pub const PARENT: Token = Token(3);
 /// A daemon's own standard input: its EOF means whoever started the daemon is gone.
 pub const BOOT_STDIN: Token = Token(4);
-/// libpmix's progress thread queued an upcall.
-pub const PMIX_WAKE: Token = Token(5);
-/// A daemon-start thread (in-process ssh) finished.
-pub const START_WAKE: Token = Token(6);
 
 const LINK_BASE: usize = 1 << 20;
 const RANK_PIPE_BASE: usize = 1 << 24;
@@ -99,7 +97,7 @@ mod tests {
         assert_eq!(classify(rank_pipe(0, Pipe::Stdin)), Source::RankPipe { idx: 0, pipe: Pipe::Stdin });
         assert_eq!(classify(daemon_stderr(4095)), Source::DaemonStderr(4095));
         assert_eq!(classify(pmi(0)), Source::Pmi(0));
-        assert_eq!(classify(PMIX_WAKE), Source::Fixed(PMIX_WAKE));
+        assert_eq!(classify(WAKE), Source::Fixed(WAKE));
         // The ranges hold their largest members: a million ranks per node, 64k nodes.
         assert_eq!(classify(rank_pipe((1 << 20) - 1, Pipe::Stdout)), Source::RankPipe { idx: (1 << 20) - 1, pipe: Pipe::Stdout });
         assert_eq!(classify(link((1 << 24) - (1 << 20) - 1)), Source::Link((1 << 24) - (1 << 20) - 1));

@@ -1,17 +1,21 @@
-//! Where rlaunch's nodes come from (hostfiles, `--host`, Slurm, PBS) and where its ranks go.
+//! Where rlaunch's nodes come from (hostfiles, `--host`, Slurm, PBS), where its ranks go, and how
+//! its daemons get started.
 //!
 //! [`nodes`], [`map`] and [`slurm`] are pure: text and environment lookups in, values out, so
-//! every rule is tested without a cluster. [`pbs::detect_pbs`] reads the node file PBS names;
-//! starting daemons lives in its own module. Environment lookups are passed in as closures so that
-//! tests never touch the real environment.
+//! every rule is tested without a cluster. [`pbs::detect_pbs`] reads the node file PBS names.
+//! [`allocation::allocate`] combines them with the command line's wishes into one plan: nodes,
+//! [`start::Starter`] and map policy. [`start`] holds one module per way of starting daemons
+//! (local, launch agent, in-process ssh, srun). Environment lookups are passed in as closures so
+//! that tests never touch the real environment.
 
+pub mod allocation;
 pub mod map;
 pub mod nodes;
 pub mod pbs;
 pub mod slurm;
-pub mod ssh;
 pub mod start;
 
+pub use allocation::{allocate, AllocationError, AllocationPlan, AllocationRequest, LauncherKind};
 pub use map::{compute_map, compute_map_for_nodes, MapBy, MapError, MapPolicy, ProcMap, RankBy, RankPlace};
 pub use nodes::{local_hostname, parse_host_list, parse_hostfile, Node, NodeListError};
 pub use pbs::{detect_pbs, parse_pbs_nodefile, PbsAllocation};

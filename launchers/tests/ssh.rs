@@ -5,8 +5,8 @@
 //! see because the build tree is shared with them (their /tmp is not).
 
 use launchers::nodes::Node;
-use launchers::ssh::{SshOptions, UnknownHostKey, CONNECT_FAILED};
-use launchers::start::{start, DaemonProcess, Starter};
+use launchers::start::ssh::{SshOptions, UnknownHostKey, CONNECT_FAILED};
+use launchers::start::{no_notify, start, DaemonProcess, NodeStarter};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -118,7 +118,7 @@ fn wait_status(p: &mut DaemonProcess, deadline: Instant) -> i32 {
 /// Runs a daemon that ends by itself; returns its status and all of its stderr.
 fn run(opts: &SshOptions, node: &Node, daemon_path: &str, boot: &str) -> (i32, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut p = start(&Starter::Ssh(opts.clone()), node, daemon_path, boot).unwrap();
+    let mut p = start(&NodeStarter::Ssh(opts.clone()), node, daemon_path, boot, &no_notify()).unwrap();
     let err = p.stderr.take().unwrap();
     let text = read_stderr(&err, None, deadline);
     (wait_status(&mut p, deadline), text)
@@ -149,7 +149,7 @@ fn stdin_writes_reach_the_daemon_and_dropping_it_is_eof() {
     let dir = workdir("stdin");
     let daemon = script(&dir, "daemon", r#"read l; read m; echo "$l|$m" >&2; cat >/dev/null; echo eof >&2"#);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut p = start(&Starter::Ssh(c.opts()), &c.node(), &daemon, "BOOT\n").unwrap();
+    let mut p = start(&NodeStarter::Ssh(c.opts()), &c.node(), &daemon, "BOOT\n", &no_notify()).unwrap();
     let err = p.stderr.take().unwrap();
     let mut stdin = p.stdin.take().unwrap();
     stdin.write_all(b"more\n").unwrap();
@@ -169,7 +169,7 @@ fn kill_ends_the_session_promptly_and_the_daemon_sees_eof() {
     let done = dir.join("done");
     let daemon = script(&dir, "daemon", &format!("read l; echo up >&2; cat >/dev/null; echo gone > '{}'", done.display()));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut p = start(&Starter::Ssh(c.opts()), &c.node(), &daemon, "BOOT\n").unwrap();
+    let mut p = start(&NodeStarter::Ssh(c.opts()), &c.node(), &daemon, "BOOT\n", &no_notify()).unwrap();
     let err = p.stderr.take().unwrap();
     let _stdin = p.stdin.take();
     assert_eq!(read_stderr(&err, Some("up\n"), deadline), "up\n");

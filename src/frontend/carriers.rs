@@ -7,7 +7,7 @@ use super::reporter::Reporter;
 use crate::token;
 use crate::wire::{Bootstrap, JobKey, Launch};
 use launchers::nodes::Node;
-use launchers::start::{DaemonProcess, StartError, Starter};
+use launchers::start::{DaemonProcess, GroupStarter, NodeStarter, Notify, StartError};
 use mio::unix::pipe::Receiver;
 use mio::{Events, Interest, Poll, Registry};
 use std::collections::BTreeMap;
@@ -24,15 +24,16 @@ struct Carrier {
     exit: Option<i32>,
 }
 
-/// How the front end starts daemons, and what each needs to find it.
+/// What every daemon the front end starts needs to find it.
 pub struct StartInfo {
-    pub starter: Starter,
     pub nodes: Vec<Node>,
     pub daemon_path: String,
     pub key: JobKey,
     /// Every daemon runs on this machine: the front end listens on loopback.
     pub loopback: bool,
     pub listen_port: u16,
+    /// Wakes the loop when a start thread (in-process ssh) learns that its daemon ended.
+    pub notify: Notify,
 }
 
 /// Carriers by node; one srun step is kept as node 0's.
@@ -44,11 +45,6 @@ pub struct Carriers {
 impl Carriers {
     pub fn new(info: StartInfo) -> Carriers {
         Carriers { info, by_node: BTreeMap::new() }
-    }
-
-    /// Whether one command starts every daemon (srun): they join by rendezvous.
-    pub fn is_group(&self) -> bool {
-        self.info.starter.is_group()
     }
 
     /// The address a daemon on `node` should connect to when its parent is the front end.
@@ -66,17 +62,18 @@ impl Carriers {
     }
 
     /// Starts node `node`'s daemon, pointed at `parent`, and hands it its bootstrap line.
-    pub fn start(&mut self, launch: &Launch, node: u32, parent: String, registry: &Registry) -> Result<(), StartError> {
+    pub fn start(&mut self, starter: &NodeStarter, launch: &Launch, node: u32, parent: String, registry: &Registry) -> Result<(), StartError> {
         let boot = self.bootstrap(launch, parent, node);
-        let p = launchers::start::start(&self.info.starter, &self.info.nodes[node as usize], &self.info.daemon_path, &boot)?;
+        let n = &self.info.nodes[node as usize];
+        let p = launchers::start::start(starter, n, &self.info.daemon_path, &boot, &self.info.notify)?;
         self.keep(node, p, registry);
         Ok(())
     }
 
     /// Starts every node's daemon with one command (srun); kept as node 0's carrier.
-    pub fn start_group(&mut self, launch: &Launch, registry: &Registry) -> Result<(), StartError> {
+    pub fn start_group(&mut self, starter: &GroupStarter, launch: &Launch, registry: &Registry) -> Result<(), StartError> {
         let boot = self.bootstrap(launch, self.front_end_addr(0), Bootstrap::ANY_NODE);
-        let p = launchers::start::start_group(&self.info.starter, &self.info.nodes, &self.info.daemon_path, &boot)?;
+        let p = launchers::start::start_group(starter, &self.info.nodes, &self.info.daemon_path, &boot, &self.info.notify)?;
         self.keep(0, p, registry);
         Ok(())
     }

@@ -13,7 +13,7 @@ use super::report::{ms_since, report_json, summary_line, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
-use super::Plan;
+use crate::plan::JobPlan;
 use crate::job::JobView;
 use crate::links::Links;
 use crate::sig::SignalPipe;
@@ -22,9 +22,11 @@ use crate::token::{self, Source};
 use crate::tree::{Hop, Router};
 use crate::wire::{self, Bootstrap, Msg, NodeFault};
 use anyhow::{Context, Result};
-use mio::{Events, Interest, Poll, Token};
+use launchers::start::{GroupStarter, NodeStarter, Starter};
+use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A second ctrl-C within this window kills everything.
@@ -33,12 +35,9 @@ const SECOND_INTERRUPT: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// At the end, how long daemons get to exit on Shutdown before their carriers are killed.
 const EXIT_WAIT: Duration = Duration::from_secs(3);
-/// Daemon processes that exited are noticed through SIGCHLD; in-process ssh sessions report on a
-/// channel that wakes nobody, so look now and then regardless.
-const CARRIER_POLL: Duration = Duration::from_millis(500);
 
 struct Frontend {
-    plan: Plan,
+    plan: JobPlan,
     job: JobView,
     poll: Poll,
     listener: mio::net::TcpListener,
@@ -60,7 +59,7 @@ struct Frontend {
     interrupted_at: Option<Instant>,
 }
 
-pub fn run(plan: Plan) -> Result<i32> {
+pub fn run(plan: JobPlan) -> Result<i32> {
     let key = wire::random_key().context("generating the job key")?;
     let bind = if plan.loopback { "127.0.0.1:0" } else { "0.0.0.0:0" };
     let mut listener = mio::net::TcpListener::bind(bind.parse().expect("literal address")).context("opening the front end's listening socket")?;
@@ -72,9 +71,10 @@ pub fn run(plan: Plan) -> Result<i32> {
     let job = JobView::for_front_end(Box::new(plan.launch.clone()), plan.map.clone());
     // --inventory starts no rank, whatever the placeholder map says.
     let size = if job.launch().fabric.inventory.is_some() { 0 } else { job.map().size() as usize };
+    let waker = Arc::new(Waker::new(poll.registry(), token::WAKE)?);
     let stdin = match job.launch().stdin {
         StdinTarget::None => None,
-        _ => Some(super::stdin::spawn_reader(poll.registry())?),
+        _ => Some(super::stdin::spawn_reader(waker.clone())?),
     };
     let style = OutputStyle { tag: plan.tag_output, dir: plan.output_dir.clone(), quiet: plan.quiet, verbose: plan.verbose };
     let mut fe = Frontend {
@@ -84,12 +84,14 @@ pub fn run(plan: Plan) -> Result<i32> {
         ranks: Ranks::new(size),
         reporter: Reporter::new(style),
         carriers: Carriers::new(StartInfo {
-            starter: plan.starter.clone(),
             nodes: plan.nodes.clone(),
             daemon_path: plan.daemon_path.clone(),
             key,
             loopback: plan.loopback,
             listen_port,
+            notify: Arc::new(move || {
+                let _ = waker.wake();
+            }),
         }),
         verdict: Verdict::default(),
         timings: Timings::default(),
@@ -105,14 +107,14 @@ pub fn run(plan: Plan) -> Result<i32> {
         stdin,
         plan,
     };
-    let group = fe.carriers.is_group();
-    fe.daemons.start_clocks(Instant::now(), group);
-    if group {
-        fe.start_group();
-    } else {
-        for node in fe.job.topology().children_of(None) {
-            let addr = fe.carriers.front_end_addr(node);
-            fe.start_daemon(node, addr);
+    fe.daemons.start_clocks(Instant::now(), fe.plan.starter.is_group());
+    match fe.plan.starter.clone() {
+        Starter::Group(g) => fe.start_group(&g),
+        Starter::Each(s) => {
+            for node in fe.job.topology().children_of(None) {
+                let addr = fe.carriers.front_end_addr(node);
+                fe.start_daemon(&s, node, addr);
+            }
         }
     }
     fe.event_loop()
@@ -134,7 +136,11 @@ impl Frontend {
                 match token::classify(ev.token()) {
                     Source::Fixed(token::LISTENER) => self.links.accept(&self.listener, self.poll.registry()),
                     Source::Fixed(token::SIGNALS) => self.on_signals(),
-                    Source::Fixed(token::STDIN_WAKE) => self.on_stdin(),
+                    // The stdin reader posted, or a start thread saw its daemon end.
+                    Source::Fixed(token::WAKE) => {
+                        self.on_stdin();
+                        self.reap_carriers();
+                    }
                     Source::DaemonStderr(node) => {
                         let joined = self.daemons.get(node).is_some_and(|d| d.joined);
                         self.carriers.read_stderr(node, joined, self.poll.registry(), &mut self.reporter);
@@ -168,7 +174,7 @@ impl Frontend {
         }
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), self.kill_sent_at.map(|t| t + KILL_WAIT), Some(now + CARRIER_POLL)]
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), self.kill_sent_at.map(|t| t + KILL_WAIT), self.reporter.progress_due(self.plan.t0)]
             .into_iter()
             .flatten()
             .min()
@@ -293,18 +299,18 @@ impl Frontend {
         self.daemons.start_children_clocks(node, Instant::now());
         // Unless daemons start their own children (tree spawn) or were all started at once
         // (srun), the front end starts the children of every daemon, pointed at that daemon.
-        if self.job.launch().tree_spawn.is_none() && !self.carriers.is_group() {
+        if let (None, Starter::Each(starter)) = (&self.job.launch().tree_spawn, self.plan.starter.clone()) {
             let parent = self.daemons.listen_addr(node).expect("joined above");
             for k in self.job.topology().children_of(Some(node)) {
                 if !self.verdict.terminating() {
-                    self.start_daemon(k, parent.clone());
+                    self.start_daemon(&starter, k, parent.clone());
                 }
             }
         }
     }
 
-    fn start_daemon(&mut self, node: u32, parent: String) {
-        match self.carriers.start(self.job.launch(), node, parent, self.poll.registry()) {
+    fn start_daemon(&mut self, starter: &NodeStarter, node: u32, parent: String) {
+        match self.carriers.start(starter, self.job.launch(), node, parent, self.poll.registry()) {
             Ok(()) => {
                 self.daemons.get_mut(node).expect("node of the job").started = true;
                 if self.daemons.all_started() {
@@ -316,8 +322,8 @@ impl Frontend {
     }
 
     /// One command starts every daemon (srun); they join by rendezvous.
-    fn start_group(&mut self) {
-        match self.carriers.start_group(self.job.launch(), self.poll.registry()) {
+    fn start_group(&mut self, starter: &GroupStarter) {
+        match self.carriers.start_group(starter, self.job.launch(), self.poll.registry()) {
             Ok(()) => {
                 for n in 0..self.daemons.len() as u32 {
                     self.daemons.get_mut(n).expect("node of the job").started = true;
@@ -388,7 +394,7 @@ impl Frontend {
     /// A carrier that ended before its daemon joined explains why the node cannot be launched.
     fn reap_carriers(&mut self) {
         for (node, code) in self.carriers.ended() {
-            if self.carriers.is_group() {
+            if self.plan.starter.is_group() {
                 // srun ended: every node that has not joined by now never will.
                 let what = self.carriers.why(0, self.poll.registry(), &mut self.reporter);
                 for n in self.daemons.waiting().collect::<Vec<_>>() {

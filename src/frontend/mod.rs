@@ -20,33 +20,4 @@ mod reporter;
 mod stdin;
 pub mod verdict;
 
-use crate::wire::Launch;
-use launchers::map::ProcMap;
-use launchers::nodes::Node;
-use launchers::start::Starter;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
 pub use event_loop::run;
-
-/// Everything the loop needs to run one job.
-pub struct Plan {
-    pub job_id: String,
-    pub launch: Launch,
-    pub nodes: Vec<Node>,
-    pub map: ProcMap,
-    pub starter: Starter,
-    pub daemon_path: String,
-    pub timeout: Option<Duration>,
-    pub launch_timeout: Duration,
-    pub tag_output: bool,
-    pub output_dir: Option<PathBuf>,
-    pub report: Option<PathBuf>,
-    pub verbose: u8,
-    /// Never show launch progress.
-    pub quiet: bool,
-    /// Listen on loopback only: every daemon runs on this machine.
-    pub loopback: bool,
-    pub command_line: Vec<String>,
-    pub t0: Instant,
-}

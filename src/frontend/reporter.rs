@@ -160,6 +160,12 @@ impl Reporter {
         }
     }
 
+    /// When the progress line may have to appear, if it has not been decided yet: the loop wakes
+    /// then even if nothing else happens.
+    pub fn progress_due(&self, since: Instant) -> Option<Instant> {
+        (!self.progress_done && self.bar.is_none() && !self.style.quiet).then_some(since + PROGRESS_AFTER).filter(|&t| t > Instant::now())
+    }
+
     pub fn clear_progress(&mut self) {
         if let Some(pb) = self.bar.take() {
             pb.finish_and_clear();

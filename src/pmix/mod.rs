@@ -48,7 +48,7 @@ impl std::str::FromStr for MpiFlag {
             "pmi" => Ok(MpiFlag::Pmi),
             "pmix" => Ok(MpiFlag::Pmix),
             "auto" => Ok(MpiFlag::Auto),
-            other => Err(format!("--mpi {other}: expected pmi, pmix or auto")),
+            _ => Err("expected pmi, pmix or auto".into()),
         }
     }
 }

@@ -13,8 +13,8 @@
 //! and the refusal says how to add a key. Accepting never writes a file: a launcher that edits the
 //! user's known_hosts behind their back surprises people.
 
+use super::common::{remote_command, DaemonProcess, Notify, StartError, Waiter};
 use crate::nodes::Node;
-use crate::start::{remote_command, DaemonProcess, StartError, Waiter};
 use base64::Engine as _;
 use ssh2::{Channel, CheckResult, ErrorCode, KnownHostFileKind, MethodType, Session};
 use std::fs::File;
@@ -74,7 +74,8 @@ const KILLED: i32 = 128 + 9;
 const TICK: Duration = Duration::from_millis(50);
 
 /// Starts `daemon_path __daemon` on `node` over ssh and returns at once; a thread does the rest.
-pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
+/// The thread calls `notify` once it has ended, however it ends, after sending its exit status.
+pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str, notify: Notify) -> Result<DaemonProcess, StartError> {
     let fail = |source: io::Error| StartError::Ssh { node: node.name.clone(), source };
     let (err_r, err_w) = pipe(false).map_err(fail)?;
     // Non-blocking both ways: a writer never waits on the session thread, which drains it itself.
@@ -96,8 +97,12 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str)
     std::thread::Builder::new()
         .name(format!("ssh-{}", node.name))
         .spawn(move || {
+            // Locals drop in reverse order: the sender goes first, then notify runs, so even a
+            // panicking session wakes its caller to a waiter that reads the end (as status -1).
+            let _wake = CallOnDrop(notify);
+            let status = status_tx;
             let code = job.run();
-            let _ = status_tx.send(code);
+            let _ = status.send(code);
         })
         .map_err(fail)?;
     Ok(DaemonProcess {
@@ -105,6 +110,15 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str)
         stdin: Some(Box::new(SshStdin { tx: Some(stdin_tx), wake: File::from(wake_w) })),
         stderr: Some(err_r),
     })
+}
+
+/// Calls its hook when dropped: the session thread's last act, on every way out of it.
+struct CallOnDrop(Notify);
+
+impl Drop for CallOnDrop {
+    fn drop(&mut self) {
+        (self.0)();
+    }
 }
 
 /// The daemon's stdin as seen from the front end: bytes are queued for the session thread, and

@@ -1,0 +1,151 @@
+//! What every way of starting a daemon shares: the handle it returns ([`DaemonProcess`]), how its
+//! end is learnt ([`Waiter`]), its errors, and the hand-over of the bootstrap line.
+//!
+//! The backends import this file and nothing else of `start`, and this file imports none of them,
+//! so that the parent module can dispatch to backends without any file importing one that imports it.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+/// Called by a backend whose daemon ends off the caller's event loop (the in-process ssh thread),
+/// right after the exit status can be read from its [`Waiter`]. A caller wires its poll's waker to
+/// it; child processes need none, since SIGCHLD already wakes the loops.
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// A [`Notify`] for callers that learn of ends some other way (a timer, or only child processes).
+pub fn no_notify() -> Notify {
+    Arc::new(|| {})
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot run launch agent '{agent}' for node {node}: {source}")]
+    Agent { agent: String, node: String, source: std::io::Error },
+    #[error("cannot start the daemon '{path}' on this node: {source}")]
+    Local { path: String, source: std::io::Error },
+    #[error("cannot send the bootstrap line to the daemon of node {node}: {source}")]
+    Bootstrap { node: String, source: std::io::Error },
+    #[error("cannot start the ssh session for node {node} on this machine: {source}")]
+    Ssh { node: String, source: std::io::Error },
+}
+
+/// A started daemon, seen from the front end.
+pub struct DaemonProcess {
+    pub waiter: Waiter,
+    /// Kept open for the life of the job: closing it tells the daemon its starter is gone.
+    pub stdin: Option<Box<dyn Write + Send>>,
+    /// The daemon's stderr (or the agent's), readable and pollable.
+    pub stderr: Option<std::os::fd::OwnedFd>,
+}
+
+/// How to learn that a started daemon (or the agent carrying it) ended.
+pub enum Waiter {
+    Child(Child),
+    /// A backend that runs on a thread of its own (in-process ssh): it sends the exit status once;
+    /// dropping `kill` asks it to close its session.
+    Thread { status: std::sync::mpsc::Receiver<i32>, kill: Option<std::sync::mpsc::Sender<()>>, done: Option<i32> },
+}
+
+impl Waiter {
+    /// The exit status (128+N for signal N) once the daemon or its carrier has ended.
+    pub fn try_wait(&mut self) -> Option<i32> {
+        match self {
+            Waiter::Child(c) => {
+                use std::os::unix::process::ExitStatusExt;
+                match c.try_wait() {
+                    Ok(Some(st)) => Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))),
+                    Ok(None) => None,
+                    Err(_) => Some(-1),
+                }
+            }
+            Waiter::Thread { status, done, .. } => {
+                if done.is_none() {
+                    match status.try_recv() {
+                        Ok(code) => *done = Some(code),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => *done = Some(-1),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    }
+                }
+                *done
+            }
+        }
+    }
+
+    /// The local process id, when the daemon's carrier is a child process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Waiter::Child(c) => Some(c.id()),
+            Waiter::Thread { .. } => None,
+        }
+    }
+
+    /// Ends the daemon's carrier now (the daemon sees its stdin close and cleans up).
+    pub fn kill(&mut self) {
+        match self {
+            Waiter::Child(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Waiter::Thread { kill, .. } => {
+                kill.take();
+            }
+        }
+    }
+}
+
+/// Quotes one word for a POSIX shell: the remote side of ssh and agents runs the command through one.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The command line that runs the daemon on the far side of an agent or an ssh session.
+pub fn remote_command(daemon_path: &str) -> String {
+    // exec: no shell stays behind to report the daemon's death ("Killed") or to hold its pipes.
+    format!("exec {} __daemon", shell_quote(daemon_path))
+}
+
+/// Pipes and process-group set-up for a carrier started as a child process (daemon, agent, srun).
+pub(crate) fn prepare(cmd: &mut Command) {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Own process group: the user's ctrl-C reaches the front end, which forwards it.
+            libc::setpgid(0, 0);
+            // If the front end dies, even by SIGKILL, the local daemon or agent hears of it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+/// Writes the bootstrap line into a started carrier's stdin and keeps the pipes the front end needs.
+pub(crate) fn hand_over(mut child: Child, node: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
+    let mut stdin = child.stdin.take();
+    if let Some(s) = stdin.as_mut() {
+        if let Err(source) = s.write_all(bootstrap.as_bytes()).and_then(|_| s.flush()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(StartError::Bootstrap { node: node.to_string(), source });
+        }
+    }
+    let stderr = child.stderr.take().map(std::os::fd::OwnedFd::from);
+    Ok(DaemonProcess { waiter: Waiter::Child(child), stdin: stdin.map(|s| Box::new(s) as Box<dyn Write + Send>), stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/bin/rlaunch"), "/usr/bin/rlaunch");
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

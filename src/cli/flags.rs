@@ -1,0 +1,369 @@
+//! Every flag, defined once: the clap table renders `--help`, `man/rlaunch.1` and the shell
+//! completions. Choice flags are parsed into their types here, by value parsers, so a bad value is
+//! a usage error before anything else runs and no later step parses a string again.
+
+use super::error::{usage, UsageError};
+use crate::pmix::MpiFlag;
+use crate::spec::StdinTarget;
+use clap::{ArgAction, CommandFactory, Parser};
+use fabrics::endpoints::FabricChoice;
+use launchers::map::{MapBy, RankBy};
+use launchers::LauncherKind;
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+pub const CONTRACT: &str = "\
+EXIT STATUS:
+  0    every rank exited with status 0
+  N    the status of the first rank that failed; 128+N if it was killed by signal N
+  2    bad command line or input (unknown flag, -np 0, missing or non-executable program,
+       bad -x, unwritable --output-dir); one line on stderr says what is wrong
+  124  --timeout expired; every rank was killed
+  125  rlaunch itself failed (a daemon could not be started or reached, a link broke)
+
+FAILURES:
+  When a rank fails, rlaunch prints one line naming the rank, its pid and node and the cause,
+  sends SIGTERM to every other rank's process group, then SIGKILL after a grace period (2 s).
+  MPI_Abort(comm, N) ends the job with status N (1 when N is a multiple of 256). A rank that
+  breaks the PMI protocol, or exits with status 0 after MPI_Init without MPI_Finalize, fails
+  the job with status 1.
+
+SIGNALS:
+  SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
+  A second SIGINT (ctrl-C) within 5 s kills every rank with SIGKILL (exit 130).
+  Each rank runs in its own process group; a rank's children are killed when it exits.
+  If rlaunch dies, even by SIGKILL, its daemons and every rank are gone within 5 s.
+
+ENVIRONMENT OF EACH RANK:
+  RLAUNCH_RANK, RLAUNCH_SIZE, RLAUNCH_LOCAL_RANK, RLAUNCH_LOCAL_SIZE, RLAUNCH_NODE_RANK,
+  RLAUNCH_NUM_NODES, RLAUNCH_JOBID, RLAUNCH_APPNUM, plus rlaunch's own environment and -x values.
+  RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
+  NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
+
+MPMD:
+  rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
+  After ':' only per-program options may appear (-n/-np, -x, --wdir).
+
+NODES:
+  Without --hostfile or --host, ranks run on this machine (slots = CPUs, more ranks allowed).
+  With a node list, daemons start over ssh (or --launch-agent) in a tree of fan-out --fanout;
+  asking for more ranks than slots is an error unless --oversubscribe.
+  Remote ranks get rlaunch's environment except HOSTNAME, HOST, DISPLAY, XAUTHORITY, PWD,
+  OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
+  RLAUNCH_*).
+
+Single-dash long options (-np, -wdir, -timeout, ...) are accepted as in mpirun.";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "rlaunch",
+    version,
+    about = "A fast, fabric-aware parallel job launcher (mpirun/mpiexec replacement)",
+    long_about = "rlaunch starts PROGRAM as a parallel job of ranks. It starts one short-lived daemon per \
+node, sends it the application context, and each daemon starts and supervises its own ranks.",
+    after_long_help = CONTRACT,
+    override_usage = "rlaunch [OPTIONS] PROGRAM [ARGS]... [: [OPTIONS] PROGRAM [ARGS]...]...",
+    disable_help_subcommand = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Number of ranks to start [default: the number of slots; on one node, the CPU count]
+    #[arg(short = 'n', long = "np", value_name = "N", visible_alias = "n")]
+    pub np: Option<u32>,
+
+    /// Export VAR (from rlaunch's environment) or set VAR=VALUE in every rank; repeatable
+    #[arg(short = 'x', long = "export", value_name = "VAR[=VALUE]", action = ArgAction::Append)]
+    pub export: Vec<String>,
+
+    /// Working directory of the ranks [default: the current directory]
+    #[arg(long = "wdir", visible_alias = "wd", value_name = "DIR")]
+    pub wdir: Option<PathBuf>,
+
+    /// Kill the whole job after SECS seconds (fractions allowed) and exit with 124
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+
+    /// Prefix every output line with "[RANK] "
+    #[arg(short = 'l', long = "tag-output")]
+    pub tag_output: bool,
+
+    /// Write each rank's output to DIR/rank.N.stdout and DIR/rank.N.stderr instead of the terminal
+    #[arg(long = "output-dir", value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Which rank reads rlaunch's standard input: a rank number, "all" or "none"
+    #[arg(long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
+    pub stdin: StdinTarget,
+
+    /// Print the process map (which rank runs where) and exit without starting anything
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+
+    /// Write a JSON report (job, map, per-rank exit status, launch phase timings) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Say more about what rlaunch does (phase timings; repeat for more)
+    #[arg(short = 'v', long, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Read nodes and slots from FILE (lines like `node01`, `node01 slots=4 max_slots=8`, `node01:4`,
+    /// `user@node01 slots=4`; `#` comments)
+    #[arg(short = 'f', long = "hostfile", visible_aliases = ["machinefile"], value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
+
+    /// Nodes and slots as a list: h1:2,h2,user@h3:4
+    #[arg(short = 'H', long = "host", value_name = "LIST")]
+    pub host: Option<String>,
+
+    /// Where ranks go: slot (fill each node's slots in order), node (round-robin), ppr:N:node
+    #[arg(long = "map-by", value_name = "POLICY", default_value = "slot", value_parser = typed::<MapBy>)]
+    pub map_by: MapBy,
+
+    /// N ranks per node (the same as --map-by ppr:N:node)
+    #[arg(short = 'N', long = "ppn", value_name = "N")]
+    pub ppn: Option<u32>,
+
+    /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
+    /// [default: node with --map-by node, as in Open MPI; slot otherwise]
+    #[arg(long = "rank-by", value_name = "POLICY", value_parser = typed::<RankBy>)]
+    pub rank_by: Option<RankBy>,
+
+    /// Allow more ranks than slots (max_slots stays a hard limit)
+    #[arg(long)]
+    pub oversubscribe: bool,
+
+    /// How daemons start: local (every daemon on this machine, whatever the node names), ssh
+    /// (in-process, the default with a node list), agent (--launch-agent), slurm (one srun step,
+    /// the default inside a Slurm allocation), pbs (inside a PBS job: nodes from PBS_NODEFILE,
+    /// daemons over ssh)
+    #[arg(long, value_name = "KIND", value_parser = typed::<LauncherKind>)]
+    pub launcher: Option<LauncherKind>,
+
+    /// ssh: use only this private key (as `ssh -i FILE -o IdentitiesOnly=yes`) [default: the ssh
+    /// agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa]
+    #[arg(long = "ssh-identity", value_name = "FILE")]
+    pub ssh_identity: Option<PathBuf>,
+
+    /// ssh: check host keys against FILE only [default: ~/.ssh/known_hosts and
+    /// /etc/ssh/ssh_known_hosts]; unknown or changed host keys are refused
+    #[arg(long = "ssh-known-hosts", value_name = "FILE")]
+    pub ssh_known_hosts: Option<PathBuf>,
+
+    /// ssh: port of the nodes' ssh servers
+    #[arg(long = "ssh-port", value_name = "PORT")]
+    pub ssh_port: Option<u16>,
+
+    /// Start daemons with an rsh-like command, run as `CMD ARGS... HOST 'DAEMON __daemon'`
+    /// (e.g. "ssh -x", "ip netns exec"-style wrappers); implies --launcher agent
+    #[arg(long = "launch-agent", value_name = "CMD ARGS")]
+    pub launch_agent: Option<String>,
+
+    /// Tree fan-out: the front end starts and talks to at most K daemons; each daemon to K children
+    #[arg(long, value_name = "K", default_value = "32")]
+    pub fanout: u32,
+
+    /// Let daemons start their own children (tree spawn) instead of the front end starting them all
+    #[arg(long = "tree-spawn")]
+    pub tree_spawn: bool,
+
+    /// Path of the rlaunch binary on the nodes [default: this binary's path]
+    #[arg(long = "daemon-path", value_name = "PATH")]
+    pub daemon_path: Option<String>,
+
+    /// Fail the job when a node's daemon has not connected after SECS seconds
+    #[arg(long = "launch-timeout", value_name = "SECS", default_value = "30")]
+    pub launch_timeout: f64,
+
+    /// Never show launch progress
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// PMI: ranks reach rlaunch's PMI server by connecting to PMI_PORT (loopback TCP, rank named by
+    /// PMI_ID) instead of inheriting a socket as PMI_FD
+    #[arg(long = "pmi-port")]
+    pub pmi_port: bool,
+
+    /// PMI: fences carry no key-value data; a get of a key put on another node fetches it from
+    /// that node (one tree round trip per missed key; pays off when ranks read few of the keys)
+    #[arg(long = "pmi-lazy")]
+    pub pmi_lazy: bool,
+
+    /// Process-management interface for the ranks: pmi, pmix or auto
+    #[arg(
+        long = "mpi",
+        value_name = "pmi|pmix|auto",
+        default_value = "auto",
+        value_parser = typed::<MpiFlag>,
+        long_help = "Process-management interface the ranks get; each rank gets exactly one, never both variable \
+sets (an MPI library that finds two may pick the wrong one).\n\
+pmi: rlaunch's PMI-1/PMI-2 server (MPICH, MVAPICH, Intel MPI): PMI_FD or PMI_PORT, PMI_RANK, PMI_SIZE.\n\
+pmix: a PMIx server in each daemon through libpmix (Open MPI 4.x and 5.x): PMIX_NAMESPACE, PMIX_RANK, \
+PMIX_SERVER_URI*, OMPI_MCA_schizo=^orte and OMPI_COMM_WORLD_*. libpmix.so.2 is loaded when a job needs it; \
+without it such a job fails with a line saying what to install (apt-get install libpmix2).\n\
+auto (default): the front end reads each program's linked libraries (ELF DT_NEEDED, nothing is run): \
+libmpi.so.40/.20, libopen-pal, libopen-rte or libmpi_* (Open MPI) or libpmix choose pmix; libmpich*, \
+libmpi.so.12 or libmpifort.so.12 (MPICH ABI) or libpmi/libpmi2 choose pmi; anything else (scripts, \
+static or non-MPI programs, a program not found here) gets pmi. Open MPI and MPICH programs cannot share \
+one job. Give --mpi pmix for an Open MPI program started through a script or an interpreter (mpi4py).\n\
+Open MPI ranks adopt the node's hardware topology from their daemon's libpmix (shared memory) instead \
+of each discovering it. When the job's fabric is TCP (see --fabric), they also get OMPI_MCA_pml=ob1, \
+the transport Open MPI picks there anyway, so that no rank probes for absent InfiniBand/Omni-Path \
+hardware; an OMPI_MCA_pml or OMPI_MCA_mtl of yours (environment or -x) or a pml/mtl selection in \
+/etc/openmpi/openmpi-mca-params.conf or ~/.openmpi/mca-params.conf wins (an exclusion list such as \
+^ucx is no selection).\n\
+With --pmi-lazy, Open MPI ranks use their asynchronous modex (OMPI_MCA_pmix_base_async_modex=1, \
+OMPI_MCA_pmix_base_collect_data=0): fences carry no data and each peer's data is fetched from its node \
+on first use. Open MPI's own developers call skipping the fence unsupported (openpmix issue 2904), so it \
+is not the default; rlaunch registers every rank with libpmix before any starts and has the ranks use \
+libpmix's in-memory store, which removed the hangs and \"PML add procs failed\" errors Open MPI 4.1.4 \
+showed in this mode (none in 200 jobs)."
+    )]
+    pub mpi: MpiFlag,
+
+    /// Network for rank endpoints: auto (RDMA when every node has an active port, else TCP), tcp,
+    /// rdma, or off (no inventory exchange, no endpoint table)
+    #[arg(long, value_name = "auto|tcp|rdma|off", default_value = "auto", value_parser = typed::<FabricFlag>)]
+    pub fabric: FabricFlag,
+
+    /// Use exactly these NICs (interface names, RDMA devices or DEVICE:PORT); local rank l gets the
+    /// (l mod count)-th. A name missing on any node is an error naming that node
+    #[arg(long, value_name = "NAME[,NAME]")]
+    pub nic: Option<String>,
+
+    /// Also set UCX_NET_DEVICES, NCCL_SOCKET_IFNAME, NCCL_IB_HCA, FI_PROVIDER (and friends) to each
+    /// rank's NIC; a variable given with -x is left alone
+    #[arg(long = "nic-env")]
+    pub nic_env: bool,
+
+    /// Start a daemon on every node, print each node's network devices (interfaces, RDMA ports,
+    /// state, speed, addresses, GID/LID) as one table, and exit; runs no program
+    #[arg(long)]
+    pub inventory: bool,
+
+    /// With --inventory: print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
+    #[arg(long, value_name = "WHAT", hide = true, value_parser = typed::<Generate>)]
+    pub generate: Option<Generate>,
+
+    /// The program to run and its arguments
+    #[arg(value_name = "PROGRAM", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub program: Vec<String>,
+}
+
+/// Options that may appear after a ':' (they belong to one application context).
+pub const PER_APP: &[&str] = &["np", "export", "wdir", "program"];
+
+/// A flag value its type rejects; `Display` is the reason alone, without flag or value, which
+/// [`super::parse`] puts in front as `--flag VALUE: reason`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
+/// The value parser of every choice flag: the type's own `FromStr`, its error as the reason.
+fn typed<T: FromStr>(s: &str) -> Result<T, BadValue>
+where
+    T::Err: Display,
+{
+    s.parse().map_err(|e: T::Err| BadValue(e.to_string()))
+}
+
+fn stdin_target(s: &str) -> Result<StdinTarget, BadValue> {
+    match s {
+        "none" => Ok(StdinTarget::None),
+        "all" => Ok(StdinTarget::All),
+        n => n.parse::<u32>().map(StdinTarget::Rank).map_err(|_| BadValue("expected a rank number, 'all' or 'none'".into())),
+    }
+}
+
+/// `--fabric`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FabricFlag {
+    Auto,
+    Tcp,
+    Rdma,
+    Off,
+}
+
+impl FabricFlag {
+    /// `None` for `off`: no inventory exchange and no endpoint table.
+    pub fn choice(self) -> Option<FabricChoice> {
+        match self {
+            FabricFlag::Auto => Some(FabricChoice::Auto),
+            FabricFlag::Tcp => Some(FabricChoice::Tcp),
+            FabricFlag::Rdma => Some(FabricChoice::Rdma),
+            FabricFlag::Off => None,
+        }
+    }
+}
+
+impl FromStr for FabricFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FabricFlag::Auto),
+            "tcp" => Ok(FabricFlag::Tcp),
+            "rdma" => Ok(FabricFlag::Rdma),
+            "off" => Ok(FabricFlag::Off),
+            _ => Err("expected auto, tcp, rdma or off".into()),
+        }
+    }
+}
+
+/// `--generate`: the man page, or completions for one shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generate {
+    Man,
+    Completions(clap_complete::Shell),
+}
+
+impl FromStr for Generate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "man" => Ok(Generate::Man),
+            shell => shell
+                .parse()
+                .map(Generate::Completions)
+                .map_err(|_| "expected man, bash, zsh, fish, elvish or powershell".to_string()),
+        }
+    }
+}
+
+/// `rlaunch --generate WHAT`: the man page or shell completions, from the same flag table.
+pub fn generate(what: Generate, out: &mut dyn std::io::Write) -> Result<(), UsageError> {
+    let mut cmd = Cli::command();
+    match what {
+        Generate::Man => clap_mangen::Man::new(cmd).render(out).map_err(|e| usage(format!("rendering the man page: {e}"))),
+        Generate::Completions(shell) => {
+            clap_complete::generate(shell, &mut cmd, "rlaunch", out);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_values_parse_into_their_types() {
+        assert_eq!(stdin_target("none").unwrap(), StdinTarget::None);
+        assert_eq!(stdin_target("all").unwrap(), StdinTarget::All);
+        assert_eq!(stdin_target("3").unwrap(), StdinTarget::Rank(3));
+        assert_eq!(stdin_target("x").unwrap_err().to_string(), "expected a rank number, 'all' or 'none'");
+        assert_eq!(typed::<FabricFlag>("rdma").unwrap().choice(), Some(FabricChoice::Rdma));
+        assert_eq!(typed::<FabricFlag>("off").unwrap().choice(), None);
+        assert_eq!(typed::<FabricFlag>("ib").unwrap_err().to_string(), "expected auto, tcp, rdma or off");
+        assert_eq!(typed::<MpiFlag>("pmix").unwrap(), MpiFlag::Pmix);
+        assert_eq!(typed::<MpiFlag>("x").unwrap_err().to_string(), "expected pmi, pmix or auto");
+        assert_eq!(typed::<MapBy>("ppr:2:node").unwrap(), MapBy::PprNode(2));
+        assert_eq!(typed::<LauncherKind>("agent").unwrap(), LauncherKind::Agent);
+        assert_eq!(typed::<Generate>("zsh").unwrap(), Generate::Completions(clap_complete::Shell::Zsh));
+        assert_eq!(typed::<Generate>("tcsh").unwrap_err().to_string(), "expected man, bash, zsh, fish, elvish or powershell");
+    }
+}

@@ -1,0 +1,165 @@
+//! The low step of the command line, as ripgrep's low args: words in, [`Parsed`] out, no I/O.
+
+use super::error::{usage, UsageError};
+use super::flags::{BadValue, Cli, PER_APP};
+use super::normalize::normalize;
+use clap::{CommandFactory, FromArgMatches};
+use std::ffi::OsString;
+
+/// What the words on the command line ask for.
+#[derive(Debug)]
+pub struct Parsed {
+    pub global: Cli,
+    /// One per MPMD context: its own -np, -x, --wdir and program.
+    pub apps: Vec<Cli>,
+    /// The command line as given (for the report).
+    pub words: Vec<String>,
+}
+
+/// clap's error as one line. A value a choice flag's type rejects reads `--flag VALUE: reason`, as
+/// every other bad value rlaunch reports; clap's other errors keep its own first line.
+fn clap_error(e: clap::Error) -> UsageError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let bad_value = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<BadValue>());
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => UsageError::Display(e.render().to_string()),
+        ErrorKind::ValueValidation if bad_value.is_some() => {
+            // InvalidArg is the flag with its value name ("--fabric <auto|tcp|rdma|off>").
+            let flag = context(ContextKind::InvalidArg).and_then(|a| a.split_whitespace().next()).unwrap_or("option");
+            let value = context(ContextKind::InvalidValue).unwrap_or_default();
+            usage(format!("{flag} {value}: {}", bad_value.map(|b| b.0.as_str()).unwrap_or_default()))
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid command line").trim_start_matches("error: ").to_string();
+            usage(format!("{first}; see 'rlaunch --help'"))
+        }
+    }
+}
+
+/// The low step: what the words on the command line ask for, checked only against each other.
+pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
+    let mut cmd = Cli::command();
+    // Building adds the automatic --help/--version arguments, so that normalize knows them.
+    cmd.build();
+    let segments = normalize(&cmd, args)?;
+    let mut apps = Vec::new();
+    let mut global = None;
+    for (i, seg) in segments.iter().enumerate() {
+        let mut argv = vec!["rlaunch".to_string()];
+        argv.extend(seg.iter().cloned());
+        let matches = Cli::command().try_get_matches_from(argv).map_err(clap_error)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
+        if i > 0 {
+            for arg in Cli::command().get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) && !PER_APP.contains(&id) {
+                    return Err(usage(format!(
+                        "option --{id} applies to the whole job; put it before the first program, not after ':'"
+                    )));
+                }
+            }
+        }
+        if cli.inventory && !cli.program.is_empty() {
+            return Err(usage(format!("--inventory runs no program; drop '{}' or --inventory", cli.program.join(" "))));
+        }
+        if cli.generate.is_none() && !cli.inventory && cli.program.is_empty() {
+            return Err(usage(if segments.len() > 1 {
+                format!("no program given in application context {} (between ':' separators)", i + 1)
+            } else {
+                "no program given; usage: rlaunch [OPTIONS] PROGRAM [ARGS]...".to_string()
+            }));
+        }
+        if global.is_none() {
+            global = Some(cli.clone());
+        }
+        apps.push(cli);
+    }
+    Ok(Parsed { global: global.expect("at least one segment"), apps, words: args.to_vec() })
+}
+
+pub fn to_strings(args: Vec<OsString>) -> Result<Vec<String>, UsageError> {
+    args.into_iter()
+        .map(|a| a.into_string().map_err(|a| usage(format!("argument {a:?} is not valid UTF-8"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::StdinTarget;
+    use std::path::PathBuf;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn single_dash_long_options_and_program_boundary() {
+        let p = parse(&s(&["-np", "4", "-wdir", "/tmp", "-x", "A=1", "./app", "-np", "--x"])).unwrap();
+        assert_eq!(p.global.np, Some(4));
+        assert_eq!(p.global.wdir, Some(PathBuf::from("/tmp")));
+        assert_eq!(p.global.export, vec!["A=1"]);
+        assert_eq!(p.global.program, s(&["./app", "-np", "--x"]));
+    }
+
+    #[test]
+    fn forms_of_np() {
+        for argv in [&["-n", "3", "a"][..], &["-np", "3", "a"], &["--np", "3", "a"], &["--np=3", "a"], &["-n3", "a"], &["--n", "3", "a"]] {
+            assert_eq!(parse(&s(argv)).unwrap().global.np, Some(3), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn mpmd_segments() {
+        let p = parse(&s(&["-l", "-np", "2", "./a", ":", "-np", "3", "./b", "x", "y"])).unwrap();
+        assert_eq!(p.apps.len(), 2);
+        assert_eq!(p.apps[0].program, s(&["./a"]));
+        assert_eq!(p.apps[1].np, Some(3));
+        assert_eq!(p.apps[1].program, s(&["./b", "x", "y"]));
+        assert!(p.global.tag_output);
+    }
+
+    #[test]
+    fn global_option_after_colon_is_refused() {
+        let e = parse(&s(&["-np", "1", "a", ":", "--timeout", "3", "b"])).unwrap_err().to_string();
+        assert!(e.contains("--timeout applies to the whole job"), "{e}");
+    }
+
+    #[test]
+    fn unknown_flag_is_one_line() {
+        let e = parse(&s(&["--bogus", "a"])).unwrap_err().to_string();
+        assert_eq!(e, "unknown option '--bogus'; see 'rlaunch --help'");
+        let e = parse(&s(&["-j", "a"])).unwrap_err().to_string();
+        assert_eq!(e, "unknown option '-j' in '-j'; see 'rlaunch --help'");
+        let e = parse(&s(&["--np", "x", "a"])).unwrap_err().to_string();
+        assert!(!e.contains('\n') && e.contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn stdin_targets() {
+        let target = |v: &str| parse(&s(&["--stdin", v, "a"])).map(|p| p.global.stdin);
+        assert_eq!(target("none").unwrap(), StdinTarget::None);
+        assert_eq!(target("all").unwrap(), StdinTarget::All);
+        assert_eq!(target("3").unwrap(), StdinTarget::Rank(3));
+        assert!(target("x").is_err());
+        assert_eq!(parse(&s(&["a"])).unwrap().global.stdin, StdinTarget::Rank(0));
+    }
+
+    #[test]
+    fn rejected_choice_values_read_flag_value_reason() {
+        let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
+        assert_eq!(e(&["--fabric", "ib", "a"]), "--fabric ib: expected auto, tcp, rdma or off");
+        assert_eq!(e(&["--fabric=ib", "a"]), "--fabric ib: expected auto, tcp, rdma or off");
+        assert_eq!(e(&["--mpi", "x", "a"]), "--mpi x: expected pmi, pmix or auto");
+        assert_eq!(e(&["--stdin", "some", "a"]), "--stdin some: expected a rank number, 'all' or 'none'");
+        assert_eq!(e(&["--launcher", "rsh", "a"]), "--launcher rsh: expected local, ssh, agent, slurm or pbs");
+        assert_eq!(e(&["--map-by", "core", "a"]), "--map-by core: unknown --map-by value 'core'; use slot, node or ppr:N:node");
+        assert_eq!(e(&["--rank-by", "x", "a"]), "--rank-by x: unknown --rank-by value 'x'; use slot or node");
+        assert_eq!(e(&["--generate", "tcsh"]), "--generate tcsh: expected man, bash, zsh, fish, elvish or powershell");
+    }
+}

@@ -1,0 +1,449 @@
+//! The high step of the command line, as ripgrep's high args: [`resolve`] checks the parsed words
+//! against the system (programs, directories, the allocation, the programs' MPI) and decides
+//! everything about the run, as one [`JobPlan`].
+
+use super::error::{usage, UsageError};
+use super::flags::{Cli, FabricFlag};
+use super::parse::Parsed;
+use crate::plan::JobPlan;
+use crate::spec::{self, AppContext, FabricSpec, InventoryFormat, StdinTarget};
+use crate::{pmix, wire};
+use anyhow::{Context, Result};
+use launchers::start::{NodeStarter, Starter};
+use launchers::AllocationRequest;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What resolution reads from the process it runs in, gathered once so that tests can build one.
+pub struct Env {
+    /// rlaunch's environment (variables whose name or value is not UTF-8 are left out).
+    pub vars: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// This binary, the default `--daemon-path`; an error matters only when that default is used.
+    pub exe: std::io::Result<PathBuf>,
+    /// When rlaunch started, for the report's timings.
+    pub t0: Instant,
+}
+
+impl Env {
+    pub fn current(t0: Instant) -> Result<Env> {
+        let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+        let cwd = std::env::current_dir().context("reading the current directory")?;
+        Ok(Env { vars, cwd, exe: std::env::current_exe(), t0 })
+    }
+
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+}
+
+/// Decides the whole run from the parsed command line. Usage errors are [`UsageError`]s.
+pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
+    let g = &parsed.global;
+    let fabric = spec_from_flags(g.fabric, g.nic.as_deref(), g.nic_env, g.inventory, g.json).map_err(UsageError::Msg)?;
+    // --inventory starts no rank: nothing reads stdin.
+    let stdin = if g.inventory { StdinTarget::None } else { g.stdin };
+    let launch_timeout = positive_seconds("--launch-timeout", g.launch_timeout)?;
+    if g.fanout == 0 {
+        return Err(usage("--fanout 0: the fan-out must be at least 1").into());
+    }
+    let timeout = g.timeout.map(|t| positive_seconds("--timeout", t)).transpose()?;
+    let lookup = |k: &str| env.var(k);
+    let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup)? };
+
+    let alloc = launchers::allocate(&allocation_request(g, launch_timeout, &env.cwd), &lookup).map_err(|e| usage(e.to_string()))?;
+    let global_path = env.var("PATH");
+    if alloc.local {
+        for a in &apps {
+            check_program(&a.argv[0], Path::new(&a.cwd), app_path(a, &global_path))?;
+        }
+    }
+    if let Some(dir) = &g.output_dir {
+        check_output_dir(dir)?;
+    }
+    let np: Vec<Option<u32>> = apps.iter().map(|a| a.np).collect();
+    let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &np, &alloc.policy).map_err(|e| usage(e.to_string()))?;
+    if let StdinTarget::Rank(r) = stdin {
+        if r >= map.size() {
+            return Err(usage(format!("--stdin {r}: the job has only {} ranks (0-{})", map.size(), map.size() - 1)).into());
+        }
+    }
+    let programs: Vec<pmix::AppProgram> = apps
+        .iter()
+        .map(|a| pmix::AppProgram { program: &a.argv[0], cwd: Path::new(&a.cwd), path: app_path(a, &global_path) })
+        .collect();
+    let (interface, mpi_reason) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
+    let job_id = format!("rl-{}", &wire::hex(&wire::random_key()?)[..8]);
+    let launch = wire::Launch {
+        job_id,
+        apps,
+        nodes: alloc
+            .nodes
+            .iter()
+            .map(|n| spec::NodeEntry { name: n.name.clone(), user: n.user.clone(), slots: n.slots, max_slots: n.max_slots })
+            .collect(),
+        policy: alloc.policy,
+        fanout: g.fanout,
+        stdin,
+        kill_grace_ms: 2000,
+        // A local daemon inherits this environment; a remote one gets it in the launch message.
+        env: if alloc.local { Vec::new() } else { forwarded_env(env.vars.iter().cloned()) },
+        tree_spawn: tree_spawn(g.tree_spawn, &alloc.starter),
+        fabric,
+        pmi: spec::PmiSpec { interface, port: g.pmi_port, lazy: g.pmi_lazy },
+    };
+    let daemon_path = match (&g.daemon_path, &env.exe) {
+        (Some(p), _) => p.clone(),
+        (None, Ok(exe)) => exe.to_string_lossy().into_owned(),
+        (None, Err(e)) => return Err(anyhow::anyhow!("finding rlaunch's own path: {e}")),
+    };
+    Ok(JobPlan {
+        launch,
+        nodes: alloc.nodes,
+        map,
+        starter: alloc.starter,
+        daemon_path,
+        timeout,
+        launch_timeout,
+        tag_output: g.tag_output,
+        output_dir: g.output_dir.clone(),
+        report: g.report.clone(),
+        verbose: g.verbose,
+        quiet: g.quiet,
+        loopback: alloc.local,
+        command_line: parsed.words.clone(),
+        t0: env.t0,
+        dry_run: g.dry_run,
+        mpi_reason,
+    })
+}
+
+fn positive_seconds(flag: &str, secs: f64) -> Result<Duration, UsageError> {
+    if secs.is_finite() && secs > 0.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(usage(format!("{flag} {secs}: expected a positive number of seconds")))
+    }
+}
+
+/// The PATH a context's program is looked up in: its own `-x PATH=...`, else rlaunch's.
+fn app_path<'a>(app: &'a AppContext, global: &'a Option<String>) -> Option<&'a str> {
+    app.env.iter().find(|(k, _)| k == "PATH").and_then(|(_, v)| v.as_deref()).or(global.as_deref())
+}
+
+fn allocation_request(g: &Cli, launch_timeout: Duration, cwd: &Path) -> AllocationRequest {
+    AllocationRequest {
+        hostfile: g.hostfile.clone(),
+        host: g.host.clone(),
+        launcher: g.launcher,
+        launch_agent: g.launch_agent.clone(),
+        map_by: g.map_by,
+        rank_by: g.rank_by,
+        ppn: g.ppn,
+        oversubscribe: g.oversubscribe,
+        ssh_port: g.ssh_port,
+        ssh_identity: g.ssh_identity.clone(),
+        ssh_known_hosts: g.ssh_known_hosts.clone(),
+        launch_timeout,
+        cwd: cwd.to_path_buf(),
+    }
+}
+
+/// Checks the fabric flags against each other (no I/O).
+pub fn spec_from_flags(fabric: FabricFlag, nic: Option<&str>, nic_env: bool, inventory: bool, json: bool) -> Result<FabricSpec, String> {
+    let choice = fabric.choice();
+    let nics: Vec<String> = match nic {
+        None => Vec::new(),
+        Some(list) => {
+            let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+            if names.iter().any(String::is_empty) {
+                return Err(format!("--nic {list}: empty NIC name; give names separated by commas, e.g. --nic eth0,eth1"));
+            }
+            names
+        }
+    };
+    if choice.is_none() && !inventory && (!nics.is_empty() || nic_env) {
+        let flag = if nics.is_empty() { "--nic-env" } else { "--nic" };
+        return Err(format!("{flag} needs endpoint assignment; drop --fabric off"));
+    }
+    if json && !inventory {
+        return Err("--json only changes the output of --inventory; add --inventory or drop --json".into());
+    }
+    let inventory = inventory.then_some(if json { InventoryFormat::Json } else { InventoryFormat::Text });
+    Ok(FabricSpec { choice, nics, nic_env, inventory })
+}
+
+/// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):
+/// `true` exists on every system and passes the program checks.
+pub fn inventory_apps(cwd: &Path) -> Vec<AppContext> {
+    vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None }]
+}
+
+/// What a daemon needs to start its children the way the front end would have.
+fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
+    if !wanted {
+        return None;
+    }
+    match starter {
+        Starter::Each(NodeStarter::Local) => Some(spec::TreeSpawn { agent: Vec::new(), ssh: None }),
+        Starter::Each(NodeStarter::Agent { argv }) => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
+        Starter::Each(NodeStarter::Ssh(o)) => Some(spec::TreeSpawn {
+            agent: Vec::new(),
+            ssh: Some(spec::SshSpec {
+                port: o.port,
+                identity: o.identity.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                identities_only: o.identities_only,
+                known_hosts: o.known_hosts.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                connect_timeout_ms: o.connect_timeout.as_millis().min(u32::MAX as u128) as u32,
+            }),
+        }),
+        // One srun step already starts every daemon: there is nothing for daemons to start.
+        Starter::Group(_) => None,
+    }
+}
+
+/// Variables that describe this host or this session, or belong to another launcher, and so must
+/// not be copied to ranks on other nodes.
+fn forwarded_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, Option<String>)> {
+    const DROP: &[&str] = &["HOSTNAME", "HOST", "DISPLAY", "XAUTHORITY", "PWD", "OLDPWD", "SHLVL", "_"];
+    const DROP_PREFIX: &[&str] = &["SSH_", "PMI_", "PMIX_", "OMPI_", "SLURM_", "RLAUNCH_"];
+    vars.filter(|(k, _)| !DROP.contains(&k.as_str()) && !DROP_PREFIX.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k, Some(v)))
+        .collect()
+}
+
+/// `-x VAR` or `-x VAR=value` → (VAR, value). A bare VAR takes rlaunch's own value.
+pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, String), UsageError> {
+    let (name, value) = match spec.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (spec, None),
+    };
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(usage(format!("-x {spec}: '{name}' is not a valid environment variable name")));
+    }
+    let value = match value {
+        Some(v) => v,
+        None => lookup(name).ok_or_else(|| usage(format!("-x {name}: {name} is not set in rlaunch's environment; use -x {name}=VALUE")))?,
+    };
+    Ok((name.to_string(), value))
+}
+
+/// Checks that `program` can be executed from `cwd` using `path` the way execvp would, and returns a
+/// message naming it when it cannot.
+pub fn check_program(program: &str, cwd: &std::path::Path, path: Option<&str>) -> Result<(), UsageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![cwd.join(program)]
+    } else {
+        path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+            .split(':')
+            .map(|d| if d.is_empty() { cwd.to_path_buf() } else { cwd.join(d) })
+            .map(|d| d.join(program))
+            .collect()
+    };
+    let mut not_exec = None;
+    for c in &candidates {
+        if let Ok(m) = std::fs::metadata(c) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(());
+            }
+            not_exec = Some(c.clone());
+        }
+    }
+    match not_exec {
+        Some(p) if p.is_dir() => Err(usage(format!("program '{program}' is a directory ({})", p.display()))),
+        Some(p) => Err(usage(format!("program '{program}' is not executable ({}); check its permissions", p.display()))),
+        None if program.contains('/') => Err(usage(format!("program '{program}' not found (looked in {})", cwd.display()))),
+        None => Err(usage(format!("program '{program}' not found in PATH"))),
+    }
+}
+
+/// Builds the application contexts from the parsed segments.
+pub fn app_contexts(
+    parsed: &Parsed,
+    cwd: &std::path::Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<AppContext>, UsageError> {
+    let mut out = Vec::new();
+    for (i, a) in parsed.apps.iter().enumerate() {
+        // Global -x values apply to every context; a context's own come after and win.
+        let mut env = Vec::new();
+        let exports = if i == 0 { a.export.clone() } else { parsed.global.export.iter().chain(a.export.iter()).cloned().collect() };
+        for x in &exports {
+            let (k, v) = parse_export(x, lookup)?;
+            env.retain(|(n, _): &(String, Option<String>)| n != &k);
+            env.push((k, Some(v)));
+        }
+        let np = a.np;
+        if np == Some(0) {
+            return Err(usage("-np 0: the number of ranks must be at least 1"));
+        }
+        let wdir = match a.wdir.as_ref().or(if i > 0 { parsed.global.wdir.as_ref() } else { None }) {
+            Some(w) => {
+                let w = if w.is_absolute() { w.clone() } else { cwd.join(w) };
+                if !w.is_dir() {
+                    return Err(usage(format!("--wdir {}: not a directory", w.display())));
+                }
+                w
+            }
+            None => cwd.to_path_buf(),
+        };
+        out.push(AppContext { argv: a.program.clone(), env, cwd: wdir.to_string_lossy().into_owned(), np });
+    }
+    Ok(out)
+}
+
+/// Checks that `dir` exists or can be created, and that a file can be written in it.
+pub fn check_output_dir(dir: &std::path::Path) -> Result<(), UsageError> {
+    std::fs::create_dir_all(dir).map_err(|e| usage(format!("--output-dir {}: cannot create it: {e}", dir.display())))?;
+    let probe = dir.join(format!(".rlaunch-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| usage(format!("--output-dir {}: not writable: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabrics::endpoints::FabricChoice;
+
+    #[test]
+    fn exports() {
+        let env = |k: &str| (k == "HOME").then(|| "/root".to_string());
+        assert_eq!(parse_export("A=b=c", &env).unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(parse_export("HOME", &env).unwrap(), ("HOME".into(), "/root".into()));
+        assert!(parse_export("NOPE", &env).unwrap_err().to_string().contains("NOPE is not set"));
+        assert!(parse_export("1A=x", &env).unwrap_err().to_string().contains("not a valid"));
+        assert!(parse_export("=x", &env).is_err());
+    }
+
+    #[test]
+    fn program_checks() {
+        let cwd = std::env::temp_dir();
+        assert!(check_program("sh", &cwd, Some("/bin:/usr/bin")).is_ok());
+        let e = check_program("no-such-prog-xyz", &cwd, Some("/bin")).unwrap_err().to_string();
+        assert_eq!(e, "program 'no-such-prog-xyz' not found in PATH");
+        let dir = std::env::temp_dir().join(format!("rlaunch-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let e = check_program("./plain", &dir, None).unwrap_err().to_string();
+        assert!(e.contains("is not executable"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn flags() {
+        use FabricFlag::{Auto, Off, Tcp};
+        assert_eq!(spec_from_flags(Auto, None, false, false, false).unwrap(), FabricSpec::default());
+        let s = spec_from_flags(Tcp, Some("eth0, eth1"), true, false, false).unwrap();
+        assert_eq!((s.choice, s.nics.clone(), s.nic_env), (Some(FabricChoice::Tcp), vec!["eth0".to_string(), "eth1".into()], true));
+        assert!("ib".parse::<FabricFlag>().unwrap_err().contains("expected auto, tcp, rdma or off"));
+        assert!(spec_from_flags(Auto, Some("a,,b"), false, false, false).unwrap_err().contains("empty NIC name"));
+        assert!(spec_from_flags(Off, Some("eth0"), false, false, false).unwrap_err().starts_with("--nic needs"));
+        assert!(spec_from_flags(Off, None, true, false, false).unwrap_err().starts_with("--nic-env needs"));
+        assert!(spec_from_flags(Auto, None, false, false, true).unwrap_err().contains("--json only"));
+        assert_eq!(spec_from_flags(Off, None, false, true, true).unwrap().inventory, Some(InventoryFormat::Json));
+        assert!(spec_from_flags(Off, None, false, true, false).unwrap().gathers());
+    }
+
+    #[test]
+    fn forwarded_env_drops_host_and_launcher_variables() {
+        let vars = ["PATH=/bin", "HOSTNAME=a", "SSH_AUTH_SOCK=x", "PMI_FD=3", "LD_LIBRARY_PATH=/l", "SLURM_JOB_ID=1", "_=/x"];
+        let got = forwarded_env(vars.iter().map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        }));
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["PATH", "LD_LIBRARY_PATH"]);
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Env {
+        Env {
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            cwd: std::env::temp_dir(),
+            exe: Ok(PathBuf::from("/opt/rlaunch")),
+            t0: Instant::now(),
+        }
+    }
+
+    fn plan(words: &[&str], env: &Env) -> Result<JobPlan> {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        resolve(&super::super::parse::parse(&words)?, env)
+    }
+
+    fn usage_text(r: Result<JobPlan>) -> String {
+        match r {
+            Ok(_) => panic!("expected a usage error"),
+            Err(e) => match e.downcast::<UsageError>() {
+                Ok(UsageError::Msg(m)) => m,
+                other => panic!("not a usage message: {other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn a_local_job_inherits_the_environment_and_listens_on_loopback() {
+        let e = env(&[("PATH", "/bin:/usr/bin"), ("HOSTNAME", "x")]);
+        let p = plan(&["-np", "3", "--stdin", "all", "-x", "A=1", "--timeout", "1.5", "sh", "-c", "true"], &e).unwrap();
+        assert_eq!(p.map.size(), 3);
+        assert_eq!(p.starter, Starter::Each(NodeStarter::Local));
+        assert!(p.loopback && p.launch.env.is_empty() && p.launch.tree_spawn.is_none());
+        assert_eq!(p.launch.stdin, StdinTarget::All);
+        assert_eq!(p.launch.apps[0].env, vec![("A".to_string(), Some("1".to_string()))]);
+        assert_eq!(p.launch.pmi.interface, spec::Interface::Pmi);
+        assert_eq!(p.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(p.launch_timeout, Duration::from_secs(30));
+        assert_eq!(p.daemon_path, "/opt/rlaunch");
+        assert!(p.launch.job_id.starts_with("rl-") && p.launch.job_id.len() == 11, "{}", p.launch.job_id);
+        assert_eq!(p.command_line[..2], ["-np".to_string(), "3".to_string()]);
+        assert!(!p.dry_run);
+    }
+
+    #[test]
+    fn a_remote_job_gets_the_forwarded_environment_and_tree_spawn_settings() {
+        let e = env(&[("PATH", "/bin"), ("HOSTNAME", "x"), ("LANG", "C")]);
+        let p = plan(&["--host", "n1:2,n2:2", "--tree-spawn", "--ssh-port", "2222", "--daemon-path", "/x/rl", "--dry-run", "no-such-program-here"], &e).unwrap();
+        // Programs are not checked here: they live on the nodes.
+        assert!(!p.loopback && p.dry_run);
+        assert_eq!(p.daemon_path, "/x/rl");
+        assert_eq!(p.launch.env, vec![("PATH".to_string(), Some("/bin".to_string())), ("LANG".into(), Some("C".into()))]);
+        let ssh = p.launch.tree_spawn.as_ref().and_then(|t| t.ssh.as_ref()).expect("ssh tree spawn");
+        assert_eq!(ssh.port, 2222);
+        assert_eq!(p.nodes.len(), 2);
+        assert_eq!(p.map.size(), 4);
+    }
+
+    #[test]
+    fn resolution_errors_are_usage_errors() {
+        let e = env(&[("PATH", "/bin:/usr/bin")]);
+        assert_eq!(usage_text(plan(&["-np", "2", "--stdin", "5", "true"], &e)), "--stdin 5: the job has only 2 ranks (0-1)");
+        assert_eq!(usage_text(plan(&["--fanout", "0", "true"], &e)), "--fanout 0: the fan-out must be at least 1");
+        assert_eq!(usage_text(plan(&["--timeout", "-1", "true"], &e)), "--timeout -1: expected a positive number of seconds");
+        assert_eq!(usage_text(plan(&["--launch-timeout", "0", "true"], &e)), "--launch-timeout 0: expected a positive number of seconds");
+        assert_eq!(usage_text(plan(&["--fabric", "off", "--nic", "eth0", "true"], &e)), "--nic needs endpoint assignment; drop --fabric off");
+        assert_eq!(usage_text(plan(&["--launcher", "ssh", "true"], &e)), "--launcher ssh needs nodes: give --hostfile or --host");
+        assert_eq!(usage_text(plan(&["no-such-program-xyz"], &e)), "program 'no-such-program-xyz' not found in PATH");
+    }
+
+    #[test]
+    fn inventory_runs_true_and_reads_no_stdin() {
+        let p = plan(&["--inventory", "--json"], &env(&[("PATH", "/bin:/usr/bin")])).unwrap();
+        assert_eq!(p.launch.apps[0].argv, ["true"]);
+        assert_eq!(p.launch.stdin, StdinTarget::None);
+        assert_eq!(p.launch.fabric.inventory, Some(InventoryFormat::Json));
+    }
+
+    #[test]
+    fn the_daemon_path_is_needed_only_without_daemon_path() {
+        let mut e = env(&[("PATH", "/bin:/usr/bin")]);
+        e.exe = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(plan(&["--daemon-path", "/x", "true"], &e).is_ok());
+        let err = plan(&["true"], &e).err().unwrap().to_string();
+        assert!(err.starts_with("finding rlaunch's own path: "), "{err}");
+    }
+}

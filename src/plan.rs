@@ -1,0 +1,36 @@
+//! What one run of rlaunch will do, decided before anything starts: the output of
+//! [`crate::cli::resolve`] and the input of [`crate::frontend::run`]. Pure data, no behaviour, so
+//! that resolution is tested by looking at values and the front end never looks at flags.
+
+use crate::wire::Launch;
+use launchers::map::ProcMap;
+use launchers::nodes::Node;
+use launchers::start::Starter;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Everything the front end needs to run one job, and what `--dry-run` prints instead.
+pub struct JobPlan {
+    /// The message every daemon gets: application contexts, nodes, map policy, fabric and PMI.
+    pub launch: Launch,
+    pub nodes: Vec<Node>,
+    pub map: ProcMap,
+    pub starter: Starter,
+    pub daemon_path: String,
+    pub timeout: Option<Duration>,
+    pub launch_timeout: Duration,
+    pub tag_output: bool,
+    pub output_dir: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+    pub verbose: u8,
+    /// Never show launch progress.
+    pub quiet: bool,
+    /// Listen on loopback only: every daemon runs on this machine.
+    pub loopback: bool,
+    pub command_line: Vec<String>,
+    pub t0: Instant,
+    /// `--dry-run`: print the map (nodes, map, `launch.apps`) and start nothing.
+    pub dry_run: bool,
+    /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
+    pub mpi_reason: String,
+}
