@@ -435,10 +435,11 @@ impl NodeFabric {
     }
 
     /// The launch message arrived: reserve ports, contribute the inventory.
-    pub fn on_launch(&mut self, launch: &Launch) -> Step {
+    pub fn on_launch(&mut self, job: &crate::job::JobView) -> Step {
         if self.state != NodeState::Idle {
             return Step::default();
         }
+        let launch = job.launch();
         let spec = launch.fabric.clone();
         if !spec.gathers() {
             self.state = NodeState::Ready;
@@ -447,11 +448,8 @@ impl NodeFabric {
                 ..Step::default()
             };
         }
-        let map = match crate::job::compute_map(launch) {
-            Ok(m) => m,
-            Err(e) => return self.fail(format!("computing the process map: {e}")),
-        };
-        let counts = local_counts(&map);
+        let map = job.map();
+        let counts = local_counts(map);
         let user_env = map
             .ranks_on(self.node)
             .iter()
@@ -481,7 +479,7 @@ impl NodeFabric {
             spec,
             job_id: launch.job_id.clone(),
             counts,
-            places: placements(&map),
+            places: placements(map),
             user_env,
         });
         let bytes = match postcard::to_allocvec(&inv) {
@@ -1197,6 +1195,11 @@ mod tests {
         i
     }
 
+    /// Node `node`'s view of the job, as its daemon builds it when the launch message arrives.
+    fn view(l: &Launch, node: u32) -> crate::job::JobView {
+        crate::job::JobView::for_node(Box::new(l.clone()), node).unwrap()
+    }
+
     fn launch(nnodes: u32, slots: u32, fanout: u32, spec: FabricSpec, job: &str) -> Launch {
         Launch {
             job_id: job.into(),
@@ -1290,7 +1293,7 @@ mod tests {
                 }
             };
             for &n in order {
-                let step = self.nodes[n as usize].on_launch(l);
+                let step = self.nodes[n as usize].on_launch(&view(l, n));
                 self.note(n, &step);
                 push(&mut q, Some(n), &step, self.fanout);
             }
@@ -1580,7 +1583,7 @@ mod tests {
             "rl-off",
         );
         let mut f = NodeFabric::new(0, 2, 2);
-        let step = f.on_launch(&l);
+        let step = f.on_launch(&view(&l, 0));
         assert_eq!(
             step,
             Step {
@@ -1612,7 +1615,7 @@ mod tests {
         // Node 2 is not a child of node 1 when the fan-out is 2 (its parent is node 0).
         let mut f = NodeFabric::new(1, 3, 2);
         f.discovered = Some(Ok(inv("b", "10.0.0.2")));
-        let _ = f.on_launch(&l);
+        let _ = f.on_launch(&view(&l, 1));
         let up = Message::Up {
             epoch: EPOCH,
             entries: vec![(3, Vec::new())],
@@ -1627,7 +1630,7 @@ mod tests {
         let l = launch(1, 1, 2, FabricSpec::default(), "rl-nodisc");
         let mut f = NodeFabric::new(0, 1, 2);
         f.discovered = Some(Err("cannot list /sys/class/net".into()));
-        let e = f.on_launch(&l).error.unwrap();
+        let e = f.on_launch(&view(&l, 0)).error.unwrap();
         assert!(
             e.contains("cannot list /sys/class/net") && e.contains("--fabric off"),
             "{e}"

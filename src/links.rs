@@ -50,6 +50,14 @@ impl Links {
         }
     }
 
+    /// Stops watching the parent link (a daemon whose parent is gone, or that was told to end by
+    /// a signal): what is queued or sent later is still written whenever the socket takes it.
+    pub fn mute_parent(&mut self, registry: &Registry) {
+        if let Some(l) = self.parent.as_mut() {
+            let _ = registry.deregister(&mut l.stream);
+        }
+    }
+
     /// Takes every connection waiting on `listener` as a not-yet-joined child link.
     pub fn accept(&mut self, listener: &mio::net::TcpListener, registry: &Registry) {
         loop {
