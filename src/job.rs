@@ -86,29 +86,51 @@ impl JobView {
     }
 }
 
+/// Test jobs, for the unit tests of whatever takes a [`JobView`].
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub mod fixture {
+    use super::JobView;
     use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, StdinTarget};
+    use crate::wire::Launch;
 
-    fn launch(nnodes: u32, slots: u32, np: u32, fanout: u32) -> Box<Launch> {
-        Box::new(Launch {
-            job_id: "rl-test".into(),
-            apps: vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np) }],
+    /// `nnodes` nodes of `slots` slots, fan-out 2, mapped by slot, these contexts, defaults
+    /// elsewhere (no stdin, no `-x`, PMI).
+    pub fn launch(job_id: &str, nnodes: u32, slots: u32, apps: Vec<AppContext>) -> Launch {
+        Launch {
+            job_id: job_id.into(),
+            apps,
             nodes: (0..nnodes).map(|i| NodeEntry { name: format!("n{i}"), user: None, slots, max_slots: None }).collect(),
             policy: launchers::map::MapPolicy {
                 map_by: launchers::map::MapBy::Slot,
                 rank_by: launchers::map::RankBy::Slot,
                 oversubscribe: false,
             },
-            fanout,
+            fanout: 2,
             stdin: StdinTarget::None,
             kill_grace_ms: 2000,
             env: Vec::new(),
             tree_spawn: None,
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
-        })
+        }
+    }
+
+    /// Node `node`'s view of `launch`.
+    pub fn view(launch: Launch, node: u32) -> JobView {
+        JobView::for_node(Box::new(launch), node).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::AppContext;
+
+    fn launch(nnodes: u32, slots: u32, np: u32, fanout: u32) -> Box<Launch> {
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np) };
+        let mut l = fixture::launch("rl-test", nnodes, slots, vec![app]);
+        l.fanout = fanout;
+        Box::new(l)
     }
 
     #[test]

@@ -203,29 +203,15 @@ fn fence_step(r: Result<Option<Ready>, FenceError>) -> Vec<Effect> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, StdinTarget};
-    use crate::wire::Launch;
+    use crate::job::fixture;
+    use crate::spec::AppContext;
 
     /// Three nodes of one slot, fan-out 2, 3 ranks: node 0 has one rank and child node 2.
     fn job(node: u32, lazy: bool) -> JobView {
-        let launch = Launch {
-            job_id: "rl-pmi".into(),
-            apps: vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: String::new(), np: Some(3) }],
-            nodes: (0..3).map(|i| NodeEntry { name: format!("n{i}"), user: None, slots: 1, max_slots: None }).collect(),
-            policy: launchers::map::MapPolicy {
-                map_by: launchers::map::MapBy::Slot,
-                rank_by: launchers::map::RankBy::Slot,
-                oversubscribe: false,
-            },
-            fanout: 2,
-            stdin: StdinTarget::None,
-            kill_grace_ms: 2000,
-            env: Vec::new(),
-            tree_spawn: None,
-            fabric: FabricSpec::default(),
-            pmi: PmiSpec { lazy, ..PmiSpec::default() },
-        };
-        JobView::for_node(Box::new(launch), node).unwrap()
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: String::new(), np: Some(3) };
+        let mut launch = fixture::launch("rl-pmi", 3, 1, vec![app]);
+        launch.pmi.lazy = lazy;
+        fixture::view(launch, node)
     }
 
     #[test]

@@ -193,8 +193,8 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, StdinTarget};
-    use crate::wire::Launch;
+    use crate::job::fixture;
+    use crate::spec::{AppContext, StdinTarget};
 
     fn set(k: &str, v: &str) -> (String, Option<String>) {
         (k.to_string(), Some(v.to_string()))
@@ -206,27 +206,14 @@ mod tests {
 
     /// Two nodes of two slots; context 0 (`a`, 3 ranks, in /work) and context 1 (`b x`, 1 rank).
     fn job(node: u32) -> JobView {
-        let launch = Launch {
-            job_id: "rl-spawn".into(),
-            apps: vec![
-                AppContext { argv: vec!["a".into()], env: vec![set("CTX", "0")], cwd: "/work".into(), np: Some(3) },
-                AppContext { argv: vec!["b".into(), "x".into()], env: vec![set("CTX", "1"), unset("GONE")], cwd: String::new(), np: Some(1) },
-            ],
-            nodes: (0..2).map(|i| NodeEntry { name: format!("n{i}"), user: None, slots: 2, max_slots: None }).collect(),
-            policy: launchers::map::MapPolicy {
-                map_by: launchers::map::MapBy::Slot,
-                rank_by: launchers::map::RankBy::Slot,
-                oversubscribe: false,
-            },
-            fanout: 2,
-            stdin: StdinTarget::Rank(3),
-            kill_grace_ms: 2000,
-            env: vec![set("JOB", "j"), set("CTX", "job")],
-            tree_spawn: None,
-            fabric: FabricSpec::default(),
-            pmi: PmiSpec::default(),
-        };
-        JobView::for_node(Box::new(launch), node).unwrap()
+        let apps = vec![
+            AppContext { argv: vec!["a".into()], env: vec![set("CTX", "0")], cwd: "/work".into(), np: Some(3) },
+            AppContext { argv: vec!["b".into(), "x".into()], env: vec![set("CTX", "1"), unset("GONE")], cwd: String::new(), np: Some(1) },
+        ];
+        let mut launch = fixture::launch("rl-spawn", 2, 2, apps);
+        launch.stdin = StdinTarget::Rank(3);
+        launch.env = vec![set("JOB", "j"), set("CTX", "job")];
+        fixture::view(launch, node)
     }
 
     #[test]
