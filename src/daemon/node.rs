@@ -305,7 +305,8 @@ impl Daemon {
         }
         let fx = match (&self.job, map_error) {
             (Job::Ready(job), _) => self.fabric.on_launch(job),
-            (_, e) => vec![Effect::Fault(format!("computing the process map: {}", e.map(|e| e.to_string()).unwrap_or_default()))],
+            (_, Some(e)) => vec![Effect::Fault(format!("computing the process map: {e}"))],
+            _ => Vec::new(),
         };
         self.apply(fx);
     }
