@@ -39,6 +39,7 @@ use launchers::map::ProcMap;
 
 
 use crate::spec::{choice_name, FabricSpec, InventoryFormat};
+use crate::tree::Topology;
 use crate::wire::Launch;
 
 /// Collectives of one job are told apart by epoch; this exchange happens once per job.
@@ -312,8 +313,9 @@ pub struct NodeFabric {
 }
 
 impl NodeFabric {
-    pub fn new(node: u32, nnodes: u32, fanout: u32) -> NodeFabric {
-        let tree = Tree::new(nnodes.saturating_add(1), fanout).ok();
+    /// Node `node` of the job's daemon tree (the exchange runs on that very tree).
+    pub fn new(node: u32, topo: &Topology) -> NodeFabric {
+        let tree = Some(topo.collective_tree());
         let coll = tree.and_then(|t| Collective::new(t, node + 1, Kind::Allgather, EPOCH).ok());
         NodeFabric {
             node,
@@ -371,10 +373,11 @@ impl NodeFabric {
     }
 
     /// The launch message arrived: reserve ports, contribute the inventory.
-    pub fn on_launch(&mut self, launch: &Launch) -> Step {
+    pub fn on_launch(&mut self, job: &crate::job::JobView) -> Step {
         if self.state != NodeState::Idle {
             return Step::default();
         }
+        let launch = job.launch();
         let spec = launch.fabric.clone();
         if !spec.gathers() {
             self.state = NodeState::Ready;
@@ -383,11 +386,8 @@ impl NodeFabric {
                 ..Step::default()
             };
         }
-        let map = match crate::job::compute_map(launch) {
-            Ok(m) => m,
-            Err(e) => return self.fail(format!("computing the process map: {e}")),
-        };
-        let counts = local_counts(&map);
+        let map = job.map();
+        let counts = local_counts(map);
         let user_env = map
             .ranks_on(self.node)
             .iter()
@@ -417,7 +417,7 @@ impl NodeFabric {
             spec,
             job_id: launch.job_id.clone(),
             counts,
-            places: placements(&map),
+            places: placements(map),
             user_env,
         });
         let bytes = match postcard::to_allocvec(&inv) {
@@ -578,7 +578,7 @@ impl FrontGather {
         if !g.spec.gathers() {
             return g;
         }
-        let tree = Tree::new(nnodes.saturating_add(1), launch.fanout).ok();
+        let tree = Some(Topology::new(nnodes, launch.fanout).collective_tree());
         let coll = tree.and_then(|t| Collective::new(t, 0, Kind::Allgather, EPOCH).ok());
         if let (Some(t), Some(mut c)) = (tree, coll) {
             // The root's own start never completes the exchange: every node is below it.
@@ -1133,6 +1133,11 @@ mod tests {
         i
     }
 
+    /// Node `node`'s view of the job, as its daemon builds it when the launch message arrives.
+    fn view(l: &Launch, node: u32) -> crate::job::JobView {
+        crate::job::JobView::for_node(Box::new(l.clone()), node).unwrap()
+    }
+
     fn launch(nnodes: u32, slots: u32, fanout: u32, spec: FabricSpec, job: &str) -> Launch {
         Launch {
             job_id: job.into(),
@@ -1193,7 +1198,7 @@ mod tests {
                 .into_iter()
                 .enumerate()
                 .map(|(i, inv)| {
-                    let mut f = NodeFabric::new(i as u32, n, l.fanout);
+                    let mut f = NodeFabric::new(i as u32, &Topology::new(n, l.fanout));
                     f.discovered = Some(Ok(inv));
                     f.dir = dir.to_path_buf();
                     f
@@ -1219,14 +1224,14 @@ mod tests {
                         step: &Step,
                         fanout: u32| {
                 if let (Some(up), Some(n)) = (&step.up, from) {
-                    q.push_back((crate::tree::parent_of(n, fanout), Some(n), up.clone()));
+                    q.push_back((Topology::new(n + 1, fanout).parent_of(n), Some(n), up.clone()));
                 }
                 for (c, d) in &step.down {
                     q.push_back((Some(*c), None, d.clone()));
                 }
             };
             for &n in order {
-                let step = self.nodes[n as usize].on_launch(l);
+                let step = self.nodes[n as usize].on_launch(&view(l, n));
                 self.note(n, &step);
                 push(&mut q, Some(n), &step, self.fanout);
             }
@@ -1515,8 +1520,8 @@ mod tests {
             FabricSpec { choice: None, ..FabricSpec::default() },
             "rl-off",
         );
-        let mut f = NodeFabric::new(0, 2, 2);
-        let step = f.on_launch(&l);
+        let mut f = NodeFabric::new(0, &Topology::new(2, 2));
+        let step = f.on_launch(&view(&l, 0));
         assert_eq!(
             step,
             Step {
@@ -1546,9 +1551,9 @@ mod tests {
         );
         assert!(!front.waiting());
         // Node 2 is not a child of node 1 when the fan-out is 2 (its parent is node 0).
-        let mut f = NodeFabric::new(1, 3, 2);
+        let mut f = NodeFabric::new(1, &Topology::new(3, 2));
         f.discovered = Some(Ok(inv("b", "10.0.0.2")));
-        let _ = f.on_launch(&l);
+        let _ = f.on_launch(&view(&l, 1));
         let up = Message::Up {
             epoch: EPOCH,
             entries: vec![(3, Vec::new())],
@@ -1561,9 +1566,9 @@ mod tests {
     #[test]
     fn discovery_failure_is_a_node_error_saying_what_to_do() {
         let l = launch(1, 1, 2, FabricSpec::default(), "rl-nodisc");
-        let mut f = NodeFabric::new(0, 1, 2);
+        let mut f = NodeFabric::new(0, &Topology::new(1, 2));
         f.discovered = Some(Err("cannot list /sys/class/net".into()));
-        let e = f.on_launch(&l).error.unwrap();
+        let e = f.on_launch(&view(&l, 0)).error.unwrap();
         assert!(
             e.contains("cannot list /sys/class/net") && e.contains("--fabric off"),
             "{e}"

@@ -214,6 +214,7 @@ pub fn encoded_size(puts: &Puts) -> usize {
 /// The children of `parent` (None = the front end) whose subtree runs at least one rank.
 /// `has_ranks(n)` says whether node `n` runs ranks.
 pub fn participants(parent: Option<u32>, fanout: u32, nnodes: u32, has_ranks: impl Fn(u32) -> bool) -> Vec<u32> {
+    let topo = tree::Topology::new(nnodes, fanout);
     let mut busy = vec![false; nnodes as usize];
     // Walk up from every node with ranks, marking its ancestors, so the cost is nodes × depth.
     for n in 0..nnodes {
@@ -226,10 +227,10 @@ pub fn participants(parent: Option<u32>, fanout: u32, nnodes: u32, has_ranks: im
                 break;
             }
             busy[c as usize] = true;
-            cur = tree::parent_of(c, fanout);
+            cur = topo.parent_of(c);
         }
     }
-    tree::children_of(parent, fanout, nnodes).filter(|&c| busy[c as usize]).collect()
+    topo.children_of(parent).filter(|&c| busy[c as usize]).collect()
 }
 
 /// `--pmi-lazy` at the front end: fences carry no data, and a get that misses on a node becomes
@@ -452,7 +453,7 @@ mod tests {
             }
             let mut complete = None;
             while let Some((from, r)) = queue.pop() {
-                match tree::parent_of(from, fanout) {
+                match tree::Topology::new(nnodes, fanout).parent_of(from) {
                     None => {
                         if let Some(done) = root.child(from, r.seq, r.puts).unwrap() {
                             complete = Some(done);

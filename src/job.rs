@@ -24,10 +24,13 @@ pub fn compute_map(launch: &Launch) -> Result<ProcMap, MapError> {
 }
 
 impl JobView {
-    /// A daemon's view: node `node` of the job.
-    pub fn for_node(launch: Box<Launch>, node: u32) -> Result<JobView, MapError> {
-        let map = compute_map(&launch)?;
-        Ok(Self::build(launch, map, Some(node)))
+    /// A daemon's view: node `node` of the job. A launch whose map cannot be computed comes back
+    /// with the error: the daemon still relays it and starts its children.
+    pub fn for_node(launch: Box<Launch>, node: u32) -> Result<JobView, (Box<Launch>, MapError)> {
+        match compute_map(&launch) {
+            Ok(map) => Ok(Self::build(launch, map, Some(node))),
+            Err(e) => Err((launch, e)),
+        }
     }
 
     /// The front end's view, with the map it computed while checking the command line.
@@ -48,10 +51,6 @@ impl JobView {
 
     pub fn map(&self) -> &ProcMap {
         &self.map
-    }
-
-    pub fn router(&self) -> &Router {
-        &self.router
     }
 
     pub fn topology(&self) -> &Topology {
@@ -86,29 +85,51 @@ impl JobView {
     }
 }
 
+/// Test jobs, for the unit tests of whatever takes a [`JobView`].
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub mod fixture {
+    use super::JobView;
     use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, StdinTarget};
+    use crate::wire::Launch;
 
-    fn launch(nnodes: u32, slots: u32, np: u32, fanout: u32) -> Box<Launch> {
-        Box::new(Launch {
-            job_id: "rl-test".into(),
-            apps: vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np) }],
+    /// `nnodes` nodes of `slots` slots, fan-out 2, mapped by slot, these contexts, defaults
+    /// elsewhere (no stdin, no `-x`, PMI).
+    pub fn launch(job_id: &str, nnodes: u32, slots: u32, apps: Vec<AppContext>) -> Launch {
+        Launch {
+            job_id: job_id.into(),
+            apps,
             nodes: (0..nnodes).map(|i| NodeEntry { name: format!("n{i}"), user: None, slots, max_slots: None }).collect(),
             policy: launchers::map::MapPolicy {
                 map_by: launchers::map::MapBy::Slot,
                 rank_by: launchers::map::RankBy::Slot,
                 oversubscribe: false,
             },
-            fanout,
+            fanout: 2,
             stdin: StdinTarget::None,
             kill_grace_ms: 2000,
             env: Vec::new(),
             tree_spawn: None,
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
-        })
+        }
+    }
+
+    /// Node `node`'s view of `launch`.
+    pub fn view(launch: Launch, node: u32) -> JobView {
+        JobView::for_node(Box::new(launch), node).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::AppContext;
+
+    fn launch(nnodes: u32, slots: u32, np: u32, fanout: u32) -> Box<Launch> {
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np) };
+        let mut l = fixture::launch("rl-test", nnodes, slots, vec![app]);
+        l.fanout = fanout;
+        Box::new(l)
     }
 
     #[test]

@@ -43,9 +43,10 @@ impl Links {
         self.parent.as_mut()
     }
 
-    /// Drops the parent link (it broke); later sends up go nowhere.
-    pub fn drop_parent(&mut self, registry: &Registry) {
-        if let Some(mut l) = self.parent.take() {
+    /// Stops watching the parent link (a daemon whose parent is gone, or that was told to end by
+    /// a signal): what is queued or sent later is still written whenever the socket takes it.
+    pub fn mute_parent(&mut self, registry: &Registry) {
+        if let Some(l) = self.parent.as_mut() {
             let _ = registry.deregister(&mut l.stream);
         }
     }
@@ -93,11 +94,6 @@ impl Links {
 
     pub fn child_mut(&mut self, t: Token) -> Option<&mut Link> {
         self.accepted.get_mut(&t)
-    }
-
-    /// Whether `node`'s link is up.
-    pub fn has_child(&self, node: u32) -> bool {
-        self.joined.contains_key(&node)
     }
 
     pub fn joined(&self) -> impl Iterator<Item = u32> + '_ {

@@ -70,26 +70,6 @@ impl Topology {
     }
 }
 
-/// The parent daemon of `node` (None: the front end) in a tree of fan-out `fanout`.
-pub fn parent_of(node: u32, fanout: u32) -> Option<u32> {
-    Topology::new(node.saturating_add(1), fanout).parent_of(node)
-}
-
-/// Children of `parent` (None = the front end) among `nnodes` nodes.
-pub fn children_of(parent: Option<u32>, fanout: u32, nnodes: u32) -> Range<u32> {
-    Topology::new(nnodes, fanout).children_of(parent)
-}
-
-/// Whether `node` is `ancestor` or lies below it.
-pub fn in_subtree(ancestor: u32, node: u32, fanout: u32) -> bool {
-    Topology::new(ancestor.max(node).saturating_add(1), fanout).in_subtree(ancestor, node)
-}
-
-/// Depth of the tree below the front end (1 = every daemon is a direct child).
-pub fn depth(nnodes: u32, fanout: u32) -> u32 {
-    Topology::new(nnodes, fanout).depth()
-}
-
 /// The link a message for some node leaves on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hop {
@@ -167,6 +147,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn children_of(parent: Option<u32>, fanout: u32, nnodes: u32) -> Range<u32> {
+        Topology::new(nnodes, fanout).children_of(parent)
+    }
+
+    fn parent_of(node: u32, fanout: u32) -> Option<u32> {
+        Topology::new(node + 1, fanout).parent_of(node)
+    }
+
     #[test]
     fn small_trees() {
         assert_eq!(children_of(None, 2, 7), 0..2);
@@ -177,11 +165,13 @@ mod tests {
         assert_eq!(children_of(Some(9), 2, 7), 0..0);
         assert_eq!(parent_of(0, 2), None);
         assert_eq!(parent_of(5, 2), Some(1));
+        let depth = |n, k| Topology::new(n, k).depth();
         assert_eq!(depth(8, 2), 3);
         assert_eq!(depth(256, 4), 4);
         assert_eq!(depth(1, 32), 1);
         assert_eq!(depth(0, 32), 0);
-        assert!(in_subtree(0, 6, 2) && !in_subtree(1, 6, 2) && in_subtree(2, 6, 2));
+        let t = Topology::new(7, 2);
+        assert!(t.in_subtree(0, 6) && !t.in_subtree(1, 6) && t.in_subtree(2, 6) && !t.in_subtree(6, 2));
     }
 
     #[test]

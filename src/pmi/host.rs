@@ -70,8 +70,31 @@ struct Conn {
 /// What the daemon keeps until the rank is spawned: the child's end of the socketpair, open in
 /// the daemon until `spawn` has duplicated it into the child.
 pub struct Prepared {
-    _child_end: Option<std::os::unix::net::UnixStream>,
+    child_end: Option<std::os::unix::net::UnixStream>,
 }
+
+impl Prepared {
+    /// Makes the rank's end of the socketpair survive `exec` in the child `cmd` starts (and only
+    /// there). Call after any `pre_exec` that must run first.
+    pub fn apply(&self, cmd: &mut std::process::Command) {
+        let Some(end) = self.child_end.as_ref() else { return };
+        let fd: RawFd = end.as_raw_fd();
+        // SAFETY: fcntl is async-signal-safe; the fd is open in the child (fork copies it).
+        unsafe {
+            cmd.pre_exec(move || {
+                // The socketpair is close-on-exec like every fd Rust opens; the rank's end
+                // must survive exec, and only in this one child.
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Environment changes for a rank, in order: `Some` sets, `None` unsets.
+pub type EnvOps = Vec<(String, Option<String>)>;
 
 pub struct PmiHost {
     server: PmiServer,
@@ -111,45 +134,45 @@ impl PmiHost {
         Ok(host)
     }
 
-    pub fn owns(token: Token) -> bool {
-        matches!(crate::token::classify(token), crate::token::Source::Pmi(_))
-    }
-
     /// Sets up `rank`'s PMI environment on `cmd`. Keep the returned value alive until
     /// `cmd.spawn()` returned, then drop it.
+    #[cfg(test)]
     pub fn prepare(&mut self, rank: u32, cmd: &mut std::process::Command, registry: &Registry) -> io::Result<Prepared> {
+        let (env, prepared) = self.prepare_env(rank, registry)?;
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        prepared.apply(cmd);
+        Ok(prepared)
+    }
+
+    /// `rank`'s PMI environment. Keep the returned [`Prepared`] alive until the rank is spawned
+    /// (with [`Prepared::apply`] on its command), then drop it.
+    pub fn prepare_env(&mut self, rank: u32, registry: &Registry) -> io::Result<(EnvOps, Prepared)> {
         // Another launcher's variables (rlaunch started under srun or mpiexec) must not lead the
         // client to the wrong server.
-        for k in ["PMI_FD", "PMI_PORT", "PMI_ID", "PMI_SPAWNED", "PMI_JOBID", "PMI_RANK", "PMI_SIZE"] {
-            cmd.env_remove(k);
-        }
-        cmd.env("PMI_RANK", rank.to_string())
-            .env("PMI_SIZE", self.size.to_string())
-            .env("PMI_JOBID", self.server.kvsname());
+        let mut env: EnvOps =
+            ["PMI_FD", "PMI_PORT", "PMI_ID", "PMI_SPAWNED", "PMI_JOBID", "PMI_RANK", "PMI_SIZE"].iter().map(|k| (k.to_string(), None)).collect();
+        let mut set = |k: &str, v: String| env.push((k.to_string(), Some(v)));
+        set("PMI_RANK", rank.to_string());
+        set("PMI_SIZE", self.size.to_string());
+        set("PMI_JOBID", self.server.kvsname().to_string());
         match self.mode {
             Mode::Port => {
-                cmd.env("PMI_PORT", format!("127.0.0.1:{}", self.port)).env("PMI_ID", rank.to_string());
-                Ok(Prepared { _child_end: None })
+                set("PMI_PORT", format!("127.0.0.1:{}", self.port));
+                set("PMI_ID", rank.to_string());
+                Ok((env, Prepared { child_end: None }))
             }
             Mode::Fd => {
                 let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
                 mine.set_nonblocking(true)?;
-                let fd: RawFd = theirs.as_raw_fd();
-                cmd.env("PMI_FD", fd.to_string());
-                // SAFETY: fcntl is async-signal-safe; the fd is open in the child (fork copies it).
-                unsafe {
-                    cmd.pre_exec(move || {
-                        // The socketpair is close-on-exec like every fd Rust opens; the rank's end
-                        // must survive exec, and only in this one child.
-                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                            return Err(io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
+                set("PMI_FD", theirs.as_raw_fd().to_string());
                 let conn = self.add_conn(Sock::Unix(mio::net::UnixStream::from_std(mine)), registry)?;
                 self.server.connect(conn, Some(rank));
-                Ok(Prepared { _child_end: Some(theirs) })
+                Ok((env, Prepared { child_end: Some(theirs) }))
             }
         }
     }

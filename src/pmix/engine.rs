@@ -430,7 +430,7 @@ mod tests {
                 }
                 let mut done = None;
                 while let Some((from, Msg::PmixFence { seq, puts })) = up.pop() {
-                    match crate::tree::parent_of(from, fanout) {
+                    match crate::tree::Topology::new(nnodes, fanout).parent_of(from) {
                         None => if let Some(r) = root.child(from, seq, puts).unwrap() { done = Some(r) },
                         Some(parent) => for o in es[parent as usize].child_fence(from, seq, puts) {
                             match o { Out::Up(m) => up.push((parent, m)), other => prop_assert!(false, "{:?}", other) }

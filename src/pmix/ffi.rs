@@ -9,9 +9,9 @@
 //!    thread that calls into our callbacks, so code and data must stay mapped until exit. The
 //!    `Library` lives in a `static`; the function pointers copied out of it are `'static`.
 //! 2. Everything rlaunch passes in (namespace strings, procs, info arrays) lives at least until
-//!    libpmix is done with it. For calls that complete through a callback (`register_nspace`,
-//!    `register_client`) the caller blocks until that callback ran, so borrowed memory outlives
-//!    every use. Info arrays are built inside libpmix (`PMIx_Info_list_*`, which copies the values)
+//!    libpmix is done with it. Calls that complete through a callback (`register_nspace`,
+//!    `register_client`) return an [`InFlight`] owning what they passed in; the caller keeps it
+//!    until the server is finalized, so it outlives every use whenever the completion comes. Info arrays are built inside libpmix (`PMIx_Info_list_*`, which copies the values)
 //!    and released by [`InfoArray`]'s `Drop` after the call completed.
 //! 3. Pointers libpmix passes to our module callbacks (procs, infos, data blobs, messages) are
 //!    valid only during the call: the callbacks copy what they need into owned Rust values before
@@ -36,8 +36,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
 
 /// The library that is loaded unless overridden.
 pub const DEFAULT_LIBRARY: &str = "libpmix.so.2";
@@ -276,24 +275,36 @@ impl Lib {
         self.check("PMIx_server_finalize", rc)
     }
 
-    /// `PMIx_server_register_nspace`, waiting up to `wait` for its completion.
-    pub fn register_nspace(&self, nspace: &str, nlocal: u32, info: &InfoArray, wait: Duration) -> Result<(), CallError> {
-        let ns = c_string("PMIx_server_register_nspace", nspace)?;
-        self.blocking_op("PMIx_server_register_nspace", wait, |cb, cbdata| {
-            // SAFETY: ns and info outlive the operation: blocking_op waits for cb (rule 2).
-            unsafe { (self.f.register_nspace)(ns.as_ptr(), nlocal as c_int, info.ptr(), info.len(), Some(cb), cbdata) }
-        })
+    /// `PMIx_server_register_nspace`. Its completion arrives later as [`Upcall::Registered`] with
+    /// this `token`; keep the returned [`InFlight`] (which owns `info`) until the server is
+    /// finalized (rule 2).
+    pub fn register_nspace(&self, nspace: &str, nlocal: u32, info: InfoArray, token: u64) -> Result<InFlight, CallError> {
+        const CALL: &str = "PMIx_server_register_nspace";
+        let ns = c_string(CALL, nspace)?;
+        // SAFETY: ns and info live in the returned InFlight, which the caller keeps until the
+        // server is finalized (rule 2); cbdata is a number, not a pointer (rule 6).
+        let rc = unsafe { (self.f.register_nspace)(ns.as_ptr(), nlocal as c_int, info.ptr(), info.len(), Some(on_registered), token as usize as *mut c_void) };
+        self.check(CALL, rc)?;
+        Ok(InFlight { done: rc == PMIX_OPERATION_SUCCEEDED, _ns: Some(ns), _info: Some(info), _proc: None })
     }
 
     /// `PMIx_server_register_client` for rank `rank` of `nspace`, owned by this process's user.
-    pub fn register_client(&self, nspace: &str, rank: u32, wait: Duration) -> Result<(), CallError> {
-        let p = make_proc("PMIx_server_register_client", nspace, rank)?;
+    /// Completes like [`Lib::register_nspace`].
+    pub fn register_client(&self, nspace: &str, rank: u32, token: u64) -> Result<InFlight, CallError> {
+        const CALL: &str = "PMIx_server_register_client";
+        let p = Box::new(make_proc(CALL, nspace, rank)?);
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        self.blocking_op("PMIx_server_register_client", wait, |cb, cbdata| {
-            // SAFETY: p outlives the operation (blocking_op waits); server_object is unused.
-            unsafe { (self.f.register_client)(&p, uid, gid, std::ptr::null_mut(), Some(cb), cbdata) }
-        })
+        // SAFETY: p lives in the returned InFlight (rule 2); server_object is unused; cbdata is a
+        // number (rule 6).
+        let rc = unsafe { (self.f.register_client)(&*p, uid, gid, std::ptr::null_mut(), Some(on_registered), token as usize as *mut c_void) };
+        self.check(CALL, rc)?;
+        Ok(InFlight { done: rc == PMIX_OPERATION_SUCCEEDED, _ns: None, _info: None, _proc: Some(p) })
+    }
+
+    /// The status an [`Upcall::Registered`] carried, as the result of `call`.
+    pub fn completion(&self, call: &'static str, status: c_int) -> Result<(), CallError> {
+        self.check(call, status)
     }
 
     /// `PMIx_server_setup_fork`: the variables the client needs, as `(name, value)`.
@@ -352,24 +363,16 @@ impl Lib {
         InfoList { lib: self, ptr }
     }
 
-    /// Runs a callback-completed libpmix operation and waits for it.
-    fn blocking_op(&self, call: &'static str, wait: Duration, start: impl FnOnce(OpCb, *mut c_void) -> c_int) -> Result<(), CallError> {
-        let (tx, rx) = mpsc::sync_channel::<c_int>(1);
-        let cbdata = Box::into_raw(Box::new(tx)) as *mut c_void;
-        let rc = start(on_blocking_done, cbdata);
-        if rc != PMIX_SUCCESS {
-            // The callback will not run: the channel end is still ours.
-            // SAFETY: cbdata came from Box::into_raw above and was not handed over.
-            drop(unsafe { Box::from_raw(cbdata as *mut mpsc::SyncSender<c_int>) });
-            return self.check(call, rc);
-        }
-        match rx.recv_timeout(wait) {
-            Ok(status) => self.check(call, status),
-            // The callback may still run later and frees the channel end then; nothing leaks
-            // beyond it.
-            Err(_) => Err(CallError { call, status: PMIX_ERROR, text: format!("no completion within {} s", wait.as_secs()) }),
-        }
-    }
+}
+
+/// What libpmix may still read of a registration it has not completed (libpmix 4.2.2 keeps the
+/// info array by pointer until then, and copies the rest; kept whole either way).
+pub struct InFlight {
+    /// libpmix completed the call at once (`PMIX_OPERATION_SUCCEEDED`): no upcall follows.
+    pub done: bool,
+    _ns: Option<CString>,
+    _info: Option<InfoArray>,
+    _proc: Option<Box<pmix_proc_t>>,
 }
 
 /// A value for [`InfoList::add`].
@@ -520,6 +523,11 @@ pub enum Upcall {
         status: i32,
         data: Vec<u8>,
     },
+    /// The completion of [`Lib::register_nspace`] or [`Lib::register_client`] with this token.
+    Registered {
+        token: u64,
+        status: i32,
+    },
 }
 
 impl std::fmt::Debug for Upcall {
@@ -533,6 +541,7 @@ impl std::fmt::Debug for Upcall {
             }
             Upcall::DirectModex { proc, .. } => write!(f, "DirectModex({proc:?})"),
             Upcall::DmodexData { token, status, data } => write!(f, "DmodexData({token}, {status}, {} bytes)", data.len()),
+            Upcall::Registered { token, status } => write!(f, "Registered({token}, {status})"),
         }
     }
 }
@@ -557,7 +566,7 @@ fn deliver(u: Upcall) -> c_int {
             match u {
                 Upcall::Connected { done, .. } | Upcall::Finalized { done, .. } | Upcall::Abort { done, .. } => done.disarm(),
                 Upcall::Fence { done, .. } | Upcall::DirectModex { done, .. } => done.disarm(),
-                Upcall::DmodexData { .. } => {}
+                Upcall::DmodexData { .. } | Upcall::Registered { .. } => {}
             }
             PMIX_ERR_UNREACH
         }
@@ -637,10 +646,9 @@ unsafe extern "C" fn release_blob(owner: *mut c_void) {
     }
 }
 
-unsafe extern "C" fn on_blocking_done(status: c_int, cbdata: *mut c_void) {
-    // SAFETY: cbdata is the Box<SyncSender> made in blocking_op, handed to libpmix once.
-    let tx = unsafe { Box::from_raw(cbdata as *mut mpsc::SyncSender<c_int>) };
-    let _ = tx.try_send(status);
+unsafe extern "C" fn on_registered(status: c_int, cbdata: *mut c_void) {
+    // Rule 6: cbdata is the caller's token.
+    let _ = deliver(Upcall::Registered { token: cbdata as usize as u64, status });
 }
 
 /// Copies a `pmix_proc_t` (rule 3).

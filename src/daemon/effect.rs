@@ -1,0 +1,30 @@
+//! What the daemon's services ask of its loop. A service gets the job and an input, changes its
+//! own state, and returns effects; only the loop ([`super::node`]) touches the tree links and the
+//! rank table, and it carries the effects out in the order they were returned.
+
+use crate::spec::RankStatus;
+use crate::tree::Hop;
+use crate::wire::Msg;
+
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// To the parent.
+    Up(Msg),
+    /// On one hop; dropped when that link is not up.
+    Send(Hop, Msg),
+    /// Towards a node other than this one: down the child subtree that holds it, else up.
+    Towards(u32, Msg),
+    /// Down the child subtree that holds the node; dropped when no child holds it.
+    Below(u32, Msg),
+    /// To these children (those that joined).
+    DownTo(Vec<u32>, Msg),
+    /// Something failed on this node outside any rank: report `NodeFailed` (internal) and
+    /// terminate the local ranks.
+    Fault(String),
+    /// The endpoint table is written (or not wanted): set up the ranks' PMI or PMIx.
+    StartRanks,
+    /// PMI or PMIx is ready for the local ranks: spawn them.
+    SpawnRanks,
+    /// A rank was reaped and its output drained: its last PMI words, then its exit, go up.
+    RankExit { rank: u32, pid: u32, status: RankStatus },
+}

@@ -1,0 +1,90 @@
+//! The launch-time fabric exchange ([`NodeFabric`]) as a service: its [`Step`]s become effects,
+//! and the ranks start ([`Effect::StartRanks`]) once the endpoint table is written (at once with
+//! `--fabric off`).
+
+use super::effect::Effect;
+use crate::fabric::{NodeFabric, Step};
+use crate::job::JobView;
+use crate::tree::{Hop, Topology};
+use crate::wire::Msg;
+
+pub struct Fabric {
+    inner: NodeFabric,
+}
+
+impl Fabric {
+    pub fn new(node: u32, topo: &Topology) -> Fabric {
+        Fabric { inner: NodeFabric::new(node, topo) }
+    }
+
+    /// Reads this host's fabrics; called while the launch message travels.
+    pub fn discover(&mut self) {
+        self.inner.discover();
+    }
+
+    /// After the launch message: contribute this node's inventory.
+    pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
+        effects(self.inner.on_launch(job))
+    }
+
+    /// A `Msg::Fabric` from the child daemon of `from_child`, or from the parent (`None`).
+    pub fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
+        effects(self.inner.on_message(from_child, data))
+    }
+
+    /// The ranks wait for the table (the node is not done meanwhile, unless the job is ending).
+    pub fn holds_ranks(&self) -> bool {
+        self.inner.holds_ranks()
+    }
+
+    /// The fabric variables of local rank `l`.
+    pub fn rank_env(&self, l: u32) -> &[(String, String)] {
+        self.inner.rank_env(l)
+    }
+
+    /// The job's fabric, once the exchange chose it.
+    pub fn chosen(&self) -> Option<fabrics::Fabric> {
+        self.inner.chosen()
+    }
+}
+
+fn effects(step: Step) -> Vec<Effect> {
+    let mut out = Vec::new();
+    if let Some(data) = step.up {
+        out.push(Effect::Up(Msg::Fabric { data }));
+    }
+    for (node, data) in step.down {
+        out.push(Effect::Send(Hop::Child(node), Msg::Fabric { data }));
+    }
+    if let Some(e) = step.error {
+        out.push(Effect::Fault(e));
+    } else if step.start_ranks {
+        out.push(Effect::StartRanks);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_become_effects_in_order() {
+        let step = Step { up: Some(vec![1]), down: vec![(4, vec![2]), (5, vec![3])], start_ranks: true, ..Step::default() };
+        assert_eq!(
+            effects(step),
+            vec![
+                Effect::Up(Msg::Fabric { data: vec![1] }),
+                Effect::Send(Hop::Child(4), Msg::Fabric { data: vec![2] }),
+                Effect::Send(Hop::Child(5), Msg::Fabric { data: vec![3] }),
+                Effect::StartRanks,
+            ]
+        );
+        let failed = Step { down: vec![(4, vec![2])], error: Some("broken".into()), start_ranks: true, ..Step::default() };
+        assert_eq!(
+            effects(failed),
+            vec![Effect::Send(Hop::Child(4), Msg::Fabric { data: vec![2] }), Effect::Fault("broken".into())],
+            "an error wins over starting"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! `rlaunch __guard`, a daemon's watchman, and the daemon's handle to it.
+
+use super::say::say;
+use std::io::{self, Read, Write};
+
+/// `rlaunch __guard`: reads the process-group ids of the daemon's ranks from stdin, one per line,
+/// and when that pipe closes, because the daemon ended in any way (even SIGKILL), it kills every
+/// one of those groups. A rank dies with its daemon through its parent-death signal; this takes
+/// the rank's own children with it.
+pub fn main() -> ! {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: setting a signal to SIG_IGN has no handler to be unsafe about.
+        unsafe { libc::signal(s, libc::SIG_IGN) };
+    }
+    let mut groups = Vec::new();
+    let mut text = String::new();
+    let _ = io::stdin().read_to_string(&mut text);
+    for line in text.lines() {
+        if let Ok(g) = line.trim().parse::<i32>() {
+            if g > 1 {
+                groups.push(g);
+            }
+        }
+    }
+    for g in groups {
+        // SAFETY: plain kill(2); ESRCH for groups that are already gone is expected.
+        unsafe { libc::kill(-g, libc::SIGKILL) };
+    }
+    std::process::exit(0)
+}
+
+/// The daemon's end: the guard's stdin, once the first rank started it. Dropping it (the daemon
+/// exits) is what sets the guard off.
+#[derive(Default)]
+pub struct Guard {
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Guard {
+    /// Tells the guard about a rank's process group, starting the guard with the first one.
+    pub fn watch(&mut self, node: u32, pgid: u32) {
+        if self.stdin.is_none() {
+            let exe = std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe"));
+            let child = std::process::Command::new(exe)
+                .arg("__guard")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            match child {
+                Ok(mut c) => {
+                    self.stdin = c.stdin.take();
+                    // Reaped by pid like any other child of the daemon; the handle is not needed.
+                    std::mem::forget(c);
+                }
+                Err(e) => {
+                    say(Some(node), format_args!("cannot start the guard process ({e}); a rank's children may outlive a killed daemon"));
+                    return;
+                }
+            }
+        }
+        if let Some(g) = self.stdin.as_mut() {
+            let _ = writeln!(g, "{pgid}");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The per-node daemon (`rlaunch __daemon`): reads its bootstrap line on stdin, joins the tree,
+//! receives the launch message, computes the process map itself, starts and supervises its local
+//! ranks, and relays traffic for the daemons below it.
+//!
+//! A small loop ([`node`]) owns every socket, pipe and timer; services own their state, take the
+//! job ([`crate::job::JobView`]) and an input, and return [`effect::Effect`]s for the loop to
+//! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]), the local rank
+//! table ([`ranks`]) with spawning ([`spawn`]), and tree spawn ([`tree_spawn`]).
+
+mod boot;
+mod effect;
+mod fabric;
+mod guard;
+mod inbox;
+mod node;
+mod pmi;
+mod pmix;
+mod ranks;
+mod say;
+mod spawn;
+mod tree_spawn;
+
+/// Entry point of `rlaunch __daemon`. Never returns.
+pub fn main() -> ! {
+    let code = match node::Daemon::run() {
+        Ok(code) => code,
+        Err(e) => {
+            say::say(None, format_args!("{e:#}"));
+            crate::exitcode::LAUNCH_FAILED
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Entry point of `rlaunch __guard`, the daemon's watchman (see [`guard::main`]). Never returns.
+pub fn guard_main() -> ! {
+    guard::main()
+}

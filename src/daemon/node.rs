@@ -1,0 +1,490 @@
+//! The daemon's event loop. It owns the poll, the tree links, the listener, the signal pipe, the
+//! job (built once when the launch message arrives) and the services; it turns each readiness
+//! event into a call to one service and carries out the [`Effect`]s the service returns. Nothing
+//! runs on another thread (libpmix's upcalls arrive through a waker).
+
+use super::boot::{self, Joined};
+use super::effect::Effect;
+use super::fabric::Fabric;
+use super::guard::Guard;
+use super::inbox::{self, Inbox};
+use super::pmi::Pmi;
+use super::pmix::{self, Pmix};
+use super::ranks::Ranks;
+use super::say::say;
+use super::spawn::{self, Spawner};
+use super::tree_spawn::TreeSpawn;
+use crate::job::JobView;
+use crate::links::Links;
+use crate::sig::SignalPipe;
+use crate::spec::StdinTarget;
+use crate::token::{self, Source};
+use crate::tree::Hop;
+use crate::wire::{Bootstrap, Launch, Msg, NodeFault};
+use anyhow::{Context, Result};
+use launchers::start::Notify;
+use mio::event::Event;
+use mio::{Events, Poll, Token, Waker};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The job as far as this daemon knows it.
+enum Job {
+    /// No launch message yet.
+    Waiting,
+    /// The launch message came, but the process map could not be computed from it.
+    Broken(Box<Launch>),
+    Ready(JobView),
+}
+
+impl Job {
+    fn launch(&self) -> Option<&Launch> {
+        match self {
+            Job::Waiting => None,
+            Job::Broken(l) => Some(l),
+            Job::Ready(j) => Some(j.launch()),
+        }
+    }
+
+    fn view(&self) -> Option<&JobView> {
+        match self {
+            Job::Ready(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// The node of the one rank that reads stdin, when there is one and it is known.
+    fn stdin_node(&self) -> Option<u32> {
+        match self.launch()?.stdin {
+            StdinTarget::Rank(r) => self.view()?.node_of_rank(r),
+            _ => None,
+        }
+    }
+}
+
+pub struct Daemon {
+    node: u32,
+    boot: Bootstrap,
+    listen_port: u16,
+    poll: Poll,
+    links: Links,
+    listener: Option<mio::net::TcpListener>,
+    signals: SignalPipe,
+    job: Job,
+    /// Size of the launch frame as it arrived, reported in `Started`.
+    launch_bytes: u32,
+    ranks: Ranks,
+    tree_spawn: TreeSpawn,
+    pmi: Pmi,
+    pmix: Pmix,
+    fabric: Fabric,
+    /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
+    /// the ssh threads of tree spawn.
+    waker: Arc<Waker>,
+    /// The ssh threads' side of `waker`.
+    notify: Notify,
+    /// Last: dropping it when the daemon ends sets the guard off.
+    guard: Guard,
+    node_done_sent: bool,
+    orphaned: bool,
+    shutdown: bool,
+}
+
+impl Daemon {
+    /// Joins the tree and runs the loop until the job is over; returns the exit code.
+    pub fn run() -> Result<i32> {
+        let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
+        let node = boot.node;
+        let fabric = Fabric::new(node, links.router().topology());
+        let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
+        let w = waker.clone();
+        let notify: Notify = Arc::new(move || {
+            let _ = w.wake();
+        });
+        let mut d = Daemon {
+            waker,
+            notify,
+            node,
+            boot,
+            listen_port,
+            poll,
+            links,
+            listener,
+            signals,
+            job: Job::Waiting,
+            launch_bytes: 0,
+            ranks: Ranks::default(),
+            tree_spawn: TreeSpawn::default(),
+            pmi: Pmi::new(node),
+            pmix: Pmix::new(node),
+            fabric,
+            guard: Guard::default(),
+            node_done_sent: false,
+            orphaned: false,
+            shutdown: false,
+        };
+        // While the launch message travels: it is needed as soon as that arrives.
+        d.fabric.discover();
+        d.event_loop()
+    }
+
+    fn event_loop(&mut self) -> Result<i32> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if self.shutdown {
+                return Ok(self.finish());
+            }
+            if self.orphaned && self.ranks.all_reported() {
+                return Ok(crate::exitcode::LAUNCH_FAILED);
+            }
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            for ev in events.iter() {
+                self.on_event(ev);
+            }
+            let fx = self.ranks.drain(self.links.pending_up(), self.poll.registry());
+            self.apply(fx);
+            let fx = self.pmi.read_more(self.poll.registry());
+            self.apply(fx);
+            if self.tree_spawn.watching() {
+                let fx = self.tree_spawn.check(self.links.joined());
+                self.apply(fx);
+            }
+            let now = Instant::now();
+            let fx = self.ranks.check_timers(now, self.poll.registry());
+            self.apply(fx);
+            if let Some(job) = self.job.view() {
+                let fx = self.pmix.check_timer(job, now);
+                self.apply(fx);
+            }
+            self.check_done();
+            if self.links.flush().is_err() {
+                self.parent_lost();
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if self.ranks.wants_read(self.links.pending_up()) || self.pmi.busy() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let at = [self.ranks.next_deadline(), self.pmix.next_deadline()].into_iter().flatten().min();
+        at.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    fn on_event(&mut self, ev: &Event) {
+        let registry = self.poll.registry();
+        let fx = match token::classify(ev.token()) {
+            Source::Fixed(token::PARENT) => {
+                if ev.is_writable() && self.links.flush().is_err() {
+                    self.parent_lost();
+                }
+                if ev.is_readable() {
+                    self.read_parent();
+                }
+                return;
+            }
+            Source::Fixed(token::LISTENER) => {
+                if let Some(l) = self.listener.as_ref() {
+                    self.links.accept(l, registry);
+                }
+                return;
+            }
+            Source::Fixed(token::SIGNALS) => return self.on_signals(),
+            Source::Fixed(token::BOOT_STDIN) => return self.on_boot_stdin(),
+            // libpmix queued an upcall, or a start thread (tree spawn over ssh) saw its daemon end;
+            // the latter is looked at after every event.
+            Source::Fixed(token::WAKE) => match self.job.view() {
+                Some(job) => self.pmix.on_wake(job),
+                None => return,
+            },
+            Source::Pmi(_) => self.pmi.on_event(ev, registry),
+            Source::RankPipe { idx, pipe } => return self.ranks.on_pipe(idx, pipe, registry),
+            Source::Link(_) => return self.on_child(ev.token(), ev.is_readable(), ev.is_writable()),
+            _ => return,
+        };
+        self.apply(fx);
+    }
+
+    /// Carries out what a service asked for, in order.
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Up(m) => self.links.up(&m),
+                Effect::Send(hop, m) => _ = self.links.send(hop, &m),
+                Effect::Towards(node, m) => _ = self.links.towards(node, &m),
+                Effect::Below(node, m) => self.links.down_subtree(Some(node), &m),
+                Effect::DownTo(nodes, m) => self.links.down_to(&nodes, &m),
+                Effect::Fault(text) => self.fault(text),
+                Effect::StartRanks => self.start_ranks(),
+                Effect::SpawnRanks => self.spawn_ranks(),
+                Effect::RankExit { rank, pid, status } => {
+                    // Its abort or unfinalized exit must reach the front end before its exit status.
+                    let mut fx = self.pmi.rank_exited(rank, self.poll.registry());
+                    fx.extend(self.pmix.rank_exited(rank));
+                    self.apply(fx);
+                    self.links.up(&Msg::RankExit { rank, pid, status });
+                }
+            }
+        }
+    }
+
+    fn read_parent(&mut self) {
+        loop {
+            let Some(link) = self.links.parent_mut() else { return };
+            let Inbox { msgs, rejected, closed, more } = inbox::read(link, false);
+            for (msg, len) in msgs {
+                self.on_parent_msg(msg, len);
+            }
+            if let Some(e) = &rejected {
+                say(Some(self.node), format_args!("rejected frame from parent: {e}"));
+            }
+            if rejected.is_some() || closed {
+                self.parent_lost();
+                return;
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    fn on_parent_msg(&mut self, msg: Msg, frame_len: usize) {
+        let registry = self.poll.registry();
+        let fx = match msg {
+            Msg::Launch(launch) => return self.on_launch(launch, frame_len),
+            Msg::Stdin { data } => {
+                self.ranks.deliver_stdin(&data, registry);
+                // Only down the subtree of the one rank that reads it, when that rank is known.
+                let relay = Msg::Stdin { data };
+                match self.job.stdin_node() {
+                    Some(node) => self.links.down_subtree(Some(node), &relay),
+                    None => self.links.down(&relay),
+                }
+                return;
+            }
+            Msg::Signal { signum } => {
+                self.ranks.signal_all(signum);
+                return self.links.down(&Msg::Signal { signum });
+            }
+            Msg::Terminate => {
+                self.terminate_all();
+                return self.links.down(&Msg::Terminate);
+            }
+            Msg::Kill => {
+                self.ranks.kill();
+                return self.links.down(&Msg::Kill);
+            }
+            Msg::Shutdown => {
+                self.links.down(&Msg::Shutdown);
+                self.shutdown = true;
+                return;
+            }
+            Msg::FenceDone { seq, puts } => self.pmi.fence_done(seq, puts, registry),
+            m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
+            Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
+            Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
+            Msg::Fabric { data } => self.fabric.on_message(None, &data),
+            other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
+        };
+        self.apply(fx);
+    }
+
+    /// The launch message: pass it down, start the children's daemons (tree spawn), then
+    /// contribute to the fabric exchange, after which the ranks start.
+    fn on_launch(&mut self, launch: Box<Launch>, frame_len: usize) {
+        if self.job.launch().is_some() {
+            return;
+        }
+        self.launch_bytes = frame_len as u32;
+        self.links.down(&Msg::Launch(launch.clone()));
+        let mut map_error = None;
+        self.job = match JobView::for_node(launch, self.node) {
+            Ok(view) => Job::Ready(view),
+            Err((launch, e)) => {
+                map_error = Some(e);
+                Job::Broken(launch)
+            }
+        };
+        if let Some(l) = self.job.launch() {
+            let fx = self.tree_spawn.start(l, self.links.router(), &self.boot, self.listen_port, &self.notify);
+            self.apply(fx);
+        }
+        let fx = match (&self.job, map_error) {
+            (Job::Ready(job), _) => self.fabric.on_launch(job),
+            (_, Some(e)) => vec![Effect::Fault(format!("computing the process map: {e}"))],
+            _ => Vec::new(),
+        };
+        self.apply(fx);
+    }
+
+    fn on_child(&mut self, t: Token, readable: bool, writable: bool) {
+        let Some(link) = self.links.child_mut(t) else { return };
+        if writable {
+            let _ = link.flush();
+        }
+        if !readable {
+            return;
+        }
+        let Inbox { msgs, rejected, closed, .. } = inbox::read_child(link);
+        let peer_ip = link.stream.peer_addr().ok().map(|a| a.ip().to_string());
+        let mut lost = closed;
+        if let Some(e) = rejected {
+            say(Some(self.node), format_args!("rejected frame from a child: {e}"));
+        }
+        let mut node = self.links.node_of(t);
+        for (mut msg, _) in msgs {
+            if let (Msg::Hello { node: n, addr, listen_port, .. }, None) = (&mut msg, node) {
+                if !self.links.router().is_child(*n) {
+                    say(Some(self.node), format_args!("node {n} is not a child of this daemon; dropping it"));
+                    lost = true;
+                    break;
+                }
+                self.links.join(t, *n);
+                node = Some(*n);
+                if addr.is_none() && *listen_port != 0 {
+                    *addr = peer_ip.clone();
+                }
+                if let Some(l) = self.job.launch() {
+                    self.links.send(Hop::Child(*n), &Msg::Launch(Box::new(l.clone())));
+                }
+            }
+            self.child_msg(node, msg);
+        }
+        if lost {
+            if let Some(node) = self.links.remove(t, self.poll.registry()) {
+                if !self.shutdown {
+                    self.links.up(&Msg::NodeFailed { node, fault: NodeFault::LinkLost });
+                }
+            }
+        }
+    }
+
+    /// A message from a child link (`node`: which child, once it said so). The fabric exchange,
+    /// the PMI fence and PMIx traffic are combined or routed here; the rest goes up.
+    fn child_msg(&mut self, node: Option<u32>, msg: Msg) {
+        let fx = match (node, msg) {
+            (Some(n), Msg::Fabric { data }) => self.fabric.on_message(Some(n), &data),
+            (Some(n), Msg::Fence { seq, puts }) => self.pmi.fence_from_child(n, seq, puts),
+            (None, Msg::Fabric { .. } | Msg::Fence { .. }) => Vec::new(),
+            (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
+            (_, m) => vec![Effect::Up(m)],
+        };
+        self.apply(fx);
+    }
+
+    fn parent_lost(&mut self) {
+        if self.orphaned || self.shutdown {
+            return;
+        }
+        self.orphaned = true;
+        self.links.mute_parent(self.poll.registry());
+        self.terminate_all();
+    }
+
+    fn on_boot_stdin(&mut self) {
+        let mut buf = [0u8; 256];
+        // SAFETY: fd 0 is ours for the life of the process; a plain read on it is fine.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock) {
+            let _ = self.poll.registry().deregister(&mut mio::unix::SourceFd(&0));
+            // Whoever started us is gone (front end, ssh client, agent): no one can collect our ranks.
+            if !self.shutdown {
+                self.parent_lost();
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for s in self.signals.drain() {
+            match s {
+                libc::SIGCHLD => self.reap(),
+                // Slurm's scancel, a dying session, or an admin: nobody will collect the ranks.
+                _ => self.parent_lost(),
+            }
+        }
+        // SIGCHLD bytes may be coalesced; reaping is cheap and idempotent.
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        for (pid, status) in self.ranks.reap(self.poll.registry()) {
+            self.tree_spawn.exited(pid, status.exit_code());
+        }
+    }
+
+    /// The fabric exchange is over: set up PMI (then spawn) or PMIx (which spawns once libpmix
+    /// has registered every local rank).
+    fn start_ranks(&mut self) {
+        let Some(job) = self.job.view() else { return };
+        let registry = self.poll.registry();
+        let started = if Pmix::wanted(job) {
+            self.pmix.setup(job, &self.waker)
+        } else {
+            self.pmi.setup(job, registry).map(|()| vec![Effect::SpawnRanks])
+        };
+        match started {
+            Ok(fx) => self.apply(fx),
+            Err(e) => self.fault(format!("{e:#}")),
+        }
+    }
+
+    fn spawn_ranks(&mut self) {
+        let Some(job) = self.job.view() else { return };
+        let s = Spawner {
+            job,
+            registry: self.poll.registry(),
+            ranks: &mut self.ranks,
+            guard: &mut self.guard,
+            pmi: &mut self.pmi,
+            pmix: &mut self.pmix,
+            fabric: &self.fabric,
+            launch_bytes: self.launch_bytes,
+        };
+        match spawn::spawn_ranks(s) {
+            Ok(fx) => {
+                self.apply(fx);
+                // Children may have exited before their pids were in the rank table.
+                self.reap();
+            }
+            Err(e) => self.fault(format!("{e:#}")),
+        }
+    }
+
+    /// Something failed on this node outside any rank: say so and end the job here.
+    fn fault(&mut self, message: String) {
+        self.links.up(&Msg::NodeFailed { node: self.node, fault: NodeFault::Internal(message) });
+        self.terminate_all();
+    }
+
+    fn terminate_all(&mut self) {
+        let grace = self.job.launch().map_or(2000, |l| l.kill_grace_ms);
+        self.ranks.terminate(Duration::from_millis(grace as u64));
+    }
+
+    fn check_done(&mut self) {
+        // The ranks wait for the fabric table or for libpmix, unless the job is ending (ranks not
+        // started because spawning stopped count as done).
+        let held = (self.fabric.holds_ranks() || self.pmix.holds_ranks()) && !self.ranks.stop_spawning();
+        if self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
+            return;
+        }
+        self.node_done_sent = true;
+        self.links.up(&Msg::NodeDone { node: self.node });
+    }
+
+    fn finish(&mut self) -> i32 {
+        // All ranks are done when the front end sends Shutdown; make sure of it anyway.
+        self.ranks.signal_all(libc::SIGKILL);
+        // Stops libpmix and removes its directory.
+        self.pmix.finish();
+        self.links.flush_blocking(Duration::from_secs(2));
+        crate::exitcode::SUCCESS
+    }
+}
