@@ -153,3 +153,67 @@ pub fn flush_blocking(link: &mut Link, timeout: std::time::Duration) {
         }
     }
 }
+
+// Reading frames from a link: what one read brought (a daemon reads its parent's link and handles
+// it a budget at a time), or everything a child's link has (handled together).
+
+#[derive(Default)]
+pub struct Inbox {
+    /// Each message with the size of its frame.
+    pub msgs: Vec<(Msg, usize)>,
+    /// A frame failed authentication or decoding; nothing after it was read.
+    pub rejected: Option<WireError>,
+    /// The peer closed the link, or reading failed.
+    pub closed: bool,
+    /// Why reading failed, when it did (not for a plain close).
+    pub read_error: Option<String>,
+    /// The read budget ran out: more may be waiting.
+    pub more: bool,
+}
+
+/// One budgeted read and the frames it completed. `parse_after_error`: when reading fails, still
+/// take the complete frames already buffered.
+pub fn read(link: &mut Link, parse_after_error: bool) -> Inbox {
+    let mut inbox = Inbox::default();
+    match link.fill() {
+        Ok(more) => inbox.more = more,
+        Err(e) => {
+            inbox.closed = true;
+            inbox.read_error = Some(e.to_string());
+            if !parse_after_error {
+                return inbox;
+            }
+        }
+    }
+    loop {
+        match link.next_msg() {
+            Ok(Some(m)) => inbox.msgs.push((m, link.last_frame_len)),
+            Ok(None) => break,
+            Err(e) => {
+                inbox.rejected = Some(e);
+                break;
+            }
+        }
+    }
+    inbox.closed |= link.eof;
+    inbox
+}
+
+/// Everything a child's link has now; `closed` also when a frame was rejected (the link is
+/// dropped then).
+pub fn read_child(link: &mut Link) -> Inbox {
+    let mut all = Inbox::default();
+    loop {
+        let one = read(link, true);
+        all.msgs.extend(one.msgs);
+        let rejected = one.rejected.is_some();
+        all.read_error = all.read_error.or(one.read_error);
+        if rejected {
+            all.rejected = one.rejected;
+        }
+        if one.closed || rejected || !one.more {
+            all.closed = one.closed || rejected;
+            return all;
+        }
+    }
+}

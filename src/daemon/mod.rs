@@ -11,7 +11,6 @@ mod boot;
 mod effect;
 mod fabric;
 mod guard;
-mod inbox;
 mod node;
 mod pmi;
 mod pmix;

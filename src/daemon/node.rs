@@ -7,7 +7,6 @@ use super::boot::{self, Joined};
 use super::effect::Effect;
 use super::fabric::Fabric;
 use super::guard::Guard;
-use super::inbox::{self, Inbox};
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
@@ -15,6 +14,7 @@ use super::say::say;
 use super::spawn::{self, Spawner};
 use super::tree_spawn::TreeSpawn;
 use crate::job::JobView;
+use crate::link::{self, Inbox};
 use crate::links::Links;
 use crate::sig::SignalPipe;
 use crate::spec::StdinTarget;
@@ -238,7 +238,7 @@ impl Daemon {
     fn read_parent(&mut self) {
         loop {
             let Some(link) = self.links.parent_mut() else { return };
-            let Inbox { msgs, rejected, closed, more } = inbox::read(link, false);
+            let Inbox { msgs, rejected, closed, more, .. } = link::read(link, false);
             for (msg, len) in msgs {
                 self.on_parent_msg(msg, len);
             }
@@ -332,7 +332,7 @@ impl Daemon {
         if !readable {
             return;
         }
-        let Inbox { msgs, rejected, closed, .. } = inbox::read_child(link);
+        let Inbox { msgs, rejected, closed, .. } = link::read_child(link);
         let peer_ip = link.stream.peer_addr().ok().map(|a| a.ip().to_string());
         let mut lost = closed;
         if let Some(e) = rejected {

@@ -15,6 +15,7 @@ use super::reporter::{OutputStyle, Progress, Reporter};
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
 use crate::plan::JobPlan;
 use crate::job::JobView;
+use crate::link::{self, Inbox};
 use crate::links::Links;
 use crate::sig::SignalPipe;
 use crate::spec::{RankStatus, StdinTarget};
@@ -184,33 +185,15 @@ impl Frontend {
     /// Reads one link; returns true when it may hold more.
     fn read_link(&mut self, t: Token) -> bool {
         let Some(l) = self.links.child_mut(t) else { return false };
-        let (more, mut broken) = match l.fill() {
-            Ok(m) => (m, None),
-            Err(e) => (false, Some(e.to_string())),
-        };
-        let mut msgs = Vec::new();
-        let mut rejected = None;
-        loop {
-            match l.next_msg() {
-                Ok(Some(m)) => msgs.push(m),
-                Ok(None) => break,
-                Err(e) => {
-                    rejected = Some(format!("rlaunch: rejected a frame from a daemon: {e}"));
-                    broken = Some(format!("rejected frame: {e}"));
-                    break;
-                }
-            }
-        }
-        if l.eof && broken.is_none() {
-            broken = Some("connection closed".into());
-        }
+        let Inbox { msgs, rejected, closed, read_error, more } = link::read(l, true);
         let peer_ip = l.stream.peer_addr().ok().map(|a| a.ip().to_string());
-        if let Some(line) = rejected {
-            self.reporter.line(&line);
+        if let Some(e) = &rejected {
+            self.reporter.line(&format!("rlaunch: rejected a frame from a daemon: {e}"));
         }
-        for m in msgs {
+        for (m, _) in msgs {
             self.on_msg(t, m, peer_ip.as_deref());
         }
+        let broken = rejected.map(|e| format!("rejected frame: {e}")).or(read_error).or_else(|| closed.then(|| "connection closed".into()));
         if let Some(why) = broken {
             if let Some(node) = self.links.remove(t, self.poll.registry()) {
                 self.subtree_lost(node, &why);
