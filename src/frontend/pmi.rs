@@ -133,26 +133,16 @@ fn kvs_value(to: u32, key: String, value: Option<String>) -> Effect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, StdinTarget};
-    use crate::wire::Launch;
+    use crate::job::fixture;
+    use crate::spec::AppContext;
 
     /// 4 nodes of 2 ranks, fan-out 2: FE -> 0,1; 0 -> 2,3.
     fn job(lazy: bool) -> JobView {
-        let launch = Box::new(Launch {
-            job_id: "rl-t".into(),
-            apps: vec![AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np: Some(8) }],
-            nodes: (0..4).map(|i| NodeEntry { name: format!("n{i}"), user: None, slots: 2, max_slots: None }).collect(),
-            policy: launchers::map::MapPolicy { map_by: launchers::map::MapBy::Slot, rank_by: launchers::map::RankBy::Slot, oversubscribe: false },
-            fanout: 2,
-            stdin: StdinTarget::None,
-            kill_grace_ms: 2000,
-            env: Vec::new(),
-            tree_spawn: None,
-            fabric: FabricSpec::default(),
-            pmi: PmiSpec { lazy, ..PmiSpec::default() },
-        });
+        let app = AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np: Some(8) };
+        let mut launch = fixture::launch("rl-t", 4, 2, vec![app]);
+        launch.pmi.lazy = lazy;
         let map = crate::job::compute_map(&launch).unwrap();
-        JobView::for_front_end(launch, map)
+        JobView::for_front_end(Box::new(launch), map)
     }
 
     #[test]
