@@ -31,11 +31,13 @@ pub struct NodeState {
 pub struct Daemons {
     topo: Topology,
     nodes: Vec<NodeState>,
+    /// The node list's names, for rendezvous.
+    names: Vec<String>,
 }
 
 impl Daemons {
-    pub fn new(topo: Topology) -> Daemons {
-        Daemons { nodes: vec![NodeState::default(); topo.nnodes() as usize], topo }
+    pub fn new(topo: Topology, names: Vec<String>) -> Daemons {
+        Daemons { nodes: vec![NodeState::default(); topo.nnodes() as usize], topo, names }
     }
 
     pub fn len(&self) -> usize {
@@ -147,7 +149,8 @@ impl Daemons {
 
     /// Rendezvous: the node a daemon that calls itself `name` becomes — the first unassigned node
     /// of that name, else of that short name (`n1` for `n1.cluster`).
-    pub fn pick_for(&self, names: &[String], name: &str) -> Option<u32> {
+    pub fn pick_for(&self, name: &str) -> Option<u32> {
+        let names = &self.names;
         let short = |s: &str| s.split('.').next().unwrap_or(s).to_string();
         let free = |i: &usize| !self.nodes[*i].assigned;
         let pick = (0..self.nodes.len())
@@ -171,10 +174,14 @@ pub fn bracket_v6(ip: &str) -> String {
 mod tests {
     use super::*;
 
+    fn names(n: u32) -> Vec<String> {
+        (0..n).map(|i| format!("n{i}")).collect()
+    }
+
     #[test]
     fn launch_clocks_run_per_level() {
         // FE -> 0,1; 0 -> 2,3; 1 -> 4.
-        let mut d = Daemons::new(Topology::new(5, 2));
+        let mut d = Daemons::new(Topology::new(5, 2), names(5));
         let t0 = Instant::now();
         d.start_clocks(t0, false);
         let timeout = Duration::from_secs(30);
@@ -184,14 +191,14 @@ mod tests {
         assert_eq!(d.late(t0 + timeout, timeout), vec![1]);
         assert_eq!(d.late(t0 + Duration::from_secs(50), timeout), vec![1, 2, 3]);
         assert_eq!(d.next_launch_deadline(timeout), Some(t0 + timeout));
-        let mut g = Daemons::new(Topology::new(5, 2));
+        let mut g = Daemons::new(Topology::new(5, 2), names(5));
         g.start_clocks(t0, true);
         assert_eq!(g.late(t0 + timeout, timeout), vec![0, 1, 2, 3, 4]);
     }
 
     #[test]
     fn losing_a_subtree() {
-        let mut d = Daemons::new(Topology::new(5, 2));
+        let mut d = Daemons::new(Topology::new(5, 2), names(5));
         d.get_mut(2).unwrap().done = true;
         assert_eq!(d.lose_unfinished_subtree(0), vec![0, 3]);
         assert!(d.lose_unfinished_subtree(0).is_empty());
@@ -204,12 +211,12 @@ mod tests {
     #[test]
     fn rendezvous_picks_by_full_then_short_name() {
         let names: Vec<String> = ["n1.c", "n2", "n1.c"].iter().map(|s| s.to_string()).collect();
-        let mut d = Daemons::new(Topology::new(3, 32));
-        assert_eq!(d.pick_for(&names, "n1.c"), Some(0));
+        let mut d = Daemons::new(Topology::new(3, 32), names);
+        assert_eq!(d.pick_for("n1.c"), Some(0));
         d.get_mut(0).unwrap().assigned = true;
-        assert_eq!(d.pick_for(&names, "n1"), Some(2));
-        assert_eq!(d.pick_for(&names, "n2.other"), Some(1));
-        assert_eq!(d.pick_for(&names, "n9"), None);
+        assert_eq!(d.pick_for("n1"), Some(2));
+        assert_eq!(d.pick_for("n2.other"), Some(1));
+        assert_eq!(d.pick_for("n9"), None);
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
     let style = OutputStyle { tag: plan.tag_output, dir: plan.output_dir.clone(), quiet: plan.quiet, verbose: plan.verbose };
     let mut fe = Frontend {
         links: Links::new(Router::new(*job.topology(), None), key),
-        daemons: Daemons::new(*job.topology()),
+        daemons: Daemons::new(*job.topology(), job.launch().nodes.iter().map(|n| n.name.clone()).collect()),
         fabric: RootFabric::new(&job),
         ranks: Ranks::new(size),
         reporter: Reporter::new(style),
@@ -207,9 +207,8 @@ impl Frontend {
         let from = self.links.node_of(t);
         let effects = match msg {
             Msg::Hello { node: Bootstrap::ANY_NODE, listen_port, hostname, .. } => {
-                let names: Vec<String> = self.job.launch().nodes.iter().map(|n| n.name.clone()).collect();
                 let ctx = (&mut self.links, &mut self.daemons, self.job.topology());
-                let refused = self.rendezvous.arrive(t, &hostname, listen_port, peer_ip, ctx, &names, self.poll.registry());
+                let refused = self.rendezvous.arrive(t, &hostname, listen_port, peer_ip, ctx, self.poll.registry());
                 refused.into_iter().map(Effect::Say).collect()
             }
             Msg::Hello { node, pid, listen_port, hostname, addr } => {
@@ -255,7 +254,7 @@ impl Frontend {
     }
 
     fn on_hello(&mut self, t: Token, node: u32, pid: u32, listen_port: u16, hostname: String, addr: Option<String>) {
-        if self.daemons.get(node).is_none_or(|d| d.joined) {
+        if self.daemons.get(node).map_or(true, |d| d.joined) {
             self.reporter.line(&format!("rlaunch: ignoring an unexpected hello from node index {node}"));
             return;
         }
@@ -408,7 +407,7 @@ impl Frontend {
     }
 
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
-        let joined = self.daemons.get(node).is_none_or(|d| d.joined);
+        let joined = self.daemons.get(node).map_or(true, |d| d.joined);
         match fault {
             NodeFault::LinkLost => {
                 self.subtree_lost(node, "connection closed, seen by its parent daemon");

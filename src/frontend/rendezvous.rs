@@ -26,10 +26,9 @@ impl Rendezvous {
         listen_port: u16,
         peer_ip: Option<&str>,
         (links, daemons, topo): (&mut Links, &mut Daemons, &Topology),
-        names: &[String],
         registry: &Registry,
     ) -> Option<String> {
-        let Some(node) = daemons.pick_for(names, name) else {
+        let Some(node) = daemons.pick_for(name) else {
             if let Some(l) = links.child_mut(t) {
                 l.send(&Msg::Refuse { message: format!("no unassigned node named '{name}' in this job") });
                 flush_blocking(l, Duration::from_millis(500));
