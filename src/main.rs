@@ -40,15 +40,15 @@ fn main() {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<cli::UsageError>() {
             Some(cli::UsageError::Display(text)) => {
-                print!("{text}");
+                frontend::print(text);
                 exitcode::SUCCESS
             }
             Some(cli::UsageError::Msg(m)) => {
-                eprintln!("rlaunch: {m}");
+                frontend::say(&format!("rlaunch: {m}"));
                 exitcode::USAGE
             }
             None => {
-                eprintln!("rlaunch: {e:#}");
+                frontend::say(&format!("rlaunch: {e:#}"));
                 exitcode::LAUNCH_FAILED
             }
         },
@@ -65,11 +65,11 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     }
     let plan = cli::resolve(&parsed, &cli::Env::current(t0)?)?;
     if plan.dry_run {
-        print!("{}", cli::describe_map(&plan));
+        frontend::print(&cli::describe_map(&plan));
         return Ok(exitcode::SUCCESS);
     }
     if plan.verbose > 0 {
-        eprintln!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason);
+        frontend::say(&format!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason));
     }
     frontend::run(plan)
 }

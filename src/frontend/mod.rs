@@ -21,3 +21,4 @@ mod stdin;
 pub mod verdict;
 
 pub use event_loop::run;
+pub use reporter::{print, say};

@@ -43,6 +43,17 @@ pub struct Reporter {
     progress_done: bool,
 }
 
+/// One of rlaunch's own lines on stderr, also before any job exists (usage errors, `-v`).
+pub fn say(text: &str) {
+    let _ = writeln!(io::stderr().lock(), "{text}");
+}
+
+/// What rlaunch prints on stdout when it runs no job (`--dry-run`, `--help`).
+pub fn print(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
 pub fn output_file_name(rank: u32, stream: Stream) -> String {
     match stream {
         Stream::Stdout => format!("rank.{rank}.stdout"),
@@ -57,12 +68,9 @@ impl Reporter {
 
     /// One of rlaunch's own lines (already starting with "rlaunch: ").
     pub fn line(&mut self, text: &str) {
-        let write = || {
-            let _ = writeln!(io::stderr().lock(), "{text}");
-        };
         match &self.bar {
-            Some(pb) => pb.suspend(write),
-            None => write(),
+            Some(pb) => pb.suspend(|| say(text)),
+            None => say(text),
         }
     }
 
