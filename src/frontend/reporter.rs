@@ -187,3 +187,35 @@ impl Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_dir_gets_each_ranks_streams_in_their_own_files_appended_in_order() {
+        let dir = std::env::temp_dir().join(format!("rlaunch-reporter-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let style = OutputStyle { tag: true, dir: Some(dir.clone()), quiet: true, verbose: 0 };
+        let mut r = Reporter::new(style);
+        r.output(3, Stream::Stdout, b"a\n");
+        r.output(3, Stream::Stderr, b"e\n");
+        r.output(3, Stream::Stdout, b"b\n");
+        // Files hold the rank's bytes: no tag, whatever --tag-output says.
+        assert_eq!(std::fs::read(dir.join("rank.3.stdout")).unwrap(), b"a\nb\n");
+        assert_eq!(std::fs::read(dir.join("rank.3.stderr")).unwrap(), b"e\n");
+        assert_eq!(output_file_name(0, Stream::Stderr), "rank.0.stderr");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn no_progress_line_is_due_when_quiet_or_once_launched() {
+        let t0 = Instant::now();
+        let quiet = Reporter::new(OutputStyle { tag: false, dir: None, quiet: true, verbose: 0 });
+        assert_eq!(quiet.progress_due(t0), None);
+        let mut r = Reporter::new(OutputStyle { tag: false, dir: None, quiet: false, verbose: 0 });
+        assert_eq!(r.progress_due(t0), Some(t0 + PROGRESS_AFTER));
+        r.progress(Progress::default(), true, t0);
+        assert_eq!(r.progress_due(t0), None);
+    }
+}
