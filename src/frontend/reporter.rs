@@ -5,7 +5,8 @@
 
 use crate::output::tag_lines;
 use crate::wire::Stream;
-use std::collections::HashMap;
+use super::verdict::Failure;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,8 +40,25 @@ pub struct Reporter {
     style: OutputStyle,
     files: HashMap<(u32, Stream), std::fs::File>,
     stdout_broken: bool,
+    stderr_broken: bool,
+    /// `--output-dir` files whose write failed.
+    broken_files: HashSet<(u32, Stream)>,
     bar: Option<indicatif::ProgressBar>,
     progress_done: bool,
+}
+
+fn write_flushed(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// A failed write to rlaunch's stdout or stderr: a closed pipe ends the job like a pipeline
+/// member, anything else (ENOSPC, EIO) is said.
+pub fn write_failure(stream: &str, e: &io::Error) -> Failure {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) => Failure::OutputClosed,
+        _ => Failure::OutputError { stream: stream.to_string(), error: e.to_string() },
+    }
 }
 
 pub fn output_file_name(rank: u32, stream: Stream) -> String {
@@ -52,7 +70,7 @@ pub fn output_file_name(rank: u32, stream: Stream) -> String {
 
 impl Reporter {
     pub fn new(style: OutputStyle) -> Reporter {
-        Reporter { style, files: HashMap::new(), stdout_broken: false, bar: None, progress_done: false }
+        Reporter { style, files: HashMap::new(), stdout_broken: false, stderr_broken: false, broken_files: HashSet::new(), bar: None, progress_done: false }
     }
 
     /// One of rlaunch's own lines (already starting with "rlaunch: ").
@@ -73,24 +91,27 @@ impl Reporter {
         }
     }
 
-    /// Whole lines of one rank's stream.
-    pub fn output(&mut self, rank: u32, stream: Stream, data: &[u8]) {
+    /// Whole lines of one rank's stream. A write that fails comes back as the failure that ends
+    /// the job (the loop records it); that stream or file is not written again.
+    pub fn output(&mut self, rank: u32, stream: Stream, data: &[u8]) -> Option<Failure> {
         if let Some(dir) = &self.style.dir {
             let path = dir.join(output_file_name(rank, stream));
+            if self.broken_files.contains(&(rank, stream)) {
+                return None;
+            }
             let file = match self.files.entry((rank, stream)) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    match std::fs::OpenOptions::new().append(true).create(true).open(&path) {
-                        Ok(f) => v.insert(f),
-                        Err(e) => {
-                            self.line(&format!("rlaunch: cannot write {}: {e}", path.display()));
-                            return;
-                        }
-                    }
+                    std::fs::OpenOptions::new().append(true).create(true).open(&path).map(|f| v.insert(f))
                 }
             };
-            let _ = file.write_all(data);
-            return;
+            let error = match file.and_then(|f| f.write_all(data)) {
+                Ok(()) => return None,
+                Err(e) => e,
+            };
+            self.files.remove(&(rank, stream));
+            self.broken_files.insert((rank, stream));
+            return Some(Failure::OutputError { stream: path.display().to_string(), error: error.to_string() });
         }
         let bytes = if self.style.tag { tag_lines(format!("[{rank}] ").as_bytes(), data) } else { data.to_vec() };
         // The progress line lives on stderr: take it off the screen while job output is written.
@@ -100,32 +121,34 @@ impl Reporter {
         }
     }
 
-    /// What a daemon writes to its stderr after it joined, passed through as it comes.
+    /// What a daemon writes to its stderr after it joined, passed through as it comes. rlaunch's
+    /// own diagnostics: a failure to show them does not end the job.
     pub fn daemon_stderr(&mut self, bytes: &[u8]) {
-        self.write_stream(Stream::Stderr, bytes);
+        let _ = self.write_stream(Stream::Stderr, bytes);
     }
 
     /// `--inventory`'s table or JSON.
-    pub fn inventory(&mut self, text: &str) {
-        self.write_stream(Stream::Stdout, text.as_bytes());
+    pub fn inventory(&mut self, text: &str) -> Option<Failure> {
+        self.write_stream(Stream::Stdout, text.as_bytes())
     }
 
-    fn write_stream(&mut self, stream: Stream, bytes: &[u8]) {
-        match stream {
-            Stream::Stdout => {
-                if self.stdout_broken {
-                    return;
-                }
-                let mut out = io::stdout().lock();
-                if out.write_all(bytes).and_then(|_| out.flush()).is_err() {
-                    // A closed pipe (`| head`) must not take the job down; output is dropped.
-                    self.stdout_broken = true;
-                }
-            }
-            Stream::Stderr => {
-                let _ = io::stderr().lock().write_all(bytes);
-            }
+    /// Writes to rlaunch's stdout or stderr. The first error on a stream is returned as a
+    /// failure (a closed pipe as [`Failure::OutputClosed`]) and the stream is written no more.
+    fn write_stream(&mut self, stream: Stream, bytes: &[u8]) -> Option<Failure> {
+        let (broken, name) = match stream {
+            Stream::Stdout => (&mut self.stdout_broken, "standard output"),
+            Stream::Stderr => (&mut self.stderr_broken, "standard error"),
+        };
+        if *broken {
+            return None;
         }
+        let result = match stream {
+            Stream::Stdout => write_flushed(&mut io::stdout().lock(), bytes),
+            Stream::Stderr => write_flushed(&mut io::stderr().lock(), bytes),
+        };
+        let e = result.err()?;
+        *broken = true;
+        Some(write_failure(name, &e))
     }
 
     /// Launch progress on a terminal, for launches that take more than about a second; gone once
