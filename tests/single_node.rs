@@ -404,6 +404,26 @@ fn a_last_line_without_newline_is_delivered_as_a_line_of_its_own() {
     }
 }
 
+#[test]
+fn no_newline_is_inserted_into_long_lines_on_the_terminal_or_in_output_dir_files() {
+    let s = Scratch::new("exact");
+    // Lines longer than the 1 MiB bound, and 3,000,000 zero bytes with no newline at the end.
+    let code = "printf abc; head -c 2500000 /dev/zero | tr '\\0' x; printf '\\n'; head -c 3000000 /dev/zero";
+    let mut want = b"abc".to_vec();
+    want.extend(vec![b'x'; 2_500_000]);
+    want.push(b'\n');
+    want.extend(vec![0u8; 3_000_000]);
+    // Nothing is inserted at the bound; the unterminated end is followed by a newline (which
+    // output_dir_gets_one_file_per_rank_and_stream and a_last_line_without_newline_is_delivered_as_a_line_of_its_own ask for).
+    want.push(b'\n');
+    s.run(args(&["-np", "1", "--output-dir", "out"], code)).expect_code(0);
+    let file = std::fs::read(s.path("out/rank.0.stdout")).unwrap();
+    assert!(file == want, "--output-dir file: {} bytes, want exactly {}", file.len(), want.len());
+    let out = s.run(args(&["-np", "1"], code));
+    out.expect_code(0);
+    assert!(out.stdout.as_bytes() == want, "stdout: {} bytes, want exactly {}", out.stdout.len(), want.len());
+}
+
 // ---------------------------------------------------------------------------------------------
 // A closed or failing output
 

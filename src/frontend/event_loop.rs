@@ -409,6 +409,7 @@ impl Frontend {
         if !self.ranks.exited(rank, status) {
             return Vec::new();
         }
+        let ended = self.reporter.rank_done(rank).map(Effect::Fail);
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
@@ -416,7 +417,7 @@ impl Frontend {
             RankStatus::Exited(0) if self.pmi.left_without_finalize(rank) => Failure::Unfinalized { rank },
             _ => Failure::RankExit { rank, status },
         };
-        vec![Effect::Fail(failure)]
+        ended.into_iter().chain([Effect::Fail(failure)]).collect()
     }
 
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
@@ -495,6 +496,9 @@ impl Frontend {
     }
 
     fn finish(&mut self) -> i32 {
+        if let Some(f) = self.reporter.end_output() {
+            self.fail(f);
+        }
         self.reporter.clear_progress();
         self.links.down(&Msg::Shutdown);
         self.links.flush_blocking(Duration::from_secs(2));

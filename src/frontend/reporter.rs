@@ -3,7 +3,7 @@
 //! joined, the launch progress line, `--inventory` text and the `--report` file. Nothing else in
 //! the front end prints.
 
-use crate::output::tag_lines;
+use crate::output::{tag_lines, LineBuffer};
 use crate::wire::Stream;
 use super::verdict::Failure;
 use std::collections::{HashMap, HashSet};
@@ -43,6 +43,10 @@ pub struct Reporter {
     stderr_broken: bool,
     /// `--output-dir` files whose write failed.
     broken_files: HashSet<(u32, Stream)>,
+    /// Tagged output: each rank stream's partial line.
+    held: HashMap<(u32, Stream), LineBuffer>,
+    /// Untagged output: rank streams whose last piece did not end with a newline.
+    open: HashSet<(u32, Stream)>,
     bar: Option<indicatif::ProgressBar>,
     progress_done: bool,
 }
@@ -70,7 +74,7 @@ pub fn output_file_name(rank: u32, stream: Stream) -> String {
 
 impl Reporter {
     pub fn new(style: OutputStyle) -> Reporter {
-        Reporter { style, files: HashMap::new(), stdout_broken: false, stderr_broken: false, broken_files: HashSet::new(), bar: None, progress_done: false }
+        Reporter { style, files: HashMap::new(), stdout_broken: false, stderr_broken: false, broken_files: HashSet::new(), held: HashMap::new(), open: HashSet::new(), bar: None, progress_done: false }
     }
 
     /// One of rlaunch's own lines (already starting with "rlaunch: ").
@@ -91,33 +95,76 @@ impl Reporter {
         }
     }
 
-    /// Whole lines of one rank's stream. A write that fails comes back as the failure that ends
-    /// the job (the loop records it); that stream or file is not written again.
+    /// A rank's output as its daemon forwards it: whole lines, or a piece of a line at its end or
+    /// past the 1 MiB bound. A write that fails comes back as the failure that ends the job (the
+    /// loop records it); that stream or file is not written again.
     pub fn output(&mut self, rank: u32, stream: Stream, data: &[u8]) -> Option<Failure> {
-        if let Some(dir) = &self.style.dir {
-            let path = dir.join(output_file_name(rank, stream));
-            if self.broken_files.contains(&(rank, stream)) {
-                return None;
+        let key = (rank, stream);
+        let bytes = if self.style.tag && self.style.dir.is_none() {
+            // A tag starts each line: a partial line waits here for the rest of it.
+            let lines = self.held.entry(key).or_default().push(data);
+            tag_lines(format!("[{rank}] ").as_bytes(), &lines)
+        } else {
+            if data.ends_with(b"\n") {
+                self.open.remove(&key);
+            } else if !data.is_empty() {
+                self.open.insert(key);
             }
-            let file = match self.files.entry((rank, stream)) {
-                std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    std::fs::OpenOptions::new().append(true).create(true).open(&path).map(|f| v.insert(f))
-                }
-            };
-            let error = match file.and_then(|f| f.write_all(data)) {
-                Ok(()) => return None,
-                Err(e) => e,
-            };
-            self.files.remove(&(rank, stream));
-            self.broken_files.insert((rank, stream));
-            return Some(Failure::OutputError { stream: path.display().to_string(), error: error.to_string() });
+            data.to_vec()
+        };
+        self.deliver(rank, stream, &bytes)
+    }
+
+    fn write_file(&mut self, dir: &std::path::Path, rank: u32, stream: Stream, data: &[u8]) -> Option<Failure> {
+        let path = dir.join(output_file_name(rank, stream));
+        if self.broken_files.contains(&(rank, stream)) {
+            return None;
         }
-        let bytes = if self.style.tag { tag_lines(format!("[{rank}] ").as_bytes(), data) } else { data.to_vec() };
+        let file = match self.files.entry((rank, stream)) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => std::fs::OpenOptions::new().append(true).create(true).open(&path).map(|f| v.insert(f)),
+        };
+        let error = match file.and_then(|f| f.write_all(data)) {
+            Ok(()) => return None,
+            Err(e) => e,
+        };
+        self.files.remove(&(rank, stream));
+        self.broken_files.insert((rank, stream));
+        Some(Failure::OutputError { stream: path.display().to_string(), error: error.to_string() })
+    }
+
+    /// A rank ended: the end of its output. A last line without a newline gets one (tagged, with
+    /// its tag); nothing is added anywhere else.
+    pub fn rank_done(&mut self, rank: u32) -> Option<Failure> {
+        let mut failure = None;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = match self.held.remove(&(rank, stream)) {
+                Some(mut lines) => tag_lines(format!("[{rank}] ").as_bytes(), &lines.finish()),
+                None if self.open.remove(&(rank, stream)) => b"\n".to_vec(),
+                None => continue,
+            };
+            failure = failure.or(self.deliver(rank, stream, &rest));
+        }
+        failure
+    }
+
+    /// At the end of the job, the end of every rank's output that did not get its [`Reporter::rank_done`].
+    pub fn end_output(&mut self) -> Option<Failure> {
+        let ranks: HashSet<u32> = self.held.keys().chain(self.open.iter()).map(|&(r, _)| r).collect();
+        ranks.into_iter().fold(None, |f, r| f.or(self.rank_done(r)))
+    }
+
+    fn deliver(&mut self, rank: u32, stream: Stream, bytes: &[u8]) -> Option<Failure> {
+        if bytes.is_empty() {
+            return None;
+        }
+        if let Some(dir) = self.style.dir.clone() {
+            return self.write_file(&dir, rank, stream, bytes);
+        }
         // The progress line lives on stderr: take it off the screen while job output is written.
         match self.bar.clone() {
-            Some(pb) => pb.suspend(|| self.write_stream(stream, &bytes)),
-            None => self.write_stream(stream, &bytes),
+            Some(pb) => pb.suspend(|| self.write_stream(stream, bytes)),
+            None => self.write_stream(stream, bytes),
         }
     }
 
