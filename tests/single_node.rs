@@ -126,6 +126,18 @@ fn failure_terminates_others_with_sigterm_then_sigkill_after_grace() {
 }
 
 #[test]
+fn descendants_that_leave_the_ranks_process_group_are_killed_at_the_end() {
+    let s = Scratch::new("escape");
+    // `sh -c 'setsid sleep 99 &'` (holding the rank's output pipes), and a daemonizing helper
+    // whose own child is left behind: both outside the rank's process group, their parent gone.
+    let code = "setsid sleep 99 & setsid sh -c 'sleep 98 & wait' </dev/null >/dev/null 2>&1 & touch $D/forked.$RLAUNCH_RANK";
+    let out = s.run(args(&["-np", "2"], code));
+    out.expect_code(0);
+    assert!(s.path("forked.0").exists() && s.path("forked.1").exists());
+    s.assert_no_leftovers(Duration::from_secs(2));
+}
+
+#[test]
 fn a_ranks_children_die_with_it() {
     let s = Scratch::new("children");
     // The background sleep keeps running after the rank exits unless rlaunch kills its group.

@@ -47,12 +47,18 @@ const FILE: &str = "file ";
 #[derive(Default)]
 pub struct Guard {
     stdin: Option<std::process::ChildStdin>,
+    pid: Option<u32>,
 }
 
 impl Guard {
     /// Tells the guard about a rank's process group, starting the guard with the first one.
     pub fn watch(&mut self, node: u32, pgid: u32) {
         self.tell(node, &pgid.to_string());
+    }
+
+    /// The guard process, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// Tells the guard to remove `path` (the node's endpoint table) if the daemon dies first.
@@ -74,6 +80,7 @@ impl Guard {
             match child {
                 Ok(mut c) => {
                     self.stdin = c.stdin.take();
+                    self.pid = Some(c.id());
                     // Reaped by pid like any other child of the daemon; the handle is not needed.
                     std::mem::forget(c);
                 }
