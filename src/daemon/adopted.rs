@@ -2,7 +2,7 @@
 //! rank's process group (`setsid cmd &`, a daemonizing helper) and lost its parent is adopted by
 //! the daemon instead of init, and at the end of the job the daemon kills every descendant it
 //! has, found through `/proc/<pid>/task/*/children`, walking again until none is left. Its own
-//! helpers (the guard, tree-spawn agents) and what they started are spared.
+//! helpers (the guard, tree-spawn agents), other nodes' daemons and what they started are spared.
 
 use super::guard::Guard;
 use super::tree_spawn::TreeSpawn;
@@ -19,18 +19,25 @@ pub fn become_subreaper() -> bool {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
 }
 
-/// Every descendant of `root`, except the children in `keep` and their descendants.
-pub fn descendants(root: u32, keep: &HashSet<u32>, children_of: impl Fn(u32) -> Vec<u32>) -> Vec<u32> {
+/// Every descendant of `root`, except those `spare` says and their descendants. A pid that the
+/// reader's pid namespace cannot see reads as 0: never a target.
+pub fn descendants(root: u32, spare: impl Fn(u32) -> bool, children_of: impl Fn(u32) -> Vec<u32>) -> Vec<u32> {
     let mut found = Vec::new();
     let mut seen = HashSet::new();
-    let mut stack: Vec<u32> = children_of(root).into_iter().filter(|p| !keep.contains(p)).collect();
+    let mut stack = children_of(root);
     while let Some(p) = stack.pop() {
-        if seen.insert(p) {
+        if p > 1 && p != root && !spare(p) && seen.insert(p) {
             found.push(p);
             stack.extend(children_of(p));
         }
     }
     found
+}
+
+/// Another node's daemon (started below this one by tree spawn, then orphaned by its agent)
+/// ends its own job and sweeps its own descendants.
+fn is_daemon(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__daemon"))
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -50,7 +57,7 @@ pub fn kill_all(keep: &HashSet<u32>) {
     let me = std::process::id();
     let until = Instant::now() + SWEEP_FOR;
     loop {
-        let found = descendants(me, keep, children_of);
+        let found = descendants(me, |p| keep.contains(&p) || is_daemon(p), children_of);
         if found.is_empty() || Instant::now() >= until {
             return;
         }
@@ -81,11 +88,13 @@ mod tests {
             9 => vec![10],
             _ => vec![],
         };
-        let keep: HashSet<u32> = [9].into();
-        let mut got = descendants(1, &keep, tree);
+        let spare = |p: u32| p == 9;
+        let mut got = descendants(1, spare, tree);
         got.sort();
         assert_eq!(got, vec![2, 3, 4, 5]);
-        assert!(descendants(5, &keep, tree).is_empty());
+        assert!(descendants(5, spare, tree).is_empty());
+        // Invisible pids (0) and the root itself are never targets.
+        assert_eq!(descendants(7, spare, |p| if p == 7 { vec![0, 7, 8] } else { vec![] }), vec![8]);
     }
 
     #[test]
@@ -94,7 +103,7 @@ mod tests {
         let me = std::process::id();
         // The sleep, once sh started it, found below this process.
         let grandchild = (0..500).find_map(|_| {
-            let d = descendants(me, &HashSet::new(), children_of);
+            let d = descendants(me, |_| false, children_of);
             let g = children_of(c.id()).into_iter().find(|g| d.contains(&c.id()) && d.contains(g));
             std::thread::sleep(Duration::from_millis(10));
             g
@@ -105,7 +114,6 @@ mod tests {
         let _ = c.kill();
         let _ = c.wait();
         assert!(grandchild.is_some(), "the child's child is found through /proc");
-        let kept: HashSet<u32> = [c.id()].into();
-        assert!(!descendants(me, &kept, children_of).contains(&c.id()));
+        assert!(!descendants(me, |p| p == c.id(), children_of).contains(&c.id()));
     }
 }
