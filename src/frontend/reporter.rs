@@ -58,7 +58,7 @@ fn write_flushed(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 
 /// A failed write to rlaunch's stdout or stderr: a closed pipe ends the job like a pipeline
 /// member, anything else (ENOSPC, EIO) is said.
-pub fn write_failure(stream: &str, e: &io::Error) -> Failure {
+fn write_failure(stream: &str, e: &io::Error) -> Failure {
     match e.raw_os_error() {
         Some(libc::EPIPE) => Failure::OutputClosed,
         _ => Failure::OutputError { stream: stream.to_string(), error: e.to_string() },
@@ -74,7 +74,17 @@ pub fn output_file_name(rank: u32, stream: Stream) -> String {
 
 impl Reporter {
     pub fn new(style: OutputStyle) -> Reporter {
-        Reporter { style, files: HashMap::new(), stdout_broken: false, stderr_broken: false, broken_files: HashSet::new(), held: HashMap::new(), open: HashSet::new(), bar: None, progress_done: false }
+        Reporter {
+            style,
+            files: HashMap::new(),
+            stdout_broken: false,
+            stderr_broken: false,
+            broken_files: HashSet::new(),
+            held: HashMap::new(),
+            open: HashSet::new(),
+            bar: None,
+            progress_done: false,
+        }
     }
 
     /// One of rlaunch's own lines (already starting with "rlaunch: ").
@@ -134,7 +144,8 @@ impl Reporter {
     }
 
     /// A rank ended: the end of its output. A last line without a newline gets one (tagged, with
-    /// its tag); nothing is added anywhere else.
+    /// its tag). Otherwise only tagging adds newlines: at the end of each piece of a line longer
+    /// than the 1 MiB bound.
     pub fn rank_done(&mut self, rank: u32) -> Option<Failure> {
         let mut failure = None;
         for stream in [Stream::Stdout, Stream::Stderr] {
