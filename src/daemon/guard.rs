@@ -32,15 +32,32 @@ pub fn main() -> ! {
         unsafe { libc::kill(-g, libc::SIGKILL) };
     }
     for f in files {
-        // The dead daemon's claim went with it; a live holder keeps the file.
-        if let Ok(_claim) = crate::claim::take_if_unheld(&f) {
-            let _ = std::fs::remove_file(&f);
-        }
+        remove_unheld(&f);
     }
     std::process::exit(0)
 }
 
 const FILE: &str = "file ";
+
+/// Removes `path` once nobody holds it. The dead daemon's claim goes with it, but its descriptors
+/// may close just after the pipe that woke the guard: a claim still held a moment later is
+/// someone else's, and the file stays.
+fn remove_unheld(path: &std::path::Path) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match crate::claim::take_if_unheld(path) {
+            Ok(_claim) => {
+                let _ = std::fs::remove_file(path);
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            // Gone already (the daemon ended normally and removed it), or held.
+            Err(_) => return,
+        }
+    }
+}
 
 /// The daemon's end: the guard's stdin, once the first rank started it. Dropping it (the daemon
 /// exits) is what sets the guard off.
