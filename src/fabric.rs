@@ -367,7 +367,7 @@ impl NodeFabric {
         self.assignment.as_ref()
     }
 
-    #[cfg(test)]
+    /// The node's endpoint table, once written.
     pub fn table_path(&self) -> Option<&Path> {
         self.table.as_deref()
     }

@@ -16,6 +16,8 @@ pub const WAKE: Token = Token(2);
 pub const PARENT: Token = Token(3);
 /// A daemon's own standard input: its EOF means whoever started the daemon is gone.
 pub const BOOT_STDIN: Token = Token(4);
+/// The front end's own stdout and stderr: an error or hang-up there means their reader is gone.
+pub const SINKS: Token = Token(5);
 
 const LINK_BASE: usize = 1 << 20;
 const RANK_PIPE_BASE: usize = 1 << 24;

@@ -525,3 +525,19 @@ fn flag_errors_are_usage_errors() {
     s.run(["--fabric", "off", "--nic-env", "true"])
         .expect_usage_error("--nic-env needs endpoint assignment");
 }
+
+#[test]
+fn a_sigkilled_daemons_endpoint_table_is_removed_by_its_guard() {
+    let s = Scratch::new("guardtbl");
+    let code = format!("echo $RLAUNCH_ENDPOINTS > $D/table.$RLAUNCH_RANK; touch $D/ready.$RLAUNCH_RANK; {}", common::IDLE);
+    let job = s.spawn(["-np", "2", "--nic", "lo", "sh", "-c", &code]);
+    s.wait_files(&["ready.0".to_string(), "ready.1".to_string()], std::time::Duration::from_secs(20));
+    let table = PathBuf::from(s.read("table.0").trim());
+    assert!(table.starts_with("/dev/shm") && table.exists(), "{}", table.display());
+    let daemons: Vec<u32> = s.leftovers().into_iter().filter(|(_, c)| c.contains("__daemon")).map(|(p, _)| p).collect();
+    assert_eq!(daemons.len(), 1, "{:?}", s.leftovers());
+    unsafe { libc::kill(daemons[0] as i32, libc::SIGKILL) };
+    let gone = common::poll_until(std::time::Duration::from_secs(5), || !table.exists());
+    assert!(gone, "{} is still there after its daemon was SIGKILLed", table.display());
+    drop(job);
+}

@@ -126,6 +126,18 @@ fn failure_terminates_others_with_sigterm_then_sigkill_after_grace() {
 }
 
 #[test]
+fn descendants_that_leave_the_ranks_process_group_are_killed_at_the_end() {
+    let s = Scratch::new("escape");
+    // `sh -c 'setsid sleep 99 &'` (holding the rank's output pipes), and a daemonizing helper
+    // whose own child is left behind: both outside the rank's process group, their parent gone.
+    let code = "setsid sleep 99 & setsid sh -c 'sleep 98 & wait' </dev/null >/dev/null 2>&1 & touch $D/forked.$RLAUNCH_RANK";
+    let out = s.run(args(&["-np", "2"], code));
+    out.expect_code(0);
+    assert!(s.path("forked.0").exists() && s.path("forked.1").exists());
+    s.assert_no_leftovers(Duration::from_secs(2));
+}
+
+#[test]
 fn a_ranks_children_die_with_it() {
     let s = Scratch::new("children");
     // The background sleep keeps running after the rank exits unless rlaunch kills its group.
@@ -402,6 +414,164 @@ fn a_last_line_without_newline_is_delivered_as_a_line_of_its_own() {
         assert_eq!(got, want.iter().map(String::as_str).collect(), "{out}");
         assert!(out.stdout.ends_with('\n'), "the unterminated line is ended by rlaunch");
     }
+}
+
+#[test]
+fn no_newline_is_inserted_into_long_lines_on_the_terminal_or_in_output_dir_files() {
+    let s = Scratch::new("exact");
+    // Lines longer than the 1 MiB bound, and 3,000,000 zero bytes with no newline at the end.
+    let code = "printf abc; head -c 2500000 /dev/zero | tr '\\0' x; printf '\\n'; head -c 3000000 /dev/zero";
+    let mut want = b"abc".to_vec();
+    want.extend(vec![b'x'; 2_500_000]);
+    want.push(b'\n');
+    want.extend(vec![0u8; 3_000_000]);
+    // Nothing is inserted at the bound; the unterminated end is followed by a newline (which
+    // output_dir_gets_one_file_per_rank_and_stream and a_last_line_without_newline_is_delivered_as_a_line_of_its_own ask for).
+    want.push(b'\n');
+    s.run(args(&["-np", "1", "--output-dir", "out"], code)).expect_code(0);
+    let file = std::fs::read(s.path("out/rank.0.stdout")).unwrap();
+    assert!(file == want, "--output-dir file: {} bytes, want exactly {}", file.len(), want.len());
+    let out = s.run(args(&["-np", "1"], code));
+    out.expect_code(0);
+    assert!(out.stdout.as_bytes() == want, "stdout: {} bytes, want exactly {}", out.stdout.len(), want.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A closed or failing output
+
+/// rlaunch with its stdout the write end of a pipe whose read end the test holds (or `stdout`),
+/// stderr collected by a thread.
+fn spawn_piped(s: &Scratch, a: &[String]) -> (std::process::Child, std::process::ChildStdout, std::thread::JoinHandle<String>) {
+    let (mut child, errs) = spawn_with_stdout(s, a, std::process::Stdio::piped());
+    let out = child.stdout.take().unwrap();
+    (child, out, errs)
+}
+
+fn spawn_with_stdout(s: &Scratch, a: &[String], stdout: std::process::Stdio) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    use std::io::Read;
+    let mut c = s.cmd(a);
+    c.stdout(stdout).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("starting rlaunch");
+    let mut err = child.stderr.take().unwrap();
+    let errs = std::thread::spawn(move || {
+        let mut t = String::new();
+        let _ = err.read_to_string(&mut t);
+        t
+    });
+    (child, errs)
+}
+
+fn exit_within(child: &mut std::process::Child, within: Duration) -> Option<i32> {
+    let mut code = None;
+    let done = common::poll_until(within, || match child.try_wait() {
+        Ok(Some(st)) => {
+            code = st.code();
+            true
+        }
+        _ => false,
+    });
+    if !done {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rlaunch did not exit within {within:?} after its output went away");
+    }
+    code
+}
+
+#[test]
+fn a_closed_stdout_ends_the_job_like_a_pipeline_with_141_and_no_noise() {
+    use std::io::{BufRead, BufReader};
+    let s = Scratch::new("epipe");
+    // `rlaunch -np 4 yes | head -2`.
+    let (mut child, out, errs) = spawn_piped(&s, &args(&["-np", "4"], "touch $D/ready.$RLAUNCH_RANK; exec yes"));
+    let mut lines = BufReader::new(out);
+    for _ in 0..2 {
+        let mut l = String::new();
+        lines.read_line(&mut l).unwrap();
+        assert_eq!(l, "y\n");
+    }
+    s.wait_files(&ready_files(4, "ready"), Duration::from_secs(20));
+    drop(lines);
+    assert_eq!(exit_within(&mut child, Duration::from_secs(10)), Some(141));
+    assert_eq!(errs.join().unwrap(), "", "no noise");
+    s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+#[test]
+fn a_silent_job_ends_when_the_reader_of_its_stdout_goes_away() {
+    let s = Scratch::new("epipe-silent");
+    // The ranks write nothing and ignore hang-ups: only the closed pipe tells that nobody is
+    // left to read (an ssh client that died, `| true`).
+    let code = format!("trap '' HUP; touch $D/ready.$RLAUNCH_RANK; {IDLE}");
+    let (mut child, out, errs) = spawn_piped(&s, &args(&["-np", "2"], &code));
+    s.wait_files(&ready_files(2, "ready"), Duration::from_secs(20));
+    drop(out);
+    assert_eq!(exit_within(&mut child, Duration::from_secs(10)), Some(141));
+    assert_eq!(errs.join().unwrap(), "");
+    s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+#[test]
+fn a_hung_up_terminal_ends_the_job_even_when_the_ranks_ignore_sighup() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new("hangup");
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty(3) fills two descriptors.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(rc, 0, "openpty");
+    // Not inherited by rlaunch (or by other tests' children): only the test holds the master.
+    for fd in [master, slave] {
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let code = format!("trap '' HUP; touch $D/ready.$RLAUNCH_RANK; {IDLE}");
+    let mut c = s.cmd(args(&["-np", "2"], &code));
+    c.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe; the pty becomes the controlling terminal.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().expect("starting rlaunch on a pty");
+    drop(slave);
+    s.wait_files(&ready_files(2, "ready"), Duration::from_secs(20));
+    // The terminal goes away (the ssh session or terminal window closed): SIGHUP, then a hung-up tty.
+    drop(master);
+    assert_eq!(exit_within(&mut child, Duration::from_secs(10)), Some(129));
+    s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+#[test]
+fn a_full_stdout_ends_the_job_with_125_and_one_line_naming_the_stream() {
+    let s = Scratch::new("full");
+    // `rlaunch -np 2 echo hi >/dev/full`, with ranks that would not end by themselves.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let (mut child, errs) = spawn_with_stdout(&s, &args(&["-np", "2"], &format!("echo hi; {IDLE}")), full.into());
+    assert_eq!(exit_within(&mut child, Duration::from_secs(20)), Some(125));
+    let errs = errs.join().unwrap();
+    let lines: Vec<&str> = errs.lines().collect();
+    assert_eq!(lines.len(), 1, "{errs}");
+    assert!(lines[0].starts_with("rlaunch: cannot write standard output: No space left on device"), "{errs}");
+    s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+#[test]
+fn a_failing_output_dir_file_ends_the_job_with_125_and_one_line_naming_it() {
+    let s = Scratch::new("fullfile");
+    std::fs::create_dir(s.path("out")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", s.path("out/rank.1.stdout")).unwrap();
+    let out = s.run(args(&["-np", "2", "--output-dir", "out"], &format!("echo hi; {IDLE}")));
+    out.expect_code(125);
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].starts_with("rlaunch: cannot write ") && lines[0].contains("rank.1.stdout: No space left on device"), "{out}");
+    assert_eq!(s.read("out/rank.0.stdout"), "hi\n");
+    s.assert_no_leftovers(Duration::from_secs(5));
 }
 
 // ---------------------------------------------------------------------------------------------

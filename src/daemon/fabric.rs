@@ -42,6 +42,11 @@ impl Fabric {
         self.inner.rank_env(l)
     }
 
+    /// The node's endpoint table file, once written.
+    pub fn table_path(&self) -> Option<&std::path::Path> {
+        self.inner.table_path()
+    }
+
     /// The job's fabric, once the exchange chose it.
     pub fn chosen(&self) -> Option<fabrics::Fabric> {
         self.inner.chosen()

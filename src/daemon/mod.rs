@@ -5,8 +5,10 @@
 //! A small loop ([`node`]) owns every socket, pipe and timer; services own their state, take the
 //! job ([`crate::job::JobView`]) and an input, and return [`effect::Effect`]s for the loop to
 //! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]), the local rank
-//! table ([`ranks`]) with spawning ([`spawn`]), and tree spawn ([`tree_spawn`]).
+//! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), and the sweep of
+//! descendants that escaped their rank ([`adopted`]).
 
+mod adopted;
 mod boot;
 mod effect;
 mod fabric;
@@ -21,6 +23,8 @@ mod tree_spawn;
 
 /// Entry point of `rlaunch __daemon`. Never returns.
 pub fn main() -> ! {
+    // Descendants that leave their rank are adopted here, to be killed at the end of the job.
+    adopted::become_subreaper();
     let code = match node::Daemon::run() {
         Ok(code) => code,
         Err(e) => {

@@ -3,6 +3,7 @@
 //! event into a call to one service and carries out the [`Effect`]s the service returns. Nothing
 //! runs on another thread (libpmix's upcalls arrive through a waker).
 
+use super::adopted;
 use super::boot::{self, Joined};
 use super::effect::Effect;
 use super::fabric::Fabric;
@@ -136,6 +137,7 @@ impl Daemon {
                 return Ok(self.finish());
             }
             if self.orphaned && self.ranks.all_reported() {
+                adopted::kill_all_but(&self.guard, &self.tree_spawn);
                 return Ok(crate::exitcode::LAUNCH_FAILED);
             }
             let timeout = self.next_timeout();
@@ -484,6 +486,7 @@ impl Daemon {
         self.ranks.signal_all(libc::SIGKILL);
         // Stops libpmix and removes its directory.
         self.pmix.finish();
+        adopted::kill_all_but(&self.guard, &self.tree_spawn);
         self.links.flush_blocking(Duration::from_secs(2));
         crate::exitcode::SUCCESS
     }

@@ -44,8 +44,9 @@ impl LocalRank {
             pid,
             out: None,
             err: None,
-            out_lines: LineBuffer::default(),
-            err_lines: LineBuffer::default(),
+            // The rank's bytes go up exactly; only the front end may add a newline (when it tags).
+            out_lines: LineBuffer::exact(),
+            err_lines: LineBuffer::exact(),
             stdin: None,
             stdin_buf: Vec::new(),
             stdin_eof: false,

@@ -75,6 +75,12 @@ impl TreeSpawn {
     }
 
     /// Some child's daemon or agent is still watched.
+    /// The child processes that carry the children's daemons (agents), which the daemon's sweep
+    /// of escaped descendants spares.
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.spawned.iter().filter_map(|(_, p)| p.waiter.pid())
+    }
+
     pub fn watching(&self) -> bool {
         !self.spawned.is_empty()
     }

@@ -12,6 +12,7 @@ use super::ranks::{JobFacts, Ranks};
 use super::report::{ms_since, report_json, summary_line, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
+use super::sinks::Sinks;
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
 use crate::plan::JobPlan;
 use crate::job::JobView;
@@ -49,6 +50,7 @@ struct Frontend {
     ranks: Ranks,
     verdict: Verdict,
     reporter: Reporter,
+    sinks: Sinks,
     timings: Timings,
     pmi: RootPmi,
     fabric: RootFabric,
@@ -84,6 +86,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         fabric: RootFabric::new(&job),
         ranks: Ranks::new(size),
         reporter: Reporter::new(style),
+        sinks: Sinks::watch(poll.registry()),
         carriers: Carriers::new(StartInfo {
             nodes: plan.nodes.clone(),
             daemon_path: plan.daemon_path.clone(),
@@ -137,6 +140,7 @@ impl Frontend {
                 match token::classify(ev.token()) {
                     Source::Fixed(token::LISTENER) => self.links.accept(&self.listener, self.poll.registry()),
                     Source::Fixed(token::SIGNALS) => self.on_signals(),
+                    Source::Fixed(token::SINKS) => self.check_sinks(),
                     // The stdin reader posted, or a start thread saw its daemon end.
                     Source::Fixed(token::WAKE) => {
                         self.on_stdin();
@@ -225,10 +229,7 @@ impl Frontend {
                 }
                 Vec::new()
             }
-            Msg::Output { rank, stream, data } => {
-                self.reporter.output(rank, stream, &data);
-                Vec::new()
-            }
+            Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
             Msg::NodeDone { node } => {
                 if let Some(d) = self.daemons.get_mut(node) {
@@ -330,10 +331,21 @@ impl Frontend {
                     self.reporter.detail(1, "rlaunch: forwarding SIGINT to all ranks (interrupt again within 5 s to kill them)");
                     self.links.down(&Msg::Signal { signum: s });
                 }
+                libc::SIGHUP => {
+                    self.links.down(&Msg::Signal { signum: s });
+                    self.check_sinks();
+                }
                 _ => self.links.down(&Msg::Signal { signum: s }),
             }
         }
         self.reap_carriers();
+    }
+
+    /// The terminal hung up or the reader of stdout/stderr is gone: the job ends.
+    fn check_sinks(&mut self) {
+        if let Some(f) = self.sinks.gone() {
+            self.fail(f);
+        }
     }
 
     /// Until every daemon is connected, stdin stays in the bounded channel: a daemon that is not
@@ -396,6 +408,7 @@ impl Frontend {
         if !self.ranks.exited(rank, status) {
             return Vec::new();
         }
+        let ended = self.reporter.rank_done(rank).map(Effect::Fail);
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
@@ -403,7 +416,7 @@ impl Frontend {
             RankStatus::Exited(0) if self.pmi.left_without_finalize(rank) => Failure::Unfinalized { rank },
             _ => Failure::RankExit { rank, status },
         };
-        vec![Effect::Fail(failure)]
+        ended.into_iter().chain([Effect::Fail(failure)]).collect()
     }
 
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
@@ -463,7 +476,11 @@ impl Frontend {
                 Effect::Fail(f) => self.fail(f),
                 Effect::Say(line) => self.reporter.line(&line),
                 Effect::Detail(level, line) => self.reporter.detail(level, &line),
-                Effect::Inventory(text) => self.reporter.inventory(&text),
+                Effect::Inventory(text) => {
+                    if let Some(f) = self.reporter.inventory(&text) {
+                        self.fail(f);
+                    }
+                }
             }
         }
     }
@@ -478,6 +495,9 @@ impl Frontend {
     }
 
     fn finish(&mut self) -> i32 {
+        if let Some(f) = self.reporter.end_output() {
+            self.fail(f);
+        }
         self.reporter.clear_progress();
         self.links.down(&Msg::Shutdown);
         self.links.flush_blocking(Duration::from_secs(2));

@@ -5,7 +5,7 @@
 //! services return ([`effect::Effect`]); the services are [`pmi`] (PMI/PMIx fences, lazy
 //! lookups, reports), [`fabric`] (root of the fabric exchange) and [`carriers`] (the processes
 //! that start daemons); [`daemons`] and [`ranks`] are the bookkeeping; [`verdict`] decides the
-//! exit status and the one line a failure prints; [`reporter`] is the only thing that prints.
+//! exit status and the one line a failure prints; [`reporter`] is the only thing that prints; [`sinks`] notices when nobody reads what it prints.
 
 mod carriers;
 mod daemons;
@@ -17,6 +17,7 @@ mod ranks;
 mod rendezvous;
 mod report;
 mod reporter;
+mod sinks;
 mod stdin;
 pub mod verdict;
 

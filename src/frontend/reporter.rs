@@ -3,9 +3,10 @@
 //! joined, the launch progress line, `--inventory` text and the `--report` file. Nothing else in
 //! the front end prints.
 
-use crate::output::tag_lines;
+use crate::output::{tag_lines, LineBuffer};
 use crate::wire::Stream;
-use std::collections::HashMap;
+use super::verdict::Failure;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,6 +40,13 @@ pub struct Reporter {
     style: OutputStyle,
     files: HashMap<(u32, Stream), std::fs::File>,
     stdout_broken: bool,
+    stderr_broken: bool,
+    /// `--output-dir` files whose write failed.
+    broken_files: HashSet<(u32, Stream)>,
+    /// Tagged output: each rank stream's partial line.
+    held: HashMap<(u32, Stream), LineBuffer>,
+    /// Untagged output: rank streams whose last piece did not end with a newline.
+    open: HashSet<(u32, Stream)>,
     bar: Option<indicatif::ProgressBar>,
     progress_done: bool,
 }
@@ -54,6 +62,20 @@ pub fn print(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
+fn write_flushed(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// A failed write to rlaunch's stdout or stderr: a closed pipe ends the job like a pipeline
+/// member, anything else (ENOSPC, EIO) is said.
+fn write_failure(stream: &str, e: &io::Error) -> Failure {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) => Failure::OutputClosed,
+        _ => Failure::OutputError { stream: stream.to_string(), error: e.to_string() },
+    }
+}
+
 pub fn output_file_name(rank: u32, stream: Stream) -> String {
     match stream {
         Stream::Stdout => format!("rank.{rank}.stdout"),
@@ -63,7 +85,17 @@ pub fn output_file_name(rank: u32, stream: Stream) -> String {
 
 impl Reporter {
     pub fn new(style: OutputStyle) -> Reporter {
-        Reporter { style, files: HashMap::new(), stdout_broken: false, bar: None, progress_done: false }
+        Reporter {
+            style,
+            files: HashMap::new(),
+            stdout_broken: false,
+            stderr_broken: false,
+            broken_files: HashSet::new(),
+            held: HashMap::new(),
+            open: HashSet::new(),
+            bar: None,
+            progress_done: false,
+        }
     }
 
     /// One of rlaunch's own lines (already starting with "rlaunch: ").
@@ -81,59 +113,108 @@ impl Reporter {
         }
     }
 
-    /// Whole lines of one rank's stream.
-    pub fn output(&mut self, rank: u32, stream: Stream, data: &[u8]) {
-        if let Some(dir) = &self.style.dir {
-            let path = dir.join(output_file_name(rank, stream));
-            let file = match self.files.entry((rank, stream)) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    match std::fs::OpenOptions::new().append(true).create(true).open(&path) {
-                        Ok(f) => v.insert(f),
-                        Err(e) => {
-                            self.line(&format!("rlaunch: cannot write {}: {e}", path.display()));
-                            return;
-                        }
-                    }
-                }
-            };
-            let _ = file.write_all(data);
-            return;
+    /// A rank's output as its daemon forwards it: whole lines, or a piece of a line at its end or
+    /// past the 1 MiB bound. A write that fails comes back as the failure that ends the job (the
+    /// loop records it); that stream or file is not written again.
+    pub fn output(&mut self, rank: u32, stream: Stream, data: &[u8]) -> Option<Failure> {
+        let key = (rank, stream);
+        let bytes = if self.style.tag && self.style.dir.is_none() {
+            // A tag starts each line: a partial line waits here for the rest of it.
+            let lines = self.held.entry(key).or_default().push(data);
+            tag_lines(format!("[{rank}] ").as_bytes(), &lines)
+        } else {
+            if data.ends_with(b"\n") {
+                self.open.remove(&key);
+            } else if !data.is_empty() {
+                self.open.insert(key);
+            }
+            data.to_vec()
+        };
+        self.deliver(rank, stream, &bytes)
+    }
+
+    fn write_file(&mut self, dir: &std::path::Path, rank: u32, stream: Stream, data: &[u8]) -> Option<Failure> {
+        let path = dir.join(output_file_name(rank, stream));
+        if self.broken_files.contains(&(rank, stream)) {
+            return None;
         }
-        let bytes = if self.style.tag { tag_lines(format!("[{rank}] ").as_bytes(), data) } else { data.to_vec() };
+        let file = match self.files.entry((rank, stream)) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => std::fs::OpenOptions::new().append(true).create(true).open(&path).map(|f| v.insert(f)),
+        };
+        let error = match file.and_then(|f| f.write_all(data)) {
+            Ok(()) => return None,
+            Err(e) => e,
+        };
+        self.files.remove(&(rank, stream));
+        self.broken_files.insert((rank, stream));
+        Some(Failure::OutputError { stream: path.display().to_string(), error: error.to_string() })
+    }
+
+    /// A rank ended: the end of its output. A last line without a newline gets one (tagged, with
+    /// its tag). Otherwise only tagging adds newlines: at the end of each piece of a line longer
+    /// than the 1 MiB bound.
+    pub fn rank_done(&mut self, rank: u32) -> Option<Failure> {
+        let mut failure = None;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = match self.held.remove(&(rank, stream)) {
+                Some(mut lines) => tag_lines(format!("[{rank}] ").as_bytes(), &lines.finish()),
+                None if self.open.remove(&(rank, stream)) => b"\n".to_vec(),
+                None => continue,
+            };
+            failure = failure.or(self.deliver(rank, stream, &rest));
+        }
+        failure
+    }
+
+    /// At the end of the job, the end of every rank's output that did not get its [`Reporter::rank_done`].
+    pub fn end_output(&mut self) -> Option<Failure> {
+        let ranks: HashSet<u32> = self.held.keys().chain(self.open.iter()).map(|&(r, _)| r).collect();
+        ranks.into_iter().fold(None, |f, r| f.or(self.rank_done(r)))
+    }
+
+    fn deliver(&mut self, rank: u32, stream: Stream, bytes: &[u8]) -> Option<Failure> {
+        if bytes.is_empty() {
+            return None;
+        }
+        if let Some(dir) = self.style.dir.clone() {
+            return self.write_file(&dir, rank, stream, bytes);
+        }
         // The progress line lives on stderr: take it off the screen while job output is written.
         match self.bar.clone() {
-            Some(pb) => pb.suspend(|| self.write_stream(stream, &bytes)),
-            None => self.write_stream(stream, &bytes),
+            Some(pb) => pb.suspend(|| self.write_stream(stream, bytes)),
+            None => self.write_stream(stream, bytes),
         }
     }
 
-    /// What a daemon writes to its stderr after it joined, passed through as it comes.
+    /// What a daemon writes to its stderr after it joined, passed through as it comes. rlaunch's
+    /// own diagnostics: a failure to show them does not end the job.
     pub fn daemon_stderr(&mut self, bytes: &[u8]) {
-        self.write_stream(Stream::Stderr, bytes);
+        let _ = self.write_stream(Stream::Stderr, bytes);
     }
 
     /// `--inventory`'s table or JSON.
-    pub fn inventory(&mut self, text: &str) {
-        self.write_stream(Stream::Stdout, text.as_bytes());
+    pub fn inventory(&mut self, text: &str) -> Option<Failure> {
+        self.write_stream(Stream::Stdout, text.as_bytes())
     }
 
-    fn write_stream(&mut self, stream: Stream, bytes: &[u8]) {
-        match stream {
-            Stream::Stdout => {
-                if self.stdout_broken {
-                    return;
-                }
-                let mut out = io::stdout().lock();
-                if out.write_all(bytes).and_then(|_| out.flush()).is_err() {
-                    // A closed pipe (`| head`) must not take the job down; output is dropped.
-                    self.stdout_broken = true;
-                }
-            }
-            Stream::Stderr => {
-                let _ = io::stderr().lock().write_all(bytes);
-            }
+    /// Writes to rlaunch's stdout or stderr. The first error on a stream is returned as a
+    /// failure (a closed pipe as [`Failure::OutputClosed`]) and the stream is written no more.
+    fn write_stream(&mut self, stream: Stream, bytes: &[u8]) -> Option<Failure> {
+        let (broken, name) = match stream {
+            Stream::Stdout => (&mut self.stdout_broken, "standard output"),
+            Stream::Stderr => (&mut self.stderr_broken, "standard error"),
+        };
+        if *broken {
+            return None;
         }
+        let result = match stream {
+            Stream::Stdout => write_flushed(&mut io::stdout().lock(), bytes),
+            Stream::Stderr => write_flushed(&mut io::stderr().lock(), bytes),
+        };
+        let e = result.err()?;
+        *broken = true;
+        Some(write_failure(name, &e))
     }
 
     /// Launch progress on a terminal, for launches that take more than about a second; gone once

@@ -18,6 +18,11 @@ use std::time::Duration;
 pub const PMI_FAILURE_EXIT: i32 = 1;
 /// Exit status after a second interrupt: 128 + SIGINT, what a shell reports for ctrl-C.
 pub const INTERRUPTED_EXIT: i32 = 128 + libc::SIGINT;
+/// Exit status when the reader of rlaunch's stdout or stderr went away (`| head`): 128 + SIGPIPE,
+/// what a shell reports for a pipeline member that wrote into a closed pipe.
+pub const OUTPUT_CLOSED_EXIT: i32 = 128 + libc::SIGPIPE;
+/// Exit status when the controlling terminal hung up: 128 + SIGHUP.
+pub const HANGUP_EXIT: i32 = 128 + libc::SIGHUP;
 
 /// How the job ended, in the report's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +32,8 @@ pub enum Outcome {
     LaunchFailed,
     TimedOut,
     Killed,
+    /// rlaunch's own output went away (closed pipe, hung-up terminal) or could not be written.
+    OutputLost,
 }
 
 impl Outcome {
@@ -37,6 +44,7 @@ impl Outcome {
             Outcome::LaunchFailed => "launch-failed",
             Outcome::TimedOut => "timeout",
             Outcome::Killed => "killed",
+            Outcome::OutputLost => "output-lost",
         }
     }
 
@@ -73,6 +81,12 @@ pub enum Failure {
     Timeout { after: Duration },
     /// A second SIGINT within the window.
     SecondInterrupt,
+    /// The reader of rlaunch's stdout or stderr is gone (EPIPE): ended like a pipeline member.
+    OutputClosed,
+    /// rlaunch's controlling terminal hung up (SIGHUP, and the terminal or output is gone).
+    Hangup,
+    /// Writing the ranks' output failed otherwise (ENOSPC, EIO); `stream` names where it went.
+    OutputError { stream: String, error: String },
 }
 
 /// What the verdict needs to know about the job to word its lines.
@@ -288,6 +302,14 @@ impl Verdict {
                 self.settle(Outcome::Killed, INTERRUPTED_EXIT);
                 self.terminating = true;
                 Decision { line: Some(format!("rlaunch: second interrupt; killing all {running} running ranks")), action: Action::Kill }
+            }
+            // Nobody is left to read a line: the status says it.
+            Failure::OutputClosed => self.fail(Outcome::OutputLost, OUTPUT_CLOSED_EXIT, None),
+            Failure::Hangup => self.fail(Outcome::OutputLost, HANGUP_EXIT, None),
+            Failure::OutputError { stream, error } => {
+                let ranks = if running > 0 { format!("; terminating {running} rank{}", plural(running)) } else { String::new() };
+                let line = format!("rlaunch: cannot write {stream}: {error}{ranks}");
+                self.fail(Outcome::OutputLost, exitcode::LAUNCH_FAILED, Some(line))
             }
         }
     }
@@ -521,5 +543,37 @@ mod tests {
         let v = Verdict::default();
         assert_eq!(v.exit_code(false), exitcode::LAUNCH_FAILED);
         assert_eq!(v.exit_code(true), 0);
+    }
+
+    #[test]
+    fn a_closed_output_ends_the_job_like_a_pipeline_and_silently() {
+        let mut v = Verdict::default();
+        let d = v.record(Failure::OutputClosed, &job(4));
+        assert_eq!(d, Decision { line: None, action: Action::Terminate });
+        assert_eq!((v.exit_code(false), v.outcome().name()), (141, "output-lost"));
+        // The ranks' deaths by SIGTERM that follow are consequences.
+        assert_eq!(v.record(Failure::RankExit { rank: 0, status: RankStatus::Signaled(libc::SIGTERM) }, &job(3)).line, None);
+        assert_eq!(v.exit_code(true), 141);
+        let mut v = Verdict::default();
+        assert_eq!(v.record(Failure::Hangup, &job(2)), Decision { line: None, action: Action::Terminate });
+        assert_eq!(v.exit_code(true), 129);
+        // A rank that failed first keeps its status; the job is not terminated twice.
+        let mut v = Verdict::default();
+        v.record(exit(1, 3), &job(2));
+        assert_eq!(v.record(Failure::OutputClosed, &job(1)), Decision { line: None, action: Action::Nothing });
+        assert_eq!(v.exit_code(true), 3);
+    }
+
+    #[test]
+    fn an_output_write_error_is_125_with_one_line_naming_the_stream() {
+        let mut v = Verdict::default();
+        let error = "No space left on device (os error 28)".to_string();
+        let d = v.record(Failure::OutputError { stream: "standard output".into(), error: error.clone() }, &job(2));
+        assert_eq!(line(&d), "rlaunch: cannot write standard output: No space left on device (os error 28); terminating 2 ranks");
+        assert_eq!(d.action, Action::Terminate);
+        assert_eq!((v.exit_code(false), v.outcome().name()), (125, "output-lost"));
+        let mut v = Verdict::default();
+        let d = v.record(Failure::OutputError { stream: "out/rank.0.stdout".into(), error }, &job(0));
+        assert_eq!(line(&d), "rlaunch: cannot write out/rank.0.stdout: No space left on device (os error 28)");
     }
 }
