@@ -68,8 +68,14 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         print!("{}", cli::describe_map(&plan));
         return Ok(exitcode::SUCCESS);
     }
+    if plan.display_map {
+        print!("{}", cli::describe_map(&plan));
+    }
     if plan.verbose > 0 {
         eprintln!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason);
+        if let Some(note) = &plan.placement_note {
+            eprintln!("rlaunch: {note}");
+        }
     }
     frontend::run(plan)
 }

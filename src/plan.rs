@@ -31,6 +31,10 @@ pub struct JobPlan {
     pub t0: Instant,
     /// `--dry-run`: print the map (nodes, map, `launch.apps`) and start nothing.
     pub dry_run: bool,
+    /// `--display-map`: print the map as `--dry-run` does, then run.
+    pub display_map: bool,
+    /// Placement options given but not carried out yet, for `--verbose` to say once.
+    pub placement_note: Option<String>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
     pub mpi_reason: String,
 }

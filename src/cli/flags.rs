@@ -43,7 +43,7 @@ ENVIRONMENT OF EACH RANK:
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
-  After ':' only per-program options may appear (-n/-np, -x, --wdir).
+  After ':' only per-program options may appear (-n/-np, -x, --wdir, -env).
 
 NODES:
   Without --hostfile or --host, ranks run on this machine (slots = CPUs, more ranks allowed).
@@ -53,7 +53,52 @@ NODES:
   OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
   RLAUNCH_*).
 
-Single-dash long options (-np, -wdir, -timeout, ...) are accepted as in mpirun.";
+Single-dash long options (-np, -wdir, -timeout, ...) are accepted as in mpirun.
+
+COMPATIBILITY, OPEN MPI (mpirun):
+  --mca K V, -mca K V, --gmca K V   every rank gets OMPI_MCA_K=V (before -x, which wins)
+  --allow-run-as-root               accepted; rlaunch needs no such permission
+  --npernode N, --pernode           N (1) ranks per node, as --ppn N
+  --nooversubscribe                 never more ranks than slots, also on this machine alone
+  --map-by P:OVERSUBSCRIBE, :NOOVERSUBSCRIBE, :SPAN, :PE=n
+                                    modifiers of --map-by; SPAN changes nothing (nodes are
+                                    already one resource); PE=n is placement (below)
+  --display-map                     print the map (as --dry-run) on stdout, then run
+  --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
+  --host a,b                        one slot per host named without a count; more ranks than
+                                    slots is an error (unless --oversubscribe)
+
+COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
+  -genv VAR VALUE, -genv VAR=VALUE  every rank gets VAR=VALUE (before -x, which wins)
+  -env VAR VALUE                    the ranks of this context (also after ':') get VAR=VALUE
+  -genvall, -envall                 the ranks get rlaunch's environment: rlaunch always does
+  -hosts a,b                        without counts: ranks go round-robin and wrap around
+                                    (-hosts a,b -n 4: a gets 0,2 and b 1,3); with counts
+                                    (a:2,b:2) ranks fill each host's slots in order
+  -ppn N, -perhost N                N consecutive ranks per node (as --ppn N)
+  -rr                               round-robin: --map-by node
+  -f, -machinefile, -hostfile FILE  the host file (as --hostfile)
+  -launcher K, -bootstrap K         ssh (rlaunch's ssh), rsh, fork (every daemon here), slurm,
+                                    pbs; rlaunch's own --launcher keeps its names
+  -launcher-exec P, -bootstrap-exec P
+                                    daemons start through P (ssh or rsh), as --launch-agent P
+  -iface NAME                       the NIC, as --nic NAME
+  -l, -prepend-rank                 prefix output lines with \"[RANK] \", as --tag-output
+  -print-rank-map                   as --display-map
+  -s RANK|all|none                  which rank reads stdin, as --stdin
+  HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
+                                    read when the command line gives no host list or launcher
+  MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given
+  Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
+
+PLACEMENT (both families):
+  --bind-to, --report-bindings, --cpus-per-proc, --use-hwthread-cpus, --rankfile and
+  --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
+  is not read (ranks are mapped by --map-by), and -v says so once.
+
+NOT SUPPORTED (one line names the option): -genvnone, -envnone, -genvlist, -envlist,
+  --map-by seq and by core/socket, --output-filename, --merge-stderr-to-stdout,
+  --timestamp-output, per-context -H in MPMD, --app, -configfile, -print-all-exitcodes.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -85,7 +130,7 @@ pub struct Cli {
     pub timeout: Option<f64>,
 
     /// Prefix every output line with "[RANK] "
-    #[arg(short = 'l', long = "tag-output")]
+    #[arg(short = 'l', long = "tag-output", alias = "prepend-rank")]
     pub tag_output: bool,
 
     /// Write each rank's output to DIR/rank.N.stdout and DIR/rank.N.stderr instead of the terminal
@@ -93,7 +138,7 @@ pub struct Cli {
     pub output_dir: Option<PathBuf>,
 
     /// Which rank reads rlaunch's standard input: a rank number, "all" or "none"
-    #[arg(long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
+    #[arg(short = 's', long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
     pub stdin: StdinTarget,
 
     /// Print the process map (which rank runs where) and exit without starting anything
@@ -118,11 +163,11 @@ pub struct Cli {
     pub host: Option<String>,
 
     /// Where ranks go: slot (fill each node's slots in order), node (round-robin), ppr:N:node
-    #[arg(long = "map-by", value_name = "POLICY", default_value = "slot", value_parser = typed::<MapBy>)]
-    pub map_by: MapBy,
+    #[arg(long = "map-by", value_name = "POLICY", default_value = "slot", value_parser = typed::<MapByFlag>)]
+    pub map_by: MapByFlag,
 
     /// N ranks per node (the same as --map-by ppr:N:node)
-    #[arg(short = 'N', long = "ppn", value_name = "N")]
+    #[arg(short = 'N', long = "ppn", aliases = ["npernode", "perhost"], value_name = "N")]
     pub ppn: Option<u32>,
 
     /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
@@ -229,7 +274,7 @@ showed in this mode (none in 200 jobs)."
 
     /// Use exactly these NICs (interface names, RDMA devices or DEVICE:PORT); local rank l gets the
     /// (l mod count)-th. A name missing on any node is an error naming that node
-    #[arg(long, value_name = "NAME[,NAME]")]
+    #[arg(long, alias = "iface", value_name = "NAME[,NAME]")]
     pub nic: Option<String>,
 
     /// Also set UCX_NET_DEVICES, NCCL_SOCKET_IFNAME, NCCL_IB_HCA, FI_PROVIDER (and friends) to each
@@ -246,6 +291,78 @@ showed in this mode (none in 200 jobs)."
     #[arg(long)]
     pub json: bool,
 
+    /// Open MPI: set MCA parameter KEY to VALUE in every rank (OMPI_MCA_KEY=VALUE); also --gmca
+    #[arg(long = "mca", alias = "gmca", value_name = "KEY VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub mca: Vec<String>,
+
+    /// Hydra: set VAR to VALUE in every rank (-genv VAR VALUE or -genv VAR=VALUE)
+    #[arg(long = "genv", value_name = "VAR VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub genv: Vec<String>,
+
+    /// Hydra: set VAR to VALUE in this application context's ranks (-env VAR VALUE or -env VAR=VALUE)
+    #[arg(long = "env", value_name = "VAR VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub env: Vec<String>,
+
+    /// Hydra: pass rlaunch's whole environment to the ranks (also -envall); rlaunch always does
+    #[arg(long = "genvall", alias = "envall", hide_short_help = true)]
+    pub genvall: bool,
+
+    /// Open MPI: accepted for scripts run as root; rlaunch needs no such permission
+    #[arg(long = "allow-run-as-root", hide_short_help = true)]
+    pub allow_run_as_root: bool,
+
+    /// Open MPI: one rank per node (--npernode 1)
+    #[arg(long = "pernode", conflicts_with = "ppn", hide_short_help = true)]
+    pub pernode: bool,
+
+    /// Open MPI: never more ranks than slots, also on this machine alone (slots = CPUs)
+    #[arg(long = "nooversubscribe", conflicts_with = "oversubscribe", hide_short_help = true)]
+    pub nooversubscribe: bool,
+
+    /// Open MPI: print the map (as --dry-run prints it), then run the job (Intel: -print-rank-map)
+    #[arg(long = "display-map", alias = "print-rank-map", hide_short_help = true)]
+    pub display_map: bool,
+
+    /// Open MPI: prepend DIR/bin to the ranks' PATH and DIR/lib to their LD_LIBRARY_PATH
+    #[arg(long, value_name = "DIR", hide_short_help = true)]
+    pub prefix: Option<PathBuf>,
+
+    /// Hydra: nodes as a list h1,h2 or h1:2,h2:4; without counts ranks go round-robin and wrap around
+    #[arg(long, value_name = "LIST", conflicts_with_all = ["host", "hostfile"], hide_short_help = true)]
+    pub hosts: Option<String>,
+
+    /// Hydra: round-robin, one rank per node in turn (--map-by node)
+    #[arg(long, hide_short_help = true)]
+    pub rr: bool,
+
+    /// Hydra -launcher, Intel -bootstrap: how daemons start: ssh, rsh, fork (this machine), slurm, pbs
+    #[arg(long, value_name = "KIND", value_parser = typed::<Bootstrap>, conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
+    pub bootstrap: Option<Bootstrap>,
+
+    /// Hydra -launcher-exec, Intel -bootstrap-exec: the ssh or rsh command daemons start through
+    #[arg(long = "bootstrap-exec", value_name = "PATH", conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
+    pub bootstrap_exec: Option<String>,
+
+    /// Placement (Open MPI, Hydra): accepted; binding is not applied yet (-v says so)
+    #[arg(long = "bind-to", value_name = "WHAT", hide_short_help = true)]
+    pub bind_to: Option<String>,
+
+    /// Placement (Open MPI): accepted; binding is not applied yet, so there is none to report (-v says so)
+    #[arg(long = "report-bindings", hide_short_help = true)]
+    pub report_bindings: bool,
+
+    /// Placement (Open MPI): accepted; binding is not applied yet (-v says so)
+    #[arg(long = "cpus-per-proc", alias = "cpus-per-rank", value_name = "N", hide_short_help = true)]
+    pub cpus_per_proc: Option<u32>,
+
+    /// Placement (Open MPI): accepted; binding is not applied yet (-v says so)
+    #[arg(long = "use-hwthread-cpus", hide_short_help = true)]
+    pub use_hwthread_cpus: bool,
+
+    /// Placement (Open MPI): accepted; FILE is not read and ranks are mapped by --map-by (-v says so)
+    #[arg(long, value_name = "FILE", hide_short_help = true)]
+    pub rankfile: Option<PathBuf>,
+
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true, value_parser = typed::<Generate>)]
     pub generate: Option<Generate>,
@@ -256,7 +373,15 @@ showed in this mode (none in 200 jobs)."
 }
 
 /// Options that may appear after a ':' (they belong to one application context).
-pub const PER_APP: &[&str] = &["np", "export", "wdir", "program"];
+pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall"];
+
+/// Options whose value is two words, `KEY VALUE`, which normalize joins into one `KEY=VALUE`; `true`
+/// where the Hydra form `KEY=VALUE` as one word is also accepted.
+pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true)];
+
+/// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
+/// (`--bootstrap`), while rlaunch's own `--launcher` keeps its own.
+pub const SINGLE_DASH_RENAMES: &[(&str, &str)] = &[("launcher", "bootstrap"), ("launcher-exec", "bootstrap-exec")];
 
 /// A flag value its type rejects; `Display` is the reason alone, without flag or value, which
 /// [`super::parse`] puts in front as `--flag VALUE: reason`.
@@ -314,6 +439,72 @@ impl FromStr for FabricFlag {
     }
 }
 
+/// `--map-by POLICY[:MODIFIER]...`: rlaunch's policy and Open MPI's modifiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapByFlag {
+    pub policy: MapBy,
+    /// `:OVERSUBSCRIBE` (`Some(true)`) or `:NOOVERSUBSCRIBE` (`Some(false)`).
+    pub oversubscribe: Option<bool>,
+    /// `:PE=n`: cores per rank, a placement request (not applied yet).
+    pub pe: Option<u32>,
+}
+
+impl FromStr for MapByFlag {
+    type Err = String;
+    /// Modifiers follow the policy (`ppr:2:node:PE=4`, `slot:OVERSUBSCRIBE`) or stand alone
+    /// (`:OVERSUBSCRIBE`, policy slot). `SPAN` is accepted: rlaunch's policies already treat all
+    /// nodes as one resource.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut policy = Vec::new();
+        let (mut oversubscribe, mut pe) = (None, None);
+        for part in s.split(':') {
+            let upper = part.to_ascii_uppercase();
+            match upper.as_str() {
+                "OVERSUBSCRIBE" => oversubscribe = Some(true),
+                "NOOVERSUBSCRIBE" => oversubscribe = Some(false),
+                "SPAN" => {}
+                _ if upper.starts_with("PE=") => {
+                    let n = part[3..].parse::<u32>().ok().filter(|&n| n >= 1);
+                    pe = Some(n.ok_or_else(|| format!("PE={}: expected a whole number of cores of at least 1", &part[3..]))?);
+                }
+                _ => policy.push(part),
+            }
+        }
+        let policy = match policy.join(":") {
+            p if p.is_empty() => MapBy::Slot,
+            p => p.parse::<MapBy>().map_err(|e| e.to_string())?,
+        };
+        Ok(MapByFlag { policy, oversubscribe, pe })
+    }
+}
+
+/// Hydra's `-launcher` / Intel's `-bootstrap`: how daemons start, in that family's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// rlaunch's in-process ssh, or the `-bootstrap-exec` command.
+    Ssh,
+    /// `rsh`, or the `-bootstrap-exec` command, as a launch agent.
+    Rsh,
+    /// Every daemon on this machine (rlaunch's `local`).
+    Fork,
+    Slurm,
+    Pbs,
+}
+
+impl FromStr for Bootstrap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ssh" => Ok(Bootstrap::Ssh),
+            "rsh" => Ok(Bootstrap::Rsh),
+            "fork" => Ok(Bootstrap::Fork),
+            "slurm" => Ok(Bootstrap::Slurm),
+            "pbs" => Ok(Bootstrap::Pbs),
+            _ => Err("expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)".into()),
+        }
+    }
+}
+
 /// `--generate`: the man page, or completions for one shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generate {
@@ -365,5 +556,16 @@ mod tests {
         assert_eq!(typed::<LauncherKind>("agent").unwrap(), LauncherKind::Agent);
         assert_eq!(typed::<Generate>("zsh").unwrap(), Generate::Completions(clap_complete::Shell::Zsh));
         assert_eq!(typed::<Generate>("tcsh").unwrap_err().to_string(), "expected man, bash, zsh, fish, elvish or powershell");
+    }
+
+    #[test]
+    fn map_by_modifiers() {
+        let m = |v: &str| typed::<MapByFlag>(v).map_err(|e| e.to_string());
+        assert_eq!(m("ppr:2:node:PE=4").unwrap(), MapByFlag { policy: MapBy::PprNode(2), oversubscribe: None, pe: Some(4) });
+        assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None });
+        assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None });
+        assert_eq!(m("slot:PE=x").unwrap_err(), "PE=x: expected a whole number of cores of at least 1");
+        assert_eq!(m("seq").unwrap_err(), "unknown --map-by value 'seq'; use slot, node or ppr:N:node");
+        assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
     }
 }

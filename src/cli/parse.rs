@@ -162,4 +162,43 @@ mod tests {
         assert_eq!(e(&["--rank-by", "x", "a"]), "--rank-by x: unknown --rank-by value 'x'; use slot or node");
         assert_eq!(e(&["--generate", "tcsh"]), "--generate tcsh: expected man, bash, zsh, fish, elvish or powershell");
     }
+
+    #[test]
+    fn single_dash_long_options_of_both_families_are_one_word() {
+        let p = parse(&s(&[
+            "-genv", "A", "1", "-genv", "B=2", "-genvall", "-mca", "btl", "^openib", "-gmca", "x", "y", "-hosts", "a,b", "-ppn", "2",
+            "-bind-to", "core", "-launcher", "rsh", "-launcher-exec", "/usr/bin/ssh", "-iface", "ib0", "-prepend-rank", "-rr",
+            "-allow-run-as-root", "-report-bindings", "./app", "-genv",
+        ]))
+        .unwrap();
+        let g = &p.global;
+        assert_eq!(g.genv, s(&["A=1", "B=2"]));
+        assert_eq!(g.mca, s(&["btl=^openib", "x=y"]));
+        assert!(g.genvall && g.rr && g.tag_output && g.allow_run_as_root && g.report_bindings);
+        assert_eq!((g.hosts.as_deref(), g.ppn, g.bind_to.as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
+        assert_eq!((g.bootstrap, g.bootstrap_exec.as_deref()), (Some(super::super::flags::Bootstrap::Rsh), Some("/usr/bin/ssh")));
+        assert_eq!(g.program, s(&["./app", "-genv"]));
+        for alias in ["-npernode", "-perhost", "--npernode"] {
+            assert_eq!(parse(&s(&[alias, "3", "a"])).unwrap().global.ppn, Some(3), "{alias}");
+        }
+    }
+
+    #[test]
+    fn env_is_per_context_and_pairs_need_two_words() {
+        let p = parse(&s(&["-n", "1", "-env", "A", "1", "a", ":", "-n", "1", "-env", "B=2", "-envall", "b"])).unwrap();
+        assert_eq!((p.apps[0].env.clone(), p.apps[1].env.clone()), (s(&["A=1"]), s(&["B=2"])));
+        let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
+        assert_eq!(e(&["-genv", "A"]), "-genv needs two words, KEY VALUE (or KEY=VALUE)");
+        assert_eq!(e(&["--mca", "btl"]), "--mca needs two words, KEY VALUE");
+    }
+
+    #[test]
+    fn unknown_single_dash_long_options_are_named_whole() {
+        let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
+        assert_eq!(e(&["-genvnone", "a"]), "unknown option '-genvnone'; see 'rlaunch --help'");
+        assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
+        assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
+        // Short clusters still work.
+        assert!(parse(&s(&["-lq", "-n4", "a"])).unwrap().global.quiet);
+    }
 }
