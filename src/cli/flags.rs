@@ -75,11 +75,14 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -hosts a,b                        without counts: ranks go round-robin and wrap around
                                     (-hosts a,b -n 4: a gets 0,2 and b 1,3); with counts
                                     (a:2,b:2) ranks fill each host's slots in order
-  -ppn N, -perhost N                N consecutive ranks per node (as --ppn N)
+  -ppn N, -perhost N                N consecutive ranks per node (as --ppn N); Hydra wraps around
+                                    when the nodes are full, rlaunch refuses (one line)
   -rr                               round-robin: --map-by node
-  -f, -machinefile, -hostfile FILE  the host file (as --hostfile)
-  -launcher K, -bootstrap K         ssh (rlaunch's ssh), rsh, fork (every daemon here), slurm,
-                                    pbs; rlaunch's own --launcher keeps its names
+  -f, -machinefile, -hostfile FILE  the host file (as --hostfile); more ranks than its slots is
+                                    an error, where Hydra wraps around
+  -launcher K, -bootstrap K         ssh (rlaunch's ssh; without a host list the job runs here),
+                                    rsh, fork (every daemon here), slurm, pbs; rlaunch's own
+                                    --launcher keeps its names
   -launcher-exec P, -bootstrap-exec P
                                     daemons start through P (ssh or rsh), as --launch-agent P
   -iface NAME                       the NIC, as --nic NAME
@@ -343,8 +346,8 @@ showed in this mode (none in 200 jobs)."
     #[arg(long = "bootstrap-exec", value_name = "PATH", conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
     pub bootstrap_exec: Option<String>,
 
-    /// Placement (Open MPI, Hydra): accepted; binding is not applied yet (-v says so)
-    #[arg(long = "bind-to", value_name = "WHAT", hide_short_help = true)]
+    /// Placement (Open MPI, Hydra; Intel: -binding): accepted; binding is not applied yet (-v says so)
+    #[arg(long = "bind-to", alias = "binding", value_name = "WHAT", hide_short_help = true)]
     pub bind_to: Option<String>,
 
     /// Placement (Open MPI): accepted; binding is not applied yet, so there is none to report (-v says so)

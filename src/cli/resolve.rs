@@ -170,10 +170,12 @@ fn placement_note(g: &Cli) -> Option<String> {
 
 /// Hydra's `-launcher`/`-launcher-exec` (Intel's `-bootstrap`/`-bootstrap-exec`, or
 /// `HYDRA_LAUNCHER`/`HYDRA_LAUNCHER_EXEC`) as rlaunch's launcher kind and launch agent.
-fn bootstrap(kind: Option<Bootstrap>, exec: Option<&str>) -> Result<(Option<LauncherKind>, Option<String>), UsageError> {
+/// Hydra's ssh launcher with no host list runs the job here, so `-launcher ssh` without nodes is
+/// rlaunch's default rather than its ssh launcher (which needs nodes).
+fn bootstrap(kind: Option<Bootstrap>, exec: Option<&str>, has_nodes: bool) -> Result<(Option<LauncherKind>, Option<String>), UsageError> {
     Ok(match (kind, exec) {
         (None, None) => (None, None),
-        (Some(Bootstrap::Ssh), None) => (Some(LauncherKind::Ssh), None),
+        (Some(Bootstrap::Ssh), None) => (has_nodes.then_some(LauncherKind::Ssh), None),
         (Some(Bootstrap::Rsh), None) => (None, Some("rsh".to_string())),
         (None | Some(Bootstrap::Ssh | Bootstrap::Rsh), Some(exec)) => (None, Some(exec.to_string())),
         (Some(Bootstrap::Fork), None) => (Some(LauncherKind::Local), None),
@@ -202,13 +204,13 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
     let (launcher, launch_agent) = if g.launcher.is_some() || g.launch_agent.is_some() {
         (g.launcher, g.launch_agent.clone())
     } else if g.bootstrap.is_some() || g.bootstrap_exec.is_some() {
-        bootstrap(g.bootstrap, g.bootstrap_exec.as_deref())?
+        bootstrap(g.bootstrap, g.bootstrap_exec.as_deref(), host.is_some() || hostfile.is_some())?
     } else {
         let kind = env
             .var("HYDRA_LAUNCHER")
             .map(|v| v.parse::<Bootstrap>().map_err(|e| usage(format!("HYDRA_LAUNCHER={v}: {e}"))))
             .transpose()?;
-        bootstrap(kind, env.var("HYDRA_LAUNCHER_EXEC").as_deref())?
+        bootstrap(kind, env.var("HYDRA_LAUNCHER_EXEC").as_deref(), host.is_some() || hostfile.is_some())?
     };
     let no_oversubscribe = g.nooversubscribe || g.map_by.oversubscribe == Some(false);
     let map_by = match g.map_by.policy {
@@ -645,6 +647,8 @@ mod tests {
         assert_eq!(starter(&["-bootstrap-exec", "/usr/bin/ssh", "--host", "a", "x"], &e), agent(&["/usr/bin/ssh"]));
         assert_eq!(starter(&["-bootstrap", "fork", "--host", "a,b", "true"], &e), Starter::Each(NodeStarter::Local));
         assert!(matches!(starter(&["-launcher", "ssh", "--host", "a", "x"], &e), Starter::Each(NodeStarter::Ssh(_))));
+        // Hydra's ssh launcher without a host list runs here.
+        assert_eq!(starter(&["-bootstrap", "ssh", "-np", "2", "true"], &e), Starter::Each(NodeStarter::Local));
         assert_eq!(
             usage_text(plan(&["-launcher", "slurm", "-launcher-exec", "/x/srun", "true"], &e)),
             "-launcher-exec /x/srun: only the ssh and rsh launchers start daemons through a command, not slurm; drop -launcher-exec"
