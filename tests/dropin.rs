@@ -145,3 +145,17 @@ fn huge_timeouts_are_one_line_usage_errors() {
     s.run(["--timeout", "1e19", "true"]).expect_usage_error("--timeout 1e19");
     s.run(["--launch-timeout", "1e30", "true"]).expect_usage_error("--launch-timeout 1e30");
 }
+
+#[test]
+fn app_and_configfile_files_are_mpmd_contexts() {
+    let s = Scratch::new("dropin-app");
+    std::fs::write(s.path("appfile"), "# Open MPI appfile\n-np 2 sh -c 'echo a $RLAUNCH_RANK'\n-np 1 sh -c 'sleep 0.2; echo b $RLAUNCH_RANK'\n").unwrap();
+    for opt in ["--app", "-configfile"] {
+        let out = s.run(["-x", "A=1", opt, "appfile"]);
+        out.expect_code(0);
+        let mut lines = out.stdout_lines();
+        lines.sort();
+        assert_eq!(lines, ["a 0", "a 1", "b 2"], "{opt}: {out}");
+    }
+    s.run(["--app", "appfile", "true"]).expect_usage_error("--app appfile: give it last, in place of the program");
+}

@@ -99,9 +99,13 @@ PLACEMENT (both families):
   --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
   is not read (ranks are mapped by --map-by), and -v says so once.
 
+APPLICATION FILES (both families):
+  --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
+  program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
+
 NOT SUPPORTED (one line names the option): -genvnone, -envnone, -genvlist, -envlist,
   --map-by seq and by core/socket, --output-filename, --merge-stderr-to-stdout,
-  --timestamp-output, per-context -H in MPMD, --app, -configfile, -print-all-exitcodes.";
+  --timestamp-output, per-context -H in MPMD, -print-all-exitcodes.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -365,6 +369,11 @@ showed in this mode (none in 200 jobs)."
     /// Placement (Open MPI): accepted; FILE is not read and ranks are mapped by --map-by (-v says so)
     #[arg(long, value_name = "FILE", hide_short_help = true)]
     pub rankfile: Option<PathBuf>,
+
+    /// Open MPI --app FILE, Hydra -configfile FILE: application contexts from FILE, one per line
+    /// (`-np 2 ./a x`; `#` comments); given last, in place of the program
+    #[arg(long, visible_alias = "configfile", value_name = "FILE", hide_short_help = true)]
+    pub app: Option<PathBuf>,
 
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true, value_parser = typed::<Generate>)]

@@ -64,6 +64,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 }
             }
         }
+        if let Some(file) = &cli.app {
+            return Err(usage(format!("--app {}: give it last, in place of the program", file.display())));
+        }
         if cli.inventory && !cli.program.is_empty() {
             return Err(usage(format!("--inventory runs no program; drop '{}' or --inventory", cli.program.join(" "))));
         }
