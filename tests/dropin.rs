@@ -159,3 +159,14 @@ fn app_and_configfile_files_are_mpmd_contexts() {
     }
     s.run(["--app", "appfile", "true"]).expect_usage_error("--app appfile: give it last, in place of the program");
 }
+
+#[test]
+fn hydra_ppn_wraps_around_the_hosts_in_a_real_job() {
+    let s = Scratch::new("dropin-ppn");
+    // -launcher fork: every daemon runs here, whatever the host names.
+    let out = s.run(["-launcher", "fork", "-hosts", "a,b", "-ppn", "2", "-n", "6", "-l", "sh", "-c", "echo $RLAUNCH_NODE_RANK $RLAUNCH_LOCAL_RANK"]);
+    out.expect_code(0);
+    let mut lines = out.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, ["[0] 0 0", "[1] 0 1", "[2] 1 0", "[3] 1 1", "[4] 0 2", "[5] 0 3"], "{out}");
+}

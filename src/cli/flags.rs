@@ -72,12 +72,13 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -genv VAR VALUE, -genv VAR=VALUE  every rank gets VAR=VALUE (before -x, which wins)
   -env VAR VALUE                    the ranks of this context (also after ':') get VAR=VALUE
   -genvall, -envall                 the ranks get rlaunch's environment: rlaunch always does
-  -hosts a,b                        without counts: ranks go round-robin and wrap around
-                                    (-hosts a,b -n 4: a gets 0,2 and b 1,3); with counts
-                                    (a:2,b:2) ranks fill each host's slots in order
-  -ppn N, -perhost N                N consecutive ranks per node (as --ppn N); Hydra wraps around
-                                    when the nodes are full, rlaunch refuses (one line)
-  -rr                               round-robin: --map-by node
+  -hosts a,b, -hosts a:2,b:4        each host in turn takes its count of consecutive ranks (1
+                                    without a count), wrapping around: -hosts a,b -n 4 gives a
+                                    ranks 0,2 and b ranks 1,3 (Open MPI's --host is an error there)
+  -ppn N, -perhost N                each node in turn takes N consecutive ranks, wrapping around
+                                    (rlaunch's --ppn N and Open MPI's --npernode N refuse more
+                                    than N per node)
+  -rr                               round-robin: -ppn 1
   -f, -machinefile, -hostfile FILE  the host file (as --hostfile); more ranks than its slots is
                                     an error, where Hydra wraps around
   -launcher K, -bootstrap K         ssh (rlaunch's ssh; without a host list the job runs here),
@@ -174,7 +175,7 @@ pub struct Cli {
     pub map_by: MapByFlag,
 
     /// N ranks per node (the same as --map-by ppr:N:node)
-    #[arg(short = 'N', long = "ppn", aliases = ["npernode", "perhost"], value_name = "N")]
+    #[arg(short = 'N', long = "ppn", alias = "npernode", value_name = "N")]
     pub ppn: Option<u32>,
 
     /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
@@ -338,7 +339,11 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, value_name = "LIST", conflicts_with_all = ["host", "hostfile"], hide_short_help = true)]
     pub hosts: Option<String>,
 
-    /// Hydra: round-robin, one rank per node in turn (--map-by node)
+    /// Hydra -ppn N, -perhost N: each node in turn takes N consecutive ranks, wrapping around
+    #[arg(long, value_name = "N", conflicts_with_all = ["ppn", "pernode", "rr"], hide_short_help = true)]
+    pub perhost: Option<u32>,
+
+    /// Hydra: round-robin, one rank per node in turn, wrapping around (-perhost 1)
     #[arg(long, hide_short_help = true)]
     pub rr: bool,
 
@@ -392,8 +397,9 @@ pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genval
 pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true)];
 
 /// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
-/// (`--bootstrap`), while rlaunch's own `--launcher` keeps its own.
-pub const SINGLE_DASH_RENAMES: &[(&str, &str)] = &[("launcher", "bootstrap"), ("launcher-exec", "bootstrap-exec")];
+/// (`--bootstrap`), while rlaunch's own `--launcher` keeps its own; Hydra's `-ppn` wraps around
+/// (`--perhost`), while rlaunch's `--ppn` is `ppr:N:node`.
+pub const SINGLE_DASH_RENAMES: &[(&str, &str)] = &[("launcher", "bootstrap"), ("launcher-exec", "bootstrap-exec"), ("ppn", "perhost")];
 
 /// A flag value its type rejects; `Display` is the reason alone, without flag or value, which
 /// [`super::parse`] puts in front as `--flag VALUE: reason`.

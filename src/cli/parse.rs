@@ -170,19 +170,24 @@ mod tests {
     fn single_dash_long_options_of_both_families_are_one_word() {
         let p = parse(&s(&[
             "-genv", "A", "1", "-genv", "B=2", "-genvall", "-mca", "btl", "^openib", "-gmca", "x", "y", "-hosts", "a,b", "-ppn", "2",
-            "-bind-to", "core", "-launcher", "rsh", "-launcher-exec", "/usr/bin/ssh", "-iface", "ib0", "-prepend-rank", "-rr",
+            "-bind-to", "core", "-launcher", "rsh", "-launcher-exec", "/usr/bin/ssh", "-iface", "ib0", "-prepend-rank",
             "-allow-run-as-root", "-report-bindings", "./app", "-genv",
         ]))
         .unwrap();
         let g = &p.global;
         assert_eq!(g.genv, s(&["A=1", "B=2"]));
         assert_eq!(g.mca, s(&["btl=^openib", "x=y"]));
-        assert!(g.genvall && g.rr && g.tag_output && g.allow_run_as_root && g.report_bindings);
-        assert_eq!((g.hosts.as_deref(), g.ppn, g.bind_to.as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
+        assert!(g.genvall && g.tag_output && g.allow_run_as_root && g.report_bindings);
+        assert!(parse(&s(&["-rr", "a"])).unwrap().global.rr);
+        assert_eq!((g.hosts.as_deref(), g.perhost, g.bind_to.as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
         assert_eq!((g.bootstrap, g.bootstrap_exec.as_deref()), (Some(super::super::flags::Bootstrap::Rsh), Some("/usr/bin/ssh")));
         assert_eq!(g.program, s(&["./app", "-genv"]));
-        for alias in ["-npernode", "-perhost", "--npernode"] {
+        for alias in ["-npernode", "--npernode", "--ppn", "-N"] {
             assert_eq!(parse(&s(&[alias, "3", "a"])).unwrap().global.ppn, Some(3), "{alias}");
+        }
+        // Hydra's -ppn is Hydra's: -perhost.
+        for hydra in ["-ppn", "-perhost"] {
+            assert_eq!(parse(&s(&[hydra, "3", "a"])).unwrap().global.perhost, Some(3), "{hydra}");
         }
     }
 

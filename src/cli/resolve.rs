@@ -196,8 +196,6 @@ fn app_path<'a>(app: &'a AppContext, global: &'a Option<String>) -> Option<&'a s
 }
 
 fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<AllocationRequest, UsageError> {
-    // Hydra's -hosts a,b (no counts): one rank per host in turn, wrapping around.
-    let wrap = g.hosts.as_ref().is_some_and(|h| !h.contains(':'));
     let host = g.hosts.clone().or_else(|| g.host.clone());
     // Hydra reads its host file and launcher from the environment when the command line names none.
     let hostfile = g.hostfile.clone().or_else(|| host.is_none().then(|| env.var("HYDRA_HOST_FILE").map(PathBuf::from)).flatten());
@@ -213,10 +211,9 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
         bootstrap(kind, env.var("HYDRA_LAUNCHER_EXEC").as_deref(), host.is_some() || hostfile.is_some())?
     };
     let no_oversubscribe = g.nooversubscribe || g.map_by.oversubscribe == Some(false);
-    let map_by = match g.map_by.policy {
-        MapBy::Slot if wrap || g.rr => MapBy::Node,
-        p => p,
-    };
+    // Hydra's placement: blocks of -ppn N (-rr: 1) ranks, or of each -hosts entry's count, in turn.
+    let block = g.perhost.map(Some).or(g.rr.then_some(Some(1))).or(g.hosts.as_ref().map(|_| None));
+    let map_by = block.map_or(g.map_by.policy, MapBy::Cycle);
     Ok(AllocationRequest {
         hostfile,
         host,
@@ -225,7 +222,7 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
         map_by,
         rank_by: g.rank_by,
         ppn: if g.pernode { Some(1) } else { g.ppn },
-        oversubscribe: !no_oversubscribe && (g.oversubscribe || g.map_by.oversubscribe == Some(true) || wrap),
+        oversubscribe: !no_oversubscribe && (g.oversubscribe || g.map_by.oversubscribe == Some(true)),
         no_oversubscribe,
         ssh_port: g.ssh_port,
         ssh_identity: g.ssh_identity.clone(),
@@ -619,6 +616,14 @@ mod tests {
         assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1][..], &[2, 3][..]));
         let p = plan(&["-rr", "--host", "a:2,b:2", "-n", "2", "x"], &e).unwrap();
         assert_eq!(p.map.ranks_on(1), [1]);
+        // Hydra's -ppn and -hosts counts wrap around; rlaunch's --ppn refuses.
+        let p = plan(&["-hosts", "a,b", "-ppn", "2", "-n", "6", "x"], &e).unwrap();
+        assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1, 4, 5][..], &[2, 3][..]));
+        let p = plan(&["-hosts", "a:2,b:1", "-n", "5", "x"], &e).unwrap();
+        assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1, 3, 4][..], &[2][..]));
+        let p = plan(&["-ppn", "1", "-n", "2", "true"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(0), [0, 1]);
+        assert!(usage_text(plan(&["--host", "a,b", "--ppn", "2", "-n", "6", "x"], &e)).contains("ppr:2:node"));
     }
 
     #[test]
