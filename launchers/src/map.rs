@@ -485,17 +485,7 @@ pub fn compute_map(
             let mut per = vec![0u64; soft.len()];
             cycle.iter().flatten().for_each(|&n| per[n as usize] += 1);
             if per.iter().zip(&hard).any(|(&c, h)| h.is_some_and(|h| c > h)) {
-                let limit: u64 = hard.iter().map(|h| h.unwrap_or(0)).sum();
-                return Err(MapError::OverMaxSlots {
-                    requested: total,
-                    limit,
-                    per_node: NodeCounts(
-                        hard.iter()
-                            .enumerate()
-                            .map(|(i, h)| (label(i), h.unwrap_or(0) as u32))
-                            .collect(),
-                    ),
-                });
+                return Err(over_max(total, &hard));
             }
             per
         }
@@ -559,17 +549,7 @@ pub fn compute_map(
                     .map(|(h, &p)| h.map(|h| h.saturating_sub(p)))
                     .collect();
                 let Some(more) = round_robin(extra, &room) else {
-                    let limit: u64 = hard.iter().map(|h| h.unwrap_or(0)).sum();
-                    return Err(MapError::OverMaxSlots {
-                        requested: total,
-                        limit,
-                        per_node: NodeCounts(
-                            hard.iter()
-                                .enumerate()
-                                .map(|(i, h)| (label(i), h.unwrap_or(0) as u32))
-                                .collect(),
-                        ),
-                    });
+                    return Err(over_max(total, &hard));
                 };
                 per.iter_mut().zip(more).for_each(|(p, m)| *p += m);
             }
@@ -693,6 +673,20 @@ fn round_robin(amount: u64, caps: &[Option<u64>]) -> Option<Vec<u64>> {
 }
 
 /// Node of each global rank, given how many ranks each node holds.
+/// More ranks than the nodes' max_slots allow, with each node's limit.
+fn over_max(requested: u64, hard: &[Option<u64>]) -> MapError {
+    MapError::OverMaxSlots {
+        requested,
+        limit: hard.iter().map(|h| h.unwrap_or(0)).sum(),
+        per_node: NodeCounts(
+            hard.iter()
+                .enumerate()
+                .map(|(i, h)| (NodeLabel { index: i as u32, name: None }, h.unwrap_or(0) as u32))
+                .collect(),
+        ),
+    }
+}
+
 /// [`MapBy::Cycle`]: the node of each rank when node i takes `blocks[i]` consecutive ranks in
 /// turn, wrapping around.
 fn cycle_order(blocks: &[u64], total: usize) -> Vec<u32> {
