@@ -146,3 +146,18 @@ fn hydra_ppn_wraps_around_the_hosts_in_a_real_job() {
     lines.sort();
     assert_eq!(lines, ["[0] 0 0", "[1] 0 1", "[2] 1 0", "[3] 1 1", "[4] 0 2", "[5] 0 3"], "{out}");
 }
+
+#[test]
+fn started_as_mpirun_or_mpiexec_it_behaves_the_same() {
+    let s = Scratch::new("dropin-names");
+    for name in ["mpirun", "mpiexec"] {
+        let link = s.path(name);
+        std::os::unix::fs::symlink(common::bin(), &link).expect("symlink");
+        let mut cmd = Command::new(&link);
+        cmd.args(["-genv", "V", "x", "-np", "2", "sh", "-c", "echo $V $RLAUNCH_SIZE"]);
+        cmd.env(common::MARK_VAR, &s.mark).current_dir(&s.dir).stdin(std::process::Stdio::null());
+        let out = common::Job::start(cmd, None).wait();
+        out.expect_code(0);
+        assert_eq!(out.stdout_lines(), ["x 2", "x 2"], "{name}: {out}");
+    }
+}
