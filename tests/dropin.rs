@@ -20,13 +20,14 @@ fn corpus() -> Vec<Entry> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dropin");
     let text = std::fs::read_to_string(root.join("corpus.txt")).expect("tests/dropin/corpus.txt");
     let hosts = root.join("hosts").to_string_lossy().into_owned();
+    let hosts256 = root.join("hosts256").to_string_lossy().into_owned();
     let mut out = Vec::new();
     let (mut src, mut run) = (None, None);
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
         let (key, value) = line.split_once(": ").unwrap_or_else(|| panic!("corpus line without a key: {line}"));
         match key {
             "src" => src = Some(value.to_string()),
-            "run" => run = Some(value.replace("@HOSTS@", &hosts)),
+            "run" => run = Some(value.replace("@HOSTS256@", &hosts256).replace("@HOSTS@", &hosts)),
             "map" | "refuse" => {
                 let expect = if key == "map" { Ok(value.to_string()) } else { Err(value.to_string()) };
                 let (src, run) = (src.take().expect("src before map"), run.take().expect("run before map"));
