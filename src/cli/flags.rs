@@ -60,6 +60,7 @@ COMPATIBILITY, OPEN MPI (mpirun):
   --allow-run-as-root               accepted; rlaunch needs no such permission
   --npernode N, --pernode           N (1) ranks per node, as --ppn N
   --nooversubscribe                 never more ranks than slots, also on this machine alone
+  -bynode                           --map-by node (Open MPI's older spelling)
   --map-by P:OVERSUBSCRIBE, :NOOVERSUBSCRIBE, :SPAN, :PE=n
                                     modifiers of --map-by; SPAN changes nothing (nodes are
                                     already one resource); PE=n is placement (below)
@@ -342,6 +343,10 @@ showed in this mode (none in 200 jobs)."
     /// Hydra -ppn N, -perhost N: each node in turn takes N consecutive ranks, wrapping around
     #[arg(long, value_name = "N", conflicts_with_all = ["ppn", "pernode", "rr"], hide_short_help = true)]
     pub perhost: Option<u32>,
+
+    /// Open MPI (old spelling): --map-by node
+    #[arg(long, hide_short_help = true)]
+    pub bynode: bool,
 
     /// Hydra: round-robin, one rank per node in turn, wrapping around (-perhost 1)
     #[arg(long, hide_short_help = true)]

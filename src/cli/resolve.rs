@@ -213,7 +213,11 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
     let no_oversubscribe = g.nooversubscribe || g.map_by.oversubscribe == Some(false);
     // Hydra's placement: blocks of -ppn N (-rr: 1) ranks, or of each -hosts entry's count, in turn.
     let block = g.perhost.map(Some).or(g.rr.then_some(Some(1))).or(g.hosts.as_ref().map(|_| None));
-    let map_by = block.map_or(g.map_by.policy, MapBy::Cycle);
+    let map_by = match (block, g.bynode) {
+        (Some(b), _) => MapBy::Cycle(b),
+        (None, true) => MapBy::Node,
+        (None, false) => g.map_by.policy,
+    };
     Ok(AllocationRequest {
         hostfile,
         host,
@@ -615,6 +619,8 @@ mod tests {
         let p = plan(&["-hosts", "a,b,c", "-ppn", "2", "-n", "4", "x"], &e).unwrap();
         assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1][..], &[2, 3][..]));
         let p = plan(&["-rr", "--host", "a:2,b:2", "-n", "2", "x"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(1), [1]);
+        let p = plan(&["-bynode", "--host", "a:2,b:2", "-n", "2", "x"], &e).unwrap();
         assert_eq!(p.map.ranks_on(1), [1]);
         // Hydra's -ppn and -hosts counts wrap around; rlaunch's --ppn refuses.
         let p = plan(&["-hosts", "a,b", "-ppn", "2", "-n", "6", "x"], &e).unwrap();
