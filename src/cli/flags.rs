@@ -73,6 +73,9 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -genv VAR VALUE, -genv VAR=VALUE  every rank gets VAR=VALUE (before -x, which wins)
   -env VAR VALUE                    the ranks of this context (also after ':') get VAR=VALUE
   -genvall, -envall                 the ranks get rlaunch's environment: rlaunch always does
+  -genvnone, -genvlist A,B          ranks on other nodes get none of rlaunch's environment, or
+                                    only A and B (and -genv/-x values); on this machine ranks
+                                    inherit it all, as Hydra's forked proxies do
   -hosts a,b, -hosts a:2,b:4        each host in turn takes its count of consecutive ranks (1
                                     without a count), wrapping around: -hosts a,b -n 4 gives a
                                     ranks 0,2 and b ranks 1,3 (Open MPI's --host is an error there)
@@ -105,7 +108,7 @@ APPLICATION FILES (both families):
   --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
-NOT SUPPORTED (one line names the option): -genvnone, -envnone, -genvlist, -envlist,
+NOT SUPPORTED (one line names the option): -envnone, -envlist (per context),
   --map-by seq and by core/socket, --output-filename, --merge-stderr-to-stdout,
   --timestamp-output, per-context -H in MPMD, -print-all-exitcodes.";
 
@@ -315,6 +318,16 @@ showed in this mode (none in 200 jobs)."
     /// Hydra: pass rlaunch's whole environment to the ranks (also -envall); rlaunch always does
     #[arg(long = "genvall", alias = "envall", hide_short_help = true)]
     pub genvall: bool,
+
+    /// Hydra: ranks on other nodes get none of rlaunch's environment, only -genv/-x values (on this
+    /// machine they inherit it, as under Hydra)
+    #[arg(long, conflicts_with_all = ["genvall", "genvlist"], hide_short_help = true)]
+    pub genvnone: bool,
+
+    /// Hydra: ranks on other nodes get only these variables of rlaunch's environment (on this
+    /// machine they inherit all of it, as under Hydra)
+    #[arg(long, value_name = "VAR,VAR", conflicts_with = "genvall", hide_short_help = true)]
+    pub genvlist: Option<String>,
 
     /// Open MPI: accepted for scripts run as root; rlaunch needs no such permission
     #[arg(long = "allow-run-as-root", hide_short_help = true)]

@@ -132,7 +132,7 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                         break;
                     }
                     Some(_) => seg.push(format!("-{c}")),
-                    // A word like -genvnone is an unknown long option, not a cluster of letters.
+                    // A word like -envnone is an unknown long option, not a cluster of letters.
                     None if pos == 0 && long_word => return Err(usage(format!("unknown option '{a}'; see 'rlaunch --help'"))),
                     None => return Err(usage(format!("unknown option '-{c}' in '{a}'; see 'rlaunch --help'"))),
                 }

@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn unknown_single_dash_long_options_are_named_whole() {
         let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
-        assert_eq!(e(&["-genvnone", "a"]), "unknown option '-genvnone'; see 'rlaunch --help'");
+        assert_eq!(e(&["-envnone", "a"]), "unknown option '-envnone'; see 'rlaunch --help'");
         assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
         assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
         // Short clusters still work.

@@ -98,7 +98,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         stdin,
         kill_grace_ms: 2000,
         // A local daemon inherits this environment; a remote one gets it in the launch message.
-        env: if alloc.local { Vec::new() } else { forwarded_env(env.vars.iter().cloned()) },
+        env: if alloc.local { Vec::new() } else { propagated_env(g, &env.vars)? },
         tree_spawn: tree_spawn(g.tree_spawn, &alloc.starter),
         fabric,
         pmi: spec::PmiSpec { interface, port: g.pmi_port, lazy: g.pmi_lazy },
@@ -287,6 +287,20 @@ fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
         // One srun step already starts every daemon: there is nothing for daemons to start.
         Starter::Group(_) => None,
     }
+}
+
+/// What ranks on other nodes get of rlaunch's environment: [`forwarded_env`], or with Hydra's
+/// `-genvnone` nothing, with `-genvlist A,B` only those.
+fn propagated_env(g: &Cli, vars: &[(String, String)]) -> Result<Vec<(String, Option<String>)>, UsageError> {
+    if g.genvnone {
+        return Ok(Vec::new());
+    }
+    let Some(list) = &g.genvlist else { return Ok(forwarded_env(vars.iter().cloned())) };
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
+        return Err(usage(format!("-genvlist {list}: '{bad}' is not a valid environment variable name")));
+    }
+    Ok(vars.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), Some(v.clone()))).collect())
 }
 
 /// Variables that describe this host or this session, or belong to another launcher, and so must
@@ -682,6 +696,21 @@ mod tests {
         let p = plan(&["--host", "z", "x"], &e).unwrap();
         assert_eq!(p.nodes[0].name, "z");
         let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn genvnone_and_genvlist_limit_what_remote_ranks_get() {
+        let e = env(&[("PATH", "/bin"), ("LANG", "C"), ("A", "1")]);
+        let remote = |extra: &[&str]| {
+            let words: Vec<&str> = extra.iter().copied().chain(["--host", "n1", "x"]).collect();
+            plan(&words, &e).map(|p| p.launch.env)
+        };
+        assert_eq!(remote(&[]).unwrap().len(), 3);
+        assert_eq!(remote(&["-genvnone"]).unwrap(), []);
+        assert_eq!(remote(&["-genvlist", "A,LANG"]).unwrap(), [("LANG".to_string(), Some("C".to_string())), ("A".into(), Some("1".into()))]);
+        assert_eq!(usage_text(remote(&["-genvlist", "A,,B"]).map(|_| unreachable!())), "-genvlist A,,B: '' is not a valid environment variable name");
+        // Local ranks inherit rlaunch's environment whatever the flag, as under Hydra.
+        assert!(plan(&["-genvnone", "true"], &e).unwrap().launch.env.is_empty());
     }
 
     #[test]
