@@ -74,7 +74,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     }
     if plan.verbose > 0 {
         eprintln!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason);
-        if let Some(note) = &plan.placement_note {
+        for note in &plan.notes {
             eprintln!("rlaunch: {note}");
         }
     }

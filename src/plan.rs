@@ -33,8 +33,9 @@ pub struct JobPlan {
     pub dry_run: bool,
     /// `--display-map`: print the map as `--dry-run` does, then run.
     pub display_map: bool,
-    /// Placement options given but not carried out yet, for `--verbose` to say once.
-    pub placement_note: Option<String>,
+    /// Options given but not carried out by rlaunch (placement; launcher-level MCA parameters),
+    /// for `--verbose` to say once each.
+    pub notes: Vec<String>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
     pub mpi_reason: String,
 }

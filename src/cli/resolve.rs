@@ -126,7 +126,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         t0: env.t0,
         dry_run: g.dry_run,
         display_map: g.display_map,
-        placement_note: placement_note(g),
+        notes: placement_note(g).into_iter().chain(mca_note(&g.mca)).collect(),
         mpi_reason,
     })
 }
@@ -166,6 +166,21 @@ fn placement_note(g: &Cli) -> Option<String> {
         given.push(format!("--rankfile {} (ranks are mapped by --map-by instead)", f.display()));
     }
     (!given.is_empty()).then(|| format!("{}: binding is not applied yet; ranks run unbound", given.join(", ")))
+}
+
+/// Open MPI's launcher-level MCA frameworks (ORTE/PRRTE: starting daemons, mapping, routing):
+/// the ranks get these parameters like any other, but rlaunch itself does not read them.
+const LAUNCHER_MCA: &[&str] = &["plm", "ras", "rmaps", "oob", "orte", "prte", "odls", "routed", "errmgr", "ess", "rtc", "schizo", "state", "filem", "iof", "grpcomm"];
+
+fn mca_note(mca: &[String]) -> Option<String> {
+    let keys: Vec<&str> = mca
+        .iter()
+        .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
+        .filter(|k| LAUNCHER_MCA.iter().any(|f| k.split('_').next() == Some(f)))
+        .collect();
+    (!keys.is_empty()).then(|| {
+        format!("--mca {}: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them", keys.join(", "))
+    })
 }
 
 /// Hydra's `-launcher`/`-launcher-exec` (Intel's `-bootstrap`/`-bootstrap-exec`, or
@@ -732,10 +747,12 @@ mod tests {
         let e = env(&[("PATH", "/bin")]);
         let p = plan(&["--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--rankfile", "rf", "true"], &e).unwrap();
         assert_eq!(
-            p.placement_note.as_deref(),
+            p.notes.first().map(String::as_str),
             Some("--bind-to core, --report-bindings, --map-by :PE=2, --rankfile rf (ranks are mapped by --map-by instead): binding is not applied yet; ranks run unbound")
         );
-        assert_eq!(plan(&["--bind-to", "none", "true"], &e).unwrap().placement_note, None);
+        assert!(plan(&["--bind-to", "none", "true"], &e).unwrap().notes.is_empty());
+        let p = plan(&["-mca", "plm_rsh_args", "-p 22", "-mca", "btl", "self", "-mca", "orte_base_help_aggregate", "0", "true"], &e).unwrap();
+        assert_eq!(p.notes, ["--mca plm_rsh_args, orte_base_help_aggregate: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them"]);
         assert!(plan(&["--display-map", "true"], &e).unwrap().display_map);
     }
 }
