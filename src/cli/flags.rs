@@ -109,9 +109,11 @@ APPLICATION FILES (both families):
   --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
-NOT SUPPORTED (one line names the option): -envnone, -envlist (per context),
-  --map-by seq and by core/socket, --output-filename, --merge-stderr-to-stdout,
-  --timestamp-output, per-context -H in MPMD, -print-all-exitcodes.";
+NOT SUPPORTED (one line names the option and says why or what to use instead):
+  -envnone, -envlist (per context), --map-by seq and by core/socket, --output-filename,
+  -outfile-pattern, -errfile-pattern, --merge-stderr-to-stdout, --timestamp-output, --tune,
+  per-context -H in MPMD, -print-all-exitcodes, -enable-x, -ckpointlib (BLCR), Cray PALS's
+  --cpu-bind and --depth, Intel's -trace and -gtool.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -414,6 +416,28 @@ pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genval
 /// Options whose value is two words, `KEY VALUE`, which normalize joins into one `KEY=VALUE`; `true`
 /// where the Hydra form `KEY=VALUE` as one word is also accepted.
 pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true)];
+
+/// Options of the other launchers that rlaunch does not carry out, with the one line it says
+/// instead of "unknown option" (after the option as written).
+pub const WONT: &[(&str, &str)] = &[
+    ("ckpointlib", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
+    ("ckpoint-prefix", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
+    ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
+    ("enable-x", "rlaunch does not forward X11 connections"),
+    ("output-filename", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
+    ("outfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
+    ("errfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
+    ("merge-stderr-to-stdout", "not supported yet; run the program as sh -c 'PROGRAM 2>&1'"),
+    ("timestamp-output", "not supported yet"),
+    ("print-all-exitcodes", "not supported yet; --report FILE records every rank's exit status"),
+    ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
+    ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
+    ("tune", "not supported yet; give the file's --mca and -x options on the command line"),
+    ("cpu-bind", "a Cray PALS mpiexec option; rlaunch does not bind ranks yet (see --bind-to)"),
+    ("depth", "a Cray PALS mpiexec option; rlaunch does not bind ranks yet (see --bind-to)"),
+    ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
+    ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
+];
 
 /// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
 /// (`--bootstrap`), while rlaunch's own `--launcher` keeps its own; Hydra's `-ppn` wraps around

@@ -2,7 +2,7 @@
 //! `:` between application contexts, and the program boundary.
 
 use super::error::{usage, UsageError};
-use super::flags::{PAIRS, SINGLE_DASH_RENAMES};
+use super::flags::{PAIRS, SINGLE_DASH_RENAMES, WONT};
 
 struct OptInfo {
     /// The long name clap knows it by.
@@ -26,6 +26,15 @@ fn lookup_long(cmd: &clap::Command, name: &str) -> Option<OptInfo> {
 
 fn lookup_short(cmd: &clap::Command, c: char) -> Option<OptInfo> {
     cmd.get_arguments().find_map(|a| (a.get_short() == Some(c)).then(|| info(a)))
+}
+
+/// The line for an option rlaunch does not know: why, for another launcher's option it will not
+/// carry out ([`WONT`]), else "unknown".
+fn unknown(written: &str, name: &str) -> UsageError {
+    match WONT.iter().find(|(n, _)| *n == name) {
+        Some((_, why)) => usage(format!("{written}: {why}")),
+        None => usage(format!("unknown option '{written}'; see 'rlaunch --help'")),
+    }
 }
 
 /// Pushes option `flag` (clap's spelling; `written` is the user's) and its value words from
@@ -83,7 +92,7 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                 None => (long, false),
             };
             let Some(o) = lookup_long(cmd, name) else {
-                return Err(usage(format!("unknown option '--{name}'; see 'rlaunch --help'")));
+                return Err(unknown(&format!("--{name}"), name));
             };
             if has_eq {
                 seg.push(a.clone());
@@ -112,7 +121,7 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
             }
             // -nolocal is an unknown long option, not -n olocal: -n and -N take numbers.
             if long_word && body.starts_with(['n', 'N']) && !body[1..].trim_start_matches('=').bytes().all(|b| b.is_ascii_digit()) {
-                return Err(usage(format!("unknown option '{a}'; see 'rlaunch --help'")));
+                return Err(unknown(&format!("-{name}"), name));
             }
             // A cluster of short flags; the first that takes a value swallows the rest or the next word.
             // Each flag goes to clap as a word of its own: given a cluster like `-n4` whose value
@@ -133,7 +142,7 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                     }
                     Some(_) => seg.push(format!("-{c}")),
                     // A word like -envnone is an unknown long option, not a cluster of letters.
-                    None if pos == 0 && long_word => return Err(usage(format!("unknown option '{a}'; see 'rlaunch --help'"))),
+                    None if pos == 0 && long_word => return Err(unknown(&format!("-{name}"), name)),
                     None => return Err(usage(format!("unknown option '-{c}' in '{a}'; see 'rlaunch --help'"))),
                 }
             }

@@ -203,7 +203,11 @@ mod tests {
     #[test]
     fn unknown_single_dash_long_options_are_named_whole() {
         let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
-        assert_eq!(e(&["-envnone", "a"]), "unknown option '-envnone'; see 'rlaunch --help'");
+        assert_eq!(e(&["-genvsome", "a"]), "unknown option '-genvsome'; see 'rlaunch --help'");
+        // Another launcher's option that rlaunch will not carry out says why.
+        assert_eq!(e(&["-envnone", "a"]), "-envnone: per-context environment lists are not supported; -genvnone applies to the job");
+        assert_eq!(e(&["-ckpointlib", "blcr", "a"]), "-ckpointlib: BLCR checkpointing is gone; rlaunch does not checkpoint jobs");
+        assert_eq!(e(&["--output-filename", "d", "a"]), "--output-filename: not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr");
         assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
         assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
         // Short clusters still work.
