@@ -27,7 +27,7 @@ fn corpus() -> Vec<Entry> {
         let (key, value) = line.split_once(": ").unwrap_or_else(|| panic!("corpus line without a key: {line}"));
         match key {
             "src" => src = Some(value.to_string()),
-            "run" => run = Some(value.replace("@HOSTS256@", &hosts256).replace("@HOSTS@", &hosts)),
+            "run" => run = Some(value.replace("@HOSTS256@", &hosts256).replace("@HOSTS@", &hosts).replace("@DIR@", &root.to_string_lossy())),
             "map" | "refuse" => {
                 let expect = if key == "map" { Ok(value.to_string()) } else { Err(value.to_string()) };
                 let (src, run) = (src.take().expect("src before map"), run.take().expect("run before map"));
