@@ -58,6 +58,9 @@ Single-dash long options (-np, -wdir, -timeout, ...) are accepted as in mpirun.
 COMPATIBILITY, OPEN MPI (mpirun):
   --mca K V, -mca K V, --gmca K V   every rank gets OMPI_MCA_K=V (before -x, which wins); -v names
                                     launcher-level ones (plm_, rmaps_, oob_, ...) as unused by rlaunch
+  rmaps_base_oversubscribe, orte_default_hostfile (prte_default_hostfile)
+                                    read by rlaunch as Open MPI reads them: --mca, else
+                                    OMPI_MCA_* (PRTE_MCA_*) in the environment
   --allow-run-as-root               accepted; rlaunch needs no such permission
   --npernode N, --pernode           N (1) ranks per node, as --ppn N
   --nooversubscribe                 never more ranks than slots, also on this machine alone

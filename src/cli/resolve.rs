@@ -168,6 +168,24 @@ fn placement_note(g: &Cli) -> Option<String> {
     (!given.is_empty()).then(|| format!("{}: binding is not applied yet; ranks run unbound", given.join(", ")))
 }
 
+/// An Open MPI MCA parameter as Open MPI reads it: `--mca KEY VALUE` (the last one), else
+/// `OMPI_MCA_KEY` (or PRRTE's `PRTE_MCA_KEY`) in the environment.
+fn mca_param(g: &Cli, env: &Env, key: &str) -> Option<String> {
+    g.mca
+        .iter()
+        .rev()
+        .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
+        .or_else(|| env.var(&format!("OMPI_MCA_{key}")))
+        .or_else(|| env.var(&format!("PRTE_MCA_{key}")))
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "t" | "y")
+}
+
+/// MCA parameters of the launcher's frameworks that rlaunch itself reads.
+const READ_MCA: &[&str] = &["rmaps_base_oversubscribe", "orte_default_hostfile", "prte_default_hostfile"];
+
 /// Open MPI's launcher-level MCA frameworks (ORTE/PRRTE: starting daemons, mapping, routing):
 /// the ranks get these parameters like any other, but rlaunch itself does not read them.
 const LAUNCHER_MCA: &[&str] = &["plm", "ras", "rmaps", "oob", "orte", "prte", "odls", "routed", "errmgr", "ess", "rtc", "schizo", "state", "filem", "iof", "grpcomm"];
@@ -176,7 +194,7 @@ fn mca_note(mca: &[String]) -> Option<String> {
     let keys: Vec<&str> = mca
         .iter()
         .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
-        .filter(|k| LAUNCHER_MCA.iter().any(|f| k.split('_').next() == Some(f)))
+        .filter(|k| LAUNCHER_MCA.iter().any(|f| k.split('_').next() == Some(f)) && !READ_MCA.contains(k))
         .collect();
     (!keys.is_empty()).then(|| {
         format!("--mca {}: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them", keys.join(", "))
@@ -213,7 +231,14 @@ fn app_path<'a>(app: &'a AppContext, global: &'a Option<String>) -> Option<&'a s
 fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<AllocationRequest, UsageError> {
     let host = g.hosts.clone().or_else(|| g.host.clone());
     // Hydra reads its host file and launcher from the environment when the command line names none.
-    let hostfile = g.hostfile.clone().or_else(|| host.is_none().then(|| env.var("HYDRA_HOST_FILE").map(PathBuf::from)).flatten());
+    // Open MPI reads its default host file from an MCA parameter.
+    let default_hostfile = || {
+        env.var("HYDRA_HOST_FILE")
+            .or_else(|| mca_param(g, env, "orte_default_hostfile"))
+            .or_else(|| mca_param(g, env, "prte_default_hostfile"))
+            .map(PathBuf::from)
+    };
+    let hostfile = g.hostfile.clone().or_else(|| host.is_none().then(default_hostfile).flatten());
     let (launcher, launch_agent) = if g.launcher.is_some() || g.launch_agent.is_some() {
         (g.launcher, g.launch_agent.clone())
     } else if g.bootstrap.is_some() || g.bootstrap_exec.is_some() {
@@ -241,7 +266,8 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
         map_by,
         rank_by: g.rank_by,
         ppn: if g.pernode { Some(1) } else { g.ppn },
-        oversubscribe: !no_oversubscribe && (g.oversubscribe || g.map_by.oversubscribe == Some(true)),
+        oversubscribe: !no_oversubscribe
+            && (g.oversubscribe || g.map_by.oversubscribe == Some(true) || mca_param(g, env, "rmaps_base_oversubscribe").is_some_and(|v| truthy(&v))),
         no_oversubscribe,
         ssh_port: g.ssh_port,
         ssh_identity: g.ssh_identity.clone(),
@@ -710,6 +736,22 @@ mod tests {
         assert_eq!(p.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["h1", "h2"]);
         let p = plan(&["--host", "z", "x"], &e).unwrap();
         assert_eq!(p.nodes[0].name, "z");
+        let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn open_mpi_reads_oversubscription_and_the_default_hostfile_from_mca_parameters() {
+        let e = env(&[("PATH", "/bin")]);
+        assert!(usage_text(plan(&["--host", "a", "-np", "2", "x"], &e)).contains("slots were found"));
+        let p = plan(&["--mca", "rmaps_base_oversubscribe", "yes", "--host", "a", "-np", "2", "x"], &e).unwrap();
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        let over = env(&[("PATH", "/bin"), ("OMPI_MCA_rmaps_base_oversubscribe", "1")]);
+        assert!(plan(&["--host", "a", "-np", "2", "x"], &over).is_ok());
+        assert!(usage_text(plan(&["--mca", "rmaps_base_oversubscribe", "0", "--host", "a", "-np", "2", "x"], &over)).contains("slots were found"));
+        let file = std::env::temp_dir().join(format!("rlaunch-ompi-hosts-{}", std::process::id()));
+        std::fs::write(&file, "h1 slots=2\n").unwrap();
+        let e = env(&[("PATH", "/bin"), ("OMPI_MCA_orte_default_hostfile", file.to_str().unwrap())]);
+        assert_eq!(plan(&["x"], &e).unwrap().nodes[0].name, "h1");
         let _ = std::fs::remove_file(file);
     }
 
