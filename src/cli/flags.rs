@@ -61,6 +61,7 @@ COMPATIBILITY, OPEN MPI (mpirun):
   rmaps_base_oversubscribe, orte_default_hostfile (prte_default_hostfile)
                                     read by rlaunch as Open MPI reads them: --mca, else
                                     OMPI_MCA_* (PRTE_MCA_*) in the environment
+  -c N                              as -np N
   --allow-run-as-root               accepted; rlaunch needs no such permission
   --npernode N, --pernode           N (1) ranks per node, as --ppn N
   --nooversubscribe                 never more ranks than slots, also on this machine alone
@@ -132,7 +133,7 @@ node, sends it the application context, and each daemon starts and supervises it
 )]
 pub struct Cli {
     /// Number of ranks to start [default: the number of slots; on one node, the CPU count]
-    #[arg(short = 'n', long = "np", value_name = "N", visible_alias = "n")]
+    #[arg(short = 'n', short_alias = 'c', long = "np", value_name = "N", visible_alias = "n")]
     pub np: Option<u32>,
 
     /// Export VAR (from rlaunch's environment) or set VAR=VALUE in every rank; repeatable

@@ -25,7 +25,8 @@ fn lookup_long(cmd: &clap::Command, name: &str) -> Option<OptInfo> {
 }
 
 fn lookup_short(cmd: &clap::Command, c: char) -> Option<OptInfo> {
-    cmd.get_arguments().find_map(|a| (a.get_short() == Some(c)).then(|| info(a)))
+    cmd.get_arguments()
+        .find_map(|a| (a.get_short() == Some(c) || a.get_all_short_aliases().is_some_and(|v| v.contains(&c))).then(|| info(a)))
 }
 
 /// The line for an option rlaunch does not know: why, for another launcher's option it will not
@@ -119,8 +120,11 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                     continue;
                 }
             }
-            // -nolocal is an unknown long option, not -n olocal: -n and -N take numbers.
-            if long_word && body.starts_with(['n', 'N']) && !body[1..].trim_start_matches('=').bytes().all(|b| b.is_ascii_digit()) {
+            // -nolocal is an unknown long option, not -n olocal: -n, -c and -N take numbers.
+            // A known other launcher's option (-ckpointlib) is named whole too.
+            let number_flag = body.starts_with(['n', 'c', 'N']);
+            let numeric = body[1..].trim_start_matches('=').bytes().all(|b| b.is_ascii_digit());
+            if long_word && ((number_flag && !numeric) || WONT.iter().any(|(n, _)| *n == name)) {
                 return Err(unknown(&format!("-{name}"), name));
             }
             // A cluster of short flags; the first that takes a value swallows the rest or the next word.

@@ -182,6 +182,8 @@ mod tests {
         assert_eq!((g.hosts.as_deref(), g.perhost, g.bind_to.as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
         assert_eq!((g.bootstrap, g.bootstrap_exec.as_deref()), (Some(super::super::flags::Bootstrap::Rsh), Some("/usr/bin/ssh")));
         assert_eq!(g.program, s(&["./app", "-genv"]));
+        // Open MPI's -c is -np.
+        assert_eq!(parse(&s(&["-c", "2", "a"])).unwrap().global.np, Some(2));
         for alias in ["-npernode", "--npernode", "--ppn", "-N"] {
             assert_eq!(parse(&s(&[alias, "3", "a"])).unwrap().global.ppn, Some(3), "{alias}");
         }
