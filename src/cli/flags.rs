@@ -77,7 +77,7 @@ COMPATIBILITY, OPEN MPI (mpirun):
 COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -genv VAR VALUE, -genv VAR=VALUE  every rank gets VAR=VALUE (before -x, which wins)
   -env VAR VALUE                    the ranks of this context (also after ':') get VAR=VALUE
-  -genvall, -envall                 the ranks get rlaunch's environment: rlaunch always does
+  -genvall, -envall                 the ranks get rlaunch's environment: rlaunch's default
   -genvnone, -genvlist A,B          ranks on other nodes get none of rlaunch's environment, or
                                     only A and B (and -genv/-x values); on this machine ranks
                                     inherit it all, as Hydra's forked proxies do
@@ -101,12 +101,13 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -s RANK|all|none                  which rank reads stdin, as --stdin
   HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
                                     read when the command line gives no host list or launcher
-  MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given
+  MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
+                                    mpirun reads it too)
   Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
 
 PLACEMENT (both families):
-  --bind-to, --report-bindings, --cpus-per-proc, --use-hwthread-cpus, --rankfile and
-  --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
+  --bind-to (Intel: -binding), --report-bindings, --cpus-per-proc, --use-hwthread-cpus,
+  --rankfile and --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
   is not read (ranks are mapped by --map-by), and -v says so once.
 
 APPLICATION FILES (both families):
@@ -322,7 +323,7 @@ showed in this mode (none in 200 jobs)."
     #[arg(long = "env", value_name = "VAR VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
     pub env: Vec<String>,
 
-    /// Hydra: pass rlaunch's whole environment to the ranks (also -envall); rlaunch always does
+    /// Hydra: pass rlaunch's whole environment to the ranks (also -envall), rlaunch's default
     #[arg(long = "genvall", alias = "envall", hide_short_help = true)]
     pub genvall: bool,
 
