@@ -65,6 +65,11 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         return Ok(exitcode::SUCCESS);
     }
     let plan = cli::resolve(&parsed, &cli::Env::current(t0)?)?;
+    if plan.verbose > 0 {
+        for note in &plan.notes {
+            eprintln!("rlaunch: {note}");
+        }
+    }
     if plan.dry_run {
         print!("{}", cli::describe_map(&plan));
         return Ok(exitcode::SUCCESS);
@@ -74,9 +79,6 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     }
     if plan.verbose > 0 {
         eprintln!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason);
-        for note in &plan.notes {
-            eprintln!("rlaunch: {note}");
-        }
     }
     frontend::run(plan)
 }

@@ -118,7 +118,7 @@ NOT SUPPORTED (one line names the option and says why or what to use instead):
   -envnone, -envlist (per context), --map-by seq and by core/socket, --output-filename,
   -outfile-pattern, -errfile-pattern, --merge-stderr-to-stdout, --timestamp-output, --tune,
   per-context -H in MPMD, -print-all-exitcodes, -enable-x, -ckpointlib (BLCR), Cray PALS's
-  --cpu-bind and --depth, Intel's -trace and -gtool.";
+  --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -442,6 +442,7 @@ pub const WONT: &[(&str, &str)] = &[
     ("depth", "a Cray PALS mpiexec option; rlaunch does not bind ranks yet (see --bind-to)"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
+    ("usize", "not supported yet; the universe is the job's ranks"),
 ];
 
 /// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
@@ -538,6 +539,9 @@ impl FromStr for MapByFlag {
         }
         let policy = match policy.join(":") {
             p if p.is_empty() => MapBy::Slot,
+            p if p.eq_ignore_ascii_case("seq") => {
+                return Err("seq (rank i on the i-th line of the host file) is not supported yet; give the host file slots and use --map-by slot".into())
+            }
             p => p.parse::<MapBy>().map_err(|e| e.to_string())?,
         };
         Ok(MapByFlag { policy, oversubscribe, pe })
@@ -631,7 +635,7 @@ mod tests {
         assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None });
         assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None });
         assert_eq!(m("slot:PE=x").unwrap_err(), "PE=x: expected a whole number of cores of at least 1");
-        assert_eq!(m("seq").unwrap_err(), "unknown --map-by value 'seq'; use slot, node or ppr:N:node");
+        assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));
         assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
     }
 }
