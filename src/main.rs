@@ -58,15 +58,24 @@ fn main() {
 
 fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     let args = cli::to_strings(args)?;
+    let args = cli::expand_context_files(&args, &std::env::current_dir()?)?;
     let parsed = cli::parse(&args)?;
     if let Some(what) = parsed.global.generate {
         cli::generate(what, &mut std::io::stdout().lock())?;
         return Ok(exitcode::SUCCESS);
     }
     let plan = cli::resolve(&parsed, &cli::Env::current(t0)?)?;
+    if plan.verbose > 0 {
+        for note in &plan.notes {
+            eprintln!("rlaunch: {note}");
+        }
+    }
     if plan.dry_run {
         frontend::print(&cli::describe_map(&plan));
         return Ok(exitcode::SUCCESS);
+    }
+    if plan.display_map {
+        print!("{}", cli::describe_map(&plan));
     }
     if plan.verbose > 0 {
         frontend::say(&format!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason));

@@ -31,6 +31,11 @@ pub struct JobPlan {
     pub t0: Instant,
     /// `--dry-run`: print the map (nodes, map, `launch.apps`) and start nothing.
     pub dry_run: bool,
+    /// `--display-map`: print the map as `--dry-run` does, then run.
+    pub display_map: bool,
+    /// Options given but not carried out by rlaunch (placement; launcher-level MCA parameters),
+    /// for `--verbose` to say once each.
+    pub notes: Vec<String>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
     pub mpi_reason: String,
 }

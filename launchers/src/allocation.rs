@@ -84,6 +84,8 @@ pub struct AllocationRequest {
     /// `--ppn N`, the same as `--map-by ppr:N:node`, and winning over it.
     pub ppn: Option<u32>,
     pub oversubscribe: bool,
+    /// Open MPI's `--nooversubscribe`: also the implicit local node refuses more ranks than CPUs.
+    pub no_oversubscribe: bool,
     pub ssh_port: Option<u16>,
     /// Also means that only this key is tried (`IdentitiesOnly yes`).
     pub ssh_identity: Option<PathBuf>,
@@ -226,7 +228,7 @@ pub fn allocate(req: &AllocationRequest, env: &dyn Fn(&str) -> Option<String>) -
             // on a laptop.
             let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
             let nodes = vec![Node { name: local_hostname(), user: None, slots: cpus, max_slots: None }];
-            Ok(AllocationPlan { nodes, starter, policy: policy(true)?, local })
+            Ok(AllocationPlan { nodes, starter, policy: policy(!req.no_oversubscribe)?, local })
         }
         None => Err(AllocationError::NeedsNodes(kind)),
     }
@@ -298,6 +300,7 @@ mod tests {
             rank_by: None,
             ppn: None,
             oversubscribe: false,
+            no_oversubscribe: false,
             ssh_port: None,
             ssh_identity: None,
             ssh_known_hosts: None,
@@ -336,6 +339,12 @@ mod tests {
         assert_eq!(p.starter, Starter::Each(NodeStarter::Local));
         assert!(p.local);
         assert_eq!(p.policy, MapPolicy { map_by: MapBy::Slot, rank_by: RankBy::Slot, oversubscribe: true });
+    }
+
+    #[test]
+    fn no_oversubscribe_holds_the_local_node_to_its_cpus() {
+        let p = allocate(&AllocationRequest { no_oversubscribe: true, ..request() }, &no_env()).unwrap();
+        assert!(p.local && !p.policy.oversubscribe);
     }
 
     #[test]

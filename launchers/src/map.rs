@@ -19,6 +19,10 @@ pub enum MapBy {
     Node,
     /// Exactly N ranks per node (`ppr:N:node`, `-N/--ppn N`), filling nodes in order.
     PprNode(u32),
+    /// Hydra's placement (`-hosts`, `-ppn N`, `-rr`): each node in turn takes a block of
+    /// consecutive ranks (N, or its slots without N) and the blocks wrap around the node list
+    /// until every rank is placed; ranks are numbered in that order. Only max_slots limits it.
+    Cycle(Option<u32>),
 }
 
 /// How ranks are numbered once placed (`--rank-by`).
@@ -105,6 +109,8 @@ impl fmt::Display for MapBy {
             MapBy::Slot => f.write_str("slot"),
             MapBy::Node => f.write_str("node"),
             MapBy::PprNode(n) => write!(f, "ppr:{n}:node"),
+            MapBy::Cycle(Some(n)) => write!(f, "hydra -ppn {n}"),
+            MapBy::Cycle(None) => f.write_str("hydra -hosts"),
         }
     }
 }
@@ -441,7 +447,7 @@ pub fn compute_map(
     if app_np.is_empty() {
         return Err(MapError::NoApps);
     }
-    if policy.map_by == MapBy::PprNode(0) {
+    if matches!(policy.map_by, MapBy::PprNode(0) | MapBy::Cycle(Some(0))) {
         return Err(MapError::ZeroPpr);
     }
     // Slots usable without oversubscribing: a max_slots below slots caps them too.
@@ -453,6 +459,8 @@ pub fn compute_map(
     let capacity: u64 = match policy.map_by {
         MapBy::PprNode(n) => u64::from(n) * u64::from(nodes),
         MapBy::Slot | MapBy::Node => soft.iter().sum(),
+        // One round of blocks: the default size of a job without -np.
+        MapBy::Cycle(block) => soft.iter().map(|&s| block.map_or(s.max(1), u64::from)).sum(),
     };
 
     let counts = resolve_app_counts(app_np, capacity)?;
@@ -465,7 +473,22 @@ pub fn compute_map(
         index: i as u32,
         name: None,
     };
+    let cycle = match policy.map_by {
+        MapBy::Cycle(block) => {
+            let blocks: Vec<u64> = soft.iter().map(|&s| block.map_or(s.max(1), u64::from)).collect();
+            Some(cycle_order(&blocks, total as usize))
+        }
+        _ => None,
+    };
     let per_node: Vec<u64> = match policy.map_by {
+        MapBy::Cycle(_) => {
+            let mut per = vec![0u64; soft.len()];
+            cycle.iter().flatten().for_each(|&n| per[n as usize] += 1);
+            if per.iter().zip(&hard).any(|(&c, h)| h.is_some_and(|h| c > h)) {
+                return Err(over_max(total, &hard));
+            }
+            per
+        }
         MapBy::PprNode(ppr) => {
             if total > capacity {
                 return Err(MapError::PprTooSmall {
@@ -526,17 +549,7 @@ pub fn compute_map(
                     .map(|(h, &p)| h.map(|h| h.saturating_sub(p)))
                     .collect();
                 let Some(more) = round_robin(extra, &room) else {
-                    let limit: u64 = hard.iter().map(|h| h.unwrap_or(0)).sum();
-                    return Err(MapError::OverMaxSlots {
-                        requested: total,
-                        limit,
-                        per_node: NodeCounts(
-                            hard.iter()
-                                .enumerate()
-                                .map(|(i, h)| (label(i), h.unwrap_or(0) as u32))
-                                .collect(),
-                        ),
-                    });
+                    return Err(over_max(total, &hard));
                 };
                 per.iter_mut().zip(more).for_each(|(p, m)| *p += m);
             }
@@ -544,7 +557,7 @@ pub fn compute_map(
         }
     };
 
-    let order = number_ranks(&per_node, policy.rank_by, total as usize);
+    let order = cycle.unwrap_or_else(|| number_ranks(&per_node, policy.rank_by, total as usize));
     let mut by_node: Vec<Vec<u32>> = per_node
         .iter()
         .map(|&c| Vec::with_capacity(c as usize))
@@ -660,6 +673,33 @@ fn round_robin(amount: u64, caps: &[Option<u64>]) -> Option<Vec<u64>> {
 }
 
 /// Node of each global rank, given how many ranks each node holds.
+/// More ranks than the nodes' max_slots allow, with each node's limit.
+fn over_max(requested: u64, hard: &[Option<u64>]) -> MapError {
+    MapError::OverMaxSlots {
+        requested,
+        limit: hard.iter().map(|h| h.unwrap_or(0)).sum(),
+        per_node: NodeCounts(
+            hard.iter()
+                .enumerate()
+                .map(|(i, h)| (NodeLabel { index: i as u32, name: None }, h.unwrap_or(0) as u32))
+                .collect(),
+        ),
+    }
+}
+
+/// [`MapBy::Cycle`]: the node of each rank when node i takes `blocks[i]` consecutive ranks in
+/// turn, wrapping around.
+fn cycle_order(blocks: &[u64], total: usize) -> Vec<u32> {
+    let mut order = Vec::with_capacity(total);
+    while order.len() < total {
+        for (node, &b) in blocks.iter().enumerate() {
+            let n = (b as usize).min(total - order.len());
+            order.extend(std::iter::repeat(node as u32).take(n));
+        }
+    }
+    order
+}
+
 fn number_ranks(per_node: &[u64], rank_by: RankBy, total: usize) -> Vec<u32> {
     let mut order = Vec::with_capacity(total);
     match rank_by {
@@ -691,6 +731,20 @@ fn number_ranks(per_node: &[u64], rank_by: RankBy, total: usize) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hydra_cycle_takes_blocks_in_turn_and_wraps_around() {
+        let pol = |b| MapPolicy { map_by: MapBy::Cycle(b), rank_by: RankBy::Slot, oversubscribe: false };
+        let map = compute_map(&[(1, None), (1, None)], &[Some(5)], &pol(None)).unwrap();
+        assert_eq!((map.ranks_on(0), map.ranks_on(1)), (&[0, 2, 4][..], &[1, 3][..]));
+        let map = compute_map(&[(8, None), (8, None)], &[Some(6)], &pol(Some(2))).unwrap();
+        assert_eq!((map.ranks_on(0), map.ranks_on(1)), (&[0, 1, 4, 5][..], &[2, 3][..]));
+        let map = compute_map(&[(2, None), (3, None)], &[None], &pol(None)).unwrap();
+        assert_eq!((map.ranks_on(0), map.ranks_on(1)), (&[0, 1][..], &[2, 3, 4][..]));
+        let e = compute_map(&[(1, Some(1))], &[Some(2)], &pol(None)).unwrap_err();
+        assert!(matches!(e, MapError::OverMaxSlots { .. }), "{e}");
+        assert_eq!(compute_map(&[(1, None)], &[Some(1)], &pol(Some(0))).unwrap_err(), MapError::ZeroPpr);
+    }
     use proptest::prelude::*;
 
     const SLOT: MapPolicy = MapPolicy {

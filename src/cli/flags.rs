@@ -43,7 +43,7 @@ ENVIRONMENT OF EACH RANK:
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
-  After ':' only per-program options may appear (-n/-np, -x, --wdir).
+  After ':' only per-program options may appear (-n/-np, -x, --wdir, -env).
 
 NODES:
   Without --hostfile or --host, ranks run on this machine (slots = CPUs, more ranks allowed).
@@ -53,7 +53,72 @@ NODES:
   OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
   RLAUNCH_*).
 
-Single-dash long options (-np, -wdir, -timeout, ...) are accepted as in mpirun.";
+Single-dash long options (-np, -wdir, -timeout, ...) are accepted as in mpirun.
+
+COMPATIBILITY, OPEN MPI (mpirun):
+  --mca K V, -mca K V, --gmca K V   every rank gets OMPI_MCA_K=V (before -x, which wins); -v names
+                                    launcher-level ones (plm_, rmaps_, oob_, ...) as unused by rlaunch
+  rmaps_base_oversubscribe, orte_default_hostfile (prte_default_hostfile)
+                                    read by rlaunch as Open MPI reads them: --mca, else
+                                    OMPI_MCA_* (PRTE_MCA_*) in the environment
+  -c N                              as -np N
+  --allow-run-as-root               accepted; rlaunch needs no such permission
+  --npernode N, --pernode           N (1) ranks per node, as --ppn N
+  --nooversubscribe                 never more ranks than slots, also on this machine alone
+  -bynode                           --map-by node (Open MPI's older spelling)
+  --map-by P:OVERSUBSCRIBE, :NOOVERSUBSCRIBE, :SPAN, :PE=n
+                                    modifiers of --map-by; SPAN changes nothing (nodes are
+                                    already one resource); PE=n is placement (below)
+  --display-map                     print the map (as --dry-run) on stdout, then run
+  --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
+  --host a,b                        one slot per host named without a count; more ranks than
+                                    slots is an error (unless --oversubscribe)
+
+COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
+  -genv VAR VALUE, -genv VAR=VALUE  every rank gets VAR=VALUE (before -x, which wins)
+  -env VAR VALUE                    the ranks of this context (also after ':') get VAR=VALUE
+  -genvall, -envall                 the ranks get rlaunch's environment: rlaunch's default
+  -genvnone, -genvlist A,B          ranks on other nodes get none of rlaunch's environment, or
+                                    only A and B (and -genv/-x values); on this machine ranks
+                                    inherit it all, as Hydra's forked proxies do
+  -hosts a,b, -hosts a:2,b:4        each host in turn takes its count of consecutive ranks (1
+                                    without a count), wrapping around: -hosts a,b -n 4 gives a
+                                    ranks 0,2 and b ranks 1,3 (Open MPI's --host is an error there)
+  -ppn N, -perhost N                each node in turn takes N consecutive ranks, wrapping around
+                                    (rlaunch's --ppn N and Open MPI's --npernode N refuse more
+                                    than N per node)
+  -rr                               round-robin: -ppn 1
+  -f, -machinefile, -hostfile FILE  the host file (as --hostfile); more ranks than its slots is
+                                    an error, where Hydra wraps around
+  -launcher K, -bootstrap K         ssh (rlaunch's ssh; without a host list the job runs here),
+                                    rsh, fork (every daemon here), slurm, pbs; rlaunch's own
+                                    --launcher keeps its names
+  -launcher-exec P, -bootstrap-exec P
+                                    daemons start through P (ssh or rsh), as --launch-agent P
+  -iface NAME                       the NIC, as --nic NAME
+  -l, -prepend-rank                 prefix output lines with \"[RANK] \", as --tag-output
+  -print-rank-map                   as --display-map
+  -s RANK|all|none                  which rank reads stdin, as --stdin
+  HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
+                                    read when the command line gives no host list or launcher
+  MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
+                                    mpirun reads it too)
+  Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
+
+PLACEMENT (both families):
+  --bind-to (Intel: -binding), --report-bindings, --cpus-per-proc, --use-hwthread-cpus,
+  --rankfile and --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
+  is not read (ranks are mapped by --map-by), and -v says so once.
+
+APPLICATION FILES (both families):
+  --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
+  program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
+
+NOT SUPPORTED (one line names the option and says why or what to use instead):
+  -envnone, -envlist (per context), --map-by seq and by core/socket, --output-filename,
+  -outfile-pattern, -errfile-pattern, --merge-stderr-to-stdout, --timestamp-output, --tune,
+  per-context -H in MPMD, -print-all-exitcodes, -enable-x, -ckpointlib (BLCR), Cray PALS's
+  --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -69,7 +134,7 @@ node, sends it the application context, and each daemon starts and supervises it
 )]
 pub struct Cli {
     /// Number of ranks to start [default: the number of slots; on one node, the CPU count]
-    #[arg(short = 'n', long = "np", value_name = "N", visible_alias = "n")]
+    #[arg(short = 'n', short_alias = 'c', long = "np", value_name = "N", visible_alias = "n")]
     pub np: Option<u32>,
 
     /// Export VAR (from rlaunch's environment) or set VAR=VALUE in every rank; repeatable
@@ -85,7 +150,7 @@ pub struct Cli {
     pub timeout: Option<f64>,
 
     /// Prefix every output line with "[RANK] "
-    #[arg(short = 'l', long = "tag-output")]
+    #[arg(short = 'l', long = "tag-output", alias = "prepend-rank")]
     pub tag_output: bool,
 
     /// Write each rank's output to DIR/rank.N.stdout and DIR/rank.N.stderr instead of the terminal
@@ -93,7 +158,7 @@ pub struct Cli {
     pub output_dir: Option<PathBuf>,
 
     /// Which rank reads rlaunch's standard input: a rank number, "all" or "none"
-    #[arg(long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
+    #[arg(short = 's', long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
     pub stdin: StdinTarget,
 
     /// Print the process map (which rank runs where) and exit without starting anything
@@ -118,11 +183,11 @@ pub struct Cli {
     pub host: Option<String>,
 
     /// Where ranks go: slot (fill each node's slots in order), node (round-robin), ppr:N:node
-    #[arg(long = "map-by", value_name = "POLICY", default_value = "slot", value_parser = typed::<MapBy>)]
-    pub map_by: MapBy,
+    #[arg(long = "map-by", value_name = "POLICY", default_value = "slot", value_parser = typed::<MapByFlag>)]
+    pub map_by: MapByFlag,
 
     /// N ranks per node (the same as --map-by ppr:N:node)
-    #[arg(short = 'N', long = "ppn", value_name = "N")]
+    #[arg(short = 'N', long = "ppn", alias = "npernode", value_name = "N")]
     pub ppn: Option<u32>,
 
     /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
@@ -229,7 +294,7 @@ showed in this mode (none in 200 jobs)."
 
     /// Use exactly these NICs (interface names, RDMA devices or DEVICE:PORT); local rank l gets the
     /// (l mod count)-th. A name missing on any node is an error naming that node
-    #[arg(long, value_name = "NAME[,NAME]")]
+    #[arg(long, alias = "iface", value_name = "NAME[,NAME]")]
     pub nic: Option<String>,
 
     /// Also set UCX_NET_DEVICES, NCCL_SOCKET_IFNAME, NCCL_IB_HCA, FI_PROVIDER (and friends) to each
@@ -246,6 +311,101 @@ showed in this mode (none in 200 jobs)."
     #[arg(long)]
     pub json: bool,
 
+    /// Open MPI: set MCA parameter KEY to VALUE in every rank (OMPI_MCA_KEY=VALUE); also --gmca
+    #[arg(long = "mca", alias = "gmca", value_name = "KEY VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub mca: Vec<String>,
+
+    /// Hydra: set VAR to VALUE in every rank (-genv VAR VALUE or -genv VAR=VALUE)
+    #[arg(long = "genv", value_name = "VAR VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub genv: Vec<String>,
+
+    /// Hydra: set VAR to VALUE in this application context's ranks (-env VAR VALUE or -env VAR=VALUE)
+    #[arg(long = "env", value_name = "VAR VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub env: Vec<String>,
+
+    /// Hydra: pass rlaunch's whole environment to the ranks (also -envall), rlaunch's default
+    #[arg(long = "genvall", alias = "envall", hide_short_help = true)]
+    pub genvall: bool,
+
+    /// Hydra: ranks on other nodes get none of rlaunch's environment, only -genv/-x values (on this
+    /// machine they inherit it, as under Hydra)
+    #[arg(long, conflicts_with_all = ["genvall", "genvlist"], hide_short_help = true)]
+    pub genvnone: bool,
+
+    /// Hydra: ranks on other nodes get only these variables of rlaunch's environment (on this
+    /// machine they inherit all of it, as under Hydra)
+    #[arg(long, value_name = "VAR,VAR", conflicts_with = "genvall", hide_short_help = true)]
+    pub genvlist: Option<String>,
+
+    /// Open MPI: accepted for scripts run as root; rlaunch needs no such permission
+    #[arg(long = "allow-run-as-root", hide_short_help = true)]
+    pub allow_run_as_root: bool,
+
+    /// Open MPI: one rank per node (--npernode 1)
+    #[arg(long = "pernode", conflicts_with = "ppn", hide_short_help = true)]
+    pub pernode: bool,
+
+    /// Open MPI: never more ranks than slots, also on this machine alone (slots = CPUs)
+    #[arg(long = "nooversubscribe", conflicts_with = "oversubscribe", hide_short_help = true)]
+    pub nooversubscribe: bool,
+
+    /// Open MPI: print the map (as --dry-run prints it), then run the job (Intel: -print-rank-map)
+    #[arg(long = "display-map", alias = "print-rank-map", hide_short_help = true)]
+    pub display_map: bool,
+
+    /// Open MPI: prepend DIR/bin to the ranks' PATH and DIR/lib to their LD_LIBRARY_PATH
+    #[arg(long, value_name = "DIR", hide_short_help = true)]
+    pub prefix: Option<PathBuf>,
+
+    /// Hydra: nodes as a list h1,h2 or h1:2,h2:4; without counts ranks go round-robin and wrap around
+    #[arg(long, value_name = "LIST", conflicts_with_all = ["host", "hostfile"], hide_short_help = true)]
+    pub hosts: Option<String>,
+
+    /// Hydra -ppn N, -perhost N: each node in turn takes N consecutive ranks, wrapping around
+    #[arg(long, value_name = "N", conflicts_with_all = ["ppn", "pernode", "rr"], hide_short_help = true)]
+    pub perhost: Option<u32>,
+
+    /// Open MPI (old spelling): --map-by node
+    #[arg(long, hide_short_help = true)]
+    pub bynode: bool,
+
+    /// Hydra: round-robin, one rank per node in turn, wrapping around (-perhost 1)
+    #[arg(long, hide_short_help = true)]
+    pub rr: bool,
+
+    /// Hydra -launcher, Intel -bootstrap: how daemons start: ssh, rsh, fork (this machine), slurm, pbs
+    #[arg(long, value_name = "KIND", value_parser = typed::<Bootstrap>, conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
+    pub bootstrap: Option<Bootstrap>,
+
+    /// Hydra -launcher-exec, Intel -bootstrap-exec: the ssh or rsh command daemons start through
+    #[arg(long = "bootstrap-exec", value_name = "PATH", conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
+    pub bootstrap_exec: Option<String>,
+
+    /// Placement (Open MPI, Hydra; Intel: -binding): accepted; binding is not applied yet (-v says so)
+    #[arg(long = "bind-to", alias = "binding", value_name = "WHAT", hide_short_help = true)]
+    pub bind_to: Option<String>,
+
+    /// Placement (Open MPI): accepted; binding is not applied yet, so there is none to report (-v says so)
+    #[arg(long = "report-bindings", hide_short_help = true)]
+    pub report_bindings: bool,
+
+    /// Placement (Open MPI): accepted; binding is not applied yet (-v says so)
+    #[arg(long = "cpus-per-proc", alias = "cpus-per-rank", value_name = "N", hide_short_help = true)]
+    pub cpus_per_proc: Option<u32>,
+
+    /// Placement (Open MPI): accepted; binding is not applied yet (-v says so)
+    #[arg(long = "use-hwthread-cpus", hide_short_help = true)]
+    pub use_hwthread_cpus: bool,
+
+    /// Placement (Open MPI): accepted; FILE is not read and ranks are mapped by --map-by (-v says so)
+    #[arg(long, value_name = "FILE", hide_short_help = true)]
+    pub rankfile: Option<PathBuf>,
+
+    /// Open MPI --app FILE, Hydra -configfile FILE: application contexts from FILE, one per line
+    /// (`-np 2 ./a x`; `#` comments); given last, in place of the program
+    #[arg(long, visible_alias = "configfile", value_name = "FILE", hide_short_help = true)]
+    pub app: Option<PathBuf>,
+
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true, value_parser = typed::<Generate>)]
     pub generate: Option<Generate>,
@@ -256,7 +416,39 @@ showed in this mode (none in 200 jobs)."
 }
 
 /// Options that may appear after a ':' (they belong to one application context).
-pub const PER_APP: &[&str] = &["np", "export", "wdir", "program"];
+pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall"];
+
+/// Options whose value is two words, `KEY VALUE`, which normalize joins into one `KEY=VALUE`; `true`
+/// where the Hydra form `KEY=VALUE` as one word is also accepted.
+pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true)];
+
+/// Options of the other launchers that rlaunch does not carry out, with the one line it says
+/// instead of "unknown option" (after the option as written).
+pub const WONT: &[(&str, &str)] = &[
+    ("ckpointlib", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
+    ("ckpoint-prefix", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
+    ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
+    ("enable-x", "rlaunch does not forward X11 connections"),
+    ("output-filename", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
+    ("outfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
+    ("errfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
+    ("merge-stderr-to-stdout", "not supported yet; run the program as sh -c 'PROGRAM 2>&1'"),
+    ("timestamp-output", "not supported yet"),
+    ("print-all-exitcodes", "not supported yet; --report FILE records every rank's exit status"),
+    ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
+    ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
+    ("tune", "not supported yet; give the file's --mca and -x options on the command line"),
+    ("cpu-bind", "a Cray PALS mpiexec option; rlaunch does not bind ranks yet (see --bind-to)"),
+    ("depth", "a Cray PALS mpiexec option; rlaunch does not bind ranks yet (see --bind-to)"),
+    ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
+    ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
+    ("usize", "not supported yet; the universe is the job's ranks"),
+];
+
+/// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
+/// (`--bootstrap`), while rlaunch's own `--launcher` keeps its own; Hydra's `-ppn` wraps around
+/// (`--perhost`), while rlaunch's `--ppn` is `ppr:N:node`.
+pub const SINGLE_DASH_RENAMES: &[(&str, &str)] = &[("launcher", "bootstrap"), ("launcher-exec", "bootstrap-exec"), ("ppn", "perhost")];
 
 /// A flag value its type rejects; `Display` is the reason alone, without flag or value, which
 /// [`super::parse`] puts in front as `--flag VALUE: reason`.
@@ -314,6 +506,75 @@ impl FromStr for FabricFlag {
     }
 }
 
+/// `--map-by POLICY[:MODIFIER]...`: rlaunch's policy and Open MPI's modifiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapByFlag {
+    pub policy: MapBy,
+    /// `:OVERSUBSCRIBE` (`Some(true)`) or `:NOOVERSUBSCRIBE` (`Some(false)`).
+    pub oversubscribe: Option<bool>,
+    /// `:PE=n`: cores per rank, a placement request (not applied yet).
+    pub pe: Option<u32>,
+}
+
+impl FromStr for MapByFlag {
+    type Err = String;
+    /// Modifiers follow the policy (`ppr:2:node:PE=4`, `slot:OVERSUBSCRIBE`) or stand alone
+    /// (`:OVERSUBSCRIBE`, policy slot). `SPAN` is accepted: rlaunch's policies already treat all
+    /// nodes as one resource.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut policy = Vec::new();
+        let (mut oversubscribe, mut pe) = (None, None);
+        for part in s.split(':') {
+            let upper = part.to_ascii_uppercase();
+            match upper.as_str() {
+                "OVERSUBSCRIBE" => oversubscribe = Some(true),
+                "NOOVERSUBSCRIBE" => oversubscribe = Some(false),
+                "SPAN" => {}
+                _ if upper.starts_with("PE=") => {
+                    let n = part[3..].parse::<u32>().ok().filter(|&n| n >= 1);
+                    pe = Some(n.ok_or_else(|| format!("PE={}: expected a whole number of cores of at least 1", &part[3..]))?);
+                }
+                _ => policy.push(part),
+            }
+        }
+        let policy = match policy.join(":") {
+            p if p.is_empty() => MapBy::Slot,
+            p if p.eq_ignore_ascii_case("seq") => {
+                return Err("seq (rank i on the i-th line of the host file) is not supported yet; give the host file slots and use --map-by slot".into())
+            }
+            p => p.parse::<MapBy>().map_err(|e| e.to_string())?,
+        };
+        Ok(MapByFlag { policy, oversubscribe, pe })
+    }
+}
+
+/// Hydra's `-launcher` / Intel's `-bootstrap`: how daemons start, in that family's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// rlaunch's in-process ssh, or the `-bootstrap-exec` command.
+    Ssh,
+    /// `rsh`, or the `-bootstrap-exec` command, as a launch agent.
+    Rsh,
+    /// Every daemon on this machine (rlaunch's `local`).
+    Fork,
+    Slurm,
+    Pbs,
+}
+
+impl FromStr for Bootstrap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ssh" => Ok(Bootstrap::Ssh),
+            "rsh" => Ok(Bootstrap::Rsh),
+            "fork" => Ok(Bootstrap::Fork),
+            "slurm" => Ok(Bootstrap::Slurm),
+            "pbs" => Ok(Bootstrap::Pbs),
+            _ => Err("expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)".into()),
+        }
+    }
+}
+
 /// `--generate`: the man page, or completions for one shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generate {
@@ -365,5 +626,16 @@ mod tests {
         assert_eq!(typed::<LauncherKind>("agent").unwrap(), LauncherKind::Agent);
         assert_eq!(typed::<Generate>("zsh").unwrap(), Generate::Completions(clap_complete::Shell::Zsh));
         assert_eq!(typed::<Generate>("tcsh").unwrap_err().to_string(), "expected man, bash, zsh, fish, elvish or powershell");
+    }
+
+    #[test]
+    fn map_by_modifiers() {
+        let m = |v: &str| typed::<MapByFlag>(v).map_err(|e| e.to_string());
+        assert_eq!(m("ppr:2:node:PE=4").unwrap(), MapByFlag { policy: MapBy::PprNode(2), oversubscribe: None, pe: Some(4) });
+        assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None });
+        assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None });
+        assert_eq!(m("slot:PE=x").unwrap_err(), "PE=x: expected a whole number of cores of at least 1");
+        assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));
+        assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
     }
 }

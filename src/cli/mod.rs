@@ -2,11 +2,13 @@
 //! gives [`Parsed`]; [`resolve`] checks them against the system (programs, directories, the
 //! allocation, the programs' MPI) and gives the [`crate::plan::JobPlan`].
 //!
-//! Files: `error` (the usage error they all return), `flags` (the one clap table and the typed
+//! Files: `error` (the usage error they all return), `appfile` (expands `--app FILE` /
+//! `-configfile FILE` into words, before parsing), `flags` (the one clap table and the typed
 //! value parsers), `normalize` (mpirun-style words to clap's), `parse`, `resolve`, `dry_run` (the
 //! `--dry-run` text). Each imports only files before it in that list (dry_run only the plan), and
 //! none imports this one.
 
+mod appfile;
 mod dry_run;
 mod error;
 mod flags;
@@ -14,6 +16,7 @@ mod normalize;
 mod parse;
 mod resolve;
 
+pub use appfile::expand as expand_context_files;
 pub use dry_run::describe_map;
 pub use error::UsageError;
 pub use flags::generate;

@@ -2,20 +2,64 @@
 //! `:` between application contexts, and the program boundary.
 
 use super::error::{usage, UsageError};
+use super::flags::{PAIRS, SINGLE_DASH_RENAMES, WONT};
 
 struct OptInfo {
+    /// The long name clap knows it by.
+    long: String,
     takes_value: bool,
+    /// A `KEY VALUE` option (see [`PAIRS`]): whether `KEY=VALUE` as one word is accepted too.
+    pair: Option<bool>,
+}
+
+fn info(a: &clap::Arg) -> OptInfo {
+    let pair = PAIRS.iter().find(|(id, _)| a.get_id() == *id).map(|&(_, eq)| eq);
+    OptInfo { long: a.get_long().unwrap_or_default().to_string(), takes_value: a.get_action().takes_values(), pair }
 }
 
 fn lookup_long(cmd: &clap::Command, name: &str) -> Option<OptInfo> {
     cmd.get_arguments().find_map(|a| {
         let matches = a.get_long() == Some(name) || a.get_all_aliases().is_some_and(|v| v.contains(&name));
-        matches.then(|| OptInfo { takes_value: a.get_action().takes_values() })
+        matches.then(|| info(a))
     })
 }
 
 fn lookup_short(cmd: &clap::Command, c: char) -> Option<OptInfo> {
-    cmd.get_arguments().find_map(|a| (a.get_short() == Some(c)).then(|| OptInfo { takes_value: a.get_action().takes_values() }))
+    cmd.get_arguments()
+        .find_map(|a| (a.get_short() == Some(c) || a.get_all_short_aliases().is_some_and(|v| v.contains(&c))).then(|| info(a)))
+}
+
+/// The line for an option rlaunch does not know: why, for another launcher's option it will not
+/// carry out ([`WONT`]), else "unknown".
+fn unknown(written: &str, name: &str) -> UsageError {
+    match WONT.iter().find(|(n, _)| *n == name) {
+        Some((_, why)) => usage(format!("{written}: {why}")),
+        None => usage(format!("unknown option '{written}'; see 'rlaunch --help'")),
+    }
+}
+
+/// Pushes option `flag` (clap's spelling; `written` is the user's) and its value words from
+/// `args[*i..]`: one word, or for a [`PAIRS`] option `KEY VALUE` joined as `--long=KEY=VALUE`.
+fn push_option(seg: &mut Vec<String>, written: &str, flag: &str, o: &OptInfo, args: &[String], i: &mut usize) -> Result<(), UsageError> {
+    let Some(eq_form) = o.pair else {
+        seg.push(flag.to_string());
+        if o.takes_value && *i < args.len() {
+            seg.push(args[*i].clone());
+            *i += 1;
+        }
+        return Ok(());
+    };
+    let missing = || usage(format!("{written} needs two words, KEY VALUE{}", if eq_form { " (or KEY=VALUE)" } else { "" }));
+    let key = args.get(*i).ok_or_else(missing)?;
+    if eq_form && key.contains('=') {
+        seg.push(format!("--{}={key}", o.long));
+        *i += 1;
+        return Ok(());
+    }
+    let value = args.get(*i + 1).ok_or_else(missing)?;
+    seg.push(format!("--{}={key}={value}", o.long));
+    *i += 2;
+    Ok(())
 }
 
 /// Splits argv at ':' into application segments and rewrites each into a form clap parses: single-dash
@@ -49,12 +93,12 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                 None => (long, false),
             };
             let Some(o) = lookup_long(cmd, name) else {
-                return Err(usage(format!("unknown option '--{name}'; see 'rlaunch --help'")));
+                return Err(unknown(&format!("--{name}"), name));
             };
-            seg.push(a.clone());
-            if !has_eq && o.takes_value && i < args.len() {
-                seg.push(args[i].clone());
-                i += 1;
+            if has_eq {
+                seg.push(a.clone());
+            } else {
+                push_option(seg, a, a, &o, args, &mut i)?;
             }
             continue;
         }
@@ -64,15 +108,24 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                 Some((n, _)) => (n, true),
                 None => (body, false),
             };
-            if name.chars().count() > 1 {
-                if let Some(o) = lookup_long(cmd, name) {
-                    seg.push(format!("-{a}"));
-                    if !has_eq && o.takes_value && i < args.len() {
-                        seg.push(args[i].clone());
-                        i += 1;
+            let long_word = name.chars().count() > 1;
+            if long_word {
+                let renamed = SINGLE_DASH_RENAMES.iter().find(|(from, _)| *from == name).map_or(name, |(_, to)| to);
+                if let Some(o) = lookup_long(cmd, renamed) {
+                    if has_eq {
+                        seg.push(format!("--{renamed}{}", &body[name.len()..]));
+                    } else {
+                        push_option(seg, a, &format!("--{renamed}"), &o, args, &mut i)?;
                     }
                     continue;
                 }
+            }
+            // -nolocal is an unknown long option, not -n olocal: -n, -c and -N take numbers.
+            // A known other launcher's option (-ckpointlib) is named whole too.
+            let number_flag = body.starts_with(['n', 'c', 'N']);
+            let numeric = body[1..].trim_start_matches('=').bytes().all(|b| b.is_ascii_digit());
+            if long_word && ((number_flag && !numeric) || WONT.iter().any(|(n, _)| *n == name)) {
+                return Err(unknown(&format!("-{name}"), name));
             }
             // A cluster of short flags; the first that takes a value swallows the rest or the next word.
             // Each flag goes to clap as a word of its own: given a cluster like `-n4` whose value
@@ -92,6 +145,8 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                         break;
                     }
                     Some(_) => seg.push(format!("-{c}")),
+                    // A word like -envnone is an unknown long option, not a cluster of letters.
+                    None if pos == 0 && long_word => return Err(unknown(&format!("-{name}"), name)),
                     None => return Err(usage(format!("unknown option '-{c}' in '{a}'; see 'rlaunch --help'"))),
                 }
             }

@@ -64,6 +64,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
                 }
             }
         }
+        if let Some(file) = &cli.app {
+            return Err(usage(format!("--app {}: give it last, in place of the program", file.display())));
+        }
         if cli.inventory && !cli.program.is_empty() {
             return Err(usage(format!("--inventory runs no program; drop '{}' or --inventory", cli.program.join(" "))));
         }
@@ -161,5 +164,55 @@ mod tests {
         assert_eq!(e(&["--map-by", "core", "a"]), "--map-by core: unknown --map-by value 'core'; use slot, node or ppr:N:node");
         assert_eq!(e(&["--rank-by", "x", "a"]), "--rank-by x: unknown --rank-by value 'x'; use slot or node");
         assert_eq!(e(&["--generate", "tcsh"]), "--generate tcsh: expected man, bash, zsh, fish, elvish or powershell");
+    }
+
+    #[test]
+    fn single_dash_long_options_of_both_families_are_one_word() {
+        let p = parse(&s(&[
+            "-genv", "A", "1", "-genv", "B=2", "-genvall", "-mca", "btl", "^openib", "-gmca", "x", "y", "-hosts", "a,b", "-ppn", "2",
+            "-bind-to", "core", "-launcher", "rsh", "-launcher-exec", "/usr/bin/ssh", "-iface", "ib0", "-prepend-rank",
+            "-allow-run-as-root", "-report-bindings", "./app", "-genv",
+        ]))
+        .unwrap();
+        let g = &p.global;
+        assert_eq!(g.genv, s(&["A=1", "B=2"]));
+        assert_eq!(g.mca, s(&["btl=^openib", "x=y"]));
+        assert!(g.genvall && g.tag_output && g.allow_run_as_root && g.report_bindings);
+        assert!(parse(&s(&["-rr", "a"])).unwrap().global.rr);
+        assert_eq!((g.hosts.as_deref(), g.perhost, g.bind_to.as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
+        assert_eq!((g.bootstrap, g.bootstrap_exec.as_deref()), (Some(super::super::flags::Bootstrap::Rsh), Some("/usr/bin/ssh")));
+        assert_eq!(g.program, s(&["./app", "-genv"]));
+        // Open MPI's -c is -np.
+        assert_eq!(parse(&s(&["-c", "2", "a"])).unwrap().global.np, Some(2));
+        for alias in ["-npernode", "--npernode", "--ppn", "-N"] {
+            assert_eq!(parse(&s(&[alias, "3", "a"])).unwrap().global.ppn, Some(3), "{alias}");
+        }
+        // Hydra's -ppn is Hydra's: -perhost.
+        for hydra in ["-ppn", "-perhost"] {
+            assert_eq!(parse(&s(&[hydra, "3", "a"])).unwrap().global.perhost, Some(3), "{hydra}");
+        }
+    }
+
+    #[test]
+    fn env_is_per_context_and_pairs_need_two_words() {
+        let p = parse(&s(&["-n", "1", "-env", "A", "1", "a", ":", "-n", "1", "-env", "B=2", "-envall", "b"])).unwrap();
+        assert_eq!((p.apps[0].env.clone(), p.apps[1].env.clone()), (s(&["A=1"]), s(&["B=2"])));
+        let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
+        assert_eq!(e(&["-genv", "A"]), "-genv needs two words, KEY VALUE (or KEY=VALUE)");
+        assert_eq!(e(&["--mca", "btl"]), "--mca needs two words, KEY VALUE");
+    }
+
+    #[test]
+    fn unknown_single_dash_long_options_are_named_whole() {
+        let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
+        assert_eq!(e(&["-genvsome", "a"]), "unknown option '-genvsome'; see 'rlaunch --help'");
+        // Another launcher's option that rlaunch will not carry out says why.
+        assert_eq!(e(&["-envnone", "a"]), "-envnone: per-context environment lists are not supported; -genvnone applies to the job");
+        assert_eq!(e(&["-ckpointlib", "blcr", "a"]), "-ckpointlib: BLCR checkpointing is gone; rlaunch does not checkpoint jobs");
+        assert_eq!(e(&["--output-filename", "d", "a"]), "--output-filename: not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr");
+        assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
+        assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
+        // Short clusters still work.
+        assert!(parse(&s(&["-lq", "-n4", "a"])).unwrap().global.quiet);
     }
 }

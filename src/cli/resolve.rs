@@ -3,14 +3,15 @@
 //! everything about the run, as one [`JobPlan`].
 
 use super::error::{usage, UsageError};
-use super::flags::{Cli, FabricFlag};
+use super::flags::{Bootstrap, Cli, FabricFlag};
 use super::parse::Parsed;
 use crate::plan::JobPlan;
 use crate::spec::{self, AppContext, FabricSpec, InventoryFormat, StdinTarget};
 use crate::{pmix, wire};
 use anyhow::{Context, Result};
 use launchers::start::{NodeStarter, Starter};
-use launchers::AllocationRequest;
+use launchers::map::MapBy;
+use launchers::{AllocationRequest, LauncherKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,11 +48,21 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if g.fanout == 0 {
         return Err(usage("--fanout 0: the fan-out must be at least 1").into());
     }
-    let timeout = g.timeout.map(|t| positive_seconds("--timeout", t)).transpose()?;
+    let timeout = match (g.timeout, env.var("MPIEXEC_TIMEOUT")) {
+        (Some(t), _) => Some(positive_seconds("--timeout", t)?),
+        // Hydra's (and the MPICH test suite's) way to give the timeout.
+        (None, Some(v)) => Some(
+            v.trim()
+                .parse::<f64>()
+                .map_err(|_| usage(format!("MPIEXEC_TIMEOUT={v}: expected a positive number of seconds")))
+                .and_then(|t| positive_seconds("MPIEXEC_TIMEOUT", t))?,
+        ),
+        (None, None) => None,
+    };
     let lookup = |k: &str| env.var(k);
     let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup)? };
 
-    let alloc = launchers::allocate(&allocation_request(g, launch_timeout, &env.cwd), &lookup).map_err(|e| usage(e.to_string()))?;
+    let alloc = launchers::allocate(&allocation_request(g, launch_timeout, env)?, &lookup).map_err(|e| usage(e.to_string()))?;
     let global_path = env.var("PATH");
     if alloc.local {
         for a in &apps {
@@ -87,7 +98,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         stdin,
         kill_grace_ms: 2000,
         // A local daemon inherits this environment; a remote one gets it in the launch message.
-        env: if alloc.local { Vec::new() } else { forwarded_env(env.vars.iter().cloned()) },
+        env: if alloc.local { Vec::new() } else { propagated_env(g, &env.vars)? },
         tree_spawn: tree_spawn(g.tree_spawn, &alloc.starter),
         fabric,
         pmi: spec::PmiSpec { interface, port: g.pmi_port, lazy: g.pmi_lazy },
@@ -114,16 +125,102 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         command_line: parsed.words.clone(),
         t0: env.t0,
         dry_run: g.dry_run,
+        display_map: g.display_map,
+        notes: placement_note(g).into_iter().chain(mca_note(&g.mca)).collect(),
         mpi_reason,
     })
 }
 
+/// The longest timeout accepted: beyond it deadlines would overflow the clock.
+const MAX_SECONDS: f64 = 1e9;
+
 fn positive_seconds(flag: &str, secs: f64) -> Result<Duration, UsageError> {
-    if secs.is_finite() && secs > 0.0 {
+    if secs.is_finite() && secs > 0.0 && secs <= MAX_SECONDS {
         Ok(Duration::from_secs_f64(secs))
+    } else if secs > MAX_SECONDS {
+        Err(usage(format!("{flag} {secs:e}: expected at most {MAX_SECONDS:e} seconds (about 31 years)")))
     } else {
         Err(usage(format!("{flag} {secs}: expected a positive number of seconds")))
     }
+}
+
+/// The placement options given, which are accepted but not yet carried out: `-v` says so once.
+fn placement_note(g: &Cli) -> Option<String> {
+    let mut given = Vec::new();
+    if let Some(b) = g.bind_to.as_deref().filter(|b| *b != "none") {
+        given.push(format!("--bind-to {b}"));
+    }
+    if g.report_bindings {
+        given.push("--report-bindings".to_string());
+    }
+    if let Some(n) = g.cpus_per_proc {
+        given.push(format!("--cpus-per-proc {n}"));
+    }
+    if let Some(pe) = g.map_by.pe {
+        given.push(format!("--map-by :PE={pe}"));
+    }
+    if g.use_hwthread_cpus {
+        given.push("--use-hwthread-cpus".to_string());
+    }
+    if let Some(f) = &g.rankfile {
+        given.push(format!("--rankfile {} (ranks are mapped by --map-by instead)", f.display()));
+    }
+    (!given.is_empty()).then(|| format!("{}: binding is not applied yet; ranks run unbound", given.join(", ")))
+}
+
+/// An Open MPI MCA parameter as Open MPI reads it: `--mca KEY VALUE` (the last one), else
+/// `OMPI_MCA_KEY` (or PRRTE's `PRTE_MCA_KEY`) in the environment.
+fn mca_param(g: &Cli, env: &Env, key: &str) -> Option<String> {
+    g.mca
+        .iter()
+        .rev()
+        .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
+        .or_else(|| env.var(&format!("OMPI_MCA_{key}")))
+        .or_else(|| env.var(&format!("PRTE_MCA_{key}")))
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "t" | "y")
+}
+
+/// MCA parameters of the launcher's frameworks that rlaunch itself reads.
+const READ_MCA: &[&str] = &["rmaps_base_oversubscribe", "orte_default_hostfile", "prte_default_hostfile"];
+
+/// Open MPI's launcher-level MCA frameworks (ORTE/PRRTE: starting daemons, mapping, routing):
+/// the ranks get these parameters like any other, but rlaunch itself does not read them.
+const LAUNCHER_MCA: &[&str] = &["plm", "ras", "rmaps", "oob", "orte", "prte", "odls", "routed", "errmgr", "ess", "rtc", "schizo", "state", "filem", "iof", "grpcomm"];
+
+fn mca_note(mca: &[String]) -> Option<String> {
+    let keys: Vec<&str> = mca
+        .iter()
+        .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
+        .filter(|k| LAUNCHER_MCA.iter().any(|f| k.split('_').next() == Some(f)) && !READ_MCA.contains(k))
+        .collect();
+    (!keys.is_empty()).then(|| {
+        format!("--mca {}: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them", keys.join(", "))
+    })
+}
+
+/// Hydra's `-launcher`/`-launcher-exec` (Intel's `-bootstrap`/`-bootstrap-exec`, or
+/// `HYDRA_LAUNCHER`/`HYDRA_LAUNCHER_EXEC`) as rlaunch's launcher kind and launch agent.
+/// Hydra's ssh launcher with no host list runs the job here, so `-launcher ssh` without nodes is
+/// rlaunch's default rather than its ssh launcher (which needs nodes).
+fn bootstrap(kind: Option<Bootstrap>, exec: Option<&str>, has_nodes: bool) -> Result<(Option<LauncherKind>, Option<String>), UsageError> {
+    Ok(match (kind, exec) {
+        (None, None) => (None, None),
+        (Some(Bootstrap::Ssh), None) => (has_nodes.then_some(LauncherKind::Ssh), None),
+        (Some(Bootstrap::Rsh), None) => (None, Some("rsh".to_string())),
+        (None | Some(Bootstrap::Ssh | Bootstrap::Rsh), Some(exec)) => (None, Some(exec.to_string())),
+        (Some(Bootstrap::Fork), None) => (Some(LauncherKind::Local), None),
+        (Some(Bootstrap::Slurm), None) => (Some(LauncherKind::Slurm), None),
+        (Some(Bootstrap::Pbs), None) => (Some(LauncherKind::Pbs), None),
+        (Some(k), Some(exec)) => {
+            let name = format!("{k:?}").to_lowercase();
+            return Err(usage(format!(
+                "-launcher-exec {exec}: only the ssh and rsh launchers start daemons through a command, not {name}; drop -launcher-exec"
+            )));
+        }
+    })
 }
 
 /// The PATH a context's program is looked up in: its own `-x PATH=...`, else rlaunch's.
@@ -131,22 +228,53 @@ fn app_path<'a>(app: &'a AppContext, global: &'a Option<String>) -> Option<&'a s
     app.env.iter().find(|(k, _)| k == "PATH").and_then(|(_, v)| v.as_deref()).or(global.as_deref())
 }
 
-fn allocation_request(g: &Cli, launch_timeout: Duration, cwd: &Path) -> AllocationRequest {
-    AllocationRequest {
-        hostfile: g.hostfile.clone(),
-        host: g.host.clone(),
-        launcher: g.launcher,
-        launch_agent: g.launch_agent.clone(),
-        map_by: g.map_by,
+fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<AllocationRequest, UsageError> {
+    let host = g.hosts.clone().or_else(|| g.host.clone());
+    // Hydra reads its host file and launcher from the environment when the command line names none.
+    // Open MPI reads its default host file from an MCA parameter.
+    let default_hostfile = || {
+        env.var("HYDRA_HOST_FILE")
+            .or_else(|| mca_param(g, env, "orte_default_hostfile"))
+            .or_else(|| mca_param(g, env, "prte_default_hostfile"))
+            .map(PathBuf::from)
+    };
+    let hostfile = g.hostfile.clone().or_else(|| host.is_none().then(default_hostfile).flatten());
+    let (launcher, launch_agent) = if g.launcher.is_some() || g.launch_agent.is_some() {
+        (g.launcher, g.launch_agent.clone())
+    } else if g.bootstrap.is_some() || g.bootstrap_exec.is_some() {
+        bootstrap(g.bootstrap, g.bootstrap_exec.as_deref(), host.is_some() || hostfile.is_some())?
+    } else {
+        let kind = env
+            .var("HYDRA_LAUNCHER")
+            .map(|v| v.parse::<Bootstrap>().map_err(|e| usage(format!("HYDRA_LAUNCHER={v}: {e}"))))
+            .transpose()?;
+        bootstrap(kind, env.var("HYDRA_LAUNCHER_EXEC").as_deref(), host.is_some() || hostfile.is_some())?
+    };
+    let no_oversubscribe = g.nooversubscribe || g.map_by.oversubscribe == Some(false);
+    // Hydra's placement: blocks of -ppn N (-rr: 1) ranks, or of each -hosts entry's count, in turn.
+    let block = g.perhost.map(Some).or(g.rr.then_some(Some(1))).or(g.hosts.as_ref().map(|_| None));
+    let map_by = match (block, g.bynode) {
+        (Some(b), _) => MapBy::Cycle(b),
+        (None, true) => MapBy::Node,
+        (None, false) => g.map_by.policy,
+    };
+    Ok(AllocationRequest {
+        hostfile,
+        host,
+        launcher,
+        launch_agent,
+        map_by,
         rank_by: g.rank_by,
-        ppn: g.ppn,
-        oversubscribe: g.oversubscribe,
+        ppn: if g.pernode { Some(1) } else { g.ppn },
+        oversubscribe: !no_oversubscribe
+            && (g.oversubscribe || g.map_by.oversubscribe == Some(true) || mca_param(g, env, "rmaps_base_oversubscribe").is_some_and(|v| truthy(&v))),
+        no_oversubscribe,
         ssh_port: g.ssh_port,
         ssh_identity: g.ssh_identity.clone(),
         ssh_known_hosts: g.ssh_known_hosts.clone(),
         launch_timeout,
-        cwd: cwd.to_path_buf(),
-    }
+        cwd: env.cwd.clone(),
+    })
 }
 
 /// Checks the fabric flags against each other (no I/O).
@@ -202,6 +330,20 @@ fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
     }
 }
 
+/// What ranks on other nodes get of rlaunch's environment: [`forwarded_env`], or with Hydra's
+/// `-genvnone` nothing, with `-genvlist A,B` only those.
+fn propagated_env(g: &Cli, vars: &[(String, String)]) -> Result<Vec<(String, Option<String>)>, UsageError> {
+    if g.genvnone {
+        return Ok(Vec::new());
+    }
+    let Some(list) = &g.genvlist else { return Ok(forwarded_env(vars.iter().cloned())) };
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
+        return Err(usage(format!("-genvlist {list}: '{bad}' is not a valid environment variable name")));
+    }
+    Ok(vars.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), Some(v.clone()))).collect())
+}
+
 /// Variables that describe this host or this session, or belong to another launcher, and so must
 /// not be copied to ranks on other nodes.
 fn forwarded_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, Option<String>)> {
@@ -212,16 +354,45 @@ fn forwarded_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, O
         .collect()
 }
 
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A `KEY=VALUE` that normalize joined from `-mca KEY VALUE`, `-genv VAR VALUE` or `-env`: the
+/// variable it sets (`prefix` + KEY) and its value.
+fn pair_var(flag: &str, prefix: &str, kv: &str) -> Result<(String, Option<String>), UsageError> {
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    let name = format!("{prefix}{key}");
+    if !valid_name(&name) {
+        return Err(usage(format!("{flag} {key}: '{name}' is not a valid environment variable name")));
+    }
+    Ok((name, Some(value.to_string())))
+}
+
+/// `--prefix DIR` (Open MPI): DIR/bin first in PATH and DIR/lib first in LD_LIBRARY_PATH, on top
+/// of the context's own or rlaunch's values.
+fn prefix_vars(dir: &Path, env: &[(String, Option<String>)], lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(String, Option<String>)> {
+    [("PATH", "bin"), ("LD_LIBRARY_PATH", "lib")]
+        .into_iter()
+        .map(|(var, sub)| {
+            let old = env.iter().rev().find(|(k, _)| k == var).and_then(|(_, v)| v.clone()).or_else(|| lookup(var));
+            let first = dir.join(sub).to_string_lossy().into_owned();
+            let value = match old.filter(|o| !o.is_empty()) {
+                Some(o) => format!("{first}:{o}"),
+                None => first,
+            };
+            (var.to_string(), Some(value))
+        })
+        .collect()
+}
+
 /// `-x VAR` or `-x VAR=value` → (VAR, value). A bare VAR takes rlaunch's own value.
 pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, String), UsageError> {
     let (name, value) = match spec.split_once('=') {
         Some((n, v)) => (n, Some(v.to_string())),
         None => (spec, None),
     };
-    let valid = !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
+    if !valid_name(name) {
         return Err(usage(format!("-x {spec}: '{name}' is not a valid environment variable name")));
     }
     let value = match value {
@@ -270,12 +441,31 @@ pub fn app_contexts(
     let mut out = Vec::new();
     for (i, a) in parsed.apps.iter().enumerate() {
         // Global -x values apply to every context; a context's own come after and win.
-        let mut env = Vec::new();
-        let exports = if i == 0 { a.export.clone() } else { parsed.global.export.iter().chain(a.export.iter()).cloned().collect() };
+        // In order, later wins: Open MPI's --mca, Hydra's -genv, -x, Hydra's per-context -env.
+        let g = &parsed.global;
+        let mut sets = Vec::new();
+        for kv in &g.mca {
+            sets.push(pair_var("--mca", "OMPI_MCA_", kv)?);
+        }
+        for kv in &g.genv {
+            sets.push(pair_var("-genv", "", kv)?);
+        }
+        let exports = if i == 0 { a.export.clone() } else { g.export.iter().chain(a.export.iter()).cloned().collect() };
         for x in &exports {
             let (k, v) = parse_export(x, lookup)?;
-            env.retain(|(n, _): &(String, Option<String>)| n != &k);
-            env.push((k, Some(v)));
+            sets.push((k, Some(v)));
+        }
+        for kv in &a.env {
+            sets.push(pair_var("-env", "", kv)?);
+        }
+        if let Some(dir) = &g.prefix {
+            let vars = prefix_vars(dir, &sets, lookup);
+            sets.extend(vars);
+        }
+        let mut env: Vec<(String, Option<String>)> = Vec::new();
+        for (k, v) in sets {
+            env.retain(|(n, _)| n != &k);
+            env.push((k, v));
         }
         let np = a.np;
         if np == Some(0) {
@@ -445,5 +635,166 @@ mod tests {
         assert!(plan(&["--daemon-path", "/x", "true"], &e).is_ok());
         let err = plan(&["true"], &e).err().unwrap().to_string();
         assert!(err.starts_with("finding rlaunch's own path: "), "{err}");
+    }
+
+    fn app_env(p: &JobPlan, app: usize) -> Vec<(String, String)> {
+        p.launch.apps[app].env.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect()
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn mca_genv_x_and_env_set_variables_in_that_order() {
+        let e = env(&[("PATH", "/bin:/usr/bin")]);
+        let p = plan(&["-mca", "btl", "^openib", "-genv", "A", "1", "-x", "A=2", "-n", "1", "-env", "B", "3", "true", ":", "-n", "1", "-env", "B=4", "true"], &e).unwrap();
+        assert_eq!(app_env(&p, 0), kv(&[("OMPI_MCA_btl", "^openib"), ("A", "2"), ("B", "3")]));
+        assert_eq!(app_env(&p, 1), kv(&[("OMPI_MCA_btl", "^openib"), ("A", "2"), ("B", "4")]));
+        assert_eq!(usage_text(plan(&["-genv", "1A", "x", "true"], &e)), "-genv 1A: '1A' is not a valid environment variable name");
+    }
+
+    #[test]
+    fn prefix_puts_its_bin_and_lib_first() {
+        let e = env(&[("PATH", "/bin:/usr/bin")]);
+        let p = plan(&["--prefix", "/opt/ompi", "true"], &e).unwrap();
+        assert_eq!(app_env(&p, 0), kv(&[("PATH", "/opt/ompi/bin:/bin:/usr/bin"), ("LD_LIBRARY_PATH", "/opt/ompi/lib")]));
+    }
+
+    #[test]
+    fn hydra_hosts_wrap_around_without_counts_and_fill_slots_with_them() {
+        let e = env(&[("PATH", "/bin")]);
+        let p = plan(&["-hosts", "a,b", "-n", "4", "x"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(0), [0, 2]);
+        assert_eq!(p.map.ranks_on(1), [1, 3]);
+        let p = plan(&["-hosts", "a:2,b:2", "-n", "4", "x"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(0), [0, 1]);
+        // Open MPI's --host: one slot per host, more ranks is an error.
+        assert!(usage_text(plan(&["--host", "a,b", "-n", "4", "x"], &e)).starts_with("requested 4 ranks but only 2 slots"));
+        let p = plan(&["-hosts", "a,b,c", "-ppn", "2", "-n", "4", "x"], &e).unwrap();
+        assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1][..], &[2, 3][..]));
+        let p = plan(&["-rr", "--host", "a:2,b:2", "-n", "2", "x"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(1), [1]);
+        let p = plan(&["-bynode", "--host", "a:2,b:2", "-n", "2", "x"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(1), [1]);
+        // Hydra's -ppn and -hosts counts wrap around; rlaunch's --ppn refuses.
+        let p = plan(&["-hosts", "a,b", "-ppn", "2", "-n", "6", "x"], &e).unwrap();
+        assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1, 4, 5][..], &[2, 3][..]));
+        let p = plan(&["-hosts", "a:2,b:1", "-n", "5", "x"], &e).unwrap();
+        assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1, 3, 4][..], &[2][..]));
+        let p = plan(&["-ppn", "1", "-n", "2", "true"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(0), [0, 1]);
+        assert!(usage_text(plan(&["--host", "a,b", "--ppn", "2", "-n", "6", "x"], &e)).contains("ppr:2:node"));
+    }
+
+    #[test]
+    fn oversubscription_spellings() {
+        let e = env(&[("PATH", "/bin")]);
+        assert!(plan(&["--host", "a", "-n", "2", "--map-by", ":OVERSUBSCRIBE", "x"], &e).is_ok());
+        assert!(plan(&["--host", "a", "-n", "2", "--map-by", "slot:oversubscribe:SPAN", "x"], &e).is_ok());
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let many = (cpus + 1).to_string();
+        assert!(plan(&["-n", &many, "true"], &e).is_ok());
+        for refuse in [&["--nooversubscribe"][..], &["--map-by", "slot:NOOVERSUBSCRIBE"]] {
+            let words: Vec<&str> = refuse.iter().copied().chain(["-n", &many, "true"]).collect();
+            assert!(usage_text(plan(&words, &e)).contains("slots were found"), "{refuse:?}");
+        }
+        let p = plan(&["--pernode", "--host", "a:4,b:4", "x"], &e).unwrap();
+        assert_eq!(p.map.size(), 2);
+    }
+
+    #[test]
+    fn hydra_launchers_and_their_environment() {
+        let e = env(&[("PATH", "/bin")]);
+        let starter = |words: &[&str], e: &Env| plan(words, e).unwrap().starter;
+        let agent = |argv: &[&str]| Starter::Each(NodeStarter::Agent { argv: argv.iter().map(|a| a.to_string()).collect() });
+        assert_eq!(starter(&["-launcher", "rsh", "--host", "a", "x"], &e), agent(&["rsh"]));
+        assert_eq!(starter(&["-launcher", "ssh", "-launcher-exec", "/usr/bin/ssh", "--host", "a", "x"], &e), agent(&["/usr/bin/ssh"]));
+        assert_eq!(starter(&["-bootstrap-exec", "/usr/bin/ssh", "--host", "a", "x"], &e), agent(&["/usr/bin/ssh"]));
+        assert_eq!(starter(&["-bootstrap", "fork", "--host", "a,b", "true"], &e), Starter::Each(NodeStarter::Local));
+        assert!(matches!(starter(&["-launcher", "ssh", "--host", "a", "x"], &e), Starter::Each(NodeStarter::Ssh(_))));
+        // Hydra's ssh launcher without a host list runs here.
+        assert_eq!(starter(&["-bootstrap", "ssh", "-np", "2", "true"], &e), Starter::Each(NodeStarter::Local));
+        assert_eq!(
+            usage_text(plan(&["-launcher", "slurm", "-launcher-exec", "/x/srun", "true"], &e)),
+            "-launcher-exec /x/srun: only the ssh and rsh launchers start daemons through a command, not slurm; drop -launcher-exec"
+        );
+        let hydra = env(&[("PATH", "/bin"), ("HYDRA_LAUNCHER", "rsh")]);
+        assert_eq!(starter(&["--host", "a", "x"], &hydra), agent(&["rsh"]));
+        // The command line wins over the environment.
+        assert!(matches!(starter(&["--launcher", "ssh", "--host", "a", "x"], &hydra), Starter::Each(NodeStarter::Ssh(_))));
+        let bad = env(&[("PATH", "/bin"), ("HYDRA_LAUNCHER", "lsf")]);
+        assert!(usage_text(plan(&["true"], &bad)).starts_with("HYDRA_LAUNCHER=lsf: expected ssh, rsh"));
+    }
+
+    #[test]
+    fn hydra_host_file_is_read_when_no_hosts_are_given() {
+        let file = std::env::temp_dir().join(format!("rlaunch-hydra-hosts-{}", std::process::id()));
+        std::fs::write(&file, "h1:2\nh2:2\n").unwrap();
+        let e = env(&[("PATH", "/bin"), ("HYDRA_HOST_FILE", file.to_str().unwrap())]);
+        let p = plan(&["-n", "4", "x"], &e).unwrap();
+        assert_eq!(p.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["h1", "h2"]);
+        let p = plan(&["--host", "z", "x"], &e).unwrap();
+        assert_eq!(p.nodes[0].name, "z");
+        let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn open_mpi_reads_oversubscription_and_the_default_hostfile_from_mca_parameters() {
+        let e = env(&[("PATH", "/bin")]);
+        assert!(usage_text(plan(&["--host", "a", "-np", "2", "x"], &e)).contains("slots were found"));
+        let p = plan(&["--mca", "rmaps_base_oversubscribe", "yes", "--host", "a", "-np", "2", "x"], &e).unwrap();
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        let over = env(&[("PATH", "/bin"), ("OMPI_MCA_rmaps_base_oversubscribe", "1")]);
+        assert!(plan(&["--host", "a", "-np", "2", "x"], &over).is_ok());
+        assert!(usage_text(plan(&["--mca", "rmaps_base_oversubscribe", "0", "--host", "a", "-np", "2", "x"], &over)).contains("slots were found"));
+        let file = std::env::temp_dir().join(format!("rlaunch-ompi-hosts-{}", std::process::id()));
+        std::fs::write(&file, "h1 slots=2\n").unwrap();
+        let e = env(&[("PATH", "/bin"), ("OMPI_MCA_orte_default_hostfile", file.to_str().unwrap())]);
+        assert_eq!(plan(&["x"], &e).unwrap().nodes[0].name, "h1");
+        let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn genvnone_and_genvlist_limit_what_remote_ranks_get() {
+        let e = env(&[("PATH", "/bin"), ("LANG", "C"), ("A", "1")]);
+        let remote = |extra: &[&str]| {
+            let words: Vec<&str> = extra.iter().copied().chain(["--host", "n1", "x"]).collect();
+            plan(&words, &e).map(|p| p.launch.env)
+        };
+        assert_eq!(remote(&[]).unwrap().len(), 3);
+        assert_eq!(remote(&["-genvnone"]).unwrap(), []);
+        assert_eq!(remote(&["-genvlist", "A,LANG"]).unwrap(), [("LANG".to_string(), Some("C".to_string())), ("A".into(), Some("1".into()))]);
+        assert_eq!(usage_text(remote(&["-genvlist", "A,,B"]).map(|_| unreachable!())), "-genvlist A,,B: '' is not a valid environment variable name");
+        // Local ranks inherit rlaunch's environment whatever the flag, as under Hydra.
+        assert!(plan(&["-genvnone", "true"], &e).unwrap().launch.env.is_empty());
+    }
+
+    #[test]
+    fn mpiexec_timeout_is_the_default_timeout_and_huge_timeouts_are_refused() {
+        let e = env(&[("PATH", "/bin"), ("MPIEXEC_TIMEOUT", "30")]);
+        assert_eq!(plan(&["true"], &e).unwrap().timeout, Some(Duration::from_secs(30)));
+        assert_eq!(plan(&["--timeout", "5", "true"], &e).unwrap().timeout, Some(Duration::from_secs(5)));
+        let bad = env(&[("PATH", "/bin"), ("MPIEXEC_TIMEOUT", "soon")]);
+        assert_eq!(usage_text(plan(&["true"], &bad)), "MPIEXEC_TIMEOUT=soon: expected a positive number of seconds");
+        let e = env(&[("PATH", "/bin")]);
+        assert_eq!(usage_text(plan(&["--timeout", "1e20", "true"], &e)), "--timeout 1e20: expected at most 1e9 seconds (about 31 years)");
+        assert_eq!(usage_text(plan(&["--timeout", "1e19", "true"], &e)), "--timeout 1e19: expected at most 1e9 seconds (about 31 years)");
+        assert_eq!(usage_text(plan(&["--launch-timeout", "1e30", "true"], &e)), "--launch-timeout 1e30: expected at most 1e9 seconds (about 31 years)");
+        assert_eq!(plan(&["--timeout", "1e9", "true"], &e).unwrap().timeout, Some(Duration::from_secs(1_000_000_000)));
+    }
+
+    #[test]
+    fn placement_options_are_named_once_as_not_applied() {
+        let e = env(&[("PATH", "/bin")]);
+        let p = plan(&["--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--rankfile", "rf", "true"], &e).unwrap();
+        assert_eq!(
+            p.notes.first().map(String::as_str),
+            Some("--bind-to core, --report-bindings, --map-by :PE=2, --rankfile rf (ranks are mapped by --map-by instead): binding is not applied yet; ranks run unbound")
+        );
+        assert!(plan(&["--bind-to", "none", "true"], &e).unwrap().notes.is_empty());
+        let p = plan(&["-mca", "plm_rsh_args", "-p 22", "-mca", "btl", "self", "-mca", "orte_base_help_aggregate", "0", "true"], &e).unwrap();
+        assert_eq!(p.notes, ["--mca plm_rsh_args, orte_base_help_aggregate: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them"]);
+        assert!(plan(&["--display-map", "true"], &e).unwrap().display_map);
     }
 }
