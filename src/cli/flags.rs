@@ -20,7 +20,11 @@ EXIT STATUS:
   2    bad command line or input (unknown flag, -np 0, missing or non-executable program,
        bad -x, unwritable --output-dir); one line on stderr says what is wrong
   124  --timeout expired; every rank was killed
-  125  rlaunch itself failed (a daemon could not be started or reached, a link broke)
+  125  rlaunch itself failed (a daemon could not be started or reached, a link broke), or the
+       job's output could not be written (one line names the stream or file and the error)
+  129  the terminal or session rlaunch writes to hung up; every rank was terminated
+  141  rlaunch's standard output or error was closed (the reader of a pipe exited); every rank
+       was terminated, nothing is printed
 
 FAILURES:
   When a rank fails, rlaunch prints one line naming the rank, its pid and node and the cause,
