@@ -114,7 +114,7 @@ impl TreeSpawn {
                     let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
                     let _ = std::fs::File::from(fd).read_to_string(&mut err);
                 }
-                failed.push((*node, code, err.trim().to_string()));
+                failed.push((*node, code, launchers::start::last_words(&err).to_string()));
             }
             false
         });

@@ -113,14 +113,22 @@ impl Carriers {
         }
     }
 
-    /// What the carrier of `node` said before it ended, for an error line: `": text"` or "".
+    /// What the carrier of `node` said last before it ended, for its one error line: `": text"`
+    /// or "". With `-v` everything it said follows.
     pub fn why(&mut self, node: u32, registry: &Registry, reporter: &mut Reporter) -> String {
         self.read_stderr(node, false, registry, reporter);
-        let text = self.by_node.get(&node).map(|c| String::from_utf8_lossy(&c.kept).trim().to_string()).unwrap_or_default();
-        if text.is_empty() {
+        let text = self.by_node.get(&node).map(|c| String::from_utf8_lossy(&c.kept).into_owned()).unwrap_or_default();
+        let last = launchers::start::last_words(&text);
+        if text.trim() != last {
+            let name = self.info.nodes.get(node as usize).map_or("?", |n| n.name.as_str());
+            for l in text.lines().filter(|l| !l.trim().is_empty()) {
+                reporter.detail(1, &format!("rlaunch: the start of {name}'s daemon said: {l}"));
+            }
+        }
+        if last.is_empty() {
             String::new()
         } else {
-            format!(": {text}")
+            format!(": {last}")
         }
     }
 

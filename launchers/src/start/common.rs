@@ -95,6 +95,13 @@ impl Waiter {
     }
 }
 
+/// The line of a carrier's stderr that says why it ended: its last non-empty line. A remote
+/// login shell may print its own noise first (profile scripts, a tool rehashing its shims); the
+/// command that failed speaks last.
+pub fn last_words(stderr: &str) -> &str {
+    stderr.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("")
+}
+
 /// Quotes one word for a POSIX shell: the remote side of ssh and agents runs the command through one.
 pub fn shell_quote(word: &str) -> String {
     if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
@@ -147,5 +154,21 @@ mod tests {
         assert_eq!(shell_quote("/usr/bin/rlaunch"), "/usr/bin/rlaunch");
         assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+}
+
+#[cfg(test)]
+mod last_words_tests {
+    use super::last_words;
+
+    #[test]
+    fn the_failing_command_speaks_last() {
+        let shell_noise = "rm: cannot remove '/root/.pyenv/shims/tmp.x': No such file or directory\n\
+                           pyenv: cannot rehash: /root/.pyenv/shims isn't writable\n\
+                           bash: line 1: /nonexistent: No such file or directory\n\
+                           rlaunch not found on n6 at /nonexistent (use --daemon-path to name it there)\n\n";
+        assert_eq!(last_words(shell_noise), "rlaunch not found on n6 at /nonexistent (use --daemon-path to name it there)");
+        assert_eq!(last_words("  \n"), "");
+        assert_eq!(last_words("one line"), "one line");
     }
 }

@@ -19,7 +19,7 @@ pub mod local;
 pub mod srun;
 pub mod ssh;
 
-pub use common::{no_notify, remote_command, shell_quote, DaemonProcess, Notify, StartError, Waiter};
+pub use common::{last_words, no_notify, remote_command, shell_quote, DaemonProcess, Notify, StartError, Waiter};
 pub use ssh::{SshOptions, UnknownHostKey};
 
 use crate::nodes::Node;
