@@ -111,8 +111,16 @@ eq "hosts file lists n1..n4" "$(printf 'n%s\n' 1 2 3 4)" "$(cat "$STATE/hosts")"
 eq "env file is sourceable and names the state dir" "$STATE" "$(env -i bash -c ". '$STATE/env' && echo \$RLAUNCH_CLUSTER_STATE")"
 eq "/etc/hosts names every node" "$(printf '10.231.0.%s n%s\n' 1 1 2 2 3 3 4 4)" \
     "$(sed -n '/^# rlaunch-cluster begin$/,/^# rlaunch-cluster end$/p' /etc/hosts | sed '1d;$d')"
-eq "authorized_keys holds the cluster key between markers" "$(cat "$STATE/id_ed25519.pub")" \
-    "$(sed -n '/^# rlaunch-cluster begin$/,/^# rlaunch-cluster end$/p' "$AUTH" | sed '1d;$d')"
+eq "the nodes accept exactly the cluster key" "$(cat "$STATE/id_ed25519.pub")" "$(cat "$VIEW/authorized_keys")"
+ssh-keygen -q -t ed25519 -N '' -f "$STATE/stranger_ed25519"
+rc=0; ssh -F /dev/null -o UserKnownHostsFile="$STATE/known_hosts" -o BatchMode=yes -o IdentitiesOnly=yes \
+    -o ConnectTimeout=5 -i "$STATE/stranger_ed25519" root@n1 true 2>/dev/null || rc=$?
+eq "a key that is not the cluster's is refused" 255 "$rc"
+if [ -e "$SNAP/auth" ]; then
+    check "root's authorized_keys is left alone while the cluster is up" cmp "$AUTH" "$SNAP/auth"
+else
+    eq "root's authorized_keys is not created" absent "$([ -e "$AUTH" ] && echo present || echo absent)"
+fi
 check "status reports every node up" "$CLUSTER" status --state "$STATE"
 
 host_ns=$(readlink /proc/self/ns/net)
