@@ -87,7 +87,11 @@ recorded_pids() { local f; for f in "$STATE"/pids/*; do [ -f "$f" ] && cut -d' '
 
 # --- refusals that must leave nothing behind ---
 snapshot
-rc=0; setpriv --reuid=65534 --regid=65534 --clear-groups "$CLUSTER" up 2 --state "$STATE" >/dev/null 2>&1 || rc=$?
+# Run as nobody from a copy anyone can read: the checkout itself may sit in a home directory
+# that others cannot enter (which would make the exit 126, not the 77 under test).
+OPEN=$(mktemp -d) && chmod 755 "$OPEN" && install -m 0755 "$CLUSTER" "$OPEN/cluster"
+rc=0; setpriv --reuid=65534 --regid=65534 --clear-groups "$OPEN/cluster" up 2 --state "$STATE" >/dev/null 2>&1 || rc=$?
+rm -rf "$OPEN"
 eq "up as non-root exits 77" 77 "$rc"
 for n in 0 201 x; do
     rc=0; "$CLUSTER" up "$n" --state "$STATE" >/dev/null 2>&1 || rc=$?
