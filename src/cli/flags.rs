@@ -112,14 +112,16 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
 PLACEMENT (both families):
   --bind-to (Intel: -binding), --report-bindings, --cpus-per-proc, --use-hwthread-cpus,
   --rankfile and --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
-  is not read (ranks are mapped by --map-by), and -v says so once.
+  is not read (ranks are mapped by --map-by), and -v says so once. --map-by and --rank-by
+  core|socket|package|numa|l3cache|l2cache|l1cache|hwthread|board fill each node's slots in order
+  (as slot); the object inside the node is placement, and -v says so too.
 
 APPLICATION FILES (both families):
   --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), --map-by seq and by core/socket, --output-filename,
+  -envnone, -envlist (per context), --map-by seq, --output-filename,
   -outfile-pattern, -errfile-pattern, --merge-stderr-to-stdout, --timestamp-output, --tune,
   per-context -H in MPMD, -print-all-exitcodes, -enable-x, -ckpointlib (BLCR), Cray PALS's
   --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
@@ -196,8 +198,8 @@ pub struct Cli {
 
     /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
     /// [default: node with --map-by node, as in Open MPI; slot otherwise]
-    #[arg(long = "rank-by", value_name = "POLICY", value_parser = typed::<RankBy>)]
-    pub rank_by: Option<RankBy>,
+    #[arg(long = "rank-by", value_name = "POLICY", value_parser = typed::<RankByFlag>)]
+    pub rank_by: Option<RankByFlag>,
 
     /// Allow more ranks than slots (max_slots stays a hard limit)
     #[arg(long)]
@@ -518,6 +520,34 @@ pub struct MapByFlag {
     pub oversubscribe: Option<bool>,
     /// `:PE=n`: cores per rank, a placement request (not applied yet).
     pub pe: Option<u32>,
+    /// Open MPI's `core`, `socket`, ...: mapped as `slot` (a node's slots in order); the object
+    /// within the node is placement, which is not applied yet (`-v` says so).
+    pub object: Option<&'static str>,
+}
+
+/// Open MPI's mapping and ranking objects inside a node: rlaunch maps and ranks by slot for them.
+pub const NODE_OBJECTS: &[&str] = &["hwthread", "core", "l1cache", "l2cache", "l3cache", "socket", "package", "numa", "board"];
+
+fn node_object(s: &str) -> Option<&'static str> {
+    NODE_OBJECTS.iter().copied().find(|o| s.eq_ignore_ascii_case(o))
+}
+
+/// `--rank-by POLICY`: rlaunch's slot or node, or one of Open MPI's objects inside a node (ranked as slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RankByFlag {
+    pub policy: RankBy,
+    pub object: Option<&'static str>,
+}
+
+impl FromStr for RankByFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let base = s.split(':').next().unwrap_or(s);
+        match node_object(base) {
+            Some(o) => Ok(RankByFlag { policy: RankBy::Slot, object: Some(o) }),
+            None => s.parse::<RankBy>().map(|policy| RankByFlag { policy, object: None }).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl FromStr for MapByFlag {
@@ -527,7 +557,7 @@ impl FromStr for MapByFlag {
     /// nodes as one resource.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut policy = Vec::new();
-        let (mut oversubscribe, mut pe) = (None, None);
+        let (mut oversubscribe, mut pe, mut object) = (None, None, None);
         for part in s.split(':') {
             let upper = part.to_ascii_uppercase();
             match upper.as_str() {
@@ -546,9 +576,13 @@ impl FromStr for MapByFlag {
             p if p.eq_ignore_ascii_case("seq") => {
                 return Err("seq (rank i on the i-th line of the host file) is not supported yet; give the host file slots and use --map-by slot".into())
             }
+            p if node_object(&p).is_some() => {
+                object = node_object(&p);
+                MapBy::Slot
+            }
             p => p.parse::<MapBy>().map_err(|e| e.to_string())?,
         };
-        Ok(MapByFlag { policy, oversubscribe, pe })
+        Ok(MapByFlag { policy, oversubscribe, pe, object })
     }
 }
 
@@ -635,10 +669,18 @@ mod tests {
     #[test]
     fn map_by_modifiers() {
         let m = |v: &str| typed::<MapByFlag>(v).map_err(|e| e.to_string());
-        assert_eq!(m("ppr:2:node:PE=4").unwrap(), MapByFlag { policy: MapBy::PprNode(2), oversubscribe: None, pe: Some(4) });
-        assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None });
-        assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None });
+        assert_eq!(m("ppr:2:node:PE=4").unwrap(), MapByFlag { policy: MapBy::PprNode(2), oversubscribe: None, pe: Some(4), object: None });
+        assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None, object: None });
+        assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None, object: None });
         assert_eq!(m("slot:PE=x").unwrap_err(), "PE=x: expected a whole number of cores of at least 1");
+        for o in ["core", "socket", "package", "l3cache", "numa", "Core"] {
+            let f = m(o).unwrap();
+            assert_eq!((f.policy, f.object.is_some()), (MapBy::Slot, true), "--map-by {o} maps by slot and remembers the object");
+        }
+        assert_eq!(m("socket:PE=2").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: None, pe: Some(2), object: Some("socket") });
+        assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some("core") });
+        assert_eq!(typed::<RankByFlag>("node").unwrap(), RankByFlag { policy: RankBy::Node, object: None });
+        assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
         assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));
         assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
     }

@@ -159,6 +159,12 @@ fn placement_note(g: &Cli) -> Option<String> {
     if let Some(pe) = g.map_by.pe {
         given.push(format!("--map-by :PE={pe}"));
     }
+    if let Some(o) = g.map_by.object {
+        given.push(format!("--map-by {o} (ranks fill each node's slots in order)"));
+    }
+    if let Some(o) = g.rank_by.and_then(|r| r.object) {
+        given.push(format!("--rank-by {o} (ranks are numbered by slot)"));
+    }
     if g.use_hwthread_cpus {
         given.push("--use-hwthread-cpus".to_string());
     }
@@ -264,7 +270,7 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
         launcher,
         launch_agent,
         map_by,
-        rank_by: g.rank_by,
+        rank_by: g.rank_by.map(|r| r.policy),
         ppn: if g.pernode { Some(1) } else { g.ppn },
         oversubscribe: !no_oversubscribe
             && (g.oversubscribe || g.map_by.oversubscribe == Some(true) || mca_param(g, env, "rmaps_base_oversubscribe").is_some_and(|v| truthy(&v))),
@@ -796,5 +802,10 @@ mod tests {
         let p = plan(&["-mca", "plm_rsh_args", "-p 22", "-mca", "btl", "self", "-mca", "orte_base_help_aggregate", "0", "true"], &e).unwrap();
         assert_eq!(p.notes, ["--mca plm_rsh_args, orte_base_help_aggregate: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them"]);
         assert!(plan(&["--display-map", "true"], &e).unwrap().display_map);
+        let p = plan(&["--map-by", "core", "--rank-by", "core", "-np", "2", "true"], &e).unwrap();
+        assert_eq!(
+            p.notes,
+            ["--map-by core (ranks fill each node's slots in order), --rank-by core (ranks are numbered by slot): binding is not applied yet; ranks run unbound"]
+        );
     }
 }

@@ -45,8 +45,6 @@ pub struct Reporter {
     broken_files: HashSet<(u32, Stream)>,
     /// Tagged output: each rank stream's partial line.
     held: HashMap<(u32, Stream), LineBuffer>,
-    /// Untagged output: rank streams whose last piece did not end with a newline.
-    open: HashSet<(u32, Stream)>,
     bar: Option<indicatif::ProgressBar>,
     progress_done: bool,
 }
@@ -92,7 +90,6 @@ impl Reporter {
             stderr_broken: false,
             broken_files: HashSet::new(),
             held: HashMap::new(),
-            open: HashSet::new(),
             bar: None,
             progress_done: false,
         }
@@ -123,11 +120,7 @@ impl Reporter {
             let lines = self.held.entry(key).or_default().push(data);
             tag_lines(format!("[{rank}] ").as_bytes(), &lines)
         } else {
-            if data.ends_with(b"\n") {
-                self.open.remove(&key);
-            } else if !data.is_empty() {
-                self.open.insert(key);
-            }
+            // Untagged (terminal or files): the bytes as the rank wrote them.
             data.to_vec()
         };
         self.deliver(rank, stream, &bytes)
@@ -151,15 +144,14 @@ impl Reporter {
         Some(Failure::OutputError { stream: path.display().to_string(), error: error.to_string() })
     }
 
-    /// A rank ended: the end of its output. A last line without a newline gets one (tagged, with
-    /// its tag). Otherwise only tagging adds newlines: at the end of each piece of a line longer
-    /// than the 1 MiB bound.
+    /// A rank ended: the end of its output. Only tagged output adds newlines: a tagged last line
+    /// without one gets one (so the next tag starts a line), as does each tagged piece of a line
+    /// longer than the 1 MiB bound. Untagged output and `--output-dir` files are byte-exact.
     pub fn rank_done(&mut self, rank: u32) -> Option<Failure> {
         let mut failure = None;
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = match self.held.remove(&(rank, stream)) {
                 Some(mut lines) => tag_lines(format!("[{rank}] ").as_bytes(), &lines.finish()),
-                None if self.open.remove(&(rank, stream)) => b"\n".to_vec(),
                 None => continue,
             };
             failure = failure.or(self.deliver(rank, stream, &rest));
@@ -169,7 +161,7 @@ impl Reporter {
 
     /// At the end of the job, the end of every rank's output that did not get its [`Reporter::rank_done`].
     pub fn end_output(&mut self) -> Option<Failure> {
-        let ranks: HashSet<u32> = self.held.keys().chain(self.open.iter()).map(|&(r, _)| r).collect();
+        let ranks: HashSet<u32> = self.held.keys().map(|&(r, _)| r).collect();
         ranks.into_iter().fold(None, |f, r| f.or(self.rank_done(r)))
     }
 
