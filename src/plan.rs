@@ -20,7 +20,10 @@ pub struct JobPlan {
     pub timeout: Option<Duration>,
     pub launch_timeout: Duration,
     pub tag_output: bool,
-    pub output_dir: Option<PathBuf>,
+    /// Files for the ranks' output (`--output-dir`, `--output-filename`, `-outfile-pattern`, ...).
+    pub output_files: Option<crate::output::OutputFiles>,
+    /// `--merge-stderr-to-stdout`.
+    pub merge_stderr: bool,
     pub report: Option<PathBuf>,
     pub verbose: u8,
     /// Never show launch progress.

@@ -340,6 +340,60 @@ fn output_dir_gets_one_file_per_rank_and_stream() {
 }
 
 #[test]
+fn output_filename_writes_open_mpis_layout_and_copies_to_the_terminal() {
+    let s = Scratch::new("ompiout");
+    let code = "echo out$RLAUNCH_RANK; echo err$RLAUNCH_RANK >&2; printf tail$RLAUNCH_RANK";
+    let out = s.run(args(&["-np", "2", "--output-filename", "o"], code));
+    out.expect_code(0);
+    for r in 0..2 {
+        assert_eq!(s.read(&format!("o/1/rank.{r}/stdout")), format!("out{r}\ntail{r}"), "byte-exact");
+        assert_eq!(s.read(&format!("o/1/rank.{r}/stderr")), format!("err{r}\n"));
+        assert!(out.stdout.contains(&format!("out{r}\n")) && out.stderr.contains(&format!("err{r}\n")), "copied to the terminal: {out}");
+    }
+    let out = s.run(args(&["-np", "1", "-output-filename", "q:nojobid,nocopy"], code));
+    out.expect_code(0);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""), "nocopy: nothing on the terminal");
+    assert_eq!(s.read("q/rank.0/stdout"), "out0\ntail0");
+    let out = s.run(args(&["-np", "1", "--output-filename", "q:copy"], code));
+    out.expect_code(2);
+    assert_eq!(out.stderr.trim_end(), "rlaunch: --output-filename q:copy: unknown modifier ':copy'; use nojobid and/or nocopy");
+}
+
+#[test]
+fn hydra_file_patterns_name_each_ranks_files() {
+    let s = Scratch::new("hydraout");
+    let code = "echo out$RLAUNCH_RANK; echo err$RLAUNCH_RANK >&2";
+    let out = s.run(args(&["-n", "2", "-outfile-pattern=logs/out-%r.%g.log", "-errfile-pattern", "logs/err-%h-%r"], code));
+    out.expect_code(0);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""), "{out}");
+    let host = std::fs::read_dir(s.path("logs")).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok()).find_map(|n| n.strip_prefix("err-")?.strip_suffix("-0").map(String::from)).expect("err-HOST-0");
+    assert!(!host.is_empty());
+    for r in 0..2 {
+        assert_eq!(s.read(&format!("logs/out-{r}.0.log")), format!("out{r}\n"));
+        assert_eq!(s.read(&format!("logs/err-{host}-{r}")), format!("err{r}\n"));
+    }
+    // Only stdout to a file: stderr stays on the terminal; one file for all ranks holds every line.
+    let out = s.run(args(&["-n", "2", "-outfile-pattern", "all.log"], code));
+    out.expect_code(0);
+    let mut lines: Vec<String> = s.read("all.log").lines().map(String::from).collect();
+    lines.sort();
+    assert_eq!(lines, ["out0", "out1"]);
+    assert!(out.stderr.contains("err0\n") && out.stderr.contains("err1\n"), "{out}");
+}
+
+#[test]
+fn merge_stderr_to_stdout_sends_stderr_where_stdout_goes() {
+    let s = Scratch::new("merge");
+    let out = s.run(args(&["-np", "1", "--merge-stderr-to-stdout"], "echo one; sleep 0.2; echo two >&2"));
+    out.expect_code(0);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("one\ntwo\n", ""), "{out}");
+    let out = s.run(args(&["-np", "1", "--merge-stderr-to-stdout", "--output-dir", "m"], "echo one; sleep 0.2; echo two >&2"));
+    out.expect_code(0);
+    assert_eq!(s.read("m/rank.0.stdout"), "one\ntwo\n");
+    assert!(!s.path("m/rank.0.stderr").exists());
+}
+
+#[test]
 fn flooding_rank_and_concurrent_printer_keep_every_line_intact() {
     let s = Scratch::new("flood");
     // Rank 0 writes ~12 MB in lines of varying length (some longer than a pipe buffer); rank 1

@@ -74,6 +74,11 @@ COMPATIBILITY, OPEN MPI (mpirun):
                                     modifiers of --map-by; SPAN changes nothing (nodes are
                                     already one resource); PE=n is placement (below)
   --display-map                     print the map (as --dry-run) on stdout, then run
+  --output-filename DIR[:nojobid,nocopy]
+                                    DIR/1/rank.N/stdout and stderr (N zero-padded to the digits
+                                    of the job size), as Open MPI 4.1; also on the terminal
+                                    unless nocopy; files are byte-exact, untagged
+  --merge-stderr-to-stdout          a rank's stderr goes where its stdout goes
   --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
   --host a,b                        one slot per host named without a count; more ranks than
                                     slots is an error (unless --oversubscribe)
@@ -102,6 +107,9 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -iface NAME                       the NIC, as --nic NAME
   -l, -prepend-rank                 prefix output lines with \"[RANK] \", as --tag-output
   -print-rank-map                   as --display-map
+  -outfile-pattern P, -errfile-pattern P
+                                    each rank's stdout (stderr) appended to the file P names:
+                                    %r rank, %h host, %g 0 (one process group), %% a '%'
   -s RANK|all|none                  which rank reads stdin, as --stdin
   HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
                                     read when the command line gives no host list or launcher
@@ -121,8 +129,7 @@ APPLICATION FILES (both families):
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), --map-by seq, --output-filename,
-  -outfile-pattern, -errfile-pattern, --merge-stderr-to-stdout, --timestamp-output, --tune,
+  -envnone, -envlist (per context), --map-by seq, --timestamp-output, --tune,
   per-context -H in MPMD, -print-all-exitcodes, -enable-x, -ckpointlib (BLCR), Cray PALS's
   --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
 
@@ -162,6 +169,23 @@ pub struct Cli {
     /// Write each rank's output to DIR/rank.N.stdout and DIR/rank.N.stderr instead of the terminal
     #[arg(long = "output-dir", value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+
+    /// Open MPI: DIR/1/rank.N/stdout and stderr (N zero-padded), also shown on the terminal;
+    /// DIR:nojobid leaves out the 1/, DIR:nocopy the terminal
+    #[arg(long = "output-filename", value_name = "DIR", conflicts_with_all = ["output_dir", "outfile_pattern", "errfile_pattern"], hide_short_help = true)]
+    pub output_filename: Option<String>,
+
+    /// Hydra: each rank's stdout to the file PATTERN names (%r rank, %h host, %g 0, %% a '%')
+    #[arg(long = "outfile-pattern", value_name = "PATTERN", conflicts_with = "output_dir", hide_short_help = true)]
+    pub outfile_pattern: Option<String>,
+
+    /// Hydra: each rank's stderr to the file PATTERN names (%r rank, %h host, %g 0, %% a '%')
+    #[arg(long = "errfile-pattern", value_name = "PATTERN", conflicts_with = "output_dir", hide_short_help = true)]
+    pub errfile_pattern: Option<String>,
+
+    /// Open MPI: a rank's stderr goes where its stdout goes (rlaunch's stdout, or the stdout file)
+    #[arg(long = "merge-stderr-to-stdout", hide_short_help = true)]
+    pub merge_stderr_to_stdout: bool,
 
     /// Which rank reads rlaunch's standard input: a rank number, "all" or "none"
     #[arg(short = 's', long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
@@ -435,10 +459,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("ckpoint-prefix", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("enable-x", "rlaunch does not forward X11 connections"),
-    ("output-filename", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
-    ("outfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
-    ("errfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
-    ("merge-stderr-to-stdout", "not supported yet; run the program as sh -c 'PROGRAM 2>&1'"),
     ("timestamp-output", "not supported yet"),
     ("print-all-exitcodes", "not supported yet; --report FILE records every rank's exit status"),
     ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),

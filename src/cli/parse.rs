@@ -209,7 +209,7 @@ mod tests {
         // Another launcher's option that rlaunch will not carry out says why.
         assert_eq!(e(&["-envnone", "a"]), "-envnone: per-context environment lists are not supported; -genvnone applies to the job");
         assert_eq!(e(&["-ckpointlib", "blcr", "a"]), "-ckpointlib: BLCR checkpointing is gone; rlaunch does not checkpoint jobs");
-        assert_eq!(e(&["--output-filename", "d", "a"]), "--output-filename: not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr");
+        assert_eq!(e(&["--tune", "f", "a"]), "--tune: not supported yet; give the file's --mca and -x options on the command line");
         assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
         assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
         // Short clusters still work.

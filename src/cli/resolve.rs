@@ -5,6 +5,7 @@
 use super::error::{usage, UsageError};
 use super::flags::{Bootstrap, Cli, FabricFlag};
 use super::parse::Parsed;
+use crate::output::OutputFiles;
 use crate::plan::JobPlan;
 use crate::spec::{self, AppContext, FabricSpec, InventoryFormat, StdinTarget};
 use crate::{pmix, wire};
@@ -108,6 +109,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         (None, Ok(exe)) => exe.to_string_lossy().into_owned(),
         (None, Err(e)) => return Err(anyhow::anyhow!("finding rlaunch's own path: {e}")),
     };
+    let output_files = output_files(g, &map, &alloc.nodes)?;
     Ok(JobPlan {
         launch,
         nodes: alloc.nodes,
@@ -117,7 +119,8 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         timeout,
         launch_timeout,
         tag_output: g.tag_output,
-        output_dir: g.output_dir.clone(),
+        output_files,
+        merge_stderr: g.merge_stderr_to_stdout,
         report: g.report.clone(),
         verbose: g.verbose,
         quiet: g.quiet,
@@ -142,6 +145,21 @@ fn positive_seconds(flag: &str, secs: f64) -> Result<Duration, UsageError> {
     } else {
         Err(usage(format!("{flag} {secs}: expected a positive number of seconds")))
     }
+}
+
+/// Where the ranks' output goes besides (or instead of) the terminal.
+fn output_files(g: &Cli, map: &launchers::map::ProcMap, nodes: &[launchers::nodes::Node]) -> Result<Option<OutputFiles>, UsageError> {
+    if let Some(dir) = &g.output_dir {
+        return Ok(Some(OutputFiles::Dir(dir.clone())));
+    }
+    if let Some(spec) = &g.output_filename {
+        return OutputFiles::open_mpi(spec, map.size()).map(Some).map_err(|e| usage(format!("--output-filename {spec}: {e}")));
+    }
+    if g.outfile_pattern.is_none() && g.errfile_pattern.is_none() {
+        return Ok(None);
+    }
+    let hosts = map.ranks().iter().map(|p| nodes[p.node as usize].name.clone()).collect();
+    Ok(Some(OutputFiles::Pattern { out: g.outfile_pattern.clone(), err: g.errfile_pattern.clone(), hosts }))
 }
 
 /// The placement options given, which are accepted but not yet carried out: `-v` says so once.
