@@ -22,6 +22,8 @@ pub struct JobPlan {
     pub tag_output: bool,
     /// Files for the ranks' output (`--output-dir`, `--output-filename`, `-outfile-pattern`, ...).
     pub output_files: Option<crate::output::OutputFiles>,
+    /// `-print-all-exitcodes`: every rank's exit status on stderr at the end.
+    pub print_all_exitcodes: bool,
     /// `--merge-stderr-to-stdout`.
     pub merge_stderr: bool,
     pub report: Option<PathBuf>,

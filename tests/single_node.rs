@@ -394,6 +394,25 @@ fn merge_stderr_to_stdout_sends_stderr_where_stdout_goes() {
 }
 
 #[test]
+fn print_all_exitcodes_lists_every_rank_and_keeps_the_first_failure_as_exit_status() {
+    let s = Scratch::new("allcodes");
+    // Ranks 0 and 1 end with 0; rank 2 fails (exit 3) only after they ended.
+    let code = "if [ $RLAUNCH_RANK = 2 ]; then
+            while [ ! -e $D/done0 ] || [ ! -e $D/done1 ]; do sleep 0.01; done; sleep 0.3; exit 3
+        fi; touch $D/done$RLAUNCH_RANK";
+    let out = s.run(args(&["-np", "3", "-print-all-exitcodes"], code));
+    out.expect_code(3);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains(": exit status")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (r, c) in [(0, 0), (1, 0), (2, 3)] {
+        assert!(lines[r].starts_with(&format!("rlaunch: rank {r} on ")) && lines[r].ends_with(&format!(": exit status {c}")), "{out}");
+    }
+    let out = s.run(args(&["-np", "2"], "exit 0"));
+    out.expect_code(0);
+    assert!(!out.stderr.contains("exit status"), "only with -print-all-exitcodes: {out}");
+}
+
+#[test]
 fn flooding_rank_and_concurrent_printer_keep_every_line_intact() {
     let s = Scratch::new("flood");
     // Rank 0 writes ~12 MB in lines of varying length (some longer than a pipe buffer); rank 1

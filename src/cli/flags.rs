@@ -115,6 +115,7 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
                                     read when the command line gives no host list or launcher
   MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
                                     mpirun reads it too)
+  -print-all-exitcodes              at the end, one line per rank on stderr with its exit status
   Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
 
 PLACEMENT (both families):
@@ -130,7 +131,7 @@ APPLICATION FILES (both families):
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
   -envnone, -envlist (per context), --map-by seq, --timestamp-output, --tune,
-  per-context -H in MPMD, -print-all-exitcodes, -enable-x, -ckpointlib (BLCR), Cray PALS's
+  per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Cray PALS's
   --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
 
 #[derive(Parser, Debug, Clone)]
@@ -186,6 +187,11 @@ pub struct Cli {
     /// Open MPI: a rank's stderr goes where its stdout goes (rlaunch's stdout, or the stdout file)
     #[arg(long = "merge-stderr-to-stdout", hide_short_help = true)]
     pub merge_stderr_to_stdout: bool,
+
+    /// Hydra: at the end, every rank's exit status on stderr, one line each (rlaunch's own exit
+    /// status stays the first failure's)
+    #[arg(long = "print-all-exitcodes", hide_short_help = true)]
+    pub print_all_exitcodes: bool,
 
     /// Which rank reads rlaunch's standard input: a rank number, "all" or "none"
     #[arg(short = 's', long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
@@ -460,7 +466,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("enable-x", "rlaunch does not forward X11 connections"),
     ("timestamp-output", "not supported yet"),
-    ("print-all-exitcodes", "not supported yet; --report FILE records every rank's exit status"),
     ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
     ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
     ("tune", "not supported yet; give the file's --mca and -x options on the command line"),

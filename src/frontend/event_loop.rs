@@ -499,6 +499,7 @@ impl Frontend {
             self.fail(f);
         }
         self.reporter.clear_progress();
+        self.plan.print_all_exitcodes.then(|| super::ranks::all_exit_codes(&self.job, &self.ranks)).into_iter().flatten().for_each(|l| self.reporter.line(&l));
         self.links.down(&Msg::Shutdown);
         self.links.flush_blocking(Duration::from_secs(2));
         self.carriers.wait_all(EXIT_WAIT, &mut self.poll);
