@@ -151,6 +151,21 @@ pub fn expand_pattern(pattern: &str, rank: u32, host: &str) -> String {
     out
 }
 
+/// The local time as ctime(3) writes it, without its newline: `Wed Dec  2 04:36:53 2026`.
+pub fn ctime_now() -> String {
+    // SAFETY: time(NULL); localtime_r into a zeroed tm we own; strftime into a buffer of its length.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return String::new();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c"%a %b %e %H:%M:%S %Y".as_ptr(), &tm);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
 /// Prefixes every line of `data` (which holds only whole lines) with `prefix`.
 pub fn tag_lines(prefix: &[u8], data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + prefix.len() * 4);

@@ -24,6 +24,8 @@ pub struct JobPlan {
     pub output_files: Option<crate::output::OutputFiles>,
     /// `-print-all-exitcodes`: every rank's exit status on stderr at the end.
     pub print_all_exitcodes: bool,
+    /// `--timestamp-output`.
+    pub timestamp_output: bool,
     /// `--merge-stderr-to-stdout`.
     pub merge_stderr: bool,
     pub report: Option<PathBuf>,

@@ -413,6 +413,33 @@ fn print_all_exitcodes_lists_every_rank_and_keeps_the_first_failure_as_exit_stat
 }
 
 #[test]
+fn timestamp_output_starts_each_terminal_line_with_the_local_time() {
+    let s = Scratch::new("stamp");
+    let is_ctime = |t: &str| {
+        // "Wed Dec  2 04:36:53 2026": day, month, day of month, time, year.
+        let w: Vec<&str> = t.split_whitespace().collect();
+        w.len() == 5 && w[0].len() == 3 && w[1].len() == 3 && w[2].parse::<u32>().is_ok() && w[3].len() == 8 && w[4].parse::<u32>().is_ok()
+    };
+    let out = s.run(args(&["-np", "1", "--timestamp-output"], "echo a; echo b >&2; printf c"));
+    out.expect_code(0);
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, text) in lines.iter().zip(["a", "c"]) {
+        let (stamp, rest) = line.split_at(line.len() - 2);
+        assert!(is_ctime(stamp) && rest == format!(" {text}"), "{line:?}");
+    }
+    let err = out.stderr.trim_end();
+    assert!(is_ctime(&err[..err.len() - 2]) && err.ends_with(" b"), "{out}");
+    let out = s.run(args(&["-np", "2", "--timestamp-output", "-l"], "echo x"));
+    for line in out.stdout_lines() {
+        let at = line.find(" [").expect("the tag follows the time");
+        assert!(is_ctime(&line[..at]) && line.ends_with("] x"), "{line:?}");
+    }
+    s.run(args(&["-np", "1", "--timestamp-output", "--output-dir", "t"], "echo a")).expect_code(0);
+    assert_eq!(s.read("t/rank.0.stdout"), "a\n", "files stay byte-exact");
+}
+
+#[test]
 fn flooding_rank_and_concurrent_printer_keep_every_line_intact() {
     let s = Scratch::new("flood");
     // Rank 0 writes ~12 MB in lines of varying length (some longer than a pipe buffer); rank 1

@@ -84,6 +84,8 @@ COMPATIBILITY, OPEN MPI (mpirun):
                                     of the job size), as Open MPI 4.1; also on the terminal
                                     unless nocopy; files are byte-exact, untagged
   --merge-stderr-to-stdout          a rank's stderr goes where its stdout goes
+  --timestamp-output                each line on the terminal starts with the local time, as
+                                    ctime(3) writes it (before -l's tag); files stay exact
   --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
   --host a,b                        one slot per host named without a count; more ranks than
                                     slots is an error (unless --oversubscribe)
@@ -135,7 +137,7 @@ APPLICATION FILES (both families):
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), --map-by seq, --timestamp-output, --tune,
+  -envnone, -envlist (per context), --map-by seq, --tune,
   per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Cray PALS's
   --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
 
@@ -188,6 +190,11 @@ pub struct Cli {
     /// Hydra: each rank's stderr to the file PATTERN names (%r rank, %h host, %g 0, %% a '%')
     #[arg(long = "errfile-pattern", value_name = "PATTERN", conflicts_with = "output_dir", hide_short_help = true)]
     pub errfile_pattern: Option<String>,
+
+    /// Open MPI: each output line on the terminal starts with the local time (as ctime(3) writes
+    /// it); files stay byte-exact
+    #[arg(long = "timestamp-output", hide_short_help = true)]
+    pub timestamp_output: bool,
 
     /// Open MPI: a rank's stderr goes where its stdout goes (rlaunch's stdout, or the stdout file)
     #[arg(long = "merge-stderr-to-stdout", hide_short_help = true)]
@@ -470,7 +477,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("ckpoint-prefix", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("enable-x", "rlaunch does not forward X11 connections"),
-    ("timestamp-output", "not supported yet"),
     ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
     ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
     ("tune", "not supported yet; give the file's --mca and -x options on the command line"),

@@ -121,6 +121,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         tag_output: g.tag_output,
         output_files,
         merge_stderr: g.merge_stderr_to_stdout,
+        timestamp_output: g.timestamp_output,
         print_all_exitcodes: g.print_all_exitcodes,
         report: g.report.clone(),
         verbose: g.verbose,

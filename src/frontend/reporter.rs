@@ -22,6 +22,8 @@ pub struct OutputStyle {
     pub files: Option<OutputFiles>,
     /// `--merge-stderr-to-stdout`: a rank's stderr goes where its stdout goes.
     pub merge_stderr: bool,
+    /// `--timestamp-output`: each line on the terminal starts with the local time.
+    pub timestamp: bool,
     /// `--quiet`: never a progress line.
     pub quiet: bool,
     /// `-v` count.
@@ -117,10 +119,10 @@ impl Reporter {
         if !self.style.files.as_ref().map_or(true, |f| f.on_terminal(stream)) {
             return failure;
         }
-        let bytes = if self.style.tag {
+        let bytes = if self.style.tag || self.style.timestamp {
             // A tag starts each line: a partial line waits here for the rest of it.
             let lines = self.held.entry(key).or_default().push(data);
-            tag_lines(format!("[{rank}] ").as_bytes(), &lines)
+            tag_lines(&self.prefix(rank), &lines)
         } else {
             // Untagged: the bytes as the rank wrote them.
             data.to_vec()
@@ -150,6 +152,16 @@ impl Reporter {
         Some(Failure::OutputError { stream: path.display().to_string(), error: error.to_string() })
     }
 
+    /// What starts each line on the terminal: `--timestamp-output`'s local time (as ctime(3)
+    /// writes it) and `-l`'s `[rank] `.
+    fn prefix(&self, rank: u32) -> Vec<u8> {
+        let mut p = if self.style.timestamp { format!("{} ", crate::output::ctime_now()) } else { String::new() };
+        if self.style.tag {
+            p.push_str(&format!("[{rank}] "));
+        }
+        p.into_bytes()
+    }
+
     /// A rank ended: the end of its output. Only tagged output adds newlines: a tagged last line
     /// without one gets one (so the next tag starts a line), as does each tagged piece of a line
     /// longer than the 1 MiB bound. Untagged output and `--output-dir` files are byte-exact.
@@ -157,7 +169,7 @@ impl Reporter {
         let mut failure = None;
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = match self.held.remove(&(rank, stream)) {
-                Some(mut lines) => tag_lines(format!("[{rank}] ").as_bytes(), &lines.finish()),
+                Some(mut lines) => tag_lines(&self.prefix(rank), &lines.finish()),
                 None => continue,
             };
             failure = failure.or(self.deliver(stream, &rest));
@@ -272,7 +284,7 @@ mod tests {
     fn output_dir_gets_each_ranks_streams_in_their_own_files_appended_in_order() {
         let dir = std::env::temp_dir().join(format!("rlaunch-reporter-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let style = OutputStyle { tag: true, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: false, quiet: true, verbose: 0 };
+        let style = OutputStyle { tag: true, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: false, timestamp: false, quiet: true, verbose: 0 };
         let mut r = Reporter::new(style);
         r.output(3, Stream::Stdout, b"a\n");
         r.output(3, Stream::Stderr, b"e\n");
@@ -282,7 +294,7 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("rank.3.stderr")).unwrap(), b"e\n");
         std::fs::remove_dir_all(&dir).unwrap();
         // --merge-stderr-to-stdout: stderr goes to the stdout file.
-        let style = OutputStyle { tag: false, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: true, quiet: true, verbose: 0 };
+        let style = OutputStyle { tag: false, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: true, timestamp: false, quiet: true, verbose: 0 };
         let mut r = Reporter::new(style);
         r.output(1, Stream::Stdout, b"a\n");
         r.output(1, Stream::Stderr, b"e");
@@ -294,9 +306,9 @@ mod tests {
     #[test]
     fn no_progress_line_is_due_when_quiet_or_once_launched() {
         let t0 = Instant::now();
-        let quiet = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, quiet: true, verbose: 0 });
+        let quiet = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, timestamp: false, quiet: true, verbose: 0 });
         assert_eq!(quiet.progress_due(t0), None);
-        let mut r = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, quiet: false, verbose: 0 });
+        let mut r = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, timestamp: false, quiet: false, verbose: 0 });
         assert_eq!(r.progress_due(t0), Some(t0 + PROGRESS_AFTER));
         r.progress(Progress::default(), true, t0);
         assert_eq!(r.progress_due(t0), None);
