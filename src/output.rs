@@ -61,6 +61,111 @@ impl LineBuffer {
     }
 }
 
+/// Where ranks' output goes to files instead of (or besides) the terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputFiles {
+    /// `--output-dir DIR`: `DIR/rank.N.stdout` and `DIR/rank.N.stderr`, nothing on the terminal.
+    Dir(std::path::PathBuf),
+    /// Open MPI's `--output-filename DIR[:nojobid,nocopy]`: `DIR/1/rank.N/stdout` and `stderr` (N
+    /// zero-padded to the digits of the job size; `DIR/rank.N/...` with `nojobid`), also copied to
+    /// the terminal unless `nocopy`.
+    OpenMpi { dir: std::path::PathBuf, jobid: bool, copy: bool, width: usize },
+    /// Hydra's `-outfile-pattern` / `-errfile-pattern`: `%r` the rank, `%h` its host, `%g` the
+    /// process group (0), `%%` a '%'; a stream without a pattern stays on the terminal.
+    Pattern { out: Option<String>, err: Option<String>, hosts: Vec<String> },
+}
+
+impl OutputFiles {
+    /// Open MPI's `DIR[:nojobid,nocopy]`, for a job of `size` ranks.
+    pub fn open_mpi(spec: &str, size: u32) -> Result<OutputFiles, String> {
+        let (dir, opts) = spec.split_once(':').unwrap_or((spec, ""));
+        let (mut jobid, mut copy) = (true, true);
+        for o in opts.split(',').filter(|o| !o.is_empty()) {
+            match o {
+                "nojobid" => jobid = false,
+                "nocopy" => copy = false,
+                _ => return Err(format!("unknown modifier ':{o}'; use nojobid and/or nocopy")),
+            }
+        }
+        if dir.is_empty() {
+            return Err("expected a directory".into());
+        }
+        Ok(OutputFiles::OpenMpi { dir: dir.into(), jobid, copy, width: size.to_string().len() })
+    }
+
+    /// The file a rank's stream goes to, if any.
+    pub fn path(&self, rank: u32, stream: crate::wire::Stream) -> Option<std::path::PathBuf> {
+        use crate::wire::Stream;
+        let name = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        match self {
+            OutputFiles::Dir(d) => Some(d.join(format!("rank.{rank}.{name}"))),
+            OutputFiles::OpenMpi { dir, jobid, width, .. } => {
+                let base = if *jobid { dir.join("1") } else { dir.clone() };
+                Some(base.join(format!("rank.{rank:0width$}")).join(name))
+            }
+            OutputFiles::Pattern { out, err, hosts } => {
+                let pattern = match stream {
+                    Stream::Stdout => out.as_ref()?,
+                    Stream::Stderr => err.as_ref()?,
+                };
+                Some(expand_pattern(pattern, rank, hosts.get(rank as usize).map_or("", String::as_str)).into())
+            }
+        }
+    }
+
+    /// Whether a rank's stream is also (or only) shown on the terminal.
+    pub fn on_terminal(&self, stream: crate::wire::Stream) -> bool {
+        match self {
+            OutputFiles::Dir(_) => false,
+            OutputFiles::OpenMpi { copy, .. } => *copy,
+            OutputFiles::Pattern { .. } => self.path(0, stream).is_none(),
+        }
+    }
+}
+
+/// Hydra's file pattern for one rank: `%r` rank, `%h` host, `%g` process group (always 0: rlaunch
+/// starts one group), `%%` '%'; anything else is kept as written.
+pub fn expand_pattern(pattern: &str, rank: u32, host: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push_str(&rank.to_string()),
+            Some('h') => out.push_str(host),
+            Some('g') => out.push('0'),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// The local time as ctime(3) writes it, without its newline: `Wed Dec  2 04:36:53 2026`.
+pub fn ctime_now() -> String {
+    // SAFETY: time(NULL); localtime_r into a zeroed tm we own; strftime into a buffer of its length.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return String::new();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c"%a %b %e %H:%M:%S %Y".as_ptr(), &tm);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
 /// Prefixes every line of `data` (which holds only whole lines) with `prefix`.
 pub fn tag_lines(prefix: &[u8], data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + prefix.len() * 4);
@@ -94,6 +199,26 @@ mod tests {
         assert_eq!(out.len(), MAX_LINE + 1);
         assert_eq!(*out.last().unwrap(), b'\n');
         assert_eq!(b.finish().len(), 11);
+    }
+
+    #[test]
+    fn output_file_layouts() {
+        use crate::wire::Stream;
+        let d = OutputFiles::Dir("logs".into());
+        assert_eq!(d.path(3, Stream::Stderr).unwrap(), std::path::Path::new("logs/rank.3.stderr"));
+        assert!(!d.on_terminal(Stream::Stdout));
+        let o = OutputFiles::open_mpi("out", 12).unwrap();
+        assert_eq!(o.path(3, Stream::Stdout).unwrap(), std::path::Path::new("out/1/rank.03/stdout"));
+        assert!(o.on_terminal(Stream::Stdout), "Open MPI copies the output to the terminal");
+        let o = OutputFiles::open_mpi("out:nojobid,nocopy", 4).unwrap();
+        assert_eq!(o.path(3, Stream::Stderr).unwrap(), std::path::Path::new("out/rank.3/stderr"));
+        assert!(!o.on_terminal(Stream::Stderr));
+        assert_eq!(OutputFiles::open_mpi("out:copy", 4).unwrap_err(), "unknown modifier ':copy'; use nojobid and/or nocopy");
+        let p = OutputFiles::Pattern { out: Some("o-%h-%r.%g.log%%".into()), err: None, hosts: vec!["a".into(), "b".into()] };
+        assert_eq!(p.path(1, Stream::Stdout).unwrap(), std::path::Path::new("o-b-1.0.log%"));
+        assert_eq!(p.path(1, Stream::Stderr), None);
+        assert!(p.on_terminal(Stream::Stderr) && !p.on_terminal(Stream::Stdout));
+        assert_eq!(expand_pattern("x%q%", 2, "h"), "x%q%");
     }
 
     #[test]

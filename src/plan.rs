@@ -20,7 +20,14 @@ pub struct JobPlan {
     pub timeout: Option<Duration>,
     pub launch_timeout: Duration,
     pub tag_output: bool,
-    pub output_dir: Option<PathBuf>,
+    /// Files for the ranks' output (`--output-dir`, `--output-filename`, `-outfile-pattern`, ...).
+    pub output_files: Option<crate::output::OutputFiles>,
+    /// `-print-all-exitcodes`: every rank's exit status on stderr at the end.
+    pub print_all_exitcodes: bool,
+    /// `--timestamp-output`.
+    pub timestamp_output: bool,
+    /// `--merge-stderr-to-stdout`.
+    pub merge_stderr: bool,
     pub report: Option<PathBuf>,
     pub verbose: u8,
     /// Never show launch progress.

@@ -334,9 +334,109 @@ fn output_dir_gets_one_file_per_rank_and_stream() {
     assert_eq!(out.stdout, "", "output goes to the files, not the terminal");
     assert_eq!(out.stderr, "");
     for r in 0..2 {
-        assert_eq!(s.read(&format!("logs/run1/rank.{r}.stdout")), format!("out{r}\ntail{r}\n"));
+        assert_eq!(s.read(&format!("logs/run1/rank.{r}.stdout")), format!("out{r}\ntail{r}"), "byte-exact");
         assert_eq!(s.read(&format!("logs/run1/rank.{r}.stderr")), format!("err{r}\n"));
     }
+}
+
+#[test]
+fn output_filename_writes_open_mpis_layout_and_copies_to_the_terminal() {
+    let s = Scratch::new("ompiout");
+    let code = "echo out$RLAUNCH_RANK; echo err$RLAUNCH_RANK >&2; printf tail$RLAUNCH_RANK";
+    let out = s.run(args(&["-np", "2", "--output-filename", "o"], code));
+    out.expect_code(0);
+    for r in 0..2 {
+        assert_eq!(s.read(&format!("o/1/rank.{r}/stdout")), format!("out{r}\ntail{r}"), "byte-exact");
+        assert_eq!(s.read(&format!("o/1/rank.{r}/stderr")), format!("err{r}\n"));
+        assert!(out.stdout.contains(&format!("out{r}\n")) && out.stderr.contains(&format!("err{r}\n")), "copied to the terminal: {out}");
+    }
+    let out = s.run(args(&["-np", "1", "-output-filename", "q:nojobid,nocopy"], code));
+    out.expect_code(0);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""), "nocopy: nothing on the terminal");
+    assert_eq!(s.read("q/rank.0/stdout"), "out0\ntail0");
+    let out = s.run(args(&["-np", "1", "--output-filename", "q:copy"], code));
+    out.expect_code(2);
+    assert_eq!(out.stderr.trim_end(), "rlaunch: --output-filename q:copy: unknown modifier ':copy'; use nojobid and/or nocopy");
+}
+
+#[test]
+fn hydra_file_patterns_name_each_ranks_files() {
+    let s = Scratch::new("hydraout");
+    let code = "echo out$RLAUNCH_RANK; echo err$RLAUNCH_RANK >&2";
+    let out = s.run(args(&["-n", "2", "-outfile-pattern=logs/out-%r.%g.log", "-errfile-pattern", "logs/err-%h-%r"], code));
+    out.expect_code(0);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""), "{out}");
+    let host = std::fs::read_dir(s.path("logs")).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok()).find_map(|n| n.strip_prefix("err-")?.strip_suffix("-0").map(String::from)).expect("err-HOST-0");
+    assert!(!host.is_empty());
+    for r in 0..2 {
+        assert_eq!(s.read(&format!("logs/out-{r}.0.log")), format!("out{r}\n"));
+        assert_eq!(s.read(&format!("logs/err-{host}-{r}")), format!("err{r}\n"));
+    }
+    // Only stdout to a file: stderr stays on the terminal; one file for all ranks holds every line.
+    let out = s.run(args(&["-n", "2", "-outfile-pattern", "all.log"], code));
+    out.expect_code(0);
+    let mut lines: Vec<String> = s.read("all.log").lines().map(String::from).collect();
+    lines.sort();
+    assert_eq!(lines, ["out0", "out1"]);
+    assert!(out.stderr.contains("err0\n") && out.stderr.contains("err1\n"), "{out}");
+}
+
+#[test]
+fn merge_stderr_to_stdout_sends_stderr_where_stdout_goes() {
+    let s = Scratch::new("merge");
+    let out = s.run(args(&["-np", "1", "--merge-stderr-to-stdout"], "echo one; sleep 0.2; echo two >&2"));
+    out.expect_code(0);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("one\ntwo\n", ""), "{out}");
+    let out = s.run(args(&["-np", "1", "--merge-stderr-to-stdout", "--output-dir", "m"], "echo one; sleep 0.2; echo two >&2"));
+    out.expect_code(0);
+    assert_eq!(s.read("m/rank.0.stdout"), "one\ntwo\n");
+    assert!(!s.path("m/rank.0.stderr").exists());
+}
+
+#[test]
+fn print_all_exitcodes_lists_every_rank_and_keeps_the_first_failure_as_exit_status() {
+    let s = Scratch::new("allcodes");
+    // Ranks 0 and 1 end with 0; rank 2 fails (exit 3) only after they ended.
+    let code = "if [ $RLAUNCH_RANK = 2 ]; then
+            while [ ! -e $D/done0 ] || [ ! -e $D/done1 ]; do sleep 0.01; done; sleep 0.3; exit 3
+        fi; touch $D/done$RLAUNCH_RANK";
+    let out = s.run(args(&["-np", "3", "-print-all-exitcodes"], code));
+    out.expect_code(3);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains(": exit status")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (r, c) in [(0, 0), (1, 0), (2, 3)] {
+        assert!(lines[r].starts_with(&format!("rlaunch: rank {r} on ")) && lines[r].ends_with(&format!(": exit status {c}")), "{out}");
+    }
+    let out = s.run(args(&["-np", "2"], "exit 0"));
+    out.expect_code(0);
+    assert!(!out.stderr.contains("exit status"), "only with -print-all-exitcodes: {out}");
+}
+
+#[test]
+fn timestamp_output_starts_each_terminal_line_with_the_local_time() {
+    let s = Scratch::new("stamp");
+    let is_ctime = |t: &str| {
+        // "Wed Dec  2 04:36:53 2026": day, month, day of month, time, year.
+        let w: Vec<&str> = t.split_whitespace().collect();
+        w.len() == 5 && w[0].len() == 3 && w[1].len() == 3 && w[2].parse::<u32>().is_ok() && w[3].len() == 8 && w[4].parse::<u32>().is_ok()
+    };
+    let out = s.run(args(&["-np", "1", "--timestamp-output"], "echo a; echo b >&2; printf c"));
+    out.expect_code(0);
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, text) in lines.iter().zip(["a", "c"]) {
+        let (stamp, rest) = line.split_at(line.len() - 2);
+        assert!(is_ctime(stamp) && rest == format!(" {text}"), "{line:?}");
+    }
+    let err = out.stderr.trim_end();
+    assert!(is_ctime(&err[..err.len() - 2]) && err.ends_with(" b"), "{out}");
+    let out = s.run(args(&["-np", "2", "--timestamp-output", "-l"], "echo x"));
+    for line in out.stdout_lines() {
+        let at = line.find(" [").expect("the tag follows the time");
+        assert!(is_ctime(&line[..at]) && line.ends_with("] x"), "{line:?}");
+    }
+    s.run(args(&["-np", "1", "--timestamp-output", "--output-dir", "t"], "echo a")).expect_code(0);
+    assert_eq!(s.read("t/rank.0.stdout"), "a\n", "files stay byte-exact");
 }
 
 #[test]
@@ -412,7 +512,11 @@ fn a_last_line_without_newline_is_delivered_as_a_line_of_its_own() {
         let want: BTreeSet<String> =
             [format!("{}first-half second-half", p(0)), format!("{}a whole line", p(1)), format!("{}no newline at the end", p(0))].into();
         assert_eq!(got, want.iter().map(String::as_str).collect(), "{out}");
-        assert!(out.stdout.ends_with('\n'), "the unterminated line is ended by rlaunch");
+        if tag {
+            assert!(out.stdout.ends_with('\n'), "with -l the unterminated line is ended, so the next tag starts a line");
+        } else {
+            assert!(out.stdout.ends_with("no newline at the end"), "without -l the bytes arrive exactly: {out}");
+        }
     }
 }
 
@@ -425,9 +529,7 @@ fn no_newline_is_inserted_into_long_lines_on_the_terminal_or_in_output_dir_files
     want.extend(vec![b'x'; 2_500_000]);
     want.push(b'\n');
     want.extend(vec![0u8; 3_000_000]);
-    // Nothing is inserted at the bound; the unterminated end is followed by a newline (which
-    // output_dir_gets_one_file_per_rank_and_stream and a_last_line_without_newline_is_delivered_as_a_line_of_its_own ask for).
-    want.push(b'\n');
+    // Nothing is inserted at the bound, nothing appended to the unterminated end.
     s.run(args(&["-np", "1", "--output-dir", "out"], code)).expect_code(0);
     let file = std::fs::read(s.path("out/rank.0.stdout")).unwrap();
     assert!(file == want, "--output-dir file: {} bytes, want exactly {}", file.len(), want.len());

@@ -14,6 +14,7 @@
 
 use crate::map::{MapBy, MapPolicy, RankBy};
 use crate::nodes::{local_hostname, parse_host_list, parse_hostfile, Node, NodeListError};
+use crate::batch::{detect_grid_engine, detect_lsf};
 use crate::pbs::detect_pbs;
 use crate::slurm::{detect_slurm, SlurmError};
 use crate::start::{GroupStarter, NodeStarter, SshOptions, Starter};
@@ -127,6 +128,8 @@ pub enum AllocationError {
     Slurm(SlurmError),
     #[error("reading the PBS allocation: {0}")]
     Pbs(NodeListError),
+    #[error("reading the Grid Engine or LSF allocation: {0}")]
+    Batch(NodeListError),
     #[error("--launcher agent needs --launch-agent CMD")]
     AgentNeedsCommand,
     #[error("--launch-agent cannot be combined with --launcher {0}")]
@@ -185,7 +188,11 @@ pub fn allocate(req: &AllocationRequest, env: &dyn Fn(&str) -> Option<String>) -
     let allocation = match (slurm, pbs) {
         (Some(s), _) => Some((LauncherKind::Slurm, Allocation { name: format!("Slurm job {}", s.job_id), nodes: s.nodes })),
         (None, Some(p)) => Some((LauncherKind::Pbs, Allocation { name: format!("PBS job {}", p.job_id), nodes: p.nodes })),
-        (None, None) => None,
+        // Grid Engine and LSF: nodes from the job, daemons over ssh (see crate::batch).
+        (None, None) => match detect_grid_engine(env).map_err(AllocationError::Batch)? {
+            Some(b) => Some((LauncherKind::Ssh, Allocation { name: b.name, nodes: b.nodes })),
+            None => detect_lsf(env).map_err(AllocationError::Batch)?.map(|b| (LauncherKind::Ssh, Allocation { name: b.name, nodes: b.nodes })),
+        },
     };
     let inside = allocation.as_ref().map(|(k, _)| *k);
     let kind = match (req.launcher, &agent) {
@@ -444,6 +451,31 @@ mod tests {
         assert_eq!(allocate(&request(), &both).unwrap().starter, Starter::Group(GroupStarter::Srun { srun: "srun".into() }));
         let e = err(&request(), &env_of(&[("PBS_JOBID", "7.server")]));
         assert!(e.starts_with("reading the PBS allocation: "), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn inside_grid_engine_or_lsf_nodes_come_from_the_job_and_daemons_over_ssh() {
+        let dir = std::env::temp_dir().join(format!("launchers-alloc-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pe_hostfile");
+        std::fs::write(&file, "g1 2 all.q@g1 UNDEFINED\ng2 1 all.q@g2 UNDEFINED\n").unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let sge = env_of(&[("JOB_ID", "42"), ("PE_HOSTFILE", &path), ("NSLOTS", "3")]);
+        let p = allocate(&request(), &sge).unwrap();
+        assert_eq!(names(&p), [("g1", 2), ("g2", 1)]);
+        assert!(matches!(p.starter, Starter::Each(NodeStarter::Ssh(_))));
+        assert!(!p.local);
+        let e = err(&AllocationRequest { host: Some("g3".into()), ..request() }, &sge);
+        assert!(e.starts_with("node g3 is not part of Grid Engine job 42 (its nodes: g1,g2)"), "{e}");
+        let lsf = env_of(&[("LSB_JOBID", "9"), ("LSB_MCPU_HOSTS", "l1 4 l2 4")]);
+        let p = allocate(&request(), &lsf).unwrap();
+        assert_eq!(names(&p), [("l1", 4), ("l2", 4)]);
+        assert!(matches!(p.starter, Starter::Each(NodeStarter::Ssh(_))));
+        let e = err(&request(), &env_of(&[("LSB_JOBID", "9")]));
+        assert!(e.starts_with("reading the Grid Engine or LSF allocation: LSB_DJOB_HOSTFILE (or LSB_MCPU_HOSTS) is not set"), "{e}");
+        // The local launcher does not consult them.
+        assert!(allocate(&AllocationRequest { launcher: Some(LauncherKind::Local), ..request() }, &lsf).unwrap().local);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,4 +1,4 @@
-//! Where rlaunch's nodes come from (hostfiles, `--host`, Slurm, PBS), where its ranks go, and how
+//! Where rlaunch's nodes come from (hostfiles, `--host`, Slurm, PBS, Grid Engine, LSF), where its ranks go, and how
 //! its daemons get started.
 //!
 //! [`nodes`], [`map`] and [`slurm`] are pure: text and environment lookups in, values out, so
@@ -9,6 +9,7 @@
 //! that tests never touch the real environment.
 
 pub mod allocation;
+pub mod batch;
 pub mod map;
 pub mod nodes;
 pub mod pbs;

@@ -53,6 +53,11 @@ NODES:
   Without --hostfile or --host, ranks run on this machine (slots = CPUs, more ranks allowed).
   With a node list, daemons start over ssh (or --launch-agent) in a tree of fan-out --fanout;
   asking for more ranks than slots is an error unless --oversubscribe.
+  Inside a batch job the job's nodes are used: Slurm (SLURM_JOB_NODELIST, one srun step), PBS
+  (PBS_NODEFILE), Grid Engine (JOB_ID with PE_HOSTFILE: HOST SLOTS per line; NSLOTS is not
+  needed) and LSF (LSB_JOBID with LSB_DJOB_HOSTFILE, else LSB_MCPU_HOSTS); PBS, Grid Engine and
+  LSF daemons start over ssh (not pbsdsh, qrsh -inherit or blaunch, which cannot give a daemon
+  a private stdin for the job key). A node list must be part of the job's nodes.
   Remote ranks get rlaunch's environment except HOSTNAME, HOST, DISPLAY, XAUTHORITY, PWD,
   OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
   RLAUNCH_*).
@@ -74,6 +79,13 @@ COMPATIBILITY, OPEN MPI (mpirun):
                                     modifiers of --map-by; SPAN changes nothing (nodes are
                                     already one resource); PE=n is placement (below)
   --display-map                     print the map (as --dry-run) on stdout, then run
+  --output-filename DIR[:nojobid,nocopy]
+                                    DIR/1/rank.N/stdout and stderr (N zero-padded to the digits
+                                    of the job size), as Open MPI 4.1; also on the terminal
+                                    unless nocopy; files are byte-exact, untagged
+  --merge-stderr-to-stdout          a rank's stderr goes where its stdout goes
+  --timestamp-output                each line on the terminal starts with the local time, as
+                                    ctime(3) writes it (before -l's tag); files stay exact
   --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
   --host a,b                        one slot per host named without a count; more ranks than
                                     slots is an error (unless --oversubscribe)
@@ -102,26 +114,31 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -iface NAME                       the NIC, as --nic NAME
   -l, -prepend-rank                 prefix output lines with \"[RANK] \", as --tag-output
   -print-rank-map                   as --display-map
+  -outfile-pattern P, -errfile-pattern P
+                                    each rank's stdout (stderr) appended to the file P names:
+                                    %r rank, %h host, %g 0 (one process group), %% a '%'
   -s RANK|all|none                  which rank reads stdin, as --stdin
   HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
                                     read when the command line gives no host list or launcher
   MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
                                     mpirun reads it too)
+  -print-all-exitcodes              at the end, one line per rank on stderr with its exit status
   Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
 
 PLACEMENT (both families):
   --bind-to (Intel: -binding), --report-bindings, --cpus-per-proc, --use-hwthread-cpus,
   --rankfile and --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
-  is not read (ranks are mapped by --map-by), and -v says so once.
+  is not read (ranks are mapped by --map-by), and -v says so once. --map-by and --rank-by
+  core|socket|package|numa|l3cache|l2cache|l1cache|hwthread|board fill each node's slots in order
+  (as slot); the object inside the node is placement, and -v says so too.
 
 APPLICATION FILES (both families):
   --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), --map-by seq and by core/socket, --output-filename,
-  -outfile-pattern, -errfile-pattern, --merge-stderr-to-stdout, --timestamp-output, --tune,
-  per-context -H in MPMD, -print-all-exitcodes, -enable-x, -ckpointlib (BLCR), Cray PALS's
+  -envnone, -envlist (per context), --map-by seq, --tune,
+  per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Cray PALS's
   --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
 
 #[derive(Parser, Debug, Clone)]
@@ -161,6 +178,33 @@ pub struct Cli {
     #[arg(long = "output-dir", value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 
+    /// Open MPI: DIR/1/rank.N/stdout and stderr (N zero-padded), also shown on the terminal;
+    /// DIR:nojobid leaves out the 1/, DIR:nocopy the terminal
+    #[arg(long = "output-filename", value_name = "DIR", conflicts_with_all = ["output_dir", "outfile_pattern", "errfile_pattern"], hide_short_help = true)]
+    pub output_filename: Option<String>,
+
+    /// Hydra: each rank's stdout to the file PATTERN names (%r rank, %h host, %g 0, %% a '%')
+    #[arg(long = "outfile-pattern", value_name = "PATTERN", conflicts_with = "output_dir", hide_short_help = true)]
+    pub outfile_pattern: Option<String>,
+
+    /// Hydra: each rank's stderr to the file PATTERN names (%r rank, %h host, %g 0, %% a '%')
+    #[arg(long = "errfile-pattern", value_name = "PATTERN", conflicts_with = "output_dir", hide_short_help = true)]
+    pub errfile_pattern: Option<String>,
+
+    /// Open MPI: each output line on the terminal starts with the local time (as ctime(3) writes
+    /// it); files stay byte-exact
+    #[arg(long = "timestamp-output", hide_short_help = true)]
+    pub timestamp_output: bool,
+
+    /// Open MPI: a rank's stderr goes where its stdout goes (rlaunch's stdout, or the stdout file)
+    #[arg(long = "merge-stderr-to-stdout", hide_short_help = true)]
+    pub merge_stderr_to_stdout: bool,
+
+    /// Hydra: at the end, every rank's exit status on stderr, one line each (rlaunch's own exit
+    /// status stays the first failure's)
+    #[arg(long = "print-all-exitcodes", hide_short_help = true)]
+    pub print_all_exitcodes: bool,
+
     /// Which rank reads rlaunch's standard input: a rank number, "all" or "none"
     #[arg(short = 's', long, value_name = "RANK|all|none", default_value = "0", value_parser = stdin_target)]
     pub stdin: StdinTarget,
@@ -196,8 +240,8 @@ pub struct Cli {
 
     /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
     /// [default: node with --map-by node, as in Open MPI; slot otherwise]
-    #[arg(long = "rank-by", value_name = "POLICY", value_parser = typed::<RankBy>)]
-    pub rank_by: Option<RankBy>,
+    #[arg(long = "rank-by", value_name = "POLICY", value_parser = typed::<RankByFlag>)]
+    pub rank_by: Option<RankByFlag>,
 
     /// Allow more ranks than slots (max_slots stays a hard limit)
     #[arg(long)]
@@ -433,12 +477,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("ckpoint-prefix", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("enable-x", "rlaunch does not forward X11 connections"),
-    ("output-filename", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
-    ("outfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
-    ("errfile-pattern", "not supported yet; --output-dir DIR writes DIR/rank.N.stdout and DIR/rank.N.stderr"),
-    ("merge-stderr-to-stdout", "not supported yet; run the program as sh -c 'PROGRAM 2>&1'"),
-    ("timestamp-output", "not supported yet"),
-    ("print-all-exitcodes", "not supported yet; --report FILE records every rank's exit status"),
     ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
     ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
     ("tune", "not supported yet; give the file's --mca and -x options on the command line"),
@@ -518,6 +556,34 @@ pub struct MapByFlag {
     pub oversubscribe: Option<bool>,
     /// `:PE=n`: cores per rank, a placement request (not applied yet).
     pub pe: Option<u32>,
+    /// Open MPI's `core`, `socket`, ...: mapped as `slot` (a node's slots in order); the object
+    /// within the node is placement, which is not applied yet (`-v` says so).
+    pub object: Option<&'static str>,
+}
+
+/// Open MPI's mapping and ranking objects inside a node: rlaunch maps and ranks by slot for them.
+pub const NODE_OBJECTS: &[&str] = &["hwthread", "core", "l1cache", "l2cache", "l3cache", "socket", "package", "numa", "board"];
+
+fn node_object(s: &str) -> Option<&'static str> {
+    NODE_OBJECTS.iter().copied().find(|o| s.eq_ignore_ascii_case(o))
+}
+
+/// `--rank-by POLICY`: rlaunch's slot or node, or one of Open MPI's objects inside a node (ranked as slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RankByFlag {
+    pub policy: RankBy,
+    pub object: Option<&'static str>,
+}
+
+impl FromStr for RankByFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let base = s.split(':').next().unwrap_or(s);
+        match node_object(base) {
+            Some(o) => Ok(RankByFlag { policy: RankBy::Slot, object: Some(o) }),
+            None => s.parse::<RankBy>().map(|policy| RankByFlag { policy, object: None }).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl FromStr for MapByFlag {
@@ -527,7 +593,7 @@ impl FromStr for MapByFlag {
     /// nodes as one resource.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut policy = Vec::new();
-        let (mut oversubscribe, mut pe) = (None, None);
+        let (mut oversubscribe, mut pe, mut object) = (None, None, None);
         for part in s.split(':') {
             let upper = part.to_ascii_uppercase();
             match upper.as_str() {
@@ -546,9 +612,13 @@ impl FromStr for MapByFlag {
             p if p.eq_ignore_ascii_case("seq") => {
                 return Err("seq (rank i on the i-th line of the host file) is not supported yet; give the host file slots and use --map-by slot".into())
             }
+            p if node_object(&p).is_some() => {
+                object = node_object(&p);
+                MapBy::Slot
+            }
             p => p.parse::<MapBy>().map_err(|e| e.to_string())?,
         };
-        Ok(MapByFlag { policy, oversubscribe, pe })
+        Ok(MapByFlag { policy, oversubscribe, pe, object })
     }
 }
 
@@ -635,10 +705,18 @@ mod tests {
     #[test]
     fn map_by_modifiers() {
         let m = |v: &str| typed::<MapByFlag>(v).map_err(|e| e.to_string());
-        assert_eq!(m("ppr:2:node:PE=4").unwrap(), MapByFlag { policy: MapBy::PprNode(2), oversubscribe: None, pe: Some(4) });
-        assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None });
-        assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None });
+        assert_eq!(m("ppr:2:node:PE=4").unwrap(), MapByFlag { policy: MapBy::PprNode(2), oversubscribe: None, pe: Some(4), object: None });
+        assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None, object: None });
+        assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None, object: None });
         assert_eq!(m("slot:PE=x").unwrap_err(), "PE=x: expected a whole number of cores of at least 1");
+        for o in ["core", "socket", "package", "l3cache", "numa", "Core"] {
+            let f = m(o).unwrap();
+            assert_eq!((f.policy, f.object.is_some()), (MapBy::Slot, true), "--map-by {o} maps by slot and remembers the object");
+        }
+        assert_eq!(m("socket:PE=2").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: None, pe: Some(2), object: Some("socket") });
+        assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some("core") });
+        assert_eq!(typed::<RankByFlag>("node").unwrap(), RankByFlag { policy: RankBy::Node, object: None });
+        assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
         assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));
         assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
     }

@@ -5,6 +5,7 @@
 use super::error::{usage, UsageError};
 use super::flags::{Bootstrap, Cli, FabricFlag};
 use super::parse::Parsed;
+use crate::output::OutputFiles;
 use crate::plan::JobPlan;
 use crate::spec::{self, AppContext, FabricSpec, InventoryFormat, StdinTarget};
 use crate::{pmix, wire};
@@ -108,6 +109,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         (None, Ok(exe)) => exe.to_string_lossy().into_owned(),
         (None, Err(e)) => return Err(anyhow::anyhow!("finding rlaunch's own path: {e}")),
     };
+    let output_files = output_files(g, &map, &alloc.nodes)?;
     Ok(JobPlan {
         launch,
         nodes: alloc.nodes,
@@ -117,7 +119,10 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         timeout,
         launch_timeout,
         tag_output: g.tag_output,
-        output_dir: g.output_dir.clone(),
+        output_files,
+        merge_stderr: g.merge_stderr_to_stdout,
+        timestamp_output: g.timestamp_output,
+        print_all_exitcodes: g.print_all_exitcodes,
         report: g.report.clone(),
         verbose: g.verbose,
         quiet: g.quiet,
@@ -144,6 +149,21 @@ fn positive_seconds(flag: &str, secs: f64) -> Result<Duration, UsageError> {
     }
 }
 
+/// Where the ranks' output goes besides (or instead of) the terminal.
+fn output_files(g: &Cli, map: &launchers::map::ProcMap, nodes: &[launchers::nodes::Node]) -> Result<Option<OutputFiles>, UsageError> {
+    if let Some(dir) = &g.output_dir {
+        return Ok(Some(OutputFiles::Dir(dir.clone())));
+    }
+    if let Some(spec) = &g.output_filename {
+        return OutputFiles::open_mpi(spec, map.size()).map(Some).map_err(|e| usage(format!("--output-filename {spec}: {e}")));
+    }
+    if g.outfile_pattern.is_none() && g.errfile_pattern.is_none() {
+        return Ok(None);
+    }
+    let hosts = map.ranks().iter().map(|p| nodes[p.node as usize].name.clone()).collect();
+    Ok(Some(OutputFiles::Pattern { out: g.outfile_pattern.clone(), err: g.errfile_pattern.clone(), hosts }))
+}
+
 /// The placement options given, which are accepted but not yet carried out: `-v` says so once.
 fn placement_note(g: &Cli) -> Option<String> {
     let mut given = Vec::new();
@@ -158,6 +178,12 @@ fn placement_note(g: &Cli) -> Option<String> {
     }
     if let Some(pe) = g.map_by.pe {
         given.push(format!("--map-by :PE={pe}"));
+    }
+    if let Some(o) = g.map_by.object {
+        given.push(format!("--map-by {o} (ranks fill each node's slots in order)"));
+    }
+    if let Some(o) = g.rank_by.and_then(|r| r.object) {
+        given.push(format!("--rank-by {o} (ranks are numbered by slot)"));
     }
     if g.use_hwthread_cpus {
         given.push("--use-hwthread-cpus".to_string());
@@ -264,7 +290,7 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
         launcher,
         launch_agent,
         map_by,
-        rank_by: g.rank_by,
+        rank_by: g.rank_by.map(|r| r.policy),
         ppn: if g.pernode { Some(1) } else { g.ppn },
         oversubscribe: !no_oversubscribe
             && (g.oversubscribe || g.map_by.oversubscribe == Some(true) || mca_param(g, env, "rmaps_base_oversubscribe").is_some_and(|v| truthy(&v))),
@@ -796,5 +822,10 @@ mod tests {
         let p = plan(&["-mca", "plm_rsh_args", "-p 22", "-mca", "btl", "self", "-mca", "orte_base_help_aggregate", "0", "true"], &e).unwrap();
         assert_eq!(p.notes, ["--mca plm_rsh_args, orte_base_help_aggregate: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them"]);
         assert!(plan(&["--display-map", "true"], &e).unwrap().display_map);
+        let p = plan(&["--map-by", "core", "--rank-by", "core", "-np", "2", "true"], &e).unwrap();
+        assert_eq!(
+            p.notes,
+            ["--map-by core (ranks fill each node's slots in order), --rank-by core (ranks are numbered by slot): binding is not applied yet; ranks run unbound"]
+        );
     }
 }

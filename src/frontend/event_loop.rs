@@ -79,7 +79,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         StdinTarget::None => None,
         _ => Some(super::stdin::spawn_reader(waker.clone())?),
     };
-    let style = OutputStyle { tag: plan.tag_output, dir: plan.output_dir.clone(), quiet: plan.quiet, verbose: plan.verbose };
+    let style = OutputStyle { tag: plan.tag_output, files: plan.output_files.clone(), merge_stderr: plan.merge_stderr, timestamp: plan.timestamp_output, quiet: plan.quiet, verbose: plan.verbose };
     let mut fe = Frontend {
         links: Links::new(Router::new(*job.topology(), None), key),
         daemons: Daemons::new(*job.topology(), job.launch().nodes.iter().map(|n| n.name.clone()).collect()),
@@ -499,6 +499,7 @@ impl Frontend {
             self.fail(f);
         }
         self.reporter.clear_progress();
+        self.plan.print_all_exitcodes.then(|| super::ranks::all_exit_codes(&self.job, &self.ranks)).into_iter().flatten().for_each(|l| self.reporter.line(&l));
         self.links.down(&Msg::Shutdown);
         self.links.flush_blocking(Duration::from_secs(2));
         self.carriers.wait_all(EXIT_WAIT, &mut self.poll);

@@ -72,6 +72,12 @@ pub struct JobFacts<'a> {
     pub ranks: &'a Ranks,
 }
 
+/// `-print-all-exitcodes`' lines.
+pub fn all_exit_codes(job: &JobView, ranks: &Ranks) -> Vec<String> {
+    let facts = JobFacts { job, ranks };
+    super::verdict::all_exit_codes((0..ranks.len() as u32).map(|r| ranks.status(r)), &facts)
+}
+
 impl JobFacts<'_> {
     fn rank_node(&self, rank: u32) -> Option<u32> {
         self.job.node_of_rank(rank)

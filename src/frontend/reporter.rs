@@ -3,12 +3,11 @@
 //! joined, the launch progress line, `--inventory` text and the `--report` file. Nothing else in
 //! the front end prints.
 
-use crate::output::{tag_lines, LineBuffer};
+use crate::output::{tag_lines, LineBuffer, OutputFiles};
 use crate::wire::Stream;
 use super::verdict::Failure;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Launches shorter than this never show a progress line.
@@ -18,8 +17,13 @@ const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 pub struct OutputStyle {
     /// `--tag-output`: every line starts with `[rank] `.
     pub tag: bool,
-    /// `--output-dir`: `rank.N.stdout` / `rank.N.stderr` there instead of the terminal.
-    pub dir: Option<PathBuf>,
+    /// `--output-dir`, `--output-filename`, `-outfile-pattern`/`-errfile-pattern`: files instead
+    /// of (or besides) the terminal.
+    pub files: Option<OutputFiles>,
+    /// `--merge-stderr-to-stdout`: a rank's stderr goes where its stdout goes.
+    pub merge_stderr: bool,
+    /// `--timestamp-output`: each line on the terminal starts with the local time.
+    pub timestamp: bool,
     /// `--quiet`: never a progress line.
     pub quiet: bool,
     /// `-v` count.
@@ -45,8 +49,6 @@ pub struct Reporter {
     broken_files: HashSet<(u32, Stream)>,
     /// Tagged output: each rank stream's partial line.
     held: HashMap<(u32, Stream), LineBuffer>,
-    /// Untagged output: rank streams whose last piece did not end with a newline.
-    open: HashSet<(u32, Stream)>,
     bar: Option<indicatif::ProgressBar>,
     progress_done: bool,
 }
@@ -76,13 +78,6 @@ fn write_failure(stream: &str, e: &io::Error) -> Failure {
     }
 }
 
-pub fn output_file_name(rank: u32, stream: Stream) -> String {
-    match stream {
-        Stream::Stdout => format!("rank.{rank}.stdout"),
-        Stream::Stderr => format!("rank.{rank}.stderr"),
-    }
-}
-
 impl Reporter {
     pub fn new(style: OutputStyle) -> Reporter {
         Reporter {
@@ -92,7 +87,6 @@ impl Reporter {
             stderr_broken: false,
             broken_files: HashSet::new(),
             held: HashMap::new(),
-            open: HashSet::new(),
             bar: None,
             progress_done: false,
         }
@@ -117,68 +111,81 @@ impl Reporter {
     /// past the 1 MiB bound. A write that fails comes back as the failure that ends the job (the
     /// loop records it); that stream or file is not written again.
     pub fn output(&mut self, rank: u32, stream: Stream, data: &[u8]) -> Option<Failure> {
+        let stream = if self.style.merge_stderr { Stream::Stdout } else { stream };
         let key = (rank, stream);
-        let bytes = if self.style.tag && self.style.dir.is_none() {
+        let path = self.style.files.as_ref().and_then(|f| f.path(rank, stream));
+        // Files hold the rank's bytes exactly, whatever --tag-output says.
+        let failure = path.and_then(|p| self.write_file(&p, key, data));
+        if !self.style.files.as_ref().map_or(true, |f| f.on_terminal(stream)) {
+            return failure;
+        }
+        let bytes = if self.style.tag || self.style.timestamp {
             // A tag starts each line: a partial line waits here for the rest of it.
             let lines = self.held.entry(key).or_default().push(data);
-            tag_lines(format!("[{rank}] ").as_bytes(), &lines)
+            tag_lines(&self.prefix(rank), &lines)
         } else {
-            if data.ends_with(b"\n") {
-                self.open.remove(&key);
-            } else if !data.is_empty() {
-                self.open.insert(key);
-            }
+            // Untagged: the bytes as the rank wrote them.
             data.to_vec()
         };
-        self.deliver(rank, stream, &bytes)
+        failure.or_else(|| self.deliver(stream, &bytes))
     }
 
-    fn write_file(&mut self, dir: &std::path::Path, rank: u32, stream: Stream, data: &[u8]) -> Option<Failure> {
-        let path = dir.join(output_file_name(rank, stream));
-        if self.broken_files.contains(&(rank, stream)) {
+    fn write_file(&mut self, path: &std::path::Path, key: (u32, Stream), data: &[u8]) -> Option<Failure> {
+        if self.broken_files.contains(&key) || data.is_empty() {
             return None;
         }
-        let file = match self.files.entry((rank, stream)) {
+        let file = match self.files.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-            std::collections::hash_map::Entry::Vacant(v) => std::fs::OpenOptions::new().append(true).create(true).open(&path).map(|f| v.insert(f)),
+            std::collections::hash_map::Entry::Vacant(v) => path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| std::fs::OpenOptions::new().append(true).create(true).open(path))
+                .map(|f| v.insert(f)),
         };
         let error = match file.and_then(|f| f.write_all(data)) {
             Ok(()) => return None,
             Err(e) => e,
         };
-        self.files.remove(&(rank, stream));
-        self.broken_files.insert((rank, stream));
+        self.files.remove(&key);
+        self.broken_files.insert(key);
         Some(Failure::OutputError { stream: path.display().to_string(), error: error.to_string() })
     }
 
-    /// A rank ended: the end of its output. A last line without a newline gets one (tagged, with
-    /// its tag). Otherwise only tagging adds newlines: at the end of each piece of a line longer
-    /// than the 1 MiB bound.
+    /// What starts each line on the terminal: `--timestamp-output`'s local time (as ctime(3)
+    /// writes it) and `-l`'s `[rank] `.
+    fn prefix(&self, rank: u32) -> Vec<u8> {
+        let mut p = if self.style.timestamp { format!("{} ", crate::output::ctime_now()) } else { String::new() };
+        if self.style.tag {
+            p.push_str(&format!("[{rank}] "));
+        }
+        p.into_bytes()
+    }
+
+    /// A rank ended: the end of its output. Only tagged output adds newlines: a tagged last line
+    /// without one gets one (so the next tag starts a line), as does each tagged piece of a line
+    /// longer than the 1 MiB bound. Untagged output and `--output-dir` files are byte-exact.
     pub fn rank_done(&mut self, rank: u32) -> Option<Failure> {
         let mut failure = None;
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = match self.held.remove(&(rank, stream)) {
-                Some(mut lines) => tag_lines(format!("[{rank}] ").as_bytes(), &lines.finish()),
-                None if self.open.remove(&(rank, stream)) => b"\n".to_vec(),
+                Some(mut lines) => tag_lines(&self.prefix(rank), &lines.finish()),
                 None => continue,
             };
-            failure = failure.or(self.deliver(rank, stream, &rest));
+            failure = failure.or(self.deliver(stream, &rest));
         }
         failure
     }
 
     /// At the end of the job, the end of every rank's output that did not get its [`Reporter::rank_done`].
     pub fn end_output(&mut self) -> Option<Failure> {
-        let ranks: HashSet<u32> = self.held.keys().chain(self.open.iter()).map(|&(r, _)| r).collect();
+        let ranks: HashSet<u32> = self.held.keys().map(|&(r, _)| r).collect();
         ranks.into_iter().fold(None, |f, r| f.or(self.rank_done(r)))
     }
 
-    fn deliver(&mut self, rank: u32, stream: Stream, bytes: &[u8]) -> Option<Failure> {
+    fn deliver(&mut self, stream: Stream, bytes: &[u8]) -> Option<Failure> {
         if bytes.is_empty() {
             return None;
-        }
-        if let Some(dir) = self.style.dir.clone() {
-            return self.write_file(&dir, rank, stream, bytes);
         }
         // The progress line lives on stderr: take it off the screen while job output is written.
         match self.bar.clone() {
@@ -277,7 +284,7 @@ mod tests {
     fn output_dir_gets_each_ranks_streams_in_their_own_files_appended_in_order() {
         let dir = std::env::temp_dir().join(format!("rlaunch-reporter-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let style = OutputStyle { tag: true, dir: Some(dir.clone()), quiet: true, verbose: 0 };
+        let style = OutputStyle { tag: true, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: false, timestamp: false, quiet: true, verbose: 0 };
         let mut r = Reporter::new(style);
         r.output(3, Stream::Stdout, b"a\n");
         r.output(3, Stream::Stderr, b"e\n");
@@ -285,16 +292,23 @@ mod tests {
         // Files hold the rank's bytes: no tag, whatever --tag-output says.
         assert_eq!(std::fs::read(dir.join("rank.3.stdout")).unwrap(), b"a\nb\n");
         assert_eq!(std::fs::read(dir.join("rank.3.stderr")).unwrap(), b"e\n");
-        assert_eq!(output_file_name(0, Stream::Stderr), "rank.0.stderr");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // --merge-stderr-to-stdout: stderr goes to the stdout file.
+        let style = OutputStyle { tag: false, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: true, timestamp: false, quiet: true, verbose: 0 };
+        let mut r = Reporter::new(style);
+        r.output(1, Stream::Stdout, b"a\n");
+        r.output(1, Stream::Stderr, b"e");
+        assert_eq!(std::fs::read(dir.join("rank.1.stdout")).unwrap(), b"a\ne");
+        assert!(!dir.join("rank.1.stderr").exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn no_progress_line_is_due_when_quiet_or_once_launched() {
         let t0 = Instant::now();
-        let quiet = Reporter::new(OutputStyle { tag: false, dir: None, quiet: true, verbose: 0 });
+        let quiet = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, timestamp: false, quiet: true, verbose: 0 });
         assert_eq!(quiet.progress_due(t0), None);
-        let mut r = Reporter::new(OutputStyle { tag: false, dir: None, quiet: false, verbose: 0 });
+        let mut r = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, timestamp: false, quiet: false, verbose: 0 });
         assert_eq!(r.progress_due(t0), Some(t0 + PROGRESS_AFTER));
         r.progress(Progress::default(), true, t0);
         assert_eq!(r.progress_due(t0), None);

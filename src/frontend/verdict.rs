@@ -150,6 +150,24 @@ pub fn abort_exit_code(code: i32) -> i32 {
     }
 }
 
+/// `-print-all-exitcodes`: every rank's exit status, one line each in rank order (rlaunch's own
+/// exit status stays the first failure's). A rank that never reported says so.
+pub fn all_exit_codes(statuses: impl Iterator<Item = Option<RankStatus>>, facts: &dyn Facts) -> Vec<String> {
+    statuses
+        .enumerate()
+        .map(|(rank, status)| {
+            let rank = rank as u32;
+            let what = match status {
+                Some(RankStatus::Exited(c)) => format!("exit status {c}"),
+                Some(RankStatus::Signaled(s)) => format!("killed by signal {s} ({}), exit status {}", signal_name(s), 128 + s),
+                Some(RankStatus::SpawnFailed(errno)) => format!("not started: {}", std::io::Error::from_raw_os_error(errno)),
+                None => "no exit status (its node was lost)".to_string(),
+            };
+            format!("rlaunch: rank {rank} on {}: {what}", facts.rank_host(rank))
+        })
+        .collect()
+}
+
 /// `600 s`, `1.5 s`.
 pub fn fmt_secs(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -348,6 +366,21 @@ mod tests {
 
     fn exit(rank: u32, code: i32) -> Failure {
         Failure::RankExit { rank, status: RankStatus::Exited(code) }
+    }
+
+    #[test]
+    fn print_all_exitcodes_lists_every_rank_in_order() {
+        let st = [Some(RankStatus::Exited(0)), Some(RankStatus::Exited(3)), Some(RankStatus::Signaled(9)), Some(RankStatus::SpawnFailed(libc::ENOENT)), None];
+        assert_eq!(
+            all_exit_codes(st.into_iter(), &job(0)),
+            [
+                "rlaunch: rank 0 on n0: exit status 0",
+                "rlaunch: rank 1 on n0: exit status 3",
+                "rlaunch: rank 2 on n1: killed by signal 9 (SIGKILL), exit status 137",
+                "rlaunch: rank 3 on n1: not started: No such file or directory (os error 2)",
+                "rlaunch: rank 4 on n2: no exit status (its node was lost)",
+            ]
+        );
     }
 
     fn line(d: &Decision) -> &str {
