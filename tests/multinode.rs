@@ -590,3 +590,25 @@ fn dry_run_prints_the_map_per_node() {
     // Nothing was started: no node name here resolves, and no process of the test is left.
     s.assert_no_leftovers(None, Duration::ZERO);
 }
+
+/// Issue 14 item 12: a rank's `PWD` is its working directory on every node (never the daemon's
+/// login directory), and no `SSH_*` variable of the daemon's session reaches it.
+#[test]
+fn ranks_get_their_own_pwd_and_no_ssh_variables() {
+    let s = NodeScratch::new("pwdssh");
+    std::fs::create_dir_all(s.path("work")).unwrap();
+    let work = s.path("work").display().to_string();
+    let mut a = local_nodes(&s, 3);
+    a.extend(strs(&["--wdir", &work]));
+    a.extend(sh("env > $D/env.$RLAUNCH_RANK"));
+    let mut cmd = s.cmd(a);
+    cmd.env("PWD", "/").env("SSH_CONNECTION", "10.0.0.1 22 10.0.0.2 22").env("SSH_CLIENT", "10.0.0.1 22 22");
+    common::Job::start(cmd, None).wait_within(Duration::from_secs(60)).expect_code(0);
+    for r in 0..3 {
+        let text = std::fs::read_to_string(s.path(&format!("env.{r}"))).unwrap();
+        assert!(text.lines().any(|l| l == format!("PWD={work}")), "rank {r}: PWD must be {work}:\n{text}");
+        let ssh: Vec<&str> = text.lines().filter(|l| l.starts_with("SSH_")).collect();
+        assert!(ssh.is_empty(), "rank {r}: no SSH_* variable may reach a rank: {ssh:?}");
+    }
+}
+
