@@ -111,6 +111,18 @@ impl Links {
         node
     }
 
+    /// The parent is gone: mutes it and closes every child link, so that the daemons below learn
+    /// at once that the tree above them is gone (they end their ranks in parallel with this
+    /// vertex, not after it).
+    pub fn cut_off(&mut self, registry: &Registry) {
+        self.mute_parent(registry);
+        for (_, mut l) in self.accepted.drain() {
+            let _ = registry.deregister(&mut l.stream);
+            let _ = l.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.joined.clear();
+    }
+
     /// Sends on one hop; returns the frame size (0 when there is no such link).
     pub fn send(&mut self, hop: Hop, msg: &Msg) -> usize {
         let link = match hop {

@@ -612,3 +612,75 @@ fn ranks_get_their_own_pwd_and_no_ssh_variables() {
     }
 }
 
+
+/// Issue 14 item 3: after kill -9 of the front end of a `--tree-spawn` tree of local daemons, a
+/// lost link is passed down at once and the grace period runs once, on every node in parallel:
+/// ranks that ignore SIGTERM (so that each wait lasts the whole grace period) are all gone within
+/// 3 s at depth 3 and at depth 7.
+fn tree_cleanup_after_front_end_kill(nodes: u32, fanout: &str, depth: u64) {
+    let s = NodeScratch::new("treekill");
+    let text: String = (1..=nodes).map(|i| format!("node{i:03}\n")).collect();
+    let hosts = s.file("hosts", &text);
+    let mut a = strs(&["--launcher", "local", "-f", &hosts.display().to_string(), "--fanout", fanout, "--tree-spawn"]);
+    a.extend(sh(&format!("trap '' TERM; {RECORD}; exec sleep 1000")));
+    let j = s.spawn(a);
+    let recs = s.wait_records(nodes as usize, Duration::from_secs(60));
+    let daemons: std::collections::BTreeSet<u32> = recs.values().map(|r| r.1).collect();
+    assert_eq!(daemons.len(), nodes as usize, "one daemon per node");
+    // The tree's depth: a daemon's parent chain of daemons.
+    let parent_of = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0)
+    };
+    let deepest = daemons
+        .iter()
+        .map(|&d| {
+            let mut n = 1;
+            let mut p = parent_of(d);
+            while p > 1 {
+                if daemons.contains(&p) {
+                    n += 1;
+                }
+                p = parent_of(p);
+            }
+            n
+        })
+        .max()
+        .unwrap();
+    assert_eq!(deepest, depth, "{nodes} nodes at --fanout {fanout}");
+    let t = Instant::now();
+    j.signal(libc::SIGKILL);
+    s.assert_no_leftovers(None, Duration::from_secs(3).saturating_sub(t.elapsed()));
+}
+
+#[test]
+fn tree_spawn_cleanup_after_front_end_kill_depth_3() {
+    tree_cleanup_after_front_end_kill(3, "1", 3);
+    tree_cleanup_after_front_end_kill(7, "2", 3);
+}
+
+#[test]
+fn tree_spawn_cleanup_after_front_end_kill_depth_7() {
+    tree_cleanup_after_front_end_kill(7, "1", 7);
+}
+
+/// Issue 14 item 9: one node whose name does not resolve fails the job at once with one line
+/// naming it; the other nodes, told to end before any launch, confirm at once and say nothing.
+#[test]
+fn an_unresolvable_host_gives_one_line_at_once() {
+    let s = NodeScratch::new("badhost");
+    let agent = s.file(
+        "agent",
+        "#!/bin/sh\nnode=$1; shift\ncase $node in *.invalid) echo \"cannot resolve host name $node: Name or service not known\" >&2; exit 255;; esac\nexec sh -c \"$*\"\n",
+    );
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hosts = s.file("hosts", "node001\nnode002\nnosuchhost.invalid\n");
+    let t = Instant::now();
+    let o = s.run_within(strs(&["--launch-agent", &agent.display().to_string(), "-f", &hosts.display().to_string(), "true"]), Duration::from_secs(30));
+    o.expect_code(125);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: {o}", t.elapsed());
+    let lines = rlaunch_lines(&o);
+    assert_eq!(lines.len(), 1, "one line: {o}");
+    assert!(lines[0].contains("nosuchhost.invalid"), "{o}");
+    s.assert_no_leftovers(None, CLEANUP);
+}

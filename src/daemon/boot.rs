@@ -142,3 +142,16 @@ fn rendezvous_join(boot: &Bootstrap, listen_port: u16) -> Result<(u32, TcpStream
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// Reads the daemon's boot stdin (the pipe from whoever started it); true once it is closed, and
+/// then no longer watched.
+pub fn stdin_closed(registry: &mio::Registry) -> bool {
+    let mut buf = [0u8; 256];
+    // SAFETY: fd 0 is ours for the life of the process; a plain read on it is fine.
+    let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    let closed = n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
+    if closed {
+        let _ = registry.deregister(&mut mio::unix::SourceFd(&0));
+    }
+    closed
+}

@@ -124,6 +124,16 @@ pub fn run(plan: JobPlan) -> Result<i32> {
     fe.event_loop()
 }
 
+/// What a node's daemon gets when it joins: the launch, or, when the job began to end before
+/// (another node failed to start), `Terminate`: it has nothing to run and confirms at once.
+fn first_message(terminating: bool, launch: &crate::wire::Launch) -> Msg {
+    if terminating {
+        Msg::Terminate
+    } else {
+        Msg::Launch(Box::new(launch.clone()))
+    }
+}
+
 impl Frontend {
     fn event_loop(&mut self) -> Result<i32> {
         let mut events = Events::with_capacity(1024);
@@ -265,7 +275,7 @@ impl Frontend {
                 return;
             }
             self.links.join(t, node);
-            let frame = self.links.send(Hop::Child(node), &Msg::Launch(Box::new(self.job.launch().clone())));
+            let frame = self.links.send(Hop::Child(node), &first_message(self.verdict.terminating(), self.job.launch()));
             self.daemons.get_mut(node).expect("checked above").launch_bytes = frame as u32;
         }
         let d = self.daemons.get_mut(node).expect("checked above");
