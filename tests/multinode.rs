@@ -618,6 +618,12 @@ fn ranks_get_their_own_pwd_and_no_ssh_variables() {
 /// ranks that ignore SIGTERM (so that each wait lasts the whole grace period) are all gone within
 /// 3 s at depth 3 and at depth 7.
 fn tree_cleanup_after_front_end_kill(nodes: u32, fanout: &str, depth: u64) {
+    tree_cleanup_after_kill(nodes, fanout, depth, false);
+}
+
+/// The same tree; `interior`: kill -9 of the second daemon (an interior one) instead of the front
+/// end: rlaunch exits 125, and no rank below it outlives it by more than 3 s.
+fn tree_cleanup_after_kill(nodes: u32, fanout: &str, depth: u64, interior: bool) {
     let s = NodeScratch::new("treekill");
     let text: String = (1..=nodes).map(|i| format!("node{i:03}\n")).collect();
     let hosts = s.file("hosts", &text);
@@ -649,8 +655,19 @@ fn tree_cleanup_after_front_end_kill(nodes: u32, fanout: &str, depth: u64) {
         .unwrap();
     assert_eq!(deepest, depth, "{nodes} nodes at --fanout {fanout}");
     let t = Instant::now();
-    j.signal(libc::SIGKILL);
+    if interior {
+        let second = recs.values().map(|r| r.1).find(|&d| daemons.contains(&parent_of(d))).unwrap();
+        unsafe { libc::kill(second as i32, libc::SIGKILL) };
+        j.wait_within(Duration::from_secs(30)).expect_code(125);
+    } else {
+        j.signal(libc::SIGKILL);
+    }
     s.assert_no_leftovers(None, Duration::from_secs(3).saturating_sub(t.elapsed()));
+}
+
+#[test]
+fn tree_spawn_cleanup_after_interior_daemon_kill() {
+    tree_cleanup_after_kill(7, "1", 7, true);
 }
 
 #[test]
