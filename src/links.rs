@@ -21,11 +21,14 @@ pub struct Links {
     /// Joined child nodes and their tokens.
     joined: BTreeMap<u32, Token>,
     next: usize,
+    /// Frames rejected on child links (anyone on the network can connect): only the first is
+    /// said at once, the count at the end.
+    rejected: usize,
 }
 
 impl Links {
     pub fn new(router: Router, key: JobKey) -> Links {
-        Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0 }
+        Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0, rejected: 0 }
     }
 
     pub fn router(&self) -> &Router {
@@ -109,6 +112,17 @@ impl Links {
             self.joined.remove(&n);
         }
         node
+    }
+
+    /// Counts a rejected frame; true for the first, the only one said when it happens.
+    pub fn note_rejected(&mut self) -> bool {
+        self.rejected += 1;
+        self.rejected == 1
+    }
+
+    /// The line for the rejected frames not said when they came, if any.
+    pub fn rejected_summary(&self) -> Option<String> {
+        (self.rejected > 1).then(|| format!("rejected {} more frame(s) from unauthenticated connections", self.rejected - 1))
     }
 
     /// The parent is gone: mutes it and closes every child link, so that the daemons below learn

@@ -701,3 +701,28 @@ fn an_unresolvable_host_gives_one_line_at_once() {
     assert!(lines[0].contains("nosuchhost.invalid"), "{o}");
     s.assert_no_leftovers(None, CLEANUP);
 }
+
+/// Issue 14 item 7: anyone who can connect must not fill the user's terminal: of many rejected
+/// frames only the first is said when it comes, and one line at the end gives the count.
+#[test]
+fn rejected_connections_are_logged_once_then_counted() {
+    let s = NodeScratch::new("rejectlog");
+    let mut a = local_nodes(&s, 2);
+    a.extend(sh(&format!("{RECORD}; while [ ! -e $D/go ]; do sleep 0.05; done")));
+    let j = s.spawn(a);
+    s.wait_records(2, Duration::from_secs(30));
+    let ports = listening_ports(j.pid() as u32);
+    assert_eq!(ports.len(), 1, "the front end listens on one port: {ports:?}");
+    let fe = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let key = [7u8; 32];
+    for _ in 0..20 {
+        assert!(send_and_wait_close(fe, &frame(&key, 1, 0, 0, &FORGED_RANK_EXIT)), "the front end kept a forged link");
+    }
+    std::fs::write(s.path("go"), "").unwrap();
+    let o = j.wait_within(Duration::from_secs(30));
+    o.expect_code(0);
+    let lines = o.stderr_lines();
+    assert_eq!(lines.len(), 2, "the first rejection, then the count:\n{o}");
+    assert!(lines[0].contains("rejected a frame"), "{o}");
+    assert!(lines[1].contains("19 more"), "{o}");
+}

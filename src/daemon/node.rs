@@ -340,7 +340,7 @@ impl Daemon {
         let Inbox { msgs, rejected, closed, .. } = link::read_child(link);
         let peer_ip = link.stream.peer_addr().ok().map(|a| a.ip().to_string());
         let mut lost = closed;
-        if let Some(e) = rejected {
+        if let Some(e) = rejected.filter(|_| self.links.note_rejected()) {
             say(Some(self.node), format_args!("rejected frame from a child: {e}"));
         }
         let mut node = self.links.node_of(t);
@@ -485,6 +485,7 @@ impl Daemon {
         // Stops libpmix and removes its directory.
         self.pmix.finish();
         adopted::kill_all_but(&self.guard, &self.tree_spawn);
+        self.links.rejected_summary().into_iter().for_each(|l| say(Some(self.node), l));
         self.links.flush_blocking(Duration::from_secs(2));
         crate::exitcode::SUCCESS
     }

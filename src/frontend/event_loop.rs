@@ -201,7 +201,7 @@ impl Frontend {
         let Some(l) = self.links.child_mut(t) else { return false };
         let Inbox { msgs, rejected, closed, read_error, more } = link::read(l, true);
         let peer_ip = l.stream.peer_addr().ok().map(|a| a.ip().to_string());
-        if let Some(e) = &rejected {
+        if let Some(e) = rejected.as_ref().filter(|_| self.links.note_rejected()) {
             self.reporter.line(&format!("rlaunch: rejected a frame from a daemon: {e}"));
         }
         for (m, _) in msgs {
@@ -509,6 +509,7 @@ impl Frontend {
             self.fail(f);
         }
         self.reporter.clear_progress();
+        self.links.rejected_summary().into_iter().for_each(|l| self.reporter.line(&format!("rlaunch: {l}")));
         self.links.down(&Msg::Shutdown);
         self.links.flush_blocking(Duration::from_secs(2));
         self.carriers.wait_all(EXIT_WAIT, &mut self.poll);
