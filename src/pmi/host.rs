@@ -272,6 +272,11 @@ impl PmiHost {
     }
 
     #[cfg(test)]
+    fn is_bound(&self, rank: u32) -> bool {
+        self.conns.keys().any(|&c| self.server.rank_of(c) == Some(rank))
+    }
+
+    #[cfg(test)]
     fn is_initialized(&self, rank: u32) -> bool {
         self.server.is_initialized(rank)
     }
@@ -303,6 +308,20 @@ impl PmiHost {
         }
     }
 
+    /// `--pmi-port`: once every local rank has named itself on a connection, nobody else may
+    /// connect; the listener is closed.
+    fn close_listener_when_all_named(&mut self, registry: &Registry) {
+        if self.listener.is_none() {
+            return;
+        }
+        let named: std::collections::HashSet<u32> = self.conns.keys().filter_map(|&c| self.server.rank_of(c)).collect();
+        if named.len() >= self.local_count {
+            if let Some(mut l) = self.listener.take() {
+                let _ = registry.deregister(&mut l);
+            }
+        }
+    }
+
     /// Reads what the rank wrote. Without `to_end` a short read ends it: the socket was empty
     /// then, and later data raises a new edge. A hang-up does not raise one when it came with the
     /// data, hence `to_end` when the event reported it, and after the rank was reaped.
@@ -322,6 +341,7 @@ impl PmiHost {
                     let actions = self.server.input(conn, &buf[..n]);
                     let rest = self.perform(actions, registry);
                     out.extend(rest);
+                    self.close_listener_when_all_named(registry);
                     if n < buf.len() && !to_end {
                         // Not asking again saves a syscall per request, a good part of the
                         // daemon's cost of a PMI-1 get.
@@ -490,6 +510,25 @@ mod tests {
             got.len() >= want.len()
         });
         assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+
+    /// Issue 14 item 6: once every local rank has named itself, the `--pmi-port` listener closes.
+    #[test]
+    fn port_mode_closes_the_listener_once_every_local_rank_connected() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(4, &[2, 3]), Mode::Port, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        let _p = host.prepare(3, &mut cmd, poll.registry()).unwrap();
+        let port = env_of(&cmd, "PMI_PORT").unwrap();
+        let mut clients = Vec::new();
+        for id in [2, 3] {
+            let mut c = std::net::TcpStream::connect(&port).unwrap();
+            c.write_all(format!("cmd=initack pmiid={id}\n").as_bytes()).unwrap();
+            clients.push(c);
+            poll_until(&mut host, &mut poll, |h, _| h.is_bound(id));
+        }
+        assert!(host.listener.is_none(), "the listener is closed");
+        assert!(std::net::TcpStream::connect(&port).is_err(), "nobody can connect any more");
     }
 
     /// Issue 14 item 6: a `--pmi-port` connection from another user's process is dropped, and
