@@ -726,3 +726,33 @@ fn rejected_connections_are_logged_once_then_counted() {
     assert!(lines[0].contains("rejected a frame"), "{o}");
     assert!(lines[1].contains("19 more"), "{o}");
 }
+
+/// Issue 14 item 7: an interior daemon listens on the address its children are told (the one its
+/// parent sees it at), not on every interface.
+#[test]
+fn interior_daemons_listen_on_the_tree_address_only() {
+    let s = NodeScratch::new("listenaddr");
+    let text: String = (1..=3).map(|i| format!("node{i:03}\n")).collect();
+    let hosts = s.file("hosts", &text);
+    let mut a = strs(&["--launcher", "local", "-f", &hosts.display().to_string(), "--fanout", "1"]);
+    a.extend(sh(&format!("{RECORD}; while [ ! -e $D/go ]; do sleep 0.05; done")));
+    let j = s.spawn(a);
+    let recs = s.wait_records(3, Duration::from_secs(30));
+    let mut listening = 0;
+    for pid in recs.values().map(|r| r.1) {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        for l in tcp.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(&format!("socket:[{}]", f[9])) {
+                listening += 1;
+                assert!(!f[1].starts_with("00000000:"), "daemon {pid} listens on every interface: {l}");
+            }
+        }
+    }
+    assert_eq!(listening, 2, "the two interior daemons of a chain of three listen");
+    std::fs::write(s.path("go"), "").unwrap();
+    j.wait_within(Duration::from_secs(30)).expect_code(0);
+}
