@@ -88,11 +88,42 @@ pub fn port_slice(
     Some(lo as u16..=(lo + width - 1) as u16)
 }
 
+/// Descriptors the daemon holds besides the bind-test's sockets.
+const FDS_SPARE: u64 = 64;
+
+/// Raises the soft open-file limit towards `need`, at most to the hard limit. Returns the soft
+/// limit now in force.
+pub fn raise_open_files(need: u64) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return u64::MAX;
+        }
+        if lim.rlim_cur >= need {
+            return lim.rlim_cur;
+        }
+        let old = lim.rlim_cur;
+        lim.rlim_cur = need.min(lim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return old;
+        }
+        lim.rlim_cur
+    }
+}
+
 /// Bind-tests `count` consecutive ports for this node's ranks: in its slice first, then anywhere in
 /// the default range.
 fn reserve_ports(job_id: &str, node: u32, count: u32, max_local: u32) -> Result<u16, String> {
     let count16 = u16::try_from(count)
         .map_err(|_| format!("{count} ranks on one node need more TCP ports than exist"))?;
+    // The bind-test holds one descriptor per port: at the common soft limit of 1024 it ran out
+    // and blamed the ports.
+    let need = u64::from(count) + FDS_SPARE;
+    let have = raise_open_files(need);
+    if have < need {
+        return Err(format!("bind-testing {count} TCP ports needs {need} open files; the open-file limit is {have} (ulimit -Hn)"));
+    }
     if let Some(slice) = port_slice(job_id, node, max_local, DEFAULT_PORT_RANGE) {
         if let Ok(base) = reserve_port_base_in(count16, slice) {
             return Ok(base);

@@ -21,11 +21,14 @@ pub struct Links {
     /// Joined child nodes and their tokens.
     joined: BTreeMap<u32, Token>,
     next: usize,
+    /// Frames rejected on child links (anyone on the network can connect): only the first is
+    /// said at once, the count at the end.
+    rejected: usize,
 }
 
 impl Links {
     pub fn new(router: Router, key: JobKey) -> Links {
-        Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0 }
+        Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0, rejected: 0 }
     }
 
     pub fn router(&self) -> &Router {
@@ -109,6 +112,29 @@ impl Links {
             self.joined.remove(&n);
         }
         node
+    }
+
+    /// Counts a rejected frame; true for the first, the only one said when it happens.
+    pub fn note_rejected(&mut self) -> bool {
+        self.rejected += 1;
+        self.rejected == 1
+    }
+
+    /// The line for the rejected frames not said when they came, if any.
+    pub fn rejected_summary(&self) -> Option<String> {
+        (self.rejected > 1).then(|| format!("rejected {} more frame(s) from unauthenticated connections", self.rejected - 1))
+    }
+
+    /// The parent is gone: mutes it and closes every child link, so that the daemons below learn
+    /// at once that the tree above them is gone (they end their ranks in parallel with this
+    /// vertex, not after it).
+    pub fn cut_off(&mut self, registry: &Registry) {
+        self.mute_parent(registry);
+        for (_, mut l) in self.accepted.drain() {
+            let _ = registry.deregister(&mut l.stream);
+            let _ = l.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.joined.clear();
     }
 
     /// Sends on one hop; returns the frame size (0 when there is no such link).

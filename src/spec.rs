@@ -32,6 +32,9 @@ pub enum RankStatus {
     Signaled(i32),
     /// The program could not be started at all (errno).
     SpawnFailed(i32),
+    /// The program could not be started because its working directory is not usable on the
+    /// node (errno).
+    NoWorkdir(i32),
 }
 
 impl RankStatus {
@@ -43,7 +46,7 @@ impl RankStatus {
         match self {
             RankStatus::Exited(c) => c,
             RankStatus::Signaled(s) => 128 + s,
-            RankStatus::SpawnFailed(_) => crate::exitcode::USAGE,
+            RankStatus::SpawnFailed(_) | RankStatus::NoWorkdir(_) => crate::exitcode::USAGE,
         }
     }
 }

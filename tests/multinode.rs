@@ -590,3 +590,169 @@ fn dry_run_prints_the_map_per_node() {
     // Nothing was started: no node name here resolves, and no process of the test is left.
     s.assert_no_leftovers(None, Duration::ZERO);
 }
+
+/// Issue 14 item 12: a rank's `PWD` is its working directory on every node (never the daemon's
+/// login directory), and no `SSH_*` variable of the daemon's session reaches it.
+#[test]
+fn ranks_get_their_own_pwd_and_no_ssh_variables() {
+    let s = NodeScratch::new("pwdssh");
+    std::fs::create_dir_all(s.path("work")).unwrap();
+    let work = s.path("work").display().to_string();
+    let mut a = local_nodes(&s, 3);
+    a.extend(strs(&["--wdir", &work]));
+    a.extend(sh("env > $D/env.$RLAUNCH_RANK"));
+    let mut cmd = s.cmd(a);
+    cmd.env("PWD", "/").env("SSH_CONNECTION", "10.0.0.1 22 10.0.0.2 22").env("SSH_CLIENT", "10.0.0.1 22 22");
+    common::Job::start(cmd, None).wait_within(Duration::from_secs(60)).expect_code(0);
+    for r in 0..3 {
+        let text = std::fs::read_to_string(s.path(&format!("env.{r}"))).unwrap();
+        assert!(text.lines().any(|l| l == format!("PWD={work}")), "rank {r}: PWD must be {work}:\n{text}");
+        let ssh: Vec<&str> = text.lines().filter(|l| l.starts_with("SSH_")).collect();
+        assert!(ssh.is_empty(), "rank {r}: no SSH_* variable may reach a rank: {ssh:?}");
+    }
+}
+
+
+/// Issue 14 item 3: after kill -9 of the front end of a `--tree-spawn` tree of local daemons, a
+/// lost link is passed down at once and the grace period runs once, on every node in parallel:
+/// ranks that ignore SIGTERM (so that each wait lasts the whole grace period) are all gone within
+/// 3 s at depth 3 and at depth 7.
+fn tree_cleanup_after_front_end_kill(nodes: u32, fanout: &str, depth: u64) {
+    tree_cleanup_after_kill(nodes, fanout, depth, false);
+}
+
+/// The same tree; `interior`: kill -9 of the second daemon (an interior one) instead of the front
+/// end: rlaunch exits 125, and no rank below it outlives it by more than 3 s.
+fn tree_cleanup_after_kill(nodes: u32, fanout: &str, depth: u64, interior: bool) {
+    let s = NodeScratch::new("treekill");
+    let text: String = (1..=nodes).map(|i| format!("node{i:03}\n")).collect();
+    let hosts = s.file("hosts", &text);
+    let mut a = strs(&["--launcher", "local", "-f", &hosts.display().to_string(), "--fanout", fanout, "--tree-spawn"]);
+    a.extend(sh(&format!("trap '' TERM; {RECORD}; exec sleep 1000")));
+    let j = s.spawn(a);
+    let recs = s.wait_records(nodes as usize, Duration::from_secs(60));
+    let daemons: std::collections::BTreeSet<u32> = recs.values().map(|r| r.1).collect();
+    assert_eq!(daemons.len(), nodes as usize, "one daemon per node");
+    // The tree's depth: a daemon's parent chain of daemons.
+    let parent_of = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0)
+    };
+    let deepest = daemons
+        .iter()
+        .map(|&d| {
+            let mut n = 1;
+            let mut p = parent_of(d);
+            while p > 1 {
+                if daemons.contains(&p) {
+                    n += 1;
+                }
+                p = parent_of(p);
+            }
+            n
+        })
+        .max()
+        .unwrap();
+    assert_eq!(deepest, depth, "{nodes} nodes at --fanout {fanout}");
+    let t = Instant::now();
+    if interior {
+        let second = recs.values().map(|r| r.1).find(|&d| daemons.contains(&parent_of(d))).unwrap();
+        unsafe { libc::kill(second as i32, libc::SIGKILL) };
+        j.wait_within(Duration::from_secs(30)).expect_code(125);
+    } else {
+        j.signal(libc::SIGKILL);
+    }
+    s.assert_no_leftovers(None, Duration::from_secs(3).saturating_sub(t.elapsed()));
+}
+
+#[test]
+fn tree_spawn_cleanup_after_interior_daemon_kill() {
+    tree_cleanup_after_kill(7, "1", 7, true);
+}
+
+#[test]
+fn tree_spawn_cleanup_after_front_end_kill_depth_3() {
+    tree_cleanup_after_front_end_kill(3, "1", 3);
+    tree_cleanup_after_front_end_kill(7, "2", 3);
+}
+
+#[test]
+fn tree_spawn_cleanup_after_front_end_kill_depth_7() {
+    tree_cleanup_after_front_end_kill(7, "1", 7);
+}
+
+/// Issue 14 item 9: one node whose name does not resolve fails the job at once with one line
+/// naming it; the other nodes, told to end before any launch, confirm at once and say nothing.
+#[test]
+fn an_unresolvable_host_gives_one_line_at_once() {
+    let s = NodeScratch::new("badhost");
+    let agent = s.file(
+        "agent",
+        "#!/bin/sh\nnode=$1; shift\ncase $node in *.invalid) echo \"cannot resolve host name $node: Name or service not known\" >&2; exit 255;; esac\nexec sh -c \"$*\"\n",
+    );
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hosts = s.file("hosts", "node001\nnode002\nnosuchhost.invalid\n");
+    let t = Instant::now();
+    let o = s.run_within(strs(&["--launch-agent", &agent.display().to_string(), "-f", &hosts.display().to_string(), "true"]), Duration::from_secs(30));
+    o.expect_code(125);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: {o}", t.elapsed());
+    let lines = rlaunch_lines(&o);
+    assert_eq!(lines.len(), 1, "one line: {o}");
+    assert!(lines[0].contains("nosuchhost.invalid") && lines[0].contains("cannot resolve"), "the line names the host and why: {o}");
+    s.assert_no_leftovers(None, CLEANUP);
+}
+
+/// Issue 14 item 7: anyone who can connect must not fill the user's terminal: of many rejected
+/// frames only the first is said when it comes, and one line at the end gives the count.
+#[test]
+fn rejected_connections_are_logged_once_then_counted() {
+    let s = NodeScratch::new("rejectlog");
+    let mut a = local_nodes(&s, 2);
+    a.extend(sh(&format!("{RECORD}; while [ ! -e $D/go ]; do sleep 0.05; done")));
+    let j = s.spawn(a);
+    s.wait_records(2, Duration::from_secs(30));
+    let ports = listening_ports(j.pid() as u32);
+    assert_eq!(ports.len(), 1, "the front end listens on one port: {ports:?}");
+    let fe = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let key = [7u8; 32];
+    for _ in 0..20 {
+        assert!(send_and_wait_close(fe, &frame(&key, 1, 0, 0, &FORGED_RANK_EXIT)), "the front end kept a forged link");
+    }
+    std::fs::write(s.path("go"), "").unwrap();
+    let o = j.wait_within(Duration::from_secs(30));
+    o.expect_code(0);
+    let lines = o.stderr_lines();
+    assert_eq!(lines.len(), 2, "the first rejection, then the count:\n{o}");
+    assert!(lines[0].contains("rejected a frame"), "{o}");
+    assert!(lines[1].contains("19 more"), "{o}");
+}
+
+/// Issue 14 item 7: an interior daemon listens on the address its children are told (the one its
+/// parent sees it at), not on every interface.
+#[test]
+fn interior_daemons_listen_on_the_tree_address_only() {
+    let s = NodeScratch::new("listenaddr");
+    let text: String = (1..=3).map(|i| format!("node{i:03}\n")).collect();
+    let hosts = s.file("hosts", &text);
+    let mut a = strs(&["--launcher", "local", "-f", &hosts.display().to_string(), "--fanout", "1"]);
+    a.extend(sh(&format!("{RECORD}; while [ ! -e $D/go ]; do sleep 0.05; done")));
+    let j = s.spawn(a);
+    let recs = s.wait_records(3, Duration::from_secs(30));
+    let mut listening = 0;
+    for pid in recs.values().map(|r| r.1) {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        for l in tcp.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(&format!("socket:[{}]", f[9])) {
+                listening += 1;
+                assert!(!f[1].starts_with("00000000:"), "daemon {pid} listens on every interface: {l}");
+            }
+        }
+    }
+    assert_eq!(listening, 2, "the two interior daemons of a chain of three listen");
+    std::fs::write(s.path("go"), "").unwrap();
+    j.wait_within(Duration::from_secs(30)).expect_code(0);
+}

@@ -903,3 +903,31 @@ fn version_and_help() {
     }
     assert!(!out.stdout.contains("--generate"), "--generate is hidden");
 }
+
+/// Issue 14 item 13: `--report DIR` is refused before launch (exit 2), not after the job.
+#[test]
+fn report_naming_a_directory_is_a_usage_error() {
+    let s = Scratch::new("reportdir");
+    std::fs::create_dir_all(s.path("adir")).unwrap();
+    s.run(["--report", "adir", "-np", "1", "sh", "-c", "touch $D/ran"]).expect_usage_error("adir");
+    assert!(!s.path("ran").exists(), "nothing may run");
+}
+
+/// Issue 14 item 10: a low soft open-file limit is raised to the hard one before the ports are
+/// bind-tested; a hard limit too low for them is named as such.
+#[test]
+fn a_low_soft_open_file_limit_does_not_fail_the_port_reservation() {
+    let s = Scratch::new("nofile");
+    let run = |limit: &str| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &format!("ulimit {limit} 128 && exec \"$0\" -np 300 true"), common::bin()]).current_dir(&s.dir);
+        common::Job::start(cmd, None).wait_within(Duration::from_secs(120))
+    };
+    let o = run("-Sn");
+    o.expect_code(0);
+    assert_eq!(o.stderr, "", "{o}");
+    let o = run("-n");
+    o.expect_code(125);
+    assert!(o.stderr.contains("open-file limit is 128"), "the limit is named: {o}");
+    assert!(!o.stderr.contains("free some ports"), "the ports are not to blame: {o}");
+}

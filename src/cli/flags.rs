@@ -42,6 +42,7 @@ SIGNALS:
 ENVIRONMENT OF EACH RANK:
   RLAUNCH_RANK, RLAUNCH_SIZE, RLAUNCH_LOCAL_RANK, RLAUNCH_LOCAL_SIZE, RLAUNCH_NODE_RANK,
   RLAUNCH_NUM_NODES, RLAUNCH_JOBID, RLAUNCH_APPNUM, plus rlaunch's own environment and -x values.
+  PWD is the rank's working directory; SSH_* variables reach a rank only through -x.
   RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
   NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
 

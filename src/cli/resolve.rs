@@ -73,6 +73,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if let Some(dir) = &g.output_dir {
         check_output_dir(dir)?;
     }
+    if let Some(file) = g.report.as_ref().filter(|f| f.is_dir()) {
+        return Err(usage(format!("--report {}: is a directory (a file is expected)", file.display())).into());
+    }
     let np: Vec<Option<u32>> = apps.iter().map(|a| a.np).collect();
     let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &np, &alloc.policy).map_err(|e| usage(e.to_string()))?;
     if let StdinTarget::Rank(r) = stdin {

@@ -42,17 +42,26 @@ pub fn join() -> Result<Joined> {
     let rendezvous = boot.node == Bootstrap::ANY_NODE;
     let mut listener = None;
     let mut listen_port = 0;
-    if rendezvous || !tree::Topology::new(boot.nnodes, boot.fanout).children_of(Some(boot.node)).is_empty() {
-        let l = mio::net::TcpListener::bind("0.0.0.0:0".parse().unwrap()).context("listening for child daemons")?;
-        listen_port = l.local_addr()?.port();
-        listener = Some(l);
-    }
+    let listen = |ip: std::net::IpAddr| -> Result<(mio::net::TcpListener, u16)> {
+        let l = mio::net::TcpListener::bind(std::net::SocketAddr::new(ip, 0)).context("listening for child daemons")?;
+        let port = l.local_addr()?.port();
+        Ok((l, port))
+    };
     let parent = if rendezvous {
+        let (l, port) = listen(std::net::Ipv4Addr::UNSPECIFIED.into())?;
+        (listener, listen_port) = (Some(l), port);
         let (node, stream) = rendezvous_join(&boot, listen_port)?;
         boot.node = node;
         stream
     } else {
-        connect_parent(&boot.parent)?
+        let stream = connect_parent(&boot.parent)?;
+        // Children are told the address the parent sees this daemon at: listen there only, not
+        // on every interface.
+        if !tree::Topology::new(boot.nnodes, boot.fanout).children_of(Some(boot.node)).is_empty() {
+            let (l, port) = listen(stream.local_addr()?.ip())?;
+            (listener, listen_port) = (Some(l), port);
+        }
+        stream
     };
     parent.set_nodelay(true).ok();
     parent.set_nonblocking(true)?;
@@ -141,4 +150,17 @@ fn rendezvous_join(boot: &Bootstrap, listen_port: u16) -> Result<(u32, TcpStream
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Reads the daemon's boot stdin (the pipe from whoever started it); true once it is closed, and
+/// then no longer watched.
+pub fn stdin_closed(registry: &mio::Registry) -> bool {
+    let mut buf = [0u8; 256];
+    // SAFETY: fd 0 is ours for the life of the process; a plain read on it is fine.
+    let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    let closed = n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
+    if closed {
+        let _ = registry.deregister(&mut mio::unix::SourceFd(&0));
+    }
+    closed
 }

@@ -275,13 +275,16 @@ impl Daemon {
                 self.ranks.signal_all(signum);
                 return self.links.down(&Msg::Signal { signum });
             }
-            Msg::Terminate => {
-                self.terminate_all();
-                return self.links.down(&Msg::Terminate);
-            }
-            Msg::Kill => {
-                self.ranks.kill();
-                return self.links.down(&Msg::Kill);
+            m @ (Msg::Terminate | Msg::Kill) => {
+                match m {
+                    Msg::Terminate => self.terminate_all(),
+                    _ => self.ranks.kill(),
+                }
+                // Told to end before any launch (another node failed to start): no rank ran here.
+                if self.job.launch().is_none() && !std::mem::replace(&mut self.node_done_sent, true) {
+                    self.links.up(&Msg::NodeDone { node: self.node });
+                }
+                return self.links.down(&m);
             }
             Msg::Shutdown => {
                 self.links.down(&Msg::Shutdown);
@@ -337,7 +340,7 @@ impl Daemon {
         let Inbox { msgs, rejected, closed, .. } = link::read_child(link);
         let peer_ip = link.stream.peer_addr().ok().map(|a| a.ip().to_string());
         let mut lost = closed;
-        if let Some(e) = rejected {
+        if let Some(e) = rejected.filter(|_| self.links.note_rejected()) {
             say(Some(self.node), format_args!("rejected frame from a child: {e}"));
         }
         let mut node = self.links.node_of(t);
@@ -386,20 +389,15 @@ impl Daemon {
             return;
         }
         self.orphaned = true;
-        self.links.mute_parent(self.poll.registry());
+        // Nobody collects what the children would report: pass the loss down now.
+        self.links.cut_off(self.poll.registry());
         self.terminate_all();
     }
 
     fn on_boot_stdin(&mut self) {
-        let mut buf = [0u8; 256];
-        // SAFETY: fd 0 is ours for the life of the process; a plain read on it is fine.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-        if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock) {
-            let _ = self.poll.registry().deregister(&mut mio::unix::SourceFd(&0));
-            // Whoever started us is gone (front end, ssh client, agent): no one can collect our ranks.
-            if !self.shutdown {
-                self.parent_lost();
-            }
+        // Whoever started us is gone (front end, ssh client, agent): no one can collect our ranks.
+        if super::boot::stdin_closed(self.poll.registry()) && !self.shutdown {
+            self.parent_lost();
         }
     }
 
@@ -487,6 +485,7 @@ impl Daemon {
         // Stops libpmix and removes its directory.
         self.pmix.finish();
         adopted::kill_all_but(&self.guard, &self.tree_spawn);
+        self.links.rejected_summary().into_iter().for_each(|l| say(Some(self.node), l));
         self.links.flush_blocking(Duration::from_secs(2));
         crate::exitcode::SUCCESS
     }

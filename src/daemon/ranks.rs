@@ -104,9 +104,14 @@ impl Ranks {
 
     /// A rank that could not be started (errno): reported like an exit; no more ranks start.
     pub fn add_failed(&mut self, rank: u32, errno: i32) {
+        self.add_unstarted(rank, RankStatus::SpawnFailed(errno));
+    }
+
+    /// A rank that could not be started, with why (`SpawnFailed`, `NoWorkdir`).
+    pub fn add_unstarted(&mut self, rank: u32, status: RankStatus) {
         let mut r = LocalRank::new(rank, 0);
         r.stdin_eof = true;
-        r.status = Some(RankStatus::SpawnFailed(errno));
+        r.status = Some(status);
         r.reaped_at = Some(Instant::now());
         self.ranks.push(r);
         // No point starting the rest: the job is failing.

@@ -9,11 +9,12 @@ use super::pmix::Pmix;
 use super::ranks::Ranks;
 use crate::job::JobView;
 use crate::pmi::host::Prepared;
-use crate::spec::Interface;
+use crate::spec::{Interface, RankStatus};
 use crate::wire::Msg;
 use anyhow::Result;
 use mio::Registry;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// Environment changes, in order: `Some` sets, `None` unsets; of two changes to one name, the
@@ -99,8 +100,19 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
             None => cmd.env_remove(k),
         };
     }
+    // Variables of the daemon's own ssh session describe that login, not the job: only the
+    // ones the job sets explicitly reach a rank.
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if k.starts_with("SSH_") && !spec.env.iter().any(|(name, v)| name == k && v.is_some()) {
+            cmd.env_remove(k);
+        }
+    }
     if let Some(d) = &spec.cwd {
         cmd.current_dir(d);
+    }
+    if let Some(pwd) = rank_pwd(spec.cwd.as_deref()) {
+        cmd.env("PWD", pwd);
     }
     cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -129,6 +141,44 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
         p.apply(&mut cmd);
     }
     cmd.spawn()
+}
+
+/// `PWD` for a rank started in `cwd` (None: the daemon's own directory): the directory itself, so
+/// that it never names the ssh login directory. An inherited `PWD` naming the same directory (a
+/// path through a symbolic link) is kept.
+fn rank_pwd(cwd: Option<&str>) -> Option<String> {
+    let here = std::env::current_dir().ok();
+    let dir = match cwd {
+        Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
+        Some(d) => here?.join(d),
+        None => {
+            let here = here?;
+            if let Some(inherited) = std::env::var_os("PWD") {
+                if same_file(Path::new(&inherited), &here) {
+                    return None;
+                }
+            }
+            here
+        }
+    };
+    Some(dir.to_string_lossy().into_owned())
+}
+
+/// Why `dir` cannot be a working directory here (errno), when it does not exist or is no directory.
+fn missing_dir(dir: &str) -> Option<i32> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(libc::ENOTDIR),
+        Err(e) => e.raw_os_error().filter(|&e| e == libc::ENOENT || e == libc::ENOTDIR),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// What spawning the ranks uses of the daemon, for the length of the call.
@@ -172,6 +222,11 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
             })),
             Interface::Pmix => pmix.rank_env(job, rank, env, fabric.chosen()),
         })?;
+        // A directory missing on this node is its fault, not the program's: say which.
+        if let Some(errno) = spec.cwd.as_deref().and_then(missing_dir) {
+            ranks.add_unstarted(rank, RankStatus::NoWorkdir(errno));
+            continue;
+        }
         let spawned = spawn(&spec, pmi_end.as_ref());
         // The rank has its copy of the PMI socket end (or never will): close ours.
         drop(pmi_end);
@@ -249,6 +304,15 @@ mod tests {
         );
         let first = CommandSpec::for_rank(&j, 0, &[]);
         assert_eq!((first.program.as_str(), first.cwd.as_deref(), first.stdin), ("a", Some("/work"), false));
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_found_before_spawning() {
+        let dir = std::env::temp_dir();
+        assert_eq!(missing_dir(dir.to_str().unwrap()), None);
+        assert_eq!(missing_dir("/surely/not/here/rlaunch"), Some(libc::ENOENT));
+        assert_eq!(missing_dir("/proc/self/status"), Some(libc::ENOTDIR));
+        assert_eq!(rank_pwd(Some("/tmp")).as_deref(), Some("/tmp"), "PWD is the rank's directory");
     }
 
     #[test]

@@ -141,6 +141,11 @@ impl Daemons {
         self.nodes.iter().all(|d| d.done)
     }
 
+    /// The node's name in the node list.
+    pub fn name(&self, node: u32) -> String {
+        self.names.get(node as usize).cloned().unwrap_or_else(|| format!("#{node}"))
+    }
+
     /// The address of `node`'s listener, for its children: `ip:port`.
     pub fn listen_addr(&self, node: u32) -> Option<String> {
         let d = self.get(node)?;

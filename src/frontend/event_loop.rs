@@ -124,6 +124,16 @@ pub fn run(plan: JobPlan) -> Result<i32> {
     fe.event_loop()
 }
 
+/// What a node's daemon gets when it joins: the launch, or, when the job began to end before
+/// (another node failed to start), `Terminate`: it has nothing to run and confirms at once.
+fn first_message(terminating: bool, launch: &crate::wire::Launch) -> Msg {
+    if terminating {
+        Msg::Terminate
+    } else {
+        Msg::Launch(Box::new(launch.clone()))
+    }
+}
+
 impl Frontend {
     fn event_loop(&mut self) -> Result<i32> {
         let mut events = Events::with_capacity(1024);
@@ -191,7 +201,7 @@ impl Frontend {
         let Some(l) = self.links.child_mut(t) else { return false };
         let Inbox { msgs, rejected, closed, read_error, more } = link::read(l, true);
         let peer_ip = l.stream.peer_addr().ok().map(|a| a.ip().to_string());
-        if let Some(e) = &rejected {
+        if let Some(e) = rejected.as_ref().filter(|_| self.links.note_rejected()) {
             self.reporter.line(&format!("rlaunch: rejected a frame from a daemon: {e}"));
         }
         for (m, _) in msgs {
@@ -265,12 +275,12 @@ impl Frontend {
                 return;
             }
             self.links.join(t, node);
-            let frame = self.links.send(Hop::Child(node), &Msg::Launch(Box::new(self.job.launch().clone())));
+            let frame = self.links.send(Hop::Child(node), &first_message(self.verdict.terminating(), self.job.launch()));
             self.daemons.get_mut(node).expect("checked above").launch_bytes = frame as u32;
         }
         let d = self.daemons.get_mut(node).expect("checked above");
         (d.joined, d.pid, d.hostname, d.addr, d.listen_port) = (true, pid, hostname, addr, listen_port);
-        self.reporter.detail(2, &format!("rlaunch: daemon of node {} connected (pid {pid})", self.node_name(node)));
+        self.reporter.detail(2, &format!("rlaunch: daemon of node {} connected (pid {pid})", self.daemons.name(node)));
         if self.daemons.all_joined() {
             self.timings.daemons_connected_ms = ms_since(self.plan.t0);
             self.timings.launch_sent_ms = self.timings.daemons_connected_ms;
@@ -378,7 +388,7 @@ impl Frontend {
         }
         if self.kill_sent_at.is_some_and(|t| now >= t + KILL_WAIT) {
             for n in self.daemons.unfinished() {
-                self.reporter.line(&format!("rlaunch: node {} did not confirm its ranks ended; giving up on it", self.node_name(n)));
+                self.reporter.line(&format!("rlaunch: node {} did not confirm its ranks ended; giving up on it", self.daemons.name(n)));
                 self.daemons.get_mut(n).expect("node of the job").lost = true;
             }
         }
@@ -412,11 +422,7 @@ impl Frontend {
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
-        let failure = match status {
-            RankStatus::Exited(0) if self.pmi.left_without_finalize(rank) => Failure::Unfinalized { rank },
-            _ => Failure::RankExit { rank, status },
-        };
-        ended.into_iter().chain([Effect::Fail(failure)]).collect()
+        ended.into_iter().chain([Effect::Fail(self.pmi.exit_failure(rank, status))]).collect()
     }
 
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
@@ -485,10 +491,6 @@ impl Frontend {
         }
     }
 
-    fn node_name(&self, node: u32) -> String {
-        self.job.launch().nodes.get(node as usize).map_or_else(|| format!("#{node}"), |n| n.name.clone())
-    }
-
     fn finished(&self) -> bool {
         // Daemons with no rank to wait for report done before the fabric exchange ends.
         self.daemons.all_accounted() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
@@ -499,7 +501,9 @@ impl Frontend {
             self.fail(f);
         }
         self.reporter.clear_progress();
-        self.plan.print_all_exitcodes.then(|| super::ranks::all_exit_codes(&self.job, &self.ranks)).into_iter().flatten().for_each(|l| self.reporter.line(&l));
+        for l in closing_lines(self.plan.print_all_exitcodes, &self.job, &self.ranks, &self.links) {
+            self.reporter.line(&l);
+        }
         self.links.down(&Msg::Shutdown);
         self.links.flush_blocking(Duration::from_secs(2));
         self.carriers.wait_all(EXIT_WAIT, &mut self.poll);
@@ -522,4 +526,15 @@ impl Frontend {
         }
         exit_code
     }
+}
+
+/// What the front end says as the job ends: every rank's exit status (`-print-all-exitcodes`) and
+/// how many frames were rejected after the first.
+fn closing_lines(print_all_exitcodes: bool, job: &JobView, ranks: &Ranks, links: &Links) -> Vec<String> {
+    let mut lines = Vec::new();
+    if print_all_exitcodes {
+        lines.extend(super::ranks::all_exit_codes(job, ranks));
+    }
+    lines.extend(links.rejected_summary().into_iter().map(|l| format!("rlaunch: {l}")));
+    lines
 }

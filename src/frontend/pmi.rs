@@ -7,6 +7,7 @@ use super::effect::Effect;
 use super::verdict::Failure;
 use crate::fence::{Directory, Fence, FenceError, Lookup, Puts};
 use crate::job::JobView;
+use crate::spec::RankStatus;
 use crate::wire::{Msg, PmiReportKind};
 use std::collections::HashSet;
 
@@ -115,6 +116,15 @@ impl RootPmi {
     /// Whether `rank` closed PMI after init without finalize (so an exit with 0 is a failure).
     pub fn left_without_finalize(&self, rank: u32) -> bool {
         self.unfinalized.contains(&rank)
+    }
+
+    /// What `rank`'s exit means for the verdict: an exit with status 0 after init without
+    /// finalize is a failure of its own.
+    pub fn exit_failure(&self, rank: u32, status: RankStatus) -> Failure {
+        match status {
+            RankStatus::Exited(0) if self.left_without_finalize(rank) => Failure::Unfinalized { rank },
+            _ => Failure::RankExit { rank, status },
+        }
     }
 }
 

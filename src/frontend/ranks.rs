@@ -98,6 +98,11 @@ impl Facts for JobFacts<'_> {
         self.job.launch().apps.get(app).and_then(|a| a.argv.first()).cloned().unwrap_or_default()
     }
 
+    fn rank_dir(&self, rank: u32) -> String {
+        let app = self.job.map().get(rank).map_or(0, |p| p.app as usize);
+        self.job.launch().apps.get(app).map(|a| a.cwd.clone()).unwrap_or_default()
+    }
+
     fn node_name(&self, node: u32) -> String {
         self.job.launch().nodes.get(node as usize).map_or_else(|| format!("#{node}"), |n| n.name.clone())
     }

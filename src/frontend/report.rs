@@ -62,7 +62,7 @@ pub fn report_json(r: &ReportInput) -> String {
             let status = match st {
                 Some(RankStatus::Exited(c)) => json!({"exited": c}),
                 Some(RankStatus::Signaled(s)) => json!({"signaled": s, "signal_name": signal_name(s)}),
-                Some(RankStatus::SpawnFailed(e)) => json!({"spawn_failed": std::io::Error::from_raw_os_error(e).to_string()}),
+                Some(RankStatus::SpawnFailed(e) | RankStatus::NoWorkdir(e)) => json!({"spawn_failed": std::io::Error::from_raw_os_error(e).to_string()}),
                 None => json!(null),
             };
             json!({

@@ -96,6 +96,10 @@ pub trait Facts {
     /// The host a rank runs on, and the program it runs.
     fn rank_host(&self, rank: u32) -> String;
     fn rank_program(&self, rank: u32) -> String;
+    /// The working directory a rank was given (empty: the daemon's own).
+    fn rank_dir(&self, _rank: u32) -> String {
+        String::new()
+    }
     fn node_name(&self, node: u32) -> String;
     /// Ranks with no exit status yet.
     fn running(&self) -> usize;
@@ -161,6 +165,7 @@ pub fn all_exit_codes(statuses: impl Iterator<Item = Option<RankStatus>>, facts:
                 Some(RankStatus::Exited(c)) => format!("exit status {c}"),
                 Some(RankStatus::Signaled(s)) => format!("killed by signal {s} ({}), exit status {}", signal_name(s), 128 + s),
                 Some(RankStatus::SpawnFailed(errno)) => format!("not started: {}", std::io::Error::from_raw_os_error(errno)),
+                Some(RankStatus::NoWorkdir(errno)) => format!("not started: its working directory: {}", std::io::Error::from_raw_os_error(errno)),
                 None => "no exit status (its node was lost)".to_string(),
             };
             format!("rlaunch: rank {rank} on {}: {what}", facts.rank_host(rank))
@@ -239,6 +244,12 @@ impl Verdict {
                         "rank {rank} on {}: cannot start '{}': {}",
                         facts.rank_host(rank),
                         facts.rank_program(rank),
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                    RankStatus::NoWorkdir(errno) => format!(
+                        "rank {rank} on {}: working directory '{}' is not usable there: {}",
+                        facts.rank_host(rank),
+                        facts.rank_dir(rank),
                         std::io::Error::from_raw_os_error(errno)
                     ),
                 };
@@ -352,6 +363,9 @@ mod tests {
         fn rank_program(&self, _rank: u32) -> String {
             "./app".into()
         }
+        fn rank_dir(&self, _rank: u32) -> String {
+            "/scratch/run".into()
+        }
         fn node_name(&self, node: u32) -> String {
             format!("n{node}")
         }
@@ -436,6 +450,14 @@ mod tests {
         let d = v.record(Failure::RankExit { rank: 4, status: RankStatus::SpawnFailed(libc::ENOENT) }, &job(0));
         assert_eq!(line(&d), "rlaunch: rank 4 on n2: cannot start './app': No such file or directory (os error 2)");
         assert_eq!(v.exit_code(true), exitcode::USAGE);
+    }
+
+    #[test]
+    fn a_working_directory_missing_on_a_node_names_it_and_the_node() {
+        let mut v = Verdict::default();
+        let d = v.record(Failure::RankExit { rank: 4, status: RankStatus::NoWorkdir(libc::ENOENT) }, &job(0));
+        assert_eq!(line(&d), "rlaunch: rank 4 on n2: working directory '/scratch/run' is not usable there: No such file or directory (os error 2)");
+        assert_eq!(v.exit_code(true), exitcode::USAGE, "the status of a program that cannot start");
     }
 
     #[test]

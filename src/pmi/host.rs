@@ -107,6 +107,24 @@ pub struct PmiHost {
     /// Connections with unread input left by the read budget.
     more: Vec<ConnId>,
     local_count: usize,
+    /// `--pmi-port` connections refused because another user's process made them.
+    refused: usize,
+}
+
+/// The owner of the loopback connection from `peer` to `me`, when it is not this process's user:
+/// found in `/proc/net/tcp` (or `tcp6`), whose `uid` column is the owner of the peer's socket.
+/// None when it is ours or cannot be told.
+fn foreign_peer_uid(peer: std::net::SocketAddr, me: std::net::SocketAddr) -> Option<u32> {
+    let (std::net::SocketAddr::V4(p), std::net::SocketAddr::V4(m)) = (peer, me) else { return None };
+    let hex = |a: std::net::SocketAddrV4| format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port());
+    let (local, remote) = (hex(p), hex(m));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let uid = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 7 && f[1] == local && f[2] == remote).then(|| f[7].parse::<u32>().ok()).flatten()
+    })?;
+    // SAFETY: getuid(2) cannot fail.
+    (uid != unsafe { libc::getuid() }).then_some(uid)
 }
 
 impl PmiHost {
@@ -124,6 +142,7 @@ impl PmiHost {
             port: 0,
             more: Vec::new(),
             local_count,
+            refused: 0,
         };
         if mode == Mode::Port {
             let mut l = mio::net::TcpListener::bind("127.0.0.1:0".parse().expect("literal address"))?;
@@ -253,6 +272,11 @@ impl PmiHost {
     }
 
     #[cfg(test)]
+    fn is_bound(&self, rank: u32) -> bool {
+        self.conns.keys().any(|&c| self.server.rank_of(c) == Some(rank))
+    }
+
+    #[cfg(test)]
     fn is_initialized(&self, rank: u32) -> bool {
         self.server.is_initialized(rank)
     }
@@ -261,7 +285,15 @@ impl PmiHost {
         loop {
             let Some(l) = self.listener.as_ref() else { return };
             match l.accept() {
-                Ok((s, _)) => {
+                Ok((s, peer)) => {
+                    if let Some(uid) = s.local_addr().ok().and_then(|me| foreign_peer_uid(peer, me)) {
+                        // Another user's process: dropped, never a job abort; said once.
+                        if self.refused == 0 {
+                            eprintln!("rlaunch daemon: refused a --pmi-port connection from uid {uid} (not the job's user)");
+                        }
+                        self.refused += 1;
+                        continue;
+                    }
                     if self.conns.len() >= self.local_count + EXTRA_PORT_CONNS {
                         // Dropping closes it: more connections than ranks is not a PMI client.
                         continue;
@@ -272,6 +304,20 @@ impl PmiHost {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// `--pmi-port`: once every local rank has named itself on a connection, nobody else may
+    /// connect; the listener is closed.
+    fn close_listener_when_all_named(&mut self, registry: &Registry) {
+        if self.listener.is_none() {
+            return;
+        }
+        let named: std::collections::HashSet<u32> = self.conns.keys().filter_map(|&c| self.server.rank_of(c)).collect();
+        if named.len() >= self.local_count {
+            if let Some(mut l) = self.listener.take() {
+                let _ = registry.deregister(&mut l);
             }
         }
     }
@@ -295,6 +341,7 @@ impl PmiHost {
                     let actions = self.server.input(conn, &buf[..n]);
                     let rest = self.perform(actions, registry);
                     out.extend(rest);
+                    self.close_listener_when_all_named(registry);
                     if n < buf.len() && !to_end {
                         // Not asking again saves a syscall per request, a good part of the
                         // daemon's cost of a PMI-1 get.
@@ -463,6 +510,51 @@ mod tests {
             got.len() >= want.len()
         });
         assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+
+    /// Issue 14 item 6: once every local rank has named itself, the `--pmi-port` listener closes.
+    #[test]
+    fn port_mode_closes_the_listener_once_every_local_rank_connected() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(4, &[2, 3]), Mode::Port, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        let _p = host.prepare(3, &mut cmd, poll.registry()).unwrap();
+        let port = env_of(&cmd, "PMI_PORT").unwrap();
+        let mut clients = Vec::new();
+        for id in [2, 3] {
+            let mut c = std::net::TcpStream::connect(&port).unwrap();
+            c.write_all(format!("cmd=initack pmiid={id}\n").as_bytes()).unwrap();
+            clients.push(c);
+            poll_until(&mut host, &mut poll, |h, _| h.is_bound(id));
+        }
+        assert!(host.listener.is_none(), "the listener is closed");
+        assert!(std::net::TcpStream::connect(&port).is_err(), "nobody can connect any more");
+    }
+
+    /// Issue 14 item 6: a `--pmi-port` connection from another user's process is dropped, and
+    /// the job goes on (root only: the other user is made with setpriv).
+    #[test]
+    fn port_mode_refuses_another_users_connection() {
+        if unsafe { libc::getuid() } != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
+            return;
+        }
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(4, &[2, 3]), Mode::Port, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        let _p = host.prepare(3, &mut cmd, poll.registry()).unwrap();
+        let port = env_of(&cmd, "PMI_PORT").unwrap().rsplit(':').next().unwrap().to_string();
+        let code = format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo 'cmd=initack pmiid=3' >&3; cat <&3 > /dev/null 2>&1; echo closed");
+        let mut other = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c", &code])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        poll_until(&mut host, &mut poll, |h, _| h.refused == 1);
+        let mut out = String::new();
+        other.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert_eq!(out, "closed\n", "the connection is closed at once");
+        other.wait().unwrap();
+        assert!(host.conns.is_empty() && !host.is_initialized(3), "rank 3's place is still free");
     }
 
     #[test]

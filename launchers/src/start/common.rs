@@ -136,9 +136,15 @@ pub(crate) fn hand_over(mut child: Child, node: &str, bootstrap: &str) -> Result
     let mut stdin = child.stdin.take();
     if let Some(s) = stdin.as_mut() {
         if let Err(source) = s.write_all(bootstrap.as_bytes()).and_then(|_| s.flush()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(StartError::Bootstrap { node: node.to_string(), source });
+            if source.kind() == std::io::ErrorKind::BrokenPipe {
+                // The carrier is gone already (an agent that could not resolve the host): its
+                // exit status and stderr, read when it is reaped, say why.
+                stdin = None;
+            } else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StartError::Bootstrap { node: node.to_string(), source });
+            }
         }
     }
     let stderr = child.stderr.take().map(std::os::fd::OwnedFd::from);
