@@ -99,7 +99,7 @@ impl Waiter {
 /// login shell may print its own noise first (profile scripts, a tool rehashing its shims); the
 /// command that failed speaks last.
 pub fn last_words(stderr: &str) -> &str {
-    stderr.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("")
+    stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("")
 }
 
 /// Quotes one word for a POSIX shell: the remote side of ssh and agents runs the command through one.
