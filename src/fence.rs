@@ -213,8 +213,8 @@ pub fn encoded_size(puts: &Puts) -> usize {
 
 /// The children of `parent` (None = the front end) whose subtree runs at least one rank.
 /// `has_ranks(n)` says whether node `n` runs ranks.
-pub fn participants(parent: Option<u32>, fanout: u32, nnodes: u32, has_ranks: impl Fn(u32) -> bool) -> Vec<u32> {
-    let topo = tree::Topology::new(nnodes, fanout);
+pub fn participants(parent: Option<u32>, topo: &tree::Topology, has_ranks: impl Fn(u32) -> bool) -> Vec<u32> {
+    let nnodes = topo.nnodes();
     let mut busy = vec![false; nnodes as usize];
     // Walk up from every node with ranks, marking its ancestors, so the cost is nodes × depth.
     for n in 0..nnodes {
@@ -390,12 +390,12 @@ mod tests {
     fn participants_skip_subtrees_without_ranks() {
         // Fan-out 2, 7 nodes: front end -> 0,1; 0 -> 2,3; 1 -> 4,5; 2 -> 6.
         let ranks = |n: u32| n == 6 || n == 4;
-        assert_eq!(participants(None, 2, 7, ranks), vec![0, 1]);
-        assert_eq!(participants(Some(0), 2, 7, ranks), vec![2]);
-        assert_eq!(participants(Some(2), 2, 7, ranks), vec![6]);
-        assert_eq!(participants(Some(1), 2, 7, ranks), vec![4]);
-        assert_eq!(participants(Some(3), 2, 7, ranks), Vec::<u32>::new());
-        assert_eq!(participants(None, 32, 3, |n| n != 1), vec![0, 2]);
+        assert_eq!(participants(None, &crate::tree::Topology::new(7, 2), ranks), vec![0, 1]);
+        assert_eq!(participants(Some(0), &crate::tree::Topology::new(7, 2), ranks), vec![2]);
+        assert_eq!(participants(Some(2), &crate::tree::Topology::new(7, 2), ranks), vec![6]);
+        assert_eq!(participants(Some(1), &crate::tree::Topology::new(7, 2), ranks), vec![4]);
+        assert_eq!(participants(Some(3), &crate::tree::Topology::new(7, 2), ranks), Vec::<u32>::new());
+        assert_eq!(participants(None, &crate::tree::Topology::new(3, 32), |n| n != 1), vec![0, 2]);
     }
 
     #[test]
@@ -432,9 +432,9 @@ mod tests {
     /// every node ends up with every rank-owning node's puts, for several fences in a row.
     fn run_tree(nnodes: u32, fanout: u32, with_ranks: &[bool], order_seed: u64, fences: u64) -> Result<(), TestCaseError> {
         let has = |n: u32| with_ranks[n as usize];
-        let mut root = Fence::new("the front end", false, participants(None, fanout, nnodes, has));
+        let mut root = Fence::new("the front end", false, participants(None, &crate::tree::Topology::new(nnodes, fanout), has));
         let mut v: Vec<Fence> = (0..nnodes)
-            .map(|n| Fence::new(format!("node {n}"), has(n), participants(Some(n), fanout, nnodes, has)))
+            .map(|n| Fence::new(format!("node {n}"), has(n), participants(Some(n), &crate::tree::Topology::new(nnodes, fanout), has)))
             .collect();
         let mut rng = order_seed;
         for seq in 1..=fences {

@@ -41,7 +41,7 @@ impl JobView {
     fn build(launch: Box<Launch>, map: ProcMap, me: Option<u32>) -> JobView {
         let topo = Topology::new(launch.nodes.len() as u32, launch.fanout);
         let fence_children =
-            fence::participants(me, topo.fanout(), topo.nnodes(), |n| n < map.num_nodes() && !map.ranks_on(n).is_empty());
+            fence::participants(me, &topo, |n| n < map.num_nodes() && !map.ranks_on(n).is_empty());
         JobView { router: Router::new(topo, me), launch, map, fence_children }
     }
 
@@ -77,6 +77,11 @@ impl JobView {
     /// Children of this vertex that take part in fences (their subtree runs ranks).
     pub fn fence_children(&self) -> &[u32] {
         &self.fence_children
+    }
+
+    /// Node `node`'s name in the node list ("#N" for a node the job does not have).
+    pub fn node_name(&self, node: u32) -> String {
+        self.launch.nodes.get(node as usize).map_or_else(|| format!("#{node}"), |n| n.name.clone())
     }
 
     /// The node that runs `rank`.

@@ -16,8 +16,8 @@ pub struct Links {
     router: Router,
     key: JobKey,
     parent: Option<Link>,
-    /// Accepted connections by token, joined or not yet.
-    accepted: HashMap<Token, Link>,
+    /// Accepted connections by token, with the node each said it is once it joined.
+    accepted: HashMap<Token, (Link, Option<u32>)>,
     /// Joined child nodes and their tokens.
     joined: BTreeMap<u32, Token>,
     next: usize,
@@ -63,7 +63,7 @@ impl Links {
                     let t = token::link(self.next);
                     self.next += 1;
                     if registry.register(&mut s, t, Interest::READABLE | Interest::WRITABLE).is_ok() {
-                        self.accepted.insert(t, Link::new(s, self.key, Dir::Down, None));
+                        self.accepted.insert(t, (Link::new(s, self.key, Dir::Down, None), None));
                     }
                 }
                 // WouldBlock ends the batch; any other error drops that one connection attempt.
@@ -76,27 +76,29 @@ impl Links {
     /// The child link `t` said it is `node`: from now on frames to it carry its link id, and the
     /// node's traffic goes this way.
     pub fn join(&mut self, t: Token, node: u32) {
-        if let Some(l) = self.accepted.get_mut(&t) {
+        if let Some((l, at)) = self.accepted.get_mut(&t) {
             l.set_link(self.key, Dir::Down, node);
+            *at = Some(node);
             self.joined.insert(node, t);
         }
     }
 
     /// After a rendezvous: the connection continues as `node`'s link, both directions afresh.
     pub fn rejoin(&mut self, t: Token, node: u32) {
-        if let Some(l) = self.accepted.get_mut(&t) {
+        if let Some((l, at)) = self.accepted.get_mut(&t) {
             l.rebind(self.key, Dir::Down, node);
+            *at = Some(node);
             self.joined.insert(node, t);
         }
     }
 
     /// The joined node on link `t`, if any.
     pub fn node_of(&self, t: Token) -> Option<u32> {
-        self.joined.iter().find_map(|(&n, &tok)| (tok == t).then_some(n))
+        self.accepted.get(&t).and_then(|(_, node)| *node)
     }
 
     pub fn child_mut(&mut self, t: Token) -> Option<&mut Link> {
-        self.accepted.get_mut(&t)
+        self.accepted.get_mut(&t).map(|(l, _)| l)
     }
 
     pub fn joined(&self) -> impl Iterator<Item = u32> + '_ {
@@ -105,9 +107,8 @@ impl Links {
 
     /// Closes child link `t`; returns the node it was, if it had joined.
     pub fn remove(&mut self, t: Token, registry: &Registry) -> Option<u32> {
-        let mut l = self.accepted.remove(&t)?;
+        let (mut l, node) = self.accepted.remove(&t)?;
         let _ = registry.deregister(&mut l.stream);
-        let node = self.node_of(t);
         if let Some(n) = node {
             self.joined.remove(&n);
         }
@@ -130,7 +131,7 @@ impl Links {
     /// vertex, not after it).
     pub fn cut_off(&mut self, registry: &Registry) {
         self.mute_parent(registry);
-        for (_, mut l) in self.accepted.drain() {
+        for (_, (mut l, _)) in self.accepted.drain() {
             let _ = registry.deregister(&mut l.stream);
             let _ = l.stream.shutdown(std::net::Shutdown::Both);
         }
@@ -143,7 +144,7 @@ impl Links {
             Hop::Local => None,
             Hop::Parent => self.parent.as_mut(),
             Hop::Child(n) => match self.joined.get(&n) {
-                Some(t) => self.accepted.get_mut(t),
+                Some(t) => self.accepted.get_mut(t).map(|(l, _)| l),
                 None => None,
             },
         };
@@ -196,7 +197,7 @@ impl Links {
     /// Writes what every link takes without blocking; the parent's error is returned (a child's
     /// shows up as a read error on its next event).
     pub fn flush(&mut self) -> io::Result<()> {
-        for l in self.accepted.values_mut() {
+        for (l, _) in self.accepted.values_mut() {
             let _ = l.flush();
         }
         match self.parent.as_mut() {
@@ -213,7 +214,7 @@ impl Links {
     /// The last words before the process exits: everything queued, waiting at most `timeout` per
     /// link.
     pub fn flush_blocking(&mut self, timeout: Duration) {
-        for l in self.accepted.values_mut() {
+        for (l, _) in self.accepted.values_mut() {
             flush_blocking(l, timeout);
         }
         if let Some(p) = self.parent.as_mut() {

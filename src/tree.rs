@@ -28,10 +28,6 @@ impl Topology {
         self.tree.size() - 1
     }
 
-    pub fn fanout(&self) -> u32 {
-        self.tree.arity()
-    }
-
     /// The same tree as a collective's member tree (member = node + 1, the front end is 0).
     pub fn collective_tree(&self) -> Tree {
         self.tree

@@ -57,10 +57,9 @@ impl TreeSpawn {
             } else {
                 launchers::start::route_source_ip(&n.name).unwrap_or_else(|| "127.0.0.1".into())
             };
-            let ip = if ip.contains(':') { format!("[{ip}]") } else { ip };
             let child_boot = Bootstrap {
                 key: boot.key,
-                parent: format!("{ip}:{listen_port}"),
+                parent: format!("{}:{listen_port}", launchers::start::bracket_v6(&ip)),
                 node: child,
                 nnodes: boot.nnodes,
                 fanout: boot.fanout,

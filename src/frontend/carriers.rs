@@ -2,12 +2,11 @@
 //! (`ssh`), an in-process ssh session, or the one srun step that starts every node's daemon. The
 //! front end keeps each one's stderr (it says why a daemon never joined) and notices when it ends.
 
-use super::daemons::bracket_v6;
 use super::reporter::Reporter;
 use crate::token;
 use crate::wire::{Bootstrap, JobKey, Launch};
 use launchers::nodes::Node;
-use launchers::start::{DaemonProcess, GroupStarter, NodeStarter, Notify, StartError};
+use launchers::start::{bracket_v6, DaemonProcess, GroupStarter, NodeStarter, Notify, StartError};
 use mio::unix::pipe::Receiver;
 use mio::{Events, Interest, Poll, Registry};
 use std::collections::BTreeMap;

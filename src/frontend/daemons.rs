@@ -4,6 +4,7 @@
 
 use super::reporter::Progress;
 use crate::tree::Topology;
+use launchers::start::bracket_v6;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default, Clone)]
@@ -141,11 +142,6 @@ impl Daemons {
         self.nodes.iter().all(|d| d.done)
     }
 
-    /// The node's name in the node list.
-    pub fn name(&self, node: u32) -> String {
-        self.names.get(node as usize).cloned().unwrap_or_else(|| format!("#{node}"))
-    }
-
     /// The address of `node`'s listener, for its children: `ip:port`.
     pub fn listen_addr(&self, node: u32) -> Option<String> {
         let d = self.get(node)?;
@@ -163,15 +159,6 @@ impl Daemons {
             .find(|&i| names[i] == name)
             .or_else(|| (0..self.nodes.len()).filter(free).find(|&i| short(&names[i]) == short(name)));
         pick.map(|i| i as u32)
-    }
-}
-
-/// `[v6]` for an IPv6 address, so that `:port` can follow it.
-pub fn bracket_v6(ip: &str) -> String {
-    if ip.contains(':') && !ip.starts_with('[') {
-        format!("[{ip}]")
-    } else {
-        ip.to_string()
     }
 }
 
@@ -222,12 +209,5 @@ mod tests {
         assert_eq!(d.pick_for("n1"), Some(2));
         assert_eq!(d.pick_for("n2.other"), Some(1));
         assert_eq!(d.pick_for("n9"), None);
-    }
-
-    #[test]
-    fn v6_addresses_are_bracketed() {
-        assert_eq!(bracket_v6("fe80::1"), "[fe80::1]");
-        assert_eq!(bracket_v6("10.0.0.1"), "10.0.0.1");
-        assert_eq!(bracket_v6("[::1]"), "[::1]");
     }
 }

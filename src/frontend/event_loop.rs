@@ -280,7 +280,7 @@ impl Frontend {
         }
         let d = self.daemons.get_mut(node).expect("checked above");
         (d.joined, d.pid, d.hostname, d.addr, d.listen_port) = (true, pid, hostname, addr, listen_port);
-        self.reporter.detail(2, &format!("rlaunch: daemon of node {} connected (pid {pid})", self.daemons.name(node)));
+        self.reporter.detail(2, &format!("rlaunch: daemon of node {} connected (pid {pid})", self.job.node_name(node)));
         if self.daemons.all_joined() {
             self.timings.daemons_connected_ms = ms_since(self.plan.t0);
             self.timings.launch_sent_ms = self.timings.daemons_connected_ms;
@@ -388,7 +388,7 @@ impl Frontend {
         }
         if self.kill_sent_at.is_some_and(|t| now >= t + KILL_WAIT) {
             for n in self.daemons.unfinished() {
-                self.reporter.line(&format!("rlaunch: node {} did not confirm its ranks ended; giving up on it", self.daemons.name(n)));
+                self.reporter.line(&format!("rlaunch: node {} did not confirm its ranks ended; giving up on it", self.job.node_name(n)));
                 self.daemons.get_mut(n).expect("node of the job").lost = true;
             }
         }

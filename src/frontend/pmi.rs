@@ -94,7 +94,7 @@ impl RootPmi {
             // one comes it explains an MPI error the program reports in its own, vaguer words (a
             // failed MPI_Comm_spawn, a value too long for PMI-1).
             PmiReportKind::Warning => {
-                let host = job.launch().nodes.get(node as usize).map_or_else(|| format!("#{node}"), |n| n.name.clone());
+                let host = job.node_name(node);
                 let line = match rank {
                     Some(r) => format!("rlaunch: warning: PMI on {host}, rank {r}: {message}"),
                     None => format!("rlaunch: warning: PMI on {host}: {message}"),

@@ -104,7 +104,7 @@ impl Facts for JobFacts<'_> {
     }
 
     fn node_name(&self, node: u32) -> String {
-        self.job.launch().nodes.get(node as usize).map_or_else(|| format!("#{node}"), |n| n.name.clone())
+        self.job.node_name(node)
     }
 
     fn running(&self) -> usize {

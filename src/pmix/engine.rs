@@ -410,9 +410,9 @@ mod tests {
             // One rank per node that runs ranks.
             let rank_node: Vec<u32> = (0..nnodes).filter(|&n| with[n as usize]).collect();
             let has = |n: u32| with[n as usize];
-            let mut root = Fence::new("fe", false, crate::fence::participants(None, fanout, nnodes, has));
+            let mut root = Fence::new("fe", false, crate::fence::participants(None, &crate::tree::Topology::new(nnodes, fanout), has));
             let mut es: Vec<E> = (0..nnodes)
-                .map(|n| E::new("ns", n, format!("node {n}"), rank_node.clone(), crate::fence::participants(Some(n), fanout, nnodes, has)))
+                .map(|n| E::new("ns", n, format!("node {n}"), rank_node.clone(), crate::fence::participants(Some(n), &crate::tree::Topology::new(nnodes, fanout), has)))
                 .collect();
             let mut rng = seed;
             for round in 1..=3u64 {

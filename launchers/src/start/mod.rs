@@ -78,6 +78,15 @@ pub fn start_group(starter: &GroupStarter, nodes: &[Node], daemon_path: &str, bo
     }
 }
 
+/// `[v6]` for an IPv6 address, so that `:port` can follow it.
+pub fn bracket_v6(ip: &str) -> String {
+    if ip.contains(':') && !ip.starts_with('[') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
 /// The local address the kernel would use to reach `host`: the address a daemon there can use to
 /// reach us. A UDP connect sends no packet; it only picks the route.
 pub fn route_source_ip(host: &str) -> Option<String> {
@@ -92,6 +101,13 @@ pub fn route_source_ip(host: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v6_addresses_are_bracketed() {
+        assert_eq!(bracket_v6("fe80::1"), "[fe80::1]");
+        assert_eq!(bracket_v6("10.0.0.1"), "10.0.0.1");
+        assert_eq!(bracket_v6("[::1]"), "[::1]");
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
