@@ -12,6 +12,8 @@ use std::process::Command;
 struct Entry {
     src: String,
     run: String,
+    /// The batch job the line ran in, as its environment (`env:` in the corpus).
+    env: Vec<(String, String)>,
     /// `Ok(text of the first --dry-run line)` or `Err(text of the refusal)`.
     expect: Result<String, String>,
 }
@@ -22,16 +24,23 @@ fn corpus() -> Vec<Entry> {
     let hosts = root.join("hosts").to_string_lossy().into_owned();
     let hosts256 = root.join("hosts256").to_string_lossy().into_owned();
     let mut out = Vec::new();
-    let (mut src, mut run) = (None, None);
+    let subst = |v: &str| v.replace("@HOSTS256@", &hosts256).replace("@HOSTS@", &hosts).replace("@DIR@", &root.to_string_lossy());
+    let (mut src, mut run, mut env) = (None, None, Vec::new());
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
         let (key, value) = line.split_once(": ").unwrap_or_else(|| panic!("corpus line without a key: {line}"));
         match key {
             "src" => src = Some(value.to_string()),
-            "run" => run = Some(value.replace("@HOSTS256@", &hosts256).replace("@HOSTS@", &hosts).replace("@DIR@", &root.to_string_lossy())),
+            "run" => run = Some(subst(value)),
+            "env" => {
+                env = value
+                    .split_whitespace()
+                    .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), subst(v))).unwrap_or_else(|| panic!("env: without K=V: {kv}")))
+                    .collect()
+            }
             "map" | "refuse" => {
                 let expect = if key == "map" { Ok(value.to_string()) } else { Err(value.to_string()) };
                 let (src, run) = (src.take().expect("src before map"), run.take().expect("run before map"));
-                out.push(Entry { src, run, expect });
+                out.push(Entry { src, run, env: std::mem::take(&mut env), expect });
             }
             _ => panic!("unknown corpus key {key:?}"),
         }
@@ -41,7 +50,7 @@ fn corpus() -> Vec<Entry> {
 
 /// `rlaunch --dry-run` of one corpus line. The words after the launcher's name go through an
 /// appfile (`--app`), which splits them as the shell would for these lines (blanks, quotes).
-fn dry_run(line: &str, dir: &Path) -> std::process::Output {
+fn dry_run(line: &str, env: &[(String, String)], dir: &Path) -> std::process::Output {
     let (launcher, rest) = line.split_once(' ').unwrap_or((line, ""));
     assert!(["mpirun", "mpiexec", "mpiexec.hydra"].iter().any(|l| launcher.ends_with(l)), "not a launcher line: {line}");
     let file = dir.join("line");
@@ -49,11 +58,12 @@ fn dry_run(line: &str, dir: &Path) -> std::process::Output {
     let mut cmd = Command::new(common::bin());
     cmd.arg("--dry-run").arg("--app").arg(&file);
     for (k, _) in std::env::vars() {
-        if ["SLURM_", "PBS_", "HYDRA_", "MPIEXEC_", "OMPI_"].iter().any(|p| k.starts_with(p)) {
+        if ["SLURM_", "PBS_", "HYDRA_", "MPIEXEC_", "OMPI_", "LSB_", "PE_HOSTFILE", "JOB_ID"].iter().any(|p| k.starts_with(p)) {
             cmd.env_remove(k);
         }
     }
     cmd.env("OMP_NUM_THREADS", "1").env("OMP_PLACES", "cores").env("OMP_PROC_BIND", "close").env("LD_LIBRARY_PATH", "/usr/lib");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.output().expect("running rlaunch")
 }
 
@@ -65,7 +75,7 @@ fn corpus_lines_parse_to_their_recorded_plan() {
     let mut wrong = Vec::new();
     let mut accepted = 0;
     for e in &entries {
-        let out = dry_run(&e.run, &s.dir);
+        let out = dry_run(&e.run, &e.env, &s.dir);
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let first = stdout.lines().next().unwrap_or_default();
         let ok = match &e.expect {
