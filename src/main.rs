@@ -65,9 +65,12 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         return Ok(exitcode::SUCCESS);
     }
     let plan = cli::resolve(&parsed, &cli::Env::current(t0)?)?;
+    for warning in &plan.warnings {
+        frontend::say(&format!("rlaunch: {warning}"));
+    }
     if plan.verbose > 0 {
         for note in &plan.notes {
-            eprintln!("rlaunch: {note}");
+            frontend::say(&format!("rlaunch: {note}"));
         }
     }
     if plan.dry_run {

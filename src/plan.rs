@@ -43,6 +43,9 @@ pub struct JobPlan {
     /// Options given but not carried out by rlaunch (placement; launcher-level MCA parameters),
     /// for `--verbose` to say once each.
     pub notes: Vec<String>,
+    /// What the command line asked for that cannot be done but does not stop the job (`-x` of an
+    /// unset variable, as Open MPI warns): said on stderr before anything starts.
+    pub warnings: Vec<String>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
     pub mpi_reason: String,
 }

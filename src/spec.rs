@@ -119,11 +119,14 @@ pub struct PmiSpec {
     /// Fences carry no data; values are fetched from their node on a miss (PMI), or Open MPI's
     /// asynchronous modex (PMIx).
     pub lazy: bool,
+    /// Hydra's `-usize`: the universe size the ranks are told (MPI_UNIVERSE_SIZE, for
+    /// MPI_Comm_spawn), instead of the job's size (PMI) or its slots (PMIx).
+    pub universe: Option<u32>,
 }
 
 impl Default for PmiSpec {
     fn default() -> Self {
-        PmiSpec { interface: Interface::Pmi, port: false, lazy: false }
+        PmiSpec { interface: Interface::Pmi, port: false, lazy: false, universe: None }
     }
 }
 

@@ -172,3 +172,50 @@ fn started_as_mpirun_or_mpiexec_it_behaves_the_same() {
         assert_eq!(out.stdout_lines(), ["x 2", "x 2"], "{name}: {out}");
     }
 }
+
+#[test]
+fn x_of_an_unset_variable_warns_and_runs_as_open_mpi_does() {
+    let s = Scratch::new("dropin-x-unset");
+    let mut cmd = s.cmd(["-np", "2", "-x", "RLAUNCH_TEST_UNSET", "-x", "RLAUNCH_TEST_SET", "sh", "-c", "echo ${RLAUNCH_TEST_UNSET-none} $RLAUNCH_TEST_SET"]);
+    cmd.env_remove("RLAUNCH_TEST_UNSET").env("RLAUNCH_TEST_SET", "y");
+    let out = common::Job::start(cmd, None).wait();
+    out.expect_code(0);
+    assert_eq!(out.stdout_lines(), ["none y", "none y"], "{out}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        "rlaunch: warning: -x RLAUNCH_TEST_UNSET: RLAUNCH_TEST_UNSET is not set in rlaunch's environment; the ranks do not get it",
+        "{out}"
+    );
+}
+
+/// A PMI-1 client in a few lines of Python: init, the universe size, finalize.
+const PMI_UNIVERSE: &str = r#"
+import os
+f = os.fdopen(int(os.environ["PMI_FD"]), "r+b", buffering=0)
+def ask(cmd):
+    f.write(cmd.encode() + b"\n")
+    line = b""
+    while not line.endswith(b"\n"):
+        line += f.read(1)
+    return dict(w.split("=", 1) for w in line.decode().split())
+ask("cmd=init pmi_version=1 pmi_subversion=1")
+print(ask("cmd=get_universe_size")["size"], flush=True)
+ask("cmd=finalize")
+"#;
+
+#[test]
+fn usize_is_the_universe_size_the_ranks_are_told() {
+    let s = Scratch::new("dropin-usize");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--mpi", "pmi"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-np", "2", "python3", "-c", PMI_UNIVERSE]);
+        let out = s.run(args);
+        out.expect_code(0);
+        out.stdout_lines().into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(run(&[]), ["2", "2"], "without -usize the universe is the job");
+    assert_eq!(run(&["-usize", "16"]), ["16", "16"]);
+    assert_eq!(run(&["-launcher", "fork", "-hosts", "a:3,b:5", "-usize", "SYSTEM"]), ["8", "8"], "SYSTEM is the slots of the job's nodes");
+    s.run(["-usize", "INFINITE", "true"]).expect_usage_error("--usize INFINITE: an unlimited universe is not supported");
+}

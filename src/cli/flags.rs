@@ -124,6 +124,8 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
                                     mpirun reads it too)
   -print-all-exitcodes              at the end, one line per rank on stderr with its exit status
+  -usize N, -usize SYSTEM           the universe size ranks are told (MPI_UNIVERSE_SIZE), or the
+                                    slots of the job's nodes; without it, the job's size (PMI)
   Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
 
 PLACEMENT (both families):
@@ -133,14 +135,22 @@ PLACEMENT (both families):
   core|socket|package|numa|l3cache|l2cache|l1cache|hwthread|board fill each node's slots in order
   (as slot); the object inside the node is placement, and -v says so too.
 
+COMPATIBILITY, CRAY PALS (mpiexec on HPE Cray systems; placement, see PLACEMENT):
+  --cpu-bind none|core|numa|socket|thread
+                                    as --bind-to none|core|numa|package|hwthread
+  --cpu-bind depth, -d N, --depth N each rank on its own N CPUs (as --cpus-per-proc N)
+  --cpu-bind list:C:C..., mask:M:M...
+                                    local rank i on the i-th CPU list (0-3,8) or hex mask, cyclically
+  --gpu-bind list:G:G...            local rank i gets the i-th GPU list, cyclically
+  -ppn N                            as Hydra's -ppn
+
 APPLICATION FILES (both families):
   --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
   -envnone, -envlist (per context), --map-by seq, --tune,
-  per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Cray PALS's
-  --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
+  per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Intel's -trace and -gtool.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -450,6 +460,24 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, value_name = "FILE", hide_short_help = true)]
     pub rankfile: Option<PathBuf>,
 
+    /// Placement (Cray PALS mpiexec): none, core, numa, socket, thread, depth (each rank on its
+    /// --depth CPUs), list:CPUS:CPUS... or mask:M:M... (local rank i on the i-th, cyclically)
+    #[arg(long = "cpu-bind", value_name = "HOW", value_parser = typed::<CpuBind>, hide_short_help = true)]
+    pub cpu_bind: Option<CpuBind>,
+
+    /// Placement (Cray PALS mpiexec -d N): CPUs per rank, as --cpus-per-proc N
+    #[arg(short = 'd', long = "depth", value_name = "N", conflicts_with = "cpus_per_proc", value_parser = clap::value_parser!(u32).range(1..), hide_short_help = true)]
+    pub depth: Option<u32>,
+
+    /// Placement (Cray PALS, Slurm): list:G:G... gives local rank i the i-th GPU list, cyclically
+    #[arg(long = "gpu-bind", value_name = "list:G:G...", value_parser = typed::<GpuBind>, hide_short_help = true)]
+    pub gpu_bind: Option<GpuBind>,
+
+    /// Hydra: the universe size the ranks are told (MPI_UNIVERSE_SIZE): N, or SYSTEM for the
+    /// slots of the job's nodes [default: the job's size]
+    #[arg(long, value_name = "N|SYSTEM", value_parser = typed::<Usize>, hide_short_help = true)]
+    pub usize: Option<Usize>,
+
     /// Open MPI --app FILE, Hydra -configfile FILE: application contexts from FILE, one per line
     /// (`-np 2 ./a x`; `#` comments); given last, in place of the program
     #[arg(long, visible_alias = "configfile", value_name = "FILE", hide_short_help = true)]
@@ -481,11 +509,8 @@ pub const WONT: &[(&str, &str)] = &[
     ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
     ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
     ("tune", "not supported yet; give the file's --mca and -x options on the command line"),
-    ("cpu-bind", "a Cray PALS mpiexec option; rlaunch does not bind ranks yet (see --bind-to)"),
-    ("depth", "a Cray PALS mpiexec option; rlaunch does not bind ranks yet (see --bind-to)"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
-    ("usize", "not supported yet; the universe is the job's ranks"),
 ];
 
 /// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
@@ -623,6 +648,111 @@ impl FromStr for MapByFlag {
     }
 }
 
+/// A CPU list as the kernel writes one (`0-3,8,10-11`): the CPU numbers in order, each once.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let bad = || format!("'{part}' in CPU list '{s}': expected N or N-M with N <= M (e.g. 0-3,8)");
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b || b >= 1 << 16 {
+            return Err(bad());
+        }
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Cray PALS's `--cpu-bind`: a binding level, or explicit CPU sets per local rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuBind {
+    /// `none`, `core`, `numa`, `socket`, `thread` in `--bind-to`'s names.
+    Level(&'static str),
+    /// `depth`: each rank on its own `--depth` consecutive CPUs.
+    Depth,
+    /// `list:0-3:4-7` or `mask:0xf:0xf0`: local rank i on the i-th set, cyclically.
+    Sets(Vec<Vec<u32>>),
+}
+
+impl FromStr for CpuBind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let level = match s {
+            "none" => Some("none"),
+            "core" => Some("core"),
+            "numa" => Some("numa"),
+            "socket" => Some("package"),
+            "thread" => Some("hwthread"),
+            _ => None,
+        };
+        if let Some(l) = level {
+            return Ok(CpuBind::Level(l));
+        }
+        if s == "depth" {
+            return Ok(CpuBind::Depth);
+        }
+        let sets: Result<Vec<Vec<u32>>, String> = if let Some(lists) = s.strip_prefix("list:") {
+            lists.split(':').map(parse_cpu_list).collect()
+        } else if let Some(masks) = s.strip_prefix("mask:") {
+            masks.split(':').map(parse_cpu_mask).collect()
+        } else {
+            return Err("expected none, core, numa, socket, thread, depth, list:CPUS:CPUS... or mask:M:M...".into());
+        };
+        sets.map(CpuBind::Sets)
+    }
+}
+
+/// A hexadecimal CPU mask (`0xf0` or `f0`): the CPUs whose bits are set.
+fn parse_cpu_mask(m: &str) -> Result<Vec<u32>, String> {
+    let hex = m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")).unwrap_or(m);
+    let bad = || format!("'{m}': expected a hexadecimal CPU mask such as 0xf0");
+    if hex.is_empty() || hex.len() > 64 {
+        return Err(bad());
+    }
+    let mut cpus = Vec::new();
+    for (i, c) in hex.chars().rev().enumerate() {
+        let digit = c.to_digit(16).ok_or_else(bad)?;
+        cpus.extend((0..4).filter(|b| digit & (1 << b) != 0).map(|b| (i * 4) as u32 + b));
+    }
+    if cpus.is_empty() {
+        return Err(format!("'{m}': the mask selects no CPU"));
+    }
+    Ok(cpus)
+}
+
+/// `--gpu-bind list:0:1,2:3`: local rank i gets the i-th GPU list, cyclically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuBind(pub Vec<Vec<u32>>);
+
+impl FromStr for GpuBind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lists = s.strip_prefix("list:").ok_or("expected list:G:G... (GPU numbers, local rank i takes the i-th)")?;
+        lists.split(':').map(parse_cpu_list).collect::<Result<_, _>>().map(GpuBind)
+    }
+}
+
+/// Hydra's `-usize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usize {
+    Count(u32),
+    /// The slots of the job's nodes.
+    System,
+}
+
+impl FromStr for Usize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "SYSTEM" | "system" => Ok(Usize::System),
+            "INFINITE" | "infinite" => Err("an unlimited universe is not supported; give a number or SYSTEM".into()),
+            n => n.parse().ok().filter(|&n| n >= 1).map(Usize::Count).ok_or_else(|| "expected a number of at least 1, or SYSTEM".into()),
+        }
+    }
+}
+
 /// Hydra's `-launcher` / Intel's `-bootstrap`: how daemons start, in that family's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -720,5 +850,18 @@ mod tests {
         assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
         assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));
         assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
+    }
+
+    #[test]
+    fn cray_cpu_and_gpu_binding_values() {
+        assert_eq!(typed::<CpuBind>("socket").unwrap(), CpuBind::Level("package"));
+        assert_eq!(typed::<CpuBind>("depth").unwrap(), CpuBind::Depth);
+        assert_eq!(typed::<CpuBind>("list:0-2,5:8").unwrap(), CpuBind::Sets(vec![vec![0, 1, 2, 5], vec![8]]));
+        assert_eq!(typed::<CpuBind>("mask:0x11:f0").unwrap(), CpuBind::Sets(vec![vec![0, 4], vec![4, 5, 6, 7]]));
+        assert_eq!(typed::<CpuBind>("list:3-1").unwrap_err().to_string(), "'3-1' in CPU list '3-1': expected N or N-M with N <= M (e.g. 0-3,8)");
+        assert_eq!(typed::<CpuBind>("mask:0x0").unwrap_err().to_string(), "'0x0': the mask selects no CPU");
+        assert!(typed::<CpuBind>("verbose").unwrap_err().to_string().starts_with("expected none, core"));
+        assert_eq!(typed::<GpuBind>("list:0:1,2").unwrap(), GpuBind(vec![vec![0], vec![1, 2]]));
+        assert!(typed::<GpuBind>("closest").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! everything about the run, as one [`JobPlan`].
 
 use super::error::{usage, UsageError};
-use super::flags::{Bootstrap, Cli, FabricFlag};
+use super::flags::{Bootstrap, Cli, CpuBind, FabricFlag, Usize};
 use super::parse::Parsed;
 use crate::output::OutputFiles;
 use crate::plan::JobPlan;
@@ -61,7 +61,8 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         (None, None) => None,
     };
     let lookup = |k: &str| env.var(k);
-    let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup)? };
+    let mut warnings = Vec::new();
+    let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup, &mut warnings)? };
 
     let alloc = launchers::allocate(&allocation_request(g, launch_timeout, env)?, &lookup).map_err(|e| usage(e.to_string()))?;
     let global_path = env.var("PATH");
@@ -105,7 +106,15 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         env: if alloc.local { Vec::new() } else { propagated_env(g, &env.vars)? },
         tree_spawn: tree_spawn(g.tree_spawn, &alloc.starter),
         fabric,
-        pmi: spec::PmiSpec { interface, port: g.pmi_port, lazy: g.pmi_lazy },
+        pmi: spec::PmiSpec {
+            interface,
+            port: g.pmi_port,
+            lazy: g.pmi_lazy,
+            universe: g.usize.map(|u| match u {
+                Usize::Count(n) => n,
+                Usize::System => alloc.nodes.iter().fold(0u32, |a, n| a.saturating_add(n.slots)),
+            }),
+        },
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -135,6 +144,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         dry_run: g.dry_run,
         display_map: g.display_map,
         notes: placement_note(g).into_iter().chain(mca_note(&g.mca)).collect(),
+        warnings,
         mpi_reason,
     })
 }
@@ -193,6 +203,19 @@ fn placement_note(g: &Cli) -> Option<String> {
     }
     if let Some(f) = &g.rankfile {
         given.push(format!("--rankfile {} (ranks are mapped by --map-by instead)", f.display()));
+    }
+    if let Some(b) = g.cpu_bind.as_ref().filter(|b| **b != CpuBind::Level("none")) {
+        given.push(format!("--cpu-bind {}", match b {
+            CpuBind::Level(l) => l,
+            CpuBind::Depth => "depth",
+            CpuBind::Sets(_) => "list",
+        }));
+    }
+    if let Some(d) = g.depth {
+        given.push(format!("--depth {d}"));
+    }
+    if g.gpu_bind.is_some() {
+        given.push("--gpu-bind".to_string());
     }
     (!given.is_empty()).then(|| format!("{}: binding is not applied yet; ranks run unbound", given.join(", ")))
 }
@@ -415,8 +438,9 @@ fn prefix_vars(dir: &Path, env: &[(String, Option<String>)], lookup: &dyn Fn(&st
         .collect()
 }
 
-/// `-x VAR` or `-x VAR=value` → (VAR, value). A bare VAR takes rlaunch's own value.
-pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, String), UsageError> {
+/// `-x VAR` or `-x VAR=value` → (VAR, value). A bare VAR takes rlaunch's own value; `None` when
+/// it has none (Open MPI warns and runs the job without it, and so does rlaunch).
+pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, Option<String>), UsageError> {
     let (name, value) = match spec.split_once('=') {
         Some((n, v)) => (n, Some(v.to_string())),
         None => (spec, None),
@@ -424,11 +448,7 @@ pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resu
     if !valid_name(name) {
         return Err(usage(format!("-x {spec}: '{name}' is not a valid environment variable name")));
     }
-    let value = match value {
-        Some(v) => v,
-        None => lookup(name).ok_or_else(|| usage(format!("-x {name}: {name} is not set in rlaunch's environment; use -x {name}=VALUE")))?,
-    };
-    Ok((name.to_string(), value))
+    Ok((name.to_string(), value.or_else(|| lookup(name))))
 }
 
 /// Checks that `program` can be executed from `cwd` using `path` the way execvp would, and returns a
@@ -466,6 +486,7 @@ pub fn app_contexts(
     parsed: &Parsed,
     cwd: &std::path::Path,
     lookup: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<AppContext>, UsageError> {
     let mut out = Vec::new();
     for (i, a) in parsed.apps.iter().enumerate() {
@@ -481,8 +502,15 @@ pub fn app_contexts(
         }
         let exports = if i == 0 { a.export.clone() } else { g.export.iter().chain(a.export.iter()).cloned().collect() };
         for x in &exports {
-            let (k, v) = parse_export(x, lookup)?;
-            sets.push((k, Some(v)));
+            match parse_export(x, lookup)? {
+                (k, Some(v)) => sets.push((k, Some(v))),
+                (k, None) => {
+                    let w = format!("warning: -x {k}: {k} is not set in rlaunch's environment; the ranks do not get it");
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
+                }
+            }
         }
         for kv in &a.env {
             sets.push(pair_var("-env", "", kv)?);
@@ -532,9 +560,9 @@ mod tests {
     #[test]
     fn exports() {
         let env = |k: &str| (k == "HOME").then(|| "/root".to_string());
-        assert_eq!(parse_export("A=b=c", &env).unwrap(), ("A".into(), "b=c".into()));
-        assert_eq!(parse_export("HOME", &env).unwrap(), ("HOME".into(), "/root".into()));
-        assert!(parse_export("NOPE", &env).unwrap_err().to_string().contains("NOPE is not set"));
+        assert_eq!(parse_export("A=b=c", &env).unwrap(), ("A".into(), Some("b=c".into())));
+        assert_eq!(parse_export("HOME", &env).unwrap(), ("HOME".into(), Some("/root".into())));
+        assert_eq!(parse_export("NOPE", &env).unwrap(), ("NOPE".into(), None));
         assert!(parse_export("1A=x", &env).unwrap_err().to_string().contains("not a valid"));
         assert!(parse_export("=x", &env).is_err());
     }

@@ -57,7 +57,10 @@ impl Pmi {
         let launch = job.launch();
         let node = self.node;
         ensure_fd_room(job.local_ranks().len());
-        let info = JobInfo::from_map(&launch.job_id, job.map(), node);
+        let mut info = JobInfo::from_map(&launch.job_id, job.map(), node);
+        if let Some(u) = launch.pmi.universe {
+            info.universe_size = u;
+        }
         let mode = if launch.pmi.port { Mode::Port } else { Mode::Fd };
         let mut host = PmiHost::new(info, mode, registry).context("opening the PMI_PORT listener")?;
         let lazy = launch.pmi.lazy;
