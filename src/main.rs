@@ -58,7 +58,9 @@ fn main() {
 
 fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     let args = cli::to_strings(args)?;
-    let args = cli::expand_context_files(&args, &std::env::current_dir()?)?;
+    let cwd = std::env::current_dir()?;
+    let args = cli::expand_context_files(&args, &cwd)?;
+    let args = cli::expand_tune(&args, &cwd)?;
     let parsed = cli::parse(&args)?;
     if let Some(what) = parsed.global.generate {
         cli::generate(what, &mut std::io::stdout().lock())?;

@@ -219,3 +219,14 @@ fn usize_is_the_universe_size_the_ranks_are_told() {
     assert_eq!(run(&["-launcher", "fork", "-hosts", "a:3,b:5", "-usize", "SYSTEM"]), ["8", "8"], "SYSTEM is the slots of the job's nodes");
     s.run(["-usize", "INFINITE", "true"]).expect_usage_error("--usize INFINITE: an unlimited universe is not supported");
 }
+
+#[test]
+fn tune_file_options_reach_the_ranks_and_the_command_line_wins() {
+    let s = Scratch::new("dropin-tune");
+    std::fs::write(s.path("site.conf"), "# site\n-x T1=file -x T2=file\n-mca btl tcp,self --mca pml ob1\n").unwrap();
+    let out = s.run(["--tune", "site.conf", "-x", "T2=cmd", "--mca", "pml", "ucx", "-np", "1", "sh", "-c", "echo $T1 $T2 $OMPI_MCA_btl $OMPI_MCA_pml"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout_lines(), ["file cmd tcp,self ucx"], "{out}");
+    std::fs::write(s.path("bad.conf"), "-np 4\n").unwrap();
+    s.run(["--tune", "bad.conf", "true"]).expect_usage_error("--tune bad.conf: line 1: '-np': only -x VAR[=VALUE] and --mca KEY VALUE may appear in a tune file");
+}

@@ -88,6 +88,9 @@ COMPATIBILITY, OPEN MPI (mpirun):
   --timestamp-output                each line on the terminal starts with the local time, as
                                     ctime(3) writes it (before -l's tag); files stay exact
   --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
+  --tune FILE[,FILE]                the files' -x VAR[=VALUE] and --mca/-mca K V words, as if given
+                                    first on the command line (whose own values win); any other
+                                    word in them is an error, as in Open MPI
   --host a,b                        one slot per host named without a count; more ranks than
                                     slots is an error (unless --oversubscribe)
 
@@ -119,6 +122,7 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
                                     each rank's stdout (stderr) appended to the file P names:
                                     %r rank, %h host, %g 0 (one process group), %% a '%'
   -s RANK|all|none                  which rank reads stdin, as --stdin
+  -disable-x                        no X11 forwarding: what rlaunch always does
   HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
                                     read when the command line gives no host list or launcher
   MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
@@ -149,7 +153,7 @@ APPLICATION FILES (both families):
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), --map-by seq, --tune,
+  -envnone, -envlist (per context), --map-by seq,
   per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Intel's -trace and -gtool.";
 
 #[derive(Parser, Debug, Clone)]
@@ -396,6 +400,15 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, value_name = "VAR,VAR", conflicts_with = "genvall", hide_short_help = true)]
     pub genvlist: Option<String>,
 
+    /// Open MPI: files (comma-separated) of -x and --mca options, as if given first on the command
+    /// line (the command line's own win)
+    #[arg(long, value_name = "FILE[,FILE]", hide_short_help = true)]
+    pub tune: Option<String>,
+
+    /// Hydra: no X11 forwarding, which is what rlaunch does anyway (-enable-x is refused)
+    #[arg(long = "disable-x", hide_short_help = true)]
+    pub disable_x: bool,
+
     /// Open MPI: accepted for scripts run as root; rlaunch needs no such permission
     #[arg(long = "allow-run-as-root", hide_short_help = true)]
     pub allow_run_as_root: bool,
@@ -508,7 +521,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("enable-x", "rlaunch does not forward X11 connections"),
     ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
     ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
-    ("tune", "not supported yet; give the file's --mca and -x options on the command line"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
 ];
