@@ -1177,6 +1177,7 @@ mod tests {
                 env: vec![("UCX_NET_DEVICES".into(), Some("mine".into()))],
                 cwd: "/".into(),
                 np: None,
+                nodes: None,
             }],
             nodes: (0..nnodes)
                 .map(|n| NodeEntry {

@@ -61,6 +61,9 @@ pub struct AppContext {
     /// Fixed width on the wire: 64 and 4096 ranks must cost the same bytes.
     #[serde(with = "fixed_opt_u32")]
     pub np: Option<u32>,
+    /// Its own nodes (Open MPI's per-context `-H`), or with `--map-by seq` the node of each of
+    /// its ranks: indices into the launch's node list. `None`: every node.
+    pub nodes: Option<Vec<u32>>,
 }
 
 /// One node of the job's node list, as every daemon sees it.
@@ -208,7 +211,7 @@ mod tests {
 
     #[test]
     fn np_costs_the_same_bytes_whatever_its_value() {
-        let app = |np| AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np };
+        let app = |np| AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np, nodes: None };
         let small = postcard::to_allocvec(&app(Some(1))).unwrap();
         let large = postcard::to_allocvec(&app(Some(4096))).unwrap();
         assert_eq!(small.len(), large.len());

@@ -527,6 +527,7 @@ mod tests {
                 env: vec![("A".into(), Some("1".into())), ("B".into(), None)],
                 cwd: "/tmp".into(),
                 np: Some(np),
+                nodes: None,
             }],
             nodes: vec![NodeEntry { name: "n1".into(), user: None, slots: 4, max_slots: None }],
             policy: launchers::map::MapPolicy {

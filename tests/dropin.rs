@@ -230,3 +230,28 @@ fn tune_file_options_reach_the_ranks_and_the_command_line_wins() {
     std::fs::write(s.path("bad.conf"), "-np 4\n").unwrap();
     s.run(["--tune", "bad.conf", "true"]).expect_usage_error("--tune bad.conf: line 1: '-np': only -x VAR[=VALUE] and --mca KEY VALUE may appear in a tune file");
 }
+
+#[test]
+fn per_context_hosts_and_map_by_seq_place_ranks_as_open_mpi_does() {
+    let s = Scratch::new("dropin-ctx-hosts");
+    // --launcher local: every daemon runs here, whatever the host names.
+    let out = s.run([
+        "--launcher", "local", "-l", "-np", "1", "-H", "a", "sh", "-c", "echo m $RLAUNCH_NODE_RANK", ":", "-np", "2", "-H", "b:2", "sh", "-c",
+        "echo w $RLAUNCH_NODE_RANK",
+    ]);
+    out.expect_code(0);
+    let mut lines = out.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, ["[0] m 0", "[1] w 1", "[2] w 1"], "{out}");
+    s.run(["--launcher", "local", "-np", "1", "-H", "a", "true", ":", "-np", "2", "-H", "b", "true"])
+        .expect_usage_error("program 1 asks for 2 ranks but its hosts have 1 free slots (b: 1)");
+
+    std::fs::write(s.path("seq-hosts"), "a\nb slots=4\n# a comment\na\n").unwrap();
+    let out = s.run(["--launcher", "local", "--hostfile", "seq-hosts", "--map-by", "seq", "-l", "sh", "-c", "echo $RLAUNCH_NODE_RANK $RLAUNCH_LOCAL_RANK"]);
+    out.expect_code(0);
+    let mut lines = out.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, ["[0] 0 0", "[1] 1 0", "[2] 0 1"], "one rank per line, in order: {out}");
+    s.run(["--launcher", "local", "--hostfile", "seq-hosts", "--map-by", "seq", "-np", "4", "true"])
+        .expect_usage_error("--map-by seq: program 0 asks for 4 ranks but its host list has 3 entries");
+}

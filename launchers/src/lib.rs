@@ -17,7 +17,7 @@ pub mod slurm;
 pub mod start;
 
 pub use allocation::{allocate, AllocationError, AllocationPlan, AllocationRequest, LauncherKind};
-pub use map::{compute_map, compute_map_for_nodes, MapBy, MapError, MapPolicy, ProcMap, RankBy, RankPlace};
+pub use map::{compute_map, compute_map_apps, compute_map_for_nodes, AppRequest, MapBy, MapError, MapPolicy, ProcMap, RankBy, RankPlace};
 pub use nodes::{local_hostname, parse_host_list, parse_hostfile, Node, NodeListError};
 pub use pbs::{detect_pbs, parse_pbs_nodefile, PbsAllocation};
 pub use slurm::{detect_slurm, parse_nodelist, parse_tasks_per_node, SlurmAllocation, SlurmError};

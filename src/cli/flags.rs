@@ -48,7 +48,7 @@ ENVIRONMENT OF EACH RANK:
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
-  After ':' only per-program options may appear (-n/-np, -x, --wdir, -env).
+  After ':' only per-program options may appear (-n/-np, -x, --wdir, -env, -H).
 
 NODES:
   Without --hostfile or --host, ranks run on this machine (slots = CPUs, more ranks allowed).
@@ -93,6 +93,12 @@ COMPATIBILITY, OPEN MPI (mpirun):
                                     word in them is an error, as in Open MPI
   --host a,b                        one slot per host named without a count; more ranks than
                                     slots is an error (unless --oversubscribe)
+  -np 1 -H a ./m : -np 4 -H b:4 ./w per-context hosts: when a context after ':' has its own -H,
+                                    each context's ranks fill the free slots of its own hosts
+                                    (the job's nodes are all of them, or the host file's);
+                                    a context without -H uses every node
+  --map-by seq                      rank i on the host of the i-th line of --hostfile (or entry
+                                    of --host); one rank per line, counts do not matter
 
 COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -genv VAR VALUE, -genv VAR=VALUE  every rank gets VAR=VALUE (before -x, which wins)
@@ -153,8 +159,7 @@ APPLICATION FILES (both families):
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), --map-by seq,
-  per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Intel's -trace and -gtool.";
+  -envnone, -envlist (per context), -enable-x, -ckpointlib (BLCR), Intel's -trace and -gtool.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -506,7 +511,7 @@ showed in this mode (none in 200 jobs)."
 }
 
 /// Options that may appear after a ':' (they belong to one application context).
-pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall"];
+pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall", "host"];
 
 /// Options whose value is two words, `KEY VALUE`, which normalize joins into one `KEY=VALUE`; `true`
 /// where the Hydra form `KEY=VALUE` as one word is also accepted.
@@ -647,9 +652,7 @@ impl FromStr for MapByFlag {
         }
         let policy = match policy.join(":") {
             p if p.is_empty() => MapBy::Slot,
-            p if p.eq_ignore_ascii_case("seq") => {
-                return Err("seq (rank i on the i-th line of the host file) is not supported yet; give the host file slots and use --map-by slot".into())
-            }
+            p if p.eq_ignore_ascii_case("seq") => MapBy::Seq,
             p if node_object(&p).is_some() => {
                 object = node_object(&p);
                 MapBy::Slot
@@ -860,7 +863,7 @@ mod tests {
         assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some("core") });
         assert_eq!(typed::<RankByFlag>("node").unwrap(), RankByFlag { policy: RankBy::Node, object: None });
         assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
-        assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));
+        assert_eq!(m("seq").unwrap().policy, MapBy::Seq);
         assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
     }
 

@@ -58,8 +58,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
             for arg in Cli::command().get_arguments() {
                 let id = arg.get_id().as_str();
                 if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) && !PER_APP.contains(&id) {
+                    let long = arg.get_long().unwrap_or(id);
                     return Err(usage(format!(
-                        "option --{id} applies to the whole job; put it before the first program, not after ':'"
+                        "option --{long} applies to the whole job; put it before the first program, not after ':'"
                     )));
                 }
             }
@@ -209,7 +210,7 @@ mod tests {
         // Another launcher's option that rlaunch will not carry out says why.
         assert_eq!(e(&["-envnone", "a"]), "-envnone: per-context environment lists are not supported; -genvnone applies to the job");
         assert_eq!(e(&["-ckpointlib", "blcr", "a"]), "-ckpointlib: BLCR checkpointing is gone; rlaunch does not checkpoint jobs");
-        assert_eq!(e(&["--tune", "f", "a"]), "--tune: not supported yet; give the file's --mca and -x options on the command line");
+        assert_eq!(e(&["-trace", "a"]), "-trace: Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv");
         assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
         assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
         // Short clusters still work.

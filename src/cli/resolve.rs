@@ -64,7 +64,26 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     let mut warnings = Vec::new();
     let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup, &mut warnings)? };
 
-    let alloc = launchers::allocate(&allocation_request(g, launch_timeout, env)?, &lookup).map_err(|e| usage(e.to_string()))?;
+    let own_hosts = context_hosts(parsed);
+    let mut request = allocation_request(g, launch_timeout, env)?;
+    if let Some(lists) = &own_hosts {
+        // The job's nodes are every context's hosts together (or the host file's, which must hold them).
+        let all: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
+        request.host = (!all.is_empty()).then(|| all.join(","));
+    }
+    let alloc = launchers::allocate(&request, &lookup).map_err(|e| usage(e.to_string()))?;
+    let mut apps = apps;
+    if let Some(lists) = &own_hosts {
+        for (a, list) in apps.iter_mut().zip(lists) {
+            if let Some(list) = list {
+                let names = list_sequence(list)?;
+                a.nodes = Some(node_indices(&names, &alloc.nodes, &format!("-H {list}"))?);
+            }
+        }
+    }
+    if alloc.policy.map_by == launchers::map::MapBy::Seq {
+        seq_nodes(&mut apps, &request, &alloc.nodes)?;
+    }
     let global_path = env.var("PATH");
     if alloc.local {
         for a in &apps {
@@ -77,8 +96,8 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if let Some(file) = g.report.as_ref().filter(|f| f.is_dir()) {
         return Err(usage(format!("--report {}: is a directory (a file is expected)", file.display())).into());
     }
-    let np: Vec<Option<u32>> = apps.iter().map(|a| a.np).collect();
-    let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &np, &alloc.policy).map_err(|e| usage(e.to_string()))?;
+    let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
+    let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &requests, &alloc.policy).map_err(|e| usage(e.to_string()))?;
     if let StdinTarget::Rank(r) = stdin {
         if r >= map.size() {
             return Err(usage(format!("--stdin {r}: the job has only {} ranks (0-{})", map.size(), map.size() - 1)).into());
@@ -175,6 +194,61 @@ fn output_files(g: &Cli, map: &launchers::map::ProcMap, nodes: &[launchers::node
     }
     let hosts = map.ranks().iter().map(|p| nodes[p.node as usize].name.clone()).collect();
     Ok(Some(OutputFiles::Pattern { out: g.outfile_pattern.clone(), err: g.errfile_pattern.clone(), hosts }))
+}
+
+/// Open MPI's per-context `-H`: when a context after the first names its own hosts, every
+/// context's `-H` (the first one's stands before the first program) is its own. `None` otherwise:
+/// a `-H` before the first program is the job's.
+fn context_hosts(parsed: &Parsed) -> Option<Vec<Option<String>>> {
+    if !parsed.apps.iter().skip(1).any(|a| a.host.is_some()) {
+        return None;
+    }
+    Some(parsed.apps.iter().enumerate().map(|(i, a)| if i == 0 { parsed.global.host.clone() } else { a.host.clone() }).collect())
+}
+
+/// The hosts of a `-H` list in order, an entry `a:2` twice.
+fn list_sequence(list: &str) -> Result<Vec<String>, UsageError> {
+    let mut names = Vec::new();
+    for item in list.split(',') {
+        for n in launchers::nodes::parse_host_list(item).map_err(|e| usage(format!("-H {list}: {e}")))? {
+            names.extend(std::iter::repeat(n.name).take(n.slots as usize));
+        }
+    }
+    Ok(names)
+}
+
+/// Names to indices into the job's node list; a name outside it is the user's mistake.
+fn node_indices(names: &[String], nodes: &[launchers::nodes::Node], what: &str) -> Result<Vec<u32>, UsageError> {
+    names
+        .iter()
+        .map(|name| {
+            nodes.iter().position(|n| &n.name == name).map(|i| i as u32).ok_or_else(|| {
+                usage(format!("{what}: host {name} is not one of the job's nodes ({})", nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")))
+            })
+        })
+        .collect()
+}
+
+/// `--map-by seq`: rank i on the host of the i-th line of the host file (or entry of the --host
+/// list); contexts take their -np entries in turn, one without -np the rest.
+fn seq_nodes(apps: &mut [AppContext], request: &AllocationRequest, nodes: &[launchers::nodes::Node]) -> Result<(), UsageError> {
+    let (names, what) = match (&request.hostfile, &request.host) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f).map_err(|e| usage(format!("--hostfile {}: cannot read it: {e}", f.display())))?;
+            (launchers::nodes::hostfile_sequence(&f.display().to_string(), &text).map_err(|e| usage(e.to_string()))?, format!("--hostfile {}", f.display()))
+        }
+        (None, Some(list)) => (list_sequence(list)?, format!("--host {list}")),
+        // The map says that seq has no list to follow.
+        (None, None) => return Ok(()),
+    };
+    let mut seq = node_indices(&names, nodes, &what)?.into_iter();
+    for a in apps.iter_mut().filter(|a| a.nodes.is_none()) {
+        a.nodes = Some(match a.np {
+            Some(n) => seq.by_ref().take(n as usize).collect(),
+            None => seq.by_ref().collect(),
+        });
+    }
+    Ok(())
 }
 
 /// The placement options given, which are accepted but not yet carried out: `-v` says so once.
@@ -356,7 +430,7 @@ pub fn spec_from_flags(fabric: FabricFlag, nic: Option<&str>, nic_env: bool, inv
 /// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):
 /// `true` exists on every system and passes the program checks.
 pub fn inventory_apps(cwd: &Path) -> Vec<AppContext> {
-    vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None }]
+    vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None, nodes: None }]
 }
 
 /// What a daemon needs to start its children the way the front end would have.
@@ -538,7 +612,7 @@ pub fn app_contexts(
             }
             None => cwd.to_path_buf(),
         };
-        out.push(AppContext { argv: a.program.clone(), env, cwd: wdir.to_string_lossy().into_owned(), np });
+        out.push(AppContext { argv: a.program.clone(), env, cwd: wdir.to_string_lossy().into_owned(), np, nodes: None });
     }
     Ok(out)
 }

@@ -266,8 +266,8 @@ mod tests {
     /// Two nodes of two slots; context 0 (`a`, 3 ranks, in /work) and context 1 (`b x`, 1 rank).
     fn job(node: u32) -> JobView {
         let apps = vec![
-            AppContext { argv: vec!["a".into()], env: vec![set("CTX", "0")], cwd: "/work".into(), np: Some(3) },
-            AppContext { argv: vec!["b".into(), "x".into()], env: vec![set("CTX", "1"), unset("GONE")], cwd: String::new(), np: Some(1) },
+            AppContext { argv: vec!["a".into()], env: vec![set("CTX", "0")], cwd: "/work".into(), np: Some(3), nodes: None },
+            AppContext { argv: vec!["b".into(), "x".into()], env: vec![set("CTX", "1"), unset("GONE")], cwd: String::new(), np: Some(1), nodes: None },
         ];
         let mut launch = fixture::launch("rl-spawn", 2, 2, apps);
         launch.stdin = StdinTarget::Rank(3);
