@@ -133,6 +133,33 @@ impl Default for PmiSpec {
     }
 }
 
+/// Hydra's `MPIEXEC_PORT_RANGE=LOW:HIGH`: the TCP ports the front end and the daemons listen on
+/// (for sites whose firewalls open only those between nodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}': expected LOW:HIGH, two ports from 1 to 65535 with LOW <= HIGH");
+        let (l, h) = s.trim().split_once(':').ok_or_else(bad)?;
+        let (low, high): (u16, u16) = (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+        if low == 0 || low > high {
+            return Err(bad());
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.low, self.high)
+    }
+}
+
 /// How `--inventory` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InventoryFormat {

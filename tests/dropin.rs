@@ -255,3 +255,42 @@ fn per_context_hosts_and_map_by_seq_place_ranks_as_open_mpi_does() {
     s.run(["--launcher", "local", "--hostfile", "seq-hosts", "--map-by", "seq", "-np", "4", "true"])
         .expect_usage_error("--map-by seq: program 0 asks for 4 ranks but its host list has 3 entries");
 }
+
+/// The local ports `pid` listens on, from `ss` (iproute2).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let out = Command::new("ss").args(["-Hltnp"]).output().expect("running ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn mpiexec_port_range_holds_the_front_end_and_daemon_listeners() {
+    let s = Scratch::new("dropin-ports");
+    let low = 20000 + (std::process::id() % 20000) as u16;
+    let range = format!("{low}:{}", low + 40);
+    let inside = |p: &u16| (low..=low + 40).contains(p);
+    // Two nodes in a chain (fan-out 1): node 0's daemon, rank 0's parent, listens for node 1's.
+    let mut cmd = s.cmd([
+        "--launcher", "local", "-H", "a,b", "--fanout", "1", "-np", "2", "sh", "-c",
+        "if [ $RLAUNCH_RANK = 0 ]; then ss -Hltnp | grep \"pid=$PPID,\" | awk '{print $4}'; fi; sleep 1",
+    ]);
+    cmd.env("MPIEXEC_PORT_RANGE", &range);
+    let mut job = common::Job::start(cmd, None);
+    let mut front = Vec::new();
+    common::poll_until(std::time::Duration::from_secs(10), || {
+        front = listening_ports(job.pid() as u32);
+        !front.is_empty() || !job.running()
+    });
+    let out = job.wait();
+    out.expect_code(0);
+    assert!(!front.is_empty() && front.iter().all(inside), "the front end listens on {front:?}; range {range}");
+    let daemon: Vec<u16> = out.stdout_lines().iter().filter_map(|l| l.rsplit(':').next()?.parse().ok()).collect();
+    assert!(!daemon.is_empty() && daemon.iter().all(inside), "node 0's daemon listens on {daemon:?}; range {range}: {out}");
+
+    let mut cmd = s.cmd(["-np", "1", "true"]);
+    cmd.env("MPIEXEC_PORT_RANGE", "9:8");
+    common::Job::start(cmd, None).wait().expect_usage_error("MPIEXEC_PORT_RANGE=9:8: '9:8': expected LOW:HIGH");
+}

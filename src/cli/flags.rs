@@ -133,6 +133,9 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
                                     read when the command line gives no host list or launcher
   MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
                                     mpirun reads it too)
+  MPIEXEC_PORT_RANGE=LOW:HIGH (or MPICH_PORT_RANGE)
+                                    the front end and the daemons listen for each other only on
+                                    these TCP ports (for firewalls between nodes)
   -print-all-exitcodes              at the end, one line per rank on stderr with its exit status
   -usize N, -usize SYSTEM           the universe size ranks are told (MPI_UNIVERSE_SIZE), or the
                                     slots of the job's nodes; without it, the job's size (PMI)

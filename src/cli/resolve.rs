@@ -61,6 +61,11 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         (None, None) => None,
     };
     let lookup = |k: &str| env.var(k);
+    // Hydra reads both names; MPICH ranks read them for their own sockets too (they inherit them).
+    let ports = match ["MPIEXEC_PORT_RANGE", "MPICH_PORT_RANGE"].iter().find_map(|v| env.var(v).filter(|s| !s.trim().is_empty()).map(|s| (v, s))) {
+        Some((var, v)) => Some(v.parse::<spec::PortRange>().map_err(|e| usage(format!("{var}={v}: {e}")))?),
+        None => None,
+    };
     let mut warnings = Vec::new();
     let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup, &mut warnings)? };
 
@@ -164,6 +169,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         display_map: g.display_map,
         notes: placement_note(g).into_iter().chain(mca_note(&g.mca)).collect(),
         warnings,
+        ports,
         mpi_reason,
     })
 }

@@ -31,6 +31,7 @@ pub struct StartInfo {
     /// Every daemon runs on this machine: the front end listens on loopback.
     pub loopback: bool,
     pub listen_port: u16,
+    pub ports: Option<crate::spec::PortRange>,
     /// Wakes the loop when a start thread (in-process ssh) learns that its daemon ended.
     pub notify: Notify,
 }
@@ -57,7 +58,7 @@ impl Carriers {
 
     fn bootstrap(&self, launch: &Launch, parent: String, node: u32) -> String {
         let (key, nnodes, fanout, job_id) = (self.info.key, launch.nodes.len() as u32, launch.fanout, launch.job_id.clone());
-        Bootstrap { key, parent, node, nnodes, fanout, job_id }.to_line()
+        Bootstrap { key, parent, node, nnodes, fanout, job_id, ports: self.info.ports }.to_line()
     }
 
     /// Starts node `node`'s daemon, pointed at `parent`, and hands it its bootstrap line.

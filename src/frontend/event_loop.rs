@@ -64,8 +64,8 @@ struct Frontend {
 
 pub fn run(plan: JobPlan) -> Result<i32> {
     let key = wire::random_key().context("generating the job key")?;
-    let bind = if plan.loopback { "127.0.0.1:0" } else { "0.0.0.0:0" };
-    let mut listener = mio::net::TcpListener::bind(bind.parse().expect("literal address")).context("opening the front end's listening socket")?;
+    let ip: std::net::IpAddr = if plan.loopback { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let mut listener = crate::link::listen(ip, plan.ports).context("opening the front end's listening socket")?;
     let listen_port = listener.local_addr()?.port();
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, token::LISTENER, Interest::READABLE)?;
@@ -93,6 +93,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
             key,
             loopback: plan.loopback,
             listen_port,
+            ports: plan.ports,
             notify: Arc::new(move || {
                 let _ = waker.wake();
             }),
