@@ -1178,6 +1178,7 @@ mod tests {
                 cwd: "/".into(),
                 np: None,
                 nodes: None,
+                without_job_env: false,
             }],
             nodes: (0..nnodes)
                 .map(|n| NodeEntry {

@@ -131,7 +131,7 @@ mod tests {
     use crate::spec::AppContext;
 
     fn launch(nnodes: u32, slots: u32, np: u32, fanout: u32) -> Box<Launch> {
-        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np), nodes: None };
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np), nodes: None, without_job_env: false };
         let mut l = fixture::launch("rl-test", nnodes, slots, vec![app]);
         l.fanout = fanout;
         Box::new(l)

@@ -64,6 +64,9 @@ pub struct AppContext {
     /// Its own nodes (Open MPI's per-context `-H`), or with `--map-by seq` the node of each of
     /// its ranks: indices into the launch's node list. `None`: every node.
     pub nodes: Option<Vec<u32>>,
+    /// Hydra's per-context `-envnone`/`-envlist`: this context's ranks on other nodes do not get
+    /// the job's copy of rlaunch's environment (`Launch::env`), only `env` above.
+    pub without_job_env: bool,
 }
 
 /// One node of the job's node list, as every daemon sees it.
@@ -238,7 +241,7 @@ mod tests {
 
     #[test]
     fn np_costs_the_same_bytes_whatever_its_value() {
-        let app = |np| AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np, nodes: None };
+        let app = |np| AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np, nodes: None, without_job_env: false };
         let small = postcard::to_allocvec(&app(Some(1))).unwrap();
         let large = postcard::to_allocvec(&app(Some(4096))).unwrap();
         assert_eq!(small.len(), large.len());

@@ -535,6 +535,7 @@ mod tests {
                 cwd: "/tmp".into(),
                 np: Some(np),
                 nodes: None,
+                without_job_env: false,
             }],
             nodes: vec![NodeEntry { name: "n1".into(), user: None, slots: 4, max_slots: None }],
             policy: launchers::map::MapPolicy {

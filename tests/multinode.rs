@@ -247,6 +247,41 @@ fn mpmd(test: &str, shape: Shape) {
 every_shape!(mpmd_across_nodes, mpmd);
 
 // ---------------------------------------------------------------------------------------------
+// Hydra's environment options reach ranks on other nodes as Hydra's do.
+
+#[test]
+fn hydra_environment_options_per_job_and_per_context() {
+    let Some(c) = Cluster::get("hydra_environment_options_per_job_and_per_context") else { return };
+    let s = NodeScratch::new("hydra-env");
+    let echo = |tag: &str| sh(&format!("echo {tag} ${{RL_JOB_A-none}} ${{RL_JOB_B-none}}"));
+    // Four contexts of 4 ranks, one node each (4 slots per node): every rank is remote.
+    let run = |global: &[&str]| {
+        let rest = [
+            strs(global),
+            strs(&["-np", "4", "-envnone"]),
+            echo("none"),
+            strs(&[":", "-np", "4", "-envlist", "RL_JOB_A"]),
+            echo("list"),
+            strs(&[":", "-np", "4", "-envall"]),
+            echo("all"),
+            strs(&[":", "-np", "4"]),
+            echo("plain"),
+        ]
+        .concat();
+        let mut cmd = s.cmd(job(&c, &s, Via::Ssh, Shape::Flat, &rest));
+        cmd.env("RL_JOB_A", "a").env("RL_JOB_B", "b");
+        let o = common::Job::start(cmd, None).wait();
+        o.expect_code(0);
+        let got = count_by_line(&o);
+        got.into_iter().map(|(l, n)| format!("{l} x{n}")).collect::<Vec<_>>()
+    };
+    assert_eq!(run(&[]), ["all a b x4", "list a none x4", "none none none x4", "plain a b x4"]);
+    assert_eq!(run(&["-genvnone"]), ["all a b x4", "list a none x4", "none none none x4", "plain none none x4"]);
+    assert_eq!(run(&["-genvlist", "RL_JOB_B"]), ["all a b x4", "list a none x4", "none none none x4", "plain none b x4"]);
+    s.assert_no_leftovers(Some(&c), CLEANUP);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The launch message does not grow with the job.
 
 fn launch_bytes(s: &NodeScratch) -> Vec<u64> {

@@ -107,6 +107,9 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -genvnone, -genvlist A,B          ranks on other nodes get none of rlaunch's environment, or
                                     only A and B (and -genv/-x values); on this machine ranks
                                     inherit it all, as Hydra's forked proxies do
+  -envnone, -envlist A,B            the same for one context (also after ':'): its ranks on other
+                                    nodes get none, or only A and B, of rlaunch's environment;
+                                    -envall gives a context all of it under -genvnone
   -hosts a,b, -hosts a:2,b:4        each host in turn takes its count of consecutive ranks (1
                                     without a count), wrapping around: -hosts a,b -n 4 gives a
                                     ranks 0,2 and b ranks 1,3 (Open MPI's --host is an error there)
@@ -162,7 +165,7 @@ APPLICATION FILES (both families):
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), -enable-x, -ckpointlib (BLCR), Intel's -trace and -gtool.";
+  -enable-x, -ckpointlib (BLCR), Intel's -trace and -gtool.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -408,6 +411,16 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, value_name = "VAR,VAR", conflicts_with = "genvall", hide_short_help = true)]
     pub genvlist: Option<String>,
 
+    /// Hydra: this context's ranks on other nodes get none of rlaunch's environment, only -env and
+    /// -x values (on this machine they inherit it, as under Hydra)
+    #[arg(long, conflicts_with = "envlist", hide_short_help = true)]
+    pub envnone: bool,
+
+    /// Hydra: this context's ranks get these variables of rlaunch's environment, and on other
+    /// nodes no others
+    #[arg(long, value_name = "VAR,VAR", hide_short_help = true)]
+    pub envlist: Option<String>,
+
     /// Open MPI: files (comma-separated) of -x and --mca options, as if given first on the command
     /// line (the command line's own win)
     #[arg(long, value_name = "FILE[,FILE]", hide_short_help = true)]
@@ -514,7 +527,7 @@ showed in this mode (none in 200 jobs)."
 }
 
 /// Options that may appear after a ':' (they belong to one application context).
-pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall", "host"];
+pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall", "host", "envnone", "envlist"];
 
 /// Options whose value is two words, `KEY VALUE`, which normalize joins into one `KEY=VALUE`; `true`
 /// where the Hydra form `KEY=VALUE` as one word is also accepted.
@@ -527,8 +540,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("ckpoint-prefix", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("enable-x", "rlaunch does not forward X11 connections"),
-    ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
-    ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
 ];

@@ -208,7 +208,7 @@ mod tests {
         let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
         assert_eq!(e(&["-genvsome", "a"]), "unknown option '-genvsome'; see 'rlaunch --help'");
         // Another launcher's option that rlaunch will not carry out says why.
-        assert_eq!(e(&["-envnone", "a"]), "-envnone: per-context environment lists are not supported; -genvnone applies to the job");
+        assert_eq!(e(&["-enable-x", "a"]), "-enable-x: rlaunch does not forward X11 connections");
         assert_eq!(e(&["-ckpointlib", "blcr", "a"]), "-ckpointlib: BLCR checkpointing is gone; rlaunch does not checkpoint jobs");
         assert_eq!(e(&["-trace", "a"]), "-trace: Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv");
         assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");

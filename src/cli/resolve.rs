@@ -67,7 +67,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         None => None,
     };
     let mut warnings = Vec::new();
-    let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup, &mut warnings)? };
+    let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup, &env.vars, &mut warnings)? };
 
     let own_hosts = context_hosts(parsed);
     let mut request = allocation_request(g, launch_timeout, env)?;
@@ -436,7 +436,7 @@ pub fn spec_from_flags(fabric: FabricFlag, nic: Option<&str>, nic_env: bool, inv
 /// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):
 /// `true` exists on every system and passes the program checks.
 pub fn inventory_apps(cwd: &Path) -> Vec<AppContext> {
-    vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None, nodes: None }]
+    vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None, nodes: None, without_job_env: false }]
 }
 
 /// What a daemon needs to start its children the way the front end would have.
@@ -566,6 +566,7 @@ pub fn app_contexts(
     parsed: &Parsed,
     cwd: &std::path::Path,
     lookup: &dyn Fn(&str) -> Option<String>,
+    vars: &[(String, String)],
     warnings: &mut Vec<String>,
 ) -> Result<Vec<AppContext>, UsageError> {
     let mut out = Vec::new();
@@ -599,6 +600,22 @@ pub fn app_contexts(
             let vars = prefix_vars(dir, &sets, lookup);
             sets.extend(vars);
         }
+        // Hydra's per-context environment: its own list of rlaunch's variables (set first, so
+        // that -x and -env still win), or all of them under a job-wide -genvnone.
+        let mut without_job_env = a.envnone;
+        if let Some(list) = &a.envlist {
+            let mut own = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !valid_name(name) {
+                    return Err(usage(format!("-envlist {list}: '{name}' is not a valid environment variable name")));
+                }
+                own.extend(lookup(name).map(|v| (name.to_string(), Some(v))));
+            }
+            sets.splice(0..0, own);
+            without_job_env = true;
+        } else if i > 0 && a.genvall && (g.genvnone || g.genvlist.is_some()) {
+            sets.splice(0..0, forwarded_env(vars.iter().cloned()));
+        }
         let mut env: Vec<(String, Option<String>)> = Vec::new();
         for (k, v) in sets {
             env.retain(|(n, _)| n != &k);
@@ -618,7 +635,7 @@ pub fn app_contexts(
             }
             None => cwd.to_path_buf(),
         };
-        out.push(AppContext { argv: a.program.clone(), env, cwd: wdir.to_string_lossy().into_owned(), np, nodes: None });
+        out.push(AppContext { argv: a.program.clone(), env, cwd: wdir.to_string_lossy().into_owned(), np, nodes: None, without_job_env });
     }
     Ok(out)
 }

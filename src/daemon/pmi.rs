@@ -211,7 +211,7 @@ mod tests {
 
     /// Three nodes of one slot, fan-out 2, 3 ranks: node 0 has one rank and child node 2.
     fn job(node: u32, lazy: bool) -> JobView {
-        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: String::new(), np: Some(3), nodes: None };
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: String::new(), np: Some(3), nodes: None, without_job_env: false };
         let mut launch = fixture::launch("rl-pmi", 3, 1, vec![app]);
         launch.pmi.lazy = lazy;
         fixture::view(launch, node)
