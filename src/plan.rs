@@ -18,6 +18,8 @@ pub struct JobPlan {
     pub starter: Starter,
     pub daemon_path: String,
     pub timeout: Option<Duration>,
+    /// Open MPI's `--get-stack-traces`: at the timeout, print every running rank's stack first.
+    pub get_stack_traces: bool,
     pub launch_timeout: Duration,
     pub tag_output: bool,
     /// Files for the ranks' output (`--output-dir`, `--output-filename`, `-outfile-pattern`, ...).

@@ -304,6 +304,13 @@ pub enum Msg {
     /// The launch-time fabric exchange (`crate::fabric`): a `fabrics::collective::Message`, up
     /// (a subtree's node inventories, once) or down (every node's, once).
     Fabric { data: Vec<u8> },
+    /// Front end → down (`--get-stack-traces`, its `--timeout` expired): take the stack of every
+    /// rank still running.
+    StackTraces,
+    /// Daemon → up: one rank's stack, as the debugger printed it (or why there is none).
+    StackTrace { rank: u32, pid: u32, text: String },
+    /// Daemon → up: every stack of `node` was sent.
+    TracesDone { node: u32 },
 }
 
 /// Why a node failed ([`Msg::NodeFailed`]). The front end decides on the kind, never on the text.

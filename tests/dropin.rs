@@ -294,3 +294,27 @@ fn mpiexec_port_range_holds_the_front_end_and_daemon_listeners() {
     cmd.env("MPIEXEC_PORT_RANGE", "9:8");
     common::Job::start(cmd, None).wait().expect_usage_error("MPIEXEC_PORT_RANGE=9:8: '9:8': expected LOW:HIGH");
 }
+
+#[test]
+fn get_stack_traces_prints_each_running_ranks_stack_at_the_timeout() {
+    let s = Scratch::new("dropin-stacks");
+    let out = s.run(["--timeout", "1", "--get-stack-traces", "-np", "2", "sleep", "30"]);
+    out.expect_code(124);
+    for r in 0..2 {
+        let head = format!("rlaunch: stack of rank {r} (pid ");
+        let at = out.stderr.find(&head).unwrap_or_else(|| panic!("no stack of rank {r}: {out}"));
+        // gdb (scripts/install-deps installs it) names the frame the rank sleeps in.
+        let block: String = out.stderr[at..].lines().skip(1).take_while(|l| l.starts_with("    ")).collect();
+        assert!(block.contains("sleep"), "rank {r}'s stack: {out}");
+    }
+    // Without a tracer on the node, each rank's entry says so.
+    let bin = s.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink("/bin/sleep", bin.join("sleep")).unwrap();
+    let mut cmd = s.cmd(["--timeout", "1", "--get-stack-traces", "-np", "1", "sleep", "30"]);
+    cmd.env("PATH", &bin);
+    let out = common::Job::start(cmd, None).wait();
+    out.expect_code(124);
+    assert!(out.stderr.contains("no stack: neither eu-stack (elfutils) nor gdb is installed on this node"), "{out}");
+    s.run(["--get-stack-traces", "true"]).expect_usage_error("--get-stack-traces: the stacks are taken when --timeout");
+}

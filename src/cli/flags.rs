@@ -196,6 +196,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
 
+    /// With --timeout: when it expires, print the stack of every rank still running (with
+    /// eu-stack or gdb on its node) before ending them
+    #[arg(long = "get-stack-traces")]
+    pub get_stack_traces: bool,
+
     /// Prefix every output line with "[RANK] "
     #[arg(short = 'l', long = "tag-output", alias = "prepend-rank")]
     pub tag_output: bool,

@@ -60,6 +60,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         ),
         (None, None) => None,
     };
+    if g.get_stack_traces && timeout.is_none() {
+        return Err(usage("--get-stack-traces: the stacks are taken when --timeout (or MPIEXEC_TIMEOUT) expires; give one").into());
+    }
     let lookup = |k: &str| env.var(k);
     // Hydra reads both names; MPICH ranks read them for their own sockets too (they inherit them).
     let ports = match ["MPIEXEC_PORT_RANGE", "MPICH_PORT_RANGE"].iter().find_map(|v| env.var(v).filter(|s| !s.trim().is_empty()).map(|s| (v, s))) {
@@ -153,6 +156,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         starter: alloc.starter,
         daemon_path,
         timeout,
+        get_stack_traces: g.get_stack_traces,
         launch_timeout,
         tag_output: g.tag_output,
         output_files,

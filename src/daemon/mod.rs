@@ -19,6 +19,7 @@ mod pmix;
 mod ranks;
 mod say;
 mod spawn;
+mod traces;
 mod tree_spawn;
 
 /// Entry point of `rlaunch __daemon`. Never returns.

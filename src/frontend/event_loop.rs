@@ -13,6 +13,7 @@ use super::report::{ms_since, report_json, summary_line, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
+use super::traces::StackTraces;
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
 use crate::plan::JobPlan;
 use crate::job::JobView;
@@ -58,6 +59,7 @@ struct Frontend {
     /// Links that may hold more input than one read took.
     ready: Vec<Token>,
     rendezvous: Rendezvous,
+    traces: StackTraces,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
@@ -103,6 +105,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         pmi: RootPmi::default(),
         ready: Vec::new(),
         rendezvous: Rendezvous::default(),
+        traces: StackTraces::new(plan.get_stack_traces),
         kill_sent_at: None,
         interrupted_at: None,
         job,
@@ -190,7 +193,8 @@ impl Frontend {
         }
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), self.kill_sent_at.map(|t| t + KILL_WAIT), self.reporter.progress_due(self.plan.t0)]
+        let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -242,12 +246,9 @@ impl Frontend {
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
-            Msg::NodeDone { node } => {
-                if let Some(d) = self.daemons.get_mut(node) {
-                    d.done = true;
-                }
-                Vec::new()
-            }
+            Msg::NodeDone { node } => self.daemons.finished(node),
+            Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
+            Msg::TracesDone { node } => self.traces.done(node),
             Msg::NodeFailed { node, fault } => self.node_failed(node, fault),
             Msg::PmiReport { rank, node, kind, message } => self.pmi.report(&self.job, rank, node, kind, &message),
             Msg::Fence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmi, n, seq, puts)),
@@ -256,10 +257,7 @@ impl Frontend {
             Msg::KvsValue { key, value, round, .. } => self.pmi.kvs_value(key, value, round),
             // Direct modex turns here between subtrees.
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
-            Msg::Fabric { data } => match from {
-                Some(n) => self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0)),
-                None => Vec::new(),
-            },
+            Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
         self.apply(effects);
@@ -382,6 +380,8 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
+        let late = self.traces.expired(now);
+        self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
                 self.launch_failure(n, format!("no answer within {} (--launch-timeout)", fmt_secs(self.plan.launch_timeout)));
@@ -457,6 +457,7 @@ impl Frontend {
     }
 
     fn fail(&mut self, failure: Failure) {
+        let timeout = matches!(failure, Failure::Timeout { .. });
         let d = self.verdict.record(failure, &JobFacts { job: &self.job, ranks: &self.ranks });
         if let Some(line) = d.line {
             self.reporter.line(&line);
@@ -466,8 +467,12 @@ impl Frontend {
             Action::Terminate => Msg::Terminate,
             Action::Kill => Msg::Kill,
         };
-        self.links.down(&msg);
-        self.kill_sent_at = Some(Instant::now());
+        // --get-stack-traces: the ranks' stacks first, then the end (see traces.rs).
+        let running = self.daemons.unfinished().into_iter().filter(|&n| self.daemons.get(n).is_some_and(|d| d.joined)).collect();
+        match self.traces.hold(msg.clone(), running).filter(|_| timeout) {
+            Some(ask) => self.links.down(&ask),
+            None => self.apply(vec![Effect::End(msg)]),
+        }
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
@@ -482,6 +487,10 @@ impl Frontend {
                 }
                 Effect::Fail(f) => self.fail(f),
                 Effect::Say(line) => self.reporter.line(&line),
+                Effect::End(msg) => {
+                    self.links.down(&msg);
+                    self.kill_sent_at = Some(Instant::now());
+                }
                 Effect::Detail(level, line) => self.reporter.detail(level, &line),
                 Effect::Inventory(text) => {
                     if let Some(f) = self.reporter.inventory(&text) {
