@@ -5,6 +5,7 @@
 use super::effect::Effect;
 use crate::wire::Msg;
 use launchers::start::Notify;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -73,17 +74,27 @@ fn stack_of(pid: u32) -> String {
     let Some(mut cmd) = tracer(pid) else {
         return "no stack: neither eu-stack (elfutils) nor gdb is installed on this node".into();
     };
-    match cmd.stdin(Stdio::null()).output() {
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            // gdb's chatter about attaching and detaching is not the stack.
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("[Inferior") && !l.starts_with("[Thread debugging") && !l.starts_with("Using host libthread_db")).collect();
-            if lines.is_empty() {
-                format!("no stack: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("the tracer printed nothing"))
-            } else {
-                lines.join("\n")
-            }
-        }
-        Err(e) => format!("no stack: running the tracer: {e}"),
+    let mut child = match cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(c) => c,
+        Err(e) => return format!("no stack: running the tracer: {e}"),
+    };
+    // Read to EOF rather than wait: the daemon reaps every child of its own (its subreaper sweep),
+    // so the tracer's exit status may be gone before this thread could ask for it.
+    let mut err = child.stderr.take().expect("piped");
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut text = String::new();
+    let _ = child.stdout.take().expect("piped").read_to_string(&mut text);
+    let err = err.join().unwrap_or_default();
+    let _ = child.wait();
+    // gdb's chatter about attaching and detaching is not the stack.
+    let chatter = ["[Inferior", "[Thread debugging", "Using host libthread_db"];
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !chatter.iter().any(|c| l.starts_with(c))).collect();
+    match lines.is_empty() {
+        true => format!("no stack: {}", err.lines().last().unwrap_or("the tracer printed nothing")),
+        false => lines.join("\n"),
     }
 }
