@@ -549,6 +549,21 @@ pub const WONT: &[(&str, &str)] = &[
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
 ];
 
+/// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:
+/// Open MPI's older mapping and binding options, short names, Open MPI 5's `--display`.
+pub const EXPANSIONS: &[(&str, &[&str])] = &[
+    ("bysocket", &["--map-by", "socket"]),
+    ("bycore", &["--map-by", "core"]),
+    ("byslot", &["--map-by", "slot"]),
+    ("bind-to-core", &["--bind-to", "core"]),
+    ("bind-to-socket", &["--bind-to", "socket"]),
+    ("bind-to-none", &["--bind-to", "none"]),
+    ("rf", &["--rankfile"]),
+    ("display-allocation", &["--display-map"]),
+    ("display-devel-map", &["--display-map"]),
+    ("display-devel-allocation", &["--display-map"]),
+];
+
 /// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
 /// (`--bootstrap`), while rlaunch's own `--launcher` keeps its own; Hydra's `-ppn` wraps around
 /// (`--perhost`), while rlaunch's `--ppn` is `ppr:N:node`.
@@ -884,6 +899,17 @@ mod tests {
         assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
         assert_eq!(m("seq").unwrap().policy, MapBy::Seq);
         assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
+    }
+
+    #[test]
+    fn expansions_are_rlaunch_options_and_never_expand_again() {
+        let cmd = Cli::command();
+        for (from, words) in EXPANSIONS {
+            let long = words[0].strip_prefix("--").expect("an expansion starts with an option");
+            assert!(cmd.get_arguments().any(|a| a.get_long() == Some(long)), "{from}: --{long} is not an option");
+            assert!(!EXPANSIONS.iter().any(|(f, _)| *f == long), "{from} expands to another expansion");
+            assert!(!cmd.get_arguments().any(|a| a.get_long() == Some(from)), "{from} is an option already");
+        }
     }
 
     #[test]
