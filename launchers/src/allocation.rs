@@ -235,7 +235,7 @@ pub fn allocate(req: &AllocationRequest, env: &dyn Fn(&str) -> Option<String>) -
         LauncherKind::Sge | LauncherKind::Lsf => {
             let system = if kind == LauncherKind::Sge { BatchSystem::GridEngine } else { BatchSystem::Lsf };
             match batch::agent_argv(system, env("PATH").as_deref()) {
-                Some(argv) => Starter::Each(NodeStarter::Batch { argv, here: local_hostname() }),
+                Some(argv) => Starter::Each(NodeStarter::Batch { system, argv, here: local_hostname() }),
                 None => Starter::Each(NodeStarter::Ssh(ssh_options(req))),
             }
         }
@@ -520,7 +520,8 @@ mod tests {
         let p = allocate(&request(), &sge).unwrap();
         assert_eq!(names(&p), [("g1", 2), ("g2", 1)]);
         let qrsh = bin.join("qrsh").to_string_lossy().into_owned();
-        assert_eq!(p.starter, Starter::Each(NodeStarter::Batch { argv: vec![qrsh, "-inherit".into()], here: local_hostname() }));
+        let system = BatchSystem::GridEngine;
+        assert_eq!(p.starter, Starter::Each(NodeStarter::Batch { system, argv: vec![qrsh, "-inherit".into()], here: local_hostname() }));
         // Asked for by name; ssh on request; a node list is a subset of the job's.
         assert_eq!(allocate(&AllocationRequest { launcher: Some(LauncherKind::Sge), ..request() }, &sge).unwrap().starter, p.starter);
         let ssh = allocate(&AllocationRequest { launcher: Some(LauncherKind::Ssh), ..request() }, &sge).unwrap();
@@ -530,7 +531,8 @@ mod tests {
         let lsf = env_of(&[("LSB_JOBID", "9"), ("LSB_MCPU_HOSTS", "l1 4 l2 4"), ("PATH", &path)]);
         let p = allocate(&AllocationRequest { launcher: Some(LauncherKind::Lsf), ..request() }, &lsf).unwrap();
         let blaunch = bin.join("blaunch").to_string_lossy().into_owned();
-        assert_eq!(p.starter, Starter::Each(NodeStarter::Batch { argv: vec![blaunch], here: local_hostname() }));
+        let system = BatchSystem::Lsf;
+        assert_eq!(p.starter, Starter::Each(NodeStarter::Batch { system, argv: vec![blaunch], here: local_hostname() }));
         // Each only inside its own kind of job.
         let e = err(&AllocationRequest { launcher: Some(LauncherKind::Sge), ..request() }, &lsf);
         assert_eq!(e, "--launcher sge: not inside a Grid Engine parallel job (JOB_ID and PE_HOSTFILE are not set); submit with qsub -pe");

@@ -780,7 +780,8 @@ mod tests {
         let path = dir.to_string_lossy().into_owned();
         let job = env(&[("PATH", &path), ("JOB_ID", "7"), ("PE_HOSTFILE", dir.join("pe").to_str().unwrap())]);
         let qrsh = vec![dir.join("qrsh").to_string_lossy().into_owned(), "-inherit".to_string()];
-        let batch = Starter::Each(NodeStarter::Batch { argv: qrsh, here: launchers::local_hostname() });
+        let system = launchers::start::batch::BatchSystem::GridEngine;
+        let batch = Starter::Each(NodeStarter::Batch { system, argv: qrsh, here: launchers::local_hostname() });
         for words in [&["-bootstrap", "sge", "true"][..], &["-launcher", "sge", "-hosts", "g2", "true"], &["true"]] {
             assert_eq!(starter(words, &job), batch, "{words:?}");
         }

@@ -409,7 +409,11 @@ impl Frontend {
             let d = self.daemons.get(node).expect("node of the job");
             if !d.joined && !d.lost && !self.daemons.all_done() {
                 let what = self.carriers.why(node, self.poll.registry(), &mut self.reporter);
-                self.launch_failure(node, format!("daemon exited early with status {code}{what}"));
+                let hint = match &self.plan.starter {
+                    Starter::Each(s) => s.failure_hint(&what),
+                    Starter::Group(_) => "",
+                };
+                self.launch_failure(node, format!("daemon exited early with status {code}{what}{hint}"));
             }
         }
     }

@@ -65,6 +65,19 @@ pub fn is_here(node: &str, here: &str) -> bool {
     node == here || with_domain(node, here) || with_domain(here, node)
 }
 
+/// What to do, for the error line of a daemon whose agent ended before it joined having `said`
+/// this (its last words): "" when the words are not the batch system refusing the task.
+pub fn refusal_hint(system: BatchSystem, said: &str) -> &'static str {
+    match system {
+        // qrsh's words when the execd refuses a task: the PE does not allow tasks
+        // (control_slaves FALSE) or the host has no slot left for one.
+        BatchSystem::GridEngine if said.contains("didn't accept task") => {
+            "; the job's parallel environment must allow qrsh -inherit (control_slaves TRUE) with a slot for it on that host, or give --launcher ssh"
+        }
+        _ => "",
+    }
+}
+
 /// Starts `node`'s daemon: forked when `node` is this machine (`here`), else through the agent.
 pub fn start(argv: &[String], here: &str, node: &Node, daemon_path: &str, bootstrap: &str) -> Result<DaemonProcess, StartError> {
     if is_here(&node.name, here) {
@@ -111,6 +124,14 @@ mod tests {
         assert_eq!(agent_argv(BatchSystem::GridEngine, Some(&format!("{}", empty.display()))), None);
         assert_eq!(agent_argv(BatchSystem::GridEngine, None), None);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_task_says_what_to_do() {
+        let qrsh = r#"error: executing task of job 2 failed: execution daemon on host "n2" didn't accept task"#;
+        assert!(refusal_hint(BatchSystem::GridEngine, qrsh).contains("control_slaves TRUE"));
+        assert_eq!(refusal_hint(BatchSystem::GridEngine, "rlaunch not found on n2"), "");
+        assert_eq!(refusal_hint(BatchSystem::Lsf, qrsh), "");
     }
 
     #[test]

@@ -54,7 +54,18 @@ pub enum NodeStarter {
     Ssh(SshOptions),
     /// Inside a Grid Engine or LSF job: the batch system's agent `argv` (see [`batch`]) for every
     /// node but `here` (this machine's name), whose daemon is forked.
-    Batch { argv: Vec<String>, here: String },
+    Batch { system: batch::BatchSystem, argv: Vec<String>, here: String },
+}
+
+impl NodeStarter {
+    /// Appended to the error line of a daemon whose carrier ended before it joined, having `said`
+    /// this: what to do when the words are a batch system's refusal, else "".
+    pub fn failure_hint(&self, said: &str) -> &'static str {
+        match self {
+            NodeStarter::Batch { system, .. } => batch::refusal_hint(*system, said),
+            _ => "",
+        }
+    }
 }
 
 /// Starts every node's daemon with one call.
@@ -72,7 +83,7 @@ pub fn start(starter: &NodeStarter, node: &Node, daemon_path: &str, bootstrap: &
         NodeStarter::Local => local::start(&node.name, daemon_path, bootstrap),
         NodeStarter::Agent { argv } => agent::start(argv, node, daemon_path, bootstrap),
         NodeStarter::Ssh(opts) => ssh::start(opts, node, daemon_path, bootstrap, notify.clone()),
-        NodeStarter::Batch { argv, here } => batch::start(argv, here, node, daemon_path, bootstrap),
+        NodeStarter::Batch { argv, here, .. } => batch::start(argv, here, node, daemon_path, bootstrap),
     }
 }
 
