@@ -56,9 +56,11 @@ NODES:
   asking for more ranks than slots is an error unless --oversubscribe.
   Inside a batch job the job's nodes are used: Slurm (SLURM_JOB_NODELIST, one srun step), PBS
   (PBS_NODEFILE), Grid Engine (JOB_ID with PE_HOSTFILE: HOST SLOTS per line; NSLOTS is not
-  needed) and LSF (LSB_JOBID with LSB_DJOB_HOSTFILE, else LSB_MCPU_HOSTS); PBS, Grid Engine and
-  LSF daemons start over ssh (not pbsdsh, qrsh -inherit or blaunch, which cannot give a daemon
-  a private stdin for the job key). A node list must be part of the job's nodes.
+  needed) and LSF (LSB_JOBID with LSB_DJOB_HOSTFILE, else LSB_MCPU_HOSTS). Grid Engine daemons
+  start through qrsh -inherit (the PE needs control_slaves TRUE) and LSF daemons through
+  blaunch, so the job tracks them, where those are on PATH, else over ssh; the daemon of the
+  front end's own host is forked. PBS daemons start over ssh (pbsdsh cannot give a daemon a
+  private stdin for the job key). A node list must be part of the job's nodes.
   Remote ranks get rlaunch's environment except HOSTNAME, HOST, DISPLAY, XAUTHORITY, PWD,
   OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
   RLAUNCH_*).
