@@ -208,7 +208,8 @@ fn a_job_without_host_options_runs_on_its_hosts_with_its_slots_and_qrsh_started_
     let script = format!(
         "cp \"$PE_HOSTFILE\" pe_hostfile; hostname > master\n\
          {bin} -l sh -c '{report}' > ranks.txt 2> err1.txt; echo $? > rc1\n\
-         {bin} -np 3 sh -c 'echo out $RLAUNCH_RANK; exit $((RLAUNCH_RANK == 2 ? 7 : 0))' > out2.txt 2> err2.txt; echo $? > rc2",
+         {bin} -np 3 sh -c 'echo out $RLAUNCH_RANK; exit $((RLAUNCH_RANK == 2 ? 7 : 0))' > out2.txt 2> err2.txt; echo $? > rc2\n\
+         {bin} --tree-spawn --fanout 1 --map-by node -np 3 -l hostname > tree.txt 2> err3.txt; echo $? > rc3",
         report = RANK_REPORT.replace('\'', "'\\''"),
     );
     let id = sge.run_job(&job, "rlaunch", 6, &script);
@@ -240,12 +241,19 @@ fn a_job_without_host_options_runs_on_its_hosts_with_its_slots_and_qrsh_started_
     out2.sort();
     assert_eq!(out2, ["out 0", "out 1", "out 2"]);
     assert!(job.read("err2.txt").contains("rank 2"), "{}", job.read("err2.txt"));
-    // Grid Engine accounted the daemons as tasks of the job on every other host, twice (two runs).
-    let others = hosts.iter().filter(|h| h.0 != master).count();
-    let records = sge.accounting(&id, 2 * others);
-    for (host, _) in hosts.iter().filter(|h| h.0 != master) {
-        let tasks = records.iter().filter(|(h, status)| h == host && status == "0").count();
-        assert!(tasks >= 2, "no task records for {host} in qacct -j {id}: {records:?}");
+    // Tree spawn: a daemon started by qrsh -inherit starts the next host's through it in turn.
+    assert_eq!(job.read("rc3").trim(), "0", "{}", job.read("err3.txt"));
+    let tree: Vec<String> = job.read("tree.txt").lines().map(String::from).collect();
+    let want: Vec<String> = hosts.iter().take(3).enumerate().map(|(r, h)| format!("[{r}] {}", h.0)).collect();
+    let mut got = tree.clone();
+    got.sort();
+    assert_eq!(got, want, "one rank on each of the first 3 hosts: {tree:?}");
+    // Grid Engine accounted the daemons as tasks of the job on every other host (each run that
+    // had a daemon there adds one).
+    let others: Vec<&String> = hosts.iter().map(|h| &h.0).filter(|h| **h != master).collect();
+    let records = sge.accounting(&id, others.len());
+    for host in others {
+        assert!(records.iter().any(|(h, status)| h == host && status == "0"), "no task record for {host} in qacct -j {id}: {records:?}");
     }
 }
 
