@@ -200,6 +200,10 @@ fn pe_hosts(text: &str) -> Vec<(String, u32)> {
 /// The shell words that print, for a rank, `HOST LOCAL_SIZE PARENT GRANDPARENT` of its daemon.
 const RANK_REPORT: &str = r#"d=$(ps -o ppid= -p $$); p=$(ps -o ppid= -p $d); g=$(ps -o ppid= -p $p); echo "$(hostname) $RLAUNCH_LOCAL_SIZE $(ps -o comm= -p $p) $(ps -o comm= -p $g)""#;
 
+/// Every rank prints a line; rank 2 exits 7, once ranks 0 and 1 have printed theirs (the first
+/// failure ends the others, which must not be before they printed).
+const FAIL_LAST: &str = r#"echo out $RLAUNCH_RANK; touch done.$RLAUNCH_RANK; [ $RLAUNCH_RANK = 2 ] || exit 0; i=0; while [ ! -e done.0 ] || [ ! -e done.1 ]; do i=$((i + 1)); [ $i -lt 600 ] || exit 9; sleep 0.1; done; exit 7"#;
+
 #[test]
 fn a_job_without_host_options_runs_on_its_hosts_with_its_slots_and_qrsh_started_daemons() {
     let Some(sge) = Sge::get("a_job_without_host_options_runs_on_its_hosts") else { return };
@@ -208,9 +212,10 @@ fn a_job_without_host_options_runs_on_its_hosts_with_its_slots_and_qrsh_started_
     let script = format!(
         "cp \"$PE_HOSTFILE\" pe_hostfile; hostname > master\n\
          {bin} -l sh -c '{report}' > ranks.txt 2> err1.txt; echo $? > rc1\n\
-         {bin} -np 3 sh -c 'echo out $RLAUNCH_RANK; exit $((RLAUNCH_RANK == 2 ? 7 : 0))' > out2.txt 2> err2.txt; echo $? > rc2\n\
+         {bin} -np 3 sh -c '{fail}' > out2.txt 2> err2.txt; echo $? > rc2\n\
          {bin} --tree-spawn --fanout 1 --map-by node -np 3 -l hostname > tree.txt 2> err3.txt; echo $? > rc3",
         report = RANK_REPORT.replace('\'', "'\\''"),
+        fail = FAIL_LAST.replace('\'', "'\\''"),
     );
     let id = sge.run_job(&job, "rlaunch", 6, &script);
     assert_eq!(job.read("rc1").trim(), "0", "{}{}", job.read("err1.txt"), job.read("err.txt"));
@@ -343,8 +348,11 @@ fn a_fake_grid_engine_job_starts_other_hosts_through_qrsh_inherit_and_forks_its_
     let here = common::hostname();
     std::fs::write(s.path("pe_hostfile"), format!("{here} 2 all.q@{here} UNDEFINED\nlocalhost 2 all.q@localhost UNDEFINED\n")).unwrap();
     let env = [("JOB_ID", "99".to_string()), ("PE_HOSTFILE", s.path("pe_hostfile").to_string_lossy().into_owned())];
-    let out = fake_job(&s, &env, &["-l", "sh", "-c", "read l; echo $RLAUNCH_NODE_RANK $l; exit $((RLAUNCH_RANK == 3 ? 5 : 0))"]);
-    // Only rank 0 reads rlaunch's stdin (/dev/null): the others read EOF at once too.
+    // Rank 3 exits 5 once the others have printed (the first failure ends the others).
+    let script = "echo $RLAUNCH_NODE_RANK; touch $D/done.$RLAUNCH_RANK; [ $RLAUNCH_RANK = 3 ] || exit 0; i=0; \
+                  while [ ! -e $D/done.0 ] || [ ! -e $D/done.1 ] || [ ! -e $D/done.2 ]; do \
+                  i=$((i + 1)); [ $i -lt 600 ] || exit 9; sleep 0.1; done; exit 5";
+    let out = fake_job(&s, &env, &["-l", "sh", "-c", script]);
     out.expect_code(5);
     let mut lines = out.stdout_lines();
     lines.sort();
