@@ -10,7 +10,8 @@
 //! with no node list at all the job runs on one implicit local node whose slots are its CPUs.
 //!
 //! I/O: reads the hostfile and the PBS, Grid Engine and LSF host files, looks for `qrsh` and
-//! `blaunch` in the `PATH` directories, and reads this machine's name and CPU count. Every message is one line naming the flag, file or node at fault.
+//! `blaunch` in the `PATH` directories, and reads this machine's name and CPU count. Every message
+//! is one line naming the flag, file or node at fault.
 
 use crate::map::{MapBy, MapPolicy, RankBy};
 use crate::nodes::{local_hostname, parse_host_list, parse_hostfile, Node, NodeListError};
