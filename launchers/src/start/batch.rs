@@ -156,7 +156,9 @@ mod tests {
         let argv = vec![agent.to_string_lossy().into_owned(), "-inherit".into()];
         let node = |name: &str| Node { name: name.into(), user: None, slots: 1, max_slots: None };
         let mut p = start(&argv, "here", &node("there"), "/opt/rl", "BOOT\n").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while p.waiter.try_wait().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the stand-in agent did not end");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "-inherit there exec /opt/rl __daemon|BOOT\n");
