@@ -1,13 +1,15 @@
 //! Inside a Grid Engine or LSF job: daemons start through the batch system's own rsh-like agent,
 //! Grid Engine's `qrsh -inherit HOST CMD` or LSF's `blaunch HOST CMD`, so that they are tasks of
-//! the job: the batch system accounts them, lists them (`qstat -g t`, `bjobs`), signals them and
-//! kills them with the job.
+//! the job: the batch system runs them under its own process (Grid Engine's `sge_shepherd`),
+//! accounts them (`qacct -j`), signals them and kills them with the job.
 //!
 //! Both agents carry their stdin to the remote command up to EOF (qrsh unless given `-nostdin`,
 //! blaunch unless given `-n`) and run the command line through the user's shell, as rsh does. The
 //! bootstrap line with the job key therefore travels exactly as with any launch agent: on the
 //! agent's stdin, never on a command line or in the environment. For qrsh this is what
-//! tests/gridengine.rs measures on a real Son of Grid Engine 8.1.9 cluster.
+//! tests/gridengine.rs measures on a real Son of Grid Engine 8.1.9 cluster; for blaunch it is
+//! what IBM's blaunch reference says (`-n`: "standard input is taken from /dev/null"), untested
+//! here for want of LSF.
 //!
 //! The daemon of the node the front end runs on is forked here instead of going through the
 //! agent: the front end is already a process of the job, and Grid Engine refuses a task on the
