@@ -58,7 +58,8 @@ fn dry_run(line: &str, env: &[(String, String)], dir: &Path) -> std::process::Ou
     let mut cmd = Command::new(common::bin());
     cmd.arg("--dry-run").arg("--app").arg(&file);
     for (k, _) in std::env::vars() {
-        if ["SLURM_", "PBS_", "HYDRA_", "MPIEXEC_", "OMPI_", "LSB_", "PE_HOSTFILE", "JOB_ID"].iter().any(|p| k.starts_with(p)) {
+        // A batch job's own variables would change where a line's job runs.
+        if ["SLURM_", "PBS_", "LSB_", "SGE_", "HYDRA_", "MPIEXEC_", "OMPI_"].iter().any(|p| k.starts_with(p)) || k == "JOB_ID" || k == "PE_HOSTFILE" {
             cmd.env_remove(k);
         }
     }

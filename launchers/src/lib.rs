@@ -5,8 +5,8 @@
 //! every rule is tested without a cluster. [`pbs::detect_pbs`] reads the node file PBS names.
 //! [`allocation::allocate`] combines them with the command line's wishes into one plan: nodes,
 //! [`start::Starter`] and map policy. [`start`] holds one module per way of starting daemons
-//! (local, launch agent, in-process ssh, srun). Environment lookups are passed in as closures so
-//! that tests never touch the real environment.
+//! (local, launch agent, in-process ssh, srun, Grid Engine's and LSF's agents). Environment
+//! lookups are passed in as closures so that tests never touch the real environment.
 
 pub mod allocation;
 pub mod batch;

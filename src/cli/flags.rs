@@ -56,9 +56,11 @@ NODES:
   asking for more ranks than slots is an error unless --oversubscribe.
   Inside a batch job the job's nodes are used: Slurm (SLURM_JOB_NODELIST, one srun step), PBS
   (PBS_NODEFILE), Grid Engine (JOB_ID with PE_HOSTFILE: HOST SLOTS per line; NSLOTS is not
-  needed) and LSF (LSB_JOBID with LSB_DJOB_HOSTFILE, else LSB_MCPU_HOSTS); PBS, Grid Engine and
-  LSF daemons start over ssh (not pbsdsh, qrsh -inherit or blaunch, which cannot give a daemon
-  a private stdin for the job key). A node list must be part of the job's nodes.
+  needed) and LSF (LSB_JOBID with LSB_DJOB_HOSTFILE, else LSB_MCPU_HOSTS). Grid Engine daemons
+  start through qrsh -inherit (the PE needs control_slaves TRUE) and LSF daemons through
+  blaunch, so the job tracks them, where those are on PATH, else over ssh; the daemon of the
+  front end's own host is forked. PBS daemons start over ssh (pbsdsh cannot give a daemon a
+  private stdin for the job key). A node list must be part of the job's nodes.
   Remote ranks get rlaunch's environment except HOSTNAME, HOST, DISPLAY, XAUTHORITY, PWD,
   OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
   RLAUNCH_*).
@@ -120,8 +122,10 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -f, -machinefile, -hostfile FILE  the host file (as --hostfile); more ranks than its slots is
                                     an error, where Hydra wraps around
   -launcher K, -bootstrap K         ssh (rlaunch's ssh; without a host list the job runs here),
-                                    rsh, fork (every daemon here), slurm, pbs; rlaunch's own
-                                    --launcher keeps its names
+                                    rsh, fork (every daemon here), slurm, pbs, sge (qrsh -inherit),
+                                    lsf (blaunch; sge and lsf without a host list: the job's
+                                    hosts inside its job, else here); rlaunch's own --launcher
+                                    keeps its names
   -launcher-exec P, -bootstrap-exec P
                                     daemons start through P (ssh or rsh), as --launch-agent P
   -iface NAME                       the NIC, as --nic NAME
@@ -281,7 +285,8 @@ pub struct Cli {
     /// How daemons start: local (every daemon on this machine, whatever the node names), ssh
     /// (in-process, the default with a node list), agent (--launch-agent), slurm (one srun step,
     /// the default inside a Slurm allocation), pbs (inside a PBS job: nodes from PBS_NODEFILE,
-    /// daemons over ssh)
+    /// daemons over ssh), sge (inside a Grid Engine job: qrsh -inherit, else ssh), lsf (inside an
+    /// LSF job: blaunch, else ssh)
     #[arg(long, value_name = "KIND", value_parser = typed::<LauncherKind>)]
     pub launcher: Option<LauncherKind>,
 
@@ -471,7 +476,7 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, hide_short_help = true)]
     pub rr: bool,
 
-    /// Hydra -launcher, Intel -bootstrap: how daemons start: ssh, rsh, fork (this machine), slurm, pbs
+    /// Hydra -launcher, Intel -bootstrap: how daemons start: ssh, rsh, fork (this machine), slurm, pbs, sge, lsf
     #[arg(long, value_name = "KIND", value_parser = typed::<Bootstrap>, conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
     pub bootstrap: Option<Bootstrap>,
 
@@ -813,6 +818,10 @@ pub enum Bootstrap {
     Fork,
     Slurm,
     Pbs,
+    /// Grid Engine: `qrsh -inherit` inside its job.
+    Sge,
+    /// LSF: `blaunch` inside its job.
+    Lsf,
 }
 
 impl FromStr for Bootstrap {
@@ -824,7 +833,9 @@ impl FromStr for Bootstrap {
             "fork" => Ok(Bootstrap::Fork),
             "slurm" => Ok(Bootstrap::Slurm),
             "pbs" => Ok(Bootstrap::Pbs),
-            _ => Err("expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)".into()),
+            "sge" => Ok(Bootstrap::Sge),
+            "lsf" => Ok(Bootstrap::Lsf),
+            _ => Err("expected ssh, rsh, fork, slurm, pbs, sge or lsf (the names of -launcher and -bootstrap)".into()),
         }
     }
 }

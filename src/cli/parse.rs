@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(e(&["--fabric=ib", "a"]), "--fabric ib: expected auto, tcp, rdma or off");
         assert_eq!(e(&["--mpi", "x", "a"]), "--mpi x: expected pmi, pmix or auto");
         assert_eq!(e(&["--stdin", "some", "a"]), "--stdin some: expected a rank number, 'all' or 'none'");
-        assert_eq!(e(&["--launcher", "rsh", "a"]), "--launcher rsh: expected local, ssh, agent, slurm or pbs");
+        assert_eq!(e(&["--launcher", "rsh", "a"]), "--launcher rsh: expected local, ssh, agent, slurm, pbs, sge or lsf");
         assert_eq!(e(&["--map-by", "corner", "a"]), "--map-by corner: unknown --map-by value 'corner'; use slot, node or ppr:N:node");
         assert_eq!(e(&["--rank-by", "x", "a"]), "--rank-by x: unknown --rank-by value 'x'; use slot or node");
         assert_eq!(e(&["--generate", "tcsh"]), "--generate tcsh: expected man, bash, zsh, fish, elvish or powershell");
@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(e(&["-ckpointlib", "blcr", "a"]), "-ckpointlib: BLCR checkpointing is gone; rlaunch does not checkpoint jobs");
         assert_eq!(e(&["-trace", "a"]), "-trace: Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv");
         assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
-        assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
+        assert_eq!(e(&["-launcher", "ll", "a"]), "--bootstrap ll: expected ssh, rsh, fork, slurm, pbs, sge or lsf (the names of -launcher and -bootstrap)");
         // Short clusters still work.
         assert!(parse(&s(&["-lq", "-n4", "a"])).unwrap().global.quiet);
     }

@@ -340,7 +340,9 @@ fn mca_note(mca: &[String]) -> Option<String> {
 /// Hydra's `-launcher`/`-launcher-exec` (Intel's `-bootstrap`/`-bootstrap-exec`, or
 /// `HYDRA_LAUNCHER`/`HYDRA_LAUNCHER_EXEC`) as rlaunch's launcher kind and launch agent.
 /// Hydra's ssh launcher with no host list runs the job here, so `-launcher ssh` without nodes is
-/// rlaunch's default rather than its ssh launcher (which needs nodes).
+/// rlaunch's default rather than its ssh launcher (which needs nodes). Likewise `-launcher sge`
+/// and `-launcher lsf` without nodes: inside the batch job its detection gives the same launcher,
+/// outside it the job runs here.
 fn bootstrap(kind: Option<Bootstrap>, exec: Option<&str>, has_nodes: bool) -> Result<(Option<LauncherKind>, Option<String>), UsageError> {
     Ok(match (kind, exec) {
         (None, None) => (None, None),
@@ -350,6 +352,8 @@ fn bootstrap(kind: Option<Bootstrap>, exec: Option<&str>, has_nodes: bool) -> Re
         (Some(Bootstrap::Fork), None) => (Some(LauncherKind::Local), None),
         (Some(Bootstrap::Slurm), None) => (Some(LauncherKind::Slurm), None),
         (Some(Bootstrap::Pbs), None) => (Some(LauncherKind::Pbs), None),
+        (Some(Bootstrap::Sge), None) => (has_nodes.then_some(LauncherKind::Sge), None),
+        (Some(Bootstrap::Lsf), None) => (has_nodes.then_some(LauncherKind::Lsf), None),
         (Some(k), Some(exec)) => {
             let name = format!("{k:?}").to_lowercase();
             return Err(usage(format!(
@@ -451,6 +455,8 @@ fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
     match starter {
         Starter::Each(NodeStarter::Local) => Some(spec::TreeSpawn { agent: Vec::new(), ssh: None }),
         Starter::Each(NodeStarter::Agent { argv }) => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
+        // A daemon is never on the front end's machine, so its children all go through the agent.
+        Starter::Each(NodeStarter::Batch { argv, .. }) => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
         Starter::Each(NodeStarter::Ssh(o)) => Some(spec::TreeSpawn {
             agent: Vec::new(),
             ssh: Some(spec::SshSpec {
@@ -881,8 +887,34 @@ mod tests {
         assert_eq!(starter(&["--host", "a", "x"], &hydra), agent(&["rsh"]));
         // The command line wins over the environment.
         assert!(matches!(starter(&["--launcher", "ssh", "--host", "a", "x"], &hydra), Starter::Each(NodeStarter::Ssh(_))));
-        let bad = env(&[("PATH", "/bin"), ("HYDRA_LAUNCHER", "lsf")]);
-        assert!(usage_text(plan(&["true"], &bad)).starts_with("HYDRA_LAUNCHER=lsf: expected ssh, rsh"));
+        let bad = env(&[("PATH", "/bin"), ("HYDRA_LAUNCHER", "ll")]);
+        assert!(usage_text(plan(&["true"], &bad)).starts_with("HYDRA_LAUNCHER=ll: expected ssh, rsh, fork, slurm, pbs, sge or lsf"));
+    }
+
+    #[test]
+    fn hydra_sge_and_lsf_launchers_use_the_jobs_agent_inside_it_and_run_here_outside() {
+        use std::os::unix::fs::PermissionsExt;
+        let e = env(&[("PATH", "/bin")]);
+        let starter = |words: &[&str], e: &Env| plan(words, e).unwrap().starter;
+        assert_eq!(starter(&["-bootstrap", "lsf", "true"], &e), Starter::Each(NodeStarter::Local));
+        assert_eq!(starter(&["-launcher", "sge", "-np", "2", "true"], &e), Starter::Each(NodeStarter::Local));
+        let text = usage_text(plan(&["-bootstrap", "sge", "-hosts", "a", "true"], &e));
+        assert!(text.contains("--launcher sge: not inside a Grid Engine parallel job"), "{text}");
+        let dir = std::env::temp_dir().join(format!("rlaunch-resolve-sge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("qrsh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(dir.join("qrsh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("pe"), "g1 2 all.q@g1 UNDEFINED\ng2 2 all.q@g2 UNDEFINED\n").unwrap();
+        // Only the scratch dir: this machine may have a real qrsh in /bin.
+        let path = dir.to_string_lossy().into_owned();
+        let job = env(&[("PATH", &path), ("JOB_ID", "7"), ("PE_HOSTFILE", dir.join("pe").to_str().unwrap())]);
+        let qrsh = vec![dir.join("qrsh").to_string_lossy().into_owned(), "-inherit".to_string()];
+        let system = launchers::start::batch::BatchSystem::GridEngine;
+        let batch = Starter::Each(NodeStarter::Batch { system, argv: qrsh, here: launchers::local_hostname() });
+        for words in [&["-bootstrap", "sge", "true"][..], &["-launcher", "sge", "-hosts", "g2", "true"], &["true"]] {
+            assert_eq!(starter(words, &job), batch, "{words:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -236,12 +236,8 @@ impl Frontend {
             }
             Msg::Started { node, pids, launch_bytes } => {
                 self.ranks.started(&pids);
-                if let Some(d) = self.daemons.get_mut(node).filter(|_| launch_bytes > 0) {
-                    d.launch_bytes = launch_bytes;
-                }
-                if self.ranks.all_running() && self.timings.ranks_started_ms.is_none() {
-                    self.timings.ranks_started_ms = ms_since(self.plan.t0);
-                }
+                self.daemons.launched(node, launch_bytes);
+                self.timings.ranks_started(self.ranks.all_running(), self.plan.t0);
                 Vec::new()
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
@@ -410,7 +406,8 @@ impl Frontend {
             let d = self.daemons.get(node).expect("node of the job");
             if !d.joined && !d.lost && !self.daemons.all_done() {
                 let what = self.carriers.why(node, self.poll.registry(), &mut self.reporter);
-                self.launch_failure(node, format!("daemon exited early with status {code}{what}"));
+                let hint = self.plan.starter.failure_hint(&what);
+                self.launch_failure(node, format!("daemon exited early with status {code}{what}{hint}"));
             }
         }
     }
