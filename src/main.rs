@@ -79,6 +79,12 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         frontend::print(&cli::describe_map(&plan));
         return Ok(exitcode::SUCCESS);
     }
+    match plan.report_pid.as_deref() {
+        Some("-") => frontend::print(&format!("{}\n", std::process::id())),
+        Some("+") => frontend::say(&std::process::id().to_string()),
+        Some(file) => std::fs::write(file, format!("{}\n", std::process::id())).map_err(|e| cli::UsageError::Msg(format!("--report-pid {file}: cannot write it: {e}")))?,
+        None => {}
+    }
     if plan.display_map {
         print!("{}", cli::describe_map(&plan));
     }

@@ -48,6 +48,8 @@ pub struct JobPlan {
     /// What the command line asked for that cannot be done but does not stop the job (`-x` of an
     /// unset variable, as Open MPI warns): said on stderr before anything starts.
     pub warnings: Vec<String>,
+    /// Open MPI's `--report-pid`: a file, or `-` (stdout) or `+` (stderr).
+    pub report_pid: Option<String>,
     /// `MPIEXEC_PORT_RANGE`: the ports the front end and daemons listen on.
     pub ports: Option<crate::spec::PortRange>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.

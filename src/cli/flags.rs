@@ -90,6 +90,22 @@ COMPATIBILITY, OPEN MPI (mpirun):
   --timestamp-output                each line on the terminal starts with the local time, as
                                     ctime(3) writes it (before -l's tag); files stay exact
   --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
+  --pmixmca K V                     every rank gets PMIX_MCA_K=V (Open MPI 5)
+  --prtemca K V                     PRRTE's; rlaunch has none, -v names them as unused
+  --report-pid FILE|-|+             rlaunch's pid to FILE, stdout (-) or stderr (+), first
+  --output tag,timestamp,merge-stderr,dir=DIR,nocopy
+                                    Open MPI 5's spelling of -l, --timestamp-output,
+                                    --merge-stderr-to-stdout and --output-filename DIR[:nocopy]
+  --display map,allocation,bind     --display-map (map, allocation), --report-bindings (bind)
+  -bysocket, -bycore, -byslot       --map-by socket, core, slot (older Open MPI)
+  --bind-to-core, --bind-to-socket, --bind-to-none
+                                    --bind-to core, socket, none (older Open MPI)
+  -rf FILE                          --rankfile FILE
+  --display-allocation, --display-devel-map
+                                    --display-map
+  --nolocal                         no ranks on the machine rlaunch runs on (also Intel MPI)
+  --hetero-nodes, --noprefix, --leave-session-attached, --report-child-jobs-separately
+                                    accepted: what rlaunch always does
   --tune FILE[,FILE]                the files' -x VAR[=VALUE] and --mca/-mca K V words, as if given
                                     first on the command line (whose own values win); any other
                                     word in them is an error, as in Open MPI
@@ -136,6 +152,8 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
                                     %r rank, %h host, %g 0 (one process group), %% a '%'
   -s RANK|all|none                  which rank reads stdin, as --stdin
   -disable-x                        no X11 forwarding: what rlaunch always does
+  -demux poll|select                accepted: rlaunch multiplexes output with its own loop
+  -path DIR                         DIR first in the ranks' PATH (where programs are found)
   HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
                                     read when the command line gives no host list or launcher
   MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
@@ -169,7 +187,9 @@ APPLICATION FILES (both families):
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -enable-x, -ckpointlib (BLCR), Intel's -trace and -gtool.";
+  -enable-x, -ckpointlib (BLCR), Intel's -trace, -gtool and -check_mpi, -gdb, --debug, -xterm,
+  --enable-recovery and --max-restarts (not yet), -disable-auto-cleanup, --preload-binary,
+  --preload-files, -ompi-server, --personality, --xml.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -440,6 +460,54 @@ showed in this mode (none in 200 jobs)."
     #[arg(long = "disable-x", hide_short_help = true)]
     pub disable_x: bool,
 
+    /// Open MPI 5: set PMIx MCA parameter KEY to VALUE in every rank (PMIX_MCA_KEY=VALUE)
+    #[arg(long = "pmixmca", value_name = "KEY VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub pmixmca: Vec<String>,
+
+    /// Open MPI 5: a PRRTE MCA parameter; rlaunch has no PRRTE, so it is unused (-v says so)
+    #[arg(long = "prtemca", value_name = "KEY VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub prtemca: Vec<String>,
+
+    /// Open MPI: write rlaunch's pid to FILE, or to stdout (-) or stderr (+), before the job starts
+    #[arg(long = "report-pid", value_name = "FILE|-|+", hide_short_help = true)]
+    pub report_pid: Option<String>,
+
+    /// Open MPI 5: output options, comma-separated: tag (as -l), timestamp, merge-stderr,
+    /// dir=DIR or file=DIR (as --output-filename DIR), nocopy
+    #[arg(long = "output", value_name = "LIST", hide_short_help = true)]
+    pub output: Option<String>,
+
+    /// Open MPI 5: what to show before running, comma-separated: map, allocation (as
+    /// --display-map), bind (as --report-bindings)
+    #[arg(long = "display", value_name = "LIST", hide_short_help = true)]
+    pub display: Option<String>,
+
+    /// Open MPI, Intel MPI: no ranks on the machine rlaunch runs on (only on the other nodes)
+    #[arg(long, hide_short_help = true)]
+    pub nolocal: bool,
+
+    /// Hydra: DIR first in the ranks' PATH, where their program is looked up
+    #[arg(long, value_name = "DIR", hide_short_help = true)]
+    pub path: Option<PathBuf>,
+
+    /// Accepted, changing nothing: what rlaunch always does. Open MPI's --hetero-nodes (each node's
+    /// topology is its own), --noprefix (no automatic --prefix), --leave-session-attached,
+    /// --report-child-jobs-separately; Hydra's -demux (rlaunch's own I/O loop)
+    #[arg(long = "hetero-nodes", hide_short_help = true)]
+    pub hetero_nodes: bool,
+
+    #[arg(long = "noprefix", hide = true)]
+    pub noprefix: bool,
+
+    #[arg(long = "leave-session-attached", hide = true)]
+    pub leave_session_attached: bool,
+
+    #[arg(long = "report-child-jobs-separately", hide = true)]
+    pub report_child_jobs_separately: bool,
+
+    #[arg(long = "demux", value_name = "poll|select", hide = true)]
+    pub demux: Option<String>,
+
     /// Open MPI: accepted for scripts run as root; rlaunch needs no such permission
     #[arg(long = "allow-run-as-root", hide_short_help = true)]
     pub allow_run_as_root: bool,
@@ -541,7 +609,7 @@ pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genval
 
 /// Options whose value is two words, `KEY VALUE`, which normalize joins into one `KEY=VALUE`; `true`
 /// where the Hydra form `KEY=VALUE` as one word is also accepted.
-pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true)];
+pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true), ("pmixmca", false), ("prtemca", false)];
 
 /// Options of the other launchers that rlaunch does not carry out, with the one line it says
 /// instead of "unknown option" (after the option as written).
@@ -552,6 +620,18 @@ pub const WONT: &[(&str, &str)] = &[
     ("enable-x", "rlaunch does not forward X11 connections"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
+    ("enable-recovery", "restarting failed ranks is not supported yet; the first failure ends the job"),
+    ("max-restarts", "restarting failed ranks is not supported yet; the first failure ends the job"),
+    ("disable-auto-cleanup", "rlaunch ends the whole job at the first failure; it cannot leave the other ranks running"),
+    ("preload-binary", "rlaunch does not copy programs to the nodes; put the program on a shared file system"),
+    ("preload-files", "rlaunch does not copy files to the nodes; put them on a shared file system"),
+    ("gdb", "rlaunch does not start debuggers itself; run one as the program (rlaunch -np 2 gdb -batch -ex run --args ./app)"),
+    ("debug", "rlaunch does not start a parallel debugger; run one as the program, or see --get-stack-traces"),
+    ("xterm", "rlaunch does not open terminal windows; use --output-filename to get each rank's output apart"),
+    ("check_mpi", "Intel's correctness checker is not supported; set LD_PRELOAD with -genv"),
+    ("ompi-server", "rlaunch has no Open MPI name server for MPI_Publish_name"),
+    ("personality", "rlaunch runs Open MPI and MPICH programs as they are; no personality is needed"),
+    ("xml", "rlaunch does not write XML output; see --report for JSON"),
 ];
 
 /// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:

@@ -79,11 +79,43 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
             }));
         }
         if global.is_none() {
-            global = Some(cli.clone());
+            let mut g = cli.clone();
+            open_mpi5_lists(&mut g)?;
+            global = Some(g);
         }
         apps.push(cli);
     }
     Ok(Parsed { global: global.expect("at least one segment"), apps, words: args.to_vec() })
+}
+
+/// Open MPI 5's `--output LIST` and `--display LIST` as the options they stand for.
+fn open_mpi5_lists(g: &mut Cli) -> Result<(), UsageError> {
+    let mut nocopy = false;
+    let mut dir = None;
+    for item in g.output.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item.split_once('=').unwrap_or((item, ""));
+        match key {
+            "tag" | "tag-detailed" | "tag-fullname" => g.tag_output = true,
+            "timestamp" => g.timestamp_output = true,
+            "merge-stderr" | "merge" => g.merge_stderr_to_stdout = true,
+            "dir" | "file" if !value.is_empty() => dir = Some(value.to_string()),
+            "nocopy" => nocopy = true,
+            _ => return Err(usage(format!("--output {item}: expected tag, timestamp, merge-stderr, dir=DIR, file=DIR or nocopy"))),
+        }
+    }
+    match (dir, nocopy) {
+        (Some(d), n) => g.output_filename = Some(if n { format!("{d}:nocopy") } else { d }),
+        (None, true) => return Err(usage("--output nocopy: give dir=DIR too (nocopy keeps the output only in files)")),
+        (None, false) => {}
+    }
+    for item in g.display.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
+        match item {
+            "map" | "allocation" | "map-devel" | "alloc" => g.display_map = true,
+            "bind" | "bindings" => g.report_bindings = true,
+            _ => return Err(usage(format!("--display {item}: expected map, allocation or bind"))),
+        }
+    }
+    Ok(())
 }
 
 pub fn to_strings(args: Vec<OsString>) -> Result<Vec<String>, UsageError> {

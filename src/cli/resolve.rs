@@ -79,7 +79,10 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         let all: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
         request.host = (!all.is_empty()).then(|| all.join(","));
     }
-    let alloc = launchers::allocate(&request, &lookup).map_err(|e| usage(e.to_string()))?;
+    let mut alloc = launchers::allocate(&request, &lookup).map_err(|e| usage(e.to_string()))?;
+    if g.nolocal {
+        drop_this_machine(&mut alloc.nodes)?;
+    }
     let mut apps = apps;
     if let Some(lists) = &own_hosts {
         for (a, list) in apps.iter_mut().zip(lists) {
@@ -171,8 +174,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         t0: env.t0,
         dry_run: g.dry_run,
         display_map: g.display_map,
-        notes: placement_note(g).into_iter().chain(mca_note(&g.mca)).collect(),
+        notes: placement_note(g).into_iter().chain(mca_note(&g.mca)).chain(prte_note(&g.prtemca)).collect(),
         warnings,
+        report_pid: g.report_pid.clone(),
         ports,
         mpi_reason,
     })
@@ -335,6 +339,25 @@ fn mca_note(mca: &[String]) -> Option<String> {
     (!keys.is_empty()).then(|| {
         format!("--mca {}: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them", keys.join(", "))
     })
+}
+
+/// `--nolocal`: the job's nodes without the machine rlaunch runs on (by its host name, short or
+/// full, or a loopback name).
+fn drop_this_machine(nodes: &mut Vec<launchers::nodes::Node>) -> Result<(), UsageError> {
+    let me = launchers::local_hostname();
+    let short = |n: &str| n.split('.').next().unwrap_or(n).to_string();
+    let this = |n: &str| short(n) == short(&me) || ["localhost", "127.0.0.1", "::1"].contains(&n);
+    nodes.retain(|n| !this(&n.name));
+    if nodes.is_empty() {
+        return Err(usage(format!("--nolocal: every node of the job is this machine ({me}); give other hosts")));
+    }
+    Ok(())
+}
+
+/// Open MPI 5's `--prtemca`: PRRTE's parameters, which nothing in rlaunch reads.
+fn prte_note(prtemca: &[String]) -> Option<String> {
+    let keys: Vec<&str> = prtemca.iter().map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k)).collect();
+    (!keys.is_empty()).then(|| format!("--prtemca {}: PRRTE parameters; rlaunch has no PRRTE, so they are not used", keys.join(", ")))
 }
 
 /// Hydra's `-launcher`/`-launcher-exec` (Intel's `-bootstrap`/`-bootstrap-exec`, or
@@ -588,6 +611,9 @@ pub fn app_contexts(
         for kv in &g.mca {
             sets.push(pair_var("--mca", "OMPI_MCA_", kv)?);
         }
+        for kv in &g.pmixmca {
+            sets.push(pair_var("--pmixmca", "PMIX_MCA_", kv)?);
+        }
         for kv in &g.genv {
             sets.push(pair_var("-genv", "", kv)?);
         }
@@ -609,6 +635,11 @@ pub fn app_contexts(
         if let Some(dir) = &g.prefix {
             let vars = prefix_vars(dir, &sets, lookup);
             sets.extend(vars);
+        }
+        if let Some(dir) = &g.path {
+            let old = sets.iter().rev().find(|(k, _)| k == "PATH").and_then(|(_, v)| v.clone()).or_else(|| lookup("PATH"));
+            let first = dir.to_string_lossy().into_owned();
+            sets.push(("PATH".into(), Some(old.filter(|o| !o.is_empty()).map_or(first.clone(), |o| format!("{first}:{o}")))));
         }
         // Hydra's per-context environment: its own list of rlaunch's variables (set first, so
         // that -x and -env still win), or all of them under a job-wide -genvnone.
