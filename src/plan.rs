@@ -22,6 +22,8 @@ pub struct JobPlan {
     pub get_stack_traces: bool,
     pub launch_timeout: Duration,
     pub tag_output: bool,
+    /// Hydra's `-prepend-pattern`, expanded for each rank (`tag_output` is then set).
+    pub prefixes: Option<Vec<String>>,
     /// Files for the ranks' output (`--output-dir`, `--output-filename`, `-outfile-pattern`, ...).
     pub output_files: Option<crate::output::OutputFiles>,
     /// `-print-all-exitcodes`: every rank's exit status on stderr at the end.

@@ -352,3 +352,14 @@ fn open_mpi_5_lists_report_pid_pmixmca_path_and_nolocal_mean_what_they_say() {
     s.run(["-disable-auto-cleanup", "true"]).expect_usage_error("-disable-auto-cleanup: rlaunch ends the whole job at the first failure");
     s.run(["-gdb", "true"]).expect_usage_error("-gdb: rlaunch does not start debuggers itself");
 }
+
+#[test]
+fn prepend_pattern_starts_each_line_with_the_ranks_own_prefix() {
+    let s = Scratch::new("dropin-prepend");
+    let out = s.run(["-prepend-pattern", "%r@%h%%: ", "-np", "2", "sh", "-c", "echo a; echo b"]);
+    out.expect_code(0);
+    let host = common::hostname();
+    let mut lines = out.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, [format!("0@{host}%: a"), format!("0@{host}%: b"), format!("1@{host}%: a"), format!("1@{host}%: b")], "{out}");
+}

@@ -146,6 +146,7 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
                                     daemons start through P (ssh or rsh), as --launch-agent P
   -iface NAME                       the NIC, as --nic NAME
   -l, -prepend-rank                 prefix output lines with \"[RANK] \", as --tag-output
+  -prepend-pattern P                prefix output lines with P: %r rank, %h host, %g 0, %% a '%'
   -print-rank-map                   as --display-map
   -outfile-pattern P, -errfile-pattern P
                                     each rank's stdout (stderr) appended to the file P names:
@@ -485,6 +486,11 @@ showed in this mode (none in 200 jobs)."
     /// Open MPI, Intel MPI: no ranks on the machine rlaunch runs on (only on the other nodes)
     #[arg(long, hide_short_help = true)]
     pub nolocal: bool,
+
+    /// Hydra: each output line starts with PATTERN (%r rank, %h host, %g 0, %% a '%'), as -l
+    /// does with "[%r] "
+    #[arg(long = "prepend-pattern", value_name = "PATTERN", hide_short_help = true)]
+    pub prepend_pattern: Option<String>,
 
     /// Hydra: DIR first in the ranks' PATH, where their program is looked up
     #[arg(long, value_name = "DIR", hide_short_help = true)]

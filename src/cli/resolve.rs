@@ -109,6 +109,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     }
     let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
     let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &requests, &alloc.policy).map_err(|e| usage(e.to_string()))?;
+    let prefixes = g.prepend_pattern.as_ref().map(|p| {
+        map.ranks().iter().enumerate().map(|(r, place)| crate::output::expand_pattern(p, r as u32, &alloc.nodes[place.node as usize].name)).collect()
+    });
     if let StdinTarget::Rank(r) = stdin {
         if r >= map.size() {
             return Err(usage(format!("--stdin {r}: the job has only {} ranks (0-{})", map.size(), map.size() - 1)).into());
@@ -161,7 +164,8 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         timeout,
         get_stack_traces: g.get_stack_traces,
         launch_timeout,
-        tag_output: g.tag_output,
+        tag_output: g.tag_output || g.prepend_pattern.is_some(),
+        prefixes,
         output_files,
         merge_stderr: g.merge_stderr_to_stdout,
         timestamp_output: g.timestamp_output,

@@ -81,7 +81,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         StdinTarget::None => None,
         _ => Some(super::stdin::spawn_reader(waker.clone())?),
     };
-    let style = OutputStyle { tag: plan.tag_output, files: plan.output_files.clone(), merge_stderr: plan.merge_stderr, timestamp: plan.timestamp_output, quiet: plan.quiet, verbose: plan.verbose };
+    let style = OutputStyle { tag: plan.tag_output, prefixes: plan.prefixes.clone(), files: plan.output_files.clone(), merge_stderr: plan.merge_stderr, timestamp: plan.timestamp_output, quiet: plan.quiet, verbose: plan.verbose };
     let mut fe = Frontend {
         links: Links::new(Router::new(*job.topology(), None), key),
         daemons: Daemons::new(*job.topology(), job.launch().nodes.iter().map(|n| n.name.clone()).collect()),
