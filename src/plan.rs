@@ -54,6 +54,8 @@ pub struct JobPlan {
     pub report_pid: Option<String>,
     /// `MPIEXEC_PORT_RANGE`: the ports the front end and daemons listen on.
     pub ports: Option<crate::spec::PortRange>,
+    /// `--bind-address`: where the front end listens for its daemons.
+    pub bind_address: Option<std::net::IpAddr>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
     pub mpi_reason: String,
 }

@@ -10,7 +10,7 @@
 mod cluster;
 mod common;
 
-use cluster::{alive, listening_ports, Cluster, NodeScratch, RECORD};
+use cluster::{alive, listening, listening_ports, Cluster, NodeScratch, RECORD};
 use common::Output;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -247,6 +247,34 @@ fn mpmd(test: &str, shape: Shape) {
 every_shape!(mpmd_across_nodes, mpmd);
 
 // ---------------------------------------------------------------------------------------------
+// The front end listens only where its daemons connect (issue 14, item 7).
+
+#[test]
+fn the_front_end_listens_only_on_the_address_its_daemons_use() {
+    let Some(c) = Cluster::get("the_front_end_listens_only_on_the_address_its_daemons_use") else { return };
+    let s = NodeScratch::new("fe-listen");
+    let run = |extra: &[&str]| {
+        let mut args = strs(extra);
+        args.extend([strs(&["-np", "8"]), sh("sleep 2")].concat());
+        let mut j = s.spawn(job(&c, &s, Via::Ssh, Shape::Flat, &args));
+        let mut seen = Vec::new();
+        common::poll_until(Duration::from_secs(20), || {
+            seen = listening(j.pid() as u32);
+            !seen.is_empty() || !j.running()
+        });
+        j.wait().expect_code(0);
+        seen
+    };
+    let every = |addr: &str| addr.bytes().all(|b| b == b'0');
+    let seen = run(&[]);
+    assert!(!seen.is_empty() && !seen.iter().any(|(a, _)| every(a)), "the front end listens on every address: {seen:?}");
+    // --bind-address 0.0.0.0 asks for every address, and the daemons still find it.
+    let seen = run(&["--bind-address", "0.0.0.0"]);
+    assert!(seen.iter().any(|(a, _)| every(a)), "{seen:?}");
+    s.assert_no_leftovers(Some(&c), CLEANUP);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Hydra's environment options reach ranks on other nodes as Hydra's do.
 
 #[test]
@@ -406,9 +434,11 @@ fn forged_frames_are_rejected_and_the_job_goes_on() {
 
     let mut key = [0u8; 32];
     getrandom::getrandom(&mut key).unwrap();
-    let fe_ports = listening_ports(job_.pid() as u32);
-    assert_eq!(fe_ports.len(), 1, "the front end listens on one port: {fe_ports:?}");
-    let fe = std::net::SocketAddr::from(([127, 0, 0, 1], fe_ports[0]));
+    let fe_listen = listening(job_.pid() as u32);
+    assert_eq!(fe_listen.len(), 1, "the front end listens on one port: {fe_listen:?}");
+    // /proc/net/tcp writes an IPv4 address as the host-order hex of its network-order bytes.
+    let ip = u32::from_str_radix(&fe_listen[0].0, 16).expect("an IPv4 listener").to_ne_bytes();
+    let fe = std::net::SocketAddr::from((ip, fe_listen[0].1));
     // Up the edge of node 0 (n1), as its daemon would send.
     assert!(send_and_wait_close(fe, &frame(&key, 1, 0, 0, &FORGED_RANK_EXIT)), "the front end kept a link whose frame was forged");
 

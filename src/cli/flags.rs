@@ -61,6 +61,8 @@ NODES:
   blaunch, so the job tracks them, where those are on PATH, else over ssh; the daemon of the
   front end's own host is forked. PBS daemons start over ssh (pbsdsh cannot give a daemon a
   private stdin for the job key). A node list must be part of the job's nodes.
+  The front end listens for its daemons only on the address they are told to use (the one this
+  machine reaches the nodes from, or --bind-address), and says only the first rejected frame.
   Remote ranks get rlaunch's environment except HOSTNAME, HOST, DISPLAY, XAUTHORITY, PWD,
   OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
   RLAUNCH_*).
@@ -333,6 +335,11 @@ pub struct Cli {
     /// Tree fan-out: the front end starts and talks to at most K daemons; each daemon to K children
     #[arg(long, value_name = "K", default_value = "32")]
     pub fanout: u32,
+
+    /// The address the front end listens on for its daemons (they are told to connect there)
+    /// [default: the address this machine reaches the nodes from, when they share one]
+    #[arg(long = "bind-address", value_name = "ADDR")]
+    pub bind_address: Option<std::net::IpAddr>,
 
     /// Let daemons start their own children (tree spawn) instead of the front end starting them all
     #[arg(long = "tree-spawn")]

@@ -182,6 +182,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         warnings,
         report_pid: g.report_pid.clone(),
         ports,
+        bind_address: g.bind_address,
         mpi_reason,
     })
 }

@@ -66,8 +66,8 @@ struct Frontend {
 
 pub fn run(plan: JobPlan) -> Result<i32> {
     let key = wire::random_key().context("generating the job key")?;
-    let ip: std::net::IpAddr = if plan.loopback { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
-    let mut listener = crate::link::listen(ip, plan.ports).context("opening the front end's listening socket")?;
+    let ip = listen_ip(&plan);
+    let mut listener = crate::link::listen(ip, plan.ports).with_context(|| format!("opening the front end's listening socket on {ip}"))?;
     let listen_port = listener.local_addr()?.port();
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, token::LISTENER, Interest::READABLE)?;
@@ -95,6 +95,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
             key,
             loopback: plan.loopback,
             listen_port,
+            listen_ip: Some(ip).filter(|ip| !ip.is_unspecified()),
             ports: plan.ports,
             notify: Arc::new(move || {
                 let _ = waker.wake();
@@ -130,6 +131,27 @@ pub fn run(plan: JobPlan) -> Result<i32> {
 
 /// What a node's daemon gets when it joins: the launch, or, when the job began to end before
 /// (another node failed to start), `Terminate`: it has nothing to run and confirms at once.
+/// Where the front end listens: only on the address its daemons are told to connect to (one
+/// machine: loopback; `--bind-address`; else the source address of the routes to the nodes, when
+/// they share one), so that nobody else on the network reaches it. Nodes reached from several
+/// addresses leave it listening on all of them.
+fn listen_ip(plan: &JobPlan) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr};
+    if plan.loopback {
+        return Ipv4Addr::LOCALHOST.into();
+    }
+    if let Some(ip) = plan.bind_address {
+        return ip;
+    }
+    let mut ips: Vec<IpAddr> = plan.nodes.iter().filter_map(|n| launchers::start::route_source_ip(&n.name)?.parse().ok()).collect();
+    ips.sort();
+    ips.dedup();
+    match ips[..] {
+        [one] => one,
+        _ => Ipv4Addr::UNSPECIFIED.into(),
+    }
+}
+
 fn first_message(terminating: bool, launch: &crate::wire::Launch) -> Msg {
     if terminating {
         Msg::Terminate
