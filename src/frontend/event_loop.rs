@@ -530,7 +530,7 @@ impl Frontend {
             self.fail(f);
         }
         self.reporter.clear_progress();
-        for l in closing_lines(self.plan.print_all_exitcodes, &self.job, &self.ranks, &self.links) {
+        for l in closing_lines(self.plan.print_all_exitcodes, &self.job, &self.ranks, &self.links).into_iter().chain(self.verdict.closing_lines()) {
             self.reporter.line(&l);
         }
         self.links.down(&Msg::Shutdown);
