@@ -25,6 +25,8 @@ enum Shape {
     Flat,
     Fanout2,
     Fanout2TreeSpawn,
+    /// Fan-out 1 with tree spawn: 8 nodes in a chain, depth 7.
+    Chain,
 }
 
 impl Shape {
@@ -33,6 +35,7 @@ impl Shape {
             Shape::Flat => &[],
             Shape::Fanout2 => &["--fanout", "2"],
             Shape::Fanout2TreeSpawn => &["--fanout", "2", "--tree-spawn"],
+            Shape::Chain => &["--fanout", "1", "--tree-spawn"],
         };
         a.iter().map(|s| s.to_string()).collect()
     }
@@ -41,6 +44,7 @@ impl Shape {
     fn depth(self) -> u64 {
         match self {
             Shape::Flat => 1,
+            Shape::Chain => 7,
             _ => 3,
         }
     }
@@ -533,6 +537,53 @@ fn kill_front_end(test: &str, via: Via, shape: Shape) {
     let o = j.wait_within(Duration::from_secs(10));
     assert_eq!(o.signal, Some(libc::SIGKILL), "{o}");
 }
+/// Issue 14 item 3: clean-up does not grow with the tree's depth; at depth 3 and 7 everything is
+/// gone within 3 s of a kill -9 of the front end or of an inner daemon.
+const DEEP_CLEANUP: Duration = Duration::from_secs(3);
+
+fn deep_cleanup(test: &str, shape: Shape, kill_front_end: bool) {
+    let Some(c) = Cluster::get(test) else { return };
+    let s = NodeScratch::new("deepkill");
+    let (j, recs) = idle_job(&c, &s, Via::Ssh, shape);
+    let t = if kill_front_end {
+        let t = Instant::now();
+        j.signal(libc::SIGKILL);
+        t
+    } else {
+        // n2's daemon: inner in both shapes (n4, n5 below it at fan-out 2; n3..n8 in the chain).
+        let n2 = &c.nodes[1];
+        let daemon = recs.values().find(|(_, _, h)| h == n2).map(|r| r.1).unwrap();
+        let t = Instant::now();
+        unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+        let o = j.wait_within(Duration::from_secs(30));
+        o.expect_code(125);
+        assert!(o.elapsed < DEEP_CLEANUP + Duration::from_secs(1), "{shape:?}: rlaunch took {:?} to end:\n{o}", o.elapsed);
+        t
+    };
+    let left = (t + DEEP_CLEANUP).saturating_duration_since(Instant::now());
+    s.assert_no_leftovers(Some(&c), left);
+}
+
+#[test]
+fn kill_9_of_the_front_end_depth_3_cleans_up_within_3_s() {
+    deep_cleanup("kill_9_of_the_front_end_depth_3_cleans_up_within_3_s", Shape::Fanout2TreeSpawn, true)
+}
+
+#[test]
+fn kill_9_of_the_front_end_depth_7_cleans_up_within_3_s() {
+    deep_cleanup("kill_9_of_the_front_end_depth_7_cleans_up_within_3_s", Shape::Chain, true)
+}
+
+#[test]
+fn kill_9_of_an_inner_daemon_depth_3_cleans_up_within_3_s() {
+    deep_cleanup("kill_9_of_an_inner_daemon_depth_3_cleans_up_within_3_s", Shape::Fanout2TreeSpawn, false)
+}
+
+#[test]
+fn kill_9_of_an_inner_daemon_depth_7_cleans_up_within_3_s() {
+    deep_cleanup("kill_9_of_an_inner_daemon_depth_7_cleans_up_within_3_s", Shape::Chain, false)
+}
+
 every_shape!(kill_9_of_the_front_end_agent, kill_front_end, Agent);
 every_shape!(kill_9_of_the_front_end_ssh, kill_front_end, Ssh);
 

@@ -471,7 +471,8 @@ impl Frontend {
     fn subtree_lost(&mut self, top: u32, why: &str) {
         let affected = self.daemons.lose_unfinished_subtree(top);
         if !affected.is_empty() {
-            self.fail(Failure::LinkLost { node: top, why: why.to_string(), more: affected.len() - 1 });
+            let more = affected.into_iter().filter(|&n| n != top).collect();
+            self.fail(Failure::LinkLost { node: top, why: why.to_string(), more });
         }
     }
 

@@ -68,7 +68,7 @@ pub enum Failure {
     /// A node's daemon could not be started or did not join in time.
     LaunchFailed { node: u32, why: String },
     /// The link to a joined node broke; `more` nodes below it are lost with it.
-    LinkLost { node: u32, why: String, more: usize },
+    LinkLost { node: u32, why: String, more: Vec<u32> },
     /// Something failed on a node outside any rank.
     NodeFault { node: u32, why: String },
     /// The PMI or PMIx fence tree broke at the front end.
@@ -325,8 +325,16 @@ impl Verdict {
                     return quiet;
                 }
                 let mut line = format!("rlaunch: lost contact with the daemon on node {} ({why})", facts.node_name(node));
-                if more > 0 {
-                    line.push_str(&format!(", and through it with {more} more node(s)"));
+                if !more.is_empty() {
+                    // They cannot confirm their ranks ended: say which, so nobody waits for them.
+                    let named: Vec<String> = more.iter().take(5).map(|&n| facts.node_name(n)).collect();
+                    let rest = if more.len() > named.len() { format!(" and {} more", more.len() - named.len()) } else { String::new() };
+                    line.push_str(&format!(
+                        ", and through it with {} more node{} ({}{rest}), whose daemons end their ranks on their own",
+                        more.len(),
+                        plural(more.len()),
+                        named.join(", ")
+                    ));
                 }
                 if running > 0 && !self.terminating {
                     line.push_str(&format!("; terminating {running} ranks"));
@@ -563,17 +571,20 @@ mod tests {
     #[test]
     fn lost_links_name_the_node_and_what_went_with_it() {
         let mut v = Verdict::default();
-        let d = v.record(Failure::LinkLost { node: 1, why: "connection closed".into(), more: 2 }, &job(6));
+        let d = v.record(Failure::LinkLost { node: 1, why: "connection closed".into(), more: vec![3, 4] }, &job(6));
         assert_eq!(
             line(&d),
-            "rlaunch: lost contact with the daemon on node n1 (connection closed), and through it with 2 more node(s); terminating 6 ranks"
+            "rlaunch: lost contact with the daemon on node n1 (connection closed), and through it with 2 more nodes (n3, n4), whose daemons end their ranks on their own; terminating 6 ranks"
         );
+        let mut v = Verdict::default();
+        let d = v.record(Failure::LinkLost { node: 1, why: "x".into(), more: (2..9).collect() }, &job(0));
+        assert_eq!(line(&d), "rlaunch: lost contact with the daemon on node n1 (x), and through it with 7 more nodes (n2, n3, n4, n5, n6 and 2 more), whose daemons end their ranks on their own");
         assert_eq!(v.exit_code(false), 125);
         // Once the job is ending, daemons leaving is no news.
-        assert_eq!(v.record(Failure::LinkLost { node: 2, why: "x".into(), more: 0 }, &job(0)).line, None);
+        assert_eq!(v.record(Failure::LinkLost { node: 2, why: "x".into(), more: vec![] }, &job(0)).line, None);
         let mut v = Verdict::default();
         v.record(exit(0, 4), &job(1));
-        assert_eq!(v.record(Failure::LinkLost { node: 0, why: "x".into(), more: 0 }, &job(1)), Decision { line: None, action: Action::Nothing });
+        assert_eq!(v.record(Failure::LinkLost { node: 0, why: "x".into(), more: vec![] }, &job(1)), Decision { line: None, action: Action::Nothing });
         assert_eq!(v.exit_code(true), 4);
     }
 
