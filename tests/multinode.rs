@@ -537,6 +537,19 @@ fn kill_front_end(test: &str, via: Via, shape: Shape) {
     let o = j.wait_within(Duration::from_secs(10));
     assert_eq!(o.signal, Some(libc::SIGKILL), "{o}");
 }
+/// Issue 14 item 4 on every node: a rank's descendants that left its process group (`setsid`, a
+/// daemonizing helper whose own child is left behind) are gone when the job ends.
+fn escaped_descendants(test: &str, shape: Shape) {
+    let Some(c) = Cluster::get(test) else { return };
+    let s = NodeScratch::new("escape");
+    let code = "setsid sleep 99 & setsid sh -c 'sleep 98 & wait' </dev/null >/dev/null 2>&1 & echo forked";
+    let o = s.run(job(&c, &s, Via::Ssh, shape, &[strs(&["-np", "32"]), sh(code)].concat()));
+    o.expect_code(0);
+    assert_eq!(o.stdout_lines().iter().filter(|l| **l == "forked").count(), 32, "{o}");
+    s.assert_no_leftovers(Some(&c), Duration::from_secs(3));
+}
+every_shape!(escaped_descendants_are_killed_on_every_node, escaped_descendants);
+
 /// Issue 14 item 3: clean-up does not grow with the tree's depth; at depth 3 and 7 everything is
 /// gone within 3 s of a kill -9 of the front end or of an inner daemon.
 const DEEP_CLEANUP: Duration = Duration::from_secs(3);
