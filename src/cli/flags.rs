@@ -37,6 +37,8 @@ SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
   A second SIGINT (ctrl-C) within 5 s kills every rank with SIGKILL (exit 130).
   Each rank runs in its own process group; a rank's children are killed when it exits.
+  Descendants that left it (setsid, daemonizing) are killed when the job ends: each daemon is
+  their subreaper, and where cgroup v2 is writable the ranks run in a cgroup of the job.
   If rlaunch dies, even by SIGKILL, its daemons and every rank are gone within 5 s.
 
 ENVIRONMENT OF EACH RANK:

@@ -133,12 +133,13 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
             // -nolocal is an unknown long option, not -n olocal: -n, -c and -N take numbers.
             // A known other launcher's option (-ckpointlib) is named whole too.
             // -nolocal, -demux, -silent-abort are long options, not -n olocal, -d emux or
-            // -s ilent-abort: a short option's value written onto it (-n4, -d8, -sall) is a
-            // number, or for -s all/none; any other word is named whole.
+            // -s ilent-abort: a short option's value written onto it (-n4, -d8, -sall, -xA=1)
+            // is a number, for -s all/none, for -x VAR=VALUE; any other word is named whole.
             let first = body.chars().next().unwrap_or_default();
             let rest = body[first.len_utf8()..].trim_start_matches('=');
             let numeric = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
-            let attached = lookup_short(cmd, first).is_some_and(|o| o.takes_value) && !numeric && !(first == 's' && ["all", "none"].contains(&rest));
+            let value_like = numeric || (first == 's' && ["all", "none"].contains(&rest)) || (first == 'x' && rest.contains('='));
+            let attached = lookup_short(cmd, first).is_some_and(|o| o.takes_value) && !value_like;
             if long_word && (attached || WONT.iter().any(|(n, _)| *n == name)) {
                 return Err(unknown(&format!("-{name}"), name));
             }

@@ -10,6 +10,7 @@
 
 mod adopted;
 mod boot;
+mod cgroup;
 mod effect;
 mod fabric;
 mod guard;

@@ -92,7 +92,7 @@ impl CommandSpec {
 
 /// Starts one rank: its own session and process group, the parent-death signal, piped output.
 /// `pmi`: the PMI socket end the rank inherits.
-pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Child> {
+pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>, cgroup: Option<std::ffi::CString>) -> std::io::Result<Child> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args);
     for (k, v) in &spec.env {
@@ -134,6 +134,9 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::getppid() != daemon_pid {
                 libc::_exit(137);
+            }
+            if let Some(procs) = &cgroup {
+                super::cgroup::JobCgroup::enter_from_child(procs);
             }
             Ok(())
         });
@@ -228,7 +231,7 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
             ranks.add_unstarted(rank, RankStatus::NoWorkdir(errno));
             continue;
         }
-        let spawned = spawn(&spec, pmi_end.as_ref());
+        let spawned = spawn(&spec, pmi_end.as_ref(), guard.job_cgroup(&job.launch().job_id, node));
         // The rank has its copy of the PMI socket end (or never will): close ours.
         drop(pmi_end);
         match spawned {
