@@ -346,8 +346,18 @@ fn read_numa(r: &Rd<'_>, online: &CpuSet) -> Result<Vec<NumaNode>, TopologyError
 }
 
 /// Per-CPU facts before cores and L3 groups get dense indices.
+struct RawCpu {
+    id: u32,
+    package: u32,
+    die: u32,
+    cluster: u32,
+    siblings: CpuSet,
+    l3: Option<CpuSet>,
+    numa: Option<u32>,
+}
+
 struct RawCpus {
-    rows: Vec<(u32, u32, u32, u32, CpuSet, Option<CpuSet>, Option<u32>)>,
+    rows: Vec<RawCpu>,
 }
 
 fn read_cpus(r: &Rd<'_>, online: &CpuSet, numa: &[NumaNode]) -> Result<RawCpus, TopologyError> {
@@ -365,7 +375,7 @@ fn read_cpus(r: &Rd<'_>, online: &CpuSet, numa: &[NumaNode]) -> Result<RawCpus, 
             .unwrap_or_else(|| CpuSet::from_iter([id]));
         let l3 = read_l3(r, id)?.map(|s| s.intersection(online));
         let node = numa.iter().find(|n| n.cpus.contains(id)).map(|n| n.id);
-        rows.push((id, package, die, cluster, siblings, l3, node));
+        rows.push(RawCpu { id, package, die, cluster, siblings, l3, numa: node });
     }
     Ok(RawCpus { rows })
 }
@@ -388,18 +398,19 @@ fn read_l3(r: &Rd<'_>, id: u32) -> Result<Option<CpuSet>, TopologyError> {
 impl RawCpus {
     fn finish(self) -> (Vec<Cpu>, Vec<CpuSet>, Vec<CpuSet>) {
         // Cores: unique sibling sets, ordered by (package, die, cluster, first CPU).
-        let mut core_keys: Vec<(u32, u32, u32, u32, CpuSet)> = Vec::new();
-        for (id, package, die, cluster, sib, _, _) in &self.rows {
-            if !core_keys.iter().any(|k| k.4 == *sib) {
-                core_keys.push((*package, *die, *cluster, sib.first().unwrap_or(*id), sib.clone()));
+        let mut core_keys: Vec<((u32, u32, u32, u32), CpuSet)> = Vec::new();
+        for r in &self.rows {
+            if !core_keys.iter().any(|k| k.1 == r.siblings) {
+                let first = r.siblings.first().unwrap_or(r.id);
+                core_keys.push(((r.package, r.die, r.cluster, first), r.siblings.clone()));
             }
         }
-        core_keys.sort_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
-        let cores: Vec<CpuSet> = core_keys.into_iter().map(|k| k.4).collect();
+        core_keys.sort_by_key(|k| k.0);
+        let cores: Vec<CpuSet> = core_keys.into_iter().map(|k| k.1).collect();
         let mut l3: Vec<CpuSet> = Vec::new();
         let mut cpus = Vec::new();
-        for (id, package, die, cluster, sib, cache, node) in self.rows {
-            let core = cores.iter().position(|c| *c == sib).unwrap_or(0) as u32;
+        for RawCpu { id, package, die, cluster, siblings, l3: cache, numa: node } in self.rows {
+            let core = cores.iter().position(|c| *c == siblings).unwrap_or(0) as u32;
             let l3_idx = cache.filter(|s| !s.is_empty()).map(|s| match l3.iter().position(|g| *g == s) {
                 Some(i) => i as u32,
                 None => {
