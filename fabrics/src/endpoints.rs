@@ -106,6 +106,22 @@ pub struct Endpoint {
     pub nic: Nic,
 }
 
+impl NodePlan {
+    /// Gives local rank `l` the NIC `nics[choice[l]]` (placement's nearest NIC) under the table's
+    /// unchanged rule `nics[l % len]`: the list becomes the shortest repeating pattern of the
+    /// choices, so it grows only where locality breaks the round-robin. A choice that does not fit
+    /// (wrong length, index out of range) leaves the list as it is.
+    pub fn choose_nics(&mut self, choice: &[usize]) {
+        if choice.len() != self.local_ranks as usize || choice.iter().any(|&c| c >= self.nics.len()) {
+            return;
+        }
+        let Some(period) = (1..=choice.len()).find(|&p| (0..choice.len()).all(|l| choice[l] == choice[l % p])) else {
+            return;
+        };
+        self.nics = choice[..period].iter().map(|&c| self.nics[c].clone()).collect();
+    }
+}
+
 /// The NIC rule, on its own so that C readers of the table can mirror it.
 pub fn nic_index(local_rank: u32, nic_count: usize) -> Option<usize> {
     (nic_count > 0).then(|| local_rank as usize % nic_count)
@@ -668,6 +684,23 @@ mod tests {
                 ],
             )
         }
+    }
+
+    #[test]
+    fn chosen_nics_keep_the_modulo_rule() {
+        let invs = [node("a", vec![netif("eth0", &["10.0.0.1"]), netif("eth1", &["10.0.1.1"]), netif("eth2", &["10.0.2.1"])])];
+        let mut a = assign(&invs, &[6], FabricChoice::Tcp, &[]).unwrap();
+        let choice = [0, 2, 1, 0, 2, 1];
+        a.nodes[0].choose_nics(&choice);
+        assert_eq!(a.nodes[0].nics.len(), 3, "a period of 3 needs 3 entries");
+        for (l, c) in choice.iter().enumerate() {
+            assert_eq!(a.endpoint(0, l as u32).unwrap().nic.ifname, format!("eth{c}"));
+        }
+        a.nodes[0].choose_nics(&[0, 0, 0, 1, 1, 1]);
+        assert_eq!(a.nodes[0].nics.len(), 6);
+        let before = a.nodes[0].nics.clone();
+        a.nodes[0].choose_nics(&[0, 9, 0, 0, 0, 0]);
+        assert_eq!(a.nodes[0].nics, before, "an impossible choice changes nothing");
     }
 
     #[test]
