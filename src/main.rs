@@ -4,6 +4,7 @@
 //! This file only dispatches: the command line is parsed and resolved into a plan by [`cli`], the
 //! plan is run by [`frontend`], and errors become exit codes here.
 
+mod binding;
 mod claim;
 mod cli;
 mod daemon;

@@ -3,6 +3,7 @@
 //! wire codec ([`crate::wire`]) depends on nothing but this file.
 
 use fabrics::endpoints::{AssignError, FabricChoice};
+use fabrics::placement::Policy;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -178,6 +179,15 @@ pub fn choice_name(c: Option<FabricChoice>) -> &'static str {
         Some(FabricChoice::Tcp) => "tcp",
         Some(FabricChoice::Rdma) => "rdma",
     }
+}
+
+/// Placement: `--map-by`'s inside-node part, `--bind-to`, `--use-hwthread-cpus`,
+/// `--gpus-per-rank` (the engine's [`Policy`]), and `--report-bindings`. Job-wide, as in Open MPI:
+/// every context's ranks on a node are placed together. A few bytes, whatever the job size.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementSpec {
+    pub policy: Policy,
+    pub report: bool,
 }
 
 /// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.

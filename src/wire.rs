@@ -23,14 +23,14 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, RankStatus, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, RankStatus, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
 /// typed [`NodeFault`].
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -97,6 +97,8 @@ pub struct Launch {
     pub fabric: FabricSpec,
     /// `--mpi`, `--pmi-port`, `--pmi-lazy`: what the ranks' PMI or PMIx server does.
     pub pmi: PmiSpec,
+    /// `--bind-to`, `--map-by` inside a node, `--gpus-per-rank`, `--report-bindings`.
+    pub placement: PlacementSpec,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -304,6 +306,9 @@ pub enum Msg {
     /// The launch-time fabric exchange (`crate::fabric`): a `fabrics::collective::Message`, up
     /// (a subtree's node inventories, once) or down (every node's, once).
     Fabric { data: Vec<u8> },
+    /// `--report-bindings`, daemon → up, before its ranks start: each local rank and where it
+    /// runs (CPU list and picture), for the front end to print.
+    Bindings { node: u32, ranks: Vec<(u32, String)> },
 }
 
 /// Why a node failed ([`Msg::NodeFailed`]). The front end decides on the kind, never on the text.
@@ -315,6 +320,9 @@ pub enum NodeFault {
     LinkLost,
     /// Something failed on the node outside any rank (PMI fence, fabric exchange, spawning).
     Internal(String),
+    /// The user's request cannot be met on this node (placement: `--bind-to`, `PE=n`,
+    /// `--gpus-per-rank`): a usage error, exit 2.
+    Unsatisfiable(String),
 }
 
 /// What a [`Msg::PmiReport`] is about.

@@ -1,6 +1,7 @@
 //! Starting the local ranks. What to run for a rank is a pure [`CommandSpec`], built from the job
 //! and the variables the services give; [`spawn`] runs one, and [`spawn_ranks`] runs them all.
 
+use super::binding::Binding;
 use super::effect::Effect;
 use super::fabric::Fabric;
 use super::guard::Guard;
@@ -32,6 +33,8 @@ pub struct CommandSpec {
     pub cwd: Option<String>,
     /// Whether the rank reads the front end's stdin (a pipe), or /dev/null.
     pub stdin: bool,
+    /// The CPUs it is bound to before exec (None: it inherits the daemon's affinity).
+    pub cpus: Option<Vec<u32>>,
 }
 
 impl CommandSpec {
@@ -64,7 +67,17 @@ impl CommandSpec {
             env,
             cwd: (!app.cwd.is_empty()).then(|| app.cwd.clone()),
             stdin: launch.stdin.reaches(rank),
+            cpus: None,
         }
+    }
+
+    /// Placement's part: the CPUs to bind to and the GPU variables, which come after the user's
+    /// `-x` values (`--gpus-per-rank` is the more specific request), except the ones `gpu_env`
+    /// leaves to the user.
+    pub fn bind(&mut self, binding: &Binding, li: usize) {
+        let env = binding.env(li, &|k| self.env.iter().any(|(n, v)| n == k && v.is_some()) || std::env::var_os(k).is_some());
+        self.env.extend(env.into_iter().map(|(k, v)| (k, Some(v))));
+        self.cpus = binding.cpus(li);
     }
 
     /// The interface's variables (`vars`, given the changes so far) and the removal of the
@@ -117,9 +130,17 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
     cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let daemon_pid = std::process::id() as libc::pid_t;
+    let affinity = spec.cpus.as_deref().map(cpu_set).transpose()?;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Bound before exec, so the program's first thread and its allocations (first touch)
+            // are already where they belong; MPI libraries need no binding of their own.
+            if let Some(set) = &affinity {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Own process group: signals reach the rank and everything it starts, and the
             // terminal's ctrl-C goes to the front end only, which forwards it. Own session
             // too (which makes the group): with scheduler autogroups each session gets a
@@ -141,6 +162,20 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
         p.apply(&mut cmd);
     }
     cmd.spawn()
+}
+
+/// The kernel's CPU mask for `cpus`, built before fork (nothing allocates after it).
+fn cpu_set(cpus: &[u32]) -> std::io::Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c as usize >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: c is below CPU_SETSIZE, checked above.
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    Ok(set)
 }
 
 /// `PWD` for a rank started in `cwd` (None: the daemon's own directory): the directory itself, so
@@ -214,6 +249,7 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
             break;
         }
         let mut spec = CommandSpec::for_rank(job, li, fabric.rank_env(li as u32));
+        spec.bind(fabric.binding(), li);
         let mut pmi_end = None;
         spec.add_interface(interface, &scrub, |env| match interface {
             Interface::Pmi => Ok(pmi.prepare(rank, registry)?.map_or_else(Vec::new, |(vars, end)| {

@@ -14,6 +14,7 @@ use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
+use crate::binding;
 use crate::plan::JobPlan;
 use crate::job::JobView;
 use crate::link::{self, Inbox};
@@ -259,6 +260,7 @@ impl Frontend {
                 Some(n) => self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0)),
                 None => Vec::new(),
             },
+            Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
         self.apply(effects);
@@ -439,6 +441,7 @@ impl Frontend {
             }
             NodeFault::LaunchFailed(why) => vec![Effect::Fail(Failure::NodeFault { node, why: format!("cannot launch: {why}") })],
             NodeFault::Internal(why) => vec![Effect::Fail(Failure::NodeFault { node, why })],
+            NodeFault::Unsatisfiable(why) => vec![Effect::Fail(Failure::Unsatisfiable { message: format!("node {}: {why}", self.job.node_name(node)) })],
         }
     }
 
