@@ -549,6 +549,7 @@ mod tests {
             tree_spawn: None,
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
+            placement: PlacementSpec::default(),
         }))
     }
 

@@ -7,6 +7,8 @@
 //! - **NIC**: `nics(n)[l % nics(n).len()]`, where `nics(n)` is the node's usable NIC list, ordered
 //!   RDMA-capable first, then physical, then virtual interfaces (names sorted within each group).
 //!   With a NIC filter the list is exactly the filter, in the order the user gave.
+//!   [`NodePlan::choose_nics`] may then rewrite the list so that the same rule yields per-rank
+//!   choices (placement's nearest NIC).
 //! - **TCP usable**: not loopback, up (or `unknown`), with a routable address (IPv4 other than
 //!   169.254/16, or IPv6 other than fe80::/10). A single-node job falls back to loopback.
 //! - **RDMA usable**: port ACTIVE, link layer InfiniBand or Ethernet (RoCE), verbs not reported

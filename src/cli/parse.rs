@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(g.mca, s(&["btl=^openib", "x=y"]));
         assert!(g.genvall && g.tag_output && g.allow_run_as_root && g.report_bindings);
         assert!(parse(&s(&["-rr", "a"])).unwrap().global.rr);
-        assert_eq!((g.hosts.as_deref(), g.perhost, g.bind_to.as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
+        assert_eq!((g.hosts.as_deref(), g.perhost, g.bind_to.as_ref().map(|b| b.bind.to_string()).as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
         assert_eq!((g.bootstrap, g.bootstrap_exec.as_deref()), (Some(super::super::flags::Bootstrap::Rsh), Some("/usr/bin/ssh")));
         assert_eq!(g.program, s(&["./app", "-genv"]));
         // Open MPI's -c is -np.
