@@ -72,11 +72,11 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         }
     }
     if plan.dry_run {
-        frontend::print(&cli::describe_map(&plan));
+        frontend::print(&cli::describe(&plan));
         return Ok(exitcode::SUCCESS);
     }
     if plan.display_map {
-        print!("{}", cli::describe_map(&plan));
+        print!("{}", cli::describe(&plan));
     }
     if plan.verbose > 0 {
         frontend::say(&format!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason));
