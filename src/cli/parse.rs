@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(e(&["--mpi", "x", "a"]), "--mpi x: expected pmi, pmix or auto");
         assert_eq!(e(&["--stdin", "some", "a"]), "--stdin some: expected a rank number, 'all' or 'none'");
         assert_eq!(e(&["--launcher", "rsh", "a"]), "--launcher rsh: expected local, ssh, agent, slurm or pbs");
-        assert_eq!(e(&["--map-by", "corner", "a"]), "--map-by corner: unknown --map-by value 'corner'; use slot, node or ppr:N:node");
+        assert_eq!(e(&["--map-by", "corner", "a"]), "--map-by corner: unknown --map-by object 'corner'; use slot, node, hwthread, core, l3cache, numa, package (socket) or ppr:N:OBJ");
         assert_eq!(e(&["--rank-by", "x", "a"]), "--rank-by x: unknown --rank-by value 'x'; use slot or node");
         assert_eq!(e(&["--generate", "tcsh"]), "--generate tcsh: expected man, bash, zsh, fish, elvish or powershell");
     }
