@@ -22,6 +22,24 @@ pub fn describe(topo: &Topology, p: &RankPlace) -> String {
     format!("{what}{gpus} {}", placement::picture(topo, &p.cpus))
 }
 
+/// Open MPI's locality string for a bound rank (`PMIX_LOCALITY_STRING`): for NUMA nodes (`NM`),
+/// packages (`SK`), L3 groups (`L3`), cores (`CR`) and hardware threads (`HT`), the indices of
+/// those the rank's CPUs touch, in the node's logical order, as `NM0:SK0:L30:CR0-1:HT0-3`. Open
+/// MPI only intersects the lists of two local peers, so any numbering the node's ranks share
+/// works; levels the topology lacks (L1, L2) are left out, as hwloc leaves out what it lacks.
+pub fn locality_string(topo: &Topology, cpus: &fabrics::CpuSet) -> String {
+    use fabrics::topology::ObjKind;
+    let levels = [("NM", ObjKind::Numa), ("SK", ObjKind::Package), ("L3", ObjKind::L3), ("CR", ObjKind::Core), ("HT", ObjKind::HwThread)];
+    let mut parts = Vec::new();
+    for (tag, kind) in levels {
+        let hit: fabrics::CpuSet = topo.objects(kind).iter().enumerate().filter(|(_, o)| o.intersects(cpus)).map(|(i, _)| i as u32).collect();
+        if !hit.is_empty() {
+            parts.push(format!("{tag}{hit}"));
+        }
+    }
+    parts.join(":")
+}
+
 /// One `--report-bindings` line.
 pub fn report_line(rank: u32, node: &str, text: &str) -> String {
     format!("rank {rank} on {node}: {text}")
@@ -92,5 +110,7 @@ mod tests {
         assert_eq!(env, [("ROCR_VISIBLE_DEVICES".into(), "0".into()), ("RLAUNCH_GPUS".into(), "0000:03:00.0".into())]);
         let none = place_node(&PlacementSpec::default(), &t, &[0], &[]).unwrap();
         assert!(gpu_env(&t, &none[0], &|_| false).is_empty());
+        assert_eq!(locality_string(&t, &p[1].cpus), "SK0:CR1:HT1", "no NUMA objects listed, no L3 here");
+        assert_eq!(locality_string(&t, &fabrics::CpuSet::from_iter([1, 2])), "SK0:CR1-2:HT1-2");
     }
 }

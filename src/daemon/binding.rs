@@ -58,6 +58,13 @@ impl Binding {
         self.places.get(li).filter(|p| p.bound).map(|p| p.cpus.iter().collect())
     }
 
+    /// What libpmix tells Open MPI about bound local ranks: `(rank, PMIX_CPUSET,
+    /// PMIX_LOCALITY_STRING)`; unbound ranks have neither, which Open MPI reads as "not bound".
+    pub fn pmix_locality(&self) -> Vec<(u32, String, String)> {
+        let Some(Ok(topo)) = self.topo.as_ref() else { return Vec::new() };
+        self.places.iter().filter(|p| p.bound).map(|p| (p.rank, p.cpus.to_string(), binding::locality_string(topo, &p.cpus))).collect()
+    }
+
     /// Local rank `li`'s GPU variables; `user_set` says whether the user set a name with `-x`.
     pub fn env(&self, li: usize, user_set: &dyn Fn(&str) -> bool) -> Vec<(String, String)> {
         match (self.places.get(li), self.topo.as_ref()) {
