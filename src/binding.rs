@@ -40,6 +40,29 @@ pub fn locality_string(topo: &Topology, cpus: &fabrics::CpuSet) -> String {
     parts.join(":")
 }
 
+/// A node's topology in one line, for `--inventory`: `2 packages, 4 NUMA nodes, 4 L3, 32 cores,
+/// 64 hardware threads, usable CPUs 0-63, 8 GPUs (nvidia)`.
+pub fn summary(topo: &Topology) -> String {
+    use fabrics::topology::ObjKind;
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut s = [
+        plural(topo.count(ObjKind::Package), "package", "packages"),
+        plural(topo.count(ObjKind::Numa), "NUMA node", "NUMA nodes"),
+        format!("{} L3", topo.count(ObjKind::L3)),
+        plural(topo.count(ObjKind::Core), "core", "cores"),
+        plural(topo.count(ObjKind::HwThread), "hardware thread", "hardware threads"),
+        format!("usable CPUs {}", topo.universe),
+        plural(topo.gpus.len(), "GPU", "GPUs"),
+    ]
+    .join(", ");
+    let mut vendors: Vec<&str> = topo.gpus.iter().map(|g| g.vendor.name()).collect();
+    vendors.dedup();
+    if !vendors.is_empty() {
+        s.push_str(&format!(" ({})", vendors.join(", ")));
+    }
+    s
+}
+
 /// One `--report-bindings` line.
 pub fn report_line(rank: u32, node: &str, text: &str) -> String {
     format!("rank {rank} on {node}: {text}")
@@ -110,7 +133,8 @@ mod tests {
         assert_eq!(env, [("ROCR_VISIBLE_DEVICES".into(), "0".into()), ("RLAUNCH_GPUS".into(), "0000:03:00.0".into())]);
         let none = place_node(&PlacementSpec::default(), &t, &[0], &[]).unwrap();
         assert!(gpu_env(&t, &none[0], &|_| false).is_empty());
-        assert_eq!(locality_string(&t, &p[1].cpus), "SK0:CR1:HT1", "no NUMA objects listed, no L3 here");
-        assert_eq!(locality_string(&t, &fabrics::CpuSet::from_iter([1, 2])), "SK0:CR1-2:HT1-2");
+        assert_eq!(locality_string(&t, &p[1].cpus), "NM0:SK0:CR1:HT1", "no L3 here");
+        assert_eq!(summary(&t), "1 package, 2 NUMA nodes, 0 L3, 4 cores, 4 hardware threads, usable CPUs 0-3, 3 GPUs (nvidia, amd)");
+        assert_eq!(locality_string(&t, &fabrics::CpuSet::from_iter([1, 2])), "NM0-1:SK0:CR1-2:HT1-2");
     }
 }

@@ -1005,6 +1005,9 @@ pub fn render_text(names: &[String], invs: &[Inventory]) -> String {
         }
         rows.extend(inv.net.iter().map(|n| with_node(netif_row(n))));
         notes.push((format!("verbs: {}", inv.verbs), node.clone()));
+        if let Some(t) = &inv.topology {
+            notes.push((format!("topology: {}", binding::summary(t)), node.clone()));
+        }
         for w in &inv.warnings {
             notes.push((format!("warning: {w}"), node.clone()));
         }
@@ -1044,7 +1047,7 @@ pub fn render_text(names: &[String], invs: &[Inventory]) -> String {
     out
 }
 
-/// `--inventory --json`: `{"nodes": [{"node", "name", "hostname", "verbs", "warnings",
+/// `--inventory --json`: `{"nodes": [{"node", "name", "hostname", "verbs", "warnings", "topology",
 /// "interfaces": [...], "rdma": [...]}]}` with GIDs, GUIDs and MACs as text.
 pub fn render_json(names: &[String], invs: &[Inventory]) -> String {
     use serde_json::json;
@@ -1099,6 +1102,7 @@ pub fn render_json(names: &[String], invs: &[Inventory]) -> String {
             json!({
                 "node": i, "name": names.get(i), "hostname": inv.hostname,
                 "verbs": inv.verbs.to_string(), "warnings": inv.warnings,
+                "topology": inv.topology.as_ref().map(binding::summary),
                 "interfaces": interfaces, "rdma": rdma,
             })
         })
