@@ -138,8 +138,9 @@ PLACEMENT (both families; each node's own topology, within the CPUs its daemon m
   --bind-to none|hwthread|core|l3cache|numa|package (socket), -bind-to core:N (Hydra: PE=N),
   -bind-to user:0+1,2+3 (Hydra: the CPUs of each local rank in turn; Intel: -binding)
                                     default as Open MPI: core when a node's ranks fit its cores,
-                                    otherwise none; more ranks than cores with --bind-to core or
-                                    PE=n is an error naming the node
+                                    otherwise none (none with --launcher local and several
+                                    nodes); more ranks than cores with --bind-to core or PE=n is
+                                    an error naming the node
   --use-hwthread-cpus               hardware threads are the unit instead of cores
   --gpus-per-rank N                 N GPUs per rank, same NUMA node first, not shared while
                                     enough exist: CUDA_VISIBLE_DEVICES (with CUDA_DEVICE_ORDER=

@@ -107,7 +107,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         tree_spawn: tree_spawn(g.tree_spawn, &alloc.starter),
         fabric,
         pmi: spec::PmiSpec { interface, port: g.pmi_port, lazy: g.pmi_lazy },
-        placement: placement(g)?,
+        placement: placement(g, alloc.local && alloc.nodes.len() > 1)?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -176,8 +176,10 @@ fn rank_by_note(g: &Cli) -> Option<String> {
 }
 
 /// The placement request, checked for contradictions; whether a node can meet it is its daemon's
-/// to say (it knows its own CPUs).
-fn placement(g: &Cli) -> Result<spec::PlacementSpec, UsageError> {
+/// to say (it knows its own CPUs). `shared_host`: several of the job's daemons run on this machine
+/// (`--launcher local` with several nodes); each places its ranks without knowing the others', so
+/// the default there is no binding instead of every node's first rank on the same core.
+fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageError> {
     if let Some(f) = &g.rankfile {
         return Err(usage(format!(
             "--rankfile {}: rank files are not supported yet; use --map-by and --bind-to, or --bind-to user:CPUS,CPUS (each local rank's CPUs in turn)",
@@ -201,7 +203,11 @@ fn placement(g: &Cli) -> Result<spec::PlacementSpec, UsageError> {
     if map.pe.is_some() && matches!(bind.as_ref().map(|b| &b.bind), Some(BindTo::Cpus(_))) {
         return Err(usage("--bind-to user:... gives each rank its CPUs; it cannot be combined with PE=n or --cpus-per-proc"));
     }
-    let policy = Policy { map, bind: bind.map(|b| b.bind), hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0) };
+    let bind = match bind.map(|b| b.bind) {
+        None if shared_host && map.pe.is_none() => Some(BindTo::None),
+        b => b,
+    };
+    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0) };
     Ok(spec::PlacementSpec { policy, report: g.report_bindings })
 }
 
@@ -834,6 +840,10 @@ mod tests {
         assert!(usage_text(plan(&["--rankfile", "rf", "true"], &e)).starts_with("--rankfile rf: rank files are not supported yet"));
         assert!(usage_text(plan(&["--bind-to", "user:0", "--cpus-per-proc", "2", "true"], &e)).contains("cannot be combined"));
         assert_eq!(plan(&["--bind-to", "none", "true"], &e).unwrap().launch.placement.policy.bind, Some(BindTo::None));
+        assert_eq!(plan(&["true"], &e).unwrap().launch.placement.policy.bind, None, "Open MPI's default");
+        let local = |more: &[&str]| plan(&[&["--launcher", "local", "--host", "a:2,b:2"], more, &["true"]].concat(), &e).unwrap().launch.placement.policy.bind;
+        assert_eq!(local(&[]), Some(BindTo::None), "daemons sharing this machine do not bind by default");
+        assert_eq!(local(&["--bind-to", "core"]), Some(BindTo::Core));
         let p = plan(&["-mca", "plm_rsh_args", "-p 22", "-mca", "btl", "self", "-mca", "orte_base_help_aggregate", "0", "true"], &e).unwrap();
         assert_eq!(p.notes, ["--mca plm_rsh_args, orte_base_help_aggregate: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them"]);
         assert!(plan(&["--display-map", "true"], &e).unwrap().display_map);
