@@ -333,20 +333,24 @@ fn map_and_bind(topo: &Topology, policy: &Policy, ranks: &[u32]) -> Result<Vec<R
         None if hw => BindTo::HwThread,
         None => BindTo::Core,
     };
+    // The objects a rank's units widen to, computed once (objects() walks every CPU).
+    let wide = match &bind {
+        BindTo::Core if hw => Some(topo.objects(ObjKind::Core)),
+        BindTo::L3 => Some(topo.objects(ObjKind::L3)),
+        BindTo::Numa => Some(topo.objects(ObjKind::Numa)),
+        BindTo::Package => Some(topo.objects(ObjKind::Package)),
+        _ => None,
+    };
     Ok(ranks
         .iter()
         .zip(taken)
         .map(|(&rank, us)| {
             let own: CpuSet = us.iter().flat_map(|u| units[*u].iter()).collect();
-            let cpus = match &bind {
-                BindTo::None | BindTo::Cpus(_) => topo.universe.clone(),
-                BindTo::Core if hw => widen(topo, ObjKind::Core, &own),
-                BindTo::Core => own,
-                BindTo::HwThread if hw => own,
-                BindTo::HwThread => us.iter().filter_map(|u| units[*u].first()).collect(),
-                BindTo::L3 => widen(topo, ObjKind::L3, &own),
-                BindTo::Numa => widen(topo, ObjKind::Numa, &own),
-                BindTo::Package => widen(topo, ObjKind::Package, &own),
+            let cpus = match (&bind, &wide) {
+                (BindTo::None | BindTo::Cpus(_), _) => topo.universe.clone(),
+                (_, Some(objs)) => widen(objs, &own),
+                (BindTo::HwThread, _) if !hw => us.iter().filter_map(|u| units[*u].first()).collect(),
+                _ => own,
             };
             let bound = !matches!(bind, BindTo::None);
             RankPlace { rank, cpus, bound, gpus: Vec::new(), nic: None }
@@ -388,9 +392,9 @@ fn deal(domains: &[Vec<usize>], per_domain: Option<u32>, ranks: usize, pe: usize
     (out, wrapped)
 }
 
-/// The objects of a kind that contain any of `cpus`, united.
-fn widen(topo: &Topology, kind: ObjKind, cpus: &CpuSet) -> CpuSet {
-    topo.objects(kind).iter().filter(|o| o.intersects(cpus)).fold(CpuSet::new(), |a, o| a.union(o))
+/// The objects (of one kind) that contain any of `cpus`, united.
+fn widen(objs: &[CpuSet], cpus: &CpuSet) -> CpuSet {
+    objs.iter().filter(|o| o.intersects(cpus)).fold(CpuSet::new(), |a, o| a.union(o))
 }
 
 fn assign_gpus(topo: &Topology, per_rank: u32, places: &mut [RankPlace]) -> Result<(), PlaceError> {
@@ -435,10 +439,12 @@ fn assign_nics(topo: &Topology, nics: &[&str], places: &mut [RankPlace]) {
         return;
     }
     let mut uses = vec![0u32; nics.len()];
+    // Ranks bound alike (or unbound) share the answer; a node has few distinct sets.
+    let mut numa: std::collections::HashMap<CpuSet, Vec<u32>> = std::collections::HashMap::new();
     for p in places.iter_mut() {
         // Near the GPUs when the rank has any: that is where its traffic starts.
         let near: Vec<u32> = if p.gpus.is_empty() {
-            topo.numa_of(&p.cpus)
+            numa.entry(p.cpus.clone()).or_insert_with(|| topo.numa_of(&p.cpus)).clone()
         } else {
             p.gpus.iter().filter_map(|g| topo.gpus[*g].numa).collect()
         };
