@@ -130,14 +130,15 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
     cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let daemon_pid = std::process::id() as libc::pid_t;
-    let affinity = spec.cpus.as_deref().map(cpu_set).transpose()?;
+    let affinity = spec.cpus.as_deref().map(cpu_mask);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Bound before exec, so the program's first thread and its allocations (first touch)
             // are already where they belong; MPI libraries need no binding of their own.
-            if let Some(set) = &affinity {
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == -1 {
+            if let Some(mask) = &affinity {
+                let bytes = mask.len() * std::mem::size_of::<libc::c_ulong>();
+                if libc::sched_setaffinity(0, bytes, mask.as_ptr().cast::<libc::cpu_set_t>()) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -164,18 +165,16 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
     cmd.spawn()
 }
 
-/// The kernel's CPU mask for `cpus`, built before fork (nothing allocates after it).
-fn cpu_set(cpus: &[u32]) -> std::io::Result<libc::cpu_set_t> {
-    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+/// The kernel's CPU mask for `cpus` (an array of `unsigned long`), built before fork (nothing
+/// allocates after it). As wide as the highest CPU needs (the kernel takes any length), so
+/// machines with more than `CPU_SETSIZE` (1024) CPUs bind too.
+fn cpu_mask(cpus: &[u32]) -> Vec<libc::c_ulong> {
+    let bits = libc::c_ulong::BITS;
+    let mut mask: Vec<libc::c_ulong> = vec![0; cpus.iter().max().map_or(1, |&m| (m / bits) as usize + 1)];
     for &c in cpus {
-        if c as usize >= libc::CPU_SETSIZE as usize {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        // SAFETY: c is below CPU_SETSIZE, checked above.
-        unsafe { libc::CPU_SET(c as usize, &mut set) };
+        mask[(c / bits) as usize] |= 1 << (c % bits);
     }
-    Ok(set)
+    mask
 }
 
 /// `PWD` for a rank started in `cwd` (None: the daemon's own directory): the directory itself, so
@@ -340,6 +339,16 @@ mod tests {
         );
         let first = CommandSpec::for_rank(&j, 0, &[]);
         assert_eq!((first.program.as_str(), first.cwd.as_deref(), first.stdin), ("a", Some("/work"), false));
+    }
+
+    #[test]
+    fn cpu_masks_are_as_wide_as_the_highest_cpu() {
+        assert_eq!(cpu_mask(&[0, 2]), [0b101]);
+        let bits = libc::c_ulong::BITS;
+        let m = cpu_mask(&[1, bits, 1030]);
+        assert_eq!(m.len(), (1030 / bits) as usize + 1);
+        assert_eq!(m[1], 1);
+        assert_eq!(m[(1030 / bits) as usize], 1 << (1030 % bits));
     }
 
     #[test]
