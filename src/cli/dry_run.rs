@@ -56,7 +56,7 @@ pub fn describe_map(plan: &JobPlan) -> String {
 pub fn describe(plan: &JobPlan) -> String {
     let mut s = describe_map(plan);
     let spec = &plan.launch.placement;
-    if spec.report || spec.policy != Default::default() {
+    if spec.asked() {
         s.push_str(&describe_bindings(plan, Topology::discover_system().map_err(|e| e.to_string())));
     }
     s

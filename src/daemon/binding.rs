@@ -36,7 +36,7 @@ impl Binding {
         let topo = match self.topo.as_ref().expect("discovered above") {
             Ok(t) => t,
             // Only the default asked for nothing in particular: it may run unbound.
-            Err(e) if spec.policy == Default::default() && !spec.report => {
+            Err(e) if !spec.asked() => {
                 say(Some(node), format_args!("cannot read the CPU topology ({e}); ranks run unbound"));
                 return Ok(Vec::new());
             }
