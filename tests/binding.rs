@@ -131,6 +131,19 @@ fn more_ranks_than_cores_with_bind_to_core_is_one_usage_error() {
     out.expect_usage_error("PE=100000 asks for 100000 cores per rank");
 }
 
+/// Hydra's `-bind-to user:...`: each local rank gets its list in turn; a CPU the daemon may not use
+/// is one line naming the rank, the CPUs and what is allowed.
+#[test]
+fn user_cpu_lists_bind_and_cpus_outside_the_allowed_set_are_refused() {
+    let s = Scratch::new("bind-user");
+    let first = cpu_list(&own_cpus())[0];
+    let (reported, actual) = run(&s, &["-np", "2", "-bind-to", &format!("user:{first}")]);
+    assert_same(&reported, &actual, 2);
+    assert!(actual.values().all(|c| *c == first.to_string()), "{actual:?}");
+    let out = s.run(["-np", "1", "--bind-to", "user:100000", "true"]);
+    out.expect_usage_error(&format!("rank 0: --bind-to user:100000 includes CPUs 100000, outside those rlaunch may use here ({})", own_cpus()));
+}
+
 #[test]
 fn gpus_requested_where_there_are_none_is_one_usage_error() {
     let has_gpu = std::fs::read_dir("/sys/bus/pci/devices").is_ok_and(|mut d| {
