@@ -203,6 +203,7 @@ impl PlacementSpec {
             || p.map.hwtcpus
             || p.hwthreads
             || p.gpus_per_rank > 0
+            || p.rank_by.is_some()
             || !matches!(p.map.obj, MapObj::Slot | MapObj::Ppr(_, ObjKind::Node))
     }
 }

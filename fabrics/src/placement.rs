@@ -10,6 +10,7 @@
 //! - `--map-by slot|node|core|hwthread` takes units in logical order; `l3cache|numa|package`
 //!   (`socket`) deals ranks round-robin over those objects; `ppr:N:obj` puts N ranks on each object
 //!   in turn (object-major). `:span` only changes how ranks spread over nodes, not inside one.
+//!   `--rank-by OBJ` hands the mapped places to the ranks round-robin over those objects.
 //! - `--bind-to` widens a rank's units to the objects containing them. The default is core (the
 //!   rank's units) when the node's ranks fit its units, otherwise none, as Open MPI does; `PE=n`
 //!   alone binds each rank to its n units.
@@ -200,6 +201,9 @@ pub struct Policy {
     /// `--use-hwthread-cpus`: hardware threads are the unit.
     pub hwthreads: bool,
     pub gpus_per_rank: u32,
+    /// `--rank-by OBJ` inside a node: the node's ranks, in order, take the mapped places
+    /// round-robin over those objects (None: in mapping order, Open MPI's `slot`).
+    pub rank_by: Option<ObjKind>,
 }
 
 /// One rank's place on its node.
@@ -314,6 +318,10 @@ fn map_and_bind(topo: &Topology, policy: &Policy, ranks: &[u32]) -> Result<Vec<R
     }
 
     let (taken, wrapped) = deal(&domains, per_domain, ranks.len(), pe);
+    let taken = match policy.rank_by {
+        Some(kind) => rank_order(topo, kind, &units, taken),
+        None => taken,
+    };
     let explicit = matches!(policy.bind, Some(BindTo::Core | BindTo::HwThread)) || (policy.bind.is_none() && map.pe.is_some());
     if wrapped && explicit {
         let why = match (&policy.bind, map.pe) {
@@ -390,6 +398,27 @@ fn deal(domains: &[Vec<usize>], per_domain: Option<u32>, ranks: usize, pe: usize
         }
     }
     (out, wrapped)
+}
+
+/// Open MPI's `--rank-by OBJ`: the mapped places grouped by the object of `kind` their first CPU
+/// is in (objects in logical order, places in mapping order within one), then dealt round-robin
+/// over the groups, so consecutive ranks go to consecutive objects. Same places, other order.
+fn rank_order(topo: &Topology, kind: ObjKind, units: &[CpuSet], taken: Vec<Vec<usize>>) -> Vec<Vec<usize>> {
+    let objs = topo.objects(kind);
+    let mut groups: Vec<Vec<Vec<usize>>> = vec![Vec::new(); objs.len() + 1];
+    for slot in taken {
+        let first = slot.first().and_then(|u| units[*u].first());
+        let g = first.and_then(|c| objs.iter().position(|o| o.contains(c))).unwrap_or(objs.len());
+        groups[g].push(slot);
+    }
+    let mut queues: Vec<std::collections::VecDeque<Vec<usize>>> = groups.into_iter().filter(|g| !g.is_empty()).map(Into::into).collect();
+    let mut out = Vec::new();
+    while queues.iter().any(|q| !q.is_empty()) {
+        for q in queues.iter_mut() {
+            out.extend(q.pop_front());
+        }
+    }
+    out
 }
 
 /// The objects (of one kind) that contain any of `cpus`, united.

@@ -152,7 +152,9 @@ PLACEMENT (both families; each node's own topology, within the CPUs its daemon m
                                     same from this machine's topology
   Ranks are bound before exec (MPICH needs no HYDRA binding); the NIC of each rank is the
   nearest to its GPUs or CPUs (RLAUNCH_NIC, and UCX_NET_DEVICES/NCCL_IB_HCA with --nic-env).
-  --rank-by core|socket|... numbers ranks by slot (-v says so); --rankfile is not supported.
+  --rank-by hwthread|core|l3cache|numa|package (socket): a node's ranks, in order, take its
+  mapped places round-robin over those objects (--map-by package --rank-by core: ranks 0 and 1
+  on package 0); --rankfile is not supported.
 
 APPLICATION FILES (both families):
   --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
@@ -262,7 +264,8 @@ pub struct Cli {
     #[arg(short = 'N', long = "ppn", alias = "npernode", value_name = "N")]
     pub ppn: Option<u32>,
 
-    /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
+    /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes);
+    /// hwthread, core, l3cache, numa, package: by slot, and inside a node round-robin over those
     /// [default: node with --map-by node, as in Open MPI; slot otherwise]
     #[arg(long = "rank-by", value_name = "POLICY", value_parser = typed::<RankByFlag>)]
     pub rank_by: Option<RankByFlag>,
@@ -588,28 +591,31 @@ pub struct MapByFlag {
     pub place: MapPolicy,
 }
 
-/// Open MPI's mapping and ranking objects inside a node: rlaunch maps and ranks by slot for them.
-pub const NODE_OBJECTS: &[&str] = &["hwthread", "core", "l1cache", "l2cache", "l3cache", "socket", "package", "numa", "board"];
-
-fn node_object(s: &str) -> Option<&'static str> {
-    NODE_OBJECTS.iter().copied().find(|o| s.eq_ignore_ascii_case(o))
-}
-
-/// `--rank-by POLICY`: rlaunch's slot or node, or one of Open MPI's objects inside a node (ranked as slot).
+/// `--rank-by POLICY`: rlaunch's slot or node (which node's ranks are consecutive), or one of
+/// Open MPI's objects inside a node (ranks slot by slot, and inside each node round-robin over
+/// those objects).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RankByFlag {
     pub policy: RankBy,
-    pub object: Option<&'static str>,
+    pub object: Option<ObjKind>,
 }
 
 impl FromStr for RankByFlag {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let base = s.split(':').next().unwrap_or(s);
-        match node_object(base) {
-            Some(o) => Ok(RankByFlag { policy: RankBy::Slot, object: Some(o) }),
-            None => s.parse::<RankBy>().map(|policy| RankByFlag { policy, object: None }).map_err(|e| e.to_string()),
-        }
+        let base = s.split(':').next().unwrap_or(s).to_ascii_lowercase();
+        let object = match base.as_str() {
+            "hwthread" => ObjKind::HwThread,
+            "core" => ObjKind::Core,
+            "l3cache" => ObjKind::L3,
+            "numa" => ObjKind::Numa,
+            "package" | "socket" => ObjKind::Package,
+            "l1cache" | "l2cache" | "board" => {
+                return Err(format!("rlaunch ranks inside a node by hwthread, core, l3cache, numa or package (socket), not {base}"))
+            }
+            _ => return s.parse::<RankBy>().map(|policy| RankByFlag { policy, object: None }).map_err(|e| e.to_string()),
+        };
+        Ok(RankByFlag { policy: RankBy::Slot, object: Some(object) })
     }
 }
 
@@ -759,7 +765,9 @@ mod tests {
         assert!(matches!(b("user:0+1,2").unwrap().bind, BindTo::Cpus(_)));
         assert!(b("numa:2").unwrap_err().contains("core:N or hwthread:N"));
         assert!(b("board").unwrap_err().starts_with("unknown --bind-to value 'board'"));
-        assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some("core") });
+        assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some(ObjKind::Core) });
+        assert_eq!(typed::<RankByFlag>("socket").unwrap().object, Some(ObjKind::Package));
+        assert!(typed::<RankByFlag>("l2cache").unwrap_err().to_string().starts_with("rlaunch ranks inside a node by hwthread"));
         assert_eq!(typed::<RankByFlag>("node").unwrap(), RankByFlag { policy: RankBy::Node, object: None });
         assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
         assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));

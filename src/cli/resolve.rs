@@ -136,7 +136,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         t0: env.t0,
         dry_run: g.dry_run,
         display_map: g.display_map,
-        notes: rank_by_note(g).into_iter().chain(mca_note(&g.mca)).collect(),
+        notes: mca_note(&g.mca).into_iter().collect(),
         mpi_reason,
     })
 }
@@ -167,12 +167,6 @@ fn output_files(g: &Cli, map: &launchers::map::ProcMap, nodes: &[launchers::node
     }
     let hosts = map.ranks().iter().map(|p| nodes[p.node as usize].name.clone()).collect();
     Ok(Some(OutputFiles::Pattern { out: g.outfile_pattern.clone(), err: g.errfile_pattern.clone(), hosts }))
-}
-
-/// `--rank-by` with an object inside a node numbers ranks by slot: `-v` says so once.
-fn rank_by_note(g: &Cli) -> Option<String> {
-    let o = g.rank_by.and_then(|r| r.object)?;
-    Some(format!("--rank-by {o}: ranks are numbered by slot (consecutive on a node)"))
 }
 
 /// The placement request, checked for contradictions; whether a node can meet it is its daemon's
@@ -207,7 +201,8 @@ fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageErr
         None if shared_host && map.pe.is_none() => Some(BindTo::None),
         b => b,
     };
-    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0) };
+    let rank_by = g.rank_by.and_then(|r| r.object);
+    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), rank_by };
     Ok(spec::PlacementSpec { policy, report: g.report_bindings })
 }
 
@@ -848,7 +843,8 @@ mod tests {
         assert_eq!(p.notes, ["--mca plm_rsh_args, orte_base_help_aggregate: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them"]);
         assert!(plan(&["--display-map", "true"], &e).unwrap().display_map);
         let p = plan(&["--map-by", "core", "--rank-by", "core", "-np", "2", "true"], &e).unwrap();
-        assert_eq!(p.notes, ["--rank-by core: ranks are numbered by slot (consecutive on a node)"]);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        assert_eq!(p.launch.placement.policy.rank_by, Some(fabrics::topology::ObjKind::Core));
         assert_eq!(p.launch.placement.policy.map.obj, fabrics::placement::MapObj::Core);
     }
 }

@@ -85,6 +85,25 @@ fn ppr_with_pe_fills_each_package_in_turn() {
 }
 
 #[test]
+fn rank_by_reorders_the_same_places() {
+    let t = big_node().topology();
+    let by = |map: &str, rank_by| Policy { rank_by: Some(rank_by), ..policy(map, None) };
+    // Open MPI: --map-by package --rank-by core numbers ranks core after core.
+    let p = place(&t, &by("package", ObjKind::Core), &ranks(4), &[]).unwrap();
+    assert_eq!(cpus(&p), ["0,32", "1,33", "16,48", "17,49"]);
+    // --map-by core --rank-by package: consecutive ranks alternate packages.
+    let p = place(&t, &by("core", ObjKind::Package), &ranks(4), &[]).unwrap();
+    assert_eq!(cpus(&p), ["0,32", "1,33", "2,34", "3,35"], "4 cores of package 0: one group");
+    let p = place(&t, &by("core", ObjKind::Numa), &ranks(16), &[]).unwrap();
+    assert_eq!(cpus(&p)[..3], ["0,32", "8,40", "1,33"]);
+    let mut sorted = cpus(&p);
+    sorted.sort();
+    let mut plain = cpus(&place(&t, &policy("core", None), &ranks(16), &[]).unwrap());
+    plain.sort();
+    assert_eq!(sorted, plain, "the same places");
+}
+
+#[test]
 fn pe_larger_than_a_package_is_one_error() {
     let t = big_node().topology();
     let err = place(&t, &policy("slot:PE=17", None), &ranks(1), &[]).unwrap_err();
@@ -231,11 +250,13 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         Just(Some(BindTo::Numa)),
         Just(Some(BindTo::Package)),
     ];
-    (map, proptest::option::of(1u32..5), bind, any::<bool>(), 0u32..3).prop_map(|(obj, pe, bind, hwthreads, gpus_per_rank)| Policy {
+    let rank_by = proptest::option::of(prop_oneof![Just(ObjKind::Core), Just(ObjKind::L3), Just(ObjKind::Numa), Just(ObjKind::Package)]);
+    (map, proptest::option::of(1u32..5), bind, any::<bool>(), 0u32..3, rank_by).prop_map(|(obj, pe, bind, hwthreads, gpus_per_rank, rank_by)| Policy {
         map: MapPolicy { obj, pe, ..MapPolicy::default() },
         bind,
         hwthreads,
         gpus_per_rank,
+        rank_by,
     })
 }
 
