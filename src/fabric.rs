@@ -8,6 +8,8 @@
 //! Up: each daemon sends its subtree's inventories once (one entry per node, never per rank). The
 //! front end, holding all of them, runs [`fabrics::assign`] first, so that an impossible `--nic` or
 //! `--fabric` is one error line before any rank exists; only then does the full set go down.
+//! An inventory carries its node's CPU topology, so every daemon also gives each rank of every
+//! node the NIC nearest its CPUs or GPUs ([`crate::binding`]), the same answer everywhere.
 //!
 //! [`NodeFabric`] (daemon) and [`FrontGather`] (front end) are state machines that return what to
 //! send; the event loops own the sockets. The only I/O here is discovery, the port range test and
@@ -38,7 +40,8 @@ use fabrics::{Assignment, Inventory};
 use launchers::map::ProcMap;
 
 
-use crate::spec::{choice_name, FabricSpec, InventoryFormat};
+use crate::binding;
+use crate::spec::{choice_name, FabricSpec, InventoryFormat, PlacementSpec};
 use crate::tree::Topology;
 use crate::wire::Launch;
 
@@ -238,6 +241,26 @@ pub fn rank_envs(
     out
 }
 
+/// Placement's NIC choice: every node's ranks placed on that node's topology (from its
+/// inventory), each given the usable NIC nearest its GPUs or CPUs. Every daemon computes the same,
+/// as it has the same inventories. A node without topology, or whose placement fails (its own
+/// daemon refuses the job then), keeps the round-robin rule.
+fn nearest_nics(a: &mut Assignment, invs: &[Inventory], placement: &PlacementSpec, node_ranks: &[Vec<u32>]) {
+    for (plan, (inv, ranks)) in a.nodes.iter_mut().zip(invs.iter().zip(node_ranks)) {
+        let Some(topo) = inv.topology.as_ref() else { continue };
+        let names: Vec<&str> = plan.nics.iter().map(|n| n.rdma.as_ref().map_or(n.ifname.as_str(), |r| r.device.as_str())).collect();
+        let Ok(places) = binding::place_node(placement, topo, ranks, &names) else { continue };
+        let choice: Option<Vec<usize>> = places.iter().map(|p| p.nic).collect();
+        if let Some(choice) = choice {
+            plan.choose_nics(&choice);
+        }
+    }
+}
+
+fn node_ranks(map: &ProcMap) -> Vec<Vec<u32>> {
+    (0..map.num_nodes()).map(|n| map.ranks_on(n).to_vec()).collect()
+}
+
 fn placements(map: &ProcMap) -> Vec<RankPlace> {
     map.ranks()
         .iter()
@@ -312,8 +335,10 @@ fn route(tree: &Tree, me: u32, actions: Vec<Action>, step: &mut Step) -> Option<
 
 struct JobCtx {
     spec: FabricSpec,
+    placement: PlacementSpec,
     job_id: String,
     counts: Vec<u32>,
+    node_ranks: Vec<Vec<u32>>,
     places: Vec<RankPlace>,
     /// `-x` names per local rank (its MPMD context's).
     user_env: Vec<Vec<String>>,
@@ -446,8 +471,10 @@ impl NodeFabric {
         }
         self.job = Some(JobCtx {
             spec,
+            placement: launch.placement.clone(),
             job_id: launch.job_id.clone(),
             counts,
+            node_ranks: node_ranks(map),
             places: placements(map),
             user_env,
         });
@@ -525,8 +552,9 @@ impl NodeFabric {
         }
         let invs = decode_inventories(blobs)?;
         let choice = job.spec.choice.unwrap_or(FabricChoice::Auto);
-        let a = assign(&invs, &job.counts, choice, &job.spec.nics)
+        let mut a = assign(&invs, &job.counts, choice, &job.spec.nics)
             .map_err(|e| format!("{}: {e}", job.spec.flag(&e)))?;
+        nearest_nics(&mut a, &invs, &job.placement, &job.node_ranks);
         let table =
             EndpointTable::new(&a, self.node, job.places.clone()).map_err(|e| e.to_string())?;
         let path = table_path(&self.dir, &job.job_id, self.node);
@@ -582,6 +610,8 @@ enum FrontState {
 /// the full set down, prints `--inventory`, and says what was chosen (`-v`, `--report`).
 pub struct FrontGather {
     spec: FabricSpec,
+    placement: PlacementSpec,
+    node_ranks: Vec<Vec<u32>>,
     tree: Option<Tree>,
     coll: Option<Collective>,
     counts: Vec<u32>,
@@ -598,6 +628,8 @@ impl FrontGather {
         let nnodes = names.len() as u32;
         let mut g = FrontGather {
             spec,
+            placement: launch.placement.clone(),
+            node_ranks: node_ranks(map),
             tree: None,
             coll: None,
             counts: local_counts(map),
@@ -673,7 +705,8 @@ impl FrontGather {
         }
         let choice = self.spec.choice.unwrap_or(FabricChoice::Auto);
         match assign(&invs, &self.counts, choice, &self.spec.nics) {
-            Ok(a) => {
+            Ok(mut a) => {
+                nearest_nics(&mut a, &invs, &self.placement, &self.node_ranks);
                 self.assignment = Some(a);
                 self.state = FrontState::Done;
                 step
@@ -972,6 +1005,9 @@ pub fn render_text(names: &[String], invs: &[Inventory]) -> String {
         }
         rows.extend(inv.net.iter().map(|n| with_node(netif_row(n))));
         notes.push((format!("verbs: {}", inv.verbs), node.clone()));
+        if let Some(t) = &inv.topology {
+            notes.push((format!("topology: {}", binding::summary(t)), node.clone()));
+        }
         for w in &inv.warnings {
             notes.push((format!("warning: {w}"), node.clone()));
         }
@@ -1011,7 +1047,7 @@ pub fn render_text(names: &[String], invs: &[Inventory]) -> String {
     out
 }
 
-/// `--inventory --json`: `{"nodes": [{"node", "name", "hostname", "verbs", "warnings",
+/// `--inventory --json`: `{"nodes": [{"node", "name", "hostname", "verbs", "warnings", "topology",
 /// "interfaces": [...], "rdma": [...]}]}` with GIDs, GUIDs and MACs as text.
 pub fn render_json(names: &[String], invs: &[Inventory]) -> String {
     use serde_json::json;
@@ -1066,6 +1102,7 @@ pub fn render_json(names: &[String], invs: &[Inventory]) -> String {
             json!({
                 "node": i, "name": names.get(i), "hostname": inv.hostname,
                 "verbs": inv.verbs.to_string(), "warnings": inv.warnings,
+                "topology": inv.topology.as_ref().map(binding::summary),
                 "interfaces": interfaces, "rdma": rdma,
             })
         })
@@ -1124,6 +1161,46 @@ mod tests {
             ],
             ..Inventory::default()
         }
+    }
+
+    /// Four CPUs on NUMA nodes 0,0,1,1 and NICs eth0 (node 0), eth1 (node 1).
+    fn two_numa_inv(host: &str) -> Inventory {
+        use fabrics::topology::{Cpu, NetDevice, NumaNode, Topology};
+        use fabrics::CpuSet;
+        let cpus = (0..4).map(|id| Cpu { id, package: 0, die: 0, cluster: 0, core: id, l3: None, numa: Some(id / 2) }).collect();
+        let nic = |name: &str, numa| NetDevice { name: name.into(), rdma: false, numa: Some(numa), local_cpus: CpuSet::new() };
+        let topo = Topology {
+            cpus,
+            cores: (0..4).map(|c| CpuSet::from_iter([c])).collect(),
+            l3: Vec::new(),
+            numa: (0..2).map(|n| NumaNode { id: n, cpus: CpuSet::from_iter([2 * n, 2 * n + 1]) }).collect(),
+            universe: CpuSet::from_iter(0..4),
+            gpus: Vec::new(),
+            nets: vec![nic("eth0", 0), nic("eth1", 1)],
+        };
+        Inventory {
+            hostname: host.into(),
+            port_base: 20000,
+            net: vec![netif("eth0", Some("10.0.0.1"), true), netif("eth1", Some("10.0.1.1"), true)],
+            topology: Some(topo),
+            ..Inventory::default()
+        }
+    }
+
+    #[test]
+    fn each_rank_gets_the_nic_on_its_numa_node() {
+        let invs = [two_numa_inv("a")];
+        let nic_of = |map: &str, ranks: u32| -> Vec<String> {
+            let mut a = assign(&invs, &[ranks], FabricChoice::Tcp, &[]).unwrap();
+            let placement = PlacementSpec { policy: fabrics::placement::Policy { map: map.parse().unwrap(), ..Default::default() }, report: false };
+            nearest_nics(&mut a, &invs, &placement, &[(0..ranks).collect()]);
+            (0..ranks).map(|l| a.endpoint(0, l).unwrap().nic.ifname).collect()
+        };
+        // Ranks 0 and 1 on cores 0 and 1 (node 0), 2 and 3 on node 1: not local rank mod 2.
+        assert_eq!(nic_of("core", 4), ["eth0", "eth0", "eth1", "eth1"]);
+        assert_eq!(nic_of("numa", 4), ["eth0", "eth1", "eth0", "eth1"]);
+        // Unbound (more ranks than cores): round-robin, as without placement.
+        assert_eq!(nic_of("core", 5), ["eth0", "eth1", "eth0", "eth1", "eth0"]);
     }
 
     fn ib_inv() -> Inventory {
@@ -1200,6 +1277,7 @@ mod tests {
             tree_spawn: None,
             fabric: spec,
             pmi: PmiSpec::default(),
+            placement: crate::spec::PlacementSpec::default(),
         }
     }
 

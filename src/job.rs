@@ -116,6 +116,7 @@ pub mod fixture {
             tree_spawn: None,
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
+            placement: crate::spec::PlacementSpec::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! This file only dispatches: the command line is parsed and resolved into a plan by [`cli`], the
 //! plan is run by [`frontend`], and errors become exit codes here.
 
+mod binding;
 mod claim;
 mod cli;
 mod daemon;
@@ -76,7 +77,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         }
     }
     if plan.dry_run {
-        frontend::print(&cli::describe_map(&plan));
+        frontend::print(&cli::describe(&plan));
         return Ok(exitcode::SUCCESS);
     }
     match plan.report_pid.as_deref() {
@@ -86,7 +87,7 @@ fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
         None => {}
     }
     if plan.display_map {
-        print!("{}", cli::describe_map(&plan));
+        print!("{}", cli::describe(&plan));
     }
     if plan.verbose > 0 {
         frontend::say(&format!("rlaunch: ranks get {} ({})", plan.launch.pmi.interface, plan.mpi_reason));

@@ -3,6 +3,8 @@
 //! wire codec ([`crate::wire`]) depends on nothing but this file.
 
 use fabrics::endpoints::{AssignError, FabricChoice};
+use fabrics::placement::{BindTo, MapObj, Policy};
+use fabrics::topology::ObjKind;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -216,6 +218,33 @@ pub fn choice_name(c: Option<FabricChoice>) -> &'static str {
     }
 }
 
+/// Placement: `--map-by`'s inside-node part, `--bind-to`, `--use-hwthread-cpus`,
+/// `--gpus-per-rank` (the engine's [`Policy`]), and `--report-bindings`. Job-wide, as in Open MPI:
+/// every context's ranks on a node are placed together. A few bytes, whatever the job size.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementSpec {
+    pub policy: Policy,
+    pub report: bool,
+}
+
+impl PlacementSpec {
+    /// Whether the user asked anything of placement (beyond which node a rank runs on): what
+    /// `--dry-run` shows bindings for, and what a node without a readable topology must refuse
+    /// rather than run unbound.
+    pub fn asked(&self) -> bool {
+        let p = &self.policy;
+        self.report
+            || !matches!(p.bind, None | Some(BindTo::None))
+            || p.map.pe.is_some()
+            || p.map.hwtcpus
+            || p.hwthreads
+            || p.gpus_per_rank > 0
+            || !p.gpu_lists.is_empty()
+            || p.rank_by.is_some()
+            || !matches!(p.map.obj, MapObj::Slot | MapObj::Ppr(_, ObjKind::Node))
+    }
+}
+
 /// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.
 mod fixed_opt_u32 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -237,6 +266,17 @@ mod tests {
     fn stdin_targets() {
         assert!(StdinTarget::All.reaches(3) && !StdinTarget::None.reaches(0));
         assert!(StdinTarget::Rank(2).reaches(2) && !StdinTarget::Rank(2).reaches(1));
+    }
+
+    #[test]
+    fn placement_is_asked_for_only_beyond_the_node_level() {
+        let spec = |map: &str, bind: Option<&str>| PlacementSpec {
+            policy: Policy { map: map.parse().unwrap(), bind: bind.map(|b| b.parse().unwrap()), ..Policy::default() },
+            report: false,
+        };
+        assert!(!spec("node", None).asked() && !spec("ppr:2:node", Some("none")).asked() && !spec("slot:SPAN", None).asked());
+        assert!(spec("core", None).asked() && spec("slot:PE=2", None).asked() && spec("slot", Some("numa")).asked());
+        assert!(PlacementSpec { report: true, ..PlacementSpec::default() }.asked());
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -97,6 +97,8 @@ pub struct Launch {
     pub fabric: FabricSpec,
     /// `--mpi`, `--pmi-port`, `--pmi-lazy`: what the ranks' PMI or PMIx server does.
     pub pmi: PmiSpec,
+    /// `--bind-to`, `--map-by` inside a node, `--gpus-per-rank`, `--report-bindings`.
+    pub placement: PlacementSpec,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -311,6 +313,9 @@ pub enum Msg {
     StackTrace { rank: u32, pid: u32, text: String },
     /// Daemon → up: every stack of `node` was sent.
     TracesDone { node: u32 },
+    /// `--report-bindings`, daemon → up, before its ranks start: each local rank and where it
+    /// runs (CPU list and picture), for the front end to print.
+    Bindings { node: u32, ranks: Vec<(u32, String)> },
 }
 
 /// Why a node failed ([`Msg::NodeFailed`]). The front end decides on the kind, never on the text.
@@ -322,6 +327,9 @@ pub enum NodeFault {
     LinkLost,
     /// Something failed on the node outside any rank (PMI fence, fabric exchange, spawning).
     Internal(String),
+    /// The user's request cannot be met on this node (placement: `--bind-to`, `PE=n`,
+    /// `--gpus-per-rank`): a usage error, exit 2.
+    Unsatisfiable(String),
 }
 
 /// What a [`Msg::PmiReport`] is about.
@@ -557,6 +565,7 @@ mod tests {
             tree_spawn: None,
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
+            placement: PlacementSpec::default(),
         }))
     }
 

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 const MPI_PROGRAMS: &[&str] =
-    &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_appnum", "mpi_no_finalize"];
+    &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_appnum", "mpi_no_finalize", "mpi_binding"];
 const PMI_PROGRAMS: &[&str] = &["pmi_modex", "pmi2_client"];
 /// Processes of a failed job must be gone this soon after rlaunch exits.
 const CLEANUP: Duration = Duration::from_secs(5);
@@ -71,6 +71,22 @@ const SIZES: [u32; 3] = [1, 4, 16];
 
 // ---------------------------------------------------------------------------------------------
 // One node
+
+/// MPICH ranks are bound before exec (Hydra's binding is not needed): after MPI_Init each one's own
+/// CPU list is what `--report-bindings` said, bound to a core or not at all.
+#[test]
+fn mpich_ranks_run_bound() {
+    let _serial = serial();
+    let Some(p) = mpi("mpi_binding") else { return };
+    for bind in ["core", "none"] {
+        let s = Scratch::new("mpich-binding");
+        let o = s.run(with(np(2), &["--bind-to", bind, "--report-bindings", &p]));
+        if bind == "core" && o.code == Some(2) {
+            return eprintln!("SKIP: fewer than 2 cores here:\n{o}");
+        }
+        mpi::expect_reported_bindings(&o, 2);
+    }
+}
 
 #[test]
 fn hello_every_rank_once_with_the_right_identity() {

@@ -172,6 +172,30 @@ fn hostname_8x4(test: &str, via: Via, shape: Shape) {
 every_shape!(hostname_8x4_agent, hostname_8x4, Agent);
 every_shape!(hostname_8x4_ssh, hostname_8x4, Ssh);
 
+/// Every daemon binds its own ranks from its own topology: 2 ranks per node bound to cores, and
+/// each rank's `Cpus_allowed_list` on its node is what `--report-bindings` printed for it there
+/// (the report names the node the rank really ran on).
+fn bound_on_every_node(test: &str, shape: Shape) {
+    let Some(c) = Cluster::get(test) else { return };
+    let s = NodeScratch::new("bindings");
+    let code = "echo $RLAUNCH_RANK $(hostname) $(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)";
+    let o = s.run(job(&c, &s, Via::Agent, shape, &[strs(&["-np", "16", "--map-by", "ppr:2:node", "--bind-to", "core", "--report-bindings"]), sh(code)].concat()));
+    if o.code == Some(2) && o.stderr.contains("need 2 cores") {
+        return eprintln!("SKIP: the nodes have fewer than 2 cores:\n{o}");
+    }
+    o.expect_code(0);
+    for line in o.stdout_lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (rank, host, cpus) = (f[0], f[1], f[2]);
+        let want = format!("rlaunch: rank {rank} on {host}: bound to CPUs {cpus} ");
+        assert!(o.stderr.lines().any(|l| l.starts_with(&want)), "{shape:?}: rank {rank} runs on {host} with CPUs {cpus}, which is not what was reported:\n{o}");
+    }
+    assert_eq!(o.stdout_lines().len(), 16, "{o}");
+    s.assert_no_leftovers(Some(&c), CLEANUP);
+}
+
+every_shape!(bound_on_every_node_agent, bound_on_every_node);
+
 /// `--map-by node` deals ranks out one node at a time; `--rank-by node` also numbers them so.
 /// Each rank says where it really ran, which checks the map every daemon computed on its own
 /// against the front end's (in the report).

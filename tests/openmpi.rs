@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-const PROGRAMS: &[&str] = &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_no_finalize"];
+const PROGRAMS: &[&str] = &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_no_finalize", "mpi_binding"];
 const SIZES: [u32; 3] = [1, 4, 16];
 const CLEANUP: Duration = Duration::from_secs(5);
 
@@ -62,6 +62,54 @@ fn hello_every_rank_once_with_the_right_identity() {
         let o = s.run(args(n, &[&p]));
         mpi::expect_hellos(&o, n, &host);
     }
+}
+
+/// Ranks are bound before exec: each one's own CPU list (sched_getaffinity) is what
+/// `--report-bindings` said, and Open MPI, asked to report its binding, draws the same picture.
+#[test]
+fn ranks_run_bound_and_open_mpi_draws_the_same_picture() {
+    let _serial = serial();
+    let Some(p) = ompi("mpi_binding") else { return };
+    for bind in ["core", "none"] {
+        let s = Scratch::new("ompi-binding");
+        let o = s.run(args(2, &["-x", "OMPI_MCA_hwloc_base_report_bindings=1", "--bind-to", bind, "--report-bindings", &p]));
+        if bind == "core" && o.code == Some(2) {
+            return eprintln!("SKIP: fewer than 2 cores here:\n{o}");
+        }
+        let pictures = mpi::expect_reported_bindings(&o, 2);
+        for (r, pic) in pictures {
+            let ompi_line = o.stderr.lines().find(|l| l.contains(&format!("MCW rank {r} bound to "))).unwrap_or_else(|| panic!("Open MPI did not report rank {r}:\n{o}"));
+            assert!(ompi_line.ends_with(&format!(": {pic}")), "--bind-to {bind}: Open MPI draws rank {r} otherwise than {pic}:\n{o}");
+        }
+    }
+}
+
+/// libpmix hands a bound rank its binding as Open MPI reads it: PMIX_CPUSET (the CPU list) and
+/// PMIX_LOCALITY_STRING (NUMA node, package, L3, cores, threads); an unbound rank gets neither.
+#[test]
+fn pmix_tells_each_rank_its_cpuset_and_locality() {
+    let _serial = serial();
+    if ompi("mpi_hello").is_none() {
+        return;
+    }
+    let pmix = "/usr/lib/x86_64-linux-gnu/pmix2";
+    let dir = built().dir.clone();
+    let flags = [&format!("-I{pmix}/include")[..], &format!("-L{pmix}/lib"), "-lpmix", &format!("-Wl,-rpath,{pmix}/lib")];
+    if let Err(e) = mpi::compile_with("cc", &flags, &dir, "pmix_locality", "install libpmix-dev") {
+        return eprintln!("SKIP: no PMIx client: {e}");
+    }
+    let prog = dir.join("pmix_locality").to_string_lossy().into_owned();
+    let s = Scratch::new("pmix-locality");
+    let o = s.run(["--mpi", "pmix", "-np", "1", "--bind-to", "core", "--report-bindings", &prog]);
+    o.expect_code(0);
+    let list = o.stderr.split("bound to CPUs ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_else(|| panic!("{o}"));
+    let line = o.stdout.lines().find(|l| l.starts_with("locality 0 ")).unwrap_or_else(|| panic!("{o}"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[2], list, "PMIX_CPUSET:\n{o}");
+    assert!(fields[3].starts_with("NM0:SK0:") && fields[3].contains(":CR0:HT"), "PMIX_LOCALITY_STRING {}:\n{o}", fields[3]);
+    let o = s.run(["--mpi", "pmix", "-np", "1", "--bind-to", "none", &prog]);
+    o.expect_code(0);
+    assert_eq!(o.stdout.trim(), "locality 0 - -", "{o}");
 }
 
 /// The daemon's libpmix shares the node's hwloc topology: every rank adopts it from shared memory

@@ -130,6 +130,32 @@ fn tasks_per_node_give_the_slots_and_more_ranks_is_an_error() {
     assert!(err.contains("requested 7 ranks but only 6 slots"), "{err}");
 }
 
+/// Inside an allocation each node's daemon binds its ranks within the CPUs Slurm lets it use: every
+/// rank's `Cpus_allowed_list` on its node is what `--report-bindings` printed for it.
+#[test]
+fn ranks_are_bound_inside_an_allocation() {
+    let Some(conf) = slurm_conf() else { return };
+    let dir = shared_dir("bind");
+    let bin = common::bin();
+    let script = format!(
+        "{bin} --bind-to core --report-bindings sh -c 'echo $RLAUNCH_RANK $(hostname) $(sed -n \"s/^Cpus_allowed_list:[[:space:]]*//p\" /proc/self/status)' > {d}/ranks.txt 2> {d}/report.txt; echo rc=$? > {d}/rc\n",
+        d = dir.display()
+    );
+    sbatch_wait(&conf, &dir, &["-N", "2", "--ntasks-per-node=2"], &script);
+    let report = read(&dir, "report.txt");
+    if read(&dir, "rc").trim() == "rc=2" && report.contains("need 2 cores") {
+        return eprintln!("SKIP: the nodes have fewer than 2 cores: {report}");
+    }
+    assert_eq!(read(&dir, "rc").trim(), "rc=0", "{}{report}", read(&dir, "out.txt"));
+    let ranks = read(&dir, "ranks.txt");
+    assert_eq!(ranks.lines().count(), 4, "{ranks}");
+    for line in ranks.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let want = format!("rlaunch: rank {} on {}: bound to CPUs {} ", f[0], f[1], f[2]);
+        assert!(report.lines().any(|l| l.starts_with(&want)), "rank line {line:?} differs from the report:\n{report}");
+    }
+}
+
 #[test]
 fn salloc_style_front_end_on_the_host() {
     let Some(conf) = slurm_conf() else { return };

@@ -41,6 +41,9 @@ pub struct Inventory {
     pub verbs: VerbsStatus,
     /// Attributes that could not be parsed, as "path: why" lines.
     pub warnings: Vec<String>,
+    /// CPUs, caches, NUMA nodes and devices, for placement on every node; `None` where sysfs did
+    /// not give one (the reason is in `warnings`).
+    pub topology: Option<crate::topology::Topology>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -589,10 +592,12 @@ impl Inventory {
             net,
             verbs: VerbsStatus::NotProbed,
             warnings: r.warnings,
+            topology: None,
         })
     }
 
-    /// Discovers this host: `/sys`, getifaddrs, the hostname, and verbs (for active MTUs) if it loads.
+    /// Discovers this host: `/sys`, getifaddrs, the hostname, verbs (for active MTUs) if it loads,
+    /// and the CPU topology.
     pub fn discover_system() -> Result<Inventory, DiscoverError> {
         let addrs = system_addrs()?;
         let mut inv = Self::discover(Path::new("/sys"), &addrs)?;
@@ -612,6 +617,10 @@ impl Inventory {
             }
         }
         inv.verbs = probe.status;
+        match crate::topology::Topology::discover_system() {
+            Ok(t) => inv.topology = Some(t),
+            Err(e) => inv.warnings.push(format!("topology: {e}")),
+        }
         Ok(inv)
     }
 

@@ -7,6 +7,8 @@
 //! - **NIC**: `nics(n)[l % nics(n).len()]`, where `nics(n)` is the node's usable NIC list, ordered
 //!   RDMA-capable first, then physical, then virtual interfaces (names sorted within each group).
 //!   With a NIC filter the list is exactly the filter, in the order the user gave.
+//!   [`NodePlan::choose_nics`] may then rewrite the list so that the same rule yields per-rank
+//!   choices (placement's nearest NIC).
 //! - **TCP usable**: not loopback, up (or `unknown`), with a routable address (IPv4 other than
 //!   169.254/16, or IPv6 other than fe80::/10). A single-node job falls back to loopback.
 //! - **RDMA usable**: port ACTIVE, link layer InfiniBand or Ethernet (RoCE), verbs not reported
@@ -104,6 +106,22 @@ pub struct Endpoint {
     pub ip: Option<IpAddr>,
     pub port: u16,
     pub nic: Nic,
+}
+
+impl NodePlan {
+    /// Gives local rank `l` the NIC `nics[choice[l]]` (placement's nearest NIC) under the table's
+    /// unchanged rule `nics[l % len]`: the list becomes the shortest repeating pattern of the
+    /// choices, so it grows only where locality breaks the round-robin. A choice that does not fit
+    /// (wrong length, index out of range) leaves the list as it is.
+    pub fn choose_nics(&mut self, choice: &[usize]) {
+        if choice.len() != self.local_ranks as usize || choice.iter().any(|&c| c >= self.nics.len()) {
+            return;
+        }
+        let Some(period) = (1..=choice.len()).find(|&p| (0..choice.len()).all(|l| choice[l] == choice[l % p])) else {
+            return;
+        };
+        self.nics = choice[..period].iter().map(|&c| self.nics[c].clone()).collect();
+    }
 }
 
 /// The NIC rule, on its own so that C readers of the table can mirror it.
@@ -668,6 +686,23 @@ mod tests {
                 ],
             )
         }
+    }
+
+    #[test]
+    fn chosen_nics_keep_the_modulo_rule() {
+        let invs = [node("a", vec![netif("eth0", &["10.0.0.1"]), netif("eth1", &["10.0.1.1"]), netif("eth2", &["10.0.2.1"])])];
+        let mut a = assign(&invs, &[6], FabricChoice::Tcp, &[]).unwrap();
+        let choice = [0, 2, 1, 0, 2, 1];
+        a.nodes[0].choose_nics(&choice);
+        assert_eq!(a.nodes[0].nics.len(), 3, "a period of 3 needs 3 entries");
+        for (l, c) in choice.iter().enumerate() {
+            assert_eq!(a.endpoint(0, l as u32).unwrap().nic.ifname, format!("eth{c}"));
+        }
+        a.nodes[0].choose_nics(&[0, 0, 0, 1, 1, 1]);
+        assert_eq!(a.nodes[0].nics.len(), 6);
+        let before = a.nodes[0].nics.clone();
+        a.nodes[0].choose_nics(&[0, 9, 0, 0, 0, 0]);
+        assert_eq!(a.nodes[0].nics, before, "an impossible choice changes nothing");
     }
 
     #[test]

@@ -5,22 +5,29 @@
 //! - [`verbs`]: libibverbs loaded at run time, reporting "unavailable: <why>" instead of failing;
 //! - [`endpoints`]: the pure rule mapping every rank to a NIC, port and (for RDMA) GID;
 //! - [`table`]: the shared-memory file through which a daemon publishes endpoints to its ranks;
+//! - [`topology`] and [`placement`]: a node's CPUs, caches, NUMA nodes and devices, and the pure
+//!   engine that gives each rank its CPUs, GPUs and NIC;
 //! - [`collective`]: a k-ary tree barrier/allgather as a pure state machine;
 //! - [`transport`] and [`rdma`]: the links it runs over (in-memory, TCP, RDMA send/receive).
 //!
 //! It does not depend on the `rlaunch` binary crate nor on `launchers`.
 
 pub mod collective;
+pub mod cpuset;
 pub mod discover;
 pub mod endpoints;
+pub mod placement;
 pub mod rdma;
 pub mod table;
+pub mod topology;
 pub mod transport;
 pub mod verbs;
 pub mod verbs_link;
 
 pub use collective::{Collective, Kind, Tree};
+pub use cpuset::CpuSet;
 pub use discover::{IfAddr, Inventory};
+pub use topology::Topology;
 pub use endpoints::{assign, reserve_port_base, Assignment, Endpoint, Fabric, FabricChoice};
 pub use table::{EndpointTable, TableReader, TableWriter};
 pub use transport::{run_barrier, run_collective, MemTransport, TcpTransport, Transport};

@@ -1,6 +1,11 @@
-//! `--dry-run`: the process map as text, one line per node.
+//! `--dry-run`: the process map as text, one line per node, then (with `--report-bindings` or any
+//! placement option) every rank's binding as `--report-bindings` would print it. Bindings come from
+//! this machine's topology: exact for a job on this machine, for other nodes what they would get
+//! were they like it (Open MPI assumes the same), and the text says which.
 
+use crate::binding;
 use crate::plan::JobPlan;
+use fabrics::Topology;
 
 /// Compact rank ranges: [0,1,2,5,7,8] -> "0-2,5,7-8".
 fn fmt_ranges(ranks: &[u32]) -> String {
@@ -42,6 +47,48 @@ pub fn describe_map(plan: &JobPlan) -> String {
             parts.push("no ranks".into());
         }
         s.push_str(&format!("node {i} {} (slots {}): {}\n", n.name, n.slots, parts.join("; ")));
+    }
+    s
+}
+
+/// The `--dry-run` and `--display-map` text: the map, then the bindings when placement was asked
+/// about (this machine's topology is read here).
+pub fn describe(plan: &JobPlan) -> String {
+    let mut s = describe_map(plan);
+    let spec = &plan.launch.placement;
+    if spec.asked() {
+        s.push_str(&describe_bindings(plan, Topology::discover_system().map_err(|e| e.to_string())));
+    }
+    s
+}
+
+/// Every rank's binding on a node like this machine (`topo`), one line each, under a line saying
+/// whose topology it is; a placement a node would refuse is shown as that node's refusal.
+pub fn describe_bindings(plan: &JobPlan, topo: Result<Topology, String>) -> String {
+    let here = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "this machine".into());
+    let mut s = if plan.loopback {
+        format!("bindings on this machine ({here}):\n")
+    } else {
+        format!("bindings if every node were like this machine ({here}); each node places its ranks on its own CPUs:\n")
+    };
+    let topo = match topo {
+        Ok(t) => t,
+        Err(e) => return s + &format!("cannot read this machine's topology: {e}\n"),
+    };
+    for (i, n) in plan.nodes.iter().enumerate() {
+        let ranks = plan.map.ranks_on(i as u32);
+        if ranks.is_empty() {
+            continue;
+        }
+        match binding::place_node(&plan.launch.placement, &topo, ranks, &[]) {
+            Ok(places) => {
+                for p in &places {
+                    s.push_str(&binding::report_line(p.rank, &n.name, &binding::describe(&topo, p)));
+                    s.push('\n');
+                }
+            }
+            Err(e) => s.push_str(&format!("node {} would refuse the job: {e}\n", n.name)),
+        }
     }
     s
 }

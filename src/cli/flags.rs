@@ -7,6 +7,8 @@ use crate::pmix::MpiFlag;
 use crate::spec::StdinTarget;
 use clap::{ArgAction, CommandFactory, Parser};
 use fabrics::endpoints::FabricChoice;
+use fabrics::placement::{BindTo, MapObj, MapPolicy};
+use fabrics::topology::ObjKind;
 use launchers::map::{MapBy, RankBy};
 use launchers::LauncherKind;
 use std::fmt::Display;
@@ -82,9 +84,9 @@ COMPATIBILITY, OPEN MPI (mpirun):
   --npernode N, --pernode           N (1) ranks per node, as --ppn N
   --nooversubscribe                 never more ranks than slots, also on this machine alone
   -bynode                           --map-by node (Open MPI's older spelling)
-  --map-by P:OVERSUBSCRIBE, :NOOVERSUBSCRIBE, :SPAN, :PE=n
+  --map-by P:OVERSUBSCRIBE, :NOOVERSUBSCRIBE, :SPAN, :PE=n, :HWTCPUS
                                     modifiers of --map-by; SPAN changes nothing (nodes are
-                                    already one resource); PE=n is placement (below)
+                                    already one resource); PE=n and HWTCPUS are placement (below)
   --display-map                     print the map (as --dry-run) on stdout, then run
   --output-filename DIR[:nojobid,nocopy]
                                     DIR/1/rank.N/stdout and stderr (N zero-padded to the digits
@@ -171,12 +173,33 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
                                     slots of the job's nodes; without it, the job's size (PMI)
   Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
 
-PLACEMENT (both families):
-  --bind-to (Intel: -binding), --report-bindings, --cpus-per-proc, --use-hwthread-cpus,
-  --rankfile and --map-by ...:PE=n are accepted, but binding is not applied yet: ranks run unbound, --rankfile
-  is not read (ranks are mapped by --map-by), and -v says so once. --map-by and --rank-by
-  core|socket|package|numa|l3cache|l2cache|l1cache|hwthread|board fill each node's slots in order
-  (as slot); the object inside the node is placement, and -v says so too.
+PLACEMENT (both families; each node's own topology, within the CPUs its daemon may use):
+  --map-by core|hwthread|slot|node  a node's ranks take cores (hardware threads) in order;
+                                    --map-by l3cache|numa|package (socket) deals them round-robin
+                                    over those objects, ppr:N:OBJ puts N on each in turn (ranks
+                                    still fill each node's slots first)
+  --map-by ...:PE=n, --cpus-per-proc n (--cpus-per-rank)
+                                    n cores per rank, each rank bound to its n cores
+  --bind-to none|hwthread|core|l3cache|numa|package (socket), -bind-to core:N (Hydra: PE=N),
+  -bind-to user:0+1,2+3 (Hydra: the CPUs of each local rank in turn; Intel: -binding)
+                                    default as Open MPI: core when a node's ranks fit its cores,
+                                    otherwise none (none with --launcher local and several
+                                    nodes); more ranks than cores with --bind-to core or PE=n is
+                                    an error naming the node
+  --use-hwthread-cpus               hardware threads are the unit instead of cores
+  --gpus-per-rank N                 N GPUs per rank, same NUMA node first, not shared while
+                                    enough exist: CUDA_VISIBLE_DEVICES (with CUDA_DEVICE_ORDER=
+                                    PCI_BUS_ID), ROCR_VISIBLE_DEVICES, ZE_AFFINITY_MASK,
+                                    RLAUNCH_GPUS (PCI addresses)
+  --report-bindings                 one line per rank on stderr before the ranks start: rank,
+                                    node, CPU list, picture ([BB/..][../..]: packages, cores,
+                                    B = a hardware thread the rank may use); --dry-run shows the
+                                    same from this machine's topology
+  Ranks are bound before exec (MPICH needs no HYDRA binding); the NIC of each rank is the
+  nearest to its GPUs or CPUs (RLAUNCH_NIC, and UCX_NET_DEVICES/NCCL_IB_HCA with --nic-env).
+  --rank-by hwthread|core|l3cache|numa|package (socket): a node's ranks, in order, take its
+  mapped places round-robin over those objects (--map-by package --rank-by core: ranks 0 and 1
+  on package 0); --rankfile is not supported.
 
 COMPATIBILITY, CRAY PALS (mpiexec on HPE Cray systems; placement, see PLACEMENT):
   --cpu-bind none|core|numa|socket|thread
@@ -290,7 +313,9 @@ pub struct Cli {
     #[arg(short = 'H', long = "host", value_name = "LIST")]
     pub host: Option<String>,
 
-    /// Where ranks go: slot (fill each node's slots in order), node (round-robin), ppr:N:node
+    /// Where ranks go: slot (fill each node's slots in order), node (round-robin), ppr:N:node; inside
+    /// a node: core, hwthread, l3cache, numa, package (socket), ppr:N:OBJ; modifiers :PE=n, :SPAN,
+    /// :OVERSUBSCRIBE
     #[arg(long = "map-by", value_name = "POLICY", default_value = "slot", value_parser = typed::<MapByFlag>)]
     pub map_by: MapByFlag,
 
@@ -298,7 +323,8 @@ pub struct Cli {
     #[arg(short = 'N', long = "ppn", alias = "npernode", value_name = "N")]
     pub ppn: Option<u32>,
 
-    /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes)
+    /// How placed ranks are numbered: slot (consecutive on a node) or node (round-robin over nodes);
+    /// hwthread, core, l3cache, numa, package: by slot, and inside a node round-robin over those
     /// [default: node with --map-by node, as in Open MPI; slot otherwise]
     #[arg(long = "rank-by", value_name = "POLICY", value_parser = typed::<RankByFlag>)]
     pub rank_by: Option<RankByFlag>,
@@ -567,23 +593,29 @@ showed in this mode (none in 200 jobs)."
     #[arg(long = "bootstrap-exec", value_name = "PATH", conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
     pub bootstrap_exec: Option<String>,
 
-    /// Placement (Open MPI, Hydra; Intel: -binding): accepted; binding is not applied yet (-v says so)
-    #[arg(long = "bind-to", alias = "binding", value_name = "WHAT", hide_short_help = true)]
-    pub bind_to: Option<String>,
+    /// Bind each rank to: none, hwthread, core, l3cache, numa, package (socket), user:0+1,2+3
+    /// (Hydra; Intel: -binding) [default: core when a node's ranks fit its cores, else none]
+    #[arg(long = "bind-to", alias = "binding", value_name = "WHAT", value_parser = typed::<BindToFlag>)]
+    pub bind_to: Option<BindToFlag>,
 
-    /// Placement (Open MPI): accepted; binding is not applied yet, so there is none to report (-v says so)
-    #[arg(long = "report-bindings", hide_short_help = true)]
+    /// Print each rank's CPUs (and GPUs) with a picture of its node on stderr before it starts
+    #[arg(long = "report-bindings")]
     pub report_bindings: bool,
 
-    /// Placement (Open MPI): accepted; binding is not applied yet (-v says so)
-    #[arg(long = "cpus-per-proc", alias = "cpus-per-rank", value_name = "N", hide_short_help = true)]
+    /// CPUs (cores, or hardware threads with --use-hwthread-cpus) per rank, as --map-by :PE=N
+    #[arg(long = "cpus-per-proc", alias = "cpus-per-rank", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus_per_proc: Option<u32>,
 
-    /// Placement (Open MPI): accepted; binding is not applied yet (-v says so)
-    #[arg(long = "use-hwthread-cpus", hide_short_help = true)]
+    /// Hardware threads, not cores, are the CPUs ranks are mapped and bound to
+    #[arg(long = "use-hwthread-cpus")]
     pub use_hwthread_cpus: bool,
 
-    /// Placement (Open MPI): accepted; FILE is not read and ranks are mapped by --map-by (-v says so)
+    /// GPUs per rank, nearest its CPUs first (CUDA_VISIBLE_DEVICES, ROCR_VISIBLE_DEVICES,
+    /// ZE_AFFINITY_MASK, RLAUNCH_GPUS)
+    #[arg(long = "gpus-per-rank", alias = "gpus-per-proc", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub gpus_per_rank: Option<u32>,
+
+    /// Open MPI's rank file: refused with a line saying what to use instead (not supported yet)
     #[arg(long, value_name = "FILE", hide_short_help = true)]
     pub rankfile: Option<PathBuf>,
 
@@ -725,75 +757,86 @@ impl FromStr for FabricFlag {
     }
 }
 
-/// `--map-by POLICY[:MODIFIER]...`: rlaunch's policy and Open MPI's modifiers.
+/// `--map-by POLICY[:MODIFIER]...`: the node-level policy (which node a rank runs on) and the
+/// placement inside each node, both from one grammar (`fabrics::placement::MapPolicy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapByFlag {
     pub policy: MapBy,
-    /// `:OVERSUBSCRIBE` (`Some(true)`) or `:NOOVERSUBSCRIBE` (`Some(false)`).
-    pub oversubscribe: Option<bool>,
-    /// `:PE=n`: cores per rank, a placement request (not applied yet).
-    pub pe: Option<u32>,
-    /// Open MPI's `core`, `socket`, ...: mapped as `slot` (a node's slots in order); the object
-    /// within the node is placement, which is not applied yet (`-v` says so).
-    pub object: Option<&'static str>,
+    /// The object inside a node, `PE=n`, `SPAN`, `HWTCPUS`, and `:OVERSUBSCRIBE` (`Some(true)`) or
+    /// `:NOOVERSUBSCRIBE` (`Some(false)`).
+    pub place: MapPolicy,
 }
 
-/// Open MPI's mapping and ranking objects inside a node: rlaunch maps and ranks by slot for them.
-pub const NODE_OBJECTS: &[&str] = &["hwthread", "core", "l1cache", "l2cache", "l3cache", "socket", "package", "numa", "board"];
-
-fn node_object(s: &str) -> Option<&'static str> {
-    NODE_OBJECTS.iter().copied().find(|o| s.eq_ignore_ascii_case(o))
-}
-
-/// `--rank-by POLICY`: rlaunch's slot or node, or one of Open MPI's objects inside a node (ranked as slot).
+/// `--rank-by POLICY`: rlaunch's slot or node (which node's ranks are consecutive), or one of
+/// Open MPI's objects inside a node (ranks slot by slot, and inside each node round-robin over
+/// those objects).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RankByFlag {
     pub policy: RankBy,
-    pub object: Option<&'static str>,
+    pub object: Option<ObjKind>,
 }
 
 impl FromStr for RankByFlag {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let base = s.split(':').next().unwrap_or(s);
-        match node_object(base) {
-            Some(o) => Ok(RankByFlag { policy: RankBy::Slot, object: Some(o) }),
-            None => s.parse::<RankBy>().map(|policy| RankByFlag { policy, object: None }).map_err(|e| e.to_string()),
-        }
+        let base = s.split(':').next().unwrap_or(s).to_ascii_lowercase();
+        let object = match base.as_str() {
+            "hwthread" => ObjKind::HwThread,
+            "core" => ObjKind::Core,
+            "l3cache" => ObjKind::L3,
+            "numa" => ObjKind::Numa,
+            "package" | "socket" => ObjKind::Package,
+            "l1cache" | "l2cache" | "board" => {
+                return Err(format!("rlaunch ranks inside a node by hwthread, core, l3cache, numa or package (socket), not {base}"))
+            }
+            _ => return s.parse::<RankBy>().map(|policy| RankByFlag { policy, object: None }).map_err(|e| e.to_string()),
+        };
+        Ok(RankByFlag { policy: RankBy::Slot, object: Some(object) })
     }
 }
 
 impl FromStr for MapByFlag {
     type Err = String;
     /// Modifiers follow the policy (`ppr:2:node:PE=4`, `slot:OVERSUBSCRIBE`) or stand alone
-    /// (`:OVERSUBSCRIBE`, policy slot). `SPAN` is accepted: rlaunch's policies already treat all
-    /// nodes as one resource.
+    /// (`:OVERSUBSCRIBE`, policy slot). Objects inside a node (`core`, `package`, `ppr:2:numa`)
+    /// fill each node's slots in order, then place the node's ranks on those objects; `SPAN`
+    /// changes nothing: rlaunch's node-level policies already treat all nodes as one resource.
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut policy = Vec::new();
-        let (mut oversubscribe, mut pe, mut object) = (None, None, None);
-        for part in s.split(':') {
-            let upper = part.to_ascii_uppercase();
-            match upper.as_str() {
-                "OVERSUBSCRIBE" => oversubscribe = Some(true),
-                "NOOVERSUBSCRIBE" => oversubscribe = Some(false),
-                "SPAN" => {}
-                _ if upper.starts_with("PE=") => {
-                    let n = part[3..].parse::<u32>().ok().filter(|&n| n >= 1);
-                    pe = Some(n.ok_or_else(|| format!("PE={}: expected a whole number of cores of at least 1", &part[3..]))?);
-                }
-                _ => policy.push(part),
-            }
+        // Open MPI's seq: rank i on the host of the i-th host file line; its modifiers as slot's.
+        if let Some(rest) = s.split_once(':').map_or((s.eq_ignore_ascii_case("seq")).then_some(""), |(p, r)| p.eq_ignore_ascii_case("seq").then_some(r)) {
+            let place: MapPolicy = if rest.is_empty() { MapPolicy::default() } else { format!("slot:{rest}").parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())? };
+            return Ok(MapByFlag { policy: MapBy::Seq, place });
         }
-        let policy = match policy.join(":") {
-            p if p.is_empty() => MapBy::Slot,
-            p if p.eq_ignore_ascii_case("seq") => MapBy::Seq,
-            p if node_object(&p).is_some() => {
-                object = node_object(&p);
-                MapBy::Slot
-            }
-            p => p.parse::<MapBy>().map_err(|e| e.to_string())?,
+        let place: MapPolicy = s.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())?;
+        let policy = match place.obj {
+            MapObj::Ppr(n, ObjKind::Node) => MapBy::PprNode(n),
+            _ if place.by_node => MapBy::Node,
+            _ => MapBy::Slot,
         };
-        Ok(MapByFlag { policy, oversubscribe, pe, object })
+        Ok(MapByFlag { policy, place })
+    }
+}
+
+/// `--bind-to WHAT`: the engine's [`BindTo`], and Hydra's `core:N` / `hwthread:N` (N of them per
+/// rank, as `PE=N`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindToFlag {
+    pub bind: BindTo,
+    pub per_rank: Option<u32>,
+}
+
+impl FromStr for BindToFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some((obj, n)) = s.split_once(':').filter(|(o, _)| !o.eq_ignore_ascii_case("user")) {
+            let bind: BindTo = obj.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())?;
+            let count = n.parse::<u32>().ok().filter(|n| *n >= 1);
+            return match (&bind, count) {
+                (BindTo::Core | BindTo::HwThread, Some(n)) => Ok(BindToFlag { bind, per_rank: Some(n) }),
+                _ => Err(format!("'{n}' after '{obj}:': rlaunch takes core:N or hwthread:N (N per rank), as Hydra does")),
+            };
+        }
+        Ok(BindToFlag { bind: s.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())?, per_rank: None })
     }
 }
 
@@ -991,16 +1034,29 @@ mod tests {
     #[test]
     fn map_by_modifiers() {
         let m = |v: &str| typed::<MapByFlag>(v).map_err(|e| e.to_string());
-        assert_eq!(m("ppr:2:node:PE=4").unwrap(), MapByFlag { policy: MapBy::PprNode(2), oversubscribe: None, pe: Some(4), object: None });
-        assert_eq!(m(":OVERSUBSCRIBE").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: Some(true), pe: None, object: None });
-        assert_eq!(m("node:NOOVERSUBSCRIBE:SPAN").unwrap(), MapByFlag { policy: MapBy::Node, oversubscribe: Some(false), pe: None, object: None });
-        assert_eq!(m("slot:PE=x").unwrap_err(), "PE=x: expected a whole number of cores of at least 1");
-        for o in ["core", "socket", "package", "l3cache", "numa", "Core"] {
+        let f = m("ppr:2:node:PE=4").unwrap();
+        assert_eq!((f.policy, f.place.pe), (MapBy::PprNode(2), Some(4)));
+        let f = m(":OVERSUBSCRIBE").unwrap();
+        assert_eq!((f.policy, f.place.oversubscribe), (MapBy::Slot, Some(true)));
+        let f = m("node:NOOVERSUBSCRIBE:SPAN").unwrap();
+        assert_eq!((f.policy, f.place.oversubscribe, f.place.span), (MapBy::Node, Some(false), true));
+        assert_eq!(m("slot:PE=x").unwrap_err(), "PE=x: expected a whole number of CPUs of at least 1");
+        for (o, obj) in [("core", MapObj::Core), ("socket", MapObj::Package), ("package", MapObj::Package), ("l3cache", MapObj::L3), ("numa", MapObj::Numa), ("Core", MapObj::Core)] {
             let f = m(o).unwrap();
-            assert_eq!((f.policy, f.object.is_some()), (MapBy::Slot, true), "--map-by {o} maps by slot and remembers the object");
+            assert_eq!((f.policy, f.place.obj), (MapBy::Slot, obj), "--map-by {o} fills slots, then places on {obj:?}");
         }
-        assert_eq!(m("socket:PE=2").unwrap(), MapByFlag { policy: MapBy::Slot, oversubscribe: None, pe: Some(2), object: Some("socket") });
-        assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some("core") });
+        let f = m("ppr:2:socket:pe=2").unwrap();
+        assert_eq!((f.policy, f.place.obj, f.place.pe), (MapBy::Slot, MapObj::Ppr(2, ObjKind::Package), Some(2)));
+        assert!(m("l2cache").unwrap_err().starts_with("unknown --map-by object 'l2cache'"));
+        let b = |v: &str| typed::<BindToFlag>(v).map_err(|e| e.to_string());
+        assert_eq!(b("core:8").unwrap(), BindToFlag { bind: BindTo::Core, per_rank: Some(8) });
+        assert_eq!(b("socket").unwrap(), BindToFlag { bind: BindTo::Package, per_rank: None });
+        assert!(matches!(b("user:0+1,2").unwrap().bind, BindTo::Cpus(_)));
+        assert!(b("numa:2").unwrap_err().contains("core:N or hwthread:N"));
+        assert!(b("board").unwrap_err().starts_with("unknown --bind-to value 'board'"));
+        assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some(ObjKind::Core) });
+        assert_eq!(typed::<RankByFlag>("socket").unwrap().object, Some(ObjKind::Package));
+        assert!(typed::<RankByFlag>("l2cache").unwrap_err().to_string().starts_with("rlaunch ranks inside a node by hwthread"));
         assert_eq!(typed::<RankByFlag>("node").unwrap(), RankByFlag { policy: RankBy::Node, object: None });
         assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
         assert_eq!(m("seq").unwrap().policy, MapBy::Seq);

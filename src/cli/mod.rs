@@ -17,7 +17,7 @@ mod parse;
 mod resolve;
 
 pub use appfile::{expand as expand_context_files, expand_tune};
-pub use dry_run::describe_map;
+pub use dry_run::describe;
 pub use error::UsageError;
 pub use flags::generate;
 pub use parse::{parse, to_strings};

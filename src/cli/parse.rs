@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(e(&["--mpi", "x", "a"]), "--mpi x: expected pmi, pmix or auto");
         assert_eq!(e(&["--stdin", "some", "a"]), "--stdin some: expected a rank number, 'all' or 'none'");
         assert_eq!(e(&["--launcher", "rsh", "a"]), "--launcher rsh: expected local, ssh, agent, slurm, pbs, sge or lsf");
-        assert_eq!(e(&["--map-by", "corner", "a"]), "--map-by corner: unknown --map-by value 'corner'; use slot, node or ppr:N:node");
+        assert_eq!(e(&["--map-by", "corner", "a"]), "--map-by corner: unknown --map-by object 'corner'; use slot, node, hwthread, core, l3cache, numa, package (socket) or ppr:N:OBJ");
         assert_eq!(e(&["--rank-by", "x", "a"]), "--rank-by x: unknown --rank-by value 'x'; use slot or node");
         assert_eq!(e(&["--generate", "tcsh"]), "--generate tcsh: expected man, bash, zsh, fish, elvish or powershell");
     }
@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(g.mca, s(&["btl=^openib", "x=y"]));
         assert!(g.genvall && g.tag_output && g.allow_run_as_root && g.report_bindings);
         assert!(parse(&s(&["-rr", "a"])).unwrap().global.rr);
-        assert_eq!((g.hosts.as_deref(), g.perhost, g.bind_to.as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
+        assert_eq!((g.hosts.as_deref(), g.perhost, g.bind_to.as_ref().map(|b| b.bind.to_string()).as_deref(), g.nic.as_deref()), (Some("a,b"), Some(2), Some("core"), Some("ib0")));
         assert_eq!((g.bootstrap, g.bootstrap_exec.as_deref()), (Some(super::super::flags::Bootstrap::Rsh), Some("/usr/bin/ssh")));
         assert_eq!(g.program, s(&["./app", "-genv"]));
         // Open MPI's -c is -np.

@@ -3,7 +3,7 @@
 //! everything about the run, as one [`JobPlan`].
 
 use super::error::{usage, UsageError};
-use super::flags::{Bootstrap, Cli, CpuBind, FabricFlag, Usize};
+use super::flags::{BindToFlag, Bootstrap, Cli, CpuBind, FabricFlag, Usize};
 use super::parse::Parsed;
 use crate::output::OutputFiles;
 use crate::plan::JobPlan;
@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use launchers::start::{NodeStarter, Starter};
 use launchers::map::MapBy;
 use launchers::{AllocationRequest, LauncherKind};
+use fabrics::placement::{BindTo, Policy};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
                 Usize::System => alloc.nodes.iter().fold(0u32, |a, n| a.saturating_add(n.slots)),
             }),
         },
+        placement: placement(g, alloc.local && alloc.nodes.len() > 1)?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -178,7 +180,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         t0: env.t0,
         dry_run: g.dry_run,
         display_map: g.display_map,
-        notes: placement_note(g).into_iter().chain(mca_note(&g.mca)).chain(prte_note(&g.prtemca)).collect(),
+        notes: mca_note(&g.mca).into_iter().chain(prte_note(&g.prtemca)).collect(),
         warnings,
         report_pid: g.report_pid.clone(),
         ports,
@@ -270,47 +272,57 @@ fn seq_nodes(apps: &mut [AppContext], request: &AllocationRequest, nodes: &[laun
     Ok(())
 }
 
-/// The placement options given, which are accepted but not yet carried out: `-v` says so once.
-fn placement_note(g: &Cli) -> Option<String> {
-    let mut given = Vec::new();
-    if let Some(b) = g.bind_to.as_deref().filter(|b| *b != "none") {
-        given.push(format!("--bind-to {b}"));
-    }
-    if g.report_bindings {
-        given.push("--report-bindings".to_string());
-    }
-    if let Some(n) = g.cpus_per_proc {
-        given.push(format!("--cpus-per-proc {n}"));
-    }
-    if let Some(pe) = g.map_by.pe {
-        given.push(format!("--map-by :PE={pe}"));
-    }
-    if let Some(o) = g.map_by.object {
-        given.push(format!("--map-by {o} (ranks fill each node's slots in order)"));
-    }
-    if let Some(o) = g.rank_by.and_then(|r| r.object) {
-        given.push(format!("--rank-by {o} (ranks are numbered by slot)"));
-    }
-    if g.use_hwthread_cpus {
-        given.push("--use-hwthread-cpus".to_string());
-    }
+/// The placement request, checked for contradictions; whether a node can meet it is its daemon's
+/// to say (it knows its own CPUs). `shared_host`: several of the job's daemons run on this machine
+/// (`--launcher local` with several nodes); each places its ranks without knowing the others', so
+/// the default there is no binding instead of every node's first rank on the same core.
+fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageError> {
     if let Some(f) = &g.rankfile {
-        given.push(format!("--rankfile {} (ranks are mapped by --map-by instead)", f.display()));
+        return Err(usage(format!(
+            "--rankfile {}: rank files are not supported yet; use --map-by and --bind-to, or --bind-to user:CPUS,CPUS (each local rank's CPUs in turn)",
+            f.display()
+        )));
     }
-    if let Some(b) = g.cpu_bind.as_ref().filter(|b| **b != CpuBind::Level("none")) {
-        given.push(format!("--cpu-bind {}", match b {
-            CpuBind::Level(l) => l,
-            CpuBind::Depth => "depth",
-            CpuBind::Sets(_) => "list",
-        }));
+    let mut map = g.map_by.place;
+    // Cray PALS's --cpu-bind, in --bind-to's terms (depth: each rank on its --depth CPUs).
+    let cray = match &g.cpu_bind {
+        _ if g.bind_to.is_some() => None,
+        None => None,
+        Some(CpuBind::Level(l)) => Some(BindToFlag { bind: l.parse().map_err(|e: fabrics::placement::PolicyError| usage(e.to_string()))?, per_rank: None }),
+        Some(CpuBind::Depth) => Some(BindToFlag { bind: BindTo::Core, per_rank: None }),
+        Some(CpuBind::Sets(sets)) => {
+            let list: Vec<String> = sets.iter().map(|s| s.iter().map(u32::to_string).collect::<Vec<_>>().join("+")).collect();
+            Some(BindToFlag { bind: format!("user:{}", list.join(",")).parse().map_err(|e: fabrics::placement::PolicyError| usage(format!("--cpu-bind: {e}")))?, per_rank: None })
+        }
+    };
+    let bind = g.bind_to.clone().or(cray);
+    let given = [
+        map.pe.map(|n| (format!("--map-by :PE={n}"), n)),
+        g.cpus_per_proc.map(|n| (format!("--cpus-per-proc {n}"), n)),
+        g.depth.map(|n| (format!("--depth {n}"), n)),
+        bind.as_ref().and_then(|b| b.per_rank.map(|n| (format!("--bind-to {}:{n}", b.bind), n))),
+    ];
+    let given: Vec<(String, u32)> = given.into_iter().flatten().collect();
+    if let Some((a, n)) = given.first() {
+        if let Some((b, _)) = given.iter().find(|(_, m)| m != n) {
+            return Err(usage(format!("{a} and {b} ask for different CPUs per rank; give one")));
+        }
+        map.pe = Some(*n);
     }
-    if let Some(d) = g.depth {
-        given.push(format!("--depth {d}"));
+    if map.pe.is_some() && matches!(bind.as_ref().map(|b| &b.bind), Some(BindTo::Cpus(_))) {
+        return Err(usage("--bind-to user:... gives each rank its CPUs; it cannot be combined with PE=n or --cpus-per-proc"));
     }
-    if g.gpu_bind.is_some() {
-        given.push("--gpu-bind".to_string());
+    let bind = match bind.map(|b| b.bind) {
+        None if shared_host && map.pe.is_none() => Some(BindTo::None),
+        b => b,
+    };
+    let rank_by = g.rank_by.and_then(|r| r.object);
+    if g.gpus_per_rank.is_some() && g.gpu_bind.is_some() {
+        return Err(usage("--gpus-per-rank and --gpu-bind both choose the ranks' GPUs; give one"));
     }
-    (!given.is_empty()).then(|| format!("{}: binding is not applied yet; ranks run unbound", given.join(", ")))
+    let gpu_lists = g.gpu_bind.as_ref().map(|b| b.0.clone()).unwrap_or_default();
+    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), gpu_lists, rank_by };
+    Ok(spec::PlacementSpec { policy, report: g.report_bindings })
 }
 
 /// An Open MPI MCA parameter as Open MPI reads it: `--mca KEY VALUE` (the last one), else
@@ -418,7 +430,7 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
             .transpose()?;
         bootstrap(kind, env.var("HYDRA_LAUNCHER_EXEC").as_deref(), host.is_some() || hostfile.is_some())?
     };
-    let no_oversubscribe = g.nooversubscribe || g.map_by.oversubscribe == Some(false);
+    let no_oversubscribe = g.nooversubscribe || g.map_by.place.oversubscribe == Some(false);
     // Hydra's placement: blocks of -ppn N (-rr: 1) ranks, or of each -hosts entry's count, in turn.
     let block = g.perhost.map(Some).or(g.rr.then_some(Some(1))).or(g.hosts.as_ref().map(|_| None));
     let map_by = match (block, g.bynode) {
@@ -435,7 +447,7 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
         rank_by: g.rank_by.map(|r| r.policy),
         ppn: if g.pernode { Some(1) } else { g.ppn },
         oversubscribe: !no_oversubscribe
-            && (g.oversubscribe || g.map_by.oversubscribe == Some(true) || mca_param(g, env, "rmaps_base_oversubscribe").is_some_and(|v| truthy(&v))),
+            && (g.oversubscribe || g.map_by.place.oversubscribe == Some(true) || mca_param(g, env, "rmaps_base_oversubscribe").is_some_and(|v| truthy(&v))),
         no_oversubscribe,
         ssh_port: g.ssh_port,
         ssh_identity: g.ssh_identity.clone(),
@@ -1011,21 +1023,28 @@ mod tests {
     }
 
     #[test]
-    fn placement_options_are_named_once_as_not_applied() {
+    fn placement_options_become_the_launch_policy() {
         let e = env(&[("PATH", "/bin")]);
-        let p = plan(&["--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--rankfile", "rf", "true"], &e).unwrap();
-        assert_eq!(
-            p.notes.first().map(String::as_str),
-            Some("--bind-to core, --report-bindings, --map-by :PE=2, --rankfile rf (ranks are mapped by --map-by instead): binding is not applied yet; ranks run unbound")
-        );
-        assert!(plan(&["--bind-to", "none", "true"], &e).unwrap().notes.is_empty());
+        let p = plan(&["--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--gpus-per-rank", "1", "true"], &e).unwrap();
+        let pl = &p.launch.placement;
+        assert!(pl.report);
+        assert_eq!((pl.policy.bind.clone(), pl.policy.map.pe, pl.policy.gpus_per_rank), (Some(BindTo::Core), Some(2), 1));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        assert_eq!(plan(&["--cpus-per-proc", "2", "-bind-to", "core:2", "true"], &e).unwrap().launch.placement.policy.map.pe, Some(2));
+        assert_eq!(usage_text(plan(&["--cpus-per-proc", "2", "--map-by", "core:PE=4", "true"], &e)), "--map-by :PE=4 and --cpus-per-proc 2 ask for different CPUs per rank; give one");
+        assert!(usage_text(plan(&["--rankfile", "rf", "true"], &e)).starts_with("--rankfile rf: rank files are not supported yet"));
+        assert!(usage_text(plan(&["--bind-to", "user:0", "--cpus-per-proc", "2", "true"], &e)).contains("cannot be combined"));
+        assert_eq!(plan(&["--bind-to", "none", "true"], &e).unwrap().launch.placement.policy.bind, Some(BindTo::None));
+        assert_eq!(plan(&["true"], &e).unwrap().launch.placement.policy.bind, None, "Open MPI's default");
+        let local = |more: &[&str]| plan(&[&["--launcher", "local", "--host", "a:2,b:2"], more, &["true"]].concat(), &e).unwrap().launch.placement.policy.bind;
+        assert_eq!(local(&[]), Some(BindTo::None), "daemons sharing this machine do not bind by default");
+        assert_eq!(local(&["--bind-to", "core"]), Some(BindTo::Core));
         let p = plan(&["-mca", "plm_rsh_args", "-p 22", "-mca", "btl", "self", "-mca", "orte_base_help_aggregate", "0", "true"], &e).unwrap();
         assert_eq!(p.notes, ["--mca plm_rsh_args, orte_base_help_aggregate: launcher (ORTE/PRRTE) parameters; the ranks get them, rlaunch does not use them"]);
         assert!(plan(&["--display-map", "true"], &e).unwrap().display_map);
         let p = plan(&["--map-by", "core", "--rank-by", "core", "-np", "2", "true"], &e).unwrap();
-        assert_eq!(
-            p.notes,
-            ["--map-by core (ranks fill each node's slots in order), --rank-by core (ranks are numbered by slot): binding is not applied yet; ranks run unbound"]
-        );
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        assert_eq!(p.launch.placement.policy.rank_by, Some(fabrics::topology::ObjKind::Core));
+        assert_eq!(p.launch.placement.policy.map.obj, fabrics::placement::MapObj::Core);
     }
 }

@@ -1,7 +1,10 @@
 //! The launch-time fabric exchange ([`NodeFabric`]) as a service: its [`Step`]s become effects,
 //! and the ranks start ([`Effect::StartRanks`]) once the endpoint table is written (at once with
-//! `--fabric off`).
+//! `--fabric off`). It places the local ranks first ([`Binding`]): a placement this node cannot
+//! give is refused before the node takes part in the exchange, and the ranks start with what
+//! both decided (their CPUs and GPUs, their NIC).
 
+use super::binding::Binding;
 use super::effect::Effect;
 use crate::fabric::{NodeFabric, Step};
 use crate::job::JobView;
@@ -10,21 +13,34 @@ use crate::wire::Msg;
 
 pub struct Fabric {
     inner: NodeFabric,
+    binding: Binding,
 }
 
 impl Fabric {
     pub fn new(node: u32, topo: &Topology) -> Fabric {
-        Fabric { inner: NodeFabric::new(node, topo) }
+        Fabric { inner: NodeFabric::new(node, topo), binding: Binding::default() }
     }
 
-    /// Reads this host's fabrics; called while the launch message travels.
+    /// Reads this host's fabrics and CPU topology; called while the launch message travels.
     pub fn discover(&mut self) {
+        self.binding.discover();
         self.inner.discover();
     }
 
-    /// After the launch message: contribute this node's inventory.
+    /// After the launch message: place the local ranks, then contribute this node's inventory.
     pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
-        effects(self.inner.on_launch(job))
+        match self.binding.on_launch(job) {
+            Ok(mut fx) => {
+                fx.extend(effects(self.inner.on_launch(job)));
+                fx
+            }
+            Err(refused) => refused,
+        }
+    }
+
+    /// The local ranks' places.
+    pub fn binding(&self) -> &Binding {
+        &self.binding
     }
 
     /// A `Msg::Fabric` from the child daemon of `from_child`, or from the parent (`None`).

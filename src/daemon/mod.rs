@@ -4,11 +4,13 @@
 //!
 //! A small loop ([`node`]) owns every socket, pipe and timer; services own their state, take the
 //! job ([`crate::job::JobView`]) and an input, and return [`effect::Effect`]s for the loop to
-//! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]), the local rank
+//! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]) with placement
+//! ([`binding`]), the local rank
 //! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), and the sweep of
 //! descendants that escaped their rank ([`adopted`]).
 
 mod adopted;
+mod binding;
 mod boot;
 mod cgroup;
 mod effect;

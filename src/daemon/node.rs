@@ -424,7 +424,7 @@ impl Daemon {
         let Some(job) = self.job.view() else { return };
         let registry = self.poll.registry();
         let started = if Pmix::wanted(job) {
-            self.pmix.setup(job, &self.waker)
+            self.pmix.setup(job, &self.waker, self.fabric.binding())
         } else {
             self.pmi.setup(job, registry).map(|()| vec![Effect::SpawnRanks])
         };

@@ -7,6 +7,7 @@
 //! between the threads. The registrations of the job and of every local rank complete the same
 //! way, one after the other, so the loop never waits for libpmix.
 
+use super::binding::Binding;
 use super::effect::Effect;
 use crate::job::JobView;
 use crate::pmix::engine::{Engine, Out};
@@ -82,6 +83,8 @@ struct Active {
     /// Held while `dir` is in use, so that other daemons' sweeps leave it alone.
     _dir_lock: std::fs::File,
     lazy: bool,
+    /// Bound local ranks' `PMIX_CPUSET` and `PMIX_LOCALITY_STRING`, by rank.
+    locality: Vec<(u32, String, String)>,
     registration: Registration,
     /// What libpmix may still read of the registrations: dropped after `server_finalize`.
     _in_flight: Vec<InFlight>,
@@ -133,7 +136,7 @@ impl Pmix {
     /// Before the first rank starts: load libpmix, start the server, begin registering the job.
     /// [`Effect::SpawnRanks`] follows once every local rank is registered (from
     /// [`Pmix::on_wake`], or here if libpmix completed every registration at once).
-    pub fn setup(&mut self, job: &JobView, waker: &Arc<Waker>) -> Result<Vec<Effect>> {
+    pub fn setup(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Result<Vec<Effect>> {
         let node = self.node;
         let launch = job.launch();
         let map = job.map();
@@ -195,6 +198,7 @@ impl Pmix {
             dir: dir_guard.keep(),
             _dir_lock: dir_lock,
             lazy: launch.pmi.lazy,
+            locality: binding.pmix_locality(),
             registration: Registration::Waiting { step: 0, deadline: now },
             _in_flight: Vec::new(),
         };
@@ -463,6 +467,12 @@ fn job_info(a: &Active, job: &JobView) -> Result<InfoArray, CallError> {
         p.add("pmix.appnum", Val::U32(r.app))?;
         p.add("pmix.grank", Val::Rank(r.rank))?;
         p.add("pmix.apprank", Val::Rank(r.app_rank))?;
+        // Where a local rank is bound, so Open MPI sees which peers share a core, cache,
+        // package or NUMA node (its shared-memory and collective choices).
+        if let Some((_, cpuset, locality)) = a.locality.iter().find(|l| l.0 == r.rank) {
+            p.add("pmix.cpuset", Val::Str(cpuset))?;
+            p.add("pmix.locstr", Val::Str(locality))?;
+        }
         let p = p.into_array()?;
         info.add("pmix.pdata", Val::Array(&p))?;
     }

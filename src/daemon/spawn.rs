@@ -1,6 +1,7 @@
 //! Starting the local ranks. What to run for a rank is a pure [`CommandSpec`], built from the job
 //! and the variables the services give; [`spawn`] runs one, and [`spawn_ranks`] runs them all.
 
+use super::binding::Binding;
 use super::effect::Effect;
 use super::fabric::Fabric;
 use super::guard::Guard;
@@ -32,6 +33,8 @@ pub struct CommandSpec {
     pub cwd: Option<String>,
     /// Whether the rank reads the front end's stdin (a pipe), or /dev/null.
     pub stdin: bool,
+    /// The CPUs it is bound to before exec (None: it inherits the daemon's affinity).
+    pub cpus: Option<Vec<u32>>,
 }
 
 impl CommandSpec {
@@ -65,7 +68,17 @@ impl CommandSpec {
             env,
             cwd: (!app.cwd.is_empty()).then(|| app.cwd.clone()),
             stdin: launch.stdin.reaches(rank),
+            cpus: None,
         }
+    }
+
+    /// Placement's part: the CPUs to bind to and the GPU variables, which come after the user's
+    /// `-x` values (`--gpus-per-rank` is the more specific request), except the ones `gpu_env`
+    /// leaves to the user.
+    pub fn bind(&mut self, binding: &Binding, li: usize) {
+        let env = binding.env(li, &|k| self.env.iter().any(|(n, v)| n == k && v.is_some()) || std::env::var_os(k).is_some());
+        self.env.extend(env.into_iter().map(|(k, v)| (k, Some(v))));
+        self.cpus = binding.cpus(li);
     }
 
     /// The interface's variables (`vars`, given the changes so far) and the removal of the
@@ -118,9 +131,18 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>, cgroup: Option<std::ffi
     cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let daemon_pid = std::process::id() as libc::pid_t;
+    let affinity = spec.cpus.as_deref().map(cpu_mask);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Bound before exec, so the program's first thread and its allocations (first touch)
+            // are already where they belong; MPI libraries need no binding of their own.
+            if let Some(mask) = &affinity {
+                let bytes = mask.len() * std::mem::size_of::<libc::c_ulong>();
+                if libc::sched_setaffinity(0, bytes, mask.as_ptr().cast::<libc::cpu_set_t>()) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Own process group: signals reach the rank and everything it starts, and the
             // terminal's ctrl-C goes to the front end only, which forwards it. Own session
             // too (which makes the group): with scheduler autogroups each session gets a
@@ -145,6 +167,18 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>, cgroup: Option<std::ffi
         p.apply(&mut cmd);
     }
     cmd.spawn()
+}
+
+/// The kernel's CPU mask for `cpus` (an array of `unsigned long`), built before fork (nothing
+/// allocates after it). As wide as the highest CPU needs (the kernel takes any length), so
+/// machines with more than `CPU_SETSIZE` (1024) CPUs bind too.
+fn cpu_mask(cpus: &[u32]) -> Vec<libc::c_ulong> {
+    let bits = libc::c_ulong::BITS;
+    let mut mask: Vec<libc::c_ulong> = vec![0; cpus.iter().max().map_or(1, |&m| (m / bits) as usize + 1)];
+    for &c in cpus {
+        mask[(c / bits) as usize] |= 1 << (c % bits);
+    }
+    mask
 }
 
 /// `PWD` for a rank started in `cwd` (None: the daemon's own directory): the directory itself, so
@@ -218,6 +252,7 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
             break;
         }
         let mut spec = CommandSpec::for_rank(job, li, fabric.rank_env(li as u32));
+        spec.bind(fabric.binding(), li);
         let mut pmi_end = None;
         spec.add_interface(interface, &scrub, |env| match interface {
             Interface::Pmi => Ok(pmi.prepare(rank, registry)?.map_or_else(Vec::new, |(vars, end)| {
@@ -320,6 +355,16 @@ mod tests {
         );
         let first = CommandSpec::for_rank(&j, 0, &[]);
         assert_eq!((first.program.as_str(), first.cwd.as_deref(), first.stdin), ("a", Some("/work"), false));
+    }
+
+    #[test]
+    fn cpu_masks_are_as_wide_as_the_highest_cpu() {
+        assert_eq!(cpu_mask(&[0, 2]), [0b101]);
+        let bits = libc::c_ulong::BITS;
+        let m = cpu_mask(&[1, bits, 1030]);
+        assert_eq!(m.len(), (1030 / bits) as usize + 1);
+        assert_eq!(m[1], 1);
+        assert_eq!(m[(1030 / bits) as usize], 1 << (1030 % bits));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
 use super::traces::StackTraces;
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
+use crate::binding;
 use crate::plan::JobPlan;
 use crate::job::JobView;
 use crate::link::{self, Inbox};
@@ -276,6 +277,7 @@ impl Frontend {
             // Direct modex turns here between subtrees.
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
+            Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
         self.apply(effects);
@@ -459,6 +461,7 @@ impl Frontend {
             }
             NodeFault::LaunchFailed(why) => vec![Effect::Fail(Failure::NodeFault { node, why: format!("cannot launch: {why}") })],
             NodeFault::Internal(why) => vec![Effect::Fail(Failure::NodeFault { node, why })],
+            NodeFault::Unsatisfiable(why) => vec![Effect::Fail(Failure::Unsatisfiable { message: format!("node {}: {why}", self.job.node_name(node)) })],
         }
     }
 

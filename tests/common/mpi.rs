@@ -10,12 +10,18 @@ use std::process::Command;
 /// then renamed, so concurrent test runs never see half a binary. `install` says what provides
 /// the compiler.
 pub fn compile(compiler: &str, dir: &Path, name: &str, install: &str) -> Result<(), String> {
+    compile_with(compiler, &[], dir, name, install)
+}
+
+/// [`compile`] with more compiler arguments after the source (include paths, libraries).
+pub fn compile_with(compiler: &str, extra: &[&str], dir: &Path, name: &str, install: &str) -> Result<(), String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(format!("{name}.c"));
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let out = Command::new(compiler)
         .args(["-O1", "-o"])
         .arg(&tmp)
         .arg(&src)
+        .args(extra)
         .output()
         .map_err(|e| format!("{compiler} not runnable: {e} ({install}: scripts/install-deps)"))?;
     if !out.status.success() {
@@ -31,6 +37,24 @@ pub fn compile_all(compiler: &str, subdir: &str, names: &[&str], install: &str) 
     std::fs::create_dir_all(&dir).expect("creating the program dir");
     let missing = names.iter().find_map(|p| compile(compiler, &dir, p, install).err());
     (dir, missing)
+}
+
+/// A job of tests/programs/mpi_binding.c run with `--report-bindings`: every rank's own CPU list
+/// (`binding R LIST`, from sched_getaffinity after MPI_Init) equals the list rlaunch reported for
+/// it. Returns each rank's reported picture.
+pub fn expect_reported_bindings(o: &Output, n: u32) -> std::collections::BTreeMap<u32, String> {
+    o.expect_code(0);
+    let mut pictures = std::collections::BTreeMap::new();
+    for r in 0..n {
+        let prefix = format!("rlaunch: rank {r} on ");
+        let line = o.stderr.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no report line for rank {r}:\n{o}"));
+        let what = line.split_once(": ").and_then(|(_, rest)| rest.split_once(": ")).map(|(_, w)| w).unwrap();
+        let list = what.strip_prefix("bound to CPUs ").or_else(|| what.strip_prefix("not bound (CPUs ")).unwrap().split([' ', ')']).next().unwrap();
+        let own = format!("binding {r} {list}");
+        assert!(o.stdout.lines().any(|l| l == own), "rank {r} reports another binding than rlaunch ({list}):\n{o}");
+        pictures.insert(r, what.rsplit(' ').next().unwrap().to_string());
+    }
+    pictures
 }
 
 /// MPI ranks busy-poll: two MPI jobs of one test file at once on a 2-core machine starve each
