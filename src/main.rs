@@ -17,6 +17,7 @@ mod link;
 mod links;
 mod output;
 mod plan;
+mod proctree;
 mod pmi;
 mod pmix;
 mod sig;

@@ -386,7 +386,8 @@ pub struct Cli {
     pub quiet: bool,
 
     /// PMI: ranks reach rlaunch's PMI server by connecting to PMI_PORT (loopback TCP, rank named by
-    /// PMI_ID) instead of inheriting a socket as PMI_FD
+    /// PMI_ID) instead of inheriting a socket as PMI_FD; only the node's ranks and their
+    /// descendants may connect
     #[arg(long = "pmi-port")]
     pub pmi_port: bool,
 

@@ -6,6 +6,7 @@
 
 use super::guard::Guard;
 use super::tree_spawn::TreeSpawn;
+use crate::proctree::{children_of, descendants};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -19,32 +20,12 @@ pub fn become_subreaper() -> bool {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
 }
 
-/// Every descendant of `root`, except those `spare` says and their descendants. A pid that the
-/// reader's pid namespace cannot see reads as 0: never a target.
-pub fn descendants(root: u32, spare: impl Fn(u32) -> bool, children_of: impl Fn(u32) -> Vec<u32>) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut seen = HashSet::new();
-    let mut stack = children_of(root);
-    while let Some(p) = stack.pop() {
-        if p > 1 && p != root && !spare(p) && seen.insert(p) {
-            found.push(p);
-            stack.extend(children_of(p));
-        }
-    }
-    found
-}
-
 /// Another node's daemon (started below this one by tree spawn, then orphaned by its agent)
 /// ends its own job and sweeps its own descendants.
 fn is_daemon(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__daemon"))
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    let lists = tasks.flatten().filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok()).collect::<Vec<_>>();
-    lists.iter().flat_map(|l| l.split_whitespace()).filter_map(|p| p.parse().ok()).collect()
-}
 
 /// At the end of the job: [`kill_all`] but the guard and the tree-spawn agents.
 pub fn kill_all_but(guard: &Guard, tree_spawn: &TreeSpawn) {

@@ -111,20 +111,38 @@ pub struct PmiHost {
     refused: usize,
 }
 
-/// The owner of the loopback connection from `peer` to `me`, when it is not this process's user:
-/// found in `/proc/net/tcp` (or `tcp6`), whose `uid` column is the owner of the peer's socket.
-/// None when it is ours or cannot be told.
-fn foreign_peer_uid(peer: std::net::SocketAddr, me: std::net::SocketAddr) -> Option<u32> {
-    let (std::net::SocketAddr::V4(p), std::net::SocketAddr::V4(m)) = (peer, me) else { return None };
+/// Who made a `--pmi-port` connection (the listener is IPv4 loopback only).
+#[derive(Debug, PartialEq, Eq)]
+enum Peer {
+    /// A process of this daemon's tree: one of its ranks or their descendants.
+    Job,
+    /// Another user's process.
+    OtherUser(u32),
+    /// The job's user, but no process of this job (another job, a stray shell).
+    Stranger,
+}
+
+/// Finds the peer's socket in `/proc/net/tcp` (its `uid` column is the socket's owner) and then
+/// its holder among this daemon's descendants. Unknown (no such row) counts as the job's: the
+/// kernel always lists a live connection, so that is a connection already gone.
+fn classify_peer(peer: std::net::SocketAddr, me: std::net::SocketAddr) -> Peer {
+    let (std::net::SocketAddr::V4(p), std::net::SocketAddr::V4(m)) = (peer, me) else { return Peer::Job };
     let hex = |a: std::net::SocketAddrV4| format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port());
     let (local, remote) = (hex(p), hex(m));
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let uid = table.lines().skip(1).find_map(|l| {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return Peer::Job };
+    let row = table.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 7 && f[1] == local && f[2] == remote).then(|| f[7].parse::<u32>().ok()).flatten()
-    })?;
+        (f.len() > 9 && f[1] == local && f[2] == remote).then(|| Some((f[7].parse::<u32>().ok()?, f[9].parse::<u64>().ok()?))).flatten()
+    });
+    let Some((uid, inode)) = row else { return Peer::Job };
     // SAFETY: getuid(2) cannot fail.
-    (uid != unsafe { libc::getuid() }).then_some(uid)
+    if uid != unsafe { libc::getuid() } {
+        Peer::OtherUser(uid)
+    } else if crate::proctree::descendant_holds_socket(inode) {
+        Peer::Job
+    } else {
+        Peer::Stranger
+    }
 }
 
 impl PmiHost {
@@ -286,10 +304,15 @@ impl PmiHost {
             let Some(l) = self.listener.as_ref() else { return };
             match l.accept() {
                 Ok((s, peer)) => {
-                    if let Some(uid) = s.local_addr().ok().and_then(|me| foreign_peer_uid(peer, me)) {
-                        // Another user's process: dropped, never a job abort; said once.
+                    let who = s.local_addr().map_or(Peer::Job, |me| classify_peer(peer, me));
+                    if who != Peer::Job {
+                        // Not the job's: dropped, never a job abort; said once.
                         if self.refused == 0 {
-                            eprintln!("rlaunch daemon: refused a --pmi-port connection from uid {uid} (not the job's user)");
+                            let whose = match who {
+                                Peer::OtherUser(uid) => format!("uid {uid} (not the job's user)"),
+                                _ => "a process that is none of this node's ranks or their descendants".to_string(),
+                            };
+                            eprintln!("rlaunch daemon: refused a --pmi-port connection from {whose}");
                         }
                         self.refused += 1;
                         continue;
@@ -554,6 +577,31 @@ mod tests {
         other.stdout.take().unwrap().read_to_string(&mut out).unwrap();
         assert_eq!(out, "closed\n", "the connection is closed at once");
         other.wait().unwrap();
+        assert!(host.conns.is_empty() && !host.is_initialized(3), "rank 3's place is still free");
+    }
+
+    /// Issue 14 item 6: the job's user, but a process outside the daemon's tree (another job, a
+    /// stray shell) cannot take a rank's place either.
+    #[test]
+    fn port_mode_refuses_a_process_outside_the_job() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(4, &[2, 3]), Mode::Port, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        let _p = host.prepare(3, &mut cmd, poll.registry()).unwrap();
+        let port = env_of(&cmd, "PMI_PORT").unwrap().rsplit(':').next().unwrap().to_string();
+        // The outer shell exits at once: the connecting one is nobody's descendant here.
+        let dir = std::env::temp_dir().join(format!("rlaunch-stranger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let done = dir.join("closed");
+        let code = format!("(exec 3<>/dev/tcp/127.0.0.1/{port}; echo 'cmd=initack pmiid=3' >&3; cat <&3 > /dev/null 2>&1; touch {}) &", done.display());
+        std::process::Command::new("bash").args(["-c", &code]).status().unwrap();
+        poll_until(&mut host, &mut poll, |h, _| h.refused == 1);
+        let closed = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            done.exists()
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(closed, "the stranger's connection is closed at once");
         assert!(host.conns.is_empty() && !host.is_initialized(3), "rank 3's place is still free");
     }
 
