@@ -240,6 +240,7 @@ impl PlacementSpec {
             || p.hwthreads
             || p.gpus_per_rank > 0
             || !p.gpu_lists.is_empty()
+            || !p.rank_slots.is_empty()
             || p.rank_by.is_some()
             || !matches!(p.map.obj, MapObj::Slot | MapObj::Ppr(_, ObjKind::Node))
     }

@@ -204,9 +204,33 @@ pub struct Policy {
     /// `--gpu-bind list:G:G...` (Cray PALS, Slurm): local rank i gets the GPUs of list
     /// `i mod len`, numbered as the node lists them; empty: `gpus_per_rank` decides.
     pub gpu_lists: Vec<Vec<u32>>,
+    /// Open MPI's `--rankfile`: the CPUs of each listed global rank (`slot=`); non-empty means
+    /// every rank of the node has its own entry.
+    pub rank_slots: Vec<(u32, Slot)>,
     /// `--rank-by OBJ` inside a node: the node's ranks, in order, take the mapped places
     /// round-robin over those objects (None: in mapping order, Open MPI's `slot`).
     pub rank_by: Option<ObjKind>,
+}
+
+/// A rank file's `slot=`: CPUs as the kernel numbers them (`slot=0-3`), or cores of packages in
+/// logical order (`slot=1:0-2`, `slot=0:0-1,1:0-1`: Open MPI's socket:core).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Slot {
+    Cpus(CpuSet),
+    /// `(package, its cores)` groups.
+    Cores(Vec<(u32, Vec<u32>)>),
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Cpus(c) => write!(f, "slot={c}"),
+            Slot::Cores(groups) => {
+                let g: Vec<String> = groups.iter().map(|(p, c)| format!("{p}:{}", c.iter().map(u32::to_string).collect::<Vec<_>>().join(","))).collect();
+                write!(f, "slot={}", g.join(","))
+            }
+        }
+    }
 }
 
 /// One rank's place on its node.
@@ -237,6 +261,12 @@ pub enum PlaceError {
     NoGpus { want: u32 },
     #[error("--gpus-per-rank {want}: this node has only {have} GPU(s); use --gpus-per-rank {have} or less")]
     TooFewGpus { want: u32, have: usize },
+    #[error("--rankfile: rank {rank} is on this node but has no line in the rank file")]
+    NoSlot { rank: u32 },
+    #[error("--rankfile: rank {rank} {slot}: this node has no package {package} (it has {have}); use 0 to {have} - 1")]
+    NoPackage { rank: u32, slot: Slot, package: u32, have: usize },
+    #[error("--rankfile: rank {rank} {slot}: package {package} has only {have} cores")]
+    NoCore { rank: u32, slot: Slot, package: u32, have: usize },
     #[error("--gpu-bind: GPU {gpu} is not on this node, which has {have} GPU(s), numbered from 0; list GPUs it has")]
     NoSuchGpu { gpu: u32, have: usize },
     #[error("rank {rank}: --bind-to {given} includes CPUs {outside}, outside those rlaunch may use here ({allowed}); pick CPUs from that list")]
@@ -247,6 +277,7 @@ pub enum PlaceError {
 /// (the usable NICs' names, in the fabric layer's order).
 pub fn place(topo: &Topology, policy: &Policy, ranks: &[u32], nics: &[&str]) -> Result<Vec<RankPlace>, PlaceError> {
     let mut out = match &policy.bind {
+        _ if !policy.rank_slots.is_empty() => rank_file(topo, &policy.rank_slots, ranks)?,
         Some(BindTo::Cpus(lists)) => user_lists(topo, lists, ranks)?,
         _ => map_and_bind(topo, policy, ranks)?,
     };
@@ -269,6 +300,37 @@ fn user_lists(topo: &Topology, lists: &[CpuSet], ranks: &[u32]) -> Result<Vec<Ra
             let outside = cpus.difference(&topo.universe);
             if !outside.is_empty() {
                 return Err(PlaceError::CpusOutside { rank, given: given.clone(), outside, allowed: topo.universe.clone() });
+            }
+            Ok(RankPlace { rank, cpus, bound: true, gpus: Vec::new(), nic: None })
+        })
+        .collect()
+}
+
+/// `--rankfile`: each rank on the CPUs of its own line.
+fn rank_file(topo: &Topology, slots: &[(u32, Slot)], ranks: &[u32]) -> Result<Vec<RankPlace>, PlaceError> {
+    let packages = topo.objects(ObjKind::Package);
+    ranks
+        .iter()
+        .map(|&rank| {
+            let slot = slots.iter().find(|(r, _)| *r == rank).map(|(_, s)| s).ok_or(PlaceError::NoSlot { rank })?;
+            let cpus = match slot {
+                Slot::Cpus(c) => c.clone(),
+                Slot::Cores(groups) => {
+                    let mut set = CpuSet::default();
+                    for (package, cores) in groups {
+                        let pkg = packages.get(*package as usize).ok_or_else(|| PlaceError::NoPackage { rank, slot: slot.clone(), package: *package, have: packages.len() })?;
+                        let in_pkg: Vec<&CpuSet> = topo.cores.iter().filter(|c| c.difference(pkg).is_empty()).collect();
+                        for &c in cores {
+                            let core = in_pkg.get(c as usize).ok_or_else(|| PlaceError::NoCore { rank, slot: slot.clone(), package: *package, have: in_pkg.len() })?;
+                            set = set.union(core);
+                        }
+                    }
+                    set
+                }
+            };
+            let outside = cpus.difference(&topo.universe);
+            if !outside.is_empty() || cpus.is_empty() {
+                return Err(PlaceError::CpusOutside { rank, given: BindTo::Cpus(vec![cpus.clone()]), outside, allowed: topo.universe.clone() });
             }
             Ok(RankPlace { rank, cpus, bound: true, gpus: Vec::new(), nic: None })
         })

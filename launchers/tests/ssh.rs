@@ -260,14 +260,15 @@ fn host_keys_changed_unknown_and_accepted() {
 
 #[test]
 fn a_silent_server_is_a_timeout_naming_the_node() {
-    // Needs no cluster: a local listener that accepts TCP and never speaks ssh.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Needs no cluster: a local listener that accepts TCP and never speaks ssh. Not 127.0.0.1,
+    // which names this machine, whose daemon is forked without ssh.
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let opts = SshOptions { port: addr.port(), connect_timeout: Duration::from_millis(500), ..SshOptions::default() };
-    let node = Node { name: "127.0.0.1".into(), user: None, slots: 1, max_slots: None };
+    let node = Node { name: "127.0.0.2".into(), user: None, slots: 1, max_slots: None };
     let t = Instant::now();
     let (code, err) = run(&opts, &node, "/bin/true", "BOOT\n");
-    assert_eq!(err, format!("no ssh answer from 127.0.0.1 ({addr}) within 0.5 s while exchanging keys\n"));
+    assert_eq!(err, format!("no ssh answer from 127.0.0.2 ({addr}) within 0.5 s while exchanging keys\n"));
     assert_eq!(code, CONNECT_FAILED);
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
 }

@@ -14,6 +14,7 @@ mod error;
 mod flags;
 mod normalize;
 mod parse;
+mod rankfile;
 mod resolve;
 
 pub use appfile::{expand as expand_context_files, expand_tune};

@@ -75,6 +75,21 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
 
     let own_hosts = context_hosts(parsed);
     let mut request = allocation_request(g, launch_timeout, env)?;
+    let rank_file = match &g.rankfile {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| usage(format!("--rankfile {}: cannot read it: {e}", f.display())))?;
+            let lines = super::rankfile::parse(&text).map_err(|e| usage(format!("--rankfile {}: {e}", f.display())))?;
+            // Without a node list, the rank file's hosts are the job's (as in Open MPI).
+            if request.host.is_none() && request.hostfile.is_none() && !in_batch_job(env) {
+                let mut names: Vec<&str> = lines.iter().filter_map(|l| match &l.host { super::rankfile::Host::Name(n) => Some(n.as_str()), _ => None }).collect();
+                names.dedup();
+                request.host = (!names.is_empty()).then(|| names.join(","));
+            }
+            request.map_by = MapBy::Seq;
+            Some(lines)
+        }
+        None => None,
+    };
     if let Some(lists) = &own_hosts {
         // The job's nodes are every context's hosts together (or the host file's, which must hold them).
         let all: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
@@ -93,7 +108,19 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
             }
         }
     }
-    if alloc.policy.map_by == launchers::map::MapBy::Seq {
+    if let Some(lines) = &rank_file {
+        let what = format!("--rankfile {}", g.rankfile.as_ref().map(|f| f.display().to_string()).unwrap_or_default());
+        let mut names = Vec::new();
+        for l in lines {
+            names.push(match &l.host {
+                super::rankfile::Host::Name(n) => n.clone(),
+                super::rankfile::Host::Index(k) => alloc.nodes.get(*k as usize).map(|n| n.name.clone()).ok_or_else(|| {
+                    usage(format!("{what}: rank {} is on +n{k}, but the job has {} nodes", l.rank, alloc.nodes.len()))
+                })?,
+            });
+        }
+        split_sequence(&mut apps, node_indices(&names, &alloc.nodes, &what)?);
+    } else if alloc.policy.map_by == launchers::map::MapBy::Seq {
         seq_nodes(&mut apps, &request, &alloc.nodes)?;
     }
     let global_path = env.var("PATH");
@@ -149,7 +176,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
                 Usize::System => alloc.nodes.iter().fold(0u32, |a, n| a.saturating_add(n.slots)),
             }),
         },
-        placement: placement(g, alloc.local && alloc.nodes.len() > 1)?,
+        placement: placement(g, alloc.local && alloc.nodes.len() > 1, rank_file.as_deref())?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -262,26 +289,34 @@ fn seq_nodes(apps: &mut [AppContext], request: &AllocationRequest, nodes: &[laun
         // The map says that seq has no list to follow.
         (None, None) => return Ok(()),
     };
-    let mut seq = node_indices(&names, nodes, &what)?.into_iter();
+    split_sequence(apps, node_indices(&names, nodes, &what)?);
+    Ok(())
+}
+
+/// One node per rank, in rank order, dealt to the contexts: -np entries each, the rest to one
+/// without -np.
+fn split_sequence(apps: &mut [AppContext], seq: Vec<u32>) {
+    let mut seq = seq.into_iter();
     for a in apps.iter_mut().filter(|a| a.nodes.is_none()) {
         a.nodes = Some(match a.np {
             Some(n) => seq.by_ref().take(n as usize).collect(),
             None => seq.by_ref().collect(),
         });
     }
-    Ok(())
+}
+
+/// Inside a Slurm, PBS, Grid Engine or LSF job: its nodes are the job's, whatever else says.
+fn in_batch_job(env: &Env) -> bool {
+    ["SLURM_JOB_ID", "PBS_JOBID", "PBS_NODEFILE", "PE_HOSTFILE", "LSB_JOBID"].iter().any(|v| env.var(v).is_some_and(|s| !s.is_empty()))
 }
 
 /// The placement request, checked for contradictions; whether a node can meet it is its daemon's
 /// to say (it knows its own CPUs). `shared_host`: several of the job's daemons run on this machine
 /// (`--launcher local` with several nodes); each places its ranks without knowing the others', so
 /// the default there is no binding instead of every node's first rank on the same core.
-fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageError> {
-    if let Some(f) = &g.rankfile {
-        return Err(usage(format!(
-            "--rankfile {}: rank files are not supported yet; use --map-by and --bind-to, or --bind-to user:CPUS,CPUS (each local rank's CPUs in turn)",
-            f.display()
-        )));
+fn placement(g: &Cli, shared_host: bool, rank_file: Option<&[super::rankfile::Line]>) -> Result<spec::PlacementSpec, UsageError> {
+    if rank_file.is_some() && (g.bind_to.is_some() || g.cpu_bind.is_some() || g.map_by.place.pe.is_some() || g.cpus_per_proc.is_some() || g.depth.is_some()) {
+        return Err(usage("--rankfile gives each rank its CPUs (slot=); drop --bind-to, --cpu-bind, PE=n, --cpus-per-proc and --depth"));
     }
     let mut map = g.map_by.place;
     // Cray PALS's --cpu-bind, in --bind-to's terms (depth: each rank on its --depth CPUs).
@@ -321,7 +356,8 @@ fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageErr
         return Err(usage("--gpus-per-rank and --gpu-bind both choose the ranks' GPUs; give one"));
     }
     let gpu_lists = g.gpu_bind.as_ref().map(|b| b.0.clone()).unwrap_or_default();
-    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), gpu_lists, rank_by };
+    let rank_slots = rank_file.map(|lines| lines.iter().map(|l| (l.rank, l.slot.clone())).collect()).unwrap_or_default();
+    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), gpu_lists, rank_slots, rank_by };
     Ok(spec::PlacementSpec { policy, report: g.report_bindings })
 }
 

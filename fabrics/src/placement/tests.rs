@@ -198,6 +198,24 @@ fn gpus_nearest_first_and_not_shared_while_enough() {
 }
 
 #[test]
+fn rank_file_slots_are_cpus_or_cores_of_a_package() {
+    let t = big_node().topology();
+    let cores = Slot::Cores(vec![(1, vec![0, 1])]);
+    let pol = Policy { rank_slots: vec![(7, cores), (3, Slot::Cpus(CpuSet::parse_list("0-3").unwrap()))], ..Policy::default() };
+    let p = place(&t, &pol, &[3, 7], &[]).unwrap();
+    assert_eq!(p[0].cpus, CpuSet::parse_list("0-3").unwrap());
+    let want: CpuSet = t.objects(ObjKind::Package)[1].clone();
+    assert!(p[1].cpus.difference(&want).is_empty() && p[1].cpus.iter().count() == 4, "two cores of package 1, both threads: {}", p[1].cpus);
+    assert_eq!(place(&t, &pol, &[3, 8], &[]).unwrap_err(), PlaceError::NoSlot { rank: 8 });
+    let bad = Policy { rank_slots: vec![(0, Slot::Cores(vec![(2, vec![0])]))], ..Policy::default() };
+    assert!(matches!(place(&t, &bad, &[0], &[]).unwrap_err(), PlaceError::NoPackage { package: 2, have: 2, .. }));
+    let bad = Policy { rank_slots: vec![(0, Slot::Cores(vec![(0, vec![16])]))], ..Policy::default() };
+    let both = Policy { rank_slots: vec![(0, Slot::Cores(vec![(0, vec![0]), (1, vec![0])]))], ..Policy::default() };
+    assert_eq!(place(&t, &both, &[0], &[]).unwrap()[0].cpus.iter().count(), 4, "a core of each package, both threads");
+    assert!(matches!(place(&t, &bad, &[0], &[]).unwrap_err(), PlaceError::NoCore { have: 16, .. }));
+}
+
+#[test]
 fn gpu_lists_give_local_rank_i_the_i_th_list() {
     let t = gpu_node().topology();
     let pol = Policy { gpu_lists: vec![vec![3], vec![0, 1]], ..Policy::default() };
@@ -267,6 +285,7 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         hwthreads,
         gpus_per_rank,
         gpu_lists: Vec::new(),
+        rank_slots: Vec::new(),
         rank_by,
     })
 }

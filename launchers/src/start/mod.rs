@@ -90,9 +90,18 @@ pub fn start(starter: &NodeStarter, node: &Node, daemon_path: &str, bootstrap: &
     match starter {
         NodeStarter::Local => local::start(&node.name, daemon_path, bootstrap),
         NodeStarter::Agent { argv } => agent::start(argv, node, daemon_path, bootstrap),
+        // This machine's own daemon is forked, as mpirun and mpiexec do: `-H localhost` or the
+        // launch node in a host file needs no ssh server here.
+        NodeStarter::Ssh(_) if node.user.is_none() && is_this_machine(&node.name) => local::start(&node.name, daemon_path, bootstrap),
         NodeStarter::Ssh(opts) => ssh::start(opts, node, daemon_path, bootstrap, notify.clone()),
         NodeStarter::Batch { argv, here, .. } => batch::start(argv, here, node, daemon_path, bootstrap),
     }
+}
+
+/// Whether a node's name is this machine: `localhost`, a loopback address, or its host name
+/// (with or without a domain).
+pub fn is_this_machine(name: &str) -> bool {
+    ["localhost", "127.0.0.1", "::1"].contains(&name) || batch::is_here(name, &crate::nodes::local_hostname())
 }
 
 /// Starts every node's daemon with one command and writes `bootstrap` (naming no node) to it.
