@@ -114,6 +114,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         (None, Ok(exe)) => exe.to_string_lossy().into_owned(),
         (None, Err(e)) => return Err(anyhow::anyhow!("finding rlaunch's own path: {e}")),
     };
+    if alloc.local && !g.dry_run {
+        check_local_placement(&launch.placement, &map, &alloc.nodes)?;
+    }
     let output_files = output_files(g, &map, &alloc.nodes)?;
     Ok(JobPlan {
         launch,
@@ -204,6 +207,27 @@ fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageErr
     let rank_by = g.rank_by.and_then(|r| r.object);
     let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), rank_by };
     Ok(spec::PlacementSpec { policy, report: g.report_bindings })
+}
+
+/// Every daemon of a job on this machine sees this machine's topology and affinity: a placement
+/// one of them would refuse is refused here, before any daemon (and on another node, any rank)
+/// starts. A `--dry-run` shows the refusal instead. An unreadable topology is left for the
+/// daemon to report.
+fn check_local_placement(spec: &spec::PlacementSpec, map: &launchers::map::ProcMap, nodes: &[launchers::nodes::Node]) -> Result<(), UsageError> {
+    if !spec.asked() {
+        return Ok(());
+    }
+    let Ok(topo) = fabrics::Topology::discover_system() else { return Ok(()) };
+    for (i, n) in nodes.iter().enumerate() {
+        let ranks = map.ranks_on(i as u32);
+        if ranks.is_empty() {
+            continue;
+        }
+        if let Err(e) = crate::binding::place_node(spec, &topo, ranks, &[]) {
+            return Err(usage(format!("node {}: {e}", n.name)));
+        }
+    }
+    Ok(())
 }
 
 /// An Open MPI MCA parameter as Open MPI reads it: `--mca KEY VALUE` (the last one), else
