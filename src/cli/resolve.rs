@@ -849,12 +849,14 @@ mod tests {
     #[test]
     fn placement_options_become_the_launch_policy() {
         let e = env(&[("PATH", "/bin")]);
-        let p = plan(&["--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--gpus-per-rank", "1", "true"], &e).unwrap();
+        // --dry-run: a real run would first check the request against this machine's CPUs and GPUs.
+        let p = plan(&["--dry-run", "--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--gpus-per-rank", "1", "true"], &e).unwrap();
         let pl = &p.launch.placement;
         assert!(pl.report);
         assert_eq!((pl.policy.bind.clone(), pl.policy.map.pe, pl.policy.gpus_per_rank), (Some(BindTo::Core), Some(2), 1));
         assert!(p.notes.is_empty(), "{:?}", p.notes);
-        assert_eq!(plan(&["--cpus-per-proc", "2", "-bind-to", "core:2", "true"], &e).unwrap().launch.placement.policy.map.pe, Some(2));
+        assert_eq!(plan(&["--dry-run", "--cpus-per-proc", "2", "-bind-to", "core:2", "true"], &e).unwrap().launch.placement.policy.map.pe, Some(2));
+        assert!(usage_text(plan(&["--map-by", ":PE=100000", "true"], &e)).contains("PE=100000 asks for 100000 cores per rank"), "checked here for a job on this machine");
         assert_eq!(usage_text(plan(&["--cpus-per-proc", "2", "--map-by", "core:PE=4", "true"], &e)), "--map-by :PE=4 and --cpus-per-proc 2 ask for different CPUs per rank; give one");
         assert!(usage_text(plan(&["--rankfile", "rf", "true"], &e)).starts_with("--rankfile rf: rank files are not supported yet"));
         assert!(usage_text(plan(&["--bind-to", "user:0", "--cpus-per-proc", "2", "true"], &e)).contains("cannot be combined"));
