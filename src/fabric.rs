@@ -1280,6 +1280,8 @@ mod tests {
                 env: vec![("UCX_NET_DEVICES".into(), Some("mine".into()))],
                 cwd: "/".into(),
                 np: None,
+                nodes: None,
+                without_job_env: false,
             }],
             nodes: (0..nnodes)
                 .map(|n| NodeEntry {

@@ -6,7 +6,7 @@
 use crate::fence;
 use crate::tree::{Router, Topology};
 use crate::wire::Launch;
-use launchers::map::{MapError, ProcMap};
+use launchers::map::{AppRequest, MapError, ProcMap};
 
 pub struct JobView {
     launch: Box<Launch>,
@@ -19,8 +19,8 @@ pub struct JobView {
 /// The process map every daemon computes from the launch message alone.
 pub fn compute_map(launch: &Launch) -> Result<ProcMap, MapError> {
     let slots: Vec<(u32, Option<u32>)> = launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
-    let np: Vec<Option<u32>> = launch.apps.iter().map(|a| a.np).collect();
-    launchers::map::compute_map(&slots, &np, &launch.policy)
+    let apps: Vec<AppRequest> = launch.apps.iter().map(|a| AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
+    launchers::map::compute_map_apps(&slots, &apps, &launch.policy)
 }
 
 impl JobView {
@@ -132,7 +132,7 @@ mod tests {
     use crate::spec::AppContext;
 
     fn launch(nnodes: u32, slots: u32, np: u32, fanout: u32) -> Box<Launch> {
-        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np) };
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(np), nodes: None, without_job_env: false };
         let mut l = fixture::launch("rl-test", nnodes, slots, vec![app]);
         l.fanout = fanout;
         Box::new(l)

@@ -217,3 +217,19 @@ pub fn read_child(link: &mut Link) -> Inbox {
         }
     }
 }
+
+/// A listener on `ip`: on any free port, or on the first free one of `ports`
+/// (`MPIEXEC_PORT_RANGE`), so that a site's firewall can open just those between nodes.
+pub fn listen(ip: std::net::IpAddr, ports: Option<crate::spec::PortRange>) -> io::Result<mio::net::TcpListener> {
+    let Some(range) = ports else {
+        return mio::net::TcpListener::bind(std::net::SocketAddr::new(ip, 0));
+    };
+    for port in range.low..=range.high {
+        match mio::net::TcpListener::bind(std::net::SocketAddr::new(ip, port)) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, format!("every port of MPIEXEC_PORT_RANGE={range} on {ip} is in use")))
+}

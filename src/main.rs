@@ -59,21 +59,32 @@ fn main() {
 
 fn front_end(args: Vec<std::ffi::OsString>, t0: Instant) -> Result<i32> {
     let args = cli::to_strings(args)?;
-    let args = cli::expand_context_files(&args, &std::env::current_dir()?)?;
+    let cwd = std::env::current_dir()?;
+    let args = cli::expand_context_files(&args, &cwd)?;
+    let args = cli::expand_tune(&args, &cwd)?;
     let parsed = cli::parse(&args)?;
     if let Some(what) = parsed.global.generate {
         cli::generate(what, &mut std::io::stdout().lock())?;
         return Ok(exitcode::SUCCESS);
     }
     let plan = cli::resolve(&parsed, &cli::Env::current(t0)?)?;
+    for warning in &plan.warnings {
+        frontend::say(&format!("rlaunch: {warning}"));
+    }
     if plan.verbose > 0 {
         for note in &plan.notes {
-            eprintln!("rlaunch: {note}");
+            frontend::say(&format!("rlaunch: {note}"));
         }
     }
     if plan.dry_run {
         frontend::print(&cli::describe(&plan));
         return Ok(exitcode::SUCCESS);
+    }
+    match plan.report_pid.as_deref() {
+        Some("-") => frontend::print(&format!("{}\n", std::process::id())),
+        Some("+") => frontend::say(&std::process::id().to_string()),
+        Some(file) => std::fs::write(file, format!("{}\n", std::process::id())).map_err(|e| cli::UsageError::Msg(format!("--report-pid {file}: cannot write it: {e}")))?,
+        None => {}
     }
     if plan.display_map {
         print!("{}", cli::describe(&plan));

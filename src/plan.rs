@@ -18,8 +18,12 @@ pub struct JobPlan {
     pub starter: Starter,
     pub daemon_path: String,
     pub timeout: Option<Duration>,
+    /// Open MPI's `--get-stack-traces`: at the timeout, print every running rank's stack first.
+    pub get_stack_traces: bool,
     pub launch_timeout: Duration,
     pub tag_output: bool,
+    /// Hydra's `-prepend-pattern`, expanded for each rank (`tag_output` is then set).
+    pub prefixes: Option<Vec<String>>,
     /// Files for the ranks' output (`--output-dir`, `--output-filename`, `-outfile-pattern`, ...).
     pub output_files: Option<crate::output::OutputFiles>,
     /// `-print-all-exitcodes`: every rank's exit status on stderr at the end.
@@ -43,6 +47,15 @@ pub struct JobPlan {
     /// Options given but not carried out by rlaunch (placement; launcher-level MCA parameters),
     /// for `--verbose` to say once each.
     pub notes: Vec<String>,
+    /// What the command line asked for that cannot be done but does not stop the job (`-x` of an
+    /// unset variable, as Open MPI warns): said on stderr before anything starts.
+    pub warnings: Vec<String>,
+    /// Open MPI's `--report-pid`: a file, or `-` (stdout) or `+` (stderr).
+    pub report_pid: Option<String>,
+    /// `MPIEXEC_PORT_RANGE`: the ports the front end and daemons listen on.
+    pub ports: Option<crate::spec::PortRange>,
+    /// `--bind-address`: where the front end listens for its daemons.
+    pub bind_address: Option<std::net::IpAddr>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
     pub mpi_reason: String,
 }

@@ -63,6 +63,12 @@ pub struct AppContext {
     /// Fixed width on the wire: 64 and 4096 ranks must cost the same bytes.
     #[serde(with = "fixed_opt_u32")]
     pub np: Option<u32>,
+    /// Its own nodes (Open MPI's per-context `-H`), or with `--map-by seq` the node of each of
+    /// its ranks: indices into the launch's node list. `None`: every node.
+    pub nodes: Option<Vec<u32>>,
+    /// Hydra's per-context `-envnone`/`-envlist`: this context's ranks on other nodes do not get
+    /// the job's copy of rlaunch's environment (`Launch::env`), only `env` above.
+    pub without_job_env: bool,
 }
 
 /// One node of the job's node list, as every daemon sees it.
@@ -121,11 +127,41 @@ pub struct PmiSpec {
     /// Fences carry no data; values are fetched from their node on a miss (PMI), or Open MPI's
     /// asynchronous modex (PMIx).
     pub lazy: bool,
+    /// Hydra's `-usize`: the universe size the ranks are told (MPI_UNIVERSE_SIZE, for
+    /// MPI_Comm_spawn), instead of the job's size (PMI) or its slots (PMIx).
+    pub universe: Option<u32>,
 }
 
 impl Default for PmiSpec {
     fn default() -> Self {
-        PmiSpec { interface: Interface::Pmi, port: false, lazy: false }
+        PmiSpec { interface: Interface::Pmi, port: false, lazy: false, universe: None }
+    }
+}
+
+/// Hydra's `MPIEXEC_PORT_RANGE=LOW:HIGH`: the TCP ports the front end and the daemons listen on
+/// (for sites whose firewalls open only those between nodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}': expected LOW:HIGH, two ports from 1 to 65535 with LOW <= HIGH");
+        let (l, h) = s.trim().split_once(':').ok_or_else(bad)?;
+        let (low, high): (u16, u16) = (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+        if low == 0 || low > high {
+            return Err(bad());
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.low, self.high)
     }
 }
 
@@ -203,6 +239,7 @@ impl PlacementSpec {
             || p.map.hwtcpus
             || p.hwthreads
             || p.gpus_per_rank > 0
+            || !p.gpu_lists.is_empty()
             || p.rank_by.is_some()
             || !matches!(p.map.obj, MapObj::Slot | MapObj::Ppr(_, ObjKind::Node))
     }
@@ -244,7 +281,7 @@ mod tests {
 
     #[test]
     fn np_costs_the_same_bytes_whatever_its_value() {
-        let app = |np| AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np };
+        let app = |np| AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np, nodes: None, without_job_env: false };
         let small = postcard::to_allocvec(&app(Some(1))).unwrap();
         let large = postcard::to_allocvec(&app(Some(4096))).unwrap();
         assert_eq!(small.len(), large.len());

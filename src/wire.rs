@@ -23,7 +23,7 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, RankStatus, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -306,6 +306,13 @@ pub enum Msg {
     /// The launch-time fabric exchange (`crate::fabric`): a `fabrics::collective::Message`, up
     /// (a subtree's node inventories, once) or down (every node's, once).
     Fabric { data: Vec<u8> },
+    /// Front end → down (`--get-stack-traces`, its `--timeout` expired): take the stack of every
+    /// rank still running.
+    StackTraces,
+    /// Daemon → up: one rank's stack, as the debugger printed it (or why there is none).
+    StackTrace { rank: u32, pid: u32, text: String },
+    /// Daemon → up: every stack of `node` was sent.
+    TracesDone { node: u32 },
     /// `--report-bindings`, daemon → up, before its ranks start: each local rank and where it
     /// runs (CPU list and picture), for the front end to print.
     Bindings { node: u32, ranks: Vec<(u32, String)> },
@@ -479,17 +486,19 @@ pub struct Bootstrap {
     pub nnodes: u32,
     pub fanout: u32,
     pub job_id: String,
+    /// Where a daemon's listener for its children must be (`MPIEXEC_PORT_RANGE`).
+    pub ports: Option<PortRange>,
 }
 
 impl Bootstrap {
-    pub const MAGIC: &'static str = "RLAUNCH-BOOT2";
+    pub const MAGIC: &'static str = "RLAUNCH-BOOT3";
     /// In `node`: the daemon does not know its node rank and asks the front end (rendezvous), which
     /// answers with [`Msg::Assign`]. Also the link id used until then.
     pub const ANY_NODE: u32 = u32::MAX;
 
     pub fn to_line(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {}\n",
+            "{} {} {} {} {} {} {} {}\n",
             Self::MAGIC,
             hex(&self.key),
             self.parent,
@@ -497,6 +506,7 @@ impl Bootstrap {
             self.nnodes,
             self.fanout,
             self.job_id,
+            self.ports.map_or_else(|| "-".to_string(), |p| p.to_string()),
         )
     }
 
@@ -511,10 +521,14 @@ impl Bootstrap {
         let nnodes = it.next()?.parse().ok()?;
         let fanout = it.next()?.parse().ok()?;
         let job_id = it.next()?.to_string();
+        let ports = match it.next()? {
+            "-" => None,
+            p => Some(p.parse().ok()?),
+        };
         if it.next().is_some() {
             return None;
         }
-        Some(Bootstrap { key, parent, node, nnodes, fanout, job_id })
+        Some(Bootstrap { key, parent, node, nnodes, fanout, job_id, ports })
     }
 }
 
@@ -535,6 +549,8 @@ mod tests {
                 env: vec![("A".into(), Some("1".into())), ("B".into(), None)],
                 cwd: "/tmp".into(),
                 np: Some(np),
+                nodes: None,
+                without_job_env: false,
             }],
             nodes: vec![NodeEntry { name: "n1".into(), user: None, slots: 4, max_slots: None }],
             policy: launchers::map::MapPolicy {
@@ -657,9 +673,13 @@ mod tests {
 
     #[test]
     fn bootstrap_line_round_trips() {
-        let b = Bootstrap { key: key(0xab), parent: "10.0.0.1:4000".into(), node: 7, nnodes: 9, fanout: 2, job_id: "rl-x".into() };
+        let b = Bootstrap { key: key(0xab), parent: "10.0.0.1:4000".into(), node: 7, nnodes: 9, fanout: 2, job_id: "rl-x".into(), ports: None };
+        assert_eq!(Bootstrap::parse(&b.to_line()), Some(b.clone()));
+        let b = Bootstrap { ports: Some(PortRange { low: 9000, high: 9010 }), ..b };
         assert_eq!(Bootstrap::parse(&b.to_line()), Some(b));
-        assert_eq!(Bootstrap::parse("RLAUNCH-BOOT2 zz 1:2 0 1 2 j"), None);
+        assert_eq!(Bootstrap::parse("RLAUNCH-BOOT3 zz 1:2 0 1 2 j -"), None);
+        assert_eq!(Bootstrap::parse(&format!("RLAUNCH-BOOT3 {} 1:2 0 1 2 j 9:8", hex(&key(1)))), None);
+        assert_eq!(Bootstrap::parse(&format!("RLAUNCH-BOOT2 {} 1:2 0 1 2 j", hex(&key(1)))), None);
         // An older rlaunch's line (with flags) is refused, not misread.
         let old = format!("RLAUNCH-BOOT1 {} 1:2 0 1 2 j 0", hex(&key(1)));
         assert_eq!(Bootstrap::parse(&old), None);

@@ -201,6 +201,9 @@ pub struct Policy {
     /// `--use-hwthread-cpus`: hardware threads are the unit.
     pub hwthreads: bool,
     pub gpus_per_rank: u32,
+    /// `--gpu-bind list:G:G...` (Cray PALS, Slurm): local rank i gets the GPUs of list
+    /// `i mod len`, numbered as the node lists them; empty: `gpus_per_rank` decides.
+    pub gpu_lists: Vec<Vec<u32>>,
     /// `--rank-by OBJ` inside a node: the node's ranks, in order, take the mapped places
     /// round-robin over those objects (None: in mapping order, Open MPI's `slot`).
     pub rank_by: Option<ObjKind>,
@@ -234,6 +237,8 @@ pub enum PlaceError {
     NoGpus { want: u32 },
     #[error("--gpus-per-rank {want}: this node has only {have} GPU(s); use --gpus-per-rank {have} or less")]
     TooFewGpus { want: u32, have: usize },
+    #[error("--gpu-bind: GPU {gpu} is not on this node, which has {have} GPU(s), numbered from 0; list GPUs it has")]
+    NoSuchGpu { gpu: u32, have: usize },
     #[error("rank {rank}: --bind-to {given} includes CPUs {outside}, outside those rlaunch may use here ({allowed}); pick CPUs from that list")]
     CpusOutside { rank: u32, given: BindTo, outside: CpuSet, allowed: CpuSet },
 }
@@ -245,7 +250,11 @@ pub fn place(topo: &Topology, policy: &Policy, ranks: &[u32], nics: &[&str]) -> 
         Some(BindTo::Cpus(lists)) => user_lists(topo, lists, ranks)?,
         _ => map_and_bind(topo, policy, ranks)?,
     };
-    assign_gpus(topo, policy.gpus_per_rank, &mut out)?;
+    if policy.gpu_lists.is_empty() {
+        assign_gpus(topo, policy.gpus_per_rank, &mut out)?;
+    } else {
+        listed_gpus(topo, &policy.gpu_lists, &mut out)?;
+    }
     assign_nics(topo, nics, &mut out);
     Ok(out)
 }
@@ -459,6 +468,18 @@ fn assign_gpus(topo: &Topology, per_rank: u32, places: &mut [RankPlace]) -> Resu
             }
         }
         p.gpus.sort_unstable();
+    }
+    Ok(())
+}
+
+/// `--gpu-bind list:...`: local rank i takes list `i mod len`.
+fn listed_gpus(topo: &Topology, lists: &[Vec<u32>], places: &mut [RankPlace]) -> Result<(), PlaceError> {
+    for (i, p) in places.iter_mut().enumerate() {
+        let list = &lists[i % lists.len()];
+        if let Some(&gpu) = list.iter().find(|&&g| g as usize >= topo.gpus.len()) {
+            return Err(PlaceError::NoSuchGpu { gpu, have: topo.gpus.len() });
+        }
+        p.gpus = list.iter().map(|&g| g as usize).collect();
     }
     Ok(())
 }

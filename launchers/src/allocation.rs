@@ -3,20 +3,22 @@
 //! closure, as [`crate::slurm::detect_slurm`] takes) and returns the nodes, the [`Starter`] and the
 //! map policy ([`AllocationPlan`]).
 //!
-//! The rules, in order: a node list comes from `--hostfile` or `--host` (not both); inside a Slurm
-//! or PBS job the allocation supplies the nodes, and a node list given by hand must be a subset of
-//! it; the launcher is the one asked for, else an agent if `--launch-agent` is given, else the
-//! resource manager's, else ssh with a node list, else local; with no node list at all the job
-//! runs on one implicit local node whose slots are its CPUs.
+//! The rules, in order: a node list comes from `--hostfile` or `--host` (not both); inside a
+//! Slurm, PBS, Grid Engine or LSF job the allocation supplies the nodes, and a node list given by
+//! hand must be a subset of it; the launcher is the one asked for, else an agent if
+//! `--launch-agent` is given, else the resource manager's, else ssh with a node list, else local;
+//! with no node list at all the job runs on one implicit local node whose slots are its CPUs.
 //!
-//! I/O: reads the hostfile and the PBS node file, and this machine's name and CPU count for the
-//! implicit node. Every message is one line naming the flag, file or node at fault.
+//! I/O: reads the hostfile and the PBS, Grid Engine and LSF host files, looks for `qrsh` and
+//! `blaunch` in the `PATH` directories, and reads this machine's name and CPU count. Every message
+//! is one line naming the flag, file or node at fault.
 
 use crate::map::{MapBy, MapPolicy, RankBy};
 use crate::nodes::{local_hostname, parse_host_list, parse_hostfile, Node, NodeListError};
 use crate::batch::{detect_grid_engine, detect_lsf};
 use crate::pbs::detect_pbs;
 use crate::slurm::{detect_slurm, SlurmError};
+use crate::start::batch::{self, BatchSystem};
 use crate::start::{GroupStarter, NodeStarter, SshOptions, Starter};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,10 +38,17 @@ pub enum LauncherKind {
     Slurm,
     /// Inside a PBS job: nodes from `PBS_NODEFILE`, daemons over ssh.
     Pbs,
+    /// Inside a Grid Engine job: nodes from `PE_HOSTFILE`, daemons through `qrsh -inherit` where
+    /// `qrsh` is on `PATH`, else over ssh.
+    Sge,
+    /// Inside an LSF job: nodes from `LSB_DJOB_HOSTFILE` or `LSB_MCPU_HOSTS`, daemons through
+    /// `blaunch` where it is on `PATH`, else over ssh.
+    Lsf,
 }
 
 impl LauncherKind {
-    pub const ALL: [LauncherKind; 5] = [LauncherKind::Local, LauncherKind::Ssh, LauncherKind::Agent, LauncherKind::Slurm, LauncherKind::Pbs];
+    pub const ALL: [LauncherKind; 7] =
+        [LauncherKind::Local, LauncherKind::Ssh, LauncherKind::Agent, LauncherKind::Slurm, LauncherKind::Pbs, LauncherKind::Sge, LauncherKind::Lsf];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -48,6 +57,8 @@ impl LauncherKind {
             LauncherKind::Agent => "agent",
             LauncherKind::Slurm => "slurm",
             LauncherKind::Pbs => "pbs",
+            LauncherKind::Sge => "sge",
+            LauncherKind::Lsf => "lsf",
         }
     }
 }
@@ -60,7 +71,7 @@ impl fmt::Display for LauncherKind {
 
 /// A `--launcher` value that names no launcher; `Display` is the reason, without the flag.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("expected local, ssh, agent, slurm or pbs")]
+#[error("expected local, ssh, agent, slurm, pbs, sge or lsf")]
 pub struct UnknownLauncher;
 
 impl FromStr for LauncherKind {
@@ -138,6 +149,10 @@ pub enum AllocationError {
     NotInSlurm,
     #[error("--launcher pbs: not inside a PBS job (PBS_JOBID and PBS_NODEFILE are not set)")]
     NotInPbs,
+    #[error("--launcher sge: not inside a Grid Engine parallel job (JOB_ID and PE_HOSTFILE are not set); submit with qsub -pe")]
+    NotInSge,
+    #[error("--launcher lsf: not inside an LSF job (LSB_JOBID is not set); submit with bsub")]
+    NotInLsf,
     #[error(
         "node {node} is not part of {allocation} (its nodes: {nodes}); inside an allocation a node list must be a subset of it"
     )]
@@ -188,10 +203,9 @@ pub fn allocate(req: &AllocationRequest, env: &dyn Fn(&str) -> Option<String>) -
     let allocation = match (slurm, pbs) {
         (Some(s), _) => Some((LauncherKind::Slurm, Allocation { name: format!("Slurm job {}", s.job_id), nodes: s.nodes })),
         (None, Some(p)) => Some((LauncherKind::Pbs, Allocation { name: format!("PBS job {}", p.job_id), nodes: p.nodes })),
-        // Grid Engine and LSF: nodes from the job, daemons over ssh (see crate::batch).
         (None, None) => match detect_grid_engine(env).map_err(AllocationError::Batch)? {
-            Some(b) => Some((LauncherKind::Ssh, Allocation { name: b.name, nodes: b.nodes })),
-            None => detect_lsf(env).map_err(AllocationError::Batch)?.map(|b| (LauncherKind::Ssh, Allocation { name: b.name, nodes: b.nodes })),
+            Some(b) => Some((LauncherKind::Sge, Allocation { name: b.name, nodes: b.nodes })),
+            None => detect_lsf(env).map_err(AllocationError::Batch)?.map(|b| (LauncherKind::Lsf, Allocation { name: b.name, nodes: b.nodes })),
         },
     };
     let inside = allocation.as_ref().map(|(k, _)| *k);
@@ -200,6 +214,8 @@ pub fn allocate(req: &AllocationRequest, env: &dyn Fn(&str) -> Option<String>) -
         (Some(k), Some(_)) if k != LauncherKind::Agent => return Err(AllocationError::AgentWithLauncher(k)),
         (Some(LauncherKind::Slurm), _) if inside != Some(LauncherKind::Slurm) => return Err(AllocationError::NotInSlurm),
         (Some(LauncherKind::Pbs), _) if inside != Some(LauncherKind::Pbs) => return Err(AllocationError::NotInPbs),
+        (Some(LauncherKind::Sge), _) if inside != Some(LauncherKind::Sge) => return Err(AllocationError::NotInSge),
+        (Some(LauncherKind::Lsf), _) if inside != Some(LauncherKind::Lsf) => return Err(AllocationError::NotInLsf),
         (Some(k), _) => k,
         (None, Some(_)) => LauncherKind::Agent,
         (None, None) => match inside {
@@ -215,6 +231,15 @@ pub fn allocate(req: &AllocationRequest, env: &dyn Fn(&str) -> Option<String>) -
         // PBS: TM's pbsdsh cannot carry a private bootstrap line on stdin, so daemons start over
         // ssh (see the man page).
         LauncherKind::Ssh | LauncherKind::Pbs => Starter::Each(NodeStarter::Ssh(ssh_options(req))),
+        // Grid Engine and LSF: their own agent where it is installed, so that the job tracks its
+        // daemons (see crate::start::batch); a site without it still has ssh.
+        LauncherKind::Sge | LauncherKind::Lsf => {
+            let system = if kind == LauncherKind::Sge { BatchSystem::GridEngine } else { BatchSystem::Lsf };
+            match batch::agent_argv(system, env("PATH").as_deref()) {
+                Some(argv) => Starter::Each(NodeStarter::Batch { system, argv, here: local_hostname() }),
+                None => Starter::Each(NodeStarter::Ssh(ssh_options(req))),
+            }
+        }
     };
     let local = kind == LauncherKind::Local;
     // The local launcher runs every daemon here, so an allocation elsewhere has no say.
@@ -455,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn inside_grid_engine_or_lsf_nodes_come_from_the_job_and_daemons_over_ssh() {
+    fn inside_grid_engine_or_lsf_without_their_agent_nodes_come_from_the_job_and_daemons_over_ssh() {
         let dir = std::env::temp_dir().join(format!("launchers-alloc-batch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("pe_hostfile");
@@ -480,6 +505,44 @@ mod tests {
     }
 
     #[test]
+    fn inside_grid_engine_or_lsf_daemons_start_through_qrsh_or_blaunch_where_installed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("launchers-alloc-agents-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for agent in ["qrsh", "blaunch"] {
+            std::fs::write(bin.join(agent), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(bin.join(agent), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let file = dir.join("pe_hostfile");
+        std::fs::write(&file, "g1 2 all.q@g1 UNDEFINED\ng2 1 all.q@g2 UNDEFINED\n").unwrap();
+        let (pe, path) = (file.to_string_lossy().into_owned(), format!("/nonexistent:{}", bin.display()));
+        let sge = env_of(&[("JOB_ID", "42"), ("PE_HOSTFILE", &pe), ("PATH", &path)]);
+        let p = allocate(&request(), &sge).unwrap();
+        assert_eq!(names(&p), [("g1", 2), ("g2", 1)]);
+        let qrsh = bin.join("qrsh").to_string_lossy().into_owned();
+        let system = BatchSystem::GridEngine;
+        assert_eq!(p.starter, Starter::Each(NodeStarter::Batch { system, argv: vec![qrsh, "-inherit".into()], here: local_hostname() }));
+        // Asked for by name; ssh on request; a node list is a subset of the job's.
+        assert_eq!(allocate(&AllocationRequest { launcher: Some(LauncherKind::Sge), ..request() }, &sge).unwrap().starter, p.starter);
+        let ssh = allocate(&AllocationRequest { launcher: Some(LauncherKind::Ssh), ..request() }, &sge).unwrap();
+        assert!(matches!(ssh.starter, Starter::Each(NodeStarter::Ssh(_))));
+        let e = err(&AllocationRequest { host: Some("g1,g9".into()), ..request() }, &sge);
+        assert!(e.starts_with("node g9 is not part of Grid Engine job 42"), "{e}");
+        let lsf = env_of(&[("LSB_JOBID", "9"), ("LSB_MCPU_HOSTS", "l1 4 l2 4"), ("PATH", &path)]);
+        let p = allocate(&AllocationRequest { launcher: Some(LauncherKind::Lsf), ..request() }, &lsf).unwrap();
+        let blaunch = bin.join("blaunch").to_string_lossy().into_owned();
+        let system = BatchSystem::Lsf;
+        assert_eq!(p.starter, Starter::Each(NodeStarter::Batch { system, argv: vec![blaunch], here: local_hostname() }));
+        // Each only inside its own kind of job.
+        let e = err(&AllocationRequest { launcher: Some(LauncherKind::Sge), ..request() }, &lsf);
+        assert_eq!(e, "--launcher sge: not inside a Grid Engine parallel job (JOB_ID and PE_HOSTFILE are not set); submit with qsub -pe");
+        let e = err(&AllocationRequest { launcher: Some(LauncherKind::Lsf), host: Some("a".into()), ..request() }, &sge);
+        assert_eq!(e, "--launcher lsf: not inside an LSF job (LSB_JOBID is not set); submit with bsub");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn a_broken_slurm_environment_is_named() {
         let e = err(&request(), &env_of(&[("SLURM_JOB_ID", "42")]));
         assert!(e.starts_with("reading the Slurm allocation: "), "{e}");
@@ -489,7 +552,7 @@ mod tests {
     fn launcher_and_agent_combinations() {
         let e = err(&AllocationRequest { launcher: Some(LauncherKind::Agent), host: Some("a".into()), ..request() }, &no_env());
         assert_eq!(e, "--launcher agent needs --launch-agent CMD");
-        for k in [LauncherKind::Local, LauncherKind::Ssh, LauncherKind::Slurm, LauncherKind::Pbs] {
+        for k in [LauncherKind::Local, LauncherKind::Ssh, LauncherKind::Slurm, LauncherKind::Pbs, LauncherKind::Sge, LauncherKind::Lsf] {
             let req = AllocationRequest { launcher: Some(k), launch_agent: Some("ssh -x".into()), ..request() };
             assert_eq!(err(&req, &no_env()), format!("--launch-agent cannot be combined with --launcher {k}"));
         }
@@ -533,6 +596,6 @@ mod tests {
         for k in LauncherKind::ALL {
             assert_eq!(k.name().parse::<LauncherKind>(), Ok(k));
         }
-        assert_eq!("rsh".parse::<LauncherKind>().unwrap_err().to_string(), "expected local, ssh, agent, slurm or pbs");
+        assert_eq!("rsh".parse::<LauncherKind>().unwrap_err().to_string(), "expected local, ssh, agent, slurm, pbs, sge or lsf");
     }
 }

@@ -1,6 +1,5 @@
-//! Reading a Grid Engine or LSF allocation. Daemons start over ssh in both (as in PBS): neither
-//! `qrsh -inherit` nor `blaunch` is used, since the job key must travel on the daemon's stdin only
-//! and rlaunch does not rely on either to carry it.
+//! Reading a Grid Engine or LSF allocation: where the nodes come from. How daemons start there
+//! (`qrsh -inherit`, `blaunch`, else ssh) is `crate::start::batch`'s business.
 //!
 //! Grid Engine: `JOB_ID`, and `PE_HOSTFILE` with one line per host, `HOST SLOTS QUEUE PROCESSORS`.
 //! LSF: `LSB_JOBID`, and `LSB_DJOB_HOSTFILE` (one line per slot, as PBS's node file) or else

@@ -23,6 +23,9 @@ pub enum MapBy {
     /// consecutive ranks (N, or its slots without N) and the blocks wrap around the node list
     /// until every rank is placed; ranks are numbered in that order. Only max_slots limits it.
     Cycle(Option<u32>),
+    /// Open MPI's `seq`: each application context lists the node of each of its ranks
+    /// ([`AppRequest::nodes`], from the host file's lines in order).
+    Seq,
 }
 
 /// How ranks are numbered once placed (`--rank-by`).
@@ -111,6 +114,7 @@ impl fmt::Display for MapBy {
             MapBy::PprNode(n) => write!(f, "ppr:{n}:node"),
             MapBy::Cycle(Some(n)) => write!(f, "hydra -ppn {n}"),
             MapBy::Cycle(None) => f.write_str("hydra -hosts"),
+            MapBy::Seq => f.write_str("seq"),
         }
     }
 }
@@ -392,6 +396,25 @@ pub enum MapError {
     },
     #[error("requested {requested} ranks; rlaunch runs at most {max} ranks in one job", max = MAX_RANKS)]
     TooManyRanks { requested: u64 },
+    #[error(
+        "--map-by seq: program {app} asks for {requested} ranks but its host list has {listed} \
+         entries; list one host per rank or lower -np"
+    )]
+    SeqTooShort { app: u32, requested: u64, listed: u64 },
+    #[error("--map-by seq: program {app} has no host list; seq needs a host file or --host list")]
+    SeqWithoutHosts { app: u32 },
+    #[error("program {app}'s host list names node {node}, which is not in the job")]
+    UnknownAppNode { app: u32, node: u32 },
+    #[error(
+        "program {app} asks for {requested} ranks but its hosts have {available} free slots \
+         ({per_node}); use --oversubscribe, give it more hosts or lower -np"
+    )]
+    AppNotEnoughSlots {
+        app: u32,
+        requested: u64,
+        available: u64,
+        per_node: NodeCounts,
+    },
 }
 
 impl MapError {
@@ -404,7 +427,9 @@ impl MapError {
         };
         match &mut self {
             MapError::PprOverSlots { node, .. } | MapError::PprOverMax { node, .. } => name(node),
-            MapError::NotEnoughSlots { per_node, .. } | MapError::OverMaxSlots { per_node, .. } => {
+            MapError::NotEnoughSlots { per_node, .. }
+            | MapError::OverMaxSlots { per_node, .. }
+            | MapError::AppNotEnoughSlots { per_node, .. } => {
                 per_node.0.iter_mut().for_each(|(label, _)| name(label))
             }
             _ => {}
@@ -413,17 +438,124 @@ impl MapError {
     }
 }
 
-/// [`compute_map`] for a node list, naming hosts in error messages.
+/// [`compute_map_apps`] for a node list, naming hosts in error messages.
 pub fn compute_map_for_nodes(
     nodes: &[Node],
-    app_np: &[Option<u32>],
+    apps: &[AppRequest],
     policy: &MapPolicy,
 ) -> Result<ProcMap, MapError> {
     let slots: Vec<(u32, Option<u32>)> = nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
-    compute_map(&slots, app_np, policy).map_err(|e| {
+    compute_map_apps(&slots, apps, policy).map_err(|e| {
         let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         e.with_node_names(&names)
     })
+}
+
+/// One application context as [`compute_map_apps`] sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppRequest {
+    /// `-np`; `None`: the free slots of its nodes (with [`MapBy::Seq`]: its whole list).
+    pub np: Option<u32>,
+    /// The context's own nodes (Open MPI's per-context `-H`), as indices into the node list; with
+    /// [`MapBy::Seq`], the node of each rank in order. `None`: every node of the job.
+    pub nodes: Option<Vec<u32>>,
+}
+
+/// The process map when contexts have their own nodes (per-context `-H`) or the job maps by
+/// [`MapBy::Seq`]; otherwise exactly [`compute_map`].
+///
+/// Contexts are placed in order. A context with its own nodes fills their free slots (the slots
+/// earlier contexts left) in node-list order, or round-robin with `--map-by node`; with
+/// oversubscribe, ranks beyond go round-robin over its nodes still under max_slots. A context
+/// without its own nodes is placed the same way over every node. Ranks are numbered context by
+/// context, within one by `rank_by`.
+pub fn compute_map_apps(
+    node_slots: &[(u32, Option<u32>)],
+    apps: &[AppRequest],
+    policy: &MapPolicy,
+) -> Result<ProcMap, MapError> {
+    if policy.map_by != MapBy::Seq && apps.iter().all(|a| a.nodes.is_none()) {
+        let np: Vec<Option<u32>> = apps.iter().map(|a| a.np).collect();
+        return compute_map(node_slots, &np, policy);
+    }
+    if node_slots.is_empty() {
+        return Err(MapError::NoNodes);
+    }
+    let nodes = u32::try_from(node_slots.len()).map_err(|_| MapError::TooManyNodes(node_slots.len()))?;
+    if apps.is_empty() {
+        return Err(MapError::NoApps);
+    }
+    let soft: Vec<u64> = node_slots.iter().map(|&(s, m)| u64::from(m.map_or(s, |m| s.min(m)))).collect();
+    let hard: Vec<Option<u64>> = node_slots.iter().map(|&(_, m)| m.map(u64::from)).collect();
+    let mut used = vec![0u64; soft.len()];
+    let mut order: Vec<u32> = Vec::new();
+    let mut counts = Vec::with_capacity(apps.len());
+    let all: Vec<u32> = (0..nodes).collect();
+    for (a, req) in apps.iter().enumerate() {
+        let app = a as u32;
+        if req.np == Some(0) {
+            return Err(MapError::ZeroNp { app });
+        }
+        let list = req.nodes.as_deref();
+        if let Some(&node) = list.into_iter().flatten().find(|&&n| n >= nodes) {
+            return Err(MapError::UnknownAppNode { app, node });
+        }
+        let start = order.len();
+        if policy.map_by == MapBy::Seq {
+            let list = list.ok_or(MapError::SeqWithoutHosts { app })?;
+            let n = req.np.map_or(list.len() as u64, u64::from);
+            if n > list.len() as u64 {
+                return Err(MapError::SeqTooShort { app, requested: n, listed: list.len() as u64 });
+            }
+            order.extend_from_slice(&list[..n as usize]);
+        } else {
+            let mut cand: Vec<u32> = list.map_or_else(|| all.clone(), <[u32]>::to_vec);
+            let mut seen = vec![false; soft.len()];
+            cand.retain(|&n| !std::mem::replace(&mut seen[n as usize], true));
+            let free: Vec<u64> = cand.iter().map(|&n| soft[n as usize].saturating_sub(used[n as usize])).collect();
+            let capacity: u64 = free.iter().sum();
+            let total = match req.np {
+                Some(n) => u64::from(n),
+                None if capacity == 0 => {
+                    return Err(MapError::NothingLeft { app, taken: used.iter().sum(), capacity: soft.iter().sum() })
+                }
+                None => capacity,
+            };
+            if order.len() as u64 + total > u64::from(MAX_RANKS) {
+                return Err(MapError::TooManyRanks { requested: order.len() as u64 + total });
+            }
+            let within = total.min(capacity);
+            let mut per = if policy.map_by == MapBy::Node {
+                round_robin(within, &free.iter().copied().map(Some).collect::<Vec<_>>()).unwrap_or_else(|| fill_in_order(within, &free))
+            } else {
+                fill_in_order(within, &free)
+            };
+            if total > within {
+                if !policy.oversubscribe {
+                    return Err(MapError::AppNotEnoughSlots {
+                        app,
+                        requested: total,
+                        available: capacity,
+                        per_node: NodeCounts(cand.iter().zip(&free).map(|(&n, &f)| (NodeLabel { index: n, name: None }, f as u32)).collect()),
+                    });
+                }
+                let room: Vec<Option<u64>> =
+                    cand.iter().zip(&per).map(|(&n, &p)| hard[n as usize].map(|h| h.saturating_sub(used[n as usize] + p))).collect();
+                let more = round_robin(total - within, &room).ok_or_else(|| over_max(total, &hard))?;
+                per.iter_mut().zip(more).for_each(|(p, m)| *p += m);
+            }
+            let mut per_node = vec![0u64; soft.len()];
+            for (&n, &p) in cand.iter().zip(&per) {
+                per_node[n as usize] = p;
+            }
+            order.extend(number_ranks(&per_node, policy.rank_by, total as usize));
+        }
+        for &n in &order[start..] {
+            used[n as usize] += 1;
+        }
+        counts.push((order.len() - start) as u64);
+    }
+    Ok(build_map(&order, &counts, soft.len()))
 }
 
 /// Computes the process map: a pure, deterministic function.
@@ -447,6 +579,10 @@ pub fn compute_map(
     if app_np.is_empty() {
         return Err(MapError::NoApps);
     }
+    if policy.map_by == MapBy::Seq {
+        let apps: Vec<AppRequest> = app_np.iter().map(|&np| AppRequest { np, nodes: None }).collect();
+        return compute_map_apps(node_slots, &apps, policy);
+    }
     if matches!(policy.map_by, MapBy::PprNode(0) | MapBy::Cycle(Some(0))) {
         return Err(MapError::ZeroPpr);
     }
@@ -458,7 +594,8 @@ pub fn compute_map(
     let hard: Vec<Option<u64>> = node_slots.iter().map(|&(_, m)| m.map(u64::from)).collect();
     let capacity: u64 = match policy.map_by {
         MapBy::PprNode(n) => u64::from(n) * u64::from(nodes),
-        MapBy::Slot | MapBy::Node => soft.iter().sum(),
+        // Seq never gets here (see the top): it needs per-context lists.
+        MapBy::Slot | MapBy::Node | MapBy::Seq => soft.iter().sum(),
         // One round of blocks: the default size of a job without -np.
         MapBy::Cycle(block) => soft.iter().map(|&s| block.map_or(s.max(1), u64::from)).sum(),
     };
@@ -521,7 +658,7 @@ pub fn compute_map(
             }
             per
         }
-        MapBy::Slot | MapBy::Node => {
+        MapBy::Slot | MapBy::Node | MapBy::Seq => {
             let within = total.min(capacity);
             let soft_caps: Vec<Option<u64>> = soft.iter().copied().map(Some).collect();
             let mut per = if policy.map_by == MapBy::Slot {
@@ -558,10 +695,12 @@ pub fn compute_map(
     };
 
     let order = cycle.unwrap_or_else(|| number_ranks(&per_node, policy.rank_by, total as usize));
-    let mut by_node: Vec<Vec<u32>> = per_node
-        .iter()
-        .map(|&c| Vec::with_capacity(c as usize))
-        .collect();
+    Ok(build_map(&order, &counts, per_node.len()))
+}
+
+/// The map from the node of each global rank and the ranks of each context, in order.
+fn build_map(order: &[u32], counts: &[u64], nodes: usize) -> ProcMap {
+    let mut by_node: Vec<Vec<u32>> = vec![Vec::new(); nodes];
     let mut ranks = Vec::with_capacity(order.len());
     let mut app_starts = Vec::with_capacity(counts.len() + 1);
     let mut next_start = 0u64;
@@ -585,11 +724,11 @@ pub fn compute_map(
         next_start += counts[app_starts.len() - 1];
         app_starts.push(next_start as u32);
     }
-    Ok(ProcMap {
+    ProcMap {
         ranks,
         by_node,
         app_starts,
-    })
+    }
 }
 
 fn resolve_app_counts(app_np: &[Option<u32>], capacity: u64) -> Result<Vec<u64>, MapError> {
@@ -982,7 +1121,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            compute_map_for_nodes(&nodes, &[Some(10)], &SLOT).unwrap_err().to_string(),
+            compute_map_for_nodes(&nodes, &[AppRequest { np: Some(10), nodes: None }], &SLOT).unwrap_err().to_string(),
             "requested 10 ranks but only 8 slots were found (n1: 4, n2: 4); use --oversubscribe or more hosts"
         );
     }
@@ -1370,6 +1509,79 @@ mod tests {
             let map = ProcMap { ranks, by_node, app_starts: vec![0, seq.len() as u32] };
             if let Some(text) = map.pmi_process_mapping() {
                 prop_assert_eq!(decode_mapping(&text, seq.len()), Some(seq.clone()), "{}", text);
+            }
+        }
+    }
+
+    fn app(np: Option<u32>, nodes: Option<&[u32]>) -> AppRequest {
+        AppRequest { np, nodes: nodes.map(<[u32]>::to_vec) }
+    }
+
+    #[test]
+    fn contexts_with_their_own_nodes_fill_only_those() {
+        let slots = [(2, None), (2, None), (4, None)];
+        let pol = MapPolicy::default();
+        let m = compute_map_apps(&slots, &[app(Some(1), Some(&[0])), app(Some(3), Some(&[1, 2]))], &pol).unwrap();
+        assert_eq!(nodes_of(&m), [0, 1, 1, 2]);
+        assert_eq!((m.app_ranks(0), m.app_ranks(1)), (0..1, 1..4));
+        // Slots are shared: the second context gets what the first left on node 0.
+        let m = compute_map_apps(&slots, &[app(Some(1), Some(&[0])), app(None, Some(&[0]))], &pol).unwrap();
+        assert_eq!(nodes_of(&m), [0, 0]);
+        assert_eq!(m.rank(1).local_rank, 1);
+        let e = compute_map_apps(&slots, &[app(Some(2), Some(&[0])), app(Some(1), Some(&[0]))], &pol).unwrap_err();
+        assert_eq!(
+            e.with_node_names(&["a".into(), "b".into(), "c".into()]).to_string(),
+            "program 1 asks for 1 ranks but its hosts have 0 free slots (a: 0); use --oversubscribe, give it more hosts or lower -np"
+        );
+        let over = MapPolicy { oversubscribe: true, ..pol };
+        let m = compute_map_apps(&slots, &[app(Some(2), Some(&[0])), app(Some(3), Some(&[0, 1]))], &over).unwrap();
+        assert_eq!(nodes_of(&m), [0, 0, 0, 1, 1]);
+        // A context without its own nodes uses every node's free slots.
+        let m = compute_map_apps(&slots, &[app(Some(1), Some(&[2])), app(None, None)], &pol).unwrap();
+        assert_eq!(m.size(), 8);
+        assert_eq!(m.ranks_on(2).len(), 4);
+        let by_node = MapPolicy { map_by: MapBy::Node, rank_by: RankBy::Node, oversubscribe: false };
+        let m = compute_map_apps(&slots, &[app(Some(3), Some(&[1, 2]))], &by_node).unwrap();
+        assert_eq!(nodes_of(&m), [1, 2, 1]);
+        assert_eq!(
+            compute_map_apps(&slots, &[app(Some(1), Some(&[7]))], &pol).unwrap_err().to_string(),
+            "program 0's host list names node 7, which is not in the job"
+        );
+    }
+
+    #[test]
+    fn seq_places_each_rank_on_its_line() {
+        let slots = [(3, None), (1, None)];
+        let seq = MapPolicy { map_by: MapBy::Seq, ..MapPolicy::default() };
+        let m = compute_map_apps(&slots, &[app(None, Some(&[0, 1, 0]))], &seq).unwrap();
+        assert_eq!(nodes_of(&m), [0, 1, 0]);
+        assert_eq!(m.ranks().iter().map(|p| p.local_rank).collect::<Vec<_>>(), [0, 0, 1]);
+        let m = compute_map_apps(&slots, &[app(Some(1), Some(&[1])), app(Some(2), Some(&[0, 0]))], &seq).unwrap();
+        assert_eq!(nodes_of(&m), [1, 0, 0]);
+        assert_eq!(
+            compute_map_apps(&slots, &[app(Some(4), Some(&[0, 1, 0]))], &seq).unwrap_err().to_string(),
+            "--map-by seq: program 0 asks for 4 ranks but its host list has 3 entries; list one host per rank or lower -np"
+        );
+        assert_eq!(
+            compute_map(&slots, &[Some(1)], &seq).unwrap_err().to_string(),
+            "--map-by seq: program 0 has no host list; seq needs a host file or --host list"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn without_own_nodes_it_is_compute_map(slots in proptest::collection::vec(1u32..5, 1..6), np in 1u32..20, by_node: bool) {
+            let s: Vec<(u32, Option<u32>)> = slots.iter().map(|&x| (x, None)).collect();
+            let pol = MapPolicy { map_by: if by_node { MapBy::Node } else { MapBy::Slot }, rank_by: RankBy::Slot, oversubscribe: true };
+            let a = compute_map(&s, &[Some(np)], &pol).unwrap();
+            // The same request through the per-context path: every node listed.
+            let all: Vec<u32> = (0..s.len() as u32).collect();
+            let b = compute_map_apps(&s, &[app(Some(np), Some(&all))], &pol).unwrap();
+            proptest::prop_assert_eq!(a.ranks_on(0).len() <= b.ranks_on(0).len() + s.len(), true);
+            proptest::prop_assert_eq!(b.size(), np);
+            let within: u32 = slots.iter().sum();
+            if np <= within && !by_node {
+                proptest::prop_assert_eq!(nodes_of(&a), nodes_of(&b));
             }
         }
     }

@@ -260,6 +260,19 @@ pub fn parse_hostfile(display: &str, text: &str) -> Result<Vec<Node>, NodeListEr
     Ok(merger.nodes)
 }
 
+/// Open MPI's `--map-by seq`: the host of each line of a host file, in order, one rank each
+/// (counts and `slots=` do not matter there).
+pub fn hostfile_sequence(display: &str, text: &str) -> Result<Vec<String>, NodeListError> {
+    let mut seq = Vec::new();
+    for raw in text.lines() {
+        if raw.split('#').next().unwrap_or("").trim().is_empty() {
+            continue;
+        }
+        seq.extend(parse_hostfile(display, raw)?.into_iter().map(|n| n.name));
+    }
+    Ok(seq)
+}
+
 /// Parses `--host h1:2,h2,user@h3:4` (Open MPI / MPICH style), with the same merge rules as
 /// [`parse_hostfile`].
 pub fn parse_host_list(spec: &str) -> Result<Vec<Node>, NodeListError> {

@@ -65,6 +65,51 @@ fn expand_once(args: &[String], cwd: &Path) -> Result<Option<Vec<String>>, Usage
     Ok(Some(out))
 }
 
+/// Open MPI's `--tune FILE[,FILE]`: the files' `-x` and `--mca` words go in front of the command
+/// line, so that its own values win (for both, the last given wins). Found through the flag
+/// table, so a program's own `-tune` argument is left alone.
+pub fn expand_tune(args: &[String], cwd: &Path) -> Result<Vec<String>, UsageError> {
+    let mut cmd = <super::flags::Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let segments = super::normalize::normalize(&cmd, args)?;
+    let global = segments.first().map(Vec::as_slice).unwrap_or_default();
+    let options = global.split(|w| w == "--").next().unwrap_or_default();
+    let mut files = Vec::new();
+    for (i, w) in options.iter().enumerate() {
+        if w == "--tune" {
+            files.extend(options.get(i + 1).cloned());
+        } else if let Some(f) = w.strip_prefix("--tune=") {
+            files.push(f.to_string());
+        }
+    }
+    let mut front = Vec::new();
+    for file in files.iter().flat_map(|f| f.split(',')).filter(|f| !f.is_empty()) {
+        let text = std::fs::read_to_string(cwd.join(file)).map_err(|e| usage(format!("--tune {file}: cannot read it: {e}")))?;
+        for (n, line) in text.lines().enumerate() {
+            let at = |what: String| usage(format!("--tune {file}: line {}: {what}", n + 1));
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            let words = split(line).map_err(at)?;
+            let mut i = 0;
+            while i < words.len() {
+                let takes = match words[i].as_str() {
+                    "-x" => 1,
+                    "-mca" | "--mca" | "-gmca" | "--gmca" => 2,
+                    w => return Err(at(format!("'{w}': only -x VAR[=VALUE] and --mca KEY VALUE may appear in a tune file"))),
+                };
+                if i + takes >= words.len() {
+                    return Err(at(format!("{} needs {}", words[i], if takes == 1 { "VAR or VAR=VALUE" } else { "KEY VALUE" })));
+                }
+                front.extend_from_slice(&words[i..=i + takes]);
+                i += takes + 1;
+            }
+        }
+    }
+    Ok(front.into_iter().chain(args.iter().cloned()).collect())
+}
+
 /// A line's words: blanks separate, single and double quotes group.
 fn split(line: &str) -> Result<Vec<String>, String> {
     let (mut words, mut cur, mut quote, mut open) = (Vec::new(), String::new(), None, false);
@@ -120,6 +165,32 @@ mod tests {
         std::fs::write(dir.join("bad"), "-np 1 'a\n").unwrap();
         assert_eq!(expand(&s(&["--app", "bad"]), &dir).unwrap_err().to_string(), "--app bad: line 1: unclosed '");
         assert!(expand(&s(&["--app", "missing"]), &dir).unwrap_err().to_string().starts_with("--app missing: cannot read it: "));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tune_files_go_in_front_of_the_command_line() {
+        let dir = std::env::temp_dir().join(format!("rlaunch-tune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t1"), "# site defaults
+-x A=1 -mca btl self,tcp
+--mca pml ob1 -x B
+").unwrap();
+        std::fs::write(dir.join("t2"), "-x C=3\n").unwrap();
+        let got = expand_tune(&s(&["-np", "2", "--tune", "t1,t2", "./a", "--tune", "x"]), &dir).unwrap();
+        assert_eq!(got, s(&["-x", "A=1", "-mca", "btl", "self,tcp", "--mca", "pml", "ob1", "-x", "B", "-x", "C=3", "-np", "2", "--tune", "t1,t2", "./a", "--tune", "x"]));
+        // The program's own --tune is its argument, not a file.
+        assert_eq!(expand_tune(&s(&["./a", "--tune", "nope"]), &dir).unwrap(), s(&["./a", "--tune", "nope"]));
+        std::fs::write(dir.join("bad"), "-x A=1 --np 4
+").unwrap();
+        assert_eq!(
+            expand_tune(&s(&["-tune", "bad", "./a"]), &dir).unwrap_err().to_string(),
+            "--tune bad: line 1: '--np': only -x VAR[=VALUE] and --mca KEY VALUE may appear in a tune file"
+        );
+        std::fs::write(dir.join("short"), "--mca btl
+").unwrap();
+        assert_eq!(expand_tune(&s(&["--tune=short", "./a"]), &dir).unwrap_err().to_string(), "--tune short: line 1: --mca needs KEY VALUE");
+        assert!(expand_tune(&s(&["--tune", "missing", "./a"]), &dir).unwrap_err().to_string().starts_with("--tune missing: cannot read it: "));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -39,6 +39,8 @@ SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
   A second SIGINT (ctrl-C) within 5 s kills every rank with SIGKILL (exit 130).
   Each rank runs in its own process group; a rank's children are killed when it exits.
+  Descendants that left it (setsid, daemonizing) are killed when the job ends: each daemon is
+  their subreaper, and where cgroup v2 is writable the ranks run in a cgroup of the job.
   If rlaunch dies, even by SIGKILL, its daemons and every rank are gone within 5 s.
 
 ENVIRONMENT OF EACH RANK:
@@ -50,7 +52,7 @@ ENVIRONMENT OF EACH RANK:
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
-  After ':' only per-program options may appear (-n/-np, -x, --wdir, -env).
+  After ':' only per-program options may appear (-n/-np, -x, --wdir, -env, -H).
 
 NODES:
   Without --hostfile or --host, ranks run on this machine (slots = CPUs, more ranks allowed).
@@ -58,9 +60,13 @@ NODES:
   asking for more ranks than slots is an error unless --oversubscribe.
   Inside a batch job the job's nodes are used: Slurm (SLURM_JOB_NODELIST, one srun step), PBS
   (PBS_NODEFILE), Grid Engine (JOB_ID with PE_HOSTFILE: HOST SLOTS per line; NSLOTS is not
-  needed) and LSF (LSB_JOBID with LSB_DJOB_HOSTFILE, else LSB_MCPU_HOSTS); PBS, Grid Engine and
-  LSF daemons start over ssh (not pbsdsh, qrsh -inherit or blaunch, which cannot give a daemon
-  a private stdin for the job key). A node list must be part of the job's nodes.
+  needed) and LSF (LSB_JOBID with LSB_DJOB_HOSTFILE, else LSB_MCPU_HOSTS). Grid Engine daemons
+  start through qrsh -inherit (the PE needs control_slaves TRUE) and LSF daemons through
+  blaunch, so the job tracks them, where those are on PATH, else over ssh; the daemon of the
+  front end's own host is forked. PBS daemons start over ssh (pbsdsh cannot give a daemon a
+  private stdin for the job key). A node list must be part of the job's nodes.
+  The front end listens for its daemons only on the address they are told to use (the one this
+  machine reaches the nodes from, or --bind-address), and says only the first rejected frame.
   Remote ranks get rlaunch's environment except HOSTNAME, HOST, DISPLAY, XAUTHORITY, PWD,
   OLDPWD, SHLVL, _, SSH_*, and other launchers' variables (PMI_*, PMIX_*, OMPI_*, SLURM_*,
   RLAUNCH_*).
@@ -90,8 +96,33 @@ COMPATIBILITY, OPEN MPI (mpirun):
   --timestamp-output                each line on the terminal starts with the local time, as
                                     ctime(3) writes it (before -l's tag); files stay exact
   --prefix DIR                      ranks get DIR/bin first in PATH, DIR/lib in LD_LIBRARY_PATH
+  --pmixmca K V                     every rank gets PMIX_MCA_K=V (Open MPI 5)
+  --prtemca K V                     PRRTE's; rlaunch has none, -v names them as unused
+  --report-pid FILE|-|+             rlaunch's pid to FILE, stdout (-) or stderr (+), first
+  --output tag,timestamp,merge-stderr,dir=DIR,nocopy
+                                    Open MPI 5's spelling of -l, --timestamp-output,
+                                    --merge-stderr-to-stdout and --output-filename DIR[:nocopy]
+  --display map,allocation,bind     --display-map (map, allocation), --report-bindings (bind)
+  -bysocket, -bycore, -byslot       --map-by socket, core, slot (older Open MPI)
+  --bind-to-core, --bind-to-socket, --bind-to-none
+                                    --bind-to core, socket, none (older Open MPI)
+  -rf FILE                          --rankfile FILE
+  --display-allocation, --display-devel-map
+                                    --display-map
+  --nolocal                         no ranks on the machine rlaunch runs on (also Intel MPI)
+  --hetero-nodes, --noprefix, --leave-session-attached, --report-child-jobs-separately
+                                    accepted: what rlaunch always does
+  --tune FILE[,FILE]                the files' -x VAR[=VALUE] and --mca/-mca K V words, as if given
+                                    first on the command line (whose own values win); any other
+                                    word in them is an error, as in Open MPI
   --host a,b                        one slot per host named without a count; more ranks than
                                     slots is an error (unless --oversubscribe)
+  -np 1 -H a ./m : -np 4 -H b:4 ./w per-context hosts: when a context after ':' has its own -H,
+                                    each context's ranks fill the free slots of its own hosts
+                                    (the job's nodes are all of them, or the host file's);
+                                    a context without -H uses every node
+  --map-by seq                      rank i on the host of the i-th line of --hostfile (or entry
+                                    of --host); one rank per line, counts do not matter
 
 COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -genv VAR VALUE, -genv VAR=VALUE  every rank gets VAR=VALUE (before -x, which wins)
@@ -100,6 +131,9 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -genvnone, -genvlist A,B          ranks on other nodes get none of rlaunch's environment, or
                                     only A and B (and -genv/-x values); on this machine ranks
                                     inherit it all, as Hydra's forked proxies do
+  -envnone, -envlist A,B            the same for one context (also after ':'): its ranks on other
+                                    nodes get none, or only A and B, of rlaunch's environment;
+                                    -envall gives a context all of it under -genvnone
   -hosts a,b, -hosts a:2,b:4        each host in turn takes its count of consecutive ranks (1
                                     without a count), wrapping around: -hosts a,b -n 4 gives a
                                     ranks 0,2 and b ranks 1,3 (Open MPI's --host is an error there)
@@ -110,22 +144,33 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
   -f, -machinefile, -hostfile FILE  the host file (as --hostfile); more ranks than its slots is
                                     an error, where Hydra wraps around
   -launcher K, -bootstrap K         ssh (rlaunch's ssh; without a host list the job runs here),
-                                    rsh, fork (every daemon here), slurm, pbs; rlaunch's own
-                                    --launcher keeps its names
+                                    rsh, fork (every daemon here), slurm, pbs, sge (qrsh -inherit),
+                                    lsf (blaunch; sge and lsf without a host list: the job's
+                                    hosts inside its job, else here); rlaunch's own --launcher
+                                    keeps its names
   -launcher-exec P, -bootstrap-exec P
                                     daemons start through P (ssh or rsh), as --launch-agent P
   -iface NAME                       the NIC, as --nic NAME
   -l, -prepend-rank                 prefix output lines with \"[RANK] \", as --tag-output
+  -prepend-pattern P                prefix output lines with P: %r rank, %h host, %g 0, %% a '%'
   -print-rank-map                   as --display-map
   -outfile-pattern P, -errfile-pattern P
                                     each rank's stdout (stderr) appended to the file P names:
                                     %r rank, %h host, %g 0 (one process group), %% a '%'
   -s RANK|all|none                  which rank reads stdin, as --stdin
+  -disable-x                        no X11 forwarding: what rlaunch always does
+  -demux poll|select                accepted: rlaunch multiplexes output with its own loop
+  -path DIR                         DIR first in the ranks' PATH (where programs are found)
   HYDRA_HOST_FILE, HYDRA_LAUNCHER, HYDRA_LAUNCHER_EXEC
                                     read when the command line gives no host list or launcher
   MPIEXEC_TIMEOUT=SECS              as --timeout SECS when --timeout is not given (Open MPI's
                                     mpirun reads it too)
+  MPIEXEC_PORT_RANGE=LOW:HIGH (or MPICH_PORT_RANGE)
+                                    the front end and the daemons listen for each other only on
+                                    these TCP ports (for firewalls between nodes)
   -print-all-exitcodes              at the end, one line per rank on stderr with its exit status
+  -usize N, -usize SYSTEM           the universe size ranks are told (MPI_UNIVERSE_SIZE), or the
+                                    slots of the job's nodes; without it, the job's size (PMI)
   Exit status with several failing ranks: Hydra reports the highest, rlaunch the first.
 
 PLACEMENT (both families; each node's own topology, within the CPUs its daemon may use):
@@ -156,14 +201,23 @@ PLACEMENT (both families; each node's own topology, within the CPUs its daemon m
   mapped places round-robin over those objects (--map-by package --rank-by core: ranks 0 and 1
   on package 0); --rankfile is not supported.
 
+COMPATIBILITY, CRAY PALS (mpiexec on HPE Cray systems; placement, see PLACEMENT):
+  --cpu-bind none|core|numa|socket|thread
+                                    as --bind-to none|core|numa|package|hwthread
+  --cpu-bind depth, -d N, --depth N each rank on its own N CPUs (as --cpus-per-proc N)
+  --cpu-bind list:C:C..., mask:M:M...
+                                    local rank i on the i-th CPU list (0-3,8) or hex mask, cyclically
+  --gpu-bind list:G:G...            local rank i gets the i-th GPU list, cyclically
+  -ppn N                            as Hydra's -ppn
+
 APPLICATION FILES (both families):
   --app FILE (Open MPI), -configfile FILE (Hydra, Intel MPI), given last in place of the
   program: FILE holds one application context per line (-np 2 ./a x), as if joined by ':'.
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
-  -envnone, -envlist (per context), --map-by seq, --rankfile, --tune,
-  per-context -H in MPMD, -enable-x, -ckpointlib (BLCR), Cray PALS's
-  --cpu-bind and --depth, Intel's -trace and -gtool, -usize.";
+  -enable-x, -ckpointlib (BLCR), Intel's -trace, -gtool and -check_mpi, -gdb, --debug, -xterm,
+  --enable-recovery and --max-restarts (not yet), -disable-auto-cleanup, --preload-binary,
+  --preload-files, -ompi-server, --personality, --xml.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -193,6 +247,11 @@ pub struct Cli {
     /// Kill the whole job after SECS seconds (fractions allowed) and exit with 124
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
+
+    /// With --timeout: when it expires, print the stack of every rank still running (with
+    /// eu-stack or gdb on its node) before ending them
+    #[arg(long = "get-stack-traces")]
+    pub get_stack_traces: bool,
 
     /// Prefix every output line with "[RANK] "
     #[arg(short = 'l', long = "tag-output", alias = "prepend-rank")]
@@ -277,7 +336,8 @@ pub struct Cli {
     /// How daemons start: local (every daemon on this machine, whatever the node names), ssh
     /// (in-process, the default with a node list), agent (--launch-agent), slurm (one srun step,
     /// the default inside a Slurm allocation), pbs (inside a PBS job: nodes from PBS_NODEFILE,
-    /// daemons over ssh)
+    /// daemons over ssh), sge (inside a Grid Engine job: qrsh -inherit, else ssh), lsf (inside an
+    /// LSF job: blaunch, else ssh)
     #[arg(long, value_name = "KIND", value_parser = typed::<LauncherKind>)]
     pub launcher: Option<LauncherKind>,
 
@@ -303,6 +363,11 @@ pub struct Cli {
     /// Tree fan-out: the front end starts and talks to at most K daemons; each daemon to K children
     #[arg(long, value_name = "K", default_value = "32")]
     pub fanout: u32,
+
+    /// The address the front end listens on for its daemons (they are told to connect there)
+    /// [default: the address this machine reaches the nodes from, when they share one]
+    #[arg(long = "bind-address", value_name = "ADDR")]
+    pub bind_address: Option<std::net::IpAddr>,
 
     /// Let daemons start their own children (tree spawn) instead of the front end starting them all
     #[arg(long = "tree-spawn")]
@@ -412,6 +477,78 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, value_name = "VAR,VAR", conflicts_with = "genvall", hide_short_help = true)]
     pub genvlist: Option<String>,
 
+    /// Hydra: this context's ranks on other nodes get none of rlaunch's environment, only -env and
+    /// -x values (on this machine they inherit it, as under Hydra)
+    #[arg(long, conflicts_with = "envlist", hide_short_help = true)]
+    pub envnone: bool,
+
+    /// Hydra: this context's ranks get these variables of rlaunch's environment, and on other
+    /// nodes no others
+    #[arg(long, value_name = "VAR,VAR", hide_short_help = true)]
+    pub envlist: Option<String>,
+
+    /// Open MPI: files (comma-separated) of -x and --mca options, as if given first on the command
+    /// line (the command line's own win)
+    #[arg(long, value_name = "FILE[,FILE]", hide_short_help = true)]
+    pub tune: Option<String>,
+
+    /// Hydra: no X11 forwarding, which is what rlaunch does anyway (-enable-x is refused)
+    #[arg(long = "disable-x", hide_short_help = true)]
+    pub disable_x: bool,
+
+    /// Open MPI 5: set PMIx MCA parameter KEY to VALUE in every rank (PMIX_MCA_KEY=VALUE)
+    #[arg(long = "pmixmca", value_name = "KEY VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub pmixmca: Vec<String>,
+
+    /// Open MPI 5: a PRRTE MCA parameter; rlaunch has no PRRTE, so it is unused (-v says so)
+    #[arg(long = "prtemca", value_name = "KEY VALUE", action = ArgAction::Append, allow_hyphen_values = true, hide_short_help = true)]
+    pub prtemca: Vec<String>,
+
+    /// Open MPI: write rlaunch's pid to FILE, or to stdout (-) or stderr (+), before the job starts
+    #[arg(long = "report-pid", value_name = "FILE|-|+", hide_short_help = true)]
+    pub report_pid: Option<String>,
+
+    /// Open MPI 5: output options, comma-separated: tag (as -l), timestamp, merge-stderr,
+    /// dir=DIR or file=DIR (as --output-filename DIR), nocopy
+    #[arg(long = "output", value_name = "LIST", hide_short_help = true)]
+    pub output: Option<String>,
+
+    /// Open MPI 5: what to show before running, comma-separated: map, allocation (as
+    /// --display-map), bind (as --report-bindings)
+    #[arg(long = "display", value_name = "LIST", hide_short_help = true)]
+    pub display: Option<String>,
+
+    /// Open MPI, Intel MPI: no ranks on the machine rlaunch runs on (only on the other nodes)
+    #[arg(long, hide_short_help = true)]
+    pub nolocal: bool,
+
+    /// Hydra: each output line starts with PATTERN (%r rank, %h host, %g 0, %% a '%'), as -l
+    /// does with "[%r] "
+    #[arg(long = "prepend-pattern", value_name = "PATTERN", hide_short_help = true)]
+    pub prepend_pattern: Option<String>,
+
+    /// Hydra: DIR first in the ranks' PATH, where their program is looked up
+    #[arg(long, value_name = "DIR", hide_short_help = true)]
+    pub path: Option<PathBuf>,
+
+    /// Accepted, changing nothing: what rlaunch always does. Open MPI's --hetero-nodes (each node's
+    /// topology is its own), --noprefix (no automatic --prefix), --leave-session-attached,
+    /// --report-child-jobs-separately; Hydra's -demux (rlaunch's own I/O loop)
+    #[arg(long = "hetero-nodes", hide_short_help = true)]
+    pub hetero_nodes: bool,
+
+    #[arg(long = "noprefix", hide = true)]
+    pub noprefix: bool,
+
+    #[arg(long = "leave-session-attached", hide = true)]
+    pub leave_session_attached: bool,
+
+    #[arg(long = "report-child-jobs-separately", hide = true)]
+    pub report_child_jobs_separately: bool,
+
+    #[arg(long = "demux", value_name = "poll|select", hide = true)]
+    pub demux: Option<String>,
+
     /// Open MPI: accepted for scripts run as root; rlaunch needs no such permission
     #[arg(long = "allow-run-as-root", hide_short_help = true)]
     pub allow_run_as_root: bool,
@@ -448,7 +585,7 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, hide_short_help = true)]
     pub rr: bool,
 
-    /// Hydra -launcher, Intel -bootstrap: how daemons start: ssh, rsh, fork (this machine), slurm, pbs
+    /// Hydra -launcher, Intel -bootstrap: how daemons start: ssh, rsh, fork (this machine), slurm, pbs, sge, lsf
     #[arg(long, value_name = "KIND", value_parser = typed::<Bootstrap>, conflicts_with_all = ["launcher", "launch_agent"], hide_short_help = true)]
     pub bootstrap: Option<Bootstrap>,
 
@@ -482,6 +619,24 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, value_name = "FILE", hide_short_help = true)]
     pub rankfile: Option<PathBuf>,
 
+    /// Placement (Cray PALS mpiexec): none, core, numa, socket, thread, depth (each rank on its
+    /// --depth CPUs), list:CPUS:CPUS... or mask:M:M... (local rank i on the i-th, cyclically)
+    #[arg(long = "cpu-bind", value_name = "HOW", value_parser = typed::<CpuBind>, hide_short_help = true)]
+    pub cpu_bind: Option<CpuBind>,
+
+    /// Placement (Cray PALS mpiexec -d N): CPUs per rank, as --cpus-per-proc N
+    #[arg(short = 'd', long = "depth", value_name = "N", conflicts_with = "cpus_per_proc", value_parser = clap::value_parser!(u32).range(1..), hide_short_help = true)]
+    pub depth: Option<u32>,
+
+    /// Placement (Cray PALS, Slurm): list:G:G... gives local rank i the i-th GPU list, cyclically
+    #[arg(long = "gpu-bind", value_name = "list:G:G...", value_parser = typed::<GpuBind>, hide_short_help = true)]
+    pub gpu_bind: Option<GpuBind>,
+
+    /// Hydra: the universe size the ranks are told (MPI_UNIVERSE_SIZE): N, or SYSTEM for the
+    /// slots of the job's nodes [default: the job's size]
+    #[arg(long, value_name = "N|SYSTEM", value_parser = typed::<Usize>, hide_short_help = true)]
+    pub usize: Option<Usize>,
+
     /// Open MPI --app FILE, Hydra -configfile FILE: application contexts from FILE, one per line
     /// (`-np 2 ./a x`; `#` comments); given last, in place of the program
     #[arg(long, visible_alias = "configfile", value_name = "FILE", hide_short_help = true)]
@@ -497,11 +652,11 @@ showed in this mode (none in 200 jobs)."
 }
 
 /// Options that may appear after a ':' (they belong to one application context).
-pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall"];
+pub const PER_APP: &[&str] = &["np", "export", "wdir", "program", "env", "genvall", "host", "envnone", "envlist"];
 
 /// Options whose value is two words, `KEY VALUE`, which normalize joins into one `KEY=VALUE`; `true`
 /// where the Hydra form `KEY=VALUE` as one word is also accepted.
-pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true)];
+pub const PAIRS: &[(&str, bool)] = &[("mca", false), ("genv", true), ("env", true), ("pmixmca", false), ("prtemca", false)];
 
 /// Options of the other launchers that rlaunch does not carry out, with the one line it says
 /// instead of "unknown option" (after the option as written).
@@ -510,14 +665,35 @@ pub const WONT: &[(&str, &str)] = &[
     ("ckpoint-prefix", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("ckpoint-interval", "BLCR checkpointing is gone; rlaunch does not checkpoint jobs"),
     ("enable-x", "rlaunch does not forward X11 connections"),
-    ("envnone", "per-context environment lists are not supported; -genvnone applies to the job"),
-    ("envlist", "per-context environment lists are not supported; -genvlist applies to the job"),
-    ("tune", "not supported yet; give the file's --mca and -x options on the command line"),
-    ("cpu-bind", "a Cray PALS mpiexec option; use --bind-to (core, numa, ...) or --bind-to user:CPUS"),
-    ("depth", "a Cray PALS mpiexec option; use --map-by :PE=N (N cores per rank)"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
-    ("usize", "not supported yet; the universe is the job's ranks"),
+    ("enable-recovery", "restarting failed ranks is not supported yet; the first failure ends the job"),
+    ("max-restarts", "restarting failed ranks is not supported yet; the first failure ends the job"),
+    ("disable-auto-cleanup", "rlaunch ends the whole job at the first failure; it cannot leave the other ranks running"),
+    ("preload-binary", "rlaunch does not copy programs to the nodes; put the program on a shared file system"),
+    ("preload-files", "rlaunch does not copy files to the nodes; put them on a shared file system"),
+    ("gdb", "rlaunch does not start debuggers itself; run one as the program (rlaunch -np 2 gdb -batch -ex run --args ./app)"),
+    ("debug", "rlaunch does not start a parallel debugger; run one as the program, or see --get-stack-traces"),
+    ("xterm", "rlaunch does not open terminal windows; use --output-filename to get each rank's output apart"),
+    ("check_mpi", "Intel's correctness checker is not supported; set LD_PRELOAD with -genv"),
+    ("ompi-server", "rlaunch has no Open MPI name server for MPI_Publish_name"),
+    ("personality", "rlaunch runs Open MPI and MPICH programs as they are; no personality is needed"),
+    ("xml", "rlaunch does not write XML output; see --report for JSON"),
+];
+
+/// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:
+/// Open MPI's older mapping and binding options, short names, Open MPI 5's `--display`.
+pub const EXPANSIONS: &[(&str, &[&str])] = &[
+    ("bysocket", &["--map-by", "socket"]),
+    ("bycore", &["--map-by", "core"]),
+    ("byslot", &["--map-by", "slot"]),
+    ("bind-to-core", &["--bind-to", "core"]),
+    ("bind-to-socket", &["--bind-to", "socket"]),
+    ("bind-to-none", &["--bind-to", "none"]),
+    ("rf", &["--rankfile"]),
+    ("display-allocation", &["--display-map"]),
+    ("display-devel-map", &["--display-map"]),
+    ("display-devel-allocation", &["--display-map"]),
 ];
 
 /// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
@@ -626,8 +802,10 @@ impl FromStr for MapByFlag {
     /// fill each node's slots in order, then place the node's ranks on those objects; `SPAN`
     /// changes nothing: rlaunch's node-level policies already treat all nodes as one resource.
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.split(':').next().is_some_and(|p| p.eq_ignore_ascii_case("seq")) {
-            return Err("seq (rank i on the i-th line of the host file) is not supported yet; give the host file slots and use --map-by slot".into());
+        // Open MPI's seq: rank i on the host of the i-th host file line; its modifiers as slot's.
+        if let Some(rest) = s.split_once(':').map_or((s.eq_ignore_ascii_case("seq")).then_some(""), |(p, r)| p.eq_ignore_ascii_case("seq").then_some(r)) {
+            let place: MapPolicy = if rest.is_empty() { MapPolicy::default() } else { format!("slot:{rest}").parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())? };
+            return Ok(MapByFlag { policy: MapBy::Seq, place });
         }
         let place: MapPolicy = s.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())?;
         let policy = match place.obj {
@@ -662,6 +840,111 @@ impl FromStr for BindToFlag {
     }
 }
 
+/// A CPU list as the kernel writes one (`0-3,8,10-11`): the CPU numbers in order, each once.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let bad = || format!("'{part}' in CPU list '{s}': expected N or N-M with N <= M (e.g. 0-3,8)");
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b || b >= 1 << 16 {
+            return Err(bad());
+        }
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Cray PALS's `--cpu-bind`: a binding level, or explicit CPU sets per local rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuBind {
+    /// `none`, `core`, `numa`, `socket`, `thread` in `--bind-to`'s names.
+    Level(&'static str),
+    /// `depth`: each rank on its own `--depth` consecutive CPUs.
+    Depth,
+    /// `list:0-3:4-7` or `mask:0xf:0xf0`: local rank i on the i-th set, cyclically.
+    Sets(Vec<Vec<u32>>),
+}
+
+impl FromStr for CpuBind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let level = match s {
+            "none" => Some("none"),
+            "core" => Some("core"),
+            "numa" => Some("numa"),
+            "socket" => Some("package"),
+            "thread" => Some("hwthread"),
+            _ => None,
+        };
+        if let Some(l) = level {
+            return Ok(CpuBind::Level(l));
+        }
+        if s == "depth" {
+            return Ok(CpuBind::Depth);
+        }
+        let sets: Result<Vec<Vec<u32>>, String> = if let Some(lists) = s.strip_prefix("list:") {
+            lists.split(':').map(parse_cpu_list).collect()
+        } else if let Some(masks) = s.strip_prefix("mask:") {
+            masks.split(':').map(parse_cpu_mask).collect()
+        } else {
+            return Err("expected none, core, numa, socket, thread, depth, list:CPUS:CPUS... or mask:M:M...".into());
+        };
+        sets.map(CpuBind::Sets)
+    }
+}
+
+/// A hexadecimal CPU mask (`0xf0` or `f0`): the CPUs whose bits are set.
+fn parse_cpu_mask(m: &str) -> Result<Vec<u32>, String> {
+    let hex = m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")).unwrap_or(m);
+    let bad = || format!("'{m}': expected a hexadecimal CPU mask such as 0xf0");
+    if hex.is_empty() || hex.len() > 64 {
+        return Err(bad());
+    }
+    let mut cpus = Vec::new();
+    for (i, c) in hex.chars().rev().enumerate() {
+        let digit = c.to_digit(16).ok_or_else(bad)?;
+        cpus.extend((0..4).filter(|b| digit & (1 << b) != 0).map(|b| (i * 4) as u32 + b));
+    }
+    if cpus.is_empty() {
+        return Err(format!("'{m}': the mask selects no CPU"));
+    }
+    Ok(cpus)
+}
+
+/// `--gpu-bind list:0:1,2:3`: local rank i gets the i-th GPU list, cyclically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuBind(pub Vec<Vec<u32>>);
+
+impl FromStr for GpuBind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lists = s.strip_prefix("list:").ok_or("expected list:G:G... (GPU numbers, local rank i takes the i-th)")?;
+        lists.split(':').map(parse_cpu_list).collect::<Result<_, _>>().map(GpuBind)
+    }
+}
+
+/// Hydra's `-usize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usize {
+    Count(u32),
+    /// The slots of the job's nodes.
+    System,
+}
+
+impl FromStr for Usize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "SYSTEM" | "system" => Ok(Usize::System),
+            "INFINITE" | "infinite" => Err("an unlimited universe is not supported; give a number or SYSTEM".into()),
+            n => n.parse().ok().filter(|&n| n >= 1).map(Usize::Count).ok_or_else(|| "expected a number of at least 1, or SYSTEM".into()),
+        }
+    }
+}
+
 /// Hydra's `-launcher` / Intel's `-bootstrap`: how daemons start, in that family's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -673,6 +956,10 @@ pub enum Bootstrap {
     Fork,
     Slurm,
     Pbs,
+    /// Grid Engine: `qrsh -inherit` inside its job.
+    Sge,
+    /// LSF: `blaunch` inside its job.
+    Lsf,
 }
 
 impl FromStr for Bootstrap {
@@ -684,7 +971,9 @@ impl FromStr for Bootstrap {
             "fork" => Ok(Bootstrap::Fork),
             "slurm" => Ok(Bootstrap::Slurm),
             "pbs" => Ok(Bootstrap::Pbs),
-            _ => Err("expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)".into()),
+            "sge" => Ok(Bootstrap::Sge),
+            "lsf" => Ok(Bootstrap::Lsf),
+            _ => Err("expected ssh, rsh, fork, slurm, pbs, sge or lsf (the names of -launcher and -bootstrap)".into()),
         }
     }
 }
@@ -770,7 +1059,31 @@ mod tests {
         assert!(typed::<RankByFlag>("l2cache").unwrap_err().to_string().starts_with("rlaunch ranks inside a node by hwthread"));
         assert_eq!(typed::<RankByFlag>("node").unwrap(), RankByFlag { policy: RankBy::Node, object: None });
         assert_eq!(typed::<RankByFlag>("x").unwrap_err().to_string(), "unknown --rank-by value 'x'; use slot or node");
-        assert!(m("seq").unwrap_err().starts_with("seq (rank i on the i-th line of the host file) is not supported yet"));
+        assert_eq!(m("seq").unwrap().policy, MapBy::Seq);
         assert_eq!(typed::<Bootstrap>("fork").unwrap(), Bootstrap::Fork);
+    }
+
+    #[test]
+    fn expansions_are_rlaunch_options_and_never_expand_again() {
+        let cmd = Cli::command();
+        for (from, words) in EXPANSIONS {
+            let long = words[0].strip_prefix("--").expect("an expansion starts with an option");
+            assert!(cmd.get_arguments().any(|a| a.get_long() == Some(long)), "{from}: --{long} is not an option");
+            assert!(!EXPANSIONS.iter().any(|(f, _)| *f == long), "{from} expands to another expansion");
+            assert!(!cmd.get_arguments().any(|a| a.get_long() == Some(from)), "{from} is an option already");
+        }
+    }
+
+    #[test]
+    fn cray_cpu_and_gpu_binding_values() {
+        assert_eq!(typed::<CpuBind>("socket").unwrap(), CpuBind::Level("package"));
+        assert_eq!(typed::<CpuBind>("depth").unwrap(), CpuBind::Depth);
+        assert_eq!(typed::<CpuBind>("list:0-2,5:8").unwrap(), CpuBind::Sets(vec![vec![0, 1, 2, 5], vec![8]]));
+        assert_eq!(typed::<CpuBind>("mask:0x11:f0").unwrap(), CpuBind::Sets(vec![vec![0, 4], vec![4, 5, 6, 7]]));
+        assert_eq!(typed::<CpuBind>("list:3-1").unwrap_err().to_string(), "'3-1' in CPU list '3-1': expected N or N-M with N <= M (e.g. 0-3,8)");
+        assert_eq!(typed::<CpuBind>("mask:0x0").unwrap_err().to_string(), "'0x0': the mask selects no CPU");
+        assert!(typed::<CpuBind>("verbose").unwrap_err().to_string().starts_with("expected none, core"));
+        assert_eq!(typed::<GpuBind>("list:0:1,2").unwrap(), GpuBind(vec![vec![0], vec![1, 2]]));
+        assert!(typed::<GpuBind>("closest").is_err());
     }
 }

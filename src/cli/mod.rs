@@ -16,7 +16,7 @@ mod normalize;
 mod parse;
 mod resolve;
 
-pub use appfile::expand as expand_context_files;
+pub use appfile::{expand as expand_context_files, expand_tune};
 pub use dry_run::describe;
 pub use error::UsageError;
 pub use flags::generate;

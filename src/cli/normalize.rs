@@ -2,7 +2,7 @@
 //! `:` between application contexts, and the program boundary.
 
 use super::error::{usage, UsageError};
-use super::flags::{PAIRS, SINGLE_DASH_RENAMES, WONT};
+use super::flags::{EXPANSIONS, PAIRS, SINGLE_DASH_RENAMES, WONT};
 
 struct OptInfo {
     /// The long name clap knows it by.
@@ -66,11 +66,13 @@ fn push_option(seg: &mut Vec<String>, written: &str, flag: &str, o: &OptInfo, ar
 /// long options become double-dash, and `--` goes before the program so that everything after it
 /// belongs to the program.
 pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>>, UsageError> {
+    let mut args = args.to_vec();
     let mut segments = vec![Vec::new()];
     let mut i = 0;
     let mut in_program = false;
     while i < args.len() {
-        let a = &args[i];
+        let word = args[i].clone();
+        let a = &word;
         let seg = segments.last_mut().unwrap();
         i += 1;
         if a == ":" {
@@ -87,6 +89,14 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
             in_program = true;
             continue;
         }
+        // Another launcher's old or short spelling of rlaunch's options: its words take its place
+        // (they are rlaunch's own, never another expansion: see the flag table's test).
+        if let Some((_, words)) = EXPANSIONS.iter().find(|(from, _)| a.strip_prefix('-').map(|b| b.strip_prefix('-').unwrap_or(b)) == Some(from)) {
+            let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+            args.splice(i - 1..i, words);
+            i -= 1;
+            continue;
+        }
         if let Some(long) = a.strip_prefix("--") {
             let (name, has_eq) = match long.split_once('=') {
                 Some((n, _)) => (n, true),
@@ -98,7 +108,7 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
             if has_eq {
                 seg.push(a.clone());
             } else {
-                push_option(seg, a, a, &o, args, &mut i)?;
+                push_option(seg, a, a, &o, &args, &mut i)?;
             }
             continue;
         }
@@ -115,16 +125,22 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
                     if has_eq {
                         seg.push(format!("--{renamed}{}", &body[name.len()..]));
                     } else {
-                        push_option(seg, a, &format!("--{renamed}"), &o, args, &mut i)?;
+                        push_option(seg, a, &format!("--{renamed}"), &o, &args, &mut i)?;
                     }
                     continue;
                 }
             }
             // -nolocal is an unknown long option, not -n olocal: -n, -c and -N take numbers.
             // A known other launcher's option (-ckpointlib) is named whole too.
-            let number_flag = body.starts_with(['n', 'c', 'N']);
-            let numeric = body[1..].trim_start_matches('=').bytes().all(|b| b.is_ascii_digit());
-            if long_word && ((number_flag && !numeric) || WONT.iter().any(|(n, _)| *n == name)) {
+            // -nolocal, -demux, -silent-abort are long options, not -n olocal, -d emux or
+            // -s ilent-abort: a short option's value written onto it (-n4, -d8, -sall, -xA=1)
+            // is a number, for -s all/none, for -x VAR=VALUE; any other word is named whole.
+            let first = body.chars().next().unwrap_or_default();
+            let rest = body[first.len_utf8()..].trim_start_matches('=');
+            let numeric = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+            let value_like = numeric || (first == 's' && ["all", "none"].contains(&rest)) || (first == 'x' && rest.contains('='));
+            let attached = lookup_short(cmd, first).is_some_and(|o| o.takes_value) && !value_like;
+            if long_word && (attached || WONT.iter().any(|(n, _)| *n == name)) {
                 return Err(unknown(&format!("-{name}"), name));
             }
             // A cluster of short flags; the first that takes a value swallows the rest or the next word.

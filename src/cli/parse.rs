@@ -58,8 +58,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
             for arg in Cli::command().get_arguments() {
                 let id = arg.get_id().as_str();
                 if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) && !PER_APP.contains(&id) {
+                    let long = arg.get_long().unwrap_or(id);
                     return Err(usage(format!(
-                        "option --{id} applies to the whole job; put it before the first program, not after ':'"
+                        "option --{long} applies to the whole job; put it before the first program, not after ':'"
                     )));
                 }
             }
@@ -78,11 +79,43 @@ pub fn parse(args: &[String]) -> Result<Parsed, UsageError> {
             }));
         }
         if global.is_none() {
-            global = Some(cli.clone());
+            let mut g = cli.clone();
+            open_mpi5_lists(&mut g)?;
+            global = Some(g);
         }
         apps.push(cli);
     }
     Ok(Parsed { global: global.expect("at least one segment"), apps, words: args.to_vec() })
+}
+
+/// Open MPI 5's `--output LIST` and `--display LIST` as the options they stand for.
+fn open_mpi5_lists(g: &mut Cli) -> Result<(), UsageError> {
+    let mut nocopy = false;
+    let mut dir = None;
+    for item in g.output.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item.split_once('=').unwrap_or((item, ""));
+        match key {
+            "tag" | "tag-detailed" | "tag-fullname" => g.tag_output = true,
+            "timestamp" => g.timestamp_output = true,
+            "merge-stderr" | "merge" => g.merge_stderr_to_stdout = true,
+            "dir" | "file" if !value.is_empty() => dir = Some(value.to_string()),
+            "nocopy" => nocopy = true,
+            _ => return Err(usage(format!("--output {item}: expected tag, timestamp, merge-stderr, dir=DIR, file=DIR or nocopy"))),
+        }
+    }
+    match (dir, nocopy) {
+        (Some(d), n) => g.output_filename = Some(if n { format!("{d}:nocopy") } else { d }),
+        (None, true) => return Err(usage("--output nocopy: give dir=DIR too (nocopy keeps the output only in files)")),
+        (None, false) => {}
+    }
+    for item in g.display.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
+        match item {
+            "map" | "allocation" | "map-devel" | "alloc" => g.display_map = true,
+            "bind" | "bindings" => g.report_bindings = true,
+            _ => return Err(usage(format!("--display {item}: expected map, allocation or bind"))),
+        }
+    }
+    Ok(())
 }
 
 pub fn to_strings(args: Vec<OsString>) -> Result<Vec<String>, UsageError> {
@@ -160,7 +193,7 @@ mod tests {
         assert_eq!(e(&["--fabric=ib", "a"]), "--fabric ib: expected auto, tcp, rdma or off");
         assert_eq!(e(&["--mpi", "x", "a"]), "--mpi x: expected pmi, pmix or auto");
         assert_eq!(e(&["--stdin", "some", "a"]), "--stdin some: expected a rank number, 'all' or 'none'");
-        assert_eq!(e(&["--launcher", "rsh", "a"]), "--launcher rsh: expected local, ssh, agent, slurm or pbs");
+        assert_eq!(e(&["--launcher", "rsh", "a"]), "--launcher rsh: expected local, ssh, agent, slurm, pbs, sge or lsf");
         assert_eq!(e(&["--map-by", "corner", "a"]), "--map-by corner: unknown --map-by object 'corner'; use slot, node, hwthread, core, l3cache, numa, package (socket) or ppr:N:OBJ");
         assert_eq!(e(&["--rank-by", "x", "a"]), "--rank-by x: unknown --rank-by value 'x'; use slot or node");
         assert_eq!(e(&["--generate", "tcsh"]), "--generate tcsh: expected man, bash, zsh, fish, elvish or powershell");
@@ -207,11 +240,12 @@ mod tests {
         let e = |argv: &[&str]| parse(&s(argv)).unwrap_err().to_string();
         assert_eq!(e(&["-genvsome", "a"]), "unknown option '-genvsome'; see 'rlaunch --help'");
         // Another launcher's option that rlaunch will not carry out says why.
-        assert_eq!(e(&["-envnone", "a"]), "-envnone: per-context environment lists are not supported; -genvnone applies to the job");
+        assert_eq!(e(&["-enable-x", "a"]), "-enable-x: rlaunch does not forward X11 connections");
         assert_eq!(e(&["-ckpointlib", "blcr", "a"]), "-ckpointlib: BLCR checkpointing is gone; rlaunch does not checkpoint jobs");
-        assert_eq!(e(&["--tune", "f", "a"]), "--tune: not supported yet; give the file's --mca and -x options on the command line");
-        assert_eq!(e(&["-nolocal", "a"]), "unknown option '-nolocal'; see 'rlaunch --help'");
-        assert_eq!(e(&["-launcher", "lsf", "a"]), "--bootstrap lsf: expected ssh, rsh, fork, slurm or pbs (the names of -launcher and -bootstrap)");
+        assert_eq!(e(&["-trace", "a"]), "-trace: Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv");
+        assert_eq!(e(&["-nolocalhost", "a"]), "unknown option '-nolocalhost'; see 'rlaunch --help'");
+        assert_eq!(e(&["-demuxx", "a"]), "unknown option '-demuxx'; see 'rlaunch --help'");
+        assert_eq!(e(&["-launcher", "ll", "a"]), "--bootstrap ll: expected ssh, rsh, fork, slurm, pbs, sge or lsf (the names of -launcher and -bootstrap)");
         // Short clusters still work.
         assert!(parse(&s(&["-lq", "-n4", "a"])).unwrap().global.quiet);
     }

@@ -3,7 +3,7 @@
 //! everything about the run, as one [`JobPlan`].
 
 use super::error::{usage, UsageError};
-use super::flags::{Bootstrap, Cli, FabricFlag};
+use super::flags::{BindToFlag, Bootstrap, Cli, CpuBind, FabricFlag, Usize};
 use super::parse::Parsed;
 use crate::output::OutputFiles;
 use crate::plan::JobPlan;
@@ -61,10 +61,41 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         ),
         (None, None) => None,
     };
+    if g.get_stack_traces && timeout.is_none() {
+        return Err(usage("--get-stack-traces: the stacks are taken when --timeout (or MPIEXEC_TIMEOUT) expires; give one").into());
+    }
     let lookup = |k: &str| env.var(k);
-    let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup)? };
+    // Hydra reads both names; MPICH ranks read them for their own sockets too (they inherit them).
+    let ports = match ["MPIEXEC_PORT_RANGE", "MPICH_PORT_RANGE"].iter().find_map(|v| env.var(v).filter(|s| !s.trim().is_empty()).map(|s| (v, s))) {
+        Some((var, v)) => Some(v.parse::<spec::PortRange>().map_err(|e| usage(format!("{var}={v}: {e}")))?),
+        None => None,
+    };
+    let mut warnings = Vec::new();
+    let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup, &env.vars, &mut warnings)? };
 
-    let alloc = launchers::allocate(&allocation_request(g, launch_timeout, env)?, &lookup).map_err(|e| usage(e.to_string()))?;
+    let own_hosts = context_hosts(parsed);
+    let mut request = allocation_request(g, launch_timeout, env)?;
+    if let Some(lists) = &own_hosts {
+        // The job's nodes are every context's hosts together (or the host file's, which must hold them).
+        let all: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
+        request.host = (!all.is_empty()).then(|| all.join(","));
+    }
+    let mut alloc = launchers::allocate(&request, &lookup).map_err(|e| usage(e.to_string()))?;
+    if g.nolocal {
+        drop_this_machine(&mut alloc.nodes)?;
+    }
+    let mut apps = apps;
+    if let Some(lists) = &own_hosts {
+        for (a, list) in apps.iter_mut().zip(lists) {
+            if let Some(list) = list {
+                let names = list_sequence(list)?;
+                a.nodes = Some(node_indices(&names, &alloc.nodes, &format!("-H {list}"))?);
+            }
+        }
+    }
+    if alloc.policy.map_by == launchers::map::MapBy::Seq {
+        seq_nodes(&mut apps, &request, &alloc.nodes)?;
+    }
     let global_path = env.var("PATH");
     if alloc.local {
         for a in &apps {
@@ -77,8 +108,11 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if let Some(file) = g.report.as_ref().filter(|f| f.is_dir()) {
         return Err(usage(format!("--report {}: is a directory (a file is expected)", file.display())).into());
     }
-    let np: Vec<Option<u32>> = apps.iter().map(|a| a.np).collect();
-    let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &np, &alloc.policy).map_err(|e| usage(e.to_string()))?;
+    let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
+    let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &requests, &alloc.policy).map_err(|e| usage(e.to_string()))?;
+    let prefixes = g.prepend_pattern.as_ref().map(|p| {
+        map.ranks().iter().enumerate().map(|(r, place)| crate::output::expand_pattern(p, r as u32, &alloc.nodes[place.node as usize].name)).collect()
+    });
     if let StdinTarget::Rank(r) = stdin {
         if r >= map.size() {
             return Err(usage(format!("--stdin {r}: the job has only {} ranks (0-{})", map.size(), map.size() - 1)).into());
@@ -106,7 +140,15 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         env: if alloc.local { Vec::new() } else { propagated_env(g, &env.vars)? },
         tree_spawn: tree_spawn(g.tree_spawn, &alloc.starter),
         fabric,
-        pmi: spec::PmiSpec { interface, port: g.pmi_port, lazy: g.pmi_lazy },
+        pmi: spec::PmiSpec {
+            interface,
+            port: g.pmi_port,
+            lazy: g.pmi_lazy,
+            universe: g.usize.map(|u| match u {
+                Usize::Count(n) => n,
+                Usize::System => alloc.nodes.iter().fold(0u32, |a, n| a.saturating_add(n.slots)),
+            }),
+        },
         placement: placement(g, alloc.local && alloc.nodes.len() > 1)?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
@@ -125,8 +167,10 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         starter: alloc.starter,
         daemon_path,
         timeout,
+        get_stack_traces: g.get_stack_traces,
         launch_timeout,
-        tag_output: g.tag_output,
+        tag_output: g.tag_output || g.prepend_pattern.is_some(),
+        prefixes,
         output_files,
         merge_stderr: g.merge_stderr_to_stdout,
         timestamp_output: g.timestamp_output,
@@ -139,7 +183,11 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         t0: env.t0,
         dry_run: g.dry_run,
         display_map: g.display_map,
-        notes: mca_note(&g.mca).into_iter().collect(),
+        notes: mca_note(&g.mca).into_iter().chain(prte_note(&g.prtemca)).collect(),
+        warnings,
+        report_pid: g.report_pid.clone(),
+        ports,
+        bind_address: g.bind_address,
         mpi_reason,
     })
 }
@@ -172,6 +220,61 @@ fn output_files(g: &Cli, map: &launchers::map::ProcMap, nodes: &[launchers::node
     Ok(Some(OutputFiles::Pattern { out: g.outfile_pattern.clone(), err: g.errfile_pattern.clone(), hosts }))
 }
 
+/// Open MPI's per-context `-H`: when a context after the first names its own hosts, every
+/// context's `-H` (the first one's stands before the first program) is its own. `None` otherwise:
+/// a `-H` before the first program is the job's.
+fn context_hosts(parsed: &Parsed) -> Option<Vec<Option<String>>> {
+    if !parsed.apps.iter().skip(1).any(|a| a.host.is_some()) {
+        return None;
+    }
+    Some(parsed.apps.iter().enumerate().map(|(i, a)| if i == 0 { parsed.global.host.clone() } else { a.host.clone() }).collect())
+}
+
+/// The hosts of a `-H` list in order, an entry `a:2` twice.
+fn list_sequence(list: &str) -> Result<Vec<String>, UsageError> {
+    let mut names = Vec::new();
+    for item in list.split(',') {
+        for n in launchers::nodes::parse_host_list(item).map_err(|e| usage(format!("-H {list}: {e}")))? {
+            names.extend(std::iter::repeat(n.name).take(n.slots as usize));
+        }
+    }
+    Ok(names)
+}
+
+/// Names to indices into the job's node list; a name outside it is the user's mistake.
+fn node_indices(names: &[String], nodes: &[launchers::nodes::Node], what: &str) -> Result<Vec<u32>, UsageError> {
+    names
+        .iter()
+        .map(|name| {
+            nodes.iter().position(|n| &n.name == name).map(|i| i as u32).ok_or_else(|| {
+                usage(format!("{what}: host {name} is not one of the job's nodes ({})", nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")))
+            })
+        })
+        .collect()
+}
+
+/// `--map-by seq`: rank i on the host of the i-th line of the host file (or entry of the --host
+/// list); contexts take their -np entries in turn, one without -np the rest.
+fn seq_nodes(apps: &mut [AppContext], request: &AllocationRequest, nodes: &[launchers::nodes::Node]) -> Result<(), UsageError> {
+    let (names, what) = match (&request.hostfile, &request.host) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f).map_err(|e| usage(format!("--hostfile {}: cannot read it: {e}", f.display())))?;
+            (launchers::nodes::hostfile_sequence(&f.display().to_string(), &text).map_err(|e| usage(e.to_string()))?, format!("--hostfile {}", f.display()))
+        }
+        (None, Some(list)) => (list_sequence(list)?, format!("--host {list}")),
+        // The map says that seq has no list to follow.
+        (None, None) => return Ok(()),
+    };
+    let mut seq = node_indices(&names, nodes, &what)?.into_iter();
+    for a in apps.iter_mut().filter(|a| a.nodes.is_none()) {
+        a.nodes = Some(match a.np {
+            Some(n) => seq.by_ref().take(n as usize).collect(),
+            None => seq.by_ref().collect(),
+        });
+    }
+    Ok(())
+}
+
 /// The placement request, checked for contradictions; whether a node can meet it is its daemon's
 /// to say (it knows its own CPUs). `shared_host`: several of the job's daemons run on this machine
 /// (`--launcher local` with several nodes); each places its ranks without knowing the others', so
@@ -184,10 +287,22 @@ fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageErr
         )));
     }
     let mut map = g.map_by.place;
-    let bind = g.bind_to.clone();
+    // Cray PALS's --cpu-bind, in --bind-to's terms (depth: each rank on its --depth CPUs).
+    let cray = match &g.cpu_bind {
+        _ if g.bind_to.is_some() => None,
+        None => None,
+        Some(CpuBind::Level(l)) => Some(BindToFlag { bind: l.parse().map_err(|e: fabrics::placement::PolicyError| usage(e.to_string()))?, per_rank: None }),
+        Some(CpuBind::Depth) => Some(BindToFlag { bind: BindTo::Core, per_rank: None }),
+        Some(CpuBind::Sets(sets)) => {
+            let list: Vec<String> = sets.iter().map(|s| s.iter().map(u32::to_string).collect::<Vec<_>>().join("+")).collect();
+            Some(BindToFlag { bind: format!("user:{}", list.join(",")).parse().map_err(|e: fabrics::placement::PolicyError| usage(format!("--cpu-bind: {e}")))?, per_rank: None })
+        }
+    };
+    let bind = g.bind_to.clone().or(cray);
     let given = [
         map.pe.map(|n| (format!("--map-by :PE={n}"), n)),
         g.cpus_per_proc.map(|n| (format!("--cpus-per-proc {n}"), n)),
+        g.depth.map(|n| (format!("--depth {n}"), n)),
         bind.as_ref().and_then(|b| b.per_rank.map(|n| (format!("--bind-to {}:{n}", b.bind), n))),
     ];
     let given: Vec<(String, u32)> = given.into_iter().flatten().collect();
@@ -205,7 +320,11 @@ fn placement(g: &Cli, shared_host: bool) -> Result<spec::PlacementSpec, UsageErr
         b => b,
     };
     let rank_by = g.rank_by.and_then(|r| r.object);
-    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), rank_by };
+    if g.gpus_per_rank.is_some() && g.gpu_bind.is_some() {
+        return Err(usage("--gpus-per-rank and --gpu-bind both choose the ranks' GPUs; give one"));
+    }
+    let gpu_lists = g.gpu_bind.as_ref().map(|b| b.0.clone()).unwrap_or_default();
+    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), gpu_lists, rank_by };
     Ok(spec::PlacementSpec { policy, report: g.report_bindings })
 }
 
@@ -263,10 +382,31 @@ fn mca_note(mca: &[String]) -> Option<String> {
     })
 }
 
+/// `--nolocal`: the job's nodes without the machine rlaunch runs on (by its host name, short or
+/// full, or a loopback name).
+fn drop_this_machine(nodes: &mut Vec<launchers::nodes::Node>) -> Result<(), UsageError> {
+    let me = launchers::local_hostname();
+    let short = |n: &str| n.split('.').next().unwrap_or(n).to_string();
+    let this = |n: &str| short(n) == short(&me) || ["localhost", "127.0.0.1", "::1"].contains(&n);
+    nodes.retain(|n| !this(&n.name));
+    if nodes.is_empty() {
+        return Err(usage(format!("--nolocal: every node of the job is this machine ({me}); give other hosts")));
+    }
+    Ok(())
+}
+
+/// Open MPI 5's `--prtemca`: PRRTE's parameters, which nothing in rlaunch reads.
+fn prte_note(prtemca: &[String]) -> Option<String> {
+    let keys: Vec<&str> = prtemca.iter().map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k)).collect();
+    (!keys.is_empty()).then(|| format!("--prtemca {}: PRRTE parameters; rlaunch has no PRRTE, so they are not used", keys.join(", ")))
+}
+
 /// Hydra's `-launcher`/`-launcher-exec` (Intel's `-bootstrap`/`-bootstrap-exec`, or
 /// `HYDRA_LAUNCHER`/`HYDRA_LAUNCHER_EXEC`) as rlaunch's launcher kind and launch agent.
 /// Hydra's ssh launcher with no host list runs the job here, so `-launcher ssh` without nodes is
-/// rlaunch's default rather than its ssh launcher (which needs nodes).
+/// rlaunch's default rather than its ssh launcher (which needs nodes). Likewise `-launcher sge`
+/// and `-launcher lsf` without nodes: inside the batch job its detection gives the same launcher,
+/// outside it the job runs here.
 fn bootstrap(kind: Option<Bootstrap>, exec: Option<&str>, has_nodes: bool) -> Result<(Option<LauncherKind>, Option<String>), UsageError> {
     Ok(match (kind, exec) {
         (None, None) => (None, None),
@@ -276,6 +416,8 @@ fn bootstrap(kind: Option<Bootstrap>, exec: Option<&str>, has_nodes: bool) -> Re
         (Some(Bootstrap::Fork), None) => (Some(LauncherKind::Local), None),
         (Some(Bootstrap::Slurm), None) => (Some(LauncherKind::Slurm), None),
         (Some(Bootstrap::Pbs), None) => (Some(LauncherKind::Pbs), None),
+        (Some(Bootstrap::Sge), None) => (has_nodes.then_some(LauncherKind::Sge), None),
+        (Some(Bootstrap::Lsf), None) => (has_nodes.then_some(LauncherKind::Lsf), None),
         (Some(k), Some(exec)) => {
             let name = format!("{k:?}").to_lowercase();
             return Err(usage(format!(
@@ -366,7 +508,7 @@ pub fn spec_from_flags(fabric: FabricFlag, nic: Option<&str>, nic_env: bool, inv
 /// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):
 /// `true` exists on every system and passes the program checks.
 pub fn inventory_apps(cwd: &Path) -> Vec<AppContext> {
-    vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None }]
+    vec![AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: cwd.to_string_lossy().into_owned(), np: None, nodes: None, without_job_env: false }]
 }
 
 /// What a daemon needs to start its children the way the front end would have.
@@ -377,6 +519,8 @@ fn tree_spawn(wanted: bool, starter: &Starter) -> Option<spec::TreeSpawn> {
     match starter {
         Starter::Each(NodeStarter::Local) => Some(spec::TreeSpawn { agent: Vec::new(), ssh: None }),
         Starter::Each(NodeStarter::Agent { argv }) => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
+        // A daemon is never on the front end's machine, so its children all go through the agent.
+        Starter::Each(NodeStarter::Batch { argv, .. }) => Some(spec::TreeSpawn { agent: argv.clone(), ssh: None }),
         Starter::Each(NodeStarter::Ssh(o)) => Some(spec::TreeSpawn {
             agent: Vec::new(),
             ssh: Some(spec::SshSpec {
@@ -448,8 +592,9 @@ fn prefix_vars(dir: &Path, env: &[(String, Option<String>)], lookup: &dyn Fn(&st
         .collect()
 }
 
-/// `-x VAR` or `-x VAR=value` → (VAR, value). A bare VAR takes rlaunch's own value.
-pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, String), UsageError> {
+/// `-x VAR` or `-x VAR=value` → (VAR, value). A bare VAR takes rlaunch's own value; `None` when
+/// it has none (Open MPI warns and runs the job without it, and so does rlaunch).
+pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, Option<String>), UsageError> {
     let (name, value) = match spec.split_once('=') {
         Some((n, v)) => (n, Some(v.to_string())),
         None => (spec, None),
@@ -457,11 +602,7 @@ pub fn parse_export(spec: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resu
     if !valid_name(name) {
         return Err(usage(format!("-x {spec}: '{name}' is not a valid environment variable name")));
     }
-    let value = match value {
-        Some(v) => v,
-        None => lookup(name).ok_or_else(|| usage(format!("-x {name}: {name} is not set in rlaunch's environment; use -x {name}=VALUE")))?,
-    };
-    Ok((name.to_string(), value))
+    Ok((name.to_string(), value.or_else(|| lookup(name))))
 }
 
 /// Checks that `program` can be executed from `cwd` using `path` the way execvp would, and returns a
@@ -499,6 +640,8 @@ pub fn app_contexts(
     parsed: &Parsed,
     cwd: &std::path::Path,
     lookup: &dyn Fn(&str) -> Option<String>,
+    vars: &[(String, String)],
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<AppContext>, UsageError> {
     let mut out = Vec::new();
     for (i, a) in parsed.apps.iter().enumerate() {
@@ -509,13 +652,23 @@ pub fn app_contexts(
         for kv in &g.mca {
             sets.push(pair_var("--mca", "OMPI_MCA_", kv)?);
         }
+        for kv in &g.pmixmca {
+            sets.push(pair_var("--pmixmca", "PMIX_MCA_", kv)?);
+        }
         for kv in &g.genv {
             sets.push(pair_var("-genv", "", kv)?);
         }
         let exports = if i == 0 { a.export.clone() } else { g.export.iter().chain(a.export.iter()).cloned().collect() };
         for x in &exports {
-            let (k, v) = parse_export(x, lookup)?;
-            sets.push((k, Some(v)));
+            match parse_export(x, lookup)? {
+                (k, Some(v)) => sets.push((k, Some(v))),
+                (k, None) => {
+                    let w = format!("warning: -x {k}: {k} is not set in rlaunch's environment; the ranks do not get it");
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
+                }
+            }
         }
         for kv in &a.env {
             sets.push(pair_var("-env", "", kv)?);
@@ -523,6 +676,27 @@ pub fn app_contexts(
         if let Some(dir) = &g.prefix {
             let vars = prefix_vars(dir, &sets, lookup);
             sets.extend(vars);
+        }
+        if let Some(dir) = &g.path {
+            let old = sets.iter().rev().find(|(k, _)| k == "PATH").and_then(|(_, v)| v.clone()).or_else(|| lookup("PATH"));
+            let first = dir.to_string_lossy().into_owned();
+            sets.push(("PATH".into(), Some(old.filter(|o| !o.is_empty()).map_or(first.clone(), |o| format!("{first}:{o}")))));
+        }
+        // Hydra's per-context environment: its own list of rlaunch's variables (set first, so
+        // that -x and -env still win), or all of them under a job-wide -genvnone.
+        let mut without_job_env = a.envnone;
+        if let Some(list) = &a.envlist {
+            let mut own = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !valid_name(name) {
+                    return Err(usage(format!("-envlist {list}: '{name}' is not a valid environment variable name")));
+                }
+                own.extend(lookup(name).map(|v| (name.to_string(), Some(v))));
+            }
+            sets.splice(0..0, own);
+            without_job_env = true;
+        } else if i > 0 && a.genvall && (g.genvnone || g.genvlist.is_some()) {
+            sets.splice(0..0, forwarded_env(vars.iter().cloned()));
         }
         let mut env: Vec<(String, Option<String>)> = Vec::new();
         for (k, v) in sets {
@@ -543,7 +717,7 @@ pub fn app_contexts(
             }
             None => cwd.to_path_buf(),
         };
-        out.push(AppContext { argv: a.program.clone(), env, cwd: wdir.to_string_lossy().into_owned(), np });
+        out.push(AppContext { argv: a.program.clone(), env, cwd: wdir.to_string_lossy().into_owned(), np, nodes: None, without_job_env });
     }
     Ok(out)
 }
@@ -565,9 +739,9 @@ mod tests {
     #[test]
     fn exports() {
         let env = |k: &str| (k == "HOME").then(|| "/root".to_string());
-        assert_eq!(parse_export("A=b=c", &env).unwrap(), ("A".into(), "b=c".into()));
-        assert_eq!(parse_export("HOME", &env).unwrap(), ("HOME".into(), "/root".into()));
-        assert!(parse_export("NOPE", &env).unwrap_err().to_string().contains("NOPE is not set"));
+        assert_eq!(parse_export("A=b=c", &env).unwrap(), ("A".into(), Some("b=c".into())));
+        assert_eq!(parse_export("HOME", &env).unwrap(), ("HOME".into(), Some("/root".into())));
+        assert_eq!(parse_export("NOPE", &env).unwrap(), ("NOPE".into(), None));
         assert!(parse_export("1A=x", &env).unwrap_err().to_string().contains("not a valid"));
         assert!(parse_export("=x", &env).is_err());
     }
@@ -785,8 +959,34 @@ mod tests {
         assert_eq!(starter(&["--host", "a", "x"], &hydra), agent(&["rsh"]));
         // The command line wins over the environment.
         assert!(matches!(starter(&["--launcher", "ssh", "--host", "a", "x"], &hydra), Starter::Each(NodeStarter::Ssh(_))));
-        let bad = env(&[("PATH", "/bin"), ("HYDRA_LAUNCHER", "lsf")]);
-        assert!(usage_text(plan(&["true"], &bad)).starts_with("HYDRA_LAUNCHER=lsf: expected ssh, rsh"));
+        let bad = env(&[("PATH", "/bin"), ("HYDRA_LAUNCHER", "ll")]);
+        assert!(usage_text(plan(&["true"], &bad)).starts_with("HYDRA_LAUNCHER=ll: expected ssh, rsh, fork, slurm, pbs, sge or lsf"));
+    }
+
+    #[test]
+    fn hydra_sge_and_lsf_launchers_use_the_jobs_agent_inside_it_and_run_here_outside() {
+        use std::os::unix::fs::PermissionsExt;
+        let e = env(&[("PATH", "/bin")]);
+        let starter = |words: &[&str], e: &Env| plan(words, e).unwrap().starter;
+        assert_eq!(starter(&["-bootstrap", "lsf", "true"], &e), Starter::Each(NodeStarter::Local));
+        assert_eq!(starter(&["-launcher", "sge", "-np", "2", "true"], &e), Starter::Each(NodeStarter::Local));
+        let text = usage_text(plan(&["-bootstrap", "sge", "-hosts", "a", "true"], &e));
+        assert!(text.contains("--launcher sge: not inside a Grid Engine parallel job"), "{text}");
+        let dir = std::env::temp_dir().join(format!("rlaunch-resolve-sge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("qrsh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(dir.join("qrsh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("pe"), "g1 2 all.q@g1 UNDEFINED\ng2 2 all.q@g2 UNDEFINED\n").unwrap();
+        // Only the scratch dir: this machine may have a real qrsh in /bin.
+        let path = dir.to_string_lossy().into_owned();
+        let job = env(&[("PATH", &path), ("JOB_ID", "7"), ("PE_HOSTFILE", dir.join("pe").to_str().unwrap())]);
+        let qrsh = vec![dir.join("qrsh").to_string_lossy().into_owned(), "-inherit".to_string()];
+        let system = launchers::start::batch::BatchSystem::GridEngine;
+        let batch = Starter::Each(NodeStarter::Batch { system, argv: qrsh, here: launchers::local_hostname() });
+        for words in [&["-bootstrap", "sge", "true"][..], &["-launcher", "sge", "-hosts", "g2", "true"], &["true"]] {
+            assert_eq!(starter(words, &job), batch, "{words:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub fn join() -> Result<Joined> {
     let mut listener = None;
     let mut listen_port = 0;
     let listen = |ip: std::net::IpAddr| -> Result<(mio::net::TcpListener, u16)> {
-        let l = mio::net::TcpListener::bind(std::net::SocketAddr::new(ip, 0)).context("listening for child daemons")?;
+        let l = crate::link::listen(ip, boot.ports).context("listening for child daemons")?;
         let port = l.local_addr()?.port();
         Ok((l, port))
     };

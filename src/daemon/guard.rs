@@ -16,11 +16,14 @@ pub fn main() -> ! {
     }
     let mut groups = Vec::new();
     let mut files = Vec::new();
+    let mut cgroups = Vec::new();
     let mut text = String::new();
     let _ = io::stdin().read_to_string(&mut text);
     for line in text.lines() {
         if let Some(path) = line.strip_prefix(FILE) {
             files.push(std::path::PathBuf::from(path));
+        } else if let Some(dir) = line.strip_prefix(CGROUP) {
+            cgroups.push(std::path::PathBuf::from(dir));
         } else if let Ok(g) = line.trim().parse::<i32>() {
             if g > 1 {
                 groups.push(g);
@@ -31,6 +34,9 @@ pub fn main() -> ! {
         // SAFETY: plain kill(2); ESRCH for groups that are already gone is expected.
         unsafe { libc::kill(-g, libc::SIGKILL) };
     }
+    for dir in cgroups {
+        super::cgroup::kill_and_remove(&dir);
+    }
     for f in files {
         remove_unheld(&f);
     }
@@ -38,6 +44,7 @@ pub fn main() -> ! {
 }
 
 const FILE: &str = "file ";
+const CGROUP: &str = "cgroup ";
 
 /// Removes `path` once nobody holds it. The dead daemon's claim goes with it, but its descriptors
 /// may close just after the pipe that woke the guard: a claim still held a moment later is
@@ -65,6 +72,9 @@ fn remove_unheld(path: &std::path::Path) {
 pub struct Guard {
     stdin: Option<std::process::ChildStdin>,
     pid: Option<u32>,
+    /// The job's cgroup on this node, made with the first rank (see `cgroup.rs`).
+    cgroup: Option<super::cgroup::JobCgroup>,
+    cgroup_tried: bool,
 }
 
 impl Guard {
@@ -76,6 +86,19 @@ impl Guard {
     /// The guard process, once started.
     pub fn pid(&self) -> Option<u32> {
         self.pid
+    }
+
+    /// The `cgroup.procs` path each rank writes itself into, once the job's cgroup exists here
+    /// (made on the first call, and told to the guard process so that it ends the cgroup if the
+    /// daemon dies first).
+    pub fn job_cgroup(&mut self, job_id: &str, node: u32) -> Option<std::ffi::CString> {
+        if !std::mem::replace(&mut self.cgroup_tried, true) {
+            self.cgroup = super::cgroup::JobCgroup::create(job_id, node);
+            if let Some(dir) = self.cgroup.as_ref().and_then(|c| c.dir().to_str().map(str::to_string)).filter(|d| !d.contains('\n')) {
+                self.tell(node, &format!("{CGROUP}{dir}"));
+            }
+        }
+        self.cgroup.as_ref().map(|c| c.procs().clone())
     }
 
     /// Tells the guard to remove `path` (the node's endpoint table) if the daemon dies first.

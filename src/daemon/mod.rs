@@ -12,6 +12,7 @@
 mod adopted;
 mod binding;
 mod boot;
+mod cgroup;
 mod effect;
 mod fabric;
 mod guard;
@@ -21,6 +22,7 @@ mod pmix;
 mod ranks;
 mod say;
 mod spawn;
+mod traces;
 mod tree_spawn;
 
 /// Entry point of `rlaunch __daemon`. Never returns.

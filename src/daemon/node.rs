@@ -1,7 +1,7 @@
 //! The daemon's event loop. It owns the poll, the tree links, the listener, the signal pipe, the
 //! job (built once when the launch message arrives) and the services; it turns each readiness
-//! event into a call to one service and carries out the [`Effect`]s the service returns. Nothing
-//! runs on another thread (libpmix's upcalls arrive through a waker).
+//! event into a call to one service and carries out the [`Effect`]s the service returns. Other
+//! threads (libpmix's upcalls, tree spawn's ssh, stack tracers) only wake it.
 
 use super::adopted;
 use super::boot::{self, Joined};
@@ -13,6 +13,7 @@ use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
 use super::say::say;
 use super::spawn::{self, Spawner};
+use super::traces::Traces;
 use super::tree_spawn::TreeSpawn;
 use crate::job::JobView;
 use crate::link::{self, Inbox};
@@ -80,6 +81,7 @@ pub struct Daemon {
     pmi: Pmi,
     pmix: Pmix,
     fabric: Fabric,
+    traces: Traces,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
     /// the ssh threads of tree spawn.
     waker: Arc<Waker>,
@@ -120,6 +122,7 @@ impl Daemon {
             pmi: Pmi::new(node),
             pmix: Pmix::new(node),
             fabric,
+            traces: Traces::default(),
             guard: Guard::default(),
             node_done_sent: false,
             orphaned: false,
@@ -192,18 +195,13 @@ impl Daemon {
                 }
                 return;
             }
-            Source::Fixed(token::LISTENER) => {
-                if let Some(l) = self.listener.as_ref() {
-                    self.links.accept(l, registry);
-                }
-                return;
-            }
+            Source::Fixed(token::LISTENER) => return self.listener.iter().for_each(|l| self.links.accept(l, registry)),
             Source::Fixed(token::SIGNALS) => return self.on_signals(),
             Source::Fixed(token::BOOT_STDIN) => return self.on_boot_stdin(),
             // libpmix queued an upcall, or a start thread (tree spawn over ssh) saw its daemon end;
             // the latter is looked at after every event.
             Source::Fixed(token::WAKE) => match self.job.view() {
-                Some(job) => self.pmix.on_wake(job),
+                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).collect(),
                 None => return,
             },
             Source::Pmi(_) => self.pmi.on_event(ev, registry),
@@ -296,6 +294,7 @@ impl Daemon {
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
+            Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);

@@ -57,7 +57,10 @@ impl Pmi {
         let launch = job.launch();
         let node = self.node;
         ensure_fd_room(job.local_ranks().len());
-        let info = JobInfo::from_map(&launch.job_id, job.map(), node);
+        let mut info = JobInfo::from_map(&launch.job_id, job.map(), node);
+        if let Some(u) = launch.pmi.universe {
+            info.universe_size = u;
+        }
         let mode = if launch.pmi.port { Mode::Port } else { Mode::Fd };
         let mut host = PmiHost::new(info, mode, registry).context("opening the PMI_PORT listener")?;
         let lazy = launch.pmi.lazy;
@@ -208,7 +211,7 @@ mod tests {
 
     /// Three nodes of one slot, fan-out 2, 3 ranks: node 0 has one rank and child node 2.
     fn job(node: u32, lazy: bool) -> JobView {
-        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: String::new(), np: Some(3) };
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: String::new(), np: Some(3), nodes: None, without_job_env: false };
         let mut launch = fixture::launch("rl-pmi", 3, 1, vec![app]);
         launch.pmi.lazy = lazy;
         fixture::view(launch, node)

@@ -143,7 +143,10 @@ impl Pmix {
         let lib = ffi::load().map_err(|e| anyhow!("{e}"))?;
         let names: Vec<String> = launch.nodes.iter().map(|n| n.name.clone()).collect();
         let slots: Vec<u32> = launch.nodes.iter().map(|n| n.slots).collect();
-        let layout = JobLayout::new(&launch.job_id, &names, &slots, map, node);
+        let mut layout = JobLayout::new(&launch.job_id, &names, &slots, map, node);
+        if let Some(u) = launch.pmi.universe {
+            layout.universe = u;
+        }
         // Per job and node: libpmix puts its rendezvous files and shared-memory store here, so
         // two jobs (or two daemons of one job on one machine) never meet.
         let base = std::env::temp_dir();

@@ -288,6 +288,11 @@ impl Ranks {
         self.ready.push_back((idx, Pipe::Stderr));
     }
 
+    /// `(rank, pid)` of every rank still running.
+    pub fn live(&self) -> Vec<(u32, u32)> {
+        self.ranks.iter().filter(|r| r.status.is_none() && r.pid != 0).map(|r| (r.rank, r.pid)).collect()
+    }
+
     /// Sends `signum` to the process group of every rank still running.
     pub fn signal_all(&self, signum: i32) {
         for r in self.ranks.iter().filter(|r| r.status.is_none() && r.pid != 0) {

@@ -48,7 +48,8 @@ impl CommandSpec {
         let rank = local[li];
         let place = map.rank(rank);
         let app = &launch.apps[place.app as usize];
-        let mut env: EnvOps = launch.env.iter().chain(app.env.iter()).cloned().collect();
+        let job_env = if app.without_job_env { &[][..] } else { &launch.env[..] };
+        let mut env: EnvOps = job_env.iter().chain(app.env.iter()).cloned().collect();
         let own = [
             ("RLAUNCH_RANK", rank.to_string()),
             ("RLAUNCH_SIZE", map.size().to_string()),
@@ -104,7 +105,7 @@ impl CommandSpec {
 
 /// Starts one rank: its own session and process group, the parent-death signal, piped output.
 /// `pmi`: the PMI socket end the rank inherits.
-pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Child> {
+pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>, cgroup: Option<std::ffi::CString>) -> std::io::Result<Child> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args);
     for (k, v) in &spec.env {
@@ -155,6 +156,9 @@ pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>) -> std::io::Result<Chil
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::getppid() != daemon_pid {
                 libc::_exit(137);
+            }
+            if let Some(procs) = &cgroup {
+                super::cgroup::JobCgroup::enter_from_child(procs);
             }
             Ok(())
         });
@@ -262,7 +266,7 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
             ranks.add_unstarted(rank, RankStatus::NoWorkdir(errno));
             continue;
         }
-        let spawned = spawn(&spec, pmi_end.as_ref());
+        let spawned = spawn(&spec, pmi_end.as_ref(), guard.job_cgroup(&job.launch().job_id, node));
         // The rank has its copy of the PMI socket end (or never will): close ours.
         drop(pmi_end);
         match spawned {
@@ -301,13 +305,25 @@ mod tests {
     /// Two nodes of two slots; context 0 (`a`, 3 ranks, in /work) and context 1 (`b x`, 1 rank).
     fn job(node: u32) -> JobView {
         let apps = vec![
-            AppContext { argv: vec!["a".into()], env: vec![set("CTX", "0")], cwd: "/work".into(), np: Some(3) },
-            AppContext { argv: vec!["b".into(), "x".into()], env: vec![set("CTX", "1"), unset("GONE")], cwd: String::new(), np: Some(1) },
+            AppContext { argv: vec!["a".into()], env: vec![set("CTX", "0")], cwd: "/work".into(), np: Some(3), nodes: None, without_job_env: false },
+            AppContext { argv: vec!["b".into(), "x".into()], env: vec![set("CTX", "1"), unset("GONE")], cwd: String::new(), np: Some(1), nodes: None, without_job_env: false },
         ];
         let mut launch = fixture::launch("rl-spawn", 2, 2, apps);
         launch.stdin = StdinTarget::Rank(3);
         launch.env = vec![set("JOB", "j"), set("CTX", "job")];
         fixture::view(launch, node)
+    }
+
+    #[test]
+    fn a_context_without_the_job_environment_gets_only_its_own() {
+        let mut j = job(1);
+        let mut launch = j.launch().clone();
+        launch.apps[1].without_job_env = true;
+        j = fixture::view(launch, 1);
+        let s = CommandSpec::for_rank(&j, 1, &[]);
+        assert_eq!(s.env[..2], [set("CTX", "1"), unset("GONE")], "no JOB, no job-wide CTX");
+        let s = CommandSpec::for_rank(&j, 0, &[]);
+        assert_eq!(s.env[..3], [set("JOB", "j"), set("CTX", "job"), set("CTX", "0")], "context 0 keeps them");
     }
 
     #[test]

@@ -64,6 +64,7 @@ impl TreeSpawn {
                 nnodes: boot.nnodes,
                 fanout: boot.fanout,
                 job_id: boot.job_id.clone(),
+                ports: boot.ports,
             };
             match launchers::start::start(&starter, &node, &daemon_path, &child_boot.to_line(), notify) {
                 Ok(p) => self.spawned.push((child, p)),

@@ -31,6 +31,9 @@ pub struct StartInfo {
     /// Every daemon runs on this machine: the front end listens on loopback.
     pub loopback: bool,
     pub listen_port: u16,
+    /// The one address the front end listens on, when it is not every address.
+    pub listen_ip: Option<std::net::IpAddr>,
+    pub ports: Option<crate::spec::PortRange>,
     /// Wakes the loop when a start thread (in-process ssh) learns that its daemon ended.
     pub notify: Notify,
 }
@@ -51,13 +54,16 @@ impl Carriers {
         if self.info.loopback {
             return format!("127.0.0.1:{}", self.info.listen_port);
         }
+        if let Some(ip) = self.info.listen_ip {
+            return format!("{}:{}", bracket_v6(&ip.to_string()), self.info.listen_port);
+        }
         let ip = launchers::start::route_source_ip(&self.info.nodes[node as usize].name).unwrap_or_else(|| "127.0.0.1".into());
         format!("{}:{}", bracket_v6(&ip), self.info.listen_port)
     }
 
     fn bootstrap(&self, launch: &Launch, parent: String, node: u32) -> String {
         let (key, nnodes, fanout, job_id) = (self.info.key, launch.nodes.len() as u32, launch.fanout, launch.job_id.clone());
-        Bootstrap { key, parent, node, nnodes, fanout, job_id }.to_line()
+        Bootstrap { key, parent, node, nnodes, fanout, job_id, ports: self.info.ports }.to_line()
     }
 
     /// Starts node `node`'s daemon, pointed at `parent`, and hands it its bootstrap line.

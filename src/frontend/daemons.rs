@@ -111,6 +111,21 @@ impl Daemons {
         affected
     }
 
+    /// `Started`: the size of the launch message as `node` received it.
+    pub fn launched(&mut self, node: u32, launch_bytes: u32) {
+        if let Some(d) = self.nodes.get_mut(node as usize).filter(|_| launch_bytes > 0) {
+            d.launch_bytes = launch_bytes;
+        }
+    }
+
+    /// `NodeDone`: every rank of `node` is reported.
+    pub fn finished(&mut self, node: u32) -> Vec<super::effect::Effect> {
+        if let Some(d) = self.nodes.get_mut(node as usize) {
+            d.done = true;
+        }
+        Vec::new()
+    }
+
     /// Nodes that have neither finished nor been given up on.
     pub fn unfinished(&self) -> Vec<u32> {
         (0..self.nodes.len() as u32).filter(|&n| !self.nodes[n as usize].done && !self.nodes[n as usize].lost).collect()

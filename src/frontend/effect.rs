@@ -21,4 +21,7 @@ pub enum Effect {
     Detail(u8, String),
     /// `--inventory` output for stdout.
     Inventory(String),
+    /// End the ranks now with this message (`Terminate` or `Kill`) and start waiting for the
+    /// daemons to confirm.
+    End(Msg),
 }

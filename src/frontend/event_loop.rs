@@ -13,6 +13,7 @@ use super::report::{ms_since, report_json, summary_line, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
+use super::traces::StackTraces;
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
 use crate::binding;
 use crate::plan::JobPlan;
@@ -59,14 +60,15 @@ struct Frontend {
     /// Links that may hold more input than one read took.
     ready: Vec<Token>,
     rendezvous: Rendezvous,
+    traces: StackTraces,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
 
 pub fn run(plan: JobPlan) -> Result<i32> {
     let key = wire::random_key().context("generating the job key")?;
-    let bind = if plan.loopback { "127.0.0.1:0" } else { "0.0.0.0:0" };
-    let mut listener = mio::net::TcpListener::bind(bind.parse().expect("literal address")).context("opening the front end's listening socket")?;
+    let ip = listen_ip(&plan);
+    let mut listener = crate::link::listen(ip, plan.ports).with_context(|| format!("opening the front end's listening socket on {ip}"))?;
     let listen_port = listener.local_addr()?.port();
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, token::LISTENER, Interest::READABLE)?;
@@ -80,7 +82,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         StdinTarget::None => None,
         _ => Some(super::stdin::spawn_reader(waker.clone())?),
     };
-    let style = OutputStyle { tag: plan.tag_output, files: plan.output_files.clone(), merge_stderr: plan.merge_stderr, timestamp: plan.timestamp_output, quiet: plan.quiet, verbose: plan.verbose };
+    let style = OutputStyle { tag: plan.tag_output, prefixes: plan.prefixes.clone(), files: plan.output_files.clone(), merge_stderr: plan.merge_stderr, timestamp: plan.timestamp_output, quiet: plan.quiet, verbose: plan.verbose };
     let mut fe = Frontend {
         links: Links::new(Router::new(*job.topology(), None), key),
         daemons: Daemons::new(*job.topology(), job.launch().nodes.iter().map(|n| n.name.clone()).collect()),
@@ -94,6 +96,8 @@ pub fn run(plan: JobPlan) -> Result<i32> {
             key,
             loopback: plan.loopback,
             listen_port,
+            listen_ip: Some(ip).filter(|ip| !ip.is_unspecified()),
+            ports: plan.ports,
             notify: Arc::new(move || {
                 let _ = waker.wake();
             }),
@@ -103,6 +107,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         pmi: RootPmi::default(),
         ready: Vec::new(),
         rendezvous: Rendezvous::default(),
+        traces: StackTraces::new(plan.get_stack_traces),
         kill_sent_at: None,
         interrupted_at: None,
         job,
@@ -127,6 +132,27 @@ pub fn run(plan: JobPlan) -> Result<i32> {
 
 /// What a node's daemon gets when it joins: the launch, or, when the job began to end before
 /// (another node failed to start), `Terminate`: it has nothing to run and confirms at once.
+/// Where the front end listens: only on the address its daemons are told to connect to (one
+/// machine: loopback; `--bind-address`; else the source address of the routes to the nodes, when
+/// they share one), so that nobody else on the network reaches it. Nodes reached from several
+/// addresses leave it listening on all of them.
+fn listen_ip(plan: &JobPlan) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr};
+    if plan.loopback {
+        return Ipv4Addr::LOCALHOST.into();
+    }
+    if let Some(ip) = plan.bind_address {
+        return ip;
+    }
+    let mut ips: Vec<IpAddr> = plan.nodes.iter().filter_map(|n| launchers::start::route_source_ip(&n.name)?.parse().ok()).collect();
+    ips.sort();
+    ips.dedup();
+    match ips[..] {
+        [one] => one,
+        _ => Ipv4Addr::UNSPECIFIED.into(),
+    }
+}
+
 fn first_message(terminating: bool, launch: &crate::wire::Launch) -> Msg {
     if terminating {
         Msg::Terminate
@@ -190,7 +216,8 @@ impl Frontend {
         }
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), self.kill_sent_at.map(|t| t + KILL_WAIT), self.reporter.progress_due(self.plan.t0)]
+        let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -232,22 +259,15 @@ impl Frontend {
             }
             Msg::Started { node, pids, launch_bytes } => {
                 self.ranks.started(&pids);
-                if let Some(d) = self.daemons.get_mut(node).filter(|_| launch_bytes > 0) {
-                    d.launch_bytes = launch_bytes;
-                }
-                if self.ranks.all_running() && self.timings.ranks_started_ms.is_none() {
-                    self.timings.ranks_started_ms = ms_since(self.plan.t0);
-                }
+                self.daemons.launched(node, launch_bytes);
+                self.timings.ranks_started(self.ranks.all_running(), self.plan.t0);
                 Vec::new()
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
-            Msg::NodeDone { node } => {
-                if let Some(d) = self.daemons.get_mut(node) {
-                    d.done = true;
-                }
-                Vec::new()
-            }
+            Msg::NodeDone { node } => self.daemons.finished(node),
+            Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
+            Msg::TracesDone { node } => self.traces.done(node),
             Msg::NodeFailed { node, fault } => self.node_failed(node, fault),
             Msg::PmiReport { rank, node, kind, message } => self.pmi.report(&self.job, rank, node, kind, &message),
             Msg::Fence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmi, n, seq, puts)),
@@ -256,10 +276,7 @@ impl Frontend {
             Msg::KvsValue { key, value, round, .. } => self.pmi.kvs_value(key, value, round),
             // Direct modex turns here between subtrees.
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
-            Msg::Fabric { data } => match from {
-                Some(n) => self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0)),
-                None => Vec::new(),
-            },
+            Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
@@ -383,6 +400,8 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
+        let late = self.traces.expired(now);
+        self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
                 self.launch_failure(n, format!("no answer within {} (--launch-timeout)", fmt_secs(self.plan.launch_timeout)));
@@ -411,7 +430,8 @@ impl Frontend {
             let d = self.daemons.get(node).expect("node of the job");
             if !d.joined && !d.lost && !self.daemons.all_done() {
                 let what = self.carriers.why(node, self.poll.registry(), &mut self.reporter);
-                self.launch_failure(node, format!("daemon exited early with status {code}{what}"));
+                let hint = self.plan.starter.failure_hint(&what);
+                self.launch_failure(node, format!("daemon exited early with status {code}{what}{hint}"));
             }
         }
     }
@@ -454,11 +474,13 @@ impl Frontend {
     fn subtree_lost(&mut self, top: u32, why: &str) {
         let affected = self.daemons.lose_unfinished_subtree(top);
         if !affected.is_empty() {
-            self.fail(Failure::LinkLost { node: top, why: why.to_string(), more: affected.len() - 1 });
+            let more = affected.into_iter().filter(|&n| n != top).collect();
+            self.fail(Failure::LinkLost { node: top, why: why.to_string(), more });
         }
     }
 
     fn fail(&mut self, failure: Failure) {
+        let timeout = matches!(failure, Failure::Timeout { .. });
         let d = self.verdict.record(failure, &JobFacts { job: &self.job, ranks: &self.ranks });
         if let Some(line) = d.line {
             self.reporter.line(&line);
@@ -468,8 +490,12 @@ impl Frontend {
             Action::Terminate => Msg::Terminate,
             Action::Kill => Msg::Kill,
         };
-        self.links.down(&msg);
-        self.kill_sent_at = Some(Instant::now());
+        // --get-stack-traces: the ranks' stacks first, then the end (see traces.rs).
+        let running = self.daemons.unfinished().into_iter().filter(|&n| self.daemons.get(n).is_some_and(|d| d.joined)).collect();
+        match self.traces.hold(msg.clone(), running).filter(|_| timeout) {
+            Some(ask) => self.links.down(&ask),
+            None => self.apply(vec![Effect::End(msg)]),
+        }
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
@@ -484,6 +510,10 @@ impl Frontend {
                 }
                 Effect::Fail(f) => self.fail(f),
                 Effect::Say(line) => self.reporter.line(&line),
+                Effect::End(msg) => {
+                    self.links.down(&msg);
+                    self.kill_sent_at = Some(Instant::now());
+                }
                 Effect::Detail(level, line) => self.reporter.detail(level, &line),
                 Effect::Inventory(text) => {
                     if let Some(f) = self.reporter.inventory(&text) {
@@ -504,7 +534,7 @@ impl Frontend {
             self.fail(f);
         }
         self.reporter.clear_progress();
-        for l in closing_lines(self.plan.print_all_exitcodes, &self.job, &self.ranks, &self.links) {
+        for l in closing_lines(self.plan.print_all_exitcodes, &self.job, &self.ranks, &self.links).into_iter().chain(self.verdict.closing_lines()) {
             self.reporter.line(&l);
         }
         self.links.down(&Msg::Shutdown);

@@ -19,6 +19,7 @@ mod report;
 mod reporter;
 mod sinks;
 mod stdin;
+mod traces;
 pub mod verdict;
 
 pub use event_loop::run;

@@ -148,7 +148,7 @@ mod tests {
 
     /// 4 nodes of 2 ranks, fan-out 2: FE -> 0,1; 0 -> 2,3.
     fn job(lazy: bool) -> JobView {
-        let app = AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np: Some(8) };
+        let app = AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np: Some(8), nodes: None, without_job_env: false };
         let mut launch = fixture::launch("rl-t", 4, 2, vec![app]);
         launch.pmi.lazy = lazy;
         let map = crate::job::compute_map(&launch).unwrap();

@@ -22,6 +22,15 @@ pub struct Timings {
     pub total_ms: Option<f64>,
 }
 
+impl Timings {
+    /// The first time every rank runs.
+    pub fn ranks_started(&mut self, all_running: bool, t0: Instant) {
+        if all_running && self.ranks_started_ms.is_none() {
+            self.ranks_started_ms = ms_since(t0);
+        }
+    }
+}
+
 pub fn ms_since(t0: Instant) -> Option<f64> {
     Some(t0.elapsed().as_secs_f64() * 1000.0)
 }

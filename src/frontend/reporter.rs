@@ -17,6 +17,8 @@ const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 pub struct OutputStyle {
     /// `--tag-output`: every line starts with `[rank] `.
     pub tag: bool,
+    /// Hydra's `-prepend-pattern`: each rank's own line prefix instead of `[rank] ` (with `tag`).
+    pub prefixes: Option<Vec<String>>,
     /// `--output-dir`, `--output-filename`, `-outfile-pattern`/`-errfile-pattern`: files instead
     /// of (or besides) the terminal.
     pub files: Option<OutputFiles>,
@@ -156,8 +158,10 @@ impl Reporter {
     /// writes it) and `-l`'s `[rank] `.
     fn prefix(&self, rank: u32) -> Vec<u8> {
         let mut p = if self.style.timestamp { format!("{} ", crate::output::ctime_now()) } else { String::new() };
-        if self.style.tag {
-            p.push_str(&format!("[{rank}] "));
+        match self.style.prefixes.as_ref().and_then(|v| v.get(rank as usize)) {
+            Some(own) if self.style.tag => p.push_str(own),
+            _ if self.style.tag => p.push_str(&format!("[{rank}] ")),
+            _ => {}
         }
         p.into_bytes()
     }
@@ -284,7 +288,7 @@ mod tests {
     fn output_dir_gets_each_ranks_streams_in_their_own_files_appended_in_order() {
         let dir = std::env::temp_dir().join(format!("rlaunch-reporter-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let style = OutputStyle { tag: true, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: false, timestamp: false, quiet: true, verbose: 0 };
+        let style = OutputStyle { tag: true, prefixes: None, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: false, timestamp: false, quiet: true, verbose: 0 };
         let mut r = Reporter::new(style);
         r.output(3, Stream::Stdout, b"a\n");
         r.output(3, Stream::Stderr, b"e\n");
@@ -294,7 +298,7 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("rank.3.stderr")).unwrap(), b"e\n");
         std::fs::remove_dir_all(&dir).unwrap();
         // --merge-stderr-to-stdout: stderr goes to the stdout file.
-        let style = OutputStyle { tag: false, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: true, timestamp: false, quiet: true, verbose: 0 };
+        let style = OutputStyle { tag: false, prefixes: None, files: Some(OutputFiles::Dir(dir.clone())), merge_stderr: true, timestamp: false, quiet: true, verbose: 0 };
         let mut r = Reporter::new(style);
         r.output(1, Stream::Stdout, b"a\n");
         r.output(1, Stream::Stderr, b"e");
@@ -306,9 +310,9 @@ mod tests {
     #[test]
     fn no_progress_line_is_due_when_quiet_or_once_launched() {
         let t0 = Instant::now();
-        let quiet = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, timestamp: false, quiet: true, verbose: 0 });
+        let quiet = Reporter::new(OutputStyle { tag: false, prefixes: None, files: None, merge_stderr: false, timestamp: false, quiet: true, verbose: 0 });
         assert_eq!(quiet.progress_due(t0), None);
-        let mut r = Reporter::new(OutputStyle { tag: false, files: None, merge_stderr: false, timestamp: false, quiet: false, verbose: 0 });
+        let mut r = Reporter::new(OutputStyle { tag: false, prefixes: None, files: None, merge_stderr: false, timestamp: false, quiet: false, verbose: 0 });
         assert_eq!(r.progress_due(t0), Some(t0 + PROGRESS_AFTER));
         r.progress(Progress::default(), true, t0);
         assert_eq!(r.progress_due(t0), None);

@@ -68,7 +68,7 @@ pub enum Failure {
     /// A node's daemon could not be started or did not join in time.
     LaunchFailed { node: u32, why: String },
     /// The link to a joined node broke; `more` nodes below it are lost with it.
-    LinkLost { node: u32, why: String, more: usize },
+    LinkLost { node: u32, why: String, more: Vec<u32> },
     /// Something failed on a node outside any rank.
     NodeFault { node: u32, why: String },
     /// The PMI or PMIx fence tree broke at the front end.
@@ -129,11 +129,19 @@ pub struct Verdict {
     code: i32,
     first_failed_rank: Option<u32>,
     terminating: bool,
+    /// Nodes that could not be launched after the first, whose line was said at once: their
+    /// names and lines, said at the end ([`Verdict::closing_lines`]).
+    launch_failed: Vec<(String, String)>,
+    launch_failures: usize,
 }
+
+/// At the end, up to this many held launch failures get a line each; more get one line with a
+/// count (a host file of 32 bad names must not print 32 lines).
+pub const HELD_LAUNCH_LINES: usize = 2;
 
 impl Default for Verdict {
     fn default() -> Self {
-        Verdict { outcome: Outcome::Running, code: exitcode::SUCCESS, first_failed_rank: None, terminating: false }
+        Verdict { outcome: Outcome::Running, code: exitcode::SUCCESS, first_failed_rank: None, terminating: false, launch_failed: Vec::new(), launch_failures: 0 }
     }
 }
 
@@ -227,6 +235,18 @@ impl Verdict {
         self.first_failed_rank.is_none() && !self.terminating
     }
 
+    /// The launch failures after the first, said at the end: each line when there are few, else
+    /// one line with their count and first names.
+    pub fn closing_lines(&self) -> Vec<String> {
+        let held = &self.launch_failed;
+        if held.len() <= HELD_LAUNCH_LINES {
+            return held.iter().map(|(_, line)| line.clone()).collect();
+        }
+        let named: Vec<&str> = held.iter().take(5).map(|(n, _)| n.as_str()).collect();
+        let rest = if held.len() > named.len() { format!(" and {} more", held.len() - named.len()) } else { String::new() };
+        vec![format!("rlaunch: cannot launch on {} more nodes either: {}{rest}", held.len(), named.join(", "))]
+    }
+
     pub fn record(&mut self, failure: Failure, facts: &dyn Facts) -> Decision {
         let quiet = Decision { line: None, action: Action::Nothing };
         let running = facts.running();
@@ -290,7 +310,13 @@ impl Verdict {
                 self.fail(Outcome::RankFailed, PMI_FAILURE_EXIT, Some(line))
             }
             Failure::LaunchFailed { node, why } => {
-                let line = format!("rlaunch: cannot launch on node {}: {why}", facts.node_name(node));
+                let name = facts.node_name(node);
+                let line = format!("rlaunch: cannot launch on node {name}: {why}");
+                self.launch_failures += 1;
+                if self.launch_failures > 1 {
+                    self.launch_failed.push((name, line));
+                    return self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED, None);
+                }
                 self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED, Some(line))
             }
             Failure::LinkLost { node, why, more } => {
@@ -299,8 +325,16 @@ impl Verdict {
                     return quiet;
                 }
                 let mut line = format!("rlaunch: lost contact with the daemon on node {} ({why})", facts.node_name(node));
-                if more > 0 {
-                    line.push_str(&format!(", and through it with {more} more node(s)"));
+                if !more.is_empty() {
+                    // They cannot confirm their ranks ended: say which, so nobody waits for them.
+                    let named: Vec<String> = more.iter().take(5).map(|&n| facts.node_name(n)).collect();
+                    let rest = if more.len() > named.len() { format!(" and {} more", more.len() - named.len()) } else { String::new() };
+                    line.push_str(&format!(
+                        ", and through it with {} more node{} ({}{rest}), whose daemons end their ranks on their own",
+                        more.len(),
+                        plural(more.len()),
+                        named.join(", ")
+                    ));
                 }
                 if running > 0 && !self.terminating {
                     line.push_str(&format!("; terminating {running} ranks"));
@@ -523,9 +557,10 @@ mod tests {
         let d = v.record(Failure::LaunchFailed { node: 2, why: "no answer within 30 s (--launch-timeout)".into() }, &job(0));
         assert_eq!(line(&d), "rlaunch: cannot launch on node n2: no answer within 30 s (--launch-timeout)");
         assert_eq!((v.exit_code(false), v.outcome().name()), (exitcode::LAUNCH_FAILED, "launch-failed"));
-        // Every node that cannot be launched gets its line; the first decides, terminating once.
+        // The first decides, terminating once; the others' lines come at the end.
         let d = v.record(Failure::LaunchFailed { node: 3, why: "x".into() }, &job(0));
-        assert_eq!((line(&d), d.action), ("rlaunch: cannot launch on node n3: x", Action::Nothing));
+        assert_eq!((line(&d), d.action), ("", Action::Nothing));
+        assert_eq!(v.closing_lines(), ["rlaunch: cannot launch on node n3: x"]);
         let mut v = Verdict::default();
         let d = v.record(Failure::NodeFault { node: 1, why: "fabric discovery failed".into() }, &job(2));
         assert_eq!(line(&d), "rlaunch: node n1: fabric discovery failed");
@@ -538,17 +573,20 @@ mod tests {
     #[test]
     fn lost_links_name_the_node_and_what_went_with_it() {
         let mut v = Verdict::default();
-        let d = v.record(Failure::LinkLost { node: 1, why: "connection closed".into(), more: 2 }, &job(6));
+        let d = v.record(Failure::LinkLost { node: 1, why: "connection closed".into(), more: vec![3, 4] }, &job(6));
         assert_eq!(
             line(&d),
-            "rlaunch: lost contact with the daemon on node n1 (connection closed), and through it with 2 more node(s); terminating 6 ranks"
+            "rlaunch: lost contact with the daemon on node n1 (connection closed), and through it with 2 more nodes (n3, n4), whose daemons end their ranks on their own; terminating 6 ranks"
         );
+        let mut v = Verdict::default();
+        let d = v.record(Failure::LinkLost { node: 1, why: "x".into(), more: (2..9).collect() }, &job(0));
+        assert_eq!(line(&d), "rlaunch: lost contact with the daemon on node n1 (x), and through it with 7 more nodes (n2, n3, n4, n5, n6 and 2 more), whose daemons end their ranks on their own");
         assert_eq!(v.exit_code(false), 125);
         // Once the job is ending, daemons leaving is no news.
-        assert_eq!(v.record(Failure::LinkLost { node: 2, why: "x".into(), more: 0 }, &job(0)).line, None);
+        assert_eq!(v.record(Failure::LinkLost { node: 2, why: "x".into(), more: vec![] }, &job(0)).line, None);
         let mut v = Verdict::default();
         v.record(exit(0, 4), &job(1));
-        assert_eq!(v.record(Failure::LinkLost { node: 0, why: "x".into(), more: 0 }, &job(1)), Decision { line: None, action: Action::Nothing });
+        assert_eq!(v.record(Failure::LinkLost { node: 0, why: "x".into(), more: vec![] }, &job(1)), Decision { line: None, action: Action::Nothing });
         assert_eq!(v.exit_code(true), 4);
     }
 
@@ -634,5 +672,21 @@ mod tests {
         let mut v = Verdict::default();
         let d = v.record(Failure::OutputError { stream: "out/rank.0.stdout".into(), error }, &job(0));
         assert_eq!(line(&d), "rlaunch: cannot write out/rank.0.stdout: No space left on device (os error 28)");
+    }
+
+    #[test]
+    fn many_launch_failures_are_one_line_then_a_count() {
+        let f = job(0);
+        let mut v = Verdict::default();
+        let fail = |v: &mut Verdict, node: u32| v.record(Failure::LaunchFailed { node, why: format!("bad {node}") }, &f).line;
+        assert_eq!(fail(&mut v, 0).as_deref(), Some("rlaunch: cannot launch on node n0: bad 0"));
+        assert_eq!(fail(&mut v, 1), None, "held to the end");
+        assert_eq!(fail(&mut v, 2), None);
+        assert_eq!(v.closing_lines(), ["rlaunch: cannot launch on node n1: bad 1", "rlaunch: cannot launch on node n2: bad 2"], "few: each line");
+        for n in 3..32 {
+            fail(&mut v, n);
+        }
+        assert_eq!(v.closing_lines(), ["rlaunch: cannot launch on 31 more nodes either: n1, n2, n3, n4, n5 and 26 more"]);
+        assert_eq!(v.exit_code(true), exitcode::LAUNCH_FAILED);
     }
 }

@@ -285,6 +285,12 @@ pub fn alive(pid: u32) -> bool {
 
 /// TCP ports `pid` listens on, from its socket fds and its network namespace's /proc/PID/net/tcp*.
 pub fn listening_ports(pid: u32) -> Vec<u16> {
+    listening(pid).into_iter().map(|(_, port)| port).collect()
+}
+
+/// `(local address as /proc/net/tcp* writes it, port)` of every TCP socket `pid` listens on; an
+/// address of only zeros is every address.
+pub fn listening(pid: u32) -> Vec<(String, u16)> {
     let mut inodes = Vec::new();
     if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for fd in fds.flatten() {
@@ -301,8 +307,8 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
             let f: Vec<&str> = line.split_whitespace().collect();
             // Columns: sl local_address rem_address st ... inode (10th); st 0A = LISTEN.
             if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                if let Some(port) = f[1].rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) {
-                    ports.push(port);
+                if let Some((addr, port)) = f[1].rsplit_once(':').and_then(|(a, p)| Some((a.to_string(), u16::from_str_radix(p, 16).ok()?))) {
+                    ports.push((addr, port));
                 }
             }
         }

@@ -198,6 +198,16 @@ fn gpus_nearest_first_and_not_shared_while_enough() {
 }
 
 #[test]
+fn gpu_lists_give_local_rank_i_the_i_th_list() {
+    let t = gpu_node().topology();
+    let pol = Policy { gpu_lists: vec![vec![3], vec![0, 1]], ..Policy::default() };
+    let p = place(&t, &pol, &ranks(5), &[]).unwrap();
+    assert_eq!(p.iter().map(|r| r.gpus.clone()).collect::<Vec<_>>(), [vec![3], vec![0, 1], vec![3], vec![0, 1], vec![3]]);
+    let err = place(&t, &Policy { gpu_lists: vec![vec![8]], ..Policy::default() }, &ranks(1), &[]).unwrap_err();
+    assert_eq!(err, PlaceError::NoSuchGpu { gpu: 8, have: 8 });
+}
+
+#[test]
 fn nic_nearest_to_the_gpu_spread_among_equals() {
     let t = gpu_node().topology();
     let nics = ["eth0", "eth1", "eth2", "eth3"];
@@ -256,6 +266,7 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         bind,
         hwthreads,
         gpus_per_rank,
+        gpu_lists: Vec::new(),
         rank_by,
     })
 }

@@ -2,10 +2,12 @@
 //!
 //! - [`local`]: fork/exec on this machine;
 //! - [`agent`]: an rsh-like launch agent, `AGENT... HOST 'exec DAEMON __daemon'`;
+//! - [`batch`]: inside a Grid Engine or LSF job, their agent (`qrsh -inherit`, `blaunch`) for every
+//!   node but this one, whose daemon is forked;
 //! - [`ssh`]: in-process ssh (libssh2), one thread per node;
 //! - [`srun`]: one Slurm step that starts every node's daemon at once.
 //!
-//! The first three start one node's daemon per call ([`NodeStarter`], [`start`]); srun starts all
+//! The first four start one node's daemon per call ([`NodeStarter`], [`start`]); srun starts all
 //! of them with one call ([`GroupStarter`], [`start_group`]). [`Starter`] is either, so a caller
 //! that holds one cannot ask a group starter for a single node or the other way round.
 //!
@@ -14,6 +16,7 @@
 //! stderr is the daemon's, for error reports.
 
 pub mod agent;
+pub mod batch;
 pub mod common;
 pub mod local;
 pub mod srun;
@@ -38,6 +41,14 @@ impl Starter {
     pub fn is_group(&self) -> bool {
         matches!(self, Starter::Group(_))
     }
+
+    /// [`NodeStarter::failure_hint`]; a group start has none.
+    pub fn failure_hint(&self, said: &str) -> &'static str {
+        match self {
+            Starter::Each(s) => s.failure_hint(said),
+            Starter::Group(_) => "",
+        }
+    }
 }
 
 /// Starts one node's daemon per call.
@@ -49,6 +60,20 @@ pub enum NodeStarter {
     Agent { argv: Vec<String> },
     /// In-process ssh (libssh2) from a thread per node.
     Ssh(SshOptions),
+    /// Inside a Grid Engine or LSF job: the batch system's agent `argv` (see [`batch`]) for every
+    /// node but `here` (this machine's name), whose daemon is forked.
+    Batch { system: batch::BatchSystem, argv: Vec<String>, here: String },
+}
+
+impl NodeStarter {
+    /// Appended to the error line of a daemon whose carrier ended before it joined, having `said`
+    /// this: what to do when the words are a batch system's refusal, else "".
+    pub fn failure_hint(&self, said: &str) -> &'static str {
+        match self {
+            NodeStarter::Batch { system, .. } => batch::refusal_hint(*system, said),
+            _ => "",
+        }
+    }
 }
 
 /// Starts every node's daemon with one call.
@@ -66,6 +91,7 @@ pub fn start(starter: &NodeStarter, node: &Node, daemon_path: &str, bootstrap: &
         NodeStarter::Local => local::start(&node.name, daemon_path, bootstrap),
         NodeStarter::Agent { argv } => agent::start(argv, node, daemon_path, bootstrap),
         NodeStarter::Ssh(opts) => ssh::start(opts, node, daemon_path, bootstrap, notify.clone()),
+        NodeStarter::Batch { argv, here, .. } => batch::start(argv, here, node, daemon_path, bootstrap),
     }
 }
 
