@@ -111,6 +111,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_held_refusal_goes_up_instead_of_starting_the_ranks() {
+        let refusal = || Effect::Up(Msg::NodeFailed { node: 1, fault: crate::wire::NodeFault::Unsatisfiable("PE".into()) });
+        let up = || Effect::Up(Msg::Fabric { data: vec![1] });
+        let mut f = Fabric::new(1, &Topology::new(4, 2));
+        assert_eq!(f.unless_refused(vec![Effect::StartRanks]), vec![Effect::StartRanks], "nothing held");
+        f.refused = Some(vec![refusal()]);
+        assert_eq!(f.unless_refused(vec![up()]), vec![up()], "the exchange goes on meanwhile");
+        assert_eq!(f.unless_refused(vec![up(), Effect::StartRanks]), vec![up(), refusal()]);
+    }
+
+    #[test]
     fn steps_become_effects_in_order() {
         let step = Step { up: Some(vec![1]), down: vec![(4, vec![2]), (5, vec![3])], start_ranks: true, ..Step::default() };
         assert_eq!(
