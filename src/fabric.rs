@@ -257,6 +257,15 @@ fn nearest_nics(a: &mut Assignment, invs: &[Inventory], placement: &PlacementSpe
     }
 }
 
+/// The first node (in node order) whose topology cannot give its ranks the placement asked for,
+/// as `node NAME: why`. Nodes without a topology in their inventory are left to their daemon.
+fn placement_refusal(invs: &[Inventory], placement: &PlacementSpec, node_ranks: &[Vec<u32>], name: impl Fn(u32) -> String) -> Option<String> {
+    invs.iter().zip(node_ranks).enumerate().find_map(|(n, (inv, ranks))| {
+        let topo = inv.topology.as_ref().filter(|_| !ranks.is_empty())?;
+        binding::place_node(placement, topo, ranks, &[]).err().map(|e| format!("node {}: {e}", name(n as u32)))
+    })
+}
+
 fn node_ranks(map: &ProcMap) -> Vec<Vec<u32>> {
     (0..map.num_nodes()).map(|n| map.ranks_on(n).to_vec()).collect()
 }
@@ -702,6 +711,12 @@ impl FrontGather {
                 }),
                 ..Step::default()
             };
+        }
+        // Every node's topology is here: a placement some node cannot give is one usage error
+        // now, before anything goes down and before any rank exists anywhere.
+        if let Some(e) = placement_refusal(&invs, &self.placement, &self.node_ranks, |n| self.name(n)) {
+            self.state = FrontState::Failed;
+            return Step { usage_error: Some(e), ..Step::default() };
         }
         let choice = self.spec.choice.unwrap_or(FabricChoice::Auto);
         match assign(&invs, &self.counts, choice, &self.spec.nics) {
@@ -1185,6 +1200,17 @@ mod tests {
             topology: Some(topo),
             ..Inventory::default()
         }
+    }
+
+    #[test]
+    fn the_first_node_that_cannot_place_its_ranks_is_named() {
+        let invs = [Inventory { topology: None, ..two_numa_inv("a") }, two_numa_inv("b"), two_numa_inv("c")];
+        let spec = |map: &str| PlacementSpec { policy: fabrics::placement::Policy { map: map.parse().unwrap(), ..Default::default() }, report: false };
+        let ranks = [vec![0, 1, 2], vec![3, 4, 5], vec![]];
+        let name = |n: u32| ["a", "b", "c"][n as usize].to_string();
+        let e = placement_refusal(&invs, &spec("slot:PE=2"), &ranks, name).unwrap();
+        assert!(e.starts_with("node b: 3 ranks with PE=2 need 6 cores"), "{e}");
+        assert_eq!(placement_refusal(&invs, &spec("slot"), &ranks, name), None);
     }
 
     #[test]

@@ -191,6 +191,19 @@ fn bound_on_every_node(test: &str, shape: Shape) {
         assert!(o.stderr.lines().any(|l| l.starts_with(&want)), "{shape:?}: rank {rank} runs on {host} with CPUs {cpus}, which is not what was reported:\n{o}");
     }
     assert_eq!(o.stdout_lines().len(), 16, "{o}");
+    // A placement no node can give is refused by the daemons (the front end cannot know their
+    // CPUs): one usage error naming a node, and no rank started anywhere.
+    let o = s.run(job(&c, &s, Via::Agent, shape, &[strs(&["-np", "8", "--map-by", "ppr:1:node:PE=100000"]), sh("touch $D/ran.$RLAUNCH_RANK")].concat()));
+    o.expect_usage_error("PE=100000 asks for 100000 cores per rank");
+    assert!(o.stderr.starts_with("rlaunch: node n"), "the line names the node:\n{o}");
+    assert!((0..8).all(|r| !s.path(&format!("ran.{r}")).exists()), "a rank started:\n{o}");
+    // Without the exchange the daemons refuse themselves; still one line. (In deeper trees a
+    // launch that fails while daemons are still joining waits for them: not this test's matter.)
+    if shape == Shape::Flat {
+        let o = s.run(job(&c, &s, Via::Agent, shape, &[strs(&["--fabric", "off", "-np", "8", "--map-by", "ppr:1:node:PE=100000"]), sh("touch $D/ran.$RLAUNCH_RANK")].concat()));
+        o.expect_usage_error("PE=100000 asks for 100000 cores per rank");
+        assert!((0..8).all(|r| !s.path(&format!("ran.{r}")).exists()), "a rank started:\n{o}");
+    }
     s.assert_no_leftovers(Some(&c), CLEANUP);
 }
 

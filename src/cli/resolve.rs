@@ -183,6 +183,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         (None, Ok(exe)) => exe.to_string_lossy().into_owned(),
         (None, Err(e)) => return Err(anyhow::anyhow!("finding rlaunch's own path: {e}")),
     };
+    if alloc.local && !g.dry_run {
+        check_local_placement(&launch.placement, &map, &alloc.nodes)?;
+    }
     let output_files = output_files(g, &map, &alloc.nodes)?;
     Ok(JobPlan {
         launch,
@@ -359,6 +362,27 @@ fn placement(g: &Cli, shared_host: bool, rank_file: Option<&[super::rankfile::Li
     let rank_slots = rank_file.map(|lines| lines.iter().map(|l| (l.rank, l.slot.clone())).collect()).unwrap_or_default();
     let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), gpu_lists, rank_slots, rank_by };
     Ok(spec::PlacementSpec { policy, report: g.report_bindings })
+}
+
+/// Every daemon of a job on this machine sees this machine's topology and affinity: a placement
+/// one of them would refuse is refused here, before any daemon (and on another node, any rank)
+/// starts. A `--dry-run` shows the refusal instead. An unreadable topology is left for the
+/// daemon to report.
+fn check_local_placement(spec: &spec::PlacementSpec, map: &launchers::map::ProcMap, nodes: &[launchers::nodes::Node]) -> Result<(), UsageError> {
+    if !spec.asked() {
+        return Ok(());
+    }
+    let Ok(topo) = fabrics::Topology::discover_system() else { return Ok(()) };
+    for (i, n) in nodes.iter().enumerate() {
+        let ranks = map.ranks_on(i as u32);
+        if ranks.is_empty() {
+            continue;
+        }
+        if let Err(e) = crate::binding::place_node(spec, &topo, ranks, &[]) {
+            return Err(usage(format!("node {}: {e}", n.name)));
+        }
+    }
+    Ok(())
 }
 
 /// An Open MPI MCA parameter as Open MPI reads it: `--mca KEY VALUE` (the last one), else
@@ -1061,12 +1085,14 @@ mod tests {
     #[test]
     fn placement_options_become_the_launch_policy() {
         let e = env(&[("PATH", "/bin")]);
-        let p = plan(&["--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--gpus-per-rank", "1", "true"], &e).unwrap();
+        // --dry-run: a real run would first check the request against this machine's CPUs and GPUs.
+        let p = plan(&["--dry-run", "--bind-to", "core", "--map-by", "ppr:1:node:PE=2", "--report-bindings", "--gpus-per-rank", "1", "true"], &e).unwrap();
         let pl = &p.launch.placement;
         assert!(pl.report);
         assert_eq!((pl.policy.bind.clone(), pl.policy.map.pe, pl.policy.gpus_per_rank), (Some(BindTo::Core), Some(2), 1));
         assert!(p.notes.is_empty(), "{:?}", p.notes);
-        assert_eq!(plan(&["--cpus-per-proc", "2", "-bind-to", "core:2", "true"], &e).unwrap().launch.placement.policy.map.pe, Some(2));
+        assert_eq!(plan(&["--dry-run", "--cpus-per-proc", "2", "-bind-to", "core:2", "true"], &e).unwrap().launch.placement.policy.map.pe, Some(2));
+        assert!(usage_text(plan(&["--map-by", ":PE=100000", "true"], &e)).contains("PE=100000 asks for 100000 cores per rank"), "checked here for a job on this machine");
         assert_eq!(usage_text(plan(&["--cpus-per-proc", "2", "--map-by", "core:PE=4", "true"], &e)), "--map-by :PE=4 and --cpus-per-proc 2 ask for different CPUs per rank; give one");
         assert!(usage_text(plan(&["--rankfile", "rf", "true"], &e)).starts_with("--rankfile rf: rank files are not supported yet"));
         assert!(usage_text(plan(&["--bind-to", "user:0", "--cpus-per-proc", "2", "true"], &e)).contains("cannot be combined"));

@@ -1,8 +1,9 @@
 //! The launch-time fabric exchange ([`NodeFabric`]) as a service: its [`Step`]s become effects,
 //! and the ranks start ([`Effect::StartRanks`]) once the endpoint table is written (at once with
-//! `--fabric off`). It places the local ranks first ([`Binding`]): a placement this node cannot
-//! give is refused before the node takes part in the exchange, and the ranks start with what
-//! both decided (their CPUs and GPUs, their NIC).
+//! `--fabric off`). It places the local ranks first ([`Binding`]), and the ranks start with what
+//! both decided (their CPUs and GPUs, their NIC). A placement this node cannot give is refused
+//! by the front end once the exchange brings it every node's topology; with `--fabric off` the
+//! node refuses itself, at once.
 
 use super::binding::Binding;
 use super::effect::Effect;
@@ -14,11 +15,15 @@ use crate::wire::Msg;
 pub struct Fabric {
     inner: NodeFabric,
     binding: Binding,
+    /// This node's refusal of the placement, held while the exchange runs: the front end refuses
+    /// the job once it has every node's topology (one line, before anything starts), so the
+    /// node still takes part; should the ranks be started anyway, the refusal goes instead.
+    refused: Option<Vec<Effect>>,
 }
 
 impl Fabric {
     pub fn new(node: u32, topo: &Topology) -> Fabric {
-        Fabric { inner: NodeFabric::new(node, topo), binding: Binding::default() }
+        Fabric { inner: NodeFabric::new(node, topo), binding: Binding::default(), refused: None }
     }
 
     /// Reads this host's fabrics and CPU topology; called while the launch message travels.
@@ -29,13 +34,28 @@ impl Fabric {
 
     /// After the launch message: place the local ranks, then contribute this node's inventory.
     pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
-        match self.binding.on_launch(job) {
-            Ok(mut fx) => {
-                fx.extend(effects(self.inner.on_launch(job)));
-                fx
+        let mut fx = match self.binding.on_launch(job) {
+            Ok(fx) => fx,
+            // Without the exchange nobody else can refuse: at once, before any rank starts.
+            Err(refused) if !job.launch().fabric.gathers() => return refused,
+            Err(refused) => {
+                self.refused = Some(refused);
+                Vec::new()
             }
-            Err(refused) => refused,
+        };
+        let step = effects(self.inner.on_launch(job));
+        fx.extend(self.unless_refused(step));
+        fx
+    }
+
+    /// `fx`, with the held refusal in place of starting the ranks.
+    fn unless_refused(&mut self, fx: Vec<Effect>) -> Vec<Effect> {
+        if self.refused.is_none() || !fx.contains(&Effect::StartRanks) {
+            return fx;
         }
+        let mut out: Vec<Effect> = fx.into_iter().filter(|e| *e != Effect::StartRanks).collect();
+        out.extend(self.refused.take().unwrap_or_default());
+        out
     }
 
     /// The local ranks' places.
@@ -45,7 +65,8 @@ impl Fabric {
 
     /// A `Msg::Fabric` from the child daemon of `from_child`, or from the parent (`None`).
     pub fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
-        effects(self.inner.on_message(from_child, data))
+        let fx = effects(self.inner.on_message(from_child, data));
+        self.unless_refused(fx)
     }
 
     /// The ranks wait for the table (the node is not done meanwhile, unless the job is ending).
@@ -88,6 +109,17 @@ fn effects(step: Step) -> Vec<Effect> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_refusal_goes_up_instead_of_starting_the_ranks() {
+        let refusal = || Effect::Up(Msg::NodeFailed { node: 1, fault: crate::wire::NodeFault::Unsatisfiable("PE".into()) });
+        let up = || Effect::Up(Msg::Fabric { data: vec![1] });
+        let mut f = Fabric::new(1, &Topology::new(4, 2));
+        assert_eq!(f.unless_refused(vec![Effect::StartRanks]), vec![Effect::StartRanks], "nothing held");
+        f.refused = Some(vec![refusal()]);
+        assert_eq!(f.unless_refused(vec![up()]), vec![up()], "the exchange goes on meanwhile");
+        assert_eq!(f.unless_refused(vec![up(), Effect::StartRanks]), vec![up(), refusal()]);
+    }
 
     #[test]
     fn steps_become_effects_in_order() {

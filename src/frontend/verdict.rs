@@ -349,6 +349,8 @@ impl Verdict {
                 let line = (!self.terminating).then(|| format!("rlaunch: {message}"));
                 self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED, line)
             }
+            // Several nodes may refuse one request (placement): the first says it.
+            Failure::Unsatisfiable { .. } if self.terminating => quiet,
             Failure::Unsatisfiable { message } => self.fail(Outcome::LaunchFailed, exitcode::USAGE, Some(format!("rlaunch: {message}"))),
             Failure::FabricError { message } => {
                 self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED, Some(format!("rlaunch: {message}")))
@@ -594,6 +596,8 @@ mod tests {
         let d = v.record(Failure::Unsatisfiable { message: "--nic ib9: node n1 has no NIC 'ib9'".into() }, &job(0));
         assert_eq!(line(&d), "rlaunch: --nic ib9: node n1 has no NIC 'ib9'");
         assert_eq!(v.exit_code(false), exitcode::USAGE);
+        let d = v.record(Failure::Unsatisfiable { message: "node n2: PE=9 asks for 9 cores".into() }, &job(0));
+        assert_eq!((d.line, d.action), (None, Action::Nothing), "a second node's refusal adds nothing");
     }
 
     #[test]
