@@ -364,3 +364,24 @@ fn prepend_pattern_starts_each_line_with_the_ranks_own_prefix() {
     lines.sort();
     assert_eq!(lines, [format!("0@{host}%: a"), format!("0@{host}%: b"), format!("1@{host}%: a"), format!("1@{host}%: b")], "{out}");
 }
+
+#[test]
+fn rankfile_puts_each_rank_on_its_host_and_cpus() {
+    let s = Scratch::new("dropin-rankfile");
+    let host = common::hostname();
+    let cpus = fabrics::topology::own_affinity().expect("this process's CPUs");
+    let all: Vec<u32> = cpus.iter().collect();
+    let (a, b) = (all[0], *all.last().unwrap());
+    // Reversed on purpose: rank 0 on the last CPU, rank 1 on the first.
+    std::fs::write(s.path("rf"), format!("rank 1={host} slot={a}\nrank 0=localhost slot={b}\n")).unwrap();
+    let out = s.run(["--rankfile", "rf", "--report-bindings", "sh", "-c", "grep Cpus_allowed_list /proc/self/status | sed \"s/^/$RLAUNCH_RANK /\""]);
+    out.expect_code(0);
+    let mut lines = out.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, [format!("0 Cpus_allowed_list:\t{b}"), format!("1 Cpus_allowed_list:\t{a}")], "{out}");
+    assert!(out.stderr.contains(&format!("rank 0 on ")) && out.stderr.contains(&format!("bound to CPUs {b} ")), "{out}");
+    std::fs::write(s.path("gap"), format!("rank 1={host} slot={a}\n")).unwrap();
+    s.run(["--rankfile", "gap", "true"]).expect_usage_error("--rankfile gap: rank 0 has no line");
+    s.run(["--rankfile", "rf", "--bind-to", "core", "true"]).expect_usage_error("--rankfile gives each rank its CPUs");
+    s.run(["--rankfile", "rf", "-np", "3", "true"]).expect_usage_error("program 0 asks for 3 ranks but its host list has 2 entries");
+}

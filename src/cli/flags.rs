@@ -199,7 +199,13 @@ PLACEMENT (both families; each node's own topology, within the CPUs its daemon m
   nearest to its GPUs or CPUs (RLAUNCH_NIC, and UCX_NET_DEVICES/NCCL_IB_HCA with --nic-env).
   --rank-by hwthread|core|l3cache|numa|package (socket): a node's ranks, in order, take its
   mapped places round-robin over those objects (--map-by package --rank-by core: ranks 0 and 1
-  on package 0); --rankfile is not supported.
+  on package 0).
+  --rankfile FILE, -rf FILE         Open MPI's rank file: lines `rank N=HOST slot=SPEC`, HOST a
+                                    name or +nK (the K-th node), SPEC CPUs as the kernel numbers
+                                    them (0-3) or package:cores in logical order (1:0-2, or
+                                    0:0-1,1:0-1); every rank 0..N-1 needs a line, runs on its
+                                    host, bound to its slot; without a node list the file's hosts
+                                    are the job's
 
 COMPATIBILITY, CRAY PALS (mpiexec on HPE Cray systems; placement, see PLACEMENT):
   --cpu-bind none|core|numa|socket|thread
@@ -616,7 +622,7 @@ showed in this mode (none in 200 jobs)."
     #[arg(long = "gpus-per-rank", alias = "gpus-per-proc", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub gpus_per_rank: Option<u32>,
 
-    /// Open MPI's rank file: refused with a line saying what to use instead (not supported yet)
+    /// Open MPI's rank file: each rank's host and CPUs (`rank N=HOST slot=SPEC` lines)
     #[arg(long, value_name = "FILE", hide_short_help = true)]
     pub rankfile: Option<PathBuf>,
 

@@ -1094,7 +1094,7 @@ mod tests {
         assert_eq!(plan(&["--dry-run", "--cpus-per-proc", "2", "-bind-to", "core:2", "true"], &e).unwrap().launch.placement.policy.map.pe, Some(2));
         assert!(usage_text(plan(&["--map-by", ":PE=100000", "true"], &e)).contains("PE=100000 asks for 100000 cores per rank"), "checked here for a job on this machine");
         assert_eq!(usage_text(plan(&["--cpus-per-proc", "2", "--map-by", "core:PE=4", "true"], &e)), "--map-by :PE=4 and --cpus-per-proc 2 ask for different CPUs per rank; give one");
-        assert!(usage_text(plan(&["--rankfile", "rf", "true"], &e)).starts_with("--rankfile rf: rank files are not supported yet"));
+        assert!(usage_text(plan(&["--rankfile", "/nonexistent/rf", "true"], &e)).starts_with("--rankfile /nonexistent/rf: cannot read it"));
         assert!(usage_text(plan(&["--bind-to", "user:0", "--cpus-per-proc", "2", "true"], &e)).contains("cannot be combined"));
         assert_eq!(plan(&["--bind-to", "none", "true"], &e).unwrap().launch.placement.policy.bind, Some(BindTo::None));
         assert_eq!(plan(&["true"], &e).unwrap().launch.placement.policy.bind, None, "Open MPI's default");
