@@ -615,6 +615,43 @@ fn deep_cleanup(test: &str, shape: Shape, kill_front_end: bool) {
     s.assert_no_leftovers(Some(&c), left);
 }
 
+/// The same on one machine: 8 local nodes (`--launcher local`) in a tree of fan-out `fanout`
+/// with tree spawn, no cluster needed.
+fn deep_cleanup_local(fanout: &str, kill_front_end: bool) {
+    let s = NodeScratch::new("deepkill-local");
+    let hosts = s.file("hosts", &(1..=8).map(|i| format!("node{i} slots=2\n")).collect::<String>());
+    let code = "echo $RLAUNCH_NODE_RANK $PPID > $D/rec.$RLAUNCH_RANK; exec sleep 1000";
+    let args = [strs(&["--launcher", "local", "-f", &hosts.display().to_string(), "--fanout", fanout, "--tree-spawn", "-np", "16"]), sh(code)].concat();
+    let j = s.spawn(args);
+    let recs: Vec<String> = (0..16).map(|r| format!("rec.{r}")).collect();
+    assert!(common::poll_until(Duration::from_secs(30), || recs.iter().all(|f| s.path(f).exists())), "ranks did not start");
+    let t = Instant::now();
+    if kill_front_end {
+        j.signal(libc::SIGKILL);
+    } else {
+        // Node 1's daemon is inner at fan-out 2 and 1 alike.
+        let daemon = recs
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(s.path(f)).ok())
+            .find_map(|l| l.trim().strip_prefix("1 ").and_then(|p| p.parse::<i32>().ok()))
+            .expect("a rank on node 1");
+        unsafe { libc::kill(daemon, libc::SIGKILL) };
+        let o = j.wait_within(Duration::from_secs(30));
+        let took = t.elapsed();
+        o.expect_code(125);
+        assert!(took < DEEP_CLEANUP, "fan-out {fanout}: rlaunch took {took:?} after the kill to end:\n{o}");
+    }
+    s.assert_no_leftovers(None, (t + DEEP_CLEANUP).saturating_duration_since(Instant::now()));
+}
+
+#[test]
+fn local_nodes_kill_9_cleans_up_within_3_s_at_depth_3_and_7() {
+    for fanout in ["2", "1"] {
+        deep_cleanup_local(fanout, true);
+        deep_cleanup_local(fanout, false);
+    }
+}
+
 #[test]
 fn kill_9_of_the_front_end_depth_3_cleans_up_within_3_s() {
     deep_cleanup("kill_9_of_the_front_end_depth_3_cleans_up_within_3_s", Shape::Fanout2TreeSpawn, true)
