@@ -9,7 +9,8 @@
 //!   `--use-hwthread-cpus` / `--map-by hwthread` / `:HWTCPUS`. Each rank takes `PE` units (1).
 //! - `--map-by slot|node|core|hwthread` takes units in logical order; `l3cache|numa|package`
 //!   (`socket`) deals ranks round-robin over those objects; `ppr:N:obj` puts N ranks on each object
-//!   in turn (object-major). `:span` only changes how ranks spread over nodes, not inside one.
+//!   in turn (object-major). `:span` only changes how ranks spread over nodes (evenly, numbered node by node: see the
+//!   binary's resolve), not inside one.
 //!   `--rank-by OBJ` hands the mapped places to the ranks round-robin over those objects.
 //! - `--bind-to` widens a rank's units to the objects containing them. The default is core (the
 //!   rank's units) when the node's ranks fit its units, otherwise none, as Open MPI does; `PE=n`

@@ -85,8 +85,9 @@ COMPATIBILITY, OPEN MPI (mpirun):
   --nooversubscribe                 never more ranks than slots, also on this machine alone
   -bynode                           --map-by node (Open MPI's older spelling)
   --map-by P:OVERSUBSCRIBE, :NOOVERSUBSCRIBE, :SPAN, :PE=n, :HWTCPUS
-                                    modifiers of --map-by; SPAN changes nothing (nodes are
-                                    already one resource); PE=n and HWTCPUS are placement (below)
+                                    modifiers of --map-by; SPAN balances the ranks over the
+                                    nodes (as --map-by node, numbered node by node) before each
+                                    node places its own; PE=n and HWTCPUS are placement (below)
   --display-map                     print the map (as --dry-run) on stdout, then run
   --output-filename DIR[:nojobid,nocopy]
                                     DIR/1/rank.N/stdout and stderr (N zero-padded to the digits
@@ -806,8 +807,8 @@ impl FromStr for MapByFlag {
     type Err = String;
     /// Modifiers follow the policy (`ppr:2:node:PE=4`, `slot:OVERSUBSCRIBE`) or stand alone
     /// (`:OVERSUBSCRIBE`, policy slot). Objects inside a node (`core`, `package`, `ppr:2:numa`)
-    /// fill each node's slots in order, then place the node's ranks on those objects; `SPAN`
-    /// changes nothing: rlaunch's node-level policies already treat all nodes as one resource.
+    /// fill each node's slots in order, then place the node's ranks on those objects; with `SPAN`
+    /// the nodes get balanced shares instead (see `allocation_request`).
     fn from_str(s: &str) -> Result<Self, String> {
         // Open MPI's seq: rank i on the host of the i-th host file line; its modifiers as slot's.
         if let Some(rest) = s.split_once(':').map_or((s.eq_ignore_ascii_case("seq")).then_some(""), |(p, r)| p.eq_ignore_ascii_case("seq").then_some(r)) {

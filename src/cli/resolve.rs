@@ -493,9 +493,14 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
     let no_oversubscribe = g.nooversubscribe || g.map_by.place.oversubscribe == Some(false);
     // Hydra's placement: blocks of -ppn N (-rr: 1) ranks, or of each -hosts entry's count, in turn.
     let block = g.perhost.map(Some).or(g.rr.then_some(Some(1))).or(g.hosts.as_ref().map(|_| None));
+    // Open MPI's :SPAN, "load balance the processes across the allocation": as many ranks on
+    // each node as --map-by node would give, numbered node by node; inside each node they go to
+    // its objects as the object policy says.
+    let span = g.map_by.place.span && g.map_by.policy == MapBy::Slot;
     let map_by = match (block, g.bynode) {
         (Some(b), _) => MapBy::Cycle(b),
         (None, true) => MapBy::Node,
+        (None, false) if span => MapBy::Node,
         (None, false) => g.map_by.policy,
     };
     Ok(AllocationRequest {
@@ -504,7 +509,7 @@ fn allocation_request(g: &Cli, launch_timeout: Duration, env: &Env) -> Result<Al
         launcher,
         launch_agent,
         map_by,
-        rank_by: g.rank_by.map(|r| r.policy),
+        rank_by: g.rank_by.map(|r| r.policy).or(span.then_some(launchers::map::RankBy::Slot)),
         ppn: if g.pernode { Some(1) } else { g.ppn },
         oversubscribe: !no_oversubscribe
             && (g.oversubscribe || g.map_by.place.oversubscribe == Some(true) || mca_param(g, env, "rmaps_base_oversubscribe").is_some_and(|v| truthy(&v))),
@@ -1080,6 +1085,17 @@ mod tests {
         assert_eq!(usage_text(plan(&["--timeout", "1e19", "true"], &e)), "--timeout 1e19: expected at most 1e9 seconds (about 31 years)");
         assert_eq!(usage_text(plan(&["--launch-timeout", "1e30", "true"], &e)), "--launch-timeout 1e30: expected at most 1e9 seconds (about 31 years)");
         assert_eq!(plan(&["--timeout", "1e9", "true"], &e).unwrap().timeout, Some(Duration::from_secs(1_000_000_000)));
+    }
+
+    #[test]
+    fn span_balances_ranks_over_the_nodes_numbered_node_by_node() {
+        let e = env(&[("PATH", "/bin")]);
+        let p = plan(&["--dry-run", "-H", "a:4,b:4", "-np", "5", "--map-by", "package:span", "true"], &e).unwrap();
+        assert_eq!((p.map.ranks_on(0), p.map.ranks_on(1)), (&[0, 1, 2][..], &[3, 4][..]));
+        let p = plan(&["--dry-run", "-H", "a:4,b:4", "-np", "5", "--map-by", "package", "true"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(0), [0, 1, 2, 3], "without span a node's slots fill first");
+        let p = plan(&["--dry-run", "-H", "a:4,b:4", "-np", "4", "--map-by", "core:span", "--rank-by", "node", "true"], &e).unwrap();
+        assert_eq!(p.map.ranks_on(0), [0, 2], "an explicit --rank-by still decides the numbering");
     }
 
     #[test]
