@@ -135,8 +135,33 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if let Some(file) = g.report.as_ref().filter(|f| f.is_dir()) {
         return Err(usage(format!("--report {}: is a directory (a file is expected)", file.display())).into());
     }
-    let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
-    let map = launchers::map::compute_map_for_nodes(&alloc.nodes, &requests, &alloc.policy).map_err(|e| usage(e.to_string()))?;
+    let compute = |apps: &[AppContext], nodes: &[launchers::nodes::Node]| {
+        let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
+        launchers::map::compute_map_for_nodes(nodes, &requests, &alloc.policy).map_err(|e| usage(e.to_string()))
+    };
+    let mut map = compute(&apps, &alloc.nodes)?;
+    // The allocation's slots, before nodes without ranks are dropped: -usize SYSTEM, and Open
+    // MPI's universe (MPI_UNIVERSE_SIZE is the allocation's slots there).
+    let allocation_slots = alloc.nodes.iter().fold(0u32, |a, n| a.saturating_add(n.slots));
+    let mut trimmed = false;
+    // Nodes the map leaves without ranks get no daemon, as under Hydra: -np 1 with a 4-node host
+    // file starts one. (--inventory runs no rank and wants every node.)
+    if !g.inventory && (0..alloc.nodes.len() as u32).any(|n| map.ranks_on(n).is_empty()) {
+        let mut index = vec![None; alloc.nodes.len()];
+        let mut kept = Vec::new();
+        for (i, node) in alloc.nodes.iter().enumerate() {
+            if !map.ranks_on(i as u32).is_empty() {
+                index[i] = Some(kept.len() as u32);
+                kept.push(node.clone());
+            }
+        }
+        for list in apps.iter_mut().filter_map(|a| a.nodes.as_mut()) {
+            *list = list.iter().filter_map(|&n| index[n as usize]).collect();
+        }
+        alloc.nodes = kept;
+        map = compute(&apps, &alloc.nodes)?;
+        trimmed = true;
+    }
     let prefixes = g.prepend_pattern.as_ref().map(|p| {
         map.ranks().iter().enumerate().map(|(r, place)| crate::output::expand_pattern(p, r as u32, &alloc.nodes[place.node as usize].name)).collect()
     });
@@ -171,10 +196,12 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
             interface,
             port: g.pmi_port,
             lazy: g.pmi_lazy,
-            universe: g.usize.map(|u| match u {
-                Usize::Count(n) => n,
-                Usize::System => alloc.nodes.iter().fold(0u32, |a, n| a.saturating_add(n.slots)),
-            }),
+            universe: match g.usize {
+                Some(Usize::Count(n)) => Some(n),
+                Some(Usize::System) => Some(allocation_slots),
+                None if trimmed && interface == spec::Interface::Pmix => Some(allocation_slots.max(map.size())),
+                None => None,
+            },
         },
         placement: placement(g, alloc.local && alloc.nodes.len() > 1, rank_file.as_deref())?,
     };
