@@ -587,6 +587,21 @@ fn escaped_descendants(test: &str, shape: Shape) {
 }
 every_shape!(escaped_descendants_are_killed_on_every_node, escaped_descendants);
 
+/// A rank that cannot start ends the job while daemons deeper in the tree are still joining
+/// (`--fabric off`: ranks start at once): nodes nobody will start any more are not waited for.
+#[test]
+fn a_failure_during_the_launch_does_not_wait_for_nodes_never_started() {
+    let Some(c) = Cluster::get("a_failure_during_the_launch_does_not_wait_for_nodes_never_started") else { return };
+    let s = NodeScratch::new("earlyfail");
+    let o = s.run(job(&c, &s, Via::Ssh, Shape::Fanout2, &strs(&["--fabric", "off", "-np", "32", "/nonexistent/prog"])));
+    o.expect_code(2);
+    assert!(o.elapsed < Duration::from_secs(5), "took {:?}:\n{o}", o.elapsed);
+    let lines = rlaunch_lines(&o);
+    assert_eq!(lines.len(), 1, "one line, no node 'did not confirm':\n{o}");
+    assert!(lines[0].contains("cannot start '/nonexistent/prog'"), "{o}");
+    s.assert_no_leftovers(Some(&c), CLEANUP);
+}
+
 /// Issue 14 item 3: clean-up does not grow with the tree's depth; at depth 3 and 7 everything is
 /// gone within 3 s of a kill -9 of the front end or of an inner daemon.
 const DEEP_CLEANUP: Duration = Duration::from_secs(3);

@@ -313,10 +313,9 @@ impl Frontend {
         // (srun), the front end starts the children of every daemon, pointed at that daemon.
         if let (None, Starter::Each(starter)) = (&self.job.launch().tree_spawn, self.plan.starter.clone()) {
             let parent = self.daemons.listen_addr(node).expect("joined above");
+            // Once the job is ending nobody starts them: not waited for, not reported.
             for k in self.job.topology().children_of(Some(node)) {
-                if !self.verdict.terminating() {
-                    self.start_daemon(&starter, k, parent.clone());
-                }
+                if self.verdict.terminating() { self.daemons.lose_subtree(k) } else { self.start_daemon(&starter, k, parent.clone()) }
             }
         }
     }
