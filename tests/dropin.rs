@@ -385,3 +385,23 @@ fn rankfile_puts_each_rank_on_its_host_and_cpus() {
     s.run(["--rankfile", "rf", "--bind-to", "core", "true"]).expect_usage_error("--rankfile gives each rank its CPUs");
     s.run(["--rankfile", "rf", "-np", "3", "true"]).expect_usage_error("program 0 asks for 3 ranks but its host list has 2 entries");
 }
+
+#[test]
+fn open_mpi_binding_modifiers_and_older_spellings_mean_what_they_say() {
+    let s = Scratch::new("dropin-bind-mods");
+    let cores = fabrics::topology::Topology::discover_system().expect("this machine's topology").objects(fabrics::topology::ObjKind::Core).len();
+    let np = (cores + 1).to_string();
+    // More ranks than cores: refused with --bind-to core, shared with :overload-allowed, unbound
+    // with :if-supported; :REPORT reports.
+    s.run(["--bind-to", "core", "-np", &np, "true"]).expect_usage_error("--bind-to core need");
+    let out = s.run(["--bind-to", "core:overload-allowed:REPORT", "-np", &np, "true"]);
+    out.expect_code(0);
+    assert_eq!(out.stderr.matches("bound to CPUs").count(), cores + 1, "{out}");
+    let out = s.run(["--bind-to", "core:if-supported", "--report-bindings", "-np", &np, "true"]);
+    out.expect_code(0);
+    assert_eq!(out.stderr.matches("not bound").count(), cores + 1, "{out}");
+    // -npersocket N is --map-by ppr:N:package.
+    let out = s.run(["--dry-run", "-npersocket", "1", "-np", "1", "true"]);
+    out.expect_code(0);
+    s.run(["-npersocket"]).expect_usage_error("-npersocket needs a number");
+}

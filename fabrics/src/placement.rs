@@ -208,6 +208,12 @@ pub struct Policy {
     /// Open MPI's `--rankfile`: the CPUs of each listed global rank (`slot=`); non-empty means
     /// every rank of the node has its own entry.
     pub rank_slots: Vec<(u32, Slot)>,
+    /// Open MPI's `--bind-to X:overload-allowed`: more ranks than units share them (bound in
+    /// turn) instead of being refused.
+    pub overload: bool,
+    /// `--bind-to X:if-supported`: a binding the node cannot give leaves the ranks unbound
+    /// instead of being refused.
+    pub if_supported: bool,
     /// `--rank-by OBJ` inside a node: the node's ranks, in order, take the mapped places
     /// round-robin over those objects (None: in mapping order, Open MPI's `slot`).
     pub rank_by: Option<ObjKind>,
@@ -277,10 +283,25 @@ pub enum PlaceError {
 /// Gives each rank of the node (`ranks`, in local-rank order) its CPUs, GPUs and one of `nics`
 /// (the usable NICs' names, in the fabric layer's order).
 pub fn place(topo: &Topology, policy: &Policy, ranks: &[u32], nics: &[&str]) -> Result<Vec<RankPlace>, PlaceError> {
-    let mut out = match &policy.bind {
-        _ if !policy.rank_slots.is_empty() => rank_file(topo, &policy.rank_slots, ranks)?,
-        Some(BindTo::Cpus(lists)) => user_lists(topo, lists, ranks)?,
-        _ => map_and_bind(topo, policy, ranks)?,
+    let placed = match &policy.bind {
+        _ if !policy.rank_slots.is_empty() => rank_file(topo, &policy.rank_slots, ranks),
+        Some(BindTo::Cpus(lists)) => user_lists(topo, lists, ranks),
+        _ => map_and_bind(topo, policy, ranks),
+    };
+    let mut out = match placed {
+        // overload-allowed: as many ranks as fit, bound, then the next as many on the same units.
+        Err(PlaceError::TooFewCpus { ranks: n, need, have, .. }) if policy.overload && have > 0 && need > 0 => {
+            let fit = (have * n / need).max(1);
+            let mut out = Vec::with_capacity(ranks.len());
+            for chunk in ranks.chunks(fit) {
+                out.extend(map_and_bind(topo, policy, chunk)?);
+            }
+            out
+        }
+        Err(_) if policy.if_supported => {
+            ranks.iter().map(|&rank| RankPlace { rank, cpus: topo.universe.clone(), bound: false, gpus: Vec::new(), nic: None }).collect()
+        }
+        r => r?,
     };
     if policy.gpu_lists.is_empty() {
         assign_gpus(topo, policy.gpus_per_rank, &mut out)?;

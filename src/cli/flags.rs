@@ -105,8 +105,13 @@ COMPATIBILITY, OPEN MPI (mpirun):
                                     --merge-stderr-to-stdout and --output-filename DIR[:nocopy]
   --display map,allocation,bind     --display-map (map, allocation), --report-bindings (bind)
   -bysocket, -bycore, -byslot       --map-by socket, core, slot (older Open MPI)
+  -npersocket N                     --map-by ppr:N:package (older Open MPI)
   --bind-to-core, --bind-to-socket, --bind-to-none
                                     --bind-to core, socket, none (older Open MPI)
+  --bind-to X:overload-allowed, :if-supported, :REPORT, :ordered
+                                    more ranks than cores share them; a binding the node cannot
+                                    give leaves ranks unbound; as --report-bindings; (as given)
+  --bind-to board                   one board per node: all of the node's CPUs
   -rf FILE                          --rankfile FILE
   --display-allocation, --display-devel-map
                                     --display-map
@@ -704,6 +709,10 @@ pub const EXPANSIONS: &[(&str, &[&str])] = &[
     ("display-devel-allocation", &["--display-map"]),
 ];
 
+/// Other launchers' options that take a value and stand for rlaunch's `--map-by` with it: the
+/// value goes where `{}` is (Open MPI's `-npersocket N` is `--map-by ppr:N:package`).
+pub const MAP_BY_WITH_VALUE: &[(&str, &str)] = &[("npersocket", "ppr:{}:package")];
+
 /// Single-dash spellings that are another family's option: Hydra's `-launcher` takes Hydra's names
 /// (`--bootstrap`), while rlaunch's own `--launcher` keeps its own; Hydra's `-ppn` wraps around
 /// (`--perhost`), while rlaunch's `--ppn` is `ppr:N:node`.
@@ -831,20 +840,47 @@ impl FromStr for MapByFlag {
 pub struct BindToFlag {
     pub bind: BindTo,
     pub per_rank: Option<u32>,
+    /// Open MPI's `:overload-allowed`, `:if-supported` and `:REPORT` modifiers.
+    pub overload: bool,
+    pub if_supported: bool,
+    pub report: bool,
+}
+
+impl BindToFlag {
+    pub fn new(bind: BindTo) -> BindToFlag {
+        BindToFlag { bind, per_rank: None, overload: false, if_supported: false, report: false }
+    }
 }
 
 impl FromStr for BindToFlag {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if let Some((obj, n)) = s.split_once(':').filter(|(o, _)| !o.eq_ignore_ascii_case("user")) {
-            let bind: BindTo = obj.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())?;
-            let count = n.parse::<u32>().ok().filter(|n| *n >= 1);
-            return match (&bind, count) {
-                (BindTo::Core | BindTo::HwThread, Some(n)) => Ok(BindToFlag { bind, per_rank: Some(n) }),
-                _ => Err(format!("'{n}' after '{obj}:': rlaunch takes core:N or hwthread:N (N per rank), as Hydra does")),
-            };
+        if s.split(':').next().is_some_and(|o| o.eq_ignore_ascii_case("user")) {
+            return Ok(BindToFlag::new(s.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())?));
         }
-        Ok(BindToFlag { bind: s.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())?, per_rank: None })
+        let mut parts = s.split(':');
+        let obj = parts.next().unwrap_or_default();
+        // One board per node: bound to it is bound to all of the node's CPUs.
+        let bind: BindTo = if obj.eq_ignore_ascii_case("board") { BindTo::None } else { obj.parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())? };
+        let mut flag = BindToFlag::new(bind);
+        for m in parts {
+            match m.to_ascii_lowercase().as_str() {
+                "overload-allowed" => flag.overload = true,
+                "if-supported" => flag.if_supported = true,
+                "report" => flag.report = true,
+                // Open MPI's ordered binds in mapping order, which is what rlaunch does anyway.
+                "ordered" => {}
+                n => match (&flag.bind, n.parse::<u32>().ok().filter(|n| *n >= 1)) {
+                    (BindTo::Core | BindTo::HwThread, Some(n)) => flag.per_rank = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "'{m}' after '{obj}:': rlaunch takes core:N or hwthread:N (N per rank, as Hydra does) or Open MPI's modifiers overload-allowed, if-supported, ordered, REPORT"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(flag)
     }
 }
 
@@ -1057,11 +1093,14 @@ mod tests {
         assert_eq!((f.policy, f.place.obj, f.place.pe), (MapBy::Slot, MapObj::Ppr(2, ObjKind::Package), Some(2)));
         assert!(m("l2cache").unwrap_err().starts_with("unknown --map-by object 'l2cache'"));
         let b = |v: &str| typed::<BindToFlag>(v).map_err(|e| e.to_string());
-        assert_eq!(b("core:8").unwrap(), BindToFlag { bind: BindTo::Core, per_rank: Some(8) });
-        assert_eq!(b("socket").unwrap(), BindToFlag { bind: BindTo::Package, per_rank: None });
+        assert_eq!(b("core:8").unwrap(), BindToFlag { per_rank: Some(8), ..BindToFlag::new(BindTo::Core) });
+        assert_eq!(b("socket").unwrap(), BindToFlag::new(BindTo::Package));
+        let f = b("core:overload-allowed:if-supported:REPORT:ordered").unwrap();
+        assert_eq!((f.bind, f.overload, f.if_supported, f.report), (BindTo::Core, true, true, true));
         assert!(matches!(b("user:0+1,2").unwrap().bind, BindTo::Cpus(_)));
         assert!(b("numa:2").unwrap_err().contains("core:N or hwthread:N"));
-        assert!(b("board").unwrap_err().starts_with("unknown --bind-to value 'board'"));
+        assert_eq!(b("board").unwrap().bind, BindTo::None, "one board per node: its CPUs are all of the node's");
+        assert!(b("l2cache").unwrap_err().starts_with("unknown --bind-to value 'l2cache'"));
         assert_eq!(typed::<RankByFlag>("core").unwrap(), RankByFlag { policy: RankBy::Slot, object: Some(ObjKind::Core) });
         assert_eq!(typed::<RankByFlag>("socket").unwrap().object, Some(ObjKind::Package));
         assert!(typed::<RankByFlag>("l2cache").unwrap_err().to_string().starts_with("rlaunch ranks inside a node by hwthread"));

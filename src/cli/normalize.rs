@@ -2,7 +2,7 @@
 //! `:` between application contexts, and the program boundary.
 
 use super::error::{usage, UsageError};
-use super::flags::{EXPANSIONS, PAIRS, SINGLE_DASH_RENAMES, WONT};
+use super::flags::{EXPANSIONS, MAP_BY_WITH_VALUE, PAIRS, SINGLE_DASH_RENAMES, WONT};
 
 struct OptInfo {
     /// The long name clap knows it by.
@@ -87,6 +87,14 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
         if a == "--" {
             seg.push(a.clone());
             in_program = true;
+            continue;
+        }
+        let bare = a.strip_prefix('-').map(|b| b.strip_prefix('-').unwrap_or(b));
+        if let Some((_, pattern)) = MAP_BY_WITH_VALUE.iter().find(|(from, _)| bare == Some(from)) {
+            let value = args.get(i).ok_or_else(|| usage(format!("{a} needs a number")))?;
+            seg.push("--map-by".into());
+            seg.push(pattern.replace("{}", value));
+            i += 1;
             continue;
         }
         // Another launcher's old or short spelling of rlaunch's options: its words take its place

@@ -353,14 +353,15 @@ fn placement(g: &Cli, shared_host: bool, rank_file: Option<&[super::rankfile::Li
     let cray = match &g.cpu_bind {
         _ if g.bind_to.is_some() => None,
         None => None,
-        Some(CpuBind::Level(l)) => Some(BindToFlag { bind: l.parse().map_err(|e: fabrics::placement::PolicyError| usage(e.to_string()))?, per_rank: None }),
-        Some(CpuBind::Depth) => Some(BindToFlag { bind: BindTo::Core, per_rank: None }),
+        Some(CpuBind::Level(l)) => Some(BindToFlag::new(l.parse().map_err(|e: fabrics::placement::PolicyError| usage(e.to_string()))?)),
+        Some(CpuBind::Depth) => Some(BindToFlag::new(BindTo::Core)),
         Some(CpuBind::Sets(sets)) => {
             let list: Vec<String> = sets.iter().map(|s| s.iter().map(u32::to_string).collect::<Vec<_>>().join("+")).collect();
-            Some(BindToFlag { bind: format!("user:{}", list.join(",")).parse().map_err(|e: fabrics::placement::PolicyError| usage(format!("--cpu-bind: {e}")))?, per_rank: None })
+            Some(BindToFlag::new(format!("user:{}", list.join(",")).parse().map_err(|e: fabrics::placement::PolicyError| usage(format!("--cpu-bind: {e}")))?))
         }
     };
     let bind = g.bind_to.clone().or(cray);
+    let (overload, if_supported, report_too) = bind.as_ref().map_or((false, false, false), |b| (b.overload, b.if_supported, b.report));
     let given = [
         map.pe.map(|n| (format!("--map-by :PE={n}"), n)),
         g.cpus_per_proc.map(|n| (format!("--cpus-per-proc {n}"), n)),
@@ -387,8 +388,8 @@ fn placement(g: &Cli, shared_host: bool, rank_file: Option<&[super::rankfile::Li
     }
     let gpu_lists = g.gpu_bind.as_ref().map(|b| b.0.clone()).unwrap_or_default();
     let rank_slots = rank_file.map(|lines| lines.iter().map(|l| (l.rank, l.slot.clone())).collect()).unwrap_or_default();
-    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), gpu_lists, rank_slots, rank_by };
-    Ok(spec::PlacementSpec { policy, report: g.report_bindings })
+    let policy = Policy { map, bind, hwthreads: g.use_hwthread_cpus, gpus_per_rank: g.gpus_per_rank.unwrap_or(0), gpu_lists, rank_slots, rank_by, overload, if_supported };
+    Ok(spec::PlacementSpec { policy, report: g.report_bindings || report_too })
 }
 
 /// Every daemon of a job on this machine sees this machine's topology and affinity: a placement

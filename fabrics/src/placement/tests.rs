@@ -216,6 +216,20 @@ fn rank_file_slots_are_cpus_or_cores_of_a_package() {
 }
 
 #[test]
+fn overload_allowed_shares_units_and_if_supported_leaves_ranks_unbound() {
+    let t = laptop().topology();
+    let cores = t.objects(ObjKind::Core).len();
+    let n = cores as u32 + 2;
+    let strict = Policy { bind: Some(BindTo::Core), ..Policy::default() };
+    assert!(matches!(place(&t, &strict, &ranks(n), &[]).unwrap_err(), PlaceError::TooFewCpus { .. }));
+    let p = place(&t, &Policy { overload: true, ..strict.clone() }, &ranks(n), &[]).unwrap();
+    assert!(p.iter().all(|r| r.bound && r.cpus.iter().count() >= 1));
+    assert_eq!(p[0].cpus, p[cores].cpus, "rank {cores} shares rank 0's core");
+    let p = place(&t, &Policy { if_supported: true, ..strict }, &ranks(n), &[]).unwrap();
+    assert!(p.iter().all(|r| !r.bound && r.cpus == t.universe));
+}
+
+#[test]
 fn gpu_lists_give_local_rank_i_the_i_th_list() {
     let t = gpu_node().topology();
     let pol = Policy { gpu_lists: vec![vec![3], vec![0, 1]], ..Policy::default() };
@@ -286,6 +300,8 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         gpus_per_rank,
         gpu_lists: Vec::new(),
         rank_slots: Vec::new(),
+        overload: false,
+        if_supported: false,
         rank_by,
     })
 }
