@@ -231,6 +231,11 @@ fn tune_file_options_reach_the_ranks_and_the_command_line_wins() {
     let out = s.run(["--tune", "site.conf", "-x", "T2=cmd", "--mca", "pml", "ucx", "-np", "1", "sh", "-c", "echo $T1 $T2 $OMPI_MCA_btl $OMPI_MCA_pml"]);
     out.expect_code(0);
     assert_eq!(out.stdout_lines(), ["file cmd tcp,self ucx"], "{out}");
+    // Open MPI's aggregate MCA parameter file: name = value lines, the command line wins too.
+    std::fs::write(s.path("am.conf"), "# site\nbtl = self,tcp\npml=ob1\n").unwrap();
+    let out = s.run(["-am", "am.conf", "--mca", "pml", "ucx", "-np", "1", "sh", "-c", "echo $OMPI_MCA_btl $OMPI_MCA_pml"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout_lines(), ["self,tcp ucx"], "{out}");
     std::fs::write(s.path("bad.conf"), "-np 4\n").unwrap();
     s.run(["--tune", "bad.conf", "true"]).expect_usage_error("--tune bad.conf: line 1: '-np': only -x VAR[=VALUE] and --mca KEY VALUE may appear in a tune file");
 }

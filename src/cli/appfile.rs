@@ -75,14 +75,30 @@ pub fn expand_tune(args: &[String], cwd: &Path) -> Result<Vec<String>, UsageErro
     let global = segments.first().map(Vec::as_slice).unwrap_or_default();
     let options = global.split(|w| w == "--").next().unwrap_or_default();
     let mut files = Vec::new();
+    let mut am = Vec::new();
     for (i, w) in options.iter().enumerate() {
         if w == "--tune" {
             files.extend(options.get(i + 1).cloned());
         } else if let Some(f) = w.strip_prefix("--tune=") {
             files.push(f.to_string());
+        } else if w == "--am" {
+            am.extend(options.get(i + 1).cloned());
+        } else if let Some(f) = w.strip_prefix("--am=") {
+            am.push(f.to_string());
         }
     }
     let mut front = Vec::new();
+    for file in am.iter().flat_map(|f| f.split(',')).filter(|f| !f.is_empty()) {
+        let text = std::fs::read_to_string(cwd.join(file)).map_err(|e| usage(format!("-am {file}: cannot read it: {e}")))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or_else(|| usage(format!("-am {file}: line {}: '{line}': expected name = value", n + 1)))?;
+            front.extend(["--mca".to_string(), k.trim().to_string(), v.trim().to_string()]);
+        }
+    }
     for file in files.iter().flat_map(|f| f.split(',')).filter(|f| !f.is_empty()) {
         let text = std::fs::read_to_string(cwd.join(file)).map_err(|e| usage(format!("--tune {file}: cannot read it: {e}")))?;
         for (n, line) in text.lines().enumerate() {

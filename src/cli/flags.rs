@@ -115,9 +115,12 @@ COMPATIBILITY, OPEN MPI (mpirun):
   -rf FILE                          --rankfile FILE
   --display-allocation, --display-devel-map
                                     --display-map
+  --debug-daemons                   -vv
   --nolocal                         no ranks on the machine rlaunch runs on (also Intel MPI)
   --hetero-nodes, --noprefix, --leave-session-attached, --report-child-jobs-separately
                                     accepted: what rlaunch always does
+  -am FILE[,FILE]                   the files' `name = value` lines, as --mca name value given
+                                    first (Open MPI's aggregate MCA parameter files)
   --tune FILE[,FILE]                the files' -x VAR[=VALUE] and --mca/-mca K V words, as if given
                                     first on the command line (whose own values win); any other
                                     word in them is an error, as in Open MPI
@@ -147,7 +150,8 @@ COMPATIBILITY, MPICH HYDRA AND INTEL MPI (mpiexec):
                                     (rlaunch's --ppn N and Open MPI's --npernode N refuse more
                                     than N per node)
   -rr                               round-robin: -ppn 1
-  -f, -machinefile, -hostfile FILE  the host file (as --hostfile); more ranks than its slots is
+  -f, -machinefile, -hostfile, -machine FILE
+                                    the host file (as --hostfile); more ranks than its slots is
                                     an error, where Hydra wraps around
   -launcher K, -bootstrap K         ssh (rlaunch's ssh; without a host list the job runs here),
                                     rsh, fork (every daemon here), slurm, pbs, sge (qrsh -inherit),
@@ -505,6 +509,11 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, value_name = "FILE[,FILE]", hide_short_help = true)]
     pub tune: Option<String>,
 
+    /// Open MPI: aggregate MCA parameter files (comma-separated) of `name = value` lines, as if
+    /// each were --mca name value before the command line's own
+    #[arg(long = "am", value_name = "FILE[,FILE]", hide_short_help = true)]
+    pub am: Option<String>,
+
     /// Hydra: no X11 forwarding, which is what rlaunch does anyway (-enable-x is refused)
     #[arg(long = "disable-x", hide_short_help = true)]
     pub disable_x: bool,
@@ -692,6 +701,10 @@ pub const WONT: &[(&str, &str)] = &[
     ("ompi-server", "rlaunch has no Open MPI name server for MPI_Publish_name"),
     ("personality", "rlaunch runs Open MPI and MPICH programs as they are; no personality is needed"),
     ("xml", "rlaunch does not write XML output; see --report for JSON"),
+    ("info", "prints MPICH's build configuration; rlaunch --version says which rlaunch this is"),
+    ("tv", "rlaunch does not start TotalView; run the debugger as the program, or see --get-stack-traces"),
+    ("debugger", "rlaunch does not start a parallel debugger; run one as the program, or see --get-stack-traces"),
+    ("with-ft", "ULFM fault tolerance is not supported; the first failure ends the job"),
 ];
 
 /// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:
@@ -707,6 +720,9 @@ pub const EXPANSIONS: &[(&str, &[&str])] = &[
     ("display-allocation", &["--display-map"]),
     ("display-devel-map", &["--display-map"]),
     ("display-devel-allocation", &["--display-map"]),
+    ("machine", &["--hostfile"]),
+    // Open MPI's daemon debugging: rlaunch's daemons say what they do at -vv.
+    ("debug-daemons", &["--verbose", "--verbose"]),
 ];
 
 /// Other launchers' options that take a value and stand for rlaunch's `--map-by` with it: the

@@ -148,7 +148,16 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
             let numeric = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
             let value_like = numeric || (first == 's' && ["all", "none"].contains(&rest)) || (first == 'x' && rest.contains('='));
             let attached = lookup_short(cmd, first).is_some_and(|o| o.takes_value) && !value_like;
-            if long_word && (attached || WONT.iter().any(|(n, _)| *n == name)) {
+            // Letters up to the first that takes a value must all be flags (-lq, -vvv, -ln4);
+            // otherwise the word is one long option rlaunch does not know (-localonly).
+            let letters_known = body
+                .chars()
+                .map(|c| lookup_short(cmd, c))
+                .take_while(|o| o.as_ref().is_some_and(|o| !o.takes_value))
+                .count()
+                .checked_add(1)
+                .is_some_and(|n| body.chars().take(n).all(|c| lookup_short(cmd, c).is_some()));
+            if long_word && (attached || !letters_known || WONT.iter().any(|(n, _)| *n == name)) {
                 return Err(unknown(&format!("-{name}"), name));
             }
             // A cluster of short flags; the first that takes a value swallows the rest or the next word.

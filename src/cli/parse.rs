@@ -245,6 +245,8 @@ mod tests {
         assert_eq!(e(&["-trace", "a"]), "-trace: Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv");
         assert_eq!(e(&["-nolocalhost", "a"]), "unknown option '-nolocalhost'; see 'rlaunch --help'");
         assert_eq!(e(&["-demuxx", "a"]), "unknown option '-demuxx'; see 'rlaunch --help'");
+        // Not -l -o -c...: one word rlaunch does not know.
+        assert_eq!(e(&["-localonly", "a"]), "unknown option '-localonly'; see 'rlaunch --help'");
         assert_eq!(e(&["-launcher", "ll", "a"]), "--bootstrap ll: expected ssh, rsh, fork, slurm, pbs, sge or lsf (the names of -launcher and -bootstrap)");
         // Short clusters still work.
         assert!(parse(&s(&["-lq", "-n4", "a"])).unwrap().global.quiet);
