@@ -11,6 +11,7 @@
 mod appfile;
 mod dry_run;
 mod error;
+mod mapping;
 mod flags;
 mod normalize;
 mod parse;

@@ -73,56 +73,14 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     let mut warnings = Vec::new();
     let apps = if g.inventory { inventory_apps(&env.cwd) } else { app_contexts(parsed, &env.cwd, &lookup, &env.vars, &mut warnings)? };
 
-    let own_hosts = context_hosts(parsed);
     let mut request = allocation_request(g, launch_timeout, env)?;
-    let rank_file = match &g.rankfile {
-        Some(f) => {
-            let text = std::fs::read_to_string(f).map_err(|e| usage(format!("--rankfile {}: cannot read it: {e}", f.display())))?;
-            let lines = super::rankfile::parse(&text).map_err(|e| usage(format!("--rankfile {}: {e}", f.display())))?;
-            // Without a node list, the rank file's hosts are the job's (as in Open MPI).
-            if request.host.is_none() && request.hostfile.is_none() && !in_batch_job(env) {
-                let mut names: Vec<&str> = lines.iter().filter_map(|l| match &l.host { super::rankfile::Host::Name(n) => Some(n.as_str()), _ => None }).collect();
-                names.dedup();
-                request.host = (!names.is_empty()).then(|| names.join(","));
-            }
-            request.map_by = MapBy::Seq;
-            Some(lines)
-        }
-        None => None,
-    };
-    if let Some(lists) = &own_hosts {
-        // The job's nodes are every context's hosts together (or the host file's, which must hold them).
-        let all: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
-        request.host = (!all.is_empty()).then(|| all.join(","));
-    }
+    let own = super::mapping::Own::read(parsed, &mut request, &lookup)?;
     let mut alloc = launchers::allocate(&request, &lookup).map_err(|e| usage(e.to_string()))?;
     if g.nolocal {
         drop_this_machine(&mut alloc.nodes)?;
     }
     let mut apps = apps;
-    if let Some(lists) = &own_hosts {
-        for (a, list) in apps.iter_mut().zip(lists) {
-            if let Some(list) = list {
-                let names = list_sequence(list)?;
-                a.nodes = Some(node_indices(&names, &alloc.nodes, &format!("-H {list}"))?);
-            }
-        }
-    }
-    if let Some(lines) = &rank_file {
-        let what = format!("--rankfile {}", g.rankfile.as_ref().map(|f| f.display().to_string()).unwrap_or_default());
-        let mut names = Vec::new();
-        for l in lines {
-            names.push(match &l.host {
-                super::rankfile::Host::Name(n) => n.clone(),
-                super::rankfile::Host::Index(k) => alloc.nodes.get(*k as usize).map(|n| n.name.clone()).ok_or_else(|| {
-                    usage(format!("{what}: rank {} is on +n{k}, but the job has {} nodes", l.rank, alloc.nodes.len()))
-                })?,
-            });
-        }
-        split_sequence(&mut apps, node_indices(&names, &alloc.nodes, &what)?);
-    } else if alloc.policy.map_by == launchers::map::MapBy::Seq {
-        seq_nodes(&mut apps, &request, &alloc.nodes)?;
-    }
+    own.assign(&mut apps, &request, &alloc.nodes)?;
     let global_path = env.var("PATH");
     if alloc.local {
         for a in &apps {
@@ -135,33 +93,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if let Some(file) = g.report.as_ref().filter(|f| f.is_dir()) {
         return Err(usage(format!("--report {}: is a directory (a file is expected)", file.display())).into());
     }
-    let compute = |apps: &[AppContext], nodes: &[launchers::nodes::Node]| {
-        let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
-        launchers::map::compute_map_for_nodes(nodes, &requests, &alloc.policy).map_err(|e| usage(e.to_string()))
-    };
-    let mut map = compute(&apps, &alloc.nodes)?;
-    // The allocation's slots, before nodes without ranks are dropped: -usize SYSTEM, and Open
-    // MPI's universe (MPI_UNIVERSE_SIZE is the allocation's slots there).
-    let allocation_slots = alloc.nodes.iter().fold(0u32, |a, n| a.saturating_add(n.slots));
-    let mut trimmed = false;
-    // Nodes the map leaves without ranks get no daemon, as under Hydra: -np 1 with a 4-node host
-    // file starts one. (--inventory runs no rank and wants every node.)
-    if !g.inventory && (0..alloc.nodes.len() as u32).any(|n| map.ranks_on(n).is_empty()) {
-        let mut index = vec![None; alloc.nodes.len()];
-        let mut kept = Vec::new();
-        for (i, node) in alloc.nodes.iter().enumerate() {
-            if !map.ranks_on(i as u32).is_empty() {
-                index[i] = Some(kept.len() as u32);
-                kept.push(node.clone());
-            }
-        }
-        for list in apps.iter_mut().filter_map(|a| a.nodes.as_mut()) {
-            *list = list.iter().filter_map(|&n| index[n as usize]).collect();
-        }
-        alloc.nodes = kept;
-        map = compute(&apps, &alloc.nodes)?;
-        trimmed = true;
-    }
+    let super::mapping::Mapped { map, allocation_slots, trimmed } = super::mapping::map(&mut apps, &mut alloc.nodes, &alloc.policy, g.inventory)?;
     let prefixes = g.prepend_pattern.as_ref().map(|p| {
         map.ranks().iter().enumerate().map(|(r, place)| crate::output::expand_pattern(p, r as u32, &alloc.nodes[place.node as usize].name)).collect()
     });
@@ -203,7 +135,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
                 None => None,
             },
         },
-        placement: placement(g, alloc.local && alloc.nodes.len() > 1, rank_file.as_deref())?,
+        placement: placement(g, alloc.local && alloc.nodes.len() > 1, own.rank_file())?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -272,72 +204,6 @@ fn output_files(g: &Cli, map: &launchers::map::ProcMap, nodes: &[launchers::node
     }
     let hosts = map.ranks().iter().map(|p| nodes[p.node as usize].name.clone()).collect();
     Ok(Some(OutputFiles::Pattern { out: g.outfile_pattern.clone(), err: g.errfile_pattern.clone(), hosts }))
-}
-
-/// Open MPI's per-context `-H`: when a context after the first names its own hosts, every
-/// context's `-H` (the first one's stands before the first program) is its own. `None` otherwise:
-/// a `-H` before the first program is the job's.
-fn context_hosts(parsed: &Parsed) -> Option<Vec<Option<String>>> {
-    if !parsed.apps.iter().skip(1).any(|a| a.host.is_some()) {
-        return None;
-    }
-    Some(parsed.apps.iter().enumerate().map(|(i, a)| if i == 0 { parsed.global.host.clone() } else { a.host.clone() }).collect())
-}
-
-/// The hosts of a `-H` list in order, an entry `a:2` twice.
-fn list_sequence(list: &str) -> Result<Vec<String>, UsageError> {
-    let mut names = Vec::new();
-    for item in list.split(',') {
-        for n in launchers::nodes::parse_host_list(item).map_err(|e| usage(format!("-H {list}: {e}")))? {
-            names.extend(std::iter::repeat(n.name).take(n.slots as usize));
-        }
-    }
-    Ok(names)
-}
-
-/// Names to indices into the job's node list; a name outside it is the user's mistake.
-fn node_indices(names: &[String], nodes: &[launchers::nodes::Node], what: &str) -> Result<Vec<u32>, UsageError> {
-    names
-        .iter()
-        .map(|name| {
-            nodes.iter().position(|n| &n.name == name).map(|i| i as u32).ok_or_else(|| {
-                usage(format!("{what}: host {name} is not one of the job's nodes ({})", nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")))
-            })
-        })
-        .collect()
-}
-
-/// `--map-by seq`: rank i on the host of the i-th line of the host file (or entry of the --host
-/// list); contexts take their -np entries in turn, one without -np the rest.
-fn seq_nodes(apps: &mut [AppContext], request: &AllocationRequest, nodes: &[launchers::nodes::Node]) -> Result<(), UsageError> {
-    let (names, what) = match (&request.hostfile, &request.host) {
-        (Some(f), _) => {
-            let text = std::fs::read_to_string(f).map_err(|e| usage(format!("--hostfile {}: cannot read it: {e}", f.display())))?;
-            (launchers::nodes::hostfile_sequence(&f.display().to_string(), &text).map_err(|e| usage(e.to_string()))?, format!("--hostfile {}", f.display()))
-        }
-        (None, Some(list)) => (list_sequence(list)?, format!("--host {list}")),
-        // The map says that seq has no list to follow.
-        (None, None) => return Ok(()),
-    };
-    split_sequence(apps, node_indices(&names, nodes, &what)?);
-    Ok(())
-}
-
-/// One node per rank, in rank order, dealt to the contexts: -np entries each, the rest to one
-/// without -np.
-fn split_sequence(apps: &mut [AppContext], seq: Vec<u32>) {
-    let mut seq = seq.into_iter();
-    for a in apps.iter_mut().filter(|a| a.nodes.is_none()) {
-        a.nodes = Some(match a.np {
-            Some(n) => seq.by_ref().take(n as usize).collect(),
-            None => seq.by_ref().collect(),
-        });
-    }
-}
-
-/// Inside a Slurm, PBS, Grid Engine or LSF job: its nodes are the job's, whatever else says.
-fn in_batch_job(env: &Env) -> bool {
-    ["SLURM_JOB_ID", "PBS_JOBID", "PBS_NODEFILE", "PE_HOSTFILE", "LSB_JOBID"].iter().any(|v| env.var(v).is_some_and(|s| !s.is_empty()))
 }
 
 /// The placement request, checked for contradictions; whether a node can meet it is its daemon's
