@@ -18,6 +18,7 @@ pub mod discover;
 pub mod endpoints;
 pub mod placement;
 pub mod rdma;
+pub mod sim_link;
 pub mod table;
 pub mod topology;
 pub mod transport;
