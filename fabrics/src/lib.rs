@@ -12,6 +12,7 @@
 //!
 //! It does not depend on the `rlaunch` binary crate nor on `launchers`.
 
+pub mod carrier;
 pub mod collective;
 pub mod cpuset;
 pub mod discover;
@@ -19,6 +20,7 @@ pub mod endpoints;
 pub mod placement;
 pub mod rdma;
 pub mod sim_link;
+pub mod startup;
 pub mod table;
 pub mod topology;
 pub mod transport;

@@ -42,6 +42,7 @@ const NAK: u8 = 3;
 const MAGIC: &[u8; 4] = b"RLSM";
 const HELLO_LEN: usize = 4 + 4 + 4 + 4;
 const CONNECT_MAGIC: &[u8; 4] = b"RLSC";
+const REFUSE_MAGIC: &[u8; 4] = b"RLSR";
 
 /// What every member of one link set must agree on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,49 +190,92 @@ impl SimLink {
         Ok(SimLink { me, cfg, in_flight: 0, writers, shared, readers })
     }
 
-    /// Bring-up over an out-of-band transport reaching every peer: each member listens on an
-    /// abstract Unix socket and sends its name to every peer; of each pair the lower member
-    /// connects, the higher accepts.
+    /// Bring-up over an out-of-band transport reaching every peer: [`SimEndpoint::open`], the
+    /// connection data to and from every peer, [`SimEndpoint::connect`].
     pub fn establish(
         me: u32,
         cfg: SimConfig,
         peers: &[u32],
         oob: &mut dyn Transport,
     ) -> Result<SimLink, TransportError> {
+        let (ep, data) = SimEndpoint::open(me)?;
+        for p in peers {
+            oob.send(*p, &data)?;
+        }
+        let mut remote = HashMap::new();
+        while remote.len() < peers.len() {
+            let (from, b) = oob.recv()?;
+            if !peers.contains(&from) {
+                return Err(rdma_err(from, "bring-up: connection data from a member that is not a peer"));
+            }
+            remote.insert(from, b);
+        }
+        ep.connect(cfg, peers, &remote)
+    }
+
+    pub fn me(&self) -> u32 {
+        self.me
+    }
+
+    pub fn stats(&self) -> SimStats {
+        lock(&self.shared).stats
+    }
+}
+
+/// One member's half of a bring-up: a listening abstract Unix socket whose name is the connection
+/// data peers need (what a queue pair's number, LID and GID are for verbs).
+pub struct SimEndpoint {
+    me: u32,
+    listener: UnixListener,
+}
+
+impl SimEndpoint {
+    /// Listens; returns the connection data to send to every peer.
+    pub fn open(me: u32) -> Result<(SimEndpoint, Vec<u8>), TransportError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "rlaunch-sim-{}-{}-{me}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
-        );
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let name = format!("rlaunch-sim-{}-{}-{me}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let io = |e: io::Error| rdma_err(me, format!("bring-up: {e}"));
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(io)?;
         let listener = UnixListener::bind_addr(&addr).map_err(io)?;
-        let mut msg = CONNECT_MAGIC.to_vec();
-        msg.extend_from_slice(name.as_bytes());
-        for p in peers {
-            oob.send(*p, &msg)?;
-        }
-        let mut names = HashMap::new();
-        while names.len() < peers.len() {
-            let (from, b) = oob.recv()?;
-            if b.len() < 4 || &b[..4] != CONNECT_MAGIC || !peers.contains(&from) {
-                return Err(rdma_err(from, "bring-up: sent something that is not simulated-link connection data"));
-            }
-            names.insert(from, b[4..].to_vec());
-        }
+        let mut data = CONNECT_MAGIC.to_vec();
+        data.extend_from_slice(name.as_bytes());
+        Ok((SimEndpoint { me, listener }, data))
+    }
+
+    /// The connection data of a member that cannot bring its link up: its peers fail at once,
+    /// naming it, instead of waiting for a connection that never comes.
+    pub fn refusal(why: &str) -> Vec<u8> {
+        let mut data = REFUSE_MAGIC.to_vec();
+        data.extend_from_slice(why.as_bytes());
+        data
+    }
+
+    /// Connects to every peer given its connection data (of each pair the lower member dials),
+    /// within `cfg.connect_timeout`. Blocks: event loops call it on another thread.
+    pub fn connect(self, cfg: SimConfig, peers: &[u32], remote: &HashMap<u32, Vec<u8>>) -> Result<SimLink, TransportError> {
+        let me = self.me;
+        let io = |e: io::Error| rdma_err(me, format!("bring-up: {e}"));
         let mut streams = Vec::new();
-        for (&p, n) in names.iter().filter(|(p, _)| **p > me) {
-            let a = SocketAddr::from_abstract_name(n).map_err(io)?;
-            streams.push(UnixStream::connect_addr(&a).map_err(|e| rdma_err(p, format!("bring-up: connect: {e}")))?);
+        for &p in peers {
+            let b = remote.get(&p).ok_or_else(|| rdma_err(p, "bring-up: no connection data from this peer"))?;
+            if b.starts_with(REFUSE_MAGIC) {
+                return Err(rdma_err(p, format!("bring-up: the peer has no link: {}", String::from_utf8_lossy(&b[4..]))));
+            }
+            if !b.starts_with(CONNECT_MAGIC) {
+                return Err(rdma_err(p, "bring-up: sent something that is not simulated-link connection data"));
+            }
+            if p > me {
+                let a = SocketAddr::from_abstract_name(&b[4..]).map_err(io)?;
+                streams.push(UnixStream::connect_addr(&a).map_err(|e| rdma_err(p, format!("bring-up: connect: {e}")))?);
+            }
         }
         let accepting = peers.iter().filter(|p| **p < me).count();
-        listener.set_nonblocking(true).map_err(io)?;
+        self.listener.set_nonblocking(true).map_err(io)?;
         let start = Instant::now();
         let mut accepted = 0;
         while accepted < accepting {
-            match listener.accept() {
+            match self.listener.accept() {
                 Ok((s, _)) => {
                     s.set_nonblocking(false).map_err(io)?;
                     streams.push(s);
@@ -247,14 +291,6 @@ impl SimLink {
             }
         }
         SimLink::from_streams(me, cfg, peers, streams)
-    }
-
-    pub fn me(&self) -> u32 {
-        self.me
-    }
-
-    pub fn stats(&self) -> SimStats {
-        lock(&self.shared).stats
     }
 }
 
