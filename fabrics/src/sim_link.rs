@@ -251,6 +251,11 @@ impl SimEndpoint {
         data
     }
 
+    /// Whether connection data is a [`SimEndpoint::refusal`].
+    pub fn is_refusal(data: &[u8]) -> bool {
+        data.starts_with(REFUSE_MAGIC)
+    }
+
     /// Connects to every peer given its connection data (of each pair the lower member dials),
     /// within `cfg.connect_timeout`. Blocks: event loops call it on another thread.
     pub fn connect(self, cfg: SimConfig, peers: &[u32], remote: &HashMap<u32, Vec<u8>>) -> Result<SimLink, TransportError> {

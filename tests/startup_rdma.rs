@@ -1,0 +1,110 @@
+//! The start-up collectives over RDMA, end to end with the real binary on one machine: several
+//! local "nodes" (`--launcher local`) whose daemons, with the test-only setting
+//! RLAUNCH_TEST_SIM_RDMA, report a simulated RDMA port and run the inventory exchange over
+//! simulated RDMA links between them (`fabrics::sim_link`); a bring-up failure on one node sends
+//! the whole job to TCP; `--fabric tcp` never tries.
+
+mod common;
+
+use common::{Job, Output, Scratch};
+use std::time::Duration;
+
+const SIM: &str = "RLAUNCH_TEST_SIM_RDMA";
+
+/// Each rank waits until its daemon has released its simulated links (their sockets carry the
+/// daemon's pid in their names), then prints its rank.
+const RELEASED: &str = r#"for i in $(seq 200); do grep -q "@rlaunch-sim-$PPID-" /proc/net/unix || { echo released $RLAUNCH_RANK; exit 0; }; sleep 0.05; done; echo held $RLAUNCH_RANK; exit 1"#;
+
+fn run(s: &Scratch, sim: Option<&str>, extra: &[&str]) -> Output {
+    let hosts = s.path("hosts");
+    std::fs::write(&hosts, (1..=6).map(|i| format!("node{i:03}\n")).collect::<String>()).unwrap();
+    let mut args: Vec<String> = ["--launcher", "local", "-f", &hosts.display().to_string(), "--fanout", "2", "-np", "6", "-v", "--report", "report.json"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(["sh", "-c", RELEASED].iter().map(|a| a.to_string()));
+    let mut cmd = s.cmd(args);
+    match sim {
+        Some(v) => cmd.env(SIM, v),
+        None => cmd.env_remove(SIM),
+    };
+    Job::start(cmd, None).wait_within(Duration::from_secs(60))
+}
+
+fn report(s: &Scratch) -> serde_json::Value {
+    serde_json::from_str(&s.read("report.json")).expect("report.json")
+}
+
+fn ranks_released(o: &Output) {
+    let mut lines = o.stdout_lines();
+    lines.sort();
+    let want: Vec<String> = (0..6).map(|r| format!("released {r}")).collect();
+    assert_eq!(lines, want, "every rank ran, after its daemon released its links:\n{o}");
+}
+
+#[test]
+fn every_node_up_runs_the_inventory_exchange_over_simulated_rdma() {
+    let s = Scratch::new("rdma-sim");
+    let o = run(&s, Some("1"), &[]);
+    o.expect_code(0);
+    ranks_released(&o);
+    assert!(o.stderr.contains("rlaunch: RDMA start-up links up on every node in "), "{o}");
+    assert!(o.stderr.contains("rlaunch: inventory allgather over rdma (simulated) in "), "{o}");
+    assert!(!o.stderr.contains("over TCP"), "{o}");
+    let r = report(&s);
+    let st = &r["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "rdma (simulated)", "{st:#}");
+    assert!(st["inventory_allgather"]["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{st:#}");
+    assert!(st["rdma_bring_up"]["ms"].as_f64().is_some(), "{st:#}");
+    assert!(st["rdma_bring_up"]["fallback"].is_null(), "{st:#}");
+    // The endpoint assignment is unchanged: the nodes' inventories have no RDMA port.
+    assert_eq!(r["fabric"], "tcp");
+}
+
+#[test]
+fn a_bring_up_failure_on_one_node_sends_the_whole_job_to_tcp() {
+    let s = Scratch::new("rdma-fail");
+    // Node index 3 (node004) sits in the middle of the fan-out 2 tree: a parent and a child.
+    let o = run(&s, Some("fail:3"), &[]);
+    o.expect_code(0);
+    ranks_released(&o);
+    let why: Vec<&str> = o.stderr_lines().into_iter().filter(|l| l.contains("RDMA could not start")).collect();
+    assert_eq!(
+        why,
+        ["rlaunch: start-up collectives over TCP: RDMA could not start on node node004: simulated bring-up failure (RLAUNCH_TEST_SIM_RDMA=fail:3)"],
+        "one line naming the node and the reason:\n{o}"
+    );
+    assert!(o.stderr.contains("rlaunch: inventory allgather over tcp in "), "{o}");
+    let st = &report(&s)["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "tcp", "{st:#}");
+    assert_eq!(st["rdma_bring_up"]["fallback"]["node"], "node node004", "{st:#}");
+}
+
+#[test]
+fn fabric_tcp_never_tries_rdma() {
+    let s = Scratch::new("rdma-forced-tcp");
+    let o = run(&s, Some("1"), &["--fabric", "tcp"]);
+    o.expect_code(0);
+    ranks_released(&o);
+    assert!(!o.stderr.contains("RDMA"), "{o}");
+    let st = &report(&s)["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "tcp", "{st:#}");
+    assert!(st["rdma_bring_up"].is_null(), "no bring-up at all: {st:#}");
+}
+
+#[test]
+fn without_the_test_setting_the_exchange_stays_on_tcp() {
+    let s = Scratch::new("rdma-none");
+    let o = run(&s, None, &[]);
+    o.expect_code(0);
+    ranks_released(&o);
+    assert!(o.stderr.contains("rlaunch: inventory allgather over tcp in "), "{o}");
+    assert!(report(&s)["startup_collectives"]["rdma_bring_up"].is_null());
+}
+
+#[test]
+fn a_bad_test_setting_is_one_line() {
+    let s = Scratch::new("rdma-bad");
+    run(&s, Some("yes"), &[]).expect_usage_error("RLAUNCH_TEST_SIM_RDMA=yes: expected 1 or fail:NODE_INDEX");
+}
