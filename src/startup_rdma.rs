@@ -60,6 +60,8 @@ pub struct StartupRdma {
     agreement: Agreement,
     release: Release,
     held: Vec<(u32, Vec<u8>)>,
+    /// This member's start-up collectives are over.
+    finished: bool,
     wake: Arc<dyn Fn() + Send + Sync>,
     started: Instant,
     decided_after: Option<Duration>,
@@ -89,6 +91,7 @@ impl StartupRdma {
             agreement: Agreement::new(tree, me),
             release: Release::new(tree, me),
             held: Vec::new(),
+            finished: false,
             wake,
             started: Instant::now(),
             decided_after: None,
@@ -228,7 +231,9 @@ impl StartupRdma {
                 CarrierEvent::Message { from, bytes } => out.push(Out::FabricIn { from, data: bytes }),
                 CarrierEvent::Failed(why) => {
                     self.carrier = None;
-                    if self.agreement.decided() == Some(&Decision::Rdma) {
+                    // Once this member is done, a neighbour that released its side (having heard
+                    // so) may leave our last credit return unacknowledged: that is no failure.
+                    if self.agreement.decided() == Some(&Decision::Rdma) && !self.finished {
                         out.push(Out::Failed(format!("the RDMA link of the start-up exchange failed: {why}")));
                     }
                 }
@@ -243,14 +248,19 @@ impl StartupRdma {
         if self.agreement.decided() != Some(&Decision::Rdma) {
             return Vec::new();
         }
+        self.finished = true;
         let out = self.release.done().into_iter().map(|to| Out::Tcp { to, msg: Msg::Rdma(RdmaStep::Done) }).collect();
         self.maybe_release();
         out
     }
 
     fn maybe_release(&mut self) {
+        // Every neighbour is done with the links: waiting for the thread to give them back is
+        // short (it sends nothing more).
         if self.release.take_release() {
-            self.carrier = None;
+            if let Some(c) = self.carrier.take() {
+                c.release();
+            }
         }
     }
 

@@ -2,8 +2,9 @@
 //! use RDMA links without blocking: the loop queues sends and picks up arrived messages, and the
 //! thread calls a wake function (e.g. a `mio::Waker`) whenever it has something for the loop.
 //!
-//! The thread is the only owner of the link; dropping the carrier (or [`Carrier::release`])
-//! stops it and releases the link (queue pairs, registered memory, sockets of a simulated link).
+//! The thread is the only owner of the link; [`Carrier::release`] stops it and waits until the
+//! link is released (queue pairs, registered memory, sockets of a simulated link); dropping the
+//! carrier stops it without waiting.
 
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -89,12 +90,9 @@ impl Carrier {
         }
     }
 
-    /// Stops the thread and releases the link; queued sends are still carried out first.
+    /// Stops the thread and waits until it released the link; queued sends are still carried
+    /// out first.
     pub fn release(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
         self.cmds = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -103,8 +101,11 @@ impl Carrier {
 }
 
 impl Drop for Carrier {
+    /// Stops the thread without waiting for it: it may be inside a bring-up or a send that takes
+    /// up to its timeout, and an event loop must not block on that. The thread releases the link
+    /// as it ends.
     fn drop(&mut self) {
-        self.stop();
+        self.cmds = None;
     }
 }
 
