@@ -48,6 +48,16 @@ pub enum Out {
     Failed(String),
 }
 
+/// Faults injected by the test-only setting ([`crate::spec::SIM_RDMA_ENV`]), each with the
+/// reason to give.
+#[derive(Default)]
+pub struct Faults {
+    /// The bring-up fails.
+    pub bring_up: Option<String>,
+    /// The link fails once the exchange runs over it.
+    pub link: Option<String>,
+}
+
 pub struct StartupRdma {
     parent: Option<u32>,
     peers: Vec<u32>,
@@ -62,18 +72,20 @@ pub struct StartupRdma {
     held: Vec<(u32, Vec<u8>)>,
     /// This member's start-up collectives are over.
     finished: bool,
+    /// The injected link failure, if any.
+    link_fault: Option<String>,
     wake: Arc<dyn Fn() + Send + Sync>,
     started: Instant,
     decided_after: Option<Duration>,
 }
 
 impl StartupRdma {
-    /// Member `me` starts; `broken` is why its bring-up must fail (the test setting's injected
-    /// fault), if it must. `wake` wakes the owner's event loop from the carrier thread.
-    pub fn start(tree: Tree, me: u32, broken: Option<String>, wake: Arc<dyn Fn() + Send + Sync>) -> (StartupRdma, Vec<Out>) {
+    /// Member `me` starts, with the test setting's `faults` if any. `wake` wakes the owner's event
+    /// loop from the carrier thread.
+    pub fn start(tree: Tree, me: u32, faults: Faults, wake: Arc<dyn Fn() + Send + Sync>) -> (StartupRdma, Vec<Out>) {
         let parent = tree.parent(me);
         let peers: Vec<u32> = parent.into_iter().chain(tree.children(me)).collect();
-        let (endpoint, own) = match broken {
+        let (endpoint, own) = match faults.bring_up {
             Some(why) => (None, Err(why)),
             None => match SimEndpoint::open(me) {
                 Ok((ep, data)) => (Some(ep), Ok(data)),
@@ -92,6 +104,7 @@ impl StartupRdma {
             release: Release::new(tree, me),
             held: Vec::new(),
             finished: false,
+            link_fault: faults.link,
             wake,
             started: Instant::now(),
             decided_after: None,
@@ -181,6 +194,12 @@ impl StartupRdma {
                     self.decided_after = Some(self.started.elapsed());
                     let held = std::mem::take(&mut self.held);
                     match &d {
+                        Decision::Rdma if self.link_fault.is_some() => {
+                            // As a verbs error would: the link goes, the owner hears why.
+                            self.carrier = None;
+                            let why = self.link_fault.take().unwrap_or_default();
+                            out.push(Out::Failed(format!("the RDMA link of the start-up exchange failed: {why}")));
+                        }
                         Decision::Rdma => held.into_iter().for_each(|(to, data)| self.via_carrier(to, data)),
                         Decision::Fallback { .. } => {
                             // Released at once: nobody will use it.
@@ -312,8 +331,8 @@ mod tests {
             }
         };
         for i in 0..size {
-            let why = (broken == Some(i)).then(|| "injected".to_string());
-            let (m, outs) = StartupRdma::start(tree, i, why, Arc::new(|| {}));
+            let faults = Faults { bring_up: (broken == Some(i)).then(|| "injected".to_string()), link: None };
+            let (m, outs) = StartupRdma::start(tree, i, faults, Arc::new(|| {}));
             ms.push(m);
             handle(i, outs, &mut tcp, &mut got);
         }

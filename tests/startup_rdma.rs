@@ -2,7 +2,9 @@
 //! local "nodes" (`--launcher local`) whose daemons, with the test-only setting
 //! RLAUNCH_TEST_SIM_RDMA, report a simulated RDMA port and run the inventory exchange over
 //! simulated RDMA links between them (`fabrics::sim_link`); a bring-up failure on one node sends
-//! the whole job to TCP; `--fabric tcp` never tries.
+//! the whole job to TCP; `--fabric tcp` never tries; a link that fails during the exchange fails
+//! the job with one line (nothing has started, and the exchange cannot be replayed over TCP by one
+//! daemon alone).
 
 mod common;
 
@@ -106,5 +108,21 @@ fn without_the_test_setting_the_exchange_stays_on_tcp() {
 #[test]
 fn a_bad_test_setting_is_one_line() {
     let s = Scratch::new("rdma-bad");
-    run(&s, Some("yes"), &[]).expect_usage_error("RLAUNCH_TEST_SIM_RDMA=yes: expected 1 or fail:NODE_INDEX");
+    run(&s, Some("yes"), &[]).expect_usage_error("RLAUNCH_TEST_SIM_RDMA=yes: expected 1, fail:NODE_INDEX or break:NODE_INDEX");
+}
+
+#[test]
+fn a_link_failing_during_the_exchange_fails_the_job_with_one_line_and_leaves_nothing() {
+    let s = Scratch::new("rdma-break");
+    let o = run(&s, Some("break:2"), &[]);
+    o.expect_code(125);
+    // Besides -v's lines (the links came up; the summary), one line says what failed.
+    let not_v = |l: &str| !l.starts_with("rlaunch: ranks get PMI") && !l.starts_with("rlaunch: RDMA start-up links up") && !l.starts_with("rlaunch: 6 ranks on 6 node(s)");
+    assert_eq!(
+        o.stderr_lines().into_iter().filter(|l| not_v(l)).collect::<Vec<_>>(),
+        ["rlaunch: node node003: the RDMA link of the start-up exchange failed: simulated link failure (RLAUNCH_TEST_SIM_RDMA=break:2)"],
+        "{o}"
+    );
+    assert_eq!(o.stdout, "", "no rank started: {o}");
+    s.assert_no_leftovers(Duration::from_secs(5));
 }

@@ -15,7 +15,7 @@ use super::effect::Effect;
 use crate::fabric::{NodeFabric, Step};
 use crate::job::JobView;
 use crate::spec::StartupTransport;
-use crate::startup_rdma::{Out, StartupRdma};
+use crate::startup_rdma::{Faults, Out, StartupRdma};
 use crate::tree::{Hop, Topology};
 use crate::wire::{Msg, RdmaStep};
 
@@ -55,9 +55,13 @@ impl Fabric {
                 Vec::new()
             }
         };
-        if let (StartupTransport::Simulated { fail }, true) = (&job.launch().fabric.startup, job.launch().fabric.gathers()) {
-            let broken = (*fail == Some(self.node)).then(|| format!("simulated bring-up failure ({}=fail:{})", crate::spec::SIM_RDMA_ENV, self.node));
-            let (rdma, outs) = StartupRdma::start(job.topology().collective_tree(), self.node + 1, broken, self.wake.clone());
+        if let (StartupTransport::Simulated { fail, broken }, true) = (&job.launch().fabric.startup, job.launch().fabric.gathers()) {
+            let env = crate::spec::SIM_RDMA_ENV;
+            let faults = Faults {
+                bring_up: (*fail == Some(self.node)).then(|| format!("simulated bring-up failure ({env}=fail:{})", self.node)),
+                link: (*broken == Some(self.node)).then(|| format!("simulated link failure ({env}=break:{})", self.node)),
+            };
+            let (rdma, outs) = StartupRdma::start(job.topology().collective_tree(), self.node + 1, faults, self.wake.clone());
             self.rdma = Some(rdma);
             fx.extend(self.carry_out(outs));
         }

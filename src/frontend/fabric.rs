@@ -16,7 +16,7 @@ use super::verdict::Failure;
 use crate::fabric::FrontGather;
 use crate::job::JobView;
 use crate::spec::StartupTransport;
-use crate::startup_rdma::{transport_name, Out, StartupRdma};
+use crate::startup_rdma::{transport_name, Faults, Out, StartupRdma};
 use crate::tree::Hop;
 use crate::wire::{Msg, RdmaStep};
 
@@ -37,7 +37,7 @@ impl RootFabric {
         let fabric = &job.launch().fabric;
         // The root sends nothing first: its children's connection data starts its part.
         let rdma = (fabric.startup != StartupTransport::Tcp && fabric.gathers())
-            .then(|| StartupRdma::start(job.topology().collective_tree(), 0, None, wake).0);
+            .then(|| StartupRdma::start(job.topology().collective_tree(), 0, Faults::default(), wake).0);
         RootFabric { gather, names, rdma, exchange_from: None, exchange_took: None }
     }
 
