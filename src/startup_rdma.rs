@@ -308,9 +308,13 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
 
+    /// Per member: its decision, the fabric messages it got (sender, bytes), and whether it sent
+    /// over TCP or still holds its links.
+    type Seen = (Option<Decision>, Vec<(u32, Vec<u8>)>, bool);
+
     /// A whole tree of members in one thread: TCP messages through a queue, fabric messages
     /// echoed, waking by polling.
-    fn run(size: u32, arity: u32, broken: Option<u32>) -> Vec<(Option<Decision>, Vec<(u32, Vec<u8>)>, bool)> {
+    fn run(size: u32, arity: u32, broken: Option<u32>) -> Vec<Seen> {
         let tree = Tree::new(size, arity).unwrap();
         let mut tcp: VecDeque<(u32, u32, Msg)> = VecDeque::new();
         let mut ms = Vec::new();

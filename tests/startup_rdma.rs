@@ -4,11 +4,14 @@
 //! simulated RDMA links between them (`fabrics::sim_link`); a bring-up failure on one node sends
 //! the whole job to TCP; `--fabric tcp` never tries; a link that fails during the exchange fails
 //! the job with one line (nothing has started, and the exchange cannot be replayed over TCP by one
-//! daemon alone).
+//! daemon alone); MPICH and Open MPI jobs run on top of the simulated start-up.
 
 mod common;
+#[path = "common/mpi.rs"]
+mod mpi;
 
 use common::{Job, Output, Scratch};
+use std::path::Path;
 use std::time::Duration;
 
 const SIM: &str = "RLAUNCH_TEST_SIM_RDMA";
@@ -125,4 +128,37 @@ fn a_link_failing_during_the_exchange_fails_the_job_with_one_line_and_leaves_not
     );
     assert_eq!(o.stdout, "", "no rank started: {o}");
     s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+/// An MPI allreduce (MPICH through PMI, Open MPI through PMIx) on 3 local nodes whose start-up
+/// exchange ran over the simulated RDMA links.
+fn mpi_job_on_simulated_startup(compiler: &str, family: &str) {
+    let _one_at_a_time = mpi::serial();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("startup-rdma-{family}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Err(why) = mpi::compile(compiler, &dir, "mpi_allreduce", "install MPICH and Open MPI") {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let s = Scratch::new(&format!("rdma-{family}"));
+    let hosts = s.path("hosts");
+    std::fs::write(&hosts, "node001 slots=2\nnode002 slots=2\nnode003 slots=2\n").unwrap();
+    let prog = dir.join("mpi_allreduce").display().to_string();
+    let args = ["--launcher", "local", "-f", &hosts.display().to_string(), "-np", "6", "--report", "report.json", &prog];
+    let mut cmd = s.cmd(args);
+    cmd.env(SIM, "1");
+    let o = Job::start(cmd, None).wait_within(Duration::from_secs(120));
+    o.expect_code(0);
+    assert!(o.stdout.contains("allreduce ok: sum=21 over 6 ranks"), "{o}");
+    assert_eq!(report(&s)["startup_collectives"]["inventory_allgather"]["transport"], "rdma (simulated)");
+}
+
+#[test]
+fn mpich_on_simulated_rdma_startup() {
+    mpi_job_on_simulated_startup("mpicc.mpich", "mpich");
+}
+
+#[test]
+fn openmpi_on_simulated_rdma_startup() {
+    mpi_job_on_simulated_startup("mpicc.openmpi", "openmpi");
 }
