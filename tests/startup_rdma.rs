@@ -7,10 +7,8 @@
 //! daemon alone); MPICH and Open MPI jobs run on top of the simulated start-up.
 
 mod common;
-#[path = "common/mpi.rs"]
-mod mpi;
 
-use common::{Job, Output, Scratch};
+use common::{mpi, Job, Output, Scratch};
 use std::path::Path;
 use std::time::Duration;
 
