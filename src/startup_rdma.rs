@@ -20,13 +20,14 @@
 //! wired in; with the real `VerbsLink` the connection data would be its queue-pair infos.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fabrics::carrier::{Carrier, CarrierEvent};
 use fabrics::collective::Tree;
 use fabrics::sim_link::{SimConfig, SimEndpoint};
-use fabrics::startup::{AgreeMsg, AgreeOut, Agreement, Decision, Release};
+use fabrics::startup::{AgreeMsg, AgreeOut, Agreement, Decision};
 
 use crate::wire::{Msg, RdmaStep};
 
@@ -68,12 +69,19 @@ pub struct StartupRdma {
     bring_up_started: bool,
     carrier: Option<Carrier>,
     agreement: Agreement,
-    release: Release,
+    children: Vec<u32>,
+    /// Children whose subtrees are done with their links.
+    children_done: Vec<u32>,
+    /// This member's carrier has posted every send of its exchange.
+    flushed: bool,
+    reported_done: bool,
     held: Vec<(u32, Vec<u8>)>,
     /// This member's start-up collectives are over.
     finished: bool,
     /// The injected link failure, if any.
     link_fault: Option<String>,
+    /// Set when a neighbour's bring-up failed: ours stops waiting for its connection.
+    peer_gave_up: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
     started: Instant,
     decided_after: Option<Duration>,
@@ -101,10 +109,14 @@ impl StartupRdma {
             bring_up_started: false,
             carrier: None,
             agreement: Agreement::new(tree, me),
-            release: Release::new(tree, me),
+            children: tree.children(me).collect(),
+            children_done: Vec::new(),
+            flushed: false,
+            reported_done: false,
             held: Vec::new(),
             finished: false,
             link_fault: faults.link,
+            peer_gave_up: Arc::default(),
             wake,
             started: Instant::now(),
             decided_after: None,
@@ -137,6 +149,13 @@ impl StartupRdma {
             return Vec::new();
         }
         match step {
+            // A second one is the peer giving up (its bring-up failed): stop waiting for it.
+            RdmaStep::Connect(data) if self.bring_up_started || self.remote.contains_key(&from) => {
+                if SimEndpoint::is_refusal(&data) {
+                    self.peer_gave_up.store(true, Ordering::Relaxed);
+                }
+                Vec::new()
+            }
             RdmaStep::Connect(data) => {
                 let mut out = Vec::new();
                 if Some(from) != self.parent {
@@ -151,10 +170,13 @@ impl StartupRdma {
                 Err(e) => vec![Out::Failed(format!("RDMA start-up: {e}"))],
             },
             RdmaStep::Done => {
-                self.release.peer_done(from);
-                self.maybe_release();
-                Vec::new()
+                if self.children.contains(&from) && !self.children_done.contains(&from) {
+                    self.children_done.push(from);
+                }
+                self.maybe_report_done()
             }
+            RdmaStep::Release if Some(from) == self.parent => self.release_all(),
+            RdmaStep::Release => Vec::new(),
         }
     }
 
@@ -176,7 +198,8 @@ impl StartupRdma {
         let Some(ep) = self.endpoint.take() else { return self.local(Err("no endpoint".into())) };
         let remote = std::mem::take(&mut self.remote);
         let cfg = SimConfig::default();
-        self.carrier = Some(Carrier::bring_up(move || ep.connect(cfg, &peers, &remote), TRANSPORT_TIMEOUT, self.wake.clone()));
+        let abort = self.peer_gave_up.clone();
+        self.carrier = Some(Carrier::bring_up(move || ep.connect_unless(cfg, &peers, &remote, &abort), TRANSPORT_TIMEOUT, self.wake.clone()));
         Vec::new()
     }
 
@@ -241,18 +264,35 @@ impl StartupRdma {
         let mut out = Vec::new();
         while let Some(ev) = self.carrier.as_ref().and_then(Carrier::try_event) {
             match ev {
-                CarrierEvent::Up(r) => {
-                    if r.is_err() {
-                        self.carrier = None;
-                    }
-                    out.extend(self.local(r));
+                CarrierEvent::Up(Ok(())) => out.extend(self.local(Ok(()))),
+                // When waiting ended because a neighbour gave up, that neighbour reports (and
+                // names) the failure; this member's part did not fail.
+                CarrierEvent::Up(Err(why)) => {
+                    self.carrier = None;
+                    // The neighbours still waiting for a connection from us stop waiting (also
+                    // when we stopped because of another one: they may be waiting for us).
+                    let gave_up = SimEndpoint::refusal(&why);
+                    out.extend(self.peers.iter().map(|&to| Out::Tcp { to, msg: Msg::Rdma(RdmaStep::Connect(gave_up.clone())) }));
+                    let secondary = self.peer_gave_up.load(Ordering::Relaxed);
+                    out.extend(self.local(if secondary { Ok(()) } else { Err(why) }));
                 }
-                CarrierEvent::Message { from, bytes } => out.push(Out::FabricIn { from, data: bytes }),
+                CarrierEvent::Message { from, bytes } => {
+                    out.push(Out::FabricIn { from, data: bytes });
+                    // One message at a time: the owner must see it (it may end this member's
+                    // exchange) before a failure queued behind it is judged. The rest of the
+                    // queue waits for the next wake.
+                    (self.wake)();
+                    break;
+                }
+                CarrierEvent::Flushed => {
+                    self.flushed = true;
+                    out.extend(self.maybe_report_done());
+                }
                 CarrierEvent::Failed(why) => {
                     self.carrier = None;
-                    // Once this member is done, a neighbour that released its side (having heard
-                    // so) may leave our last credit return unacknowledged: that is no failure.
-                    if self.agreement.decided() == Some(&Decision::Rdma) && !self.finished {
+                    // Once every send of this member is posted, it needs the link no more (the
+                    // release at the end breaks it anyway): no failure then.
+                    if self.agreement.decided() == Some(&Decision::Rdma) && !self.flushed {
                         out.push(Out::Failed(format!("the RDMA link of the start-up exchange failed: {why}")));
                     }
                 }
@@ -261,26 +301,44 @@ impl StartupRdma {
         out
     }
 
-    /// This member's start-up collectives are over: tell the neighbours, release when they are
-    /// done too.
+    /// This member's start-up collectives are over: once its carrier has posted every send, its
+    /// subtree's `Done` goes up (see the module docs).
     pub fn done(&mut self) -> Vec<Out> {
-        if self.agreement.decided() != Some(&Decision::Rdma) {
+        if self.agreement.decided() != Some(&Decision::Rdma) || self.finished {
             return Vec::new();
         }
         self.finished = true;
-        let out = self.release.done().into_iter().map(|to| Out::Tcp { to, msg: Msg::Rdma(RdmaStep::Done) }).collect();
-        self.maybe_release();
-        out
-    }
-
-    fn maybe_release(&mut self) {
-        // Every neighbour is done with the links: waiting for the thread to give them back is
-        // short (it sends nothing more).
-        if self.release.take_release() {
-            if let Some(c) = self.carrier.take() {
-                c.release();
+        match &self.carrier {
+            Some(c) => {
+                c.flush();
+                Vec::new()
+            }
+            None => {
+                self.flushed = true;
+                self.maybe_report_done()
             }
         }
+    }
+
+    fn maybe_report_done(&mut self) -> Vec<Out> {
+        if !self.flushed || self.reported_done || self.children_done.len() < self.children.len() {
+            return Vec::new();
+        }
+        self.reported_done = true;
+        match self.parent {
+            Some(p) => vec![Out::Tcp { to: p, msg: Msg::Rdma(RdmaStep::Done) }],
+            // The root: everyone is done.
+            None => self.release_all(),
+        }
+    }
+
+    /// Releases this member's links and tells its children to release theirs.
+    fn release_all(&mut self) -> Vec<Out> {
+        // Nobody sends data any more: waiting for the thread to give the links back is short.
+        if let Some(c) = self.carrier.take() {
+            c.release();
+        }
+        self.children.iter().map(|&to| Out::Tcp { to, msg: Msg::Rdma(RdmaStep::Release) }).collect()
     }
 
     /// Whether the links are still held.
@@ -372,10 +430,18 @@ mod tests {
             let outs = ms[i as usize].done();
             handle(i, outs, &mut tcp, &mut got);
         }
-        while let Some((from, to, msg)) = tcp.pop_front() {
-            let Msg::Rdma(step) = msg else { panic!() };
-            let outs = ms[to as usize].on_tcp(from, step);
-            handle(to, outs, &mut tcp, &mut got);
+        // Flushes, Done up the tree, Release down.
+        while ms.iter().any(StartupRdma::holds_links) && Instant::now() < deadline {
+            while let Some((from, to, msg)) = tcp.pop_front() {
+                let Msg::Rdma(step) = msg else { panic!() };
+                let outs = ms[to as usize].on_tcp(from, step);
+                handle(to, outs, &mut tcp, &mut got);
+            }
+            for i in 0..size {
+                let outs = ms[i as usize].on_wake();
+                handle(i, outs, &mut tcp, &mut got);
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         (0..size as usize)
             .map(|i| {

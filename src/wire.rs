@@ -328,8 +328,10 @@ pub enum RdmaStep {
     Connect(Vec<u8>),
     /// A `fabrics::startup::AgreeMsg`: a subtree's bring-up verdict (up) or the decision (down).
     Agree(Vec<u8>),
-    /// The sender is done with the link: it may be released.
+    /// Child to parent: the sender's subtree is done with its links (every send posted).
     Done,
+    /// Parent to child: everyone is done; release the links.
+    Release,
 }
 
 /// Why a node failed ([`Msg::NodeFailed`]). The front end decides on the kind, never on the text.

@@ -4,10 +4,15 @@
 //! simulated RDMA links between them (`fabrics::sim_link`); a bring-up failure on one node sends
 //! the whole job to TCP; `--fabric tcp` never tries; a link that fails during the exchange fails
 //! the job with one line (nothing has started, and the exchange cannot be replayed over TCP by one
-//! daemon alone); MPICH and Open MPI jobs run on top of the simulated start-up.
+//! daemon alone); MPICH and Open MPI jobs run on top of the simulated start-up. On the namespace
+//! cluster (RLAUNCH_CLUSTER_STATE; skipped with a printed reason without it) the simulated link
+//! cannot cross the nodes' network namespaces, so there the fallback runs for real.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
+use cluster::{Cluster, NodeScratch};
 use common::{mpi, Job, Output, Scratch};
 use std::path::Path;
 use std::time::Duration;
@@ -159,4 +164,28 @@ fn mpich_on_simulated_rdma_startup() {
 #[test]
 fn openmpi_on_simulated_rdma_startup() {
     mpi_job_on_simulated_startup("mpicc.openmpi", "openmpi");
+}
+
+/// The simulated link uses abstract Unix sockets, which do not cross network namespaces: on the
+/// namespace cluster every bring-up fails for real, and the whole job falls back to TCP at once
+/// (no member waits out its connect timeout for a neighbour that gave up) and succeeds.
+#[test]
+fn on_the_namespace_cluster_the_failed_bring_up_falls_back_at_once() {
+    let test = "on_the_namespace_cluster_the_failed_bring_up_falls_back_at_once";
+    let Some(c) = Cluster::get(test) else { return };
+    let s = NodeScratch::new("rdma-cluster");
+    let hosts = s.file("hosts", &(1..=8).map(|i| format!("n{i} slots=2\n")).collect::<String>());
+    let mut args = c.agent_args();
+    args.extend(["-f", &hosts.display().to_string(), "-np", "16", "--fanout", "2", "-v", "--report", "report.json", "sh", "-c", "echo ran"].map(String::from));
+    let mut cmd = s.cmd(args);
+    cmd.env(SIM, "1");
+    let o = Job::start(cmd, None).wait_within(Duration::from_secs(60));
+    o.expect_code(0);
+    assert_eq!(o.stdout_lines().len(), 16, "{o}");
+    let why: Vec<&str> = o.stderr_lines().into_iter().filter(|l| l.contains("RDMA could not start")).collect();
+    assert_eq!(why.len(), 1, "one line names where RDMA could not start:\n{o}");
+    let st = &s.report()["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "tcp", "{st:#}");
+    let ms = st["rdma_bring_up"]["ms"].as_f64().unwrap();
+    assert!(ms < 5000.0, "the fallback took {ms} ms: someone waited for a connection that could not come");
 }

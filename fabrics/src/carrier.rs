@@ -20,12 +20,15 @@ pub enum CarrierEvent {
     /// The bring-up is over: the link is up, or why not (then the thread has ended).
     Up(Result<(), String>),
     Message { from: u32, bytes: Vec<u8> },
+    /// Every send queued before [`Carrier::flush`] has been posted.
+    Flushed,
     /// The link failed; nothing more will come. The carrier stays usable only for release.
     Failed(String),
 }
 
 enum Cmd {
     Send(u32, Vec<u8>),
+    Flush,
 }
 
 pub struct Carrier {
@@ -81,6 +84,14 @@ impl Carrier {
         }
     }
 
+    /// Asks for [`CarrierEvent::Flushed`] once every send queued so far has been posted (the data
+    /// is then on its way even if this side's link goes later).
+    pub fn flush(&self) {
+        if let Some(c) = &self.cmds {
+            let _ = c.send(Cmd::Flush);
+        }
+    }
+
     /// The next event, if any, without waiting.
     pub fn try_event(&self) -> Option<CarrierEvent> {
         match self.events.try_recv() {
@@ -126,6 +137,10 @@ fn run<L: RdmaLink>(
                     if let Err(e) = crate::transport::Transport::send(&mut t, peer, &bytes) {
                         return fail(e.to_string());
                     }
+                }
+                Ok(Cmd::Flush) => {
+                    let _ = events.send(CarrierEvent::Flushed);
+                    wake();
                 }
                 Err(TryRecvError::Empty) => break,
                 // Released: the owner is done with the link.
@@ -184,7 +199,9 @@ mod tests {
             assert_eq!(wait_event(&b), CarrierEvent::Message { from: 0, bytes: m.clone() });
         }
         b.send(0, b"back".to_vec());
+        b.flush();
         assert_eq!(wait_event(&a), CarrierEvent::Message { from: 1, bytes: b"back".to_vec() });
+        assert_eq!(wait_event(&b), CarrierEvent::Flushed);
         assert!(woken.load(Ordering::Relaxed) >= 23);
         assert_eq!(f.rnr_errors(), 0);
         a.release();

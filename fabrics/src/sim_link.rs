@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -259,6 +259,18 @@ impl SimEndpoint {
     /// Connects to every peer given its connection data (of each pair the lower member dials),
     /// within `cfg.connect_timeout`. Blocks: event loops call it on another thread.
     pub fn connect(self, cfg: SimConfig, peers: &[u32], remote: &HashMap<u32, Vec<u8>>) -> Result<SimLink, TransportError> {
+        self.connect_unless(cfg, peers, remote, &AtomicBool::new(false))
+    }
+
+    /// [`SimEndpoint::connect`], giving up as soon as `abort` is set (a peer said it gave up, so
+    /// the connection it owes will never come).
+    pub fn connect_unless(
+        self,
+        cfg: SimConfig,
+        peers: &[u32],
+        remote: &HashMap<u32, Vec<u8>>,
+        abort: &AtomicBool,
+    ) -> Result<SimLink, TransportError> {
         let me = self.me;
         let io = |e: io::Error| rdma_err(me, format!("bring-up: {e}"));
         let mut streams = Vec::new();
@@ -287,6 +299,9 @@ impl SimEndpoint {
                     accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if abort.load(Ordering::Relaxed) {
+                        return Err(rdma_err(me, "bring-up: a peer gave up"));
+                    }
                     if start.elapsed() >= cfg.connect_timeout {
                         return Err(rdma_err(me, format!("bring-up: peers did not connect within {:?}", cfg.connect_timeout)));
                     }
@@ -542,6 +557,21 @@ mod tests {
         let e = SimLink::from_streams(0, cfg(32, 2, 1), &[1], vec![x]).err().unwrap();
         assert!(e.to_string().contains("member 7 is not a peer"), "{e}");
         let _ = h.join();
+    }
+
+    #[test]
+    fn waiting_for_a_peer_that_gave_up_ends_at_once() {
+        let (ep, _) = SimEndpoint::open(1).unwrap();
+        let remote: HashMap<u32, Vec<u8>> = [(0, SimEndpoint::open(0).unwrap().1)].into();
+        let abort = Arc::new(AtomicBool::new(false));
+        let a = abort.clone();
+        let h = std::thread::spawn(move || ep.connect_unless(cfg(32, 2, 1), &[0], &remote, &a).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        abort.store(true, Ordering::Relaxed);
+        let e = h.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("a peer gave up"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(1), "not the 5 s connect timeout");
     }
 
     #[test]
