@@ -1,5 +1,5 @@
-//! Using RDMA for the start-up collectives only when every member brought its links up, and
-//! releasing the links safely afterwards: two pure state machines for the launcher's event loops.
+//! Using RDMA for the start-up collectives only when every member brought its links up: a pure
+//! state machine for the launcher's event loops.
 //!
 //! [`Agreement`]: every member tries to bring up its RDMA links (to its tree parent and children)
 //! and reports the result; reports are combined up the tree (the failure of the lowest member
@@ -7,10 +7,9 @@
 //! then runs its collectives over RDMA, or all of it over the out-of-band transport (TCP): a job
 //! never fails because RDMA could not start. The agreement's messages travel out of band.
 //!
-//! [`Release`]: a member may give back its RDMA resources only when its peers no longer use them:
-//! after its last collective a peer may still be returning credits (see [`crate::rdma`]), and a
-//! send to a released queue pair fails. So each member, once done, says so to each peer out of
-//! band, and releases when it is done and has heard the same from every peer.
+//! Releasing the links afterwards must wait until nobody needs them: a member that is done may
+//! still be returning credits (see [`crate::rdma`]), and a send to a released queue pair fails.
+//! rlaunch gathers "done" up the tree and sends "release" down (its `startup_rdma` module).
 
 use std::collections::BTreeMap;
 
@@ -182,43 +181,6 @@ impl Agreement {
     }
 }
 
-/// When a member may release its RDMA links (see the module docs).
-pub struct Release {
-    peers: Vec<u32>,
-    heard: Vec<u32>,
-    done: bool,
-    released: bool,
-}
-
-impl Release {
-    pub fn new(tree: Tree, me: u32) -> Release {
-        let peers = tree.parent(me).into_iter().chain(tree.children(me)).collect();
-        Release { peers, heard: Vec::new(), done: false, released: false }
-    }
-
-    /// This member's collectives over RDMA are over. Returns the peers to tell, out of band.
-    pub fn done(&mut self) -> Vec<u32> {
-        if std::mem::replace(&mut self.done, true) {
-            return Vec::new();
-        }
-        self.peers.clone()
-    }
-
-    /// A peer said it is done.
-    pub fn peer_done(&mut self, peer: u32) {
-        if self.peers.contains(&peer) && !self.heard.contains(&peer) {
-            self.heard.push(peer);
-        }
-    }
-
-    /// True once, when the links may be released now.
-    pub fn take_release(&mut self) -> bool {
-        let ready = self.done && self.heard.len() == self.peers.len() && !self.released;
-        self.released |= ready;
-        ready
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,21 +285,5 @@ mod tests {
         assert!(AgreeMsg::decode(&[2, 1]).is_err());
         assert!(AgreeMsg::decode(&[1, 0]).is_err());
         assert!(AgreeMsg::decode(&[]).is_err());
-    }
-
-    #[test]
-    fn release_waits_for_self_and_every_peer() {
-        let tree = Tree::new(7, 2).unwrap();
-        let mut r = Release::new(tree, 1);
-        r.peer_done(0);
-        r.peer_done(3);
-        assert!(!r.take_release(), "not done itself");
-        assert_eq!(r.done(), vec![0, 3, 4]);
-        assert!(r.done().is_empty(), "told once");
-        r.peer_done(6);
-        assert!(!r.take_release(), "6 is not a peer; 4 has not said");
-        r.peer_done(4);
-        assert!(r.take_release());
-        assert!(!r.take_release(), "once");
     }
 }
