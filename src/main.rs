@@ -22,6 +22,7 @@ mod pmi;
 mod pmix;
 mod sig;
 mod spec;
+mod startup_rdma;
 mod token;
 mod tree;
 mod wire;

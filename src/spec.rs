@@ -183,11 +183,49 @@ pub struct FabricSpec {
     pub nic_env: bool,
     /// `--inventory`: gather and print, start no rank.
     pub inventory: Option<InventoryFormat>,
+    /// The transport of the start-up collectives (the inventory exchange).
+    pub startup: StartupTransport,
 }
 
 impl Default for FabricSpec {
     fn default() -> Self {
-        FabricSpec { choice: Some(FabricChoice::Auto), nics: Vec::new(), nic_env: false, inventory: None }
+        FabricSpec { choice: Some(FabricChoice::Auto), nics: Vec::new(), nic_env: false, inventory: None, startup: StartupTransport::Tcp }
+    }
+}
+
+/// Test-only: makes every node report a simulated RDMA port, so the start-up collectives run over
+/// `fabrics::sim_link` between the daemons of one host (`--launcher local` with several nodes).
+/// `1` = every node; `fail:N` = node index N's bring-up fails, so the job falls back to TCP;
+/// `break:N` = node N's link fails once the exchange runs over it, which fails the job.
+/// Read by the front end, which puts the mode in the launch message for every daemon.
+pub const SIM_RDMA_ENV: &str = "RLAUNCH_TEST_SIM_RDMA";
+
+/// How the start-up collectives travel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartupTransport {
+    /// The daemons' TCP links.
+    Tcp,
+    /// Simulated RDMA links between processes of one host (test-only, [`SIM_RDMA_ENV`]); node
+    /// `fail`'s bring-up fails on purpose, node `broken`'s link fails after it.
+    Simulated { fail: Option<u32>, broken: Option<u32> },
+}
+
+impl StartupTransport {
+    /// The mode for a job: simulated RDMA only with the test setting, and never when the user
+    /// forced TCP (`--fabric tcp`) or turned the exchange off.
+    pub fn for_job(choice: Option<FabricChoice>, test_setting: Option<&str>) -> Result<StartupTransport, String> {
+        let Some(v) = test_setting else { return Ok(StartupTransport::Tcp) };
+        let node = |prefix: &str| v.trim().strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
+        let mode = match (v.trim(), node("fail:"), node("break:")) {
+            ("1", _, _) => StartupTransport::Simulated { fail: None, broken: None },
+            (_, Some(n), _) => StartupTransport::Simulated { fail: Some(n), broken: None },
+            (_, _, Some(n)) => StartupTransport::Simulated { fail: None, broken: Some(n) },
+            _ => return Err(format!("{SIM_RDMA_ENV}={v}: expected 1, fail:NODE_INDEX or break:NODE_INDEX (a test-only setting)")),
+        };
+        Ok(match choice {
+            Some(FabricChoice::Auto | FabricChoice::Rdma) => mode,
+            _ => StartupTransport::Tcp,
+        })
     }
 }
 

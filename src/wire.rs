@@ -316,6 +316,22 @@ pub enum Msg {
     /// `--report-bindings`, daemon → up, before its ranks start: each local rank and where it
     /// runs (CPU list and picture), for the front end to print.
     Bindings { node: u32, ranks: Vec<(u32, String)> },
+    /// Bringing up the start-up collectives' RDMA links (`crate::startup_rdma`), between tree
+    /// neighbours only.
+    Rdma(RdmaStep),
+}
+
+/// The out-of-band part of the RDMA start-up ([`Msg::Rdma`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RdmaStep {
+    /// A member's connection data for its link (or why it has none).
+    Connect(Vec<u8>),
+    /// A `fabrics::startup::AgreeMsg`: a subtree's bring-up verdict (up) or the decision (down).
+    Agree(Vec<u8>),
+    /// Child to parent: the sender's subtree is done with its links (every send posted).
+    Done,
+    /// Parent to child: everyone is done; release the links.
+    Release,
 }
 
 /// Why a node failed ([`Msg::NodeFailed`]). The front end decides on the kind, never on the text.

@@ -12,12 +12,15 @@
 //!
 //! It does not depend on the `rlaunch` binary crate nor on `launchers`.
 
+pub mod carrier;
 pub mod collective;
 pub mod cpuset;
 pub mod discover;
 pub mod endpoints;
 pub mod placement;
 pub mod rdma;
+pub mod sim_link;
+pub mod startup;
 pub mod table;
 pub mod topology;
 pub mod transport;

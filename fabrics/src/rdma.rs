@@ -285,6 +285,28 @@ impl<L: RdmaLink> RdmaTransport<L> {
     }
 }
 
+impl<L: RdmaLink> RdmaTransport<L> {
+    /// The next whole message if one arrives within `wait` (`None` if not): for owners that poll
+    /// while doing other work, where [`Transport::recv`] would block.
+    pub fn recv_within(&mut self, wait: Duration) -> Result<Option<(u32, Vec<u8>)>, TransportError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return Ok(Some(m));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            self.flush_credits(1, Instant::now() + self.timeout)?;
+            match self.progress(deadline) {
+                // Only this short wait is over, not the transport's patience.
+                Err(TransportError::Timeout(_)) => return Ok(self.ready.pop_front()),
+                r => r?,
+            }
+        }
+    }
+}
+
 impl<L: RdmaLink> Transport for RdmaTransport<L> {
     fn send(&mut self, peer: u32, bytes: &[u8]) -> Result<(), TransportError> {
         if !self.peers.contains_key(&peer) {

@@ -43,7 +43,9 @@ impl Env {
 /// Decides the whole run from the parsed command line. Usage errors are [`UsageError`]s.
 pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     let g = &parsed.global;
-    let fabric = spec_from_flags(g.fabric, g.nic.as_deref(), g.nic_env, g.inventory, g.json).map_err(UsageError::Msg)?;
+    let mut fabric = spec_from_flags(g.fabric, g.nic.as_deref(), g.nic_env, g.inventory, g.json).map_err(UsageError::Msg)?;
+    let sim = env.vars.iter().find(|(k, _)| k == crate::spec::SIM_RDMA_ENV).map(|(_, v)| v.as_str());
+    fabric.startup = crate::spec::StartupTransport::for_job(fabric.choice, sim).map_err(UsageError::Msg)?;
     // --inventory starts no rank: nothing reads stdin.
     let stdin = if g.inventory { StdinTarget::None } else { g.stdin };
     let launch_timeout = positive_seconds("--launch-timeout", g.launch_timeout)?;
@@ -437,7 +439,7 @@ pub fn spec_from_flags(fabric: FabricFlag, nic: Option<&str>, nic_env: bool, inv
         return Err("--json only changes the output of --inventory; add --inventory or drop --json".into());
     }
     let inventory = inventory.then_some(if json { InventoryFormat::Json } else { InventoryFormat::Text });
-    Ok(FabricSpec { choice, nics, nic_env, inventory })
+    Ok(FabricSpec { choice, nics, nic_env, inventory, ..FabricSpec::default() })
 }
 
 /// Where `--inventory` needs an application context to satisfy the map (no rank is ever started):

@@ -4,13 +4,20 @@
 //! both decided (their CPUs and GPUs, their NIC). A placement this node cannot give is refused
 //! by the front end once the exchange brings it every node's topology; with `--fabric off` the
 //! node refuses itself, at once.
+//!
+//! The exchange's messages travel over the daemon links, or over RDMA links brought up for the
+//! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages.
+
+use std::sync::Arc;
 
 use super::binding::Binding;
 use super::effect::Effect;
 use crate::fabric::{NodeFabric, Step};
 use crate::job::JobView;
+use crate::spec::StartupTransport;
+use crate::startup_rdma::{Faults, Out, StartupRdma};
 use crate::tree::{Hop, Topology};
-use crate::wire::Msg;
+use crate::wire::{Msg, RdmaStep};
 
 pub struct Fabric {
     inner: NodeFabric,
@@ -19,11 +26,16 @@ pub struct Fabric {
     /// the job once it has every node's topology (one line, before anything starts), so the
     /// node still takes part; should the ranks be started anyway, the refusal goes instead.
     refused: Option<Vec<Effect>>,
+    node: u32,
+    /// The RDMA start-up, when the launch asks for it.
+    rdma: Option<StartupRdma>,
+    /// Wakes the daemon's loop from the RDMA carrier thread.
+    wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Fabric {
-    pub fn new(node: u32, topo: &Topology) -> Fabric {
-        Fabric { inner: NodeFabric::new(node, topo), binding: Binding::default(), refused: None }
+    pub fn new(node: u32, topo: &Topology, wake: Arc<dyn Fn() + Send + Sync>) -> Fabric {
+        Fabric { inner: NodeFabric::new(node, topo), binding: Binding::default(), refused: None, node, rdma: None, wake }
     }
 
     /// Reads this host's fabrics and CPU topology; called while the launch message travels.
@@ -43,9 +55,77 @@ impl Fabric {
                 Vec::new()
             }
         };
-        let step = effects(self.inner.on_launch(job));
+        if let (StartupTransport::Simulated { fail, broken }, true) = (&job.launch().fabric.startup, job.launch().fabric.gathers()) {
+            let env = crate::spec::SIM_RDMA_ENV;
+            let faults = Faults {
+                bring_up: (*fail == Some(self.node)).then(|| format!("simulated bring-up failure ({env}=fail:{})", self.node)),
+                link: (*broken == Some(self.node)).then(|| format!("simulated link failure ({env}=break:{})", self.node)),
+            };
+            let (rdma, outs) = StartupRdma::start(job.topology().collective_tree(), self.node + 1, faults, self.wake.clone());
+            self.rdma = Some(rdma);
+            fx.extend(self.carry_out(outs));
+        }
+        let step = self.inner.on_launch(job);
+        let step = self.route(step);
         fx.extend(self.unless_refused(step));
         fx
+    }
+
+    /// The exchange's messages onto the RDMA start-up when there is one, else the TCP links.
+    fn route(&mut self, step: Step) -> Vec<Effect> {
+        let Some(rdma) = self.rdma.as_mut() else { return effects(step) };
+        let mut outs = Vec::new();
+        if let (Some(data), Some(p)) = (step.up.clone(), rdma.parent()) {
+            outs.extend(rdma.fabric_out(p, data));
+        }
+        for (node, data) in &step.down {
+            outs.extend(rdma.fabric_out(node + 1, data.clone()));
+        }
+        // This node's part of the exchange is over: its links may go once its neighbours' are.
+        if step.start_ranks || step.error.is_some() {
+            outs.extend(rdma.done());
+        }
+        let mut fx = self.carry_out(outs);
+        fx.extend(effects(Step { up: None, down: Vec::new(), ..step }));
+        fx
+    }
+
+    /// What the RDMA start-up asked for, as effects (members are nodes shifted by one).
+    fn carry_out(&mut self, outs: Vec<Out>) -> Vec<Effect> {
+        let parent = self.rdma.as_ref().and_then(StartupRdma::parent);
+        let to_member = |to: u32, msg: Msg| if Some(to) == parent { Effect::Up(msg) } else { Effect::Send(Hop::Child(to - 1), msg) };
+        let mut fx = Vec::new();
+        for o in outs {
+            match o {
+                Out::Tcp { to, msg } => fx.push(to_member(to, msg)),
+                Out::FabricTcp { to, data } => fx.push(to_member(to, Msg::Fabric { data })),
+                Out::FabricIn { from, data } => {
+                    let from_child = (Some(from) != parent).then(|| from - 1);
+                    let step = self.inner.on_message(from_child, &data);
+                    let step = self.route(step);
+                    fx.extend(self.unless_refused(step));
+                }
+                // The front end says which transport the job used.
+                Out::Decided(_) => {}
+                Out::Failed(why) => fx.push(Effect::Fault(why)),
+            }
+        }
+        fx
+    }
+
+    /// A `Msg::Rdma` from the child daemon of `from_child`, or from the parent (`None`).
+    pub fn on_rdma(&mut self, from_child: Option<u32>, step: RdmaStep) -> Vec<Effect> {
+        let Some(rdma) = self.rdma.as_mut() else { return Vec::new() };
+        let Some(from) = from_child.map(|c| c + 1).or(rdma.parent()) else { return Vec::new() };
+        let outs = rdma.on_tcp(from, step);
+        self.carry_out(outs)
+    }
+
+    /// The RDMA carrier thread woke the loop.
+    pub fn on_wake(&mut self) -> Vec<Effect> {
+        let Some(rdma) = self.rdma.as_mut() else { return Vec::new() };
+        let outs = rdma.on_wake();
+        self.carry_out(outs)
     }
 
     /// `fx`, with the held refusal in place of starting the ranks.
@@ -65,7 +145,8 @@ impl Fabric {
 
     /// A `Msg::Fabric` from the child daemon of `from_child`, or from the parent (`None`).
     pub fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
-        let fx = effects(self.inner.on_message(from_child, data));
+        let step = self.inner.on_message(from_child, data);
+        let fx = self.route(step);
         self.unless_refused(fx)
     }
 
@@ -114,7 +195,7 @@ mod tests {
     fn a_held_refusal_goes_up_instead_of_starting_the_ranks() {
         let refusal = || Effect::Up(Msg::NodeFailed { node: 1, fault: crate::wire::NodeFault::Unsatisfiable("PE".into()) });
         let up = || Effect::Up(Msg::Fabric { data: vec![1] });
-        let mut f = Fabric::new(1, &Topology::new(4, 2));
+        let mut f = Fabric::new(1, &Topology::new(4, 2), Arc::new(|| {}));
         assert_eq!(f.unless_refused(vec![Effect::StartRanks]), vec![Effect::StartRanks], "nothing held");
         f.refused = Some(vec![refusal()]);
         assert_eq!(f.unless_refused(vec![up()]), vec![up()], "the exchange goes on meanwhile");

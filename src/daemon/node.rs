@@ -99,12 +99,12 @@ impl Daemon {
     pub fn run() -> Result<i32> {
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
         let node = boot.node;
-        let fabric = Fabric::new(node, links.router().topology());
         let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
         let w = waker.clone();
         let notify: Notify = Arc::new(move || {
             let _ = w.wake();
         });
+        let fabric = Fabric::new(node, links.router().topology(), notify.clone());
         let mut d = Daemon {
             waker,
             notify,
@@ -201,7 +201,7 @@ impl Daemon {
             // libpmix queued an upcall, or a start thread (tree spawn over ssh) saw its daemon end;
             // the latter is looked at after every event.
             Source::Fixed(token::WAKE) => match self.job.view() {
-                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).collect(),
+                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).chain(self.fabric.on_wake()).collect(),
                 None => return,
             },
             Source::Pmi(_) => self.pmi.on_event(ev, registry),
@@ -294,6 +294,7 @@ impl Daemon {
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
+            Msg::Rdma(step) => self.fabric.on_rdma(None, step),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
@@ -376,7 +377,8 @@ impl Daemon {
         let fx = match (node, msg) {
             (Some(n), Msg::Fabric { data }) => self.fabric.on_message(Some(n), &data),
             (Some(n), Msg::Fence { seq, puts }) => self.pmi.fence_from_child(n, seq, puts),
-            (None, Msg::Fabric { .. } | Msg::Fence { .. }) => Vec::new(),
+            (Some(n), Msg::Rdma(step)) => self.fabric.on_rdma(Some(n), step),
+            (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
             (_, m) => vec![Effect::Up(m)],
         };

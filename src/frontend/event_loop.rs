@@ -86,7 +86,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
     let mut fe = Frontend {
         links: Links::new(Router::new(*job.topology(), None), key),
         daemons: Daemons::new(*job.topology(), job.launch().nodes.iter().map(|n| n.name.clone()).collect()),
-        fabric: RootFabric::new(&job),
+        fabric: RootFabric::new(&job, { let w = waker.clone(); Arc::new(move || { let _ = w.wake(); }) }),
         ranks: Ranks::new(size),
         reporter: Reporter::new(style),
         sinks: Sinks::watch(poll.registry()),
@@ -182,6 +182,8 @@ impl Frontend {
                     Source::Fixed(token::WAKE) => {
                         self.on_stdin();
                         self.reap_carriers();
+                        let fx = self.fabric.on_wake(ms_since(self.plan.t0).unwrap_or(0.0));
+                        self.apply(fx);
                     }
                     Source::DaemonStderr(node) => {
                         let joined = self.daemons.get(node).is_some_and(|d| d.joined);
@@ -277,6 +279,7 @@ impl Frontend {
             // Direct modex turns here between subtrees.
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
+            Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
@@ -500,13 +503,9 @@ impl Frontend {
     fn apply(&mut self, effects: Vec<Effect>) {
         for e in effects {
             match e {
-                Effect::Send(hop, msg) => {
-                    self.links.send(hop, &msg);
-                }
+                Effect::Send(hop, msg) => _ = self.links.send(hop, &msg),
                 Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),
-                Effect::Towards(node, msg) => {
-                    self.links.towards(node, &msg);
-                }
+                Effect::Towards(node, msg) => _ = self.links.towards(node, &msg),
                 Effect::Fail(f) => self.fail(f),
                 Effect::Say(line) => self.reporter.line(&line),
                 Effect::End(msg) => {
@@ -549,7 +548,7 @@ impl Frontend {
             verdict: &self.verdict,
             exit_code,
             timings: &self.timings,
-            fabric: self.fabric.gather(),
+            fabric: &self.fabric,
         };
         let (summary, json) = (summary_line(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         self.reporter.detail(1, &summary);

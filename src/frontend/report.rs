@@ -4,7 +4,7 @@
 use super::daemons::Daemons;
 use super::ranks::Ranks;
 use super::verdict::Verdict;
-use crate::fabric::FrontGather;
+use super::fabric::RootFabric;
 use crate::job::JobView;
 use crate::sig::signal_name;
 use crate::spec::RankStatus;
@@ -44,7 +44,7 @@ pub struct ReportInput<'a> {
     pub verdict: &'a Verdict,
     pub exit_code: i32,
     pub timings: &'a Timings,
-    pub fabric: &'a FrontGather,
+    pub fabric: &'a RootFabric,
 }
 
 /// The `-v` summary line at the end of a job.
@@ -119,8 +119,9 @@ pub fn report_json(r: &ReportInput) -> String {
         "nodes": nodes,
         "ranks": ranks,
         "timings": r.timings,
-        "fabric": r.fabric.report_fabric(),
-        "fabric_detail": r.fabric.report_detail(),
+        "fabric": r.fabric.gather().report_fabric(),
+        "fabric_detail": r.fabric.gather().report_detail(),
+        "startup_collectives": r.fabric.report_startup(),
     });
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }

@@ -1,0 +1,191 @@
+//! The start-up collectives over RDMA, end to end with the real binary on one machine: several
+//! local "nodes" (`--launcher local`) whose daemons, with the test-only setting
+//! RLAUNCH_TEST_SIM_RDMA, report a simulated RDMA port and run the inventory exchange over
+//! simulated RDMA links between them (`fabrics::sim_link`); a bring-up failure on one node sends
+//! the whole job to TCP; `--fabric tcp` never tries; a link that fails during the exchange fails
+//! the job with one line (nothing has started, and the exchange cannot be replayed over TCP by one
+//! daemon alone); MPICH and Open MPI jobs run on top of the simulated start-up. On the namespace
+//! cluster (RLAUNCH_CLUSTER_STATE; skipped with a printed reason without it) the simulated link
+//! cannot cross the nodes' network namespaces, so there the fallback runs for real.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+mod common;
+
+use cluster::{Cluster, NodeScratch};
+use common::{mpi, Job, Output, Scratch};
+use std::path::Path;
+use std::time::Duration;
+
+const SIM: &str = "RLAUNCH_TEST_SIM_RDMA";
+
+/// Each rank waits until its daemon has released its simulated links (their sockets carry the
+/// daemon's pid in their names), then prints its rank.
+const RELEASED: &str = r#"for i in $(seq 200); do grep -q "@rlaunch-sim-$PPID-" /proc/net/unix || { echo released $RLAUNCH_RANK; exit 0; }; sleep 0.05; done; echo held $RLAUNCH_RANK; exit 1"#;
+
+fn run(s: &Scratch, sim: Option<&str>, extra: &[&str]) -> Output {
+    let hosts = s.path("hosts");
+    std::fs::write(&hosts, (1..=6).map(|i| format!("node{i:03}\n")).collect::<String>()).unwrap();
+    let mut args: Vec<String> = ["--launcher", "local", "-f", &hosts.display().to_string(), "--fanout", "2", "-np", "6", "-v", "--report", "report.json"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(["sh", "-c", RELEASED].iter().map(|a| a.to_string()));
+    let mut cmd = s.cmd(args);
+    match sim {
+        Some(v) => cmd.env(SIM, v),
+        None => cmd.env_remove(SIM),
+    };
+    Job::start(cmd, None).wait_within(Duration::from_secs(60))
+}
+
+fn report(s: &Scratch) -> serde_json::Value {
+    serde_json::from_str(&s.read("report.json")).expect("report.json")
+}
+
+fn ranks_released(o: &Output) {
+    let mut lines = o.stdout_lines();
+    lines.sort();
+    let want: Vec<String> = (0..6).map(|r| format!("released {r}")).collect();
+    assert_eq!(lines, want, "every rank ran, after its daemon released its links:\n{o}");
+}
+
+#[test]
+fn every_node_up_runs_the_inventory_exchange_over_simulated_rdma() {
+    let s = Scratch::new("rdma-sim");
+    let o = run(&s, Some("1"), &[]);
+    o.expect_code(0);
+    ranks_released(&o);
+    assert!(o.stderr.contains("rlaunch: RDMA start-up links up on every node in "), "{o}");
+    assert!(o.stderr.contains("rlaunch: inventory allgather over rdma (simulated) in "), "{o}");
+    assert!(!o.stderr.contains("over TCP"), "{o}");
+    let r = report(&s);
+    let st = &r["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "rdma (simulated)", "{st:#}");
+    assert!(st["inventory_allgather"]["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{st:#}");
+    assert!(st["rdma_bring_up"]["ms"].as_f64().is_some(), "{st:#}");
+    assert!(st["rdma_bring_up"]["fallback"].is_null(), "{st:#}");
+    // The endpoint assignment is unchanged: the nodes' inventories have no RDMA port.
+    assert_eq!(r["fabric"], "tcp");
+}
+
+#[test]
+fn a_bring_up_failure_on_one_node_sends_the_whole_job_to_tcp() {
+    let s = Scratch::new("rdma-fail");
+    // Node index 3 (node004) sits in the middle of the fan-out 2 tree: a parent and a child.
+    let o = run(&s, Some("fail:3"), &[]);
+    o.expect_code(0);
+    ranks_released(&o);
+    let why: Vec<&str> = o.stderr_lines().into_iter().filter(|l| l.contains("RDMA could not start")).collect();
+    assert_eq!(
+        why,
+        ["rlaunch: start-up collectives over TCP: RDMA could not start on node node004: simulated bring-up failure (RLAUNCH_TEST_SIM_RDMA=fail:3)"],
+        "one line naming the node and the reason:\n{o}"
+    );
+    assert!(o.stderr.contains("rlaunch: inventory allgather over tcp in "), "{o}");
+    let st = &report(&s)["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "tcp", "{st:#}");
+    assert_eq!(st["rdma_bring_up"]["fallback"]["node"], "node node004", "{st:#}");
+}
+
+#[test]
+fn fabric_tcp_never_tries_rdma() {
+    let s = Scratch::new("rdma-forced-tcp");
+    let o = run(&s, Some("1"), &["--fabric", "tcp"]);
+    o.expect_code(0);
+    ranks_released(&o);
+    assert!(!o.stderr.contains("RDMA"), "{o}");
+    let st = &report(&s)["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "tcp", "{st:#}");
+    assert!(st["rdma_bring_up"].is_null(), "no bring-up at all: {st:#}");
+}
+
+#[test]
+fn without_the_test_setting_the_exchange_stays_on_tcp() {
+    let s = Scratch::new("rdma-none");
+    let o = run(&s, None, &[]);
+    o.expect_code(0);
+    ranks_released(&o);
+    assert!(o.stderr.contains("rlaunch: inventory allgather over tcp in "), "{o}");
+    assert!(report(&s)["startup_collectives"]["rdma_bring_up"].is_null());
+}
+
+#[test]
+fn a_bad_test_setting_is_one_line() {
+    let s = Scratch::new("rdma-bad");
+    run(&s, Some("yes"), &[]).expect_usage_error("RLAUNCH_TEST_SIM_RDMA=yes: expected 1, fail:NODE_INDEX or break:NODE_INDEX");
+}
+
+#[test]
+fn a_link_failing_during_the_exchange_fails_the_job_with_one_line_and_leaves_nothing() {
+    let s = Scratch::new("rdma-break");
+    let o = run(&s, Some("break:2"), &[]);
+    o.expect_code(125);
+    // Besides -v's lines (the links came up; the summary), one line says what failed.
+    let not_v = |l: &str| !l.starts_with("rlaunch: ranks get PMI") && !l.starts_with("rlaunch: RDMA start-up links up") && !l.starts_with("rlaunch: 6 ranks on 6 node(s)");
+    assert_eq!(
+        o.stderr_lines().into_iter().filter(|l| not_v(l)).collect::<Vec<_>>(),
+        ["rlaunch: node node003: the RDMA link of the start-up exchange failed: simulated link failure (RLAUNCH_TEST_SIM_RDMA=break:2)"],
+        "{o}"
+    );
+    assert_eq!(o.stdout, "", "no rank started: {o}");
+    s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+/// An MPI allreduce (MPICH through PMI, Open MPI through PMIx) on 3 local nodes whose start-up
+/// exchange ran over the simulated RDMA links.
+fn mpi_job_on_simulated_startup(compiler: &str, family: &str) {
+    let _one_at_a_time = mpi::serial();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("startup-rdma-{family}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Err(why) = mpi::compile(compiler, &dir, "mpi_allreduce", "install MPICH and Open MPI") {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let s = Scratch::new(&format!("rdma-{family}"));
+    let hosts = s.path("hosts");
+    std::fs::write(&hosts, "node001 slots=2\nnode002 slots=2\nnode003 slots=2\n").unwrap();
+    let prog = dir.join("mpi_allreduce").display().to_string();
+    let args = ["--launcher", "local", "-f", &hosts.display().to_string(), "-np", "6", "--report", "report.json", &prog];
+    let mut cmd = s.cmd(args);
+    cmd.env(SIM, "1");
+    let o = Job::start(cmd, None).wait_within(Duration::from_secs(120));
+    o.expect_code(0);
+    assert!(o.stdout.contains("allreduce ok: sum=21 over 6 ranks"), "{o}");
+    assert_eq!(report(&s)["startup_collectives"]["inventory_allgather"]["transport"], "rdma (simulated)");
+}
+
+#[test]
+fn mpich_on_simulated_rdma_startup() {
+    mpi_job_on_simulated_startup("mpicc.mpich", "mpich");
+}
+
+#[test]
+fn openmpi_on_simulated_rdma_startup() {
+    mpi_job_on_simulated_startup("mpicc.openmpi", "openmpi");
+}
+
+/// The simulated link uses abstract Unix sockets, which do not cross network namespaces: on the
+/// namespace cluster every bring-up fails for real, and the whole job falls back to TCP at once
+/// (no member waits out its connect timeout for a neighbour that gave up) and succeeds.
+#[test]
+fn on_the_namespace_cluster_the_failed_bring_up_falls_back_at_once() {
+    let test = "on_the_namespace_cluster_the_failed_bring_up_falls_back_at_once";
+    let Some(c) = Cluster::get(test) else { return };
+    let s = NodeScratch::new("rdma-cluster");
+    let hosts = s.file("hosts", &(1..=8).map(|i| format!("n{i} slots=2\n")).collect::<String>());
+    let mut args = c.agent_args();
+    args.extend(["-f", &hosts.display().to_string(), "-np", "16", "--fanout", "2", "-v", "--report", "report.json", "sh", "-c", "echo ran"].map(String::from));
+    let mut cmd = s.cmd(args);
+    cmd.env(SIM, "1");
+    let o = Job::start(cmd, None).wait_within(Duration::from_secs(60));
+    o.expect_code(0);
+    assert_eq!(o.stdout_lines().len(), 16, "{o}");
+    let why: Vec<&str> = o.stderr_lines().into_iter().filter(|l| l.contains("RDMA could not start")).collect();
+    assert_eq!(why.len(), 1, "one line names where RDMA could not start:\n{o}");
+    let st = &s.report()["startup_collectives"];
+    assert_eq!(st["inventory_allgather"]["transport"], "tcp", "{st:#}");
+    let ms = st["rdma_bring_up"]["ms"].as_f64().unwrap();
+    assert!(ms < 5000.0, "the fallback took {ms} ms: someone waited for a connection that could not come");
+}
