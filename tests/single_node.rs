@@ -710,7 +710,10 @@ fn dry_run_prints_the_map_and_starts_nothing() {
 #[test]
 fn report_holds_job_map_statuses_and_phase_timings() {
     let s = Scratch::new("report");
-    let code = "echo $$ > $D/pid.$RLAUNCH_RANK; echo $RLAUNCH_JOBID > $D/jobid; exit $((RLAUNCH_RANK == 2 ? 4 : 0))";
+    // Rank 2 fails only after ranks 0 and 1 are through: otherwise its failure may end them
+    // (SIGTERM) before they exit 0, which this test does not ask about.
+    let code = "echo $$ > $D/pid.$RLAUNCH_RANK; echo $RLAUNCH_JOBID > $D/jobid; [ $RLAUNCH_RANK = 2 ] || exit 0; \
+                while [ ! -e $D/pid.0 ] || [ ! -e $D/pid.1 ]; do sleep 0.01; done; sleep 0.3; exit 4";
     let out = s.run(args(&["-np", "3", "--report", "report.json"], code));
     out.expect_code(4);
     let rep = report(&s);

@@ -969,8 +969,16 @@ mod tests {
 
     #[test]
     fn reservation_skips_a_busy_port() {
-        let busy = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-        let p = busy.local_addr().unwrap().port();
+        // A busy port p whose neighbours p-3..=p+4 are free right now: other processes on the
+        // machine take ephemeral ports too, so look for such a window rather than assume it.
+        let free = |q: u16| TcpListener::bind((Ipv4Addr::UNSPECIFIED, q)).is_ok();
+        let (busy, p) = (0..50)
+            .find_map(|_| {
+                let busy = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+                let p = busy.local_addr().ok()?.port();
+                (p > 3 && p < u16::MAX - 4 && (p - 3..=p + 4).filter(|&q| q != p).all(free)).then_some((busy, p))
+            })
+            .expect("a busy port with 7 free neighbours");
         // Only bases p-3 ..= p+1 exist in this window; all but p+1 would include the busy port.
         let base = reserve_port_base_in(4, p - 3..=p + 4).unwrap();
         assert_eq!(base, p + 1);
