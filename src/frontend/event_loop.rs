@@ -133,9 +133,9 @@ pub fn run(plan: JobPlan) -> Result<i32> {
 /// What a node's daemon gets when it joins: the launch, or, when the job began to end before
 /// (another node failed to start), `Terminate`: it has nothing to run and confirms at once.
 /// Where the front end listens: only on the address its daemons are told to connect to (one
-/// machine: loopback; `--bind-address`; else the source address of the routes to the nodes, when
-/// they share one), so that nobody else on the network reaches it. Nodes reached from several
-/// addresses leave it listening on all of them.
+/// machine: loopback; `--bind-address`; else the source address of the routes to the nodes that
+/// connect to it, when they share one), so that nobody else on the network reaches it. Nodes
+/// reached from several addresses leave it listening on all of them.
 fn listen_ip(plan: &JobPlan) -> std::net::IpAddr {
     use std::net::{IpAddr, Ipv4Addr};
     if plan.loopback {
@@ -144,7 +144,11 @@ fn listen_ip(plan: &JobPlan) -> std::net::IpAddr {
     if let Some(ip) = plan.bind_address {
         return ip;
     }
-    let mut ips: Vec<IpAddr> = plan.nodes.iter().filter_map(|n| launchers::start::route_source_ip(&n.name)?.parse().ok()).collect();
+    // Only the front end's children connect to it (a route lookup per node of a large job would
+    // add to the start-up); with one group start every daemon meets it first (rendezvous).
+    let n = plan.nodes.len() as u32;
+    let direct = if plan.starter.is_group() { 0..n } else { crate::tree::Topology::new(n, plan.launch.fanout).children_of(None) };
+    let mut ips: Vec<IpAddr> = direct.filter_map(|i| launchers::start::route_source_ip(&plan.nodes[i as usize].name)?.parse().ok()).collect();
     ips.sort();
     ips.dedup();
     match ips[..] {
