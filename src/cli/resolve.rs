@@ -314,15 +314,12 @@ fn mca_note(mca: &[String]) -> Option<String> {
     })
 }
 
-/// `--nolocal`: the job's nodes without the machine rlaunch runs on (by its host name, short or
-/// full, or a loopback name).
+/// `--nolocal`: the job's nodes without the machine rlaunch runs on (the starter's own test: its
+/// host name with or without a domain, or a loopback name).
 fn drop_this_machine(nodes: &mut Vec<launchers::nodes::Node>) -> Result<(), UsageError> {
-    let me = launchers::local_hostname();
-    let short = |n: &str| n.split('.').next().unwrap_or(n).to_string();
-    let this = |n: &str| short(n) == short(&me) || ["localhost", "127.0.0.1", "::1"].contains(&n);
-    nodes.retain(|n| !this(&n.name));
+    nodes.retain(|n| !launchers::start::is_this_machine(&n.name));
     if nodes.is_empty() {
-        return Err(usage(format!("--nolocal: every node of the job is this machine ({me}); give other hosts")));
+        return Err(usage(format!("--nolocal: every node of the job is this machine ({}); give other hosts", launchers::local_hostname())));
     }
     Ok(())
 }
