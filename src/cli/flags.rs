@@ -836,7 +836,8 @@ impl FromStr for MapByFlag {
     /// the nodes get balanced shares instead (see `allocation_request`).
     fn from_str(s: &str) -> Result<Self, String> {
         // Open MPI's seq: rank i on the host of the i-th host file line; its modifiers as slot's.
-        if let Some(rest) = s.split_once(':').map_or((s.eq_ignore_ascii_case("seq")).then_some(""), |(p, r)| p.eq_ignore_ascii_case("seq").then_some(r)) {
+        let (head, rest) = s.split_once(':').unwrap_or((s, ""));
+        if head.eq_ignore_ascii_case("seq") {
             let place: MapPolicy = if rest.is_empty() { MapPolicy::default() } else { format!("slot:{rest}").parse().map_err(|e: fabrics::placement::PolicyError| e.to_string())? };
             return Ok(MapByFlag { policy: MapBy::Seq, place });
         }

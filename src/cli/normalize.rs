@@ -153,10 +153,8 @@ pub fn normalize(cmd: &clap::Command, args: &[String]) -> Result<Vec<Vec<String>
             let letters_known = body
                 .chars()
                 .map(|c| lookup_short(cmd, c))
-                .take_while(|o| o.as_ref().is_some_and(|o| !o.takes_value))
-                .count()
-                .checked_add(1)
-                .is_some_and(|n| body.chars().take(n).all(|c| lookup_short(cmd, c).is_some()));
+                .find(|o| o.as_ref().map_or(true, |o| o.takes_value))
+                .map_or(true, |o| o.is_some());
             if long_word && (attached || !letters_known || WONT.iter().any(|(n, _)| *n == name)) {
                 return Err(unknown(&format!("-{name}"), name));
             }

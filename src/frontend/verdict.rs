@@ -132,7 +132,8 @@ pub struct Verdict {
     /// Nodes that could not be launched after the first, whose line was said at once: their
     /// names and lines, said at the end ([`Verdict::closing_lines`]).
     launch_failed: Vec<(String, String)>,
-    launch_failures: usize,
+    /// The first node that could not be launched was said.
+    launch_failure_said: bool,
 }
 
 /// At the end, up to this many held launch failures get a line each; more get one line with a
@@ -141,7 +142,7 @@ pub const HELD_LAUNCH_LINES: usize = 2;
 
 impl Default for Verdict {
     fn default() -> Self {
-        Verdict { outcome: Outcome::Running, code: exitcode::SUCCESS, first_failed_rank: None, terminating: false, launch_failed: Vec::new(), launch_failures: 0 }
+        Verdict { outcome: Outcome::Running, code: exitcode::SUCCESS, first_failed_rank: None, terminating: false, launch_failed: Vec::new(), launch_failure_said: false }
     }
 }
 
@@ -312,8 +313,7 @@ impl Verdict {
             Failure::LaunchFailed { node, why } => {
                 let name = facts.node_name(node);
                 let line = format!("rlaunch: cannot launch on node {name}: {why}");
-                self.launch_failures += 1;
-                if self.launch_failures > 1 {
+                if std::mem::replace(&mut self.launch_failure_said, true) {
                     self.launch_failed.push((name, line));
                     return self.fail(Outcome::LaunchFailed, exitcode::LAUNCH_FAILED, None);
                 }
