@@ -370,6 +370,22 @@ mod tests {
     /// over TCP or still holds its links.
     type Seen = (Option<Decision>, Vec<(u32, Vec<u8>)>, bool);
 
+    type Queue = VecDeque<(u32, u32, Msg)>;
+    type Got = Vec<Vec<(u32, Vec<u8>)>>;
+
+    /// One round of [`run`]: every queued TCP message delivered, then every member woken.
+    fn round(ms: &mut [StartupRdma], tcp: &mut Queue, got: &mut Got, handle: &mut impl FnMut(u32, Vec<Out>, &mut Queue, &mut Got)) {
+        while let Some((from, to, msg)) = tcp.pop_front() {
+            let Msg::Rdma(step) = msg else { panic!() };
+            let outs = ms[to as usize].on_tcp(from, step);
+            handle(to, outs, tcp, got);
+        }
+        for i in 0..ms.len() as u32 {
+            let outs = ms[i as usize].on_wake();
+            handle(i, outs, tcp, got);
+        }
+    }
+
     /// A whole tree of members in one thread: TCP messages through a queue, fabric messages
     /// echoed, waking by polling.
     fn run(size: u32, arity: u32, broken: Option<u32>) -> Vec<Seen> {
@@ -400,15 +416,7 @@ mod tests {
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while ms.iter().any(|m| m.decision().is_none()) && Instant::now() < deadline {
-            while let Some((from, to, msg)) = tcp.pop_front() {
-                let Msg::Rdma(step) = msg else { panic!() };
-                let outs = ms[to as usize].on_tcp(from, step);
-                handle(to, outs, &mut tcp, &mut got);
-            }
-            for i in 0..size {
-                let outs = ms[i as usize].on_wake();
-                handle(i, outs, &mut tcp, &mut got);
-            }
+            round(&mut ms, &mut tcp, &mut got, &mut handle);
             std::thread::sleep(Duration::from_millis(1));
         }
         // Every member sends one message to each neighbour, then is done.
@@ -432,15 +440,7 @@ mod tests {
         }
         // Flushes, Done up the tree, Release down.
         while ms.iter().any(StartupRdma::holds_links) && Instant::now() < deadline {
-            while let Some((from, to, msg)) = tcp.pop_front() {
-                let Msg::Rdma(step) = msg else { panic!() };
-                let outs = ms[to as usize].on_tcp(from, step);
-                handle(to, outs, &mut tcp, &mut got);
-            }
-            for i in 0..size {
-                let outs = ms[i as usize].on_wake();
-                handle(i, outs, &mut tcp, &mut got);
-            }
+            round(&mut ms, &mut tcp, &mut got, &mut handle);
             std::thread::sleep(Duration::from_millis(1));
         }
         (0..size as usize)

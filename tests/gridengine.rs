@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -158,24 +157,12 @@ impl JobDir {
     fn processes(&self) -> Vec<(u32, String)> {
         let path = self.bin.to_string_lossy().into_owned();
         let marker = format!("{MARK}={}", self.mark);
-        let mut out = BTreeMap::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // A zombie is dead already; only its parent's wait is missing.
-            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-            if matches!(state, Some('Z') | Some('X') | None) {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string();
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let marked = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
-            if marked || cmdline.starts_with(&path) {
-                out.insert(pid, cmdline);
-            }
-        }
-        out.into_iter().collect()
+        common::other_pids()
+            .filter_map(|pid| {
+                let cmdline = common::live_cmdline(pid)?;
+                (common::has_env(pid, &marker) || cmdline.starts_with(&path)).then_some((pid, cmdline))
+            })
+            .collect()
     }
 }
 

@@ -278,9 +278,7 @@ impl Drop for NodeScratch {
 
 /// Whether `pid` exists and is not a zombie (a dead process its parent has not reaped yet).
 pub fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
+    crate::common::live_cmdline(pid).is_some()
 }
 
 /// TCP ports `pid` listens on, from its socket fds and its network namespace's /proc/PID/net/tcp*.

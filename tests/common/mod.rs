@@ -141,28 +141,35 @@ pub fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Every live process whose environment holds `RLAUNCH_TEST_MARK=mark`, with its command line.
 pub fn marked_processes(mark: &str) -> Vec<(u32, String)> {
     let needle = format!("{MARK_VAR}={mark}");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid == std::process::id() {
-            continue;
-        }
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if !env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
-            continue;
-        }
-        // A zombie is dead; only its parent's wait is missing (pid 1 in a container may never reap).
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-        if matches!(state, Some('Z') | Some('X') | None) {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string();
-        out.push((pid, cmdline));
+    other_pids().filter(|&pid| has_env(pid, &needle)).filter_map(|pid| Some((pid, live_cmdline(pid)?))).collect()
+}
+
+/// Every process but this one.
+pub fn other_pids() -> impl Iterator<Item = u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(move |&pid| pid != me)
+}
+
+/// Whether `pid`'s environment holds exactly `var` (`NAME=value`).
+pub fn has_env(pid: u32, var: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == var.as_bytes()))
+}
+
+/// The command line of `pid` while it lives; `None` once it is gone or a zombie (dead, only its
+/// parent's wait is missing: pid 1 in a container may never reap).
+pub fn live_cmdline(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return None;
     }
-    out
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    Some(String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string())
 }
 
 /// What a finished rlaunch run produced.
