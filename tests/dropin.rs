@@ -410,3 +410,22 @@ fn open_mpi_binding_modifiers_and_older_spellings_mean_what_they_say() {
     out.expect_code(0);
     s.run(["-npersocket"]).expect_usage_error("-npersocket needs a number");
 }
+
+#[test]
+fn cray_cpu_bind_lists_and_depth_bind_the_ranks() {
+    let s = Scratch::new("dropin-cray");
+    let cpus: Vec<u32> = fabrics::topology::own_affinity().expect("this process's CPUs").iter().collect();
+    let (a, b) = (cpus[0], *cpus.last().unwrap());
+    let show = "grep Cpus_allowed_list /proc/self/status | sed \"s/^/$RLAUNCH_RANK /\"";
+    // list: local rank i on the i-th list: reversed here on purpose.
+    let out = s.run(["-n", "2", "--cpu-bind", &format!("list:{b}:{a}"), "sh", "-c", show]);
+    out.expect_code(0);
+    let mut lines = out.stdout_lines();
+    lines.sort();
+    assert_eq!(lines, [format!("0 Cpus_allowed_list:\t{b}"), format!("1 Cpus_allowed_list:\t{a}")], "{out}");
+    // depth: each rank on its own --depth CPUs (1 here: one core each).
+    let out = s.run(["-n", "1", "--cpu-bind", "depth", "-d", "1", "--report-bindings", "true"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("bound to CPUs"), "{out}");
+    s.run(["--cpu-bind", "list:0", "--bind-to", "core", "-d", "0", "true"]).expect_usage_error("--depth");
+}

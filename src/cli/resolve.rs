@@ -992,6 +992,14 @@ mod tests {
     }
 
     #[test]
+    fn prrte_parameters_are_named_as_unused_and_pmix_ones_reach_the_ranks() {
+        let e = env(&[("PATH", "/bin")]);
+        let p = plan(&["--prtemca", "plm_ssh_agent", "rsh", "--pmixmca", "ptl_base_if_include", "lo", "true"], &e).unwrap();
+        assert_eq!(p.notes, ["--prtemca plm_ssh_agent: PRRTE parameters; rlaunch has no PRRTE, so they are not used"]);
+        assert!(app_env(&p, 0).contains(&("PMIX_MCA_ptl_base_if_include".to_string(), "lo".to_string())), "{:?}", app_env(&p, 0));
+    }
+
+    #[test]
     fn placement_options_become_the_launch_policy() {
         let e = env(&[("PATH", "/bin")]);
         // --dry-run: a real run would first check the request against this machine's CPUs and GPUs.
