@@ -75,15 +75,12 @@ pub struct Guard {
     /// The job's cgroup on this node, made with the first rank (see `cgroup.rs`).
     cgroup: Option<super::cgroup::JobCgroup>,
     cgroup_tried: bool,
-    /// What to tell the guard once it runs: it is started after the ranks ([`Guard::start`]), so
-    /// that starting it (an exec of this binary) does not delay the first rank.
-    pending: Vec<String>,
 }
 
 impl Guard {
     /// Tells the guard about a rank's process group, starting the guard with the first one.
-    pub fn watch(&mut self, pgid: u32) {
-        self.tell(&pgid.to_string());
+    pub fn watch(&mut self, node: u32, pgid: u32) {
+        self.tell(node, &pgid.to_string());
     }
 
     /// The guard process, once started.
@@ -98,31 +95,21 @@ impl Guard {
         if !std::mem::replace(&mut self.cgroup_tried, true) {
             self.cgroup = super::cgroup::JobCgroup::create(job_id, node);
             if let Some(dir) = self.cgroup.as_ref().and_then(|c| c.dir().to_str().map(str::to_string)).filter(|d| !d.contains('\n')) {
-                self.tell(&format!("{CGROUP}{dir}"));
+                self.tell(node, &format!("{CGROUP}{dir}"));
             }
         }
         self.cgroup.as_ref().map(|c| c.procs().clone())
     }
 
     /// Tells the guard to remove `path` (the node's endpoint table) if the daemon dies first.
-    pub fn remove_at_end(&mut self, path: &std::path::Path) {
+    pub fn remove_at_end(&mut self, node: u32, path: &std::path::Path) {
         if let Some(p) = path.to_str().filter(|p| !p.contains('\n')) {
-            self.tell(&format!("{FILE}{p}"));
+            self.tell(node, &format!("{FILE}{p}"));
         }
     }
 
-    fn tell(&mut self, line: &str) {
-        match self.stdin.as_mut() {
-            Some(g) => _ = writeln!(g, "{line}"),
-            None => self.pending.push(line.to_string()),
-        }
-    }
-
-    /// Starts the guard and tells it everything so far (after the node's ranks were spawned: a
-    /// rank started before it exists still dies with the daemon through its parent-death
-    /// signal).
-    pub fn start(&mut self, node: u32) {
-        if self.stdin.is_none() && !self.pending.is_empty() {
+    fn tell(&mut self, node: u32, line: &str) {
+        if self.stdin.is_none() {
             let exe = std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe"));
             let child = std::process::Command::new(exe)
                 .arg("__guard")
@@ -144,9 +131,7 @@ impl Guard {
             }
         }
         if let Some(g) = self.stdin.as_mut() {
-            for line in self.pending.drain(..) {
-                let _ = writeln!(g, "{line}");
-            }
+            let _ = writeln!(g, "{line}");
         }
     }
 }

@@ -245,7 +245,7 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
     let mut pids = Vec::with_capacity(job.local_ranks().len());
     if let Some(table) = fabric.table_path() {
         // The table outlives a SIGKILLed daemon otherwise (until a later job sweeps it).
-        guard.remove_at_end(table);
+        guard.remove_at_end(node, table);
     }
     for (li, &rank) in job.local_ranks().iter().enumerate() {
         if ranks.stop_spawning() {
@@ -275,7 +275,7 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
                 // Also from this side, so signals sent right after spawn find the group.
                 // SAFETY: plain setpgid(2) on our own child.
                 unsafe { libc::setpgid(pid as libc::pid_t, pid as libc::pid_t) };
-                guard.watch(pid);
+                guard.watch(node, pid);
                 ranks.add(rank, &mut child, registry)?;
                 // The Child handle is dropped: reaping is done by pid.
                 std::mem::forget(child);
@@ -285,7 +285,6 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
         }
     }
     ranks.started(registry);
-    guard.start(node);
     Ok(vec![Effect::Up(Msg::Started { node, pids, launch_bytes })])
 }
 
