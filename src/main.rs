@@ -23,6 +23,7 @@ mod pmix;
 mod sig;
 mod spec;
 mod startup_rdma;
+mod timeline;
 mod token;
 mod tree;
 mod wire;
@@ -37,7 +38,7 @@ fn main() {
         daemon::guard_main();
     }
     if args.first().is_some_and(|a| a == "__daemon") {
-        daemon::main();
+        daemon::main(t0);
     }
     let code = match front_end(args, t0) {
         Ok(code) => code,

@@ -319,6 +319,9 @@ pub enum Msg {
     /// Bringing up the start-up collectives' RDMA links (`crate::startup_rdma`), between tree
     /// neighbours only.
     Rdma(RdmaStep),
+    /// Daemon → up, just before `NodeDone`: when this daemon reached each launch phase, on its
+    /// own clock (`crate::timeline`).
+    Timeline { node: u32, marks: crate::timeline::NodeMarks },
 }
 
 /// The out-of-band part of the RDMA start-up ([`Msg::Rdma`]).

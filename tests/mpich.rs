@@ -100,6 +100,25 @@ fn hello_every_rank_once_with_the_right_identity() {
     }
 }
 
+/// Issue 15: the launch timeline has each rank's PMI init and the node's fences, after its spawn.
+#[test]
+fn report_timeline_has_pmi_init_and_fences() {
+    let _serial = serial();
+    let Some(p) = mpi("mpi_allreduce") else { return };
+    let s = Scratch::new("timeline");
+    let o = s.run(with(np(4), &["--report", "report.json", &p]));
+    expect_clean_success(&o);
+    let rep: serde_json::Value = serde_json::from_str(&s.read("report.json")).unwrap();
+    let t = &rep["nodes"][0]["timeline"];
+    let at = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {t}"));
+    assert!(at("first_spawn_ms") <= at("first_pmi_init_ms") && at("first_pmi_init_ms") <= at("last_pmi_init_ms"), "{t}");
+    assert!(at("last_pmi_init_ms") <= at("first_fence_ms") && at("first_fence_ms") <= at("last_fence_ms"), "{t}");
+    assert!(at("last_fence_ms") <= at("ranks_exited_ms"), "{t}");
+    for r in t["ranks"].as_array().unwrap() {
+        assert!(r["spawn_ms"].as_f64().unwrap() <= r["pmi_init_ms"].as_f64().unwrap(), "{t}");
+    }
+}
+
 #[test]
 fn allreduce_sum_is_verified() {
     let _serial = serial();

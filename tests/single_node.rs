@@ -745,12 +745,41 @@ fn report_holds_job_map_statuses_and_phase_timings() {
     assert_eq!(report(&s)["outcome"], "success");
 }
 
+/// Issue 15: each node's launch phases, on the front end's clock, in the order they happen; each
+/// rank's spawn between the first and the last.
+#[test]
+fn report_holds_each_nodes_launch_timeline() {
+    let s = Scratch::new("timeline");
+    s.run(["-np", "3", "--report", "report.json", "true"]).expect_code(0);
+    let rep = report(&s);
+    let t = &rep["nodes"][0]["timeline"];
+    let order = [
+        "start_requested_ms", "daemon_start_ms", "hello_ms", "launch_received_ms", "map_computed_ms",
+        "fabric_ready_ms", "first_spawn_ms", "last_spawn_ms", "ranks_exited_ms",
+    ];
+    let vals: Vec<f64> = order.iter().map(|p| t[p].as_f64().unwrap_or_else(|| panic!("phase {p} missing: {t}"))).collect();
+    assert!(vals.windows(2).all(|w| w[0] <= w[1]), "phases out of order: {t}");
+    assert_eq!(t["hello_ms"], t["hello_received_ms"], "the hello anchors the daemon's clock: {t}");
+    assert!(t["fabric_discovered_ms"].as_f64().is_some(), "{t}");
+    let ranks = t["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 3, "{t}");
+    for r in ranks {
+        let at = r["spawn_ms"].as_f64().unwrap();
+        assert!(at >= vals[6] && at <= vals[7], "rank spawned outside first..last spawn: {t}");
+        assert!(r["pmi_init_ms"].is_null(), "true does no PMI: {t}");
+    }
+}
+
 #[test]
 fn verbose_prints_the_phase_summary() {
     let s = Scratch::new("verbose");
     let out = s.run(["-v", "-np", "2", "true"]);
     out.expect_code(0);
     assert!(out.stderr.contains("rlaunch: 2 ranks on 1 node(s)") && out.stderr.contains("ranks started"), "{out}");
+    let timeline = out.stderr.lines().find(|l| l.starts_with("rlaunch: timeline")).unwrap_or_else(|| panic!("no timeline line: {out}"));
+    for phase in ["hello", "launch_received", "fabric_ready", "first_spawn", "last_spawn", "ranks_exited"] {
+        assert!(timeline.contains(&format!("{phase} ")), "{phase} missing: {timeline}");
+    }
     assert_eq!(s.run(["-np", "2", "true"]).stderr, "", "quiet without -v");
 }
 

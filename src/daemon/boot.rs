@@ -79,6 +79,9 @@ pub fn join() -> Result<Joined> {
     let _ = poll.registry().register(&mut mio::unix::SourceFd(&0), token::BOOT_STDIN, Interest::READABLE);
     let hostname = launchers::local_hostname();
     links.up(&Msg::Hello { node, pid: std::process::id(), listen_port, hostname, addr: None });
+    // Now, not at the loop's first turn: the launch message can only come after it, and the
+    // launch timeline anchors this daemon's clock on the moment it went.
+    links.flush()?;
     Ok(Joined { boot, poll, links, listener, listen_port, signals })
 }
 

@@ -26,10 +26,11 @@ mod traces;
 mod tree_spawn;
 
 /// Entry point of `rlaunch __daemon`. Never returns.
-pub fn main() -> ! {
+/// `t0`: when the process started, the zero of its launch timeline.
+pub fn main(t0: std::time::Instant) -> ! {
     // Descendants that leave their rank are adopted here, to be killed at the end of the job.
     adopted::become_subreaper();
-    let code = match node::Daemon::run() {
+    let code = match node::Daemon::run(t0) {
         Ok(code) => code,
         Err(e) => {
             say::say(None, format_args!("{e:#}"));

@@ -19,6 +19,7 @@ use crate::job::JobView;
 use crate::link::{self, Inbox};
 use crate::links::Links;
 use crate::sig::SignalPipe;
+use crate::timeline::{Phase, Recorder};
 use crate::spec::StdinTarget;
 use crate::token::{self, Source};
 use crate::tree::Hop;
@@ -82,6 +83,7 @@ pub struct Daemon {
     pmix: Pmix,
     fabric: Fabric,
     traces: Traces,
+    timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
     /// the ssh threads of tree spawn.
     waker: Arc<Waker>,
@@ -96,8 +98,10 @@ pub struct Daemon {
 
 impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
-    pub fn run() -> Result<i32> {
+    pub fn run(t0: Instant) -> Result<i32> {
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
+        let mut timeline = Recorder::new(t0);
+        timeline.mark(Phase::Hello, Instant::now());
         let node = boot.node;
         let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
         let w = waker.clone();
@@ -123,6 +127,7 @@ impl Daemon {
             pmix: Pmix::new(node),
             fabric,
             traces: Traces::default(),
+            timeline,
             guard: Guard::default(),
             node_done_sent: false,
             orphaned: false,
@@ -130,6 +135,7 @@ impl Daemon {
         };
         // While the launch message travels: it is needed as soon as that arrives.
         d.fabric.discover();
+        d.timeline.mark(Phase::FabricDiscovered, Instant::now());
         d.event_loop()
     }
 
@@ -222,7 +228,11 @@ impl Daemon {
                 Effect::Below(node, m) => self.links.down_subtree(Some(node), &m),
                 Effect::DownTo(nodes, m) => self.links.down_to(&nodes, &m),
                 Effect::Fault(text) => self.fault(text),
-                Effect::StartRanks => self.start_ranks(),
+                Effect::StartRanks => {
+                    self.timeline.mark(Phase::FabricReady, Instant::now());
+                    self.start_ranks()
+                }
+                Effect::PmiInit(rank) => self.timeline.pmi_init(rank, Instant::now()),
                 Effect::SpawnRanks => self.spawn_ranks(),
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
@@ -289,8 +299,16 @@ impl Daemon {
                 self.shutdown = true;
                 return;
             }
-            Msg::FenceDone { seq, puts } => self.pmi.fence_done(seq, puts, registry),
-            m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
+            Msg::FenceDone { seq, puts } => {
+                self.timeline.fence(Instant::now());
+                self.pmi.fence_done(seq, puts, registry)
+            }
+            m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => {
+                if matches!(m, Msg::PmixFenceDone { .. }) {
+                    self.timeline.fence(Instant::now());
+                }
+                self.pmix.tree_msg(None, m)
+            }
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
@@ -307,6 +325,7 @@ impl Daemon {
         if self.job.launch().is_some() {
             return;
         }
+        self.timeline.mark(Phase::LaunchReceived, Instant::now());
         self.launch_bytes = frame_len as u32;
         self.links.down(&Msg::Launch(launch.clone()));
         let mut map_error = None;
@@ -317,6 +336,7 @@ impl Daemon {
                 Job::Broken(launch)
             }
         };
+        self.timeline.mark(Phase::MapComputed, Instant::now());
         if let Some(l) = self.job.launch() {
             let fx = self.tree_spawn.start(l, self.links.router(), &self.boot, self.listen_port, &self.notify);
             self.apply(fx);
@@ -447,6 +467,7 @@ impl Daemon {
             pmix: &mut self.pmix,
             fabric: &self.fabric,
             launch_bytes: self.launch_bytes,
+            timeline: &mut self.timeline,
         };
         match spawn::spawn_ranks(s) {
             Ok(fx) => {
@@ -477,6 +498,8 @@ impl Daemon {
             return;
         }
         self.node_done_sent = true;
+        self.timeline.mark(Phase::RanksExited, Instant::now());
+        self.links.up(&Msg::Timeline { node: self.node, marks: self.timeline.marks().clone() });
         self.links.up(&Msg::NodeDone { node: self.node });
     }
 

@@ -132,8 +132,9 @@ impl Pmi {
                         out.push(Effect::Up(Msg::KvsGet { from: self.node, key, round: 0 }));
                     }
                 }
+                Action::Initialized { rank, .. } => out.push(Effect::PmiInit(rank)),
                 // The engine keeps this state itself; the daemon needs nothing more.
-                Action::Initialized { .. } | Action::Finalized { .. } => {}
+                Action::Finalized { .. } => {}
             }
         }
         out

@@ -287,7 +287,10 @@ impl Pmix {
             let Some(a) = self.active.as_mut() else { break };
             let e = &mut a.engine;
             let outs = match u {
-                Upcall::Connected { proc, done } => e.connected(&proc, done),
+                Upcall::Connected { proc, done } => {
+                    out.push(Effect::PmiInit(proc.rank));
+                    e.connected(&proc, done)
+                }
                 Upcall::Finalized { proc, done } => e.finalized(&proc, done),
                 Upcall::Abort { proc, status, message, done } => e.abort(&proc, status, &message, done),
                 Upcall::Fence { procs, data, done, .. } => e.fence(&procs, &data, done),

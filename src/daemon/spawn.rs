@@ -230,12 +230,13 @@ pub struct Spawner<'a> {
     pub fabric: &'a Fabric,
     /// Size of the launch frame, for `Started`.
     pub launch_bytes: u32,
+    pub timeline: &'a mut crate::timeline::Recorder,
 }
 
 /// Spawns the local ranks (PMI or PMIx set up already), until one cannot be started or the job
 /// is ending. Returns `Started`; an error means the node failed (and no `Started` goes up).
 pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
-    let Spawner { job, registry, ranks, guard, pmi, pmix, fabric, launch_bytes } = s;
+    let Spawner { job, registry, ranks, guard, pmi, pmix, fabric, launch_bytes, timeline } = s;
     let node = job.node().unwrap_or_default();
     // One interface per job: PMIx ranks get no PMI socket or variables, and the reverse; any rank
     // loses what this daemon inherited of the interface it does not use.
@@ -271,6 +272,7 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
         drop(pmi_end);
         match spawned {
             Ok(mut child) => {
+                timeline.spawned(rank, std::time::Instant::now());
                 let pid = child.id();
                 // Also from this side, so signals sent right after spawn find the group.
                 // SAFETY: plain setpgid(2) on our own child.

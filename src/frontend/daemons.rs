@@ -27,6 +27,11 @@ pub struct NodeState {
     /// When this node's --launch-timeout started to run.
     pub launch_clock: Option<Instant>,
     pub launch_bytes: u32,
+    /// Milliseconds since rlaunch started: its start was asked for, and its hello arrived.
+    pub start_ms: Option<f64>,
+    pub hello_ms: Option<f64>,
+    /// Its launch phases on its own clock (`crate::timeline`), sent when its ranks are done.
+    pub marks: Option<crate::timeline::NodeMarks>,
 }
 
 pub struct Daemons {

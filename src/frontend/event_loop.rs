@@ -9,7 +9,7 @@ use super::effect::Effect;
 use super::fabric::RootFabric;
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
-use super::report::{ms_since, report_json, summary_line, ReportInput, Timings};
+use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
@@ -271,6 +271,12 @@ impl Frontend {
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
+            Msg::Timeline { node, marks } => {
+                if let Some(d) = self.daemons.get_mut(node) {
+                    d.marks = Some(marks);
+                }
+                Vec::new()
+            }
             Msg::NodeDone { node } => self.daemons.finished(node),
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),
@@ -306,6 +312,7 @@ impl Frontend {
         }
         let d = self.daemons.get_mut(node).expect("checked above");
         (d.joined, d.pid, d.hostname, d.addr, d.listen_port) = (true, pid, hostname, addr, listen_port);
+        d.hello_ms = ms_since(self.plan.t0);
         self.reporter.detail(2, &format!("rlaunch: daemon of node {} connected (pid {pid})", self.job.node_name(node)));
         if self.daemons.all_joined() {
             self.timings.daemons_connected_ms = ms_since(self.plan.t0);
@@ -330,7 +337,8 @@ impl Frontend {
     fn start_daemon(&mut self, starter: &NodeStarter, node: u32, parent: String) {
         match self.carriers.start(starter, self.job.launch(), node, parent, self.poll.registry()) {
             Ok(()) => {
-                self.daemons.get_mut(node).expect("node of the job").started = true;
+                let d = self.daemons.get_mut(node).expect("node of the job");
+                (d.started, d.start_ms) = (true, ms_since(self.plan.t0));
                 if self.daemons.all_started() {
                     self.timings.daemons_started_ms = ms_since(self.plan.t0);
                 }
@@ -341,10 +349,12 @@ impl Frontend {
 
     /// One command starts every daemon (srun); they join by rendezvous.
     fn start_group(&mut self, starter: &GroupStarter) {
+        let start_ms = ms_since(self.plan.t0);
         match self.carriers.start_group(starter, self.job.launch(), self.poll.registry()) {
             Ok(()) => {
                 for n in 0..self.daemons.len() as u32 {
-                    self.daemons.get_mut(n).expect("node of the job").started = true;
+                    let d = self.daemons.get_mut(n).expect("node of the job");
+                    (d.started, d.start_ms) = (true, start_ms);
                 }
                 self.timings.daemons_started_ms = ms_since(self.plan.t0);
             }
@@ -554,8 +564,10 @@ impl Frontend {
             timings: &self.timings,
             fabric: &self.fabric,
         };
-        let (summary, json) = (summary_line(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
-        self.reporter.detail(1, &summary);
+        let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
+        for line in summary {
+            self.reporter.detail(1, &line);
+        }
         if let (Some(path), Some(json)) = (self.plan.report.clone(), json) {
             self.reporter.write_report(&path, &json);
         }

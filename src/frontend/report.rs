@@ -1,7 +1,8 @@
 //! The `--report` JSON: the map, every rank's status, every node's daemon, phase timings and the
 //! fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
 
-use super::daemons::Daemons;
+use super::daemons::{Daemons, NodeState};
+use crate::timeline::{self, Aligned};
 use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
@@ -47,8 +48,18 @@ pub struct ReportInput<'a> {
     pub fabric: &'a RootFabric,
 }
 
-/// The `-v` summary line at the end of a job.
-pub fn summary_line(r: &ReportInput) -> String {
+/// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
+pub fn summary_lines(r: &ReportInput) -> Vec<String> {
+    let nodes: Vec<(String, Aligned)> = r.daemons.iter().enumerate().filter_map(|(i, d)| Some((r.job.node_name(i as u32), node_timeline(d)?))).collect();
+    std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).collect()
+}
+
+/// A node's marks on the front end's clock, once it sent them.
+fn node_timeline(d: &NodeState) -> Option<Aligned> {
+    timeline::align(d.marks.as_ref()?, d.hello_ms?)
+}
+
+fn summary_line(r: &ReportInput) -> String {
     let t = r.timings;
     format!(
         "rlaunch: {} ranks on {} node(s), fan-out {}: daemons connected {:.1} ms, ranks started {:.1} ms, ranks exited {:.1} ms, total {:.1} ms",
@@ -60,6 +71,22 @@ pub fn summary_line(r: &ReportInput) -> String {
         t.ranks_exited_ms.unwrap_or(f64::NAN),
         t.total_ms.unwrap_or(f64::NAN)
     )
+}
+
+/// A node's timeline in milliseconds since rlaunch started: the front end's own marks (start
+/// asked for, hello arrived) and the daemon's phases; each rank's spawn and PMI init.
+fn timeline_json(d: &NodeState) -> serde_json::Value {
+    let mut t = serde_json::Map::new();
+    t.insert("start_requested_ms".into(), json!(d.start_ms));
+    t.insert("hello_received_ms".into(), json!(d.hello_ms));
+    if let Some(a) = node_timeline(d) {
+        for (phase, ms) in &a.phases {
+            t.insert(format!("{}_ms", phase.name()), json!(ms));
+        }
+        let ranks: Vec<_> = a.ranks.iter().map(|(rank, spawn, init)| json!({"rank": rank, "spawn_ms": spawn, "pmi_init_ms": init})).collect();
+        t.insert("ranks".into(), json!(ranks));
+    }
+    serde_json::Value::Object(t)
 }
 
 pub fn report_json(r: &ReportInput) -> String {
@@ -93,6 +120,7 @@ pub fn report_json(r: &ReportInput) -> String {
                 "hostname": d.hostname, "daemon_pid": d.pid, "address": d.addr,
                 "launch_bytes": d.launch_bytes, "ranks": map.ranks_on(i as u32),
                 "state": if d.done { "done" } else if d.lost { "lost" } else { "unknown" },
+                "timeline": timeline_json(d),
             })
         })
         .collect();
