@@ -18,6 +18,8 @@ const LISTENER_TOKEN: usize = 0;
 /// Bytes read from one PMI socket per event: a rank that writes without pause cannot starve the
 /// rest of the loop. The remainder is read on the next round ([`PmiHost::more`]).
 const READ_BUDGET: usize = 256 * 1024;
+/// One read's room: more than any PMI-1 line or PMI-2 message a client writes at once.
+const READ_CHUNK: usize = 16 * 1024;
 /// Reply bytes queued for a rank that does not read them. An honest client reads every reply
 /// before its next request, so this is generous; past it the rank is broken.
 const MAX_QUEUED_OUT: usize = 16 << 20;
@@ -65,6 +67,9 @@ struct Conn {
     off: usize,
     /// Read hit its budget: more may be waiting (edge-triggered polling will not say so again).
     more: bool,
+    /// Registered for writability too: only while replies wait for room in the socket.
+    /// Otherwise every reply the rank reads would wake the daemon's poll for nothing.
+    watch_write: bool,
 }
 
 /// What the daemon keeps until the rank is spawned: the child's end of the socketpair, open in
@@ -106,6 +111,9 @@ pub struct PmiHost {
     port: u16,
     /// Connections with unread input left by the read budget.
     more: Vec<ConnId>,
+    /// The read buffer, kept: zeroing a fresh one per read was most of the daemon's
+    /// instructions per request.
+    buf: Vec<u8>,
     local_count: usize,
     /// `--pmi-port` connections refused because another user's process made them.
     refused: usize,
@@ -159,6 +167,7 @@ impl PmiHost {
             listener: None,
             port: 0,
             more: Vec::new(),
+            buf: vec![0; READ_CHUNK],
             local_count,
             refused: 0,
         };
@@ -217,9 +226,13 @@ impl PmiHost {
     fn add_conn(&mut self, mut sock: Sock, registry: &Registry) -> io::Result<ConnId> {
         let conn = self.next_conn;
         self.next_conn += 1;
-        registry.register(sock.source(), crate::token::pmi(LISTENER_TOKEN + 1 + conn as usize), Interest::READABLE | Interest::WRITABLE)?;
-        self.conns.insert(conn, Conn { sock, out: Vec::new(), off: 0, more: false });
+        registry.register(sock.source(), Self::token(conn), Interest::READABLE)?;
+        self.conns.insert(conn, Conn { sock, out: Vec::new(), off: 0, more: false, watch_write: false });
         Ok(conn)
+    }
+
+    fn token(conn: ConnId) -> Token {
+        crate::token::pmi(LISTENER_TOKEN + 1 + conn as usize)
     }
 
     /// A readiness event on a PMI token. Returns the actions the daemon must carry out (replies
@@ -349,12 +362,17 @@ impl PmiHost {
     /// then, and later data raises a new edge. A hang-up does not raise one when it came with the
     /// data, hence `to_end` when the event reported it, and after the rank was reaped.
     fn read(&mut self, conn: ConnId, to_end: bool, registry: &Registry, out: &mut Vec<Action>) {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        self.read_with(conn, to_end, &mut buf, registry, out);
+        self.buf = buf;
+    }
+
+    fn read_with(&mut self, conn: ConnId, to_end: bool, buf: &mut [u8], registry: &Registry, out: &mut Vec<Action>) {
         let mut total = 0;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else { return };
             c.more = false;
-            match c.sock.read(&mut buf) {
+            match c.sock.read(buf) {
                 Ok(0) => {
                     self.close(conn, registry, out);
                     return;
@@ -397,9 +415,10 @@ impl PmiHost {
         out.extend(self.server.disconnect(conn));
     }
 
-    /// Writes `Send`s, returns the rest.
+    /// Writes `Send`s, one write per connection however many replies it got, returns the rest.
     fn perform(&mut self, actions: Vec<Action>, registry: &Registry) -> Vec<Action> {
         let mut rest = Vec::new();
+        let mut sent = Vec::new();
         for a in actions {
             match a {
                 Action::Send { conn, bytes } => {
@@ -409,10 +428,14 @@ impl PmiHost {
                         c.off = 0;
                     }
                     c.out.extend_from_slice(&bytes);
-                    self.flush(conn, registry, &mut rest);
+                    sent.push(conn);
                 }
                 other => rest.push(other),
             }
+        }
+        // A connection flushed already has nothing left: flushing it again costs no syscall.
+        for conn in sent {
+            self.flush(conn, registry, &mut rest);
         }
         rest
     }
@@ -429,8 +452,15 @@ impl PmiHost {
                     // The rank closed its end: nobody reads the replies. Its EOF comes by read.
                     c.out.clear();
                     c.off = 0;
-                    return;
+                    break;
                 }
+            }
+        }
+        let waiting = c.off < c.out.len();
+        if waiting != c.watch_write {
+            let interest = if waiting { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if registry.reregister(c.sock.source(), Self::token(conn), interest).is_ok() {
+                c.watch_write = waiting;
             }
         }
         if c.out.len() - c.off > MAX_QUEUED_OUT {
