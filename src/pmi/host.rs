@@ -6,9 +6,8 @@
 //! across exec, and `PMI_PORT` (`--pmi-port`), a loopback TCP listener the rank connects to,
 //! naming its rank with `PMI_ID`.
 
-use super::{Action, ConnId, JobInfo, PmiServer};
+use super::{Action, ConnId, FxMap, JobInfo, PmiServer};
 use mio::{Interest, Registry, Token};
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -105,7 +104,7 @@ pub struct PmiHost {
     server: PmiServer,
     mode: Mode,
     size: u32,
-    conns: HashMap<ConnId, Conn>,
+    conns: FxMap<ConnId, Conn>,
     next_conn: ConnId,
     listener: Option<mio::net::TcpListener>,
     port: u16,
@@ -162,7 +161,7 @@ impl PmiHost {
             server: PmiServer::new(job),
             mode,
             size,
-            conns: HashMap::new(),
+            conns: FxMap::default(),
             next_conn: 0,
             listener: None,
             port: 0,
@@ -415,26 +414,29 @@ impl PmiHost {
         out.extend(self.server.disconnect(conn));
     }
 
-    /// Writes `Send`s, one write per connection however many replies it got, returns the rest.
+    /// Writes `Send`s, one write per connection however many replies it got in a row, returns
+    /// the rest.
     fn perform(&mut self, actions: Vec<Action>, registry: &Registry) -> Vec<Action> {
         let mut rest = Vec::new();
-        let mut sent = Vec::new();
+        let mut unflushed: Option<ConnId> = None;
         for a in actions {
             match a {
                 Action::Send { conn, bytes } => {
+                    if let Some(prev) = unflushed.filter(|&p| p != conn) {
+                        self.flush(prev, registry, &mut rest);
+                    }
                     let Some(c) = self.conns.get_mut(&conn) else { continue };
                     if c.off > 0 && c.off == c.out.len() {
                         c.out.clear();
                         c.off = 0;
                     }
                     c.out.extend_from_slice(&bytes);
-                    sent.push(conn);
+                    unflushed = Some(conn);
                 }
                 other => rest.push(other),
             }
         }
-        // A connection flushed already has nothing left: flushing it again costs no syscall.
-        for conn in sent {
+        if let Some(conn) = unflushed {
             self.flush(conn, registry, &mut rest);
         }
         rest
