@@ -206,7 +206,7 @@ pub(super) fn handle_line(
         }
         "finalize" => {
             let rank = srv.require_rank(conn, cmd)?;
-            send(out, conn, "cmd=finalize_ack".to_string());
+            send(out, conn, "cmd=finalize_ack");
             srv.mark_finalized(rank, out);
             Ok(())
         }
