@@ -646,6 +646,53 @@ mod tests {
         assert!(host.conns.is_empty() && !host.is_initialized(3), "rank 3's place is still free");
     }
 
+    /// Sockets are watched for writability only while replies wait for room: a rank that reads
+    /// its replies late still gets every one of them, in order.
+    #[test]
+    fn replies_that_do_not_fit_the_socket_are_written_when_the_rank_reads() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(1, &[0]), Mode::Fd, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        let prepared = host.prepare(0, &mut cmd, poll.registry()).unwrap();
+        let fd: RawFd = env_of(&cmd, "PMI_FD").unwrap().parse().unwrap();
+        let dup = unsafe { libc::dup(fd) };
+        assert!(dup >= 0);
+        drop(prepared);
+        let client = unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) };
+        // Far more reply bytes than a socketpair buffers, all asked for before reading any.
+        const N: usize = 40_000;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let rank = std::thread::spawn(move || {
+            let mut w = &client;
+            let mut all = Vec::new();
+            for i in 0..N {
+                all.extend_from_slice(format!("cmd=get kvsname=rl-host key=k{i}\n").as_bytes());
+            }
+            w.write_all(&all).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64 * 1024];
+            let mut r = &client;
+            while got.iter().filter(|&&b| b == b'\n').count() < N {
+                let n = r.read(&mut buf).unwrap();
+                assert!(n > 0, "the daemon closed the connection");
+                got.extend_from_slice(&buf[..n]);
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            // The socket stays open: its EOF would close the connection under the test.
+            (String::from_utf8(got).unwrap(), client)
+        });
+        poll_until(&mut host, &mut poll, |_, _| done.load(std::sync::atomic::Ordering::SeqCst));
+        let (got, _client) = rank.join().unwrap();
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), N);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(*l, format!("cmd=get_result rc=-1 msg=key_k{i}_not_found value=unknown"));
+        }
+        assert!(!host.conns[&0].watch_write, "writability is no longer watched once all is written");
+    }
+
     #[test]
     fn fd_survives_exec_only_in_its_own_child() {
         // Real execs: rank 1 can write to its PMI_FD, and rank 0's end (still open here, as it
