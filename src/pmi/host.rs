@@ -6,9 +6,8 @@
 //! across exec, and `PMI_PORT` (`--pmi-port`), a loopback TCP listener the rank connects to,
 //! naming its rank with `PMI_ID`.
 
-use super::{Action, ConnId, JobInfo, PmiServer};
+use super::{Action, ConnId, FxMap, JobInfo, PmiServer};
 use mio::{Interest, Registry, Token};
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -18,6 +17,8 @@ const LISTENER_TOKEN: usize = 0;
 /// Bytes read from one PMI socket per event: a rank that writes without pause cannot starve the
 /// rest of the loop. The remainder is read on the next round ([`PmiHost::more`]).
 const READ_BUDGET: usize = 256 * 1024;
+/// One read's room: more than any PMI-1 line or PMI-2 message a client writes at once.
+const READ_CHUNK: usize = 16 * 1024;
 /// Reply bytes queued for a rank that does not read them. An honest client reads every reply
 /// before its next request, so this is generous; past it the rank is broken.
 const MAX_QUEUED_OUT: usize = 16 << 20;
@@ -65,6 +66,9 @@ struct Conn {
     off: usize,
     /// Read hit its budget: more may be waiting (edge-triggered polling will not say so again).
     more: bool,
+    /// Registered for writability too: only while replies wait for room in the socket.
+    /// Otherwise every reply the rank reads would wake the daemon's poll for nothing.
+    watch_write: bool,
 }
 
 /// What the daemon keeps until the rank is spawned: the child's end of the socketpair, open in
@@ -100,12 +104,15 @@ pub struct PmiHost {
     server: PmiServer,
     mode: Mode,
     size: u32,
-    conns: HashMap<ConnId, Conn>,
+    conns: FxMap<ConnId, Conn>,
     next_conn: ConnId,
     listener: Option<mio::net::TcpListener>,
     port: u16,
     /// Connections with unread input left by the read budget.
     more: Vec<ConnId>,
+    /// The read buffer, kept: zeroing a fresh one per read was most of the daemon's
+    /// instructions per request.
+    buf: Vec<u8>,
     local_count: usize,
     /// `--pmi-port` connections refused because another user's process made them.
     refused: usize,
@@ -154,11 +161,12 @@ impl PmiHost {
             server: PmiServer::new(job),
             mode,
             size,
-            conns: HashMap::new(),
+            conns: FxMap::default(),
             next_conn: 0,
             listener: None,
             port: 0,
             more: Vec::new(),
+            buf: vec![0; READ_CHUNK],
             local_count,
             refused: 0,
         };
@@ -217,9 +225,13 @@ impl PmiHost {
     fn add_conn(&mut self, mut sock: Sock, registry: &Registry) -> io::Result<ConnId> {
         let conn = self.next_conn;
         self.next_conn += 1;
-        registry.register(sock.source(), crate::token::pmi(LISTENER_TOKEN + 1 + conn as usize), Interest::READABLE | Interest::WRITABLE)?;
-        self.conns.insert(conn, Conn { sock, out: Vec::new(), off: 0, more: false });
+        registry.register(sock.source(), Self::token(conn), Interest::READABLE)?;
+        self.conns.insert(conn, Conn { sock, out: Vec::new(), off: 0, more: false, watch_write: false });
         Ok(conn)
+    }
+
+    fn token(conn: ConnId) -> Token {
+        crate::token::pmi(LISTENER_TOKEN + 1 + conn as usize)
     }
 
     /// A readiness event on a PMI token. Returns the actions the daemon must carry out (replies
@@ -349,12 +361,17 @@ impl PmiHost {
     /// then, and later data raises a new edge. A hang-up does not raise one when it came with the
     /// data, hence `to_end` when the event reported it, and after the rank was reaped.
     fn read(&mut self, conn: ConnId, to_end: bool, registry: &Registry, out: &mut Vec<Action>) {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        self.read_with(conn, to_end, &mut buf, registry, out);
+        self.buf = buf;
+    }
+
+    fn read_with(&mut self, conn: ConnId, to_end: bool, buf: &mut [u8], registry: &Registry, out: &mut Vec<Action>) {
         let mut total = 0;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else { return };
             c.more = false;
-            match c.sock.read(&mut buf) {
+            match c.sock.read(buf) {
                 Ok(0) => {
                     self.close(conn, registry, out);
                     return;
@@ -397,22 +414,30 @@ impl PmiHost {
         out.extend(self.server.disconnect(conn));
     }
 
-    /// Writes `Send`s, returns the rest.
+    /// Writes `Send`s, one write per connection however many replies it got in a row, returns
+    /// the rest.
     fn perform(&mut self, actions: Vec<Action>, registry: &Registry) -> Vec<Action> {
         let mut rest = Vec::new();
+        let mut unflushed: Option<ConnId> = None;
         for a in actions {
             match a {
                 Action::Send { conn, bytes } => {
+                    if let Some(prev) = unflushed.filter(|&p| p != conn) {
+                        self.flush(prev, registry, &mut rest);
+                    }
                     let Some(c) = self.conns.get_mut(&conn) else { continue };
                     if c.off > 0 && c.off == c.out.len() {
                         c.out.clear();
                         c.off = 0;
                     }
                     c.out.extend_from_slice(&bytes);
-                    self.flush(conn, registry, &mut rest);
+                    unflushed = Some(conn);
                 }
                 other => rest.push(other),
             }
+        }
+        if let Some(conn) = unflushed {
+            self.flush(conn, registry, &mut rest);
         }
         rest
     }
@@ -429,8 +454,15 @@ impl PmiHost {
                     // The rank closed its end: nobody reads the replies. Its EOF comes by read.
                     c.out.clear();
                     c.off = 0;
-                    return;
+                    break;
                 }
+            }
+        }
+        let waiting = c.off < c.out.len();
+        if waiting != c.watch_write {
+            let interest = if waiting { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if registry.reregister(c.sock.source(), Self::token(conn), interest).is_ok() {
+                c.watch_write = waiting;
             }
         }
         if c.out.len() - c.off > MAX_QUEUED_OUT {
@@ -612,6 +644,53 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(closed, "the stranger's connection is closed at once");
         assert!(host.conns.is_empty() && !host.is_initialized(3), "rank 3's place is still free");
+    }
+
+    /// Sockets are watched for writability only while replies wait for room: a rank that reads
+    /// its replies late still gets every one of them, in order.
+    #[test]
+    fn replies_that_do_not_fit_the_socket_are_written_when_the_rank_reads() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut host = PmiHost::new(job(1, &[0]), Mode::Fd, poll.registry()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        let prepared = host.prepare(0, &mut cmd, poll.registry()).unwrap();
+        let fd: RawFd = env_of(&cmd, "PMI_FD").unwrap().parse().unwrap();
+        let dup = unsafe { libc::dup(fd) };
+        assert!(dup >= 0);
+        drop(prepared);
+        let client = unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) };
+        // Far more reply bytes than a socketpair buffers, all asked for before reading any.
+        const N: usize = 40_000;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let rank = std::thread::spawn(move || {
+            let mut w = &client;
+            let mut all = Vec::new();
+            for i in 0..N {
+                all.extend_from_slice(format!("cmd=get kvsname=rl-host key=k{i}\n").as_bytes());
+            }
+            w.write_all(&all).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64 * 1024];
+            let mut r = &client;
+            while got.iter().filter(|&&b| b == b'\n').count() < N {
+                let n = r.read(&mut buf).unwrap();
+                assert!(n > 0, "the daemon closed the connection");
+                got.extend_from_slice(&buf[..n]);
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            // The socket stays open: its EOF would close the connection under the test.
+            (String::from_utf8(got).unwrap(), client)
+        });
+        poll_until(&mut host, &mut poll, |_, _| done.load(std::sync::atomic::Ordering::SeqCst));
+        let (got, _client) = rank.join().unwrap();
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), N);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(*l, format!("cmd=get_result rc=-1 msg=key_k{i}_not_found value=unknown"));
+        }
+        assert!(!host.conns[&0].watch_write, "writability is no longer watched once all is written");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 pub mod host;
 mod pmi1;
@@ -65,6 +66,62 @@ pub const THRID_MAX: usize = 64;
 
 /// The daemon's handle for one PMI socket.
 pub type ConnId = u32;
+
+/// The multiply-rotate hash of rustc (FxHash): SipHash was the largest single cost of a PMI
+/// request after the syscalls, several lookups per request. Flooding the tables with colliding
+/// keys needs a rank of the job, which can only slow its own job.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8-byte chunk")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// Maps and sets of the PMI engine and host, hashed with [`FxHasher`].
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub type FxSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// What the engine needs to know about the job and this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,7 +368,7 @@ struct RankState {
     initialized: bool,
     finalized: bool,
     aborted: bool,
-    keys: HashSet<String>,
+    keys: FxSet<String>,
 }
 
 /// How to answer a rank once the fence completes.
@@ -353,21 +410,21 @@ struct AttrWaiter {
 #[derive(Debug)]
 pub struct PmiServer {
     job: JobInfo,
-    conns: HashMap<ConnId, Conn>,
-    ranks: HashMap<u32, RankState>,
+    conns: FxMap<ConnId, Conn>,
+    ranks: FxMap<u32, RankState>,
     /// What gets read: every fence's merged puts plus this node's puts since (local gets of a
     /// key put before the fence need not wait for it).
-    kvs: HashMap<String, String>,
+    kvs: FxMap<String, String>,
     /// Puts on this node since the last FenceReady, in order, last value per key.
     epoch_puts: Vec<(String, String)>,
-    epoch_index: HashMap<String, usize>,
+    epoch_index: FxMap<String, usize>,
     fence_seq: u64,
     fence_entries: Vec<FenceEntry>,
     /// FenceReady was emitted for `fence_seq` and fence_done has not come yet.
     fence_outstanding: bool,
-    node_attrs: HashMap<String, String>,
+    node_attrs: FxMap<String, String>,
     attr_waiters: Vec<AttrWaiter>,
-    names: HashMap<String, String>,
+    names: FxMap<String, String>,
     /// An abort or protocol error was reported: the daemon is ending the job, so ranks it kills
     /// closing their connections is expected, not news.
     ending: bool,
@@ -376,7 +433,7 @@ pub struct PmiServer {
     fetch_waiters: Vec<FetchWaiter>,
     /// Keys in `kvs` that came from another node by fetch: forgotten at the next fence, since
     /// their owner may put a new value before it.
-    fetched_keys: HashSet<String>,
+    fetched_keys: FxSet<String>,
 }
 
 /// Keeps the kvsname safe inside both wire formats (no space, `;`, `=` or newline) and within
@@ -414,21 +471,21 @@ impl PmiServer {
             .collect();
         PmiServer {
             job,
-            conns: HashMap::new(),
+            conns: FxMap::default(),
             ranks,
-            kvs: HashMap::new(),
+            kvs: FxMap::default(),
             epoch_puts: Vec::new(),
-            epoch_index: HashMap::new(),
+            epoch_index: FxMap::default(),
             fence_seq: 1,
             fence_entries: Vec::new(),
             fence_outstanding: false,
-            node_attrs: HashMap::new(),
+            node_attrs: FxMap::default(),
             attr_waiters: Vec::new(),
-            names: HashMap::new(),
+            names: FxMap::default(),
             ending: false,
             lazy: false,
             fetch_waiters: Vec::new(),
-            fetched_keys: HashSet::new(),
+            fetched_keys: FxSet::default(),
         }
     }
 

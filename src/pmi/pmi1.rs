@@ -12,26 +12,52 @@ use super::{
     KVSNAME_MAX, MCMD_MAX, PMI1_LINE_MAX, VALLEN_MAX,
 };
 
-fn send(out: &mut Vec<Action>, conn: ConnId, line: String) {
+fn send(out: &mut Vec<Action>, conn: ConnId, line: impl AsRef<str>) {
+    send_parts(out, conn, &[line.as_ref()]);
+}
+
+/// One reply line made of `parts`, built in one allocation with its newline: a get's reply is
+/// the daemon's most frequent write.
+fn send_parts(out: &mut Vec<Action>, conn: ConnId, parts: &[&str]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     debug_assert!(
-        line.len() < PMI1_LINE_MAX && !line.contains('\n'),
-        "pmi-1 reply too long: {line}"
+        len < PMI1_LINE_MAX && !parts.iter().any(|p| p.contains('\n')),
+        "pmi-1 reply too long: {parts:?}"
     );
-    let mut bytes = line.into_bytes();
+    let mut bytes = Vec::with_capacity(len + 1);
+    for p in parts {
+        bytes.extend_from_slice(p.as_bytes());
+    }
     bytes.push(b'\n');
     out.push(Action::Send { conn, bytes });
 }
 
 /// `key=value` words of a line, in order; a value runs to the next space and may contain `=`.
+/// Kept as the checked text and searched per field: a command reads two or three fields, and
+/// collecting them cost an allocation per request.
 struct Fields<'a> {
-    pairs: Vec<(&'a str, &'a str)>,
+    /// The words after the command, each holding `=` (checked by [`parse_fields`]).
+    words: &'a str,
     /// `abort message=` runs to the end of the line, spaces included, so the user sees all of it.
     abort_message: Option<&'a str>,
 }
 
 impl<'a> Fields<'a> {
     fn get(&self, key: &str) -> Option<&'a str> {
-        self.pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        // By bytes: splitting by a char pattern cost more than the rest of a get.
+        let bytes = self.words.as_bytes();
+        let k = key.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = bytes[at..].iter().position(|&b| b == b' ').map_or(bytes.len(), |n| at + n);
+            let word = &bytes[at..end];
+            if word.len() > k.len() && word[k.len()] == b'=' && &word[..k.len()] == k {
+                // Both ends are next to ASCII bytes (`=`, a space or the end): char boundaries.
+                return Some(&self.words[at + k.len() + 1..end]);
+            }
+            at = end + 1;
+        }
+        None
     }
 }
 
@@ -41,29 +67,29 @@ fn parse_fields<'a>(
     line: &'a str,
     rest_from: usize,
 ) -> Result<Fields<'a>, PmiError> {
-    let mut pairs = Vec::new();
     let mut abort_message = None;
+    let mut words = &line[rest_from..];
     let mut offset = rest_from;
-    for word in line[rest_from..].split(' ') {
+    for word in line.as_bytes()[rest_from..].split(|&b| b == b' ') {
         let start = offset;
         offset += word.len() + 1;
         if word.is_empty() {
             continue;
         }
-        if cmd == "abort" && word.starts_with("message=") {
+        if cmd == "abort" && word.starts_with(b"message=") {
             abort_message = Some(line[start + "message=".len()..].trim_end());
+            words = &line[rest_from..start];
             break;
         }
-        let (k, v) = word
-            .split_once('=')
-            .ok_or_else(|| PmiError::MalformedToken {
+        if !word.contains(&b'=') {
+            return Err(PmiError::MalformedToken {
                 who,
-                token: word.chars().take(64).collect(),
-            })?;
-        pairs.push((k, v));
+                token: line[start..start + word.len()].chars().take(64).collect(),
+            });
+        }
     }
     Ok(Fields {
-        pairs,
+        words,
         abort_message,
     })
 }
@@ -137,10 +163,10 @@ pub(super) fn handle_line(
             let id: u32 = number(who, cmd, "pmiid", required(who, cmd, &f, "pmiid")?)?;
             srv.bind_rank(conn, id)?;
             let size = srv.job.size;
-            send(out, conn, "cmd=initack".into());
+            send(out, conn, "cmd=initack");
             send(out, conn, format!("cmd=set size={size}"));
             send(out, conn, format!("cmd=set rank={id}"));
-            send(out, conn, "cmd=set debug=0".into());
+            send(out, conn, "cmd=set debug=0");
             Ok(())
         }
         "get_maxes" => {
@@ -180,7 +206,7 @@ pub(super) fn handle_line(
         }
         "finalize" => {
             let rank = srv.require_rank(conn, cmd)?;
-            send(out, conn, "cmd=finalize_ack".to_string());
+            send(out, conn, "cmd=finalize_ack");
             srv.mark_finalized(rank, out);
             Ok(())
         }
@@ -199,18 +225,18 @@ pub(super) fn handle_line(
                 Ok(true) => send(
                     out,
                     conn,
-                    "cmd=publish_result rc=0 info=ok msg=success".into(),
+                    "cmd=publish_result rc=0 info=ok msg=success",
                 ),
                 Ok(false) => send(
                     out,
                     conn,
-                    "cmd=publish_result rc=-1 info=fail msg=service_already_published".into(),
+                    "cmd=publish_result rc=-1 info=fail msg=service_already_published",
                 ),
                 Err(e) => {
                     send(
                         out,
                         conn,
-                        "cmd=publish_result rc=-1 info=fail msg=name_too_long".into(),
+                        "cmd=publish_result rc=-1 info=fail msg=name_too_long",
                     );
                     return Err(e);
                 }
@@ -223,13 +249,13 @@ pub(super) fn handle_line(
                 send(
                     out,
                     conn,
-                    "cmd=unpublish_result rc=0 info=ok msg=success".into(),
+                    "cmd=unpublish_result rc=0 info=ok msg=success",
                 );
             } else {
                 send(
                     out,
                     conn,
-                    "cmd=unpublish_result rc=-1 info=fail msg=service_not_found".into(),
+                    "cmd=unpublish_result rc=-1 info=fail msg=service_not_found",
                 );
             }
             Ok(())
@@ -249,7 +275,7 @@ pub(super) fn handle_line(
                     send(
                         out,
                         conn,
-                        "cmd=lookup_result rc=-1 info=fail msg=service_not_found".into(),
+                        "cmd=lookup_result rc=-1 info=fail msg=service_not_found",
                     );
                 }
             }
@@ -259,7 +285,7 @@ pub(super) fn handle_line(
             send(
                 out,
                 conn,
-                "cmd=spawn_result rc=-1 msg=spawn_not_supported".into(),
+                "cmd=spawn_result rc=-1 msg=spawn_not_supported",
             );
             srv.warn(conn, PmiError::SpawnUnsupported { who }, out);
             Ok(())
@@ -272,7 +298,7 @@ pub(super) fn handle_line(
                 "destroy_kvs" => "cmd=kvs_destroyed rc=-1 msg=destroy_kvs_not_supported",
                 _ => "cmd=getbyidx_results rc=-1 reason=getbyidx_not_supported",
             };
-            send(out, conn, reply.into());
+            send(out, conn, reply);
             srv.warn(
                 conn,
                 PmiError::Unsupported {
@@ -339,7 +365,7 @@ fn init(
             send(
                 out,
                 conn,
-                "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0".into(),
+                "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0",
             );
             let sub = if subversion == "1" { 1 } else { 0 };
             srv.mark_initialized(rank, (1, sub), out);
@@ -351,7 +377,7 @@ fn init(
             send(
                 out,
                 conn,
-                "cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0".into(),
+                "cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0",
             );
             if let Some(c) = srv.conn_mut(conn) {
                 c.mode = super::Mode::Framed;
@@ -362,7 +388,7 @@ fn init(
             send(
                 out,
                 conn,
-                "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=-1".into(),
+                "cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=-1",
             );
             Err(PmiError::BadVersion {
                 who,
@@ -382,7 +408,7 @@ fn put(
     let rank = srv.require_rank(conn, "put")?;
     let who = Who::Rank(rank);
     if f.get("kvsname").is_some_and(|k| k != srv.job.kvsname) {
-        send(out, conn, "cmd=put_result rc=-1 msg=unknown_kvsname".into());
+        send(out, conn, "cmd=put_result rc=-1 msg=unknown_kvsname");
         return Ok(());
     }
     let key = required(who, "put", f, "key")?;
@@ -390,7 +416,7 @@ fn put(
     let value = f.get("value").unwrap_or("");
     match srv.kvs_put(rank, key, value) {
         Ok(()) => {
-            send(out, conn, "cmd=put_result rc=0 msg=success".into());
+            send(out, conn, "cmd=put_result rc=0 msg=success");
             Ok(())
         }
         Err(e) => {
@@ -418,7 +444,7 @@ fn get(
         send(
             out,
             conn,
-            "cmd=get_result rc=-1 msg=unknown_kvsname value=unknown".into(),
+            "cmd=get_result rc=-1 msg=unknown_kvsname value=unknown",
         );
         return Ok(());
     }
@@ -427,20 +453,21 @@ fn get(
         send(
             out,
             conn,
-            "cmd=get_result rc=-1 msg=bad_key value=unknown".into(),
+            "cmd=get_result rc=-1 msg=bad_key value=unknown",
         );
         return Err(e);
     }
     // The process map is job information, not a put: it answers even before any fence.
     let value = if key == "PMI_process_mapping" {
-        srv.job.process_mapping.clone()
+        srv.job.process_mapping.as_deref()
     } else {
-        srv.kvs_get(key).map(str::to_string)
+        srv.kvs_get(key)
     };
-    if value.is_none() && key != "PMI_process_mapping" && srv.defer_get(conn, key, GetReply::V1, out)? {
-        return Ok(());
+    if value.is_some() || key == "PMI_process_mapping" {
+        get_reply(srv, conn, key, value, out);
+    } else if !srv.defer_get(conn, key, GetReply::V1, out)? {
+        get_reply(srv, conn, key, None, out);
     }
-    get_reply(srv, conn, key, value.as_deref(), out);
     Ok(())
 }
 
@@ -456,10 +483,7 @@ pub(super) fn get_reply(
     let who = srv.who(conn);
     const PREFIX: &str = "cmd=get_result rc=0 msg=success value=";
     match value {
-        Some(v) if v1_safe(v) && PREFIX.len() + v.len() < PMI1_LINE_MAX => {
-            let line = format!("{PREFIX}{v}");
-            send(out, conn, line);
-        }
+        Some(v) if v1_safe(v) && PREFIX.len() + v.len() < PMI1_LINE_MAX => send_parts(out, conn, &[PREFIX, v]),
         found => {
             if found.is_some() {
                 srv.warn(
@@ -471,11 +495,7 @@ pub(super) fn get_reply(
                     out,
                 );
             }
-            send(
-                out,
-                conn,
-                format!("cmd=get_result rc=-1 msg=key_{key}_not_found value=unknown"),
-            );
+            send_parts(out, conn, &["cmd=get_result rc=-1 msg=key_", key, "_not_found value=unknown"]);
         }
     }
 }
@@ -538,7 +558,7 @@ fn mcmd_line(
     send(
         out,
         conn,
-        "cmd=spawn_result rc=-1 msg=spawn_not_supported".into(),
+        "cmd=spawn_result rc=-1 msg=spawn_not_supported",
     );
     srv.warn(conn, PmiError::SpawnUnsupported { who }, out);
     Ok(())
@@ -643,6 +663,25 @@ mod tests {
             text(&a),
             "cmd=put_result rc=0 msg=success\ncmd=get_result rc=0 msg=success value=\n"
         );
+    }
+
+    #[test]
+    fn fields_are_found_by_whole_key_in_any_order() {
+        let line = "cmd=put  keyx=1 value=a=b key=k kvsname= é=ü";
+        let f = parse_fields(Who::Conn(1), "put", line, "cmd=put".len()).unwrap();
+        assert_eq!(f.get("key"), Some("k"), "a longer key with the same start is another key");
+        assert_eq!(f.get("keyx"), Some("1"));
+        assert_eq!(f.get("value"), Some("a=b"), "a value runs to the next space, `=` included");
+        assert_eq!(f.get("kvsname"), Some(""));
+        assert_eq!(f.get("é"), Some("ü"));
+        assert_eq!(f.get("ke"), None);
+        assert_eq!(f.get("cmd"), None, "the command is not a field");
+        let f = parse_fields(Who::Conn(1), "abort", "cmd=abort exitcode=3 message=a b=c", "cmd=abort".len()).unwrap();
+        assert_eq!((f.get("exitcode"), f.abort_message, f.get("message"), f.get("b")), (Some("3"), Some("a b=c"), None, None));
+        assert!(matches!(
+            parse_fields(Who::Conn(1), "put", "cmd=put key=k junk", "cmd=put".len()),
+            Err(PmiError::MalformedToken { token, .. }) if token == "junk"
+        ));
     }
 
     #[test]

@@ -55,17 +55,26 @@ static void write_all(const char *buf)
     }
 }
 
-/* One reply line without its newline. Byte by byte so nothing after the newline is consumed. */
+/* One reply line without its newline. Buffered as MPICH's PMIU_readline is: one read takes
+ * whatever the server has sent, later lines come from the buffer. PMI-1 servers send strictly one
+ * reply per request, so nothing read ahead belongs to a later request's caller. */
 static void read_line(char *buf)
 {
+    static char in[LINE_MAX_PMI];
+    static size_t have, next;
     size_t len = 0;
     for (;;) {
         char c;
-        ssize_t n = read(pmi_fd, &c, 1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            fail(1, "reading from PMI_FD %d: %s", pmi_fd, n < 0 ? strerror(errno) : "server closed the connection");
+        if (next == have) {
+            ssize_t n = read(pmi_fd, in, sizeof in);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                fail(1, "reading from PMI_FD %d: %s", pmi_fd, n < 0 ? strerror(errno) : "server closed the connection");
+            have = (size_t)n;
+            next = 0;
+        }
+        c = in[next++];
         if (c == '\n')
             break;
         if (len + 1 >= LINE_MAX_PMI)
