@@ -13,7 +13,7 @@
 //! and the refusal says how to add a key. Accepting never writes a file: a launcher that edits the
 //! user's known_hosts behind their back surprises people.
 
-use super::common::{remote_command, DaemonProcess, Notify, StartError, Waiter};
+use super::common::{remote_command, DaemonProcess, KillSwitch, Notify, PhaseClock, StartError, Waiter};
 use crate::nodes::Node;
 use base64::Engine as _;
 use ssh2::{Channel, CheckResult, ErrorCode, KnownHostFileKind, MethodType, Session};
@@ -70,8 +70,10 @@ impl Default for SshOptions {
 pub const CONNECT_FAILED: i32 = 255;
 /// Status reported after `kill`: what a killed `ssh` child would report (128 + SIGKILL).
 const KILLED: i32 = 128 + 9;
-/// How often the session thread looks at its kill switch while the daemon runs.
-const TICK: Duration = Duration::from_millis(50);
+/// How long the session thread sleeps at most while the daemon runs. A kill, a stdin write and
+/// the socket all wake it at once; the tick only bounds a wait that none of them would end (a
+/// libssh2 state this code did not foresee), so it can be long.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Starts `daemon_path __daemon` on `node` over ssh and returns at once; a thread does the rest.
 /// The thread calls `notify` once it has ended, however it ends, after sending its exit status.
@@ -80,6 +82,7 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str,
     let (err_r, err_w) = pipe(false).map_err(fail)?;
     // Non-blocking both ways: a writer never waits on the session thread, which drains it itself.
     let (wake_r, wake_w) = pipe(true).map_err(fail)?;
+    let kill_wake = File::from(wake_w.try_clone().map_err(fail)?);
     let (status_tx, status_rx) = mpsc::channel();
     let (kill_tx, kill_rx) = mpsc::channel::<()>();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>();
@@ -93,7 +96,9 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str,
         kill: kill_rx,
         stdin: stdin_rx,
         wake: File::from(wake_r),
+        phases: PhaseClock::default(),
     };
+    let phases = job.phases.clone();
     std::thread::Builder::new()
         .name(format!("ssh-{}", node.name))
         .spawn(move || {
@@ -101,14 +106,16 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str,
             // panicking session wakes its caller to a waiter that reads the end (as status -1).
             let _wake = CallOnDrop(notify);
             let status = status_tx;
+            job.phases.mark(|p| &mut p.began);
             let code = job.run();
             let _ = status.send(code);
         })
         .map_err(fail)?;
     Ok(DaemonProcess {
-        waiter: Waiter::Thread { status: status_rx, kill: Some(kill_tx), done: None },
+        waiter: Waiter::Thread { status: status_rx, kill: Some(KillSwitch::new(kill_tx, kill_wake)), done: None },
         stdin: Some(Box::new(SshStdin { tx: Some(stdin_tx), wake: File::from(wake_w) })),
         stderr: Some(err_r),
+        phases: Some(phases),
     })
 }
 
@@ -204,6 +211,7 @@ struct Job {
     kill: mpsc::Receiver<()>,
     stdin: mpsc::Receiver<Vec<u8>>,
     wake: File,
+    phases: PhaseClock,
 }
 
 /// A connected, authenticated session running the daemon.
@@ -278,6 +286,7 @@ impl Job {
             }
         }
         let (tcp, addr) = conn.ok_or(last)?;
+        self.phases.mark(|p| &mut p.connected);
         let _ = tcp.set_nodelay(true);
         let fd = tcp.as_raw_fd();
         let ctx = |what: &str, e: &ssh2::Error| -> String {
@@ -320,11 +329,14 @@ impl Job {
             HostKeyVerdict::Unknown if self.opts.unknown_host == UnknownHostKey::Accept => {}
             verdict => return Err(host_key_message(&verdict, &node, blob_key_type(blob).unwrap_or("?"), &fingerprint, &files)),
         }
+        self.phases.mark(|p| &mut p.keys_exchanged);
 
         self.authenticate(&sess, addr)?;
+        self.phases.mark(|p| &mut p.authenticated);
 
         let mut chan = sess.channel_session().map_err(|e| ctx("opening a channel", &e))?;
         chan.exec(&remote_command(&self.daemon_path)).map_err(|e| ctx("starting the daemon", &e))?;
+        self.phases.mark(|p| &mut p.exec_sent);
         chan.write_all(&self.bootstrap)
             .and_then(|_| chan.flush())
             .map_err(|e| format!("cannot send the bootstrap line to the daemon of {node}: {e}"))?;
@@ -461,16 +473,25 @@ impl Job {
                     Err(_) => eof_sent = true,
                 }
             }
-            for stream_id in [1, 0] {
-                let mut s = chan.stream(stream_id);
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        // stdout is not the daemon's channel to the front end (that is its TCP link).
-                        Ok(n) if stream_id == 1 => self.err.put(&buf[..n]),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Ended::Lost(e.to_string()),
+            // Reading one stream can queue the other's packets inside libssh2, where no socket
+            // event announces them: go round until neither stream has anything.
+            let mut progress = true;
+            while progress {
+                progress = false;
+                for stream_id in [1, 0] {
+                    let mut s = chan.stream(stream_id);
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            // stdout is not the daemon's channel to the front end (that is its TCP link).
+                            Ok(n) if stream_id == 1 => {
+                                self.err.put(&buf[..n]);
+                                progress = true;
+                            }
+                            Ok(_) => progress = true,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Ended::Lost(e.to_string()),
+                        }
                     }
                 }
             }
