@@ -21,8 +21,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// What to do with a host whose key is in no known_hosts file.
@@ -201,6 +201,54 @@ impl ErrSink {
     }
 }
 
+/// The parsed known_hosts files of one set of paths. Shared by every session of this process:
+/// each node's thread would otherwise read and parse the same files, which with a cluster-wide
+/// file of thousands of lines costs more than the key exchange itself.
+struct KnownHosts {
+    names: Vec<String>,
+    entries: Vec<KnownEntry>,
+}
+
+/// What a file looked like when it was parsed (device, inode, mtime, size): a file that changed
+/// is parsed again.
+type Stamp = Option<(u64, u64, i64, i64, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+}
+
+/// By the files looked at (and whether they were named by the user), the last parse of them.
+type KnownHostsCache = Vec<(Vec<(PathBuf, Stamp)>, bool, Arc<KnownHosts>)>;
+static KNOWN_HOSTS: Mutex<KnownHostsCache> = Mutex::new(Vec::new());
+
+/// The parsed known_hosts `paths` (`explicit`: named by the user, so an unreadable one is said),
+/// from the cache while none of the files changed.
+fn known_hosts_of(paths: &[PathBuf], explicit: bool) -> Arc<KnownHosts> {
+    let key: Vec<(PathBuf, Stamp)> = paths.iter().map(|p| (p.clone(), stamp(p))).collect();
+    // Held while parsing: the other nodes' threads wait for this parse instead of repeating it.
+    let mut cache = KNOWN_HOSTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, kh)) = cache.iter().find(|(k, x, _)| *k == key && *x == explicit) {
+        return kh.clone();
+    }
+    let mut names = Vec::new();
+    let mut entries = Vec::new();
+    for (p, _) in &key {
+        let name = p.display().to_string();
+        // A missing file is the normal case for most of the defaults; say which were looked at.
+        if let Ok(text) = std::fs::read_to_string(p) {
+            entries.extend(parse_known_hosts(&text, &name));
+            names.push(name);
+        } else if explicit {
+            names.push(format!("{name} (unreadable)"));
+        }
+    }
+    let kh = Arc::new(KnownHosts { names, entries });
+    cache.retain(|(k, x, _)| !(*x == explicit && k.iter().map(|(p, _)| p).eq(key.iter().map(|(p, _)| p))));
+    cache.push((key, explicit, kh.clone()));
+    kh
+}
+
 struct Job {
     node: String,
     user: String,
@@ -300,7 +348,8 @@ impl Job {
         sess.set_tcp_stream(tcp);
         sess.set_timeout(timeout.as_millis().clamp(1, u32::MAX as u128) as u32);
 
-        let (files, entries) = self.known_hosts();
+        let known = self.known_hosts();
+        let (files, entries) = (&known.names, &known.entries);
         let ip = addr.ip().to_string();
         let hits: Vec<bool> =
             entries.iter().map(|e| entry_matches(&sess, e, &node, port) || entry_matches(&sess, e, &ip, port)).collect();
@@ -324,10 +373,10 @@ impl Job {
             .host_key_hash(ssh2::HashType::Sha256)
             .map(|h| format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)))
             .unwrap_or_default();
-        match judge(&entries, &hits, blob) {
+        match judge(entries, &hits, blob) {
             HostKeyVerdict::Trusted => {}
             HostKeyVerdict::Unknown if self.opts.unknown_host == UnknownHostKey::Accept => {}
-            verdict => return Err(host_key_message(&verdict, &node, blob_key_type(blob).unwrap_or("?"), &fingerprint, &files)),
+            verdict => return Err(host_key_message(&verdict, &node, blob_key_type(blob).unwrap_or("?"), &fingerprint, files)),
         }
         self.phases.mark(|p| &mut p.keys_exchanged);
 
@@ -346,7 +395,7 @@ impl Job {
     }
 
     /// The entries of every known_hosts file in force, and the files' names for messages.
-    fn known_hosts(&self) -> (Vec<String>, Vec<KnownEntry>) {
+    fn known_hosts(&self) -> Arc<KnownHosts> {
         let paths: Vec<PathBuf> = match &self.opts.known_hosts {
             Some(p) => vec![p.clone()],
             None => {
@@ -360,19 +409,7 @@ impl Job {
                 v
             }
         };
-        let mut names = Vec::new();
-        let mut entries = Vec::new();
-        for p in paths {
-            let name = p.display().to_string();
-            // A missing file is the normal case for most of the defaults; say which were looked at.
-            if let Ok(text) = std::fs::read_to_string(&p) {
-                entries.extend(parse_known_hosts(&text, &name));
-                names.push(name);
-            } else if self.opts.known_hosts.is_some() {
-                names.push(format!("{name} (unreadable)"));
-            }
-        }
-        (names, entries)
+        known_hosts_of(&paths, self.opts.known_hosts.is_some())
     }
 
     /// Agent identities, then the explicit identity, then the default key files, as `ssh` does.
@@ -792,6 +829,26 @@ mod tests {
         );
         assert_eq!(e[0].key, ed(1));
         assert_eq!(e[0].source, "kh");
+    }
+
+    #[test]
+    fn known_hosts_are_parsed_once_until_a_file_changes() {
+        let dir = std::env::temp_dir().join(format!("rlaunch-kh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, missing) = (dir.join("a"), dir.join("missing"));
+        std::fs::write(&a, format!("n1 ssh-ed25519 {}\n", b64(&ed(1)))).unwrap();
+        let first = known_hosts_of(&[a.clone(), missing.clone()], false);
+        assert!(Arc::ptr_eq(&first, &known_hosts_of(&[a.clone(), missing.clone()], false)));
+        assert_eq!(first.names, vec![a.display().to_string()]);
+        // Named by the user, the missing file is said; that is another parse.
+        let named = known_hosts_of(std::slice::from_ref(&missing), true);
+        assert_eq!(named.names, vec![format!("{} (unreadable)", missing.display())]);
+        // A rewritten file (another size) is read again.
+        std::fs::write(&a, format!("n1 ssh-ed25519 {}\nn2 ssh-ed25519 {}\n", b64(&ed(1)), b64(&ed(2)))).unwrap();
+        let again = known_hosts_of(&[a.clone(), missing.clone()], false);
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(again.entries.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
