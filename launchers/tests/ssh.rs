@@ -135,6 +135,22 @@ fn bootstrap_stderr_and_exit_status_travel() {
 }
 
 #[test]
+fn every_step_of_the_start_is_timed_in_order() {
+    let Some(c) = cluster("every_step_of_the_start_is_timed_in_order") else { return };
+    let dir = workdir("phases");
+    let daemon = script(&dir, "daemon", "read l; exit 0");
+    let before = Instant::now();
+    let deadline = before + Duration::from_secs(30);
+    let mut p = start(&NodeStarter::Ssh(c.opts()), &c.node(), &daemon, "B\n", &no_notify()).unwrap();
+    assert_eq!(wait_status(&mut p, deadline), 0);
+    let ph = p.phases.as_ref().expect("in-process ssh records its phases").get();
+    let steps = [ph.began, ph.connected, ph.keys_exchanged, ph.authenticated, ph.exec_sent];
+    assert!(steps.iter().all(Option::is_some), "a step is missing: {ph:?}");
+    let times: Vec<Instant> = steps.iter().flatten().copied().collect();
+    assert!(times[0] >= before && times.windows(2).all(|w| w[0] <= w[1]), "steps out of order: {ph:?}");
+}
+
+#[test]
 fn a_daemon_killed_by_a_signal_reports_128_plus_n() {
     let Some(c) = cluster("a_daemon_killed_by_a_signal_reports_128_plus_n") else { return };
     let dir = workdir("signal");

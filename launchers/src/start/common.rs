@@ -7,7 +7,8 @@
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Called by a backend whose daemon ends off the caller's event loop (the in-process ssh thread),
 /// right after the exit status can be read from its [`Waiter`]. A caller wires its poll's waker to
@@ -38,6 +39,40 @@ pub struct DaemonProcess {
     pub stdin: Option<Box<dyn Write + Send>>,
     /// The daemon's stderr (or the agent's), readable and pollable.
     pub stderr: Option<std::os::fd::OwnedFd>,
+    /// When each step of the start happened, for backends whose steps happen in this process
+    /// (in-process ssh); a child process's steps are its own and not seen here.
+    pub phases: Option<PhaseClock>,
+}
+
+/// When each step of an in-process ssh start ended; `None` for a step not reached (yet). Times
+/// are this process's monotonic clock, comparable with the front end's own `Instant`s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartPhases {
+    /// The start thread began (before the host name is resolved).
+    pub began: Option<Instant>,
+    /// The TCP connection to the node's sshd is up.
+    pub connected: Option<Instant>,
+    /// Key exchange done and the host key accepted.
+    pub keys_exchanged: Option<Instant>,
+    pub authenticated: Option<Instant>,
+    /// The server accepted the exec request: from here the remote shell starts the daemon.
+    pub exec_sent: Option<Instant>,
+}
+
+/// A start's [`StartPhases`] as its backend fills them in, readable at any time from any thread.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseClock(Arc<Mutex<StartPhases>>);
+
+impl PhaseClock {
+    pub fn get(&self) -> StartPhases {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets one step's time to now.
+    pub(crate) fn mark(&self, step: fn(&mut StartPhases) -> &mut Option<Instant>) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *step(&mut p) = Some(Instant::now());
+    }
 }
 
 /// How to learn that a started daemon (or the agent carrying it) ended.
@@ -45,7 +80,29 @@ pub enum Waiter {
     Child(Child),
     /// A backend that runs on a thread of its own (in-process ssh): it sends the exit status once;
     /// dropping `kill` asks it to close its session.
-    Thread { status: std::sync::mpsc::Receiver<i32>, kill: Option<std::sync::mpsc::Sender<()>>, done: Option<i32> },
+    Thread { status: std::sync::mpsc::Receiver<i32>, kill: Option<KillSwitch>, done: Option<i32> },
+}
+
+/// Dropping it asks a start thread to end: the channel says so, and the byte written to the
+/// thread's wake pipe makes a thread asleep in `poll` look at once instead of at its next tick.
+pub struct KillSwitch {
+    tx: Option<std::sync::mpsc::Sender<()>>,
+    wake: std::fs::File,
+}
+
+impl KillSwitch {
+    pub fn new(tx: std::sync::mpsc::Sender<()>, wake: std::fs::File) -> KillSwitch {
+        KillSwitch { tx: Some(tx), wake }
+    }
+}
+
+impl Drop for KillSwitch {
+    fn drop(&mut self) {
+        // Disconnect before the wake: a thread woken first could find the channel still open
+        // and go back to sleep.
+        self.tx = None;
+        let _ = (&self.wake).write(&[1]);
+    }
 }
 
 impl Waiter {
@@ -148,12 +205,44 @@ pub(crate) fn hand_over(mut child: Child, node: &str, bootstrap: &str) -> Result
         }
     }
     let stderr = child.stderr.take().map(std::os::fd::OwnedFd::from);
-    Ok(DaemonProcess { waiter: Waiter::Child(child), stdin: stdin.map(|s| Box::new(s) as Box<dyn Write + Send>), stderr })
+    Ok(DaemonProcess { waiter: Waiter::Child(child), stdin: stdin.map(|s| Box::new(s) as Box<dyn Write + Send>), stderr, phases: None })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_kill_switch_disconnects_then_wakes() {
+        use std::io::Read;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills both slots; each is owned once below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (mut r, w) = unsafe {
+            use std::os::fd::FromRawFd;
+            (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1]))
+        };
+        let k = KillSwitch::new(tx, w);
+        assert!(matches!(rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)));
+        drop(k);
+        // The byte is there, and by then the channel already says "ended".
+        let mut b = [0u8; 4];
+        assert_eq!(r.read(&mut b).unwrap(), 1);
+        assert!(matches!(rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected)));
+    }
+
+    #[test]
+    fn phases_are_marked_and_read_from_any_clone() {
+        let clock = PhaseClock::default();
+        assert_eq!(clock.get(), StartPhases::default());
+        let before = Instant::now();
+        let other = clock.clone();
+        std::thread::spawn(move || other.mark(|p| &mut p.connected)).join().unwrap();
+        let p = clock.get();
+        assert!(p.connected.is_some_and(|t| t >= before));
+        assert_eq!((p.began, p.keys_exchanged, p.authenticated, p.exec_sent), (None, None, None, None));
+    }
 
     #[test]
     fn quoting() {

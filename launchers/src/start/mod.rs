@@ -22,7 +22,7 @@ pub mod local;
 pub mod srun;
 pub mod ssh;
 
-pub use common::{last_words, no_notify, remote_command, shell_quote, DaemonProcess, Notify, StartError, Waiter};
+pub use common::{last_words, no_notify, remote_command, shell_quote, DaemonProcess, KillSwitch, Notify, PhaseClock, StartError, StartPhases, Waiter};
 pub use ssh::{SshOptions, UnknownHostKey};
 
 use crate::nodes::Node;
@@ -178,5 +178,9 @@ mod tests {
         let mut err = String::new();
         std::io::Read::read_to_string(&mut std::fs::File::from(p.stderr.take().unwrap()), &mut err).unwrap();
         assert!(err.starts_with("cannot resolve host name no-such-host.invalid"), "{err}");
+        // The timeline shows where it stopped: begun, never connected.
+        let phases = p.phases.as_ref().expect("in-process ssh records its phases").get();
+        assert!(phases.began.is_some());
+        assert_eq!(phases.connected, None);
     }
 }

@@ -13,7 +13,7 @@
 //! and the refusal says how to add a key. Accepting never writes a file: a launcher that edits the
 //! user's known_hosts behind their back surprises people.
 
-use super::common::{remote_command, DaemonProcess, Notify, StartError, Waiter};
+use super::common::{remote_command, DaemonProcess, KillSwitch, Notify, PhaseClock, StartError, Waiter};
 use crate::nodes::Node;
 use base64::Engine as _;
 use ssh2::{Channel, CheckResult, ErrorCode, KnownHostFileKind, MethodType, Session};
@@ -21,8 +21,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// What to do with a host whose key is in no known_hosts file.
@@ -70,8 +70,10 @@ impl Default for SshOptions {
 pub const CONNECT_FAILED: i32 = 255;
 /// Status reported after `kill`: what a killed `ssh` child would report (128 + SIGKILL).
 const KILLED: i32 = 128 + 9;
-/// How often the session thread looks at its kill switch while the daemon runs.
-const TICK: Duration = Duration::from_millis(50);
+/// How long the session thread sleeps at most while the daemon runs. A kill, a stdin write and
+/// the socket all wake it at once; the tick only bounds a wait that none of them would end (a
+/// libssh2 state this code did not foresee), so it can be long.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Starts `daemon_path __daemon` on `node` over ssh and returns at once; a thread does the rest.
 /// The thread calls `notify` once it has ended, however it ends, after sending its exit status.
@@ -80,6 +82,7 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str,
     let (err_r, err_w) = pipe(false).map_err(fail)?;
     // Non-blocking both ways: a writer never waits on the session thread, which drains it itself.
     let (wake_r, wake_w) = pipe(true).map_err(fail)?;
+    let kill_wake = File::from(wake_w.try_clone().map_err(fail)?);
     let (status_tx, status_rx) = mpsc::channel();
     let (kill_tx, kill_rx) = mpsc::channel::<()>();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>();
@@ -93,7 +96,9 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str,
         kill: kill_rx,
         stdin: stdin_rx,
         wake: File::from(wake_r),
+        phases: PhaseClock::default(),
     };
+    let phases = job.phases.clone();
     std::thread::Builder::new()
         .name(format!("ssh-{}", node.name))
         .spawn(move || {
@@ -101,14 +106,16 @@ pub fn start(opts: &SshOptions, node: &Node, daemon_path: &str, bootstrap: &str,
             // panicking session wakes its caller to a waiter that reads the end (as status -1).
             let _wake = CallOnDrop(notify);
             let status = status_tx;
+            job.phases.mark(|p| &mut p.began);
             let code = job.run();
             let _ = status.send(code);
         })
         .map_err(fail)?;
     Ok(DaemonProcess {
-        waiter: Waiter::Thread { status: status_rx, kill: Some(kill_tx), done: None },
+        waiter: Waiter::Thread { status: status_rx, kill: Some(KillSwitch::new(kill_tx, kill_wake)), done: None },
         stdin: Some(Box::new(SshStdin { tx: Some(stdin_tx), wake: File::from(wake_w) })),
         stderr: Some(err_r),
+        phases: Some(phases),
     })
 }
 
@@ -194,6 +201,54 @@ impl ErrSink {
     }
 }
 
+/// The parsed known_hosts files of one set of paths. Shared by every session of this process:
+/// each node's thread would otherwise read and parse the same files, which with a cluster-wide
+/// file of thousands of lines costs more than the key exchange itself.
+struct KnownHosts {
+    names: Vec<String>,
+    entries: Vec<KnownEntry>,
+}
+
+/// What a file looked like when it was parsed (device, inode, mtime, size): a file that changed
+/// is parsed again.
+type Stamp = Option<(u64, u64, i64, i64, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+}
+
+/// By the files looked at (and whether they were named by the user), the last parse of them.
+type KnownHostsCache = Vec<(Vec<(PathBuf, Stamp)>, bool, Arc<KnownHosts>)>;
+static KNOWN_HOSTS: Mutex<KnownHostsCache> = Mutex::new(Vec::new());
+
+/// The parsed known_hosts `paths` (`explicit`: named by the user, so an unreadable one is said),
+/// from the cache while none of the files changed.
+fn known_hosts_of(paths: &[PathBuf], explicit: bool) -> Arc<KnownHosts> {
+    let key: Vec<(PathBuf, Stamp)> = paths.iter().map(|p| (p.clone(), stamp(p))).collect();
+    // Held while parsing: the other nodes' threads wait for this parse instead of repeating it.
+    let mut cache = KNOWN_HOSTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, kh)) = cache.iter().find(|(k, x, _)| *k == key && *x == explicit) {
+        return kh.clone();
+    }
+    let mut names = Vec::new();
+    let mut entries = Vec::new();
+    for (p, _) in &key {
+        let name = p.display().to_string();
+        // A missing file is the normal case for most of the defaults; say which were looked at.
+        if let Ok(text) = std::fs::read_to_string(p) {
+            entries.extend(parse_known_hosts(&text, &name));
+            names.push(name);
+        } else if explicit {
+            names.push(format!("{name} (unreadable)"));
+        }
+    }
+    let kh = Arc::new(KnownHosts { names, entries });
+    cache.retain(|(k, x, _)| !(*x == explicit && k.iter().map(|(p, _)| p).eq(key.iter().map(|(p, _)| p))));
+    cache.push((key, explicit, kh.clone()));
+    kh
+}
+
 struct Job {
     node: String,
     user: String,
@@ -204,6 +259,7 @@ struct Job {
     kill: mpsc::Receiver<()>,
     stdin: mpsc::Receiver<Vec<u8>>,
     wake: File,
+    phases: PhaseClock,
 }
 
 /// A connected, authenticated session running the daemon.
@@ -278,6 +334,7 @@ impl Job {
             }
         }
         let (tcp, addr) = conn.ok_or(last)?;
+        self.phases.mark(|p| &mut p.connected);
         let _ = tcp.set_nodelay(true);
         let fd = tcp.as_raw_fd();
         let ctx = |what: &str, e: &ssh2::Error| -> String {
@@ -291,7 +348,8 @@ impl Job {
         sess.set_tcp_stream(tcp);
         sess.set_timeout(timeout.as_millis().clamp(1, u32::MAX as u128) as u32);
 
-        let (files, entries) = self.known_hosts();
+        let known = self.known_hosts();
+        let (files, entries) = (&known.names, &known.entries);
         let ip = addr.ip().to_string();
         let hits: Vec<bool> =
             entries.iter().map(|e| entry_matches(&sess, e, &node, port) || entry_matches(&sess, e, &ip, port)).collect();
@@ -315,16 +373,19 @@ impl Job {
             .host_key_hash(ssh2::HashType::Sha256)
             .map(|h| format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)))
             .unwrap_or_default();
-        match judge(&entries, &hits, blob) {
+        match judge(entries, &hits, blob) {
             HostKeyVerdict::Trusted => {}
             HostKeyVerdict::Unknown if self.opts.unknown_host == UnknownHostKey::Accept => {}
-            verdict => return Err(host_key_message(&verdict, &node, blob_key_type(blob).unwrap_or("?"), &fingerprint, &files)),
+            verdict => return Err(host_key_message(&verdict, &node, blob_key_type(blob).unwrap_or("?"), &fingerprint, files)),
         }
+        self.phases.mark(|p| &mut p.keys_exchanged);
 
         self.authenticate(&sess, addr)?;
+        self.phases.mark(|p| &mut p.authenticated);
 
         let mut chan = sess.channel_session().map_err(|e| ctx("opening a channel", &e))?;
         chan.exec(&remote_command(&self.daemon_path)).map_err(|e| ctx("starting the daemon", &e))?;
+        self.phases.mark(|p| &mut p.exec_sent);
         chan.write_all(&self.bootstrap)
             .and_then(|_| chan.flush())
             .map_err(|e| format!("cannot send the bootstrap line to the daemon of {node}: {e}"))?;
@@ -334,7 +395,7 @@ impl Job {
     }
 
     /// The entries of every known_hosts file in force, and the files' names for messages.
-    fn known_hosts(&self) -> (Vec<String>, Vec<KnownEntry>) {
+    fn known_hosts(&self) -> Arc<KnownHosts> {
         let paths: Vec<PathBuf> = match &self.opts.known_hosts {
             Some(p) => vec![p.clone()],
             None => {
@@ -348,19 +409,7 @@ impl Job {
                 v
             }
         };
-        let mut names = Vec::new();
-        let mut entries = Vec::new();
-        for p in paths {
-            let name = p.display().to_string();
-            // A missing file is the normal case for most of the defaults; say which were looked at.
-            if let Ok(text) = std::fs::read_to_string(&p) {
-                entries.extend(parse_known_hosts(&text, &name));
-                names.push(name);
-            } else if self.opts.known_hosts.is_some() {
-                names.push(format!("{name} (unreadable)"));
-            }
-        }
-        (names, entries)
+        known_hosts_of(&paths, self.opts.known_hosts.is_some())
     }
 
     /// Agent identities, then the explicit identity, then the default key files, as `ssh` does.
@@ -461,16 +510,25 @@ impl Job {
                     Err(_) => eof_sent = true,
                 }
             }
-            for stream_id in [1, 0] {
-                let mut s = chan.stream(stream_id);
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        // stdout is not the daemon's channel to the front end (that is its TCP link).
-                        Ok(n) if stream_id == 1 => self.err.put(&buf[..n]),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Ended::Lost(e.to_string()),
+            // Reading one stream can queue the other's packets inside libssh2, where no socket
+            // event announces them: go round until neither stream has anything.
+            let mut progress = true;
+            while progress {
+                progress = false;
+                for stream_id in [1, 0] {
+                    let mut s = chan.stream(stream_id);
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            // stdout is not the daemon's channel to the front end (that is its TCP link).
+                            Ok(n) if stream_id == 1 => {
+                                self.err.put(&buf[..n]);
+                                progress = true;
+                            }
+                            Ok(_) => progress = true,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Ended::Lost(e.to_string()),
+                        }
                     }
                 }
             }
@@ -643,6 +701,18 @@ fn parse_known_hosts(text: &str, source: &str) -> Vec<KnownEntry> {
 /// Whether an entry's host patterns name `host` (`[host]:port` entries, and plain names for any port),
 /// including hashed `|1|salt|hash` names, by asking libssh2 about that one line and its own key.
 fn entry_matches(sess: &Session, e: &KnownEntry, host: &str, port: u16) -> bool {
+    may_name(&e.hosts, host) && libssh2_matches(sess, e, host, port)
+}
+
+/// Whether an entry's host list can name `host` at all. libssh2 compares plain names whole (and
+/// IPv6 addresses by value), so a list whose text does not contain the name cannot match it;
+/// skipping those spares a libssh2 parse per entry per node and address, which with a cluster-wide
+/// `/etc/ssh/ssh_known_hosts` grows as nodes x entries. Hashed lists and IPv6 hosts are left to it.
+fn may_name(hosts: &str, host: &str) -> bool {
+    hosts.starts_with('|') || host.contains(':') || hosts.contains(host)
+}
+
+fn libssh2_matches(sess: &Session, e: &KnownEntry, host: &str, port: u16) -> bool {
     if host.contains('\0') {
         return false;
     }
@@ -762,6 +832,26 @@ mod tests {
     }
 
     #[test]
+    fn known_hosts_are_parsed_once_until_a_file_changes() {
+        let dir = std::env::temp_dir().join(format!("rlaunch-kh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, missing) = (dir.join("a"), dir.join("missing"));
+        std::fs::write(&a, format!("n1 ssh-ed25519 {}\n", b64(&ed(1)))).unwrap();
+        let first = known_hosts_of(&[a.clone(), missing.clone()], false);
+        assert!(Arc::ptr_eq(&first, &known_hosts_of(&[a.clone(), missing.clone()], false)));
+        assert_eq!(first.names, vec![a.display().to_string()]);
+        // Named by the user, the missing file is said; that is another parse.
+        let named = known_hosts_of(std::slice::from_ref(&missing), true);
+        assert_eq!(named.names, vec![format!("{} (unreadable)", missing.display())]);
+        // A rewritten file (another size) is read again.
+        std::fs::write(&a, format!("n1 ssh-ed25519 {}\nn2 ssh-ed25519 {}\n", b64(&ed(1)), b64(&ed(2)))).unwrap();
+        let again = known_hosts_of(&[a.clone(), missing.clone()], false);
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(again.entries.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn key_type_from_blob() {
         assert_eq!(blob_key_type(&ed(7)), Some("ssh-ed25519"));
         assert_eq!(blob_key_type(&[0, 0, 0, 9, b'a']), None);
@@ -878,6 +968,18 @@ mod tests {
     }
 
     proptest! {
+        // The cheap filter never hides a line libssh2 would match.
+        #[test]
+        fn the_name_filter_only_skips_lines_that_cannot_match(
+            names in proptest::collection::vec("(n1|n11|N1|10\\.0\\.0\\.1|\\[n1\\]:2222|::1|0:0::1|cafe)", 1..4),
+            host in "(n1|n11|N1|10\\.0\\.0\\.1|::1|0::1|cafe|n)",
+            port in prop_oneof![Just(22u16), Just(2222u16)],
+        ) {
+            let sess = Session::new().unwrap();
+            let e = &entries(&format!("{} ssh-ed25519 {}\n", names.join(","), b64(&ed(1))))[0];
+            prop_assert!(may_name(&e.hosts, &host) || !libssh2_matches(&sess, e, &host, port), "{:?} {}", names, host);
+        }
+
         // Whatever is on file, a key is trusted only if a non-revoked, non-CA line naming the
         // host carries exactly that key, and a revoked key is never trusted.
         #[test]
