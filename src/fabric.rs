@@ -148,7 +148,7 @@ pub fn table_dir() -> PathBuf {
     }
 }
 
-/// Removes tables (and half-written temporaries) that daemons killed without cleanup (SIGKILL,
+/// Removes tables and topology files (and half-written temporaries) that daemons killed without cleanup (SIGKILL,
 /// power loss of the job) left in `dir`: rlaunch files older than `older_than` whose lock nobody
 /// holds. Files of other users are skipped (the sticky /dev/shm refuses the unlink). Returns
 /// what was removed.
@@ -157,8 +157,9 @@ pub fn sweep_stale_tables(dir: &Path, older_than: std::time::Duration) -> Vec<Pa
     let Ok(entries) = std::fs::read_dir(dir) else { return removed };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let table = name.ends_with(".tbl");
-        let temp = name.contains(".tbl.tmp.");
+        // Endpoint tables and the hwloc topology exports (daemon::topology) beside them.
+        let table = name.ends_with(".tbl") || name.ends_with(".xml");
+        let temp = name.contains(".tbl.tmp.") || name.contains(".xml.tmp.");
         if !name.starts_with("rlaunch-") || !(table || temp) || !crate::claim::older_than(&e, older_than) {
             continue;
         }
@@ -1851,14 +1852,21 @@ mod tests {
         let live = mk("rlaunch-rl-live-0.tbl", Some(old));
         let young = mk("rlaunch-rl-young-0.tbl", None);
         let other = mk("other-file.tbl", Some(old));
+        let dead_xml = mk("rlaunch-rl-dead-0.xml", Some(old));
+        let temp_xml = mk("rlaunch-rl-dead-1.xml.tmp.4242", Some(old));
+        let live_xml = mk("rlaunch-rl-live-0.xml", Some(old));
         let held = crate::claim::hold(&live).unwrap();
+        let held_xml = crate::claim::hold(&live_xml).unwrap();
         let mut removed = sweep_stale_tables(&dir, crate::claim::STALE_AFTER);
         removed.sort();
-        assert_eq!(removed, vec![dead.clone(), temp.clone()]);
-        assert!(live.exists() && young.exists() && other.exists());
+        assert_eq!(removed, vec![dead.clone(), dead_xml, temp.clone(), temp_xml]);
+        assert!(live.exists() && young.exists() && other.exists() && live_xml.exists());
+        drop(held_xml);
         // The daemon holding `live` dies: its lock goes with it, and the next sweep takes it.
         drop(held);
-        assert_eq!(sweep_stale_tables(&dir, crate::claim::STALE_AFTER), vec![live.clone()]);
+        let mut removed = sweep_stale_tables(&dir, crate::claim::STALE_AFTER);
+        removed.sort();
+        assert_eq!(removed, vec![live.clone(), live_xml]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

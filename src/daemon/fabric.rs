@@ -7,11 +7,15 @@
 //!
 //! The exchange's messages travel over the daemon links, or over RDMA links brought up for the
 //! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages.
+//!
+//! Besides the fabric's variables the ranks get the node's hardware topology, exported once
+//! ([`super::topology`]) while the launch message travels.
 
 use std::sync::Arc;
 
 use super::binding::Binding;
 use super::effect::Effect;
+use super::topology::{self, TopologyExport};
 use crate::fabric::{NodeFabric, Step};
 use crate::job::JobView;
 use crate::spec::StartupTransport;
@@ -31,21 +35,42 @@ pub struct Fabric {
     rdma: Option<StartupRdma>,
     /// Wakes the daemon's loop from the RDMA carrier thread.
     wake: Arc<dyn Fn() + Send + Sync>,
+    topology: TopologyExport,
+    /// Which local ranks get the topology, and where it goes (known from the launch).
+    topology_wanted: Vec<bool>,
+    topology_path: std::path::PathBuf,
+    /// Every local rank's variables, once the ranks may start.
+    env: Vec<Vec<(String, String)>>,
 }
 
 impl Fabric {
     pub fn new(node: u32, topo: &Topology, wake: Arc<dyn Fn() + Send + Sync>) -> Fabric {
-        Fabric { inner: NodeFabric::new(node, topo), binding: Binding::default(), refused: None, node, rdma: None, wake }
+        Fabric {
+            inner: NodeFabric::new(node, topo),
+            binding: Binding::default(),
+            refused: None,
+            node,
+            rdma: None,
+            wake,
+            topology: TopologyExport::default(),
+            topology_wanted: Vec::new(),
+            topology_path: std::path::PathBuf::new(),
+            env: Vec::new(),
+        }
     }
 
-    /// Reads this host's fabrics and CPU topology; called while the launch message travels.
+    /// Reads this host's fabrics and CPU topology; called while the launch message travels. The
+    /// hwloc export runs meanwhile in its own thread.
     pub fn discover(&mut self) {
+        self.topology.start();
         self.binding.discover();
         self.inner.discover();
     }
 
     /// After the launch message: place the local ranks, then contribute this node's inventory.
     pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
+        self.topology_wanted = topology::wanted(job, &topology::inherited_prefix);
+        self.topology_path = topology::xml_path(&crate::fabric::table_dir(), &job.launch().job_id, self.node);
         let mut fx = match self.binding.on_launch(job) {
             Ok(fx) => fx,
             // Without the exchange nobody else can refuse: at once, before any rank starts.
@@ -67,7 +92,7 @@ impl Fabric {
         }
         let step = self.inner.on_launch(job);
         let step = self.route(step);
-        fx.extend(self.unless_refused(step));
+        fx.extend(self.out(step));
         fx
     }
 
@@ -103,7 +128,7 @@ impl Fabric {
                     let from_child = (Some(from) != parent).then(|| from - 1);
                     let step = self.inner.on_message(from_child, &data);
                     let step = self.route(step);
-                    fx.extend(self.unless_refused(step));
+                    fx.extend(self.out(step));
                 }
                 // The front end says which transport the job used.
                 Out::Decided(_) => {}
@@ -128,6 +153,35 @@ impl Fabric {
         self.carry_out(outs)
     }
 
+    /// What leaves the service: the held refusal instead of starting the ranks, and before they
+    /// start, their variables.
+    fn out(&mut self, fx: Vec<Effect>) -> Vec<Effect> {
+        let fx = self.unless_refused(fx);
+        if fx.contains(&Effect::StartRanks) {
+            self.prepare_env();
+        }
+        fx
+    }
+
+    /// Every local rank's variables: the fabric's, and the topology for those that get it.
+    fn prepare_env(&mut self) {
+        let any = self.topology_wanted.iter().any(|&w| w);
+        if let Err(e) = self.topology.finish(any, std::mem::take(&mut self.topology_path)) {
+            // The ranks discover the topology for themselves, as they would without rlaunch.
+            super::say::say(Some(self.node), format_args!("the ranks discover the hardware topology themselves: {e}"));
+        }
+        let topo = self.topology.env();
+        self.env = (0..self.topology_wanted.len())
+            .map(|l| {
+                let mut env = self.inner.rank_env(l as u32).to_vec();
+                if self.topology_wanted[l] {
+                    env.extend(topo.iter().cloned());
+                }
+                env
+            })
+            .collect();
+    }
+
     /// `fx`, with the held refusal in place of starting the ranks.
     fn unless_refused(&mut self, fx: Vec<Effect>) -> Vec<Effect> {
         if self.refused.is_none() || !fx.contains(&Effect::StartRanks) {
@@ -147,7 +201,7 @@ impl Fabric {
     pub fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
         let step = self.inner.on_message(from_child, data);
         let fx = self.route(step);
-        self.unless_refused(fx)
+        self.out(fx)
     }
 
     /// The ranks wait for the table (the node is not done meanwhile, unless the job is ending).
@@ -155,14 +209,15 @@ impl Fabric {
         self.inner.holds_ranks()
     }
 
-    /// The fabric variables of local rank `l`.
+    /// The variables local rank `l` gets from the fabric and the topology export.
     pub fn rank_env(&self, l: u32) -> &[(String, String)] {
-        self.inner.rank_env(l)
+        self.env.get(l as usize).map_or(&[], Vec::as_slice)
     }
 
-    /// The node's endpoint table file, once written.
-    pub fn table_path(&self) -> Option<&std::path::Path> {
-        self.inner.table_path()
+    /// The node's files the ranks read (endpoint table, topology), once written: the guard
+    /// removes them should the daemon be killed.
+    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.inner.table_path().into_iter().chain(self.topology.path())
     }
 
     /// The job's fabric, once the exchange chose it.
