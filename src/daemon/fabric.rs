@@ -9,7 +9,9 @@
 //! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages.
 //!
 //! Besides the fabric's variables the ranks get the node's hardware topology, exported once
-//! ([`super::topology`]) while the launch message travels.
+//! ([`super::topology`]) while the launch message travels, and, when the whole job is on this
+//! node, UCX's transports ([`crate::fabric::ucx_tls`]). Both come from this node's own knowledge
+//! and the launch message, never from the exchange.
 
 use std::sync::Arc;
 
@@ -39,6 +41,8 @@ pub struct Fabric {
     /// Which local ranks get the topology, and where it goes (known from the launch).
     topology_wanted: Vec<bool>,
     topology_path: std::path::PathBuf,
+    /// `UCX_TLS` for the local ranks whose user set no `UCX_*` (by local rank).
+    ucx: Vec<Option<&'static str>>,
     /// Every local rank's variables, once the ranks may start.
     env: Vec<Vec<(String, String)>>,
 }
@@ -55,6 +59,7 @@ impl Fabric {
             topology: TopologyExport::default(),
             topology_wanted: Vec::new(),
             topology_path: std::path::PathBuf::new(),
+            ucx: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -69,7 +74,11 @@ impl Fabric {
 
     /// After the launch message: place the local ranks, then contribute this node's inventory.
     pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
-        self.topology_wanted = topology::wanted(job, &topology::inherited_prefix);
+        self.topology_wanted = topology::wanted(job, &crate::fabric::inherited_prefix);
+        let local = job.local_ranks().len() as u32;
+        let tls = crate::fabric::ucx_tls(local == job.map().size(), local, shm_free());
+        let users = crate::fabric::user_sets(job, "UCX_", &crate::fabric::inherited_prefix);
+        self.ucx = users.into_iter().map(|set| tls.filter(|_| !set)).collect();
         self.topology_path = topology::xml_path(&crate::fabric::table_dir(), &job.launch().job_id, self.node);
         let mut fx = match self.binding.on_launch(job) {
             Ok(fx) => fx,
@@ -177,6 +186,9 @@ impl Fabric {
                 if self.topology_wanted[l] {
                     env.extend(topo.iter().cloned());
                 }
+                if let Some(tls) = self.ucx.get(l).copied().flatten() {
+                    env.push(("UCX_TLS".into(), tls.into()));
+                }
                 env
             })
             .collect();
@@ -224,6 +236,12 @@ impl Fabric {
     pub fn chosen(&self) -> Option<fabrics::Fabric> {
         self.inner.chosen()
     }
+}
+
+/// Free bytes in /dev/shm, where UCX's POSIX transport puts its segments.
+fn shm_free() -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs("/dev/shm").ok()?;
+    Some(s.blocks_available().saturating_mul(s.fragment_size()))
 }
 
 fn effects(step: Step) -> Vec<Effect> {

@@ -16,34 +16,12 @@ use fabrics::hwloc::{export_xml, ExportError, LIBHWLOC};
 
 use crate::job::JobView;
 
-/// Whether the user configures hwloc for one rank: `names` are the variables the rank's
-/// environment changes name (the job's copy and its context's `-x`), and `inherited(prefix)` says
-/// whether the daemon's own environment has a variable whose name starts with `prefix`.
-pub fn user_configures_hwloc<'a>(names: impl IntoIterator<Item = &'a str>, inherited: &dyn Fn(&str) -> bool) -> bool {
-    names.into_iter().any(|n| n.starts_with("HWLOC_")) || inherited("HWLOC_")
-}
-
-/// Which local ranks get the exported topology, by local rank.
+/// Which local ranks get the exported topology, by local rank: those whose user set no
+/// `HWLOC_*` variable, when there are two or more.
 pub fn wanted(job: &JobView, inherited: &dyn Fn(&str) -> bool) -> Vec<bool> {
-    let launch = job.launch();
-    let map = job.map();
-    let local = job.local_ranks();
-    if local.len() < 2 {
-        return vec![false; local.len()];
-    }
-    local
-        .iter()
-        .map(|&r| {
-            let app = &launch.apps[map.rank(r).app as usize];
-            let job_env = if app.without_job_env { &[][..] } else { &launch.env[..] };
-            !user_configures_hwloc(job_env.iter().chain(app.env.iter()).map(|(k, _)| k.as_str()), inherited)
-        })
-        .collect()
-}
-
-/// Whether the daemon's own environment has a variable whose name starts with `prefix`.
-pub fn inherited_prefix(prefix: &str) -> bool {
-    std::env::vars_os().any(|(k, _)| k.to_str().is_some_and(|k| k.starts_with(prefix)))
+    let users = crate::fabric::user_sets(job, "HWLOC_", inherited);
+    let several = users.len() >= 2;
+    users.into_iter().map(|set| several && !set).collect()
 }
 
 /// The file of node `node` of job `job_id` in `dir` (next to its endpoint table).
@@ -187,9 +165,8 @@ mod tests {
 
     #[test]
     fn only_hwloc_names_count() {
-        let none = |_: &str| false;
-        assert!(!user_configures_hwloc(["PATH", "HWLOCX", "UCX_TLS"], &none));
-        assert!(user_configures_hwloc(["PATH", "HWLOC_THISSYSTEM"], &none));
+        let job = fixture::view(fixture::launch("j", 1, 2, vec![app(2, &[("HWLOCX", "1"), ("UCX_TLS", "tcp")])]), 0);
+        assert_eq!(wanted(&job, &|_: &str| false), vec![true, true]);
     }
 
     #[test]
