@@ -9,7 +9,7 @@
 //! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages.
 //!
 //! Besides the fabric's variables the ranks get the node's hardware topology, exported once
-//! ([`super::topology`]) while the launch message travels, and, when the whole job is on this
+//! ([`super::topology`]) while the exchange runs, and, when the whole job is on this
 //! node, UCX's transports ([`crate::fabric::ucx_tls`]). Both come from this node's own knowledge
 //! and the launch message, never from the exchange.
 
@@ -64,21 +64,27 @@ impl Fabric {
         }
     }
 
-    /// Reads this host's fabrics and CPU topology; called while the launch message travels. The
-    /// hwloc export runs meanwhile in its own thread.
+    /// Reads this host's fabrics and CPU topology; called while the launch message travels.
     pub fn discover(&mut self) {
-        self.topology.start();
         self.binding.discover();
         self.inner.discover();
     }
 
     /// After the launch message: place the local ranks, then contribute this node's inventory.
     pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
-        self.topology_wanted = topology::wanted(job, &crate::fabric::inherited_prefix);
+        // Both only for MPI programs: their world is the job (see `ucx_tls`), and for anything
+        // else the export would be pure cost.
+        let mut is_mpi: Vec<Option<bool>> = vec![None; job.launch().apps.len()];
+        let mut mpi = |app: u32| *is_mpi[app as usize].get_or_insert_with(|| topology::links_mpi(job, app));
+        self.topology_wanted = topology::wanted(job, &crate::fabric::inherited_prefix, &mut mpi);
+        if self.topology_wanted.contains(&true) {
+            self.topology.start();
+        }
         let local = job.local_ranks().len() as u32;
         let tls = crate::fabric::ucx_tls(local == job.map().size(), local, shm_free());
         let users = crate::fabric::user_sets(job, "UCX_", &crate::fabric::inherited_prefix);
-        self.ucx = users.into_iter().map(|set| tls.filter(|_| !set)).collect();
+        let apps = job.local_ranks().iter().map(|&r| job.map().rank(r).app);
+        self.ucx = users.into_iter().zip(apps).map(|(set, app)| tls.filter(|_| !set && mpi(app))).collect();
         self.topology_path = topology::xml_path(&crate::fabric::table_dir(), &job.launch().job_id, self.node);
         let mut fx = match self.binding.on_launch(job) {
             Ok(fx) => fx,

@@ -4,10 +4,12 @@
 //! MPI_Init, any hwloc user) reads one small file instead of walking sysfs and its plugins. At
 //! 64 MPICH ranks on 2 cores that was most of the ranks' system time.
 //!
-//! The export starts in a thread when the daemon starts, overlapping the launch message's trip
-//! and the fabric discovery; the ranks wait for it only when they are to get it. A user who set
-//! any `HWLOC_*` variable (environment or `-x`) configures hwloc and gets neither variable; a
-//! single local rank gains nothing (its one discovery against the daemon's) and gets none either.
+//! Only MPI programs get it (as `--mpi auto` detects them), two or more on the node: a single rank
+//! gains nothing (its one discovery against the daemon's), and for anything else (`/bin/true`)
+//! the export in the daemon was pure cost: 256 `/bin/true` took 13% longer with it. A user who
+//! set any `HWLOC_*` variable (environment or `-x`) configures hwloc and gets neither variable.
+//! The export runs in a thread from the launch message on, while the fabric exchange and the PMI
+//! set-up go on; the ranks start once it is written.
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -17,11 +19,26 @@ use fabrics::hwloc::{export_xml, ExportError, LIBHWLOC};
 use crate::job::JobView;
 
 /// Which local ranks get the exported topology, by local rank: those whose user set no
-/// `HWLOC_*` variable, when there are two or more.
-pub fn wanted(job: &JobView, inherited: &dyn Fn(&str) -> bool) -> Vec<bool> {
+/// `HWLOC_*` variable and whose program is an MPI program (`mpi(app)`, by context), when there
+/// are two or more ranks here.
+pub fn wanted(job: &JobView, inherited: &dyn Fn(&str) -> bool, mpi: &mut dyn FnMut(u32) -> bool) -> Vec<bool> {
     let users = crate::fabric::user_sets(job, "HWLOC_", inherited);
     let several = users.len() >= 2;
-    users.into_iter().map(|set| several && !set).collect()
+    users.into_iter().zip(job.local_ranks()).map(|(set, &r)| several && !set && mpi(job.map().rank(r).app)).collect()
+}
+
+/// Whether context `app`'s program links an MPI library, as `--mpi auto` reads it (ELF
+/// `DT_NEEDED`, found through the ranks' PATH from their working directory). Everything else
+/// (`/bin/true`, scripts, interpreters) gets no export: its cost would buy nothing.
+pub fn links_mpi(job: &JobView, app: u32) -> bool {
+    let launch = job.launch();
+    let a = &launch.apps[app as usize];
+    let set = |k: &str| a.env.iter().chain(if a.without_job_env { &[][..] } else { &launch.env[..] }).find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let path = set("PATH").unwrap_or_else(|| std::env::var("PATH").ok());
+    let cwd = if a.cwd.is_empty() { std::env::current_dir().unwrap_or_default() } else { PathBuf::from(&a.cwd) };
+    let Some(program) = a.argv.first() else { return false };
+    crate::pmix::resolve_program(program, &cwd, path.as_deref())
+        .is_some_and(|p| matches!(crate::pmix::detect_file(&p), crate::pmix::Detected::Mpich(_) | crate::pmix::Detected::OpenMpi(_)))
 }
 
 /// The file of node `node` of job `job_id` in `dir` (next to its endpoint table).
@@ -143,30 +160,49 @@ mod tests {
         AppContext { argv: vec!["a".into()], env, cwd: "/".into(), np: Some(np), nodes: None, without_job_env: false }
     }
 
+    fn all_mpi(_: u32) -> bool {
+        true
+    }
+
     #[test]
     fn every_local_rank_gets_it_unless_its_user_configures_hwloc() {
         let none = |_: &str| false;
         let job = fixture::view(fixture::launch("j", 1, 4, vec![app(4, &[])]), 0);
-        assert_eq!(wanted(&job, &none), vec![true; 4]);
+        assert_eq!(wanted(&job, &none, &mut all_mpi), vec![true; 4]);
         // A user's own HWLOC_ setting wins: in the daemon's environment, -x, or the job's copy.
-        assert_eq!(wanted(&job, &|p| p == "HWLOC_"), vec![false; 4]);
+        assert_eq!(wanted(&job, &|p| p == "HWLOC_", &mut all_mpi), vec![false; 4]);
         let job = fixture::view(fixture::launch("j", 1, 4, vec![app(2, &[("HWLOC_XMLFILE", "/mine.xml")]), app(2, &[])]), 0);
-        assert_eq!(wanted(&job, &none), vec![false, false, true, true]);
+        assert_eq!(wanted(&job, &none, &mut all_mpi), vec![false, false, true, true]);
         let mut l = fixture::launch("j", 1, 4, vec![app(4, &[])]);
         l.env.push(("HWLOC_COMPONENTS".into(), Some("linux".into())));
-        assert_eq!(wanted(&fixture::view(l, 0), &none), vec![false; 4]);
+        assert_eq!(wanted(&fixture::view(l, 0), &none, &mut all_mpi), vec![false; 4]);
     }
 
     #[test]
-    fn a_single_local_rank_gets_nothing() {
+    fn a_single_local_rank_or_a_program_without_mpi_gets_nothing() {
+        let none = |_: &str| false;
         let job = fixture::view(fixture::launch("j", 2, 1, vec![app(2, &[])]), 1);
-        assert_eq!(wanted(&job, &|_: &str| false), vec![false]);
+        assert_eq!(wanted(&job, &none, &mut all_mpi), vec![false]);
+        let job = fixture::view(fixture::launch("j", 1, 4, vec![app(2, &[]), app(2, &[])]), 0);
+        assert_eq!(wanted(&job, &none, &mut |app| app == 1), vec![false, false, true, true]);
     }
 
     #[test]
     fn only_hwloc_names_count() {
         let job = fixture::view(fixture::launch("j", 1, 2, vec![app(2, &[("HWLOCX", "1"), ("UCX_TLS", "tcp")])]), 0);
-        assert_eq!(wanted(&job, &|_: &str| false), vec![true, true]);
+        assert_eq!(wanted(&job, &|_: &str| false, &mut all_mpi), vec![true, true]);
+    }
+
+    #[test]
+    fn programs_are_read_as_mpi_auto_reads_them() {
+        let mut a = app(2, &[]);
+        a.argv = vec!["true".into()];
+        let job = fixture::view(fixture::launch("j", 1, 2, vec![a]), 0);
+        assert!(!links_mpi(&job, 0), "/bin/true links no MPI library");
+        let mut a = app(2, &[]);
+        a.argv = vec!["/nonexistent/prog".into()];
+        let job = fixture::view(fixture::launch("j", 1, 2, vec![a]), 0);
+        assert!(!links_mpi(&job, 0), "an unreadable program is no MPI program");
     }
 
     #[test]
