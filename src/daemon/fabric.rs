@@ -18,6 +18,7 @@ use std::sync::Arc;
 use super::binding::Binding;
 use super::effect::Effect;
 use super::topology::{self, TopologyExport};
+use crate::pmix::Detected;
 use crate::fabric::{NodeFabric, Step};
 use crate::job::JobView;
 use crate::spec::StartupTransport;
@@ -74,9 +75,9 @@ impl Fabric {
     pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
         // Both only for MPI programs: their world is the job (see `ucx_tls`), and for anything
         // else the export would be pure cost.
-        let mut is_mpi: Vec<Option<bool>> = vec![None; job.launch().apps.len()];
-        let mut mpi = |app: u32| *is_mpi[app as usize].get_or_insert_with(|| topology::links_mpi(job, app));
-        self.topology_wanted = topology::wanted(job, &crate::fabric::inherited_prefix, &mut mpi);
+        let mut detected: Vec<Option<Detected>> = vec![None; job.launch().apps.len()];
+        let mut mpi = |app: u32| detected[app as usize].get_or_insert_with(|| topology::program_mpi(job, app)).clone();
+        self.topology_wanted = topology::wanted(job, &crate::fabric::inherited_prefix, &mut |app| topology::reads_topology(&mpi(app)));
         if self.topology_wanted.contains(&true) {
             self.topology.start();
         }
@@ -84,7 +85,7 @@ impl Fabric {
         let tls = crate::fabric::ucx_tls(local == job.map().size(), local, shm_free());
         let users = crate::fabric::user_sets(job, "UCX_", &crate::fabric::inherited_prefix);
         let apps = job.local_ranks().iter().map(|&r| job.map().rank(r).app);
-        self.ucx = users.into_iter().zip(apps).map(|(set, app)| tls.filter(|_| !set && mpi(app))).collect();
+        self.ucx = users.into_iter().zip(apps).map(|(set, app)| tls.filter(|_| !set && !matches!(mpi(app), Detected::Unknown(_)))).collect();
         self.topology_path = topology::xml_path(&crate::fabric::table_dir(), &job.launch().job_id, self.node);
         let mut fx = match self.binding.on_launch(job) {
             Ok(fx) => fx,

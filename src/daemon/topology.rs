@@ -4,7 +4,8 @@
 //! MPI_Init, any hwloc user) reads one small file instead of walking sysfs and its plugins. At
 //! 64 MPICH ranks on 2 cores that was most of the ranks' system time.
 //!
-//! Only MPI programs get it (as `--mpi auto` detects them), two or more on the node: a single rank
+//! Only MPICH programs get it (as `--mpi auto` detects them; Open MPI takes the topology libpmix
+//! shares instead), two or more on the node: a single rank
 //! gains nothing (its one discovery against the daemon's), and for anything else (`/bin/true`)
 //! the export in the daemon was pure cost: 256 `/bin/true` took 13% longer with it. A user who
 //! set any `HWLOC_*` variable (environment or `-x`) configures hwloc and gets neither variable.
@@ -17,28 +18,41 @@ use std::thread::JoinHandle;
 use fabrics::hwloc::{export_xml, ExportError, LIBHWLOC};
 
 use crate::job::JobView;
+use crate::pmix::Detected;
 
 /// Which local ranks get the exported topology, by local rank: those whose user set no
-/// `HWLOC_*` variable and whose program is an MPI program (`mpi(app)`, by context), when there
-/// are two or more ranks here.
+/// `HWLOC_*` variable and whose program reads it (`mpi(app)`, by context: [`reads_topology`]),
+/// when there are two or more ranks here.
 pub fn wanted(job: &JobView, inherited: &dyn Fn(&str) -> bool, mpi: &mut dyn FnMut(u32) -> bool) -> Vec<bool> {
     let users = crate::fabric::user_sets(job, "HWLOC_", inherited);
     let several = users.len() >= 2;
     users.into_iter().zip(job.local_ranks()).map(|(set, &r)| several && !set && mpi(job.map().rank(r).app)).collect()
 }
 
-/// Whether context `app`'s program links an MPI library, as `--mpi auto` reads it (ELF
-/// `DT_NEEDED`, found through the ranks' PATH from their working directory). Everything else
-/// (`/bin/true`, scripts, interpreters) gets no export: its cost would buy nothing.
-pub fn links_mpi(job: &JobView, app: u32) -> bool {
+/// The MPI library context `app`'s program links, as `--mpi auto` reads it (ELF `DT_NEEDED`,
+/// found through the ranks' PATH from their working directory).
+pub fn program_mpi(job: &JobView, app: u32) -> Detected {
     let launch = job.launch();
     let a = &launch.apps[app as usize];
-    let set = |k: &str| a.env.iter().chain(if a.without_job_env { &[][..] } else { &launch.env[..] }).find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let path = set("PATH").unwrap_or_else(|| std::env::var("PATH").ok());
+    let job_env = if a.without_job_env { &[][..] } else { &launch.env[..] };
+    // The context's own -x comes last and wins, as it does for the rank.
+    let path = match a.env.iter().rev().chain(job_env.iter().rev()).find(|(n, _)| n == "PATH") {
+        Some((_, v)) => v.clone(),
+        None => std::env::var("PATH").ok(),
+    };
     let cwd = if a.cwd.is_empty() { std::env::current_dir().unwrap_or_default() } else { PathBuf::from(&a.cwd) };
-    let Some(program) = a.argv.first() else { return false };
-    crate::pmix::resolve_program(program, &cwd, path.as_deref())
-        .is_some_and(|p| matches!(crate::pmix::detect_file(&p), crate::pmix::Detected::Mpich(_) | crate::pmix::Detected::OpenMpi(_)))
+    let Some(program) = a.argv.first() else { return Detected::Unknown("no program".into()) };
+    match crate::pmix::resolve_program(program, &cwd, path.as_deref()) {
+        Some(p) => crate::pmix::detect_file(&p),
+        None => Detected::Unknown(format!("'{program}' is not in PATH")),
+    }
+}
+
+/// Whether a program of that MPI gets the topology: MPICH and its ABI kin load hwloc in
+/// MPI_Init. Open MPI adopts the topology libpmix shares (`daemon::pmix`), which leaves the file
+/// unread.
+pub fn reads_topology(d: &Detected) -> bool {
+    matches!(d, Detected::Mpich(_))
 }
 
 /// The file of node `node` of job `job_id` in `dir` (next to its endpoint table).
@@ -198,11 +212,18 @@ mod tests {
         let mut a = app(2, &[]);
         a.argv = vec!["true".into()];
         let job = fixture::view(fixture::launch("j", 1, 2, vec![a]), 0);
-        assert!(!links_mpi(&job, 0), "/bin/true links no MPI library");
+        assert!(matches!(program_mpi(&job, 0), Detected::Unknown(_)), "/bin/true links no MPI library");
         let mut a = app(2, &[]);
         a.argv = vec!["/nonexistent/prog".into()];
         let job = fixture::view(fixture::launch("j", 1, 2, vec![a]), 0);
-        assert!(!links_mpi(&job, 0), "an unreadable program is no MPI program");
+        assert!(matches!(program_mpi(&job, 0), Detected::Unknown(_)), "an unreadable program is no MPI program");
+        // A context's -x PATH is where its program is looked for.
+        let mut a = app(2, &[("PATH", "/nonexistent")]);
+        a.argv = vec!["true".into()];
+        let job = fixture::view(fixture::launch("j", 1, 2, vec![a]), 0);
+        assert_eq!(program_mpi(&job, 0), Detected::Unknown("'true' is not in PATH".into()));
+        assert!(reads_topology(&Detected::Mpich("libmpich.so.12".into())));
+        assert!(!reads_topology(&Detected::OpenMpi("libmpi.so.40".into())));
     }
 
     #[test]
