@@ -148,7 +148,7 @@ pub fn table_dir() -> PathBuf {
     }
 }
 
-/// Removes tables (and half-written temporaries) that daemons killed without cleanup (SIGKILL,
+/// Removes tables and topology files (and half-written temporaries) that daemons killed without cleanup (SIGKILL,
 /// power loss of the job) left in `dir`: rlaunch files older than `older_than` whose lock nobody
 /// holds. Files of other users are skipped (the sticky /dev/shm refuses the unlink). Returns
 /// what was removed.
@@ -157,8 +157,9 @@ pub fn sweep_stale_tables(dir: &Path, older_than: std::time::Duration) -> Vec<Pa
     let Ok(entries) = std::fs::read_dir(dir) else { return removed };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let table = name.ends_with(".tbl");
-        let temp = name.contains(".tbl.tmp.");
+        // Endpoint tables and the hwloc topology exports (daemon::topology) beside them.
+        let table = name.ends_with(".tbl") || name.ends_with(".xml");
+        let temp = name.contains(".tbl.tmp.") || name.contains(".xml.tmp.");
         if !name.starts_with("rlaunch-") || !(table || temp) || !crate::claim::older_than(&e, older_than) {
             continue;
         }
@@ -204,6 +205,48 @@ pub fn nic_env(fabric: Fabric, nic: &Nic) -> Vec<(&'static str, String)> {
         }
     }
     v
+}
+
+/// For each local rank of `job`, whether its user set a variable whose name starts with `prefix`:
+/// in the job's copy of the environment, its context's `-x`, or (`inherited(prefix)`) the
+/// daemon's own environment. A variable rlaunch would give is then left to the user entirely.
+pub fn user_sets(job: &crate::job::JobView, prefix: &str, inherited: &dyn Fn(&str) -> bool) -> Vec<bool> {
+    let launch = job.launch();
+    let map = job.map();
+    let from_daemon = inherited(prefix);
+    job.local_ranks()
+        .iter()
+        .map(|&r| {
+            let app = &launch.apps[map.rank(r).app as usize];
+            let job_env = if app.without_job_env { &[][..] } else { &launch.env[..] };
+            from_daemon || job_env.iter().chain(app.env.iter()).any(|(k, _)| k.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// Whether the daemon's own environment has a variable whose name starts with `prefix`.
+pub fn inherited_prefix(prefix: &str) -> bool {
+    std::env::vars_os().any(|(k, _)| k.to_str().is_some_and(|k| k.starts_with(prefix)))
+}
+
+/// Room UCX's shared-memory transport needs per local rank in /dev/shm, with margin: its
+/// receive FIFO and segments came to 4.3 MB per rank with UCX 1.13's defaults.
+pub const UCX_SHM_PER_RANK: u64 = 16 << 20;
+
+/// `UCX_TLS` for the ranks of a job that lives on this one node (`all_local`): nothing leaves
+/// the node, so UCX need not open its TCP transport, whose probing of every network interface
+/// was most of UCX's start-up in each rank (3242 system calls of an MPICH rank's 4060, 1354
+/// without it). SysV shared memory goes too when /dev/shm has room (`shm_free` bytes) for the
+/// POSIX transport instead: every rank attaching every peer's SysV segment takes the kernel's
+/// one IPC lock (64 x 64 shmat/shmdt), and with more ranks than cores the ranks queued on it
+/// (a third of 64 MPICH ranks sat in shmget for over a second on 2 cores). Jobs across nodes
+/// get nothing: UCX's own choice among the fabrics stands.
+pub fn ucx_tls(all_local: bool, local_ranks: u32, shm_free: Option<u64>) -> Option<&'static str> {
+    if !all_local || local_ranks == 0 {
+        return None;
+    }
+    let room = shm_free.is_some_and(|free| free >= u64::from(local_ranks) * UCX_SHM_PER_RANK);
+    Some(if room { "^sysv,tcp" } else { "^tcp" })
 }
 
 /// Every local rank's fabric variables, in local-rank order. A variable the user set with `-x`
@@ -1851,15 +1894,59 @@ mod tests {
         let live = mk("rlaunch-rl-live-0.tbl", Some(old));
         let young = mk("rlaunch-rl-young-0.tbl", None);
         let other = mk("other-file.tbl", Some(old));
+        let dead_xml = mk("rlaunch-rl-dead-0.xml", Some(old));
+        let temp_xml = mk("rlaunch-rl-dead-1.xml.tmp.4242", Some(old));
+        let live_xml = mk("rlaunch-rl-live-0.xml", Some(old));
         let held = crate::claim::hold(&live).unwrap();
+        let held_xml = crate::claim::hold(&live_xml).unwrap();
         let mut removed = sweep_stale_tables(&dir, crate::claim::STALE_AFTER);
         removed.sort();
-        assert_eq!(removed, vec![dead.clone(), temp.clone()]);
-        assert!(live.exists() && young.exists() && other.exists());
+        assert_eq!(removed, vec![dead.clone(), dead_xml, temp.clone(), temp_xml]);
+        assert!(live.exists() && young.exists() && other.exists() && live_xml.exists());
+        drop(held_xml);
         // The daemon holding `live` dies: its lock goes with it, and the next sweep takes it.
         drop(held);
-        assert_eq!(sweep_stale_tables(&dir, crate::claim::STALE_AFTER), vec![live.clone()]);
+        let mut removed = sweep_stale_tables(&dir, crate::claim::STALE_AFTER);
+        removed.sort();
+        assert_eq!(removed, vec![live.clone(), live_xml]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn ucx_transports_only_for_jobs_on_one_node() {
+        let gib = Some(1u64 << 30);
+        assert_eq!(ucx_tls(false, 8, gib), None, "a job across nodes keeps UCX's own choice");
+        assert_eq!(ucx_tls(true, 0, gib), None);
+        assert_eq!(ucx_tls(true, 64, gib), Some("^sysv,tcp"));
+        // Too little /dev/shm for the POSIX transport: SysV stays.
+        assert_eq!(ucx_tls(true, 64, Some(64 << 20)), Some("^tcp"));
+        assert_eq!(ucx_tls(true, 4, Some(4 * UCX_SHM_PER_RANK)), Some("^sysv,tcp"));
+        assert_eq!(ucx_tls(true, 4, None), Some("^tcp"));
+    }
+
+    #[test]
+    fn the_users_own_variables_are_found_wherever_set() {
+        use crate::spec::AppContext;
+        let app = |np, env: &[&str]| AppContext {
+            argv: vec!["a".into()],
+            env: env.iter().map(|k| (k.to_string(), Some("x".to_string()))).collect(),
+            cwd: "/".into(),
+            np: Some(np),
+            nodes: None,
+            without_job_env: false,
+        };
+        let none = |_: &str| false;
+        let view = |l| crate::job::fixture::view(l, 0);
+        let l = crate::job::fixture::launch("j", 1, 4, vec![app(2, &["UCX_TLS"]), app(2, &["HWLOC_X"])]);
+        assert_eq!(user_sets(&view(l.clone()), "UCX_", &none), vec![true, true, false, false]);
+        assert_eq!(user_sets(&view(l.clone()), "HWLOC_", &none), vec![false, false, true, true]);
+        assert_eq!(user_sets(&view(l.clone()), "UCX_", &|p| p == "UCX_"), vec![true; 4]);
+        let mut l = l;
+        l.env.push(("UCX_NET_DEVICES".into(), Some("eth0".into())));
+        assert_eq!(user_sets(&view(l.clone()), "UCX_", &none), vec![true; 4]);
+        // -envnone: the job's copy does not reach that context's ranks.
+        l.apps[1].without_job_env = true;
+        assert_eq!(user_sets(&view(l), "UCX_", &none), vec![true, true, false, false]);
     }
 
     #[test]

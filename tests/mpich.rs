@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 const MPI_PROGRAMS: &[&str] =
-    &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_appnum", "mpi_no_finalize", "mpi_binding"];
+    &["mpi_hello", "mpi_allreduce", "mpi_ring", "mpi_barrier", "mpi_abort", "mpi_crash", "mpi_appnum", "mpi_no_finalize", "mpi_binding", "mpi_env"];
 const PMI_PROGRAMS: &[&str] = &["pmi_modex", "pmi2_client"];
 /// Processes of a failed job must be gone this soon after rlaunch exits.
 const CLEANUP: Duration = Duration::from_secs(5);
@@ -323,6 +323,94 @@ fn pmi_environment_of_a_rank() {
     let mut lines = o.stdout_lines();
     lines.sort();
     assert_eq!(lines, vec!["0 port", "1 port", "2 port"], "{o}");
+}
+
+/// What an MPICH rank gets from its daemon besides PMI: the node's topology as hwloc XML (with two
+/// or more ranks on the node, and libhwloc on it) and, when the whole job is on one node, UCX's
+/// transports without TCP. Each is left out for a rank whose user set any variable of that
+/// library, in rlaunch's environment or with -x; the file is gone once the job is.
+#[test]
+fn ranks_get_the_topology_and_ucx_transports_unless_the_user_set_their_own() {
+    let _serial = serial();
+    let Some(p) = mpi("mpi_env") else { return };
+    let s = Scratch::new("rankenv");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.push(&p);
+        let mut c = s.cmd(a);
+        // The developer's own HWLOC_*/UCX_* must not decide the answer.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HWLOC_") || k.starts_with("UCX_")) {
+            c.env_remove(k);
+        }
+        c.envs(env.iter().copied());
+        let o = common::Job::start(c, None).wait();
+        o.expect_code(0);
+        let mut lines: Vec<Vec<String>> = o.stdout_lines().iter().map(|l| l.split(' ').map(str::to_string).collect()).collect();
+        lines.sort();
+        lines
+    };
+    let lines = run(&["-np", "2"], &[]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let tls = lines[0][2].clone();
+    assert!(tls == "^sysv,tcp" || tls == "^tcp", "one node: UCX without TCP, got {lines:?}");
+    let hwloc = lines[0][0] != "-";
+    if hwloc {
+        let xml = &lines[0][0];
+        assert!(xml.starts_with("/dev/shm/rlaunch-rl-") && xml.ends_with("-0.xml"), "{lines:?}");
+        assert_eq!((lines[0][1].as_str(), lines[0][3].as_str()), ("1", "<?xml"), "{lines:?}");
+        assert_eq!(lines[0], lines[1], "one file for the node's ranks");
+        assert!(!std::path::Path::new(xml).exists(), "{xml} outlived its job");
+    } else {
+        eprintln!("no libhwloc.so.15 here: the topology half is not checked");
+    }
+    let none = || vec!["-".to_string(), "-".into(), tls.clone(), "-".into()];
+    // A single rank on its node gains nothing from the export.
+    assert_eq!(run(&["-np", "1"], &[]), vec![none()]);
+    // The user's own settings win, wherever they come from.
+    assert_eq!(run(&["-np", "2", "-x", "HWLOC_COMPONENTS=linux"], &[]), vec![none(), none()]);
+    for l in run(&["-np", "2"], &[("HWLOC_XMLFILE", "/nonexistent.xml")]) {
+        assert_eq!(l[..3], ["/nonexistent.xml", "-", &tls], "{l:?}");
+    }
+    for l in run(&["-np", "2", "-x", "UCX_TLS=self,sm"], &[]) {
+        assert_eq!(l[2], "self,sm", "{l:?}");
+    }
+    for l in run(&["-np", "2"], &[("UCX_NET_DEVICES", "lo")]) {
+        assert_eq!(l[2], "-", "{l:?}");
+        assert_eq!(l[0] != "-", hwloc, "{l:?}");
+    }
+    // Not an MPI program: nothing.
+    let o = s.run(["-np", "2", "sh", "-c", "echo ${HWLOC_XMLFILE:--} ${UCX_TLS:--}"]);
+    o.expect_code(0);
+    assert_eq!(o.stdout_lines(), vec!["- -", "- -"], "{o}");
+    // Across nodes UCX's own choice stands; each node's two ranks still share its topology.
+    let across = run(&with(local_nodes_list("a:2,b:2", 2), &["-np", "4"]).iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_eq!(across.len(), 4, "{across:?}");
+    for l in &across {
+        assert_eq!(l[2], "-", "{across:?}");
+        assert_eq!(l[0] != "-", hwloc, "{across:?}");
+    }
+}
+
+/// The topology file outlives a SIGKILLed daemon only until its guard sees the daemon go.
+#[test]
+fn a_sigkilled_daemons_topology_file_is_removed_by_its_guard() {
+    let _serial = serial();
+    let Some(p) = mpi("mpi_env") else { return };
+    let s = Scratch::new("guardxml");
+    let job = s.spawn(["-np", "2", &p, "60"]);
+    let ranks = || s.leftovers().into_iter().filter(|(_, c)| c.starts_with(p.as_str())).map(|(p, _)| p).collect::<Vec<_>>();
+    assert!(common::poll_until(Duration::from_secs(20), || ranks().len() == 2), "{:?}", s.leftovers());
+    let environ = std::fs::read(format!("/proc/{}/environ", ranks()[0])).unwrap_or_default();
+    let xml = environ.split(|&b| b == 0).find_map(|v| v.strip_prefix(b"HWLOC_XMLFILE".as_slice())?.strip_prefix(b"=".as_slice()).map(|p| String::from_utf8_lossy(p).into_owned()));
+    let Some(xml) = xml.map(PathBuf::from) else {
+        return eprintln!("SKIP: no libhwloc.so.15 here, no topology file");
+    };
+    assert!(xml.exists(), "{}", xml.display());
+    let daemons: Vec<u32> = s.leftovers().into_iter().filter(|(_, c)| c.contains("__daemon")).map(|(p, _)| p).collect();
+    assert_eq!(daemons.len(), 1, "{:?}", s.leftovers());
+    unsafe { libc::kill(daemons[0] as i32, libc::SIGKILL) };
+    assert!(common::poll_until(Duration::from_secs(5), || !xml.exists()), "{} is still there after its daemon was SIGKILLed", xml.display());
+    drop(job);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 //! - [`verbs`]: libibverbs loaded at run time, reporting "unavailable: <why>" instead of failing;
 //! - [`endpoints`]: the pure rule mapping every rank to a NIC, port and (for RDMA) GID;
 //! - [`table`]: the shared-memory file through which a daemon publishes endpoints to its ranks;
+//! - [`hwloc`]: the node's topology exported once as hwloc XML for its ranks (libhwloc loaded at run time);
 //! - [`topology`] and [`placement`]: a node's CPUs, caches, NUMA nodes and devices, and the pure
 //!   engine that gives each rank its CPUs, GPUs and NIC;
 //! - [`collective`]: a k-ary tree barrier/allgather as a pure state machine;
@@ -17,6 +18,7 @@ pub mod collective;
 pub mod cpuset;
 pub mod discover;
 pub mod endpoints;
+pub mod hwloc;
 pub mod placement;
 pub mod rdma;
 pub mod sim_link;

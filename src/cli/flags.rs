@@ -49,6 +49,11 @@ ENVIRONMENT OF EACH RANK:
   PWD is the rank's working directory; SSH_* variables reach a rank only through -x.
   RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
   NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
+  MPI programs (as --mpi auto reads them) get what their daemon knows, each left out for a rank
+  whose user set any variable of that library (environment or -x): with two or more MPICH ranks
+  on a node, HWLOC_XMLFILE (the node's hwloc topology, exported once by its daemon) and
+  HWLOC_THISSYSTEM=1; when the whole job is on one node, UCX_TLS=^sysv,tcp (^tcp when /dev/shm
+  has less than 16 MiB free per rank).
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.

@@ -7,11 +7,18 @@
 //!
 //! The exchange's messages travel over the daemon links, or over RDMA links brought up for the
 //! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages.
+//!
+//! Besides the fabric's variables the ranks get the node's hardware topology, exported once
+//! ([`super::topology`]) while the exchange runs, and, when the whole job is on this
+//! node, UCX's transports ([`crate::fabric::ucx_tls`]). Both come from this node's own knowledge
+//! and the launch message, never from the exchange.
 
 use std::sync::Arc;
 
 use super::binding::Binding;
 use super::effect::Effect;
+use super::topology::{self, TopologyExport};
+use crate::pmix::Detected;
 use crate::fabric::{NodeFabric, Step};
 use crate::job::JobView;
 use crate::spec::StartupTransport;
@@ -31,11 +38,31 @@ pub struct Fabric {
     rdma: Option<StartupRdma>,
     /// Wakes the daemon's loop from the RDMA carrier thread.
     wake: Arc<dyn Fn() + Send + Sync>,
+    topology: TopologyExport,
+    /// Which local ranks get the topology, and where it goes (known from the launch).
+    topology_wanted: Vec<bool>,
+    topology_path: std::path::PathBuf,
+    /// `UCX_TLS` for the local ranks whose user set no `UCX_*` (by local rank).
+    ucx: Vec<Option<&'static str>>,
+    /// Every local rank's variables, once the ranks may start.
+    env: Vec<Vec<(String, String)>>,
 }
 
 impl Fabric {
     pub fn new(node: u32, topo: &Topology, wake: Arc<dyn Fn() + Send + Sync>) -> Fabric {
-        Fabric { inner: NodeFabric::new(node, topo), binding: Binding::default(), refused: None, node, rdma: None, wake }
+        Fabric {
+            inner: NodeFabric::new(node, topo),
+            binding: Binding::default(),
+            refused: None,
+            node,
+            rdma: None,
+            wake,
+            topology: TopologyExport::default(),
+            topology_wanted: Vec::new(),
+            topology_path: std::path::PathBuf::new(),
+            ucx: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     /// Reads this host's fabrics and CPU topology; called while the launch message travels.
@@ -46,6 +73,20 @@ impl Fabric {
 
     /// After the launch message: place the local ranks, then contribute this node's inventory.
     pub fn on_launch(&mut self, job: &JobView) -> Vec<Effect> {
+        // Both only for MPI programs: their world is the job (see `ucx_tls`), and for anything
+        // else the export would be pure cost.
+        let mut detected: Vec<Option<Detected>> = vec![None; job.launch().apps.len()];
+        let mut mpi = |app: u32| detected[app as usize].get_or_insert_with(|| topology::program_mpi(job, app)).clone();
+        self.topology_wanted = topology::wanted(job, &crate::fabric::inherited_prefix, &mut |app| topology::reads_topology(&mpi(app)));
+        if self.topology_wanted.contains(&true) {
+            self.topology.start();
+        }
+        let local = job.local_ranks().len() as u32;
+        let tls = crate::fabric::ucx_tls(local == job.map().size(), local, shm_free());
+        let users = crate::fabric::user_sets(job, "UCX_", &crate::fabric::inherited_prefix);
+        let apps = job.local_ranks().iter().map(|&r| job.map().rank(r).app);
+        self.ucx = users.into_iter().zip(apps).map(|(set, app)| tls.filter(|_| !set && !matches!(mpi(app), Detected::Unknown(_)))).collect();
+        self.topology_path = topology::xml_path(&crate::fabric::table_dir(), &job.launch().job_id, self.node);
         let mut fx = match self.binding.on_launch(job) {
             Ok(fx) => fx,
             // Without the exchange nobody else can refuse: at once, before any rank starts.
@@ -67,7 +108,7 @@ impl Fabric {
         }
         let step = self.inner.on_launch(job);
         let step = self.route(step);
-        fx.extend(self.unless_refused(step));
+        fx.extend(self.out(step));
         fx
     }
 
@@ -103,7 +144,7 @@ impl Fabric {
                     let from_child = (Some(from) != parent).then(|| from - 1);
                     let step = self.inner.on_message(from_child, &data);
                     let step = self.route(step);
-                    fx.extend(self.unless_refused(step));
+                    fx.extend(self.out(step));
                 }
                 // The front end says which transport the job used.
                 Out::Decided(_) => {}
@@ -128,6 +169,38 @@ impl Fabric {
         self.carry_out(outs)
     }
 
+    /// What leaves the service: the held refusal instead of starting the ranks, and before they
+    /// start, their variables.
+    fn out(&mut self, fx: Vec<Effect>) -> Vec<Effect> {
+        let fx = self.unless_refused(fx);
+        if fx.contains(&Effect::StartRanks) {
+            self.prepare_env();
+        }
+        fx
+    }
+
+    /// Every local rank's variables: the fabric's, and the topology for those that get it.
+    fn prepare_env(&mut self) {
+        let any = self.topology_wanted.iter().any(|&w| w);
+        if let Err(e) = self.topology.finish(any, std::mem::take(&mut self.topology_path)) {
+            // The ranks discover the topology for themselves, as they would without rlaunch.
+            super::say::say(Some(self.node), format_args!("the ranks discover the hardware topology themselves: {e}"));
+        }
+        let topo = self.topology.env();
+        self.env = (0..self.topology_wanted.len())
+            .map(|l| {
+                let mut env = self.inner.rank_env(l as u32).to_vec();
+                if self.topology_wanted[l] {
+                    env.extend(topo.iter().cloned());
+                }
+                if let Some(tls) = self.ucx.get(l).copied().flatten() {
+                    env.push(("UCX_TLS".into(), tls.into()));
+                }
+                env
+            })
+            .collect();
+    }
+
     /// `fx`, with the held refusal in place of starting the ranks.
     fn unless_refused(&mut self, fx: Vec<Effect>) -> Vec<Effect> {
         if self.refused.is_none() || !fx.contains(&Effect::StartRanks) {
@@ -147,7 +220,7 @@ impl Fabric {
     pub fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
         let step = self.inner.on_message(from_child, data);
         let fx = self.route(step);
-        self.unless_refused(fx)
+        self.out(fx)
     }
 
     /// The ranks wait for the table (the node is not done meanwhile, unless the job is ending).
@@ -155,20 +228,27 @@ impl Fabric {
         self.inner.holds_ranks()
     }
 
-    /// The fabric variables of local rank `l`.
+    /// The variables local rank `l` gets from the fabric and the topology export.
     pub fn rank_env(&self, l: u32) -> &[(String, String)] {
-        self.inner.rank_env(l)
+        self.env.get(l as usize).map_or(&[], Vec::as_slice)
     }
 
-    /// The node's endpoint table file, once written.
-    pub fn table_path(&self) -> Option<&std::path::Path> {
-        self.inner.table_path()
+    /// The node's files the ranks read (endpoint table, topology), once written: the guard
+    /// removes them should the daemon be killed.
+    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.inner.table_path().into_iter().chain(self.topology.path())
     }
 
     /// The job's fabric, once the exchange chose it.
     pub fn chosen(&self) -> Option<fabrics::Fabric> {
         self.inner.chosen()
     }
+}
+
+/// Free bytes in /dev/shm, where UCX's POSIX transport puts its segments.
+fn shm_free() -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs("/dev/shm").ok()?;
+    Some(s.blocks_available().saturating_mul(s.fragment_size()))
 }
 
 fn effects(step: Step) -> Vec<Effect> {

@@ -22,6 +22,7 @@ mod pmix;
 mod ranks;
 mod say;
 mod spawn;
+mod topology;
 mod traces;
 mod tree_spawn;
 

@@ -244,9 +244,10 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
     let inherited: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
     let scrub = crate::pmix::scrub(interface, inherited.iter().map(String::as_str));
     let mut pids = Vec::with_capacity(job.local_ranks().len());
-    if let Some(table) = fabric.table_path() {
-        // The table outlives a SIGKILLed daemon otherwise (until a later job sweeps it).
-        guard.remove_at_end(node, table);
+    for file in fabric.files() {
+        // The table and the topology outlive a SIGKILLed daemon otherwise (until a later job
+        // sweeps them).
+        guard.remove_at_end(node, file);
     }
     for (li, &rank) in job.local_ranks().iter().enumerate() {
         if ranks.stop_spawning() {
