@@ -6,7 +6,7 @@
 use crate::link::{flush_blocking, Link};
 use crate::token;
 use crate::tree::{Hop, Router};
-use crate::wire::{Dir, JobKey, Msg};
+use crate::wire::{Dir, JobKey, Launch, Msg};
 use mio::{Interest, Registry, Token};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -81,6 +81,25 @@ impl Links {
             *at = Some(node);
             self.joined.insert(node, t);
         }
+    }
+
+    /// A daemon's child link `t`, not joined yet, brought `msg`. When it is the hello of a child
+    /// of this node, the link joins as that node: the hello gets the address the child came from
+    /// (where its own children will connect) and the child gets the launch, when it came already.
+    /// Ok(None): not a hello; Err(node): a hello of a node that is not a child here.
+    pub fn child_hello(&mut self, t: Token, msg: &mut Msg, peer_ip: Option<&str>, launch: Option<&Launch>) -> Result<Option<u32>, u32> {
+        let Msg::Hello { node, addr, listen_port, .. } = msg else { return Ok(None) };
+        if !self.router.is_child(*node) {
+            return Err(*node);
+        }
+        self.join(t, *node);
+        if addr.is_none() && *listen_port != 0 {
+            *addr = peer_ip.map(str::to_string);
+        }
+        if let Some(l) = launch {
+            self.send(Hop::Child(*node), &Msg::Launch(Box::new(l.clone())));
+        }
+        Ok(Some(*node))
     }
 
     /// After a rendezvous: the connection continues as `node`'s link, both directions afresh.

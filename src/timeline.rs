@@ -79,6 +79,15 @@ impl Phase {
     }
 }
 
+/// What a daemon's services tell its recorder (as an effect: they own no clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// A local rank's first PMI request or PMIx connection.
+    PmiInit(u32),
+    /// A PMI or PMIx fence completed here.
+    Fence,
+}
+
 /// One rank's marks, in microseconds on its daemon's clock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RankMarks {
@@ -108,8 +117,24 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(t0: Instant) -> Recorder {
-        Recorder { t0, marks: NodeMarks { phases: vec![(Phase::DaemonStart, 0)], ranks: Vec::new() } }
+    /// A daemon whose process started at `t0` and whose hello went just now.
+    pub fn joined(t0: Instant) -> Recorder {
+        let mut r = Recorder { t0, marks: NodeMarks { phases: vec![(Phase::DaemonStart, 0)], ranks: Vec::new() } };
+        r.mark(Phase::Hello, Instant::now());
+        r
+    }
+
+    pub fn apply(&mut self, mark: Mark, at: Instant) {
+        match mark {
+            Mark::PmiInit(rank) => self.pmi_init(rank, at),
+            Mark::Fence => self.fence(at),
+        }
+    }
+
+    /// The ranks are done: the last phase, and every mark, to send up.
+    pub fn finish(&mut self) -> NodeMarks {
+        self.mark(Phase::RanksExited, Instant::now());
+        self.marks.clone()
     }
 
     fn us(&self, at: Instant) -> u64 {
@@ -158,6 +183,7 @@ impl Recorder {
         self.mark(Phase::LastFence, at);
     }
 
+    #[cfg(test)]
     pub fn marks(&self) -> &NodeMarks {
         &self.marks
     }
@@ -168,12 +194,6 @@ impl Recorder {
 pub struct Aligned {
     pub phases: Vec<(Phase, f64)>,
     pub ranks: Vec<(u32, Option<f64>, Option<f64>)>,
-}
-
-impl Aligned {
-    pub fn at(&self, phase: Phase) -> Option<f64> {
-        self.phases.iter().find(|(p, _)| *p == phase).map(|&(_, ms)| ms)
-    }
 }
 
 /// `marks` of a daemon whose hello reached the front end `hello_ms` after rlaunch started. None
@@ -187,15 +207,23 @@ pub fn align(marks: &NodeMarks, hello_ms: f64) -> Option<Aligned> {
     Some(Aligned { phases, ranks })
 }
 
-/// The `-v` line: for each phase, when the last node reached it (the launch's critical path),
+/// The front end's own marks of a node, before its daemon's phases.
+pub const FRONT_END_MARKS: [&str; 5] = ["start_requested", "ssh_connected", "ssh_keys_exchanged", "ssh_authenticated", "ssh_exec_sent"];
+
+/// A node's marks by name, in milliseconds since rlaunch started: the front end's own (from
+/// [`FRONT_END_MARKS`]) and its daemon's phases.
+pub type NamedMarks = Vec<(&'static str, f64)>;
+
+/// The `-v` line: for each mark, when the last node reached it (the launch's critical path),
 /// and which node that was when there is more than one.
-pub fn summary(nodes: &[(String, Aligned)]) -> Option<String> {
+pub fn summary(nodes: &[(String, NamedMarks)]) -> Option<String> {
     let mut parts = Vec::new();
-    for phase in Phase::ALL {
-        let last = nodes.iter().filter_map(|(n, a)| a.at(phase).map(|ms| (n, ms))).max_by(|a, b| a.1.total_cmp(&b.1));
+    for name in FRONT_END_MARKS.into_iter().chain(Phase::ALL.iter().map(|p| p.name())) {
+        let at = |marks: &NamedMarks| marks.iter().find(|(n, _)| *n == name).map(|&(_, ms)| ms);
+        let last = nodes.iter().filter_map(|(n, m)| at(m).map(|ms| (n, ms))).max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((node, ms)) = last {
             let who = if nodes.len() > 1 { format!(" ({node})") } else { String::new() };
-            parts.push(format!("{} {ms:.1}{who}", phase.name()));
+            parts.push(format!("{name} {ms:.1}{who}"));
         }
     }
     (!parts.is_empty()).then(|| format!("rlaunch: timeline, ms since start, last node to get there: {}", parts.join(", ")))
@@ -209,7 +237,7 @@ mod tests {
     #[test]
     fn first_phases_keep_the_first_mark_and_last_phases_the_latest() {
         let t0 = Instant::now();
-        let mut r = Recorder::new(t0);
+        let mut r = Recorder { t0, marks: NodeMarks { phases: vec![(Phase::DaemonStart, 0)], ranks: Vec::new() } };
         r.mark(Phase::LaunchReceived, t0 + Duration::from_millis(2));
         r.mark(Phase::LaunchReceived, t0 + Duration::from_millis(9));
         r.spawned(3, t0 + Duration::from_millis(4));
@@ -225,7 +253,7 @@ mod tests {
     #[test]
     fn a_rank_is_initialized_once() {
         let t0 = Instant::now();
-        let mut r = Recorder::new(t0);
+        let mut r = Recorder { t0, marks: NodeMarks { phases: vec![(Phase::DaemonStart, 0)], ranks: Vec::new() } };
         r.pmi_init(1, t0 + Duration::from_millis(5));
         r.pmi_init(1, t0 + Duration::from_millis(7));
         r.pmi_init(0, t0 + Duration::from_millis(6));
@@ -245,10 +273,10 @@ mod tests {
 
     #[test]
     fn the_summary_names_the_last_node_per_phase() {
-        let a = Aligned { phases: vec![(Phase::Hello, 3.0), (Phase::RanksExited, 9.0)], ranks: vec![] };
-        let b = Aligned { phases: vec![(Phase::Hello, 5.0), (Phase::RanksExited, 8.0)], ranks: vec![] };
+        let a: NamedMarks = vec![("hello", 3.0), ("ranks_exited", 9.0)];
+        let b: NamedMarks = vec![("ranks_exited", 8.0), ("ssh_connected", 1.0), ("hello", 5.0)];
         let line = summary(&[("n1".into(), a.clone()), ("n2".into(), b)]).unwrap();
-        assert_eq!(line, "rlaunch: timeline, ms since start, last node to get there: hello 5.0 (n2), ranks_exited 9.0 (n1)");
+        assert_eq!(line, "rlaunch: timeline, ms since start, last node to get there: ssh_connected 1.0 (n2), hello 5.0 (n2), ranks_exited 9.0 (n1)");
         assert_eq!(summary(&[("n1".into(), a)]).unwrap(), "rlaunch: timeline, ms since start, last node to get there: hello 3.0, ranks_exited 9.0");
         assert_eq!(summary(&[]), None);
     }

@@ -25,8 +25,8 @@ pub enum Effect {
     StartRanks,
     /// PMI or PMIx is ready for the local ranks: spawn them.
     SpawnRanks,
-    /// A local rank's first PMI request or PMIx connection, for the launch timeline.
-    PmiInit(u32),
+    /// For the launch timeline.
+    Mark(crate::timeline::Mark),
     /// A rank was reaped and its output drained: its last PMI words, then its exit, go up.
     RankExit { rank: u32, pid: u32, status: RankStatus },
 }

@@ -22,7 +22,6 @@ use crate::sig::SignalPipe;
 use crate::timeline::{Phase, Recorder};
 use crate::spec::StdinTarget;
 use crate::token::{self, Source};
-use crate::tree::Hop;
 use crate::wire::{Bootstrap, Launch, Msg, NodeFault};
 use anyhow::{Context, Result};
 use launchers::start::Notify;
@@ -100,8 +99,6 @@ impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
     pub fn run(t0: Instant) -> Result<i32> {
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
-        let mut timeline = Recorder::new(t0);
-        timeline.mark(Phase::Hello, Instant::now());
         let node = boot.node;
         let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
         let w = waker.clone();
@@ -127,7 +124,7 @@ impl Daemon {
             pmix: Pmix::new(node),
             fabric,
             traces: Traces::default(),
-            timeline,
+            timeline: Recorder::joined(t0),
             guard: Guard::default(),
             node_done_sent: false,
             orphaned: false,
@@ -228,11 +225,8 @@ impl Daemon {
                 Effect::Below(node, m) => self.links.down_subtree(Some(node), &m),
                 Effect::DownTo(nodes, m) => self.links.down_to(&nodes, &m),
                 Effect::Fault(text) => self.fault(text),
-                Effect::StartRanks => {
-                    self.timeline.mark(Phase::FabricReady, Instant::now());
-                    self.start_ranks()
-                }
-                Effect::PmiInit(rank) => self.timeline.pmi_init(rank, Instant::now()),
+                Effect::StartRanks => self.start_ranks(),
+                Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
                 Effect::SpawnRanks => self.spawn_ranks(),
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
@@ -272,12 +266,7 @@ impl Daemon {
             Msg::Stdin { data } => {
                 self.ranks.deliver_stdin(&data, registry);
                 // Only down the subtree of the one rank that reads it, when that rank is known.
-                let relay = Msg::Stdin { data };
-                match self.job.stdin_node() {
-                    Some(node) => self.links.down_subtree(Some(node), &relay),
-                    None => self.links.down(&relay),
-                }
-                return;
+                return self.links.down_subtree(self.job.stdin_node(), &Msg::Stdin { data });
             }
             Msg::Signal { signum } => {
                 self.ranks.signal_all(signum);
@@ -299,16 +288,8 @@ impl Daemon {
                 self.shutdown = true;
                 return;
             }
-            Msg::FenceDone { seq, puts } => {
-                self.timeline.fence(Instant::now());
-                self.pmi.fence_done(seq, puts, registry)
-            }
-            m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => {
-                if matches!(m, Msg::PmixFenceDone { .. }) {
-                    self.timeline.fence(Instant::now());
-                }
-                self.pmix.tree_msg(None, m)
-            }
+            Msg::FenceDone { seq, puts } => self.pmi.fence_done(seq, puts, registry),
+            m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
@@ -365,19 +346,14 @@ impl Daemon {
         }
         let mut node = self.links.node_of(t);
         for (mut msg, _) in msgs {
-            if let (Msg::Hello { node: n, addr, listen_port, .. }, None) = (&mut msg, node) {
-                if !self.links.router().is_child(*n) {
-                    say(Some(self.node), format_args!("node {n} is not a child of this daemon; dropping it"));
-                    lost = true;
-                    break;
-                }
-                self.links.join(t, *n);
-                node = Some(*n);
-                if addr.is_none() && *listen_port != 0 {
-                    *addr = peer_ip.clone();
-                }
-                if let Some(l) = self.job.launch() {
-                    self.links.send(Hop::Child(*n), &Msg::Launch(Box::new(l.clone())));
+            if node.is_none() {
+                match self.links.child_hello(t, &mut msg, peer_ip.as_deref(), self.job.launch()) {
+                    Ok(n) => node = n,
+                    Err(n) => {
+                        say(Some(self.node), format_args!("node {n} is not a child of this daemon; dropping it"));
+                        lost = true;
+                        break;
+                    }
                 }
             }
             self.child_msg(node, msg);
@@ -443,6 +419,7 @@ impl Daemon {
     /// The fabric exchange is over: set up PMI (then spawn) or PMIx (which spawns once libpmix
     /// has registered every local rank).
     fn start_ranks(&mut self) {
+        self.timeline.mark(Phase::FabricReady, Instant::now());
         let Some(job) = self.job.view() else { return };
         let registry = self.poll.registry();
         let started = if Pmix::wanted(job) {
@@ -498,8 +475,7 @@ impl Daemon {
             return;
         }
         self.node_done_sent = true;
-        self.timeline.mark(Phase::RanksExited, Instant::now());
-        self.links.up(&Msg::Timeline { node: self.node, marks: self.timeline.marks().clone() });
+        self.links.up(&Msg::Timeline { node: self.node, marks: self.timeline.finish() });
         self.links.up(&Msg::NodeDone { node: self.node });
     }
 

@@ -2,6 +2,7 @@
 //! tree ([`Fence`]) and, with `--pmi-lazy`, fetching keys other nodes hold.
 
 use super::effect::Effect;
+use crate::timeline::Mark;
 use crate::fence::{Fence, FenceError, Ready};
 use crate::job::JobView;
 use crate::pmi::host::{EnvOps, Mode, PmiHost, Prepared};
@@ -132,7 +133,7 @@ impl Pmi {
                         out.push(Effect::Up(Msg::KvsGet { from: self.node, key, round: 0 }));
                     }
                 }
-                Action::Initialized { rank, .. } => out.push(Effect::PmiInit(rank)),
+                Action::Initialized { rank, .. } => out.push(Effect::Mark(Mark::PmiInit(rank))),
                 // The engine keeps this state itself; the daemon needs nothing more.
                 Action::Finalized { .. } => {}
             }
@@ -155,7 +156,7 @@ impl Pmi {
         if let Err(e) = p.fence.done(seq) {
             return vec![Effect::Fault(e.to_string())];
         }
-        let mut out = Vec::new();
+        let mut out = vec![Effect::Mark(Mark::Fence)];
         let kids = p.fence.children().to_vec();
         if !kids.is_empty() {
             out.push(Effect::DownTo(kids, Msg::FenceDone { seq, puts: puts.clone() }));

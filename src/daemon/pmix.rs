@@ -9,6 +9,7 @@
 
 use super::binding::Binding;
 use super::effect::Effect;
+use crate::timeline::Mark;
 use crate::job::JobView;
 use crate::pmix::engine::{Engine, Out};
 use crate::pmix::ffi::{self, CallError, InFlight, InfoArray, Lib, ModexDone, OpDone, Upcall, Val};
@@ -288,7 +289,7 @@ impl Pmix {
             let e = &mut a.engine;
             let outs = match u {
                 Upcall::Connected { proc, done } => {
-                    out.push(Effect::PmiInit(proc.rank));
+                    out.push(Effect::Mark(Mark::PmiInit(proc.rank)));
                     e.connected(&proc, done)
                 }
                 Upcall::Finalized { proc, done } => e.finalized(&proc, done),
@@ -335,6 +336,7 @@ impl Pmix {
         }
         let Some(a) = self.active.as_mut() else { return Vec::new() };
         let e = &mut a.engine;
+        let mark = matches!(msg, Msg::PmixFenceDone { .. }).then_some(Effect::Mark(Mark::Fence));
         let outs = match msg {
             Msg::PmixFence { seq, puts } => match from {
                 Some(node) => e.child_fence(node, seq, puts),
@@ -345,7 +347,7 @@ impl Pmix {
             Msg::PmixDmodexResp { id, status, data, .. } => e.dmodex_reply(id, status, data),
             _ => Vec::new(),
         };
-        self.run(outs)
+        mark.into_iter().chain(self.run(outs)).collect()
     }
 
     /// Before a reaped rank's exit is reported.

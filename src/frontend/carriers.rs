@@ -75,6 +75,11 @@ impl Carriers {
         Ok(())
     }
 
+    /// When each step of `node`'s in-process ssh start ended, on the front end's clock.
+    pub fn start_phases(&self, node: u32) -> Option<launchers::start::StartPhases> {
+        Some(self.by_node.get(&node)?.process.phases.as_ref()?.get())
+    }
+
     /// Starts every node's daemon with one command (srun); kept as node 0's carrier.
     pub fn start_group(&mut self, starter: &GroupStarter, launch: &Launch, registry: &Registry) -> Result<(), StartError> {
         let boot = self.bootstrap(launch, self.front_end_addr(0), Bootstrap::ANY_NODE);

@@ -4,7 +4,7 @@
 
 use super::reporter::Progress;
 use crate::tree::Topology;
-use launchers::start::bracket_v6;
+use launchers::start::{bracket_v6, StartPhases};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default, Clone)]
@@ -32,6 +32,9 @@ pub struct NodeState {
     pub hello_ms: Option<f64>,
     /// Its launch phases on its own clock (`crate::timeline`), sent when its ranks are done.
     pub marks: Option<crate::timeline::NodeMarks>,
+    /// Its in-process ssh start's steps (`ssh_connected`, ...), in milliseconds since rlaunch
+    /// started.
+    pub ssh_ms: Vec<(&'static str, f64)>,
 }
 
 pub struct Daemons {
@@ -120,6 +123,32 @@ impl Daemons {
     pub fn launched(&mut self, node: u32, launch_bytes: u32) {
         if let Some(d) = self.nodes.get_mut(node as usize).filter(|_| launch_bytes > 0) {
             d.launch_bytes = launch_bytes;
+        }
+    }
+
+    /// `Timeline`: when `node`'s daemon reached each launch phase, on its clock.
+    pub fn timeline(&mut self, node: u32, marks: crate::timeline::NodeMarks) -> Vec<super::effect::Effect> {
+        if let Some(d) = self.nodes.get_mut(node as usize) {
+            d.marks = Some(marks);
+        }
+        Vec::new()
+    }
+
+    /// The start of `node`'s daemon was asked for, `ms` after rlaunch started.
+    pub fn started(&mut self, node: u32, ms: Option<f64>) {
+        if let Some(d) = self.nodes.get_mut(node as usize) {
+            (d.started, d.start_ms) = (true, ms);
+        }
+    }
+
+    /// Each node's in-process ssh steps (`phases` of a node: None when not started that way), in
+    /// milliseconds since `t0`, for the timeline.
+    pub fn note_ssh(&mut self, phases: impl Fn(u32) -> Option<StartPhases>, t0: Instant) {
+        let ms = |at: Option<Instant>| at.map(|at| at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+        for (node, d) in self.nodes.iter_mut().enumerate() {
+            let Some(p) = phases(node as u32) else { continue };
+            let steps = [("ssh_connected", p.connected), ("ssh_keys_exchanged", p.keys_exchanged), ("ssh_authenticated", p.authenticated), ("ssh_exec_sent", p.exec_sent)];
+            d.ssh_ms = steps.into_iter().filter_map(|(name, at)| Some((name, ms(at)?))).collect();
         }
     }
 

@@ -271,12 +271,7 @@ impl Frontend {
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
-            Msg::Timeline { node, marks } => {
-                if let Some(d) = self.daemons.get_mut(node) {
-                    d.marks = Some(marks);
-                }
-                Vec::new()
-            }
+            Msg::Timeline { node, marks } => self.daemons.timeline(node, marks),
             Msg::NodeDone { node } => self.daemons.finished(node),
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),
@@ -311,8 +306,7 @@ impl Frontend {
             self.daemons.get_mut(node).expect("checked above").launch_bytes = frame as u32;
         }
         let d = self.daemons.get_mut(node).expect("checked above");
-        (d.joined, d.pid, d.hostname, d.addr, d.listen_port) = (true, pid, hostname, addr, listen_port);
-        d.hello_ms = ms_since(self.plan.t0);
+        (d.joined, d.pid, d.hostname, d.addr, d.listen_port, d.hello_ms) = (true, pid, hostname, addr, listen_port, ms_since(self.plan.t0));
         self.reporter.detail(2, &format!("rlaunch: daemon of node {} connected (pid {pid})", self.job.node_name(node)));
         if self.daemons.all_joined() {
             self.timings.daemons_connected_ms = ms_since(self.plan.t0);
@@ -337,8 +331,7 @@ impl Frontend {
     fn start_daemon(&mut self, starter: &NodeStarter, node: u32, parent: String) {
         match self.carriers.start(starter, self.job.launch(), node, parent, self.poll.registry()) {
             Ok(()) => {
-                let d = self.daemons.get_mut(node).expect("node of the job");
-                (d.started, d.start_ms) = (true, ms_since(self.plan.t0));
+                self.daemons.started(node, ms_since(self.plan.t0));
                 if self.daemons.all_started() {
                     self.timings.daemons_started_ms = ms_since(self.plan.t0);
                 }
@@ -352,10 +345,7 @@ impl Frontend {
         let start_ms = ms_since(self.plan.t0);
         match self.carriers.start_group(starter, self.job.launch(), self.poll.registry()) {
             Ok(()) => {
-                for n in 0..self.daemons.len() as u32 {
-                    let d = self.daemons.get_mut(n).expect("node of the job");
-                    (d.started, d.start_ms) = (true, start_ms);
-                }
+                (0..self.daemons.len() as u32).for_each(|n| self.daemons.started(n, start_ms));
                 self.timings.daemons_started_ms = ms_since(self.plan.t0);
             }
             Err(e) => {
@@ -551,6 +541,7 @@ impl Frontend {
         }
         self.links.down(&Msg::Shutdown);
         self.links.flush_blocking(Duration::from_secs(2));
+        self.daemons.note_ssh(|n| self.carriers.start_phases(n), self.plan.t0);
         self.carriers.wait_all(EXIT_WAIT, &mut self.poll);
         self.timings.total_ms = ms_since(self.plan.t0);
         let exit_code = self.verdict.exit_code(self.ranks.all_reported());
@@ -565,9 +556,7 @@ impl Frontend {
             fabric: &self.fabric,
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
-        for line in summary {
-            self.reporter.detail(1, &line);
-        }
+        summary.iter().for_each(|line| self.reporter.detail(1, line));
         if let (Some(path), Some(json)) = (self.plan.report.clone(), json) {
             self.reporter.write_report(&path, &json);
         }

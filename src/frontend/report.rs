@@ -2,7 +2,7 @@
 //! fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
 
 use super::daemons::{Daemons, NodeState};
-use crate::timeline::{self, Aligned};
+use crate::timeline::{self, Aligned, NamedMarks};
 use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
@@ -50,13 +50,20 @@ pub struct ReportInput<'a> {
 
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
 pub fn summary_lines(r: &ReportInput) -> Vec<String> {
-    let nodes: Vec<(String, Aligned)> = r.daemons.iter().enumerate().filter_map(|(i, d)| Some((r.job.node_name(i as u32), node_timeline(d)?))).collect();
+    let nodes: Vec<(String, NamedMarks)> = r.daemons.iter().enumerate().map(|(i, d)| (r.job.node_name(i as u32), named_marks(d))).filter(|(_, m)| !m.is_empty()).collect();
     std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).collect()
 }
 
 /// A node's marks on the front end's clock, once it sent them.
 fn node_timeline(d: &NodeState) -> Option<Aligned> {
     timeline::align(d.marks.as_ref()?, d.hello_ms?)
+}
+
+/// Everything known of a node's launch, by name: the front end's marks, then its daemon's.
+fn named_marks(d: &NodeState) -> NamedMarks {
+    let own = d.start_ms.map(|ms| ("start_requested", ms)).into_iter().chain(d.ssh_ms.iter().copied());
+    let daemon = node_timeline(d).map(|a| a.phases.into_iter().map(|(p, ms)| (p.name(), ms)).collect::<Vec<_>>()).unwrap_or_default();
+    own.chain(daemon).collect()
 }
 
 fn summary_line(r: &ReportInput) -> String {
@@ -79,6 +86,9 @@ fn timeline_json(d: &NodeState) -> serde_json::Value {
     let mut t = serde_json::Map::new();
     t.insert("start_requested_ms".into(), json!(d.start_ms));
     t.insert("hello_received_ms".into(), json!(d.hello_ms));
+    for (name, ms) in &d.ssh_ms {
+        t.insert(format!("{name}_ms"), json!(ms));
+    }
     if let Some(a) = node_timeline(d) {
         for (phase, ms) in &a.phases {
             t.insert(format!("{}_ms", phase.name()), json!(ms));
