@@ -327,6 +327,12 @@ impl Daemon {
             _ => Vec::new(),
         };
         self.apply(fx);
+        // With this node's contribution on its way, libpmix starts on a thread of its own while
+        // the exchange runs.
+        if let Some(job) = self.job.view().filter(|j| Pmix::wanted(j) && !self.ranks.stop_spawning()) {
+            let fx = self.pmix.begin(job, &self.waker, self.fabric.binding());
+            self.apply(fx);
+        }
     }
 
     fn on_child(&mut self, t: Token, readable: bool, writable: bool) {
@@ -420,13 +426,13 @@ impl Daemon {
         }
     }
 
-    /// The fabric exchange is over: set up PMI (then spawn) or PMIx (which spawns once libpmix
-    /// has registered every local rank).
+    /// The fabric exchange is over: set up PMI (then spawn), or let PMIx spawn once libpmix has
+    /// registered every local rank (its server started at the launch).
     fn start_ranks(&mut self) {
         let Some(job) = self.job.view() else { return };
         let registry = self.poll.registry();
         let started = if Pmix::wanted(job) {
-            self.pmix.setup(job, &self.waker, self.fabric.binding())
+            Ok(self.pmix.want_ranks(job, &self.waker, self.fabric.binding()))
         } else {
             self.pmi.setup(job, registry).map(|()| vec![Effect::SpawnRanks])
         };
