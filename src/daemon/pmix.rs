@@ -429,6 +429,13 @@ impl Pmix {
             user_chose_pml(&so_far)
         });
         out.extend(crate::pmix::openmpi_fabric_env(fabric, user_chose).into_iter().map(|(k, v)| (k, Some(v))));
+        // The last change of a name is the one the rank sees; an inherited one counts unless
+        // removed.
+        let chose_hwloc = crate::pmix::HWLOC_PLUGIN_CHOICES.iter().any(|k| match env.iter().chain(out.iter()).rev().find(|(n, _)| n == k) {
+            Some((_, v)) => v.is_some(),
+            None => std::env::var_os(k).is_some(),
+        });
+        out.extend(crate::pmix::hwloc_plugin_env(chose_hwloc).into_iter().map(|(k, v)| (k, Some(v))));
         Ok(out)
     }
 
