@@ -45,8 +45,8 @@ pub struct Pmix {
     /// fast neighbour's direct modex request, a child's fence contribution): replayed then.
     /// `Some(node)`: from that child.
     early: Vec<(Option<u32>, Msg)>,
-    /// Whether the user picked Open MPI's PML or MTL, computed once (see `user_chose_pml`).
-    user_chose_pml: Option<bool>,
+    /// What the user set of Open MPI's MCA parameters, computed once (see `user_mca`).
+    user_mca: Option<UserMca>,
 }
 
 /// Whether `msg` is PMIx traffic between daemons (handled by [`Pmix::tree_msg`]).
@@ -54,25 +54,42 @@ pub fn is_tree_msg(msg: &Msg) -> bool {
     matches!(msg, Msg::PmixFence { .. } | Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. })
 }
 
-/// Whether the rank's environment (`env`: the changes to the daemon's own, which for a local
-/// start is the user's, as the rank gets them so far) or an Open MPI MCA parameter file names a
-/// PML or MTL. MPMD contexts with different `-x` sets are rare enough that the first rank's
-/// answer stands for the node.
-fn user_chose_pml(env: &[(String, Option<String>)]) -> bool {
+/// What the user decided about the Open MPI MCA parameters rlaunch would otherwise give PMIx
+/// ranks, from the rank's environment (`env`: the changes to the daemon's own, which for a local
+/// start is the user's, as the rank gets them so far) and Open MPI's MCA parameter files. MPMD
+/// contexts with different `-x` sets are rare enough that the first rank's answer stands for the
+/// node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UserMca {
+    /// A PML or MTL is named (see [`crate::pmix::openmpi_user_chose_pml`]).
+    pml: bool,
+    /// The frameworks of [`crate::pmix::OPENMPI_RTE_COMPONENTS`] the user set.
+    rte: Vec<&'static str>,
+}
+
+fn user_mca(env: &[(String, Option<String>)]) -> UserMca {
     let inherited: Vec<(String, String)> = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     // The last change of each name is the one the rank sees.
     let set: BTreeMap<&str, Option<&str>> = env.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-    let vars = inherited
+    let vars: Vec<(&str, &str)> = inherited
         .iter()
         .filter(|(n, _)| !set.contains_key(n.as_str()))
         .map(|(n, v)| (n.as_str(), v.as_str()))
-        .chain(set.iter().filter_map(|(k, v)| Some((*k, (*v)?))));
+        .chain(set.iter().filter_map(|(k, v)| Some((*k, (*v)?))))
+        .collect();
     let mut files: Vec<PathBuf> = vec![PathBuf::from("/etc/openmpi/openmpi-mca-params.conf")];
     if let Some(home) = std::env::var_os("HOME") {
         files.push(PathBuf::from(home).join(".openmpi/mca-params.conf"));
     }
     let texts: Vec<String> = files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect();
-    crate::pmix::openmpi_user_chose_pml(vars, &texts)
+    UserMca {
+        pml: crate::pmix::openmpi_user_chose_pml(vars.iter().copied(), &texts),
+        rte: crate::pmix::OPENMPI_RTE_COMPONENTS
+            .iter()
+            .map(|(fw, _)| *fw)
+            .filter(|fw| crate::pmix::openmpi_user_set(fw, vars.iter().copied(), &texts))
+            .collect(),
+    }
 }
 
 /// Where the registrations with libpmix stand. Step 0 is the job's namespace, step `k` local
@@ -203,7 +220,7 @@ fn step_call(job: &JobView, step: usize) -> (&'static str, String) {
 
 impl Pmix {
     pub fn new(node: u32) -> Pmix {
-        Pmix { node, active: None, starting: None, ranks_wanted: false, early: Vec::new(), user_chose_pml: None }
+        Pmix { node, active: None, starting: None, ranks_wanted: false, early: Vec::new(), user_mca: None }
     }
 
     /// Whether `job`'s ranks get PMIx.
@@ -424,11 +441,12 @@ impl Pmix {
             out.push((k, Some(v)));
         }
         out.extend(crate::pmix::openmpi_env(job.map(), rank, a.lazy).into_iter().map(|(k, v)| (k, Some(v))));
-        let user_chose = *self.user_chose_pml.get_or_insert_with(|| {
+        let user = self.user_mca.get_or_insert_with(|| {
             let so_far: EnvOps = env.iter().chain(out.iter()).cloned().collect();
-            user_chose_pml(&so_far)
+            user_mca(&so_far)
         });
-        out.extend(crate::pmix::openmpi_fabric_env(fabric, user_chose).into_iter().map(|(k, v)| (k, Some(v))));
+        out.extend(crate::pmix::openmpi_fabric_env(fabric, user.pml).into_iter().map(|(k, v)| (k, Some(v))));
+        out.extend(crate::pmix::openmpi_rte_env(&user.rte).into_iter().map(|(k, v)| (k, Some(v))));
         // The last change of a name is the one the rank sees; an inherited one counts unless
         // removed.
         let chose_hwloc = crate::pmix::HWLOC_PLUGIN_CHOICES.iter().any(|k| match env.iter().chain(out.iter()).rev().find(|(n, _)| n == k) {
