@@ -41,6 +41,8 @@ pub struct Pmix {
     active: Option<Active>,
     /// The fabric exchange is over: the ranks start once every registration completed.
     ranks_wanted: bool,
+    /// The server failed (and said so): no second start for this job.
+    gave_up: bool,
     /// Tree messages that arrived before this node's server was up and its ranks registered (a
     /// fast neighbour's direct modex request, a child's fence contribution): replayed then.
     /// `Some(node)`: from that child.
@@ -220,7 +222,7 @@ fn step_call(job: &JobView, step: usize) -> (&'static str, String) {
 
 impl Pmix {
     pub fn new(node: u32) -> Pmix {
-        Pmix { node, active: None, starting: None, ranks_wanted: false, early: Vec::new(), user_mca: None }
+        Pmix { node, active: None, starting: None, ranks_wanted: false, gave_up: false, early: Vec::new(), user_mca: None }
     }
 
     /// Whether `job`'s ranks get PMIx.
@@ -236,7 +238,8 @@ impl Pmix {
     /// started it at the end of the exchange. The registrations follow on the loop as soon as the
     /// server is up; [`Pmix::want_ranks`] says when the ranks may start.
     pub fn begin(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Vec<Effect> {
-        if self.active.is_some() || self.starting.is_some() {
+        // Once per job: a server that failed already said so, and is not started again.
+        if self.active.is_some() || self.starting.is_some() || self.gave_up {
             return Vec::new();
         }
         match self.start_server(job, waker, binding) {
@@ -326,10 +329,11 @@ impl Pmix {
         let lib = match s.init.done.try_recv() {
             Ok(Ok(lib)) => lib,
             Ok(Err(e)) => return self.failed(e),
-            Err(_) => {
+            Err(mpsc::TryRecvError::Empty) => {
                 self.starting = Some(s);
                 return Vec::new();
             }
+            Err(mpsc::TryRecvError::Disconnected) => return self.failed(anyhow!("starting the PMIx server: its thread ended without a word; internal error")),
         };
         if let Some(t) = s.init.handle.take() {
             let _ = t.join();
@@ -422,6 +426,7 @@ impl Pmix {
     fn failed(&mut self, e: anyhow::Error) -> Vec<Effect> {
         self.active = None;
         self.starting = None;
+        self.gave_up = true;
         vec![Effect::Fault(format!("{e:#}"))]
     }
 
@@ -672,6 +677,23 @@ mod tests {
         assert!(is_tree_msg(&req));
         assert_eq!(p.tree_msg(None, req.clone()), vec![Effect::Towards(4, req)]);
         assert!(!p.holds_ranks() && p.next_deadline().is_none());
+    }
+
+    #[test]
+    fn a_server_that_failed_is_not_started_again_and_holds_no_rank() {
+        use crate::spec::AppContext;
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(2), nodes: None, without_job_env: false };
+        let mut launch = crate::job::fixture::launch("rl-gave-up", 1, 2, vec![app]);
+        launch.pmi.interface = Interface::Pmix;
+        let job = crate::job::fixture::view(launch, 0);
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let mut p = Pmix::new(0);
+        let fx = p.failed(anyhow!("libpmix is broken"));
+        assert_eq!(fx, vec![Effect::Fault("libpmix is broken".into())]);
+        assert!(p.begin(&job, &waker, &Binding::default()).is_empty());
+        assert!(p.want_ranks(&job, &waker, &Binding::default()).is_empty(), "no spawn without a server");
+        assert!(p.starting.is_none() && p.active.is_none() && !p.holds_ranks() && p.next_deadline().is_none());
     }
 
     #[test]
