@@ -231,12 +231,13 @@ impl Pmix {
     }
 
     /// At the launch (the map and the local ranks' places are known): start this node's server
-    /// on a thread of its own, so that libpmix's start-up overlaps the fabric exchange and the
-    /// start of the other daemons instead of following them. Most of it is CPU: loading libpmix
-    /// and its plugins, and the node's hwloc topology discovery for `pmix.srvr.share`, 25 ms
-    /// here per daemon, 150-250 ms of wall time with 8 daemons on 2 cores when all of them
-    /// started it at the end of the exchange. The registrations follow on the loop as soon as the
-    /// server is up; [`Pmix::want_ranks`] says when the ranks may start.
+    /// on a thread of its own, so that libpmix's start-up overlaps the fabric exchange (and, on
+    /// nodes that got the launch early, the start of the later daemons) instead of following it.
+    /// It is CPU work, ~25 ms per daemon here: loading libpmix and hwloc's plugins, and the
+    /// node's hwloc topology discovery for `pmix.srvr.share` (most of it). Where daemons share
+    /// the CPUs (8 namespace nodes on 2 cores) that only moves the work; on separate machines it
+    /// leaves the critical path. The registrations follow on the loop as soon as the server is
+    /// up; [`Pmix::want_ranks`] says when the ranks may start.
     pub fn begin(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Vec<Effect> {
         // Once per job: a server that failed already said so, and is not started again.
         if self.active.is_some() || self.starting.is_some() || self.gave_up {
