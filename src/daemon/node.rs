@@ -301,8 +301,8 @@ impl Daemon {
         self.apply(fx);
     }
 
-    /// The launch message: pass it down, start the children's daemons (tree spawn), then
-    /// contribute to the fabric exchange, after which the ranks start.
+    /// The launch message: pass it down, start the children's daemons (tree spawn), contribute to
+    /// the fabric exchange, after which the ranks start, and start libpmix meanwhile (PMIx jobs).
     fn on_launch(&mut self, launch: Box<Launch>, frame_len: usize) {
         if self.job.launch().is_some() {
             return;
@@ -322,17 +322,11 @@ impl Daemon {
             self.apply(fx);
         }
         let fx = match (&self.job, map_error) {
-            (Job::Ready(job), _) => self.fabric.on_launch(job),
+            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding())].into_iter().flatten().collect(),
             (_, Some(e)) => vec![Effect::Fault(format!("computing the process map: {e}"))],
             _ => Vec::new(),
         };
         self.apply(fx);
-        // With this node's contribution on its way, libpmix starts on a thread of its own while
-        // the exchange runs.
-        if let Some(job) = self.job.view().filter(|j| Pmix::wanted(j) && !self.ranks.stop_spawning()) {
-            let fx = self.pmix.begin(job, &self.waker, self.fabric.binding());
-            self.apply(fx);
-        }
     }
 
     fn on_child(&mut self, t: Token, readable: bool, writable: bool) {

@@ -237,10 +237,10 @@ impl Pmix {
     /// node's hwloc topology discovery for `pmix.srvr.share` (most of it). Where daemons share
     /// the CPUs (8 namespace nodes on 2 cores) that only moves the work; on separate machines it
     /// leaves the critical path. The registrations follow on the loop as soon as the server is
-    /// up; [`Pmix::want_ranks`] says when the ranks may start.
+    /// up; [`Pmix::want_ranks`] says when the ranks may start. Nothing for a job without PMIx.
     pub fn begin(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Vec<Effect> {
         // Once per job: a server that failed already said so, and is not started again.
-        if self.active.is_some() || self.starting.is_some() || self.gave_up {
+        if !Pmix::wanted(job) || self.active.is_some() || self.starting.is_some() || self.gave_up {
             return Vec::new();
         }
         match self.start_server(job, waker, binding) {
