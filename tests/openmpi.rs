@@ -158,6 +158,68 @@ fn tcp_jobs_name_ob1_unless_the_user_chose() {
     assert_eq!(run(&["--fabric", "off"], &[]), both("pml=unset mtl=unset"));
 }
 
+/// PMIx ranks leave out hwloc's libxml2 plugin, unless the user decided about plugins or libxml2
+/// (environment or `-x`, including an empty value), and Open MPI still starts with it left out.
+#[test]
+fn pmix_ranks_skip_hwlocs_libxml_plugin_unless_the_user_chose() {
+    let _serial = serial();
+    let Some(hello) = ompi("mpi_hello") else { return };
+    let s = Scratch::new("ompi-hwloc-plugins");
+    let show = ["sh", "-c", "echo bl=${HWLOC_PLUGINS_BLACKLIST-unset}"];
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut a = vec!["-np".to_string(), "2".into(), "--mpi".into(), "pmix".into()];
+        a.extend(extra.iter().chain(show.iter()).map(|x| x.to_string()));
+        let mut c = s.cmd(a);
+        // The test process's own hwloc settings (a developer's shell) must not decide the answer.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HWLOC_")) {
+            c.env_remove(k);
+        }
+        c.envs(env.iter().copied());
+        let o = common::Job::start(c, None).wait();
+        o.expect_code(0);
+        o.stdout_lines().iter().map(|l| l.to_string()).collect::<Vec<_>>()
+    };
+    let both = |l: &str| vec![l.to_string(), l.to_string()];
+    assert_eq!(run(&[], &[]), both("bl=hwloc_xml_libxml"));
+    assert_eq!(run(&["-x", "HWLOC_PLUGINS_BLACKLIST=hwloc_gl"], &[]), both("bl=hwloc_gl"));
+    assert_eq!(run(&[], &[("HWLOC_PLUGINS_BLACKLIST", "")]), both("bl="), "an empty value is a choice");
+    assert_eq!(run(&[], &[("HWLOC_LIBXML_IMPORT", "1")]), both("bl=unset"));
+    assert_eq!(run(&["-x", "HWLOC_LIBXML=1"], &[]), both("bl=unset"));
+    let o = common::Job::start(s.cmd(args(4, &[&hello])), None).wait();
+    o.expect_code(0);
+    assert_eq!(o.stdout_lines().iter().filter(|l| l.starts_with("hello from rank ")).count(), 4);
+}
+
+/// PMIx ranks are told Open MPI's run-time components (ess, state, errmgr) unless the user set
+/// them (environment, `-x` or `--mca`, even empty), and Open MPI starts with them.
+#[test]
+fn pmix_ranks_get_their_rte_components_unless_the_user_set_them() {
+    let _serial = serial();
+    let Some(hello) = ompi("mpi_hello") else { return };
+    let s = Scratch::new("ompi-rte");
+    let show = ["sh", "-c", "echo ess=${OMPI_MCA_ess-unset} state=${OMPI_MCA_state-unset} errmgr=${OMPI_MCA_errmgr-unset}"];
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut a = vec!["-np".to_string(), "2".into(), "--mpi".into(), "pmix".into()];
+        a.extend(extra.iter().chain(show.iter()).map(|x| x.to_string()));
+        let mut c = s.cmd(a);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OMPI_MCA_")) {
+            c.env_remove(k);
+        }
+        c.envs(env.iter().copied());
+        let o = common::Job::start(c, None).wait();
+        o.expect_code(0);
+        o.stdout_lines().iter().map(|l| l.to_string()).collect::<Vec<_>>()
+    };
+    let both = |l: &str| vec![l.to_string(), l.to_string()];
+    assert_eq!(run(&[], &[]), both("ess=pmi state=app errmgr=default_app"));
+    assert_eq!(run(&["-x", "OMPI_MCA_ess=env"], &[]), both("ess=env state=app errmgr=default_app"));
+    assert_eq!(run(&["--mca", "errmgr", "x"], &[]), both("ess=pmi state=app errmgr=x"));
+    assert_eq!(run(&[], &[("OMPI_MCA_state", "")]), both("ess=pmi state= errmgr=default_app"), "an empty value is a choice");
+    let o = common::Job::start(s.cmd(args(4, &[&hello])), None).wait();
+    o.expect_code(0);
+    assert_eq!(o.stdout_lines().iter().filter(|l| l.starts_with("hello from rank ")).count(), 4);
+}
+
 /// A SIGKILLed daemon cannot remove its PMIx directory (libpmix's shared-memory store and the
 /// topology): the next PMIx job on the node sweeps such leftovers, and leaves a directory alone
 /// while a daemon holds it.

@@ -439,7 +439,13 @@ of each discovering it. When the job's fabric is TCP (see --fabric), they also g
 the transport Open MPI picks there anyway, so that no rank probes for absent InfiniBand/Omni-Path \
 hardware; an OMPI_MCA_pml or OMPI_MCA_mtl of yours (environment or -x) or a pml/mtl selection in \
 /etc/openmpi/openmpi-mca-params.conf or ~/.openmpi/mca-params.conf wins (an exclusion list such as \
-^ucx is no selection).\n\
+^ucx is no selection). They also get HWLOC_PLUGINS_BLACKLIST=hwloc_xml_libxml: hwloc loads its \
+plugins in every rank, though the topology comes from libpmix, and the libxml2 one alone brings \
+libxml2, ICU and libstdc++ (hwloc then reads XML with its own parser); a HWLOC_PLUGINS_BLACKLIST, \
+HWLOC_LIBXML, HWLOC_LIBXML_IMPORT or HWLOC_LIBXML_EXPORT of yours (environment or -x) wins. And they \
+get OMPI_MCA_ess=pmi, OMPI_MCA_state=app and OMPI_MCA_errmgr=default_app, the run-time components \
+every rank under rlaunch ends up with, so that none opens the other eleven; each of yours (environment, \
+-x, --mca, or a line in an MCA parameter file above) wins.\n\
 With --pmi-lazy, Open MPI ranks use their asynchronous modex (OMPI_MCA_pmix_base_async_modex=1, \
 OMPI_MCA_pmix_base_collect_data=0): fences carry no data and each peer's data is fetched from its node \
 on first use. Open MPI's own developers call skipping the fence unsupported (openpmix issue 2904), so it \

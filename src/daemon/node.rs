@@ -300,8 +300,8 @@ impl Daemon {
         self.apply(fx);
     }
 
-    /// The launch message: pass it down, start the children's daemons (tree spawn), then
-    /// contribute to the fabric exchange, after which the ranks start.
+    /// The launch message: pass it down, start the children's daemons (tree spawn), contribute to
+    /// the fabric exchange, after which the ranks start, and start libpmix meanwhile (PMIx jobs).
     fn on_launch(&mut self, launch: Box<Launch>, frame_len: usize) {
         if self.job.launch().is_some() {
             return;
@@ -323,7 +323,7 @@ impl Daemon {
             self.apply(fx);
         }
         let fx = match (&self.job, map_error) {
-            (Job::Ready(job), _) => self.fabric.on_launch(job),
+            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding())].into_iter().flatten().collect(),
             (_, Some(e)) => vec![Effect::Fault(format!("computing the process map: {e}"))],
             _ => Vec::new(),
         };
@@ -416,14 +416,14 @@ impl Daemon {
         }
     }
 
-    /// The fabric exchange is over: set up PMI (then spawn) or PMIx (which spawns once libpmix
-    /// has registered every local rank).
+    /// The fabric exchange is over: set up PMI (then spawn), or let PMIx spawn once libpmix has
+    /// registered every local rank (its server started at the launch).
     fn start_ranks(&mut self) {
         self.timeline.mark(Phase::FabricReady, Instant::now());
         let Some(job) = self.job.view() else { return };
         let registry = self.poll.registry();
         let started = if Pmix::wanted(job) {
-            self.pmix.setup(job, &self.waker, self.fabric.binding())
+            Ok(self.pmix.want_ranks(job, &self.waker, self.fabric.binding()))
         } else {
             self.pmi.setup(job, registry).map(|()| vec![Effect::SpawnRanks])
         };

@@ -5,7 +5,8 @@
 //! an [`Upcall`] and this file's sink puts it on a channel and wakes the event loop
 //! ([`crate::token::WAKE`]); the loop hands it to [`Pmix::on_wake`]. No job state is shared
 //! between the threads. The registrations of the job and of every local rank complete the same
-//! way, one after the other, so the loop never waits for libpmix.
+//! way, one after the other, so the loop never waits for libpmix. `PMIx_server_init` itself, which
+//! blocks, runs on a thread of its own from the launch on (see [`Pmix::begin`]).
 
 use super::binding::Binding;
 use super::effect::Effect;
@@ -26,19 +27,29 @@ use std::time::{Duration, Instant};
 /// How long one registration with libpmix may take before the node gives up on the job.
 const REGISTER_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a job that ends while libpmix is starting waits for that start, to stop the server
+/// cleanly.
+const INIT_DRAIN: Duration = Duration::from_secs(2);
+
 /// Environment changes, in order: `Some` sets, `None` unsets.
 type EnvOps = Vec<(String, Option<String>)>;
 
 /// PMIx state of one daemon.
 pub struct Pmix {
     node: u32,
+    /// libpmix's `PMIx_server_init`, running on its own thread until `active` takes over.
+    starting: Option<Starting>,
     active: Option<Active>,
+    /// The fabric exchange is over: the ranks start once every registration completed.
+    ranks_wanted: bool,
+    /// The server failed (and said so): no second start for this job.
+    gave_up: bool,
     /// Tree messages that arrived before this node's server was up and its ranks registered (a
     /// fast neighbour's direct modex request, a child's fence contribution): replayed then.
     /// `Some(node)`: from that child.
     early: Vec<(Option<u32>, Msg)>,
-    /// Whether the user picked Open MPI's PML or MTL, computed once (see `user_chose_pml`).
-    user_chose_pml: Option<bool>,
+    /// What the user set of Open MPI's MCA parameters, computed once (see `user_mca`).
+    user_mca: Option<UserMca>,
 }
 
 /// Whether `msg` is PMIx traffic between daemons (handled by [`Pmix::tree_msg`]).
@@ -46,25 +57,42 @@ pub fn is_tree_msg(msg: &Msg) -> bool {
     matches!(msg, Msg::PmixFence { .. } | Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. })
 }
 
-/// Whether the rank's environment (`env`: the changes to the daemon's own, which for a local
-/// start is the user's, as the rank gets them so far) or an Open MPI MCA parameter file names a
-/// PML or MTL. MPMD contexts with different `-x` sets are rare enough that the first rank's
-/// answer stands for the node.
-fn user_chose_pml(env: &[(String, Option<String>)]) -> bool {
+/// What the user decided about the Open MPI MCA parameters rlaunch would otherwise give PMIx
+/// ranks, from the rank's environment (`env`: the changes to the daemon's own, which for a local
+/// start is the user's, as the rank gets them so far) and Open MPI's MCA parameter files. MPMD
+/// contexts with different `-x` sets are rare enough that the first rank's answer stands for the
+/// node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UserMca {
+    /// A PML or MTL is named (see [`crate::pmix::openmpi_user_chose_pml`]).
+    pml: bool,
+    /// The frameworks of [`crate::pmix::OPENMPI_RTE_COMPONENTS`] the user set.
+    rte: Vec<&'static str>,
+}
+
+fn user_mca(env: &[(String, Option<String>)]) -> UserMca {
     let inherited: Vec<(String, String)> = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     // The last change of each name is the one the rank sees.
     let set: BTreeMap<&str, Option<&str>> = env.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-    let vars = inherited
+    let vars: Vec<(&str, &str)> = inherited
         .iter()
         .filter(|(n, _)| !set.contains_key(n.as_str()))
         .map(|(n, v)| (n.as_str(), v.as_str()))
-        .chain(set.iter().filter_map(|(k, v)| Some((*k, (*v)?))));
+        .chain(set.iter().filter_map(|(k, v)| Some((*k, (*v)?))))
+        .collect();
     let mut files: Vec<PathBuf> = vec![PathBuf::from("/etc/openmpi/openmpi-mca-params.conf")];
     if let Some(home) = std::env::var_os("HOME") {
         files.push(PathBuf::from(home).join(".openmpi/mca-params.conf"));
     }
     let texts: Vec<String> = files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect();
-    crate::pmix::openmpi_user_chose_pml(vars, &texts)
+    UserMca {
+        pml: crate::pmix::openmpi_user_chose_pml(vars.iter().copied(), &texts),
+        rte: crate::pmix::OPENMPI_RTE_COMPONENTS
+            .iter()
+            .map(|(fw, _)| *fw)
+            .filter(|fw| crate::pmix::openmpi_user_set(fw, vars.iter().copied(), &texts))
+            .collect(),
+    }
 }
 
 /// Where the registrations with libpmix stand. Step 0 is the job's namespace, step `k` local
@@ -99,6 +127,75 @@ impl Drop for Active {
     }
 }
 
+/// The server while `PMIx_server_init` runs on its thread: what [`Active`] is built from.
+struct Starting {
+    /// First: a server that came up is stopped before its directory goes.
+    init: InitThread,
+    rx: mpsc::Receiver<Upcall>,
+    layout: JobLayout,
+    dir: DirGuard,
+    dir_lock: std::fs::File,
+    lazy: bool,
+    locality: Vec<(u32, String, String)>,
+    deadline: Instant,
+}
+
+/// The thread that runs `PMIx_server_init`, and its result: the loaded library, with the server
+/// up.
+struct InitThread {
+    handle: Option<std::thread::JoinHandle<()>>,
+    done: mpsc::Receiver<Result<&'static Lib>>,
+}
+
+impl Drop for InitThread {
+    fn drop(&mut self) {
+        // The job ends before the server was taken over. libpmix must not be stopped while its
+        // start runs, which takes tens of milliseconds; one that never returns is left to the
+        // daemon's exit.
+        let Some(t) = self.handle.take() else { return };
+        let give_up = Instant::now() + INIT_DRAIN;
+        while !t.is_finished() && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !t.is_finished() {
+            return;
+        }
+        let _ = t.join();
+        if let Ok(Ok(lib)) = self.done.try_recv() {
+            let _ = lib.server_finalize();
+        }
+    }
+}
+
+/// What the server's thread needs: everything owned, since libpmix's info lists stay on it.
+struct ServerInit {
+    dir: String,
+    hostname: String,
+    node: u32,
+}
+
+impl ServerInit {
+    /// Loads libpmix and starts the server; upcalls go to `sink` from then on.
+    fn run(self, sink: ffi::Sink) -> Result<&'static Lib> {
+        let lib = ffi::load().map_err(|e| anyhow!("{e}"))?;
+        let mut init = lib.info_list();
+        init.add("pmix.srvr.tmpdir", Val::Str(&self.dir))?;
+        init.add("pmix.sys.tmpdir", Val::Str(&self.dir))?;
+        // The node's name as the job knows it, so libpmix finds itself in the node map.
+        init.add("pmix.hname", Val::Str(&self.hostname))?;
+        init.add("pmix.nodeid", Val::U32(self.node))?;
+        // PMIX_SERVER_SHARE_TOPOLOGY: libpmix discovers the node's hwloc topology once and hands
+        // it to the ranks in shared memory (an hwloc.sm file in `dir`). Open MPI 4.1 adopts it
+        // instead of discovering the topology in every rank, which is most of MPI_Init's CPU
+        // time on a full node: 64 ranks on 2 cores here went from 1.7 s to 1.1 s. A libpmix
+        // older than 4 ignores the key and the ranks discover for themselves, as before.
+        init.add("pmix.srvr.share", Val::Bool(true))?;
+        let init = init.into_array()?;
+        lib.server_init(&init, sink).with_context(|| format!("starting the PMIx server (libpmix {})", lib.version()))?;
+        Ok(lib)
+    }
+}
+
 /// Removes a directory when dropped, unless kept.
 struct DirGuard(Option<PathBuf>);
 
@@ -126,7 +223,7 @@ fn step_call(job: &JobView, step: usize) -> (&'static str, String) {
 
 impl Pmix {
     pub fn new(node: u32) -> Pmix {
-        Pmix { node, active: None, early: Vec::new(), user_chose_pml: None }
+        Pmix { node, active: None, starting: None, ranks_wanted: false, gave_up: false, early: Vec::new(), user_mca: None }
     }
 
     /// Whether `job`'s ranks get PMIx.
@@ -134,14 +231,32 @@ impl Pmix {
         job.launch().pmi.interface == Interface::Pmix
     }
 
-    /// Before the first rank starts: load libpmix, start the server, begin registering the job.
-    /// [`Effect::SpawnRanks`] follows once every local rank is registered (from
-    /// [`Pmix::on_wake`], or here if libpmix completed every registration at once).
-    pub fn setup(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Result<Vec<Effect>> {
+    /// At the launch (the map and the local ranks' places are known): start this node's server
+    /// on a thread of its own, so that libpmix's start-up overlaps the fabric exchange (and, on
+    /// nodes that got the launch early, the start of the later daemons) instead of following it.
+    /// It is CPU work, ~25 ms per daemon here: loading libpmix and hwloc's plugins, and the
+    /// node's hwloc topology discovery for `pmix.srvr.share` (most of it). Where daemons share
+    /// the CPUs (8 namespace nodes on 2 cores) that only moves the work; on separate machines it
+    /// leaves the critical path. The registrations follow on the loop as soon as the server is
+    /// up; [`Pmix::want_ranks`] says when the ranks may start. Nothing for a job without PMIx.
+    pub fn begin(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Vec<Effect> {
+        // Once per job: a server that failed already said so, and is not started again.
+        if !Pmix::wanted(job) || self.active.is_some() || self.starting.is_some() || self.gave_up {
+            return Vec::new();
+        }
+        match self.start_server(job, waker, binding) {
+            Ok(s) => {
+                self.starting = Some(s);
+                Vec::new()
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn start_server(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Result<Starting> {
         let node = self.node;
         let launch = job.launch();
         let map = job.map();
-        let lib = ffi::load().map_err(|e| anyhow!("{e}"))?;
         let names: Vec<String> = launch.nodes.iter().map(|n| n.name.clone()).collect();
         let slots: Vec<u32> = launch.nodes.iter().map(|n| n.slots).collect();
         let mut layout = JobLayout::new(&launch.job_id, &names, &slots, map, node);
@@ -162,7 +277,7 @@ impl Pmix {
                 .create(&dir)
                 .with_context(|| format!("creating the PMIx directory {}", dir.display()))?;
         }
-        // Removed again if setup fails before `Active` owns it.
+        // Removed again if the server does not come up.
         let dir_guard = DirGuard(Some(dir.clone()));
         let dir_lock = crate::claim::hold(&dir).with_context(|| format!("locking the PMIx directory {}", dir.display()))?;
         let (tx, rx) = mpsc::channel::<Upcall>();
@@ -172,84 +287,148 @@ impl Pmix {
             let _ = w.wake();
             Ok(())
         });
-        let dir_s = dir.to_string_lossy().into_owned();
-        let mut init = lib.info_list();
-        init.add("pmix.srvr.tmpdir", Val::Str(&dir_s))?;
-        init.add("pmix.sys.tmpdir", Val::Str(&dir_s))?;
-        // The node's name as the job knows it, so libpmix finds itself in the node map.
-        init.add("pmix.hname", Val::Str(layout.hostname(node)))?;
-        init.add("pmix.nodeid", Val::U32(node))?;
-        // PMIX_SERVER_SHARE_TOPOLOGY: libpmix discovers the node's hwloc topology once and hands
-        // it to the ranks in shared memory (an hwloc.sm file in `dir`). Open MPI 4.1 adopts it
-        // instead of discovering the topology in every rank, which is most of MPI_Init's CPU
-        // time on a full node: 64 ranks on 2 cores here went from 1.7 s to 1.1 s. A libpmix
-        // older than 4 ignores the key and the ranks discover for themselves, as before.
-        init.add("pmix.srvr.share", Val::Bool(true))?;
-        let init = init.into_array()?;
-        lib.server_init(&init, sink).with_context(|| format!("starting the PMIx server (libpmix {})", lib.version()))?;
+        let (done_tx, done) = mpsc::channel();
+        let w = waker.clone();
+        let init = ServerInit { dir: dir.to_string_lossy().into_owned(), hostname: layout.hostname(node).to_string(), node };
+        let thread = std::thread::Builder::new()
+            .name("pmix-init".into())
+            .spawn(move || {
+                let _ = done_tx.send(init.run(sink));
+                let _ = w.wake();
+            })
+            .context("starting a thread for the PMIx server's start")?;
+        Ok(Starting {
+            init: InitThread { handle: Some(thread), done },
+            rx,
+            layout,
+            dir: dir_guard,
+            dir_lock,
+            lazy: launch.pmi.lazy,
+            locality: binding.pmix_locality(),
+            deadline: Instant::now() + REGISTER_WAIT,
+        })
+    }
+
+    /// The fabric exchange is over: the ranks may start once libpmix has registered every one of
+    /// them ([`Effect::SpawnRanks`] now if it has, else from [`Pmix::on_wake`]). Starts the
+    /// server if the launch did not.
+    pub fn want_ranks(&mut self, job: &JobView, waker: &Arc<Waker>, binding: &Binding) -> Vec<Effect> {
+        let fx = self.begin(job, waker, binding);
+        if !fx.is_empty() {
+            return fx;
+        }
+        self.ranks_wanted = true;
+        if self.ready() {
+            vec![Effect::SpawnRanks]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The server's thread ended: begin registering the job, or give up.
+    fn server_started(&mut self, job: &JobView) -> Vec<Effect> {
+        let Some(mut s) = self.starting.take() else { return Vec::new() };
+        let lib = match s.init.done.try_recv() {
+            Ok(Ok(lib)) => lib,
+            Ok(Err(e)) => return self.failed(e),
+            Err(mpsc::TryRecvError::Empty) => {
+                self.starting = Some(s);
+                return Vec::new();
+            }
+            Err(mpsc::TryRecvError::Disconnected) => return self.failed(anyhow!("starting the PMIx server: its thread ended without a word; internal error")),
+        };
+        if let Some(t) = s.init.handle.take() {
+            let _ = t.join();
+        }
+        let node = self.node;
         let at = format!("node {node} ({})", launchers::local_hostname());
-        let rank_node: Vec<u32> = map.ranks().iter().map(|p| p.node).collect();
-        let engine = Engine::new(&launch.job_id, node, at, rank_node, job.fence_children().to_vec());
-        let now = Instant::now();
+        let rank_node: Vec<u32> = job.map().ranks().iter().map(|p| p.node).collect();
+        let engine = Engine::new(&job.launch().job_id, node, at, rank_node, job.fence_children().to_vec());
+        let Starting { rx, layout, dir, dir_lock, lazy, locality, .. } = s;
         let mut active = Active {
             lib,
             engine,
             rx,
             layout,
-            dir: dir_guard.keep(),
+            dir: dir.keep(),
             _dir_lock: dir_lock,
-            lazy: launch.pmi.lazy,
-            locality: binding.pmix_locality(),
-            registration: Registration::Waiting { step: 0, deadline: now },
+            lazy,
+            locality,
+            registration: Registration::Waiting { step: 0, deadline: Instant::now() },
             _in_flight: Vec::new(),
         };
         // On failure `active` is dropped here: the server stops and its directory goes.
-        let done = register_from(&mut active, job, 0)?;
-        self.active = Some(active);
-        Ok(if done { self.all_registered() } else { Vec::new() })
+        match register_from(&mut active, job, 0) {
+            Err(e) => self.failed(e),
+            Ok(done) => {
+                self.active = Some(active);
+                if done {
+                    self.all_registered()
+                } else {
+                    Vec::new()
+                }
+            }
+        }
     }
 
-    /// Every registration completed: the messages that waited for the server, then the ranks.
+    /// Every registration completed: the messages that waited for the server, then the ranks
+    /// (once the fabric exchange let them start).
     fn all_registered(&mut self) -> Vec<Effect> {
         let mut out = Vec::new();
         for (from, msg) in std::mem::take(&mut self.early) {
             out.extend(self.tree_msg(from, msg));
         }
-        out.push(Effect::SpawnRanks);
+        if self.ranks_wanted {
+            out.push(Effect::SpawnRanks);
+        }
         out
     }
 
-    /// Registrations are under way: the ranks wait for them.
+    /// The server is starting or registrations are under way: the ranks wait for them.
     pub fn holds_ranks(&self) -> bool {
-        self.active.as_ref().is_some_and(|a| a.registration != Registration::Done)
+        self.starting.is_some() || self.active.as_ref().is_some_and(|a| a.registration != Registration::Done)
     }
 
     fn ready(&self) -> bool {
         self.active.as_ref().is_some_and(|a| a.registration == Registration::Done)
     }
 
-    /// When the registration in flight times out.
+    /// When the server's start or the registration in flight times out.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if let Some(s) = &self.starting {
+            return Some(s.deadline);
+        }
         match self.active.as_ref()?.registration {
             Registration::Waiting { deadline, .. } => Some(deadline),
             Registration::Done => None,
         }
     }
 
-    /// A registration that did not complete in [`REGISTER_WAIT`] fails the node.
+    /// A server start or a registration that did not complete in [`REGISTER_WAIT`] fails the
+    /// node.
     pub fn check_timer(&mut self, job: &JobView, now: Instant) -> Vec<Effect> {
+        let late = |deadline: Instant| now >= deadline;
+        let no_completion = |call| CallError { call, status: ffi::PMIX_ERROR, text: format!("no completion within {} s", REGISTER_WAIT.as_secs()) };
+        if let Some(s) = &self.starting {
+            if !late(s.deadline) {
+                return Vec::new();
+            }
+            let e = anyhow::Error::new(no_completion("PMIx_server_init")).context("starting the PMIx server");
+            return self.failed(e);
+        }
         let Some(Registration::Waiting { step, deadline }) = self.active.as_ref().map(|a| a.registration) else { return Vec::new() };
-        if now < deadline {
+        if !late(deadline) {
             return Vec::new();
         }
         let (call, what) = step_call(job, step);
-        let e = CallError { call, status: ffi::PMIX_ERROR, text: format!("no completion within {} s", REGISTER_WAIT.as_secs()) };
-        self.failed(anyhow::Error::new(e).context(what))
+        self.failed(anyhow::Error::new(no_completion(call)).context(what))
     }
 
     /// Setup failed after it started: stop the server (which removes its directory).
     fn failed(&mut self, e: anyhow::Error) -> Vec<Effect> {
         self.active = None;
+        self.starting = None;
+        self.gave_up = true;
         vec![Effect::Fault(format!("{e:#}"))]
     }
 
@@ -269,17 +448,25 @@ impl Pmix {
             out.push((k, Some(v)));
         }
         out.extend(crate::pmix::openmpi_env(job.map(), rank, a.lazy).into_iter().map(|(k, v)| (k, Some(v))));
-        let user_chose = *self.user_chose_pml.get_or_insert_with(|| {
+        let user = self.user_mca.get_or_insert_with(|| {
             let so_far: EnvOps = env.iter().chain(out.iter()).cloned().collect();
-            user_chose_pml(&so_far)
+            user_mca(&so_far)
         });
-        out.extend(crate::pmix::openmpi_fabric_env(fabric, user_chose).into_iter().map(|(k, v)| (k, Some(v))));
+        out.extend(crate::pmix::openmpi_fabric_env(fabric, user.pml).into_iter().map(|(k, v)| (k, Some(v))));
+        out.extend(crate::pmix::openmpi_rte_env(&user.rte).into_iter().map(|(k, v)| (k, Some(v))));
+        // The last change of a name is the one the rank sees; an inherited one counts unless
+        // removed.
+        let chose_hwloc = crate::pmix::HWLOC_PLUGIN_CHOICES.iter().any(|k| match env.iter().chain(out.iter()).rev().find(|(n, _)| n == k) {
+            Some((_, v)) => v.is_some(),
+            None => std::env::var_os(k).is_some(),
+        });
+        out.extend(crate::pmix::hwloc_plugin_env(chose_hwloc).into_iter().map(|(k, v)| (k, Some(v))));
         Ok(out)
     }
 
     /// The upcall waker fired: run every queued upcall.
     pub fn on_wake(&mut self, job: &JobView) -> Vec<Effect> {
-        let mut out = Vec::new();
+        let mut out = self.server_started(job);
         while let Some(u) = self.active.as_ref().and_then(|a| a.rx.try_recv().ok()) {
             if let Upcall::Registered { token, status } = u {
                 out.extend(self.registered(job, token, status));
@@ -360,6 +547,7 @@ impl Pmix {
     /// Stops libpmix and removes its directory.
     pub fn finish(&mut self) {
         self.active = None;
+        self.starting = None;
     }
 
     /// A direct-modex message towards its node: handled here, or sent on.
@@ -495,6 +683,23 @@ mod tests {
         assert!(is_tree_msg(&req));
         assert_eq!(p.tree_msg(None, req.clone()), vec![Effect::Towards(4, req)]);
         assert!(!p.holds_ranks() && p.next_deadline().is_none());
+    }
+
+    #[test]
+    fn a_server_that_failed_is_not_started_again_and_holds_no_rank() {
+        use crate::spec::AppContext;
+        let app = AppContext { argv: vec!["true".into()], env: Vec::new(), cwd: "/".into(), np: Some(2), nodes: None, without_job_env: false };
+        let mut launch = crate::job::fixture::launch("rl-gave-up", 1, 2, vec![app]);
+        launch.pmi.interface = Interface::Pmix;
+        let job = crate::job::fixture::view(launch, 0);
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let mut p = Pmix::new(0);
+        let fx = p.failed(anyhow!("libpmix is broken"));
+        assert_eq!(fx, vec![Effect::Fault("libpmix is broken".into())]);
+        assert!(p.begin(&job, &waker, &Binding::default()).is_empty());
+        assert!(p.want_ranks(&job, &waker, &Binding::default()).is_empty(), "no spawn without a server");
+        assert!(p.starting.is_none() && p.active.is_none() && !p.holds_ranks() && p.next_deadline().is_none());
     }
 
     #[test]
