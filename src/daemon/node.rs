@@ -103,6 +103,8 @@ impl Daemon {
         let mut timeline = Recorder::new(t0);
         timeline.mark(Phase::Hello, Instant::now());
         let node = boot.node;
+        // Before any thread exists (the guard is a fork of this process).
+        let guard = Guard::start(node);
         let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
         let w = waker.clone();
         let notify: Notify = Arc::new(move || {
@@ -128,7 +130,7 @@ impl Daemon {
             fabric,
             traces: Traces::default(),
             timeline,
-            guard: Guard::default(),
+            guard,
             node_done_sent: false,
             orphaned: false,
             shutdown: false,
