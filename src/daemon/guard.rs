@@ -18,9 +18,8 @@ fn watch(pipe: std::fs::File) -> ! {
     let mut groups = Vec::new();
     let mut files = Vec::new();
     let mut cgroups = Vec::new();
-    let mut text = String::new();
-    let _ = { pipe }.read_to_string(&mut text);
-    for line in text.lines() {
+    let text = read_until_closed(pipe);
+    for line in String::from_utf8_lossy(&text).lines() {
         if let Some(path) = line.strip_prefix(FILE) {
             files.push(std::path::PathBuf::from(path));
         } else if let Some(dir) = line.strip_prefix(CGROUP) {
@@ -44,6 +43,34 @@ fn watch(pipe: std::fs::File) -> ! {
     // SAFETY: _exit(2): nothing of the daemon's (atexit handlers, buffers) is the guard's to run.
     unsafe { libc::_exit(0) }
 }
+
+/// Everything the daemon wrote, once it closed its end. The guard does not wake for each line:
+/// it waits for the hang-up only (poll without events; a write's wake-up does not reach it) and
+/// empties the pipe every [`DRAIN_EVERY`], so that a daemon with many ranks never fills it.
+fn read_until_closed(mut pipe: std::fs::File) -> Vec<u8> {
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    // SAFETY: fcntl(2) on the guard's own descriptor (its open file, not the daemon's end).
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    loop {
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => return text,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock: nothing more now. Anything else: the pipe is unusable; act now.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return text,
+            }
+        }
+        let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: 0, revents: 0 };
+        // SAFETY: poll(2) on one descriptor of ours.
+        unsafe { libc::poll(&mut pfd, 1, DRAIN_EVERY.as_millis() as libc::c_int) };
+    }
+}
+
+/// How often an idle guard empties its pipe (see [`read_until_closed`]); a hang-up wakes it at once.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 const FILE: &str = "file ";
 const CGROUP: &str = "cgroup ";
@@ -85,18 +112,18 @@ impl Guard {
     /// single-threaded process. A fork costs a fraction of what exec'ing this binary again did
     /// (its loading and glibc's start-up, about 0.9 ms per daemon here), and being there from the
     /// start, it misses no rank.
-    pub fn start(node: u32) -> Guard {
+    pub fn start() -> Guard {
         let mut fds = [0; 2];
         // SAFETY: pipe2(2) writes two new descriptors, owned from here on.
         let (r, w) = unsafe {
             if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) == -1 {
-                return Guard::failed(node, io::Error::last_os_error());
+                return Guard::failed(io::Error::last_os_error());
             }
             (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
         };
         // SAFETY: fork(2) of a single-threaded process (see above); the child never returns.
         match unsafe { libc::fork() } {
-            -1 => Guard::failed(node, io::Error::last_os_error()),
+            -1 => Guard::failed(io::Error::last_os_error()),
             0 => {
                 drop(w);
                 become_guard(r)
@@ -105,8 +132,8 @@ impl Guard {
         }
     }
 
-    fn failed(node: u32, e: io::Error) -> Guard {
-        say(Some(node), format_args!("cannot start the guard process ({e}); a rank's children may outlive a killed daemon"));
+    fn failed(e: io::Error) -> Guard {
+        say(None, format_args!("cannot start the guard process ({e}); a rank's children may outlive a killed daemon"));
         Guard::default()
     }
 

@@ -99,12 +99,13 @@ pub struct Daemon {
 impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
     pub fn run(t0: Instant) -> Result<i32> {
+        // First: the guard is a fork of this process, which must have one thread then, and the
+        // less memory the daemon has written, the fewer pages it copies on write afterwards.
+        let guard = Guard::start();
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
         let mut timeline = Recorder::new(t0);
         timeline.mark(Phase::Hello, Instant::now());
         let node = boot.node;
-        // Before any thread exists (the guard is a fork of this process).
-        let guard = Guard::start(node);
         let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
         let w = waker.clone();
         let notify: Notify = Arc::new(move || {
