@@ -44,9 +44,10 @@ fn watch(pipe: std::fs::File) -> ! {
     unsafe { libc::_exit(0) }
 }
 
-/// Everything the daemon wrote, once it closed its end. The guard does not wake for each line:
-/// it waits for the hang-up only (poll without events; a write's wake-up does not reach it) and
-/// empties the pipe every [`DRAIN_EVERY`], so that a daemon with many ranks never fills it.
+/// Everything the daemon wrote, once it closed its end. The guard does not wake for each line: after
+/// a wake-up it reads what is there and then pauses for [`GATHER`] (a spawn batch's lines arrive
+/// in a few reads, not one per rank), and an idle guard sleeps until data or the hang-up comes
+/// (with hundreds of daemons on one host, timed wake-ups would add up).
 fn read_until_closed(mut pipe: std::fs::File) -> Vec<u8> {
     let mut text = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -63,14 +64,18 @@ fn read_until_closed(mut pipe: std::fs::File) -> Vec<u8> {
                 Err(_) => return text,
             }
         }
-        let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: 0, revents: 0 };
+        let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: poll(2) on one descriptor of ours.
-        unsafe { libc::poll(&mut pfd, 1, DRAIN_EVERY.as_millis() as libc::c_int) };
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+        if pfd.revents & libc::POLLHUP == 0 {
+            std::thread::sleep(GATHER);
+        }
     }
 }
 
-/// How often an idle guard empties its pipe (see [`read_until_closed`]); a hang-up wakes it at once.
-const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long the guard lets lines gather after one woke it (see [`read_until_closed`]); a daemon
+/// that ends during that pause is noticed this much later at most.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 const FILE: &str = "file ";
 const CGROUP: &str = "cgroup ";
@@ -111,7 +116,8 @@ impl Guard {
     /// (it allocates, reads files) in its copy of the daemon, which is only sound in a fork of a
     /// single-threaded process. A fork costs a fraction of what exec'ing this binary again did
     /// (its loading and glibc's start-up, about 0.9 ms per daemon here), and being there from the
-    /// start, it misses no rank.
+    /// start, it misses no rank. Early also means the daemon has written little memory yet: after
+    /// the fork, each page it writes that the guard still shares is copied once.
     pub fn start() -> Guard {
         let mut fds = [0; 2];
         // SAFETY: pipe2(2) writes two new descriptors, owned from here on.

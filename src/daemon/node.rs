@@ -99,8 +99,8 @@ pub struct Daemon {
 impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
     pub fn run(t0: Instant) -> Result<i32> {
-        // First: the guard is a fork of this process, which must have one thread then, and the
-        // less memory the daemon has written, the fewer pages it copies on write afterwards.
+        // First, while this process has one thread (the guard is a fork of it; see guard.rs).
+        let guard = Guard::start();
         let guard = Guard::start();
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
         let mut timeline = Recorder::new(t0);
