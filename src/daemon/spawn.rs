@@ -167,13 +167,16 @@ struct RankEnv {
     ptrs: Vec<*const libc::c_char>,
 }
 
+/// A program and the `PATH` it is searched in (None: unset).
+type SearchKey = (String, Option<Vec<u8>>);
+
 /// What a batch of starts computes once, not per rank: the base environment, the program's
 /// search, `PWD`, the launcher (stack, /dev/null, signal set).
 struct Batch {
     base: BaseEnv,
     launcher: Launcher,
-    /// (program, PATH) → the paths to try, for the last program searched.
-    search: Option<((String, Option<Vec<u8>>), Vec<CString>)>,
+    /// The paths to try for the last program searched.
+    search: Option<(SearchKey, Vec<CString>)>,
     /// cwd → PWD, for the last directory.
     pwd: Option<(Option<String>, Option<String>)>,
 }
