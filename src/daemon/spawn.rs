@@ -216,7 +216,7 @@ impl Batch {
     }
 }
 
-/// The kernel's CPU mask for `cpus` (an array of `unsigned long`), built before fork (nothing
+/// The kernel's CPU mask for `cpus` (an array of `unsigned long`), built before clone (nothing
 /// allocates after it). As wide as the highest CPU needs (the kernel takes any length), so
 /// machines with more than `CPU_SETSIZE` (1024) CPUs bind too.
 fn cpu_mask(cpus: &[u32]) -> Vec<libc::c_ulong> {
