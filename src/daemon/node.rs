@@ -101,7 +101,6 @@ impl Daemon {
     pub fn run(t0: Instant) -> Result<i32> {
         // First, while this process has one thread (the guard is a fork of it; see guard.rs).
         let guard = Guard::start();
-        let guard = Guard::start();
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
         let mut timeline = Recorder::new(t0);
         timeline.mark(Phase::Hello, Instant::now());
