@@ -99,8 +99,7 @@ pub struct Daemon {
 impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
     pub fn run(t0: Instant) -> Result<i32> {
-        // First, while this process has one thread (the guard is a fork of it; see guard.rs).
-        let guard = Guard::start();
+        let guard = Guard::start(); // First: it is a fork of this process (see guard.rs).
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
         let mut timeline = Recorder::new(t0);
         timeline.mark(Phase::Hello, Instant::now());
