@@ -34,9 +34,6 @@ use std::time::Instant;
 fn main() {
     let t0 = Instant::now();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "__guard") {
-        daemon::guard_main();
-    }
     if args.first().is_some_and(|a| a == "__daemon") {
         daemon::main(t0);
     }

@@ -38,10 +38,10 @@ impl JobCgroup {
         &self.dir
     }
 
-    /// For the child between fork and exec: moves the calling process into the cgroup.
+    /// For the child between clone and exec: moves the calling process into the cgroup.
     /// Async-signal-safe (open, write, close); a failure leaves the rank where it was.
-    pub fn enter_from_child(procs: &CString) {
-        // SAFETY: open/write/close on a path prepared before fork; all async-signal-safe.
+    pub fn enter_from_child(procs: &std::ffi::CStr) {
+        // SAFETY: open/write/close on a path prepared before clone; all async-signal-safe.
         unsafe {
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {

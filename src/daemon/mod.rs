@@ -14,6 +14,7 @@ mod binding;
 mod boot;
 mod cgroup;
 mod effect;
+mod exec;
 mod fabric;
 mod guard;
 mod node;
@@ -39,9 +40,4 @@ pub fn main(t0: std::time::Instant) -> ! {
         }
     };
     std::process::exit(code)
-}
-
-/// Entry point of `rlaunch __guard`, the daemon's watchman (see [`guard::main`]). Never returns.
-pub fn guard_main() -> ! {
-    guard::main()
 }

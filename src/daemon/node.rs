@@ -98,6 +98,7 @@ pub struct Daemon {
 impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
     pub fn run(t0: Instant) -> Result<i32> {
+        let guard = Guard::start(); // First: it is a fork of this process (see guard.rs).
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
         let node = boot.node;
         let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
@@ -125,7 +126,7 @@ impl Daemon {
             fabric,
             traces: Traces::default(),
             timeline: Recorder::joined(t0),
-            guard: Guard::default(),
+            guard,
             node_done_sent: false,
             orphaned: false,
             shutdown: false,

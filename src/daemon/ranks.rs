@@ -78,13 +78,13 @@ impl Ranks {
     }
 
     /// A spawned rank: its pipes are read and written from now on.
-    pub fn add(&mut self, rank: u32, child: &mut std::process::Child, registry: &Registry) -> io::Result<()> {
-        let pid = child.id();
+    pub fn add(&mut self, rank: u32, child: super::exec::Started, registry: &Registry) -> io::Result<()> {
+        let pid = child.pid;
         let idx = self.ranks.len();
         let mut r = LocalRank::new(rank, pid);
-        r.out = child.stdout.take().map(Receiver::from);
-        r.err = child.stderr.take().map(Receiver::from);
-        r.stdin = child.stdin.take().map(Sender::from);
+        r.out = Some(Receiver::from(child.stdout));
+        r.err = Some(Receiver::from(child.stderr));
+        r.stdin = child.stdin.map(Sender::from);
         if let Some(p) = r.out.as_mut() {
             p.set_nonblocking(true)?;
             registry.register(p, token::rank_pipe(idx, Pipe::Stdout), Interest::READABLE)?;

@@ -9,14 +9,16 @@ use super::pmi::Pmi;
 use super::pmix::Pmix;
 use super::ranks::Ranks;
 use crate::job::JobView;
-use crate::pmi::host::Prepared;
 use crate::spec::{Interface, RankStatus};
 use crate::wire::Msg;
-use anyhow::Result;
+use super::exec::{candidates, Exec, Failure, Launcher, Started};
+use anyhow::{Context, Result};
 use mio::Registry;
-use std::os::unix::process::CommandExt;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 /// Environment changes, in order: `Some` sets, `None` unsets; of two changes to one name, the
 /// later wins.
@@ -103,73 +105,118 @@ impl CommandSpec {
     }
 }
 
-/// Starts one rank: its own session and process group, the parent-death signal, piped output.
-/// `pmi`: the PMI socket end the rank inherits.
-pub fn spawn(spec: &CommandSpec, pmi: Option<&Prepared>, cgroup: Option<std::ffi::CString>) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args);
-    for (k, v) in &spec.env {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
+/// The daemon's environment as every rank starts from it, built once per batch: `NAME=value`
+/// entries by name, without the variables of the daemon's own ssh session (they describe that
+/// login, not the job: only the ones the job sets explicitly reach a rank).
+struct BaseEnv(Vec<(Vec<u8>, CString)>);
+
+impl BaseEnv {
+    fn of(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> BaseEnv {
+        BaseEnv(
+            vars.filter(|(k, _)| !k.as_bytes().starts_with(b"SSH_"))
+                .filter_map(|(k, v)| {
+                    let kv = [k.as_bytes(), b"=", v.as_bytes()].concat();
+                    Some((k.into_vec(), CString::new(kv).ok()?))
+                })
+                .collect(),
+        )
     }
-    // Variables of the daemon's own ssh session describe that login, not the job: only the
-    // ones the job sets explicitly reach a rank.
-    for (k, _) in std::env::vars_os() {
-        let Some(k) = k.to_str() else { continue };
-        if k.starts_with("SSH_") && !spec.env.iter().any(|(name, v)| name == k && v.is_some()) {
-            cmd.env_remove(k);
+
+    /// A rank's environment: the base with `ops` applied (of two changes to one name the later
+    /// wins) and `PWD` last; and its `PATH` (for the program's search).
+    fn with(&self, ops: &EnvOps, pwd: Option<&str>) -> (RankEnv, Option<Vec<u8>>) {
+        let mut last: HashMap<&[u8], Option<&str>> = HashMap::with_capacity(ops.len() + 1);
+        for (k, v) in ops {
+            last.insert(k.as_bytes(), v.as_deref());
         }
-    }
-    if let Some(d) = &spec.cwd {
-        cmd.current_dir(d);
-    }
-    if let Some(pwd) = rank_pwd(spec.cwd.as_deref()) {
-        cmd.env("PWD", pwd);
-    }
-    cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let daemon_pid = std::process::id() as libc::pid_t;
-    let affinity = spec.cpus.as_deref().map(cpu_mask);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Bound before exec, so the program's first thread and its allocations (first touch)
-            // are already where they belong; MPI libraries need no binding of their own.
-            if let Some(mask) = &affinity {
-                let bytes = mask.len() * std::mem::size_of::<libc::c_ulong>();
-                if libc::sched_setaffinity(0, bytes, mask.as_ptr().cast::<libc::cpu_set_t>()) == -1 {
-                    return Err(std::io::Error::last_os_error());
+        if let Some(p) = pwd {
+            last.insert(b"PWD", Some(p));
+        }
+        let mut ptrs = Vec::with_capacity(self.0.len() + last.len() + 1);
+        let mut path = None;
+        for (k, kv) in &self.0 {
+            if !last.contains_key(k.as_slice()) {
+                if k == b"PATH" {
+                    path = Some(kv.as_bytes()[5..].to_vec());
+                }
+                ptrs.push(kv.as_ptr());
+            }
+        }
+        let mut own = Vec::with_capacity(last.len());
+        // In the order of each name's first change, with its last value.
+        for k in ops.iter().map(|(k, _)| k.as_str()).chain(pwd.map(|_| "PWD")) {
+            if let Some(Some(v)) = last.remove(k.as_bytes()) {
+                if k == "PATH" {
+                    path = Some(v.as_bytes().to_vec());
+                }
+                // A NUL cannot come from a command line or an environment.
+                if let Ok(c) = CString::new(format!("{k}={v}")) {
+                    own.push(c);
                 }
             }
-            // Own process group: signals reach the rank and everything it starts, and the
-            // terminal's ctrl-C goes to the front end only, which forwards it. Own session
-            // too (which makes the group): with scheduler autogroups each session gets a
-            // fair CPU share, and busy-polling MPI ranks left in the caller's session
-            // share one slice with everything else there (MPI_Barrier ran 2.5x slower
-            // than under Hydra, which does the same). setpgid is the fallback.
-            if libc::setsid() == -1 {
-                libc::setpgid(0, 0);
-            }
-            // Die with the daemon even if it is SIGKILLed.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != daemon_pid {
-                libc::_exit(137);
-            }
-            if let Some(procs) = &cgroup {
-                super::cgroup::JobCgroup::enter_from_child(procs);
-            }
-            Ok(())
-        });
+        }
+        ptrs.extend(own.iter().map(|c| c.as_ptr()));
+        ptrs.push(std::ptr::null());
+        (RankEnv { _own: own, ptrs }, path)
     }
-    if let Some(p) = pmi {
-        p.apply(&mut cmd);
-    }
-    cmd.spawn()
 }
 
-/// The kernel's CPU mask for `cpus` (an array of `unsigned long`), built before fork (nothing
+/// `envp` for one rank: pointers into the [`BaseEnv`] and into its own entries.
+struct RankEnv {
+    _own: Vec<CString>,
+    ptrs: Vec<*const libc::c_char>,
+}
+
+/// A program and the `PATH` it is searched in (None: unset).
+type SearchKey = (String, Option<Vec<u8>>);
+
+/// What a batch of starts computes once, not per rank: the base environment, the program's
+/// search, `PWD`, the launcher (stack, /dev/null, signal set).
+struct Batch {
+    base: BaseEnv,
+    launcher: Launcher,
+    /// The paths to try for the last program searched.
+    search: Option<(SearchKey, Vec<CString>)>,
+    /// cwd → PWD, for the last directory.
+    pwd: Option<(Option<String>, Option<String>)>,
+}
+
+impl Batch {
+    fn new() -> std::io::Result<Batch> {
+        Ok(Batch { base: BaseEnv::of(std::env::vars_os()), launcher: Launcher::new()?, search: None, pwd: None })
+    }
+
+    /// Starts one rank. `pmi_fd`: the PMI socket end the rank inherits.
+    fn start(&mut self, spec: &CommandSpec, pmi_fd: Option<RawFd>, cgroup: Option<&CStr>) -> Result<Started, Failure> {
+        if self.pwd.as_ref().map_or(true, |(c, _)| *c != spec.cwd) {
+            self.pwd = Some((spec.cwd.clone(), rank_pwd(spec.cwd.as_deref())));
+        }
+        let pwd = self.pwd.as_ref().and_then(|(_, p)| p.as_deref());
+        let (env, path) = self.base.with(&spec.env, pwd);
+        let key = (spec.program.clone(), path);
+        if self.search.as_ref().map_or(true, |(k, _)| *k != key) {
+            let c = candidates(&spec.program, key.1.as_deref());
+            self.search = Some((key, c));
+        }
+        let candidates = self.search.as_ref().map_or(&[][..], |(_, c)| &c[..]);
+        let argv: Vec<CString> = std::iter::once(&spec.program).chain(&spec.args).filter_map(|a| CString::new(a.as_str()).ok()).collect();
+        let argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        let cwd = spec.cwd.as_deref().and_then(|d| CString::new(d).ok());
+        let mask = spec.cpus.as_deref().map(cpu_mask);
+        self.launcher.start(&Exec {
+            candidates,
+            argv: &argv_p,
+            envp: &env.ptrs,
+            cwd: cwd.as_deref(),
+            stdin: spec.stdin,
+            mask: mask.as_deref(),
+            cgroup_procs: cgroup,
+            keep_fd: pmi_fd,
+        })
+    }
+}
+
+/// The kernel's CPU mask for `cpus` (an array of `unsigned long`), built before clone (nothing
 /// allocates after it). As wide as the highest CPU needs (the kernel takes any length), so
 /// machines with more than `CPU_SETSIZE` (1024) CPUs bind too.
 fn cpu_mask(cpus: &[u32]) -> Vec<libc::c_ulong> {
@@ -200,15 +247,6 @@ fn rank_pwd(cwd: Option<&str>) -> Option<String> {
         }
     };
     Some(dir.to_string_lossy().into_owned())
-}
-
-/// Why `dir` cannot be a working directory here (errno), when it does not exist or is no directory.
-fn missing_dir(dir: &str) -> Option<i32> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => None,
-        Ok(_) => Some(libc::ENOTDIR),
-        Err(e) => e.raw_os_error().filter(|&e| e == libc::ENOENT || e == libc::ENOTDIR),
-    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -247,8 +285,9 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
     for file in fabric.files() {
         // The table and the topology outlive a SIGKILLed daemon otherwise (until a later job
         // sweeps them).
-        guard.remove_at_end(node, file);
+        guard.remove_at_end(file);
     }
+    let mut batch = Batch::new().with_context(|| format!("preparing to start the ranks on node {node}"))?;
     for (li, &rank) in job.local_ranks().iter().enumerate() {
         if ranks.stop_spawning() {
             break;
@@ -263,28 +302,21 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
             })),
             Interface::Pmix => pmix.rank_env(job, rank, env, fabric.chosen()),
         })?;
-        // A directory missing on this node is its fault, not the program's: say which.
-        if let Some(errno) = spec.cwd.as_deref().and_then(missing_dir) {
-            ranks.add_unstarted(rank, RankStatus::NoWorkdir(errno));
-            continue;
-        }
-        let spawned = spawn(&spec, pmi_end.as_ref(), guard.job_cgroup(&job.launch().job_id, node));
+        let cgroup = guard.job_cgroup(&job.launch().job_id, node);
+        let started = batch.start(&spec, pmi_end.as_ref().and_then(|p| p.child_fd()), cgroup.as_deref());
         // The rank has its copy of the PMI socket end (or never will): close ours.
         drop(pmi_end);
-        match spawned {
-            Ok(mut child) => {
+        match started {
+            Ok(child) => {
                 timeline.spawned(rank, std::time::Instant::now());
-                let pid = child.id();
-                // Also from this side, so signals sent right after spawn find the group.
-                // SAFETY: plain setpgid(2) on our own child.
-                unsafe { libc::setpgid(pid as libc::pid_t, pid as libc::pid_t) };
-                guard.watch(node, pid);
-                ranks.add(rank, &mut child, registry)?;
-                // The Child handle is dropped: reaping is done by pid.
-                std::mem::forget(child);
+                let pid = child.pid;
+                guard.watch(pid);
+                ranks.add(rank, child, registry)?;
                 pids.push((rank, pid));
             }
-            Err(e) => ranks.add_failed(rank, e.raw_os_error().unwrap_or(libc::ENOENT)),
+            // A directory missing on this node is its fault, not the program's: say which.
+            Err(Failure::Workdir(errno)) if errno == libc::ENOENT || errno == libc::ENOTDIR => ranks.add_unstarted(rank, RankStatus::NoWorkdir(errno)),
+            Err(Failure::Workdir(errno) | Failure::Start(errno)) => ranks.add_failed(rank, errno),
         }
     }
     ranks.started(registry);
@@ -371,12 +403,28 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_working_directory_is_found_before_spawning() {
-        let dir = std::env::temp_dir();
-        assert_eq!(missing_dir(dir.to_str().unwrap()), None);
-        assert_eq!(missing_dir("/surely/not/here/rlaunch"), Some(libc::ENOENT));
-        assert_eq!(missing_dir("/proc/self/status"), Some(libc::ENOTDIR));
-        assert_eq!(rank_pwd(Some("/tmp")).as_deref(), Some("/tmp"), "PWD is the rank's directory");
+    fn pwd_is_the_ranks_directory() {
+        assert_eq!(rank_pwd(Some("/tmp")).as_deref(), Some("/tmp"));
+    }
+
+    fn env_of(base: &BaseEnv, ops: &EnvOps, pwd: Option<&str>) -> (Vec<String>, Option<String>) {
+        let (env, path) = base.with(ops, pwd);
+        let vars = env.ptrs.iter().take_while(|p| !p.is_null()).map(|&p| unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_string()).collect();
+        (vars, path.map(|p| String::from_utf8(p).unwrap()))
+    }
+
+    #[test]
+    fn a_ranks_environment_is_the_daemons_with_the_later_change_winning() {
+        let vars = [("PATH", "/d"), ("KEEP", "k"), ("SSH_CONNECTION", "x"), ("GONE", "g"), ("OVER", "o")];
+        let base = BaseEnv::of(vars.iter().map(|(k, v)| (k.into(), v.into())));
+        let ops = vec![set("OVER", "1"), unset("GONE"), set("NEW", "n"), set("OVER", "2"), set("SSH_AUTH_SOCK", "job's")];
+        let (env, path) = env_of(&base, &ops, Some("/w"));
+        assert_eq!(env, ["PATH=/d", "KEEP=k", "OVER=2", "NEW=n", "SSH_AUTH_SOCK=job's", "PWD=/w"], "no ssh session variable but the job's");
+        assert_eq!(path.as_deref(), Some("/d"));
+        let (env, path) = env_of(&base, &vec![set("PATH", "/mine"), set("PWD", "/user")], None);
+        assert_eq!(env, ["KEEP=k", "GONE=g", "OVER=o", "PATH=/mine", "PWD=/user"]);
+        assert_eq!(path.as_deref(), Some("/mine"), "the program is searched in the rank's PATH");
+        assert_eq!(env_of(&base, &vec![unset("PATH")], None).1, None);
     }
 
     #[test]

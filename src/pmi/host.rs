@@ -10,6 +10,7 @@ use super::{Action, ConnId, FxMap, JobInfo, PmiServer};
 use mio::{Interest, Registry, Token};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+#[cfg(test)]
 use std::os::unix::process::CommandExt;
 
 /// PMI's tokens are `crate::token::pmi(k)`: the listener is 0, connection `c` is `c + 1`.
@@ -78,8 +79,14 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The rank's end of the socketpair, to keep open across exec in that rank only.
+    pub fn child_fd(&self) -> Option<RawFd> {
+        self.child_end.as_ref().map(|e| e.as_raw_fd())
+    }
+
     /// Makes the rank's end of the socketpair survive `exec` in the child `cmd` starts (and only
     /// there). Call after any `pre_exec` that must run first.
+    #[cfg(test)]
     pub fn apply(&self, cmd: &mut std::process::Command) {
         let Some(end) = self.child_end.as_ref() else { return };
         let fd: RawFd = end.as_raw_fd();
