@@ -123,7 +123,7 @@ fn a_link_failing_during_the_exchange_fails_the_job_with_one_line_and_leaves_not
     let o = run(&s, Some("break:2"), &[]);
     o.expect_code(125);
     // Besides -v's lines (the links came up; the summary), one line says what failed.
-    let not_v = |l: &str| !l.starts_with("rlaunch: ranks get PMI") && !l.starts_with("rlaunch: RDMA start-up links up") && !l.starts_with("rlaunch: 6 ranks on 6 node(s)");
+    let not_v = |l: &str| !l.starts_with("rlaunch: ranks get PMI") && !l.starts_with("rlaunch: RDMA start-up links up") && !l.starts_with("rlaunch: 6 ranks on 6 node(s)") && !l.starts_with("rlaunch: timeline");
     assert_eq!(
         o.stderr_lines().into_iter().filter(|l| not_v(l)).collect::<Vec<_>>(),
         ["rlaunch: node node003: the RDMA link of the start-up exchange failed: simulated link failure (RLAUNCH_TEST_SIM_RDMA=break:2)"],
