@@ -247,8 +247,7 @@ impl PmiHost {
     pub fn on_event(&mut self, token: Token, readable: bool, writable: bool, closed: bool, registry: &Registry) -> Vec<Action> {
         let crate::token::Source::Pmi(k) = crate::token::classify(token) else { return Vec::new() };
         if k == LISTENER_TOKEN {
-            self.accept(registry);
-            return Vec::new();
+            return self.accept(registry);
         }
         let conn = (k - LISTENER_TOKEN - 1) as ConnId;
         let mut out = Vec::new();
@@ -318,9 +317,12 @@ impl PmiHost {
         self.server.is_initialized(rank)
     }
 
-    fn accept(&mut self, registry: &Registry) {
+    /// Takes the waiting connections; a refusal is said once (through the front end's reporter,
+    /// as a warning), the count of later ones is not.
+    fn accept(&mut self, registry: &Registry) -> Vec<Action> {
+        let mut out = Vec::new();
         loop {
-            let Some(l) = self.listener.as_ref() else { return };
+            let Some(l) = self.listener.as_ref() else { return out };
             match l.accept() {
                 Ok((s, peer)) => {
                     let who = s.local_addr().map_or(Peer::Job, |me| classify_peer(peer, me));
@@ -331,7 +333,7 @@ impl PmiHost {
                                 Peer::OtherUser(uid) => format!("uid {uid} (not the job's user)"),
                                 _ => "a process that is none of this node's ranks or their descendants".to_string(),
                             };
-                            eprintln!("rlaunch daemon: refused a --pmi-port connection from {whose}");
+                            out.push(Action::Warning { rank: None, message: format!("refused a --pmi-port connection from {whose}") });
                         }
                         self.refused += 1;
                         continue;
@@ -345,7 +347,7 @@ impl PmiHost {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(_) => return out,
             }
         }
     }
@@ -643,7 +645,9 @@ mod tests {
         let done = dir.join("closed");
         let code = format!("(exec 3<>/dev/tcp/127.0.0.1/{port}; echo 'cmd=initack pmiid=3' >&3; cat <&3 > /dev/null 2>&1; touch {}) &", done.display());
         std::process::Command::new("bash").args(["-c", &code]).status().unwrap();
-        poll_until(&mut host, &mut poll, |h, _| h.refused == 1);
+        let said = poll_until(&mut host, &mut poll, |h, _| h.refused == 1);
+        let warning = Action::Warning { rank: None, message: "refused a --pmi-port connection from a process that is none of this node's ranks or their descendants".into() };
+        assert_eq!(said, vec![warning], "said once, through the front end's reporter");
         let closed = (0..500).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(10));
             done.exists()
