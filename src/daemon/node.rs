@@ -100,6 +100,7 @@ impl Daemon {
     pub fn run(t0: Instant) -> Result<i32> {
         let guard = Guard::start(); // First: it is a fork of this process (see guard.rs).
         let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
+        let timeline = Recorder::joined(t0); // The hello went: the anchor of this daemon's clock.
         let node = boot.node;
         let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
         let w = waker.clone();
@@ -125,7 +126,7 @@ impl Daemon {
             pmix: Pmix::new(node),
             fabric,
             traces: Traces::default(),
-            timeline: Recorder::joined(t0),
+            timeline,
             guard,
             node_done_sent: false,
             orphaned: false,

@@ -329,9 +329,10 @@ impl Frontend {
     }
 
     fn start_daemon(&mut self, starter: &NodeStarter, node: u32, parent: String) {
+        let asked = ms_since(self.plan.t0); // A forked daemon may run before the start returns.
         match self.carriers.start(starter, self.job.launch(), node, parent, self.poll.registry()) {
             Ok(()) => {
-                self.daemons.started(node, ms_since(self.plan.t0));
+                self.daemons.started(node, asked);
                 if self.daemons.all_started() {
                     self.timings.daemons_started_ms = ms_since(self.plan.t0);
                 }
