@@ -126,6 +126,22 @@ fn ranks_adopt_the_daemons_topology_from_shared_memory() {
     assert!(!o.stderr.contains("discovering topology"), "a rank discovered the topology itself:\n{o}");
 }
 
+/// What `show` printed in each of 2 PMIx ranks, run with `extra` options and `env` added to
+/// rlaunch's environment. The test process's own variables starting with `clear` (a developer's
+/// shell) are removed first: they must not decide the answer.
+fn pmix_rank_lines(s: &Scratch, clear: &str, show: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    let mut a = vec!["-np".to_string(), "2".into(), "--mpi".into(), "pmix".into()];
+    a.extend(extra.iter().chain(show.iter()).map(|x| x.to_string()));
+    let mut c = s.cmd(a);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with(clear)) {
+        c.env_remove(k);
+    }
+    c.envs(env.iter().copied());
+    let o = common::Job::start(c, None).wait();
+    o.expect_code(0);
+    o.stdout_lines().iter().map(|l| l.to_string()).collect()
+}
+
 /// No RDMA device here, so the job's fabric is TCP: Open MPI ranks are told ob1 (what Open MPI
 /// would pick, without probing absent hardware), unless the user chose a PML/MTL, or with
 /// `--fabric off`. Needs libpmix only.
@@ -137,19 +153,7 @@ fn tcp_jobs_name_ob1_unless_the_user_chose() {
     }
     let s = Scratch::new("ompi-pml");
     let show = ["sh", "-c", "echo pml=${OMPI_MCA_pml-unset} mtl=${OMPI_MCA_mtl-unset}"];
-    let run = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut a = vec!["-np".to_string(), "2".into(), "--mpi".into(), "pmix".into()];
-        a.extend(extra.iter().chain(show.iter()).map(|x| x.to_string()));
-        let mut c = s.cmd(a);
-        // The test process's own OMPI_MCA_* (a developer's shell) must not decide the answer.
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OMPI_MCA_")) {
-            c.env_remove(k);
-        }
-        c.envs(env.iter().copied());
-        let o = common::Job::start(c, None).wait();
-        o.expect_code(0);
-        o.stdout_lines().iter().map(|l| l.to_string()).collect::<Vec<_>>()
-    };
+    let run = |extra: &[&str], env: &[(&str, &str)]| pmix_rank_lines(&s, "OMPI_MCA_", &show, extra, env);
     let both = |l: &str| vec![l.to_string(), l.to_string()];
     assert_eq!(run(&[], &[]), both("pml=ob1 mtl=unset"));
     assert_eq!(run(&["-x", "OMPI_MCA_pml=ucx"], &[]), both("pml=ucx mtl=unset"));
@@ -166,19 +170,7 @@ fn pmix_ranks_skip_hwlocs_libxml_plugin_unless_the_user_chose() {
     let Some(hello) = ompi("mpi_hello") else { return };
     let s = Scratch::new("ompi-hwloc-plugins");
     let show = ["sh", "-c", "echo bl=${HWLOC_PLUGINS_BLACKLIST-unset}"];
-    let run = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut a = vec!["-np".to_string(), "2".into(), "--mpi".into(), "pmix".into()];
-        a.extend(extra.iter().chain(show.iter()).map(|x| x.to_string()));
-        let mut c = s.cmd(a);
-        // The test process's own hwloc settings (a developer's shell) must not decide the answer.
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HWLOC_")) {
-            c.env_remove(k);
-        }
-        c.envs(env.iter().copied());
-        let o = common::Job::start(c, None).wait();
-        o.expect_code(0);
-        o.stdout_lines().iter().map(|l| l.to_string()).collect::<Vec<_>>()
-    };
+    let run = |extra: &[&str], env: &[(&str, &str)]| pmix_rank_lines(&s, "HWLOC_", &show, extra, env);
     let both = |l: &str| vec![l.to_string(), l.to_string()];
     assert_eq!(run(&[], &[]), both("bl=hwloc_xml_libxml"));
     assert_eq!(run(&["-x", "HWLOC_PLUGINS_BLACKLIST=hwloc_gl"], &[]), both("bl=hwloc_gl"));
@@ -198,18 +190,7 @@ fn pmix_ranks_get_their_rte_components_unless_the_user_set_them() {
     let Some(hello) = ompi("mpi_hello") else { return };
     let s = Scratch::new("ompi-rte");
     let show = ["sh", "-c", "echo ess=${OMPI_MCA_ess-unset} state=${OMPI_MCA_state-unset} errmgr=${OMPI_MCA_errmgr-unset}"];
-    let run = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut a = vec!["-np".to_string(), "2".into(), "--mpi".into(), "pmix".into()];
-        a.extend(extra.iter().chain(show.iter()).map(|x| x.to_string()));
-        let mut c = s.cmd(a);
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OMPI_MCA_")) {
-            c.env_remove(k);
-        }
-        c.envs(env.iter().copied());
-        let o = common::Job::start(c, None).wait();
-        o.expect_code(0);
-        o.stdout_lines().iter().map(|l| l.to_string()).collect::<Vec<_>>()
-    };
+    let run = |extra: &[&str], env: &[(&str, &str)]| pmix_rank_lines(&s, "OMPI_MCA_", &show, extra, env);
     let both = |l: &str| vec![l.to_string(), l.to_string()];
     assert_eq!(run(&[], &[]), both("ess=pmi state=app errmgr=default_app"));
     assert_eq!(run(&["-x", "OMPI_MCA_ess=env"], &[]), both("ess=env state=app errmgr=default_app"));
