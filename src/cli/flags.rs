@@ -675,6 +675,50 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, visible_alias = "configfile", value_name = "FILE", hide_short_help = true)]
     pub app: Option<PathBuf>,
 
+    /// Watch each node's health with the built-in sensors: thermal zones, EDAC memory errors,
+    /// MemAvailable, the job's NICs, load (see SENSORS); a change of state is one line on stderr and
+    /// goes into the --report
+    #[arg(long)]
+    pub sensors: bool,
+
+    /// A user sensor: CMD runs with `sh -c` on every node each --sensor-interval; exit status 0 ok,
+    /// 1 degrading, 2 failed, anything else (or no answer within the interval: killed) unknown; the
+    /// first line of its output is the reason; repeatable
+    #[arg(long = "sensor", value_name = "CMD", action = ArgAction::Append, allow_hyphen_values = true)]
+    pub sensor: Vec<String>,
+
+    /// Seconds between two samples of the sensors (fractions allowed), also the time a user sensor
+    /// has to answer [default: 5]
+    #[arg(long = "sensor-interval", value_name = "SECS")]
+    pub sensor_interval: Option<f64>,
+
+    /// With --sensors: a thermal zone within C degrees Celsius of its hot or critical trip point is
+    /// degrading (at a passive one too: the CPUs are throttled), at its critical one failed
+    /// [default: 5]
+    #[arg(long = "sensor-temp-margin", value_name = "C", requires = "sensors")]
+    pub sensor_temp_margin: Option<f64>,
+
+    /// With --sensors: MemAvailable below SIZE (512M, 2G) or PCT of MemTotal (5%) is degrading,
+    /// below a quarter of it failed [default: 5%]
+    #[arg(long = "sensor-mem-floor", value_name = "SIZE|PCT%", requires = "sensors", value_parser = typed::<fabrics::sensors::MemFloor>)]
+    pub sensor_mem_floor: Option<fabrics::sensors::MemFloor>,
+
+    /// With --sensors: a 1-minute load average above F times the node's online CPUs is degrading
+    /// [default: 4]
+    #[arg(long = "sensor-load-factor", value_name = "F", requires = "sensors")]
+    pub sensor_load_factor: Option<f64>,
+
+    /// With --sensors: N corrected memory errors (EDAC) on a memory controller since the job
+    /// started are degrading; one uncorrected error is failed [default: 10]
+    #[arg(long = "sensor-edac-ce", value_name = "N", requires = "sensors", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sensor_edac_ce: Option<u64>,
+
+    /// With --sensors: N new errors and drops (rx_errors, tx_errors, rx_dropped; an RDMA port's
+    /// error counters) on one of the job's NICs between two samples are degrading; a link down
+    /// (operstate, carrier, port state) is failed [default: 100]
+    #[arg(long = "sensor-nic-errors", value_name = "N", requires = "sensors", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sensor_nic_errors: Option<u64>,
+
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true, value_parser = typed::<Generate>)]
     pub generate: Option<Generate>,

@@ -117,6 +117,9 @@ pub struct Thresholds {
     pub nic_errors: u64,
 }
 
+/// Every value comes from a flag that refuses NaN.
+impl Eq for Thresholds {}
+
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds { temp_margin_c: 5.0, mem_floor: MemFloor::Percent(5.0), load_factor: 4.0, edac_ce: 10, nic_errors: 100 }
@@ -129,6 +132,8 @@ pub enum MemFloor {
     Bytes(u64),
     Percent(f64),
 }
+
+impl Eq for MemFloor {}
 
 impl MemFloor {
     fn bytes(self, total: u64) -> u64 {
