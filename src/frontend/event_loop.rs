@@ -12,6 +12,7 @@ use super::ranks::{JobFacts, Ranks};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
+use super::sensors::NodeSensors;
 use super::sinks::Sinks;
 use super::traces::StackTraces;
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
@@ -61,6 +62,7 @@ struct Frontend {
     ready: Vec<Token>,
     rendezvous: Rendezvous,
     traces: StackTraces,
+    sensors: NodeSensors,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
@@ -108,6 +110,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         ready: Vec::new(),
         rendezvous: Rendezvous::default(),
         traces: StackTraces::new(plan.get_stack_traces),
+        sensors: NodeSensors::default(),
         kill_sent_at: None,
         interrupted_at: None,
         job,
@@ -285,6 +288,7 @@ impl Frontend {
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
+            m @ Msg::Sensor { .. } => self.sensors.on_msg(&self.job, m, ms_since(self.plan.t0)),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
@@ -555,6 +559,7 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
+            sensors: &self.sensors,
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         summary.iter().for_each(|line| self.reporter.detail(1, line));

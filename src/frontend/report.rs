@@ -1,11 +1,12 @@
-//! The `--report` JSON: the map, every rank's status, every node's daemon, phase timings and the
-//! fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
+//! The `--report` JSON: the map, every rank's status, every node's daemon (with its sensors' state
+//! changes), phase timings and the fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
 
 use super::daemons::{Daemons, NodeState};
 use crate::timeline::{self, Aligned, NamedMarks};
 use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
+use super::sensors::NodeSensors;
 use crate::job::JobView;
 use crate::sig::signal_name;
 use crate::spec::RankStatus;
@@ -46,6 +47,8 @@ pub struct ReportInput<'a> {
     pub exit_code: i32,
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
+    /// Every state change of every node's sensors.
+    pub sensors: &'a NodeSensors,
 }
 
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
@@ -131,6 +134,7 @@ pub fn report_json(r: &ReportInput) -> String {
                 "launch_bytes": d.launch_bytes, "ranks": map.ranks_on(i as u32),
                 "state": if d.done { "done" } else if d.lost { "lost" } else { "unknown" },
                 "timeline": timeline_json(d),
+                "sensors": r.sensors.node_json(i as u32),
             })
         })
         .collect();
