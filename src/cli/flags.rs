@@ -55,6 +55,40 @@ ENVIRONMENT OF EACH RANK:
   HWLOC_THISSYSTEM=1; when the whole job is on one node, UCX_TLS=^sysv,tcp (^tcp when /dev/shm
   has less than 16 MiB free per rank).
 
+SENSORS (--sensors, --sensor CMD):
+  Each daemon samples its node every --sensor-interval SECS (default 5) on a thread of its own;
+  a sensor's state is ok, degrading, failed or unknown. Only a change of state travels to the
+  front end: degrading and failed are one line each on stderr (ok again, and a source that
+  cannot be read, with -v), and --report lists every change per node (nodes[].sensors: time,
+  sensor, state, reading, reason, and the node's health: its worst sensor). Bad news counts at
+  once; a return to a better state (or to unknown) needs 3 samples in a row that agree, so a
+  flapping reading changes the state once. rlaunch does not move ranks off a node yet: a
+  degrading or failed node changes nothing in the job (the line says no action).
+  Built-in sensors (--sensors), read under / (sysfs and procfs):
+  thermal:ZONE    /sys/class/thermal/thermal_zone*/temp against trip_point_*_temp of type
+                  passive, hot and critical: degrading within --sensor-temp-margin C (5) of the
+                  lowest hot or critical trip point, or at a passive one (CPUs throttled);
+                  failed at a critical one; unknown for a zone without such trip points
+  edac:MC         /sys/devices/system/edac/mc/mc*/ce_count and ue_count, counted from the first
+                  sample: degrading at --sensor-edac-ce N (10) corrected errors, failed at one
+                  uncorrected error
+  memory          MemAvailable in /proc/meminfo: degrading below --sensor-mem-floor SIZE|PCT%
+                  (5% of MemTotal), failed below a quarter of it
+  nic:NAME        the NICs the node's ranks were given (RLAUNCH_NIC), from the fabric exchange
+                  on: /sys/class/net/NAME/operstate and carrier (failed when down),
+                  statistics/rx_errors + tx_errors + rx_dropped (degrading at --sensor-nic-errors N
+                  (100) new between two samples); an RDMA port DEV:PORT: its state (failed unless
+                  ACTIVE) and error counters under /sys/class/infiniband/DEV/ports/PORT
+  load            the 1-minute load average in /proc/loadavg: degrading above --sensor-load-factor
+                  F (4) times the CPUs in /sys/devices/system/cpu/online
+  A source that is missing or unreadable (no EDAC driver, no thermal zone) is said once, with
+  -v, and the sensor stays unknown.
+  User sensors (--sensor CMD, repeatable): CMD runs as sh -c CMD on every node each interval,
+  in a process group of its own, with RLAUNCH_NODE_RANK, RLAUNCH_NODE_NAME and RLAUNCH_JOBID
+  set, stdin and stderr /dev/null. Exit status 0 is ok, 1 degrading, 2 failed, any other
+  unknown; the first line of its stdout is the reason. A CMD still running when its interval is
+  over is killed (its process group) and counts as unknown; it never holds up the daemon.
+
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
   After ':' only per-program options may appear (-n/-np, -x, --wdir, -env, -H).

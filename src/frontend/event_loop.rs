@@ -12,7 +12,6 @@ use super::ranks::{JobFacts, Ranks};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
-use super::sensors::NodeSensors;
 use super::sinks::Sinks;
 use super::traces::StackTraces;
 use super::verdict::{fmt_secs, Action, Failure, Verdict};
@@ -62,7 +61,6 @@ struct Frontend {
     ready: Vec<Token>,
     rendezvous: Rendezvous,
     traces: StackTraces,
-    sensors: NodeSensors,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
@@ -110,7 +108,6 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         ready: Vec::new(),
         rendezvous: Rendezvous::default(),
         traces: StackTraces::new(plan.get_stack_traces),
-        sensors: NodeSensors::default(),
         kill_sent_at: None,
         interrupted_at: None,
         job,
@@ -274,7 +271,7 @@ impl Frontend {
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
-            Msg::Timeline { node, marks } => self.daemons.timeline(node, marks),
+            m @ (Msg::Timeline { .. } | Msg::Sensor { .. }) => self.daemons.node_report(m, ms_since(self.plan.t0)),
             Msg::NodeDone { node } => self.daemons.finished(node),
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),
@@ -288,7 +285,6 @@ impl Frontend {
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
-            m @ Msg::Sensor { .. } => self.sensors.on_msg(&self.job, m, ms_since(self.plan.t0)),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
@@ -559,7 +555,6 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
-            sensors: &self.sensors,
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         summary.iter().for_each(|line| self.reporter.detail(1, line));

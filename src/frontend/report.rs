@@ -6,7 +6,6 @@ use crate::timeline::{self, Aligned, NamedMarks};
 use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
-use super::sensors::NodeSensors;
 use crate::job::JobView;
 use crate::sig::signal_name;
 use crate::spec::RankStatus;
@@ -47,8 +46,6 @@ pub struct ReportInput<'a> {
     pub exit_code: i32,
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
-    /// Every state change of every node's sensors.
-    pub sensors: &'a NodeSensors,
 }
 
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
@@ -134,7 +131,7 @@ pub fn report_json(r: &ReportInput) -> String {
                 "launch_bytes": d.launch_bytes, "ranks": map.ranks_on(i as u32),
                 "state": if d.done { "done" } else if d.lost { "lost" } else { "unknown" },
                 "timeline": timeline_json(d),
-                "sensors": r.sensors.node_json(i as u32),
+                "sensors": r.daemons.sensors().node_json(i as u32),
             })
         })
         .collect();

@@ -5,7 +5,6 @@
 //! Nothing acts on it yet: ranks are not moved off a node, so the line says "no action".
 
 use super::effect::Effect;
-use crate::job::JobView;
 use crate::spec::SensorState;
 use crate::wire::Msg;
 use serde_json::json;
@@ -61,11 +60,12 @@ fn health(states: &BTreeMap<String, SensorState>) -> SensorState {
 
 impl NodeSensors {
     /// A `Msg::Sensor` from a daemon, `t_ms` after rlaunch started. Other messages are ignored.
-    pub fn on_msg(&mut self, job: &JobView, msg: Msg, t_ms: Option<f64>) -> Vec<Effect> {
+    /// `names`: the job's nodes.
+    pub fn on_msg(&mut self, names: &[String], msg: Msg, t_ms: Option<f64>) -> Vec<Effect> {
         let Msg::Sensor { node, sensor, state, reading, reason } = msg else { return Vec::new() };
-        if node as usize >= job.launch().nodes.len() {
+        let Some(name) = names.get(node as usize) else {
             return vec![Effect::Say(format!("rlaunch: a sensor report for node index {node}, which is not in the job; ignored"))];
-        }
+        };
         let t_ms = t_ms.unwrap_or(0.0);
         let reading = reading.map(|v| v.0);
         let states = self.states.entry(node).or_default();
@@ -74,7 +74,7 @@ impl NodeSensors {
         let after = health(states);
         self.changes.entry(node).or_default().push(Recorded { t_ms, sensor: sensor.clone(), state, reading, reason: reason.clone() });
         let shown = reading.map_or(String::new(), |r| format!(" (reading {})", trim(r)));
-        let head = format!("rlaunch: node {}: sensor {sensor} {state}{shown}: {reason}", job.node_name(node));
+        let head = format!("rlaunch: node {name}: sensor {sensor} {state}{shown}: {reason}");
         if after != before {
             self.health.push(HealthEvent { node, health: after, sensor, reading, reason, t_ms });
         }
@@ -119,7 +119,6 @@ fn trim(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::fixture;
     use crate::spec::SensorValue;
 
     fn msg(node: u32, sensor: &str, state: SensorState, reading: Option<f64>) -> Msg {
@@ -138,8 +137,7 @@ mod tests {
 
     #[test]
     fn changes_are_said_recorded_and_become_health_events() {
-        let app = crate::spec::AppContext { argv: vec!["a".into()], env: Vec::new(), cwd: "/".into(), np: Some(4), nodes: None, without_job_env: false };
-        let job = fixture::view(fixture::launch("j", 4, 1, vec![app]), 0);
+        let job: Vec<String> = (0..4).map(|i| format!("n{i}")).collect();
         let mut s = NodeSensors::default();
         let fx = s.on_msg(&job, msg(3, "edac", SensorState::Unknown, None), Some(10.0));
         assert_eq!(lines(&fx), vec!["v1 rlaunch: node n3: sensor edac unknown: why"]);
