@@ -11,6 +11,16 @@ const MAX_INTERVAL: f64 = 86_400.0;
 
 /// `None` when no sensor is on. `root`: the test-only [`crate::spec::SENSOR_ROOT_ENV`].
 pub fn spec(g: &Cli, root: Option<String>) -> Result<Option<SensorSpec>, UsageError> {
+    let thresholds_given = [
+        ("--sensor-temp-margin", g.sensor_temp_margin.is_some()),
+        ("--sensor-mem-floor", g.sensor_mem_floor.is_some()),
+        ("--sensor-load-factor", g.sensor_load_factor.is_some()),
+        ("--sensor-edac-ce", g.sensor_edac_ce.is_some()),
+        ("--sensor-nic-errors", g.sensor_nic_errors.is_some()),
+    ];
+    if let Some((flag, _)) = thresholds_given.iter().find(|(_, given)| *given).filter(|_| !g.sensors) {
+        return Err(usage(format!("{flag}: a threshold of the built-in sensors, which are off; add --sensors")));
+    }
     if !g.sensors && g.sensor.is_empty() {
         return match g.sensor_interval {
             Some(_) => Err(usage("--sensor-interval: no sensor is on; add --sensors (built-in sensors) or --sensor CMD")),
@@ -56,7 +66,8 @@ mod tests {
     fn off_unless_asked() {
         assert_eq!(spec(&cli(&[]), Some("/fixture".into())).unwrap(), None);
         assert!(spec(&cli(&["--sensor-interval", "1"]), None).unwrap_err().to_string().contains("no sensor is on"));
-        assert!(Cli::try_parse_from(["rlaunch", "--sensor-load-factor", "2", "true"]).is_err(), "thresholds need --sensors");
+        let e = spec(&cli(&["--sensor", "x", "--sensor-load-factor", "2"]), None).unwrap_err().to_string();
+        assert!(e.starts_with("--sensor-load-factor: a threshold of the built-in sensors, which are off; add --sensors"), "{e}");
     }
 
     #[test]
