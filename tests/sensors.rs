@@ -149,7 +149,8 @@ fn a_sensor_degrading_on_one_node_of_the_cluster() {
     let mut args = c.ssh_args();
     let sensor_cmd = format!("sh {}", sensor.display());
     args.extend(
-        ["-f", hostfile.to_str().unwrap(), "-np", "16", "--sensor", &sensor_cmd, "--sensor-interval", "0.2", "--report", "report.json", "sh", "-c", "sleep 2"]
+        // Fan-out 2: the change of the third node is relayed by an inner daemon.
+        ["-f", hostfile.to_str().unwrap(), "--fanout", "2", "-np", "16", "--sensor", &sensor_cmd, "--sensor-interval", "0.2", "--report", "report.json", "sh", "-c", "sleep 2"]
             .iter()
             .map(|a| a.to_string()),
     );
