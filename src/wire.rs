@@ -603,6 +603,7 @@ mod tests {
             Msg::Hello { node: 3, pid: 42, listen_port: 5000, hostname: "h".into(), addr: None },
             Msg::Output { rank: 7, stream: Stream::Stderr, data: b"x\n".to_vec() },
             Msg::NodeDone { node: 3 },
+            Msg::Sensor { node: 3, sensor: "thermal:thermal_zone0".into(), state: SensorState::Degrading, reading: Some(SensorValue(96.5)), reason: "hot".into() },
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(|m| s.seal(m)).collect();
         let mut buf = Vec::new();

@@ -65,6 +65,30 @@ exit 1"#,
     s.assert_no_leftovers(Duration::from_secs(5));
 }
 
+/// A sensor that flaps between ok and degrading on every sample changes state once: bad news at
+/// once, a return only after several samples in a row agree.
+#[test]
+fn a_flapping_user_sensor_changes_state_once() {
+    let s = Scratch::new("sensor-flapping");
+    let sensor = script(
+        &s.dir,
+        "flap.sh",
+        r#"n=$(cat "$D/n" 2>/dev/null || echo 0); echo $((n+1)) > "$D/n"
+if [ $((n % 2)) -eq 1 ]; then echo "flap $n"; exit 1; fi
+echo steady; exit 0"#,
+    );
+    // The sensor rewrites its counter: a read may find it empty.
+    let rank = r#"i=0; while [ $i -lt 400 ]; do n=$(cat "$D/n" 2>/dev/null); [ "${n:-0}" -ge 12 ] && break; sleep 0.05; i=$((i+1)); done; sleep 0.5"#;
+    let o = s.run(["-np", "1", "-v", "--sensor", sensor.to_str().unwrap(), "--sensor-interval", "0.1", "--report", "report.json", "sh", "-c", rank]);
+    o.expect_code(0);
+    let samples: u32 = s.read("n").trim().parse().unwrap();
+    assert!(samples >= 12, "{samples} samples");
+    let got = changes(&report(&s), 0);
+    assert_eq!(got.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), vec!["degrading"], "{samples} samples: {got:?}");
+    assert_eq!(got[0].3, "flap 1");
+    assert_eq!(sensor_lines(&o).len(), 1, "{}", o.stderr);
+}
+
 /// A sensor that never answers is killed after its interval, counts as unknown (said once, with
 /// -v), and neither holds up the job nor survives it.
 #[test]

@@ -12,6 +12,7 @@
 
 use super::effect::Effect;
 use super::fabric::Fabric;
+use super::say::say;
 use crate::job::JobView;
 use crate::spec::{SensorSpec, SensorValue};
 use crate::wire::Msg;
@@ -57,8 +58,10 @@ impl Sensors {
         let thresholds = spec.thresholds.clone();
         let notify = notify.clone();
         let started = std::thread::Builder::new().name("sensors".into()).spawn(move || sample_loop(&spec, &env, &nics_rx, &tx, &notify));
-        if started.is_ok() {
-            self.active = Some(Active { engine: Engine::new(thresholds), rounds, nics });
+        match started {
+            Ok(_) => self.active = Some(Active { engine: Engine::new(thresholds), rounds, nics }),
+            // The job runs on; the node's sensors are what is lost, and the line says so.
+            Err(e) => say(Some(node), format_args!("cannot start the sensor thread ({e}); no sensor watches this node")),
         }
         Vec::new()
     }
