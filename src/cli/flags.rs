@@ -729,28 +729,28 @@ showed in this mode (none in 200 jobs)."
     /// With --sensors: a thermal zone within C degrees Celsius of its hot or critical trip point is
     /// degrading (at a passive one too: the CPUs are throttled), at its critical one failed
     /// [default: 5]
-    #[arg(long = "sensor-temp-margin", value_name = "C")]
+    #[arg(long = "sensor-temp-margin", value_name = "C", hide_short_help = true)]
     pub sensor_temp_margin: Option<f64>,
 
     /// With --sensors: MemAvailable below SIZE (512M, 2G) or PCT of MemTotal (5%) is degrading,
     /// below a quarter of it failed [default: 5%]
-    #[arg(long = "sensor-mem-floor", value_name = "SIZE|PCT%", value_parser = typed::<fabrics::sensors::MemFloor>)]
+    #[arg(long = "sensor-mem-floor", value_name = "SIZE|PCT%", value_parser = typed::<fabrics::sensors::MemFloor>, hide_short_help = true)]
     pub sensor_mem_floor: Option<fabrics::sensors::MemFloor>,
 
     /// With --sensors: a 1-minute load average above F times the node's online CPUs is degrading
     /// [default: 4]
-    #[arg(long = "sensor-load-factor", value_name = "F")]
+    #[arg(long = "sensor-load-factor", value_name = "F", hide_short_help = true)]
     pub sensor_load_factor: Option<f64>,
 
     /// With --sensors: N corrected memory errors (EDAC) on a memory controller since the job
     /// started are degrading; one uncorrected error is failed [default: 10]
-    #[arg(long = "sensor-edac-ce", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "sensor-edac-ce", value_name = "N", value_parser = clap::value_parser!(u64).range(1..), hide_short_help = true)]
     pub sensor_edac_ce: Option<u64>,
 
     /// With --sensors: N new errors and drops (rx_errors, tx_errors, rx_dropped; an RDMA port's
     /// error counters) on one of the job's NICs between two samples are degrading; a link down
     /// (operstate, carrier, port state) is failed [default: 100]
-    #[arg(long = "sensor-nic-errors", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "sensor-nic-errors", value_name = "N", value_parser = clap::value_parser!(u64).range(1..), hide_short_help = true)]
     pub sensor_nic_errors: Option<u64>,
 
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"

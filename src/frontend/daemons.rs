@@ -131,7 +131,6 @@ impl Daemons {
         }
     }
 
-    /// `Timeline`: when `node`'s daemon reached each launch phase, on its clock.
     /// What a daemon reports of its node, `t_ms` after rlaunch started: its launch timeline, or
     /// a sensor's change of state.
     pub fn node_report(&mut self, msg: Msg, t_ms: Option<f64>) -> Vec<Effect> {
@@ -146,6 +145,7 @@ impl Daemons {
         &self.sensors
     }
 
+    /// `Timeline`: when `node`'s daemon reached each launch phase, on its clock.
     pub fn timeline(&mut self, node: u32, marks: crate::timeline::NodeMarks) -> Vec<super::effect::Effect> {
         if let Some(d) = self.nodes.get_mut(node as usize) {
             d.marks = Some(marks);
