@@ -710,8 +710,8 @@ showed in this mode (none in 200 jobs)."
     pub app: Option<PathBuf>,
 
     /// Watch each node's health with the built-in sensors: thermal zones, EDAC memory errors,
-    /// MemAvailable, the job's NICs, load (see SENSORS); a change of state is one line on stderr and
-    /// goes into the --report
+    /// MemAvailable, the job's NICs, load (SENSORS in --help); a change of state is one line on
+    /// stderr and goes into the --report
     #[arg(long)]
     pub sensors: bool,
 
