@@ -45,12 +45,23 @@ fn entries(root: &Path, rel: &str, prefix: &str) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// The numbered entries of a source's directory, or the reading that says why there is none.
+/// `none`: what is missing (for the message), `hint`: what that usually means.
+fn sources(root: &Path, dir: &str, prefix: &str, sensor: &str, none: &str, hint: &str) -> Result<Vec<String>, Reading> {
+    let path = root.join(dir);
+    let why = match entries(root, dir, prefix) {
+        Ok(e) if !e.is_empty() => return Ok(e),
+        Ok(_) => format!("no {none} under {}{hint}", path.display()),
+        Err(e) => format!("cannot list {}: {e}{hint}", path.display()),
+    };
+    Err(Reading::Missing { sensor: sensor.into(), why })
+}
+
 fn thermal(root: &Path, out: &mut Vec<Reading>) {
     const DIR: &str = "sys/class/thermal";
-    let zones = match entries(root, DIR, "thermal_zone") {
-        Ok(z) if !z.is_empty() => z,
-        Ok(_) => return out.push(Reading::Missing { sensor: "thermal".into(), why: format!("no thermal zone under {}", root.join(DIR).display()) }),
-        Err(e) => return out.push(Reading::Missing { sensor: "thermal".into(), why: format!("cannot list {}: {e}", root.join(DIR).display()) }),
+    let zones = match sources(root, DIR, "thermal_zone", "thermal", "thermal zone", "") {
+        Ok(z) => z,
+        Err(missing) => return out.push(missing),
     };
     for zone in zones {
         let base = format!("{DIR}/{zone}");
@@ -84,10 +95,9 @@ fn thermal(root: &Path, out: &mut Vec<Reading>) {
 
 fn edac(root: &Path, out: &mut Vec<Reading>) {
     const DIR: &str = "sys/devices/system/edac/mc";
-    let mcs = match entries(root, DIR, "mc") {
-        Ok(m) if !m.is_empty() => m,
-        Ok(_) => return out.push(Reading::Missing { sensor: "edac".into(), why: format!("no memory controller under {} (no EDAC driver)", root.join(DIR).display()) }),
-        Err(e) => return out.push(Reading::Missing { sensor: "edac".into(), why: format!("cannot list {}: {e} (no EDAC driver)", root.join(DIR).display()) }),
+    let mcs = match sources(root, DIR, "mc", "edac", "memory controller", " (no EDAC driver)") {
+        Ok(m) => m,
+        Err(missing) => return out.push(missing),
     };
     for mc in mcs {
         let counts = number::<u64>(root, &format!("{DIR}/{mc}/ce_count")).and_then(|ce| Ok((ce, number::<u64>(root, &format!("{DIR}/{mc}/ue_count"))?)));
