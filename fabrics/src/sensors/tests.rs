@@ -375,6 +375,17 @@ proptest! {
         }
     }
 
+    /// A hotter zone is never in a better state, whatever its trip points and the margin.
+    #[test]
+    fn hotter_is_never_better(a in 0i64..150_000, b in 0i64..150_000, hot in 1i64..150_000, crit in 1i64..150_000, passive in proptest::option::of(1i64..150_000), margin in 0.0f64..20.0) {
+        let mut trips = vec![(Trip::Hot, hot), (Trip::Critical, crit)];
+        trips.extend(passive.map(|p| (Trip::Passive, p)));
+        let (lo, hi) = (a.min(b), a.max(b));
+        let s = |t: i64| thermal("z", "", t, &trips, margin).state;
+        prop_assert!(s(lo).severity() <= s(hi).severity(), "{} °mC: {:?}, {} °mC: {:?}", lo, s(lo), hi, s(hi));
+        prop_assert_eq!(s(hi.max(crit)), State::Failed);
+    }
+
     /// NIC error counters: rising by fewer than the limit per sample never degrades a link that
     /// is up, whatever the total.
     #[test]
