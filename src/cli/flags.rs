@@ -4,7 +4,7 @@
 
 use super::error::{usage, UsageError};
 use crate::pmix::MpiFlag;
-use crate::spec::StdinTarget;
+use crate::spec::{RestartScope, StdinTarget};
 use clap::{ArgAction, CommandFactory, Parser};
 use fabrics::endpoints::FabricChoice;
 use fabrics::placement::{BindTo, MapObj, MapPolicy};
@@ -237,8 +237,7 @@ APPLICATION FILES (both families):
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
   -enable-x, -ckpointlib (BLCR), Intel's -trace, -gtool and -check_mpi, -gdb, --debug, -xterm,
-  --enable-recovery and --max-restarts (not yet), -disable-auto-cleanup, --preload-binary,
-  --preload-files, -ompi-server, --personality, --xml.";
+  -disable-auto-cleanup, --preload-binary, --preload-files, -ompi-server, --personality, --xml.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -454,6 +453,24 @@ libpmix's in-memory store, which removed the hangs and \"PML add procs failed\" 
 showed in this mode (none in 200 jobs)."
     )]
     pub mpi: MpiFlag,
+
+    /// Restart a failed rank (non-zero exit or signal) up to N times instead of ending the job; with
+    /// --restart-scope rank N counts per rank, with job it counts restarts of the whole job. Aborts
+    /// (MPI_Abort), ranks that cannot start, ctrl-C and --timeout are never restarted; a restarted
+    /// rank that fails again within 1 s is not restarted again. 0: the first failure ends the job
+    #[arg(long = "max-restarts", value_name = "N", help_heading = "Recovery")]
+    pub max_restarts: Option<u32>,
+
+    /// What a restart starts again: rank (only the failed rank, on its node with its binding; the
+    /// others go on) or job (every rank is stopped, then all start again with a fresh PMI/PMIx
+    /// generation; what MPI programs need) [default: job when the ranks use PMI or PMIx, as --mpi
+    /// pmi|pmix says or --mpi auto finds an MPI library; else rank]
+    #[arg(long = "restart-scope", value_name = "rank|job", value_parser = typed::<RestartScope>, help_heading = "Recovery")]
+    pub restart_scope: Option<RestartScope>,
+
+    /// Open MPI (PRRTE): restart failed ranks; --max-restarts 1 unless --max-restarts says otherwise
+    #[arg(long = "enable-recovery", hide_short_help = true, help_heading = "Recovery")]
+    pub enable_recovery: bool,
 
     /// Network for rank endpoints: auto (RDMA when every node has an active port, else TCP), tcp,
     /// rdma, or off (no inventory exchange, no endpoint table)
@@ -700,8 +717,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("enable-x", "rlaunch does not forward X11 connections"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
-    ("enable-recovery", "restarting failed ranks is not supported yet; the first failure ends the job"),
-    ("max-restarts", "restarting failed ranks is not supported yet; the first failure ends the job"),
     ("disable-auto-cleanup", "rlaunch ends the whole job at the first failure; it cannot leave the other ranks running"),
     ("preload-binary", "rlaunch does not copy programs to the nodes; put the program on a shared file system"),
     ("preload-files", "rlaunch does not copy files to the nodes; put them on a shared file system"),
@@ -715,7 +730,7 @@ pub const WONT: &[(&str, &str)] = &[
     ("info", "prints MPICH's build configuration; rlaunch --version says which rlaunch this is"),
     ("tv", "rlaunch does not start TotalView; run the debugger as the program, or see --get-stack-traces"),
     ("debugger", "rlaunch does not start a parallel debugger; run one as the program, or see --get-stack-traces"),
-    ("with-ft", "ULFM fault tolerance is not supported; the first failure ends the job"),
+    ("with-ft", "ULFM fault tolerance is not supported; --max-restarts restarts failed ranks instead"),
 ];
 
 /// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:

@@ -11,6 +11,7 @@ use super::guard::Guard;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
+use super::restart::Restarts;
 use super::say::say;
 use super::spawn::{self, Spawner};
 use super::traces::Traces;
@@ -82,6 +83,7 @@ pub struct Daemon {
     pmix: Pmix,
     fabric: Fabric,
     traces: Traces,
+    restarts: Restarts,
     timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
     /// the ssh threads of tree spawn.
@@ -126,6 +128,7 @@ impl Daemon {
             pmix: Pmix::new(node),
             fabric,
             traces: Traces::default(),
+            restarts: Restarts::new(node),
             timeline,
             guard,
             node_done_sent: false,
@@ -229,7 +232,20 @@ impl Daemon {
                 Effect::Fault(text) => self.fault(text),
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
-                Effect::SpawnRanks => self.spawn_ranks(),
+                Effect::SpawnRanks => self.spawn_ranks(None),
+                Effect::Respawn(ranks) => {
+                    self.node_done_sent = false;
+                    self.spawn_ranks(Some(ranks));
+                }
+                Effect::StopRanks => self.terminate_all(),
+                Effect::NewGeneration(g) => {
+                    self.node_done_sent = false;
+                    self.ranks.resume();
+                    self.pmi.restart(g);
+                    let fx = self.job.view().map_or(Vec::new(), |job| self.pmix.restart(job, g));
+                    self.apply(fx);
+                    self.start_ranks();
+                }
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
                     let mut fx = self.pmi.rank_exited(rank, self.poll.registry());
@@ -297,6 +313,11 @@ impl Daemon {
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
             Msg::Rdma(step) => self.fabric.on_rdma(None, step),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
+            m @ (Msg::RestartStop { .. } | Msg::RestartJob { .. }) => {
+                self.links.down(&m);
+                self.restarts.on_msg(m)
+            }
+            m @ Msg::RestartRanks { .. } => self.restarts.on_msg(m),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -435,9 +456,11 @@ impl Daemon {
         }
     }
 
-    fn spawn_ranks(&mut self) {
+    fn spawn_ranks(&mut self, only: Option<Vec<u32>>) {
         let Some(job) = self.job.view() else { return };
         let s = Spawner {
+            only,
+            restarts: &self.restarts,
             job,
             registry: self.poll.registry(),
             ranks: &mut self.ranks,
@@ -473,7 +496,10 @@ impl Daemon {
         // The ranks wait for the fabric table or for libpmix, unless the job is ending (ranks not
         // started because spawning stopped count as done).
         let held = (self.fabric.holds_ranks() || self.pmix.holds_ranks()) && !self.ranks.stop_spawning();
-        if self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
+        if let Some(m) = self.restarts.stopped(self.ranks.all_reported()) {
+            self.links.up(&m);
+        }
+        if self.restarts.holds_done() || self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
             return;
         }
         self.node_done_sent = true;

@@ -9,12 +9,13 @@ use super::effect::Effect;
 use super::fabric::RootFabric;
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
+use super::recovery::{JobState, Recovery};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
 use super::traces::StackTraces;
-use super::verdict::{fmt_secs, Action, Failure, Verdict};
+use super::verdict::{fmt_secs, Action, Failure, Outcome, Verdict};
 use crate::binding;
 use crate::plan::JobPlan;
 use crate::job::JobView;
@@ -51,6 +52,7 @@ struct Frontend {
     carriers: Carriers,
     ranks: Ranks,
     verdict: Verdict,
+    recovery: Recovery,
     reporter: Reporter,
     sinks: Sinks,
     timings: Timings,
@@ -103,6 +105,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
             }),
         }),
         verdict: Verdict::default(),
+        recovery: Recovery::new(plan.restarts, &job),
         timings: Timings::default(),
         pmi: RootPmi::default(),
         ready: Vec::new(),
@@ -267,7 +270,14 @@ impl Frontend {
                 self.ranks.started(&pids);
                 self.daemons.launched(node, launch_bytes);
                 self.timings.ranks_started(self.ranks.all_running(), self.plan.t0);
+                self.recovery.node_started(node, &pids, self.ranks.all_running(), self.plan.t0.elapsed());
                 Vec::new()
+            }
+            Msg::NodeDone { node } if self.recovery.stale_done(node) => Vec::new(),
+            Msg::PmiReport { .. } | Msg::Fence { .. } | Msg::PmixFence { .. } | Msg::KvsGet { .. } | Msg::KvsValue { .. } if self.recovery.stopping() => Vec::new(),
+            Msg::RestartStopped { node, generation } => {
+                let s = JobState { job: &self.job, ranks: &mut self.ranks, daemons: &mut self.daemons, ending: false, at: self.plan.t0.elapsed() };
+                self.recovery.node_stopped(node, generation, &mut self.pmi, s)
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
@@ -359,6 +369,9 @@ impl Frontend {
 
     fn on_signals(&mut self) {
         for s in self.signals.drain() {
+            if matches!(s, libc::SIGINT | libc::SIGTERM | libc::SIGHUP) {
+                self.recovery.close(); // The user ends the job: its ranks' deaths are not failures.
+            }
             match s {
                 libc::SIGCHLD => {}
                 libc::SIGINT if self.interrupted_at.is_some_and(|t| t.elapsed() < SECOND_INTERRUPT) => self.fail(Failure::SecondInterrupt),
@@ -451,7 +464,9 @@ impl Frontend {
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
-        ended.into_iter().chain([Effect::Fail(self.pmi.exit_failure(rank, status))]).collect()
+        let ending = self.verdict.terminating() || self.verdict.outcome() != Outcome::Running;
+        let s = JobState { job: &self.job, ranks: &mut self.ranks, daemons: &mut self.daemons, ending, at: self.plan.t0.elapsed() };
+        ended.into_iter().chain(self.recovery.rank_ended(self.pmi.exit_failure(rank, status), s)).collect()
     }
 
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
@@ -555,6 +570,7 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
+            restarts: (self.recovery.log(), self.recovery.generation()),
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         summary.iter().for_each(|line| self.reporter.detail(1, line));
