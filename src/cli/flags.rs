@@ -35,6 +35,20 @@ FAILURES:
   breaks the PMI protocol, or exits with status 0 after MPI_Init without MPI_Finalize, fails
   the job with status 1.
 
+RESTARTS (--max-restarts N, --restart-scope rank|job):
+  A rank that exits non-zero or is killed by a signal is restarted instead of ending the job,
+  with one line saying so ("rlaunch: rank 3 (n2) killed by SIGKILL; restarting it (1 of 3)").
+  Rank scope: the rank alone starts again on its node, same binding and environment, while the
+  others go on; N counts restarts of each rank. Job scope: every rank is stopped (SIGTERM, then
+  SIGKILL after the grace period) and all start again with a fresh PMI key-value space or PMIx
+  namespace named after the new generation; N counts restarts of the job. Not restarted: exit
+  status 0, MPI_Abort, a program that cannot start, anything after ctrl-C, --timeout or another
+  failure, and a restarted rank (or job) that fails again within 1 s of running again (one line
+  says so). When N is spent, the job ends as without restarts, plus one line saying so. Output
+  of every run of a rank is tagged as that rank's; --report lists every restart (time, ranks,
+  node, scope, reason, generation, milliseconds until running again) and the final generation;
+  the ranks in it are the last generation's. A restarted rank gets no stdin that came before.
+
 SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
   A second SIGINT (ctrl-C) within 5 s kills every rank with SIGKILL (exit 130).
@@ -46,6 +60,8 @@ SIGNALS:
 ENVIRONMENT OF EACH RANK:
   RLAUNCH_RANK, RLAUNCH_SIZE, RLAUNCH_LOCAL_RANK, RLAUNCH_LOCAL_SIZE, RLAUNCH_NODE_RANK,
   RLAUNCH_NUM_NODES, RLAUNCH_JOBID, RLAUNCH_APPNUM, plus rlaunch's own environment and -x values.
+  RLAUNCH_RESTARTS (how often this rank's process was restarted; 0 on its first start) and
+  RLAUNCH_GENERATION (the job's generation: 0, +1 per job-scope restart).
   PWD is the rank's working directory; SSH_* variables reach a rank only through -x.
   RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
   NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
@@ -469,7 +485,7 @@ showed in this mode (none in 200 jobs)."
     pub restart_scope: Option<RestartScope>,
 
     /// Open MPI (PRRTE): restart failed ranks; --max-restarts 1 unless --max-restarts says otherwise
-    #[arg(long = "enable-recovery", hide_short_help = true, help_heading = "Recovery")]
+    #[arg(long = "enable-recovery", help_heading = "Recovery")]
     pub enable_recovery: bool,
 
     /// Network for rank endpoints: auto (RDMA when every node has an active port, else TCP), tcp,
