@@ -8,9 +8,11 @@
 //! test time; without a compiler those tests say so and pass). Multi-node tests need the
 //! namespace cluster (`RLAUNCH_CLUSTER_STATE`).
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
-use common::cluster::{Cluster, NodeScratch};
+use cluster::{Cluster, NodeScratch};
 use common::mpi::{self, rlaunch_lines, serial};
 use common::{poll_until, Output, Scratch};
 use std::path::PathBuf;

@@ -37,7 +37,7 @@ FAILURES:
 
 RESTARTS (--max-restarts N, --restart-scope rank|job):
   A rank that exits non-zero or is killed by a signal is restarted instead of ending the job,
-  with one line saying so ("rlaunch: rank 3 (n2) killed by SIGKILL; restarting it (1 of 3)").
+  with one line saying so (\"rlaunch: rank 3 (n2) killed by SIGKILL; restarting it (1 of 3)\").
   Rank scope: the rank alone starts again on its node, same binding and environment, while the
   others go on; N counts restarts of each rank. Job scope: every rank is stopped (SIGTERM, then
   SIGKILL after the grace period) and all start again with a fresh PMI key-value space or PMIx

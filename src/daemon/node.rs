@@ -11,7 +11,7 @@ use super::guard::Guard;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
-use super::restart::Restarts;
+use super::restart::{self, Restarts};
 use super::say::say;
 use super::spawn::{self, Spawner};
 use super::traces::Traces;
@@ -233,18 +233,11 @@ impl Daemon {
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
                 Effect::SpawnRanks => self.spawn_ranks(None),
-                Effect::Respawn(ranks) => {
-                    self.node_done_sent = false;
-                    self.spawn_ranks(Some(ranks));
-                }
+                Effect::Respawn(ranks) => self.spawn_ranks(Some(ranks)),
                 Effect::StopRanks => self.terminate_all(),
                 Effect::NewGeneration(g) => {
-                    self.node_done_sent = false;
-                    self.ranks.resume();
-                    self.pmi.restart(g);
-                    let fx = self.job.view().map_or(Vec::new(), |job| self.pmix.restart(job, g));
+                    let fx = restart::new_generation(g, &mut self.ranks, &mut self.pmi, &mut self.pmix, self.job.view());
                     self.apply(fx);
-                    self.start_ranks();
                 }
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
@@ -313,11 +306,7 @@ impl Daemon {
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
             Msg::Rdma(step) => self.fabric.on_rdma(None, step),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
-            m @ (Msg::RestartStop { .. } | Msg::RestartJob { .. }) => {
-                self.links.down(&m);
-                self.restarts.on_msg(m)
-            }
-            m @ Msg::RestartRanks { .. } => self.restarts.on_msg(m),
+            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. } | Msg::RestartJob { .. }) => self.restarts.on_msg(m, self.links.router().children().collect()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -458,6 +447,7 @@ impl Daemon {
 
     fn spawn_ranks(&mut self, only: Option<Vec<u32>>) {
         let Some(job) = self.job.view() else { return };
+        self.node_done_sent = false; // A restart: the node has ranks again.
         let s = Spawner {
             only,
             restarts: &self.restarts,
@@ -496,9 +486,7 @@ impl Daemon {
         // The ranks wait for the fabric table or for libpmix, unless the job is ending (ranks not
         // started because spawning stopped count as done).
         let held = (self.fabric.holds_ranks() || self.pmix.holds_ranks()) && !self.ranks.stop_spawning();
-        if let Some(m) = self.restarts.stopped(self.ranks.all_reported()) {
-            self.links.up(&m);
-        }
+        self.restarts.stopped(self.ranks.all_reported()).into_iter().for_each(|m| self.links.up(&m));
         if self.restarts.holds_done() || self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
             return;
         }

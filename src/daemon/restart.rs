@@ -6,6 +6,10 @@
 //! restarted (`RLAUNCH_RESTARTS`) and the job's generation (`RLAUNCH_GENERATION`).
 
 use super::effect::Effect;
+use super::pmi::Pmi;
+use super::pmix::Pmix;
+use super::ranks::Ranks;
+use crate::job::JobView;
 use crate::wire::Msg;
 use std::collections::HashMap;
 
@@ -31,9 +35,18 @@ impl Restarts {
         [("RLAUNCH_RESTARTS".into(), Some(n.to_string())), ("RLAUNCH_GENERATION".into(), Some(self.generation.to_string()))]
     }
 
-    /// A restart message from the parent (the caller passes `RestartStop` and `RestartJob` on
-    /// down first).
-    pub fn on_msg(&mut self, msg: Msg) -> Vec<Effect> {
+    /// A restart message from the parent; `children`: this daemon's, which `RestartStop` and
+    /// `RestartJob` go on to first.
+    pub fn on_msg(&mut self, msg: Msg, children: Vec<u32>) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if matches!(msg, Msg::RestartStop { .. } | Msg::RestartJob { .. }) && !children.is_empty() {
+            out.push(Effect::DownTo(children, msg.clone()));
+        }
+        out.extend(self.act(msg));
+        out
+    }
+
+    fn act(&mut self, msg: Msg) -> Vec<Effect> {
         match msg {
             Msg::RestartRanks { node, ranks } if node != self.node => vec![Effect::Below(node, Msg::RestartRanks { node, ranks })],
             Msg::RestartRanks { ranks, .. } => {
@@ -73,6 +86,16 @@ impl Restarts {
     }
 }
 
+/// `RestartJob` reached this node (every node stopped): ranks may start again, with PMI and PMIx
+/// as new for generation `generation`; then the ranks start as at the launch.
+pub fn new_generation(generation: u32, ranks: &mut Ranks, pmi: &mut Pmi, pmix: &mut Pmix, job: Option<&JobView>) -> Vec<Effect> {
+    ranks.resume();
+    pmi.restart(generation);
+    let mut fx = job.map_or(Vec::new(), |job| pmix.restart(job, generation));
+    fx.push(Effect::StartRanks);
+    fx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,8 +110,8 @@ mod tests {
         let mut r = Restarts::new(2);
         assert_eq!(env(&r, 5), ("0".into(), "0".into()), "a first start says so too");
         let other = Msg::RestartRanks { node: 4, ranks: vec![(9, 1)] };
-        assert_eq!(r.on_msg(other.clone()), vec![Effect::Below(4, other)]);
-        assert_eq!(r.on_msg(Msg::RestartRanks { node: 2, ranks: vec![(5, 2)] }), vec![Effect::Respawn(vec![5])]);
+        assert_eq!(r.on_msg(other.clone(), vec![3, 4]), vec![Effect::Below(4, other)]);
+        assert_eq!(r.on_msg(Msg::RestartRanks { node: 2, ranks: vec![(5, 2)] }, vec![3]), vec![Effect::Respawn(vec![5])]);
         assert_eq!(env(&r, 5), ("2".into(), "0".into()));
         assert_eq!(env(&r, 6), ("0".into(), "0".into()));
     }
@@ -96,15 +119,16 @@ mod tests {
     #[test]
     fn job_scope_stops_says_so_once_and_starts_the_next_generation() {
         let mut r = Restarts::new(0);
-        assert_eq!(r.on_msg(Msg::RestartStop { generation: 1 }), vec![Effect::StopRanks]);
+        let stop = Msg::RestartStop { generation: 1 };
+        assert_eq!(r.on_msg(stop.clone(), vec![1, 2]), vec![Effect::DownTo(vec![1, 2], stop), Effect::StopRanks]);
         assert!(r.holds_done());
         assert_eq!(r.stopped(false), None);
         assert_eq!(r.stopped(true), Some(Msg::RestartStopped { node: 0, generation: 1 }));
         assert_eq!(r.stopped(true), None);
         assert!(r.holds_done(), "until the next generation starts");
-        assert_eq!(r.on_msg(Msg::RestartJob { generation: 1 }), vec![Effect::NewGeneration(1)]);
+        assert_eq!(r.on_msg(Msg::RestartJob { generation: 1 }, Vec::new()), vec![Effect::NewGeneration(1)]);
         assert!(!r.holds_done());
         assert_eq!(env(&r, 3), ("1".into(), "1".into()));
-        assert!(matches!(r.on_msg(Msg::RestartJob { generation: 2 }).as_slice(), [Effect::Fault(_)]));
+        assert!(matches!(r.on_msg(Msg::RestartJob { generation: 2 }, Vec::new()).as_slice(), [Effect::Fault(_)]));
     }
 }

@@ -226,7 +226,8 @@ impl Frontend {
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline()]
+        let held = self.recovery.deadline().map(|d| self.plan.t0 + d);
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held]
             .into_iter()
             .flatten()
             .min()
@@ -270,15 +271,11 @@ impl Frontend {
                 self.ranks.started(&pids);
                 self.daemons.launched(node, launch_bytes);
                 self.timings.ranks_started(self.ranks.all_running(), self.plan.t0);
-                self.recovery.node_started(node, &pids, self.ranks.all_running(), self.plan.t0.elapsed());
-                Vec::new()
+                self.recovery.node_started(node, &pids, self.ranks.all_running(), self.plan.t0.elapsed())
             }
             Msg::NodeDone { node } if self.recovery.stale_done(node) => Vec::new(),
             Msg::PmiReport { .. } | Msg::Fence { .. } | Msg::PmixFence { .. } | Msg::KvsGet { .. } | Msg::KvsValue { .. } if self.recovery.stopping() => Vec::new(),
-            Msg::RestartStopped { node, generation } => {
-                let s = JobState { job: &self.job, ranks: &mut self.ranks, daemons: &mut self.daemons, ending: false, at: self.plan.t0.elapsed() };
-                self.recovery.node_stopped(node, generation, &mut self.pmi, s)
-            }
+            Msg::RestartStopped { node, generation } => self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0)),
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
             Msg::Timeline { node, marks } => self.daemons.timeline(node, marks),
@@ -286,7 +283,10 @@ impl Frontend {
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),
             Msg::NodeFailed { node, fault } => self.node_failed(node, fault),
-            Msg::PmiReport { rank, node, kind, message } => self.pmi.report(&self.job, rank, node, kind, &message),
+            Msg::PmiReport { rank, node, kind, message } => {
+                let fx = self.pmi.report(&self.job, rank, node, kind, &message);
+                self.recovery.screen(fx, self.verdict.terminating(), self.plan.t0.elapsed())
+            }
             Msg::Fence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmi, n, seq, puts)),
             Msg::PmixFence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmix, n, seq, puts)),
             Msg::KvsGet { from, key, .. } => self.pmi.kvs_get(&self.job, from, key),
@@ -420,7 +420,7 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
-        let late = self.traces.expired(now);
+        let late = self.traces.expired(now).into_iter().chain(self.recovery.due(now.saturating_duration_since(self.plan.t0))).collect();
         self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
@@ -464,8 +464,7 @@ impl Frontend {
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
-        let ending = self.verdict.terminating() || self.verdict.outcome() != Outcome::Running;
-        let s = JobState { job: &self.job, ranks: &mut self.ranks, daemons: &mut self.daemons, ending, at: self.plan.t0.elapsed() };
+        let s = JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating() || self.verdict.outcome() != Outcome::Running, self.plan.t0);
         ended.into_iter().chain(self.recovery.rank_ended(self.pmi.exit_failure(rank, status), s)).collect()
     }
 
@@ -544,7 +543,7 @@ impl Frontend {
 
     fn finished(&self) -> bool {
         // Daemons with no rank to wait for report done before the fabric exchange ends.
-        self.daemons.all_accounted() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
+        self.daemons.all_accounted() && !self.recovery.holding() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
     }
 
     fn finish(&mut self) -> i32 {

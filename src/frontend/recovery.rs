@@ -25,6 +25,8 @@ pub struct Recovery {
     awaiting: BTreeSet<u32>,
     /// Job scope: the nodes whose ranks are all gone for the generation under way.
     stopped: BTreeSet<u32>,
+    /// An abort held by the policy, for the verdict if it stands.
+    held: Option<Failure>,
 }
 
 /// The job state a decision changes.
@@ -38,11 +40,17 @@ pub struct JobState<'a> {
     pub at: Duration,
 }
 
+impl<'a> JobState<'a> {
+    pub fn of(job: &'a JobView, ranks: &'a mut Ranks, daemons: &'a mut Daemons, ending: bool, t0: std::time::Instant) -> JobState<'a> {
+        JobState { job, ranks, daemons, ending, at: t0.elapsed() }
+    }
+}
+
 impl Recovery {
     pub fn new(spec: RestartSpec, job: &JobView) -> Recovery {
         let rank_node = job.map().ranks().iter().map(|p| p.node).collect();
         let names = (0..job.launch().nodes.len() as u32).map(|n| job.node_name(n)).collect();
-        Recovery { policy: Policy::new(spec, rank_node, names), awaiting: BTreeSet::new(), stopped: BTreeSet::new() }
+        Recovery { policy: Policy::new(spec, rank_node, names), awaiting: BTreeSet::new(), stopped: BTreeSet::new(), held: None }
     }
 
     pub fn log(&self) -> &[Restart] {
@@ -61,6 +69,41 @@ impl Recovery {
     /// The user interrupted or terminated the job: nothing more is restarted.
     pub fn close(&mut self) {
         self.policy.close();
+    }
+
+    /// What the ranks' PMI reports mean (`fx`, as [`RootPmi::report`] words them): an abort may
+    /// be held for a moment, as the effect of a crash whose news is on its way.
+    pub fn screen(&mut self, fx: Vec<Effect>, ending: bool, at: Duration) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for e in fx {
+            match e {
+                Effect::Fail(f @ Failure::Abort { rank, .. }) if !ending => match self.policy.decide(Input::Aborted { rank, at }) {
+                    Decision::Hold => _ = self.held.get_or_insert(f),
+                    Decision::Ignore => {}
+                    _ => out.push(Effect::Fail(f)),
+                },
+                e => out.push(e),
+            }
+        }
+        out
+    }
+
+    /// A held abort that stands now goes to the verdict.
+    pub fn due(&mut self, now: Duration) -> Vec<Effect> {
+        match self.policy.abort_due(now) {
+            Some(_) => self.held.take().map(Effect::Fail).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// When a held abort stands, if one is held.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.policy.abort_deadline()
+    }
+
+    /// An abort is held: the job is not over, whatever the nodes say.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
     }
 
     /// A `NodeDone` from `node` that predates a restart it was told of.
@@ -86,9 +129,14 @@ impl Recovery {
             self.policy.close();
             return vec![Effect::Fail(failure)];
         }
-        match self.policy.decide(Input::RankFailed { rank, status, at: s.at }) {
+        let d = self.policy.decide(Input::RankFailed { rank, status, at: s.at });
+        if self.policy.abort_deadline().is_none() {
+            // Not held any more: a restart made it a consequence, or the job ends with this failure.
+            self.held = None;
+        }
+        match d {
             Decision::Pass => vec![Effect::Fail(failure)],
-            Decision::Ignore => Vec::new(),
+            Decision::Ignore | Decision::Hold => Vec::new(),
             Decision::GiveUp { line } => vec![Effect::Fail(failure), Effect::Say(line)],
             Decision::RestartRanks { ranks, node, line } => self.restart_ranks(ranks, node, line, s),
             Decision::RestartJob { generation, line } => self.stop_job(generation, line, s),
@@ -137,13 +185,21 @@ impl Recovery {
         vec![Effect::Detail(1, format!("rlaunch: every rank stopped; starting them again as generation {g}")), Effect::DownTo(kids, Msg::RestartJob { generation: g })]
     }
 
-    /// `Started` from `node`: its restarted ranks run again.
-    pub fn node_started(&mut self, node: u32, pids: &[(u32, u32)], all_running: bool, at: Duration) {
+    /// `Started` from `node`: its restarted ranks run again (`-v` says how soon).
+    pub fn node_started(&mut self, node: u32, pids: &[(u32, u32)], all_running: bool, at: Duration) -> Vec<Effect> {
         self.awaiting.remove(&node);
         let ranks: Vec<u32> = pids.iter().map(|&(r, _)| r).collect();
-        self.policy.started(&ranks, at);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut fx: Vec<Effect> = self
+            .policy
+            .started(&ranks, at)
+            .into_iter()
+            .map(|(r, d)| Effect::Detail(1, format!("rlaunch: rank {r} is running again ({:.1} ms after its failure)", ms(d))))
+            .collect();
         if all_running && self.awaiting.is_empty() {
-            self.policy.job_started(at);
+            let g = self.policy.generation();
+            fx.extend(self.policy.job_started(at).map(|d| Effect::Detail(1, format!("rlaunch: every rank is running again as generation {g} ({:.1} ms after the failure)", ms(d)))));
         }
+        fx
     }
 }

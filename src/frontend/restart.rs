@@ -11,6 +11,12 @@
 //! (no such program, no working directory: it would fail the same way again), and anything
 //! after the job began to end (ctrl-C, `--timeout`, another failure): [`Policy::close`].
 //!
+//! Aborts in job scope: MPI libraries abort a rank whose peer died (MPICH's "Endpoint timeout"
+//! in MPI_Init, Open MPI's lost connection), and that abort may reach the front end before the
+//! peer's death does. So with job scope an abort is held for [`ABORT_HOLD`]: when another rank's
+//! failure (not an abort, not the aborting rank's own exit) comes meanwhile, that failure is the
+//! cause and the job is restarted; otherwise the abort stands and ends the job, unrestarted.
+//!
 //! Restart loops: a rank restarted (or a job restarted) that fails again before it was running
 //! again for [`QUICK_REFAILURE`] is not restarted again; one line says so and the job ends with
 //! that failure's status. A program that cannot get past its start then costs one restart, not
@@ -25,11 +31,17 @@ use std::time::Duration;
 /// input file, a crash in MPI_Init), shorter than any computation worth restarting.
 pub const QUICK_REFAILURE: Duration = Duration::from_secs(1);
 
+/// How long a job-scope abort waits for news of an earlier failure (see the module's text).
+/// Exits travel as fast as aborts; half a second covers a loaded tree.
+pub const ABORT_HOLD: Duration = Duration::from_millis(500);
+
 /// What the front end tells the policy; `at` is the time since rlaunch started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// A rank ended with `status` while the job was running.
     RankFailed { rank: u32, status: RankStatus, at: Duration },
+    /// A rank called PMI/PMIx abort (MPI_Abort).
+    Aborted { rank: u32, at: Duration },
     /// Node `node` is gone, with these ranks that had not ended. Fed by lost-node detection
     /// (issue 17's `nodes` part), which lands after this.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -41,8 +53,11 @@ pub enum Input {
 pub enum Decision {
     /// Not the policy's to decide: the verdict records the failure as without restarts.
     Pass,
-    /// The death is a consequence of a job restart under way: neither a failure nor a restart.
+    /// The death is a consequence of a job restart under way, or of an abort being held: neither
+    /// a failure nor a restart.
     Ignore,
+    /// An abort held for [`ABORT_HOLD`]: [`Policy::abort_due`] says when it stands.
+    Hold,
     /// Start these ranks again on `node`, each as `(rank, restarts)`; `line` for stderr.
     RestartRanks { ranks: Vec<(u32, u32)>, node: u32, line: String },
     /// Stop every rank, then start them all again as `generation`; `line` for stderr.
@@ -92,6 +107,8 @@ pub struct Policy {
     /// Job scope: when the latest job restart was running again (None: none, or not yet).
     job_since: Option<Duration>,
     phase: Phase,
+    /// Job scope: an abort waiting for news of an earlier failure (rank, when).
+    held_abort: Option<(u32, Duration)>,
     log: Vec<Restart>,
 }
 
@@ -120,6 +137,7 @@ impl Policy {
             generation: 0,
             job_since: None,
             phase: Phase::Open,
+            held_abort: None,
             log: Vec::new(),
         }
     }
@@ -173,14 +191,47 @@ impl Policy {
         }
         let success = matches!(&input, Input::RankFailed { status, .. } if status.is_success());
         let d = match input {
+            Input::Aborted { rank, at } => self.aborted(rank, at),
+            // The aborting rank's own exit follows its abort.
+            Input::RankFailed { rank, .. } if self.held_abort.is_some_and(|(r, _)| r == rank) => Decision::Ignore,
             Input::RankFailed { rank, status, at } => self.rank_failed(rank, status, at),
             Input::NodeLost { node, ranks, at } => self.node_lost(node, ranks, at),
         };
+        if !matches!(d, Decision::Hold | Decision::Ignore) && !success {
+            // A failure came before the held abort stood: it is the cause, the abort its effect.
+            self.held_abort = None;
+        }
         if matches!(d, Decision::GiveUp { .. }) || (d == Decision::Pass && !success) {
             // The verdict ends the job now: later deaths are its consequences.
             self.close();
         }
         d
+    }
+
+    fn aborted(&mut self, rank: u32, at: Duration) -> Decision {
+        let restartable = self.spec.scope == RestartScope::Job && self.generation < self.spec.max;
+        if !restartable {
+            return Decision::Pass;
+        }
+        self.held_abort.get_or_insert((rank, at));
+        Decision::Hold
+    }
+
+    /// When a held abort stands, if one is held.
+    pub fn abort_deadline(&self) -> Option<Duration> {
+        self.held_abort.map(|(_, at)| at + ABORT_HOLD)
+    }
+
+    /// The rank whose held abort stands at `now` (the job then ends with it: nothing more is
+    /// restarted).
+    pub fn abort_due(&mut self, now: Duration) -> Option<u32> {
+        let (rank, at) = self.held_abort?;
+        if now < at + ABORT_HOLD {
+            return None;
+        }
+        self.held_abort = None;
+        self.close();
+        Some(rank)
     }
 
     fn rank_failed(&mut self, rank: u32, status: RankStatus, at: Duration) -> Decision {
@@ -284,27 +335,33 @@ impl Policy {
         Some(g)
     }
 
-    /// Restarted `ranks` are running again (their `Started` came).
-    pub fn started(&mut self, ranks: &[u32], at: Duration) {
+    /// Restarted `ranks` are running again (their `Started` came): each one that was waiting for
+    /// that, with the time from its failure.
+    pub fn started(&mut self, ranks: &[u32], at: Duration) -> Vec<(u32, Duration)> {
+        let mut again = Vec::new();
         for &r in ranks {
             let i = r as usize;
             if i < self.restarts.len() && self.restarts[i] > 0 && self.running_since[i].is_none() && self.spec.scope == RestartScope::Rank {
                 self.running_since[i] = Some(at);
                 if let Some(entry) = self.log.iter_mut().rev().find(|e| e.ranks.contains(&r)) {
                     entry.running_again.get_or_insert(at);
+                    again.push((r, at.saturating_sub(entry.at)));
                 }
             }
         }
+        again
     }
 
-    /// Job scope: every rank of the new generation is running.
-    pub fn job_started(&mut self, at: Duration) {
-        if self.generation > 0 && self.job_since.is_none() && self.phase != Phase::Closed {
-            self.job_since = Some(at);
-            if let Some(entry) = self.log.last_mut() {
-                entry.running_again.get_or_insert(at);
-            }
+    /// Job scope: every rank of the new generation is running; the time from the failure, the
+    /// first time this is said for a generation.
+    pub fn job_started(&mut self, at: Duration) -> Option<Duration> {
+        if self.generation == 0 || self.job_since.is_some() || self.phase == Phase::Closed {
+            return None;
         }
+        self.job_since = Some(at);
+        let entry = self.log.last_mut()?;
+        entry.running_again.get_or_insert(at);
+        Some(at.saturating_sub(entry.at))
     }
 }
 
@@ -424,6 +481,31 @@ mod tests {
     }
 
     #[test]
+    fn an_abort_is_never_restarted_but_may_be_the_effect_of_a_crash() {
+        // Rank scope: the application's decision, at once.
+        let mut p = policy(3, RestartScope::Rank);
+        assert_eq!(p.decide(Input::Aborted { rank: 1, at: S }), Decision::Pass);
+        assert_eq!(p.decide(kill(2, 2)), Decision::Pass, "the job is ending");
+        // Job scope: held; the aborting rank's exit is its own; nothing else came: it stands.
+        let mut p = policy(3, RestartScope::Job);
+        assert_eq!(p.decide(Input::Aborted { rank: 1, at: S }), Decision::Hold);
+        assert_eq!(p.decide(failed(1, RankStatus::Exited(7), 1)), Decision::Ignore);
+        assert_eq!(p.abort_deadline(), Some(S + ABORT_HOLD));
+        assert_eq!(p.abort_due(S), None);
+        assert_eq!(p.abort_due(S + ABORT_HOLD), Some(1));
+        assert_eq!(p.decide(kill(2, 2)), Decision::Pass, "closed by the abort");
+        assert!(p.log().is_empty());
+        // Another rank's crash meanwhile is the cause: the job restarts, the abort is forgotten.
+        let mut p = policy(3, RestartScope::Job);
+        assert_eq!(p.decide(Input::Aborted { rank: 0, at: S }), Decision::Hold);
+        assert!(matches!(p.decide(Input::RankFailed { rank: 3, status: RankStatus::Signaled(libc::SIGSEGV), at: S + ABORT_HOLD / 2 }), Decision::RestartJob { generation: 1, .. }));
+        assert_eq!((p.abort_deadline(), p.abort_due(10 * S)), (None, None));
+        // With the budget spent there is nothing to wait for.
+        let mut p = policy(0, RestartScope::Job);
+        assert_eq!(p.decide(Input::Aborted { rank: 0, at: S }), Decision::Pass);
+    }
+
+    #[test]
     fn a_lost_node_restarts_its_ranks_together() {
         let mut p = policy(1, RestartScope::Rank);
         let d = p.decide(Input::NodeLost { node: 1, ranks: vec![2, 3], at: S });
@@ -440,6 +522,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Event {
         Fail { rank: u32, status: RankStatus, after_ms: u64 },
+        Abort { rank: u32 },
         Lost { node: u32 },
         Close,
     }
@@ -452,6 +535,7 @@ mod tests {
         ];
         prop_oneof![
             8 => (0u32..4, status, 0u64..3000).prop_map(|(rank, status, after_ms)| Event::Fail { rank, status, after_ms }),
+            1 => (0u32..4).prop_map(|rank| Event::Abort { rank }),
             1 => (0u32..2).prop_map(|node| Event::Lost { node }),
             1 => Just(Event::Close),
         ]
@@ -482,6 +566,14 @@ mod tests {
                         d
                     }
                     Event::Lost { node } => p.decide(Input::NodeLost { node, ranks: vec![2 * node, 2 * node + 1], at: now }),
+                    Event::Abort { rank } => {
+                        let d = p.decide(Input::Aborted { rank, at: now });
+                        prop_assert!(matches!(d, Decision::Pass | Decision::Hold | Decision::Ignore), "an abort restarts nothing: {d:?}");
+                        if d == Decision::Hold && p.abort_due(now + ABORT_HOLD).is_some() {
+                            closed = true;
+                        }
+                        d
+                    }
                 };
                 if closed {
                     prop_assert_eq!(&d, &Decision::Pass);
@@ -503,7 +595,7 @@ mod tests {
                     }
                     Decision::GiveUp { .. } => closed = true,
                     Decision::Pass => closed |= !success,
-                    Decision::Ignore => prop_assert_eq!(p.log().len(), before),
+                    Decision::Ignore | Decision::Hold => prop_assert_eq!(p.log().len(), before),
                 }
                 prop_assert!(p.log().len() >= before);
             }
