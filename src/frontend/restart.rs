@@ -112,8 +112,11 @@ pub struct Policy {
     log: Vec<Restart>,
 }
 
-/// `1.5 s`, `0.2 s`: a short time for a line.
+/// `1.5 s`, `0.2 s`, `12 ms`: a short time for a line.
 fn secs(d: Duration) -> String {
+    if d < Duration::from_millis(100) {
+        return format!("{} ms", d.as_millis());
+    }
     format!("{:.1} s", d.as_secs_f64())
 }
 
@@ -271,9 +274,8 @@ impl Policy {
                     let done = self.restarts[r as usize];
                     return Decision::GiveUp { line: self.spent(&format!("rank {r} was restarted {done} time{}", plural(done))) };
                 }
-                let restarted: Vec<(u32, u32)> = ranks.iter().map(|&r| (r, self.restart_rank(r, at, "node lost".into()))).collect();
+                let restarted: Vec<(u32, u32)> = ranks.iter().map(|&r| (r, self.count_restart(r))).collect();
                 // One line and one report entry for the node.
-                self.log.truncate(self.log.len() - ranks.len());
                 self.log.push(Restart { at, ranks: ranks.clone(), node: Some(node), scope: RestartScope::Rank, reason: "node lost".into(), generation: 0, running_again: None });
                 let most = restarted.iter().map(|&(_, n)| n).max().unwrap_or(1);
                 let line = format!("rlaunch: node {name} was lost with {} rank{}; restarting them ({most} of {})", ranks.len(), plural(ranks.len() as u32), self.spec.max);
@@ -283,14 +285,19 @@ impl Policy {
         }
     }
 
-    /// Counts a restart of `rank` and logs it; returns its new restart count.
-    fn restart_rank(&mut self, rank: u32, at: Duration, reason: String) -> u32 {
+    /// Counts a restart of `rank`; returns its new restart count.
+    fn count_restart(&mut self, rank: u32) -> u32 {
         let i = rank as usize;
         self.restarts[i] += 1;
         self.running_since[i] = None;
-        let node = self.rank_node.get(i).copied();
-        self.log.push(Restart { at, ranks: vec![rank], node, scope: RestartScope::Rank, reason, generation: 0, running_again: None });
         self.restarts[i]
+    }
+
+    /// Counts a restart of `rank` and logs it; returns its new restart count.
+    fn restart_rank(&mut self, rank: u32, at: Duration, reason: String) -> u32 {
+        let node = self.rank_node.get(rank as usize).copied();
+        self.log.push(Restart { at, ranks: vec![rank], node, scope: RestartScope::Rank, reason, generation: 0, running_again: None });
+        self.count_restart(rank)
     }
 
     fn restart_job(&mut self, ranks: Vec<u32>, node: Option<u32>, who: &str, why: String, at: Duration) -> Decision {
