@@ -247,6 +247,22 @@ fn open_mpi_job_scope_restart_gets_a_fresh_pmix_namespace() {
 }
 
 #[test]
+fn open_mpi_restarts_twice_each_time_in_a_namespace_of_its_own() {
+    let _serial = serial();
+    let Some(p) = openmpi("mpi_restart") else { return };
+    let s = Scratch::new("rst-ompi-twice");
+    let rep = s.path("report.json");
+    // Rank 2 crashes in generations 0 and 1 (the second time 1.5 s in, past the loop guard).
+    let o = s.run(OMPI_ROOT.iter().copied().chain(["-np", "3", "--max-restarts", "2", "--report", rep.to_str().unwrap(), &p, "2", "2", "1.5"]));
+    o.expect_code(0);
+    assert_eq!(o.stdout.lines().filter(|l| l.starts_with("restart ok")).collect::<Vec<_>>(), ["restart ok: generation 2, restarts 2, sum 6 over 3 ranks"], "{o}");
+    assert_eq!(restart_lines(&o).len(), 2, "{o}");
+    let j = report(rep);
+    assert_eq!((j["generation"].clone(), j["restarts"].as_array().unwrap().len()), (serde_json::json!(2), 2), "{j}");
+    s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+#[test]
 fn mpi_abort_is_never_restarted() {
     let _serial = serial();
     let Some(p) = mpich("mpi_abort") else { return };

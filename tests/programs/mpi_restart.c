@@ -1,17 +1,21 @@
-/* mpi_restart [RANK]: for --max-restarts with job scope. In generation 0 (RLAUNCH_GENERATION)
- * rank RANK (default 1) raises SIGSEGV right after MPI_Init while the others wait in a barrier;
- * in a later generation every rank takes part in an MPI_Allreduce, and rank 0 prints
- * "restart ok: generation G, restarts R, sum S over N ranks" when the sum is right. Reaching the
- * barrier's end in generation 0 is a failure. */
+/* mpi_restart [RANK [GENERATIONS [SECONDS]]]: for --max-restarts with job scope. In each
+ * generation (RLAUNCH_GENERATION) below GENERATIONS (default 1) rank RANK (default 1) raises
+ * SIGSEGV after MPI_Init (after SECONDS, default 0, from generation 1 on: past the restart-loop
+ * guard) while the others wait in a barrier; in a later generation every rank takes part in an
+ * MPI_Allreduce, and rank 0 prints "restart ok: generation G, restarts R, sum S over N ranks"
+ * when the sum is right. Reaching the barrier's end in a crashing generation is a failure. */
 #include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 int main(int argc, char **argv)
 {
     int rank, size;
     long target = argc > 1 ? strtol(argv[1], NULL, 10) : 1;
+    long crashing = argc > 2 ? strtol(argv[2], NULL, 10) : 1;
+    double delay = argc > 3 ? strtod(argv[3], NULL) : 0;
     const char *g = getenv("RLAUNCH_GENERATION"), *r = getenv("RLAUNCH_RESTARTS");
     long long one, total;
 
@@ -25,9 +29,11 @@ int main(int argc, char **argv)
     }
     if (target >= size)
         target = size - 1;
-    if (atoi(g) == 0) {
+    if (atoi(g) < crashing) {
         if (rank == target) {
-            printf("rank %d raising SIGSEGV in generation 0\n", rank);
+            if (atoi(g) > 0)
+                usleep((useconds_t)(delay * 1e6));
+            printf("rank %d raising SIGSEGV in generation %s\n", rank, g);
             fflush(stdout);
             signal(SIGSEGV, SIG_DFL);
             raise(SIGSEGV);
