@@ -17,6 +17,7 @@ mod effect;
 mod exec;
 mod fabric;
 mod guard;
+mod images;
 mod node;
 mod pmi;
 mod pmix;

@@ -7,6 +7,7 @@ use super::carriers::{Carriers, StartInfo};
 use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
+use super::images::RootImages;
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
@@ -56,6 +57,7 @@ struct Frontend {
     timings: Timings,
     pmi: RootPmi,
     fabric: RootFabric,
+    images: RootImages,
     stdin: Option<Receiver<Vec<u8>>>,
     /// Links that may hold more input than one read took.
     ready: Vec<Token>,
@@ -110,6 +112,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         traces: StackTraces::new(plan.get_stack_traces),
         kill_sent_at: None,
         interrupted_at: None,
+        images: RootImages::new(&job, Instant::now()),
         job,
         poll,
         listener,
@@ -223,7 +226,7 @@ impl Frontend {
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline()]
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), self.images.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -286,6 +289,7 @@ impl Frontend {
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
+            m if crate::images::is_image_msg(&m) => self.images.on_msg(&self.job, m, ms_since(self.plan.t0).unwrap_or(0.0)),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
         self.apply(effects);
@@ -407,7 +411,7 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
-        let late = self.traces.expired(now);
+        let late = self.traces.expired(now).into_iter().chain(self.images.tick(now)).collect();
         self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
@@ -555,6 +559,7 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
+            images: &self.images,
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         summary.iter().for_each(|line| self.reporter.detail(1, line));

@@ -1,0 +1,137 @@
+//! The front end's account of the images: which rank saved which epoch, on how many nodes, and
+//! when an epoch became complete (every rank saved it). Pure; the report and the `ImageComplete`
+//! announcements come from here.
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Default)]
+struct Epoch {
+    /// Each rank that saved it: the nodes that hold its image, and its size.
+    ranks: BTreeMap<u32, (BTreeSet<u32>, u64)>,
+    /// When the first image of it was stored (ms since rlaunch started).
+    first_ms: f64,
+    complete_ms: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct Epochs {
+    size: u32,
+    epochs: BTreeMap<u64, Epoch>,
+    /// Refused saves (over `--image-max`) per rank.
+    refused: BTreeMap<u32, u32>,
+    /// Requests not answered in time: (rank, round).
+    timeouts: Vec<(u32, u64)>,
+    /// Rounds of `--image-interval` requests sent.
+    pub requests: u64,
+}
+
+impl Epochs {
+    pub fn new(size: u32) -> Epochs {
+        Epochs { size, epochs: BTreeMap::new(), refused: BTreeMap::new(), timeouts: Vec::new(), requests: 0 }
+    }
+
+    /// `node` holds rank `rank`'s image of `epoch`. Returns the epoch when this made it complete.
+    pub fn stored(&mut self, rank: u32, epoch: u64, node: u32, bytes: u64, at_ms: f64) -> Option<u64> {
+        if rank >= self.size {
+            return None;
+        }
+        let e = self.epochs.entry(epoch).or_insert_with(|| Epoch { first_ms: at_ms, ..Epoch::default() });
+        let r = e.ranks.entry(rank).or_default();
+        r.0.insert(node);
+        r.1 = bytes;
+        if e.complete_ms.is_none() && e.ranks.len() as u32 == self.size {
+            e.complete_ms = Some(at_ms);
+            return Some(epoch);
+        }
+        None
+    }
+
+    /// Counts a refused save; true for the rank's first (the one said).
+    pub fn refused(&mut self, rank: u32) -> bool {
+        let n = self.refused.entry(rank).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    pub fn timed_out(&mut self, rank: u32, round: u64) {
+        self.timeouts.push((rank, round));
+    }
+
+    /// The latest complete epoch.
+    pub fn latest_complete(&self) -> Option<u64> {
+        self.epochs.iter().rev().find(|(_, e)| e.complete_ms.is_some()).map(|(k, _)| *k)
+    }
+
+    /// Copies of every image of `epoch`: the fewest nodes any rank's image is on.
+    fn copies(e: &Epoch) -> usize {
+        e.ranks.values().map(|(nodes, _)| nodes.len()).min().unwrap_or(0)
+    }
+
+    /// The `images` object of the report.
+    pub fn report(&self, spec: &crate::spec::ImageSpec) -> Value {
+        let epochs: Vec<Value> = self
+            .epochs
+            .iter()
+            .map(|(k, e)| {
+                let nodes: BTreeSet<u32> = e.ranks.values().flat_map(|(n, _)| n.iter().copied()).collect();
+                json!({
+                    "epoch": k,
+                    "complete": e.complete_ms.is_some(),
+                    "ranks": e.ranks.len(),
+                    "bytes": e.ranks.values().map(|(_, b)| b).sum::<u64>(),
+                    "copies": Self::copies(e),
+                    "nodes": nodes,
+                    "first_ms": e.first_ms,
+                    "complete_ms": e.complete_ms,
+                })
+            })
+            .collect();
+        json!({
+            "copies": spec.copies,
+            "max_bytes": spec.max,
+            "dir": spec.dir,
+            "interval_ms": spec.interval_ms,
+            "timeout_ms": spec.timeout_ms,
+            "requests": self.requests,
+            "latest_complete": self.latest_complete(),
+            "epochs": epochs,
+            "refused": self.refused.iter().map(|(r, n)| json!({"rank": r, "count": n})).collect::<Vec<_>>(),
+            "timeouts": self.timeouts.iter().map(|(r, e)| json!({"rank": r, "round": e})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// One line per epoch for `-v`.
+    pub fn summary(&self) -> Vec<String> {
+        self.epochs
+            .iter()
+            .map(|(k, e)| {
+                let bytes: u64 = e.ranks.values().map(|(_, b)| b).sum();
+                let state = if e.complete_ms.is_some() { "complete" } else { "incomplete" };
+                format!("rlaunch: image epoch {k}: {state}, {} of {} ranks, {}, {} copies", e.ranks.len(), self.size, super::size(bytes), Self::copies(e))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_is_complete_once_every_rank_saved_it() {
+        let mut e = Epochs::new(2);
+        assert_eq!(e.stored(0, 1, 0, 10, 1.0), None);
+        assert_eq!(e.stored(0, 1, 1, 10, 1.5), None, "a partner's copy is no new rank");
+        assert_eq!(e.stored(1, 2, 1, 10, 2.0), None);
+        assert_eq!(e.stored(1, 1, 1, 10, 3.0), Some(1));
+        assert_eq!(e.stored(1, 1, 0, 10, 3.5), None, "complete once");
+        assert_eq!(e.latest_complete(), Some(1));
+        assert_eq!(e.stored(7, 1, 0, 10, 4.0), None, "a rank outside the job");
+        let r = e.report(&crate::spec::ImageSpec::default());
+        assert_eq!(r["epochs"][0]["copies"], 2);
+        assert_eq!(r["epochs"][0]["nodes"], json!([0, 1]));
+        assert_eq!(r["epochs"][1]["complete"], false);
+        assert!(e.refused(1) && !e.refused(1), "said once per rank");
+    }
+}
