@@ -47,13 +47,15 @@ impl RootImages {
                 size(limit)
             ))],
             Msg::ImageTimedOut { rank, node, epoch } => {
-                self.epochs.timed_out(rank, epoch);
+                let first = self.epochs.timed_out(rank, epoch);
                 let keeps = self.epochs.latest_complete().map_or_else(|| "no complete epoch yet".to_string(), |e| format!("epoch {e}"));
-                vec![Effect::Say(format!(
+                let line = format!(
                     "rlaunch: rank {rank} on {} did not answer image request {epoch} within {} (--image-timeout; does it call rli_poll?); the job keeps {keeps}",
                     job.node_name(node),
                     fmt_secs(Duration::from_millis(self.spec.timeout_ms))
-                ))]
+                );
+                // Said once per rank; the later ones at -v and in the report.
+                vec![if first { Effect::Say(line) } else { Effect::Detail(1, line) }]
             }
             _ => Vec::new(),
         }

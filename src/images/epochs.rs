@@ -54,8 +54,11 @@ impl Epochs {
         *n == 1
     }
 
-    pub fn timed_out(&mut self, rank: u32, round: u64) {
+    /// Counts a request not answered in time; true for the rank's first (the one said).
+    pub fn timed_out(&mut self, rank: u32, round: u64) -> bool {
+        let first = !self.timeouts.iter().any(|&(r, _)| r == rank);
         self.timeouts.push((rank, round));
+        first
     }
 
     /// The latest complete epoch.
