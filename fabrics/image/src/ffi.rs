@@ -107,15 +107,19 @@ pub extern "C" fn rli_poll() -> c_int {
     if cb(ctx as *mut c_void, &mut e, &mut buf, &mut len) != 0 {
         return RLI_EPROVIDER;
     }
-    match rli_save(e, buf, len) {
+    // SAFETY: the provider promised `len` bytes at `buf` until this call returns.
+    match unsafe { rli_save(e, buf, len) } {
         RLI_OK => 1,
         rc => rc,
     }
 }
 
 /// Saves `len` bytes at `buf` as this rank's image of `epoch`; returns when the daemon holds it.
+///
+/// # Safety
+/// `buf` points to `len` readable bytes (or `len` is 0).
 #[no_mangle]
-pub extern "C" fn rli_save(epoch: u64, buf: *const c_void, len: size_t) -> c_int {
+pub unsafe extern "C" fn rli_save(epoch: u64, buf: *const c_void, len: size_t) -> c_int {
     if buf.is_null() && len > 0 {
         return RLI_EINVAL;
     }
@@ -131,7 +135,9 @@ pub extern "C" fn rli_save(epoch: u64, buf: *const c_void, len: size_t) -> c_int
     }
 }
 
-fn load(scope: Scope, buf: *mut *mut c_void, len: *mut size_t, epoch: *mut u64) -> c_int {
+/// # Safety
+/// `buf` and `len` are writable (checked for NULL); `epoch` is writable or NULL.
+unsafe fn load(scope: Scope, buf: *mut *mut c_void, len: *mut size_t, epoch: *mut u64) -> c_int {
     if buf.is_null() || len.is_null() {
         return RLI_EINVAL;
     }
@@ -168,25 +174,36 @@ fn load(scope: Scope, buf: *mut *mut c_void, len: *mut size_t, epoch: *mut u64) 
 /// Loads this rank's image: `RLI_SCOPE_JOB` (of the latest epoch every rank saved) or
 /// `RLI_SCOPE_RANK` (its own latest). 1: found, `*buf` to be freed with `rli_free`; 0: none
 /// (a first start, or outside rlaunch); negative: an error.
+///
+/// # Safety
+/// `buf` and `len` point to writable locations; `epoch` too, or is NULL.
 #[no_mangle]
-pub extern "C" fn rli_load(scope: c_int, buf: *mut *mut c_void, len: *mut size_t, epoch: *mut u64) -> c_int {
+pub unsafe extern "C" fn rli_load(scope: c_int, buf: *mut *mut c_void, len: *mut size_t, epoch: *mut u64) -> c_int {
     let scope = match scope {
         RLI_SCOPE_JOB => Scope::Job,
         RLI_SCOPE_RANK => Scope::Rank,
         _ => return RLI_EINVAL,
     };
-    load(scope, buf, len, epoch)
+    // SAFETY: the caller's promise, passed on.
+    unsafe { load(scope, buf, len, epoch) }
 }
 
 /// Loads rank `rank`'s latest image, like `rli_load`.
+///
+/// # Safety
+/// As [`rli_load`].
 #[no_mangle]
-pub extern "C" fn rli_load_rank(rank: u32, buf: *mut *mut c_void, len: *mut size_t, epoch: *mut u64) -> c_int {
-    load(Scope::Other(rank), buf, len, epoch)
+pub unsafe extern "C" fn rli_load_rank(rank: u32, buf: *mut *mut c_void, len: *mut size_t, epoch: *mut u64) -> c_int {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { load(Scope::Other(rank), buf, len, epoch) }
 }
 
 /// Frees a buffer `rli_load` or `rli_load_rank` returned.
+///
+/// # Safety
+/// `buf` is NULL or came from `rli_load`/`rli_load_rank` and was not freed yet.
 #[no_mangle]
-pub extern "C" fn rli_free(buf: *mut c_void) {
+pub unsafe extern "C" fn rli_free(buf: *mut c_void) {
     // SAFETY: NULL or a pointer from malloc in `load`.
     unsafe { libc::free(buf) }
 }
@@ -230,4 +247,50 @@ pub extern "C" fn rli_strerror(code: c_int) -> *const c_char {
         _ => c"unknown rlaunch image error",
     };
     s.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// include/rlaunch_image.h says the same numbers as this file.
+    #[test]
+    fn the_header_matches_the_abi() {
+        let h = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/rlaunch_image.h")).unwrap();
+        let ours = [
+            ("RLI_OK", RLI_OK),
+            ("RLI_STANDALONE", RLI_STANDALONE),
+            ("RLI_ETOOBIG", RLI_ETOOBIG),
+            ("RLI_EIO", RLI_EIO),
+            ("RLI_EPROTO", RLI_EPROTO),
+            ("RLI_EINVAL", RLI_EINVAL),
+            ("RLI_ENOMEM", RLI_ENOMEM),
+            ("RLI_ENOPROVIDER", RLI_ENOPROVIDER),
+            ("RLI_EPROVIDER", RLI_EPROVIDER),
+            ("RLI_EBADFD", RLI_EBADFD),
+            ("RLI_SCOPE_JOB", RLI_SCOPE_JOB),
+            ("RLI_SCOPE_RANK", RLI_SCOPE_RANK),
+        ];
+        let defined: Vec<(String, i32)> = h
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                match w[..] {
+                    ["#define", name, value, ..] if name.starts_with("RLI_") => Some((name.to_string(), value.trim_matches(|c| c == '(' || c == ')').parse().ok()?)),
+                    _ => None,
+                }
+            })
+            .collect();
+        assert_eq!(defined.len(), ours.len(), "{defined:?}");
+        for (name, v) in ours {
+            assert!(defined.contains(&(name.to_string(), v)), "{name} is {v} here, not in the header: {defined:?}");
+        }
+    }
+
+    #[test]
+    fn every_code_has_its_own_text() {
+        let texts: std::collections::BTreeSet<String> =
+            (-9..=1).map(|c| unsafe { std::ffi::CStr::from_ptr(rli_strerror(c)) }.to_string_lossy().into_owned()).collect();
+        assert_eq!(texts.len(), 11);
+    }
 }
