@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 /// How long a partner daemon has to answer a fetch before the next holder is asked.
 const FETCH_WAIT: Duration = Duration::from_secs(10);
+/// Image bytes queued on a link beyond which no further piece is sealed: a large image goes out
+/// as the link drains, never all at once (sealing hundreds of MiB would hold up the loop, and
+/// the output and PMI traffic queued behind it).
+const LINK_ROOM: usize = 4 << 20;
 
 /// What the service needs of the job, taken once it is known.
 #[derive(Clone, Debug)]
@@ -60,6 +64,41 @@ struct Fetch {
     asm: Assembly,
 }
 
+/// An image on its way to another daemon, piece by piece.
+struct Transfer {
+    to: u32,
+    data: Bytes,
+    offset: usize,
+    started: bool,
+    what: Carried,
+}
+
+enum Carried {
+    /// A copy for partner `to` of rank `rank`'s image of `epoch`.
+    Copy { rank: u32, epoch: u64 },
+    /// The answer to fetch `id` of daemon `to`.
+    Fetched { id: u64, epoch: u64 },
+}
+
+impl Transfer {
+    /// The next piece as a message.
+    fn piece(&mut self, from: u32) -> Msg {
+        let end = (self.offset + images::CHUNK).min(self.data.len());
+        let (offset, data, total) = (self.offset as u64, self.data[self.offset..end].to_vec(), self.data.len() as u64);
+        self.offset = end;
+        self.started = true;
+        match self.what {
+            Carried::Copy { rank, epoch } => Msg::ImageCopy { to: self.to, from, rank, epoch, total, offset, data },
+            Carried::Fetched { id, epoch } => Msg::ImageFetched { to: self.to, id, epoch: Some(epoch), total, offset, data },
+        }
+    }
+
+    /// Every piece went (an empty image is one empty piece).
+    fn done(&self) -> bool {
+        self.started && self.offset >= self.data.len()
+    }
+}
+
 enum DirJob {
     /// Write `data` as `name` in `dir`, atomically.
     Write { dir: PathBuf, name: String, data: Bytes },
@@ -88,6 +127,8 @@ pub struct Images {
     next_id: u64,
     /// Partner copies arriving: (from node, rank, epoch).
     incoming: HashMap<(u32, u32, u64), Assembly>,
+    /// Images going out, in order.
+    outbox: VecDeque<Transfer>,
     writer: Option<Writer>,
 }
 
@@ -210,10 +251,11 @@ impl Images {
         self.reply(slot, &Frame::SaveAck { status: status::OK, epoch });
         self.pending.remove(&rank);
         let me = self.node;
-        let mut out = vec![Effect::Up(Msg::ImageStored { rank, epoch, node: me, bytes })];
-        for p in images::partners(me, conf.nodes, conf.copies) {
-            let pieces = images::chunks(&data, |offset, piece| Msg::ImageCopy { to: p, from: me, rank, epoch, total: bytes, offset, data: piece });
-            out.extend(pieces.into_iter().map(|m| Effect::Towards(p, m)));
+        let out = vec![Effect::Up(Msg::ImageStored { rank, epoch, node: me, bytes })];
+        for to in images::partners(me, conf.nodes, conf.copies) {
+            // A newer image of the rank supersedes a copy not yet begun.
+            self.outbox.retain(|t| !(t.to == to && !t.started && matches!(t.what, Carried::Copy { rank: r, .. } if r == rank)));
+            self.outbox.push_back(Transfer { to, data: data.clone(), offset: 0, started: false, what: Carried::Copy { rank, epoch } });
         }
         if let Some(d) = &conf.dir {
             self.write(DirJob::Write { dir: d.clone(), name: dir::image_file(rank, epoch), data });
@@ -294,10 +336,10 @@ impl Images {
                 vec![Effect::Up(Msg::ImageStored { rank, epoch, node: self.node, bytes: total })]
             }
             Msg::ImageFetch { from, id, rank, job, .. } => match self.store.get(rank, job) {
-                Some((epoch, data)) => images::chunks(&data, |offset, piece| Msg::ImageFetched { to: from, id, epoch: Some(epoch), total: data.len() as u64, offset, data: piece })
-                    .into_iter()
-                    .map(|m| Effect::Towards(from, m))
-                    .collect(),
+                Some((epoch, data)) => {
+                    self.outbox.push_back(Transfer { to: from, data, offset: 0, started: false, what: Carried::Fetched { id, epoch } });
+                    Vec::new()
+                }
                 None => vec![Effect::Towards(from, Msg::ImageFetched { to: from, id, epoch: None, total: 0, offset: 0, data: Vec::new() })],
             },
             Msg::ImageFetched { id, epoch, total, offset, data, .. } => self.fetched(id, epoch, total, offset, &data),
@@ -334,6 +376,27 @@ impl Images {
             self.pending.entry(rank).or_insert((epoch, deadline));
         }
         Vec::new()
+    }
+
+    /// The next pieces of the images going out, as far as the links have room (`queued`: bytes
+    /// queued on the link towards a node). Called after every turn of the loop: a link that
+    /// drains wakes it.
+    pub fn pump(&mut self, queued: impl Fn(u32) -> usize) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let mut added: HashMap<u32, usize> = HashMap::new();
+        for t in self.outbox.iter_mut() {
+            while !t.done() {
+                let q = queued(t.to) + added.get(&t.to).copied().unwrap_or(0);
+                if q >= LINK_ROOM {
+                    break;
+                }
+                let m = t.piece(self.node);
+                *added.entry(t.to).or_insert(0) += images::CHUNK;
+                out.push(Effect::Towards(t.to, m));
+            }
+        }
+        self.outbox.retain(|t| !t.done());
+        out
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -538,8 +601,9 @@ mod tests {
         let mut im = Images::new(0);
         let mut r0 = rank(&mut im, &j, 0, &poll);
         r0.send(&Frame::Save { epoch: 3, data: b"abc".to_vec() });
-        let fx = poke(&mut im, &j, &mut poll);
+        let mut fx = poke(&mut im, &j, &mut poll);
         assert_eq!(r0.recv(), Frame::SaveAck { status: status::OK, epoch: 3 });
+        fx.extend(im.pump(|_| 0));
         assert_eq!(
             fx,
             vec![
@@ -547,6 +611,7 @@ mod tests {
                 Effect::Towards(1, Msg::ImageCopy { to: 1, from: 0, rank: 0, epoch: 3, total: 3, offset: 0, data: b"abc".to_vec() }),
             ]
         );
+        assert!(im.pump(|_| 0).is_empty(), "sent once");
         // The partner stores it and says so.
         let j1 = job(1, None);
         let mut partner = Images::new(1);
@@ -590,7 +655,8 @@ mod tests {
         let mut partner = Images::new(1);
         partner.store.put(0, 5, Arc::new(b"five".to_vec()));
         partner.store.set_complete(5);
-        let answer = partner.tree_msg(Some(&job(1, None)), Msg::ImageFetch { to: 1, from: 0, id, rank: 0, job: true });
+        assert!(partner.tree_msg(Some(&job(1, None)), Msg::ImageFetch { to: 1, from: 0, id, rank: 0, job: true }).is_empty());
+        let answer = partner.pump(|_| 0);
         let [Effect::Towards(0, ref m)] = answer[..] else { panic!("{answer:?}") };
         assert!(im.tree_msg(Some(&j), m.clone()).is_empty());
         assert_eq!(r0.recv(), Frame::LoadReply { status: status::OK, epoch: 5, data: b"five".to_vec() });
@@ -598,6 +664,31 @@ mod tests {
         r0.send(&Frame::Load { scope: Scope::Other(9) });
         poke(&mut im, &j, &mut poll);
         assert_eq!(r0.recv(), Frame::LoadReply { status: status::INVALID, epoch: 0, data: Vec::new() });
+    }
+
+    #[test]
+    fn a_large_image_goes_out_as_the_link_drains() {
+        let j = job(0, None);
+        let mut im = Images::new(0);
+        im.conf(&j);
+        let data = vec![7u8; 10 * images::CHUNK + 1];
+        im.save(&im.conf.clone().unwrap(), usize::MAX, 0, 1, data.clone());
+        let first = im.pump(|_| 0);
+        assert_eq!(first.len(), LINK_ROOM / images::CHUNK, "no more than the room of the link at once");
+        assert!(im.pump(|_| LINK_ROOM).is_empty(), "a full link takes nothing");
+        let mut pieces = first;
+        while !im.outbox.is_empty() {
+            pieces.extend(im.pump(|_| 0));
+        }
+        let mut asm = Assembly::default();
+        let whole = pieces.iter().filter_map(|e| match e {
+            Effect::Towards(1, Msg::ImageCopy { total, offset, data, .. }) => asm.add(*total, *offset, data),
+            _ => None,
+        });
+        assert_eq!(whole.last(), Some(data));
+        im.save(&im.conf.clone().unwrap(), usize::MAX, 0, 2, Vec::new());
+        let empty = im.pump(|_| 0);
+        assert!(matches!(&empty[..], [Effect::Towards(1, Msg::ImageCopy { total: 0, epoch: 2, .. })]), "an empty image is one piece: {empty:?}");
     }
 
     #[test]

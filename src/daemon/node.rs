@@ -162,7 +162,7 @@ impl Daemon {
             }
             let fx = self.ranks.drain(self.links.pending_up(), self.poll.registry());
             self.apply(fx);
-            let fx = self.pmi.read_more(self.poll.registry());
+            let fx = self.pmi.read_more(self.poll.registry()).into_iter().chain(self.images.pump(|n| self.links.pending_towards(n))).collect();
             self.apply(fx);
             if self.tree_spawn.watching() {
                 let fx = self.tree_spawn.check(self.links.joined());

@@ -1,6 +1,6 @@
 //! Recovery images (issue 17), the parts that do no I/O: which daemons hold a node's images
 //! ([`partners`]), a daemon's in-memory store ([`store::Store`]), the front end's account of the
-//! epochs ([`epochs::Epochs`]), how images travel between daemons ([`chunks`]) and the layout of
+//! epochs ([`epochs::Epochs`]), how images are put together from the pieces they travel in ([`Assembly`]) and the layout of
 //! `--image-dir` ([`dir`]). The rank side and the rank ↔ daemon wire are the `rlaunch_image`
 //! crate (fabrics/image); the daemon's sockets are `daemon::images`.
 
@@ -28,15 +28,6 @@ pub fn partners(node: u32, nodes: u32, copies: u32) -> Vec<u32> {
 /// The nodes that hold images of `node`'s ranks, `node` first.
 pub fn holders(node: u32, nodes: u32, copies: u32) -> Vec<u32> {
     std::iter::once(node).chain(partners(node, nodes, copies)).collect()
-}
-
-/// `data` as pieces of at most [`CHUNK`] bytes, each made a message by `piece(offset, bytes)`;
-/// an empty image is one empty piece.
-pub fn chunks(data: &[u8], mut piece: impl FnMut(u64, Vec<u8>) -> Msg) -> Vec<Msg> {
-    if data.is_empty() {
-        return vec![piece(0, Vec::new())];
-    }
-    data.chunks(CHUNK).enumerate().map(|(i, c)| piece((i * CHUNK) as u64, c.to_vec())).collect()
 }
 
 /// Pieces of one image as they arrive, in order (one tree path keeps them so).
@@ -115,13 +106,11 @@ mod tests {
     #[test]
     fn pieces_reassemble_and_a_gap_starts_over() {
         let data: Vec<u8> = (0..(2 * CHUNK + 5)).map(|i| i as u8).collect();
-        let msgs = chunks(&data, |offset, data| Msg::ImageCopy { to: 1, from: 0, rank: 0, epoch: 0, total: 0, offset, data });
-        assert_eq!(msgs.len(), 3);
         let mut a = Assembly::default();
         let mut whole = None;
-        for m in &msgs {
-            let Msg::ImageCopy { offset, data: d, .. } = m else { unreachable!() };
-            whole = a.add(data.len() as u64, *offset, d);
+        for (i, piece) in data.chunks(CHUNK).enumerate() {
+            assert_eq!(whole, None, "whole only with the last piece");
+            whole = a.add(data.len() as u64, (i * CHUNK) as u64, piece);
         }
         assert_eq!(whole.as_deref(), Some(&data[..]));
         let mut a = Assembly::default();
