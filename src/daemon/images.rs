@@ -41,8 +41,6 @@ struct Conf {
     size: u32,
     timeout: Duration,
     dir: Option<PathBuf>,
-    local: Vec<u32>,
-    children: Vec<u32>,
 }
 
 struct Sock {
@@ -138,7 +136,6 @@ impl Images {
     }
 
     fn conf(&mut self, job: &JobView) -> &Conf {
-        let node = self.node;
         self.conf.get_or_insert_with(|| {
             let l = job.launch();
             Conf {
@@ -148,8 +145,6 @@ impl Images {
                 size: job.map().size(),
                 timeout: Duration::from_millis(l.image.timeout_ms),
                 dir: l.image.dir.as_ref().map(PathBuf::from),
-                local: job.local_ranks().to_vec(),
-                children: job.topology().children_of(Some(node)).collect(),
             }
         })
     }
@@ -307,9 +302,13 @@ impl Images {
         if let Some(to) = images::is_routed(&m).filter(|&to| to != self.node) {
             return vec![Effect::Towards(to, m)];
         }
-        let children = match job {
-            Some(j) => self.conf(j).children.clone(),
-            None => Vec::new(),
+        // From the job each time: a spare that took a node's place has that node's ranks.
+        let (children, local) = match job {
+            Some(j) => {
+                self.conf(j);
+                (j.topology().children_of(Some(self.node)).collect(), j.local_ranks().to_vec())
+            }
+            None => (Vec::new(), Vec::new()),
         };
         match m {
             Msg::ImageRequest { epoch } => {
@@ -319,11 +318,8 @@ impl Images {
             }
             Msg::ImageComplete { epoch } => {
                 self.store.set_complete(epoch);
-                if let Some(c) = &self.conf {
-                    if let (Some(d), false) = (&c.dir, c.local.is_empty()) {
-                        let job = DirJob::Complete { dir: d.clone(), epoch, ranks: c.local.clone() };
-                        self.write(job);
-                    }
+                if let Some(d) = self.conf.as_ref().and_then(|c| c.dir.clone()).filter(|_| !local.is_empty()) {
+                    self.write(DirJob::Complete { dir: d, epoch, ranks: local });
                 }
                 vec![Effect::DownTo(children, Msg::ImageComplete { epoch })]
             }

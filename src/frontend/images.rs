@@ -34,10 +34,9 @@ impl RootImages {
         }
         match m {
             Msg::ImageStored { rank, epoch, node, bytes } => match self.epochs.stored(rank, epoch, node, bytes, at_ms) {
-                Some(e) => vec![
-                    Effect::DownTo(self.children.clone(), Msg::ImageComplete { epoch: e }),
-                    Effect::Detail(2, format!("rlaunch: image epoch {e} is complete (every rank saved it)")),
-                ],
+                Some(e) => std::iter::once(Effect::DownTo(self.children.clone(), Msg::ImageComplete { epoch: e }))
+                    .chain(self.epochs.complete_line(e).map(|l| Effect::Detail(1, l)))
+                    .collect(),
                 None => Vec::new(),
             },
             Msg::ImageRefused { rank, node, bytes, limit } if self.epochs.refused(rank) => vec![Effect::Say(format!(

@@ -61,6 +61,14 @@ impl Epochs {
         first
     }
 
+    /// The `-v` line for `epoch` once complete.
+    pub fn complete_line(&self, epoch: u64) -> Option<String> {
+        let e = self.epochs.get(&epoch)?;
+        let bytes: u64 = e.ranks.values().map(|(_, b)| b).sum();
+        let took = e.complete_ms? - e.first_ms;
+        Some(format!("rlaunch: image epoch {epoch} is complete: {} ranks, {}, {took:.1} ms from its first image to its last", e.ranks.len(), super::size(bytes)))
+    }
+
     /// The latest complete epoch.
     pub fn latest_complete(&self) -> Option<u64> {
         self.epochs.iter().rev().find(|(_, e)| e.complete_ms.is_some()).map(|(k, _)| *k)
@@ -104,16 +112,21 @@ impl Epochs {
         })
     }
 
-    /// One line per epoch for `-v`.
+    /// `-v` at the end: a line for the images as a whole, then one per epoch for the last few.
     pub fn summary(&self) -> Vec<String> {
-        self.epochs
-            .iter()
-            .map(|(k, e)| {
-                let bytes: u64 = e.ranks.values().map(|(_, b)| b).sum();
-                let state = if e.complete_ms.is_some() { "complete" } else { "incomplete" };
-                format!("rlaunch: image epoch {k}: {state}, {} of {} ranks, {}, {} copies", e.ranks.len(), self.size, super::size(bytes), Self::copies(e))
-            })
-            .collect()
+        const LAST: usize = 3;
+        if self.epochs.is_empty() {
+            return Vec::new();
+        }
+        let complete = self.epochs.values().filter(|e| e.complete_ms.is_some()).count();
+        let latest = self.latest_complete().map_or_else(|| "none".to_string(), |e| e.to_string());
+        let head = format!("rlaunch: images: {} epochs, {complete} complete, latest complete {latest}", self.epochs.len());
+        let tail = self.epochs.iter().skip(self.epochs.len().saturating_sub(LAST)).map(|(k, e)| {
+            let bytes: u64 = e.ranks.values().map(|(_, b)| b).sum();
+            let state = if e.complete_ms.is_some() { "complete" } else { "incomplete" };
+            format!("rlaunch: image epoch {k}: {state}, {} of {} ranks, {}, copies {}", e.ranks.len(), self.size, super::size(bytes), Self::copies(e))
+        });
+        std::iter::once(head).chain(tail).collect()
     }
 }
 
