@@ -220,15 +220,11 @@ fn partner_copies_live_on_another_node_of_the_cluster() {
     let prog = iterate().display().to_string();
     let hosts = s.file("hosts", &c.nodes.iter().take(3).map(|n| format!("{n} slots=2\n")).collect::<String>());
     let mut args = c.agent_args();
-    args.extend(strs(&["-f", hosts.to_str().unwrap(), "--fanout", "2", "-np", "6", "--report", "report.json", &prog, "4", "0", "2000000", "job", "neighbor"]));
+    // Images of two pieces (1 MiB each on the tree links).
+    args.extend(strs(&["-f", hosts.to_str().unwrap(), "--fanout", "2", "-np", "6", "--report", "report.json", &prog, "3", "0", "1500000"]));
     let o = s.run(&args);
     o.expect_code(0);
-    let own = checksums(&o);
-    assert_eq!(own.len(), 6, "{o}");
-    for r in 0..6u32 {
-        let other = (r + 1) % 6;
-        assert!(o.stdout.contains(&format!("rank {r} sees rank {other} epoch 3 checksum {}", own[&other])), "{o}");
-    }
+    assert_eq!(checksums(&o).len(), 6, "{o}");
     let r = s.report();
     let img = &r["images"];
     assert_eq!(img["copies"], 2, "{img:#}");

@@ -248,8 +248,8 @@ impl Images {
         let me = self.node;
         let out = vec![Effect::Up(Msg::ImageStored { rank, epoch, node: me, bytes })];
         for to in images::partners(me, conf.nodes, conf.copies) {
-            // A newer image of the rank supersedes a copy not yet begun.
-            self.outbox.retain(|t| !(t.to == to && !t.started && matches!(t.what, Carried::Copy { rank: r, .. } if r == rank)));
+            // Every epoch, also when a newer one follows at once: the partner needs the image of
+            // whichever epoch becomes complete.
             self.outbox.push_back(Transfer { to, data: data.clone(), offset: 0, started: false, what: Carried::Copy { rank, epoch } });
         }
         if let Some(d) = &conf.dir {

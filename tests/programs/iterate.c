@@ -126,7 +126,8 @@ int main(int argc, char **argv) {
 
     if (strcmp(mode, "neighbor") == 0 && size > 1) {
         unsigned other = (rank + 1) % size;
-        for (int tries = 0; tries < 2000; tries++) {
+        /* Each try moves the whole image: not too often. */
+        for (int tries = 0; tries < 600; tries++) {
             rc = rli_load_rank(other, &buf, &len, &epoch);
             if (rc < 0) {
                 fprintf(stderr, "rank %u: rli_load_rank(%u): %s\n", rank, other, rli_strerror(rc));
@@ -135,7 +136,7 @@ int main(int argc, char **argv) {
             if (rc == 1 && epoch + 1 == iterations) break;
             if (rc == 1) rli_free(buf);
             rc = 0;
-            sleep_ms(10);
+            sleep_ms(50);
         }
         if (rc != 1) {
             fprintf(stderr, "rank %u: rank %u's last image never came\n", rank, other);
