@@ -14,44 +14,23 @@ pub const RESTARTS_VAR: &str = "RLAUNCH_RESTARTS";
 /// The job-scope restart generation (0 first), set by rlaunch.
 pub const GENERATION_VAR: &str = "RLAUNCH_GENERATION";
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `RLAUNCH_IMAGE_FD` names no usable descriptor.
+    #[error("{FD_VAR}={0} is not a descriptor this process holds; was it closed or not inherited?")]
     BadFd(String),
     /// The socket failed or the daemon closed it.
-    Io(io::Error),
+    #[error("image socket to the rlaunch daemon: {0}")]
+    Io(#[from] io::Error),
     /// The daemon sent something this library does not understand.
-    Proto(proto::ProtoError),
+    #[error("image socket to the rlaunch daemon: {0}")]
+    Proto(#[from] proto::ProtoError),
     /// The image is larger than the job's `--image-max`; it was not saved.
+    #[error("an image of {len} bytes exceeds the job's --image-max; not saved")]
     TooBig { len: usize },
     /// A request the daemon refused (e.g. a rank outside the job).
+    #[error("the rlaunch daemon refused the request (a rank outside the job?)")]
     Invalid,
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::BadFd(v) => write!(f, "{FD_VAR}={v} is not a descriptor this process holds; was it closed or not inherited?"),
-            Error::Io(e) => write!(f, "image socket to the rlaunch daemon: {e}"),
-            Error::Proto(e) => write!(f, "image socket to the rlaunch daemon: {e}"),
-            Error::TooBig { len } => write!(f, "an image of {len} bytes exceeds the job's --image-max; not saved"),
-            Error::Invalid => write!(f, "the rlaunch daemon refused the request (a rank outside the job?)"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Error::Io(e)
-    }
-}
-
-impl From<proto::ProtoError> for Error {
-    fn from(e: proto::ProtoError) -> Self {
-        Error::Proto(e)
-    }
 }
 
 /// An image as loaded: the epoch it was saved with and its bytes.

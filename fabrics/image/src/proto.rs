@@ -117,32 +117,23 @@ impl Frame {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
+    #[error("not an image frame (magic {0:02x?}); is RLAUNCH_IMAGE_FD another descriptor?")]
     BadMagic([u8; 2]),
+    #[error("image protocol version {0} (this side speaks {VERSION}); use the librlaunch_image of the same rlaunch")]
     Version(u8),
+    #[error("unknown image frame kind {0}")]
     UnknownKind(u8),
     /// The payload is shorter than its kind needs.
+    #[error("{kind:?} frame of {len} bytes is too short")]
     Short { kind: Kind, len: usize },
+    #[error("unknown load scope {0}")]
     BadScope(u8),
     /// More than [`MAX_LEN`] bytes to encode.
+    #[error("an image frame of {0} bytes exceeds the {MAX_LEN}-byte limit of the protocol")]
     TooLong(usize),
 }
-
-impl std::fmt::Display for ProtoError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProtoError::BadMagic(m) => write!(f, "not an image frame (magic {m:02x?}); is RLAUNCH_IMAGE_FD another descriptor?"),
-            ProtoError::Version(v) => write!(f, "image protocol version {v} (this side speaks {VERSION}); use the librlaunch_image of the same rlaunch"),
-            ProtoError::UnknownKind(k) => write!(f, "unknown image frame kind {k}"),
-            ProtoError::Short { kind, len } => write!(f, "{kind:?} frame of {len} bytes is too short"),
-            ProtoError::BadScope(s) => write!(f, "unknown load scope {s}"),
-            ProtoError::TooLong(n) => write!(f, "an image frame of {n} bytes exceeds the {MAX_LEN}-byte limit of the protocol"),
-        }
-    }
-}
-
-impl std::error::Error for ProtoError {}
 
 /// The header of a frame of `kind` with `len` payload bytes.
 pub fn header(kind: Kind, len: usize) -> Result<[u8; HEADER], ProtoError> {
