@@ -210,6 +210,8 @@ fn image_flags_are_checked() {
     s.run(["--image-interval", "0", "true"]).expect_usage_error("--image-interval 0");
     s.run(["--image-timeout", "-1", "true"]).expect_usage_error("--image-timeout -1");
     s.run(["--image-copies", "0", "true"]).expect_code(2);
+    std::fs::write(s.path("plain"), "").unwrap();
+    s.run(["--image-dir", "plain", "true"]).expect_usage_error("--image-dir plain: is not a directory");
 }
 
 #[test]

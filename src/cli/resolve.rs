@@ -193,6 +193,7 @@ fn image_spec(g: &Cli, nodes: u32, program: &str) -> Result<spec::ImageSpec, Usa
     };
     let timeout_ms = positive_seconds("--image-timeout", g.image_timeout)?.as_millis() as u64;
     let dir = match &g.image_dir {
+        Some(d) if d.exists() && !d.is_dir() => return Err(usage(format!("--image-dir {}: is not a directory", d.display()))),
         Some(d) => {
             let abs = std::env::current_dir().map(|c| c.join(d)).unwrap_or_else(|_| d.clone());
             Some(crate::images::dir::job_dir(&abs, program).display().to_string())

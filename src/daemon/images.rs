@@ -475,9 +475,14 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("image-dir".into())
             .spawn(move || {
+                let mut failed = false;
                 for job in rx {
+                    // The first failure is said; a directory that fails once likely fails for
+                    // every image.
                     if let Err(e) = run_dir_job(&job) {
-                        let _ = etx.send(e);
+                        if !std::mem::replace(&mut failed, true) {
+                            let _ = etx.send(format!("{e} (later --image-dir errors are not shown)"));
+                        }
                     }
                 }
             })
