@@ -5,13 +5,43 @@
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Epochs listed in the report, the newest: a long job saves many.
+const REPORTED: usize = 1000;
+
 #[derive(Debug, Default)]
 struct Epoch {
-    /// Each rank that saved it: the nodes that hold its image, and its size.
+    /// Each rank that saved it: the nodes that hold its image, and its size. Emptied into
+    /// `sums` once a newer epoch is complete (nothing needs the detail then, and a long job
+    /// would keep ranks × epochs of it).
     ranks: BTreeMap<u32, (BTreeSet<u32>, u64)>,
+    sums: Option<Sums>,
     /// When the first image of it was stored (ms since rlaunch started).
     first_ms: f64,
     complete_ms: Option<f64>,
+}
+
+/// What the report says of an epoch.
+#[derive(Debug, Clone, PartialEq)]
+struct Sums {
+    ranks: usize,
+    bytes: u64,
+    /// The fewest nodes any rank's image is on.
+    copies: usize,
+    nodes: BTreeSet<u32>,
+}
+
+impl Epoch {
+    fn sums(&self) -> Sums {
+        if let Some(s) = &self.sums {
+            return s.clone();
+        }
+        Sums {
+            ranks: self.ranks.len(),
+            bytes: self.ranks.values().map(|(_, b)| b).sum(),
+            copies: self.ranks.values().map(|(nodes, _)| nodes.len()).min().unwrap_or(0),
+            nodes: self.ranks.values().flat_map(|(n, _)| n.iter().copied()).collect(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -20,15 +50,15 @@ pub struct Epochs {
     epochs: BTreeMap<u64, Epoch>,
     /// Refused saves (over `--image-max`) per rank.
     refused: BTreeMap<u32, u32>,
-    /// Requests not answered in time: (rank, round).
-    timeouts: Vec<(u32, u64)>,
+    /// Requests not answered in time per rank: how many, and the last round.
+    timeouts: BTreeMap<u32, (u32, u64)>,
     /// Rounds of `--image-interval` requests sent.
     pub requests: u64,
 }
 
 impl Epochs {
     pub fn new(size: u32) -> Epochs {
-        Epochs { size, epochs: BTreeMap::new(), refused: BTreeMap::new(), timeouts: Vec::new(), requests: 0 }
+        Epochs { size, epochs: BTreeMap::new(), refused: BTreeMap::new(), timeouts: BTreeMap::new(), requests: 0 }
     }
 
     /// `node` holds rank `rank`'s image of `epoch`. Returns the epoch when this made it complete.
@@ -37,14 +67,22 @@ impl Epochs {
             return None;
         }
         let e = self.epochs.entry(epoch).or_insert_with(|| Epoch { first_ms: at_ms, ..Epoch::default() });
+        if e.sums.is_some() {
+            // Summed up already: a late copy of an old epoch changes nothing that matters.
+            return None;
+        }
         let r = e.ranks.entry(rank).or_default();
         r.0.insert(node);
         r.1 = bytes;
-        if e.complete_ms.is_none() && e.ranks.len() as u32 == self.size {
-            e.complete_ms = Some(at_ms);
-            return Some(epoch);
+        if e.complete_ms.is_some() || e.ranks.len() as u32 != self.size {
+            return None;
         }
-        None
+        e.complete_ms = Some(at_ms);
+        for old in self.epochs.range_mut(..epoch).map(|(_, e)| e).filter(|e| e.sums.is_none()) {
+            old.sums = Some(old.sums());
+            old.ranks = BTreeMap::new();
+        }
+        Some(epoch)
     }
 
     /// Counts a refused save; true for the rank's first (the one said).
@@ -56,17 +94,17 @@ impl Epochs {
 
     /// Counts a request not answered in time; true for the rank's first (the one said).
     pub fn timed_out(&mut self, rank: u32, round: u64) -> bool {
-        let first = !self.timeouts.iter().any(|&(r, _)| r == rank);
-        self.timeouts.push((rank, round));
-        first
+        let t = self.timeouts.entry(rank).or_insert((0, round));
+        *t = (t.0 + 1, round);
+        t.0 == 1
     }
 
     /// The `-v` line for `epoch` once complete.
     pub fn complete_line(&self, epoch: u64) -> Option<String> {
         let e = self.epochs.get(&epoch)?;
-        let bytes: u64 = e.ranks.values().map(|(_, b)| b).sum();
+        let s = e.sums();
         let took = e.complete_ms? - e.first_ms;
-        Some(format!("rlaunch: image epoch {epoch} is complete: {} ranks, {}, {took:.1} ms from its first image to its last", e.ranks.len(), super::size(bytes)))
+        Some(format!("rlaunch: image epoch {epoch} is complete: {} ranks, {}, {took:.1} ms from its first image to its last", s.ranks, super::size(s.bytes)))
     }
 
     /// The latest complete epoch.
@@ -74,25 +112,21 @@ impl Epochs {
         self.epochs.iter().rev().find(|(_, e)| e.complete_ms.is_some()).map(|(k, _)| *k)
     }
 
-    /// Copies of every image of `epoch`: the fewest nodes any rank's image is on.
-    fn copies(e: &Epoch) -> usize {
-        e.ranks.values().map(|(nodes, _)| nodes.len()).min().unwrap_or(0)
-    }
-
     /// The `images` object of the report.
     pub fn report(&self, spec: &crate::spec::ImageSpec) -> Value {
         let epochs: Vec<Value> = self
             .epochs
             .iter()
+            .skip(self.epochs.len().saturating_sub(REPORTED))
             .map(|(k, e)| {
-                let nodes: BTreeSet<u32> = e.ranks.values().flat_map(|(n, _)| n.iter().copied()).collect();
+                let s = e.sums();
                 json!({
                     "epoch": k,
                     "complete": e.complete_ms.is_some(),
-                    "ranks": e.ranks.len(),
-                    "bytes": e.ranks.values().map(|(_, b)| b).sum::<u64>(),
-                    "copies": Self::copies(e),
-                    "nodes": nodes,
+                    "ranks": s.ranks,
+                    "bytes": s.bytes,
+                    "copies": s.copies,
+                    "nodes": s.nodes,
                     "first_ms": e.first_ms,
                     "complete_ms": e.complete_ms,
                 })
@@ -106,9 +140,10 @@ impl Epochs {
             "timeout_ms": spec.timeout_ms,
             "requests": self.requests,
             "latest_complete": self.latest_complete(),
+            "epochs_total": self.epochs.len(),
             "epochs": epochs,
             "refused": self.refused.iter().map(|(r, n)| json!({"rank": r, "count": n})).collect::<Vec<_>>(),
-            "timeouts": self.timeouts.iter().map(|(r, e)| json!({"rank": r, "round": e})).collect::<Vec<_>>(),
+            "timeouts": self.timeouts.iter().map(|(r, (n, last))| json!({"rank": r, "count": n, "last_round": last})).collect::<Vec<_>>(),
         })
     }
 
@@ -122,9 +157,9 @@ impl Epochs {
         let latest = self.latest_complete().map_or_else(|| "none".to_string(), |e| e.to_string());
         let head = format!("rlaunch: images: {} epochs, {complete} complete, latest complete {latest}", self.epochs.len());
         let tail = self.epochs.iter().skip(self.epochs.len().saturating_sub(LAST)).map(|(k, e)| {
-            let bytes: u64 = e.ranks.values().map(|(_, b)| b).sum();
+            let s = e.sums();
             let state = if e.complete_ms.is_some() { "complete" } else { "incomplete" };
-            format!("rlaunch: image epoch {k}: {state}, {} of {} ranks, {}, copies {}", e.ranks.len(), self.size, super::size(bytes), Self::copies(e))
+            format!("rlaunch: image epoch {k}: {state}, {} of {} ranks, {}, copies {}", s.ranks, self.size, super::size(s.bytes), s.copies)
         });
         std::iter::once(head).chain(tail).collect()
     }
@@ -149,5 +184,24 @@ mod tests {
         assert_eq!(r["epochs"][0]["nodes"], json!([0, 1]));
         assert_eq!(r["epochs"][1]["complete"], false);
         assert!(e.refused(1) && !e.refused(1), "said once per rank");
+        assert!(e.timed_out(0, 4) && !e.timed_out(0, 5) && e.timed_out(1, 5), "said once per rank");
+        assert_eq!(e.report(&crate::spec::ImageSpec::default())["timeouts"][0], json!({"rank": 0, "count": 2, "last_round": 5}));
+    }
+
+    #[test]
+    fn older_epochs_are_summed_up_once_a_newer_one_is_complete() {
+        let mut e = Epochs::new(2);
+        for (rank, node) in [(0, 0), (1, 1), (0, 1)] {
+            e.stored(rank, 1, node, 5, 1.0);
+        }
+        e.stored(0, 0, 0, 7, 0.5);
+        let before = e.report(&crate::spec::ImageSpec::default());
+        e.stored(0, 2, 0, 5, 2.0);
+        assert_eq!(e.stored(1, 2, 1, 5, 2.0), Some(2));
+        assert!(e.epochs[&1].ranks.is_empty() && e.epochs[&0].ranks.is_empty(), "the detail of older epochs is gone");
+        let after = e.report(&crate::spec::ImageSpec::default());
+        assert_eq!(before["epochs"][0], after["epochs"][0], "and the report says the same of them");
+        assert_eq!(before["epochs"][1], after["epochs"][1]);
+        assert_eq!(e.stored(1, 0, 0, 7, 3.0), None, "a summed-up epoch no longer completes");
     }
 }
