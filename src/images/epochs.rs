@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Epochs listed in the report, the newest: a long job saves many.
 const REPORTED: usize = 1000;
+/// Epochs this far behind the latest complete one are summed up: their copies have arrived by
+/// then (or never will), and a long job would otherwise keep ranks × epochs of detail.
+const DETAILED: u64 = 16;
 
 #[derive(Debug, Default)]
 struct Epoch {
     /// Each rank that saved it: the nodes that hold its image, and its size. Emptied into
-    /// `sums` once a newer epoch is complete (nothing needs the detail then, and a long job
-    /// would keep ranks × epochs of it).
+    /// `sums` once it is [`DETAILED`] epochs behind the latest complete one.
     ranks: BTreeMap<u32, (BTreeSet<u32>, u64)>,
     sums: Option<Sums>,
     /// When the first image of it was stored (ms since rlaunch started).
@@ -78,7 +80,7 @@ impl Epochs {
             return None;
         }
         e.complete_ms = Some(at_ms);
-        for old in self.epochs.range_mut(..epoch).map(|(_, e)| e).filter(|e| e.sums.is_none()) {
+        for old in self.epochs.range_mut(..epoch.saturating_sub(DETAILED)).map(|(_, e)| e).filter(|e| e.sums.is_none()) {
             old.sums = Some(old.sums());
             old.ranks = BTreeMap::new();
         }
@@ -198,6 +200,10 @@ mod tests {
         let before = e.report(&crate::spec::ImageSpec::default());
         e.stored(0, 2, 0, 5, 2.0);
         assert_eq!(e.stored(1, 2, 1, 5, 2.0), Some(2));
+        assert!(!e.epochs[&1].ranks.is_empty(), "a recent epoch keeps its detail: copies may still come");
+        let far = 2 + DETAILED;
+        e.stored(0, far, 0, 5, 2.0);
+        assert_eq!(e.stored(1, far, 1, 5, 2.0), Some(far));
         assert!(e.epochs[&1].ranks.is_empty() && e.epochs[&0].ranks.is_empty(), "the detail of older epochs is gone");
         let after = e.report(&crate::spec::ImageSpec::default());
         assert_eq!(before["epochs"][0], after["epochs"][0], "and the report says the same of them");
