@@ -235,3 +235,38 @@ fn partner_copies_live_on_another_node_of_the_cluster() {
     assert_eq!(e0["copies"], 2, "every image of epoch 0 on two nodes: {img:#}");
     assert_eq!(hosts_of(e0), c.nodes[..3].to_vec(), "held by the daemons of three different hosts: {img:#}");
 }
+
+/// The rank side of [`the_rust_client_saves_and_loads_under_rlaunch`]: rlaunch runs this test
+/// binary, filtered to this test, as each rank.
+#[test]
+#[ignore = "run as a rank by the_rust_client_saves_and_loads_under_rlaunch"]
+fn rust_rank() {
+    use rlaunch_image::client::{self, Client};
+    use rlaunch_image::proto::Scope;
+    let mut c = Client::from_env().expect("a usable RLAUNCH_IMAGE_FD").expect("run under rlaunch");
+    let rank: u32 = std::env::var("RLAUNCH_RANK").unwrap().parse().unwrap();
+    let first = c.load(Scope::Rank).unwrap();
+    c.save(7, format!("state of {rank}").as_bytes()).unwrap();
+    let mine = c.load(Scope::Rank).unwrap().expect("the image just saved");
+    let too_big = c.save(8, &vec![0; 4096]);
+    println!(
+        "RUST rank {rank} first {:?} loaded {} {:?} restarts {} too big {}",
+        first.map(|i| i.epoch),
+        mine.epoch,
+        String::from_utf8_lossy(&mine.data),
+        client::restarts(),
+        matches!(too_big, Err(client::Error::TooBig { len: 4096 }))
+    );
+}
+
+#[test]
+fn the_rust_client_saves_and_loads_under_rlaunch() {
+    let s = Scratch::new("img-rust");
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let o = s.run(strs(&["-np", "2", "--image-max", "1K", &exe, "--ignored", "--exact", "rust_rank", "--nocapture", "--test-threads", "1"]));
+    o.expect_code(0);
+    for r in 0..2 {
+        let line = format!("RUST rank {r} first None loaded 7 \"state of {r}\" restarts 0 too big true");
+        assert!(o.stdout.contains(&line), "missing {line:?}:\n{o}");
+    }
+}
