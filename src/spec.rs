@@ -382,3 +382,47 @@ impl Default for ImageSpec {
         ImageSpec { max: Self::DEFAULT_MAX, copies: 1, dir: None, interval_ms: None, timeout_ms: Self::DEFAULT_TIMEOUT_MS }
     }
 }
+
+/// `--restart-scope`: what a restart starts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartScope {
+    /// Only the failed rank, on its node, with the same binding; the others go on.
+    Rank,
+    /// Every rank, after all were stopped, with a fresh PMI/PMIx generation.
+    Job,
+}
+
+impl RestartScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartScope::Rank => "rank",
+            RestartScope::Job => "job",
+        }
+    }
+}
+
+impl std::str::FromStr for RestartScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rank" => Ok(RestartScope::Rank),
+            "job" => Ok(RestartScope::Job),
+            _ => Err("expected rank or job".into()),
+        }
+    }
+}
+
+/// `--max-restarts`, `--restart-scope`: how the front end answers a failed rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartSpec {
+    /// Rank scope: restarts per rank; job scope: restarts of the job. 0: the first failure ends
+    /// the job.
+    pub max: u32,
+    pub scope: RestartScope,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec { max: 0, scope: RestartScope::Rank }
+    }
+}

@@ -353,6 +353,18 @@ pub enum Msg {
     ImageFetch { to: u32, from: u32, id: u64, rank: u32, job: bool },
     /// The answer to `ImageFetch`, in pieces like `ImageCopy`; `epoch` None: not here.
     ImageFetched { to: u32, id: u64, epoch: Option<u64>, total: u64, offset: u64, data: Vec<u8> },
+    // Restarts (issue 17, `--max-restarts`).
+    /// Front end → towards `node` (rank scope): start these ranks of `node` again, each as
+    /// `(rank, restarts)`, where `restarts` is its `RLAUNCH_RESTARTS`.
+    RestartRanks { node: u32, ranks: Vec<(u32, u32)> },
+    /// Front end → down (job scope): end every rank (the terminate path) for a restart as
+    /// `generation`; each daemon answers `RestartStopped` once its ranks are all reported.
+    RestartStop { generation: u32 },
+    /// Daemon → up: every local rank is gone; the node waits for `RestartJob`.
+    RestartStopped { node: u32, generation: u32 },
+    /// Front end → down, once every node stopped: start every rank again as `generation`, with a
+    /// fresh PMI key-value space or PMIx namespace named after it.
+    RestartJob { generation: u32 },
 }
 
 /// The out-of-band part of the RDMA start-up ([`Msg::Rdma`]).

@@ -4,7 +4,7 @@
 
 use super::error::{usage, UsageError};
 use crate::pmix::MpiFlag;
-use crate::spec::StdinTarget;
+use crate::spec::{RestartScope, StdinTarget};
 use clap::{ArgAction, CommandFactory, Parser};
 use fabrics::endpoints::FabricChoice;
 use fabrics::placement::{BindTo, MapObj, MapPolicy};
@@ -35,6 +35,20 @@ FAILURES:
   breaks the PMI protocol, or exits with status 0 after MPI_Init without MPI_Finalize, fails
   the job with status 1.
 
+RESTARTS (--max-restarts N, --restart-scope rank|job):
+  A rank that exits non-zero or is killed by a signal is restarted instead of ending the job,
+  with one line saying so (\"rlaunch: rank 3 (n2) killed by SIGKILL; restarting it (1 of 3)\").
+  Rank scope: the rank alone starts again on its node, same binding and environment, while the
+  others go on; N counts restarts of each rank. Job scope: every rank is stopped (SIGTERM, then
+  SIGKILL after the grace period) and all start again with a fresh PMI key-value space or PMIx
+  namespace named after the new generation; N counts restarts of the job. Not restarted: exit
+  status 0, MPI_Abort, a program that cannot start, anything after ctrl-C, --timeout or another
+  failure, and a restarted rank (or job) that fails again within 1 s of running again (one line
+  says so). When N is spent, the job ends as without restarts, plus one line saying so. Output
+  of every run of a rank is tagged as that rank's; --report lists every restart (time, ranks,
+  node, scope, reason, generation, milliseconds until running again) and the final generation;
+  the ranks in it are the last generation's. A restarted rank gets no stdin that came before.
+
 SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
   A second SIGINT (ctrl-C) within 5 s kills every rank with SIGKILL (exit 130).
@@ -46,6 +60,8 @@ SIGNALS:
 ENVIRONMENT OF EACH RANK:
   RLAUNCH_RANK, RLAUNCH_SIZE, RLAUNCH_LOCAL_RANK, RLAUNCH_LOCAL_SIZE, RLAUNCH_NODE_RANK,
   RLAUNCH_NUM_NODES, RLAUNCH_JOBID, RLAUNCH_APPNUM, plus rlaunch's own environment and -x values.
+  RLAUNCH_RESTARTS (how often this rank's process was restarted; 0 on its first start) and
+  RLAUNCH_GENERATION (the job's generation: 0, +1 per job-scope restart).
   PWD is the rank's working directory; SSH_* variables reach a rank only through -x.
   RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
   NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
@@ -277,8 +293,7 @@ APPLICATION FILES (both families):
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
   -enable-x, -ckpointlib (BLCR), Intel's -trace, -gtool and -check_mpi, -gdb, --debug, -xterm,
-  --enable-recovery and --max-restarts (not yet), -disable-auto-cleanup, --preload-binary,
-  --preload-files, -ompi-server, --personality, --xml.";
+  -disable-auto-cleanup, --preload-binary, --preload-files, -ompi-server, --personality, --xml.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -494,6 +509,24 @@ libpmix's in-memory store, which removed the hangs and \"PML add procs failed\" 
 showed in this mode (none in 200 jobs)."
     )]
     pub mpi: MpiFlag,
+
+    /// Restart a failed rank (non-zero exit or signal) up to N times instead of ending the job; with
+    /// --restart-scope rank N counts per rank, with job it counts restarts of the whole job. Aborts
+    /// (MPI_Abort), ranks that cannot start, ctrl-C and --timeout are never restarted; a restarted
+    /// rank that fails again within 1 s is not restarted again. 0: the first failure ends the job
+    #[arg(long = "max-restarts", value_name = "N", help_heading = "Recovery")]
+    pub max_restarts: Option<u32>,
+
+    /// What a restart starts again: rank (only the failed rank, on its node with its binding; the
+    /// others go on) or job (every rank is stopped, then all start again with a fresh PMI/PMIx
+    /// generation; what MPI programs need) [default: job when the ranks use PMI or PMIx, as --mpi
+    /// pmi|pmix says or --mpi auto finds an MPI library; else rank]
+    #[arg(long = "restart-scope", value_name = "rank|job", value_parser = typed::<RestartScope>, help_heading = "Recovery")]
+    pub restart_scope: Option<RestartScope>,
+
+    /// Open MPI (PRRTE): restart failed ranks; --max-restarts 1 unless --max-restarts says otherwise
+    #[arg(long = "enable-recovery", help_heading = "Recovery")]
+    pub enable_recovery: bool,
 
     /// Network for rank endpoints: auto (RDMA when every node has an active port, else TCP), tcp,
     /// rdma, or off (no inventory exchange, no endpoint table)
@@ -808,8 +841,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("enable-x", "rlaunch does not forward X11 connections"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
-    ("enable-recovery", "restarting failed ranks is not supported yet; the first failure ends the job"),
-    ("max-restarts", "restarting failed ranks is not supported yet; the first failure ends the job"),
     ("disable-auto-cleanup", "rlaunch ends the whole job at the first failure; it cannot leave the other ranks running"),
     ("preload-binary", "rlaunch does not copy programs to the nodes; put the program on a shared file system"),
     ("preload-files", "rlaunch does not copy files to the nodes; put them on a shared file system"),
@@ -823,7 +854,7 @@ pub const WONT: &[(&str, &str)] = &[
     ("info", "prints MPICH's build configuration; rlaunch --version says which rlaunch this is"),
     ("tv", "rlaunch does not start TotalView; run the debugger as the program, or see --get-stack-traces"),
     ("debugger", "rlaunch does not start a parallel debugger; run one as the program, or see --get-stack-traces"),
-    ("with-ft", "ULFM fault tolerance is not supported; the first failure ends the job"),
+    ("with-ft", "ULFM fault tolerance is not supported; --max-restarts restarts failed ranks instead"),
 ];
 
 /// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:

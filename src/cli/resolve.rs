@@ -108,7 +108,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         .iter()
         .map(|a| pmix::AppProgram { program: &a.argv[0], cwd: Path::new(&a.cwd), path: app_path(a, &global_path) })
         .collect();
-    let (interface, mpi_reason) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
+    let (interface, mpi_reason, speaks_mpi) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
     let job_id = format!("rl-{}", &wire::hex(&wire::random_key()?)[..8]);
     let apps_program = apps[0].argv[0].clone();
     let launch = wire::Launch {
@@ -180,6 +180,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         ports,
         bind_address: g.bind_address,
         mpi_reason,
+        restarts: restart_spec(g.max_restarts, g.enable_recovery, g.restart_scope, speaks_mpi),
     })
 }
 
@@ -202,6 +203,15 @@ fn image_spec(g: &Cli, nodes: u32, program: &str) -> Result<spec::ImageSpec, Usa
         None => None,
     };
     Ok(spec::ImageSpec { max: g.image_max, copies, dir, interval_ms, timeout_ms })
+}
+
+/// `--max-restarts`, `--enable-recovery` (PRRTE's spelling: one restart unless `--max-restarts`
+/// says otherwise) and `--restart-scope`, whose default is the job when the ranks speak PMI or
+/// PMIx (MPI programs can only be restarted together) and the rank otherwise.
+fn restart_spec(max: Option<u32>, enable_recovery: bool, scope: Option<spec::RestartScope>, speaks_mpi: bool) -> spec::RestartSpec {
+    let max = max.unwrap_or(if enable_recovery { 1 } else { 0 });
+    let scope = scope.unwrap_or(if speaks_mpi { spec::RestartScope::Job } else { spec::RestartScope::Rank });
+    spec::RestartSpec { max, scope }
 }
 
 /// The longest timeout accepted: beyond it deadlines would overflow the clock.

@@ -12,6 +12,7 @@ use super::images::Images;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
+use super::restart::{self, Restarts};
 use super::say::say;
 use super::sensors::Sensors;
 use super::spawn::{self, Spawner};
@@ -86,6 +87,7 @@ pub struct Daemon {
     traces: Traces,
     sensors: Sensors,
     images: Images,
+    restarts: Restarts,
     timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
     /// the ssh threads of tree spawn.
@@ -132,6 +134,7 @@ impl Daemon {
             traces: Traces::default(),
             sensors: Sensors::default(),
             images: Images::new(node),
+            restarts: Restarts::new(node),
             timeline,
             guard,
             node_done_sent: false,
@@ -236,7 +239,13 @@ impl Daemon {
                 Effect::Fault(text) => self.fault(text),
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
-                Effect::SpawnRanks => self.spawn_ranks(),
+                Effect::SpawnRanks => self.spawn_ranks(None),
+                Effect::Respawn(ranks) => self.spawn_ranks(Some(ranks)),
+                Effect::StopRanks => self.terminate_all(),
+                Effect::NewGeneration(g) => {
+                    let fx = restart::new_generation(g, &mut self.ranks, &mut self.pmi, &mut self.pmix, self.job.view());
+                    self.apply(fx);
+                }
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
                     let mut fx = self.pmi.rank_exited(rank, self.poll.registry());
@@ -305,6 +314,7 @@ impl Daemon {
             Msg::Rdma(step) => self.fabric.on_rdma(None, step),
             m if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
+            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. } | Msg::RestartJob { .. }) => self.restarts.on_msg(m, self.links.router().children().collect()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -445,9 +455,12 @@ impl Daemon {
         }
     }
 
-    fn spawn_ranks(&mut self) {
+    fn spawn_ranks(&mut self, only: Option<Vec<u32>>) {
         let Some(job) = self.job.view() else { return };
+        self.node_done_sent = false; // A restart: the node has ranks again.
         let s = Spawner {
+            only,
+            restarts: &self.restarts,
             job,
             registry: self.poll.registry(),
             ranks: &mut self.ranks,
@@ -484,7 +497,8 @@ impl Daemon {
         // The ranks wait for the fabric table or for libpmix, unless the job is ending (ranks not
         // started because spawning stopped count as done).
         let held = (self.fabric.holds_ranks() || self.pmix.holds_ranks()) && !self.ranks.stop_spawning();
-        if self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
+        self.restarts.stopped(self.ranks.all_reported()).into_iter().for_each(|m| self.links.up(&m));
+        if self.restarts.holds_done() || self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
             return;
         }
         self.node_done_sent = true;

@@ -544,6 +544,38 @@ impl Pmix {
         self.run(outs)
     }
 
+    /// A job restart (every local rank is gone): the old generation's namespace is deregistered
+    /// and the job registered again as `nspace-g<generation>`, with fences and direct modex from
+    /// the start; the ranks wait for the registrations as at the launch. The server itself stays
+    /// up (its start is the slow part).
+    pub fn restart(&mut self, job: &JobView, generation: u32) -> Vec<Effect> {
+        self.ranks_wanted = false;
+        self.early.clear();
+        let Some(a) = self.active.as_mut() else { return Vec::new() };
+        let node = self.node;
+        let nspace = crate::daemon::pmi::Pmi::kvsname(&job.launch().job_id, generation);
+        let old = std::mem::replace(&mut a.layout.nspace, nspace);
+        let step = a.lib.deregister_nspace(&old).with_context(|| format!("retiring PMIx namespace {old} for the restart"));
+        let at = format!("node {node} ({})", launchers::local_hostname());
+        let rank_node: Vec<u32> = job.map().ranks().iter().map(|p| p.node).collect();
+        a.engine = Engine::new(&a.layout.nspace, node, at, rank_node, job.fence_children().to_vec());
+        a.registration = Registration::Waiting { step: 0, deadline: Instant::now() + REGISTER_WAIT };
+        let registered = step.and_then(|flight| {
+            a._in_flight.push(flight);
+            register_from(a, job, 0)
+        });
+        match registered {
+            Err(e) => self.failed(e),
+            Ok(done) => {
+                if done {
+                    self.all_registered()
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
     /// Stops libpmix and removes its directory.
     pub fn finish(&mut self) {
         self.active = None;

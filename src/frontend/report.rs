@@ -48,6 +48,8 @@ pub struct ReportInput<'a> {
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
     pub images: &'a RootImages,
+    /// `--max-restarts`: every restart, and the generation the job ended in.
+    pub restarts: (&'a [super::restart::Restart], u32),
 }
 
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
@@ -99,6 +101,23 @@ fn timeline_json(d: &NodeState) -> serde_json::Value {
         t.insert("ranks".into(), json!(ranks));
     }
     serde_json::Value::Object(t)
+}
+
+/// The report's `restarts`: when (ms since rlaunch started), which ranks on which node, the
+/// scope, why, the generation after it, and how long until the ranks ran again.
+fn restarts_json(log: &[super::restart::Restart]) -> serde_json::Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let entries: Vec<_> = log
+        .iter()
+        .map(|r| {
+            json!({
+                "at_ms": ms(r.at), "ranks": r.ranks, "node": r.node, "scope": r.scope.name(),
+                "reason": r.reason, "generation": r.generation,
+                "running_again_ms": r.running_again.map(|t| ms(t.saturating_sub(r.at))),
+            })
+        })
+        .collect();
+    json!(entries)
 }
 
 pub fn report_json(r: &ReportInput) -> String {
@@ -164,6 +183,8 @@ pub fn report_json(r: &ReportInput) -> String {
         "fabric_detail": r.fabric.gather().report_detail(),
         "startup_collectives": r.fabric.report_startup(),
         "images": r.images.report(),
+        "generation": r.restarts.1,
+        "restarts": restarts_json(r.restarts.0),
     });
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }
