@@ -60,6 +60,13 @@ impl RootImages {
         }
     }
 
+    /// A job-scope restart began (to be called where the restart policy decides one): the
+    /// epochs after the latest complete one will be saved again by the new processes.
+    #[allow(dead_code)]
+    pub fn new_generation(&mut self) {
+        self.epochs.new_generation();
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
         self.next_request
     }

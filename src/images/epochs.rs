@@ -109,6 +109,13 @@ impl Epochs {
         Some(format!("rlaunch: image epoch {epoch} is complete: {} ranks, {}, {took:.1} ms from its first image to its last", s.ranks, super::size(s.bytes)))
     }
 
+    /// A job-scope restart (see `Store::new_generation`): the epochs after the latest complete
+    /// one are saved again from scratch.
+    pub fn new_generation(&mut self) {
+        let keep = self.latest_complete();
+        self.epochs.retain(|&e, _| keep.is_some_and(|c| e <= c));
+    }
+
     /// The latest complete epoch.
     pub fn latest_complete(&self) -> Option<u64> {
         self.epochs.iter().rev().find(|(_, e)| e.complete_ms.is_some()).map(|(k, _)| *k)
@@ -188,6 +195,17 @@ mod tests {
         assert!(e.refused(1) && !e.refused(1), "said once per rank");
         assert!(e.timed_out(0, 4) && !e.timed_out(0, 5) && e.timed_out(1, 5), "said once per rank");
         assert_eq!(e.report(&crate::spec::ImageSpec::default())["timeouts"][0], json!({"rank": 0, "count": 2, "last_round": 5}));
+    }
+
+    #[test]
+    fn a_new_generation_counts_the_later_epochs_afresh() {
+        let mut e = Epochs::new(2);
+        e.stored(0, 1, 0, 1, 0.0);
+        e.stored(1, 1, 0, 1, 0.0);
+        e.stored(0, 2, 0, 1, 0.0);
+        e.new_generation();
+        assert_eq!(e.stored(1, 2, 0, 1, 1.0), None, "rank 0's epoch 2 was of the past generation");
+        assert_eq!(e.stored(0, 2, 0, 1, 1.0), Some(2));
     }
 
     #[test]

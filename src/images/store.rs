@@ -37,6 +37,19 @@ impl Store {
         }
     }
 
+    /// A job-scope restart: every rank resumes from the latest complete epoch, so the images of
+    /// later epochs belong to a past that will not happen again (the new processes save those
+    /// epochs anew, perhaps differently); they go, and with them everything when no epoch was
+    /// complete. Images are otherwise kept across restarts.
+    pub fn new_generation(&mut self) {
+        let complete = self.complete;
+        self.images.retain(|&(_, e), _| complete.is_some_and(|c| e <= c));
+    }
+
+    pub fn complete(&self) -> Option<u64> {
+        self.complete
+    }
+
     /// Rank `rank`'s image: of the latest complete epoch (`job`), else its latest.
     pub fn get(&self, rank: u32, job: bool) -> Option<(u64, Bytes)> {
         if job {
@@ -96,6 +109,23 @@ mod tests {
         assert_eq!(s.images.len(), KEEP_NEWER + 1, "bounded before anything is complete");
         s.set_complete(9);
         assert_eq!(s.images.keys().copied().collect::<Vec<_>>(), vec![(3, 9)]);
+    }
+
+    #[test]
+    fn a_new_generation_forgets_the_epochs_after_the_complete_one() {
+        let mut s = Store::default();
+        for e in 1..=4 {
+            s.put(0, e, img(&[e as u8]));
+        }
+        s.put(1, 2, img(b"b"));
+        s.set_complete(2);
+        s.new_generation();
+        assert_eq!(s.get(0, false).map(|(e, _)| e), Some(2), "3 and 4 are gone");
+        assert_eq!(s.get(1, true).map(|(e, _)| e), Some(2));
+        let mut none = Store::default();
+        none.put(0, 1, img(b"x"));
+        none.new_generation();
+        assert_eq!(none.get(0, false), None, "nothing complete: the job starts afresh");
     }
 
     proptest! {
