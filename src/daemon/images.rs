@@ -361,8 +361,9 @@ impl Images {
         }
     }
 
-    /// A job-scope restart (to be called when the daemon stops its ranks for one): see
-    /// `Store::new_generation`. Copies not sent yet of the forgotten epochs stay unsent.
+    /// A job-scope restart, at `RestartJob` once restarts is merged (the images-with-restarts
+    /// branch shows where): see `Store::new_generation`. Copies not sent yet of the forgotten
+    /// epochs stay unsent.
     #[allow(dead_code)]
     pub fn new_generation(&mut self) {
         self.store.new_generation();

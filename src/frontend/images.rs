@@ -60,8 +60,9 @@ impl RootImages {
         }
     }
 
-    /// A job-scope restart began (to be called where the restart policy decides one): the
-    /// epochs after the latest complete one will be saved again by the new processes.
+    /// A job-scope restart, when `RestartJob` goes down once restarts is merged (the
+    /// images-with-restarts branch shows where): the epochs after the latest complete one will
+    /// be saved again by the new processes.
     #[allow(dead_code)]
     pub fn new_generation(&mut self) {
         self.epochs.new_generation();
