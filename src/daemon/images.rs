@@ -361,14 +361,14 @@ impl Images {
         }
     }
 
-    /// A job-scope restart (to be called when the daemon stops its ranks for one): see
-    /// `Store::new_generation`. Copies not sent yet of the forgotten epochs stay unsent.
-    pub fn new_generation(&mut self) -> Vec<Effect> {
+    /// A job-scope restart, at `RestartJob` once restarts is merged (the images-with-restarts
+    /// branch shows where): see `Store::new_generation`. Copies not sent yet of the forgotten
+    /// epochs stay unsent.
+    pub fn new_generation(&mut self) {
         self.store.new_generation();
         let complete = self.store.complete();
         self.outbox.retain(|t| t.started || !matches!(t.what, Carried::Copy { epoch, .. } if complete.map_or(true, |c| epoch > c)));
         self.pending.clear();
-        Vec::new()
     }
 
     /// `--image-interval`: asks every local rank for an image.

@@ -314,7 +314,10 @@ impl Daemon {
             Msg::Rdma(step) => self.fabric.on_rdma(None, step),
             m if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
-            m @ Msg::RestartJob { .. } => self.images.new_generation().into_iter().chain(self.restarts.on_msg(m, self.links.router().children().collect())).collect(),
+            m @ Msg::RestartJob { .. } => {
+                self.images.new_generation();
+                self.restarts.on_msg(m, self.links.router().children().collect())
+            }
             m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. }) => self.restarts.on_msg(m, self.links.router().children().collect()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
