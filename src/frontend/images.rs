@@ -40,7 +40,7 @@ impl RootImages {
                 None => Vec::new(),
             },
             Msg::ImageRefused { rank, node, bytes, limit } if self.epochs.refused(rank) => vec![Effect::Say(format!(
-                "rlaunch: rank {rank} on {}: an image of {} exceeds --image-max {}; not saved (rli_save returns RLI_ETOOBIG), the job goes on",
+                "rlaunch: rank {rank} on {}: an image of {} exceeds --image-max {}; not saved (rli_save returns RLI_ETOOBIG; a larger --image-max keeps it), the job goes on",
                 job.node_name(node),
                 size(bytes),
                 size(limit)
