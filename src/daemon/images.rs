@@ -141,7 +141,7 @@ impl Images {
             Conf {
                 max: l.image.max,
                 copies: l.image.copies,
-                nodes: l.nodes.len() as u32,
+                nodes: images::job_nodes(l),
                 size: job.map().size(),
                 timeout: Duration::from_millis(l.image.timeout_ms),
                 dir: l.image.dir.as_ref().map(PathBuf::from),
