@@ -141,7 +141,7 @@ impl Images {
             Conf {
                 max: l.image.max,
                 copies: l.image.copies,
-                nodes: l.nodes.len() as u32,
+                nodes: images::job_nodes(l),
                 size: job.map().size(),
                 timeout: Duration::from_millis(l.image.timeout_ms),
                 dir: l.image.dir.as_ref().map(PathBuf::from),
@@ -273,7 +273,10 @@ impl Images {
             return Vec::new();
         }
         let owner = job.node_of_rank(rank).unwrap_or(self.node);
-        let holders = images::holders(owner, conf.nodes, conf.copies).into_iter().filter(|&n| n != self.node).collect();
+        // A rank placed on a node outside the job's own (a spare numbered after them) has its
+        // images wherever its former node's partners are: every node is asked, in turn.
+        let holders = if owner < conf.nodes { images::holders(owner, conf.nodes, conf.copies) } else { (0..conf.nodes).collect() };
+        let holders = holders.into_iter().filter(|&n| n != self.node).collect();
         self.ask_next(Fetch { slot, rank, job: job_scope, holders, asking: None, asm: Assembly::default() })
     }
 

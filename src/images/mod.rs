@@ -25,6 +25,13 @@ pub fn partners(node: u32, nodes: u32, copies: u32) -> Vec<u32> {
     (1..=n).map(|i| ((node as u64 + i as u64) % nodes as u64) as u32).collect()
 }
 
+/// The job's own nodes, the ones that hold images: spare daemons (`--spare`, numbered after
+/// them) are not among them. The one place that says so: with spares in the node list, subtract
+/// them here.
+pub fn job_nodes(launch: &crate::wire::Launch) -> u32 {
+    launch.nodes.len() as u32
+}
+
 /// The nodes that hold images of `node`'s ranks, `node` first.
 pub fn holders(node: u32, nodes: u32, copies: u32) -> Vec<u32> {
     std::iter::once(node).chain(partners(node, nodes, copies)).collect()
