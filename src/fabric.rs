@@ -1348,6 +1348,7 @@ mod tests {
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
             sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }
     }
 
