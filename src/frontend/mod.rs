@@ -16,6 +16,7 @@ mod effect;
 mod event_loop;
 mod fabric;
 mod images;
+mod interrupts;
 mod pmi;
 mod ranks;
 mod recovery;
