@@ -14,7 +14,7 @@ mod common;
 
 use cluster::{Cluster, NodeScratch};
 use common::mpi::{self, rlaunch_lines, serial};
-use common::{poll_until, Output, Scratch};
+use common::{poll_until, Job, Output, Scratch};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -144,6 +144,16 @@ fn launch_failures_timeouts_and_interrupts_are_never_restarted() {
     o.expect_code(130);
     assert!(restart_lines(&o).is_empty(), "{o}");
     s.assert_no_leftovers(Duration::from_secs(5));
+}
+
+#[test]
+fn a_restarted_rank_reads_stdin_from_where_the_job_is() {
+    let s = Scratch::new("rst-stdin");
+    let prog = "cat; echo \"end of input $RLAUNCH_RESTARTS\"; [ $RLAUNCH_RESTARTS = 0 ] && kill -9 $$; true";
+    let o = Job::start(s.cmd(["-np", "1", "-l", "--max-restarts", "1", "sh", "-c", prog]), Some(b"hi\n".to_vec())).wait_within(Duration::from_secs(20));
+    o.expect_code(0);
+    // The input went to the first process; the second sees its end at once instead of waiting.
+    assert_eq!(o.stdout_lines(), ["[0] hi", "[0] end of input 0", "[0] end of input 1"], "{o}");
 }
 
 #[test]
