@@ -1347,6 +1347,8 @@ mod tests {
             fabric: spec,
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }
     }
 

@@ -117,6 +117,8 @@ pub mod fixture {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }
     }
 

@@ -284,6 +284,34 @@ impl PlacementSpec {
     }
 }
 
+/// What a sensor says of its node (see [`fabrics::sensors`]); travels in `Msg::Sensor`.
+pub use fabrics::sensors::State as SensorState;
+
+/// Test-only: the root under which the daemons' built-in sensors read `sys/` and `proc/` instead
+/// of `/` (a fixture tree). Read by the front end, which puts it in the launch message.
+pub const SENSOR_ROOT_ENV: &str = "RLAUNCH_TEST_SENSOR_ROOT";
+
+/// A sensor's reading (°C, MiB, errors, load, exit status): always a finite number, which makes
+/// it comparable as the messages that carry it are.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SensorValue(pub f64);
+
+impl Eq for SensorValue {}
+
+/// `--sensors`, `--sensor CMD`, `--sensor-interval` and the thresholds: what every daemon watches
+/// on its node, and how often. Absent from the launch (`None`) when no sensor is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorSpec {
+    /// The built-in sensors (thermal, EDAC, memory, the job's NICs, load).
+    pub builtins: bool,
+    /// User sensors, each run with `sh -c` every interval.
+    pub commands: Vec<String>,
+    pub interval_ms: u32,
+    pub thresholds: fabrics::sensors::Thresholds,
+    /// [`SENSOR_ROOT_ENV`]; `None`: `/`.
+    pub root: Option<String>,
+}
+
 /// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.
 mod fixed_opt_u32 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -324,6 +352,34 @@ mod tests {
         let small = postcard::to_allocvec(&app(Some(1))).unwrap();
         let large = postcard::to_allocvec(&app(Some(4096))).unwrap();
         assert_eq!(small.len(), large.len());
+    }
+}
+
+/// Recovery images (`--image-*`), resolved: what every daemon does with its ranks' images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// `--image-max`: the largest image a rank may save, in bytes.
+    pub max: u64,
+    /// `--image-copies`: how many daemons hold each image (the rank's own and its partners).
+    pub copies: u32,
+    /// `--image-dir`, absolute, with the job's name: where each daemon also writes its ranks'
+    /// images (`crate::images::dir`).
+    pub dir: Option<String>,
+    /// `--image-interval` in milliseconds: how often every rank is asked for an image.
+    pub interval_ms: Option<u64>,
+    /// `--image-timeout` in milliseconds: how long a rank has to answer a request.
+    pub timeout_ms: u64,
+}
+
+impl ImageSpec {
+    /// 256 MiB.
+    pub const DEFAULT_MAX: u64 = 256 << 20;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        ImageSpec { max: Self::DEFAULT_MAX, copies: 1, dir: None, interval_ms: None, timeout_ms: Self::DEFAULT_TIMEOUT_MS }
     }
 }
 

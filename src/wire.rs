@@ -23,14 +23,15 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, SensorSpec, SensorState, SensorValue, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
-/// typed [`NodeFault`].
-pub const PROTOCOL_VERSION: u8 = 3;
+/// typed [`NodeFault`]. 4: `Launch` carries the sensors (`--sensors`, `--sensor`). 5: `Launch`
+/// carries the image options.
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -99,6 +100,10 @@ pub struct Launch {
     pub pmi: PmiSpec,
     /// `--bind-to`, `--map-by` inside a node, `--gpus-per-rank`, `--report-bindings`.
     pub placement: PlacementSpec,
+    /// `--sensors`, `--sensor CMD` and their settings; `None` (one byte) when no sensor is on.
+    pub sensors: Option<SensorSpec>,
+    /// Recovery images (issue 17): `--image-max`, `--image-copies`, `--image-dir`, ...
+    pub image: crate::spec::ImageSpec,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -322,6 +327,32 @@ pub enum Msg {
     /// Daemon → up, just before `NodeDone`: when this daemon reached each launch phase, on its
     /// own clock (`crate::timeline`).
     Timeline { node: u32, marks: crate::timeline::NodeMarks },
+    /// Daemon → up, only when one of `node`'s sensors changes state (`crate::spec::SensorSpec`):
+    /// the sensor (`thermal:thermal_zone0`, `memory`, `command:CMD`...), its new state, the
+    /// number it was decided on and one line for a person.
+    Sensor { node: u32, sensor: String, state: SensorState, reading: Option<SensorValue>, reason: String },
+    // Recovery images (issue 17, `crate::images`).
+    /// Front end → every daemon (`--image-interval`): ask every local rank for an image; `epoch`
+    /// numbers the round.
+    ImageRequest { epoch: u64 },
+    /// Front end → every daemon: every rank saved an image of `epoch` (job-scope loads use the
+    /// latest such epoch).
+    ImageComplete { epoch: u64 },
+    /// Daemon → up: `node` holds rank `rank`'s image of `epoch` (`bytes` long): its own rank's or a
+    /// partner's copy.
+    ImageStored { rank: u32, epoch: u64, node: u32, bytes: u64 },
+    /// Daemon → up: rank `rank` tried to save an image of `bytes`, over the `limit`.
+    ImageRefused { rank: u32, node: u32, bytes: u64, limit: u64 },
+    /// Daemon → up: rank `rank` did not answer the request of round `epoch` within the timeout.
+    ImageTimedOut { rank: u32, node: u32, epoch: u64 },
+    /// Daemon `from` → partner daemon `to` (routed like any node-to-node message): a piece of
+    /// rank `rank`'s image of `epoch`, `total` bytes long, starting at `offset`.
+    ImageCopy { to: u32, from: u32, rank: u32, epoch: u64, total: u64, offset: u64, data: Vec<u8> },
+    /// Daemon `from` → daemon `to`: send me rank `rank`'s image (`job`: of the latest complete
+    /// epoch you know; else its latest); `id` names the request at `from`.
+    ImageFetch { to: u32, from: u32, id: u64, rank: u32, job: bool },
+    /// The answer to `ImageFetch`, in pieces like `ImageCopy`; `epoch` None: not here.
+    ImageFetched { to: u32, id: u64, epoch: Option<u64>, total: u64, offset: u64, data: Vec<u8> },
     // Restarts (issue 17, `--max-restarts`).
     /// Front end → towards `node` (rank scope): start these ranks of `node` again, each as
     /// `(rank, restarts)`, where `restarts` is its `RLAUNCH_RESTARTS`.
@@ -597,6 +628,8 @@ mod tests {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: PlacementSpec::default(),
+            sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }))
     }
 
@@ -608,6 +641,7 @@ mod tests {
             Msg::Hello { node: 3, pid: 42, listen_port: 5000, hostname: "h".into(), addr: None },
             Msg::Output { rank: 7, stream: Stream::Stderr, data: b"x\n".to_vec() },
             Msg::NodeDone { node: 3 },
+            Msg::Sensor { node: 3, sensor: "thermal:thermal_zone0".into(), state: SensorState::Degrading, reading: Some(SensorValue(96.5)), reason: "hot".into() },
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(|m| s.seal(m)).collect();
         let mut buf = Vec::new();

@@ -7,7 +7,8 @@
 //! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]) with placement
 //! ([`binding`]), the local rank
 //! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), restarts
-//! ([`restart`]), and the sweep of descendants that escaped their rank ([`adopted`]).
+//! ([`restart`]), the node's sensors ([`sensors`]), and the sweep of descendants that escaped
+//! their rank ([`adopted`]).
 
 mod adopted;
 mod binding;
@@ -17,12 +18,14 @@ mod effect;
 mod exec;
 mod fabric;
 mod guard;
+mod images;
 mod node;
 mod pmi;
 mod pmix;
 mod ranks;
 mod restart;
 mod say;
+mod sensors;
 mod spawn;
 mod topology;
 mod traces;

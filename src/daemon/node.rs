@@ -8,11 +8,13 @@ use super::boot::{self, Joined};
 use super::effect::Effect;
 use super::fabric::Fabric;
 use super::guard::Guard;
+use super::images::Images;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
 use super::restart::{self, Restarts};
 use super::say::say;
+use super::sensors::Sensors;
 use super::spawn::{self, Spawner};
 use super::traces::Traces;
 use super::tree_spawn::TreeSpawn;
@@ -83,6 +85,8 @@ pub struct Daemon {
     pmix: Pmix,
     fabric: Fabric,
     traces: Traces,
+    sensors: Sensors,
+    images: Images,
     restarts: Restarts,
     timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
@@ -128,6 +132,8 @@ impl Daemon {
             pmix: Pmix::new(node),
             fabric,
             traces: Traces::default(),
+            sensors: Sensors::default(),
+            images: Images::new(node),
             restarts: Restarts::new(node),
             timeline,
             guard,
@@ -162,7 +168,7 @@ impl Daemon {
             }
             let fx = self.ranks.drain(self.links.pending_up(), self.poll.registry());
             self.apply(fx);
-            let fx = self.pmi.read_more(self.poll.registry());
+            let fx = self.pmi.read_more(self.poll.registry()).into_iter().chain(self.images.pump(|n| self.links.pending_towards(n))).collect();
             self.apply(fx);
             if self.tree_spawn.watching() {
                 let fx = self.tree_spawn.check(self.links.joined());
@@ -172,7 +178,7 @@ impl Daemon {
             let fx = self.ranks.check_timers(now, self.poll.registry());
             self.apply(fx);
             if let Some(job) = self.job.view() {
-                let fx = self.pmix.check_timer(job, now);
+                let fx = self.pmix.check_timer(job, now).into_iter().chain(self.images.check_timer(now)).collect();
                 self.apply(fx);
             }
             self.check_done();
@@ -187,7 +193,7 @@ impl Daemon {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let at = [self.ranks.next_deadline(), self.pmix.next_deadline()].into_iter().flatten().min();
+        let at = [self.ranks.next_deadline(), self.pmix.next_deadline(), self.images.next_deadline()].into_iter().flatten().min();
         at.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
@@ -209,10 +215,11 @@ impl Daemon {
             // libpmix queued an upcall, or a start thread (tree spawn over ssh) saw its daemon end;
             // the latter is looked at after every event.
             Source::Fixed(token::WAKE) => match self.job.view() {
-                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).chain(self.fabric.on_wake()).collect(),
+                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).chain(self.fabric.on_wake()).chain(self.sensors.on_wake(self.node)).collect(),
                 None => return,
             },
             Source::Pmi(_) => self.pmi.on_event(ev, registry),
+            Source::Image(slot) => self.images.on_event(self.job.view(), slot, ev, registry),
             Source::RankPipe { idx, pipe } => return self.ranks.on_pipe(idx, pipe, registry),
             Source::Link(_) => return self.on_child(ev.token(), ev.is_readable(), ev.is_writable()),
             _ => return,
@@ -305,8 +312,13 @@ impl Daemon {
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
             Msg::Rdma(step) => self.fabric.on_rdma(None, step),
+            m if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
-            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. } | Msg::RestartJob { .. }) => self.restarts.on_msg(m, self.links.router().children().collect()),
+            m @ Msg::RestartJob { .. } => {
+                self.images.new_generation();
+                self.restarts.on_msg(m, self.links.router().children().collect())
+            }
+            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. }) => self.restarts.on_msg(m, self.links.router().children().collect()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -335,7 +347,7 @@ impl Daemon {
             self.apply(fx);
         }
         let fx = match (&self.job, map_error) {
-            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding())].into_iter().flatten().collect(),
+            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding()), self.sensors.start(job, &self.notify)].into_iter().flatten().collect(),
             (_, Some(e)) => vec![Effect::Fault(format!("computing the process map: {e}"))],
             _ => Vec::new(),
         };
@@ -388,6 +400,7 @@ impl Daemon {
             (Some(n), Msg::Rdma(step)) => self.fabric.on_rdma(Some(n), step),
             (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
+            (_, m) if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             (_, m) => vec![Effect::Up(m)],
         };
         self.apply(fx);
@@ -433,6 +446,7 @@ impl Daemon {
     fn start_ranks(&mut self) {
         self.timeline.mark(Phase::FabricReady, Instant::now());
         let Some(job) = self.job.view() else { return };
+        self.sensors.job_nics(job.local_ranks().len(), &self.fabric);
         let registry = self.poll.registry();
         let started = if Pmix::wanted(job) {
             Ok(self.pmix.want_ranks(job, &self.waker, self.fabric.binding()))
@@ -457,6 +471,7 @@ impl Daemon {
             guard: &mut self.guard,
             pmi: &mut self.pmi,
             pmix: &mut self.pmix,
+            images: &mut self.images,
             fabric: &self.fabric,
             launch_bytes: self.launch_bytes,
             timeline: &mut self.timeline,

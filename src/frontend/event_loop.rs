@@ -7,6 +7,7 @@ use super::carriers::{Carriers, StartInfo};
 use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
+use super::images::RootImages;
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
 use super::recovery::{JobState, Recovery};
@@ -58,6 +59,7 @@ struct Frontend {
     timings: Timings,
     pmi: RootPmi,
     fabric: RootFabric,
+    images: RootImages,
     stdin: Option<Receiver<Vec<u8>>>,
     /// Links that may hold more input than one read took.
     ready: Vec<Token>,
@@ -113,6 +115,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         traces: StackTraces::new(plan.get_stack_traces),
         kill_sent_at: None,
         interrupted_at: None,
+        images: RootImages::new(&job, Instant::now()),
         job,
         poll,
         listener,
@@ -227,7 +230,7 @@ impl Frontend {
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
         let held = self.recovery.deadline().map(|d| self.plan.t0 + d);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held]
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held, self.images.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -275,10 +278,16 @@ impl Frontend {
             }
             Msg::NodeDone { node } if self.recovery.stale_done(node) => Vec::new(),
             Msg::PmiReport { .. } | Msg::Fence { .. } | Msg::PmixFence { .. } | Msg::KvsGet { .. } | Msg::KvsValue { .. } if self.recovery.stopping() => Vec::new(),
-            Msg::RestartStopped { node, generation } => self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0)),
+            Msg::RestartStopped { node, generation } => {
+                let fx = self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0));
+                if fx.iter().any(|e| matches!(e, Effect::DownTo(_, Msg::RestartJob { .. }))) {
+                    self.images.new_generation();
+                }
+                fx
+            }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
-            Msg::Timeline { node, marks } => self.daemons.timeline(node, marks),
+            m @ (Msg::Timeline { .. } | Msg::Sensor { .. }) => self.daemons.node_report(m, ms_since(self.plan.t0)),
             Msg::NodeDone { node } => self.daemons.finished(node),
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),
@@ -296,6 +305,7 @@ impl Frontend {
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
+            m if crate::images::is_image_msg(&m) => self.images.on_msg(&self.job, m, ms_since(self.plan.t0).unwrap_or(0.0)),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
         self.apply(effects);
@@ -420,7 +430,7 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
-        let late = self.traces.expired(now).into_iter().chain(self.recovery.due(now.saturating_duration_since(self.plan.t0))).collect();
+        let late = self.traces.expired(now).into_iter().chain(self.recovery.due(now.saturating_duration_since(self.plan.t0))).chain(self.images.tick(now)).collect();
         self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
@@ -569,6 +579,7 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
+            images: &self.images,
             restarts: (self.recovery.log(), self.recovery.generation()),
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));

@@ -1,11 +1,12 @@
-//! The `--report` JSON: the map, every rank's status, every node's daemon, phase timings and the
-//! fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
+//! The `--report` JSON: the map, every rank's status, every node's daemon (with its sensors' state
+//! changes), phase timings and the fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
 
 use super::daemons::{Daemons, NodeState};
 use crate::timeline::{self, Aligned, NamedMarks};
 use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
+use super::images::RootImages;
 use crate::job::JobView;
 use crate::sig::signal_name;
 use crate::spec::RankStatus;
@@ -46,6 +47,7 @@ pub struct ReportInput<'a> {
     pub exit_code: i32,
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
+    pub images: &'a RootImages,
     /// `--max-restarts`: every restart, and the generation the job ended in.
     pub restarts: (&'a [super::restart::Restart], u32),
 }
@@ -53,7 +55,7 @@ pub struct ReportInput<'a> {
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
 pub fn summary_lines(r: &ReportInput) -> Vec<String> {
     let nodes: Vec<(String, NamedMarks)> = r.daemons.iter().enumerate().map(|(i, d)| (r.job.node_name(i as u32), named_marks(d))).filter(|(_, m)| !m.is_empty()).collect();
-    std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).collect()
+    std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).chain(r.images.summary()).collect()
 }
 
 /// A node's marks on the front end's clock, once it sent them.
@@ -150,6 +152,7 @@ pub fn report_json(r: &ReportInput) -> String {
                 "launch_bytes": d.launch_bytes, "ranks": map.ranks_on(i as u32),
                 "state": if d.done { "done" } else if d.lost { "lost" } else { "unknown" },
                 "timeline": timeline_json(d),
+                "sensors": r.daemons.sensors().node_json(i as u32),
             })
         })
         .collect();
@@ -179,6 +182,7 @@ pub fn report_json(r: &ReportInput) -> String {
         "fabric": r.fabric.gather().report_fabric(),
         "fabric_detail": r.fabric.gather().report_detail(),
         "startup_collectives": r.fabric.report_startup(),
+        "images": r.images.report(),
         "generation": r.restarts.1,
         "restarts": restarts_json(r.restarts.0),
     });
