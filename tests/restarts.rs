@@ -14,7 +14,7 @@ mod common;
 
 use cluster::{Cluster, NodeScratch};
 use common::mpi::{self, rlaunch_lines, serial};
-use common::{poll_until, Job, Output, Scratch};
+use common::{iterate, poll_until, Job, Output, Scratch};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -281,6 +281,53 @@ fn mpi_abort_is_never_restarted() {
     o.expect_code(7);
     assert!(rlaunch_lines(&o).iter().any(|l| l.contains("called abort with code 7")), "{o}");
     assert!(restart_lines(&o).is_empty(), "{o}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// With recovery images (tests/programs/iterate.c): a rank killed mid-run resumes from its image
+
+/// The pid of rank `rank`'s process running `prog` in this test, if there is one now.
+fn rank_pid(s: &Scratch, rank: u32, prog: &str) -> Option<u32> {
+    let want = format!("RLAUNCH_RANK={rank}");
+    common::marked_processes(&s.mark).into_iter().map(|(pid, _)| pid).find(|&pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        cmd.starts_with(prog.as_bytes()) && env.split(|&b| b == 0).any(|v| v == want.as_bytes())
+    })
+}
+
+#[test]
+fn a_rank_killed_mid_run_resumes_from_its_image_with_the_undisturbed_checksum() {
+    let prog = iterate::iterate().display().to_string();
+    for scope in ["rank", "job"] {
+        let s = Scratch::new("rst-iterate");
+        let rep = s.path("report.json");
+        // 30 iterations of 60 ms, 4 KiB of state; rank 2 is killed well past the loop guard.
+        let args = ["30", "60", "4096", scope];
+        let job = s.spawn(["-np", "4", "--max-restarts", "2", "--restart-scope", scope, "--report", rep.to_str().unwrap(), &prog].into_iter().chain(args));
+        let mut victim = None;
+        assert!(poll_until(Duration::from_secs(20), || {
+            victim = rank_pid(&s, 2, &prog);
+            victim.is_some()
+        }));
+        std::thread::sleep(Duration::from_millis(1100));
+        // SAFETY: plain kill(2) of the rank's process, which this test started.
+        unsafe { libc::kill(victim.unwrap() as libc::pid_t, libc::SIGKILL) };
+        let o = job.wait();
+        o.expect_code(0);
+        assert_eq!(iterate::checksums(&o), iterate::undisturbed(4, &args[..3]), "{scope} scope: the same result as an undisturbed run:\n{o}");
+        let restored: Vec<&str> = o.stdout.lines().filter(|l| l.contains(" restored epoch ")).collect();
+        match scope {
+            "rank" => assert!(restored.len() == 1 && restored[0].starts_with("rank 2 restored epoch ") && restored[0].ends_with(" restarts 1"), "{o}"),
+            _ => assert_eq!(restored.len(), 4, "every rank resumes from the latest complete epoch:\n{o}"),
+        }
+        let j = report(rep);
+        let restarts = j["restarts"].as_array().unwrap();
+        assert_eq!(restarts.len(), 1, "{j}");
+        assert_eq!((restarts[0]["scope"].as_str(), restarts[0]["reason"].as_str()), (Some(scope), Some("killed by SIGKILL")), "{j}");
+        assert!(restarts[0]["running_again_ms"].as_f64().is_some(), "{j}");
+        s.assert_no_leftovers(Duration::from_secs(5));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
