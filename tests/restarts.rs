@@ -372,6 +372,36 @@ fn multinode_job_scope_restarts_every_node() {
 }
 
 #[test]
+fn multinode_a_rank_killed_mid_run_resumes_from_its_image() {
+    let Some(c) = Cluster::get("multinode_a_rank_killed_mid_run_resumes_from_its_image") else { return };
+    let prog = iterate::iterate().display().to_string();
+    for scope in ["rank", "job"] {
+        let s = NodeScratch::new("rst-mn-iterate");
+        let args = ["30", "60", "4096", scope];
+        let job = s.spawn(cluster_job(&c, &s, &["--max-restarts", "1", "--restart-scope", scope, &prog, args[0], args[1], args[2], args[3]]));
+        // Rank 5 runs on n3, below n1.
+        let victim = || {
+            s.leftovers().into_iter().find(|p| p.cmdline.starts_with(&prog) && std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default().split(|&b| b == 0).any(|v| v == b"RLAUNCH_RANK=5"))
+        };
+        let mut found = None;
+        assert!(poll_until(Duration::from_secs(20), || {
+            found = victim();
+            found.is_some()
+        }));
+        let p = found.unwrap();
+        assert_eq!(c.node_of(p.pid), c.nodes[2]);
+        std::thread::sleep(Duration::from_millis(1100));
+        // SAFETY: plain kill(2) of the rank's process, which this test started.
+        unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        let o = job.wait();
+        o.expect_code(0);
+        assert_eq!(iterate::checksums(&o), iterate::undisturbed(8, &args[..3]), "{scope} scope:\n{o}");
+        assert_eq!(s.report()["restarts"].as_array().unwrap().len(), 1);
+        s.assert_no_leftovers(Some(&c), Duration::from_secs(5));
+    }
+}
+
+#[test]
 fn multinode_mpi_job_scope_restarts_with_the_right_answer() {
     let Some(c) = Cluster::get("multinode_mpi_job_scope_restarts_with_the_right_answer") else { return };
     let _serial = serial();
