@@ -15,7 +15,7 @@ mod common;
 use cluster::{Cluster, NodeScratch};
 use common::mpi::{self, rlaunch_lines, serial};
 use common::{iterate, poll_until, Job, Output, Scratch};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -272,6 +272,48 @@ fn open_mpi_restarts_twice_each_time_in_a_namespace_of_its_own() {
     s.assert_no_leftovers(Duration::from_secs(5));
 }
 
+/// tests/programs/mpi_iterate.c (MPI with the recovery-image API) built with `compiler`.
+fn mpi_iterate(compiler: &str, install: &str) -> Option<String> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("restart-{compiler}"));
+    std::fs::create_dir_all(&dir).expect("creating the program dir");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("fabrics/image/include");
+    let lib = iterate::static_lib();
+    let extra = ["-I", include.to_str().unwrap(), lib.to_str().unwrap(), "-lpthread", "-ldl", "-lm"];
+    match mpi::compile_with(compiler, &extra, &dir, "mpi_iterate", install) {
+        Ok(()) => Some(dir.join("mpi_iterate").to_string_lossy().into_owned()),
+        Err(why) => {
+            eprintln!("SKIP: mpi_iterate with {compiler}: {why}");
+            None
+        }
+    }
+}
+
+/// Rank 1 crashes at iteration 15 of 30 in generation 0; generation 1 resumes from the latest
+/// complete epoch's images and ends with the closed form.
+fn expect_mpi_iterate(o: &Output, n: u64) {
+    o.expect_code(0);
+    let want = n * (n + 1) / 2 * 465;
+    let ok: Vec<&str> = o.stdout.lines().filter(|l| l.starts_with("mpi_iterate ok")).collect();
+    assert_eq!(ok.len(), 1, "{o}");
+    assert!(ok[0].starts_with(&format!("mpi_iterate ok: acc {want}, resumed at iteration ")) && ok[0].ends_with(", generation 1"), "{o}");
+    let resumed: u32 = ok[0].split("iteration ").nth(1).and_then(|r| r.split(',').next()).and_then(|r| r.parse().ok()).unwrap();
+    assert!(resumed > 0, "generation 1 started from an image, not from the beginning:\n{o}");
+    assert!(!o.stderr.contains("FAIL"), "{o}");
+}
+
+#[test]
+fn mpi_programs_using_images_resume_after_a_job_scope_restart() {
+    let _serial = serial();
+    let families = [("mpicc.mpich", "install mpich and libmpich-dev", &[][..]), ("mpicc.openmpi", "install openmpi-bin and libopenmpi-dev", &OMPI_ROOT[..])];
+    for (compiler, install, extra) in families {
+        let Some(p) = mpi_iterate(compiler, install) else { continue };
+        let s = Scratch::new("rst-mpi-iterate");
+        let o = s.run(extra.iter().copied().chain(["-np", "4", "--max-restarts", "1", &p]));
+        expect_mpi_iterate(&o, 4);
+        s.assert_no_leftovers(Duration::from_secs(5));
+    }
+}
+
 #[test]
 fn mpi_abort_is_never_restarted() {
     let _serial = serial();
@@ -413,6 +455,17 @@ fn multinode_mpi_job_scope_restarts_with_the_right_answer() {
         let o = s.run(cluster_job(&c, &s, &rest));
         o.expect_code(0);
         assert_eq!(o.stdout.lines().filter(|l| l.starts_with("restart ok")).collect::<Vec<_>>(), ["restart ok: generation 1, restarts 1, sum 36 over 8 ranks"], "{p}:\n{o}");
+        assert!(poll_until(Duration::from_secs(5), || s.leftovers().is_empty()), "{:?}", s.leftovers());
+    }
+    // With images: generation 1 resumes where generation 0 had got to, on every node.
+    let families = [("mpicc.mpich", "install mpich and libmpich-dev", &[][..]), ("mpicc.openmpi", "install openmpi-bin and libopenmpi-dev", &OMPI_ROOT[..])];
+    for (compiler, install, extra) in families {
+        let Some(p) = mpi_iterate(compiler, install) else { continue };
+        let s = NodeScratch::new("rst-mn-mpi-iterate");
+        let mut rest: Vec<&str> = extra.to_vec();
+        rest.extend(["--max-restarts", "1", &p, "30", "50", "5"]);
+        let o = s.run(cluster_job(&c, &s, &rest));
+        expect_mpi_iterate(&o, 8);
         assert!(poll_until(Duration::from_secs(5), || s.leftovers().is_empty()), "{:?}", s.leftovers());
     }
 }
