@@ -272,6 +272,10 @@ fn open_mpi_restarts_twice_each_time_in_a_namespace_of_its_own() {
     s.assert_no_leftovers(Duration::from_secs(5));
 }
 
+/// The MPI families: compiler, what provides it, the options their jobs need.
+const FAMILIES: [(&str, &str, &[&str]); 2] =
+    [("mpicc.mpich", "install mpich and libmpich-dev", &[]), ("mpicc.openmpi", "install openmpi-bin and libopenmpi-dev", &OMPI_ROOT)];
+
 /// tests/programs/mpi_iterate.c (MPI with the recovery-image API) built with `compiler`.
 fn mpi_iterate(compiler: &str, install: &str) -> Option<String> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("restart-{compiler}"));
@@ -304,8 +308,7 @@ fn expect_mpi_iterate(o: &Output, n: u64) {
 #[test]
 fn mpi_programs_using_images_resume_after_a_job_scope_restart() {
     let _serial = serial();
-    let families = [("mpicc.mpich", "install mpich and libmpich-dev", &[][..]), ("mpicc.openmpi", "install openmpi-bin and libopenmpi-dev", &OMPI_ROOT[..])];
-    for (compiler, install, extra) in families {
+    for (compiler, install, extra) in FAMILIES {
         let Some(p) = mpi_iterate(compiler, install) else { continue };
         let s = Scratch::new("rst-mpi-iterate");
         let o = s.run(extra.iter().copied().chain(["-np", "4", "--max-restarts", "1", &p]));
@@ -458,8 +461,7 @@ fn multinode_mpi_job_scope_restarts_with_the_right_answer() {
         assert!(poll_until(Duration::from_secs(5), || s.leftovers().is_empty()), "{:?}", s.leftovers());
     }
     // With images: generation 1 resumes where generation 0 had got to, on every node.
-    let families = [("mpicc.mpich", "install mpich and libmpich-dev", &[][..]), ("mpicc.openmpi", "install openmpi-bin and libopenmpi-dev", &OMPI_ROOT[..])];
-    for (compiler, install, extra) in families {
+    for (compiler, install, extra) in FAMILIES {
         let Some(p) = mpi_iterate(compiler, install) else { continue };
         let s = NodeScratch::new("rst-mn-mpi-iterate");
         let mut rest: Vec<&str> = extra.to_vec();
