@@ -14,6 +14,8 @@
 use std::collections::BTreeMap;
 
 use crate::collective::Tree;
+use crate::discover::Inventory;
+use crate::verbs_link::VerbsLinkConfig;
 
 /// The combined bring-up result of a subtree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +181,42 @@ impl Agreement {
         out.push(AgreeOut::Decided(d));
         out
     }
+}
+
+/// The RDMA port a member's start-up links use, from its own inventory: the first usable port in
+/// the endpoint assignment's order (the port its ranks would get first), or why there is none,
+/// in the words the `-v` line shows ("no RDMA device", "verbs unavailable: libibverbs.so.1 not
+/// found ...", "mlx5_0:1 is down").
+pub fn startup_port(inv: &Inventory) -> Result<VerbsLinkConfig, String> {
+    if inv.ib.is_empty() {
+        return Err("no RDMA device".into());
+    }
+    let nics = crate::endpoints::rdma_nics(0, inv, &[]).map_err(|e| match e {
+        crate::endpoints::AssignError::NoRdma { why, .. } => why,
+        other => other.to_string(),
+    })?;
+    let nic = nics.into_iter().find(|n| n.rdma.is_some()).ok_or("no usable RDMA port")?;
+    let port = nic.rdma.ok_or("no usable RDMA port")?;
+    // `enum ibv_mtu`: 1 = 256 ... 5 = 4096; an unknown MTU (no verbs answer) takes 1024, which
+    // every IB and RoCE port carries.
+    let mtu_enum = match nic.mtu {
+        4096.. => 5,
+        2048.. => 4,
+        1024.. => 3,
+        512.. => 2,
+        256.. => 1,
+        _ => 3,
+    };
+    Ok(VerbsLinkConfig {
+        device: port.device,
+        port: port.port,
+        gid_index: port.gid_index,
+        lid: port.lid,
+        mtu_enum,
+        slot_size: 4096,
+        recv_depth: 8,
+        send_bufs: 16,
+    })
 }
 
 /// The data path of one member's start-up collectives, with the failover to the out-of-band
@@ -535,6 +573,23 @@ mod relay_tests {
             }
         }
         (delivered, wanted)
+    }
+
+    #[test]
+    fn the_startup_port_or_why_not() {
+        let mut inv = Inventory::default();
+        assert_eq!(startup_port(&inv).unwrap_err(), "no RDMA device");
+        inv.ib.push(crate::discover::IbDevice {
+            name: "mlx5_0".into(),
+            node_type: crate::discover::NodeType::Ca,
+            node_guid: 1,
+            sys_image_guid: 1,
+            fw_ver: String::new(),
+            parent: None,
+            ports: Vec::new(),
+        });
+        inv.verbs = crate::verbs::VerbsStatus::Unavailable { reason: "libibverbs.so.1 not found".into() };
+        assert_eq!(startup_port(&inv).unwrap_err(), "verbs unavailable: libibverbs.so.1 not found");
     }
 
     #[test]

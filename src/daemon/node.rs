@@ -219,7 +219,7 @@ impl Daemon {
 
     /// Carries out what a service asked for, in order.
     fn apply(&mut self, effects: Vec<Effect>) {
-        for e in effects {
+        for e in self.fabric.carry(effects) {
             match e {
                 Effect::Up(m) => self.links.up(&m),
                 Effect::Send(hop, m) => _ = self.links.send(hop, &m),
@@ -230,6 +230,8 @@ impl Daemon {
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
                 Effect::SpawnRanks => self.spawn_ranks(),
+                Effect::Deliver(None, m) => self.on_parent_msg(m, 0),
+                Effect::Deliver(child, m) => self.child_msg(child, m),
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
                     let mut fx = self.pmi.rank_exited(rank, self.poll.registry());

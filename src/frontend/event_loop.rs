@@ -7,7 +7,7 @@ use super::carriers::{Carriers, StartInfo};
 use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
-use super::pmi::{FenceKind, RootPmi};
+use super::pmi::RootPmi;
 use super::ranks::{JobFacts, Ranks};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
@@ -277,8 +277,7 @@ impl Frontend {
             Msg::TracesDone { node } => self.traces.done(node),
             Msg::NodeFailed { node, fault } => self.node_failed(node, fault),
             Msg::PmiReport { rank, node, kind, message } => self.pmi.report(&self.job, rank, node, kind, &message),
-            Msg::Fence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmi, n, seq, puts)),
-            Msg::PmixFence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmix, n, seq, puts)),
+            m @ (Msg::Fence { .. } | Msg::PmixFence { .. }) => from.map_or(Vec::new(), |n| vec![Effect::Deliver(n, m)]),
             Msg::KvsGet { from, key, .. } => self.pmi.kvs_get(&self.job, from, key),
             Msg::KvsValue { key, value, round, .. } => self.pmi.kvs_value(key, value, round),
             // Direct modex turns here between subtrees.
@@ -506,8 +505,9 @@ impl Frontend {
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
-        for e in effects {
+        for e in self.fabric.carry(effects) {
             match e {
+                Effect::Deliver(n, m) => _ = { let fx = self.pmi.from_child(&self.job, n, m); self.apply(fx) },
                 Effect::Send(hop, msg) => _ = self.links.send(hop, &msg),
                 Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),
                 Effect::Towards(node, msg) => _ = self.links.towards(node, &msg),
