@@ -476,7 +476,7 @@ impl StartupRdma {
         }
         if self.fence_deadline.is_some_and(|d| Instant::now() >= d) && !self.fence_over {
             self.fence_deadline = None;
-            let why = format!("its ranks did not enter a PMI or PMIx fence within {} s of starting", FENCE_WAIT.as_secs());
+            let why = format!("the ranks did not enter a PMI or PMIx fence within {} s of starting", FENCE_WAIT.as_secs());
             out.extend(self.fail(FallbackCause::NoFence, why));
         }
         out
@@ -487,7 +487,8 @@ impl StartupRdma {
         if std::mem::replace(&mut self.exchange_over, true) {
             return Vec::new();
         }
-        if self.fence_needed && self.on_links() {
+        // Daemons only: the front end runs no ranks, and every node below it waits as well.
+        if self.fence_needed && self.on_links() && self.parent.is_some() {
             self.fence_deadline = Some(Instant::now() + FENCE_WAIT);
             let wake = self.wake.clone();
             let _ = std::thread::Builder::new().name("rdma-fence-wait".into()).spawn(move || {

@@ -116,7 +116,8 @@ impl RootFabric {
                     };
                     self.fence_on_links = on_links;
                     let took = self.fence_took.unwrap_or_default().as_secs_f64() * 1e3;
-                    out.push(Effect::Detail(1, format!("rlaunch: first PMI fence over {name} in {took:.1} ms")));
+                    let pmi = if matches!(m, Msg::PmixFenceDone { .. }) { "PMIx" } else { "PMI" };
+                    out.push(Effect::Detail(1, format!("rlaunch: first {pmi} fence over {name} in {took:.1} ms")));
                     match self.rdma.as_mut().filter(|r| !r.released()) {
                         Some(rdma) => {
                             kids.into_iter().for_each(|k| outs.extend(rdma.send(k + 1, Payload::Msg(m.clone()))));
@@ -158,7 +159,7 @@ impl RootFabric {
                     let line = match cause {
                         FallbackCause::NoFence => format!("rlaunch: RDMA start-up links released: on {at}, {why}; later traffic stays on TCP"),
                         FallbackCause::LinkInExchange => format!("rlaunch: {at}: {why}; the inventory allgather finishes over TCP"),
-                        FallbackCause::LinkInFence => format!("rlaunch: {at}: {why}; the first PMI fence finishes over TCP"),
+                        FallbackCause::LinkInFence => format!("rlaunch: {at}: {why}; the first PMI/PMIx fence finishes over TCP"),
                     };
                     fx.push(Effect::Detail(1, line));
                 }
