@@ -209,12 +209,20 @@ pub enum StartupTransport {
     /// Verbs queue pairs on every member's first usable RDMA port, when every member has one
     /// (else TCP, said on `-v`).
     Rdma,
+    /// RDMA was asked for, but the front end (the tree's root) has no link, so nobody tries:
+    /// why, for `-v` and the report.
+    NoRootLink(String),
     /// Simulated RDMA links (test-only, [`SIM_RDMA_ENV`]); node `fail`'s bring-up fails on
     /// purpose, node `broken`'s link breaks in the exchange, node `broken_fence`'s in the fence.
     Simulated { fail: Option<u32>, broken: Option<u32>, broken_fence: Option<u32> },
 }
 
 impl StartupTransport {
+    /// Whether the members bring links up.
+    pub fn tries(&self) -> bool {
+        matches!(self, StartupTransport::Rdma | StartupTransport::Simulated { .. })
+    }
+
     /// The mode for a job: RDMA unless the user forced TCP (`--fabric tcp`) or turned the
     /// exchange off, simulated only with the test setting.
     pub fn for_job(choice: Option<FabricChoice>, test_setting: Option<&str>) -> Result<StartupTransport, String> {

@@ -239,6 +239,11 @@ impl StartupRdma {
             decided_after: None,
         };
         let mut out: Vec<Out> = parent.map(|p| Out::Tcp { to: p, msg: Msg::Rdma(RdmaStep::Connect(s.connect_data(p))) }).into_iter().collect();
+        // No link here: that is this member's part of the agreement, at once (its neighbours
+        // still get its refusal as connection data, so nobody waits for it).
+        if let Err(why) = s.own.clone() {
+            out.extend(s.local(Err(why)));
+        }
         out.extend(s.maybe_bring_up());
         (s, out)
     }
@@ -326,7 +331,7 @@ impl StartupRdma {
     }
 
     fn maybe_bring_up(&mut self) -> Vec<Out> {
-        if self.bring_up_started || self.peers.iter().any(|p| !self.remote.contains_key(p)) {
+        if self.bring_up_started || self.decision().is_some() || self.peers.iter().any(|p| !self.remote.contains_key(p)) {
             return Vec::new();
         }
         self.bring_up_started = true;
@@ -565,6 +570,29 @@ impl StartupRdma {
     /// The tree parent (a member), none at the root.
     pub fn parent(&self) -> Option<u32> {
         self.parent
+    }
+}
+
+/// The front end's own link: its first usable RDMA port, or why it has none.
+pub fn front_end_link() -> Result<LinkKind, String> {
+    // Without a device there is nothing to probe (the common case): no dlopen, no sysfs walk.
+    if std::fs::read_dir("/sys/class/infiniband").map_or(true, |mut d| d.next().is_none()) {
+        return Err("no RDMA device".into());
+    }
+    let addrs = fabrics::discover::system_addrs().map_err(|e| e.to_string())?;
+    let mut inv = fabrics::discover::Inventory::discover(std::path::Path::new("/sys"), &addrs).map_err(|e| e.to_string())?;
+    inv.verbs = fabrics::verbs::probe().status;
+    fabrics::startup::startup_port(&inv).map(LinkKind::Verbs)
+}
+
+/// The front end is the root of the start-up tree: when it has no link, RDMA cannot run for
+/// the job, and no daemon needs to try (no bring-up, no agreement, nothing held): the launch
+/// says so. The probe is a directory listing on machines without a device.
+pub fn check_root_link(startup: &mut crate::spec::StartupTransport) {
+    if *startup == crate::spec::StartupTransport::Rdma {
+        if let Err(why) = front_end_link() {
+            *startup = crate::spec::StartupTransport::NoRootLink(why);
+        }
     }
 }
 

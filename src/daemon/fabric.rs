@@ -97,7 +97,7 @@ impl Fabric {
                 Vec::new()
             }
         };
-        if job.launch().fabric.gathers() && job.launch().fabric.startup != StartupTransport::Tcp {
+        if job.launch().fabric.gathers() && job.launch().fabric.startup.tries() {
             let (kind, faults) = self.link_kind(job);
             // The first fence runs where the node or a node below it runs ranks.
             let fence_needed = job.launch().fabric.inventory.is_none() && (!job.local_ranks().is_empty() || !job.fence_children().is_empty());

@@ -16,7 +16,7 @@ use super::verdict::Failure;
 use crate::fabric::FrontGather;
 use crate::job::JobView;
 use crate::spec::StartupTransport;
-use crate::startup_rdma::{first_fence, rdma_name, Faults, LinkKind, Out, Payload, StartupRdma, FENCE_WAIT};
+use crate::startup_rdma::{first_fence, front_end_link, rdma_name, Faults, LinkKind, Out, Payload, StartupRdma, FENCE_WAIT};
 use crate::tree::Hop;
 use crate::wire::{FallbackCause, Msg, RdmaStep};
 
@@ -34,21 +34,8 @@ pub struct RootFabric {
     fence_took: Option<Duration>,
     /// Whether the links carried the first fence to its end here.
     fence_on_links: bool,
-}
-
-/// The front end's own link: simulated with the test setting, else its first usable RDMA port.
-fn front_end_link(startup: &StartupTransport) -> Result<LinkKind, String> {
-    if matches!(startup, StartupTransport::Simulated { .. }) {
-        return Ok(LinkKind::Simulated);
-    }
-    // Without a device there is nothing to probe (the common case): no dlopen, no sysfs walk.
-    if std::fs::read_dir("/sys/class/infiniband").map_or(true, |mut d| d.next().is_none()) {
-        return Err("no RDMA device".into());
-    }
-    let addrs = fabrics::discover::system_addrs().map_err(|e| e.to_string())?;
-    let mut inv = fabrics::discover::Inventory::discover(std::path::Path::new("/sys"), &addrs).map_err(|e| e.to_string())?;
-    inv.verbs = fabrics::verbs::probe().status;
-    fabrics::startup::startup_port(&inv).map(LinkKind::Verbs)
+    /// Why nobody tried RDMA: the front end has no link ([`StartupTransport::NoRootLink`]).
+    no_root_link: Option<String>,
 }
 
 impl RootFabric {
@@ -59,11 +46,18 @@ impl RootFabric {
         let simulated = matches!(fabric.startup, StartupTransport::Simulated { .. });
         let fence_needed = fabric.inventory.is_none() && !job.fence_children().is_empty();
         // The root sends nothing first: its children's connection data starts its part.
-        let rdma = (fabric.startup != StartupTransport::Tcp && fabric.gathers()).then(|| {
-            let kind = front_end_link(&fabric.startup);
+        let rdma = (fabric.startup.tries() && fabric.gathers()).then(|| {
+            let kind = match fabric.startup {
+                StartupTransport::Simulated { .. } => Ok(LinkKind::Simulated),
+                _ => front_end_link(),
+            };
             StartupRdma::start(job.topology().collective_tree(), 0, kind, fence_needed, Faults::default(), wake).0
         });
-        RootFabric { gather, names, rdma, simulated, exchange_from: None, exchange_took: None, fence_from: None, fence_took: None, fence_on_links: false }
+        let no_root_link = match &fabric.startup {
+            StartupTransport::NoRootLink(why) if fabric.gathers() => Some(why.clone()),
+            _ => None,
+        };
+        RootFabric { gather, names, rdma, simulated, exchange_from: None, exchange_took: None, fence_from: None, fence_took: None, fence_on_links: false, no_root_link }
     }
 
     pub fn gather(&self) -> &FrontGather {
@@ -178,6 +172,11 @@ impl RootFabric {
             Some(Decision::Fallback { member, why }) => serde_json::json!({"node": self.member_name(*member), "why": why}),
             _ => serde_json::Value::Null,
         };
+        let bring_up = match (&self.rdma, &self.no_root_link) {
+            (Some(r), _) => serde_json::json!({"ms": ms(r.decided_after()), "fallback": fallback}),
+            (None, Some(why)) => serde_json::json!({"ms": 0.0, "fallback": {"node": self.member_name(0), "why": why}}),
+            (None, None) => serde_json::Value::Null,
+        };
         let failover = self.rdma.as_ref().and_then(StartupRdma::failover);
         let fell_back = |causes: &[FallbackCause]| match failover {
             Some((origin, why, cause)) if causes.contains(&cause) => serde_json::json!({"node": self.member_name(origin), "why": why}),
@@ -199,7 +198,7 @@ impl RootFabric {
         serde_json::json!({
             "inventory_allgather": {"transport": exchange_transport, "ms": ms(self.exchange_took), "fell_back": exchange_fell},
             "first_fence": {"transport": fence_transport, "ms": ms(self.fence_took), "fell_back": fence_fell, "links_released_unused": released_early, "wait_s": FENCE_WAIT.as_secs()},
-            "rdma_bring_up": self.rdma.as_ref().map(|r| serde_json::json!({"ms": ms(r.decided_after()), "fallback": fallback})),
+            "rdma_bring_up": bring_up,
         })
     }
 
@@ -224,6 +223,9 @@ impl RootFabric {
                 _ => "tcp",
             };
             let took = self.exchange_took.unwrap_or_default().as_secs_f64() * 1e3;
+            if let Some(why) = &self.no_root_link {
+                out.push(Effect::Detail(1, format!("rlaunch: start-up collectives over TCP: RDMA could not start on the front end: {why}")));
+            }
             out.push(Effect::Detail(1, format!("rlaunch: inventory allgather over {name} in {took:.1} ms")));
             if let Some(rdma) = self.rdma.as_mut() {
                 outs.extend(rdma.exchange_over());
