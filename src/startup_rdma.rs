@@ -47,8 +47,9 @@ pub const FENCE_WAIT: Duration = Duration::from_secs(5);
 pub enum LinkKind {
     /// Verbs queue pairs on this port.
     Verbs(VerbsLinkConfig),
-    /// The simulated inter-process link (test-only, [`crate::spec::SIM_RDMA_ENV`]).
-    Simulated,
+    /// The simulated inter-process link (test-only, [`crate::spec::SIM_RDMA_ENV`]), also over
+    /// TCP at this address for peers on other hosts.
+    Simulated(Option<std::net::IpAddr>),
 }
 
 /// One member's end of its links before they are up: what it tells its neighbours, and how
@@ -62,7 +63,7 @@ enum Link {
 impl Link {
     fn open(kind: LinkKind, me: u32, peers: &[u32]) -> Result<Link, String> {
         match kind {
-            LinkKind::Simulated => SimEndpoint::open(me).map(|(ep, data)| Link::Sim(ep, data)).map_err(|e| e.to_string()),
+            LinkKind::Simulated(ip) => SimEndpoint::open_on(me, ip).map(|(ep, data)| Link::Sim(ep, data)).map_err(|e| e.to_string()),
             LinkKind::Verbs(cfg) => VerbsLink::open(cfg, peers).map(|(l, infos)| Link::Verbs(Box::new(l), infos)).map_err(|e| e.to_string()),
         }
     }
@@ -668,7 +669,7 @@ mod tests {
                 bring_up: (broken == Some(i)).then(|| "injected".to_string()),
                 link: cut.filter(|c| c.0 == i).map(|c| (c.1, "cut".to_string())),
             };
-            let (m, outs) = StartupRdma::start(tree, i, Ok(LinkKind::Simulated), true, faults, Arc::new(|| {}));
+            let (m, outs) = StartupRdma::start(tree, i, Ok(LinkKind::Simulated(None)), true, faults, Arc::new(|| {}));
             w.ms.push(m);
             w.handle(i, outs);
         }

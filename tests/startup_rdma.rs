@@ -219,25 +219,32 @@ fn openmpi_fence_cut_mid_way_finishes_over_tcp() {
     mpi_fence_finishes_over_tcp("mpicc.openmpi", "openmpi-cut");
 }
 
-/// The simulated link uses abstract Unix sockets, which do not cross network namespaces: on the
-/// namespace cluster every bring-up fails for real, and the whole job falls back to TCP at once
-/// (no member waits out its connect timeout for a neighbour that gave up) and succeeds.
+/// On the namespace cluster the simulated link crosses the nodes' network namespaces over TCP
+/// (a Unix socket cannot): 8 nodes, a fan-out 2 tree of links up, the exchange over them; then
+/// the same with one node's bring-up failing, where the whole job falls back to TCP at once (no
+/// member waits out its connect timeout for a neighbour that gave up).
 #[test]
-fn on_the_namespace_cluster_the_failed_bring_up_falls_back_at_once() {
-    let test = "on_the_namespace_cluster_the_failed_bring_up_falls_back_at_once";
+fn on_the_namespace_cluster_the_simulated_links_cross_nodes_and_fall_back_at_once() {
+    let test = "on_the_namespace_cluster_the_simulated_links_cross_nodes_and_fall_back_at_once";
     let Some(c) = Cluster::get(test) else { return };
     let s = NodeScratch::new("rdma-cluster");
     let hosts = s.file("hosts", &(1..=8).map(|i| format!("n{i} slots=2\n")).collect::<String>());
-    let mut args = c.agent_args();
-    args.extend(["-f", &hosts.display().to_string(), "-np", "16", "--fanout", "2", "-v", "--report", "report.json", "sh", "-c", "echo ran"].map(String::from));
-    let mut cmd = s.cmd(args);
-    cmd.env(SIM, "1");
-    let o = Job::start(cmd, None).wait_within(Duration::from_secs(60));
-    o.expect_code(0);
-    assert_eq!(o.stdout_lines().len(), 16, "{o}");
+    let job = |sim: &str| {
+        let mut args = c.agent_args();
+        args.extend(["-f", &hosts.display().to_string(), "-np", "16", "--fanout", "2", "-v", "--report", "report.json", "sh", "-c", "echo ran"].map(String::from));
+        let mut cmd = s.cmd(args);
+        cmd.env(SIM, sim);
+        let o = Job::start(cmd, None).wait_within(Duration::from_secs(60));
+        o.expect_code(0);
+        assert_eq!(o.stdout_lines().len(), 16, "{o}");
+        (o, s.report()["startup_collectives"].clone())
+    };
+    let (o, st) = job("1");
+    assert_eq!(st["inventory_allgather"]["transport"], "rdma (simulated)", "{st:#}\n{o}");
+    assert!(st["rdma_bring_up"]["fallback"].is_null(), "{st:#}");
+    let (o, st) = job("fail:5");
     let why: Vec<&str> = o.stderr_lines().into_iter().filter(|l| l.contains("RDMA could not start")).collect();
-    assert_eq!(why.len(), 1, "one line names where RDMA could not start:\n{o}");
-    let st = &s.report()["startup_collectives"];
+    assert_eq!(why, ["rlaunch: start-up collectives over TCP: RDMA could not start on node n6: simulated bring-up failure (RLAUNCH_TEST_SIM_RDMA=fail:5)"], "{o}");
     assert_eq!(st["inventory_allgather"]["transport"], "tcp", "{st:#}");
     let ms = st["rdma_bring_up"]["ms"].as_f64().unwrap();
     assert!(ms < 5000.0, "the fallback took {ms} ms: someone waited for a connection that could not come");

@@ -39,6 +39,8 @@ pub struct Fabric {
     rdma: Option<StartupRdma>,
     /// Wakes the daemon's loop from the RDMA carrier thread.
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// This host's address on the tree, for the simulated link's TCP side.
+    ip: Option<std::net::IpAddr>,
     topology: TopologyExport,
     /// Which local ranks get the topology, and where it goes (known from the launch).
     topology_wanted: Vec<bool>,
@@ -58,12 +60,19 @@ impl Fabric {
             node,
             rdma: None,
             wake,
+            ip: None,
             topology: TopologyExport::default(),
             topology_wanted: Vec::new(),
             topology_path: std::path::PathBuf::new(),
             ucx: Vec::new(),
             env: Vec::new(),
         }
+    }
+
+    /// This host's address on the tree.
+    pub fn on_ip(mut self, ip: Option<std::net::IpAddr>) -> Fabric {
+        self.ip = ip;
+        self
     }
 
     /// Reads this host's fabrics and CPU topology; called while the launch message travels.
@@ -125,7 +134,7 @@ impl Fabric {
                         (*broken_fence == me).then(|| (FallbackCause::LinkInFence, format!("simulated link failure ({env}=break-fence:{})", self.node)))
                     },
                 };
-                (Ok(LinkKind::Simulated), faults)
+                (Ok(LinkKind::Simulated(self.ip)), faults)
             }
             _ => (self.inner.startup_port().map(LinkKind::Verbs), Faults::default()),
         }

@@ -107,7 +107,7 @@ impl Daemon {
         let notify: Notify = Arc::new(move || {
             let _ = w.wake();
         });
-        let fabric = Fabric::new(node, links.router().topology(), notify.clone());
+        let fabric = Fabric::new(node, links.router().topology(), notify.clone()).on_ip(links.parent_local_ip());
         let mut d = Daemon {
             waker,
             notify,

@@ -86,7 +86,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
     let mut fe = Frontend {
         links: Links::new(Router::new(*job.topology(), None), key),
         daemons: Daemons::new(*job.topology(), job.launch().nodes.iter().map(|n| n.name.clone()).collect()),
-        fabric: RootFabric::new(&job, { let w = waker.clone(); Arc::new(move || { let _ = w.wake(); }) }),
+        fabric: RootFabric::new(&job, ip, { let w = waker.clone(); Arc::new(move || { let _ = w.wake(); }) }),
         ranks: Ranks::new(size),
         reporter: Reporter::new(style),
         sinks: Sinks::watch(poll.registry()),

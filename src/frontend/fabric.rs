@@ -39,7 +39,8 @@ pub struct RootFabric {
 }
 
 impl RootFabric {
-    pub fn new(job: &JobView, wake: Arc<dyn Fn() + Send + Sync>) -> RootFabric {
+    /// `ip`: where the front end's children reach it.
+    pub fn new(job: &JobView, ip: std::net::IpAddr, wake: Arc<dyn Fn() + Send + Sync>) -> RootFabric {
         let names: Vec<String> = job.launch().nodes.iter().map(|n| n.name.clone()).collect();
         let gather = FrontGather::new(job.launch(), job.map(), names.clone());
         let fabric = &job.launch().fabric;
@@ -48,7 +49,7 @@ impl RootFabric {
         // The root sends nothing first: its children's connection data starts its part.
         let rdma = (fabric.startup.tries() && fabric.gathers()).then(|| {
             let kind = match fabric.startup {
-                StartupTransport::Simulated { .. } => Ok(LinkKind::Simulated),
+                StartupTransport::Simulated { .. } => Ok(LinkKind::Simulated(Some(ip))),
                 _ => front_end_link(),
             };
             StartupRdma::start(job.topology().collective_tree(), 0, kind, fence_needed, Faults::default(), wake).0
