@@ -249,3 +249,34 @@ fn on_the_namespace_cluster_the_simulated_links_cross_nodes_and_fall_back_at_onc
     let ms = st["rdma_bring_up"]["ms"].as_f64().unwrap();
     assert!(ms < 5000.0, "the fallback took {ms} ms: someone waited for a connection that could not come");
 }
+
+/// MPICH (PMI) and Open MPI (PMIx) on 4 namespace-cluster nodes with the simulated links: the
+/// first fence runs over them across the nodes.
+#[test]
+fn on_the_namespace_cluster_mpi_jobs_fence_over_the_simulated_links() {
+    let test = "on_the_namespace_cluster_mpi_jobs_fence_over_the_simulated_links";
+    let Some(c) = Cluster::get(test) else { return };
+    let _one_at_a_time = mpi::serial();
+    for (compiler, family, pmi) in [("mpicc.mpich", "mpich", "PMI"), ("mpicc.openmpi", "openmpi", "PMIx")] {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("startup-rdma-cluster-{family}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Err(why) = mpi::compile(compiler, &dir, "mpi_allreduce", "install MPICH and Open MPI") {
+            eprintln!("skipped {family}: {why}");
+            continue;
+        }
+        let s = NodeScratch::new(&format!("rdma-cluster-{family}"));
+        let hosts = s.file("hosts", &(1..=4).map(|i| format!("n{i} slots=2\n")).collect::<String>());
+        let prog = dir.join("mpi_allreduce").display().to_string();
+        let mut args = c.agent_args();
+        args.extend(["-f", &hosts.display().to_string(), "-np", "8", "--fanout", "2", "-v", "--report", "report.json", &prog].map(String::from));
+        let mut cmd = s.cmd(args);
+        cmd.env(SIM, "1");
+        let o = Job::start(cmd, None).wait_within(Duration::from_secs(120));
+        o.expect_code(0);
+        assert!(o.stdout.contains("allreduce ok: sum=36 over 8 ranks"), "{o}");
+        let st = &s.report()["startup_collectives"];
+        assert_eq!(st["inventory_allgather"]["transport"], "rdma (simulated)", "{family}: {st:#}");
+        assert_eq!(st["first_fence"]["transport"], "rdma (simulated)", "{family}: {st:#}");
+        assert!(o.stderr.contains(&format!("rlaunch: first {pmi} fence over rdma (simulated) in ")), "{o}");
+    }
+}
