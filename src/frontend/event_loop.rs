@@ -507,7 +507,10 @@ impl Frontend {
     fn apply(&mut self, effects: Vec<Effect>) {
         for e in self.fabric.carry(effects) {
             match e {
-                Effect::Deliver(n, m) => _ = { let fx = self.pmi.from_child(&self.job, n, m); self.apply(fx) },
+                Effect::Deliver(n, m) => {
+                    let fx = self.pmi.fence_from_child(&self.job, n, m);
+                    self.apply(fx);
+                }
                 Effect::Send(hop, msg) => _ = self.links.send(hop, &msg),
                 Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),
                 Effect::Towards(node, msg) => _ = self.links.towards(node, &msg),

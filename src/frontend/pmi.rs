@@ -41,7 +41,7 @@ pub struct RootPmi {
 
 impl RootPmi {
     /// A `Fence` or `PmixFence` from direct child `node`, whichever path brought it.
-    pub fn from_child(&mut self, job: &JobView, node: u32, msg: Msg) -> Vec<Effect> {
+    pub fn fence_from_child(&mut self, job: &JobView, node: u32, msg: Msg) -> Vec<Effect> {
         match msg {
             Msg::Fence { seq, puts } => self.fence(job, FenceKind::Pmi, node, seq, puts),
             Msg::PmixFence { seq, puts } => self.fence(job, FenceKind::Pmix, node, seq, puts),
