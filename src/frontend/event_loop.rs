@@ -505,12 +505,9 @@ impl Frontend {
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
-        for e in self.fabric.carry(effects) {
+        for e in self.fabric.carry(effects, &mut self.pmi, &self.job) {
             match e {
-                Effect::Deliver(n, m) => {
-                    let fx = self.pmi.fence_from_child(&self.job, n, m);
-                    self.apply(fx);
-                }
+                Effect::Deliver(..) => {} // Taken to the root fence by `carry`.
                 Effect::Send(hop, msg) => _ = self.links.send(hop, &msg),
                 Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),
                 Effect::Towards(node, msg) => _ = self.links.towards(node, &msg),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use fabrics::startup::Decision;
 
 use super::effect::Effect;
+use super::pmi::RootPmi;
 use super::verdict::Failure;
 use crate::fabric::FrontGather;
 use crate::job::JobView;
@@ -91,17 +92,20 @@ impl RootFabric {
         rdma_name(self.simulated)
     }
 
-    /// The front end's effects on their way out (and the first fence's contributions on their
-    /// way in): the first fence is timed, and its result goes down over the links while the
-    /// start-up holds them.
-    pub fn carry(&mut self, fx: Vec<Effect>) -> Vec<Effect> {
+    /// The front end's effects on their way out, and the fence contributions on their way in
+    /// (whichever path brought them: they go to the root fence in `pmi` here): the first fence
+    /// is timed, and its result goes down over the links while the start-up holds them.
+    pub fn carry(&mut self, fx: Vec<Effect>, pmi: &mut RootPmi, job: &JobView) -> Vec<Effect> {
         let mut out = Vec::with_capacity(fx.len());
         let mut outs = Vec::new();
         for e in fx {
             match e {
-                Effect::Deliver(_, ref m) if first_fence(m) => {
-                    self.fence_from.get_or_insert_with(Instant::now);
-                    out.push(e);
+                Effect::Deliver(n, m) => {
+                    if first_fence(&m) {
+                        self.fence_from.get_or_insert_with(Instant::now);
+                    }
+                    let fx = pmi.fence_from_child(job, n, m);
+                    out.extend(self.carry(fx, pmi, job));
                 }
                 Effect::DownTo(kids, m) if first_fence(&m) => {
                     self.fence_took = self.fence_from.map(|t| t.elapsed());
