@@ -1356,6 +1356,7 @@ mod tests {
             fabric: spec,
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            sensors: None,
         }
     }
 

@@ -117,6 +117,7 @@ pub mod fixture {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            sensors: None,
         }
     }
 

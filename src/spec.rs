@@ -302,6 +302,34 @@ impl PlacementSpec {
     }
 }
 
+/// What a sensor says of its node (see [`fabrics::sensors`]); travels in `Msg::Sensor`.
+pub use fabrics::sensors::State as SensorState;
+
+/// Test-only: the root under which the daemons' built-in sensors read `sys/` and `proc/` instead
+/// of `/` (a fixture tree). Read by the front end, which puts it in the launch message.
+pub const SENSOR_ROOT_ENV: &str = "RLAUNCH_TEST_SENSOR_ROOT";
+
+/// A sensor's reading (°C, MiB, errors, load, exit status): always a finite number, which makes
+/// it comparable as the messages that carry it are.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SensorValue(pub f64);
+
+impl Eq for SensorValue {}
+
+/// `--sensors`, `--sensor CMD`, `--sensor-interval` and the thresholds: what every daemon watches
+/// on its node, and how often. Absent from the launch (`None`) when no sensor is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorSpec {
+    /// The built-in sensors (thermal, EDAC, memory, the job's NICs, load).
+    pub builtins: bool,
+    /// User sensors, each run with `sh -c` every interval.
+    pub commands: Vec<String>,
+    pub interval_ms: u32,
+    pub thresholds: fabrics::sensors::Thresholds,
+    /// [`SENSOR_ROOT_ENV`]; `None`: `/`.
+    pub root: Option<String>,
+}
+
 /// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.
 mod fixed_opt_u32 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -23,14 +23,14 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, SensorSpec, SensorState, SensorValue, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
-/// typed [`NodeFault`].
-pub const PROTOCOL_VERSION: u8 = 3;
+/// typed [`NodeFault`]. 4: `Launch` carries the sensors (`--sensors`, `--sensor`).
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -99,6 +99,8 @@ pub struct Launch {
     pub pmi: PmiSpec,
     /// `--bind-to`, `--map-by` inside a node, `--gpus-per-rank`, `--report-bindings`.
     pub placement: PlacementSpec,
+    /// `--sensors`, `--sensor CMD` and their settings; `None` (one byte) when no sensor is on.
+    pub sensors: Option<SensorSpec>,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -322,6 +324,10 @@ pub enum Msg {
     /// Daemon → up, just before `NodeDone`: when this daemon reached each launch phase, on its
     /// own clock (`crate::timeline`).
     Timeline { node: u32, marks: crate::timeline::NodeMarks },
+    /// Daemon → up, only when one of `node`'s sensors changes state (`crate::spec::SensorSpec`):
+    /// the sensor (`thermal:thermal_zone0`, `memory`, `command:CMD`...), its new state, the
+    /// number it was decided on and one line for a person.
+    Sensor { node: u32, sensor: String, state: SensorState, reading: Option<SensorValue>, reason: String },
 }
 
 /// The out-of-band part of the RDMA start-up ([`Msg::Rdma`]).
@@ -602,6 +608,7 @@ mod tests {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: PlacementSpec::default(),
+            sensors: None,
         }))
     }
 
@@ -613,6 +620,7 @@ mod tests {
             Msg::Hello { node: 3, pid: 42, listen_port: 5000, hostname: "h".into(), addr: None },
             Msg::Output { rank: 7, stream: Stream::Stderr, data: b"x\n".to_vec() },
             Msg::NodeDone { node: 3 },
+            Msg::Sensor { node: 3, sensor: "thermal:thermal_zone0".into(), state: SensorState::Degrading, reading: Some(SensorValue(96.5)), reason: "hot".into() },
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(|m| s.seal(m)).collect();
         let mut buf = Vec::new();

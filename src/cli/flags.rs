@@ -55,6 +55,40 @@ ENVIRONMENT OF EACH RANK:
   HWLOC_THISSYSTEM=1; when the whole job is on one node, UCX_TLS=^sysv,tcp (^tcp when /dev/shm
   has less than 16 MiB free per rank).
 
+SENSORS (--sensors, --sensor CMD):
+  Each daemon samples its node every --sensor-interval SECS (default 5) on a thread of its own;
+  a sensor's state is ok, degrading, failed or unknown. Only a change of state travels to the
+  front end: degrading and failed are one line each on stderr (ok again, and a source that
+  cannot be read, with -v), and --report lists every change per node (nodes[].sensors: time,
+  sensor, state, reading, reason, and the node's health: its worst sensor). Bad news counts at
+  once; a return to a better state (or to unknown) needs 3 samples in a row that agree, so a
+  flapping reading changes the state once. rlaunch does not move ranks off a node yet: a
+  degrading or failed node changes nothing in the job (the line says no action).
+  Built-in sensors (--sensors), read under / (sysfs and procfs):
+  thermal:ZONE    /sys/class/thermal/thermal_zone*/temp against trip_point_*_temp of type
+                  passive, hot and critical: degrading within --sensor-temp-margin C (5) of the
+                  lowest hot or critical trip point, or at a passive one (CPUs throttled);
+                  failed at a critical one; unknown for a zone without such trip points
+  edac:MC         /sys/devices/system/edac/mc/mc*/ce_count and ue_count, counted from the first
+                  sample: degrading at --sensor-edac-ce N (10) corrected errors, failed at one
+                  uncorrected error
+  memory          MemAvailable in /proc/meminfo: degrading below --sensor-mem-floor SIZE|PCT%
+                  (5% of MemTotal), failed below a quarter of it
+  nic:NAME        the NICs the node's ranks were given (RLAUNCH_NIC), from the fabric exchange
+                  on: /sys/class/net/NAME/operstate and carrier (failed when down),
+                  statistics/rx_errors + tx_errors + rx_dropped (degrading at --sensor-nic-errors N
+                  (100) new between two samples); an RDMA port DEV:PORT: its state (failed unless
+                  ACTIVE) and error counters under /sys/class/infiniband/DEV/ports/PORT
+  load            the 1-minute load average in /proc/loadavg: degrading above --sensor-load-factor
+                  F (4) times the CPUs in /sys/devices/system/cpu/online
+  A source that is missing or unreadable (no EDAC driver, no thermal zone) is said once, with
+  -v, and the sensor stays unknown.
+  User sensors (--sensor CMD, repeatable): CMD runs as sh -c CMD on every node each interval,
+  in a process group of its own, with RLAUNCH_NODE_RANK, RLAUNCH_NODE_NAME and RLAUNCH_JOBID
+  set, stdin and stderr /dev/null. Exit status 0 is ok, 1 degrading, 2 failed, any other
+  unknown; the first line of its stdout is the reason. A CMD still running when its interval is
+  over is killed (its process group) and counts as unknown; it never holds up the daemon.
+
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
   After ':' only per-program options may appear (-n/-np, -x, --wdir, -env, -H).
@@ -674,6 +708,50 @@ showed in this mode (none in 200 jobs)."
     /// (`-np 2 ./a x`; `#` comments); given last, in place of the program
     #[arg(long, visible_alias = "configfile", value_name = "FILE", hide_short_help = true)]
     pub app: Option<PathBuf>,
+
+    /// Watch each node's health with the built-in sensors: thermal zones, EDAC memory errors,
+    /// MemAvailable, the job's NICs, load (SENSORS in --help); a change of state is one line on
+    /// stderr and goes into the --report
+    #[arg(long)]
+    pub sensors: bool,
+
+    /// A user sensor: CMD runs with `sh -c` on every node each --sensor-interval; exit status 0 ok,
+    /// 1 degrading, 2 failed, anything else (or no answer within the interval: killed) unknown; the
+    /// first line of its output is the reason; repeatable
+    #[arg(long = "sensor", value_name = "CMD", action = ArgAction::Append, allow_hyphen_values = true)]
+    pub sensor: Vec<String>,
+
+    /// Seconds between two samples of the sensors (fractions allowed), also the time a user sensor
+    /// has to answer [default: 5]
+    #[arg(long = "sensor-interval", value_name = "SECS")]
+    pub sensor_interval: Option<f64>,
+
+    /// With --sensors: a thermal zone within C degrees Celsius of its hot or critical trip point is
+    /// degrading (at a passive one too: the CPUs are throttled), at its critical one failed
+    /// [default: 5]
+    #[arg(long = "sensor-temp-margin", value_name = "C", hide_short_help = true)]
+    pub sensor_temp_margin: Option<f64>,
+
+    /// With --sensors: MemAvailable below SIZE (512M, 2G) or PCT of MemTotal (5%) is degrading,
+    /// below a quarter of it failed [default: 5%]
+    #[arg(long = "sensor-mem-floor", value_name = "SIZE|PCT%", value_parser = typed::<fabrics::sensors::MemFloor>, hide_short_help = true)]
+    pub sensor_mem_floor: Option<fabrics::sensors::MemFloor>,
+
+    /// With --sensors: a 1-minute load average above F times the node's online CPUs is degrading
+    /// [default: 4]
+    #[arg(long = "sensor-load-factor", value_name = "F", hide_short_help = true)]
+    pub sensor_load_factor: Option<f64>,
+
+    /// With --sensors: N corrected memory errors (EDAC) on a memory controller since the job
+    /// started are degrading; one uncorrected error is failed [default: 10]
+    #[arg(long = "sensor-edac-ce", value_name = "N", value_parser = clap::value_parser!(u64).range(1..), hide_short_help = true)]
+    pub sensor_edac_ce: Option<u64>,
+
+    /// With --sensors: N new errors and drops (rx_errors, tx_errors, rx_dropped; an RDMA port's
+    /// error counters) on one of the job's NICs between two samples are degrading; a link down
+    /// (operstate, carrier, port state) is failed [default: 100]
+    #[arg(long = "sensor-nic-errors", value_name = "N", value_parser = clap::value_parser!(u64).range(1..), hide_short_help = true)]
+    pub sensor_nic_errors: Option<u64>,
 
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true, value_parser = typed::<Generate>)]

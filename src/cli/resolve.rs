@@ -139,6 +139,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
             },
         },
         placement: placement(g, alloc.local && alloc.nodes.len() > 1, own.rank_file())?,
+        sensors: super::sensors::spec(g, env.var(spec::SENSOR_ROOT_ENV))?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),

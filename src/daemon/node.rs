@@ -12,6 +12,7 @@ use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
 use super::say::say;
+use super::sensors::Sensors;
 use super::spawn::{self, Spawner};
 use super::traces::Traces;
 use super::tree_spawn::TreeSpawn;
@@ -82,6 +83,7 @@ pub struct Daemon {
     pmix: Pmix,
     fabric: Fabric,
     traces: Traces,
+    sensors: Sensors,
     timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
     /// the ssh threads of tree spawn.
@@ -126,6 +128,7 @@ impl Daemon {
             pmix: Pmix::new(node),
             fabric,
             traces: Traces::default(),
+            sensors: Sensors::default(),
             timeline,
             guard,
             node_done_sent: false,
@@ -206,7 +209,7 @@ impl Daemon {
             // libpmix queued an upcall, or a start thread (tree spawn over ssh) saw its daemon end;
             // the latter is looked at after every event.
             Source::Fixed(token::WAKE) => match self.job.view() {
-                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).chain(self.fabric.on_wake()).collect(),
+                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).chain(self.fabric.on_wake()).chain(self.sensors.on_wake(self.node)).collect(),
                 None => return,
             },
             Source::Pmi(_) => self.pmi.on_event(ev, registry),
@@ -327,7 +330,7 @@ impl Daemon {
             self.apply(fx);
         }
         let fx = match (&self.job, map_error) {
-            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding())].into_iter().flatten().collect(),
+            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding()), self.sensors.start(job, &self.notify)].into_iter().flatten().collect(),
             (_, Some(e)) => vec![Effect::Fault(format!("computing the process map: {e}"))],
             _ => Vec::new(),
         };
@@ -425,6 +428,7 @@ impl Daemon {
     fn start_ranks(&mut self) {
         self.timeline.mark(Phase::FabricReady, Instant::now());
         let Some(job) = self.job.view() else { return };
+        self.sensors.job_nics(job.local_ranks().len(), &self.fabric);
         let registry = self.poll.registry();
         let started = if Pmix::wanted(job) {
             Ok(self.pmix.want_ranks(job, &self.waker, self.fabric.binding()))

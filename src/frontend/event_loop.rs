@@ -271,7 +271,7 @@ impl Frontend {
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
-            Msg::Timeline { node, marks } => self.daemons.timeline(node, marks),
+            m @ (Msg::Timeline { .. } | Msg::Sensor { .. }) => self.daemons.node_report(m, ms_since(self.plan.t0)),
             Msg::NodeDone { node } => self.daemons.finished(node),
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),

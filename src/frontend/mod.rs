@@ -3,8 +3,8 @@
 //!
 //! Rooms: [`event_loop`] owns the sockets, links, timers and job state and carries out what the
 //! services return ([`effect::Effect`]); the services are [`pmi`] (PMI/PMIx fences, lazy
-//! lookups, reports), [`fabric`] (root of the fabric exchange) and [`carriers`] (the processes
-//! that start daemons); [`daemons`] and [`ranks`] are the bookkeeping; [`verdict`] decides the
+//! lookups, reports), [`fabric`] (root of the fabric exchange), [`sensors`] (the nodes' sensor
+//! changes) and [`carriers`] (the processes that start daemons); [`daemons`] and [`ranks`] are the bookkeeping; [`verdict`] decides the
 //! exit status and the one line a failure prints; [`reporter`] is the only thing that prints; [`sinks`] notices when nobody reads what it prints.
 
 mod carriers;
@@ -17,6 +17,7 @@ mod ranks;
 mod rendezvous;
 mod report;
 mod reporter;
+mod sensors;
 mod sinks;
 mod stdin;
 mod traces;

@@ -1,5 +1,5 @@
-//! The `--report` JSON: the map, every rank's status, every node's daemon, phase timings and the
-//! fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
+//! The `--report` JSON: the map, every rank's status, every node's daemon (with its sensors' state
+//! changes), phase timings and the fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
 
 use super::daemons::{Daemons, NodeState};
 use crate::timeline::{self, Aligned, NamedMarks};
@@ -131,6 +131,7 @@ pub fn report_json(r: &ReportInput) -> String {
                 "launch_bytes": d.launch_bytes, "ranks": map.ranks_on(i as u32),
                 "state": if d.done { "done" } else if d.lost { "lost" } else { "unknown" },
                 "timeline": timeline_json(d),
+                "sensors": r.daemons.sensors().node_json(i as u32),
             })
         })
         .collect();
