@@ -207,8 +207,18 @@ impl Fabric {
         fx
     }
 
+    /// A `Msg::Fabric` or `Msg::Rdma` from the child daemon of `from_child`, or from the parent
+    /// (`None`).
+    pub fn tree_msg(&mut self, from_child: Option<u32>, msg: Msg) -> Vec<Effect> {
+        match msg {
+            Msg::Fabric { data } => self.on_message(from_child, &data),
+            Msg::Rdma(step) => self.on_rdma(from_child, step),
+            _ => Vec::new(),
+        }
+    }
+
     /// A `Msg::Rdma` from the child daemon of `from_child`, or from the parent (`None`).
-    pub fn on_rdma(&mut self, from_child: Option<u32>, step: RdmaStep) -> Vec<Effect> {
+    fn on_rdma(&mut self, from_child: Option<u32>, step: RdmaStep) -> Vec<Effect> {
         let Some(rdma) = self.rdma.as_mut() else { return Vec::new() };
         let Some(from) = from_child.map(|c| c + 1).or(rdma.parent()) else { return Vec::new() };
         let outs = rdma.on_tcp(from, step);
@@ -270,7 +280,7 @@ impl Fabric {
     }
 
     /// A `Msg::Fabric` from the child daemon of `from_child`, or from the parent (`None`).
-    pub fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
+    fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
         let step = self.inner.on_message(from_child, data);
         let fx = self.route(step);
         self.out(fx)

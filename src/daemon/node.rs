@@ -299,8 +299,7 @@ impl Daemon {
             m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
-            Msg::Fabric { data } => self.fabric.on_message(None, &data),
-            Msg::Rdma(step) => self.fabric.on_rdma(None, step),
+            m @ (Msg::Fabric { .. } | Msg::Rdma(_)) => self.fabric.tree_msg(None, m),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
@@ -378,9 +377,8 @@ impl Daemon {
     /// the PMI fence and PMIx traffic are combined or routed here; the rest goes up.
     fn child_msg(&mut self, node: Option<u32>, msg: Msg) {
         let fx = match (node, msg) {
-            (Some(n), Msg::Fabric { data }) => self.fabric.on_message(Some(n), &data),
+            (Some(n), m @ (Msg::Fabric { .. } | Msg::Rdma(_))) => self.fabric.tree_msg(Some(n), m),
             (Some(n), Msg::Fence { seq, puts }) => self.pmi.fence_from_child(n, seq, puts),
-            (Some(n), Msg::Rdma(step)) => self.fabric.on_rdma(Some(n), step),
             (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
             (_, m) => vec![Effect::Up(m)],
