@@ -39,8 +39,13 @@ use crate::wire::{FallbackCause, Msg, RdmaStep};
 /// How long any wait inside the RDMA transport (credits, send buffers) may take.
 const TRANSPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long after the exchange's end a member with ranks keeps its links for their first fence.
+/// How long after the exchange's end a member with ranks keeps its links for their first fence
+/// when none of them has connected to PMI or PMIx (a program that is not MPI).
 pub const FENCE_WAIT: Duration = Duration::from_secs(5);
+
+/// The same once a local rank connected to PMI or PMIx: it is an MPI program, whose first fence
+/// comes once its MPI_Init has done the rest of its work (slow under load).
+pub const FENCE_WAIT_PMI: Duration = Duration::from_secs(30);
 
 /// Which link the members bring up.
 #[derive(Clone, Debug)]
@@ -186,6 +191,9 @@ pub struct StartupRdma {
     fence_needed: bool,
     fence_over: bool,
     fence_deadline: Option<Instant>,
+    exchange_end: Option<Instant>,
+    /// A local rank connected to PMI or PMIx.
+    pmi_seen: bool,
     /// Children whose subtrees are done with their links.
     children_done: Vec<u32>,
     done_asked: bool,
@@ -228,6 +236,8 @@ impl StartupRdma {
             fence_needed,
             fence_over: false,
             fence_deadline: None,
+            exchange_end: None,
+            pmi_seen: false,
             children_done: Vec::new(),
             done_asked: false,
             flushed: false,
@@ -482,7 +492,10 @@ impl StartupRdma {
         }
         if self.fence_deadline.is_some_and(|d| Instant::now() >= d) && !self.fence_over {
             self.fence_deadline = None;
-            let why = format!("the ranks did not enter a PMI or PMIx fence within {} s of starting", FENCE_WAIT.as_secs());
+            let why = match self.pmi_seen {
+                true => format!("the ranks did not enter a PMI or PMIx fence within {} s of starting", FENCE_WAIT_PMI.as_secs()),
+                false => format!("no rank connected to PMI or PMIx within {} s of starting", FENCE_WAIT.as_secs()),
+            };
             out.extend(self.fail(FallbackCause::NoFence, why));
         }
         out
@@ -495,14 +508,29 @@ impl StartupRdma {
         }
         // Daemons only: the front end runs no ranks, and every node below it waits as well.
         if self.fence_needed && self.on_links() && self.parent.is_some() {
-            self.fence_deadline = Some(Instant::now() + FENCE_WAIT);
-            let wake = self.wake.clone();
-            let _ = std::thread::Builder::new().name("rdma-fence-wait".into()).spawn(move || {
-                std::thread::sleep(FENCE_WAIT);
-                wake();
-            });
+            self.exchange_end = Some(Instant::now());
+            self.wait_fence(FENCE_WAIT);
         }
         self.maybe_done()
+    }
+
+    /// The fence deadline `wait` after the exchange's end, and a thread that wakes the loop then.
+    fn wait_fence(&mut self, wait: Duration) {
+        let Some(end) = self.exchange_end else { return };
+        self.fence_deadline = Some(end + wait);
+        let wake = self.wake.clone();
+        let left = (end + wait).saturating_duration_since(Instant::now());
+        let _ = std::thread::Builder::new().name("rdma-fence-wait".into()).spawn(move || {
+            std::thread::sleep(left);
+            wake();
+        });
+    }
+
+    /// A local rank connected to PMI or PMIx: its first fence will come, give it longer.
+    pub fn rank_uses_pmi(&mut self) {
+        if self.fence_deadline.is_some() && !std::mem::replace(&mut self.pmi_seen, true) {
+            self.wait_fence(FENCE_WAIT_PMI);
+        }
     }
 
     /// The first fence is over here: its result reached this member and went on to its children.

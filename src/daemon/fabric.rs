@@ -171,6 +171,9 @@ impl Fabric {
                 Effect::DownTo(kids, m) if first_fence(&m) => kids.into_iter().for_each(|k| outs.extend(rdma.send(k + 1, Payload::Msg(m.clone())))),
                 e => {
                     fence_over |= e == Effect::Mark(Mark::Fence);
+                    if matches!(e, Effect::Mark(Mark::PmiInit(_))) {
+                        rdma.rank_uses_pmi();
+                    }
                     out.push(e);
                 }
             }

@@ -17,7 +17,7 @@ use super::verdict::Failure;
 use crate::fabric::FrontGather;
 use crate::job::JobView;
 use crate::spec::StartupTransport;
-use crate::startup_rdma::{first_fence, front_end_link, rdma_name, Faults, LinkKind, Out, Payload, StartupRdma, FENCE_WAIT};
+use crate::startup_rdma::{first_fence, front_end_link, rdma_name, Faults, LinkKind, Out, Payload, StartupRdma};
 use crate::tree::Hop;
 use crate::wire::{FallbackCause, Msg, RdmaStep};
 
@@ -202,7 +202,7 @@ impl RootFabric {
         };
         serde_json::json!({
             "inventory_allgather": {"transport": exchange_transport, "ms": ms(self.exchange_took), "fell_back": exchange_fell},
-            "first_fence": {"transport": fence_transport, "ms": ms(self.fence_took), "fell_back": fence_fell, "links_released_unused": released_early, "wait_s": FENCE_WAIT.as_secs()},
+            "first_fence": {"transport": fence_transport, "ms": ms(self.fence_took), "fell_back": fence_fell, "links_released_unused": released_early},
             "rdma_bring_up": bring_up,
         })
     }
