@@ -590,6 +590,25 @@ mod relay_tests {
         });
         inv.verbs = crate::verbs::VerbsStatus::Unavailable { reason: "libibverbs.so.1 not found".into() };
         assert_eq!(startup_port(&inv).unwrap_err(), "verbs unavailable: libibverbs.so.1 not found");
+        inv.verbs = crate::verbs::VerbsStatus::Available { devices: vec!["mlx5_0".into()] };
+        assert_eq!(startup_port(&inv).unwrap_err(), "no InfiniBand/RoCE device", "a device without ports");
+        let port = |n: u8, state| crate::discover::IbPort {
+            port: n,
+            state,
+            phys_state: crate::discover::PhysState::LinkUp,
+            lid: 7 + u16::from(n),
+            sm_lid: 1,
+            lmc: 0,
+            rate: None,
+            link_layer: crate::discover::LinkLayer::InfiniBand,
+            gids: vec![crate::discover::GidEntry { index: 0, gid: crate::discover::Gid([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n]), gid_type: None, netdev: None }],
+            active_mtu: Some(2048),
+        };
+        inv.ib[0].ports = vec![port(1, crate::discover::PortState::Down)];
+        assert_eq!(startup_port(&inv).unwrap_err(), "mlx5_0:1 is down");
+        inv.ib[0].ports.push(port(2, crate::discover::PortState::Active));
+        let cfg = startup_port(&inv).unwrap();
+        assert_eq!((cfg.device.as_str(), cfg.port, cfg.lid, cfg.gid_index, cfg.mtu_enum), ("mlx5_0", 2, 9, 0, 4), "the active port, its LID, GID 0, 2048-byte MTU");
     }
 
     #[test]
