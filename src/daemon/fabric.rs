@@ -6,7 +6,9 @@
 //! node refuses itself, at once.
 //!
 //! The exchange's messages travel over the daemon links, or over RDMA links brought up for the
-//! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages.
+//! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages;
+//! so do the first PMI/PMIx fence's messages, which [`Fabric::carry`] takes out of the daemon's
+//! effects (and its delivered ones come back as [`Effect::Deliver`]).
 //!
 //! Besides the fabric's variables the ranks get the node's hardware topology, exported once
 //! ([`super::topology`]) while the exchange runs, and, when the whole job is on this
