@@ -82,7 +82,7 @@ impl RootFabric {
 
     fn member_name(&self, member: u32) -> String {
         match member {
-            0 => "the front end".into(),
+            0 => format!("the front end ({})", launchers::local_hostname()),
             m => format!("node {}", self.names.get(m as usize - 1).cloned().unwrap_or_else(|| format!("#{}", m - 1))),
         }
     }
@@ -229,7 +229,7 @@ impl RootFabric {
             };
             let took = self.exchange_took.unwrap_or_default().as_secs_f64() * 1e3;
             if let Some(why) = &self.no_root_link {
-                out.push(Effect::Detail(1, format!("rlaunch: start-up collectives over TCP: RDMA could not start on the front end: {why}")));
+                out.push(Effect::Detail(1, format!("rlaunch: start-up collectives over TCP: RDMA could not start on {}: {why}", self.member_name(0))));
             }
             out.push(Effect::Detail(1, format!("rlaunch: inventory allgather over {name} in {took:.1} ms")));
             if let Some(rdma) = self.rdma.as_mut() {
