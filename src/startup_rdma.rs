@@ -793,6 +793,15 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn payload_decode_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(p) = Payload::decode(&b) {
+                proptest::prop_assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+            }
+        }
+    }
+
     #[test]
     fn payloads_round_trip() {
         for p in [Payload::Fabric(vec![1, 2]), Payload::Msg(Msg::PmixFenceDone { seq: 1, puts: vec![("a".into(), "b".into())] })] {
