@@ -145,7 +145,11 @@ impl RootFabric {
                     self.exchange_from = Some(Instant::now());
                     let took = self.rdma.as_ref().and_then(StartupRdma::decided_after).unwrap_or_default();
                     let line = match &d {
-                        Decision::Rdma => format!("rlaunch: RDMA start-up links up on every node in {:.1} ms ({})", took.as_secs_f64() * 1e3, self.links_name()),
+                        Decision::Rdma => format!(
+                            "rlaunch: RDMA start-up links up on every node in {:.1} ms ({})",
+                            took.as_secs_f64() * 1e3,
+                            if self.simulated { "simulated links" } else { "verbs queue pairs" }
+                        ),
                         Decision::Fallback { member, why } => format!(
                             "rlaunch: start-up collectives over TCP: RDMA could not start on {}: {why}",
                             self.member_name(*member)
