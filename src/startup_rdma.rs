@@ -803,6 +803,33 @@ mod tests {
     }
 
     #[test]
+    fn the_mode_follows_the_fabric_choice_and_the_test_setting() {
+        use crate::spec::StartupTransport as T;
+        use fabrics::endpoints::FabricChoice as C;
+        let sim = |fail, broken, broken_fence| T::Simulated { fail, broken, broken_fence };
+        assert_eq!(T::for_job(Some(C::Auto), None), Ok(T::Rdma));
+        assert_eq!(T::for_job(Some(C::Rdma), None), Ok(T::Rdma));
+        assert_eq!(T::for_job(Some(C::Tcp), None), Ok(T::Tcp), "--fabric tcp forces TCP");
+        assert_eq!(T::for_job(Some(C::Tcp), Some("1")), Ok(T::Tcp), "also over the test setting");
+        assert_eq!(T::for_job(None, Some("1")), Ok(T::Tcp), "--fabric off: no exchange at all");
+        assert_eq!(T::for_job(Some(C::Auto), Some("1")), Ok(sim(None, None, None)));
+        assert_eq!(T::for_job(Some(C::Auto), Some("fail:3")), Ok(sim(Some(3), None, None)));
+        assert_eq!(T::for_job(Some(C::Auto), Some("break:2")), Ok(sim(None, Some(2), None)));
+        assert_eq!(T::for_job(Some(C::Auto), Some("break-fence:0")), Ok(sim(None, None, Some(0))));
+        assert!(T::for_job(Some(C::Auto), Some("break:x")).is_err());
+        // This machine has no RDMA device: the launch says so, and nobody tries.
+        if std::fs::read_dir("/sys/class/infiniband").map_or(true, |mut d| d.next().is_none()) {
+            let mut t = T::Rdma;
+            check_root_link(&mut t);
+            assert_eq!(t, T::NoRootLink("no RDMA device".into()));
+            assert!(!t.tries());
+        }
+        let mut t = sim(None, None, None);
+        check_root_link(&mut t);
+        assert!(t.tries(), "the simulated link needs no device");
+    }
+
+    #[test]
     fn payloads_round_trip() {
         for p in [Payload::Fabric(vec![1, 2]), Payload::Msg(Msg::PmixFenceDone { seq: 1, puts: vec![("a".into(), "b".into())] })] {
             assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
