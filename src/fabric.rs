@@ -1357,6 +1357,7 @@ mod tests {
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
             sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }
     }
 

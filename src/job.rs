@@ -118,6 +118,7 @@ pub mod fixture {
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
             sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }
     }
 

@@ -12,6 +12,7 @@ mod exitcode;
 mod fabric;
 mod fence;
 mod frontend;
+mod images;
 mod job;
 mod link;
 mod links;

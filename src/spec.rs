@@ -372,3 +372,75 @@ mod tests {
         assert_eq!(small.len(), large.len());
     }
 }
+
+/// Recovery images (`--image-*`), resolved: what every daemon does with its ranks' images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// `--image-max`: the largest image a rank may save, in bytes.
+    pub max: u64,
+    /// `--image-copies`: how many daemons hold each image (the rank's own and its partners).
+    pub copies: u32,
+    /// `--image-dir`, absolute, with the job's name: where each daemon also writes its ranks'
+    /// images (`crate::images::dir`).
+    pub dir: Option<String>,
+    /// `--image-interval` in milliseconds: how often every rank is asked for an image.
+    pub interval_ms: Option<u64>,
+    /// `--image-timeout` in milliseconds: how long a rank has to answer a request.
+    pub timeout_ms: u64,
+}
+
+impl ImageSpec {
+    /// 256 MiB.
+    pub const DEFAULT_MAX: u64 = 256 << 20;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        ImageSpec { max: Self::DEFAULT_MAX, copies: 1, dir: None, interval_ms: None, timeout_ms: Self::DEFAULT_TIMEOUT_MS }
+    }
+}
+
+/// `--restart-scope`: what a restart starts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartScope {
+    /// Only the failed rank, on its node, with the same binding; the others go on.
+    Rank,
+    /// Every rank, after all were stopped, with a fresh PMI/PMIx generation.
+    Job,
+}
+
+impl RestartScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartScope::Rank => "rank",
+            RestartScope::Job => "job",
+        }
+    }
+}
+
+impl std::str::FromStr for RestartScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rank" => Ok(RestartScope::Rank),
+            "job" => Ok(RestartScope::Job),
+            _ => Err("expected rank or job".into()),
+        }
+    }
+}
+
+/// `--max-restarts`, `--restart-scope`: how the front end answers a failed rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartSpec {
+    /// Rank scope: restarts per rank; job scope: restarts of the job. 0: the first failure ends
+    /// the job.
+    pub max: u32,
+    pub scope: RestartScope,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec { max: 0, scope: RestartScope::Rank }
+    }
+}

@@ -4,7 +4,7 @@
 
 use super::error::{usage, UsageError};
 use crate::pmix::MpiFlag;
-use crate::spec::StdinTarget;
+use crate::spec::{RestartScope, StdinTarget};
 use clap::{ArgAction, CommandFactory, Parser};
 use fabrics::endpoints::FabricChoice;
 use fabrics::placement::{BindTo, MapObj, MapPolicy};
@@ -35,6 +35,20 @@ FAILURES:
   breaks the PMI protocol, or exits with status 0 after MPI_Init without MPI_Finalize, fails
   the job with status 1.
 
+RESTARTS (--max-restarts N, --restart-scope rank|job):
+  A rank that exits non-zero or is killed by a signal is restarted instead of ending the job,
+  with one line saying so (\"rlaunch: rank 3 (n2) killed by SIGKILL; restarting it (1 of 3)\").
+  Rank scope: the rank alone starts again on its node, same binding and environment, while the
+  others go on; N counts restarts of each rank. Job scope: every rank is stopped (SIGTERM, then
+  SIGKILL after the grace period) and all start again with a fresh PMI key-value space or PMIx
+  namespace named after the new generation; N counts restarts of the job. Not restarted: exit
+  status 0, MPI_Abort, a program that cannot start, anything after ctrl-C, --timeout or another
+  failure, and a restarted rank (or job) that fails again within 1 s of running again (one line
+  says so). When N is spent, the job ends as without restarts, plus one line saying so. Output
+  of every run of a rank is tagged as that rank's; --report lists every restart (time, ranks,
+  node, scope, reason, generation, milliseconds until running again) and the final generation;
+  the ranks in it are the last generation's. A restarted rank gets no stdin that came before.
+
 SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
   A second SIGINT (ctrl-C) within 5 s kills every rank with SIGKILL (exit 130).
@@ -46,6 +60,8 @@ SIGNALS:
 ENVIRONMENT OF EACH RANK:
   RLAUNCH_RANK, RLAUNCH_SIZE, RLAUNCH_LOCAL_RANK, RLAUNCH_LOCAL_SIZE, RLAUNCH_NODE_RANK,
   RLAUNCH_NUM_NODES, RLAUNCH_JOBID, RLAUNCH_APPNUM, plus rlaunch's own environment and -x values.
+  RLAUNCH_RESTARTS (how often this rank's process was restarted; 0 on its first start) and
+  RLAUNCH_GENERATION (the job's generation: 0, +1 per job-scope restart).
   PWD is the rank's working directory; SSH_* variables reach a rank only through -x.
   RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
   NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
@@ -88,6 +104,12 @@ SENSORS (--sensors, --sensor CMD):
   set, stdin and stderr /dev/null. Exit status 0 is ok, 1 degrading, 2 failed, any other
   unknown; the first line of its stdout is the reason. A CMD still running when its interval is
   over is killed (its process group) and counts as unknown; it never holds up the daemon.
+
+RECOVERY IMAGES (man 3 rlaunch_image):
+  A rank saves images of its state through librlaunch_image (rli_save, or rli_poll when
+  --image-interval asks); its daemon keeps them in memory, copies them to --image-copies - 1
+  partner daemons and, with --image-dir, to disk. A restarted rank loads its image (rli_load):
+  the latest epoch every rank saved, or its own latest. Each rank gets RLAUNCH_IMAGE_FD.
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
@@ -271,8 +293,7 @@ APPLICATION FILES (both families):
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
   -enable-x, -ckpointlib (BLCR), Intel's -trace, -gtool and -check_mpi, -gdb, --debug, -xterm,
-  --enable-recovery and --max-restarts (not yet), -disable-auto-cleanup, --preload-binary,
-  --preload-files, -ompi-server, --personality, --xml.";
+  -disable-auto-cleanup, --preload-binary, --preload-files, -ompi-server, --personality, --xml.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -489,6 +510,24 @@ showed in this mode (none in 200 jobs)."
     )]
     pub mpi: MpiFlag,
 
+    /// Restart a failed rank (non-zero exit or signal) up to N times instead of ending the job; with
+    /// --restart-scope rank N counts per rank, with job it counts restarts of the whole job. Aborts
+    /// (MPI_Abort), ranks that cannot start, ctrl-C and --timeout are never restarted; a restarted
+    /// rank that fails again within 1 s is not restarted again. 0: the first failure ends the job
+    #[arg(long = "max-restarts", value_name = "N", help_heading = "Recovery")]
+    pub max_restarts: Option<u32>,
+
+    /// What a restart starts again: rank (only the failed rank, on its node with its binding; the
+    /// others go on) or job (every rank is stopped, then all start again with a fresh PMI/PMIx
+    /// generation; what MPI programs need) [default: job when the ranks use PMI or PMIx, as --mpi
+    /// pmi|pmix says or --mpi auto finds an MPI library; else rank]
+    #[arg(long = "restart-scope", value_name = "rank|job", value_parser = typed::<RestartScope>, help_heading = "Recovery")]
+    pub restart_scope: Option<RestartScope>,
+
+    /// Open MPI (PRRTE): restart failed ranks; --max-restarts 1 unless --max-restarts says otherwise
+    #[arg(long = "enable-recovery", help_heading = "Recovery")]
+    pub enable_recovery: bool,
+
     /// Network for rank endpoints: auto (RDMA when every node has an active port, else TCP), tcp,
     /// rdma, or off (no inventory exchange, no endpoint table)
     #[arg(long, value_name = "auto|tcp|rdma|off", default_value = "auto", value_parser = typed::<FabricFlag>)]
@@ -669,6 +708,30 @@ showed in this mode (none in 200 jobs)."
     #[arg(long = "report-bindings")]
     pub report_bindings: bool,
 
+    /// The largest image one rank may save (rli_save), in bytes or with K, M, G (powers of 1024);
+    /// a larger one is refused with one line naming the rank, and the job goes on
+    #[arg(long = "image-max", value_name = "SIZE", default_value = "256M", value_parser = byte_size, help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_max: u64,
+
+    /// How many daemons hold each rank's image: its own and the next N-1 nodes' (partners), so
+    /// that a lost node does not lose it [default: 2 with two or more nodes, else 1]
+    #[arg(long = "image-copies", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_copies: Option<u32>,
+
+    /// Each daemon also writes its ranks' images to DIR/NAME/rankR.epochE.img (NAME: the first
+    /// program's file name); a later job with the same DIR loads from there when no daemon holds one
+    #[arg(long = "image-dir", value_name = "DIR", help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_dir: Option<PathBuf>,
+
+    /// Ask every rank for an image every SECS seconds; a rank answers at its next rli_poll
+    #[arg(long = "image-interval", value_name = "SECS", help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_interval: Option<f64>,
+
+    /// A rank that has not answered an image request after SECS seconds is named in one line; the
+    /// job goes on with the previous complete epoch
+    #[arg(long = "image-timeout", value_name = "SECS", default_value = "10", help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_timeout: f64,
+
     /// CPUs (cores, or hardware threads with --use-hwthread-cpus) per rank, as --map-by :PE=N
     #[arg(long = "cpus-per-proc", alias = "cpus-per-rank", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus_per_proc: Option<u32>,
@@ -778,8 +841,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("enable-x", "rlaunch does not forward X11 connections"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
-    ("enable-recovery", "restarting failed ranks is not supported yet; the first failure ends the job"),
-    ("max-restarts", "restarting failed ranks is not supported yet; the first failure ends the job"),
     ("disable-auto-cleanup", "rlaunch ends the whole job at the first failure; it cannot leave the other ranks running"),
     ("preload-binary", "rlaunch does not copy programs to the nodes; put the program on a shared file system"),
     ("preload-files", "rlaunch does not copy files to the nodes; put them on a shared file system"),
@@ -793,7 +854,7 @@ pub const WONT: &[(&str, &str)] = &[
     ("info", "prints MPICH's build configuration; rlaunch --version says which rlaunch this is"),
     ("tv", "rlaunch does not start TotalView; run the debugger as the program, or see --get-stack-traces"),
     ("debugger", "rlaunch does not start a parallel debugger; run one as the program, or see --get-stack-traces"),
-    ("with-ft", "ULFM fault tolerance is not supported; the first failure ends the job"),
+    ("with-ft", "ULFM fault tolerance is not supported; --max-restarts restarts failed ranks instead"),
 ];
 
 /// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:
@@ -835,6 +896,23 @@ where
     T::Err: Display,
 {
     s.parse().map_err(|e: T::Err| BadValue(e.to_string()))
+}
+
+/// `--image-max`: `4096`, `64K`, `256M`, `1G` (powers of 1024; `KiB`, `MB` and the like too).
+pub fn byte_size(s: &str) -> Result<u64, BadValue> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let bad = || BadValue("expected a size in bytes, or with K, M or G (256M)".into());
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).filter(|&b| b > 0 && b < u32::MAX as u64).ok_or_else(|| BadValue("expected more than 0 and less than 4G".into()))
 }
 
 fn stdin_target(s: &str) -> Result<StdinTarget, BadValue> {

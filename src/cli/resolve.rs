@@ -109,8 +109,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         .iter()
         .map(|a| pmix::AppProgram { program: &a.argv[0], cwd: Path::new(&a.cwd), path: app_path(a, &global_path) })
         .collect();
-    let (interface, mpi_reason) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
+    let (interface, mpi_reason, speaks_mpi) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
     let job_id = format!("rl-{}", &wire::hex(&wire::random_key()?)[..8]);
+    let apps_program = apps[0].argv[0].clone();
     let launch = wire::Launch {
         job_id,
         apps,
@@ -140,6 +141,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         },
         placement: placement(g, alloc.local && alloc.nodes.len() > 1, own.rank_file())?,
         sensors: super::sensors::spec(g, env.var(spec::SENSOR_ROOT_ENV))?,
+        image: image_spec(g, alloc.nodes.len() as u32, &apps_program)?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -179,7 +181,38 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         ports,
         bind_address: g.bind_address,
         mpi_reason,
+        restarts: restart_spec(g.max_restarts, g.enable_recovery, g.restart_scope, speaks_mpi),
     })
+}
+
+/// `--image-*`: the copies default to 2 when there is a second node to hold them, and are
+/// never more than the nodes; the dir is made absolute (daemons run elsewhere) and gets the
+/// job's folder.
+fn image_spec(g: &Cli, nodes: u32, program: &str) -> Result<spec::ImageSpec, UsageError> {
+    let copies = g.image_copies.unwrap_or(2).min(nodes.max(1));
+    let interval_ms = match g.image_interval {
+        Some(s) => Some(positive_seconds("--image-interval", s)?.as_millis() as u64),
+        None => None,
+    };
+    let timeout_ms = positive_seconds("--image-timeout", g.image_timeout)?.as_millis() as u64;
+    let dir = match &g.image_dir {
+        Some(d) if d.exists() && !d.is_dir() => return Err(usage(format!("--image-dir {}: is not a directory", d.display()))),
+        Some(d) => {
+            let abs = std::env::current_dir().map(|c| c.join(d)).unwrap_or_else(|_| d.clone());
+            Some(crate::images::dir::job_dir(&abs, program).display().to_string())
+        }
+        None => None,
+    };
+    Ok(spec::ImageSpec { max: g.image_max, copies, dir, interval_ms, timeout_ms })
+}
+
+/// `--max-restarts`, `--enable-recovery` (PRRTE's spelling: one restart unless `--max-restarts`
+/// says otherwise) and `--restart-scope`, whose default is the job when the ranks speak PMI or
+/// PMIx (MPI programs can only be restarted together) and the rank otherwise.
+fn restart_spec(max: Option<u32>, enable_recovery: bool, scope: Option<spec::RestartScope>, speaks_mpi: bool) -> spec::RestartSpec {
+    let max = max.unwrap_or(if enable_recovery { 1 } else { 0 });
+    let scope = scope.unwrap_or(if speaks_mpi { spec::RestartScope::Job } else { spec::RestartScope::Rank });
+    spec::RestartSpec { max, scope }
 }
 
 /// The longest timeout accepted: beyond it deadlines would overflow the clock.

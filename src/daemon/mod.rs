@@ -6,8 +6,9 @@
 //! job ([`crate::job::JobView`]) and an input, and return [`effect::Effect`]s for the loop to
 //! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]) with placement
 //! ([`binding`]), the local rank
-//! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), the node's sensors
-//! ([`sensors`]), and the sweep of descendants that escaped their rank ([`adopted`]).
+//! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), restarts
+//! ([`restart`]), the node's sensors ([`sensors`]), and the sweep of descendants that escaped
+//! their rank ([`adopted`]).
 
 mod adopted;
 mod binding;
@@ -17,10 +18,12 @@ mod effect;
 mod exec;
 mod fabric;
 mod guard;
+mod images;
 mod node;
 mod pmi;
 mod pmix;
 mod ranks;
+mod restart;
 mod say;
 mod sensors;
 mod spawn;

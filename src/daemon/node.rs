@@ -8,9 +8,11 @@ use super::boot::{self, Joined};
 use super::effect::Effect;
 use super::fabric::Fabric;
 use super::guard::Guard;
+use super::images::Images;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
+use super::restart::{self, Restarts};
 use super::say::say;
 use super::sensors::Sensors;
 use super::spawn::{self, Spawner};
@@ -84,6 +86,8 @@ pub struct Daemon {
     fabric: Fabric,
     traces: Traces,
     sensors: Sensors,
+    images: Images,
+    restarts: Restarts,
     timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
     /// the ssh threads of tree spawn.
@@ -97,44 +101,52 @@ pub struct Daemon {
     shutdown: bool,
 }
 
+/// Joins the tree and builds the daemon: the guard, the links and the services, before any
+/// event is handled.
+fn assemble(t0: Instant) -> Result<Daemon> {
+    let guard = Guard::start(); // First: it is a fork of this process (see guard.rs).
+    let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
+    let timeline = Recorder::joined(t0); // The hello went: the anchor of this daemon's clock.
+    let node = boot.node;
+    let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
+    let w = waker.clone();
+    let notify: Notify = Arc::new(move || {
+        let _ = w.wake();
+    });
+    let fabric = Fabric::new(node, links.router().topology(), notify.clone()).on_ip(links.parent_local_ip());
+    Ok(Daemon {
+        waker,
+        notify,
+        node,
+        boot,
+        listen_port,
+        poll,
+        links,
+        listener,
+        signals,
+        job: Job::Waiting,
+        launch_bytes: 0,
+        ranks: Ranks::default(),
+        tree_spawn: TreeSpawn::default(),
+        pmi: Pmi::new(node),
+        pmix: Pmix::new(node),
+        fabric,
+        traces: Traces::default(),
+        sensors: Sensors::default(),
+        images: Images::new(node),
+        restarts: Restarts::new(node),
+        timeline,
+        guard,
+        node_done_sent: false,
+        orphaned: false,
+        shutdown: false,
+    })
+}
+
 impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
     pub fn run(t0: Instant) -> Result<i32> {
-        let guard = Guard::start(); // First: it is a fork of this process (see guard.rs).
-        let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
-        let timeline = Recorder::joined(t0); // The hello went: the anchor of this daemon's clock.
-        let node = boot.node;
-        let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
-        let w = waker.clone();
-        let notify: Notify = Arc::new(move || {
-            let _ = w.wake();
-        });
-        let fabric = Fabric::new(node, links.router().topology(), notify.clone()).on_ip(links.parent_local_ip());
-        let mut d = Daemon {
-            waker,
-            notify,
-            node,
-            boot,
-            listen_port,
-            poll,
-            links,
-            listener,
-            signals,
-            job: Job::Waiting,
-            launch_bytes: 0,
-            ranks: Ranks::default(),
-            tree_spawn: TreeSpawn::default(),
-            pmi: Pmi::new(node),
-            pmix: Pmix::new(node),
-            fabric,
-            traces: Traces::default(),
-            sensors: Sensors::default(),
-            timeline,
-            guard,
-            node_done_sent: false,
-            orphaned: false,
-            shutdown: false,
-        };
+        let mut d = assemble(t0)?;
         // While the launch message travels: it is needed as soon as that arrives.
         d.fabric.discover();
         d.timeline.mark(Phase::FabricDiscovered, Instant::now());
@@ -162,7 +174,7 @@ impl Daemon {
             }
             let fx = self.ranks.drain(self.links.pending_up(), self.poll.registry());
             self.apply(fx);
-            let fx = self.pmi.read_more(self.poll.registry());
+            let fx = self.pmi.read_more(self.poll.registry()).into_iter().chain(self.images.pump(|n| self.links.pending_towards(n))).collect();
             self.apply(fx);
             if self.tree_spawn.watching() {
                 let fx = self.tree_spawn.check(self.links.joined());
@@ -172,7 +184,7 @@ impl Daemon {
             let fx = self.ranks.check_timers(now, self.poll.registry());
             self.apply(fx);
             if let Some(job) = self.job.view() {
-                let fx = self.pmix.check_timer(job, now);
+                let fx = self.pmix.check_timer(job, now).into_iter().chain(self.images.check_timer(now)).collect();
                 self.apply(fx);
             }
             self.check_done();
@@ -187,7 +199,7 @@ impl Daemon {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let at = [self.ranks.next_deadline(), self.pmix.next_deadline()].into_iter().flatten().min();
+        let at = [self.ranks.next_deadline(), self.pmix.next_deadline(), self.images.next_deadline()].into_iter().flatten().min();
         at.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
@@ -213,6 +225,7 @@ impl Daemon {
                 None => return,
             },
             Source::Pmi(_) => self.pmi.on_event(ev, registry),
+            Source::Image(slot) => self.images.on_event(self.job.view(), slot, ev, registry),
             Source::RankPipe { idx, pipe } => return self.ranks.on_pipe(idx, pipe, registry),
             Source::Link(_) => return self.on_child(ev.token(), ev.is_readable(), ev.is_writable()),
             _ => return,
@@ -232,7 +245,13 @@ impl Daemon {
                 Effect::Fault(text) => self.fault(text),
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
-                Effect::SpawnRanks => self.spawn_ranks(),
+                Effect::SpawnRanks => self.spawn_ranks(None),
+                Effect::Respawn(ranks) => self.spawn_ranks(Some(ranks)),
+                Effect::StopRanks => self.terminate_all(),
+                Effect::NewGeneration(g) => {
+                    let fx = restart::new_generation(g, &mut self.ranks, &mut self.pmi, &mut self.pmix, self.job.view());
+                    self.apply(fx);
+                }
                 Effect::Deliver(None, m) => self.on_parent_msg(m, 0),
                 Effect::Deliver(child, m) => self.child_msg(child, m),
                 Effect::RankExit { rank, pid, status } => {
@@ -300,7 +319,13 @@ impl Daemon {
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             m @ (Msg::Fabric { .. } | Msg::Rdma(_)) => self.fabric.tree_msg(None, m),
+            m if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
+            m @ Msg::RestartJob { .. } => {
+                self.images.new_generation();
+                self.restarts.on_msg(m, self.links.router().children().collect())
+            }
+            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. }) => self.restarts.on_msg(m, self.links.router().children().collect()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -381,6 +406,7 @@ impl Daemon {
             (Some(n), Msg::Fence { seq, puts }) => self.pmi.fence_from_child(n, seq, puts),
             (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
+            (_, m) if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             (_, m) => vec![Effect::Up(m)],
         };
         self.apply(fx);
@@ -439,15 +465,19 @@ impl Daemon {
         }
     }
 
-    fn spawn_ranks(&mut self) {
+    fn spawn_ranks(&mut self, only: Option<Vec<u32>>) {
         let Some(job) = self.job.view() else { return };
+        self.node_done_sent = false; // A restart: the node has ranks again.
         let s = Spawner {
+            only,
+            restarts: &self.restarts,
             job,
             registry: self.poll.registry(),
             ranks: &mut self.ranks,
             guard: &mut self.guard,
             pmi: &mut self.pmi,
             pmix: &mut self.pmix,
+            images: &mut self.images,
             fabric: &self.fabric,
             launch_bytes: self.launch_bytes,
             timeline: &mut self.timeline,
@@ -477,7 +507,8 @@ impl Daemon {
         // The ranks wait for the fabric table or for libpmix, unless the job is ending (ranks not
         // started because spawning stopped count as done).
         let held = (self.fabric.holds_ranks() || self.pmix.holds_ranks()) && !self.ranks.stop_spawning();
-        if self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
+        self.restarts.stopped(self.ranks.all_reported()).into_iter().for_each(|m| self.links.up(&m));
+        if self.restarts.holds_done() || self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
             return;
         }
         self.node_done_sent = true;

@@ -7,14 +7,17 @@ use super::carriers::{Carriers, StartInfo};
 use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
+use super::images::RootImages;
+use super::interrupts::{self, Interrupts};
 use super::pmi::RootPmi;
 use super::ranks::{JobFacts, Ranks};
+use super::recovery::{JobState, Recovery};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
 use super::traces::StackTraces;
-use super::verdict::{fmt_secs, Action, Failure, Verdict};
+use super::verdict::{fmt_secs, Action, Failure, Outcome, Verdict};
 use crate::binding;
 use crate::plan::JobPlan;
 use crate::job::JobView;
@@ -33,8 +36,6 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A second ctrl-C within this window kills everything.
-const SECOND_INTERRUPT: Duration = Duration::from_secs(5);
 /// After a kill, how long to wait for daemons to report before giving up on them.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// At the end, how long daemons get to exit on Shutdown before their carriers are killed.
@@ -51,18 +52,20 @@ struct Frontend {
     carriers: Carriers,
     ranks: Ranks,
     verdict: Verdict,
+    recovery: Recovery,
     reporter: Reporter,
     sinks: Sinks,
     timings: Timings,
     pmi: RootPmi,
     fabric: RootFabric,
+    images: RootImages,
     stdin: Option<Receiver<Vec<u8>>>,
     /// Links that may hold more input than one read took.
     ready: Vec<Token>,
     rendezvous: Rendezvous,
     traces: StackTraces,
     kill_sent_at: Option<Instant>,
-    interrupted_at: Option<Instant>,
+    interrupts: Interrupts,
 }
 
 pub fn run(plan: JobPlan) -> Result<i32> {
@@ -103,13 +106,15 @@ pub fn run(plan: JobPlan) -> Result<i32> {
             }),
         }),
         verdict: Verdict::default(),
+        recovery: Recovery::new(plan.restarts, &job),
         timings: Timings::default(),
         pmi: RootPmi::default(),
         ready: Vec::new(),
         rendezvous: Rendezvous::default(),
         traces: StackTraces::new(plan.get_stack_traces),
         kill_sent_at: None,
-        interrupted_at: None,
+        interrupts: Interrupts::default(),
+        images: RootImages::new(&job, Instant::now()),
         job,
         poll,
         listener,
@@ -223,7 +228,8 @@ impl Frontend {
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline()]
+        let held = self.recovery.deadline().map(|d| self.plan.t0 + d);
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held, self.images.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -267,7 +273,16 @@ impl Frontend {
                 self.ranks.started(&pids);
                 self.daemons.launched(node, launch_bytes);
                 self.timings.ranks_started(self.ranks.all_running(), self.plan.t0);
-                Vec::new()
+                self.recovery.node_started(node, &pids, self.ranks.all_running(), self.plan.t0.elapsed())
+            }
+            Msg::NodeDone { node } if self.recovery.stale_done(node) => Vec::new(),
+            Msg::PmiReport { .. } | Msg::Fence { .. } | Msg::PmixFence { .. } | Msg::KvsGet { .. } | Msg::KvsValue { .. } if self.recovery.stopping() => Vec::new(),
+            Msg::RestartStopped { node, generation } => {
+                let fx = self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0));
+                if fx.iter().any(|e| matches!(e, Effect::DownTo(_, Msg::RestartJob { .. }))) {
+                    self.images.new_generation();
+                }
+                fx
             }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
@@ -276,7 +291,10 @@ impl Frontend {
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),
             Msg::NodeFailed { node, fault } => self.node_failed(node, fault),
-            Msg::PmiReport { rank, node, kind, message } => self.pmi.report(&self.job, rank, node, kind, &message),
+            Msg::PmiReport { rank, node, kind, message } => {
+                let fx = self.pmi.report(&self.job, rank, node, kind, &message);
+                self.recovery.screen(fx, self.verdict.terminating(), self.plan.t0.elapsed())
+            }
             m @ (Msg::Fence { .. } | Msg::PmixFence { .. }) => from.map_or(Vec::new(), |n| vec![Effect::Deliver(n, m)]),
             Msg::KvsGet { from, key, .. } => self.pmi.kvs_get(&self.job, from, key),
             Msg::KvsValue { key, value, round, .. } => self.pmi.kvs_value(key, value, round),
@@ -285,6 +303,7 @@ impl Frontend {
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
+            m if crate::images::is_image_msg(&m) => self.images.on_msg(&self.job, m, ms_since(self.plan.t0).unwrap_or(0.0)),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
         self.apply(effects);
@@ -330,49 +349,34 @@ impl Frontend {
     fn start_daemon(&mut self, starter: &NodeStarter, node: u32, parent: String) {
         let asked = ms_since(self.plan.t0); // A forked daemon may run before the start returns.
         match self.carriers.start(starter, self.job.launch(), node, parent, self.poll.registry()) {
-            Ok(()) => {
-                self.daemons.started(node, asked);
-                if self.daemons.all_started() {
-                    self.timings.daemons_started_ms = ms_since(self.plan.t0);
-                }
-            }
+            Ok(()) => self.daemons.started(node, asked),
             Err(e) => self.launch_failure(node, e.to_string()),
         }
+        self.timings.daemons_started(self.daemons.all_started(), self.plan.t0);
     }
 
     /// One command starts every daemon (srun); they join by rendezvous.
     fn start_group(&mut self, starter: &GroupStarter) {
         let start_ms = ms_since(self.plan.t0);
-        match self.carriers.start_group(starter, self.job.launch(), self.poll.registry()) {
-            Ok(()) => {
-                (0..self.daemons.len() as u32).for_each(|n| self.daemons.started(n, start_ms));
-                self.timings.daemons_started_ms = ms_since(self.plan.t0);
-            }
-            Err(e) => {
-                for n in self.daemons.waiting().collect::<Vec<_>>() {
-                    self.launch_failure(n, e.to_string());
-                }
+        let failed = self.carriers.start_group(starter, self.job.launch(), self.poll.registry()).err();
+        for n in self.daemons.waiting().collect::<Vec<_>>() {
+            match &failed {
+                None => self.daemons.started(n, start_ms),
+                Some(e) => self.launch_failure(n, e.to_string()),
             }
         }
+        self.timings.daemons_started(self.daemons.all_started(), self.plan.t0);
     }
 
     fn on_signals(&mut self) {
         for s in self.signals.drain() {
-            match s {
-                libc::SIGCHLD => {}
-                libc::SIGINT if self.interrupted_at.is_some_and(|t| t.elapsed() < SECOND_INTERRUPT) => self.fail(Failure::SecondInterrupt),
-                libc::SIGINT => {
-                    self.interrupted_at = Some(Instant::now());
-                    self.reporter.detail(1, "rlaunch: forwarding SIGINT to all ranks (interrupt again within 5 s to kill them)");
-                    self.links.down(&Msg::Signal { signum: s });
-                }
-                libc::SIGHUP => {
-                    self.links.down(&Msg::Signal { signum: s });
-                    self.check_sinks();
-                }
-                _ => self.links.down(&Msg::Signal { signum: s }),
+            if interrupts::ends_job(s) {
+                self.recovery.close(); // The user ends the job: its ranks' deaths are not failures.
             }
+            let fx = self.interrupts.on_signal(s, Instant::now());
+            self.apply(fx);
         }
+        self.check_sinks(); // After SIGHUP: the terminal may be gone.
         self.reap_carriers();
     }
 
@@ -386,16 +390,8 @@ impl Frontend {
     /// Until every daemon is connected, stdin stays in the bounded channel: a daemon that is not
     /// in the tree yet would miss it, and the reader thread waits meanwhile.
     fn on_stdin(&mut self) {
-        if self.daemons.waiting().next().is_some() {
-            return;
-        }
-        let Some(rx) = self.stdin.as_ref() else { return };
-        let chunks: Vec<Vec<u8>> = rx.try_iter().collect();
-        for data in chunks {
-            if data.is_empty() {
-                self.stdin = None;
-            }
-            self.links.down(&Msg::Stdin { data });
+        if self.daemons.waiting().next().is_none() {
+            super::stdin::take(&mut self.stdin).into_iter().for_each(|data| self.links.down(&Msg::Stdin { data }));
         }
     }
 
@@ -406,7 +402,7 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
-        let late = self.traces.expired(now);
+        let late = self.traces.expired(now).into_iter().chain(self.recovery.due(now.saturating_duration_since(self.plan.t0))).chain(self.images.tick(now)).collect();
         self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
@@ -424,21 +420,8 @@ impl Frontend {
 
     /// A carrier that ended before its daemon joined explains why the node cannot be launched.
     fn reap_carriers(&mut self) {
-        for (node, code) in self.carriers.ended() {
-            if self.plan.starter.is_group() {
-                // srun ended: every node that has not joined by now never will.
-                let what = self.carriers.why(0, self.poll.registry(), &mut self.reporter);
-                for n in self.daemons.waiting().collect::<Vec<_>>() {
-                    self.launch_failure(n, format!("the daemon step ended with status {code} before this node joined{what}"));
-                }
-                continue;
-            }
-            let d = self.daemons.get(node).expect("node of the job");
-            if !d.joined && !d.lost && !self.daemons.all_done() {
-                let what = self.carriers.why(node, self.poll.registry(), &mut self.reporter);
-                let hint = self.plan.starter.failure_hint(&what);
-                self.launch_failure(node, format!("daemon exited early with status {code}{what}{hint}"));
-            }
+        for (node, why) in self.carriers.early_exits(&self.plan.starter, &self.daemons, self.poll.registry(), &mut self.reporter) {
+            self.launch_failure(node, why);
         }
     }
 
@@ -450,7 +433,8 @@ impl Frontend {
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
-        ended.into_iter().chain([Effect::Fail(self.pmi.exit_failure(rank, status))]).collect()
+        let s = JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating() || self.verdict.outcome() != Outcome::Running, self.plan.t0);
+        ended.into_iter().chain(self.recovery.rank_ended(self.pmi.exit_failure(rank, status), s)).collect()
     }
 
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
@@ -509,6 +493,7 @@ impl Frontend {
             match e {
                 Effect::Deliver(..) => {} // Taken to the root fence by `carry`.
                 Effect::Send(hop, msg) => _ = self.links.send(hop, &msg),
+                Effect::Down(msg) => self.links.down(&msg),
                 Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),
                 Effect::Towards(node, msg) => _ = self.links.towards(node, &msg),
                 Effect::Fail(f) => self.fail(f),
@@ -529,7 +514,7 @@ impl Frontend {
 
     fn finished(&self) -> bool {
         // Daemons with no rank to wait for report done before the fabric exchange ends.
-        self.daemons.all_accounted() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
+        self.daemons.all_accounted() && !self.recovery.holding() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
     }
 
     fn finish(&mut self) -> i32 {
@@ -555,6 +540,8 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
+            images: &self.images,
+            restarts: (self.recovery.log(), self.recovery.generation()),
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         summary.iter().for_each(|line| self.reporter.detail(1, line));

@@ -6,6 +6,7 @@ use crate::timeline::{self, Aligned, NamedMarks};
 use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
+use super::images::RootImages;
 use crate::job::JobView;
 use crate::sig::signal_name;
 use crate::spec::RankStatus;
@@ -25,6 +26,12 @@ pub struct Timings {
 
 impl Timings {
     /// The first time every rank runs.
+    pub fn daemons_started(&mut self, all_started: bool, t0: Instant) {
+        if all_started {
+            self.daemons_started_ms = ms_since(t0);
+        }
+    }
+
     pub fn ranks_started(&mut self, all_running: bool, t0: Instant) {
         if all_running && self.ranks_started_ms.is_none() {
             self.ranks_started_ms = ms_since(t0);
@@ -46,12 +53,15 @@ pub struct ReportInput<'a> {
     pub exit_code: i32,
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
+    pub images: &'a RootImages,
+    /// `--max-restarts`: every restart, and the generation the job ended in.
+    pub restarts: (&'a [super::restart::Restart], u32),
 }
 
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
 pub fn summary_lines(r: &ReportInput) -> Vec<String> {
     let nodes: Vec<(String, NamedMarks)> = r.daemons.iter().enumerate().map(|(i, d)| (r.job.node_name(i as u32), named_marks(d))).filter(|(_, m)| !m.is_empty()).collect();
-    std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).collect()
+    std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).chain(r.images.summary()).collect()
 }
 
 /// A node's marks on the front end's clock, once it sent them.
@@ -97,6 +107,23 @@ fn timeline_json(d: &NodeState) -> serde_json::Value {
         t.insert("ranks".into(), json!(ranks));
     }
     serde_json::Value::Object(t)
+}
+
+/// The report's `restarts`: when (ms since rlaunch started), which ranks on which node, the
+/// scope, why, the generation after it, and how long until the ranks ran again.
+fn restarts_json(log: &[super::restart::Restart]) -> serde_json::Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let entries: Vec<_> = log
+        .iter()
+        .map(|r| {
+            json!({
+                "at_ms": ms(r.at), "ranks": r.ranks, "node": r.node, "scope": r.scope.name(),
+                "reason": r.reason, "generation": r.generation,
+                "running_again_ms": r.running_again.map(|t| ms(t.saturating_sub(r.at))),
+            })
+        })
+        .collect();
+    json!(entries)
 }
 
 pub fn report_json(r: &ReportInput) -> String {
@@ -161,6 +188,9 @@ pub fn report_json(r: &ReportInput) -> String {
         "fabric": r.fabric.gather().report_fabric(),
         "fabric_detail": r.fabric.gather().report_detail(),
         "startup_collectives": r.fabric.report_startup(),
+        "images": r.images.report(),
+        "generation": r.restarts.1,
+        "restarts": restarts_json(r.restarts.0),
     });
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }
