@@ -450,6 +450,15 @@ impl NodeFabric {
         }
     }
 
+    /// The port this node's start-up RDMA links use, from its own inventory, or why it has none.
+    pub fn startup_port(&self) -> Result<fabrics::verbs_link::VerbsLinkConfig, String> {
+        match &self.discovered {
+            Some(Ok(inv)) => fabrics::startup::startup_port(inv),
+            Some(Err(e)) => Err(format!("fabric discovery failed: {e}")),
+            None => Err("fabric discovery did not run".into()),
+        }
+    }
+
     /// Whether the daemon must hold its ranks (and must not report the node done) for the table.
     pub fn holds_ranks(&self) -> bool {
         self.state == NodeState::Gathering

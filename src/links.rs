@@ -42,6 +42,12 @@ impl Links {
         Ok(())
     }
 
+    /// This vertex's own address on its parent link: where the parent (and, on one network,
+    /// the children) reach this host.
+    pub fn parent_local_ip(&self) -> Option<std::net::IpAddr> {
+        self.parent.as_ref()?.stream.local_addr().ok().map(|a| a.ip())
+    }
+
     pub fn parent_mut(&mut self) -> Option<&mut Link> {
         self.parent.as_mut()
     }

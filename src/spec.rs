@@ -194,10 +194,11 @@ impl Default for FabricSpec {
 }
 
 /// Test-only: makes every node report a simulated RDMA port, so the start-up collectives run over
-/// `fabrics::sim_link` between the daemons of one host (`--launcher local` with several nodes).
-/// `1` = every node; `fail:N` = node index N's bring-up fails, so the job falls back to TCP;
-/// `break:N` = node N's link fails once the exchange runs over it, which fails the job.
-/// Read by the front end, which puts the mode in the launch message for every daemon.
+/// `fabrics::sim_link` between the daemons (over Unix sockets between the daemons of one host,
+/// over TCP between hosts). `1` = every node; `fail:N` = node index N's bring-up fails, so the
+/// job falls back to TCP; `break:N` = node N's link breaks at its first send of the inventory
+/// exchange, `break-fence:N` at its first send of the first PMI/PMIx fence (the collective then
+/// finishes over TCP). Read by the front end, which puts the mode in the launch message.
 pub const SIM_RDMA_ENV: &str = "RLAUNCH_TEST_SIM_RDMA";
 
 /// How the start-up collectives travel.
@@ -205,22 +206,39 @@ pub const SIM_RDMA_ENV: &str = "RLAUNCH_TEST_SIM_RDMA";
 pub enum StartupTransport {
     /// The daemons' TCP links.
     Tcp,
-    /// Simulated RDMA links between processes of one host (test-only, [`SIM_RDMA_ENV`]); node
-    /// `fail`'s bring-up fails on purpose, node `broken`'s link fails after it.
-    Simulated { fail: Option<u32>, broken: Option<u32> },
+    /// Verbs queue pairs on every member's first usable RDMA port, when every member has one
+    /// (else TCP, said on `-v`).
+    Rdma,
+    /// RDMA was asked for, but the front end (the tree's root) has no link, so nobody tries:
+    /// why, for `-v` and the report.
+    NoRootLink(String),
+    /// Simulated RDMA links (test-only, [`SIM_RDMA_ENV`]); node `fail`'s bring-up fails on
+    /// purpose, node `broken`'s link breaks in the exchange, node `broken_fence`'s in the fence.
+    Simulated { fail: Option<u32>, broken: Option<u32>, broken_fence: Option<u32> },
 }
 
 impl StartupTransport {
-    /// The mode for a job: simulated RDMA only with the test setting, and never when the user
-    /// forced TCP (`--fabric tcp`) or turned the exchange off.
+    /// Whether the members bring links up.
+    pub fn tries(&self) -> bool {
+        matches!(self, StartupTransport::Rdma | StartupTransport::Simulated { .. })
+    }
+
+    /// The mode for a job: RDMA unless the user forced TCP (`--fabric tcp`) or turned the
+    /// exchange off, simulated only with the test setting.
     pub fn for_job(choice: Option<FabricChoice>, test_setting: Option<&str>) -> Result<StartupTransport, String> {
-        let Some(v) = test_setting else { return Ok(StartupTransport::Tcp) };
-        let node = |prefix: &str| v.trim().strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
-        let mode = match (v.trim(), node("fail:"), node("break:")) {
-            ("1", _, _) => StartupTransport::Simulated { fail: None, broken: None },
-            (_, Some(n), _) => StartupTransport::Simulated { fail: Some(n), broken: None },
-            (_, _, Some(n)) => StartupTransport::Simulated { fail: None, broken: Some(n) },
-            _ => return Err(format!("{SIM_RDMA_ENV}={v}: expected 1, fail:NODE_INDEX or break:NODE_INDEX (a test-only setting)")),
+        let mode = match test_setting {
+            None => StartupTransport::Rdma,
+            Some(v) => {
+                let node = |prefix: &str| v.trim().strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
+                let sim = |fail, broken, broken_fence| StartupTransport::Simulated { fail, broken, broken_fence };
+                match (v.trim(), node("fail:"), node("break:"), node("break-fence:")) {
+                    ("1", ..) => sim(None, None, None),
+                    (_, Some(n), _, _) => sim(Some(n), None, None),
+                    (_, _, Some(n), _) => sim(None, Some(n), None),
+                    (_, _, _, Some(n)) => sim(None, None, Some(n)),
+                    _ => return Err(format!("{SIM_RDMA_ENV}={v}: expected 1, fail:NODE_INDEX, break:NODE_INDEX or break-fence:NODE_INDEX (a test-only setting)")),
+                }
+            }
         };
         Ok(match choice {
             Some(FabricChoice::Auto | FabricChoice::Rdma) => mode,

@@ -378,6 +378,23 @@ pub enum RdmaStep {
     Done,
     /// Parent to child: everyone is done; release the links.
     Release,
+    /// Message `k` of a start-up collective on this tree edge, over TCP after a failover
+    /// (`fabrics::startup::Relay`; duplicates of what the link brought are dropped by `k`).
+    Data { k: u64, data: Vec<u8> },
+    /// The failover, first seen at member `origin` for `why` (and `cause`); the sender delivered
+    /// `got` of the receiver's messages: the receiver re-sends from there over TCP.
+    Fallback { origin: u32, why: String, cause: FallbackCause, got: u64 },
+}
+
+/// Why the start-up collectives left the RDMA links before the release ([`RdmaStep::Fallback`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FallbackCause {
+    /// A link failed while the member ran the inventory exchange.
+    LinkInExchange,
+    /// A link failed while the member ran the first PMI/PMIx fence.
+    LinkInFence,
+    /// The member's ranks did not enter a fence in time (a non-MPI program, most likely).
+    NoFence,
 }
 
 /// Why a node failed ([`Msg::NodeFailed`]). The front end decides on the kind, never on the text.

@@ -29,6 +29,7 @@ pub enum CarrierEvent {
 enum Cmd {
     Send(u32, Vec<u8>),
     Flush,
+    Break(String),
 }
 
 pub struct Carrier {
@@ -92,6 +93,17 @@ impl Carrier {
         }
     }
 
+    /// Fault injection for tests: after the sends queued so far, the link fails here as a verbs
+    /// error would ([`CarrierEvent::Failed`] with `why`). From then on this end neither sends nor
+    /// delivers: what peers send is taken off the link (so they never block) and lost, as on a
+    /// link that broke in one direction only, which is what makes the peers' data need
+    /// re-sending.
+    pub fn break_link(&self, why: String) {
+        if let Some(c) = &self.cmds {
+            let _ = c.send(Cmd::Break(why));
+        }
+    }
+
     /// The next event, if any, without waiting.
     pub fn try_event(&self) -> Option<CarrierEvent> {
         match self.events.try_recv() {
@@ -130,9 +142,17 @@ fn run<L: RdmaLink>(
         let _ = events.send(CarrierEvent::Failed(why));
         wake();
     };
+    let mut broken = false;
     loop {
         loop {
             match cmds.try_recv() {
+                Ok(Cmd::Send(..)) if broken => {}
+                Ok(Cmd::Break(why)) => {
+                    if !std::mem::replace(&mut broken, true) {
+                        let _ = events.send(CarrierEvent::Failed(why));
+                        wake();
+                    }
+                }
                 Ok(Cmd::Send(peer, bytes)) => {
                     if let Err(e) = crate::transport::Transport::send(&mut t, peer, &bytes) {
                         return fail(e.to_string());
@@ -148,6 +168,7 @@ fn run<L: RdmaLink>(
             }
         }
         match t.recv_within(SLICE) {
+            Ok(Some(_)) if broken => {}
             Ok(Some((from, bytes))) => {
                 if events.send(CarrierEvent::Message { from, bytes }).is_err() {
                     return;
@@ -155,6 +176,7 @@ fn run<L: RdmaLink>(
                 wake();
             }
             Ok(None) => {}
+            Err(_) if broken => return,
             Err(e) => return fail(e.to_string()),
         }
     }
@@ -218,6 +240,32 @@ mod tests {
         assert!(matches!(wait_event(&a), CarrierEvent::Failed(why) if why.contains("member 7")));
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(a.try_event(), None);
+    }
+
+    #[test]
+    fn a_broken_link_fails_once_and_swallows_what_peers_send() {
+        let f = MockFabric::new(2, 24, 2, 1);
+        let (la, lb) = (f.link(0), f.link(1));
+        let a = Carrier::bring_up(move || Ok(la), Duration::from_secs(5), Arc::new(|| {}));
+        let b = Carrier::bring_up(move || Ok(lb), Duration::from_secs(5), Arc::new(|| {}));
+        assert_eq!(wait_event(&a), CarrierEvent::Up(Ok(())));
+        assert_eq!(wait_event(&b), CarrierEvent::Up(Ok(())));
+        a.send(1, b"before".to_vec());
+        a.break_link("injected".into());
+        a.send(1, b"after".to_vec());
+        assert_eq!(wait_event(&b), CarrierEvent::Message { from: 0, bytes: b"before".to_vec() });
+        assert_eq!(wait_event(&a), CarrierEvent::Failed("injected".into()));
+        // More than the peer's credits: none blocks, none arrives.
+        for i in 0..10u8 {
+            b.send(0, vec![i; 30]);
+        }
+        b.flush();
+        assert_eq!(wait_event(&b), CarrierEvent::Flushed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(a.try_event(), None);
+        assert_eq!(b.try_event(), None, "nothing after the break arrived");
+        a.release();
+        b.release();
     }
 
     #[test]

@@ -439,7 +439,7 @@ fn rdma_nic(inv: &Inventory, dev: &IbDevice, p: &IbPort) -> Result<Nic, String> 
     })
 }
 
-fn rdma_nics(i: usize, inv: &Inventory, filter: &[String]) -> Result<Vec<Nic>, AssignError> {
+pub(crate) fn rdma_nics(i: usize, inv: &Inventory, filter: &[String]) -> Result<Vec<Nic>, AssignError> {
     if let crate::verbs::VerbsStatus::Unavailable { reason } = &inv.verbs {
         return Err(AssignError::NoRdma {
             node: node_label(i, inv),

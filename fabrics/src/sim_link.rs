@@ -1,4 +1,6 @@
-//! [`SimLink`]: a simulated [`RdmaLink`] between processes of one host, over Unix stream sockets.
+//! [`SimLink`]: a simulated [`RdmaLink`] between processes, over Unix stream sockets on one host
+//! and TCP between hosts (an endpoint opened with an address listens on both; a peer tries the
+//! Unix socket first, then TCP).
 //!
 //! There is no RDMA device on the machines rlaunch is developed on, and [`crate::rdma::MockFabric`]
 //! lives in one address space. `SimLink` lets separate processes (rlaunch's daemons in tests) run
@@ -26,6 +28,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::linux::net::SocketAddrExt;
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -97,7 +100,75 @@ fn rdma_err(peer: u32, why: impl Into<String>) -> TransportError {
     TransportError::Rdma { peer, why: why.into() }
 }
 
-fn write_frame(s: &mut UnixStream, kind: u8, bytes: &[u8]) -> io::Result<()> {
+/// One peer connection of a link: a Unix socket (same host) or TCP (another host).
+#[derive(Debug)]
+pub enum SimStream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl From<UnixStream> for SimStream {
+    fn from(s: UnixStream) -> SimStream {
+        SimStream::Unix(s)
+    }
+}
+
+impl SimStream {
+    fn try_clone(&self) -> io::Result<SimStream> {
+        Ok(match self {
+            SimStream::Unix(s) => SimStream::Unix(s.try_clone()?),
+            SimStream::Tcp(s) => SimStream::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            SimStream::Unix(s) => s.set_read_timeout(t),
+            SimStream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            SimStream::Unix(s) => s.set_nonblocking(on),
+            SimStream::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        match self {
+            SimStream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            SimStream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        }
+    }
+}
+
+impl Read for SimStream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            SimStream::Unix(s) => s.read(b),
+            SimStream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for SimStream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            SimStream::Unix(s) => s.write(b),
+            SimStream::Tcp(s) => s.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SimStream::Unix(s) => s.flush(),
+            SimStream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+fn write_frame(s: &mut SimStream, kind: u8, bytes: &[u8]) -> io::Result<()> {
     let mut f = Vec::with_capacity(5 + bytes.len());
     f.push(kind);
     f.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -107,7 +178,7 @@ fn write_frame(s: &mut UnixStream, kind: u8, bytes: &[u8]) -> io::Result<()> {
     s.write_all(&f)
 }
 
-fn read_frame(s: &mut UnixStream, max: usize) -> io::Result<(u8, Vec<u8>)> {
+fn read_frame(s: &mut SimStream, max: usize) -> io::Result<(u8, Vec<u8>)> {
     let mut h = [0u8; 5];
     s.read_exact(&mut h)?;
     let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -123,7 +194,7 @@ pub struct SimLink {
     me: u32,
     cfg: SimConfig,
     in_flight: usize,
-    writers: HashMap<u32, Arc<Mutex<UnixStream>>>,
+    writers: HashMap<u32, Arc<Mutex<SimStream>>>,
     shared: Sync,
     readers: Vec<JoinHandle<()>>,
 }
@@ -135,7 +206,7 @@ impl SimLink {
         me: u32,
         cfg: SimConfig,
         peers: &[u32],
-        streams: Vec<UnixStream>,
+        streams: Vec<SimStream>,
     ) -> Result<SimLink, TransportError> {
         let mut hello = Vec::with_capacity(HELLO_LEN);
         hello.extend_from_slice(MAGIC);
@@ -223,24 +294,38 @@ impl SimLink {
 }
 
 /// One member's half of a bring-up: a listening abstract Unix socket whose name is the connection
-/// data peers need (what a queue pair's number, LID and GID are for verbs).
+/// data peers need (what a queue pair's number, LID and GID are for verbs), and optionally a TCP
+/// listener for peers on other hosts.
 pub struct SimEndpoint {
     me: u32,
     listener: UnixListener,
+    tcp: Option<TcpListener>,
 }
 
 impl SimEndpoint {
     /// Listens; returns the connection data to send to every peer.
     pub fn open(me: u32) -> Result<(SimEndpoint, Vec<u8>), TransportError> {
+        Self::open_on(me, None)
+    }
+
+    /// [`SimEndpoint::open`], also listening on TCP at `ip` (an address the peers reach this
+    /// host at) for peers on other hosts, where a Unix socket cannot reach.
+    pub fn open_on(me: u32, ip: Option<IpAddr>) -> Result<(SimEndpoint, Vec<u8>), TransportError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let name = format!("rlaunch-sim-{}-{}-{me}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let io = |e: io::Error| rdma_err(me, format!("bring-up: {e}"));
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(io)?;
         let listener = UnixListener::bind_addr(&addr).map_err(io)?;
+        let tcp = ip.map(|ip| TcpListener::bind((ip, 0))).transpose().map_err(io)?;
+        // `magic | name | \0 | ip:port` (the TCP part only with a TCP listener).
         let mut data = CONNECT_MAGIC.to_vec();
         data.extend_from_slice(name.as_bytes());
-        Ok((SimEndpoint { me, listener }, data))
+        if let Some(t) = &tcp {
+            data.push(0);
+            data.extend_from_slice(t.local_addr().map_err(io)?.to_string().as_bytes());
+        }
+        Ok((SimEndpoint { me, listener, tcp }, data))
     }
 
     /// The connection data of a member that cannot bring its link up: its peers fail at once,
@@ -283,17 +368,38 @@ impl SimEndpoint {
                 return Err(rdma_err(p, "bring-up: sent something that is not simulated-link connection data"));
             }
             if p > me {
-                let a = SocketAddr::from_abstract_name(&b[4..]).map_err(io)?;
-                streams.push(UnixStream::connect_addr(&a).map_err(|e| rdma_err(p, format!("bring-up: connect: {e}")))?);
+                let mut parts = b[4..].splitn(2, |c| *c == 0);
+                let name = parts.next().unwrap_or_default();
+                let tcp = parts.next().and_then(|a| std::str::from_utf8(a).ok()?.parse::<std::net::SocketAddr>().ok());
+                let a = SocketAddr::from_abstract_name(name).map_err(io)?;
+                // Same host: the Unix socket; another host (or network namespace): TCP.
+                let s = match (UnixStream::connect_addr(&a), tcp) {
+                    (Ok(s), _) => Ok(SimStream::Unix(s)),
+                    (Err(_), Some(t)) => TcpStream::connect_timeout(&t, cfg.connect_timeout).map(|s| {
+                        let _ = s.set_nodelay(true);
+                        SimStream::Tcp(s)
+                    }),
+                    (Err(e), None) => Err(e),
+                }
+                .map_err(|e| rdma_err(p, format!("bring-up: connect: {e}")))?;
+                streams.push(s);
             }
         }
         let accepting = peers.iter().filter(|p| **p < me).count();
         self.listener.set_nonblocking(true).map_err(io)?;
+        if let Some(t) = &self.tcp {
+            t.set_nonblocking(true).map_err(io)?;
+        }
         let start = Instant::now();
         let mut accepted = 0;
         while accepted < accepting {
-            match self.listener.accept() {
-                Ok((s, _)) => {
+            let tcp = || -> io::Result<SimStream> {
+                let (s, _) = self.tcp.as_ref().ok_or(io::ErrorKind::WouldBlock)?.accept()?;
+                let _ = s.set_nodelay(true);
+                Ok(SimStream::Tcp(s))
+            };
+            match self.listener.accept().map(|(s, _)| SimStream::Unix(s)).or_else(|_| tcp()) {
+                Ok(s) => {
                     s.set_nonblocking(false).map_err(io)?;
                     streams.push(s);
                     accepted += 1;
@@ -316,7 +422,7 @@ impl SimEndpoint {
 
 /// The "HCA" of one peer connection: accepts sends into posted slots, refuses them without one,
 /// and turns acknowledgements into send completions.
-fn reader_loop(peer: u32, mut s: UnixStream, w: Arc<Mutex<UnixStream>>, sh: Sync, max: usize) {
+fn reader_loop(peer: u32, mut s: SimStream, w: Arc<Mutex<SimStream>>, sh: Sync, max: usize) {
     loop {
         let frame = read_frame(&mut s, max);
         let mut st = lock(&sh);
@@ -473,7 +579,7 @@ impl Drop for SimLink {
     /// Releasing the link closes its sockets, which ends the reader threads here and at the peers.
     fn drop(&mut self) {
         for w in self.writers.values() {
-            let _ = w.lock().unwrap_or_else(|e| e.into_inner()).shutdown(std::net::Shutdown::Both);
+            let _ = w.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
         }
         for h in self.readers.drain(..) {
             let _ = h.join();
@@ -498,8 +604,8 @@ mod tests {
     /// Two linked members 0 and 1 (the hellos cross, so both ends are built at once).
     fn pair(c: SimConfig) -> (SimLink, SimLink) {
         let (x, y) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || SimLink::from_streams(1, c, &[0], vec![y]).unwrap());
-        let a = SimLink::from_streams(0, c, &[1], vec![x]).unwrap();
+        let h = std::thread::spawn(move || SimLink::from_streams(1, c, &[0], vec![y.into()]).unwrap());
+        let a = SimLink::from_streams(0, c, &[1], vec![x.into()]).unwrap();
         (a, h.join().unwrap())
     }
 
@@ -548,13 +654,13 @@ mod tests {
     #[test]
     fn mismatched_parameters_and_strangers_are_refused_at_bring_up() {
         let (x, y) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || SimLink::from_streams(1, cfg(32, 3, 1), &[0], vec![y]).map(|_| ()));
-        let e = SimLink::from_streams(0, cfg(32, 2, 1), &[1], vec![x]).err().unwrap();
+        let h = std::thread::spawn(move || SimLink::from_streams(1, cfg(32, 3, 1), &[0], vec![y.into()]).map(|_| ()));
+        let e = SimLink::from_streams(0, cfg(32, 2, 1), &[1], vec![x.into()]).err().unwrap();
         assert!(e.to_string().contains("32 bytes x 3 there, 32 x 2 here"), "{e}");
         assert!(h.join().unwrap().is_err());
         let (x, y) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || SimLink::from_streams(7, cfg(32, 2, 1), &[0], vec![y]).map(|_| ()));
-        let e = SimLink::from_streams(0, cfg(32, 2, 1), &[1], vec![x]).err().unwrap();
+        let h = std::thread::spawn(move || SimLink::from_streams(7, cfg(32, 2, 1), &[0], vec![y.into()]).map(|_| ()));
+        let e = SimLink::from_streams(0, cfg(32, 2, 1), &[1], vec![x.into()]).err().unwrap();
         assert!(e.to_string().contains("member 7 is not a peer"), "{e}");
         let _ = h.join();
     }
@@ -572,6 +678,26 @@ mod tests {
         let e = h.join().unwrap().unwrap_err();
         assert!(e.to_string().contains("a peer gave up"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(1), "not the 5 s connect timeout");
+    }
+
+    #[test]
+    fn peers_whose_unix_socket_is_out_of_reach_connect_over_tcp() {
+        let lo: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+        let (a, da) = SimEndpoint::open_on(0, Some(lo)).unwrap();
+        let (b, db) = SimEndpoint::open_on(1, Some(lo)).unwrap();
+        // As from another network namespace: b's Unix name does not exist here.
+        let mut db = db;
+        let zero = db.iter().position(|c| *c == 0).unwrap();
+        db[zero - 1] ^= 1;
+        let ra: HashMap<u32, Vec<u8>> = [(1, db)].into();
+        let rb: HashMap<u32, Vec<u8>> = [(0, da)].into();
+        let h = std::thread::spawn(move || b.connect(cfg(32, 2, 2), &[0], &rb).unwrap());
+        let mut la = a.connect(cfg(32, 2, 2), &[1], &ra).unwrap();
+        let mut lb = h.join().unwrap();
+        assert!(matches!(*la.writers[&1].lock().unwrap(), SimStream::Tcp(_)), "over TCP");
+        la.post_send(1, b"hi").unwrap();
+        assert_eq!(poll_until(&mut lb, 1), [Completion::Recv { peer: 0, slot: 0, len: 2 }]);
+        assert_eq!(lb.read_slot(0, 0, 2), b"hi");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     let mut fabric = spec_from_flags(g.fabric, g.nic.as_deref(), g.nic_env, g.inventory, g.json).map_err(UsageError::Msg)?;
     let sim = env.vars.iter().find(|(k, _)| k == crate::spec::SIM_RDMA_ENV).map(|(_, v)| v.as_str());
     fabric.startup = crate::spec::StartupTransport::for_job(fabric.choice, sim).map_err(UsageError::Msg)?;
+    crate::startup_rdma::check_root_link(&mut fabric.startup);
     // --inventory starts no rank: nothing reads stdin.
     let stdin = if g.inventory { StdinTarget::None } else { g.stdin };
     let launch_timeout = positive_seconds("--launch-timeout", g.launch_timeout)?;

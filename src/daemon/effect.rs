@@ -27,6 +27,9 @@ pub enum Effect {
     SpawnRanks,
     /// For the launch timeline.
     Mark(crate::timeline::Mark),
+    /// A tree message that came over the start-up's RDMA links, from the child daemon of this
+    /// node, or from the parent (`None`): handled as if its TCP link had brought it.
+    Deliver(Option<u32>, Msg),
     /// A rank was reaped and its output drained: its last PMI words, then its exit, go up.
     RankExit { rank: u32, pid: u32, status: RankStatus },
     /// Restarts: start these local ranks again (rank scope).

@@ -6,7 +6,9 @@
 //! node refuses itself, at once.
 //!
 //! The exchange's messages travel over the daemon links, or over RDMA links brought up for the
-//! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages.
+//! start-up only ([`crate::startup_rdma`]) when the launch asks for it and every member manages;
+//! so do the first PMI/PMIx fence's messages, which [`Fabric::carry`] takes out of the daemon's
+//! effects (and its delivered ones come back as [`Effect::Deliver`]).
 //!
 //! Besides the fabric's variables the ranks get the node's hardware topology, exported once
 //! ([`super::topology`]) while the exchange runs, and, when the whole job is on this
@@ -22,9 +24,10 @@ use crate::pmix::Detected;
 use crate::fabric::{NodeFabric, Step};
 use crate::job::JobView;
 use crate::spec::StartupTransport;
-use crate::startup_rdma::{Faults, Out, StartupRdma};
+use crate::startup_rdma::{first_fence, Faults, LinkKind, Out, Payload, StartupRdma};
+use crate::timeline::Mark;
 use crate::tree::{Hop, Topology};
-use crate::wire::{Msg, RdmaStep};
+use crate::wire::{FallbackCause, Msg, RdmaStep};
 
 pub struct Fabric {
     inner: NodeFabric,
@@ -38,6 +41,8 @@ pub struct Fabric {
     rdma: Option<StartupRdma>,
     /// Wakes the daemon's loop from the RDMA carrier thread.
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// This host's address on the tree, for the simulated link's TCP side.
+    ip: Option<std::net::IpAddr>,
     topology: TopologyExport,
     /// Which local ranks get the topology, and where it goes (known from the launch).
     topology_wanted: Vec<bool>,
@@ -57,12 +62,19 @@ impl Fabric {
             node,
             rdma: None,
             wake,
+            ip: None,
             topology: TopologyExport::default(),
             topology_wanted: Vec::new(),
             topology_path: std::path::PathBuf::new(),
             ucx: Vec::new(),
             env: Vec::new(),
         }
+    }
+
+    /// This host's address on the tree.
+    pub fn on_ip(mut self, ip: Option<std::net::IpAddr>) -> Fabric {
+        self.ip = ip;
+        self
     }
 
     /// Reads this host's fabrics and CPU topology; called while the launch message travels.
@@ -96,13 +108,11 @@ impl Fabric {
                 Vec::new()
             }
         };
-        if let (StartupTransport::Simulated { fail, broken }, true) = (&job.launch().fabric.startup, job.launch().fabric.gathers()) {
-            let env = crate::spec::SIM_RDMA_ENV;
-            let faults = Faults {
-                bring_up: (*fail == Some(self.node)).then(|| format!("simulated bring-up failure ({env}=fail:{})", self.node)),
-                link: (*broken == Some(self.node)).then(|| format!("simulated link failure ({env}=break:{})", self.node)),
-            };
-            let (rdma, outs) = StartupRdma::start(job.topology().collective_tree(), self.node + 1, faults, self.wake.clone());
+        if job.launch().fabric.gathers() && job.launch().fabric.startup.tries() {
+            let (kind, faults) = self.link_kind(job);
+            // The first fence runs where the node or a node below it runs ranks.
+            let fence_needed = job.launch().fabric.inventory.is_none() && (!job.local_ranks().is_empty() || !job.fence_children().is_empty());
+            let (rdma, outs) = StartupRdma::start(job.topology().collective_tree(), self.node + 1, kind, fence_needed, faults, self.wake.clone());
             self.rdma = Some(rdma);
             fx.extend(self.carry_out(outs));
         }
@@ -112,23 +122,69 @@ impl Fabric {
         fx
     }
 
+    /// This node's kind of link, or why it has none; and the test setting's faults.
+    fn link_kind(&self, job: &JobView) -> (Result<LinkKind, String>, Faults) {
+        match &job.launch().fabric.startup {
+            StartupTransport::Simulated { fail, broken, broken_fence } => {
+                let env = crate::spec::SIM_RDMA_ENV;
+                let me = Some(self.node);
+                let faults = Faults {
+                    bring_up: (*fail == me).then(|| format!("simulated bring-up failure ({env}=fail:{})", self.node)),
+                    link: if *broken == me {
+                        Some((FallbackCause::LinkInExchange, format!("simulated link failure ({env}=break:{})", self.node)))
+                    } else {
+                        (*broken_fence == me).then(|| (FallbackCause::LinkInFence, format!("simulated link failure ({env}=break-fence:{})", self.node)))
+                    },
+                };
+                (Ok(LinkKind::Simulated(self.ip)), faults)
+            }
+            _ => (self.inner.startup_port().map(LinkKind::Verbs), Faults::default()),
+        }
+    }
+
     /// The exchange's messages onto the RDMA start-up when there is one, else the TCP links.
     fn route(&mut self, step: Step) -> Vec<Effect> {
         let Some(rdma) = self.rdma.as_mut() else { return effects(step) };
         let mut outs = Vec::new();
         if let (Some(data), Some(p)) = (step.up.clone(), rdma.parent()) {
-            outs.extend(rdma.fabric_out(p, data));
+            outs.extend(rdma.send(p, Payload::Fabric(data)));
         }
         for (node, data) in &step.down {
-            outs.extend(rdma.fabric_out(node + 1, data.clone()));
+            outs.extend(rdma.send(node + 1, Payload::Fabric(data.clone())));
         }
-        // This node's part of the exchange is over: its links may go once its neighbours' are.
+        // This node's part of the exchange is over (the ranks start now).
         if step.start_ranks || step.error.is_some() {
-            outs.extend(rdma.done());
+            outs.extend(rdma.exchange_over());
         }
         let mut fx = self.carry_out(outs);
         fx.extend(effects(Step { up: None, down: Vec::new(), ..step }));
         fx
+    }
+
+    /// The daemon's effects on their way out: the first fence's messages go through the RDMA
+    /// start-up while it holds the links; the fence's end here (its result arrived and went on
+    /// to the children, both in `fx`) lets the links go.
+    pub fn carry(&mut self, fx: Vec<Effect>) -> Vec<Effect> {
+        let Some(rdma) = self.rdma.as_mut().filter(|r| !r.released()) else { return fx };
+        let (mut out, mut outs, mut fence_over) = (Vec::with_capacity(fx.len()), Vec::new(), false);
+        for e in fx {
+            match e {
+                Effect::Up(m) if first_fence(&m) && rdma.parent().is_some() => outs.extend(rdma.send(rdma.parent().unwrap_or_default(), Payload::Msg(m))),
+                Effect::DownTo(kids, m) if first_fence(&m) => kids.into_iter().for_each(|k| outs.extend(rdma.send(k + 1, Payload::Msg(m.clone())))),
+                e => {
+                    fence_over |= e == Effect::Mark(Mark::Fence);
+                    if matches!(e, Effect::Mark(Mark::PmiInit(_))) {
+                        rdma.rank_uses_pmi();
+                    }
+                    out.push(e);
+                }
+            }
+        }
+        if fence_over {
+            outs.extend(rdma.fence_over());
+        }
+        out.extend(self.carry_out(outs));
+        out
     }
 
     /// What the RDMA start-up asked for, as effects (members are nodes shifted by one).
@@ -139,23 +195,35 @@ impl Fabric {
         for o in outs {
             match o {
                 Out::Tcp { to, msg } => fx.push(to_member(to, msg)),
-                Out::FabricTcp { to, data } => fx.push(to_member(to, Msg::Fabric { data })),
-                Out::FabricIn { from, data } => {
+                Out::Plain { to, payload: Payload::Fabric(data) } => fx.push(to_member(to, Msg::Fabric { data })),
+                Out::Plain { to, payload: Payload::Msg(m) } => fx.push(to_member(to, m)),
+                Out::Deliver { from, payload: Payload::Fabric(data) } => {
                     let from_child = (Some(from) != parent).then(|| from - 1);
                     let step = self.inner.on_message(from_child, &data);
                     let step = self.route(step);
                     fx.extend(self.out(step));
                 }
-                // The front end says which transport the job used.
-                Out::Decided(_) => {}
+                Out::Deliver { from, payload: Payload::Msg(m) } => fx.push(Effect::Deliver((Some(from) != parent).then(|| from - 1), m)),
+                // The front end says which transport the job used, and any failover.
+                Out::Decided(_) | Out::Switched { .. } => {}
                 Out::Failed(why) => fx.push(Effect::Fault(why)),
             }
         }
         fx
     }
 
+    /// A `Msg::Fabric` or `Msg::Rdma` from the child daemon of `from_child`, or from the parent
+    /// (`None`).
+    pub fn tree_msg(&mut self, from_child: Option<u32>, msg: Msg) -> Vec<Effect> {
+        match msg {
+            Msg::Fabric { data } => self.on_message(from_child, &data),
+            Msg::Rdma(step) => self.on_rdma(from_child, step),
+            _ => Vec::new(),
+        }
+    }
+
     /// A `Msg::Rdma` from the child daemon of `from_child`, or from the parent (`None`).
-    pub fn on_rdma(&mut self, from_child: Option<u32>, step: RdmaStep) -> Vec<Effect> {
+    fn on_rdma(&mut self, from_child: Option<u32>, step: RdmaStep) -> Vec<Effect> {
         let Some(rdma) = self.rdma.as_mut() else { return Vec::new() };
         let Some(from) = from_child.map(|c| c + 1).or(rdma.parent()) else { return Vec::new() };
         let outs = rdma.on_tcp(from, step);
@@ -217,7 +285,7 @@ impl Fabric {
     }
 
     /// A `Msg::Fabric` from the child daemon of `from_child`, or from the parent (`None`).
-    pub fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
+    fn on_message(&mut self, from_child: Option<u32>, data: &[u8]) -> Vec<Effect> {
         let step = self.inner.on_message(from_child, data);
         let fx = self.route(step);
         self.out(fx)

@@ -113,7 +113,7 @@ fn assemble(t0: Instant) -> Result<Daemon> {
     let notify: Notify = Arc::new(move || {
         let _ = w.wake();
     });
-    let fabric = Fabric::new(node, links.router().topology(), notify.clone());
+    let fabric = Fabric::new(node, links.router().topology(), notify.clone()).on_ip(links.parent_local_ip());
     Ok(Daemon {
         waker,
         notify,
@@ -235,7 +235,7 @@ impl Daemon {
 
     /// Carries out what a service asked for, in order.
     fn apply(&mut self, effects: Vec<Effect>) {
-        for e in effects {
+        for e in self.fabric.carry(effects) {
             match e {
                 Effect::Up(m) => self.links.up(&m),
                 Effect::Send(hop, m) => _ = self.links.send(hop, &m),
@@ -252,6 +252,8 @@ impl Daemon {
                     let fx = restart::new_generation(g, &mut self.ranks, &mut self.pmi, &mut self.pmix, self.job.view());
                     self.apply(fx);
                 }
+                Effect::Deliver(None, m) => self.on_parent_msg(m, 0),
+                Effect::Deliver(child, m) => self.child_msg(child, m),
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
                     let mut fx = self.pmi.rank_exited(rank, self.poll.registry());
@@ -316,8 +318,7 @@ impl Daemon {
             m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
-            Msg::Fabric { data } => self.fabric.on_message(None, &data),
-            Msg::Rdma(step) => self.fabric.on_rdma(None, step),
+            m @ (Msg::Fabric { .. } | Msg::Rdma(_)) => self.fabric.tree_msg(None, m),
             m if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
             m @ Msg::RestartJob { .. } => {
@@ -401,9 +402,8 @@ impl Daemon {
     /// the PMI fence and PMIx traffic are combined or routed here; the rest goes up.
     fn child_msg(&mut self, node: Option<u32>, msg: Msg) {
         let fx = match (node, msg) {
-            (Some(n), Msg::Fabric { data }) => self.fabric.on_message(Some(n), &data),
+            (Some(n), m @ (Msg::Fabric { .. } | Msg::Rdma(_))) => self.fabric.tree_msg(Some(n), m),
             (Some(n), Msg::Fence { seq, puts }) => self.pmi.fence_from_child(n, seq, puts),
-            (Some(n), Msg::Rdma(step)) => self.fabric.on_rdma(Some(n), step),
             (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
             (_, m) if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),

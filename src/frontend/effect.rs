@@ -15,6 +15,9 @@ pub enum Effect {
     DownTo(Vec<u32>, Msg),
     /// Down the child link whose subtree holds this node.
     Towards(u32, Msg),
+    /// A first-fence contribution from direct child `node` (over TCP or the start-up's RDMA
+    /// links), for the root fence.
+    Deliver(u32, Msg),
     /// Record a failure with the verdict (which may end the job).
     Fail(Failure),
     /// One of rlaunch's own lines on stderr.

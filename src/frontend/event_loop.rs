@@ -9,7 +9,7 @@ use super::effect::Effect;
 use super::fabric::RootFabric;
 use super::images::RootImages;
 use super::interrupts::{self, Interrupts};
-use super::pmi::{FenceKind, RootPmi};
+use super::pmi::RootPmi;
 use super::ranks::{JobFacts, Ranks};
 use super::recovery::{JobState, Recovery};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
@@ -89,7 +89,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
     let mut fe = Frontend {
         links: Links::new(Router::new(*job.topology(), None), key),
         daemons: Daemons::new(*job.topology(), job.launch().nodes.iter().map(|n| n.name.clone()).collect()),
-        fabric: RootFabric::new(&job, { let w = waker.clone(); Arc::new(move || { let _ = w.wake(); }) }),
+        fabric: RootFabric::new(&job, ip, { let w = waker.clone(); Arc::new(move || { let _ = w.wake(); }) }),
         ranks: Ranks::new(size),
         reporter: Reporter::new(style),
         sinks: Sinks::watch(poll.registry()),
@@ -295,8 +295,7 @@ impl Frontend {
                 let fx = self.pmi.report(&self.job, rank, node, kind, &message);
                 self.recovery.screen(fx, self.verdict.terminating(), self.plan.t0.elapsed())
             }
-            Msg::Fence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmi, n, seq, puts)),
-            Msg::PmixFence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmix, n, seq, puts)),
+            m @ (Msg::Fence { .. } | Msg::PmixFence { .. }) => from.map_or(Vec::new(), |n| vec![Effect::Deliver(n, m)]),
             Msg::KvsGet { from, key, .. } => self.pmi.kvs_get(&self.job, from, key),
             Msg::KvsValue { key, value, round, .. } => self.pmi.kvs_value(key, value, round),
             // Direct modex turns here between subtrees.
@@ -490,8 +489,9 @@ impl Frontend {
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
-        for e in effects {
+        for e in self.fabric.carry(effects, &mut self.pmi, &self.job) {
             match e {
+                Effect::Deliver(..) => {} // Taken to the root fence by `carry`.
                 Effect::Send(hop, msg) => _ = self.links.send(hop, &msg),
                 Effect::Down(msg) => self.links.down(&msg),
                 Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),

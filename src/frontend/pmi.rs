@@ -40,6 +40,15 @@ pub struct RootPmi {
 }
 
 impl RootPmi {
+    /// A `Fence` or `PmixFence` from direct child `node`, whichever path brought it.
+    pub fn fence_from_child(&mut self, job: &JobView, node: u32, msg: Msg) -> Vec<Effect> {
+        match msg {
+            Msg::Fence { seq, puts } => self.fence(job, FenceKind::Pmi, node, seq, puts),
+            Msg::PmixFence { seq, puts } => self.fence(job, FenceKind::Pmix, node, seq, puts),
+            _ => Vec::new(),
+        }
+    }
+
     /// A fence contribution from direct child `node`.
     pub fn fence(&mut self, job: &JobView, kind: FenceKind, node: u32, seq: u64, puts: Puts) -> Vec<Effect> {
         let slot = match kind {
