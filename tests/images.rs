@@ -172,8 +172,9 @@ fn partner_copies_live_on_another_node_of_the_cluster() {
     let prog = iterate().display().to_string();
     let hosts = s.file("hosts", &c.nodes.iter().take(3).map(|n| format!("{n} slots=2\n")).collect::<String>());
     let mut args = c.agent_args();
-    // Images of two pieces (1 MiB each on the tree links).
-    args.extend(strs(&["-f", hosts.to_str().unwrap(), "--fanout", "2", "-np", "6", "--report", "report.json", &prog, "3", "0", "1500000"]));
+    // Images of two pieces (1 MiB each on the tree links). The iterations take their time: copies
+    // still in flight when the ranks end are not waited for, and epoch 0's must have arrived.
+    args.extend(strs(&["-f", hosts.to_str().unwrap(), "--fanout", "2", "-np", "6", "--report", "report.json", &prog, "4", "500", "1500000"]));
     let o = s.run(&args);
     o.expect_code(0);
     assert_eq!(checksums(&o).len(), 6, "{o}");
