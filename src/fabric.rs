@@ -1347,6 +1347,7 @@ mod tests {
             fabric: spec,
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            node_loss: crate::spec::NodeLossSpec::default(),
         }
     }
 

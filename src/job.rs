@@ -20,7 +20,7 @@ pub struct JobView {
 pub fn compute_map(launch: &Launch) -> Result<ProcMap, MapError> {
     let slots: Vec<(u32, Option<u32>)> = launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
     let apps: Vec<AppRequest> = launch.apps.iter().map(|a| AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
-    launchers::map::compute_map_apps(&slots, &apps, &launch.policy)
+    launchers::map::compute_map_with_spares(&slots, &apps, &launch.policy, launch.node_loss.spares)
 }
 
 impl JobView {
@@ -117,6 +117,7 @@ pub mod fixture {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            node_loss: crate::spec::NodeLossSpec::default(),
         }
     }
 

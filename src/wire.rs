@@ -23,14 +23,14 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, NodeLossSpec, PlacementSpec, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
-/// typed [`NodeFault`].
-pub const PROTOCOL_VERSION: u8 = 3;
+/// typed [`NodeFault`]. 4: `Launch` carries the lost-node options ([`NodeLossSpec`]).
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -99,6 +99,8 @@ pub struct Launch {
     pub pmi: PmiSpec,
     /// `--bind-to`, `--map-by` inside a node, `--gpus-per-rank`, `--report-bindings`.
     pub placement: PlacementSpec,
+    /// Lost nodes: `--spare`, `--heartbeat`, `--heartbeat-timeout`.
+    pub node_loss: NodeLossSpec,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -585,6 +587,7 @@ mod tests {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: PlacementSpec::default(),
+            node_loss: NodeLossSpec::default(),
         }))
     }
 

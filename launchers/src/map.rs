@@ -334,6 +334,11 @@ pub enum MapError {
     #[error("no program to run; give a program after the options")]
     NoApps,
     #[error(
+        "--spare {spares} keeps {spares} of the job's {nodes} nodes as spares and leaves none \
+         for ranks; give more hosts or a smaller --spare"
+    )]
+    NoNodesBesideSpares { nodes: u64, spares: u32 },
+    #[error(
         "-np 0 for program {app}; give -np 1 or more, or leave -np out to fill the free slots"
     )]
     ZeroNp { app: u32 },
@@ -558,7 +563,28 @@ pub fn compute_map_apps(
     Ok(build_map(&order, &counts, soft.len()))
 }
 
-/// Computes the process map: a pure, deterministic function.
+/// The process map of a job whose last `spares` nodes are spares (`--spare N`): their daemons
+/// run but they get no rank, so that a lost node's ranks have somewhere to go. The ranks are
+/// placed on the other nodes exactly as [`compute_map_apps`] places them there; the spares are
+/// in the map as nodes without ranks. A context's own node list must not name a spare.
+pub fn compute_map_with_spares(
+    node_slots: &[(u32, Option<u32>)],
+    apps: &[AppRequest],
+    policy: &MapPolicy,
+    spares: u32,
+) -> Result<ProcMap, MapError> {
+    if spares == 0 {
+        return compute_map_apps(node_slots, apps, policy);
+    }
+    let working = node_slots.len().checked_sub(spares as usize).filter(|&n| n > 0);
+    let Some(working) = working else {
+        return Err(MapError::NoNodesBesideSpares { nodes: node_slots.len() as u64, spares });
+    };
+    let mut map = compute_map_apps(&node_slots[..working], apps, policy)?;
+    map.by_node.resize(node_slots.len(), Vec::new());
+    Ok(map)
+}
+
 ///
 /// `node_slots[i]` is (slots, max_slots) of node i. `app_np[a]` is `-np` of MPMD context a; `None`
 /// means every slot the other contexts leave (with ppr: ppr × nodes minus the rest), and at most
@@ -1582,6 +1608,52 @@ mod tests {
             let within: u32 = slots.iter().sum();
             if np <= within && !by_node {
                 proptest::prop_assert_eq!(nodes_of(&a), nodes_of(&b));
+            }
+        }
+    }
+
+    #[test]
+    fn spares_get_no_ranks_and_the_rest_is_mapped_as_without_them() {
+        let slots = uniform(4, 2);
+        let pol = MapPolicy::default();
+        let m = compute_map_with_spares(&slots, &[app(Some(6), None)], &pol, 1).unwrap();
+        assert_eq!(m.num_nodes(), 4);
+        assert_eq!(nodes_of(&m), [0, 0, 1, 1, 2, 2]);
+        assert!(m.ranks_on(3).is_empty());
+        assert_eq!(
+            compute_map_with_spares(&slots, &[app(Some(7), None)], &pol, 1).unwrap_err().to_string(),
+            "requested 7 ranks but only 6 slots were found (node 0: 2, node 1: 2, node 2: 2); use --oversubscribe or more hosts"
+        );
+        assert_eq!(
+            compute_map_with_spares(&slots, &[app(Some(1), None)], &pol, 4).unwrap_err().to_string(),
+            "--spare 4 keeps 4 of the job's 4 nodes as spares and leaves none for ranks; give more hosts or a smaller --spare"
+        );
+        assert_eq!(compute_map_with_spares(&slots, &[app(Some(8), None)], &pol, 0).unwrap().size(), 8);
+    }
+
+    proptest::proptest! {
+        /// Spares never get a rank, and the working nodes get what they get without spares.
+        #[test]
+        fn spares_are_excluded(slots in arb_nodes(), apps in arb_apps(), policy in arb_policy(), spares in 0u32..4) {
+            let reqs: Vec<AppRequest> = apps.iter().map(|&np| app(np, None)).collect();
+            let with = compute_map_with_spares(&slots, &reqs, &policy, spares);
+            if spares as usize >= slots.len() && spares > 0 {
+                let refused = matches!(with, Err(MapError::NoNodesBesideSpares { .. }));
+                proptest::prop_assert!(refused);
+                return Ok(());
+            }
+            let working = slots.len() - spares as usize;
+            let without = compute_map_apps(&slots[..working], &reqs, &policy);
+            match (with, without) {
+                (Ok(a), Ok(b)) => {
+                    proptest::prop_assert_eq!(a.num_nodes() as usize, slots.len());
+                    proptest::prop_assert_eq!(a.ranks(), b.ranks());
+                    for s in working..slots.len() {
+                        proptest::prop_assert!(a.ranks_on(s as u32).is_empty());
+                    }
+                }
+                (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
+                (a, b) => proptest::prop_assert!(false, "{:?} vs {:?}", a.map(|m| m.size()), b.map(|m| m.size())),
             }
         }
     }

@@ -402,6 +402,21 @@ pub struct Cli {
     #[arg(long = "launch-timeout", value_name = "SECS", default_value = "30")]
     pub launch_timeout: f64,
 
+    // Lost nodes (issue 17).
+    /// Keep the last N nodes of the host list or allocation as spares: their daemons start, they
+    /// get no ranks, and a lost node is replaced by one of them
+    #[arg(long = "spare", value_name = "N", default_value = "0")]
+    pub spare: u32,
+
+    /// Send a heartbeat on a tree link that carried nothing for SECS seconds
+    #[arg(long = "heartbeat", value_name = "SECS", default_value = "1")]
+    pub heartbeat: f64,
+
+    /// Declare a node lost when nothing came over its tree link for SECS seconds (its daemon
+    /// died without closing the link, or its network is down)
+    #[arg(long = "heartbeat-timeout", value_name = "SECS", default_value = "5")]
+    pub heartbeat_timeout: f64,
+
     /// Never show launch progress
     #[arg(short = 'q', long)]
     pub quiet: bool,
