@@ -3,6 +3,7 @@
 
 use crate::wire::{Dir, JobKey, Msg, Opener, Sealer, WireError};
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
 /// Bytes read from a socket per call to [`Link::fill`], so one busy link cannot starve the others.
 pub const READ_BUDGET: usize = 1 << 20;
@@ -18,6 +19,9 @@ pub struct Link {
     /// Size in bytes of the last frame returned by [`Link::next_msg`].
     pub last_frame_len: usize,
     pub eof: bool,
+    /// When bytes last arrived, and when a frame was last queued: what the heartbeat looks at.
+    pub last_in: Instant,
+    pub last_out: Instant,
 }
 
 impl Link {
@@ -37,6 +41,8 @@ impl Link {
             bytes_out: 0,
             last_frame_len: 0,
             eof: false,
+            last_in: Instant::now(),
+            last_out: Instant::now(),
         }
     }
 
@@ -76,6 +82,7 @@ impl Link {
         }
         self.outbuf.extend_from_slice(bytes);
         self.bytes_out += bytes.len() as u64;
+        self.last_out = Instant::now();
     }
 
     pub fn pending_out(&self) -> usize {
@@ -116,6 +123,7 @@ impl Link {
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&buf[..n]);
                     total += n;
+                    self.last_in = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

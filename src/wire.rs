@@ -324,6 +324,24 @@ pub enum Msg {
     /// Daemon → up, just before `NodeDone`: when this daemon reached each launch phase, on its
     /// own clock (`crate::timeline`).
     Timeline { node: u32, marks: crate::timeline::NodeMarks },
+    // Lost nodes and tree repair (issue 17, "nodes").
+    /// Either way on a tree link that carried nothing else for `--heartbeat`: a link on which
+    /// nothing arrives for `--heartbeat-timeout` is lost.
+    NodeHeartbeat,
+    /// Parent daemon → a child that joined: where the child's ancestors above this parent listen,
+    /// the front end (None) first. The child adds its parent (the address it connected to) and
+    /// reconnects to the nearest live one of them when its parent is lost.
+    NodeAncestors { chain: Vec<(Option<u32>, String)> },
+    /// A daemon whose parent (`lost`) is gone → the ancestor it reconnected to, first frame on
+    /// the new link (the job key authenticates it like a hello).
+    NodeRejoin { node: u32, lost: u32, pid: u32 },
+    /// The ancestor daemon `at` → up: `node` reconnected to it, finding `lost` gone on the way.
+    NodeRejoined { node: u32, at: u32, lost: Vec<u32> },
+    /// Front end → down: `node` is lost; every daemon routes around it and closes its link to it.
+    NodeGone { node: u32 },
+    /// Front end → down: node `node` is now run by the daemon of node `by` (a spare), whose host
+    /// is `host`: every daemon recomputes the map with it.
+    Replace { node: u32, by: u32, host: String },
 }
 
 /// The out-of-band part of the RDMA start-up ([`Msg::Rdma`]).
@@ -351,6 +369,9 @@ pub enum NodeFault {
     /// The user's request cannot be met on this node (placement: `--bind-to`, `PE=n`,
     /// `--gpus-per-rank`): a usage error, exit 2.
     Unsatisfiable(String),
+    /// Nothing came over the link to the node's daemon for this many milliseconds
+    /// (`--heartbeat-timeout`): the node or its network is down. Seen by its parent daemon.
+    Silent { ms: u32 },
 }
 
 /// What a [`Msg::PmiReport`] is about.

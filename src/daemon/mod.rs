@@ -6,7 +6,8 @@
 //! job ([`crate::job::JobView`]) and an input, and return [`effect::Effect`]s for the loop to
 //! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]) with placement
 //! ([`binding`]), the local rank
-//! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), and the sweep of
+//! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), tree repair and
+//! heartbeats ([`repair`]), and the sweep of
 //! descendants that escaped their rank ([`adopted`]).
 
 mod adopted;
@@ -21,6 +22,7 @@ mod node;
 mod pmi;
 mod pmix;
 mod ranks;
+mod repair;
 mod say;
 mod spawn;
 mod topology;

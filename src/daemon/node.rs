@@ -11,6 +11,7 @@ use super::guard::Guard;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
+use super::repair;
 use super::say::say;
 use super::spawn::{self, Spawner};
 use super::traces::Traces;
@@ -168,6 +169,8 @@ impl Daemon {
             let now = Instant::now();
             let fx = self.ranks.check_timers(now, self.poll.registry());
             self.apply(fx);
+            let fx = repair::check(&mut self.links, now, self.poll.registry());
+            self.apply(fx);
             if let Some(job) = self.job.view() {
                 let fx = self.pmix.check_timer(job, now);
                 self.apply(fx);
@@ -184,7 +187,7 @@ impl Daemon {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let at = [self.ranks.next_deadline(), self.pmix.next_deadline()].into_iter().flatten().min();
+        let at = [self.ranks.next_deadline(), self.pmix.next_deadline(), self.links.next_heartbeat()].into_iter().flatten().min();
         at.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
@@ -227,6 +230,7 @@ impl Daemon {
                 Effect::Below(node, m) => self.links.down_subtree(Some(node), &m),
                 Effect::DownTo(nodes, m) => self.links.down_to(&nodes, &m),
                 Effect::Fault(text) => self.fault(text),
+                Effect::ParentLost => self.parent_lost(),
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
                 Effect::SpawnRanks => self.spawn_ranks(),
@@ -290,6 +294,7 @@ impl Daemon {
                 self.shutdown = true;
                 return;
             }
+            m @ (Msg::NodeHeartbeat | Msg::NodeAncestors { .. } | Msg::NodeGone { .. }) => return repair::parent_msg(&mut self.links, m, registry),
             Msg::FenceDone { seq, puts } => self.pmi.fence_done(seq, puts, registry),
             m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
@@ -310,6 +315,7 @@ impl Daemon {
         }
         self.timeline.mark(Phase::LaunchReceived, Instant::now());
         self.launch_bytes = frame_len as u32;
+        self.links.set_beat(crate::heartbeat::Beat::new(&launch.node_loss));
         self.links.down(&Msg::Launch(launch.clone()));
         let mut map_error = None;
         self.job = match JobView::for_node(launch, self.node) {
@@ -349,7 +355,7 @@ impl Daemon {
         let mut node = self.links.node_of(t);
         for (mut msg, _) in msgs {
             if node.is_none() {
-                match self.links.child_hello(t, &mut msg, peer_ip.as_deref(), self.job.launch()) {
+                match self.links.child_hello(t, &mut msg, peer_ip.as_deref(), self.job.launch(), self.poll.registry()) {
                     Ok(n) => node = n,
                     Err(n) => {
                         say(Some(self.node), format_args!("node {n} is not a child of this daemon; dropping it"));
@@ -376,14 +382,22 @@ impl Daemon {
             (Some(n), Msg::Fabric { data }) => self.fabric.on_message(Some(n), &data),
             (Some(n), Msg::Fence { seq, puts }) => self.pmi.fence_from_child(n, seq, puts),
             (Some(n), Msg::Rdma(step)) => self.fabric.on_rdma(Some(n), step),
-            (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
+            (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) | (_, Msg::NodeHeartbeat) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
             (_, m) => vec![Effect::Up(m)],
         };
         self.apply(fx);
     }
 
+    /// The parent link broke or went silent: reconnect above it (tree repair), else cut off.
     fn parent_lost(&mut self) {
+        match repair::rejoin(!(self.orphaned || self.shutdown), &mut self.links, self.boot.key, self.node, self.poll.registry()) {
+            Some(msgs) => msgs.into_iter().for_each(|m| self.on_parent_msg(m, 0)),
+            None => self.cut_off(),
+        }
+    }
+
+    fn cut_off(&mut self) {
         if self.orphaned || self.shutdown {
             return;
         }
@@ -394,9 +408,9 @@ impl Daemon {
     }
 
     fn on_boot_stdin(&mut self) {
-        // Whoever started us is gone (front end, ssh client, agent): no one can collect our ranks.
-        if super::boot::stdin_closed(self.poll.registry()) && !self.shutdown {
-            self.parent_lost();
+        // Whoever started us is gone (front end, ssh client, agent; under tree spawn, the parent).
+        if super::boot::stdin_closed(self.poll.registry()) && self.job.launch().map_or(true, |l| l.tree_spawn.is_none()) {
+            self.cut_off();
         }
     }
 
@@ -405,7 +419,7 @@ impl Daemon {
             match s {
                 libc::SIGCHLD => self.reap(),
                 // Slurm's scancel, a dying session, or an admin: nobody will collect the ranks.
-                _ => self.parent_lost(),
+                _ => self.cut_off(),
             }
         }
         // SIGCHLD bytes may be coalesced; reaping is cheap and idempotent.

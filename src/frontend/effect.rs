@@ -24,4 +24,6 @@ pub enum Effect {
     /// End the ranks now with this message (`Terminate` or `Kill`) and start waiting for the
     /// daemons to confirm.
     End(Msg),
+    /// This node is lost: every vertex routes around it from now on (`Msg::NodeGone`).
+    Lose(u32),
 }

@@ -7,6 +7,7 @@ use super::carriers::{Carriers, StartInfo};
 use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
+use super::lost::{self, How, NodeLoss};
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
@@ -61,6 +62,7 @@ struct Frontend {
     ready: Vec<Token>,
     rendezvous: Rendezvous,
     traces: StackTraces,
+    lost: NodeLoss,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
@@ -108,6 +110,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         ready: Vec::new(),
         rendezvous: Rendezvous::default(),
         traces: StackTraces::new(plan.get_stack_traces),
+        lost: NodeLoss::new(&job),
         kill_sent_at: None,
         interrupted_at: None,
         job,
@@ -118,6 +121,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         plan,
     };
     fe.daemons.start_clocks(Instant::now(), fe.plan.starter.is_group());
+    fe.links.set_beat(crate::heartbeat::Beat::new(&fe.job.launch().node_loss));
     match fe.plan.starter.clone() {
         Starter::Group(g) => fe.start_group(&g),
         Starter::Each(s) => {
@@ -223,7 +227,7 @@ impl Frontend {
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline()]
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), self.links.next_heartbeat(), self.lost.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -241,10 +245,11 @@ impl Frontend {
         for (m, _) in msgs {
             self.on_msg(t, m, peer_ip.as_deref());
         }
-        let broken = rejected.map(|e| format!("rejected frame: {e}")).or(read_error).or_else(|| closed.then(|| "connection closed".into()));
-        if let Some(why) = broken {
+        let broken = rejected.map(|e| How::LinkBroken(format!("rejected frame: {e}"))).or(read_error.map(How::LinkBroken)).or_else(|| closed.then_some(How::LinkClosed));
+        if let Some(how) = broken {
             if let Some(node) = self.links.remove(t, self.poll.registry()) {
-                self.subtree_lost(node, &why);
+                let fx = self.node_loss(|l, cx| l.lose(node, how, cx));
+                self.apply(fx);
             }
             return false;
         }
@@ -285,6 +290,9 @@ impl Frontend {
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
+            Msg::NodeHeartbeat => Vec::new(),
+            Msg::NodeRejoin { node, .. } => return self.rejoin_here(t, node),
+            Msg::NodeRejoined { node, at, lost } => self.node_loss(|l, cx| l.rejoined(node, Some(at), lost, cx)),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
@@ -420,6 +428,9 @@ impl Frontend {
                 self.daemons.get_mut(n).expect("node of the job").lost = true;
             }
         }
+        let silent = self.links.heartbeat(now, self.poll.registry()).children;
+        let fx = self.node_loss(|l, cx| l.check(silent, cx));
+        self.apply(fx);
         self.reap_carriers();
     }
 
@@ -457,10 +468,8 @@ impl Frontend {
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
         let joined = self.daemons.get(node).map_or(true, |d| d.joined);
         match fault {
-            NodeFault::LinkLost => {
-                self.subtree_lost(node, "connection closed, seen by its parent daemon");
-                Vec::new()
-            }
+            NodeFault::LinkLost => self.node_loss(|l, cx| l.lose(node, How::LinkClosed, cx)),
+            NodeFault::Silent { ms } => self.node_loss(|l, cx| l.lose(node, How::Silent { ms }, cx)),
             // Raised by a tree-spawning parent: this node never joined.
             NodeFault::LaunchFailed(why) | NodeFault::Internal(why) if !joined => {
                 self.launch_failure(node, why);
@@ -478,12 +487,20 @@ impl Frontend {
         self.fail(Failure::LaunchFailed { node, why });
     }
 
-    fn subtree_lost(&mut self, top: u32, why: &str) {
-        let affected = self.daemons.lose_unfinished_subtree(top);
-        if !affected.is_empty() {
-            let more = affected.into_iter().filter(|&n| n != top).collect();
-            self.fail(Failure::LinkLost { node: top, why: why.to_string(), more });
-        }
+    /// Asks the lost-node service, lending it what it looks at.
+    fn node_loss(&mut self, f: impl FnOnce(&mut NodeLoss, &mut lost::Ctx) -> Vec<Effect>) -> Vec<Effect> {
+        let cx = &mut lost::Ctx { job: &self.job, ranks: &self.ranks, daemons: &mut self.daemons, router: self.links.router(), terminating: self.verdict.terminating(), now: Instant::now(), t0: self.plan.t0 };
+        f(&mut self.lost, cx)
+    }
+
+    /// A daemon whose parent was lost reconnected here (tree repair); one that is not ours to
+    /// take is dropped.
+    fn rejoin_here(&mut self, t: Token, node: u32) {
+        let fx = match self.links.accept_rejoin(t, node, self.poll.registry()) {
+            Ok(lost) => self.node_loss(|l, cx| l.rejoined(node, None, lost, cx)),
+            Err(_) => self.links.remove(t, self.poll.registry()).map_or(Vec::new(), |_| Vec::new()),
+        };
+        self.apply(fx);
     }
 
     fn fail(&mut self, failure: Failure) {
@@ -518,6 +535,7 @@ impl Frontend {
                     self.kill_sent_at = Some(Instant::now());
                 }
                 Effect::Detail(level, line) => self.reporter.detail(level, &line),
+                Effect::Lose(node) => self.links.gone(node, self.poll.registry()),
                 Effect::Inventory(text) => {
                     if let Some(f) = self.reporter.inventory(&text) {
                         self.fail(f);
@@ -555,6 +573,7 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
+            lost: &self.lost,
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         summary.iter().for_each(|line| self.reporter.detail(1, line));

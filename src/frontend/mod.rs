@@ -12,6 +12,7 @@ mod daemons;
 mod effect;
 mod event_loop;
 mod fabric;
+mod lost;
 mod pmi;
 mod ranks;
 mod rendezvous;
