@@ -21,8 +21,10 @@ impl Beat {
     }
 
     /// What a link whose last frame in and out were at `last_in`, `last_out` needs at `now`.
-    pub fn due(&self, last_in: Instant, last_out: Instant, now: Instant) -> Due {
-        if now >= last_in + self.silence {
+    /// Silence counts only once the peer is `beating` (it sent a heartbeat): a daemon still
+    /// starting on a loaded machine is not lost.
+    pub fn due(&self, last_in: Instant, last_out: Instant, beating: bool, now: Instant) -> Due {
+        if beating && now >= last_in + self.silence {
             Due::Lost
         } else if now >= last_out + self.every {
             Due::Send
@@ -32,8 +34,13 @@ impl Beat {
     }
 
     /// When that link next needs something.
-    pub fn next(&self, last_in: Instant, last_out: Instant) -> Instant {
-        (last_in + self.silence).min(last_out + self.every)
+    pub fn next(&self, last_in: Instant, last_out: Instant, beating: bool) -> Instant {
+        let beat = last_out + self.every;
+        if beating {
+            (last_in + self.silence).min(beat)
+        } else {
+            beat
+        }
     }
 
     /// The timeout in whole milliseconds, for the line that says why a node was lost.
@@ -74,13 +81,17 @@ mod tests {
     fn idle_links_beat_and_silent_ones_are_lost() {
         let t0 = Instant::now();
         let b = beat();
-        assert_eq!(b.due(t0, t0, t0 + Duration::from_millis(999)), Due::Nothing);
-        assert_eq!(b.due(t0, t0, t0 + Duration::from_secs(1)), Due::Send);
+        assert_eq!(b.due(t0, t0, true, t0 + Duration::from_millis(999)), Due::Nothing);
+        assert_eq!(b.due(t0, t0, true, t0 + Duration::from_secs(1)), Due::Send);
         // A busy sender never beats, but still notices a silent peer.
         let now = t0 + Duration::from_secs(5);
-        assert_eq!(b.due(t0, now, now), Due::Lost);
-        assert_eq!(b.next(t0, t0), t0 + Duration::from_secs(1));
-        assert_eq!(b.next(t0, t0 + Duration::from_secs(9)), t0 + Duration::from_secs(5));
+        assert_eq!(b.due(t0, now, true, now), Due::Lost);
+        // A peer that never beat is still starting: it gets heartbeats, it is not lost.
+        assert_eq!(b.due(t0, t0, false, now), Due::Send);
+        assert_eq!(b.due(t0, now, false, now), Due::Nothing);
+        assert_eq!(b.next(t0, t0, true), t0 + Duration::from_secs(1));
+        assert_eq!(b.next(t0, t0 + Duration::from_secs(9), true), t0 + Duration::from_secs(5));
+        assert_eq!(b.next(t0, t0 + Duration::from_secs(9), false), t0 + Duration::from_secs(10));
         assert_eq!(silent_why(5000), "no heartbeat for 5 s");
         assert_eq!(silent_why(2500), "no heartbeat for 2.5 s");
     }
@@ -88,15 +99,15 @@ mod tests {
     proptest! {
         /// Nothing is due before `next`, and something is due at it.
         #[test]
-        fn next_is_when_something_is_due(every in 1u64..5000, extra in 0u64..5000, din in 0u64..20000, dout in 0u64..20000) {
+        fn next_is_when_something_is_due(every in 1u64..5000, extra in 0u64..5000, din in 0u64..20000, dout in 0u64..20000, beating: bool) {
             let t0 = Instant::now();
             let b = Beat { every: Duration::from_millis(every), silence: Duration::from_millis(every * 2 + extra) };
             let (last_in, last_out) = (t0 + Duration::from_millis(din), t0 + Duration::from_millis(dout));
-            let at = b.next(last_in, last_out);
-            prop_assert_ne!(b.due(last_in, last_out, at), Due::Nothing);
+            let at = b.next(last_in, last_out, beating);
+            prop_assert_ne!(b.due(last_in, last_out, beating, at), Due::Nothing);
             if let Some(before) = at.checked_sub(Duration::from_millis(1)) {
                 if before >= last_in.max(last_out) {
-                    prop_assert_eq!(b.due(last_in, last_out, before), Due::Nothing);
+                    prop_assert_eq!(b.due(last_in, last_out, beating, before), Due::Nothing);
                 }
             }
         }

@@ -22,6 +22,9 @@ pub struct Link {
     /// When bytes last arrived, and when a frame was last queued: what the heartbeat looks at.
     pub last_in: Instant,
     pub last_out: Instant,
+    /// The peer sent a heartbeat: it runs the job's loop, so its silence from now on means it
+    /// is gone. Until then (a daemon still starting on a loaded machine) silence is not counted.
+    pub beating: bool,
 }
 
 impl Link {
@@ -43,6 +46,7 @@ impl Link {
             eof: false,
             last_in: Instant::now(),
             last_out: Instant::now(),
+            beating: false,
         }
     }
 
@@ -137,6 +141,7 @@ impl Link {
         let before = self.inbuf.len();
         let msg = self.opener.open(&mut self.inbuf)?;
         self.last_frame_len = before - self.inbuf.len();
+        self.beating |= msg == Some(Msg::NodeHeartbeat);
         Ok(msg)
     }
 }

@@ -156,9 +156,9 @@ impl Links {
         let Some(beat) = self.beat else { return silence };
         let mut dead = Vec::new();
         for (t, (l, node)) in self.accepted.iter_mut() {
-            match beat.due(l.last_in, l.last_out, now) {
+            match beat.due(l.last_in, l.last_out, l.beating, now) {
                 Due::Nothing => {}
-                // Not yet joined: a stranger, or a daemon still saying hello; only silence counts.
+                // Not yet joined: a daemon still saying hello, or a stranger.
                 Due::Send if node.is_none() => {}
                 Due::Send => {
                     l.send(&Msg::NodeHeartbeat);
@@ -171,7 +171,7 @@ impl Links {
             silence.children.push(self.remove(t, registry));
         }
         if let Some(p) = self.parent.as_mut() {
-            match beat.due(p.last_in, p.last_out, now) {
+            match beat.due(p.last_in, p.last_out, p.beating, now) {
                 Due::Nothing => {}
                 Due::Send => {
                     p.send(&Msg::NodeHeartbeat);
@@ -186,7 +186,7 @@ impl Links {
     /// When [`Links::heartbeat`] next has something to do.
     pub fn next_heartbeat(&self) -> Option<Instant> {
         let beat = self.beat?;
-        self.accepted.values().map(|(l, _)| l).chain(self.parent.as_ref()).map(|l| beat.next(l.last_in, l.last_out)).min()
+        self.accepted.values().map(|(l, _)| l).chain(self.parent.as_ref()).map(|l| beat.next(l.last_in, l.last_out, l.beating)).min()
     }
 
     pub fn parent_mut(&mut self) -> Option<&mut Link> {

@@ -155,6 +155,8 @@ impl Daemon {
                     return Err(e.into());
                 }
             }
+            // Silence is judged as of the poll: a slow handler must not make links look silent.
+            let polled = Instant::now();
             for ev in events.iter() {
                 self.on_event(ev);
             }
@@ -169,7 +171,7 @@ impl Daemon {
             let now = Instant::now();
             let fx = self.ranks.check_timers(now, self.poll.registry());
             self.apply(fx);
-            let fx = repair::check(&mut self.links, now, self.poll.registry());
+            let fx = repair::check(&mut self.links, polled, self.poll.registry());
             self.apply(fx);
             if let Some(job) = self.job.view() {
                 let fx = self.pmix.check_timer(job, now);
@@ -315,7 +317,6 @@ impl Daemon {
         }
         self.timeline.mark(Phase::LaunchReceived, Instant::now());
         self.launch_bytes = frame_len as u32;
-        self.links.set_beat(crate::heartbeat::Beat::new(&launch.node_loss));
         self.links.down(&Msg::Launch(launch.clone()));
         let mut map_error = None;
         self.job = match JobView::for_node(launch, self.node) {
@@ -451,6 +452,8 @@ impl Daemon {
 
     fn spawn_ranks(&mut self) {
         let Some(job) = self.job.view() else { return };
+        // From now on this daemon beats: before, a loaded machine's launch may stall it for long.
+        self.links.set_beat(crate::heartbeat::Beat::new(&job.launch().node_loss));
         let s = Spawner {
             job,
             registry: self.poll.registry(),

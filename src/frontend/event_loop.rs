@@ -63,6 +63,9 @@ struct Frontend {
     rendezvous: Rendezvous,
     traces: StackTraces,
     lost: NodeLoss,
+    /// When the last poll returned: heartbeat silence is judged as of then, not after a slow
+    /// handler.
+    polled: Instant,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
@@ -111,6 +114,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         rendezvous: Rendezvous::default(),
         traces: StackTraces::new(plan.get_stack_traces),
         lost: NodeLoss::new(&job),
+        polled: Instant::now(),
         kill_sent_at: None,
         interrupted_at: None,
         job,
@@ -181,6 +185,7 @@ impl Frontend {
                     return Err(e.into());
                 }
             }
+            self.polled = Instant::now();
             for ev in events.iter() {
                 match token::classify(ev.token()) {
                     Source::Fixed(token::LISTENER) => self.links.accept(&self.listener, self.poll.registry()),
@@ -428,7 +433,7 @@ impl Frontend {
                 self.daemons.get_mut(n).expect("node of the job").lost = true;
             }
         }
-        let silent = self.links.heartbeat(now, self.poll.registry()).children;
+        let silent = self.links.heartbeat(self.polled, self.poll.registry()).children;
         let fx = self.node_loss(|l, cx| l.check(silent, cx));
         self.apply(fx);
         self.reap_carriers();
