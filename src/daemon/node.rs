@@ -403,7 +403,9 @@ impl Daemon {
             return;
         }
         self.orphaned = true;
-        // Nobody collects what the children would report: pass the loss down now.
+        // Nobody collects what the children would report: pass the loss down now, and take no
+        // child that reconnects here (tree repair) from now on.
+        self.listener = None;
         self.links.cut_off(self.poll.registry());
         self.terminate_all();
     }

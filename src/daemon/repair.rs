@@ -94,6 +94,10 @@ fn try_one(addr: &str, key: JobKey, node: u32, lost: u32) -> io::Result<(Link, V
         }
         let mut fds = [PollFd::new(link.stream.as_fd(), PollFlags::POLLIN)];
         let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
-        poll(&mut fds, ms).map_err(io::Error::from)?;
+        // Signals (the ranks' SIGCHLD) interrupt the wait: wait again.
+        match poll(&mut fds, ms) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
