@@ -29,8 +29,11 @@ pub struct Links {
     beat: Option<Beat>,
     /// A daemon's ancestors and where they listen, the front end (None) first and its parent
     /// last: where it reconnects when its parent is lost (tree repair).
-    ancestors: Vec<(Option<u32>, String)>,
+    ancestors: Ancestors,
 }
+
+/// Ancestors and where they listen, the front end (None) first.
+pub type Ancestors = Vec<(Option<u32>, String)>;
 
 /// Links found silent by [`Links::heartbeat`].
 #[derive(Debug, Default)]
@@ -65,7 +68,7 @@ impl Links {
 
     /// Tree repair: the parent link is now `link`, to the ancestor `at` (None: the front end),
     /// which said its own ancestors are `chain`. The old parent link is dropped.
-    pub fn replace_parent(&mut self, link: Link, at: Option<u32>, chain: Vec<(Option<u32>, String)>, registry: &Registry) -> io::Result<()> {
+    pub fn replace_parent(&mut self, link: Link, at: Option<u32>, chain: Ancestors, registry: &Registry) -> io::Result<()> {
         if let Some(mut old) = self.parent.take() {
             let _ = registry.deregister(&mut old.stream);
         }
@@ -83,7 +86,7 @@ impl Links {
     }
 
     /// The parent said where the ancestors above it listen (`Msg::NodeAncestors`).
-    pub fn set_ancestors_above(&mut self, chain: Vec<(Option<u32>, String)>) {
+    pub fn set_ancestors_above(&mut self, chain: Ancestors) {
         let parent = self.ancestors.pop();
         self.ancestors = chain;
         self.ancestors.extend(parent);
@@ -116,13 +119,14 @@ impl Links {
     /// A not-yet-joined link `t` brought `Msg::NodeRejoin` from `node`, whose parent was lost:
     /// it joins here when this vertex is its nearest live ancestor (the nodes between are lost
     /// then), and learns where this vertex's own ancestors listen. Ok: the nodes found lost;
-    /// Err: `node` does not belong here.
+    /// Err: `node` does not belong here (a node declared lost, say), and the link is closed.
     pub fn accept_rejoin(&mut self, t: Token, node: u32, registry: &Registry) -> Result<Vec<u32>, u32> {
         let below = match self.router.me() {
             None => node < self.router.topology().nnodes(),
             Some(me) => me != node && self.router.topology().in_subtree(me, node),
         };
         if !below || self.router.is_lost(node) {
+            self.remove(t, registry);
             return Err(node);
         }
         let between = self.router.between(node);

@@ -155,8 +155,7 @@ impl Daemon {
                     return Err(e.into());
                 }
             }
-            // Silence is judged as of the poll: a slow handler must not make links look silent.
-            let polled = Instant::now();
+            let polled = Instant::now(); // Heartbeat silence is judged as of the poll, not of slow handlers.
             for ev in events.iter() {
                 self.on_event(ev);
             }
@@ -171,7 +170,7 @@ impl Daemon {
             let now = Instant::now();
             let fx = self.ranks.check_timers(now, self.poll.registry());
             self.apply(fx);
-            let fx = repair::check(&mut self.links, polled, self.poll.registry());
+            let fx = repair::check(&mut self.links, self.job.view().filter(|_| self.ranks.spawned()), polled, self.poll.registry());
             self.apply(fx);
             if let Some(job) = self.job.view() {
                 let fx = self.pmix.check_timer(job, now);
@@ -403,8 +402,7 @@ impl Daemon {
             return;
         }
         self.orphaned = true;
-        // Nobody collects what the children would report: pass the loss down now, and take no
-        // child that reconnects here (tree repair) from now on.
+        // Nobody collects what the children would report: pass the loss down now; none rejoins here.
         self.listener = None;
         self.links.cut_off(self.poll.registry());
         self.terminate_all();
@@ -454,8 +452,6 @@ impl Daemon {
 
     fn spawn_ranks(&mut self) {
         let Some(job) = self.job.view() else { return };
-        // From now on this daemon beats: before, a loaded machine's launch may stall it for long.
-        self.links.set_beat(crate::heartbeat::Beat::new(&job.launch().node_loss));
         let s = Spawner {
             job,
             registry: self.poll.registry(),

@@ -121,6 +121,11 @@ impl Ranks {
         self.stop_spawning = true;
     }
 
+    /// The ranks were spawned (or spawning was given up).
+    pub fn spawned(&self) -> bool {
+        self.started
+    }
+
     /// Spawning is over: stdin that came early goes to the ranks now.
     pub fn started(&mut self, registry: &Registry) {
         self.started = true;

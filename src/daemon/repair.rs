@@ -6,8 +6,9 @@
 
 use super::effect::Effect;
 use crate::heartbeat;
+use crate::job::JobView;
 use crate::link::{self, flush_blocking, Link};
-use crate::links::Links;
+use crate::links::{Ancestors, Links};
 use crate::wire::{Dir, JobKey, Msg, NodeFault};
 use mio::Registry;
 use std::io;
@@ -17,8 +18,12 @@ use std::time::{Duration, Instant};
 const TRY: Duration = Duration::from_secs(2);
 
 /// Heartbeats on idle links; a silent child link is closed and reported, a silent parent link
-/// is lost like a closed one.
-pub fn check(links: &mut Links, now: Instant, registry: &Registry) -> Vec<Effect> {
+/// is lost like a closed one. The daemon beats once its ranks were spawned (`spawned`: the job
+/// then): before, a loaded machine's launch may stall it for seconds.
+pub fn check(links: &mut Links, spawned: Option<&JobView>, now: Instant, registry: &Registry) -> Vec<Effect> {
+    if let Some(job) = spawned.filter(|_| links.beat().is_none()) {
+        links.set_beat(heartbeat::Beat::new(&job.launch().node_loss));
+    }
     let ms = links.beat().map_or(0, heartbeat::Beat::silence_ms);
     let silence = links.heartbeat(now, registry);
     let mut fx: Vec<Effect> = silence.children.into_iter().flatten().map(|node| Effect::Up(Msg::NodeFailed { node, fault: NodeFault::Silent { ms } })).collect();
@@ -66,7 +71,7 @@ pub fn rejoin(live: bool, links: &mut Links, key: JobKey, node: u32, registry: &
 
 /// Connects to the ancestor at `addr`, says who this is and which parent it lost, and waits for
 /// the ancestor's `Msg::NodeAncestors`.
-fn try_one(addr: &str, key: JobKey, node: u32, lost: u32) -> io::Result<(Link, Vec<(Option<u32>, String)>, Vec<Msg>)> {
+fn try_one(addr: &str, key: JobKey, node: u32, lost: u32) -> io::Result<(Link, Ancestors, Vec<Msg>)> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let sa: std::net::SocketAddr = addr.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {addr}")))?;

@@ -296,7 +296,7 @@ impl Frontend {
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::NodeHeartbeat => Vec::new(),
-            Msg::NodeRejoin { node, .. } => return self.rejoin_here(t, node),
+            Msg::NodeRejoin { node, .. } => self.links.accept_rejoin(t, node, self.poll.registry()).map_or(Vec::new(), |lost| self.node_loss(|l, cx| l.rejoined(node, None, lost, cx))),
             Msg::NodeRejoined { node, at, lost } => self.node_loss(|l, cx| l.rejoined(node, Some(at), lost, cx)),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
@@ -496,16 +496,6 @@ impl Frontend {
     fn node_loss(&mut self, f: impl FnOnce(&mut NodeLoss, &mut lost::Ctx) -> Vec<Effect>) -> Vec<Effect> {
         let cx = &mut lost::Ctx { job: &self.job, ranks: &self.ranks, daemons: &mut self.daemons, router: self.links.router(), terminating: self.verdict.terminating(), now: Instant::now(), t0: self.plan.t0 };
         f(&mut self.lost, cx)
-    }
-
-    /// A daemon whose parent was lost reconnected here (tree repair); one that is not ours to
-    /// take is dropped.
-    fn rejoin_here(&mut self, t: Token, node: u32) {
-        let fx = match self.links.accept_rejoin(t, node, self.poll.registry()) {
-            Ok(lost) => self.node_loss(|l, cx| l.rejoined(node, None, lost, cx)),
-            Err(_) => self.links.remove(t, self.poll.registry()).map_or(Vec::new(), |_| Vec::new()),
-        };
-        self.apply(fx);
     }
 
     fn fail(&mut self, failure: Failure) {
