@@ -34,6 +34,10 @@ FAILURES:
   MPI_Abort(comm, N) ends the job with status N (1 when N is a multiple of 256). A rank that
   breaks the PMI protocol, or exits with status 0 after MPI_Init without MPI_Finalize, fails
   the job with status 1.
+  A node is lost when its daemon dies or nothing comes over its link for --heartbeat-timeout;
+  its children reconnect to their nearest live ancestor. A lost node whose ranks still run ends
+  the job (exit 125, one line naming it and why); a spare (--spare) or a node whose ranks had
+  ended is one line, and the job goes on.
 
 SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
