@@ -3,7 +3,6 @@
 
 use crate::wire::{Dir, JobKey, Msg, Opener, Sealer, WireError};
 use std::io::{self, Read, Write};
-use std::time::Instant;
 
 /// Bytes read from a socket per call to [`Link::fill`], so one busy link cannot starve the others.
 pub const READ_BUDGET: usize = 1 << 20;
@@ -19,12 +18,6 @@ pub struct Link {
     /// Size in bytes of the last frame returned by [`Link::next_msg`].
     pub last_frame_len: usize,
     pub eof: bool,
-    /// When bytes last arrived, and when a frame was last queued: what the heartbeat looks at.
-    pub last_in: Instant,
-    pub last_out: Instant,
-    /// The peer sent a heartbeat: it runs the job's loop, so its silence from now on means it
-    /// is gone. Until then (a daemon still starting on a loaded machine) silence is not counted.
-    pub beating: bool,
 }
 
 impl Link {
@@ -44,9 +37,6 @@ impl Link {
             bytes_out: 0,
             last_frame_len: 0,
             eof: false,
-            last_in: Instant::now(),
-            last_out: Instant::now(),
-            beating: false,
         }
     }
 
@@ -86,7 +76,6 @@ impl Link {
         }
         self.outbuf.extend_from_slice(bytes);
         self.bytes_out += bytes.len() as u64;
-        self.last_out = Instant::now();
     }
 
     pub fn pending_out(&self) -> usize {
@@ -127,7 +116,6 @@ impl Link {
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&buf[..n]);
                     total += n;
-                    self.last_in = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -141,7 +129,6 @@ impl Link {
         let before = self.inbuf.len();
         let msg = self.opener.open(&mut self.inbuf)?;
         self.last_frame_len = before - self.inbuf.len();
-        self.beating |= msg == Some(Msg::NodeHeartbeat);
         Ok(msg)
     }
 }
@@ -182,6 +169,9 @@ pub struct Inbox {
     pub read_error: Option<String>,
     /// The read budget ran out: more may be waiting.
     pub more: bool,
+    /// Reading failed because the peer's kernel stopped answering the link's heartbeat probes
+    /// (`ETIMEDOUT`): its node or its network is down.
+    pub timed_out: bool,
 }
 
 /// One budgeted read and the frames it completed. `parse_after_error`: when reading fails, still
@@ -192,6 +182,7 @@ pub fn read(link: &mut Link, parse_after_error: bool) -> Inbox {
         Ok(more) => inbox.more = more,
         Err(e) => {
             inbox.closed = true;
+            inbox.timed_out = e.kind() == io::ErrorKind::TimedOut;
             inbox.read_error = Some(e.to_string());
             if !parse_after_error {
                 return inbox;
@@ -221,6 +212,7 @@ pub fn read_child(link: &mut Link) -> Inbox {
         all.msgs.extend(one.msgs);
         let rejected = one.rejected.is_some();
         all.read_error = all.read_error.or(one.read_error);
+        all.timed_out |= one.timed_out;
         if rejected {
             all.rejected = one.rejected;
         }

@@ -3,7 +3,7 @@
 //! out by [`Hop`] or by target node through the vertex's [`Router`]; nothing outside this file
 //! walks the links to find a next hop.
 
-use crate::heartbeat::{Beat, Due};
+use crate::heartbeat::Beat;
 use crate::link::{flush_blocking, Link};
 use crate::token;
 use crate::tree::{Hop, Router};
@@ -11,7 +11,7 @@ use crate::wire::{Dir, JobKey, Launch, Msg};
 use mio::{Interest, Registry, Token};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Links {
     router: Router,
@@ -35,15 +35,6 @@ pub struct Links {
 /// Ancestors and where they listen, the front end (None) first.
 pub type Ancestors = Vec<(Option<u32>, String)>;
 
-/// Links found silent by [`Links::heartbeat`].
-#[derive(Debug, Default)]
-pub struct Silence {
-    /// The parent link is.
-    pub parent: bool,
-    /// These child links are (and were closed), with the node each had joined as.
-    pub children: Vec<Option<u32>>,
-}
-
 impl Links {
     pub fn new(router: Router, key: JobKey) -> Links {
         Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0, rejected: 0, beat: None, ancestors: Vec::new() }
@@ -56,6 +47,9 @@ impl Links {
     /// A daemon's parent link, registered under [`token::PARENT`].
     pub fn set_parent(&mut self, mut link: Link, registry: &Registry) -> io::Result<()> {
         registry.register(&mut link.stream, token::PARENT, Interest::READABLE | Interest::WRITABLE)?;
+        if let Some(b) = self.beat {
+            let _ = b.arm(&link.stream);
+        }
         // The address this daemon connected to is where its parent listens.
         let parent = self.router.me().and_then(|me| self.router.live_parent(me));
         if let Ok(addr) = link.stream.peer_addr() {
@@ -144,53 +138,19 @@ impl Links {
         Ok(between)
     }
 
-    /// Heartbeats from now on, `beat` apart at most.
+    /// Heartbeat probes on every link from now on (and on those that come later).
     pub fn set_beat(&mut self, beat: Beat) {
         self.beat = Some(beat);
+        for (l, _) in self.accepted.values() {
+            let _ = beat.arm(&l.stream);
+        }
+        if let Some(p) = self.parent.as_ref() {
+            let _ = beat.arm(&p.stream);
+        }
     }
 
     pub fn beat(&self) -> Option<&Beat> {
         self.beat.as_ref()
-    }
-
-    /// Sends a heartbeat on every idle link, closes the child links that have been silent for
-    /// the timeout, and says which were and whether the parent's is.
-    pub fn heartbeat(&mut self, now: Instant, registry: &Registry) -> Silence {
-        let mut silence = Silence::default();
-        let Some(beat) = self.beat else { return silence };
-        let mut dead = Vec::new();
-        for (t, (l, node)) in self.accepted.iter_mut() {
-            match beat.due(l.last_in, l.last_out, l.beating, now) {
-                Due::Nothing => {}
-                // Not yet joined: a daemon still saying hello, or a stranger.
-                Due::Send if node.is_none() => {}
-                Due::Send => {
-                    l.send(&Msg::NodeHeartbeat);
-                    let _ = l.flush();
-                }
-                Due::Lost => dead.push(*t),
-            }
-        }
-        for t in dead {
-            silence.children.push(self.remove(t, registry));
-        }
-        if let Some(p) = self.parent.as_mut() {
-            match beat.due(p.last_in, p.last_out, p.beating, now) {
-                Due::Nothing => {}
-                Due::Send => {
-                    p.send(&Msg::NodeHeartbeat);
-                    let _ = p.flush();
-                }
-                Due::Lost => silence.parent = true,
-            }
-        }
-        silence
-    }
-
-    /// When [`Links::heartbeat`] next has something to do.
-    pub fn next_heartbeat(&self) -> Option<Instant> {
-        let beat = self.beat?;
-        self.accepted.values().map(|(l, _)| l).chain(self.parent.as_ref()).map(|l| beat.next(l.last_in, l.last_out, l.beating)).min()
     }
 
     pub fn parent_mut(&mut self) -> Option<&mut Link> {
@@ -211,6 +171,9 @@ impl Links {
             match listener.accept() {
                 Ok((mut s, _)) => {
                     s.set_nodelay(true).ok();
+                    if let Some(b) = self.beat {
+                        let _ = b.arm(&s);
+                    }
                     let t = token::link(self.next);
                     self.next += 1;
                     if registry.register(&mut s, t, Interest::READABLE | Interest::WRITABLE).is_ok() {

@@ -14,10 +14,10 @@ pub struct NodeLossSpec {
     /// `--spare N`: the last N nodes of the node list run a daemon but no rank, so that a lost
     /// node's ranks have somewhere to go.
     pub spares: u32,
-    /// A tree link that carried nothing for this long gets a heartbeat frame (`--heartbeat`).
+    /// A tree link that carried nothing for this long gets a heartbeat probe (`--heartbeat`).
     pub heartbeat_ms: u32,
-    /// A tree link on which nothing arrived for this long is lost (`--heartbeat-timeout`): the
-    /// peer's node is down or its network is.
+    /// A tree link whose probes went unanswered for this long is lost (`--heartbeat-timeout`):
+    /// the peer's node is down or its network is.
     pub silence_ms: u32,
 }
 

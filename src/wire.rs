@@ -325,9 +325,6 @@ pub enum Msg {
     /// own clock (`crate::timeline`).
     Timeline { node: u32, marks: crate::timeline::NodeMarks },
     // Lost nodes and tree repair (issue 17, "nodes").
-    /// Either way on a tree link that carried nothing else for `--heartbeat`: a link on which
-    /// nothing arrives for `--heartbeat-timeout` is lost.
-    NodeHeartbeat,
     /// Parent daemon → a child that joined: where the child's ancestors above this parent listen,
     /// the front end (None) first. The child adds its parent (the address it connected to) and
     /// reconnects to the nearest live one of them when its parent is lost.
@@ -369,8 +366,9 @@ pub enum NodeFault {
     /// The user's request cannot be met on this node (placement: `--bind-to`, `PE=n`,
     /// `--gpus-per-rank`): a usage error, exit 2.
     Unsatisfiable(String),
-    /// Nothing came over the link to the node's daemon for this many milliseconds
-    /// (`--heartbeat-timeout`): the node or its network is down. Seen by its parent daemon.
+    /// The heartbeat probes on the link to the node's daemon went unanswered for this many
+    /// milliseconds (`--heartbeat-timeout`): the node or its network is down. Seen by its parent
+    /// daemon.
     Silent { ms: u32 },
 }
 

@@ -412,12 +412,13 @@ pub struct Cli {
     #[arg(long = "spare", value_name = "N", default_value = "0")]
     pub spare: u32,
 
-    /// Send a heartbeat on a tree link that carried nothing for SECS seconds
+    /// Send a heartbeat (a TCP keepalive probe) on a tree link that carried nothing for SECS
+    /// seconds, and one each SECS after that (whole seconds)
     #[arg(long = "heartbeat", value_name = "SECS", default_value = "1")]
     pub heartbeat: f64,
 
-    /// Declare a node lost when nothing came over its tree link for SECS seconds (its daemon
-    /// died without closing the link, or its network is down)
+    /// Declare a node lost when its tree link's heartbeat went unanswered for SECS seconds (the
+    /// node or its network is down; a daemon that dies closes its link and is lost at once)
     #[arg(long = "heartbeat-timeout", value_name = "SECS", default_value = "5")]
     pub heartbeat_timeout: f64,
 

@@ -29,6 +29,4 @@ pub enum Effect {
     Mark(crate::timeline::Mark),
     /// A rank was reaped and its output drained: its last PMI words, then its exit, go up.
     RankExit { rank: u32, pid: u32, status: RankStatus },
-    /// The parent link went silent: reconnect above it, or end the ranks (tree repair).
-    ParentLost,
 }

@@ -57,6 +57,13 @@ impl Job {
         }
     }
 
+    fn view_mut(&mut self) -> Option<&mut JobView> {
+        match self {
+            Job::Ready(j) => Some(j),
+            _ => None,
+        }
+    }
+
     /// The node of the one rank that reads stdin, when there is one and it is known.
     fn stdin_node(&self) -> Option<u32> {
         match self.launch()?.stdin {
@@ -155,7 +162,6 @@ impl Daemon {
                     return Err(e.into());
                 }
             }
-            let polled = Instant::now(); // Heartbeat silence is judged as of the poll, not of slow handlers.
             for ev in events.iter() {
                 self.on_event(ev);
             }
@@ -169,8 +175,6 @@ impl Daemon {
             }
             let now = Instant::now();
             let fx = self.ranks.check_timers(now, self.poll.registry());
-            self.apply(fx);
-            let fx = repair::check(&mut self.links, self.job.view().filter(|_| self.ranks.spawned()), polled, self.poll.registry());
             self.apply(fx);
             if let Some(job) = self.job.view() {
                 let fx = self.pmix.check_timer(job, now);
@@ -188,7 +192,7 @@ impl Daemon {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let at = [self.ranks.next_deadline(), self.pmix.next_deadline(), self.links.next_heartbeat()].into_iter().flatten().min();
+        let at = [self.ranks.next_deadline(), self.pmix.next_deadline()].into_iter().flatten().min();
         at.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
@@ -231,7 +235,6 @@ impl Daemon {
                 Effect::Below(node, m) => self.links.down_subtree(Some(node), &m),
                 Effect::DownTo(nodes, m) => self.links.down_to(&nodes, &m),
                 Effect::Fault(text) => self.fault(text),
-                Effect::ParentLost => self.parent_lost(),
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
                 Effect::SpawnRanks => self.spawn_ranks(),
@@ -295,7 +298,7 @@ impl Daemon {
                 self.shutdown = true;
                 return;
             }
-            m @ (Msg::NodeHeartbeat | Msg::NodeAncestors { .. } | Msg::NodeGone { .. }) => return repair::parent_msg(&mut self.links, m, registry),
+            m @ (Msg::NodeAncestors { .. } | Msg::NodeGone { .. } | Msg::Replace { .. }) => return repair::parent_msg(&mut self.links, self.job.view_mut(), m, registry),
             Msg::FenceDone { seq, puts } => self.pmi.fence_done(seq, puts, registry),
             m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
@@ -316,6 +319,7 @@ impl Daemon {
         }
         self.timeline.mark(Phase::LaunchReceived, Instant::now());
         self.launch_bytes = frame_len as u32;
+        self.links.set_beat(crate::heartbeat::Beat::new(&launch.node_loss));
         self.links.down(&Msg::Launch(launch.clone()));
         let mut map_error = None;
         self.job = match JobView::for_node(launch, self.node) {
@@ -346,7 +350,7 @@ impl Daemon {
         if !readable {
             return;
         }
-        let Inbox { msgs, rejected, closed, .. } = link::read_child(link);
+        let Inbox { msgs, rejected, closed, timed_out, .. } = link::read_child(link);
         let peer_ip = link.stream.peer_addr().ok().map(|a| a.ip().to_string());
         let mut lost = closed;
         if let Some(e) = rejected.filter(|_| self.links.note_rejected()) {
@@ -369,7 +373,7 @@ impl Daemon {
         if lost {
             if let Some(node) = self.links.remove(t, self.poll.registry()) {
                 if !self.shutdown {
-                    self.links.up(&Msg::NodeFailed { node, fault: NodeFault::LinkLost });
+                    self.links.up(&Msg::NodeFailed { node, fault: repair::child_fault(&self.links, timed_out) });
                 }
             }
         }
@@ -382,7 +386,7 @@ impl Daemon {
             (Some(n), Msg::Fabric { data }) => self.fabric.on_message(Some(n), &data),
             (Some(n), Msg::Fence { seq, puts }) => self.pmi.fence_from_child(n, seq, puts),
             (Some(n), Msg::Rdma(step)) => self.fabric.on_rdma(Some(n), step),
-            (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) | (_, Msg::NodeHeartbeat) => Vec::new(),
+            (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
             (_, m) => vec![Effect::Up(m)],
         };

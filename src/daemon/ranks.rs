@@ -121,11 +121,6 @@ impl Ranks {
         self.stop_spawning = true;
     }
 
-    /// The ranks were spawned (or spawning was given up).
-    pub fn spawned(&self) -> bool {
-        self.started
-    }
-
     /// Spawning is over: stdin that came early goes to the ranks now.
     pub fn started(&mut self, registry: &Registry) {
         self.started = true;

@@ -1,11 +1,10 @@
-//! Lost nodes on a daemon (issue 17): heartbeats on its links, and tree repair. When the link to
+//! Lost nodes on a daemon (issue 17): tree repair. When the link to
 //! its parent breaks or goes silent, the daemon reconnects to its nearest live ancestor (the
 //! addresses came down the tree in `Msg::NodeAncestors`) with an authenticated
 //! `Msg::NodeRejoin` instead of ending its ranks; only when no ancestor answers, the front end
-//! included, is it cut off. When a child's link breaks or goes silent, the front end hears of it.
+//! included, is it cut off. When a child's link breaks or its heartbeat probes go unanswered,
+//! the front end hears of it.
 
-use super::effect::Effect;
-use crate::heartbeat;
 use crate::job::JobView;
 use crate::link::{self, flush_blocking, Link};
 use crate::links::{Ancestors, Links};
@@ -17,29 +16,28 @@ use std::time::{Duration, Instant};
 /// How long one ancestor gets to take the connection, and then to answer it.
 const TRY: Duration = Duration::from_secs(2);
 
-/// Heartbeats on idle links; a silent child link is closed and reported, a silent parent link
-/// is lost like a closed one. The daemon beats once its ranks were spawned (`spawned`: the job
-/// then): before, a loaded machine's launch may stall it for seconds.
-pub fn check(links: &mut Links, spawned: Option<&JobView>, now: Instant, registry: &Registry) -> Vec<Effect> {
-    if let Some(job) = spawned.filter(|_| links.beat().is_none()) {
-        links.set_beat(heartbeat::Beat::new(&job.launch().node_loss));
+/// Why a child's link was lost: it closed (the daemon died), or its heartbeat probes went
+/// unanswered (`timed_out`: the node or its network is down).
+pub fn child_fault(links: &Links, timed_out: bool) -> NodeFault {
+    match links.beat().filter(|_| timed_out) {
+        Some(b) => NodeFault::Silent { ms: b.silence_ms() },
+        None => NodeFault::LinkLost,
     }
-    let ms = links.beat().map_or(0, heartbeat::Beat::silence_ms);
-    let silence = links.heartbeat(now, registry);
-    let mut fx: Vec<Effect> = silence.children.into_iter().flatten().map(|node| Effect::Up(Msg::NodeFailed { node, fault: NodeFault::Silent { ms } })).collect();
-    if silence.parent {
-        fx.push(Effect::ParentLost);
-    }
-    fx
 }
 
-/// What the parent sent about the tree: a heartbeat (nothing to do), where the ancestors listen,
-/// or `Msg::NodeGone` from the front end: route around that node (closing its link if it is a
-/// child here) and pass the word down.
-pub fn parent_msg(links: &mut Links, msg: Msg, registry: &Registry) {
+/// What the parent sent about the tree: where the ancestors listen; `Msg::NodeGone` from the
+/// front end: route around that node (closing its link if it is a child here) and pass the word
+/// down; `Msg::Replace`: a spare took a lost node's place, and the map says so from now on.
+pub fn parent_msg(links: &mut Links, job: Option<&mut JobView>, msg: Msg, registry: &Registry) {
     match msg {
         Msg::NodeAncestors { chain } => links.set_ancestors_above(chain),
         Msg::NodeGone { node } => links.gone(node, registry),
+        Msg::Replace { node, by, host } => {
+            if let Some(job) = job {
+                job.replace(node, by, &host);
+            }
+            links.down(&Msg::Replace { node, by, host });
+        }
         _ => {}
     }
 }

@@ -63,9 +63,6 @@ struct Frontend {
     rendezvous: Rendezvous,
     traces: StackTraces,
     lost: NodeLoss,
-    /// When the last poll returned: heartbeat silence is judged as of then, not after a slow
-    /// handler.
-    polled: Instant,
     kill_sent_at: Option<Instant>,
     interrupted_at: Option<Instant>,
 }
@@ -114,7 +111,6 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         rendezvous: Rendezvous::default(),
         traces: StackTraces::new(plan.get_stack_traces),
         lost: NodeLoss::new(&job),
-        polled: Instant::now(),
         kill_sent_at: None,
         interrupted_at: None,
         job,
@@ -185,7 +181,6 @@ impl Frontend {
                     return Err(e.into());
                 }
             }
-            self.polled = Instant::now();
             for ev in events.iter() {
                 match token::classify(ev.token()) {
                     Source::Fixed(token::LISTENER) => self.links.accept(&self.listener, self.poll.registry()),
@@ -232,7 +227,7 @@ impl Frontend {
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), self.links.next_heartbeat(), self.lost.next_deadline()]
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), self.lost.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -242,7 +237,7 @@ impl Frontend {
     /// Reads one link; returns true when it may hold more.
     fn read_link(&mut self, t: Token) -> bool {
         let Some(l) = self.links.child_mut(t) else { return false };
-        let Inbox { msgs, rejected, closed, read_error, more } = link::read(l, true);
+        let Inbox { msgs, rejected, closed, read_error, more, timed_out } = link::read(l, true);
         let peer_ip = l.stream.peer_addr().ok().map(|a| a.ip().to_string());
         if let Some(e) = rejected.as_ref().filter(|_| self.links.note_rejected()) {
             self.reporter.line(&format!("rlaunch: rejected a frame from a daemon: {e}"));
@@ -250,7 +245,8 @@ impl Frontend {
         for (m, _) in msgs {
             self.on_msg(t, m, peer_ip.as_deref());
         }
-        let broken = rejected.map(|e| How::LinkBroken(format!("rejected frame: {e}"))).or(read_error.map(How::LinkBroken)).or_else(|| closed.then_some(How::LinkClosed));
+        let silent = self.links.beat().filter(|_| timed_out).map(|b| How::Silent { ms: b.silence_ms() });
+        let broken = silent.or(rejected.map(|e| How::LinkBroken(format!("rejected frame: {e}")))).or(read_error.map(How::LinkBroken)).or_else(|| closed.then_some(How::LinkClosed));
         if let Some(how) = broken {
             if let Some(node) = self.links.remove(t, self.poll.registry()) {
                 let fx = self.node_loss(|l, cx| l.lose(node, how, cx));
@@ -295,7 +291,6 @@ impl Frontend {
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
-            Msg::NodeHeartbeat => Vec::new(),
             Msg::NodeRejoin { node, .. } => self.links.accept_rejoin(t, node, self.poll.registry()).map_or(Vec::new(), |lost| self.node_loss(|l, cx| l.rejoined(node, None, lost, cx))),
             Msg::NodeRejoined { node, at, lost } => self.node_loss(|l, cx| l.rejoined(node, Some(at), lost, cx)),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
@@ -433,8 +428,7 @@ impl Frontend {
                 self.daemons.get_mut(n).expect("node of the job").lost = true;
             }
         }
-        let silent = self.links.heartbeat(self.polled, self.poll.registry()).children;
-        let fx = self.node_loss(|l, cx| l.check(silent, cx));
+        let fx = self.node_loss(|l, cx| l.check(cx));
         self.apply(fx);
         self.reap_carriers();
     }

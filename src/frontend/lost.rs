@@ -1,6 +1,6 @@
 //! Lost nodes at the front end (issue 17): what losing a node means for the job. A node is lost
-//! when its link closes (its daemon died), when nothing came over it for `--heartbeat-timeout`
-//! (the node or its network is down), when a node below it reconnected above it, or when its
+//! when its link closes (its daemon died), when its heartbeat probes go unanswered for
+//! `--heartbeat-timeout` (the node or its network is down), when a node below it reconnected above it, or when its
 //! parent was lost and it did not reconnect in time. Its children reconnect to their nearest
 //! live ancestor (tree repair; every daemon is told `Msg::NodeGone` and routes around it).
 //!
@@ -25,7 +25,7 @@ pub enum How {
     LinkClosed,
     /// Its link to the front end failed otherwise (a read error, a rejected frame): why.
     LinkBroken(String),
-    /// Nothing came over its link for this many milliseconds.
+    /// Its link's heartbeat probes went unanswered for this many milliseconds.
     Silent { ms: u32 },
     /// Node `child`, below it, lost its link to it and reconnected above it.
     Bypassed { child: u32 },
@@ -189,11 +189,9 @@ impl NodeLoss {
         fx
     }
 
-    /// The front end's child links found `silent` (heartbeat timeout) are lost, and so are
-    /// cut-off nodes whose time to reconnect ran out.
-    pub fn check(&mut self, silent: Vec<Option<u32>>, cx: &mut Ctx) -> Vec<Effect> {
-        let ms = cx.job.launch().node_loss.silence_ms;
-        let mut fx: Vec<Effect> = silent.into_iter().flatten().flat_map(|n| self.lose(n, How::Silent { ms }, cx)).collect();
+    /// Cut-off nodes whose time to reconnect ran out are lost.
+    pub fn check(&mut self, cx: &mut Ctx) -> Vec<Effect> {
+        let mut fx = Vec::new();
         let late: Vec<(u32, u32)> = self.awaiting.iter().filter(|(_, (at, _))| cx.now >= *at).map(|(&n, &(_, p))| (n, p)).collect();
         for (n, parent) in late {
             self.awaiting.remove(&n);
@@ -270,7 +268,7 @@ mod tests {
         router.lose(0);
         let later = t0 + Duration::from_secs(16);
         let cx = &mut Ctx { job: &j, ranks: &ranks, daemons: &mut daemons, router: &router, terminating: false, now: later, t0 };
-        let fx = l.check(Vec::new(), cx);
+        let fx = l.check(cx);
         assert_eq!(lines(&fx), ["fail: LinkLost { node: 3, why: \"did not reconnect after node n0 was lost\", more: [] }"]);
         assert_eq!(l.next_deadline(), None);
         assert_eq!(l.rejoins.len(), 1);
