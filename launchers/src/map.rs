@@ -585,6 +585,39 @@ pub fn compute_map_with_spares(
     Ok(map)
 }
 
+/// Where the ranks of lost nodes go when no spare takes their place (issue 17): the free slots
+/// (slots, capped by max_slots, minus the ranks already there) of the other working nodes, in
+/// node order, the lost ranks in rank order. Spares (the last `spares` nodes) are left to
+/// replace whole nodes. Every daemon computes the same from the same map. `None` when the free
+/// slots cannot take them all: the job cannot go on without the lost nodes.
+pub fn relocate(map: &ProcMap, node_slots: &[(u32, Option<u32>)], lost: &[u32], spares: u32) -> Option<ProcMap> {
+    let working = node_slots.len().saturating_sub(spares as usize);
+    let mut free: Vec<u64> = (0..map.num_nodes() as usize)
+        .map(|n| {
+            let usable = n < working && !lost.contains(&(n as u32));
+            let soft = node_slots.get(n).map_or(0, |&(s, m)| u64::from(m.map_or(s, |m| s.min(m))));
+            if usable {
+                soft.saturating_sub(map.ranks_on(n as u32).len() as u64)
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut order: Vec<u32> = map.ranks.iter().map(|p| p.node).collect();
+    let mut next = 0usize;
+    for place in order.iter_mut().filter(|n| lost.contains(n)) {
+        while next < free.len() && free[next] == 0 {
+            next += 1;
+        }
+        let slot = free.get_mut(next)?;
+        *slot -= 1;
+        *place = next as u32;
+    }
+    let counts: Vec<u64> = (0..map.num_apps()).map(|a| map.app_ranks(a).len() as u64).collect();
+    Some(build_map(&order, &counts, map.num_nodes() as usize))
+}
+
+/// Computes the process map: a pure, deterministic function.
 ///
 /// `node_slots[i]` is (slots, max_slots) of node i. `app_np[a]` is `-np` of MPMD context a; `None`
 /// means every slot the other contexts leave (with ppr: ppr × nodes minus the rest), and at most
@@ -1654,6 +1687,57 @@ mod tests {
                 }
                 (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
                 (a, b) => proptest::prop_assert!(false, "{:?} vs {:?}", a.map(|m| m.size()), b.map(|m| m.size())),
+            }
+        }
+    }
+
+    #[test]
+    fn lost_ranks_go_to_free_slots_in_node_order() {
+        // 4 nodes of 3 slots, node 3 a spare.
+        let slots = uniform(4, 3);
+        let map = compute_map_with_spares(&slots, &[app(Some(7), None)], &MapPolicy::default(), 1).unwrap();
+        assert_eq!(nodes_of(&map), [0, 0, 0, 1, 1, 1, 2]);
+        assert!(relocate(&map, &slots, &[0], 1).is_none(), "node 2 has two free slots for three ranks; the spare is not used");
+        let map = compute_map_with_spares(&slots, &[app(Some(5), None)], &MapPolicy::default(), 1).unwrap();
+        assert_eq!(nodes_of(&map), [0, 0, 0, 1, 1]);
+        let moved = relocate(&map, &slots, &[0], 1).unwrap();
+        assert_eq!(nodes_of(&moved), [1, 2, 2, 1, 1]);
+        assert_eq!(moved.ranks_on(1), &[0, 3, 4]);
+        assert_eq!(moved.rank(0).local_rank, 0, "local ranks follow global order on the new node");
+        assert!(relocate(&map, &slots, &[0, 1], 1).is_none(), "node 2 alone cannot take five ranks");
+    }
+
+    proptest::proptest! {
+        /// Only the lost node's ranks move; they go to working nodes that are not lost and not
+        /// spares, no node gets more than its slots (unless it had them already), and `None`
+        /// only when the free slots are too few.
+        #[test]
+        fn relocation_moves_only_lost_ranks_into_free_slots(slots in proptest::collection::vec(1u32..5, 2..7), np in 1u32..20, lost in 0u32..7, spares in 0u32..2) {
+            let s: Vec<(u32, Option<u32>)> = slots.iter().map(|&x| (x, None)).collect();
+            let Ok(map) = compute_map_with_spares(&s, &[app(Some(np), None)], &MapPolicy::default(), spares) else { return Ok(()) };
+            let lost = lost % s.len() as u32;
+            let working = s.len() - spares as usize;
+            match relocate(&map, &s, &[lost], spares) {
+                Some(moved) => {
+                    proptest::prop_assert_eq!(moved.size(), map.size());
+                    for r in 0..map.size() {
+                        let (a, b) = (map.rank(r).node, moved.rank(r).node);
+                        if a == lost {
+                            proptest::prop_assert!(b != lost && (b as usize) < working);
+                        } else {
+                            proptest::prop_assert_eq!(a, b);
+                        }
+                    }
+                    for n in 0..moved.num_nodes() {
+                        let had = map.ranks_on(n).len();
+                        proptest::prop_assert!(moved.ranks_on(n).len() <= had.max(slots[n as usize] as usize));
+                    }
+                    proptest::prop_assert!(moved.ranks_on(lost).is_empty());
+                }
+                None => {
+                    let free: u64 = (0..working as u32).filter(|&n| n != lost).map(|n| u64::from(slots[n as usize]).saturating_sub(map.ranks_on(n).len() as u64)).sum();
+                    proptest::prop_assert!(free < map.ranks_on(lost).len() as u64);
+                }
             }
         }
     }
