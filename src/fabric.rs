@@ -1348,6 +1348,7 @@ mod tests {
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
             node_loss: crate::spec::NodeLossSpec::default(),
+            sensors: None,
         }
     }
 

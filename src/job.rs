@@ -163,6 +163,7 @@ pub mod fixture {
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
             node_loss: crate::spec::NodeLossSpec::default(),
+            sensors: None,
         }
     }
 

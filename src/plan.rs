@@ -58,4 +58,6 @@ pub struct JobPlan {
     pub bind_address: Option<std::net::IpAddr>,
     /// Why the ranks get `launch.pmi.interface`, for `--verbose`.
     pub mpi_reason: String,
+    /// `--max-restarts`, `--restart-scope`: what the front end does when a rank fails.
+    pub restarts: crate::spec::RestartSpec,
 }

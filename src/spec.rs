@@ -302,6 +302,34 @@ impl PlacementSpec {
     }
 }
 
+/// What a sensor says of its node (see [`fabrics::sensors`]); travels in `Msg::Sensor`.
+pub use fabrics::sensors::State as SensorState;
+
+/// Test-only: the root under which the daemons' built-in sensors read `sys/` and `proc/` instead
+/// of `/` (a fixture tree). Read by the front end, which puts it in the launch message.
+pub const SENSOR_ROOT_ENV: &str = "RLAUNCH_TEST_SENSOR_ROOT";
+
+/// A sensor's reading (°C, MiB, errors, load, exit status): always a finite number, which makes
+/// it comparable as the messages that carry it are.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SensorValue(pub f64);
+
+impl Eq for SensorValue {}
+
+/// `--sensors`, `--sensor CMD`, `--sensor-interval` and the thresholds: what every daemon watches
+/// on its node, and how often. Absent from the launch (`None`) when no sensor is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorSpec {
+    /// The built-in sensors (thermal, EDAC, memory, the job's NICs, load).
+    pub builtins: bool,
+    /// User sensors, each run with `sh -c` every interval.
+    pub commands: Vec<String>,
+    pub interval_ms: u32,
+    pub thresholds: fabrics::sensors::Thresholds,
+    /// [`SENSOR_ROOT_ENV`]; `None`: `/`.
+    pub root: Option<String>,
+}
+
 /// `Option<u32>` as a presence byte and four little-endian bytes, whatever the value.
 mod fixed_opt_u32 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -342,5 +370,49 @@ mod tests {
         let small = postcard::to_allocvec(&app(Some(1))).unwrap();
         let large = postcard::to_allocvec(&app(Some(4096))).unwrap();
         assert_eq!(small.len(), large.len());
+    }
+}
+
+/// `--restart-scope`: what a restart starts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartScope {
+    /// Only the failed rank, on its node, with the same binding; the others go on.
+    Rank,
+    /// Every rank, after all were stopped, with a fresh PMI/PMIx generation.
+    Job,
+}
+
+impl RestartScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartScope::Rank => "rank",
+            RestartScope::Job => "job",
+        }
+    }
+}
+
+impl std::str::FromStr for RestartScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rank" => Ok(RestartScope::Rank),
+            "job" => Ok(RestartScope::Job),
+            _ => Err("expected rank or job".into()),
+        }
+    }
+}
+
+/// `--max-restarts`, `--restart-scope`: how the front end answers a failed rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartSpec {
+    /// Rank scope: restarts per rank; job scope: restarts of the job. 0: the first failure ends
+    /// the job.
+    pub max: u32,
+    pub scope: RestartScope,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec { max: 0, scope: RestartScope::Rank }
     }
 }

@@ -23,13 +23,14 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, NodeLossSpec, PlacementSpec, PmiSpec, PortRange, RankStatus, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, NodeLossSpec, PlacementSpec, PmiSpec, PortRange, RankStatus, SensorSpec, SensorState, SensorValue, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
-/// typed [`NodeFault`]. 4: `Launch` carries the lost-node options ([`NodeLossSpec`]).
+/// typed [`NodeFault`]. 4: `Launch` carries the sensors (`--sensors`, `--sensor`) and the
+/// lost-node options ([`NodeLossSpec`]).
 pub const PROTOCOL_VERSION: u8 = 4;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
@@ -101,6 +102,8 @@ pub struct Launch {
     pub placement: PlacementSpec,
     /// Lost nodes: `--spare`, `--heartbeat`, `--heartbeat-timeout`.
     pub node_loss: NodeLossSpec,
+    /// `--sensors`, `--sensor CMD` and their settings; `None` (one byte) when no sensor is on.
+    pub sensors: Option<SensorSpec>,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -339,6 +342,22 @@ pub enum Msg {
     /// Front end → down: node `node` is now run by the daemon of node `by` (a spare), whose host
     /// is `host`: every daemon recomputes the map with it.
     Replace { node: u32, by: u32, host: String },
+    /// Daemon → up, only when one of `node`'s sensors changes state (`crate::spec::SensorSpec`):
+    /// the sensor (`thermal:thermal_zone0`, `memory`, `command:CMD`...), its new state, the
+    /// number it was decided on and one line for a person.
+    Sensor { node: u32, sensor: String, state: SensorState, reading: Option<SensorValue>, reason: String },
+    // Restarts (issue 17, `--max-restarts`).
+    /// Front end → towards `node` (rank scope): start these ranks of `node` again, each as
+    /// `(rank, restarts)`, where `restarts` is its `RLAUNCH_RESTARTS`.
+    RestartRanks { node: u32, ranks: Vec<(u32, u32)> },
+    /// Front end → down (job scope): end every rank (the terminate path) for a restart as
+    /// `generation`; each daemon answers `RestartStopped` once its ranks are all reported.
+    RestartStop { generation: u32 },
+    /// Daemon → up: every local rank is gone; the node waits for `RestartJob`.
+    RestartStopped { node: u32, generation: u32 },
+    /// Front end → down, once every node stopped: start every rank again as `generation`, with a
+    /// fresh PMI key-value space or PMIx namespace named after it.
+    RestartJob { generation: u32 },
 }
 
 /// The out-of-band part of the RDMA start-up ([`Msg::Rdma`]).
@@ -607,6 +626,7 @@ mod tests {
             pmi: PmiSpec::default(),
             placement: PlacementSpec::default(),
             node_loss: NodeLossSpec::default(),
+            sensors: None,
         }))
     }
 
@@ -618,6 +638,7 @@ mod tests {
             Msg::Hello { node: 3, pid: 42, listen_port: 5000, hostname: "h".into(), addr: None },
             Msg::Output { rank: 7, stream: Stream::Stderr, data: b"x\n".to_vec() },
             Msg::NodeDone { node: 3 },
+            Msg::Sensor { node: 3, sensor: "thermal:thermal_zone0".into(), state: SensorState::Degrading, reading: Some(SensorValue(96.5)), reason: "hot".into() },
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(|m| s.seal(m)).collect();
         let mut buf = Vec::new();

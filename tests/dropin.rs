@@ -354,7 +354,7 @@ fn open_mpi_5_lists_report_pid_pmixmca_path_and_nolocal_mean_what_they_say() {
     assert!(!out.stdout.contains(&format!(" {host} ")), "{out}");
     s.run(["--nolocal", "true"]).expect_usage_error("--nolocal: every node of the job is this machine");
     // What rlaunch will not do is one line naming the option and why.
-    s.run(["--enable-recovery", "true"]).expect_usage_error("--enable-recovery: restarting failed ranks is not supported yet");
+    s.run(["--preload-binary", "true"]).expect_usage_error("--preload-binary: rlaunch does not copy programs to the nodes");
     s.run(["-disable-auto-cleanup", "true"]).expect_usage_error("-disable-auto-cleanup: rlaunch ends the whole job at the first failure");
     s.run(["-gdb", "true"]).expect_usage_error("-gdb: rlaunch does not start debuggers itself");
 }

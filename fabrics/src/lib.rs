@@ -8,6 +8,8 @@
 //! - [`hwloc`]: the node's topology exported once as hwloc XML for its ranks (libhwloc loaded at run time);
 //! - [`topology`] and [`placement`]: a node's CPUs, caches, NUMA nodes and devices, and the pure
 //!   engine that gives each rank its CPUs, GPUs and NIC;
+//! - [`sensors`]: the node's health (temperatures, memory errors and headroom, NICs, load) read
+//!   under a root that tests point elsewhere, and the pure engine that turns readings into states;
 //! - [`collective`]: a k-ary tree barrier/allgather as a pure state machine;
 //! - [`transport`] and [`rdma`]: the links it runs over (in-memory, TCP, RDMA send/receive).
 //!
@@ -21,6 +23,7 @@ pub mod endpoints;
 pub mod hwloc;
 pub mod placement;
 pub mod rdma;
+pub mod sensors;
 pub mod sim_link;
 pub mod startup;
 pub mod table;

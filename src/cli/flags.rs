@@ -4,7 +4,7 @@
 
 use super::error::{usage, UsageError};
 use crate::pmix::MpiFlag;
-use crate::spec::StdinTarget;
+use crate::spec::{RestartScope, StdinTarget};
 use clap::{ArgAction, CommandFactory, Parser};
 use fabrics::endpoints::FabricChoice;
 use fabrics::placement::{BindTo, MapObj, MapPolicy};
@@ -39,6 +39,20 @@ FAILURES:
   the job (exit 125, one line naming it and why); a spare (--spare) or a node whose ranks had
   ended is one line, and the job goes on.
 
+RESTARTS (--max-restarts N, --restart-scope rank|job):
+  A rank that exits non-zero or is killed by a signal is restarted instead of ending the job,
+  with one line saying so (\"rlaunch: rank 3 (n2) killed by SIGKILL; restarting it (1 of 3)\").
+  Rank scope: the rank alone starts again on its node, same binding and environment, while the
+  others go on; N counts restarts of each rank. Job scope: every rank is stopped (SIGTERM, then
+  SIGKILL after the grace period) and all start again with a fresh PMI key-value space or PMIx
+  namespace named after the new generation; N counts restarts of the job. Not restarted: exit
+  status 0, MPI_Abort, a program that cannot start, anything after ctrl-C, --timeout or another
+  failure, and a restarted rank (or job) that fails again within 1 s of running again (one line
+  says so). When N is spent, the job ends as without restarts, plus one line saying so. Output
+  of every run of a rank is tagged as that rank's; --report lists every restart (time, ranks,
+  node, scope, reason, generation, milliseconds until running again) and the final generation;
+  the ranks in it are the last generation's. A restarted rank gets no stdin that came before.
+
 SIGNALS:
   SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 sent to rlaunch are forwarded to every rank.
   A second SIGINT (ctrl-C) within 5 s kills every rank with SIGKILL (exit 130).
@@ -50,6 +64,8 @@ SIGNALS:
 ENVIRONMENT OF EACH RANK:
   RLAUNCH_RANK, RLAUNCH_SIZE, RLAUNCH_LOCAL_RANK, RLAUNCH_LOCAL_SIZE, RLAUNCH_NODE_RANK,
   RLAUNCH_NUM_NODES, RLAUNCH_JOBID, RLAUNCH_APPNUM, plus rlaunch's own environment and -x values.
+  RLAUNCH_RESTARTS (how often this rank's process was restarted; 0 on its first start) and
+  RLAUNCH_GENERATION (the job's generation: 0, +1 per job-scope restart).
   PWD is the rank's working directory; SSH_* variables reach a rank only through -x.
   RLAUNCH_ENDPOINTS (the node's endpoint table, see rlaunch-endpoints(7)), RLAUNCH_NIC (the rank's
   NIC) and RLAUNCH_FABRIC (tcp or rdma), unless --fabric off.
@@ -58,6 +74,40 @@ ENVIRONMENT OF EACH RANK:
   on a node, HWLOC_XMLFILE (the node's hwloc topology, exported once by its daemon) and
   HWLOC_THISSYSTEM=1; when the whole job is on one node, UCX_TLS=^sysv,tcp (^tcp when /dev/shm
   has less than 16 MiB free per rank).
+
+SENSORS (--sensors, --sensor CMD):
+  Each daemon samples its node every --sensor-interval SECS (default 5) on a thread of its own;
+  a sensor's state is ok, degrading, failed or unknown. Only a change of state travels to the
+  front end: degrading and failed are one line each on stderr (ok again, and a source that
+  cannot be read, with -v), and --report lists every change per node (nodes[].sensors: time,
+  sensor, state, reading, reason, and the node's health: its worst sensor). Bad news counts at
+  once; a return to a better state (or to unknown) needs 3 samples in a row that agree, so a
+  flapping reading changes the state once. rlaunch does not move ranks off a node yet: a
+  degrading or failed node changes nothing in the job (the line says no action).
+  Built-in sensors (--sensors), read under / (sysfs and procfs):
+  thermal:ZONE    /sys/class/thermal/thermal_zone*/temp against trip_point_*_temp of type
+                  passive, hot and critical: degrading within --sensor-temp-margin C (5) of the
+                  lowest hot or critical trip point, or at a passive one (CPUs throttled);
+                  failed at a critical one; unknown for a zone without such trip points
+  edac:MC         /sys/devices/system/edac/mc/mc*/ce_count and ue_count, counted from the first
+                  sample: degrading at --sensor-edac-ce N (10) corrected errors, failed at one
+                  uncorrected error
+  memory          MemAvailable in /proc/meminfo: degrading below --sensor-mem-floor SIZE|PCT%
+                  (5% of MemTotal), failed below a quarter of it
+  nic:NAME        the NICs the node's ranks were given (RLAUNCH_NIC), from the fabric exchange
+                  on: /sys/class/net/NAME/operstate and carrier (failed when down),
+                  statistics/rx_errors + tx_errors + rx_dropped (degrading at --sensor-nic-errors N
+                  (100) new between two samples); an RDMA port DEV:PORT: its state (failed unless
+                  ACTIVE) and error counters under /sys/class/infiniband/DEV/ports/PORT
+  load            the 1-minute load average in /proc/loadavg: degrading above --sensor-load-factor
+                  F (4) times the CPUs in /sys/devices/system/cpu/online
+  A source that is missing or unreadable (no EDAC driver, no thermal zone) is said once, with
+  -v, and the sensor stays unknown.
+  User sensors (--sensor CMD, repeatable): CMD runs as sh -c CMD on every node each interval,
+  in a process group of its own, with RLAUNCH_NODE_RANK, RLAUNCH_NODE_NAME and RLAUNCH_JOBID
+  set, stdin and stderr /dev/null. Exit status 0 is ok, 1 degrading, 2 failed, any other
+  unknown; the first line of its stdout is the reason. A CMD still running when its interval is
+  over is killed (its process group) and counts as unknown; it never holds up the daemon.
 
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
@@ -241,8 +291,7 @@ APPLICATION FILES (both families):
 
 NOT SUPPORTED (one line names the option and says why or what to use instead):
   -enable-x, -ckpointlib (BLCR), Intel's -trace, -gtool and -check_mpi, -gdb, --debug, -xterm,
-  --enable-recovery and --max-restarts (not yet), -disable-auto-cleanup, --preload-binary,
-  --preload-files, -ompi-server, --personality, --xml.";
+  -disable-auto-cleanup, --preload-binary, --preload-files, -ompi-server, --personality, --xml.";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -475,6 +524,24 @@ showed in this mode (none in 200 jobs)."
     )]
     pub mpi: MpiFlag,
 
+    /// Restart a failed rank (non-zero exit or signal) up to N times instead of ending the job; with
+    /// --restart-scope rank N counts per rank, with job it counts restarts of the whole job. Aborts
+    /// (MPI_Abort), ranks that cannot start, ctrl-C and --timeout are never restarted; a restarted
+    /// rank that fails again within 1 s is not restarted again. 0: the first failure ends the job
+    #[arg(long = "max-restarts", value_name = "N", help_heading = "Recovery")]
+    pub max_restarts: Option<u32>,
+
+    /// What a restart starts again: rank (only the failed rank, on its node with its binding; the
+    /// others go on) or job (every rank is stopped, then all start again with a fresh PMI/PMIx
+    /// generation; what MPI programs need) [default: job when the ranks use PMI or PMIx, as --mpi
+    /// pmi|pmix says or --mpi auto finds an MPI library; else rank]
+    #[arg(long = "restart-scope", value_name = "rank|job", value_parser = typed::<RestartScope>, help_heading = "Recovery")]
+    pub restart_scope: Option<RestartScope>,
+
+    /// Open MPI (PRRTE): restart failed ranks; --max-restarts 1 unless --max-restarts says otherwise
+    #[arg(long = "enable-recovery", help_heading = "Recovery")]
+    pub enable_recovery: bool,
+
     /// Network for rank endpoints: auto (RDMA when every node has an active port, else TCP), tcp,
     /// rdma, or off (no inventory exchange, no endpoint table)
     #[arg(long, value_name = "auto|tcp|rdma|off", default_value = "auto", value_parser = typed::<FabricFlag>)]
@@ -695,6 +762,50 @@ showed in this mode (none in 200 jobs)."
     #[arg(long, visible_alias = "configfile", value_name = "FILE", hide_short_help = true)]
     pub app: Option<PathBuf>,
 
+    /// Watch each node's health with the built-in sensors: thermal zones, EDAC memory errors,
+    /// MemAvailable, the job's NICs, load (SENSORS in --help); a change of state is one line on
+    /// stderr and goes into the --report
+    #[arg(long)]
+    pub sensors: bool,
+
+    /// A user sensor: CMD runs with `sh -c` on every node each --sensor-interval; exit status 0 ok,
+    /// 1 degrading, 2 failed, anything else (or no answer within the interval: killed) unknown; the
+    /// first line of its output is the reason; repeatable
+    #[arg(long = "sensor", value_name = "CMD", action = ArgAction::Append, allow_hyphen_values = true)]
+    pub sensor: Vec<String>,
+
+    /// Seconds between two samples of the sensors (fractions allowed), also the time a user sensor
+    /// has to answer [default: 5]
+    #[arg(long = "sensor-interval", value_name = "SECS")]
+    pub sensor_interval: Option<f64>,
+
+    /// With --sensors: a thermal zone within C degrees Celsius of its hot or critical trip point is
+    /// degrading (at a passive one too: the CPUs are throttled), at its critical one failed
+    /// [default: 5]
+    #[arg(long = "sensor-temp-margin", value_name = "C", hide_short_help = true)]
+    pub sensor_temp_margin: Option<f64>,
+
+    /// With --sensors: MemAvailable below SIZE (512M, 2G) or PCT of MemTotal (5%) is degrading,
+    /// below a quarter of it failed [default: 5%]
+    #[arg(long = "sensor-mem-floor", value_name = "SIZE|PCT%", value_parser = typed::<fabrics::sensors::MemFloor>, hide_short_help = true)]
+    pub sensor_mem_floor: Option<fabrics::sensors::MemFloor>,
+
+    /// With --sensors: a 1-minute load average above F times the node's online CPUs is degrading
+    /// [default: 4]
+    #[arg(long = "sensor-load-factor", value_name = "F", hide_short_help = true)]
+    pub sensor_load_factor: Option<f64>,
+
+    /// With --sensors: N corrected memory errors (EDAC) on a memory controller since the job
+    /// started are degrading; one uncorrected error is failed [default: 10]
+    #[arg(long = "sensor-edac-ce", value_name = "N", value_parser = clap::value_parser!(u64).range(1..), hide_short_help = true)]
+    pub sensor_edac_ce: Option<u64>,
+
+    /// With --sensors: N new errors and drops (rx_errors, tx_errors, rx_dropped; an RDMA port's
+    /// error counters) on one of the job's NICs between two samples are degrading; a link down
+    /// (operstate, carrier, port state) is failed [default: 100]
+    #[arg(long = "sensor-nic-errors", value_name = "N", value_parser = clap::value_parser!(u64).range(1..), hide_short_help = true)]
+    pub sensor_nic_errors: Option<u64>,
+
     /// Generate documentation: "man", or completions for "bash", "zsh", "fish", "elvish", "powershell"
     #[arg(long, value_name = "WHAT", hide = true, value_parser = typed::<Generate>)]
     pub generate: Option<Generate>,
@@ -720,8 +831,6 @@ pub const WONT: &[(&str, &str)] = &[
     ("enable-x", "rlaunch does not forward X11 connections"),
     ("trace", "Intel Trace Collector preloading is not supported; set LD_PRELOAD with -genv"),
     ("gtool", "Intel MPI tool launching is not supported; wrap the program yourself"),
-    ("enable-recovery", "restarting failed ranks is not supported yet; the first failure ends the job"),
-    ("max-restarts", "restarting failed ranks is not supported yet; the first failure ends the job"),
     ("disable-auto-cleanup", "rlaunch ends the whole job at the first failure; it cannot leave the other ranks running"),
     ("preload-binary", "rlaunch does not copy programs to the nodes; put the program on a shared file system"),
     ("preload-files", "rlaunch does not copy files to the nodes; put them on a shared file system"),
@@ -735,7 +844,7 @@ pub const WONT: &[(&str, &str)] = &[
     ("info", "prints MPICH's build configuration; rlaunch --version says which rlaunch this is"),
     ("tv", "rlaunch does not start TotalView; run the debugger as the program, or see --get-stack-traces"),
     ("debugger", "rlaunch does not start a parallel debugger; run one as the program, or see --get-stack-traces"),
-    ("with-ft", "ULFM fault tolerance is not supported; the first failure ends the job"),
+    ("with-ft", "ULFM fault tolerance is not supported; --max-restarts restarts failed ranks instead"),
 ];
 
 /// Other spellings of rlaunch's options (with one dash or two), replaced by rlaunch's words:

@@ -4,9 +4,9 @@
 //!
 //! Files: `error` (the usage error they all return), `appfile` (expands `--app FILE` /
 //! `-configfile FILE` into words, before parsing), `flags` (the one clap table and the typed
-//! value parsers), `normalize` (mpirun-style words to clap's), `parse`, `resolve`, `dry_run` (the
-//! `--dry-run` text). Each imports only files before it in that list (dry_run only the plan), and
-//! none imports this one.
+//! value parsers), `normalize` (mpirun-style words to clap's), `parse`, `sensors` (the sensor
+//! flags, resolved), `resolve`, `dry_run` (the `--dry-run` text). Each imports only files before
+//! it in that list (dry_run only the plan), and none imports this one.
 
 mod appfile;
 mod dry_run;
@@ -17,6 +17,7 @@ mod normalize;
 mod parse;
 mod rankfile;
 mod resolve;
+mod sensors;
 
 pub use appfile::{expand as expand_context_files, expand_tune};
 pub use dry_run::describe;

@@ -109,7 +109,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         .iter()
         .map(|a| pmix::AppProgram { program: &a.argv[0], cwd: Path::new(&a.cwd), path: app_path(a, &global_path) })
         .collect();
-    let (interface, mpi_reason) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
+    let (interface, mpi_reason, speaks_mpi) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
     let job_id = format!("rl-{}", &wire::hex(&wire::random_key()?)[..8]);
     let launch = wire::Launch {
         job_id,
@@ -140,6 +140,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         },
         placement: placement(g, alloc.local && alloc.nodes.len() > 1, own.rank_file())?,
         node_loss,
+        sensors: super::sensors::spec(g, env.var(spec::SENSOR_ROOT_ENV))?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -179,6 +180,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         ports,
         bind_address: g.bind_address,
         mpi_reason,
+        restarts: restart_spec(g.max_restarts, g.enable_recovery, g.restart_scope, speaks_mpi),
     })
 }
 
@@ -195,6 +197,15 @@ fn node_loss(g: &Cli) -> Result<spec::NodeLossSpec, UsageError> {
     }
     let ms = |d: Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
     Ok(spec::NodeLossSpec { spares: g.spare, heartbeat_ms: ms(beat), silence_ms: ms(silence) })
+}
+
+/// `--max-restarts`, `--enable-recovery` (PRRTE's spelling: one restart unless `--max-restarts`
+/// says otherwise) and `--restart-scope`, whose default is the job when the ranks speak PMI or
+/// PMIx (MPI programs can only be restarted together) and the rank otherwise.
+fn restart_spec(max: Option<u32>, enable_recovery: bool, scope: Option<spec::RestartScope>, speaks_mpi: bool) -> spec::RestartSpec {
+    let max = max.unwrap_or(if enable_recovery { 1 } else { 0 });
+    let scope = scope.unwrap_or(if speaks_mpi { spec::RestartScope::Job } else { spec::RestartScope::Rank });
+    spec::RestartSpec { max, scope }
 }
 
 /// The longest timeout accepted: beyond it deadlines would overflow the clock.

@@ -29,4 +29,10 @@ pub enum Effect {
     Mark(crate::timeline::Mark),
     /// A rank was reaped and its output drained: its last PMI words, then its exit, go up.
     RankExit { rank: u32, pid: u32, status: RankStatus },
+    /// Restarts: start these local ranks again (rank scope).
+    Respawn(Vec<u32>),
+    /// Restarts: end every local rank for a job restart (SIGTERM, then SIGKILL after the grace).
+    StopRanks,
+    /// Restarts: start every local rank again as this generation, with fresh PMI/PMIx state.
+    NewGeneration(u32),
 }

@@ -6,8 +6,8 @@
 //! job ([`crate::job::JobView`]) and an input, and return [`effect::Effect`]s for the loop to
 //! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]) with placement
 //! ([`binding`]), the local rank
-//! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), tree repair and
-//! heartbeats ([`repair`]), and the sweep of
+//! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), restarts
+//! ([`restart`]), tree repair ([`repair`]), the node's sensors ([`sensors`]), and the sweep of
 //! descendants that escaped their rank ([`adopted`]).
 
 mod adopted;
@@ -23,7 +23,9 @@ mod pmi;
 mod pmix;
 mod ranks;
 mod repair;
+mod restart;
 mod say;
+mod sensors;
 mod spawn;
 mod topology;
 mod traces;

@@ -12,7 +12,9 @@ use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
 use super::repair;
+use super::restart::{self, Restarts};
 use super::say::say;
+use super::sensors::Sensors;
 use super::spawn::{self, Spawner};
 use super::traces::Traces;
 use super::tree_spawn::TreeSpawn;
@@ -90,6 +92,8 @@ pub struct Daemon {
     pmix: Pmix,
     fabric: Fabric,
     traces: Traces,
+    sensors: Sensors,
+    restarts: Restarts,
     timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
     /// the ssh threads of tree spawn.
@@ -134,6 +138,8 @@ impl Daemon {
             pmix: Pmix::new(node),
             fabric,
             traces: Traces::default(),
+            sensors: Sensors::default(),
+            restarts: Restarts::new(node),
             timeline,
             guard,
             node_done_sent: false,
@@ -214,7 +220,7 @@ impl Daemon {
             // libpmix queued an upcall, or a start thread (tree spawn over ssh) saw its daemon end;
             // the latter is looked at after every event.
             Source::Fixed(token::WAKE) => match self.job.view() {
-                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).chain(self.fabric.on_wake()).collect(),
+                Some(job) => self.pmix.on_wake(job).into_iter().chain(self.traces.drain(self.node)).chain(self.fabric.on_wake()).chain(self.sensors.on_wake(self.node)).collect(),
                 None => return,
             },
             Source::Pmi(_) => self.pmi.on_event(ev, registry),
@@ -237,7 +243,13 @@ impl Daemon {
                 Effect::Fault(text) => self.fault(text),
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),
-                Effect::SpawnRanks => self.spawn_ranks(),
+                Effect::SpawnRanks => self.spawn_ranks(None),
+                Effect::Respawn(ranks) => self.spawn_ranks(Some(ranks)),
+                Effect::StopRanks => self.terminate_all(),
+                Effect::NewGeneration(g) => {
+                    let fx = restart::new_generation(g, &mut self.ranks, &mut self.pmi, &mut self.pmix, self.job.view());
+                    self.apply(fx);
+                }
                 Effect::RankExit { rank, pid, status } => {
                     // Its abort or unfinalized exit must reach the front end before its exit status.
                     let mut fx = self.pmi.rank_exited(rank, self.poll.registry());
@@ -306,6 +318,7 @@ impl Daemon {
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
             Msg::Rdma(step) => self.fabric.on_rdma(None, step),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children(), &self.notify),
+            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. } | Msg::RestartJob { .. }) => self.restarts.on_msg(m, self.links.router().children()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -335,7 +348,7 @@ impl Daemon {
             self.apply(fx);
         }
         let fx = match (&self.job, map_error) {
-            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding())].into_iter().flatten().collect(),
+            (Job::Ready(job), _) => [self.fabric.on_launch(job), self.pmix.begin(job, &self.waker, self.fabric.binding()), self.sensors.start(job, &self.notify)].into_iter().flatten().collect(),
             (_, Some(e)) => vec![Effect::Fault(format!("computing the process map: {e}"))],
             _ => Vec::new(),
         };
@@ -442,6 +455,7 @@ impl Daemon {
     fn start_ranks(&mut self) {
         self.timeline.mark(Phase::FabricReady, Instant::now());
         let Some(job) = self.job.view() else { return };
+        self.sensors.job_nics(job.local_ranks().len(), &self.fabric);
         let registry = self.poll.registry();
         let started = if Pmix::wanted(job) {
             Ok(self.pmix.want_ranks(job, &self.waker, self.fabric.binding()))
@@ -454,9 +468,12 @@ impl Daemon {
         }
     }
 
-    fn spawn_ranks(&mut self) {
+    fn spawn_ranks(&mut self, only: Option<Vec<u32>>) {
         let Some(job) = self.job.view() else { return };
+        self.node_done_sent = false; // A restart: the node has ranks again.
         let s = Spawner {
+            only,
+            restarts: &self.restarts,
             job,
             registry: self.poll.registry(),
             ranks: &mut self.ranks,
@@ -492,7 +509,8 @@ impl Daemon {
         // The ranks wait for the fabric table or for libpmix, unless the job is ending (ranks not
         // started because spawning stopped count as done).
         let held = (self.fabric.holds_ranks() || self.pmix.holds_ranks()) && !self.ranks.stop_spawning();
-        if self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
+        self.restarts.stopped(self.ranks.all_reported()).into_iter().for_each(|m| self.links.up(&m));
+        if self.restarts.holds_done() || self.node_done_sent || self.job.launch().is_none() || !self.ranks.all_reported() || held {
             return;
         }
         self.node_done_sent = true;

@@ -21,6 +21,8 @@ const FDS_BASE: u64 = 256;
 pub struct Pmi {
     node: u32,
     active: Option<Active>,
+    /// The job's generation (job-scope restarts): part of the KVS name from 1 on.
+    generation: u32,
 }
 
 struct Active {
@@ -50,7 +52,23 @@ fn ensure_fd_room(local_ranks: usize) {
 
 impl Pmi {
     pub fn new(node: u32) -> Pmi {
-        Pmi { node, active: None }
+        Pmi { node, active: None, generation: 0 }
+    }
+
+    /// A job restart: the old ranks' sockets, keys and fence state go; [`Pmi::setup`] starts
+    /// generation `generation` with a KVS of its own name and fences from the start.
+    pub fn restart(&mut self, generation: u32) {
+        self.active = None;
+        self.generation = generation;
+    }
+
+    /// The KVS name of `job_id` in `generation`: a restarted job's ranks must not mistake the
+    /// old generation's keys for theirs.
+    pub fn kvsname(job_id: &str, generation: u32) -> String {
+        match generation {
+            0 => job_id.to_string(),
+            g => format!("{job_id}-g{g}"),
+        }
     }
 
     /// Before the first rank starts: the engine for this node's ranks and the fence vertex.
@@ -58,7 +76,7 @@ impl Pmi {
         let launch = job.launch();
         let node = self.node;
         ensure_fd_room(job.local_ranks().len());
-        let mut info = JobInfo::from_map(&launch.job_id, job.map(), node);
+        let mut info = JobInfo::from_map(&Pmi::kvsname(&launch.job_id, self.generation), job.map(), node);
         if let Some(u) = launch.pmi.universe {
             info.universe_size = u;
         }

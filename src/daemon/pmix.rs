@@ -115,6 +115,9 @@ struct Active {
     /// Bound local ranks' `PMIX_CPUSET` and `PMIX_LOCALITY_STRING`, by rank.
     locality: Vec<(u32, String, String)>,
     registration: Registration,
+    /// The job's generation (job-scope restarts): in the registrations' completion tokens, so
+    /// that a late completion of the previous generation's is not taken for this one's.
+    generation: u32,
     /// What libpmix may still read of the registrations: dropped after `server_finalize`.
     _in_flight: Vec<InFlight>,
 }
@@ -355,6 +358,7 @@ impl Pmix {
             lazy,
             locality,
             registration: Registration::Waiting { step: 0, deadline: Instant::now() },
+            generation: 0,
             _in_flight: Vec::new(),
         };
         // On failure `active` is dropped here: the server stops and its directory goes.
@@ -496,7 +500,7 @@ impl Pmix {
     fn registered(&mut self, job: &JobView, token: u64, status: i32) -> Vec<Effect> {
         let Some(a) = self.active.as_mut() else { return Vec::new() };
         let Registration::Waiting { step, .. } = a.registration else { return Vec::new() };
-        if token != step as u64 {
+        if token != step_token(a.generation, step) {
             return Vec::new();
         }
         let (call, what) = step_call(job, step);
@@ -544,6 +548,39 @@ impl Pmix {
         self.run(outs)
     }
 
+    /// A job restart (every local rank is gone): the old generation's namespace is deregistered
+    /// and the job registered again as `nspace-g<generation>`, with fences and direct modex from
+    /// the start; the ranks wait for the registrations as at the launch. The server itself stays
+    /// up (its start is the slow part).
+    pub fn restart(&mut self, job: &JobView, generation: u32) -> Vec<Effect> {
+        self.ranks_wanted = false;
+        self.early.clear();
+        let Some(a) = self.active.as_mut() else { return Vec::new() };
+        let node = self.node;
+        let nspace = crate::daemon::pmi::Pmi::kvsname(&job.launch().job_id, generation);
+        let old = std::mem::replace(&mut a.layout.nspace, nspace);
+        let step = a.lib.deregister_nspace(&old).with_context(|| format!("retiring PMIx namespace {old} for the restart"));
+        let at = format!("node {node} ({})", launchers::local_hostname());
+        let rank_node: Vec<u32> = job.map().ranks().iter().map(|p| p.node).collect();
+        a.engine = Engine::new(&a.layout.nspace, node, at, rank_node, job.fence_children().to_vec());
+        a.registration = Registration::Waiting { step: 0, deadline: Instant::now() + REGISTER_WAIT };
+        a.generation = generation;
+        let registered = step.and_then(|flight| {
+            a._in_flight.push(flight);
+            register_from(a, job, 0)
+        });
+        match registered {
+            Err(e) => self.failed(e),
+            Ok(done) => {
+                if done {
+                    self.all_registered()
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
     /// Stops libpmix and removes its directory.
     pub fn finish(&mut self) {
         self.active = None;
@@ -587,6 +624,11 @@ impl Pmix {
     }
 }
 
+/// The completion token of registration `step` in `generation`.
+fn step_token(generation: u32, step: usize) -> u64 {
+    ((generation as u64) << 32) | step as u64
+}
+
 /// Issues registration `step` and those after it that libpmix completes at once. Every local rank
 /// is registered before the first one starts: libpmix (4.2.2) defers a client's request for a
 /// peer's data while "not all registered" and does not look at that request again when the last
@@ -603,9 +645,9 @@ fn register_from(a: &mut Active, job: &JobView, mut step: usize) -> Result<bool>
         let (_, what) = step_call(job, step);
         let flight = if step == 0 {
             let info = job_info(a, job).context("describing the job to libpmix")?;
-            a.lib.register_nspace(&a.layout.nspace, local.len() as u32, info, 0)
+            a.lib.register_nspace(&a.layout.nspace, local.len() as u32, info, step_token(a.generation, 0))
         } else {
-            a.lib.register_client(&a.layout.nspace, local[step - 1], step as u64)
+            a.lib.register_client(&a.layout.nspace, local[step - 1], step_token(a.generation, step))
         }
         .context(what)?;
         let done = flight.done;

@@ -69,6 +69,8 @@ pub struct Ranks {
     started: bool,
     /// Stdin chunks (an empty one is EOF) that came before the ranks were started.
     held_stdin: Vec<Vec<u8>>,
+    /// Stdin ended (EOF delivered): a rank started after that gets none.
+    stdin_closed: bool,
     /// One read buffer for every pipe: a fresh zeroed 64 KiB per read was a third of the daemon's
     /// instructions in a PMI modex (callgrind).
     buf: Vec<u8>,
@@ -87,7 +89,8 @@ impl Ranks {
         let mut r = LocalRank::new(rank, pid);
         r.out = Some(Receiver::from(child.stdout));
         r.err = Some(Receiver::from(child.stderr));
-        r.stdin = child.stdin.map(Sender::from);
+        // A restarted rank gets stdin from where the job is: nothing more once it ended.
+        r.stdin = child.stdin.filter(|_| !self.stdin_closed).map(Sender::from);
         if let Some(p) = r.out.as_mut() {
             p.set_nonblocking(true)?;
             registry.register(p, token::rank_pipe(idx, Pipe::Stdout), Interest::READABLE)?;
@@ -136,6 +139,7 @@ impl Ranks {
             self.held_stdin.push(data.to_vec());
             return;
         }
+        self.stdin_closed |= data.is_empty();
         for i in 0..self.ranks.len() {
             let r = &mut self.ranks[i];
             if r.stdin.is_none() || r.stdin_eof {
@@ -314,6 +318,12 @@ impl Ranks {
         if self.kill_at.is_none() {
             self.kill_at = Some(Instant::now() + grace);
         }
+    }
+
+    /// A job restart stopped every rank: ranks may start again, and no kill is pending.
+    pub fn resume(&mut self) {
+        self.stop_spawning = false;
+        self.kill_at = None;
     }
 
     /// SIGKILL now; no more ranks start.

@@ -8,6 +8,7 @@ use super::guard::Guard;
 use super::pmi::Pmi;
 use super::pmix::Pmix;
 use super::ranks::Ranks;
+use super::restart::Restarts;
 use crate::job::JobView;
 use crate::spec::{Interface, RankStatus};
 use crate::wire::Msg;
@@ -259,6 +260,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// What spawning the ranks uses of the daemon, for the length of the call.
 pub struct Spawner<'a> {
+    /// Only these local ranks (a rank-scope restart); None: all of them.
+    pub only: Option<Vec<u32>>,
+    /// Each rank's `RLAUNCH_RESTARTS` and `RLAUNCH_GENERATION`.
+    pub restarts: &'a Restarts,
     pub job: &'a JobView,
     pub registry: &'a Registry,
     pub ranks: &'a mut Ranks,
@@ -274,7 +279,7 @@ pub struct Spawner<'a> {
 /// Spawns the local ranks (PMI or PMIx set up already), until one cannot be started or the job
 /// is ending. Returns `Started`; an error means the node failed (and no `Started` goes up).
 pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
-    let Spawner { job, registry, ranks, guard, pmi, pmix, fabric, launch_bytes, timeline } = s;
+    let Spawner { only, restarts, job, registry, ranks, guard, pmi, pmix, fabric, launch_bytes, timeline } = s;
     let node = job.node().unwrap_or_default();
     // One interface per job: PMIx ranks get no PMI socket or variables, and the reverse; any rank
     // loses what this daemon inherited of the interface it does not use.
@@ -292,7 +297,11 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
         if ranks.stop_spawning() {
             break;
         }
+        if only.as_ref().is_some_and(|o| !o.contains(&rank)) {
+            continue;
+        }
         let mut spec = CommandSpec::for_rank(job, li, fabric.rank_env(li as u32));
+        spec.env.extend(restarts.env(rank));
         spec.bind(fabric.binding(), li);
         let mut pmi_end = None;
         spec.add_interface(interface, &scrub, |env| match interface {

@@ -1,8 +1,12 @@
 //! What the front end knows about each node's daemon: started, joined, done, lost, and when its
-//! `--launch-timeout` started to run. Pure bookkeeping over the tree; the processes themselves
-//! are in [`super::carriers`].
+//! `--launch-timeout` started to run, and what it reported of its node (launch timeline, sensors
+//! in [`super::sensors`]). Pure bookkeeping over the tree; the processes themselves are in
+//! [`super::carriers`].
 
+use super::effect::Effect;
 use super::reporter::Progress;
+use super::sensors::NodeSensors;
+use crate::wire::Msg;
 use crate::tree::Topology;
 use launchers::start::{bracket_v6, StartPhases};
 use std::time::{Duration, Instant};
@@ -42,11 +46,12 @@ pub struct Daemons {
     nodes: Vec<NodeState>,
     /// The node list's names, for rendezvous.
     names: Vec<String>,
+    sensors: NodeSensors,
 }
 
 impl Daemons {
     pub fn new(topo: Topology, names: Vec<String>) -> Daemons {
-        Daemons { nodes: vec![NodeState::default(); topo.nnodes() as usize], topo, names }
+        Daemons { nodes: vec![NodeState::default(); topo.nnodes() as usize], topo, names, sensors: NodeSensors::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -112,6 +117,20 @@ impl Daemons {
         if let Some(d) = self.nodes.get_mut(node as usize).filter(|_| launch_bytes > 0) {
             d.launch_bytes = launch_bytes;
         }
+    }
+
+    /// What a daemon reports of its node, `t_ms` after rlaunch started: its launch timeline, or
+    /// a sensor's change of state.
+    pub fn node_report(&mut self, msg: Msg, t_ms: Option<f64>) -> Vec<Effect> {
+        match msg {
+            Msg::Timeline { node, marks } => self.timeline(node, marks),
+            m => self.sensors.on_msg(&self.names, m, t_ms),
+        }
+    }
+
+    /// Every node's sensor changes and health.
+    pub fn sensors(&self) -> &NodeSensors {
+        &self.sensors
     }
 
     /// `Timeline`: when `node`'s daemon reached each launch phase, on its clock.

@@ -10,12 +10,13 @@ use super::fabric::RootFabric;
 use super::lost::{self, How, NodeLoss};
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
+use super::recovery::{JobState, Recovery};
 use super::report::{ms_since, report_json, summary_lines, ReportInput, Timings};
 use super::rendezvous::Rendezvous;
 use super::reporter::{OutputStyle, Progress, Reporter};
 use super::sinks::Sinks;
 use super::traces::StackTraces;
-use super::verdict::{fmt_secs, Action, Failure, Verdict};
+use super::verdict::{fmt_secs, Action, Failure, Outcome, Verdict};
 use crate::binding;
 use crate::plan::JobPlan;
 use crate::job::JobView;
@@ -52,6 +53,7 @@ struct Frontend {
     carriers: Carriers,
     ranks: Ranks,
     verdict: Verdict,
+    recovery: Recovery,
     reporter: Reporter,
     sinks: Sinks,
     timings: Timings,
@@ -105,6 +107,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
             }),
         }),
         verdict: Verdict::default(),
+        recovery: Recovery::new(plan.restarts, &job),
         timings: Timings::default(),
         pmi: RootPmi::default(),
         ready: Vec::new(),
@@ -227,7 +230,8 @@ impl Frontend {
         let now = Instant::now();
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), self.lost.next_deadline()]
+        let held = self.recovery.deadline().map(|d| self.plan.t0 + d);
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held, self.lost.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -273,16 +277,22 @@ impl Frontend {
                 self.ranks.started(&pids);
                 self.daemons.launched(node, launch_bytes);
                 self.timings.ranks_started(self.ranks.all_running(), self.plan.t0);
-                Vec::new()
+                self.recovery.node_started(node, &pids, self.ranks.all_running(), self.plan.t0.elapsed())
             }
+            Msg::NodeDone { node } if self.recovery.stale_done(node) => Vec::new(),
+            Msg::PmiReport { .. } | Msg::Fence { .. } | Msg::PmixFence { .. } | Msg::KvsGet { .. } | Msg::KvsValue { .. } if self.recovery.stopping() => Vec::new(),
+            Msg::RestartStopped { node, generation } => self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0)),
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
-            Msg::Timeline { node, marks } => self.daemons.timeline(node, marks),
+            m @ (Msg::Timeline { .. } | Msg::Sensor { .. }) => self.daemons.node_report(m, ms_since(self.plan.t0)),
             Msg::NodeDone { node } => self.daemons.finished(node),
             Msg::StackTrace { rank, pid, text } => vec![StackTraces::show(&self.job, rank, pid, &text)],
             Msg::TracesDone { node } => self.traces.done(node),
             Msg::NodeFailed { node, fault } => self.node_failed(node, fault),
-            Msg::PmiReport { rank, node, kind, message } => self.pmi.report(&self.job, rank, node, kind, &message),
+            Msg::PmiReport { rank, node, kind, message } => {
+                let fx = self.pmi.report(&self.job, rank, node, kind, &message);
+                self.recovery.screen(fx, self.verdict.terminating(), self.plan.t0.elapsed())
+            }
             Msg::Fence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmi, n, seq, puts)),
             Msg::PmixFence { seq, puts } => from.map_or(Vec::new(), |n| self.pmi.fence(&self.job, FenceKind::Pmix, n, seq, puts)),
             Msg::KvsGet { from, key, .. } => self.pmi.kvs_get(&self.job, from, key),
@@ -367,6 +377,9 @@ impl Frontend {
 
     fn on_signals(&mut self) {
         for s in self.signals.drain() {
+            if matches!(s, libc::SIGINT | libc::SIGTERM | libc::SIGHUP) {
+                self.recovery.close(); // The user ends the job: its ranks' deaths are not failures.
+            }
             match s {
                 libc::SIGCHLD => {}
                 libc::SIGINT if self.interrupted_at.is_some_and(|t| t.elapsed() < SECOND_INTERRUPT) => self.fail(Failure::SecondInterrupt),
@@ -415,7 +428,7 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
-        let late = self.traces.expired(now);
+        let late = self.traces.expired(now).into_iter().chain(self.recovery.due(now.saturating_duration_since(self.plan.t0))).collect();
         self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
@@ -461,7 +474,8 @@ impl Frontend {
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
-        ended.into_iter().chain([Effect::Fail(self.pmi.exit_failure(rank, status))]).collect()
+        let s = JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating() || self.verdict.outcome() != Outcome::Running, self.plan.t0);
+        ended.into_iter().chain(self.recovery.rank_ended(self.pmi.exit_failure(rank, status), s)).collect()
     }
 
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
@@ -536,7 +550,7 @@ impl Frontend {
 
     fn finished(&self) -> bool {
         // Daemons with no rank to wait for report done before the fabric exchange ends.
-        self.daemons.all_accounted() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
+        self.daemons.all_accounted() && !self.recovery.holding() && !(self.fabric.gather().waiting() && self.verdict.outcome() == super::verdict::Outcome::Running)
     }
 
     fn finish(&mut self) -> i32 {
@@ -563,6 +577,7 @@ impl Frontend {
             timings: &self.timings,
             fabric: &self.fabric,
             lost: &self.lost,
+            restarts: (self.recovery.log(), self.recovery.generation()),
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));
         summary.iter().for_each(|line| self.reporter.detail(1, line));

@@ -48,6 +48,21 @@ impl Ranks {
         }
     }
 
+    /// `rank` is started again: no exit status and no pid until its `Started`.
+    pub fn restarting(&mut self, rank: u32) {
+        if let Some(slot) = self.status.get_mut(rank as usize) {
+            if slot.take().is_some() {
+                self.exited -= 1;
+            }
+            self.pid[rank as usize] = 0;
+        }
+    }
+
+    /// Every rank is started again (a job restart).
+    pub fn restarting_all(&mut self) {
+        (0..self.len() as u32).for_each(|r| self.restarting(r));
+    }
+
     pub fn all_running(&self) -> bool {
         self.pid.iter().all(|&p| p != 0)
     }

@@ -1,5 +1,5 @@
-//! The `--report` JSON: the map, every rank's status, every node's daemon, phase timings and the
-//! fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
+//! The `--report` JSON: the map, every rank's status, every node's daemon (with its sensors' state
+//! changes), phase timings and the fabric that ran. Pure: the loop hands in what it knows, this file shapes it.
 
 use super::daemons::{Daemons, NodeState};
 use crate::timeline::{self, Aligned, NamedMarks};
@@ -48,6 +48,8 @@ pub struct ReportInput<'a> {
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
     pub lost: &'a NodeLoss,
+    /// `--max-restarts`: every restart, and the generation the job ended in.
+    pub restarts: (&'a [super::restart::Restart], u32),
 }
 
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
@@ -101,6 +103,23 @@ fn timeline_json(d: &NodeState) -> serde_json::Value {
     serde_json::Value::Object(t)
 }
 
+/// The report's `restarts`: when (ms since rlaunch started), which ranks on which node, the
+/// scope, why, the generation after it, and how long until the ranks ran again.
+fn restarts_json(log: &[super::restart::Restart]) -> serde_json::Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let entries: Vec<_> = log
+        .iter()
+        .map(|r| {
+            json!({
+                "at_ms": ms(r.at), "ranks": r.ranks, "node": r.node, "scope": r.scope.name(),
+                "reason": r.reason, "generation": r.generation,
+                "running_again_ms": r.running_again.map(|t| ms(t.saturating_sub(r.at))),
+            })
+        })
+        .collect();
+    json!(entries)
+}
+
 pub fn report_json(r: &ReportInput) -> String {
     let (job, launch, map) = (r.job, r.job.launch(), r.job.map());
     let ranks: Vec<_> = (0..r.ranks.len() as u32)
@@ -133,6 +152,7 @@ pub fn report_json(r: &ReportInput) -> String {
                 "launch_bytes": d.launch_bytes, "ranks": map.ranks_on(i as u32),
                 "state": if d.done { "done" } else if d.lost { "lost" } else { "unknown" },
                 "timeline": timeline_json(d),
+                "sensors": r.daemons.sensors().node_json(i as u32),
             })
         })
         .collect();
@@ -165,6 +185,8 @@ pub fn report_json(r: &ReportInput) -> String {
         "nodes_lost": nodes_lost_json(r),
         "tree_repairs": tree_repairs_json(r),
         "spares": spares_json(r),
+        "generation": r.restarts.1,
+        "restarts": restarts_json(r.restarts.0),
     });
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }

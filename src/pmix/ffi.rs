@@ -142,6 +142,7 @@ struct Fns {
     server_finalize: unsafe extern "C" fn() -> c_int,
     register_nspace: unsafe extern "C" fn(*const c_char, c_int, *mut pmix_info_t, usize, Option<OpCb>, *mut c_void) -> c_int,
     register_client: unsafe extern "C" fn(*const pmix_proc_t, libc::uid_t, libc::gid_t, *mut c_void, Option<OpCb>, *mut c_void) -> c_int,
+    deregister_nspace: unsafe extern "C" fn(*const c_char, Option<OpCb>, *mut c_void),
     setup_fork: unsafe extern "C" fn(*const pmix_proc_t, *mut *mut *mut c_char) -> c_int,
     dmodex_request: unsafe extern "C" fn(*const pmix_proc_t, Option<DmodexRespCb>, *mut c_void) -> c_int,
     generate_regex: unsafe extern "C" fn(*const c_char, *mut *mut c_char) -> c_int,
@@ -213,6 +214,7 @@ impl Lib {
             server_finalize: sym!(lib, name, "PMIx_server_finalize"),
             register_nspace: sym!(lib, name, "PMIx_server_register_nspace"),
             register_client: sym!(lib, name, "PMIx_server_register_client"),
+            deregister_nspace: sym!(lib, name, "PMIx_server_deregister_nspace"),
             setup_fork: sym!(lib, name, "PMIx_server_setup_fork"),
             dmodex_request: sym!(lib, name, "PMIx_server_dmodex_request"),
             generate_regex: sym!(lib, name, "PMIx_generate_regex"),
@@ -286,6 +288,16 @@ impl Lib {
         let rc = unsafe { (self.f.register_nspace)(ns.as_ptr(), nlocal as c_int, info.ptr(), info.len(), Some(on_registered), token as usize as *mut c_void) };
         self.check(CALL, rc)?;
         Ok(InFlight { done: rc == PMIX_OPERATION_SUCCEEDED, _ns: Some(ns), _info: Some(info), _proc: None })
+    }
+
+    /// `PMIx_server_deregister_nspace` (a job restart retires the old generation's namespace and
+    /// its clients). Nothing waits for its completion; keep the returned [`InFlight`] (which owns
+    /// the name) until the server is finalized (rule 2).
+    pub fn deregister_nspace(&self, nspace: &str) -> Result<InFlight, CallError> {
+        let ns = c_string("PMIx_server_deregister_nspace", nspace)?;
+        // SAFETY: ns lives in the returned InFlight (rule 2); the callback ignores its cbdata.
+        unsafe { (self.f.deregister_nspace)(ns.as_ptr(), Some(on_deregistered), std::ptr::null_mut()) };
+        Ok(InFlight { done: false, _ns: Some(ns), _info: None, _proc: None })
     }
 
     /// `PMIx_server_register_client` for rank `rank` of `nspace`, owned by this process's user.
@@ -644,6 +656,10 @@ unsafe extern "C" fn release_blob(owner: *mut c_void) {
         // SAFETY: owner is the Box<Vec<u8>> leaked in ModexDone::complete, released once.
         drop(unsafe { Box::from_raw(owner as *mut Vec<u8>) });
     }
+}
+
+unsafe extern "C" fn on_deregistered(_status: c_int, _cbdata: *mut c_void) {
+    // Nothing waits for it: the next generation's namespace has a name of its own.
 }
 
 unsafe extern "C" fn on_registered(status: c_int, cbdata: *mut c_void) {

@@ -152,11 +152,12 @@ pub struct AppProgram<'a> {
     pub path: Option<&'a str>,
 }
 
-/// The interface for a job, and a note for `--verbose` saying why.
-pub fn choose(flag: MpiFlag, apps: &[AppProgram<'_>]) -> Result<(Interface, String), String> {
+/// The interface for a job, a note for `--verbose` saying why, and whether the ranks speak PMI
+/// or PMIx (`--mpi pmi|pmix`, or an MPI library found), which makes job scope the default restart.
+pub fn choose(flag: MpiFlag, apps: &[AppProgram<'_>]) -> Result<(Interface, String, bool), String> {
     let detected: Vec<Detected> = match flag {
-        MpiFlag::Pmi => return Ok((Interface::Pmi, "--mpi pmi".into())),
-        MpiFlag::Pmix => return Ok((Interface::Pmix, "--mpi pmix".into())),
+        MpiFlag::Pmi => return Ok((Interface::Pmi, "--mpi pmi".into(), true)),
+        MpiFlag::Pmix => return Ok((Interface::Pmix, "--mpi pmix".into(), true)),
         MpiFlag::Auto => apps
             .iter()
             .map(|a| match resolve_program(a.program, a.cwd, a.path) {
@@ -165,7 +166,8 @@ pub fn choose(flag: MpiFlag, apps: &[AppProgram<'_>]) -> Result<(Interface, Stri
             })
             .collect(),
     };
-    decide(apps.iter().map(|a| a.program).zip(detected.iter()))
+    let speaks_mpi = detected.iter().any(|d| !matches!(d, Detected::Unknown(_)));
+    decide(apps.iter().map(|a| a.program).zip(detected.iter())).map(|(i, why)| (i, why, speaks_mpi))
 }
 
 /// The `--mpi auto` decision over the detected contexts (pure).
