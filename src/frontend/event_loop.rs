@@ -502,7 +502,7 @@ impl Frontend {
 
     /// Asks the lost-node service, lending it what it looks at.
     fn node_loss(&mut self, f: impl FnOnce(&mut NodeLoss, &mut lost::Ctx) -> Vec<Effect>) -> Vec<Effect> {
-        let cx = &mut lost::Ctx { job: &self.job, ranks: &self.ranks, daemons: &mut self.daemons, router: self.links.router(), terminating: self.verdict.terminating(), now: Instant::now(), t0: self.plan.t0 };
+        let cx = &mut lost::Ctx { job: &self.job, ranks: &self.ranks, daemons: &mut self.daemons, router: self.links.router(), terminating: self.verdict.terminating(), restarts: self.plan.restarts.max > 0, now: Instant::now(), t0: self.plan.t0 };
         f(&mut self.lost, cx)
     }
 
@@ -539,6 +539,12 @@ impl Frontend {
                 }
                 Effect::Detail(level, line) => self.reporter.detail(level, &line),
                 Effect::Lose(node) => self.links.gone(node, self.poll.registry()),
+                Effect::NodeLost { node, by, ranks, failure } => {
+                    let fx = lost::replace(node, by, &mut self.job, &mut self.links, &self.daemons);
+                    let state = JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating(), self.plan.t0);
+                    let fx = fx.into_iter().chain(self.recovery.node_lost(node, by.unwrap_or(node), ranks, failure, state)).collect();
+                    self.apply(fx);
+                }
                 Effect::Inventory(text) => {
                     if let Some(f) = self.reporter.inventory(&text) {
                         self.fail(f);

@@ -34,14 +34,14 @@ pub enum How {
 }
 
 impl How {
-    /// Why, for the line about the loss.
-    pub fn why(&self, job: &JobView) -> String {
+    /// Why, for the line about the loss (`name`: a node's name in the node list).
+    pub fn why(&self, name: impl Fn(u32) -> String) -> String {
         match self {
             How::LinkClosed => "daemon lost: link closed".into(),
             How::LinkBroken(why) => format!("link lost: {why}"),
             How::Silent { ms } => heartbeat::silent_why(*ms),
-            How::Bypassed { child } => format!("node {} lost its link to it", job.node_name(*child)),
-            How::NotReconnected { parent } => format!("did not reconnect after node {} was lost", job.node_name(*parent)),
+            How::Bypassed { child } => format!("node {} lost its link to it", name(*child)),
+            How::NotReconnected { parent } => format!("did not reconnect after node {} was lost", name(*parent)),
         }
     }
 
@@ -87,6 +87,8 @@ pub struct Ctx<'a> {
     pub router: &'a Router,
     /// The job is ending: losses are no news.
     pub terminating: bool,
+    /// Ranks may be restarted (`--max-restarts`): a spare replaces a lost node.
+    pub restarts: bool,
     pub now: Instant,
     pub t0: Instant,
 }
@@ -108,6 +110,9 @@ pub struct NodeLoss {
     awaiting: BTreeMap<u32, (Instant, u32)>,
     /// How long a cut-off node gets to reconnect.
     grace: Duration,
+    /// The node list's names as the job began: a replaced node's entry names its spare's host
+    /// later, but what was lost is said by its own name.
+    names: Vec<String>,
 }
 
 impl NodeLoss {
@@ -117,7 +122,13 @@ impl NodeLoss {
         // A child notices its parent's loss at most one heartbeat timeout after the front end,
         // then tries each ancestor for a few seconds.
         let grace = Duration::from_millis(job.launch().node_loss.silence_ms.into()) + Duration::from_secs(10);
-        NodeLoss { spares, lost: Vec::new(), rejoins: Vec::new(), awaiting: BTreeMap::new(), grace }
+        let names = (0..n).map(|i| job.node_name(i)).collect();
+        NodeLoss { spares, lost: Vec::new(), rejoins: Vec::new(), awaiting: BTreeMap::new(), grace, names }
+    }
+
+    /// Node `n`'s name in the node list as the job began.
+    pub fn name(&self, n: u32) -> String {
+        self.names.get(n as usize).cloned().unwrap_or_else(|| format!("#{n}"))
     }
 
     pub fn is_spare(&self, node: u32) -> bool {
@@ -146,17 +157,24 @@ impl NodeLoss {
                 self.awaiting.insert(c, (cx.now + self.grace, node));
             }
         }
-        let ranks = cx.job.map().ranks_on(node);
-        let running = !done && ranks.iter().any(|&r| cx.ranks.status(r).is_none());
-        let why = how.why(cx.job);
-        let ended_job = running && !cx.terminating;
-        self.lost.push(LostNode { node, at_ms: cx.ms(), how, why: why.clone(), had_ranks: !ranks.is_empty(), ended_job, replaced_by: None });
+        let ranks = cx.job.map().ranks_on(cx.job.map_node_of(node).unwrap_or(node));
+        let unfinished: Vec<u32> = ranks.iter().copied().filter(|&r| cx.ranks.status(r).is_none()).collect();
+        let running = !done && !unfinished.is_empty();
+        let why = how.why(|n| self.name(n));
+        // With restarts, a free spare takes the node's place; the policy decides the rest.
+        let by = (running && !cx.terminating && cx.restarts).then(|| self.free_spare(cx)).flatten();
+        let ended_job = running && !cx.terminating && by.is_none();
+        self.lost.push(LostNode { node, at_ms: cx.ms(), how, why: why.clone(), had_ranks: !ranks.is_empty(), ended_job, replaced_by: by });
         let mut fx = vec![Effect::Lose(node)];
         if cx.terminating {
             return fx;
         }
         if running {
-            fx.push(Effect::Fail(Failure::LinkLost { node, why, more: Vec::new() }));
+            let failure = Failure::LinkLost { node, why, more: Vec::new() };
+            fx.push(match by {
+                Some(_) => Effect::NodeLost { node, by, ranks: unfinished, failure },
+                None => Effect::Fail(failure),
+            });
         } else {
             let what = if self.is_spare(node) {
                 "a spare"
@@ -165,9 +183,14 @@ impl NodeLoss {
             } else {
                 "its ranks had ended"
             };
-            fx.push(Effect::Say(format!("rlaunch: node {} lost ({why}; {what}); the job goes on", cx.job.node_name(node))));
+            fx.push(Effect::Say(format!("rlaunch: node {} lost ({why}; {what}); the job goes on", self.name(node))));
         }
         fx
+    }
+
+    /// The first spare that is neither lost nor replacing a node already.
+    fn free_spare(&self, cx: &Ctx) -> Option<u32> {
+        self.spares.clone().find(|&s| !cx.router.is_lost(s) && cx.daemons.get(s).is_some_and(|d| d.joined && !d.lost) && !self.lost.iter().any(|l| l.replaced_by == Some(s) || l.node == s))
     }
 
     /// `node` reconnected to `at` (None: the front end), finding `lost` gone on the way.
@@ -177,9 +200,9 @@ impl NodeLoss {
         for &b in &lost {
             fx.extend(self.lose(b, How::Bypassed { child: node }, cx));
         }
-        let name = |n: Option<u32>| n.map_or_else(|| "the front end".to_string(), |n| format!("node {}", cx.job.node_name(n)));
-        let gone: Vec<String> = lost.iter().copied().chain(cut_by).map(|n| cx.job.node_name(n)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        let line = format!("rlaunch: node {} reconnected to {} after losing {} (tree repair)", cx.job.node_name(node), name(at), gone.join(", "));
+        let name = |n: Option<u32>| n.map_or_else(|| "the front end".to_string(), |n| format!("node {}", self.name(n)));
+        let gone: Vec<String> = lost.iter().copied().chain(cut_by).map(|n| self.name(n)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let line = format!("rlaunch: node {} reconnected to {} after losing {} (tree repair)", self.name(node), name(at), gone.join(", "));
         fx.push(Effect::Detail(1, line));
         self.rejoins.push(Rejoin { node, at, at_ms: cx.ms(), lost });
         // The job began to end while it was cut off: it missed the word.
@@ -203,6 +226,18 @@ impl NodeLoss {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.awaiting.values().map(|(at, _)| *at).min()
     }
+}
+
+/// "Node `node` is now host X": the spare `by` takes the lost node's place in the front end's
+/// map and every daemon's (each recomputes it from this one message); its ranks are restarted
+/// there by the restart policy.
+pub fn replace(node: u32, by: Option<u32>, job: &mut JobView, links: &mut crate::links::Links, daemons: &Daemons) -> Vec<Effect> {
+    let Some(by) = by else { return Vec::new() };
+    let host = daemons.get(by).map(|d| d.hostname.clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| job.node_name(by));
+    let line = format!("rlaunch: node {} is now host {host} (spare {})", job.node_name(node), job.node_name(by));
+    job.replace(node, by, &host);
+    links.down(&crate::wire::Msg::Replace { node, by, host });
+    vec![Effect::Say(line)]
 }
 
 #[cfg(test)]
@@ -237,7 +272,7 @@ mod tests {
         let router = Router::new(*j.topology(), None);
         let t0 = Instant::now();
         let mut l = NodeLoss::new(&j);
-        let cx = &mut Ctx { job: &j, ranks: &ranks, daemons: &mut daemons, router: &router, terminating: false, now: t0, t0 };
+        let cx = &mut Ctx { job: &j, ranks: &ranks, daemons: &mut daemons, router: &router, terminating: false, restarts: false, now: t0, t0 };
         let fx = l.lose(4, How::Silent { ms: 5000 }, cx);
         assert!(matches!(fx[0], Effect::Lose(4)));
         assert_eq!(lines(&fx), ["rlaunch: node n4 lost (no heartbeat for 5 s; a spare); the job goes on"]);
@@ -261,13 +296,13 @@ mod tests {
         let mut router = Router::new(*j.topology(), None);
         let t0 = Instant::now();
         let mut l = NodeLoss::new(&j);
-        let cx = &mut Ctx { job: &j, ranks: &ranks, daemons: &mut daemons, router: &router, terminating: false, now: t0, t0 };
+        let cx = &mut Ctx { job: &j, ranks: &ranks, daemons: &mut daemons, router: &router, terminating: false, restarts: false, now: t0, t0 };
         assert_eq!(lines(&l.lose(0, How::LinkClosed, cx)), ["rlaunch: node n0 lost (daemon lost: link closed; its ranks had ended); the job goes on"]);
         assert_eq!(l.next_deadline(), Some(t0 + Duration::from_secs(15)));
         assert_eq!(lines(&l.rejoined(2, None, Vec::new(), cx)), ["rlaunch: node n2 reconnected to the front end after losing n0 (tree repair)"]);
         router.lose(0);
         let later = t0 + Duration::from_secs(16);
-        let cx = &mut Ctx { job: &j, ranks: &ranks, daemons: &mut daemons, router: &router, terminating: false, now: later, t0 };
+        let cx = &mut Ctx { job: &j, ranks: &ranks, daemons: &mut daemons, router: &router, terminating: false, restarts: false, now: later, t0 };
         let fx = l.check(cx);
         assert_eq!(lines(&fx), ["fail: LinkLost { node: 3, why: \"did not reconnect after node n0 was lost\", more: [] }"]);
         assert_eq!(l.next_deadline(), None);

@@ -194,7 +194,7 @@ pub fn report_json(r: &ReportInput) -> String {
 /// `nodes_lost`: each lost node, when (ms since rlaunch started), how it was detected, why, and
 /// what became of it.
 fn nodes_lost_json(r: &ReportInput) -> serde_json::Value {
-    let name = |n: u32| r.job.node_name(n);
+    let name = |n: u32| r.lost.name(n);
     let lost: Vec<_> = r
         .lost
         .lost
@@ -212,7 +212,7 @@ fn nodes_lost_json(r: &ReportInput) -> serde_json::Value {
 
 /// `tree_repairs`: each daemon that reconnected above a lost parent, and where.
 fn tree_repairs_json(r: &ReportInput) -> serde_json::Value {
-    let name = |n: u32| r.job.node_name(n);
+    let name = |n: u32| r.lost.name(n);
     let repairs: Vec<_> = r
         .lost
         .rejoins
@@ -227,7 +227,7 @@ fn tree_repairs_json(r: &ReportInput) -> serde_json::Value {
 
 /// `spares`: the `--spare` nodes and their state (free, lost, or replacing a lost node).
 fn spares_json(r: &ReportInput) -> serde_json::Value {
-    let name = |n: u32| r.job.node_name(n);
+    let name = |n: u32| r.lost.name(n);
     let spares: Vec<_> = r
         .lost
         .spares()
