@@ -244,3 +244,106 @@ fn spares_in_the_map_and_too_few_nodes() {
         ["rlaunch: requested 5 ranks but only 4 slots were found (a: 2, b: 2); use --oversubscribe or more hosts (--spare 1 keeps c out of the map)"]
     );
 }
+
+/// Ranks that record themselves, then (first start) sleep `secs`, or (a restart) end at once;
+/// each says `r=<restarts> on <host>`.
+fn restartable(secs: u32) -> String {
+    format!(r#"{RECORD}; [ "$RLAUNCH_RESTARTS" = 0 ] && sleep {secs}; echo "r=$RLAUNCH_RESTARTS g=$RLAUNCH_GENERATION on $(hostname)""#)
+}
+
+/// The output lines with their counts.
+fn counted(o: &Output) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in o.stdout_lines() {
+        *m.entry(l.to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// kill -9 of `victim`'s daemon with `--spare 1 --max-restarts 1` (`scope`): the spare n8 takes
+/// its place and its ranks (or, job scope, every rank) run again; the job succeeds.
+fn lost_node_restarts_on_the_spare(test: &str, victim: &str, extra: &[&str], scope: &str, down: bool) {
+    let Some(c) = Cluster::get(test) else { return };
+    let _one = one_at_a_time();
+    let s = NodeScratch::new("sparerestart");
+    let mut args = vec!["-v", "--spare", "1", "--max-restarts", "1", "--restart-scope", scope, "--heartbeat-timeout", "2"];
+    args.extend_from_slice(extra);
+    let code = restartable(6);
+    args.extend_from_slice(&["-np", "28", "sh", "-c", &code]);
+    let j = s.spawn(job(&c, &s, &args));
+    let recs = s.wait_records(28, Duration::from_secs(30));
+    let net = if down {
+        std::thread::sleep(Duration::from_millis(500));
+        Some(NetworkDown::new(victim))
+    } else {
+        let daemon = recs.values().find(|r| r.2 == victim).map(|r| r.1).unwrap();
+        unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+        None
+    };
+    let o = j.wait_within(Duration::from_secs(40));
+    drop(net);
+    o.expect_code(0);
+    let out = counted(&o);
+    let stderr = o.stderr_lines();
+    assert!(stderr.contains(&format!("rlaunch: node {victim} is now host n8 (spare n8)").as_str()), "{o}");
+    if scope == "rank" {
+        assert_eq!(out.get("r=1 g=0 on n8"), Some(&4), "the lost node's 4 ranks ran again on the spare:\n{o}");
+        assert_eq!(out.values().sum::<usize>(), 28, "{o}");
+        assert!(stderr.contains(&format!("rlaunch: node {victim} was lost with 4 ranks; restarting them (1 of 1)").as_str()), "{o}");
+    } else {
+        assert_eq!(out.get("r=1 g=1 on n8"), Some(&4), "{o}");
+        assert_eq!(out.iter().filter(|(l, _)| l.starts_with("r=1 g=1 on ")).map(|(_, n)| n).sum::<usize>(), 28, "every rank of generation 1:\n{o}");
+    }
+    let r = s.report();
+    assert_eq!(r["outcome"], "success", "{r:#}");
+    let lost = &r["nodes_lost"][0];
+    assert_eq!((lost["host"].as_str(), lost["replaced_by"]["host"].as_str()), (Some(victim), Some("n8")), "{r:#}");
+    // An inner node's loss may reach the front end first through a child that reconnected.
+    let how = lost["detected_by"].as_str().unwrap();
+    assert!(if down { how == "heartbeat" } else { how == "link_closed" || how == "child_reconnected_above" }, "{r:#}");
+    assert_eq!(r["spares"][0]["state"], "replacing");
+    assert!(!r["restarts"].as_array().unwrap().is_empty(), "{r:#}");
+    s.assert_no_leftovers(Some(&c), CLEANUP);
+}
+
+#[test]
+fn kill_9_of_a_leaf_daemon_restarts_its_ranks_on_the_spare() {
+    lost_node_restarts_on_the_spare("kill_9_of_a_leaf_daemon_restarts_its_ranks_on_the_spare", "n5", &[], "rank", false);
+}
+
+#[test]
+fn kill_9_of_an_inner_daemon_restarts_its_ranks_on_the_spare_and_repairs_the_tree() {
+    // Fan-out 2: n2 has n5 and n6 below it; they reconnect to the front end.
+    lost_node_restarts_on_the_spare("kill_9_of_an_inner_daemon_restarts_its_ranks_on_the_spare_and_repairs_the_tree", "n2", &["--fanout", "2"], "rank", false);
+}
+
+#[test]
+fn a_node_whose_network_is_down_is_replaced_by_the_spare() {
+    lost_node_restarts_on_the_spare("a_node_whose_network_is_down_is_replaced_by_the_spare", "n5", &[], "rank", true);
+}
+
+#[test]
+fn job_scope_restarts_every_rank_with_the_spare_in_the_lost_node_s_place() {
+    lost_node_restarts_on_the_spare("job_scope_restarts_every_rank_with_the_spare_in_the_lost_node_s_place", "n5", &[], "job", false);
+}
+
+/// With restarts but no spare (and no free slot: 8 nodes × 4 full), the job ends with a line
+/// saying why the lost node's ranks are not restarted.
+#[test]
+fn no_spare_no_free_slot_ends_the_job_with_a_line_saying_why() {
+    let Some(c) = Cluster::get("no_spare_no_free_slot_ends_the_job_with_a_line_saying_why") else { return };
+    let _one = one_at_a_time();
+    let s = NodeScratch::new("nospare");
+    let j = s.spawn(job(&c, &s, &["--max-restarts", "1", "-np", "32", "sh", "-c", &restartable(1000)]));
+    let recs = s.wait_records(32, Duration::from_secs(30));
+    let daemon = recs.values().find(|r| r.2 == "n5").map(|r| r.1).unwrap();
+    unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+    let o = j.wait_within(Duration::from_secs(30));
+    o.expect_code(125);
+    assert_eq!(
+        rlaunch_lines(&o),
+        ["rlaunch: lost contact with the daemon on node n5 (daemon lost: link closed; no spare is free to take its ranks (--spare)); terminating 32 ranks"],
+        "{o}"
+    );
+    s.assert_no_leftovers(Some(&c), CLEANUP);
+}

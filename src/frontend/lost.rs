@@ -170,6 +170,7 @@ impl NodeLoss {
             return fx;
         }
         if running {
+            let why = if cx.restarts && by.is_none() { format!("{why}; no spare is free to take its ranks (--spare)") } else { why };
             let failure = Failure::LinkLost { node, why, more: Vec::new() };
             fx.push(match by {
                 Some(_) => Effect::NodeLost { node, by, ranks: unfinished, failure },
