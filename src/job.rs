@@ -58,6 +58,22 @@ impl JobView {
         self.launch.nodes[node as usize].name = host.to_string();
         self.replaced.insert(node, by);
         self.router.lose(node);
+        self.refence();
+    }
+
+    /// Node `node` is lost and no spare takes its place: its ranks go to the free slots of the
+    /// other working nodes (`launchers::map::relocate`; `closed`: every lost node, which takes
+    /// none), the same on every vertex. False when they do not fit (nothing changes).
+    pub fn relocate(&mut self, node: u32, closed: &[u32]) -> bool {
+        let slots: Vec<(u32, Option<u32>)> = self.launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
+        let Some(map) = launchers::map::relocate(&self.map, &slots, &[node], closed, self.launch.node_loss.spares) else { return false };
+        self.map = map;
+        self.router.lose(node);
+        self.refence();
+        true
+    }
+
+    fn refence(&mut self) {
         // Fence participants in the repaired tree: every daemon that runs ranks marks its live
         // ancestors up to this vertex.
         let n = self.topology().nnodes();

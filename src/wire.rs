@@ -342,6 +342,10 @@ pub enum Msg {
     /// Front end → down: node `node` is now run by the daemon of node `by` (a spare), whose host
     /// is `host`: every daemon recomputes the map with it.
     Replace { node: u32, by: u32, host: String },
+    /// Front end → down: node `node` is lost, no spare takes its place, and its ranks go to the
+    /// free slots of the other nodes (`closed`, every lost node, takes none): every daemon
+    /// recomputes the map the same way.
+    NodeRelocate { node: u32, closed: Vec<u32> },
     /// Daemon → up, only when one of `node`'s sensors changes state (`crate::spec::SensorSpec`):
     /// the sensor (`thermal:thermal_zone0`, `memory`, `command:CMD`...), its new state, the
     /// number it was decided on and one line for a person.

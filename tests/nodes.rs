@@ -342,8 +342,31 @@ fn no_spare_no_free_slot_ends_the_job_with_a_line_saying_why() {
     o.expect_code(125);
     assert_eq!(
         rlaunch_lines(&o),
-        ["rlaunch: lost contact with the daemon on node n5 (daemon lost: link closed; no spare is free to take its ranks (--spare)); terminating 32 ranks"],
+        ["rlaunch: lost contact with the daemon on node n5 (daemon lost: link closed; no spare is free (--spare) and the other nodes have no free slot for its ranks); terminating 32 ranks"],
         "{o}"
     );
+    s.assert_no_leftovers(Some(&c), CLEANUP);
+}
+
+/// No spare, but free slots (8 nodes × 4, 28 ranks mapped by node: n5..n8 have one free slot
+/// each): kill -9 of n8's daemon puts its 3 ranks on n5, n6 and n7, where they run again.
+#[test]
+fn without_a_spare_the_lost_ranks_go_to_free_slots() {
+    let Some(c) = Cluster::get("without_a_spare_the_lost_ranks_go_to_free_slots") else { return };
+    let _one = one_at_a_time();
+    let s = NodeScratch::new("relocate");
+    let j = s.spawn(job(&c, &s, &["--map-by", "node", "--max-restarts", "1", "-np", "28", "sh", "-c", &restartable(6)]));
+    let recs = s.wait_records(28, Duration::from_secs(30));
+    let daemon = recs.values().find(|r| r.2 == "n8").map(|r| r.1).unwrap();
+    unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+    let o = j.wait_within(Duration::from_secs(40));
+    o.expect_code(0);
+    let out = counted(&o);
+    for n in ["n5", "n6", "n7"] {
+        assert_eq!(out.get(&format!("r=1 g=0 on {n}")), Some(&1), "one of n8's ranks ran again on {n}:\n{o}");
+    }
+    assert_eq!(out.values().sum::<usize>(), 28, "{o}");
+    assert!(o.stderr_lines().contains(&"rlaunch: node n8's ranks go to free slots of other nodes: 1 on n5, 1 on n6, 1 on n7"), "{o}");
+    assert_eq!(s.report()["outcome"], "success");
     s.assert_no_leftovers(Some(&c), CLEANUP);
 }

@@ -585,16 +585,17 @@ pub fn compute_map_with_spares(
     Ok(map)
 }
 
-/// Where the ranks of lost nodes go when no spare takes their place (issue 17): the free slots
-/// (slots, capped by max_slots, minus the ranks already there) of the other working nodes, in
-/// node order, the lost ranks in rank order. Spares (the last `spares` nodes) are left to
-/// replace whole nodes. Every daemon computes the same from the same map. `None` when the free
-/// slots cannot take them all: the job cannot go on without the lost nodes.
-pub fn relocate(map: &ProcMap, node_slots: &[(u32, Option<u32>)], lost: &[u32], spares: u32) -> Option<ProcMap> {
+/// Where the ranks of lost nodes (`moving`) go when no spare takes their place (issue 17): the
+/// free slots (slots, capped by max_slots, minus the ranks already there) of the other working
+/// nodes, in node order, the lost ranks in rank order. Nodes in `closed` (every lost node) and
+/// the spares (the last `spares` nodes, left to replace whole nodes) take none. Every daemon
+/// computes the same from the same map. `None` when the free slots cannot take them all: the
+/// job cannot go on without the lost nodes.
+pub fn relocate(map: &ProcMap, node_slots: &[(u32, Option<u32>)], moving: &[u32], closed: &[u32], spares: u32) -> Option<ProcMap> {
     let working = node_slots.len().saturating_sub(spares as usize);
     let mut free: Vec<u64> = (0..map.num_nodes() as usize)
         .map(|n| {
-            let usable = n < working && !lost.contains(&(n as u32));
+            let usable = n < working && !moving.contains(&(n as u32)) && !closed.contains(&(n as u32));
             let soft = node_slots.get(n).map_or(0, |&(s, m)| u64::from(m.map_or(s, |m| s.min(m))));
             if usable {
                 soft.saturating_sub(map.ranks_on(n as u32).len() as u64)
@@ -605,7 +606,7 @@ pub fn relocate(map: &ProcMap, node_slots: &[(u32, Option<u32>)], lost: &[u32], 
         .collect();
     let mut order: Vec<u32> = map.ranks.iter().map(|p| p.node).collect();
     let mut next = 0usize;
-    for place in order.iter_mut().filter(|n| lost.contains(n)) {
+    for place in order.iter_mut().filter(|n| moving.contains(n)) {
         while next < free.len() && free[next] == 0 {
             next += 1;
         }
@@ -1697,14 +1698,15 @@ mod tests {
         let slots = uniform(4, 3);
         let map = compute_map_with_spares(&slots, &[app(Some(7), None)], &MapPolicy::default(), 1).unwrap();
         assert_eq!(nodes_of(&map), [0, 0, 0, 1, 1, 1, 2]);
-        assert!(relocate(&map, &slots, &[0], 1).is_none(), "node 2 has two free slots for three ranks; the spare is not used");
+        assert!(relocate(&map, &slots, &[0], &[], 1).is_none(), "node 2 has two free slots for three ranks; the spare is not used");
         let map = compute_map_with_spares(&slots, &[app(Some(5), None)], &MapPolicy::default(), 1).unwrap();
         assert_eq!(nodes_of(&map), [0, 0, 0, 1, 1]);
-        let moved = relocate(&map, &slots, &[0], 1).unwrap();
+        let moved = relocate(&map, &slots, &[0], &[], 1).unwrap();
         assert_eq!(nodes_of(&moved), [1, 2, 2, 1, 1]);
         assert_eq!(moved.ranks_on(1), &[0, 3, 4]);
         assert_eq!(moved.rank(0).local_rank, 0, "local ranks follow global order on the new node");
-        assert!(relocate(&map, &slots, &[0, 1], 1).is_none(), "node 2 alone cannot take five ranks");
+        assert!(relocate(&map, &slots, &[0, 1], &[], 1).is_none(), "node 2 alone cannot take five ranks");
+        assert_eq!(nodes_of(&relocate(&map, &slots, &[0], &[1], 1).unwrap()), [2, 2, 2, 1, 1], "a closed node takes none");
     }
 
     proptest::proptest! {
@@ -1717,7 +1719,7 @@ mod tests {
             let Ok(map) = compute_map_with_spares(&s, &[app(Some(np), None)], &MapPolicy::default(), spares) else { return Ok(()) };
             let lost = lost % s.len() as u32;
             let working = s.len() - spares as usize;
-            match relocate(&map, &s, &[lost], spares) {
+            match relocate(&map, &s, &[lost], &[], spares) {
                 Some(moved) => {
                     proptest::prop_assert_eq!(moved.size(), map.size());
                     for r in 0..map.size() {

@@ -310,7 +310,7 @@ impl Daemon {
                 self.shutdown = true;
                 return;
             }
-            m @ (Msg::NodeAncestors { .. } | Msg::NodeGone { .. } | Msg::Replace { .. }) => return repair::parent_msg(&mut self.links, self.job.view_mut(), m, registry),
+            m @ (Msg::NodeAncestors { .. } | Msg::NodeGone { .. } | Msg::Replace { .. } | Msg::NodeRelocate { .. }) => return repair::parent_msg(&mut self.links, self.job.view_mut(), m, registry),
             Msg::FenceDone { seq, puts } => self.pmi.fence_done(seq, puts, registry),
             m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),

@@ -38,6 +38,12 @@ pub fn parent_msg(links: &mut Links, job: Option<&mut JobView>, msg: Msg, regist
             }
             links.down(&Msg::Replace { node, by, host });
         }
+        Msg::NodeRelocate { node, closed } => {
+            if let Some(job) = job {
+                job.relocate(node, &closed);
+            }
+            links.down(&Msg::NodeRelocate { node, closed });
+        }
         _ => {}
     }
 }

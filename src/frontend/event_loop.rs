@@ -539,10 +539,11 @@ impl Frontend {
                 }
                 Effect::Detail(level, line) => self.reporter.detail(level, &line),
                 Effect::Lose(node) => self.links.gone(node, self.poll.registry()),
-                Effect::NodeLost { node, by, ranks, failure } => {
-                    let fx = lost::replace(node, by, &mut self.job, &mut self.links, &self.daemons);
-                    let state = JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating(), self.plan.t0);
-                    let fx = fx.into_iter().chain(self.recovery.node_lost(node, by.unwrap_or(node), ranks, failure, state)).collect();
+                Effect::NodeLost { node, to, ranks, failure } => {
+                    let (mut fx, groups) = lost::take_over(node, to, ranks, &mut self.job, &mut self.links, &self.daemons);
+                    for (on, ranks) in groups {
+                        fx.extend(self.recovery.node_lost(node, on, ranks, failure.clone(), JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating(), self.plan.t0)));
+                    }
                     self.apply(fx);
                 }
                 Effect::Inventory(text) => {

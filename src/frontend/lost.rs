@@ -56,6 +56,15 @@ impl How {
     }
 }
 
+/// Where a lost node's running ranks go when they are restarted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// This spare takes the node's place.
+    Spare(u32),
+    /// The other nodes' free slots take them; these nodes (every lost one) take none.
+    Relocate(Vec<u32>),
+}
+
 /// One lost node, for the report.
 #[derive(Clone, Debug)]
 pub struct LostNode {
@@ -161,19 +170,27 @@ impl NodeLoss {
         let unfinished: Vec<u32> = ranks.iter().copied().filter(|&r| cx.ranks.status(r).is_none()).collect();
         let running = !done && !unfinished.is_empty();
         let why = how.why(|n| self.name(n));
-        // With restarts, a free spare takes the node's place; the policy decides the rest.
-        let by = (running && !cx.terminating && cx.restarts).then(|| self.free_spare(cx)).flatten();
-        let ended_job = running && !cx.terminating && by.is_none();
+        // With restarts, a free spare takes the node's place, else the others' free slots its
+        // ranks; the policy decides the rest.
+        let to = (running && !cx.terminating && cx.restarts).then(|| self.takeover(node, cx)).flatten();
+        let by = match to {
+            Some(Takeover::Spare(s)) => Some(s),
+            _ => None,
+        };
+        let ended_job = running && !cx.terminating && to.is_none();
         self.lost.push(LostNode { node, at_ms: cx.ms(), how, why: why.clone(), had_ranks: !ranks.is_empty(), ended_job, replaced_by: by });
         let mut fx = vec![Effect::Lose(node)];
         if cx.terminating {
             return fx;
         }
         if running {
-            let why = if cx.restarts && by.is_none() { format!("{why}; no spare is free to take its ranks (--spare)") } else { why };
+            let why = match to {
+                None if cx.restarts => format!("{why}; no spare is free (--spare) and the other nodes have no free slot for its ranks"),
+                _ => why,
+            };
             let failure = Failure::LinkLost { node, why, more: Vec::new() };
-            fx.push(match by {
-                Some(_) => Effect::NodeLost { node, by, ranks: unfinished, failure },
+            fx.push(match to {
+                Some(to) => Effect::NodeLost { node, to, ranks: unfinished, failure },
                 None => Effect::Fail(failure),
             });
         } else {
@@ -189,9 +206,18 @@ impl NodeLoss {
         fx
     }
 
-    /// The first spare that is neither lost nor replacing a node already.
-    fn free_spare(&self, cx: &Ctx) -> Option<u32> {
-        self.spares.clone().find(|&s| !cx.router.is_lost(s) && cx.daemons.get(s).is_some_and(|d| d.joined && !d.lost) && !self.lost.iter().any(|l| l.replaced_by == Some(s) || l.node == s))
+    /// Where lost `node`'s ranks go: the first spare that is neither lost nor replacing a node
+    /// already, else the other nodes' free slots when they fit.
+    fn takeover(&self, node: u32, cx: &Ctx) -> Option<Takeover> {
+        let spare = self.spares.clone().find(|&s| !cx.router.is_lost(s) && cx.daemons.get(s).is_some_and(|d| d.joined && !d.lost) && !self.lost.iter().any(|l| l.replaced_by == Some(s) || l.node == s));
+        if let Some(s) = spare {
+            return Some(Takeover::Spare(s));
+        }
+        let mut closed: Vec<u32> = cx.router.lost().iter().copied().chain(self.lost.iter().map(|l| l.node)).collect();
+        closed.sort_unstable();
+        closed.dedup();
+        let slots: Vec<(u32, Option<u32>)> = cx.job.launch().nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
+        launchers::map::relocate(cx.job.map(), &slots, &[node], &closed, cx.job.launch().node_loss.spares).map(|_| Takeover::Relocate(closed))
     }
 
     /// `node` reconnected to `at` (None: the front end), finding `lost` gone on the way.
@@ -229,16 +255,32 @@ impl NodeLoss {
     }
 }
 
-/// "Node `node` is now host X": the spare `by` takes the lost node's place in the front end's
-/// map and every daemon's (each recomputes it from this one message); its ranks are restarted
-/// there by the restart policy.
-pub fn replace(node: u32, by: Option<u32>, job: &mut JobView, links: &mut crate::links::Links, daemons: &Daemons) -> Vec<Effect> {
-    let Some(by) = by else { return Vec::new() };
-    let host = daemons.get(by).map(|d| d.hostname.clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| job.node_name(by));
-    let line = format!("rlaunch: node {} is now host {host} (spare {})", job.node_name(node), job.node_name(by));
-    job.replace(node, by, &host);
-    links.down(&crate::wire::Msg::Replace { node, by, host });
-    vec![Effect::Say(line)]
+/// Lost `node`'s running `ranks` go where `to` says, in the front end's map and every daemon's
+/// (each recomputes it from one message): "node k is now host X" for a spare, or the others'
+/// free slots. Returns the line to say and the ranks by the node that now runs them, for the
+/// restart policy.
+pub fn take_over(node: u32, to: Takeover, ranks: Vec<u32>, job: &mut JobView, links: &mut crate::links::Links, daemons: &Daemons) -> (Vec<Effect>, Vec<(u32, Vec<u32>)>) {
+    match to {
+        Takeover::Spare(by) => {
+            let host = daemons.get(by).map(|d| d.hostname.clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| job.node_name(by));
+            let line = format!("rlaunch: node {} is now host {host} (spare {})", job.node_name(node), job.node_name(by));
+            job.replace(node, by, &host);
+            links.down(&crate::wire::Msg::Replace { node, by, host });
+            (vec![Effect::Say(line)], vec![(by, ranks)])
+        }
+        Takeover::Relocate(closed) => {
+            let name = job.node_name(node);
+            job.relocate(node, &closed);
+            links.down(&crate::wire::Msg::NodeRelocate { node, closed });
+            let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            for r in ranks {
+                groups.entry(job.node_of_rank(r).unwrap_or(node)).or_default().push(r);
+            }
+            let to: Vec<String> = groups.iter().map(|(n, rs)| format!("{} on {}", rs.len(), job.node_name(*n))).collect();
+            let line = format!("rlaunch: node {name}'s ranks go to free slots of other nodes: {}", to.join(", "));
+            (vec![Effect::Say(line)], groups.into_iter().collect())
+        }
+    }
 }
 
 #[cfg(test)]
