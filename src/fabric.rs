@@ -1349,6 +1349,7 @@ mod tests {
             placement: crate::spec::PlacementSpec::default(),
             node_loss: crate::spec::NodeLossSpec::default(),
             sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }
     }
 

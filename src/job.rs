@@ -180,6 +180,7 @@ pub mod fixture {
             placement: crate::spec::PlacementSpec::default(),
             node_loss: crate::spec::NodeLossSpec::default(),
             sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }
     }
 

@@ -353,6 +353,15 @@ impl Links {
         }
     }
 
+    /// Bytes queued on the link towards `node` (back-pressure on image copies).
+    pub fn pending_towards(&self, node: u32) -> usize {
+        match self.router.next_hop(node) {
+            Hop::Local => 0,
+            Hop::Parent => self.pending_up(),
+            Hop::Child(c) => self.joined.get(&c).and_then(|t| self.accepted.get(t)).map_or(0, |(l, _)| l.pending_out()),
+        }
+    }
+
     /// Bytes queued towards the parent (back-pressure on rank output).
     pub fn pending_up(&self) -> usize {
         self.parent.as_ref().map_or(0, Link::pending_out)

@@ -13,6 +13,7 @@ mod fabric;
 mod fence;
 mod heartbeat;
 mod frontend;
+mod images;
 mod job;
 mod link;
 mod links;

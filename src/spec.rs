@@ -373,6 +373,34 @@ mod tests {
     }
 }
 
+/// Recovery images (`--image-*`), resolved: what every daemon does with its ranks' images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// `--image-max`: the largest image a rank may save, in bytes.
+    pub max: u64,
+    /// `--image-copies`: how many daemons hold each image (the rank's own and its partners).
+    pub copies: u32,
+    /// `--image-dir`, absolute, with the job's name: where each daemon also writes its ranks'
+    /// images (`crate::images::dir`).
+    pub dir: Option<String>,
+    /// `--image-interval` in milliseconds: how often every rank is asked for an image.
+    pub interval_ms: Option<u64>,
+    /// `--image-timeout` in milliseconds: how long a rank has to answer a request.
+    pub timeout_ms: u64,
+}
+
+impl ImageSpec {
+    /// 256 MiB.
+    pub const DEFAULT_MAX: u64 = 256 << 20;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        ImageSpec { max: Self::DEFAULT_MAX, copies: 1, dir: None, interval_ms: None, timeout_ms: Self::DEFAULT_TIMEOUT_MS }
+    }
+}
+
 /// `--restart-scope`: what a restart starts again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartScope {

@@ -23,6 +23,7 @@ const LINK_BASE: usize = 1 << 20;
 const RANK_PIPE_BASE: usize = 1 << 24;
 const DAEMON_STDERR_BASE: usize = 1 << 26;
 const PMI_BASE: usize = 1 << 28;
+const IMAGE_BASE: usize = 1 << 30;
 /// Rank pipes per local rank (stdout, stderr, stdin, one spare).
 const PIPES_PER_RANK: usize = 4;
 
@@ -47,6 +48,8 @@ pub enum Source {
     DaemonStderr(u32),
     /// A PMI socket or listener ([`crate::pmi::host`]), numbered by the PMI host.
     Pmi(usize),
+    /// A rank's image socket, numbered by the daemon's image service.
+    Image(usize),
 }
 
 pub fn link(k: usize) -> Token {
@@ -70,8 +73,13 @@ pub fn pmi(k: usize) -> Token {
     Token(PMI_BASE + k)
 }
 
+pub fn image(k: usize) -> Token {
+    Token(IMAGE_BASE + k)
+}
+
 pub fn classify(t: Token) -> Source {
     match t.0 {
+        n if n >= IMAGE_BASE => Source::Image(n - IMAGE_BASE),
         n if n >= PMI_BASE => Source::Pmi(n - PMI_BASE),
         n if n >= DAEMON_STDERR_BASE => Source::DaemonStderr((n - DAEMON_STDERR_BASE) as u32),
         n if n >= RANK_PIPE_BASE => {
@@ -99,6 +107,8 @@ mod tests {
         assert_eq!(classify(rank_pipe(0, Pipe::Stdin)), Source::RankPipe { idx: 0, pipe: Pipe::Stdin });
         assert_eq!(classify(daemon_stderr(4095)), Source::DaemonStderr(4095));
         assert_eq!(classify(pmi(0)), Source::Pmi(0));
+        assert_eq!(classify(pmi((1 << 30) - (1 << 28) - 1)), Source::Pmi((1 << 30) - (1 << 28) - 1));
+        assert_eq!(classify(image(5)), Source::Image(5));
         assert_eq!(classify(WAKE), Source::Fixed(WAKE));
         // The ranges hold their largest members: a million ranks per node, 64k nodes.
         assert_eq!(classify(rank_pipe((1 << 20) - 1, Pipe::Stdout)), Source::RankPipe { idx: (1 << 20) - 1, pipe: Pipe::Stdout });

@@ -30,8 +30,8 @@ use sha2::Sha256;
 
 /// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
 /// typed [`NodeFault`]. 4: `Launch` carries the sensors (`--sensors`, `--sensor`) and the
-/// lost-node options ([`NodeLossSpec`]).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// lost-node options ([`NodeLossSpec`]). 5: `Launch` carries the image options.
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -104,6 +104,8 @@ pub struct Launch {
     pub node_loss: NodeLossSpec,
     /// `--sensors`, `--sensor CMD` and their settings; `None` (one byte) when no sensor is on.
     pub sensors: Option<SensorSpec>,
+    /// Recovery images (issue 17): `--image-max`, `--image-copies`, `--image-dir`, ...
+    pub image: crate::spec::ImageSpec,
 }
 
 /// Node lists as runs: consecutive nodes named `PREFIX<number>` (numbers consecutive, the same
@@ -350,6 +352,28 @@ pub enum Msg {
     /// the sensor (`thermal:thermal_zone0`, `memory`, `command:CMD`...), its new state, the
     /// number it was decided on and one line for a person.
     Sensor { node: u32, sensor: String, state: SensorState, reading: Option<SensorValue>, reason: String },
+    // Recovery images (issue 17, `crate::images`).
+    /// Front end → every daemon (`--image-interval`): ask every local rank for an image; `epoch`
+    /// numbers the round.
+    ImageRequest { epoch: u64 },
+    /// Front end → every daemon: every rank saved an image of `epoch` (job-scope loads use the
+    /// latest such epoch).
+    ImageComplete { epoch: u64 },
+    /// Daemon → up: `node` holds rank `rank`'s image of `epoch` (`bytes` long): its own rank's or a
+    /// partner's copy.
+    ImageStored { rank: u32, epoch: u64, node: u32, bytes: u64 },
+    /// Daemon → up: rank `rank` tried to save an image of `bytes`, over the `limit`.
+    ImageRefused { rank: u32, node: u32, bytes: u64, limit: u64 },
+    /// Daemon → up: rank `rank` did not answer the request of round `epoch` within the timeout.
+    ImageTimedOut { rank: u32, node: u32, epoch: u64 },
+    /// Daemon `from` → partner daemon `to` (routed like any node-to-node message): a piece of
+    /// rank `rank`'s image of `epoch`, `total` bytes long, starting at `offset`.
+    ImageCopy { to: u32, from: u32, rank: u32, epoch: u64, total: u64, offset: u64, data: Vec<u8> },
+    /// Daemon `from` → daemon `to`: send me rank `rank`'s image (`job`: of the latest complete
+    /// epoch you know; else its latest); `id` names the request at `from`.
+    ImageFetch { to: u32, from: u32, id: u64, rank: u32, job: bool },
+    /// The answer to `ImageFetch`, in pieces like `ImageCopy`; `epoch` None: not here.
+    ImageFetched { to: u32, id: u64, epoch: Option<u64>, total: u64, offset: u64, data: Vec<u8> },
     // Restarts (issue 17, `--max-restarts`).
     /// Front end → towards `node` (rank scope): start these ranks of `node` again, each as
     /// `(rank, restarts)`, where `restarts` is its `RLAUNCH_RESTARTS`.
@@ -631,6 +655,7 @@ mod tests {
             placement: PlacementSpec::default(),
             node_loss: NodeLossSpec::default(),
             sensors: None,
+            image: crate::spec::ImageSpec::default(),
         }))
     }
 

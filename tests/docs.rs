@@ -86,3 +86,49 @@ fn ci_runs_exactly_the_readme_test_command() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     assert!(readme.contains("\nscripts/test\n"), "README must give `scripts/test` as the test command");
 }
+
+/// man/rlaunch_image.3 is the C contract: it names every function and return code of
+/// fabrics/image/include/rlaunch_image.h (with the code's value), and its example builds against
+/// the library and runs (alone: loads find nothing, saves do nothing).
+#[test]
+fn image_man_page_covers_the_header_and_its_example_runs() {
+    let man = std::fs::read_to_string(root().join("man/rlaunch_image.3")).expect("man/rlaunch_image.3");
+    let header = std::fs::read_to_string(root().join("fabrics/image/include/rlaunch_image.h")).unwrap();
+    let unescaped = man.replace("\\-", "-").replace("\\e", "\\");
+    let mut functions = 0;
+    for line in header.lines() {
+        if let Some(name) = line.split('(').next().and_then(|d| d.split_whitespace().last()).map(|n| n.trim_start_matches('*')).filter(|n| n.starts_with("rli_") && line.ends_with(");")) {
+            functions += 1;
+            assert!(man.contains(&format!(".B {name}")), "the man page has no entry for {name}");
+        }
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if let ["#define", name, value, ..] = w[..] {
+            if name.starts_with("RLI_E") || name == "RLI_STANDALONE" {
+                let v = value.trim_matches(|c| c == '(' || c == ')');
+                assert!(unescaped.contains(&format!(".B {name} ({v})")), "the man page lacks {name} ({v})");
+            } else if name.starts_with("RLI_") {
+                assert!(man.contains(name), "the man page lacks {name}");
+            }
+        }
+    }
+    assert!(functions >= 10, "found {functions} functions in the header");
+    let example = unescaped.split(".SH EXAMPLE").nth(1).and_then(|s| s.split(".ft CW\n").nth(1)).and_then(|s| s.split("\n.ft").next()).expect("an EXAMPLE in CW");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docs-image");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("example.c"), example).unwrap();
+    let profile = Path::new(common::bin()).parent().unwrap();
+    let lib = [profile.join("deps/librlaunch_image.a"), profile.join("librlaunch_image.a")].into_iter().find(|p| p.exists()).expect("librlaunch_image.a built with rlaunch");
+    let cc = Command::new("gcc")
+        .args(["-Wall", "-Werror", "-o"])
+        .arg(dir.join("example"))
+        .arg(dir.join("example.c"))
+        .arg("-I")
+        .arg(root().join("fabrics/image/include"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm"])
+        .output()
+        .expect("gcc (scripts/install-deps)");
+    assert!(cc.status.success(), "the example does not build:\n{}\n{example}", String::from_utf8_lossy(&cc.stderr));
+    let run = Command::new(dir.join("example")).env_remove("RLAUNCH_IMAGE_FD").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "sum 4950 after 0 restarts\n");
+}

@@ -109,6 +109,12 @@ SENSORS (--sensors, --sensor CMD):
   unknown; the first line of its stdout is the reason. A CMD still running when its interval is
   over is killed (its process group) and counts as unknown; it never holds up the daemon.
 
+RECOVERY IMAGES (man 3 rlaunch_image):
+  A rank saves images of its state through librlaunch_image (rli_save, or rli_poll when
+  --image-interval asks); its daemon keeps them in memory, copies them to --image-copies - 1
+  partner daemons and, with --image-dir, to disk. A restarted rank loads its image (rli_load):
+  the latest epoch every rank saved, or its own latest. Each rank gets RLAUNCH_IMAGE_FD.
+
 MPMD:
   rlaunch -np 2 ./a : -np 3 ./b x y   runs ranks 0-1 as ./a and ranks 2-4 as ./b x y.
   After ':' only per-program options may appear (-n/-np, -x, --wdir, -env, -H).
@@ -722,6 +728,30 @@ showed in this mode (none in 200 jobs)."
     #[arg(long = "report-bindings")]
     pub report_bindings: bool,
 
+    /// The largest image one rank may save (rli_save), in bytes or with K, M, G (powers of 1024);
+    /// a larger one is refused with one line naming the rank, and the job goes on
+    #[arg(long = "image-max", value_name = "SIZE", default_value = "256M", value_parser = byte_size, help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_max: u64,
+
+    /// How many daemons hold each rank's image: its own and the next N-1 nodes' (partners), so
+    /// that a lost node does not lose it [default: 2 with two or more nodes, else 1]
+    #[arg(long = "image-copies", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_copies: Option<u32>,
+
+    /// Each daemon also writes its ranks' images to DIR/NAME/rankR.epochE.img (NAME: the first
+    /// program's file name); a later job with the same DIR loads from there when no daemon holds one
+    #[arg(long = "image-dir", value_name = "DIR", help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_dir: Option<PathBuf>,
+
+    /// Ask every rank for an image every SECS seconds; a rank answers at its next rli_poll
+    #[arg(long = "image-interval", value_name = "SECS", help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_interval: Option<f64>,
+
+    /// A rank that has not answered an image request after SECS seconds is named in one line; the
+    /// job goes on with the previous complete epoch
+    #[arg(long = "image-timeout", value_name = "SECS", default_value = "10", help_heading = "Recovery images (man 3 rlaunch_image)")]
+    pub image_timeout: f64,
+
     /// CPUs (cores, or hardware threads with --use-hwthread-cpus) per rank, as --map-by :PE=N
     #[arg(long = "cpus-per-proc", alias = "cpus-per-rank", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus_per_proc: Option<u32>,
@@ -886,6 +916,23 @@ where
     T::Err: Display,
 {
     s.parse().map_err(|e: T::Err| BadValue(e.to_string()))
+}
+
+/// `--image-max`: `4096`, `64K`, `256M`, `1G` (powers of 1024; `KiB`, `MB` and the like too).
+pub fn byte_size(s: &str) -> Result<u64, BadValue> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let bad = || BadValue("expected a size in bytes, or with K, M or G (256M)".into());
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).filter(|&b| b > 0 && b < u32::MAX as u64).ok_or_else(|| BadValue("expected more than 0 and less than 4G".into()))
 }
 
 fn stdin_target(s: &str) -> Result<StdinTarget, BadValue> {

@@ -111,6 +111,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         .collect();
     let (interface, mpi_reason, speaks_mpi) = pmix::choose(g.mpi, &programs).map_err(UsageError::Msg)?;
     let job_id = format!("rl-{}", &wire::hex(&wire::random_key()?)[..8]);
+    let apps_program = apps[0].argv[0].clone();
     let launch = wire::Launch {
         job_id,
         apps,
@@ -141,6 +142,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         placement: placement(g, alloc.local && alloc.nodes.len() > 1, own.rank_file())?,
         node_loss,
         sensors: super::sensors::spec(g, env.var(spec::SENSOR_ROOT_ENV))?,
+        image: image_spec(g, (alloc.nodes.len() as u32).saturating_sub(node_loss.spares), &apps_program)?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -197,6 +199,27 @@ fn node_loss(g: &Cli) -> Result<spec::NodeLossSpec, UsageError> {
     }
     let ms = |d: Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
     Ok(spec::NodeLossSpec { spares: g.spare, heartbeat_ms: ms(beat), silence_ms: ms(silence) })
+}
+
+/// `--image-*`: the copies default to 2 when there is a second node to hold them, and are
+/// never more than the nodes; the dir is made absolute (daemons run elsewhere) and gets the
+/// job's folder.
+fn image_spec(g: &Cli, nodes: u32, program: &str) -> Result<spec::ImageSpec, UsageError> {
+    let copies = g.image_copies.unwrap_or(2).min(nodes.max(1));
+    let interval_ms = match g.image_interval {
+        Some(s) => Some(positive_seconds("--image-interval", s)?.as_millis() as u64),
+        None => None,
+    };
+    let timeout_ms = positive_seconds("--image-timeout", g.image_timeout)?.as_millis() as u64;
+    let dir = match &g.image_dir {
+        Some(d) if d.exists() && !d.is_dir() => return Err(usage(format!("--image-dir {}: is not a directory", d.display()))),
+        Some(d) => {
+            let abs = std::env::current_dir().map(|c| c.join(d)).unwrap_or_else(|_| d.clone());
+            Some(crate::images::dir::job_dir(&abs, program).display().to_string())
+        }
+        None => None,
+    };
+    Ok(spec::ImageSpec { max: g.image_max, copies, dir, interval_ms, timeout_ms })
 }
 
 /// `--max-restarts`, `--enable-recovery` (PRRTE's spelling: one restart unless `--max-restarts`

@@ -45,8 +45,8 @@ pub struct Exec<'a> {
     pub mask: Option<&'a [c_ulong]>,
     /// `cgroup.procs` of the job's cgroup, entered before exec.
     pub cgroup_procs: Option<&'a CStr>,
-    /// An inherited descriptor the program keeps (the PMI socket end).
-    pub keep_fd: Option<RawFd>,
+    /// Inherited descriptors the program keeps (the PMI socket end, the image socket end).
+    pub keep_fds: [Option<RawFd>; 2],
 }
 
 /// What every start of one batch shares: the child's stack, /dev/null, the signals the daemon
@@ -82,7 +82,7 @@ struct ChildArgs {
     mask_bytes: usize,
     cgroup: *const c_char,
     fds: [c_int; 3],
-    keep_fd: c_int,
+    keep_fds: [c_int; 2],
     handled: *const c_int,
     n_handled: usize,
     daemon_pid: libc::pid_t,
@@ -133,7 +133,7 @@ impl Launcher {
             mask_bytes: e.mask.map_or(0, std::mem::size_of_val),
             cgroup: e.cgroup_procs.map_or(std::ptr::null(), CStr::as_ptr),
             fds: [in_r.as_ref().unwrap_or(&self.null).as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-            keep_fd: e.keep_fd.unwrap_or(-1),
+            keep_fds: e.keep_fds.map(|f| f.unwrap_or(-1)),
             handled: self.handled.as_ptr(),
             n_handled: self.handled.len(),
             daemon_pid: self.daemon_pid,
@@ -265,10 +265,12 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
         if !a.cgroup.is_null() {
             super::cgroup::JobCgroup::enter_from_child(CStr::from_ptr(a.cgroup));
         }
-        // The PMI socket end is close-on-exec like every descriptor the daemon opens; only this
-        // child keeps it (its descriptor table is its own: no CLONE_FILES).
-        if a.keep_fd >= 0 && libc::fcntl(a.keep_fd, libc::F_SETFD, 0) == -1 {
-            fail(a, STAGE_START);
+        // The PMI and image socket ends are close-on-exec like every descriptor the daemon
+        // opens; only this child keeps them (its descriptor table is its own: no CLONE_FILES).
+        for &fd in &a.keep_fds {
+            if fd >= 0 && libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                fail(a, STAGE_START);
+            }
         }
         // execvp's search: remember EACCES, go on past what does not exist, stop at anything
         // else; a file the kernel cannot run goes to /bin/sh.
@@ -376,7 +378,7 @@ mod tests {
         let cands = candidates(argv[0], Some(b"/nonexistent:/bin:/usr/bin"));
         let mut l = Launcher::new().unwrap();
         let (argv_p, env_p) = (ptrs(&argv_c), ptrs(&env_c));
-        let e = Exec { candidates: &cands, argv: &argv_p, envp: &env_p, cwd: cwd_c.as_deref(), stdin: false, mask: None, cgroup_procs: None, keep_fd: None };
+        let e = Exec { candidates: &cands, argv: &argv_p, envp: &env_p, cwd: cwd_c.as_deref(), stdin: false, mask: None, cgroup_procs: None, keep_fds: [None; 2] };
         let s = l.start(&e)?;
         let mut out = String::new();
         std::fs::File::from(s.stdout).read_to_string(&mut out).unwrap();

@@ -18,6 +18,7 @@ mod effect;
 mod exec;
 mod fabric;
 mod guard;
+mod images;
 mod node;
 mod pmi;
 mod pmix;

@@ -8,6 +8,7 @@ use super::boot::{self, Joined};
 use super::effect::Effect;
 use super::fabric::Fabric;
 use super::guard::Guard;
+use super::images::Images;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
@@ -93,6 +94,7 @@ pub struct Daemon {
     fabric: Fabric,
     traces: Traces,
     sensors: Sensors,
+    images: Images,
     restarts: Restarts,
     timeline: Recorder,
     /// One waker for every other thread (mio allows one per poll): libpmix's progress thread and
@@ -139,6 +141,7 @@ impl Daemon {
             fabric,
             traces: Traces::default(),
             sensors: Sensors::default(),
+            images: Images::new(node),
             restarts: Restarts::new(node),
             timeline,
             guard,
@@ -173,7 +176,7 @@ impl Daemon {
             }
             let fx = self.ranks.drain(self.links.pending_up(), self.poll.registry());
             self.apply(fx);
-            let fx = self.pmi.read_more(self.poll.registry());
+            let fx = self.pmi.read_more(self.poll.registry()).into_iter().chain(self.images.pump(|n| self.links.pending_towards(n))).collect();
             self.apply(fx);
             if self.tree_spawn.watching() {
                 let fx = self.tree_spawn.check(self.links.joined());
@@ -183,7 +186,7 @@ impl Daemon {
             let fx = self.ranks.check_timers(now, self.poll.registry());
             self.apply(fx);
             if let Some(job) = self.job.view() {
-                let fx = self.pmix.check_timer(job, now);
+                let fx = self.pmix.check_timer(job, now).into_iter().chain(self.images.check_timer(now)).collect();
                 self.apply(fx);
             }
             self.check_done();
@@ -198,7 +201,7 @@ impl Daemon {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let at = [self.ranks.next_deadline(), self.pmix.next_deadline()].into_iter().flatten().min();
+        let at = [self.ranks.next_deadline(), self.pmix.next_deadline(), self.images.next_deadline()].into_iter().flatten().min();
         at.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
@@ -224,6 +227,7 @@ impl Daemon {
                 None => return,
             },
             Source::Pmi(_) => self.pmi.on_event(ev, registry),
+            Source::Image(slot) => self.images.on_event(self.job.view(), slot, ev, registry),
             Source::RankPipe { idx, pipe } => return self.ranks.on_pipe(idx, pipe, registry),
             Source::Link(_) => return self.on_child(ev.token(), ev.is_readable(), ev.is_writable()),
             _ => return,
@@ -317,8 +321,13 @@ impl Daemon {
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             Msg::Fabric { data } => self.fabric.on_message(None, &data),
             Msg::Rdma(step) => self.fabric.on_rdma(None, step),
+            m if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children(), &self.notify),
-            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. } | Msg::RestartJob { .. }) => self.restarts.on_msg(m, self.links.router().children()),
+            m @ Msg::RestartJob { .. } => {
+                self.images.new_generation();
+                self.restarts.on_msg(m, self.links.router().children())
+            }
+            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. }) => self.restarts.on_msg(m, self.links.router().children()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -401,6 +410,7 @@ impl Daemon {
             (Some(n), Msg::Rdma(step)) => self.fabric.on_rdma(Some(n), step),
             (None, Msg::Fabric { .. } | Msg::Fence { .. } | Msg::Rdma(_)) => Vec::new(),
             (Some(n), m) if pmix::is_tree_msg(&m) => self.pmix.tree_msg(Some(n), m),
+            (_, m) if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
             (_, m) => vec![Effect::Up(m)],
         };
         self.apply(fx);
@@ -480,6 +490,7 @@ impl Daemon {
             guard: &mut self.guard,
             pmi: &mut self.pmi,
             pmix: &mut self.pmix,
+            images: &mut self.images,
             fabric: &self.fabric,
             launch_bytes: self.launch_bytes,
             timeline: &mut self.timeline,

@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use mio::Registry;
 use std::collections::HashSet;
 
-/// Descriptors the daemon holds per local rank: stdout, stderr, stdin and the PMI socket.
-const FDS_PER_RANK: u64 = 4;
+/// Descriptors the daemon holds per local rank: stdout, stderr, stdin, the PMI and image sockets.
+const FDS_PER_RANK: u64 = 5;
 /// Descriptors for everything else: tree links, listeners, signal pipe, epoll.
 const FDS_BASE: u64 = 256;
 

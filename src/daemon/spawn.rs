@@ -5,6 +5,7 @@ use super::binding::Binding;
 use super::effect::Effect;
 use super::fabric::Fabric;
 use super::guard::Guard;
+use super::images::Images;
 use super::pmi::Pmi;
 use super::pmix::Pmix;
 use super::ranks::Ranks;
@@ -17,7 +18,7 @@ use anyhow::{Context, Result};
 use mio::Registry;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -187,8 +188,8 @@ impl Batch {
         Ok(Batch { base: BaseEnv::of(std::env::vars_os()), launcher: Launcher::new()?, search: None, pwd: None })
     }
 
-    /// Starts one rank. `pmi_fd`: the PMI socket end the rank inherits.
-    fn start(&mut self, spec: &CommandSpec, pmi_fd: Option<RawFd>, cgroup: Option<&CStr>) -> Result<Started, Failure> {
+    /// Starts one rank. `keep_fds`: the PMI and image socket ends the rank inherits.
+    fn start(&mut self, spec: &CommandSpec, keep_fds: [Option<RawFd>; 2], cgroup: Option<&CStr>) -> Result<Started, Failure> {
         if self.pwd.as_ref().map_or(true, |(c, _)| *c != spec.cwd) {
             self.pwd = Some((spec.cwd.clone(), rank_pwd(spec.cwd.as_deref())));
         }
@@ -212,7 +213,7 @@ impl Batch {
             stdin: spec.stdin,
             mask: mask.as_deref(),
             cgroup_procs: cgroup,
-            keep_fd: pmi_fd,
+            keep_fds,
         })
     }
 }
@@ -270,6 +271,7 @@ pub struct Spawner<'a> {
     pub guard: &'a mut Guard,
     pub pmi: &'a mut Pmi,
     pub pmix: &'a mut Pmix,
+    pub images: &'a mut Images,
     pub fabric: &'a Fabric,
     /// Size of the launch frame, for `Started`.
     pub launch_bytes: u32,
@@ -279,7 +281,7 @@ pub struct Spawner<'a> {
 /// Spawns the local ranks (PMI or PMIx set up already), until one cannot be started or the job
 /// is ending. Returns `Started`; an error means the node failed (and no `Started` goes up).
 pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
-    let Spawner { only, restarts, job, registry, ranks, guard, pmi, pmix, fabric, launch_bytes, timeline } = s;
+    let Spawner { only, restarts, job, registry, ranks, guard, pmi, pmix, images, fabric, launch_bytes, timeline } = s;
     let node = job.node().unwrap_or_default();
     // One interface per job: PMIx ranks get no PMI socket or variables, and the reverse; any rank
     // loses what this daemon inherited of the interface it does not use.
@@ -311,10 +313,13 @@ pub fn spawn_ranks(s: Spawner<'_>) -> Result<Vec<Effect>> {
             })),
             Interface::Pmix => pmix.rank_env(job, rank, env, fabric.chosen()),
         })?;
+        // Made here, per start, so that a restarted rank gets a fresh one.
+        let image_end = images.prepare(job, rank, registry).with_context(|| format!("creating the image socket of rank {rank} on node {node}"))?;
+        spec.env.push((rlaunch_image::client::FD_VAR.to_string(), Some(image_end.as_raw_fd().to_string())));
         let cgroup = guard.job_cgroup(&job.launch().job_id, node);
-        let started = batch.start(&spec, pmi_end.as_ref().and_then(|p| p.child_fd()), cgroup.as_deref());
-        // The rank has its copy of the PMI socket end (or never will): close ours.
-        drop(pmi_end);
+        let started = batch.start(&spec, [pmi_end.as_ref().and_then(|p| p.child_fd()), Some(image_end.as_raw_fd())], cgroup.as_deref());
+        // The rank has its copies of the PMI and image socket ends (or never will): close ours.
+        drop((pmi_end, image_end));
         match started {
             Ok(child) => {
                 timeline.spawned(rank, std::time::Instant::now());

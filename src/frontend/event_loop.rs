@@ -8,6 +8,7 @@ use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
 use super::lost::{self, How, NodeLoss};
+use super::images::RootImages;
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
 use super::recovery::{JobState, Recovery};
@@ -59,6 +60,7 @@ struct Frontend {
     timings: Timings,
     pmi: RootPmi,
     fabric: RootFabric,
+    images: RootImages,
     stdin: Option<Receiver<Vec<u8>>>,
     /// Links that may hold more input than one read took.
     ready: Vec<Token>,
@@ -116,6 +118,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         lost: NodeLoss::new(&job),
         kill_sent_at: None,
         interrupted_at: None,
+        images: RootImages::new(&job, Instant::now()),
         job,
         poll,
         listener,
@@ -231,7 +234,7 @@ impl Frontend {
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
         let held = self.recovery.deadline().map(|d| self.plan.t0 + d);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held, self.lost.next_deadline()]
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held, self.images.deadline(), self.lost.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -281,7 +284,13 @@ impl Frontend {
             }
             Msg::NodeDone { node } if self.recovery.stale_done(node) => Vec::new(),
             Msg::PmiReport { .. } | Msg::Fence { .. } | Msg::PmixFence { .. } | Msg::KvsGet { .. } | Msg::KvsValue { .. } if self.recovery.stopping() => Vec::new(),
-            Msg::RestartStopped { node, generation } => self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0)),
+            Msg::RestartStopped { node, generation } => {
+                let fx = self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0));
+                if fx.iter().any(|e| matches!(e, Effect::DownTo(_, Msg::RestartJob { .. }))) {
+                    self.images.new_generation();
+                }
+                fx
+            }
             Msg::Output { rank, stream, data } => self.reporter.output(rank, stream, &data).map(Effect::Fail).into_iter().collect(),
             Msg::RankExit { rank, status, .. } => self.rank_exit(rank, status),
             m @ (Msg::Timeline { .. } | Msg::Sensor { .. }) => self.daemons.node_report(m, ms_since(self.plan.t0)),
@@ -304,6 +313,7 @@ impl Frontend {
             Msg::NodeRejoin { node, .. } => self.links.accept_rejoin(t, node, self.poll.registry()).map_or(Vec::new(), |lost| self.node_loss(|l, cx| l.rejoined(node, None, lost, cx))),
             Msg::NodeRejoined { node, at, lost } => self.node_loss(|l, cx| l.rejoined(node, Some(at), lost, cx)),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
+            m if crate::images::is_image_msg(&m) => self.images.on_msg(&self.job, m, ms_since(self.plan.t0).unwrap_or(0.0)),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
         };
         self.apply(effects);
@@ -428,7 +438,7 @@ impl Frontend {
         if let Some(after) = self.plan.timeout.filter(|&t| now >= self.plan.t0 + t) {
             self.fail(Failure::Timeout { after });
         }
-        let late = self.traces.expired(now).into_iter().chain(self.recovery.due(now.saturating_duration_since(self.plan.t0))).collect();
+        let late = self.traces.expired(now).into_iter().chain(self.recovery.due(now.saturating_duration_since(self.plan.t0))).chain(self.images.tick(now)).collect();
         self.apply(late);
         for n in self.daemons.late(now, self.plan.launch_timeout) {
             if !self.daemons.get(n).is_some_and(|d| d.lost) {
@@ -584,6 +594,7 @@ impl Frontend {
             timings: &self.timings,
             fabric: &self.fabric,
             lost: &self.lost,
+            images: &self.images,
             restarts: (self.recovery.log(), self.recovery.generation()),
         };
         let (summary, json) = (summary_lines(&input), self.plan.report.as_ref().map(|_| report_json(&input)));

@@ -16,6 +16,7 @@ mod effect;
 mod event_loop;
 mod fabric;
 mod lost;
+mod images;
 mod pmi;
 mod ranks;
 mod recovery;

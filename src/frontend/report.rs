@@ -7,6 +7,7 @@ use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
 use super::lost::NodeLoss;
+use super::images::RootImages;
 use crate::job::JobView;
 use crate::sig::signal_name;
 use crate::spec::RankStatus;
@@ -48,6 +49,7 @@ pub struct ReportInput<'a> {
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
     pub lost: &'a NodeLoss,
+    pub images: &'a RootImages,
     /// `--max-restarts`: every restart, and the generation the job ended in.
     pub restarts: (&'a [super::restart::Restart], u32),
 }
@@ -55,7 +57,7 @@ pub struct ReportInput<'a> {
 /// The `-v` summary at the end of a job: the front end's phases, then the nodes' timeline.
 pub fn summary_lines(r: &ReportInput) -> Vec<String> {
     let nodes: Vec<(String, NamedMarks)> = r.daemons.iter().enumerate().map(|(i, d)| (r.job.node_name(i as u32), named_marks(d))).filter(|(_, m)| !m.is_empty()).collect();
-    std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).collect()
+    std::iter::once(summary_line(r)).chain(timeline::summary(&nodes)).chain(r.images.summary()).collect()
 }
 
 /// A node's marks on the front end's clock, once it sent them.
@@ -185,6 +187,7 @@ pub fn report_json(r: &ReportInput) -> String {
         "nodes_lost": nodes_lost_json(r),
         "tree_repairs": tree_repairs_json(r),
         "spares": spares_json(r),
+        "images": r.images.report(),
         "generation": r.restarts.1,
         "restarts": restarts_json(r.restarts.0),
     });
