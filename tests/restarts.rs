@@ -14,8 +14,8 @@ mod common;
 
 use cluster::{Cluster, NodeScratch};
 use common::mpi::{self, rlaunch_lines, serial};
-use common::{poll_until, Output, Scratch};
-use std::path::PathBuf;
+use common::{iterate, poll_until, Job, Output, Scratch};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,16 @@ fn launch_failures_timeouts_and_interrupts_are_never_restarted() {
 }
 
 #[test]
+fn a_restarted_rank_reads_stdin_from_where_the_job_is() {
+    let s = Scratch::new("rst-stdin");
+    let prog = "cat; echo \"end of input $RLAUNCH_RESTARTS\"; [ $RLAUNCH_RESTARTS = 0 ] && kill -9 $$; true";
+    let o = Job::start(s.cmd(["-np", "1", "-l", "--max-restarts", "1", "sh", "-c", prog]), Some(b"hi\n".to_vec())).wait_within(Duration::from_secs(20));
+    o.expect_code(0);
+    // The input went to the first process; the second sees its end at once instead of waiting.
+    assert_eq!(o.stdout_lines(), ["[0] hi", "[0] end of input 0", "[0] end of input 1"], "{o}");
+}
+
+#[test]
 fn every_rank_learns_its_restarts_and_generation_also_without_restarts() {
     let s = Scratch::new("rst-env");
     let o = s.run(["-np", "2", "-l", "sh", "-c", "echo $RLAUNCH_RESTARTS/$RLAUNCH_GENERATION"]);
@@ -262,6 +272,51 @@ fn open_mpi_restarts_twice_each_time_in_a_namespace_of_its_own() {
     s.assert_no_leftovers(Duration::from_secs(5));
 }
 
+/// The MPI families: compiler, what provides it, the options their jobs need.
+const FAMILIES: [(&str, &str, &[&str]); 2] =
+    [("mpicc.mpich", "install mpich and libmpich-dev", &[]), ("mpicc.openmpi", "install openmpi-bin and libopenmpi-dev", &OMPI_ROOT)];
+
+/// tests/programs/mpi_iterate.c (MPI with the recovery-image API) built with `compiler`.
+fn mpi_iterate(compiler: &str, install: &str) -> Option<String> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("restart-{compiler}"));
+    std::fs::create_dir_all(&dir).expect("creating the program dir");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("fabrics/image/include");
+    let lib = iterate::static_lib();
+    let extra = ["-I", include.to_str().unwrap(), lib.to_str().unwrap(), "-lpthread", "-ldl", "-lm"];
+    match mpi::compile_with(compiler, &extra, &dir, "mpi_iterate", install) {
+        Ok(()) => Some(dir.join("mpi_iterate").to_string_lossy().into_owned()),
+        Err(why) => {
+            eprintln!("SKIP: mpi_iterate with {compiler}: {why}");
+            None
+        }
+    }
+}
+
+/// Rank 1 crashes at iteration 15 of 30 in generation 0; generation 1 resumes from the latest
+/// complete epoch's images and ends with the closed form.
+fn expect_mpi_iterate(o: &Output, n: u64) {
+    o.expect_code(0);
+    let want = n * (n + 1) / 2 * 465;
+    let ok: Vec<&str> = o.stdout.lines().filter(|l| l.starts_with("mpi_iterate ok")).collect();
+    assert_eq!(ok.len(), 1, "{o}");
+    assert!(ok[0].starts_with(&format!("mpi_iterate ok: acc {want}, resumed at iteration ")) && ok[0].ends_with(", generation 1"), "{o}");
+    let resumed: u32 = ok[0].split("iteration ").nth(1).and_then(|r| r.split(',').next()).and_then(|r| r.parse().ok()).unwrap();
+    assert!(resumed > 0, "generation 1 started from an image, not from the beginning:\n{o}");
+    assert!(!o.stderr.contains("FAIL"), "{o}");
+}
+
+#[test]
+fn mpi_programs_using_images_resume_after_a_job_scope_restart() {
+    let _serial = serial();
+    for (compiler, install, extra) in FAMILIES {
+        let Some(p) = mpi_iterate(compiler, install) else { continue };
+        let s = Scratch::new("rst-mpi-iterate");
+        let o = s.run(extra.iter().copied().chain(["-np", "4", "--max-restarts", "1", &p]));
+        expect_mpi_iterate(&o, 4);
+        s.assert_no_leftovers(Duration::from_secs(5));
+    }
+}
+
 #[test]
 fn mpi_abort_is_never_restarted() {
     let _serial = serial();
@@ -271,6 +326,53 @@ fn mpi_abort_is_never_restarted() {
     o.expect_code(7);
     assert!(rlaunch_lines(&o).iter().any(|l| l.contains("called abort with code 7")), "{o}");
     assert!(restart_lines(&o).is_empty(), "{o}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// With recovery images (tests/programs/iterate.c): a rank killed mid-run resumes from its image
+
+/// The pid of rank `rank`'s process running `prog` in this test, if there is one now.
+fn rank_pid(s: &Scratch, rank: u32, prog: &str) -> Option<u32> {
+    let want = format!("RLAUNCH_RANK={rank}");
+    common::marked_processes(&s.mark).into_iter().map(|(pid, _)| pid).find(|&pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        cmd.starts_with(prog.as_bytes()) && env.split(|&b| b == 0).any(|v| v == want.as_bytes())
+    })
+}
+
+#[test]
+fn a_rank_killed_mid_run_resumes_from_its_image_with_the_undisturbed_checksum() {
+    let prog = iterate::iterate().display().to_string();
+    for scope in ["rank", "job"] {
+        let s = Scratch::new("rst-iterate");
+        let rep = s.path("report.json");
+        // 30 iterations of 60 ms, 4 KiB of state; rank 2 is killed well past the loop guard.
+        let args = ["30", "60", "4096", scope];
+        let job = s.spawn(["-np", "4", "--max-restarts", "2", "--restart-scope", scope, "--report", rep.to_str().unwrap(), &prog].into_iter().chain(args));
+        let mut victim = None;
+        assert!(poll_until(Duration::from_secs(20), || {
+            victim = rank_pid(&s, 2, &prog);
+            victim.is_some()
+        }));
+        std::thread::sleep(Duration::from_millis(1100));
+        // SAFETY: plain kill(2) of the rank's process, which this test started.
+        unsafe { libc::kill(victim.unwrap() as libc::pid_t, libc::SIGKILL) };
+        let o = job.wait();
+        o.expect_code(0);
+        assert_eq!(iterate::checksums(&o), iterate::undisturbed(4, &args[..3]), "{scope} scope: the same result as an undisturbed run:\n{o}");
+        let restored: Vec<&str> = o.stdout.lines().filter(|l| l.contains(" restored epoch ")).collect();
+        match scope {
+            "rank" => assert!(restored.len() == 1 && restored[0].starts_with("rank 2 restored epoch ") && restored[0].ends_with(" restarts 1"), "{o}"),
+            _ => assert_eq!(restored.len(), 4, "every rank resumes from the latest complete epoch:\n{o}"),
+        }
+        let j = report(rep);
+        let restarts = j["restarts"].as_array().unwrap();
+        assert_eq!(restarts.len(), 1, "{j}");
+        assert_eq!((restarts[0]["scope"].as_str(), restarts[0]["reason"].as_str()), (Some(scope), Some("killed by SIGKILL")), "{j}");
+        assert!(restarts[0]["running_again_ms"].as_f64().is_some(), "{j}");
+        s.assert_no_leftovers(Duration::from_secs(5));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,6 +417,36 @@ fn multinode_job_scope_restarts_every_node() {
 }
 
 #[test]
+fn multinode_a_rank_killed_mid_run_resumes_from_its_image() {
+    let Some(c) = Cluster::get("multinode_a_rank_killed_mid_run_resumes_from_its_image") else { return };
+    let prog = iterate::iterate().display().to_string();
+    for scope in ["rank", "job"] {
+        let s = NodeScratch::new("rst-mn-iterate");
+        let args = ["30", "60", "4096", scope];
+        let job = s.spawn(cluster_job(&c, &s, &["--max-restarts", "1", "--restart-scope", scope, &prog, args[0], args[1], args[2], args[3]]));
+        // Rank 5 runs on n3, below n1.
+        let victim = || {
+            s.leftovers().into_iter().find(|p| p.cmdline.starts_with(&prog) && std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default().split(|&b| b == 0).any(|v| v == b"RLAUNCH_RANK=5"))
+        };
+        let mut found = None;
+        assert!(poll_until(Duration::from_secs(20), || {
+            found = victim();
+            found.is_some()
+        }));
+        let p = found.unwrap();
+        assert_eq!(c.node_of(p.pid), c.nodes[2]);
+        std::thread::sleep(Duration::from_millis(1100));
+        // SAFETY: plain kill(2) of the rank's process, which this test started.
+        unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        let o = job.wait();
+        o.expect_code(0);
+        assert_eq!(iterate::checksums(&o), iterate::undisturbed(8, &args[..3]), "{scope} scope:\n{o}");
+        assert_eq!(s.report()["restarts"].as_array().unwrap().len(), 1);
+        s.assert_no_leftovers(Some(&c), Duration::from_secs(5));
+    }
+}
+
+#[test]
 fn multinode_mpi_job_scope_restarts_with_the_right_answer() {
     let Some(c) = Cluster::get("multinode_mpi_job_scope_restarts_with_the_right_answer") else { return };
     let _serial = serial();
@@ -326,6 +458,16 @@ fn multinode_mpi_job_scope_restarts_with_the_right_answer() {
         let o = s.run(cluster_job(&c, &s, &rest));
         o.expect_code(0);
         assert_eq!(o.stdout.lines().filter(|l| l.starts_with("restart ok")).collect::<Vec<_>>(), ["restart ok: generation 1, restarts 1, sum 36 over 8 ranks"], "{p}:\n{o}");
+        assert!(poll_until(Duration::from_secs(5), || s.leftovers().is_empty()), "{:?}", s.leftovers());
+    }
+    // With images: generation 1 resumes where generation 0 had got to, on every node.
+    for (compiler, install, extra) in FAMILIES {
+        let Some(p) = mpi_iterate(compiler, install) else { continue };
+        let s = NodeScratch::new("rst-mn-mpi-iterate");
+        let mut rest: Vec<&str> = extra.to_vec();
+        rest.extend(["--max-restarts", "1", &p, "30", "50", "5"]);
+        let o = s.run(cluster_job(&c, &s, &rest));
+        expect_mpi_iterate(&o, 8);
         assert!(poll_until(Duration::from_secs(5), || s.leftovers().is_empty()), "{:?}", s.leftovers());
     }
 }

@@ -109,46 +109,52 @@ pub struct Daemon {
     shutdown: bool,
 }
 
+/// Joins the tree and builds the daemon: the guard, the links and the services, before any
+/// event is handled.
+fn assemble(t0: Instant) -> Result<Daemon> {
+    let guard = Guard::start(); // First: it is a fork of this process (see guard.rs).
+    let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
+    let timeline = Recorder::joined(t0); // The hello went: the anchor of this daemon's clock.
+    let node = boot.node;
+    let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
+    let w = waker.clone();
+    let notify: Notify = Arc::new(move || {
+        let _ = w.wake();
+    });
+    let fabric = Fabric::new(node, links.router().topology(), notify.clone());
+    Ok(Daemon {
+        waker,
+        notify,
+        node,
+        boot,
+        listen_port,
+        poll,
+        links,
+        listener,
+        signals,
+        job: Job::Waiting,
+        launch_bytes: 0,
+        ranks: Ranks::default(),
+        tree_spawn: TreeSpawn::default(),
+        pmi: Pmi::new(node),
+        pmix: Pmix::new(node),
+        fabric,
+        traces: Traces::default(),
+        sensors: Sensors::default(),
+        images: Images::new(node),
+        restarts: Restarts::new(node),
+        timeline,
+        guard,
+        node_done_sent: false,
+        orphaned: false,
+        shutdown: false,
+    })
+}
+
 impl Daemon {
     /// Joins the tree and runs the loop until the job is over; returns the exit code.
     pub fn run(t0: Instant) -> Result<i32> {
-        let guard = Guard::start(); // First: it is a fork of this process (see guard.rs).
-        let Joined { boot, poll, links, listener, listen_port, signals } = boot::join()?;
-        let timeline = Recorder::joined(t0); // The hello went: the anchor of this daemon's clock.
-        let node = boot.node;
-        let waker = Arc::new(Waker::new(poll.registry(), token::WAKE).context("creating the loop's waker")?);
-        let w = waker.clone();
-        let notify: Notify = Arc::new(move || {
-            let _ = w.wake();
-        });
-        let fabric = Fabric::new(node, links.router().topology(), notify.clone());
-        let mut d = Daemon {
-            waker,
-            notify,
-            node,
-            boot,
-            listen_port,
-            poll,
-            links,
-            listener,
-            signals,
-            job: Job::Waiting,
-            launch_bytes: 0,
-            ranks: Ranks::default(),
-            tree_spawn: TreeSpawn::default(),
-            pmi: Pmi::new(node),
-            pmix: Pmix::new(node),
-            fabric,
-            traces: Traces::default(),
-            sensors: Sensors::default(),
-            images: Images::new(node),
-            restarts: Restarts::new(node),
-            timeline,
-            guard,
-            node_done_sent: false,
-            orphaned: false,
-            shutdown: false,
-        };
+        let mut d = assemble(t0)?;
         // While the launch message travels: it is needed as soon as that arrives.
         d.fabric.discover();
         d.timeline.mark(Phase::FabricDiscovered, Instant::now());

@@ -2,11 +2,12 @@
 //! (`ssh`), an in-process ssh session, or the one srun step that starts every node's daemon. The
 //! front end keeps each one's stderr (it says why a daemon never joined) and notices when it ends.
 
+use super::daemons::Daemons;
 use super::reporter::Reporter;
 use crate::token;
 use crate::wire::{Bootstrap, JobKey, Launch};
 use launchers::nodes::Node;
-use launchers::start::{bracket_v6, DaemonProcess, GroupStarter, NodeStarter, Notify, StartError};
+use launchers::start::{bracket_v6, DaemonProcess, GroupStarter, NodeStarter, Notify, StartError, Starter};
 use mio::unix::pipe::Receiver;
 use mio::{Events, Interest, Poll, Registry};
 use std::collections::BTreeMap;
@@ -143,6 +144,26 @@ impl Carriers {
     }
 
     /// Carriers that ended since the last call, with their exit status.
+    /// Carriers that ended before their daemon joined, each with the launch failure to record:
+    /// why the node cannot be launched (the start's last words and a hint). After a group start
+    /// (srun) ended, every node that has not joined by then never will.
+    pub fn early_exits(&mut self, starter: &Starter, daemons: &Daemons, registry: &Registry, reporter: &mut Reporter) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        for (node, code) in self.ended() {
+            if starter.is_group() {
+                let what = self.why(0, registry, reporter);
+                out.extend(daemons.waiting().map(|n| (n, format!("the daemon step ended with status {code} before this node joined{what}"))));
+                continue;
+            }
+            let d = daemons.get(node).expect("node of the job");
+            if !d.joined && !d.lost && !daemons.all_done() {
+                let what = self.why(node, registry, reporter);
+                out.push((node, format!("daemon exited early with status {code}{what}{}", starter.failure_hint(&what))));
+            }
+        }
+        out
+    }
+
     pub fn ended(&mut self) -> Vec<(u32, i32)> {
         let mut out = Vec::new();
         for (&node, c) in self.by_node.iter_mut() {

@@ -9,6 +9,8 @@ use crate::wire::Msg;
 pub enum Effect {
     /// On one hop (a direct child).
     Send(Hop, Msg),
+    /// Down every child link.
+    Down(Msg),
     /// To the direct children among these nodes.
     DownTo(Vec<u32>, Msg),
     /// Down the child link whose subtree holds this node.

@@ -9,6 +9,7 @@ use super::effect::Effect;
 use super::fabric::RootFabric;
 use super::lost::{self, How, NodeLoss};
 use super::images::RootImages;
+use super::interrupts::{self, Interrupts};
 use super::pmi::{FenceKind, RootPmi};
 use super::ranks::{JobFacts, Ranks};
 use super::recovery::{JobState, Recovery};
@@ -36,8 +37,6 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A second ctrl-C within this window kills everything.
-const SECOND_INTERRUPT: Duration = Duration::from_secs(5);
 /// After a kill, how long to wait for daemons to report before giving up on them.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// At the end, how long daemons get to exit on Shutdown before their carriers are killed.
@@ -68,7 +67,7 @@ struct Frontend {
     traces: StackTraces,
     lost: NodeLoss,
     kill_sent_at: Option<Instant>,
-    interrupted_at: Option<Instant>,
+    interrupts: Interrupts,
 }
 
 pub fn run(plan: JobPlan) -> Result<i32> {
@@ -117,7 +116,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         traces: StackTraces::new(plan.get_stack_traces),
         lost: NodeLoss::new(&job),
         kill_sent_at: None,
-        interrupted_at: None,
+        interrupts: Interrupts::default(),
         images: RootImages::new(&job, Instant::now()),
         job,
         poll,
@@ -359,52 +358,34 @@ impl Frontend {
     fn start_daemon(&mut self, starter: &NodeStarter, node: u32, parent: String) {
         let asked = ms_since(self.plan.t0); // A forked daemon may run before the start returns.
         match self.carriers.start(starter, self.job.launch(), node, parent, self.poll.registry()) {
-            Ok(()) => {
-                self.daemons.started(node, asked);
-                if self.daemons.all_started() {
-                    self.timings.daemons_started_ms = ms_since(self.plan.t0);
-                }
-            }
+            Ok(()) => self.daemons.started(node, asked),
             Err(e) => self.launch_failure(node, e.to_string()),
         }
+        self.timings.daemons_started(self.daemons.all_started(), self.plan.t0);
     }
 
     /// One command starts every daemon (srun); they join by rendezvous.
     fn start_group(&mut self, starter: &GroupStarter) {
         let start_ms = ms_since(self.plan.t0);
-        match self.carriers.start_group(starter, self.job.launch(), self.poll.registry()) {
-            Ok(()) => {
-                (0..self.daemons.len() as u32).for_each(|n| self.daemons.started(n, start_ms));
-                self.timings.daemons_started_ms = ms_since(self.plan.t0);
-            }
-            Err(e) => {
-                for n in self.daemons.waiting().collect::<Vec<_>>() {
-                    self.launch_failure(n, e.to_string());
-                }
+        let failed = self.carriers.start_group(starter, self.job.launch(), self.poll.registry()).err();
+        for n in self.daemons.waiting().collect::<Vec<_>>() {
+            match &failed {
+                None => self.daemons.started(n, start_ms),
+                Some(e) => self.launch_failure(n, e.to_string()),
             }
         }
+        self.timings.daemons_started(self.daemons.all_started(), self.plan.t0);
     }
 
     fn on_signals(&mut self) {
         for s in self.signals.drain() {
-            if matches!(s, libc::SIGINT | libc::SIGTERM | libc::SIGHUP) {
+            if interrupts::ends_job(s) {
                 self.recovery.close(); // The user ends the job: its ranks' deaths are not failures.
             }
-            match s {
-                libc::SIGCHLD => {}
-                libc::SIGINT if self.interrupted_at.is_some_and(|t| t.elapsed() < SECOND_INTERRUPT) => self.fail(Failure::SecondInterrupt),
-                libc::SIGINT => {
-                    self.interrupted_at = Some(Instant::now());
-                    self.reporter.detail(1, "rlaunch: forwarding SIGINT to all ranks (interrupt again within 5 s to kill them)");
-                    self.links.down(&Msg::Signal { signum: s });
-                }
-                libc::SIGHUP => {
-                    self.links.down(&Msg::Signal { signum: s });
-                    self.check_sinks();
-                }
-                _ => self.links.down(&Msg::Signal { signum: s }),
-            }
+            let fx = self.interrupts.on_signal(s, Instant::now());
+            self.apply(fx);
         }
+        self.check_sinks(); // After SIGHUP: the terminal may be gone.
         self.reap_carriers();
     }
 
@@ -418,16 +399,8 @@ impl Frontend {
     /// Until every daemon is connected, stdin stays in the bounded channel: a daemon that is not
     /// in the tree yet would miss it, and the reader thread waits meanwhile.
     fn on_stdin(&mut self) {
-        if self.daemons.waiting().next().is_some() {
-            return;
-        }
-        let Some(rx) = self.stdin.as_ref() else { return };
-        let chunks: Vec<Vec<u8>> = rx.try_iter().collect();
-        for data in chunks {
-            if data.is_empty() {
-                self.stdin = None;
-            }
-            self.links.down(&Msg::Stdin { data });
+        if self.daemons.waiting().next().is_none() {
+            super::stdin::take(&mut self.stdin).into_iter().for_each(|data| self.links.down(&Msg::Stdin { data }));
         }
     }
 
@@ -458,21 +431,8 @@ impl Frontend {
 
     /// A carrier that ended before its daemon joined explains why the node cannot be launched.
     fn reap_carriers(&mut self) {
-        for (node, code) in self.carriers.ended() {
-            if self.plan.starter.is_group() {
-                // srun ended: every node that has not joined by now never will.
-                let what = self.carriers.why(0, self.poll.registry(), &mut self.reporter);
-                for n in self.daemons.waiting().collect::<Vec<_>>() {
-                    self.launch_failure(n, format!("the daemon step ended with status {code} before this node joined{what}"));
-                }
-                continue;
-            }
-            let d = self.daemons.get(node).expect("node of the job");
-            if !d.joined && !d.lost && !self.daemons.all_done() {
-                let what = self.carriers.why(node, self.poll.registry(), &mut self.reporter);
-                let hint = self.plan.starter.failure_hint(&what);
-                self.launch_failure(node, format!("daemon exited early with status {code}{what}{hint}"));
-            }
+        for (node, why) in self.carriers.early_exits(&self.plan.starter, &self.daemons, self.poll.registry(), &mut self.reporter) {
+            self.launch_failure(node, why);
         }
     }
 
@@ -539,6 +499,7 @@ impl Frontend {
         for e in effects {
             match e {
                 Effect::Send(hop, msg) => _ = self.links.send(hop, &msg),
+                Effect::Down(msg) => self.links.down(&msg),
                 Effect::DownTo(nodes, msg) => self.links.down_to(&nodes, &msg),
                 Effect::Towards(node, msg) => _ = self.links.towards(node, &msg),
                 Effect::Fail(f) => self.fail(f),

@@ -17,6 +17,7 @@ mod event_loop;
 mod fabric;
 mod lost;
 mod images;
+mod interrupts;
 mod pmi;
 mod ranks;
 mod recovery;

@@ -27,6 +27,12 @@ pub struct Timings {
 
 impl Timings {
     /// The first time every rank runs.
+    pub fn daemons_started(&mut self, all_started: bool, t0: Instant) {
+        if all_started {
+            self.daemons_started_ms = ms_since(t0);
+        }
+    }
+
     pub fn ranks_started(&mut self, all_running: bool, t0: Instant) {
         if all_running && self.ranks_started_ms.is_none() {
             self.ranks_started_ms = ms_since(t0);

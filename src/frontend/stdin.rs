@@ -36,3 +36,12 @@ pub fn spawn_reader(waker: Arc<Waker>) -> io::Result<Receiver<Vec<u8>>> {
     })?;
     Ok(rx)
 }
+
+/// The chunks read so far; after EOF (the empty chunk, returned last) the reader is dropped.
+pub fn take(reader: &mut Option<Receiver<Vec<u8>>>) -> Vec<Vec<u8>> {
+    let chunks: Vec<Vec<u8>> = reader.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default();
+    if chunks.last().is_some_and(|c| c.is_empty()) {
+        *reader = None;
+    }
+    chunks
+}

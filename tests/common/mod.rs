@@ -7,6 +7,7 @@
 //! which test even when the tests run in parallel.
 #![allow(dead_code)]
 
+pub mod iterate;
 pub mod mpi;
 
 use std::io::{Read, Write};
