@@ -371,22 +371,6 @@ fn without_a_spare_the_lost_ranks_go_to_free_slots() {
     s.assert_no_leftovers(Some(&c), CLEANUP);
 }
 
-/// iterate.c (recovery images), compiled once per test run on the tree the nodes share.
-fn iterate() -> &'static std::path::Path {
-    use std::path::{Path, PathBuf};
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let profile = Path::new(common::bin()).parent().expect("the binary's directory");
-        let lib = [profile.join("deps/librlaunch_image.a"), profile.join("librlaunch_image.a")].into_iter().find(|p| p.exists()).expect("librlaunch_image.a: build the workspace");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nodes");
-        std::fs::create_dir_all(&dir).unwrap();
-        let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("fabrics/image/include");
-        let extra = ["-Wall", "-Werror", "-I", include.to_str().unwrap(), lib.to_str().unwrap(), "-lpthread", "-ldl", "-lm"];
-        common::mpi::compile_with("gcc", &extra, &dir, "iterate", "gcc").unwrap_or_else(|e| panic!("{e}"));
-        dir.join("iterate")
-    })
-}
-
 /// Issue 17's node-loss test: kill -9 of n5's daemon mid-run with `--spare 1`: n5's ranks run
 /// again on the spare n8, load their images from the partner daemons' copies, and the job ends
 /// with the checksums of an undisturbed run.
@@ -395,15 +379,10 @@ fn a_lost_node_s_ranks_resume_from_their_images_on_the_spare() {
     let Some(c) = Cluster::get("a_lost_node_s_ranks_resume_from_their_images_on_the_spare") else { return };
     let _one = one_at_a_time();
     let s = NodeScratch::new("spareimages");
-    let prog = iterate().display().to_string();
+    let prog = common::iterate::iterate().display().to_string();
     let args = ["--spare", "1", "--max-restarts", "1", "-np", "28", &prog, "30", "100", "4096", "rank"];
     // The checksum does not depend on the time per iteration.
-    let undisturbed: Vec<String> = (0..28u32)
-        .map(|r| {
-            let out = std::process::Command::new(iterate()).args(["30", "0", "4096", "rank"]).env("RLAUNCH_RANK", r.to_string()).env_remove("RLAUNCH_IMAGE_FD").output().unwrap();
-            String::from_utf8_lossy(&out.stdout).lines().find(|l| l.contains(" checksum ")).unwrap().to_string()
-        })
-        .collect();
+    let want = common::iterate::undisturbed(28, &["30", "0", "4096", "rank"]);
     let j = s.spawn(job(&c, &s, &args));
     let n5 = daemon_on(&c, &s, "n5");
     // A few epochs saved (100 ms each), well before the end (3 s).
@@ -411,11 +390,7 @@ fn a_lost_node_s_ranks_resume_from_their_images_on_the_spare() {
     unsafe { libc::kill(n5.pid as i32, libc::SIGKILL) };
     let o = j.wait_within(Duration::from_secs(40));
     o.expect_code(0);
-    let mut sums: Vec<String> = o.stdout_lines().into_iter().filter(|l| l.contains(" checksum ")).map(str::to_string).collect();
-    sums.sort();
-    let mut want = undisturbed;
-    want.sort();
-    assert_eq!(sums, want, "every rank ends with the undisturbed checksum:\n{o}");
+    assert_eq!(common::iterate::checksums(&o), want, "every rank ends with the undisturbed checksum:\n{o}");
     let restored = o.stdout_lines().into_iter().filter(|l| l.contains(" restored epoch ") && l.ends_with(" restarts 1")).count();
     assert_eq!(restored, 4, "n5's four ranks resumed from an image:\n{o}");
     assert!(o.stderr_lines().contains(&"rlaunch: node n5 is now host n8 (spare n8)"), "{o}");
