@@ -1356,6 +1356,7 @@ mod tests {
             fabric: spec,
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            node_loss: crate::spec::NodeLossSpec::default(),
             sensors: None,
             image: crate::spec::ImageSpec::default(),
         }

@@ -14,13 +14,16 @@ pub struct JobView {
     router: Router,
     /// The children of this vertex whose subtree runs ranks: who takes part in fences below it.
     fence_children: Vec<u32>,
+    /// Lost nodes replaced by spares (`Msg::Replace`): node -> the spare's daemon that runs its
+    /// ranks now (issue 17).
+    replaced: std::collections::BTreeMap<u32, u32>,
 }
 
 /// The process map every daemon computes from the launch message alone.
 pub fn compute_map(launch: &Launch) -> Result<ProcMap, MapError> {
     let slots: Vec<(u32, Option<u32>)> = launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
     let apps: Vec<AppRequest> = launch.apps.iter().map(|a| AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
-    launchers::map::compute_map_apps(&slots, &apps, &launch.policy)
+    launchers::map::compute_map_with_spares(&slots, &apps, &launch.policy, launch.node_loss.spares)
 }
 
 impl JobView {
@@ -42,7 +45,64 @@ impl JobView {
         let topo = Topology::new(launch.nodes.len() as u32, launch.fanout);
         let fence_children =
             fence::participants(me, &topo, |n| n < map.num_nodes() && !map.ranks_on(n).is_empty());
-        JobView { router: Router::new(topo, me), launch, map, fence_children }
+        JobView { router: Router::new(topo, me), launch, map, fence_children, replaced: Default::default() }
+    }
+
+    /// "Node `node` is now host `host`": the spare whose daemon is node `by` took the lost node's
+    /// place. Every vertex applies the same message and so computes the same map: node `node`'s
+    /// entry names `host`, its ranks are run by `by`'s daemon, and fences and routes follow.
+    pub fn replace(&mut self, node: u32, by: u32, host: &str) {
+        if node as usize >= self.launch.nodes.len() || by as usize >= self.launch.nodes.len() || node == by {
+            return;
+        }
+        self.launch.nodes[node as usize].name = host.to_string();
+        self.replaced.insert(node, by);
+        self.router.lose(node);
+        self.refence();
+    }
+
+    /// Node `node` is lost and no spare takes its place: its ranks go to the free slots of the
+    /// other working nodes (`launchers::map::relocate`; `closed`: every lost node, which takes
+    /// none), the same on every vertex. False when they do not fit (nothing changes).
+    pub fn relocate(&mut self, node: u32, closed: &[u32]) -> bool {
+        let slots: Vec<(u32, Option<u32>)> = self.launch.nodes.iter().map(|n| (n.slots, n.max_slots)).collect();
+        let Some(map) = launchers::map::relocate(&self.map, &slots, &[node], closed, self.launch.node_loss.spares) else { return false };
+        self.map = map;
+        self.router.lose(node);
+        self.refence();
+        true
+    }
+
+    fn refence(&mut self) {
+        // Fence participants in the repaired tree: every daemon that runs ranks marks its live
+        // ancestors up to this vertex.
+        let n = self.topology().nnodes();
+        let mut busy = vec![false; n as usize];
+        for d in (0..n).filter(|&d| !self.router.is_lost(d)) {
+            if !self.map_node_of(d).is_some_and(|m| m < self.map.num_nodes() && !self.map.ranks_on(m).is_empty()) {
+                continue;
+            }
+            let mut cur = Some(d);
+            while let Some(c) = cur.filter(|&c| !busy[c as usize]) {
+                busy[c as usize] = true;
+                cur = self.router.live_parent(c);
+            }
+        }
+        self.fence_children = self.router.children().into_iter().filter(|&c| busy[c as usize]).collect();
+    }
+
+    /// The map node whose ranks daemon `daemon` runs: its own, or the lost node it replaced
+    /// (None: a daemon whose node was replaced by a spare).
+    pub fn map_node_of(&self, daemon: u32) -> Option<u32> {
+        if self.replaced.contains_key(&daemon) {
+            return None;
+        }
+        Some(self.replaced.iter().find(|(_, &by)| by == daemon).map_or(daemon, |(&n, _)| n))
+    }
+
+    /// The daemon that runs map node `node`'s ranks.
+    pub fn daemon_of(&self, node: u32) -> u32 {
+        self.replaced.get(&node).copied().unwrap_or(node)
     }
 
     pub fn launch(&self) -> &Launch {
@@ -62,9 +122,10 @@ impl JobView {
         self.router.me()
     }
 
-    /// The ranks this daemon runs, in local-rank order (none at the front end).
+    /// The ranks this daemon runs, in local-rank order (none at the front end): its node's, or
+    /// those of the lost node it replaced.
     pub fn local_ranks(&self) -> &[u32] {
-        match self.node() {
+        match self.node().and_then(|d| self.map_node_of(d)) {
             Some(n) if n < self.map.num_nodes() => self.map.ranks_on(n),
             _ => &[],
         }
@@ -84,9 +145,9 @@ impl JobView {
         self.launch.nodes.get(node as usize).map_or_else(|| format!("#{node}"), |n| n.name.clone())
     }
 
-    /// The node that runs `rank`.
+    /// The node (daemon) that runs `rank`.
     pub fn node_of_rank(&self, rank: u32) -> Option<u32> {
-        self.map.get(rank).map(|p| p.node)
+        self.map.get(rank).map(|p| self.daemon_of(p.node))
     }
 }
 
@@ -117,6 +178,7 @@ pub mod fixture {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: crate::spec::PlacementSpec::default(),
+            node_loss: crate::spec::NodeLossSpec::default(),
             sensors: None,
             image: crate::spec::ImageSpec::default(),
         }
@@ -155,5 +217,31 @@ mod tests {
         assert_eq!(fe.fence_children(), &[0, 1]);
         assert_eq!(n1.fence_children(), &[4]);
         assert!(n5.fence_children().is_empty());
+    }
+
+    #[test]
+    fn a_spare_takes_a_lost_node_s_place_on_every_vertex() {
+        // 7 nodes of 2 slots, 12 ranks, node 6 a spare; FE -> 0,1; 0 -> 2,3; 1 -> 4,5; 2 -> 6.
+        let mut l = launch(7, 2, 12, 2);
+        l.node_loss.spares = 1;
+        let map = compute_map(&l).unwrap();
+        assert!(map.ranks_on(6).is_empty());
+        let mut views: Vec<JobView> = (0..7).map(|n| JobView::for_node(l.clone(), n).unwrap()).collect();
+        views.push(JobView::for_front_end(l.clone(), map.clone()));
+        for v in &mut views {
+            v.replace(4, 6, "spare-host");
+        }
+        for v in &views {
+            assert_eq!(v.map(), &map, "the map itself is unchanged: node 4's ranks stay node 4's");
+            assert_eq!(v.node_name(4), "spare-host");
+            assert_eq!(v.node_of_rank(8), Some(6));
+            assert_eq!(v.node_of_rank(0), Some(0));
+        }
+        assert_eq!(views[6].local_ranks(), &[8, 9]);
+        assert!(views[4].local_ranks().is_empty(), "the lost node runs nothing");
+        // Node 6 hangs below node 2 (in node 0's subtree); node 4 is gone from node 1's fences.
+        assert_eq!(views[1].fence_children(), &[5]);
+        assert_eq!(views[2].fence_children(), &[6]);
+        assert_eq!(views[7].fence_children(), &[0, 1]);
     }
 }

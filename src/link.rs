@@ -169,6 +169,9 @@ pub struct Inbox {
     pub read_error: Option<String>,
     /// The read budget ran out: more may be waiting.
     pub more: bool,
+    /// Reading failed because the peer's kernel stopped answering the link's heartbeat probes
+    /// (`ETIMEDOUT`): its node or its network is down.
+    pub timed_out: bool,
 }
 
 /// One budgeted read and the frames it completed. `parse_after_error`: when reading fails, still
@@ -179,6 +182,7 @@ pub fn read(link: &mut Link, parse_after_error: bool) -> Inbox {
         Ok(more) => inbox.more = more,
         Err(e) => {
             inbox.closed = true;
+            inbox.timed_out = e.kind() == io::ErrorKind::TimedOut;
             inbox.read_error = Some(e.to_string());
             if !parse_after_error {
                 return inbox;
@@ -208,6 +212,7 @@ pub fn read_child(link: &mut Link) -> Inbox {
         all.msgs.extend(one.msgs);
         let rejected = one.rejected.is_some();
         all.read_error = all.read_error.or(one.read_error);
+        all.timed_out |= one.timed_out;
         if rejected {
             all.rejected = one.rejected;
         }

@@ -3,6 +3,7 @@
 //! out by [`Hop`] or by target node through the vertex's [`Router`]; nothing outside this file
 //! walks the links to find a next hop.
 
+use crate::heartbeat::Beat;
 use crate::link::{flush_blocking, Link};
 use crate::token;
 use crate::tree::{Hop, Router};
@@ -24,11 +25,19 @@ pub struct Links {
     /// Frames rejected on child links (anyone on the network can connect): only the first is
     /// said at once, the count at the end.
     rejected: usize,
+    /// Heartbeats, once the launch said how often (issue 17).
+    beat: Option<Beat>,
+    /// A daemon's ancestors and where they listen, the front end (None) first and its parent
+    /// last: where it reconnects when its parent is lost (tree repair).
+    ancestors: Ancestors,
 }
+
+/// Ancestors and where they listen, the front end (None) first.
+pub type Ancestors = Vec<(Option<u32>, String)>;
 
 impl Links {
     pub fn new(router: Router, key: JobKey) -> Links {
-        Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0, rejected: 0 }
+        Links { router, key, parent: None, accepted: HashMap::new(), joined: BTreeMap::new(), next: 0, rejected: 0, beat: None, ancestors: Vec::new() }
     }
 
     pub fn router(&self) -> &Router {
@@ -38,6 +47,15 @@ impl Links {
     /// A daemon's parent link, registered under [`token::PARENT`].
     pub fn set_parent(&mut self, mut link: Link, registry: &Registry) -> io::Result<()> {
         registry.register(&mut link.stream, token::PARENT, Interest::READABLE | Interest::WRITABLE)?;
+        if let Some(b) = self.beat {
+            let _ = b.arm(&link.stream);
+        }
+        // The address this daemon connected to is where its parent listens.
+        let parent = self.router.me().and_then(|me| self.router.live_parent(me));
+        if let Ok(addr) = link.stream.peer_addr() {
+            self.ancestors.retain(|(n, _)| *n != parent);
+            self.ancestors.push((parent, addr.to_string()));
+        }
         self.parent = Some(link);
         Ok(())
     }
@@ -46,6 +64,99 @@ impl Links {
     /// the children) reach this host.
     pub fn parent_local_ip(&self) -> Option<std::net::IpAddr> {
         self.parent.as_ref()?.stream.local_addr().ok().map(|a| a.ip())
+    }
+
+    /// Tree repair: the parent link is now `link`, to the ancestor `at` (None: the front end),
+    /// which said its own ancestors are `chain`. The old parent link is dropped.
+    pub fn replace_parent(&mut self, link: Link, at: Option<u32>, chain: Ancestors, registry: &Registry) -> io::Result<()> {
+        if let Some(mut old) = self.parent.take() {
+            let _ = registry.deregister(&mut old.stream);
+        }
+        self.ancestors = chain;
+        if let Some(me) = self.router.me() {
+            // Whatever lies between is gone: this vertex's parent is now `at`.
+            for b in Router::new(*self.router.topology(), at).between(me) {
+                self.router.lose(b);
+            }
+        }
+        self.set_parent(link, registry)?;
+        // The children's ancestors changed with this one's.
+        self.down(&Msg::NodeAncestors { chain: self.ancestors.clone() });
+        Ok(())
+    }
+
+    /// The parent said where the ancestors above it listen (`Msg::NodeAncestors`).
+    pub fn set_ancestors_above(&mut self, chain: Ancestors) {
+        let parent = self.ancestors.pop();
+        self.ancestors = chain;
+        self.ancestors.extend(parent);
+    }
+
+    /// Where ancestor `node` (None: the front end) listens, if known.
+    pub fn ancestor_addr(&self, node: Option<u32>) -> Option<&str> {
+        self.ancestors.iter().find(|(n, _)| *n == node).map(|(_, a)| a.as_str())
+    }
+
+    /// `node` is lost: routes skip it from now on and its link, if it is a child here, is
+    /// closed (its own children reconnect above it). True when that is news.
+    pub fn lose_node(&mut self, node: u32, registry: &Registry) -> bool {
+        if let Some(t) = self.joined.get(&node).copied() {
+            if let Some((mut l, _)) = self.accepted.remove(&t) {
+                let _ = registry.deregister(&mut l.stream);
+                let _ = l.stream.shutdown(std::net::Shutdown::Both);
+            }
+            self.joined.remove(&node);
+        }
+        self.router.lose(node)
+    }
+
+    /// `node` is lost, and every vertex below is told so (`Msg::NodeGone`).
+    pub fn gone(&mut self, node: u32, registry: &Registry) {
+        self.lose_node(node, registry);
+        self.down(&Msg::NodeGone { node });
+    }
+
+    /// A not-yet-joined link `t` brought `Msg::NodeRejoin` from `node`, whose parent was lost:
+    /// it joins here when this vertex is its nearest live ancestor (the nodes between are lost
+    /// then), and learns where this vertex's own ancestors listen. Ok: the nodes found lost;
+    /// Err: `node` does not belong here (a node declared lost, say), and the link is closed.
+    pub fn accept_rejoin(&mut self, t: Token, node: u32, registry: &Registry) -> Result<Vec<u32>, u32> {
+        let below = match self.router.me() {
+            None => node < self.router.topology().nnodes(),
+            Some(me) => me != node && self.router.topology().in_subtree(me, node),
+        };
+        if !below || self.router.is_lost(node) {
+            self.remove(t, registry);
+            return Err(node);
+        }
+        let between = self.router.between(node);
+        for &b in &between {
+            self.lose_node(b, registry);
+        }
+        if let Some(old) = self.joined.get(&node).copied().filter(|&old| old != t) {
+            // Its earlier link here (a reconnect after a silence): the new one replaces it.
+            if let Some((mut l, _)) = self.accepted.remove(&old) {
+                let _ = registry.deregister(&mut l.stream);
+            }
+        }
+        self.join(t, node);
+        self.send(Hop::Child(node), &Msg::NodeAncestors { chain: self.ancestors.clone() });
+        Ok(between)
+    }
+
+    /// Heartbeat probes on every link from now on (and on those that come later).
+    pub fn set_beat(&mut self, beat: Beat) {
+        self.beat = Some(beat);
+        for (l, _) in self.accepted.values() {
+            let _ = beat.arm(&l.stream);
+        }
+        if let Some(p) = self.parent.as_ref() {
+            let _ = beat.arm(&p.stream);
+        }
+    }
+
+    pub fn beat(&self) -> Option<&Beat> {
+        self.beat.as_ref()
     }
 
     pub fn parent_mut(&mut self) -> Option<&mut Link> {
@@ -66,6 +177,9 @@ impl Links {
             match listener.accept() {
                 Ok((mut s, _)) => {
                     s.set_nodelay(true).ok();
+                    if let Some(b) = self.beat {
+                        let _ = b.arm(&s);
+                    }
                     let t = token::link(self.next);
                     self.next += 1;
                     if registry.register(&mut s, t, Interest::READABLE | Interest::WRITABLE).is_ok() {
@@ -93,7 +207,15 @@ impl Links {
     /// of this node, the link joins as that node: the hello gets the address the child came from
     /// (where its own children will connect) and the child gets the launch, when it came already.
     /// Ok(None): not a hello; Err(node): a hello of a node that is not a child here.
-    pub fn child_hello(&mut self, t: Token, msg: &mut Msg, peer_ip: Option<&str>, launch: Option<&Launch>) -> Result<Option<u32>, u32> {
+    /// A `Msg::NodeRejoin` (tree repair) joins as its node too, when it belongs here, and
+    /// becomes the `Msg::NodeRejoined` that tells the front end.
+    pub fn child_hello(&mut self, t: Token, msg: &mut Msg, peer_ip: Option<&str>, launch: Option<&Launch>, registry: &Registry) -> Result<Option<u32>, u32> {
+        if let Msg::NodeRejoin { node, .. } = *msg {
+            let lost = self.accept_rejoin(t, node, registry)?;
+            let at = self.router.me().expect("a daemon's links");
+            *msg = Msg::NodeRejoined { node, at, lost };
+            return Ok(Some(node));
+        }
         let Msg::Hello { node, addr, listen_port, .. } = msg else { return Ok(None) };
         if !self.router.is_child(*node) {
             return Err(*node);
@@ -102,10 +224,12 @@ impl Links {
         if addr.is_none() && *listen_port != 0 {
             *addr = peer_ip.map(str::to_string);
         }
+        let node = *node;
+        self.send(Hop::Child(node), &Msg::NodeAncestors { chain: self.ancestors.clone() });
         if let Some(l) = launch {
-            self.send(Hop::Child(*node), &Msg::Launch(Box::new(l.clone())));
+            self.send(Hop::Child(node), &Msg::Launch(Box::new(l.clone())));
         }
-        Ok(Some(*node))
+        Ok(Some(node))
     }
 
     /// After a rendezvous: the connection continues as `node`'s link, both directions afresh.
@@ -135,7 +259,11 @@ impl Links {
         let (mut l, node) = self.accepted.remove(&t)?;
         let _ = registry.deregister(&mut l.stream);
         if let Some(n) = node {
-            self.joined.remove(&n);
+            // Only when this link was still the node's (not replaced by a reconnect).
+            if self.joined.get(&n) == Some(&t) {
+                self.joined.remove(&n);
+                self.router.lose(n);
+            }
         }
         node
     }

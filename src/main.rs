@@ -11,6 +11,7 @@ mod daemon;
 mod exitcode;
 mod fabric;
 mod fence;
+mod heartbeat;
 mod frontend;
 mod images;
 mod job;

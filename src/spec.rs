@@ -8,7 +8,25 @@ use fabrics::topology::ObjKind;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Which ranks read the front end's standard input.
+/// Lost nodes (issue 17): the spares, and how a silent tree link is told from an idle one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLossSpec {
+    /// `--spare N`: the last N nodes of the node list run a daemon but no rank, so that a lost
+    /// node's ranks have somewhere to go.
+    pub spares: u32,
+    /// A tree link that carried nothing for this long gets a heartbeat probe (`--heartbeat`).
+    pub heartbeat_ms: u32,
+    /// A tree link whose probes went unanswered for this long is lost (`--heartbeat-timeout`):
+    /// the peer's node is down or its network is.
+    pub silence_ms: u32,
+}
+
+impl Default for NodeLossSpec {
+    fn default() -> Self {
+        NodeLossSpec { spares: 0, heartbeat_ms: 1000, silence_ms: 5000 }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StdinTarget {
     None,

@@ -9,6 +9,7 @@
 //! towards node N. It does no I/O; [`crate::links::Links`] sends on the hop it names.
 
 use fabrics::collective::Tree;
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 /// The tree of one job: `nnodes` daemons below the front end, fan-out `fanout`.
@@ -78,15 +79,19 @@ pub enum Hop {
 }
 
 /// Next-hop routing for one vertex of the tree: the front end (`me` None) or node `me`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Lost nodes (issue 17) are skipped: a node whose parent is lost hangs below its nearest live
+/// ancestor (tree repair), so every vertex that knows the same lost set routes the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Router {
     topo: Topology,
     me: Option<u32>,
+    lost: BTreeSet<u32>,
 }
 
 impl Router {
     pub fn new(topo: Topology, me: Option<u32>) -> Router {
-        Router { topo, me }
+        Router { topo, me, lost: BTreeSet::new() }
     }
 
     pub fn topology(&self) -> &Topology {
@@ -98,14 +103,81 @@ impl Router {
         self.me
     }
 
-    /// The child nodes of this vertex.
-    pub fn children(&self) -> Range<u32> {
-        self.topo.children_of(self.me)
+    /// `node` is gone from the tree; true when that is news.
+    pub fn lose(&mut self, node: u32) -> bool {
+        node < self.topo.nnodes() && Some(node) != self.me && self.lost.insert(node)
     }
 
-    /// Whether `node` is a direct child of this vertex.
+    pub fn is_lost(&self, node: u32) -> bool {
+        self.lost.contains(&node)
+    }
+
+    pub fn lost(&self) -> &BTreeSet<u32> {
+        &self.lost
+    }
+
+    /// The nearest ancestor of `node` that is not lost: its parent in the repaired tree (None =
+    /// the front end).
+    pub fn live_parent(&self, node: u32) -> Option<u32> {
+        let mut up = self.topo.parent_of(node);
+        while let Some(p) = up.filter(|p| self.lost.contains(p)) {
+            up = self.topo.parent_of(p);
+        }
+        up
+    }
+
+    /// The live child nodes of this vertex: its own, and those of lost nodes below it that now
+    /// hang here.
+    pub fn children(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut stack: Vec<u32> = self.topo.children_of(self.me).collect();
+        while let Some(c) = stack.pop() {
+            if self.lost.contains(&c) {
+                stack.extend(self.topo.children_of(Some(c)));
+            } else {
+                out.push(c);
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Whether `node` is a direct child of this vertex in the repaired tree.
     pub fn is_child(&self, node: u32) -> bool {
-        self.children().contains(&node)
+        node < self.topo.nnodes() && !self.lost.contains(&node) && Some(node) != self.me && self.live_parent(node) == self.me
+    }
+
+    /// Where this daemon reconnects when its parent link is lost, nearest first: every ancestor
+    /// not known to be lost, then the front end (None). The caller marks its parent lost first.
+    pub fn rejoin_candidates(&self) -> Vec<Option<u32>> {
+        let Some(me) = self.me else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut up = self.topo.parent_of(me);
+        while let Some(p) = up {
+            if !self.lost.contains(&p) {
+                out.push(Some(p));
+            }
+            up = self.topo.parent_of(p);
+        }
+        out.push(None);
+        out
+    }
+
+    /// The nodes strictly between this vertex and `node` below it on the tree's path: when
+    /// `node` reconnects here, they are the ones it found gone.
+    pub fn between(&self, node: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut up = self.topo.parent_of(node);
+        while up != self.me {
+            match up {
+                Some(p) => {
+                    out.push(p);
+                    up = self.topo.parent_of(p);
+                }
+                None => return Vec::new(),
+            }
+        }
+        out
     }
 
     /// Where a message for `target` goes from here.
@@ -113,7 +185,7 @@ impl Router {
         if Some(target) == self.me {
             return Hop::Local;
         }
-        if target >= self.topo.nnodes() {
+        if target >= self.topo.nnodes() || self.lost.contains(&target) {
             return Hop::Parent;
         }
         let below = match self.me {
@@ -126,7 +198,7 @@ impl Router {
         // Walk up from the target to the child of this vertex on its path: O(depth).
         let mut cur = target;
         loop {
-            let up = self.topo.parent_of(cur);
+            let up = self.live_parent(cur);
             if up == self.me {
                 return Hop::Child(cur);
             }
@@ -191,6 +263,27 @@ mod tests {
         assert!(n0.is_child(3) && !n0.is_child(6));
     }
 
+    #[test]
+    fn a_lost_inner_node_s_children_hang_below_its_parent() {
+        // FE -> 0,1; 0 -> 2,3; 1 -> 4,5; 2 -> 6. Node 0 is lost.
+        let topo = Topology::new(7, 2);
+        let mut fe = Router::new(topo, None);
+        assert!(fe.lose(0) && !fe.lose(0));
+        assert_eq!(fe.children(), [1, 2, 3]);
+        assert_eq!(fe.next_hop(6), Hop::Child(2));
+        assert_eq!(fe.next_hop(0), Hop::Parent, "a lost node is unreachable");
+        assert!(fe.is_child(3) && !fe.is_child(0) && !fe.is_child(6));
+        let mut n6 = Router::new(topo, Some(6));
+        n6.lose(2);
+        assert_eq!(n6.rejoin_candidates(), [Some(0), None]);
+        n6.lose(0);
+        assert_eq!(n6.rejoin_candidates(), [None]);
+        let n1 = Router::new(topo, Some(1));
+        assert_eq!(n1.between(5), Vec::<u32>::new());
+        assert_eq!(fe.between(6), [2, 0]);
+        assert_eq!(Router::new(topo, Some(0)).between(6), [2]);
+    }
+
     proptest! {
         #[test]
         fn every_node_is_child_of_its_parent(n in 1u32..2000, k in 1u32..40) {
@@ -223,6 +316,49 @@ mod tests {
                 prop_assert!(hops <= 2 * topo.depth() + 1);
             }
             prop_assert_eq!(at, Some(to));
+        }
+
+        /// With any set of lost nodes, next hops from any live vertex reach any live node, each
+        /// hop an edge of the repaired tree (a node below its nearest live ancestor), and the
+        /// live children of all vertices are every live node once.
+        #[test]
+        fn repaired_routes_reach_every_live_node(n in 1u32..200, k in 1u32..6, lost in proptest::collection::vec(0u32..200, 0..20), from in 0u32..200, to in 0u32..200) {
+            let topo = Topology::new(n, k);
+            let lost: BTreeSet<u32> = lost.into_iter().map(|x| x % n).collect();
+            let router = |at: Option<u32>| { let mut r = Router::new(topo, at); for &l in &lost { r.lose(l); } r };
+            let live: Vec<u32> = (0..n).filter(|x| !lost.contains(x)).collect();
+            let mut seen = vec![0u32; n as usize];
+            for v in std::iter::once(None).chain(live.iter().copied().map(Some)) {
+                for c in router(v).children() {
+                    prop_assert_eq!(router(None).live_parent(c), v);
+                    seen[c as usize] += 1;
+                }
+            }
+            for x in 0..n { prop_assert_eq!(seen[x as usize], u32::from(!lost.contains(&x))); }
+            if live.is_empty() { return Ok(()); }
+            let (from, to) = (live[from as usize % live.len()], live[to as usize % live.len()]);
+            let mut at = Some(from);
+            let mut hops = 0;
+            loop {
+                match router(at).next_hop(to) {
+                    Hop::Local => break,
+                    Hop::Parent => { prop_assert!(at.is_some()); at = router(None).live_parent(at.unwrap()); }
+                    Hop::Child(c) => { prop_assert_eq!(router(None).live_parent(c), at); prop_assert!(router(at).is_child(c)); at = Some(c); }
+                }
+                hops += 1;
+                prop_assert!(hops <= 2 * topo.depth() + 1);
+            }
+            prop_assert_eq!(at, Some(to));
+            // A daemon whose parent is lost reconnects to its repaired-tree parent first.
+            let mut r = router(Some(to));
+            if let Some(p) = topo.parent_of(to) { r.lose(p); }
+            let mut all = router(None);
+            if let Some(p) = topo.parent_of(to) { all.lose(p); }
+            prop_assert_eq!(r.rejoin_candidates().first().copied(), Some(all.live_parent(to)));
+            // What it finds gone on the way is what lies between it and that ancestor.
+            let mut anc = Router::new(topo, all.live_parent(to));
+            for b in anc.between(to) { anc.lose(b); }
+            prop_assert!(anc.is_child(to));
         }
 
         #[test]

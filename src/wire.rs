@@ -23,14 +23,14 @@
 //! The MAC covers direction and link so that a frame captured on one edge cannot be replayed on another
 //! edge or reflected back; the strictly increasing sequence number defeats replay on the same edge.
 
-use crate::spec::{AppContext, FabricSpec, NodeEntry, PlacementSpec, PmiSpec, PortRange, RankStatus, SensorSpec, SensorState, SensorValue, StdinTarget, TreeSpawn};
+use crate::spec::{AppContext, FabricSpec, NodeEntry, NodeLossSpec, PlacementSpec, PmiSpec, PortRange, RankStatus, SensorSpec, SensorState, SensorValue, StdinTarget, TreeSpawn};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// 2: `Launch` carries the PMI options (no longer bootstrap-line flags) and a node's failure is a
-/// typed [`NodeFault`]. 4: `Launch` carries the sensors (`--sensors`, `--sensor`). 5: `Launch`
-/// carries the image options.
+/// typed [`NodeFault`]. 4: `Launch` carries the sensors (`--sensors`, `--sensor`) and the
+/// lost-node options ([`NodeLossSpec`]). 5: `Launch` carries the image options.
 pub const PROTOCOL_VERSION: u8 = 5;
 /// Large enough for a 1 MiB output chunk plus framing many times over, small enough that a corrupt
 /// length cannot make a daemon allocate gigabytes.
@@ -100,6 +100,8 @@ pub struct Launch {
     pub pmi: PmiSpec,
     /// `--bind-to`, `--map-by` inside a node, `--gpus-per-rank`, `--report-bindings`.
     pub placement: PlacementSpec,
+    /// Lost nodes: `--spare`, `--heartbeat`, `--heartbeat-timeout`.
+    pub node_loss: NodeLossSpec,
     /// `--sensors`, `--sensor CMD` and their settings; `None` (one byte) when no sensor is on.
     pub sensors: Option<SensorSpec>,
     /// Recovery images (issue 17): `--image-max`, `--image-copies`, `--image-dir`, ...
@@ -327,6 +329,25 @@ pub enum Msg {
     /// Daemon → up, just before `NodeDone`: when this daemon reached each launch phase, on its
     /// own clock (`crate::timeline`).
     Timeline { node: u32, marks: crate::timeline::NodeMarks },
+    // Lost nodes and tree repair (issue 17, "nodes").
+    /// Parent daemon → a child that joined: where the child's ancestors above this parent listen,
+    /// the front end (None) first. The child adds its parent (the address it connected to) and
+    /// reconnects to the nearest live one of them when its parent is lost.
+    NodeAncestors { chain: Vec<(Option<u32>, String)> },
+    /// A daemon whose parent (`lost`) is gone → the ancestor it reconnected to, first frame on
+    /// the new link (the job key authenticates it like a hello).
+    NodeRejoin { node: u32, lost: u32, pid: u32 },
+    /// The ancestor daemon `at` → up: `node` reconnected to it, finding `lost` gone on the way.
+    NodeRejoined { node: u32, at: u32, lost: Vec<u32> },
+    /// Front end → down: `node` is lost; every daemon routes around it and closes its link to it.
+    NodeGone { node: u32 },
+    /// Front end → down: node `node` is now run by the daemon of node `by` (a spare), whose host
+    /// is `host`: every daemon recomputes the map with it.
+    Replace { node: u32, by: u32, host: String },
+    /// Front end → down: node `node` is lost, no spare takes its place, and its ranks go to the
+    /// free slots of the other nodes (`closed`, every lost node, takes none): every daemon
+    /// recomputes the map the same way.
+    NodeRelocate { node: u32, closed: Vec<u32> },
     /// Daemon → up, only when one of `node`'s sensors changes state (`crate::spec::SensorSpec`):
     /// the sensor (`thermal:thermal_zone0`, `memory`, `command:CMD`...), its new state, the
     /// number it was decided on and one line for a person.
@@ -409,6 +430,10 @@ pub enum NodeFault {
     /// The user's request cannot be met on this node (placement: `--bind-to`, `PE=n`,
     /// `--gpus-per-rank`): a usage error, exit 2.
     Unsatisfiable(String),
+    /// The heartbeat probes on the link to the node's daemon went unanswered for this many
+    /// milliseconds (`--heartbeat-timeout`): the node or its network is down. Seen by its parent
+    /// daemon.
+    Silent { ms: u32 },
 }
 
 /// What a [`Msg::PmiReport`] is about.
@@ -645,6 +670,7 @@ mod tests {
             fabric: FabricSpec::default(),
             pmi: PmiSpec::default(),
             placement: PlacementSpec::default(),
+            node_loss: NodeLossSpec::default(),
             sensors: None,
             image: crate::spec::ImageSpec::default(),
         }))

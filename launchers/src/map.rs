@@ -334,6 +334,11 @@ pub enum MapError {
     #[error("no program to run; give a program after the options")]
     NoApps,
     #[error(
+        "--spare {spares} keeps {spares} of the job's {nodes} nodes as spares and leaves none \
+         for ranks; give more hosts or a smaller --spare"
+    )]
+    NoNodesBesideSpares { nodes: u64, spares: u32 },
+    #[error(
         "-np 0 for program {app}; give -np 1 or more, or leave -np out to fill the free slots"
     )]
     ZeroNp { app: u32 },
@@ -556,6 +561,61 @@ pub fn compute_map_apps(
         counts.push((order.len() - start) as u64);
     }
     Ok(build_map(&order, &counts, soft.len()))
+}
+
+/// The process map of a job whose last `spares` nodes are spares (`--spare N`): their daemons
+/// run but they get no rank, so that a lost node's ranks have somewhere to go. The ranks are
+/// placed on the other nodes exactly as [`compute_map_apps`] places them there; the spares are
+/// in the map as nodes without ranks. A context's own node list must not name a spare.
+pub fn compute_map_with_spares(
+    node_slots: &[(u32, Option<u32>)],
+    apps: &[AppRequest],
+    policy: &MapPolicy,
+    spares: u32,
+) -> Result<ProcMap, MapError> {
+    if spares == 0 {
+        return compute_map_apps(node_slots, apps, policy);
+    }
+    let working = node_slots.len().checked_sub(spares as usize).filter(|&n| n > 0);
+    let Some(working) = working else {
+        return Err(MapError::NoNodesBesideSpares { nodes: node_slots.len() as u64, spares });
+    };
+    let mut map = compute_map_apps(&node_slots[..working], apps, policy)?;
+    map.by_node.resize(node_slots.len(), Vec::new());
+    Ok(map)
+}
+
+/// Where the ranks of lost nodes (`moving`) go when no spare takes their place (issue 17): the
+/// free slots (slots, capped by max_slots, minus the ranks already there) of the other working
+/// nodes, in node order, the lost ranks in rank order. Nodes in `closed` (every lost node) and
+/// the spares (the last `spares` nodes, left to replace whole nodes) take none. Every daemon
+/// computes the same from the same map. `None` when the free slots cannot take them all: the
+/// job cannot go on without the lost nodes.
+pub fn relocate(map: &ProcMap, node_slots: &[(u32, Option<u32>)], moving: &[u32], closed: &[u32], spares: u32) -> Option<ProcMap> {
+    let working = node_slots.len().saturating_sub(spares as usize);
+    let mut free: Vec<u64> = (0..map.num_nodes() as usize)
+        .map(|n| {
+            let usable = n < working && !moving.contains(&(n as u32)) && !closed.contains(&(n as u32));
+            let soft = node_slots.get(n).map_or(0, |&(s, m)| u64::from(m.map_or(s, |m| s.min(m))));
+            if usable {
+                soft.saturating_sub(map.ranks_on(n as u32).len() as u64)
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut order: Vec<u32> = map.ranks.iter().map(|p| p.node).collect();
+    let mut next = 0usize;
+    for place in order.iter_mut().filter(|n| moving.contains(n)) {
+        while next < free.len() && free[next] == 0 {
+            next += 1;
+        }
+        let slot = free.get_mut(next)?;
+        *slot -= 1;
+        *place = next as u32;
+    }
+    let counts: Vec<u64> = (0..map.num_apps()).map(|a| map.app_ranks(a).len() as u64).collect();
+    Some(build_map(&order, &counts, map.num_nodes() as usize))
 }
 
 /// Computes the process map: a pure, deterministic function.
@@ -1582,6 +1642,104 @@ mod tests {
             let within: u32 = slots.iter().sum();
             if np <= within && !by_node {
                 proptest::prop_assert_eq!(nodes_of(&a), nodes_of(&b));
+            }
+        }
+    }
+
+    #[test]
+    fn spares_get_no_ranks_and_the_rest_is_mapped_as_without_them() {
+        let slots = uniform(4, 2);
+        let pol = MapPolicy::default();
+        let m = compute_map_with_spares(&slots, &[app(Some(6), None)], &pol, 1).unwrap();
+        assert_eq!(m.num_nodes(), 4);
+        assert_eq!(nodes_of(&m), [0, 0, 1, 1, 2, 2]);
+        assert!(m.ranks_on(3).is_empty());
+        assert_eq!(
+            compute_map_with_spares(&slots, &[app(Some(7), None)], &pol, 1).unwrap_err().to_string(),
+            "requested 7 ranks but only 6 slots were found (node 0: 2, node 1: 2, node 2: 2); use --oversubscribe or more hosts"
+        );
+        assert_eq!(
+            compute_map_with_spares(&slots, &[app(Some(1), None)], &pol, 4).unwrap_err().to_string(),
+            "--spare 4 keeps 4 of the job's 4 nodes as spares and leaves none for ranks; give more hosts or a smaller --spare"
+        );
+        assert_eq!(compute_map_with_spares(&slots, &[app(Some(8), None)], &pol, 0).unwrap().size(), 8);
+    }
+
+    proptest::proptest! {
+        /// Spares never get a rank, and the working nodes get what they get without spares.
+        #[test]
+        fn spares_are_excluded(slots in arb_nodes(), apps in arb_apps(), policy in arb_policy(), spares in 0u32..4) {
+            let reqs: Vec<AppRequest> = apps.iter().map(|&np| app(np, None)).collect();
+            let with = compute_map_with_spares(&slots, &reqs, &policy, spares);
+            if spares as usize >= slots.len() && spares > 0 {
+                let refused = matches!(with, Err(MapError::NoNodesBesideSpares { .. }));
+                proptest::prop_assert!(refused);
+                return Ok(());
+            }
+            let working = slots.len() - spares as usize;
+            let without = compute_map_apps(&slots[..working], &reqs, &policy);
+            match (with, without) {
+                (Ok(a), Ok(b)) => {
+                    proptest::prop_assert_eq!(a.num_nodes() as usize, slots.len());
+                    proptest::prop_assert_eq!(a.ranks(), b.ranks());
+                    for s in working..slots.len() {
+                        proptest::prop_assert!(a.ranks_on(s as u32).is_empty());
+                    }
+                }
+                (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
+                (a, b) => proptest::prop_assert!(false, "{:?} vs {:?}", a.map(|m| m.size()), b.map(|m| m.size())),
+            }
+        }
+    }
+
+    #[test]
+    fn lost_ranks_go_to_free_slots_in_node_order() {
+        // 4 nodes of 3 slots, node 3 a spare.
+        let slots = uniform(4, 3);
+        let map = compute_map_with_spares(&slots, &[app(Some(7), None)], &MapPolicy::default(), 1).unwrap();
+        assert_eq!(nodes_of(&map), [0, 0, 0, 1, 1, 1, 2]);
+        assert!(relocate(&map, &slots, &[0], &[], 1).is_none(), "node 2 has two free slots for three ranks; the spare is not used");
+        let map = compute_map_with_spares(&slots, &[app(Some(5), None)], &MapPolicy::default(), 1).unwrap();
+        assert_eq!(nodes_of(&map), [0, 0, 0, 1, 1]);
+        let moved = relocate(&map, &slots, &[0], &[], 1).unwrap();
+        assert_eq!(nodes_of(&moved), [1, 2, 2, 1, 1]);
+        assert_eq!(moved.ranks_on(1), &[0, 3, 4]);
+        assert_eq!(moved.rank(0).local_rank, 0, "local ranks follow global order on the new node");
+        assert!(relocate(&map, &slots, &[0, 1], &[], 1).is_none(), "node 2 alone cannot take five ranks");
+        assert_eq!(nodes_of(&relocate(&map, &slots, &[0], &[1], 1).unwrap()), [2, 2, 2, 1, 1], "a closed node takes none");
+    }
+
+    proptest::proptest! {
+        /// Only the lost node's ranks move; they go to working nodes that are not lost and not
+        /// spares, no node gets more than its slots (unless it had them already), and `None`
+        /// only when the free slots are too few.
+        #[test]
+        fn relocation_moves_only_lost_ranks_into_free_slots(slots in proptest::collection::vec(1u32..5, 2..7), np in 1u32..20, lost in 0u32..7, spares in 0u32..2) {
+            let s: Vec<(u32, Option<u32>)> = slots.iter().map(|&x| (x, None)).collect();
+            let Ok(map) = compute_map_with_spares(&s, &[app(Some(np), None)], &MapPolicy::default(), spares) else { return Ok(()) };
+            let lost = lost % s.len() as u32;
+            let working = s.len() - spares as usize;
+            match relocate(&map, &s, &[lost], &[], spares) {
+                Some(moved) => {
+                    proptest::prop_assert_eq!(moved.size(), map.size());
+                    for r in 0..map.size() {
+                        let (a, b) = (map.rank(r).node, moved.rank(r).node);
+                        if a == lost {
+                            proptest::prop_assert!(b != lost && (b as usize) < working);
+                        } else {
+                            proptest::prop_assert_eq!(a, b);
+                        }
+                    }
+                    for n in 0..moved.num_nodes() {
+                        let had = map.ranks_on(n).len();
+                        proptest::prop_assert!(moved.ranks_on(n).len() <= had.max(slots[n as usize] as usize));
+                    }
+                    proptest::prop_assert!(moved.ranks_on(lost).is_empty());
+                }
+                None => {
+                    let free: u64 = (0..working as u32).filter(|&n| n != lost).map(|n| u64::from(slots[n as usize]).saturating_sub(map.ranks_on(n).len() as u64)).sum();
+                    proptest::prop_assert!(free < map.ranks_on(lost).len() as u64);
+                }
             }
         }
     }

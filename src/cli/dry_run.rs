@@ -43,7 +43,10 @@ pub fn describe_map(plan: &JobPlan) -> String {
                 parts.push(format!("ranks {} {}", fmt_ranges(&mine), app.argv.join(" ")));
             }
         }
-        if parts.is_empty() {
+        let spare = i + plan.launch.node_loss.spares as usize >= nodes.len();
+        if spare {
+            parts.push("spare, no ranks (--spare)".into());
+        } else if parts.is_empty() {
             parts.push("no ranks".into());
         }
         s.push_str(&format!("node {i} {} (slots {}): {}\n", n.name, n.slots, parts.join("; ")));

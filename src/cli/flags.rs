@@ -34,6 +34,10 @@ FAILURES:
   MPI_Abort(comm, N) ends the job with status N (1 when N is a multiple of 256). A rank that
   breaks the PMI protocol, or exits with status 0 after MPI_Init without MPI_Finalize, fails
   the job with status 1.
+  A node is lost when its daemon dies or nothing comes over its link for --heartbeat-timeout;
+  its children reconnect to their nearest live ancestor. A lost node whose ranks still run ends
+  the job (exit 125, one line naming it and why); a spare (--spare) or a node whose ranks had
+  ended is one line, and the job goes on.
 
 RESTARTS (--max-restarts N, --restart-scope rank|job):
   A rank that exits non-zero or is killed by a signal is restarted instead of ending the job,
@@ -456,6 +460,22 @@ pub struct Cli {
     /// Fail the job when a node's daemon has not connected after SECS seconds
     #[arg(long = "launch-timeout", value_name = "SECS", default_value = "30")]
     pub launch_timeout: f64,
+
+    // Lost nodes (issue 17).
+    /// Keep the last N nodes of the host list or allocation as spares: their daemons start, they
+    /// get no ranks, and a lost node is replaced by one of them
+    #[arg(long = "spare", value_name = "N", default_value = "0")]
+    pub spare: u32,
+
+    /// Send a heartbeat (a TCP keepalive probe) on a tree link that carried nothing for SECS
+    /// seconds, and one each SECS after that (whole seconds)
+    #[arg(long = "heartbeat", value_name = "SECS", default_value = "1")]
+    pub heartbeat: f64,
+
+    /// Declare a node lost when its tree link's heartbeat went unanswered for SECS seconds (the
+    /// node or its network is down; a daemon that dies closes its link and is lost at once)
+    #[arg(long = "heartbeat-timeout", value_name = "SECS", default_value = "5")]
+    pub heartbeat_timeout: f64,
 
     /// Never show launch progress
     #[arg(short = 'q', long)]

@@ -90,7 +90,31 @@ pub struct Mapped {
 
 /// Computes the map; nodes it leaves without ranks get no daemon, as under Hydra (`-np 1` with a
 /// 4-node host file starts one), unless `keep_all` (`--inventory` runs no rank and wants them all).
-pub fn map(apps: &mut [AppContext], nodes: &mut Vec<Node>, policy: &MapPolicy, keep_all: bool) -> Result<Mapped, UsageError> {
+/// The last `spares` nodes are spares (`--spare`): kept after the others, with no ranks.
+pub fn map(apps: &mut [AppContext], nodes: &mut Vec<Node>, policy: &MapPolicy, keep_all: bool, spares: u32) -> Result<Mapped, UsageError> {
+    if spares == 0 {
+        return map_working(apps, nodes, policy, keep_all);
+    }
+    let Some(working) = nodes.len().checked_sub(spares as usize).filter(|&n| n > 0) else {
+        return Err(usage(launchers::map::MapError::NoNodesBesideSpares { nodes: nodes.len() as u64, spares }.to_string()));
+    };
+    if let Some(a) = apps.iter().find(|a| a.nodes.as_ref().is_some_and(|l| l.iter().any(|&n| n as usize >= working))) {
+        let spare_names: Vec<&str> = nodes[working..].iter().map(|n| n.name.as_str()).collect();
+        return Err(usage(format!("{}: its hosts include a spare ({}); spares run no ranks (--spare {spares})", a.argv[0], spare_names.join(", "))));
+    }
+    let spare_nodes = nodes.split_off(working);
+    let names: Vec<&str> = spare_nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut mapped = map_working(apps, nodes, policy, keep_all)
+        .map_err(|e| usage(format!("{e} (--spare {spares} keeps {} out of the map)", names.join(", "))))?;
+    let slots: Vec<(u32, Option<u32>)> = nodes.iter().chain(&spare_nodes).map(|n| (n.slots, n.max_slots)).collect();
+    nodes.extend(spare_nodes);
+    let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
+    // The same engine the daemons run on the launch message, so that every side agrees.
+    mapped.map = launchers::map::compute_map_with_spares(&slots, &requests, policy, spares).map_err(|e| usage(e.to_string()))?;
+    Ok(mapped)
+}
+
+fn map_working(apps: &mut [AppContext], nodes: &mut Vec<Node>, policy: &MapPolicy, keep_all: bool) -> Result<Mapped, UsageError> {
     let compute = |apps: &[AppContext], nodes: &[Node]| {
         let requests: Vec<launchers::map::AppRequest> = apps.iter().map(|a| launchers::map::AppRequest { np: a.np, nodes: a.nodes.clone() }).collect();
         launchers::map::compute_map_for_nodes(nodes, &requests, policy).map_err(|e| usage(e.to_string()))

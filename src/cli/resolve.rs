@@ -53,6 +53,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if g.fanout == 0 {
         return Err(usage("--fanout 0: the fan-out must be at least 1").into());
     }
+    let node_loss = node_loss(g)?;
     let timeout = match (g.timeout, env.var("MPIEXEC_TIMEOUT")) {
         (Some(t), _) => Some(positive_seconds("--timeout", t)?),
         // Hydra's (and the MPICH test suite's) way to give the timeout.
@@ -96,7 +97,7 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
     if let Some(file) = g.report.as_ref().filter(|f| f.is_dir()) {
         return Err(usage(format!("--report {}: is a directory (a file is expected)", file.display())).into());
     }
-    let super::mapping::Mapped { map, allocation_slots, trimmed } = super::mapping::map(&mut apps, &mut alloc.nodes, &alloc.policy, g.inventory)?;
+    let super::mapping::Mapped { map, allocation_slots, trimmed } = super::mapping::map(&mut apps, &mut alloc.nodes, &alloc.policy, g.inventory, g.spare)?;
     let prefixes = g.prepend_pattern.as_ref().map(|p| {
         map.ranks().iter().enumerate().map(|(r, place)| crate::output::expand_pattern(p, r as u32, &alloc.nodes[place.node as usize].name)).collect()
     });
@@ -140,8 +141,9 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
             },
         },
         placement: placement(g, alloc.local && alloc.nodes.len() > 1, own.rank_file())?,
+        node_loss,
         sensors: super::sensors::spec(g, env.var(spec::SENSOR_ROOT_ENV))?,
-        image: image_spec(g, alloc.nodes.len() as u32, &apps_program)?,
+        image: image_spec(g, (alloc.nodes.len() as u32).saturating_sub(node_loss.spares), &apps_program)?,
     };
     let daemon_path = match (&g.daemon_path, &env.exe) {
         (Some(p), _) => p.clone(),
@@ -183,6 +185,21 @@ pub fn resolve(parsed: &Parsed, env: &Env) -> Result<JobPlan> {
         mpi_reason,
         restarts: restart_spec(g.max_restarts, g.enable_recovery, g.restart_scope, speaks_mpi),
     })
+}
+
+/// `--spare`, `--heartbeat`, `--heartbeat-timeout`. The timeout must leave room for a few
+/// heartbeats, or a busy but healthy link would be declared lost.
+fn node_loss(g: &Cli) -> Result<spec::NodeLossSpec, UsageError> {
+    let beat = positive_seconds("--heartbeat", g.heartbeat)?;
+    let silence = positive_seconds("--heartbeat-timeout", g.heartbeat_timeout)?;
+    if silence < beat * 2 {
+        return Err(usage(format!(
+            "--heartbeat-timeout {}: must be at least twice --heartbeat ({}), or an idle link looks lost",
+            g.heartbeat_timeout, g.heartbeat
+        )));
+    }
+    let ms = |d: Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
+    Ok(spec::NodeLossSpec { spares: g.spare, heartbeat_ms: ms(beat), silence_ms: ms(silence) })
 }
 
 /// `--image-*`: the copies default to 2 when there is a second node to hold them, and are
@@ -811,6 +828,31 @@ mod tests {
         assert_eq!(ssh.port, 2222);
         assert_eq!(p.nodes.len(), 2);
         assert_eq!(p.map.size(), 4);
+    }
+
+    #[test]
+    fn spares_are_the_last_nodes_and_get_no_ranks() {
+        let e = env(&[("PATH", "/bin")]);
+        let p = plan(&["--host", "n1:2,n2:2,n3:2", "--spare", "1", "-np", "4", "--dry-run", "x"], &e).unwrap();
+        assert_eq!(p.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+        assert_eq!(p.launch.node_loss.spares, 1);
+        assert!(p.map.ranks_on(2).is_empty());
+        assert_eq!(p.map, crate::job::compute_map(&p.launch).unwrap(), "the daemons compute the same map");
+        // A node without ranks is dropped, a spare is kept.
+        let p = plan(&["--host", "n1:2,n2:2,n3:2", "--spare", "1", "-np", "2", "--dry-run", "x"], &e).unwrap();
+        assert_eq!(p.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n3"]);
+        assert_eq!(p.map, crate::job::compute_map(&p.launch).unwrap());
+        assert_eq!(
+            usage_text(plan(&["--host", "n1:2,n2:2,n3:2", "--spare", "1", "-np", "5", "x"], &e)),
+            "requested 5 ranks but only 4 slots were found (n1: 2, n2: 2); use --oversubscribe or more hosts (--spare 1 keeps n3 out of the map)"
+        );
+        assert_eq!(
+            usage_text(plan(&["--host", "n1:2,n2:2", "--spare", "2", "x"], &e)),
+            "--spare 2 keeps 2 of the job's 2 nodes as spares and leaves none for ranks; give more hosts or a smaller --spare"
+        );
+        assert_eq!(usage_text(plan(&["--heartbeat", "2", "--heartbeat-timeout", "3", "true"], &e)), "--heartbeat-timeout 3: must be at least twice --heartbeat (2), or an idle link looks lost");
+        let p = plan(&["--heartbeat", "0.5", "--heartbeat-timeout", "2", "true"], &e).unwrap();
+        assert_eq!((p.launch.node_loss.heartbeat_ms, p.launch.node_loss.silence_ms), (500, 2000));
     }
 
     #[test]

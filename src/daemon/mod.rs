@@ -7,8 +7,8 @@
 //! carry out: PMI ([`pmi`]), PMIx ([`pmix`]), the fabric exchange ([`fabric`]) with placement
 //! ([`binding`]), the local rank
 //! table ([`ranks`]) with spawning ([`spawn`]), tree spawn ([`tree_spawn`]), restarts
-//! ([`restart`]), the node's sensors ([`sensors`]), and the sweep of descendants that escaped
-//! their rank ([`adopted`]).
+//! ([`restart`]), tree repair ([`repair`]), the node's sensors ([`sensors`]), and the sweep of
+//! descendants that escaped their rank ([`adopted`]).
 
 mod adopted;
 mod binding;
@@ -23,6 +23,7 @@ mod node;
 mod pmi;
 mod pmix;
 mod ranks;
+mod repair;
 mod restart;
 mod say;
 mod sensors;

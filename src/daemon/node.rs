@@ -12,6 +12,7 @@ use super::images::Images;
 use super::pmi::Pmi;
 use super::pmix::{self, Pmix};
 use super::ranks::Ranks;
+use super::repair;
 use super::restart::{self, Restarts};
 use super::say::say;
 use super::sensors::Sensors;
@@ -53,6 +54,13 @@ impl Job {
     }
 
     fn view(&self) -> Option<&JobView> {
+        match self {
+            Job::Ready(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    fn view_mut(&mut self) -> Option<&mut JobView> {
         match self {
             Job::Ready(j) => Some(j),
             _ => None,
@@ -314,18 +322,19 @@ impl Daemon {
                 self.shutdown = true;
                 return;
             }
+            m @ (Msg::NodeAncestors { .. } | Msg::NodeGone { .. } | Msg::Replace { .. } | Msg::NodeRelocate { .. }) => return repair::parent_msg(&mut self.links, self.job.view_mut(), m, registry),
             Msg::FenceDone { seq, puts } => self.pmi.fence_done(seq, puts, registry),
             m @ (Msg::PmixFenceDone { .. } | Msg::PmixDmodexReq { .. } | Msg::PmixDmodexResp { .. }) => self.pmix.tree_msg(None, m),
             Msg::KvsGet { from, key, round } => self.pmi.kvs_query(from, key, round),
             Msg::KvsValue { to, key, value, round } => self.pmi.kvs_value(to, key, value, round, registry),
             m @ (Msg::Fabric { .. } | Msg::Rdma(_)) => self.fabric.tree_msg(None, m),
             m if crate::images::is_image_msg(&m) => self.images.tree_msg(self.job.view(), m),
-            Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children().collect(), &self.notify),
+            Msg::StackTraces => self.traces.start(self.node, self.ranks.live(), self.links.router().children(), &self.notify),
             m @ Msg::RestartJob { .. } => {
                 self.images.new_generation();
-                self.restarts.on_msg(m, self.links.router().children().collect())
+                self.restarts.on_msg(m, self.links.router().children())
             }
-            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. }) => self.restarts.on_msg(m, self.links.router().children().collect()),
+            m @ (Msg::RestartRanks { .. } | Msg::RestartStop { .. }) => self.restarts.on_msg(m, self.links.router().children()),
             other => return say(Some(self.node), format_args!("unexpected message from parent: {other:?}")),
         };
         self.apply(fx);
@@ -339,6 +348,7 @@ impl Daemon {
         }
         self.timeline.mark(Phase::LaunchReceived, Instant::now());
         self.launch_bytes = frame_len as u32;
+        self.links.set_beat(crate::heartbeat::Beat::new(&launch.node_loss));
         self.links.down(&Msg::Launch(launch.clone()));
         let mut map_error = None;
         self.job = match JobView::for_node(launch, self.node) {
@@ -369,7 +379,7 @@ impl Daemon {
         if !readable {
             return;
         }
-        let Inbox { msgs, rejected, closed, .. } = link::read_child(link);
+        let Inbox { msgs, rejected, closed, timed_out, .. } = link::read_child(link);
         let peer_ip = link.stream.peer_addr().ok().map(|a| a.ip().to_string());
         let mut lost = closed;
         if let Some(e) = rejected.filter(|_| self.links.note_rejected()) {
@@ -378,7 +388,7 @@ impl Daemon {
         let mut node = self.links.node_of(t);
         for (mut msg, _) in msgs {
             if node.is_none() {
-                match self.links.child_hello(t, &mut msg, peer_ip.as_deref(), self.job.launch()) {
+                match self.links.child_hello(t, &mut msg, peer_ip.as_deref(), self.job.launch(), self.poll.registry()) {
                     Ok(n) => node = n,
                     Err(n) => {
                         say(Some(self.node), format_args!("node {n} is not a child of this daemon; dropping it"));
@@ -392,7 +402,7 @@ impl Daemon {
         if lost {
             if let Some(node) = self.links.remove(t, self.poll.registry()) {
                 if !self.shutdown {
-                    self.links.up(&Msg::NodeFailed { node, fault: NodeFault::LinkLost });
+                    self.links.up(&Msg::NodeFailed { node, fault: repair::child_fault(&self.links, timed_out) });
                 }
             }
         }
@@ -412,20 +422,29 @@ impl Daemon {
         self.apply(fx);
     }
 
+    /// The parent link broke or went silent: reconnect above it (tree repair), else cut off.
     fn parent_lost(&mut self) {
+        match repair::rejoin(!(self.orphaned || self.shutdown), &mut self.links, self.boot.key, self.node, self.poll.registry()) {
+            Some(msgs) => msgs.into_iter().for_each(|m| self.on_parent_msg(m, 0)),
+            None => self.cut_off(),
+        }
+    }
+
+    fn cut_off(&mut self) {
         if self.orphaned || self.shutdown {
             return;
         }
         self.orphaned = true;
-        // Nobody collects what the children would report: pass the loss down now.
+        // Nobody collects what the children would report: pass the loss down now; none rejoins here.
+        self.listener = None;
         self.links.cut_off(self.poll.registry());
         self.terminate_all();
     }
 
     fn on_boot_stdin(&mut self) {
-        // Whoever started us is gone (front end, ssh client, agent): no one can collect our ranks.
-        if super::boot::stdin_closed(self.poll.registry()) && !self.shutdown {
-            self.parent_lost();
+        // Whoever started us is gone (front end, ssh client, agent; under tree spawn, the parent).
+        if super::boot::stdin_closed(self.poll.registry()) && self.job.launch().map_or(true, |l| l.tree_spawn.is_none()) {
+            self.cut_off();
         }
     }
 
@@ -434,7 +453,7 @@ impl Daemon {
             match s {
                 libc::SIGCHLD => self.reap(),
                 // Slurm's scancel, a dying session, or an admin: nobody will collect the ranks.
-                _ => self.parent_lost(),
+                _ => self.cut_off(),
             }
         }
         // SIGCHLD bytes may be coalesced; reaping is cheap and idempotent.

@@ -112,18 +112,6 @@ impl Daemons {
         }
     }
 
-    /// A joined node's link broke: it and every node below it that had not finished are lost.
-    /// Returns those nodes (empty when nothing was still expected of them).
-    pub fn lose_unfinished_subtree(&mut self, top: u32) -> Vec<u32> {
-        let affected: Vec<u32> = (0..self.nodes.len() as u32)
-            .filter(|&n| self.topo.in_subtree(top, n) && !self.nodes[n as usize].done && !self.nodes[n as usize].lost)
-            .collect();
-        for &n in &affected {
-            self.nodes[n as usize].lost = true;
-        }
-        affected
-    }
-
     /// `Started`: the size of the launch message as `node` received it.
     pub fn launched(&mut self, node: u32, launch_bytes: u32) {
         if let Some(d) = self.nodes.get_mut(node as usize).filter(|_| launch_bytes > 0) {
@@ -259,9 +247,8 @@ mod tests {
     #[test]
     fn losing_a_subtree() {
         let mut d = Daemons::new(Topology::new(5, 2), names(5));
+        d.lose_subtree(0);
         d.get_mut(2).unwrap().done = true;
-        assert_eq!(d.lose_unfinished_subtree(0), vec![0, 3]);
-        assert!(d.lose_unfinished_subtree(0).is_empty());
         d.lose_subtree(1);
         assert!(d.get(4).unwrap().lost);
         assert!(d.all_accounted());

@@ -29,4 +29,10 @@ pub enum Effect {
     /// End the ranks now with this message (`Terminate` or `Kill`) and start waiting for the
     /// daemons to confirm.
     End(Msg),
+    /// This node is lost: every vertex routes around it from now on (`Msg::NodeGone`).
+    Lose(u32),
+    /// Node `node` was lost with these `ranks` still running and restarts allowed: a spare
+    /// takes its place ("node k is now host X" to every vertex), or its ranks go to the other
+    /// nodes' free slots, and the restart policy decides (`failure` when it does not restart).
+    NodeLost { node: u32, to: super::lost::Takeover, ranks: Vec<u32>, failure: Failure },
 }

@@ -7,6 +7,7 @@ use super::carriers::{Carriers, StartInfo};
 use super::daemons::Daemons;
 use super::effect::Effect;
 use super::fabric::RootFabric;
+use super::lost::{self, How, NodeLoss};
 use super::images::RootImages;
 use super::interrupts::{self, Interrupts};
 use super::pmi::RootPmi;
@@ -64,6 +65,7 @@ struct Frontend {
     ready: Vec<Token>,
     rendezvous: Rendezvous,
     traces: StackTraces,
+    lost: NodeLoss,
     kill_sent_at: Option<Instant>,
     interrupts: Interrupts,
 }
@@ -112,6 +114,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         ready: Vec::new(),
         rendezvous: Rendezvous::default(),
         traces: StackTraces::new(plan.get_stack_traces),
+        lost: NodeLoss::new(&job),
         kill_sent_at: None,
         interrupts: Interrupts::default(),
         images: RootImages::new(&job, Instant::now()),
@@ -123,6 +126,7 @@ pub fn run(plan: JobPlan) -> Result<i32> {
         plan,
     };
     fe.daemons.start_clocks(Instant::now(), fe.plan.starter.is_group());
+    fe.links.set_beat(crate::heartbeat::Beat::new(&fe.job.launch().node_loss));
     match fe.plan.starter.clone() {
         Starter::Group(g) => fe.start_group(&g),
         Starter::Each(s) => {
@@ -229,7 +233,7 @@ impl Frontend {
         let job_deadline = self.plan.timeout.filter(|_| self.verdict.outcome() == super::verdict::Outcome::Running).map(|t| self.plan.t0 + t);
         let kill_wait = self.kill_sent_at.map(|t| t + KILL_WAIT);
         let held = self.recovery.deadline().map(|d| self.plan.t0 + d);
-        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held, self.images.deadline()]
+        [job_deadline, self.daemons.next_launch_deadline(self.plan.launch_timeout), kill_wait, self.reporter.progress_due(self.plan.t0), self.traces.deadline(), held, self.images.deadline(), self.lost.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -239,7 +243,7 @@ impl Frontend {
     /// Reads one link; returns true when it may hold more.
     fn read_link(&mut self, t: Token) -> bool {
         let Some(l) = self.links.child_mut(t) else { return false };
-        let Inbox { msgs, rejected, closed, read_error, more } = link::read(l, true);
+        let Inbox { msgs, rejected, closed, read_error, more, timed_out } = link::read(l, true);
         let peer_ip = l.stream.peer_addr().ok().map(|a| a.ip().to_string());
         if let Some(e) = rejected.as_ref().filter(|_| self.links.note_rejected()) {
             self.reporter.line(&format!("rlaunch: rejected a frame from a daemon: {e}"));
@@ -247,10 +251,12 @@ impl Frontend {
         for (m, _) in msgs {
             self.on_msg(t, m, peer_ip.as_deref());
         }
-        let broken = rejected.map(|e| format!("rejected frame: {e}")).or(read_error).or_else(|| closed.then(|| "connection closed".into()));
-        if let Some(why) = broken {
+        let silent = self.links.beat().filter(|_| timed_out).map(|b| How::Silent { ms: b.silence_ms() });
+        let broken = silent.or(rejected.map(|e| How::LinkBroken(format!("rejected frame: {e}")))).or(read_error.map(How::LinkBroken)).or_else(|| closed.then_some(How::LinkClosed));
+        if let Some(how) = broken {
             if let Some(node) = self.links.remove(t, self.poll.registry()) {
-                self.subtree_lost(node, &why);
+                let fx = self.node_loss(|l, cx| l.lose(node, how, cx));
+                self.apply(fx);
             }
             return false;
         }
@@ -302,6 +308,8 @@ impl Frontend {
             m @ (Msg::PmixDmodexReq { node: to, .. } | Msg::PmixDmodexResp { to, .. }) => vec![Effect::Towards(to, m)],
             Msg::Fabric { data } => from.map_or(Vec::new(), |n| self.fabric.on_message(n, &data, ms_since(self.plan.t0).unwrap_or(0.0))),
             Msg::Rdma(step) => from.map_or(Vec::new(), |n| self.fabric.on_rdma(n, step, ms_since(self.plan.t0).unwrap_or(0.0))),
+            Msg::NodeRejoin { node, .. } => self.links.accept_rejoin(t, node, self.poll.registry()).map_or(Vec::new(), |lost| self.node_loss(|l, cx| l.rejoined(node, None, lost, cx))),
+            Msg::NodeRejoined { node, at, lost } => self.node_loss(|l, cx| l.rejoined(node, Some(at), lost, cx)),
             Msg::Bindings { node, ranks } => ranks.iter().map(|(r, text)| Effect::Say(format!("rlaunch: {}", binding::report_line(*r, &self.job.node_name(node), text)))).collect(),
             m if crate::images::is_image_msg(&m) => self.images.on_msg(&self.job, m, ms_since(self.plan.t0).unwrap_or(0.0)),
             other => vec![Effect::Say(format!("rlaunch: unexpected message from a daemon: {other:?}"))],
@@ -415,6 +423,8 @@ impl Frontend {
                 self.daemons.get_mut(n).expect("node of the job").lost = true;
             }
         }
+        let fx = self.node_loss(|l, cx| l.check(cx));
+        self.apply(fx);
         self.reap_carriers();
     }
 
@@ -440,10 +450,8 @@ impl Frontend {
     fn node_failed(&mut self, node: u32, fault: NodeFault) -> Vec<Effect> {
         let joined = self.daemons.get(node).map_or(true, |d| d.joined);
         match fault {
-            NodeFault::LinkLost => {
-                self.subtree_lost(node, "connection closed, seen by its parent daemon");
-                Vec::new()
-            }
+            NodeFault::LinkLost => self.node_loss(|l, cx| l.lose(node, How::LinkClosed, cx)),
+            NodeFault::Silent { ms } => self.node_loss(|l, cx| l.lose(node, How::Silent { ms }, cx)),
             // Raised by a tree-spawning parent: this node never joined.
             NodeFault::LaunchFailed(why) | NodeFault::Internal(why) if !joined => {
                 self.launch_failure(node, why);
@@ -461,12 +469,10 @@ impl Frontend {
         self.fail(Failure::LaunchFailed { node, why });
     }
 
-    fn subtree_lost(&mut self, top: u32, why: &str) {
-        let affected = self.daemons.lose_unfinished_subtree(top);
-        if !affected.is_empty() {
-            let more = affected.into_iter().filter(|&n| n != top).collect();
-            self.fail(Failure::LinkLost { node: top, why: why.to_string(), more });
-        }
+    /// Asks the lost-node service, lending it what it looks at.
+    fn node_loss(&mut self, f: impl FnOnce(&mut NodeLoss, &mut lost::Ctx) -> Vec<Effect>) -> Vec<Effect> {
+        let cx = &mut lost::Ctx { job: &self.job, ranks: &self.ranks, daemons: &mut self.daemons, router: self.links.router(), terminating: self.verdict.terminating(), restarts: self.plan.restarts.max > 0, now: Instant::now(), t0: self.plan.t0 };
+        f(&mut self.lost, cx)
     }
 
     fn fail(&mut self, failure: Failure) {
@@ -503,6 +509,14 @@ impl Frontend {
                     self.kill_sent_at = Some(Instant::now());
                 }
                 Effect::Detail(level, line) => self.reporter.detail(level, &line),
+                Effect::Lose(node) => self.links.gone(node, self.poll.registry()),
+                Effect::NodeLost { node, to, ranks, failure } => {
+                    let (mut fx, groups) = lost::take_over(node, to, ranks, &mut self.job, &mut self.links, &self.daemons);
+                    for (on, ranks) in groups {
+                        fx.extend(self.recovery.node_lost(node, on, ranks, failure.clone(), JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating(), self.plan.t0)));
+                    }
+                    self.apply(fx);
+                }
                 Effect::Inventory(text) => {
                     if let Some(f) = self.reporter.inventory(&text) {
                         self.fail(f);
@@ -540,6 +554,7 @@ impl Frontend {
             exit_code,
             timings: &self.timings,
             fabric: &self.fabric,
+            lost: &self.lost,
             images: &self.images,
             restarts: (self.recovery.log(), self.recovery.generation()),
         };

@@ -15,6 +15,7 @@ mod daemons;
 mod effect;
 mod event_loop;
 mod fabric;
+mod lost;
 mod images;
 mod interrupts;
 mod pmi;

@@ -144,10 +144,9 @@ impl Recovery {
     }
 
     /// Node `node` is lost with `ranks` unfinished: restarted like failed ranks (rank scope: on
-    /// `node`, which by then names its replacement), or the job; `failure` is the verdict's when
-    /// not. Fed by lost-node detection (issue 17's `nodes` part), which lands after this.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub fn node_lost(&mut self, node: u32, ranks: Vec<u32>, failure: Failure, s: JobState<'_>) -> Vec<Effect> {
+    /// `runs_on`, the daemon of the spare that replaced it), or the job; `failure` is the
+    /// verdict's when not. Fed by lost-node detection (src/frontend/lost.rs).
+    pub fn node_lost(&mut self, node: u32, runs_on: u32, ranks: Vec<u32>, failure: Failure, s: JobState<'_>) -> Vec<Effect> {
         if s.ending || self.policy.stopping().is_some() {
             return if s.ending { vec![Effect::Fail(failure)] } else { Vec::new() };
         }
@@ -155,7 +154,7 @@ impl Recovery {
             Decision::Pass => vec![Effect::Fail(failure)],
             Decision::Ignore | Decision::Hold => Vec::new(),
             Decision::GiveUp { line } => vec![Effect::Fail(failure), Effect::Say(line)],
-            Decision::RestartRanks { ranks, node, line } => self.restart_ranks(ranks, node, line, s),
+            Decision::RestartRanks { ranks, line, .. } => self.restart_ranks(ranks, runs_on, line, s),
             Decision::RestartJob { generation, line } => self.stop_job(generation, line, s),
         }
     }
@@ -352,10 +351,10 @@ mod tests {
         let mut w = World::new();
         let mut rec = Recovery::new(spec(1, RestartScope::Rank), &w.job);
         let s = w.state(false);
-        let fx = rec.node_lost(3, vec![6, 7], Failure::LinkLost { node: 3, why: "x".into(), more: Vec::new() }, s);
+        let fx = rec.node_lost(3, 3, vec![6, 7], Failure::LinkLost { node: 3, why: "x".into(), more: Vec::new() }, s);
         assert!(matches!(&fx[..], [Effect::Say(_), Effect::Towards(3, Msg::RestartRanks { ranks, .. })] if ranks == &[(6, 1), (7, 1)]), "{fx:?}");
         let s = w.state(false);
-        let fx = rec.node_lost(3, vec![6, 7], Failure::LinkLost { node: 3, why: "x".into(), more: Vec::new() }, s);
+        let fx = rec.node_lost(3, 3, vec![6, 7], Failure::LinkLost { node: 3, why: "x".into(), more: Vec::new() }, s);
         assert!(matches!(&fx[..], [Effect::Fail(_), Effect::Say(l)] if l.contains("restart budget (1) spent")), "{fx:?}");
     }
 }

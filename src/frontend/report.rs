@@ -6,6 +6,7 @@ use crate::timeline::{self, Aligned, NamedMarks};
 use super::ranks::Ranks;
 use super::verdict::Verdict;
 use super::fabric::RootFabric;
+use super::lost::NodeLoss;
 use super::images::RootImages;
 use crate::job::JobView;
 use crate::sig::signal_name;
@@ -53,6 +54,7 @@ pub struct ReportInput<'a> {
     pub exit_code: i32,
     pub timings: &'a Timings,
     pub fabric: &'a RootFabric,
+    pub lost: &'a NodeLoss,
     pub images: &'a RootImages,
     /// `--max-restarts`: every restart, and the generation the job ended in.
     pub restarts: (&'a [super::restart::Restart], u32),
@@ -188,9 +190,65 @@ pub fn report_json(r: &ReportInput) -> String {
         "fabric": r.fabric.gather().report_fabric(),
         "fabric_detail": r.fabric.gather().report_detail(),
         "startup_collectives": r.fabric.report_startup(),
+        "nodes_lost": nodes_lost_json(r),
+        "tree_repairs": tree_repairs_json(r),
+        "spares": spares_json(r),
         "images": r.images.report(),
         "generation": r.restarts.1,
         "restarts": restarts_json(r.restarts.0),
     });
     serde_json::to_string_pretty(&v).expect("json") + "\n"
+}
+
+/// `nodes_lost`: each lost node, when (ms since rlaunch started), how it was detected, why, and
+/// what became of it.
+fn nodes_lost_json(r: &ReportInput) -> serde_json::Value {
+    let name = |n: u32| r.lost.name(n);
+    let lost: Vec<_> = r
+        .lost
+        .lost
+        .iter()
+        .map(|l| {
+            json!({
+                "node": l.node, "host": name(l.node), "at_ms": l.at_ms, "detected_by": l.how.name(), "why": l.why,
+                "had_ranks": l.had_ranks, "ended_job": l.ended_job,
+                "replaced_by": l.replaced_by.map(|b| json!({"node": b, "host": name(b)})),
+            })
+        })
+        .collect();
+    json!(lost)
+}
+
+/// `tree_repairs`: each daemon that reconnected above a lost parent, and where.
+fn tree_repairs_json(r: &ReportInput) -> serde_json::Value {
+    let name = |n: u32| r.lost.name(n);
+    let repairs: Vec<_> = r
+        .lost
+        .rejoins
+        .iter()
+        .map(|j| {
+            let at = j.at.map_or_else(|| "front end".to_string(), name);
+            json!({"node": j.node, "host": name(j.node), "reconnected_to": j.at, "reconnected_to_host": at, "at_ms": j.at_ms, "found_lost": j.lost})
+        })
+        .collect();
+    json!(repairs)
+}
+
+/// `spares`: the `--spare` nodes and their state (free, lost, or replacing a lost node).
+fn spares_json(r: &ReportInput) -> serde_json::Value {
+    let name = |n: u32| r.lost.name(n);
+    let spares: Vec<_> = r
+        .lost
+        .spares()
+        .into_iter()
+        .map(|(s, lost, replacing)| {
+            let state = match (lost, replacing) {
+                (true, _) => "lost",
+                (false, Some(_)) => "replacing",
+                (false, None) => "free",
+            };
+            json!({"node": s, "host": name(s), "state": state, "replacing": replacing})
+        })
+        .collect();
+    json!(spares)
 }

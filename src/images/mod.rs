@@ -25,11 +25,10 @@ pub fn partners(node: u32, nodes: u32, copies: u32) -> Vec<u32> {
     (1..=n).map(|i| ((node as u64 + i as u64) % nodes as u64) as u32).collect()
 }
 
-/// The job's own nodes, the ones that hold images: spare daemons (`--spare`, numbered after
-/// them) are not among them. The one place that says so: with spares in the node list, subtract
-/// them here.
+/// The job's own nodes, the ones that hold images: spare daemons (`--spare`, the last nodes of
+/// the list) are not among them.
 pub fn job_nodes(launch: &crate::wire::Launch) -> u32 {
-    launch.nodes.len() as u32
+    (launch.nodes.len() as u32).saturating_sub(launch.node_loss.spares)
 }
 
 /// The nodes that hold images of `node`'s ranks, `node` first.
