@@ -305,26 +305,25 @@ impl Images {
         if let Some(to) = images::is_routed(&m).filter(|&to| to != self.node) {
             return vec![Effect::Towards(to, m)];
         }
-        // From the job each time: a spare that took a node's place has that node's ranks.
-        let (children, local) = match job {
-            Some(j) => {
-                self.conf(j);
-                (j.topology().children_of(Some(self.node)).collect(), j.local_ranks().to_vec())
-            }
-            None => (Vec::new(), Vec::new()),
-        };
+        if let Some(j) = job {
+            self.conf(j);
+        }
+        // From the job each time: a spare that took a node's place has that node's ranks. Only
+        // the two broadcasts need them, not every piece of a copy.
+        let children = |job: Option<&JobView>, me: u32| job.map_or(Vec::new(), |j| j.topology().children_of(Some(me)).collect());
         match m {
             Msg::ImageRequest { epoch } => {
-                let mut out = vec![Effect::DownTo(children, Msg::ImageRequest { epoch })];
+                let mut out = vec![Effect::DownTo(children(job, self.node), Msg::ImageRequest { epoch })];
                 out.extend(self.request(epoch));
                 out
             }
             Msg::ImageComplete { epoch } => {
                 self.store.set_complete(epoch);
+                let local = job.map_or(&[][..], |j| j.local_ranks());
                 if let Some(d) = self.conf.as_ref().and_then(|c| c.dir.clone()).filter(|_| !local.is_empty()) {
-                    self.write(DirJob::Complete { dir: d, epoch, ranks: local });
+                    self.write(DirJob::Complete { dir: d, epoch, ranks: local.to_vec() });
                 }
-                vec![Effect::DownTo(children, Msg::ImageComplete { epoch })]
+                vec![Effect::DownTo(children(job, self.node), Msg::ImageComplete { epoch })]
             }
             Msg::ImageCopy { from, rank, epoch, total, offset, data, .. } => {
                 let key = (from, rank, epoch);
