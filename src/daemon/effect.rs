@@ -18,6 +18,8 @@ pub enum Effect {
     Below(u32, Msg),
     /// To these children (those that joined).
     DownTo(Vec<u32>, Msg),
+    /// Down every child link (after a tree repair, adopted children too).
+    Down(Msg),
     /// Something failed on this node outside any rank: report `NodeFailed` (internal) and
     /// terminate the local ranks.
     Fault(String),

@@ -308,22 +308,22 @@ impl Images {
         if let Some(j) = job {
             self.conf(j);
         }
-        // From the job each time: a spare that took a node's place has that node's ranks. Only
-        // the two broadcasts need them, not every piece of a copy.
-        let children = |job: Option<&JobView>, me: u32| job.map_or(Vec::new(), |j| j.topology().children_of(Some(me)).collect());
+        // Broadcasts go down every child link: after a tree repair that includes children
+        // adopted from a lost node, which the static topology does not list.
         match m {
             Msg::ImageRequest { epoch } => {
-                let mut out = vec![Effect::DownTo(children(job, self.node), Msg::ImageRequest { epoch })];
+                let mut out = vec![Effect::Down(Msg::ImageRequest { epoch })];
                 out.extend(self.request(epoch));
                 out
             }
             Msg::ImageComplete { epoch } => {
                 self.store.set_complete(epoch);
+                // From the job each time: a spare that took a node's place has that node's ranks.
                 let local = job.map_or(&[][..], |j| j.local_ranks());
                 if let Some(d) = self.conf.as_ref().and_then(|c| c.dir.clone()).filter(|_| !local.is_empty()) {
                     self.write(DirJob::Complete { dir: d, epoch, ranks: local.to_vec() });
                 }
-                vec![Effect::DownTo(children(job, self.node), Msg::ImageComplete { epoch })]
+                vec![Effect::Down(Msg::ImageComplete { epoch })]
             }
             Msg::ImageCopy { from, rank, epoch, total, offset, data, .. } => {
                 let key = (from, rank, epoch);

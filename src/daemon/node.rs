@@ -250,6 +250,7 @@ impl Daemon {
                 Effect::Towards(node, m) => _ = self.links.towards(node, &m),
                 Effect::Below(node, m) => self.links.down_subtree(Some(node), &m),
                 Effect::DownTo(nodes, m) => self.links.down_to(&nodes, &m),
+                Effect::Down(m) => self.links.down(&m),
                 Effect::Fault(text) => self.fault(text),
                 Effect::StartRanks => self.start_ranks(),
                 Effect::Mark(m) => self.timeline.apply(m, Instant::now()),

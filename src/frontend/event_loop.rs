@@ -284,7 +284,7 @@ impl Frontend {
             Msg::NodeDone { node } if self.recovery.stale_done(node) => Vec::new(),
             Msg::PmiReport { .. } | Msg::Fence { .. } | Msg::PmixFence { .. } | Msg::KvsGet { .. } | Msg::KvsValue { .. } if self.recovery.stopping() => Vec::new(),
             Msg::RestartStopped { node, generation } => {
-                let fx = self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&self.job, &mut self.ranks, &mut self.daemons, false, self.plan.t0));
+                let fx = self.recovery.node_stopped(node, generation, &mut self.pmi, JobState::of(&mut self.ranks, &mut self.daemons, false, self.plan.t0));
                 if fx.iter().any(|e| matches!(e, Effect::DownTo(_, Msg::RestartJob { .. }))) {
                     self.images.new_generation();
                 }
@@ -443,7 +443,7 @@ impl Frontend {
         if self.ranks.all_reported() {
             self.timings.ranks_exited_ms = ms_since(self.plan.t0);
         }
-        let s = JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating() || self.verdict.outcome() != Outcome::Running, self.plan.t0);
+        let s = JobState::of(&mut self.ranks, &mut self.daemons, self.verdict.terminating() || self.verdict.outcome() != Outcome::Running, self.plan.t0);
         ended.into_iter().chain(self.recovery.rank_ended(self.pmi.exit_failure(rank, status), s)).collect()
     }
 
@@ -513,7 +513,7 @@ impl Frontend {
                 Effect::NodeLost { node, to, ranks, failure } => {
                     let (mut fx, groups) = lost::take_over(node, to, ranks, &mut self.job, &mut self.links, &self.daemons);
                     for (on, ranks) in groups {
-                        fx.extend(self.recovery.node_lost(node, on, ranks, failure.clone(), JobState::of(&self.job, &mut self.ranks, &mut self.daemons, self.verdict.terminating(), self.plan.t0)));
+                        fx.extend(self.recovery.node_lost(node, on, ranks, failure.clone(), JobState::of(&mut self.ranks, &mut self.daemons, self.verdict.terminating(), self.plan.t0)));
                     }
                     self.apply(fx);
                 }

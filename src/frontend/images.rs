@@ -15,15 +15,13 @@ pub struct RootImages {
     epochs: Epochs,
     spec: crate::spec::ImageSpec,
     next_request: Option<Instant>,
-    /// The front end's children: announcements and requests go down from here.
-    children: Vec<u32>,
 }
 
 impl RootImages {
     pub fn new(job: &JobView, now: Instant) -> RootImages {
         let spec = job.launch().image.clone();
         let next_request = spec.interval_ms.map(|ms| now + Duration::from_millis(ms));
-        RootImages { epochs: Epochs::new(job.map().size()), spec, next_request, children: job.topology().children_of(None).collect() }
+        RootImages { epochs: Epochs::new(job.map().size()), spec, next_request }
     }
 
     /// An image message from a daemon; `at_ms` since rlaunch started.
@@ -34,7 +32,7 @@ impl RootImages {
         }
         match m {
             Msg::ImageStored { rank, epoch, node, bytes } => match self.epochs.stored(rank, epoch, node, bytes, at_ms) {
-                Some(e) => std::iter::once(Effect::DownTo(self.children.clone(), Msg::ImageComplete { epoch: e }))
+                Some(e) => std::iter::once(Effect::Down(Msg::ImageComplete { epoch: e }))
                     .chain(self.epochs.complete_line(e).map(|l| Effect::Detail(1, l)))
                     .collect(),
                 None => Vec::new(),
@@ -79,7 +77,7 @@ impl RootImages {
         }
         self.next_request = Some(now + Duration::from_millis(ms));
         self.epochs.requests += 1;
-        vec![Effect::DownTo(self.children.clone(), Msg::ImageRequest { epoch: self.epochs.requests })]
+        vec![Effect::Down(Msg::ImageRequest { epoch: self.epochs.requests })]
     }
 
     pub fn report(&self) -> serde_json::Value {

@@ -31,7 +31,6 @@ pub struct Recovery {
 
 /// The job state a decision changes.
 pub struct JobState<'a> {
-    pub job: &'a JobView,
     pub ranks: &'a mut Ranks,
     pub daemons: &'a mut Daemons,
     /// The verdict already ends the job: nothing is restarted.
@@ -41,8 +40,8 @@ pub struct JobState<'a> {
 }
 
 impl<'a> JobState<'a> {
-    pub fn of(job: &'a JobView, ranks: &'a mut Ranks, daemons: &'a mut Daemons, ending: bool, t0: std::time::Instant) -> JobState<'a> {
-        JobState { job, ranks, daemons, ending, at: t0.elapsed() }
+    pub fn of(ranks: &'a mut Ranks, daemons: &'a mut Daemons, ending: bool, t0: std::time::Instant) -> JobState<'a> {
+        JobState { ranks, daemons, ending, at: t0.elapsed() }
     }
 }
 
@@ -179,8 +178,7 @@ impl Recovery {
                 self.awaiting.insert(n);
             }
         }
-        let kids = s.job.topology().children_of(None).collect();
-        vec![Effect::Say(line), Effect::DownTo(kids, Msg::RestartStop { generation })]
+        vec![Effect::Say(line), Effect::Down(Msg::RestartStop { generation })]
     }
 
     /// `RestartStopped` from `node`: once every node stopped, the next generation starts, with the
@@ -197,8 +195,7 @@ impl Recovery {
         let Some(g) = self.policy.all_stopped() else { return Vec::new() };
         *pmi = RootPmi::default();
         s.ranks.restarting_all();
-        let kids = s.job.topology().children_of(None).collect();
-        vec![Effect::Detail(1, format!("rlaunch: every rank stopped; starting them again as generation {g}")), Effect::DownTo(kids, Msg::RestartJob { generation: g })]
+        vec![Effect::Detail(1, format!("rlaunch: every rank stopped; starting them again as generation {g}")), Effect::Down(Msg::RestartJob { generation: g })]
     }
 
     /// `Started` from `node`: its restarted ranks run again (`-v` says how soon).
@@ -253,7 +250,7 @@ mod tests {
         }
 
         fn state(&mut self, ending: bool) -> JobState<'_> {
-            JobState { job: &self.job, ranks: &mut self.ranks, daemons: &mut self.daemons, ending, at: Duration::from_secs(5) }
+            JobState { ranks: &mut self.ranks, daemons: &mut self.daemons, ending, at: Duration::from_secs(5) }
         }
 
         fn exit(&mut self, rec: &mut Recovery, rank: u32, status: RankStatus) -> Vec<Effect> {
@@ -298,7 +295,7 @@ mod tests {
         let mut w = World::new();
         let mut rec = Recovery::new(spec(2, RestartScope::Job), &w.job);
         let fx = w.exit(&mut rec, 6, RankStatus::Exited(9));
-        assert!(matches!(&fx[..], [Effect::Say(_), Effect::DownTo(kids, Msg::RestartStop { generation: 1 })] if kids == &[0, 1]), "{fx:?}");
+        assert!(matches!(&fx[..], [Effect::Say(_), Effect::Down(Msg::RestartStop { generation: 1 })]), "{fx:?}");
         assert!(rec.stopping() && (0..4).all(|n| rec.stale_done(n)));
         // What the stopped ranks do on their way out is no failure.
         assert!(w.exit(&mut rec, 0, RankStatus::Signaled(libc::SIGTERM)).is_empty());
@@ -310,7 +307,7 @@ mod tests {
         }
         let s = w.state(false);
         let fx = rec.node_stopped(2, 1, &mut pmi, s);
-        assert!(matches!(&fx[..], [Effect::Detail(..), Effect::DownTo(kids, Msg::RestartJob { generation: 1 })] if kids == &[0, 1]), "{fx:?}");
+        assert!(matches!(&fx[..], [Effect::Detail(..), Effect::Down(Msg::RestartJob { generation: 1 })]), "{fx:?}");
         assert!(!rec.stopping());
         assert_eq!((w.ranks.unreported(), w.ranks.all_running()), (8, false));
         for n in 0..4u32 {
@@ -339,7 +336,7 @@ mod tests {
         let mut rec = Recovery::new(spec(2, RestartScope::Job), &w.job);
         rec.screen(abort(), false, Duration::from_secs(5));
         let fx = w.exit(&mut rec, 4, RankStatus::Signaled(libc::SIGSEGV));
-        assert!(matches!(&fx[..], [Effect::Say(_), Effect::DownTo(_, Msg::RestartStop { generation: 1 })]), "{fx:?}");
+        assert!(matches!(&fx[..], [Effect::Say(_), Effect::Down(Msg::RestartStop { generation: 1 })]), "{fx:?}");
         assert!(!rec.holding() && rec.due(Duration::from_secs(60)).is_empty());
         // Once the job is ending, an abort goes to the verdict as it is.
         let fx = Recovery::new(spec(2, RestartScope::Job), &w.job).screen(abort(), true, Duration::ZERO);
